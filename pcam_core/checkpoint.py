@@ -1,0 +1,85 @@
+"""The one checkpoint schema, written atomically and loaded with ``weights_only=True``.
+
+A checkpoint is a dict of tensors and plain values only: ``format``, ``config`` (the experiment config
+as a dict), ``model`` (training weights), ``ema`` (averaged weights or None), ``optimizer``,
+``scheduler``, ``scaler``, ``epoch`` (completed epochs), ``step_in_epoch`` (batches done in the epoch
+under way, for a mid-epoch stop), ``global_step``, ``best`` and ``bad_epochs`` (early stopping),
+``rng`` (torch generator states) and ``elapsed`` (training seconds so far).
+Nothing in it needs pickle to load, so a file that would run code is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ExperimentConfig
+from .fileio import atomic_write_with
+from .models import create_model
+
+log = logging.getLogger(__name__)
+
+FORMAT = "pcam_core.checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint we can load safely."""
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Serialise in memory, then write atomically: a failed write (disk full, permission denied)
+    leaves the previous checkpoint at `path` intact."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
+    data = buffer.getvalue()
+    atomic_write_with(path, lambda handle: handle.write(data))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load with ``weights_only=True`` on the CPU; anything else (a pickle that would run code, a
+    truncated file, another program's file) raises `CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(
+            f"{path}: refused: it is not a plain-weights checkpoint and loading it would need to run "
+            f"code from the file (weights_only=True). {first}"
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a pcam_core checkpoint (expected format {FORMAT!r})")
+    return payload
+
+
+def checkpoint_config(payload: dict[str, Any]) -> ExperimentConfig:
+    return ExperimentConfig.from_dict(payload["config"])
+
+
+def inference_weights(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights to predict with: the moving average when the run kept one, else the raw weights."""
+    return payload["ema"] if payload.get("ema") is not None else payload["model"]
+
+
+def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ExperimentConfig, dict[str, Any]]:
+    """(model in eval mode on `device`, its config, the checkpoint's bookkeeping without weights)."""
+    payload = load_checkpoint(path)
+    config = checkpoint_config(payload)
+    model = create_model(config.model.name, dropout=config.model.dropout)
+    try:
+        model.load_state_dict(inference_weights(payload))
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit model {config.model.name!r}: {err}") from err
+    model.to(device).eval()
+    info = {k: v for k, v in payload.items() if k not in ("model", "ema", "optimizer", "scheduler", "scaler", "rng")}
+    return model, config, info

@@ -1,0 +1,420 @@
+"""The `pcam` command line (also `python -m pcam_core`). argparse lives here and nowhere else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import __version__
+from .config import DATA_FORMATS, DEVICES, MONITORS, OPTIMIZERS, SCHEDULES, ExperimentConfig
+
+EXIT_ERROR = 2
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def _bar(total: int | None, desc: str, unit: str = "img", initial: int = 0):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, initial=initial, disable=not sys.stderr.isatty(), leave=True)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+
+# -- train -----------------------------------------------------------------------------------------
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model into a run folder", description=(
+        "Train a model. Flags override --config; anything not given takes the defaults (the CPU recipe: "
+        "the compact pcamnet, 30 epochs, AdamW with a one-cycle schedule, weight averaging, symmetry, "
+        "stain and colour augmentation). Under torchrun this runs DistributedDataParallel."))
+    p.add_argument("--data", help="PCam HDF5 folder or Kaggle folder (required unless --config or --resume gives it)")
+    p.add_argument("--out", required=True, help="run folder to create (or to continue, with --resume)")
+    p.add_argument("--config", help="experiment config JSON (as written to a run's config.json)")
+    p.add_argument("--format", choices=DATA_FORMATS)
+    p.add_argument("--model", help="model name (see `pcam models`); 'auto' = pcamnet on CPU, resnet18 on CUDA")
+    p.add_argument("--weights", help="local weights file to start from (never downloaded)")
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="per process; the global batch is this times the process count")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--pos-weight", type=float, help="positive-class loss weight (default: negatives/positives)")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--ema", type=float, dest="ema_decay", help="weight-averaging decay (0 disables)")
+    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on CUDA only)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--early-stopping", type=int, help="epochs without improvement before stopping (0: off)")
+    p.add_argument("--monitor", choices=MONITORS)
+    p.add_argument("--valid-frac", type=float, help="validation share for data without a valid split")
+    p.add_argument("--split-seed", type=int)
+    p.add_argument("--workers", type=int, dest="num_workers", help="loader worker processes (-1: auto)")
+    p.add_argument("--cache", choices=("auto", "yes", "no"), help="hold the data in RAM")
+    p.add_argument("--no-augment", action="store_true", help="disable all augmentation")
+    p.add_argument("--stain", type=float, help="HED stain jitter strength")
+    p.add_argument("--shift", type=int, help="random shift in pixels")
+    p.add_argument("--name", help="a label for the run")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+
+def build_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The experiment config from --config (if any) with every flag given on the command line on top."""
+    config = ExperimentConfig.from_json(args.config) if args.config else ExperimentConfig()
+    data = {k: v for k, v in {"path": args.data, "format": args.format, "valid_frac": args.valid_frac,
+                              "split_seed": args.split_seed, "num_workers": args.num_workers, "cache": args.cache}.items() if v is not None}
+    model = {k: v for k, v in {"name": args.model, "weights": args.weights, "dropout": args.dropout}.items() if v is not None}
+    train = {k: v for k, v in {
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+        "optimizer": args.optimizer, "schedule": args.schedule, "pos_weight": args.pos_weight,
+        "label_smoothing": args.label_smoothing, "ema_decay": args.ema_decay, "device": args.device, "amp": args.amp,
+        "compile": args.compile, "seed": args.seed, "max_steps": args.max_steps, "early_stopping": args.early_stopping,
+        "monitor": args.monitor}.items() if v is not None}
+    augment: dict[str, Any] = {}
+    if args.no_augment:
+        augment = {"symmetries": False, "stain": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "shift": 0}
+    augment.update({k: v for k, v in {"stain": args.stain, "shift": args.shift}.items() if v is not None})
+    changes: dict[str, Any] = {"data": data, "model": model, "train": train, "augment": augment}
+    if args.name is not None:
+        changes["name"] = args.name
+    config = config.replace(**changes)
+    if not config.data.path and not args.resume:
+        raise ValueError("--data is required (a PCam HDF5 folder or a Kaggle folder); try `pcam demo-data --out demo` first")
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import StopRequested, fit
+
+    config = build_config(args) if not args.resume else ExperimentConfig()
+    try:
+        summary = fit(config, args.out, resume=args.resume)
+    except StopRequested:
+        print(f"stopped: checkpoint saved in {args.out}; continue with `pcam train --out {args.out} --resume`", file=sys.stderr)
+        return 0
+    if summary.get("best_metrics"):
+        best = summary["best_metrics"]
+        print(f"finished {summary['run_id']}: {summary['epochs_done']} epochs in {summary['train_seconds'] / 60:.1f} min "
+              f"({summary['ended_by']}); best epoch {best['epoch']}: ROC-AUC {_fmt(best.get('roc_auc'))}, "
+              f"accuracy {_fmt(best.get('accuracy'))}, F1 {_fmt(best.get('f1'))}")
+    if summary.get("synthetic_data"):
+        print("note: trained on SYNTHETIC demo data; its figures say nothing about real tissue")
+    for warning in summary.get("warnings") or []:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+# -- evaluate / predict / merge ---------------------------------------------------------------------
+
+def _add_eval_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a run on a labelled split", description=(
+        "Score a run's best checkpoint on a labelled split: writes --out (metrics JSON with ROC, PR and "
+        "calibration curves) and <out stem>_predictions.csv (id,label,probability,index) beside it."))
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", required=True, help="PCam HDF5 folder or Kaggle folder")
+    p.add_argument("--split", default="test", help="train, valid or test (for Kaggle data, valid is the run's own validation split)")
+    p.add_argument("--tta", action="store_true", help="average the 8 symmetries of the square")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threshold", choices=("fixed", "youden", "sensitivity"), default="fixed",
+                   help="how to pick the decision threshold, on the run's validation predictions")
+    p.add_argument("--threshold-value", type=float, default=0.5, help="the fixed threshold, or the target sensitivity")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=-1)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="write a Kaggle submission CSV", description=(
+        "Predict the tumour probability of every image in --input (a folder of images, a Kaggle folder's "
+        "test/ split, or an HDF5 split) and write Kaggle's format: id,label with label the probability."))
+    p.add_argument("--run", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", help="split of an HDF5 or Kaggle folder (default: test)")
+    p.add_argument("--tta", action="store_true", help="average the 8 symmetries of the square")
+    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them, instead of stopping")
+    p.add_argument("--shard", help="i/n: predict only the i-th of n equal parts (merge them with `pcam merge`)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=-1)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("merge", help="merge shard submissions into one")
+    p.add_argument("parts", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_merge)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .predict import evaluate_run
+
+    with _bar(None, "evaluate") as bar:
+        report = evaluate_run(args.run, args.data, args.split, args.out, tta=args.tta, threshold=args.threshold,
+                              threshold_value=args.threshold_value, device=args.device, batch_size=args.batch_size,
+                              num_workers=args.workers, which=args.checkpoint, progress=bar.update)
+    m = report["metrics"]
+    c = m["confusion"]
+    print(f"{report['dataset']}: n={m['n']}, ROC-AUC {_fmt(m['roc_auc'])}, PR-AUC {_fmt(m['pr_auc'])}, "
+          f"accuracy {_fmt(m['accuracy'])}, precision {_fmt(m['precision'])}, recall {_fmt(m['recall'])}, "
+          f"F1 {_fmt(m['f1'])} at threshold {m['threshold']:.3f} (tn {c['tn']}, fp {c['fp']}, fn {c['fn']}, tp {c['tp']})")
+    print(f"wrote {args.out} and {report['predictions_file']}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import parse_shard, predict_submission
+
+    shard = parse_shard(args.shard)
+    bar = None
+
+    def start(n: int) -> None:
+        nonlocal bar
+        bar = _bar(n, "predict")
+
+    try:
+        result = predict_submission(args.run, args.input, args.out, split=args.split, tta=args.tta, skip_bad=args.skip_bad,
+                                    shard=shard, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+                                    which=args.checkpoint, on_start=start, progress=lambda n: bar.update(n) if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"wrote {result['rows']} predictions to {result['out']} ({result['dataset']}, model {result['model']}, "
+          f"TTA {'on' if result['tta'] else 'off'}{', shard ' + result['shard'] if result['shard'] else ''})")
+    if result["skipped"]:
+        print(f"skipped {len(result['skipped'])} unreadable image(s), listed in {result['skipped_file']}:", file=sys.stderr)
+        for name, reason in result["skipped"]:
+            print(f"  {name}: {reason}", file=sys.stderr)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .predict import merge_submissions
+
+    rows = merge_submissions(args.parts, args.out)
+    print(f"merged {len(args.parts)} shard(s) into {args.out}: {rows} rows")
+    return 0
+
+
+# -- runs ------------------------------------------------------------------------------------------
+
+def _add_runs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="list training runs with status and best metrics")
+    p.add_argument("--root", default=os.environ.get("PCAM_RUNS", str(Path(os.environ.get("PCAM_WORKSPACE", "workspace")) / "runs")),
+                   help="folder holding run folders (default: $PCAM_WORKSPACE/runs or ./workspace/runs)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("stop", help="ask a running run to stop cleanly (it saves a checkpoint)")
+    p.add_argument("--run", required=True)
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for it to stop")
+    p.set_defaults(func=cmd_stop)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .runs import list_runs
+
+    runs = list_runs(args.root)
+    if args.json:
+        _print_json([r.to_dict() for r in runs])
+        return 0
+    if not runs:
+        print(f"no runs in {args.root}")
+        return 0
+    print(f"{'run':42} {'state':11} {'model':12} {'epochs':>7} {'best AUC':>9} {'acc':>7}")
+    for r in runs:
+        best = r.best or {}
+        print(f"{r.run_id[:42]:42} {r.state:11} {r.model[:12]:12} {f'{r.epochs_done}/{r.epochs_total}':>7} "
+              f"{_fmt(best.get('roc_auc')):>9} {_fmt(best.get('accuracy')):>7}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .runs import RunDir, stop
+
+    run = RunDir(args.run)
+    if not run.exists():
+        raise FileNotFoundError(f"{run.path} is not a run folder")
+    if not stop(run, timeout=args.wait):
+        print(f"{run.run_id} is not running (state: {run.status().get('state')})")
+        return 0
+    print(f"{run.run_id}: {run.status().get('state')}")
+    return 0
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check every image of a dataset, file by file")
+    p.add_argument("path", help="Kaggle folder, image folder, PCam HDF5 folder or one _x.h5 file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("convert", help="Kaggle layout -> PCam HDF5 layout (the fast path)")
+    p.add_argument("--input", required=True, help="Kaggle folder (train/ and train_labels.csv)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--valid-frac", type=float, default=0.1)
+    p.add_argument("--test-frac", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("demo-data", help="generate the SYNTHETIC demo dataset (PCam HDF5 layout)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--train", type=int, default=4096)
+    p.add_argument("--valid", type=int, default=1024)
+    p.add_argument("--test", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("download", help="download PCam from Zenodo (record 2546921)")
+    p.add_argument("--dest", required=True)
+    p.add_argument("--splits", default="train,valid,test", help="comma-separated")
+    p.add_argument("--base-url", default=None, help="where the files are served (default: Zenodo)")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .data.verify import verify_path
+
+    bar = _bar(None, "verify")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        report = verify_path(args.path, progress=progress)
+    finally:
+        bar.close()
+    if args.json:
+        _print_json({"target": report.target, "checked": report.checked, "ok": report.ok,
+                     "problems": [{"file": f, "problem": p} for f, p in report.problems]})
+    else:
+        for where, what in report.problems:
+            print(f"{where}: {what}")
+        print(f"checked {report.checked} image(s) in {report.target}: "
+              + ("all good" if report.ok else f"{len(report.problems)} problem(s)"))
+    return 0 if report.ok else 1
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .data.convert import convert_kaggle
+
+    with _bar(None, "convert") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        counts = convert_kaggle(args.input, args.out, valid_frac=args.valid_frac, test_frac=args.test_frac,
+                                seed=args.seed, progress=progress)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .data.demo import DemoSpec, make_demo_dataset
+
+    for name in ("train", "valid", "test"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1")
+    spec = DemoSpec(sizes=(("train", args.train), ("valid", args.valid), ("test", args.test)), seed=args.seed)
+    with _bar(100, "demo-data", unit="%") as bar:
+        counts = make_demo_dataset(args.out, spec, progress=lambda f, _msg: bar.update(round(f * 100) - bar.n))
+    print(f"wrote SYNTHETIC demo data to {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from .data.download import DEFAULT_BASE_URL, download_pcam
+
+    bars: list[Any] = []
+
+    def factory(name: str, total: int | None, initial: int) -> Callable[[int], None]:
+        bar = _bar(total, name, unit="B", initial=initial)
+        bars.append(bar)
+        return bar.update
+
+    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    try:
+        paths = download_pcam(args.dest, splits=splits, base_url=args.base_url or DEFAULT_BASE_URL,
+                              progress_factory=factory, timeout=args.timeout)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(f"{len(paths)} file(s) ready in {args.dest}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import MODELS
+
+    for spec in MODELS.values():
+        layers = ", ".join(f"{name} ({size}x{size})" for name, size in spec.target_layers.items())
+        print(f"{spec.name:14} {spec.description}\n{'':14} Grad-CAM layers: {layers}")
+    return 0
+
+
+# -- entry point -----------------------------------------------------------------------------------
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pcam", description="Metastatic-tissue detection on PatchCamelyon patches.")
+    parser.add_argument("--version", action="version", version=f"pcam_core {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more, and show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data(sub)
+    _add_train(sub)
+    _add_eval_predict(sub)
+    _add_runs(sub)
+    return parser
+
+
+def clean_message(err: BaseException) -> str:
+    """One readable line for an error, also when it was re-raised from a DataLoader worker (whose
+    message then carries the worker's traceback)."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text or type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # every failure a user can cause ends as one clear line, not a traceback
+        if args.verbose or os.environ.get("PCAM_DEBUG"):
+            traceback.print_exc()
+        print(f"error: {clean_message(err)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+__all__ = ["build_config", "main", "make_parser"]

@@ -1,0 +1,212 @@
+"""Opening a dataset from a path, and the batch loader the trainer and the predictor use."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
+
+from .base import PatchDataset
+from .common import IMAGE_EXTENSIONS, PATCH_SHAPE, DataError, stratified_split
+from .h5 import PCamH5, available_splits, is_h5_root, split_name
+from .kaggle import KaggleFolder, ImageFiles, image_folder, is_kaggle_root
+
+log = logging.getLogger(__name__)
+
+
+def detect_format(path: str | Path) -> str:
+    """"h5" for a folder of PCam HDF5 files (or one `..._x.h5` file), "kaggle" for a Kaggle layout,
+    "images" for a plain folder of image files."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"data path not found: {path}. Expected a folder with PCam HDF5 files "
+            f"(camelyonpatch_level_2_split_*_x.h5) or a Kaggle folder (train/, train_labels.csv). "
+            f"Create synthetic demo data with `pcam demo-data --out {path}` or get PCam with `pcam download --dest {path}`."
+        )
+    if path.is_file():
+        if path.suffix == ".h5":
+            return "h5"
+        raise DataError(f"{path}: expected a folder or a PCam `..._x.h5` file")
+    if is_h5_root(path):
+        return "h5"
+    if is_kaggle_root(path):
+        return "kaggle"
+    if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir() if p.is_file()):
+        return "images"
+    raise DataError(
+        f"{path}: neither PCam HDF5 files (camelyonpatch_level_2_split_{{train,valid,test}}_x.h5) nor a Kaggle "
+        f"layout (train/ with train_labels.csv, or test/) nor a folder of images was found here"
+    )
+
+
+def h5_file_split(path: Path) -> tuple[Path, str]:
+    """(root, split) of a path to one `camelyonpatch_level_2_split_<split>_x.h5` (or `_y.h5`) file."""
+    name = path.name
+    prefix = "camelyonpatch_level_2_split_"
+    for suffix in ("_x.h5", "_y.h5"):
+        if name.startswith(prefix) and name.endswith(suffix):
+            return path.parent, split_name(name[len(prefix) : -len(suffix)])
+    raise DataError(f"{path}: not a PCam split file (expected camelyonpatch_level_2_split_<split>_x.h5)")
+
+
+def open_dataset(
+    path: str | Path,
+    split: str | None = None,
+    *,
+    format: str = "auto",
+    convert: bool = False,
+    skip_bad: bool = False,
+    cache: bool = False,
+) -> PatchDataset:
+    """Open one split of whatever layout `path` holds.
+
+    `split` defaults to "train" for a Kaggle or HDF5 folder; a path to a single `..._x.h5` file names its
+    own split; a plain folder of images has no splits. For image files, `convert` converts grayscale,
+    RGBA and 16-bit images to RGB and `skip_bad` turns unreadable ones into per-item errors (the batch's
+    ``error`` list) instead of exceptions.
+    """
+    path = Path(path)
+    fmt = detect_format(path) if format == "auto" else format
+    if fmt == "h5":
+        if path.is_file():
+            root, file_split = h5_file_split(path)
+            return PCamH5(root, split or file_split, cache=cache)
+        return PCamH5(path, split or "train", cache=cache)
+    if fmt == "kaggle":
+        if not is_kaggle_root(path):
+            return image_folder(path, convert=convert, skip_bad=skip_bad)
+        return KaggleFolder(path, split or "train", convert=convert, skip_bad=skip_bad, cache=cache)
+    if fmt == "images":
+        ds = image_folder(path, convert=convert, skip_bad=skip_bad)
+        return ds.cache() if cache else ds
+    raise ValueError(f"unknown data format {fmt!r}; valid: auto, h5, kaggle, images")
+
+
+@dataclass
+class TrainValid:
+    train: PatchDataset
+    valid: PatchDataset
+    description: str
+    synthetic: bool
+
+
+def train_valid_datasets(path: str | Path, *, format: str = "auto", valid_frac: float = 0.1, seed: int = 0) -> TrainValid:
+    """The training and validation sets of a data folder.
+
+    HDF5 data uses its own `valid` split. Kaggle data, which has none, gets a seeded split stratified by
+    label (`valid_frac` of the labelled images); the same seed always gives the same split.
+    """
+    path = Path(path)
+    fmt = detect_format(path) if format == "auto" else format
+    if fmt == "h5":
+        if path.is_file():
+            path = h5_file_split(path)[0]
+        train = PCamH5(path, "train")
+        if "valid" in available_splits(path):
+            valid = PCamH5(path, "valid")
+            return TrainValid(train, valid, f"PCam HDF5 at {path}: train {len(train)}, valid {len(valid)}", train.synthetic)
+        return _split(train, valid_frac, seed, f"PCam HDF5 at {path} (no valid split)")
+    if fmt == "kaggle":
+        return _split(KaggleFolder(path, "train"), valid_frac, seed, f"Kaggle folder {path}")
+    raise DataError(f"{path}: training needs labels (a PCam HDF5 folder or a Kaggle folder with train_labels.csv)")
+
+
+def _split(full: PatchDataset, valid_frac: float, seed: int, what: str) -> TrainValid:
+    if not full.has_labels:
+        raise DataError(f"{full.describe()}: has no labels to train on")
+    train_idx, valid_idx = stratified_split(full.labels, [valid_frac], seed)
+    desc = f"{what}: seeded stratified split (seed {seed}) into train {len(train_idx)}, valid {len(valid_idx)}"
+    return TrainValid(full.subset(train_idx), full.subset(valid_idx), desc, full.synthetic)
+
+
+def fits_in_memory(dataset: PatchDataset, max_gb: float) -> bool:
+    return len(dataset) * int(np.prod(PATCH_SHAPE)) <= max_gb * 1e9
+
+
+def default_workers(dataset: PatchDataset) -> int:
+    """Worker processes for a loader: none when the data is in RAM (IPC would cost more than it saves)."""
+    if dataset.cached:
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus - 1))
+
+
+def _batch_as_is(batch: Any) -> Any:
+    """The dataset's `__getitems__` already returns a collated batch."""
+    return batch
+
+
+class SkipBatchesSampler(Sampler[int]):
+    """Yields the indices of `sampler` after skipping the first `skip` of them (resuming mid-epoch)."""
+
+    def __init__(self, sampler: Sampler[int], skip: int) -> None:
+        self.sampler = sampler
+        self.skip = skip
+
+    def __iter__(self):
+        for position, index in enumerate(self.sampler):
+            if position >= self.skip:
+                yield index
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)  # type: ignore[arg-type]
+
+
+def make_loader(
+    dataset: PatchDataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    num_workers: int = -1,
+    drop_last: bool = False,
+    seed: int = 0,
+    sampler: Sampler[int] | None = None,
+) -> DataLoader:
+    """The loader the trainer and the predictor use.
+
+    Each batch is read in one call to the dataset's `__getitems__` (one sorted pass over the file for
+    HDF5) and arrives as a dict with ``image`` a uint8 tensor ``(B, 3, 96, 96)``; conversion to float,
+    normalisation and augmentation then run on whole batches on the training device (see
+    `pcam_core.transforms`), not image by image in the workers. `num_workers=-1` picks a count from
+    the machine (0 for a dataset cached in memory).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    workers = default_workers(dataset) if num_workers < 0 else num_workers
+    if sampler is None:
+        generator = torch.Generator().manual_seed(seed)
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=workers,
+        collate_fn=_batch_as_is,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+        multiprocessing_context="fork" if workers > 0 and os.name == "posix" else None,
+    )
+
+
+__all__ = [
+    "ImageFiles",
+    "KaggleFolder",
+    "PCamH5",
+    "SkipBatchesSampler",
+    "TrainValid",
+    "default_workers",
+    "detect_format",
+    "fits_in_memory",
+    "make_loader",
+    "open_dataset",
+    "train_valid_datasets",
+]

@@ -1,0 +1,107 @@
+"""Running a model over a loader: probabilities per patch, optionally averaged over the 8 symmetries."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .transforms import dihedral, eval_preset
+
+
+@dataclass
+class Predictions:
+    """Per-patch outputs, aligned: dataset index, id, label (-1 when unknown), tumour probability."""
+
+    index: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    ids: list[str] = field(default_factory=list)
+    labels: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    probs: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"id": self.ids, "label": self.labels, "probability": self.probs, "index": self.index})
+
+    @classmethod
+    def concat(cls, parts: Iterable[Predictions]) -> Predictions:
+        parts = list(parts)
+        if not parts:
+            return cls()
+        return cls(
+            np.concatenate([p.index for p in parts]),
+            [i for p in parts for i in p.ids],
+            np.concatenate([p.labels for p in parts]),
+            np.concatenate([p.probs for p in parts]),
+        )
+
+    def deduplicated(self) -> Predictions:
+        """Sorted by dataset index with repeats removed (a DistributedSampler pads the last shard)."""
+        _, first = np.unique(self.index, return_index=True)
+        return Predictions(self.index[first], [self.ids[i] for i in first], self.labels[first], self.probs[first])
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict_batch(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    tta: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    normalize: nn.Module | None = None,
+) -> torch.Tensor:
+    """Tumour probabilities for a uint8 batch ``(B, 3, 96, 96)`` already on the model's device.
+    With `tta`, the mean probability over the 8 symmetries of the square."""
+    normalize = normalize or eval_preset()
+    x = normalize(images)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    views = range(8) if tta else range(1)
+    total = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
+    with autocast_context(x.device, amp_dtype):
+        for k in views:
+            total += torch.sigmoid(model(dihedral(x, k) if k else x).float())
+    return total / len(views)
+
+
+def predict_loader(
+    model: nn.Module,
+    loader: Iterable[dict],
+    device: torch.device,
+    *,
+    tta: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Predictions:
+    """Run `model` (put in eval mode) over every batch of `loader`."""
+    model.eval()
+    normalize = eval_preset().to(device)
+    parts: list[Predictions] = []
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        probs = predict_batch(model, images, tta=tta, amp_dtype=amp_dtype, channels_last=channels_last, normalize=normalize)
+        parts.append(
+            Predictions(
+                batch["index"].numpy().astype(np.int64),
+                list(batch["id"]),
+                batch["label"].numpy().astype(np.int64),
+                probs.double().cpu().numpy(),
+            )
+        )
+        if progress:
+            progress(len(images))
+    return Predictions.concat(parts)

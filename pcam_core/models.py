@@ -1,0 +1,201 @@
+"""Model registry: `create_model(name)`; every model maps ``(B, 3, 96, 96)`` to raw logits ``(B,)``.
+
+`sigmoid` happens only in inference and metrics. Weights are never downloaded: `weights` may name a
+local file (a state dict, or one of our checkpoints).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = (
+            nn.Identity()
+            if cin == cout and stride == 1
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + self.shortcut(x), inplace=True)
+
+
+class PCamNet(nn.Module):
+    """A compact residual network for 96x96 patches, fast enough to train on a laptop CPU.
+
+    A stride-2 stem, then four stages of basic residual blocks at 48, 24, 12 and 6 pixels, global
+    average pooling, dropout and one logit. About 1.2 M parameters and 0.3 GFLOP per patch forward.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), depths: tuple[int, ...] = (1, 1, 1, 1), dropout: float = 0.2) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        stages = []
+        cin = widths[0]
+        for i, (width, depth) in enumerate(zip(widths, depths)):
+            blocks = [_BasicBlock(cin if j == 0 else width, width, 2 if (j == 0 and i > 0) else 1) for j in range(depth)]
+            stages.append(nn.Sequential(*blocks))
+            cin = width
+        self.stage1, self.stage2, self.stage3, self.stage4 = stages
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(cin, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage4(self.stage3(self.stage2(self.stage1(self.stem(x)))))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(self.dropout(x)).squeeze(1)
+
+
+def _torchvision_resnet(arch: str) -> Callable[[float], nn.Module]:
+    def build(dropout: float) -> nn.Module:
+        model = getattr(torchvision.models, arch)(weights=None)
+        model.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(model.fc.in_features, 1))
+        return _SqueezeLogit(model)
+
+    return build
+
+
+def _densenet121(dropout: float) -> nn.Module:
+    model = torchvision.models.densenet121(weights=None)
+    model.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(model.classifier.in_features, 1))
+    return _SqueezeLogit(model)
+
+
+class _SqueezeLogit(nn.Module):
+    """Wraps a torchvision classifier with a 1-unit head so that it returns ``(B,)`` logits."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered architecture: how to build it, and which layers Grad-CAM may use.
+
+    `target_layers` maps a layer's dotted path in the model to the size of its feature map on a 96x96
+    patch; the first entry is the default Grad-CAM layer.
+    """
+
+    name: str
+    build: Callable[[float], nn.Module]
+    description: str
+    target_layers: dict[str, int] = field(default_factory=dict)
+    cpu_friendly: bool = False
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "pcamnet",
+            lambda dropout: PCamNet(dropout=dropout),
+            "compact residual net (1.2 M parameters), trains on a CPU in minutes; the CPU default",
+            {"stage4": 6, "stage3": 12, "stage2": 24},
+            cpu_friendly=True,
+        ),
+        ModelSpec(
+            "pcamnet_wide",
+            lambda dropout: PCamNet(widths=(48, 96, 192, 384), depths=(1, 1, 2, 1), dropout=dropout),
+            "wider, deeper compact net (4.6 M parameters)",
+            {"stage4": 6, "stage3": 12, "stage2": 24},
+            cpu_friendly=True,
+        ),
+        ModelSpec("resnet18", _torchvision_resnet("resnet18"), "torchvision ResNet-18, one-logit head; the CUDA default",
+                  {"net.layer4": 3, "net.layer3": 6, "net.layer2": 12}),
+        ModelSpec("resnet34", _torchvision_resnet("resnet34"), "torchvision ResNet-34, one-logit head",
+                  {"net.layer4": 3, "net.layer3": 6, "net.layer2": 12}),
+        ModelSpec("resnet50", _torchvision_resnet("resnet50"), "torchvision ResNet-50, one-logit head",
+                  {"net.layer4": 3, "net.layer3": 6, "net.layer2": 12}),
+        ModelSpec("densenet121", _densenet121, "torchvision DenseNet-121, one-logit head",
+                  {"net.features.norm5": 3, "net.features.denseblock3": 6, "net.features.denseblock2": 12}),
+    )
+}
+CPU_DEFAULT = "pcamnet"
+CUDA_DEFAULT = "resnet18"
+
+
+def model_names() -> list[str]:
+    return list(MODELS)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}") from None
+
+
+def resolve_model_name(name: str, device: torch.device | str) -> str:
+    """"auto" -> the compact model on the CPU, ResNet-18 on CUDA; other names are checked."""
+    if name == "auto":
+        return CUDA_DEFAULT if torch.device(device).type == "cuda" else CPU_DEFAULT
+    return get_spec(name).name
+
+
+def create_model(name: str, *, weights: str | Path | None = None, dropout: float = 0.2) -> nn.Module:
+    """Build a registered model; optionally load a local weights file (never a download)."""
+    model = get_spec(name).build(dropout)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict (or the ``model`` entry of one of our checkpoints) from a local file.
+
+    Tensors whose names and shapes match are loaded; the rest (an ImageNet head, say) keep their
+    initialisation, and what was skipped is logged. Loaded with ``weights_only=True``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors, unsafe globals, truncated files: all mean "not loadable"
+        raise ValueError(f"{path}: not a loadable weights file ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise ValueError(f"{path}: none of its {len(state)} tensors match this model's parameters")
+    skipped = sorted(set(state) - set(usable))
+    missing = sorted(set(own) - set(usable))
+    model.load_state_dict(usable, strict=False)
+    log.info("loaded %d tensors from %s (skipped %d, left initialised %d)", len(usable), path, len(skipped), len(missing))
+
+
+def get_layer(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at a dotted path, with an error listing the valid Grad-CAM layers when absent."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise ValueError(f"model has no layer {path!r}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

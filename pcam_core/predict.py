@@ -1,0 +1,267 @@
+"""Prediction and evaluation with a trained run: Kaggle submissions, metrics files, shards.
+
+A submission is Kaggle's format: header ``id,label``, one row per image, ``label`` the probability of
+tumour tissue in the central 32x32 region. Files are written only when everything succeeded, atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .checkpoint import model_from_checkpoint
+from .config import ExperimentConfig
+from .data.base import PatchDataset
+from .data.common import DataError
+from .data.loader import detect_format, make_loader, open_dataset, train_valid_datasets
+from .fileio import atomic_write_json, atomic_write_with
+from .inference import Predictions, predict_loader
+from .metrics import binary_metrics, choose_threshold, pr_points, reliability_points, roc_points
+from .runs import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
+    """`checkpoints/best.pt` (or `last.pt`) of a run; best falls back to last when no epoch finished."""
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run.path}")
+    if which not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', not {which!r}")
+    for path in ([run.best_checkpoint, run.last_checkpoint] if which == "best" else [run.last_checkpoint]):
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"run {run.path} has no checkpoint yet ({which}.pt); has it finished an epoch?")
+
+
+def load_run_model(run_dir: str | Path, *, which: str = "best", device: torch.device | str = "cpu") -> tuple[nn.Module, ExperimentConfig, dict[str, Any]]:
+    """The run's model in eval mode (moving-average weights when kept), its config and checkpoint info."""
+    return model_from_checkpoint(checkpoint_path(run_dir, which), device)
+
+
+@dataclass
+class PredictionResult:
+    predictions: Predictions
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id or path, reason)
+
+
+def predict_dataset(
+    model: nn.Module,
+    dataset: PatchDataset,
+    *,
+    device: torch.device | str = "cpu",
+    tta: bool = False,
+    batch_size: int = 256,
+    num_workers: int = -1,
+    skip_bad: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> PredictionResult:
+    """Probabilities for every readable patch of `dataset`.
+
+    Datasets opened with `skip_bad=True` report unreadable images per item instead of raising inside a
+    loader worker; here, without `skip_bad`, the first one raises a `DataError` naming the file (in this
+    process, so the message stays clean), and with it they are listed in `skipped`."""
+    device = torch.device(device)
+    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers)
+    skipped: list[tuple[str, str]] = []
+
+    def good_batches():
+        for batch in loader:
+            errors = batch.get("error") or [None] * len(batch["id"])
+            bad = [i for i, e in enumerate(errors) if e]
+            if bad and not skip_bad:
+                raise DataError(errors[bad[0]] + (f" (and {len(bad) - 1} more bad file(s) in this batch)" if len(bad) > 1 else ""))
+            if bad:
+                skipped.extend((batch["id"][i], errors[i]) for i in bad)
+                keep = [i for i, e in enumerate(errors) if not e]
+                if not keep:
+                    continue
+                keep_t = torch.tensor(keep)
+                batch = {
+                    "image": batch["image"][keep_t], "label": batch["label"][keep_t], "index": batch["index"][keep_t],
+                    "id": [batch["id"][i] for i in keep],
+                }
+            yield batch
+
+    preds = predict_loader(model, good_batches(), device, tta=tta, progress=progress)
+    return PredictionResult(preds, skipped)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """"i/n" (0 <= i < n) -> (i, n)."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def shard_indices(n_items: int, shard: tuple[int, int] | None) -> np.ndarray:
+    """The contiguous block of 0..n_items-1 that shard (i, n) covers; shards cover everything once."""
+    if shard is None:
+        return np.arange(n_items)
+    i, n = shard
+    bounds = np.linspace(0, n_items, n + 1).round().astype(int)
+    return np.arange(bounds[i], bounds[i + 1])
+
+
+def write_submission(path: str | Path, ids: list[str], probs: np.ndarray) -> None:
+    frame = pd.DataFrame({"id": ids, "label": np.round(np.asarray(probs, dtype=np.float64), 6)})
+    atomic_write_with(path, lambda h: h.write(frame.to_csv(index=False).encode()))
+
+
+def predict_submission(
+    run_dir: str | Path,
+    input_path: str | Path,
+    out: str | Path,
+    *,
+    split: str | None = None,
+    tta: bool = False,
+    skip_bad: bool = False,
+    shard: tuple[int, int] | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    num_workers: int = -1,
+    which: str = "best",
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Predict every image of `input_path` (a folder of images, a Kaggle folder's test split, or an
+    HDF5 split) and write a Kaggle submission CSV to `out`.
+
+    Without `skip_bad` the first unreadable image stops the run before anything is written. With it,
+    bad images are left out of the CSV and listed in the returned summary (and in `<out>.skipped.csv`).
+    """
+    dev = resolve_device(device)
+    model, config, info = load_run_model(run_dir, which=which, device=dev)
+    input_path = Path(input_path)
+    fmt = detect_format(input_path)
+    default_split = "test" if fmt in ("h5", "kaggle") and not input_path.is_file() else None
+    dataset = open_dataset(input_path, split or default_split, skip_bad=True)  # errors come back per item
+    indices = shard_indices(len(dataset), shard)
+    subset = dataset.subset(indices) if shard else dataset
+    if on_start:
+        on_start(len(subset))
+    result = predict_dataset(model, subset, device=dev, tta=tta, batch_size=batch_size, num_workers=num_workers,
+                             skip_bad=skip_bad, progress=progress)
+    preds = result.predictions
+    out = Path(out)
+    write_submission(out, preds.ids, preds.probs)
+    skipped_path = None
+    if result.skipped:
+        skipped_path = out.with_name(out.name + ".skipped.csv")
+        frame = pd.DataFrame(result.skipped, columns=["id", "reason"])
+        atomic_write_with(skipped_path, lambda h: h.write(frame.to_csv(index=False).encode()))
+    return {
+        "out": str(out), "rows": len(preds), "skipped": result.skipped, "skipped_file": str(skipped_path) if skipped_path else None,
+        "model": config.model.name, "checkpoint_epoch": info.get("epoch"), "tta": tta, "dataset": dataset.describe(),
+        "shard": f"{shard[0]}/{shard[1]}" if shard else None, "synthetic_model": bool(info.get("synthetic_data")),
+    }
+
+
+def merge_submissions(parts: list[str | Path], out: str | Path) -> int:
+    """Concatenate shard CSVs into one submission; refuses duplicate ids and malformed files."""
+    frames = []
+    for part in parts:
+        part = Path(part)
+        if not part.exists():
+            raise FileNotFoundError(f"shard file not found: {part}")
+        frame = pd.read_csv(part, dtype={"id": str})
+        if list(frame.columns) != ["id", "label"]:
+            raise DataError(f"{part}: expected the header id,label; found {','.join(map(str, frame.columns))}")
+        frames.append(frame)
+    merged = pd.concat(frames, ignore_index=True)
+    dup = merged["id"].duplicated(keep=False)
+    if dup.any():
+        raise DataError(f"{dup.sum()} rows share an id across the shards (e.g. {merged['id'][dup].iloc[0]}); were shards overlapping?")
+    atomic_write_with(out, lambda h: h.write(merged.to_csv(index=False).encode()))
+    return len(merged)
+
+
+def dataset_for_split(path: str | Path, split: str, config: ExperimentConfig | None = None) -> PatchDataset:
+    """One split of a data folder. "valid" on data without its own validation split (Kaggle) is the
+    seeded stratified split a run with `config` trained against, rebuilt exactly."""
+    path = Path(path)
+    fmt = detect_format(path)
+    if split in ("valid", "val") and fmt == "kaggle":
+        data = config.data if config is not None else None
+        tv = train_valid_datasets(path, format="kaggle", valid_frac=data.valid_frac if data else 0.1, seed=data.split_seed if data else 0)
+        return tv.valid
+    return open_dataset(path, split)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | Path,
+    split: str,
+    out: str | Path,
+    *,
+    tta: bool = False,
+    threshold: str = "fixed",
+    threshold_value: float = 0.5,
+    device: str = "auto",
+    batch_size: int = 256,
+    num_workers: int = -1,
+    which: str = "best",
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Score a run on a labelled split: writes `out` (metrics JSON with curves) and, beside it,
+    `<stem>_predictions.csv` (id,label,probability,index).
+
+    The threshold is chosen on the run's validation predictions (`threshold` = "fixed", "youden" or
+    "sensitivity" with `threshold_value` the target), never on the data being scored.
+    """
+    dev = resolve_device(device)
+    model, config, info = load_run_model(run_dir, which=which, device=dev)
+    dataset = dataset_for_split(data, split, config)
+    if not dataset.has_labels:
+        raise DataError(f"{dataset.describe()} has no labels; use `pcam predict` for unlabelled data")
+    threshold_used = threshold_value
+    if threshold != "fixed":
+        valid_csv = RunDir(run_dir).valid_predictions_path
+        if not valid_csv.exists():
+            raise FileNotFoundError(f"{valid_csv} not found: threshold method {threshold!r} needs the run's validation predictions")
+        valid = pd.read_csv(valid_csv)
+        threshold_used = choose_threshold(valid["label"].to_numpy(), valid["probability"].to_numpy(), threshold, value=threshold_value)
+    result = predict_dataset(model, dataset, device=dev, tta=tta, batch_size=batch_size, num_workers=num_workers, progress=progress)
+    preds = result.predictions
+    metrics = binary_metrics(preds.labels, preds.probs, threshold_used)
+    report = {
+        "run": str(Path(run_dir)), "data": str(data), "split": split, "dataset": dataset.describe(), "tta": tta,
+        "checkpoint": which, "checkpoint_epoch": info.get("epoch"), "model": config.model.name,
+        "threshold_method": threshold, "threshold_target": threshold_value if threshold == "sensitivity" else None,
+        "synthetic_data": bool(getattr(dataset, "synthetic", False)),
+        "metrics": metrics,
+        "curves": {
+            "roc": roc_points(preds.labels, preds.probs) if metrics["roc_auc"] is not None else None,
+            "pr": pr_points(preds.labels, preds.probs) if metrics["pr_auc"] is not None else None,
+            "reliability": reliability_points(preds.labels, preds.probs),
+        },
+    }
+    out = Path(out)
+    predictions_path = out.with_name(out.stem + "_predictions.csv")
+    frame = preds.to_frame()
+    atomic_write_with(predictions_path, lambda h: h.write(frame.to_csv(index=False).encode()))
+    report["predictions_file"] = str(predictions_path)
+    atomic_write_json(out, report)
+    return report

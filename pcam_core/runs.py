@@ -1,0 +1,390 @@
+"""The run folder: the contract between a training process and everything that watches it.
+
+    RUN_DIR/
+      config.json            the ExperimentConfig (written when the run is created; the trainer adds the
+                             resolved model name and world size when it starts)
+      status.json            state, pid, heartbeat, progress, error message (rewritten atomically)
+      epochs.jsonl           one JSON object per finished epoch: train loss, every validation metric
+      steps.jsonl            one JSON object every `log_every` steps: loss, learning rate, images/s
+      train.log              the trainer's log
+      console.log            stdout/stderr of a process started by `launch` (tracebacks of hard crashes)
+      checkpoints/last.pt    latest state (end of epoch, on stop, and every `checkpoint_minutes`)
+      checkpoints/best.pt    the epoch with the best validation `monitor` metric
+      valid_predictions.csv  id,label,probability,index of the validation set at the best epoch
+      summary.json           final figures, written when the run ends
+
+States: queued -> running -> finished | failed | stopped. A run whose process died without saying so
+(kill -9, power loss) reads as "interrupted": its pid is gone, or its heartbeat is older than
+`STALE_AFTER_S`. Every state but running and queued can be resumed from `checkpoints/last.pt`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ExperimentConfig
+from .fileio import atomic_write_json, atomic_write_text, read_json, read_jsonl
+
+log = logging.getLogger(__name__)
+
+STATES = ("queued", "running", "finished", "failed", "stopped", "interrupted")
+ACTIVE_STATES = ("queued", "running")
+HEARTBEAT_S = 5.0
+STALE_AFTER_S = 60.0
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id is a plain folder name: letters, digits, '.', '_' and '-', no path separators, no '..'."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or ".." in run_id:
+        raise ValueError(
+            f"invalid run id {run_id!r}: use up to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return run_id
+
+
+def run_path(root: str | Path, run_id: str) -> Path:
+    """The folder of run `run_id` under `root`, guaranteed to lie inside `root`."""
+    root = Path(root).resolve()
+    path = (root / check_run_id(run_id)).resolve()
+    if path.parent != root:
+        raise ValueError(f"run id {run_id!r} resolves outside the runs folder {root}")
+    return path
+
+
+def new_run_id(name: str = "") -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:40]
+    return "-".join(p for p in (stamp, slug, secrets.token_hex(3)) if p)
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _process_start_time(pid: int) -> str | None:
+    """Start time of `pid` in clock ticks since boot (Linux), to tell a reused pid from ours."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def pid_alive(pid: int | None, start: str | None = None) -> bool:
+    """Whether `pid` is a live (not zombie) process, and the same process when `start` is known."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): the kill(0) answer is all we have
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return False
+    return start is None or fields[19] == start
+
+
+class RunDir:
+    """Reading and writing one run folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # paths
+    config_path = property(lambda self: self.path / "config.json")
+    status_path = property(lambda self: self.path / "status.json")
+    epochs_path = property(lambda self: self.path / "epochs.jsonl")
+    steps_path = property(lambda self: self.path / "steps.jsonl")
+    log_path = property(lambda self: self.path / "train.log")
+    console_path = property(lambda self: self.path / "console.log")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.pt")
+    best_checkpoint = property(lambda self: self.path / "checkpoints" / "best.pt")
+    valid_predictions_path = property(lambda self: self.path / "valid_predictions.csv")
+    summary_path = property(lambda self: self.path / "summary.json")
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def config(self) -> ExperimentConfig:
+        if not self.config_path.exists():
+            raise FileNotFoundError(f"{self.path} is not a run folder (no config.json)")
+        return ExperimentConfig.from_json(self.config_path)
+
+    def raw_status(self) -> dict[str, Any]:
+        return read_json(self.status_path, default={}) or {}
+
+    def status(self) -> dict[str, Any]:
+        """The status file, with `state` corrected for a process that died without updating it."""
+        status = self.raw_status()
+        if not status:
+            return {"state": "unknown", "message": "no status.json"}
+        state = status.get("state")
+        if state in ACTIVE_STATES:
+            same_host = status.get("host") in (None, socket.gethostname())
+            pid = status.get("pid") if state == "running" else status.get("launcher_pid")
+            heartbeat_age = _now() - float(status.get("heartbeat", status.get("updated_at", 0)) or 0)
+            start = status.get("pid_start") if state == "running" else status.get("launcher_pid_start")
+            if same_host and pid and not pid_alive(pid, start):
+                status = {**status, "state": "interrupted" if state == "running" else "failed"}
+                status["message"] = (
+                    "the training process ended without a final status (killed?); resume it to continue"
+                    if state == "running"
+                    else "the training process exited before it started; see console.log"
+                )
+            elif state == "running" and heartbeat_age > STALE_AFTER_S:
+                status = {**status, "state": "interrupted",
+                          "message": f"no heartbeat for {heartbeat_age:.0f} s; the process is presumed dead"}
+        return status
+
+    def epochs(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.epochs_path)
+
+    def steps(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.steps_path)
+
+    def summary(self) -> dict[str, Any]:
+        return read_json(self.summary_path, default={}) or {}
+
+    def best_epoch(self) -> dict[str, Any] | None:
+        """The epochs.jsonl record flagged best (the checkpoint in best.pt)."""
+        best = [e for e in self.epochs() if e.get("is_best")]
+        return best[-1] if best else None
+
+    def log_tail(self, lines: int = 40, *, console: bool = False) -> str:
+        """The last lines of train.log (or of console.log, where a crashed process's traceback lands)."""
+        path = self.console_path if console else self.log_path
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+
+def create_run(root: str | Path, config: ExperimentConfig, *, run_id: str | None = None) -> RunDir:
+    """Make a new run folder with its config and a "queued" status. Never reuses a folder: two runs
+    created at the same moment get two folders (the id has a random part, and mkdir is exclusive)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(20):
+        rid = run_id or new_run_id(config.name or config.model.name)
+        path = run_path(root, rid)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if run_id:
+                raise FileExistsError(f"run {run_id!r} already exists in {root}") from None
+            continue
+        break
+    else:  # pragma: no cover - 20 collisions of a 24-bit random suffix
+        raise RuntimeError("could not create a unique run folder")
+    run = RunDir(path)
+    atomic_write_text(run.config_path, config.to_json() + "\n")
+    atomic_write_json(run.status_path, {"state": "queued", "created_at": _now(), "updated_at": _now(), "host": socket.gethostname()})
+    return run
+
+
+def prepare_out_dir(out: str | Path, config: ExperimentConfig, *, resume: bool) -> RunDir:
+    """The run folder for `pcam train --out OUT`: created (must be new or empty) or, with `resume`,
+    an existing run whose saved config is used."""
+    run = RunDir(out)
+    if resume:
+        if not run.exists():
+            raise FileNotFoundError(f"cannot resume: {run.path} is not a run folder (no config.json)")
+        if run.status().get("state") == "running":
+            raise RuntimeError(f"run {run.path} is still running (pid {run.raw_status().get('pid')}); stop it first")
+        return run
+    if run.path.exists() and any(run.path.iterdir()):
+        if run.exists() and run.raw_status().get("state") == "queued" and not run.epochs():
+            return run  # created by `create_run`/`launch`, not started yet
+        raise FileExistsError(f"{run.path} exists and is not empty; choose a new --out or pass --resume")
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config_path, config.to_json() + "\n")
+    return run
+
+
+class StatusWriter:
+    """Owns status.json for a training process: merges updates, stamps a heartbeat from a background
+    thread every `HEARTBEAT_S` seconds so long epochs never look dead, and writes atomically."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self._lock = threading.Lock()
+        self._status = run.raw_status()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def update(self, **fields: Any) -> None:
+        with self._lock:
+            self._status.update(fields)
+            self._status["updated_at"] = self._status["heartbeat"] = _now()
+            try:
+                atomic_write_json(self.run.status_path, self._status)
+            except OSError as err:  # a full disk must not kill training; the log says it
+                log.warning("could not write %s: %s", self.run.status_path, err)
+
+    def start_heartbeat(self) -> None:
+        def beat() -> None:
+            while not self._stop.wait(HEARTBEAT_S):
+                self.update()
+
+        self._thread = threading.Thread(target=beat, name="pcam-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=HEARTBEAT_S * 2)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    path: str
+    state: str
+    model: str
+    data: str
+    epochs_done: int
+    epochs_total: int
+    best: dict[str, Any] | None
+    created_at: float | None
+    message: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def summarize(run: RunDir) -> RunSummary:
+    status = run.status()
+    try:
+        config = run.config()
+        model, data, total = config.model.name, config.data.path, config.train.epochs
+    except (ValueError, FileNotFoundError):
+        model, data, total = "?", "?", 0
+    epochs = run.epochs()
+    best = run.best_epoch()
+    best_view = None
+    if best:
+        best_view = {k: best.get(k) for k in ("epoch", "roc_auc", "pr_auc", "accuracy", "f1", "loss")}
+    return RunSummary(
+        run.run_id,
+        str(run.path),
+        status.get("state", "unknown"),
+        model,
+        data,
+        len({e.get("epoch") for e in epochs}),
+        total,
+        best_view,
+        status.get("created_at"),
+        status.get("message") or status.get("error"),
+    )
+
+
+def list_runs(root: str | Path) -> list[RunSummary]:
+    """Every run folder directly under `root`, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [RunDir(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()]
+    summaries = [summarize(r) for r in runs]
+    return sorted(summaries, key=lambda s: (s.created_at or 0, s.run_id), reverse=True)
+
+
+def train_command(run: RunDir, *, nproc: int = 1, resume: bool = False) -> list[str]:
+    """The argv that trains `run` in a new process: `python -m pcam_core train`, through torchrun
+    (`python -m torch.distributed.run`) when `nproc` > 1. No shell: user text never meets one."""
+    args = ["-m", "pcam_core", "train", "--config", str(run.config_path), "--out", str(run.path)]
+    if resume:
+        args.append("--resume")
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args[1:]]
+    return [sys.executable, *args]
+
+
+def launch(run: RunDir, *, nproc: int = 1, resume: bool = False, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start training `run` as a detached background process (its own session, so it outlives the
+    caller: a dashboard rerun, a closed tab, a restarted app). Returns the process; a thread reaps it
+    when it ends so it never lingers as a zombie."""
+    if nproc < 1:
+        raise ValueError(f"nproc={nproc} must be at least 1")
+    status = run.status()
+    if status.get("state") in ACTIVE_STATES and status.get("launcher_pid") and pid_alive(status["launcher_pid"]):
+        raise RuntimeError(f"run {run.run_id} already has a live process (pid {status['launcher_pid']})")
+    run.path.mkdir(parents=True, exist_ok=True)
+    console = open(run.console_path, "ab")
+    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    if nproc > 1:
+        child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    try:
+        proc = subprocess.Popen(
+            train_command(run, nproc=nproc, resume=resume),
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=child_env,
+            cwd=os.getcwd(),
+        )
+    finally:
+        console.close()
+    current = run.raw_status()
+    current.update(
+        state="queued", launcher_pid=proc.pid, launcher_pid_start=_process_start_time(proc.pid),
+        host=socket.gethostname(), nproc=nproc, updated_at=_now(), message=None, error=None,
+    )
+    current.pop("pid", None)
+    atomic_write_json(run.status_path, current)
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+    return proc
+
+
+def _signal(send) -> None:
+    try:
+        send()
+    except (ProcessLookupError, PermissionError) as err:
+        log.warning("could not signal the run's process: %s", err)
+
+
+def stop(run: RunDir, *, timeout: float = 0.0) -> bool:
+    """Ask the run's processes to stop cleanly (SIGTERM: the trainer saves a checkpoint and writes
+    "stopped"). Returns False when nothing was running. With `timeout`, waits that long for the end."""
+    status = run.status()
+    if status.get("state") not in ACTIVE_STATES:
+        return False
+    launcher, trainer = status.get("launcher_pid"), status.get("pid")
+    if launcher and pid_alive(launcher, status.get("launcher_pid_start")):
+        # `launch` made the launcher a session (and process group) leader: signal the whole group,
+        # so torchrun and every rank hear it.
+        _signal(lambda: os.killpg(launcher, signal.SIGTERM))
+    elif trainer and pid_alive(trainer, status.get("pid_start")):
+        _signal(lambda: os.kill(trainer, signal.SIGTERM))  # started from a terminal: that process only
+    else:
+        return False
+    deadline = _now() + timeout
+    while timeout and _now() < deadline:
+        if run.status().get("state") not in ACTIVE_STATES:
+            break
+        time.sleep(0.2)
+    return True
