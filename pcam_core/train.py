@@ -361,7 +361,10 @@ def fit(config: ExperimentConfig, out: str | Path, *, resume: bool = False, prog
         if status is not None:
             reason = f"{type(err).__name__}: {err}" if not isinstance(err, KeyboardInterrupt) else "interrupted"
             status.update(state="failed", error=reason, message=reason, finished_at=time.time())
-            log.error("run failed: %s\n%s", reason, traceback.format_exc())
+            log.error("run failed: %s", reason)
+            if handler is not None:  # the traceback is for the log file, not the user's terminal
+                handler.stream.write(traceback.format_exc())
+                handler.flush()
         raise
     finally:
         if status is not None:
@@ -443,6 +446,12 @@ def _fit(
             ema.module.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None and ckpt.get("scheduler"):
+            saved_total = ckpt["scheduler"].get("total_steps")
+            if saved_total is not None and saved_total != getattr(scheduler, "total_steps", saved_total):
+                raise ValueError(
+                    f"the checkpoint's learning-rate schedule spans {saved_total} steps but the config now implies "
+                    f"{scheduler.total_steps} (were epochs or batch size edited in config.json?); start a new run instead"
+                )
             scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 ZENODO_RECORD = "2546921"
 DEFAULT_BASE_URL = f"https://zenodo.org/records/{ZENODO_RECORD}/files"
-CHUNK = 1 << 20
+CHUNK = 1 << 18
 
 
 @dataclass(frozen=True)

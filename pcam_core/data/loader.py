@@ -180,8 +180,10 @@ def make_loader(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
     workers = default_workers(dataset) if num_workers < 0 else num_workers
+    # A private generator: creating the iterator must not draw from the global RNG, which drives
+    # augmentation and whose state a resumed run restores exactly.
+    generator = torch.Generator().manual_seed(seed)
     if sampler is None:
-        generator = torch.Generator().manual_seed(seed)
         sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(
         dataset,
@@ -190,6 +192,7 @@ def make_loader(
         drop_last=drop_last,
         num_workers=workers,
         collate_fn=_batch_as_is,
+        generator=generator,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,

@@ -1,0 +1,65 @@
+"""pcam_core.models: every registered model, forward and backward, its Grad-CAM layers, local weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pcam_core.models import MODELS, create_model, get_layer, get_spec, load_weights, model_names, resolve_model_name
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_forward_backward_and_target_layers(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    x = torch.randn(2, 3, 96, 96)
+    sizes = {}
+    hooks = [get_layer(model, path).register_forward_hook(lambda m, i, o, p=path: sizes.__setitem__(p, o.shape[-1]))
+             for path in get_spec(name).target_layers]
+    logits = model(x)
+    assert logits.shape == (2,) and logits.dtype == torch.float32  # raw logits, one per patch
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert sizes == get_spec(name).target_layers  # the stated feature-map size of each Grad-CAM layer
+    for h in hooks:
+        h.remove()
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        create_model("vgg16")
+    for name in MODELS:
+        assert name in str(err.value)
+
+
+def test_auto_resolves_per_device():
+    assert resolve_model_name("auto", "cpu") == "pcamnet"
+    assert resolve_model_name("auto", "cuda") == "resnet18"
+    assert resolve_model_name("densenet121", "cpu") == "densenet121"
+
+
+def test_local_weights_partial_and_refusals(tmp_path):
+    src = create_model("resnet18")
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith("net.fc")}
+    state["net.fc.1.weight"] = torch.zeros(1000, 512)  # an ImageNet-shaped head: skipped, not an error
+    torch.save(state, tmp_path / "backbone.pt")
+    model = create_model("resnet18", weights=tmp_path / "backbone.pt")
+    assert torch.equal(model.state_dict()["net.layer1.0.conv1.weight"], src.state_dict()["net.layer1.0.conv1.weight"])
+    torch.save({"other": torch.zeros(3)}, tmp_path / "unrelated.pt")
+    with pytest.raises(ValueError, match="none of its 1 tensors match"):
+        load_weights(create_model("pcamnet"), tmp_path / "unrelated.pt")
+    with pytest.raises(FileNotFoundError):
+        create_model("pcamnet", weights=tmp_path / "missing.pt")
+
+
+def test_pickled_weights_that_would_run_code_are_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=True)
+    with pytest.raises(ValueError, match="not a loadable weights file"):
+        create_model("pcamnet", weights=tmp_path / "evil.pt")
+    assert not marker.exists()

@@ -1,0 +1,163 @@
+"""pcam_core.train: a real short run, the run folder contract, exact resume, faults that stop a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import REPO, run_cli
+from pcam_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from pcam_core.config import ExperimentConfig
+from pcam_core.runs import RunDir
+
+
+def test_short_run_beats_chance_and_fills_the_run_folder(trained_run):
+    run = RunDir(trained_run)
+    status = run.status()
+    assert status["state"] == "finished" and status["world_size"] == 1 and status["device"] == "cpu"
+    epochs = run.epochs()
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    for key in ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1", "ece", "confusion", "loss", "train_loss"):
+        assert key in epochs[-1]
+    assert max(e["roc_auc"] for e in epochs) > 0.8  # chance is 0.5
+    assert run.steps() and all(np.isfinite(s["loss"]) for s in run.steps())
+    config = run.config()
+    assert config.model.name == "pcamnet"  # "auto" resolved and recorded
+    for path in (run.best_checkpoint, run.last_checkpoint):
+        payload = load_checkpoint(path)  # weights_only=True
+        assert ExperimentConfig.from_dict(payload["config"]) == config
+    model, _, info = model_from_checkpoint(run.best_checkpoint)
+    assert not model.training and info["best"]["epoch"] == run.best_epoch()["epoch"]
+    preds = run.valid_predictions_path.read_text().splitlines()
+    assert preds[0] == "id,label,probability,index" and len(preds) == 257
+    summary = run.summary()
+    assert summary["synthetic_data"] is True and summary["ended_by"] == "finished"
+    assert "SYNTHETIC" in (trained_run / "train.log").read_text() or summary["synthetic_data"]
+
+
+def _train_args(demo_root, out, *extra):
+    return [sys.executable, "-m", "pcam_core", "train", "--data", str(demo_root), "--out", str(out), "--epochs", "2",
+            "--batch-size", "32", "--workers", "0", "--seed", "5", *extra]
+
+
+def _wait_for(predicate, timeout=120, every=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+def test_sigterm_stops_cleanly_and_resume_continues_exactly(demo_root, tmp_path):
+    # reference: the same run without interruption
+    ref = tmp_path / "ref"
+    assert subprocess.run(_train_args(demo_root, ref), capture_output=True, cwd=REPO).returncode == 0
+    # interrupted: SIGTERM in the middle of the first epoch, then --resume
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(_train_args(demo_root, out, "--max-steps", "1000"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run = RunDir(out)
+    assert _wait_for(lambda: run.steps() and run.steps()[-1]["step"] >= 10)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    status = run.status()
+    assert status["state"] == "stopped" and "SIGTERM" in status["message"]
+    ckpt = load_checkpoint(run.last_checkpoint)
+    assert ckpt["epoch"] == 0 and 10 <= ckpt["step_in_epoch"] < 24  # stopped mid-epoch with its position
+    result = run_cli("train", "--out", str(out), "--resume")
+    assert result.returncode == 0, result.stderr
+    assert run.status()["state"] == "finished"
+    a, b = load_checkpoint(ref / "checkpoints" / "last.pt"), load_checkpoint(run.last_checkpoint)
+    assert a["global_step"] == b["global_step"] == 48
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key  # bit-identical to the uninterrupted run
+    ref_epochs, epochs = RunDir(ref).epochs(), run.epochs()
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert [e["roc_auc"] for e in epochs] == [e["roc_auc"] for e in ref_epochs]
+    steps = [s["step"] for s in run.steps()]
+    assert steps == sorted(set(steps))  # every logged step once
+
+
+def test_resume_refuses_a_running_or_missing_run(tmp_path):
+    result = run_cli("train", "--out", str(tmp_path / "nothing"), "--resume")
+    assert result.returncode == 2 and "not a run folder" in result.stderr
+
+
+def test_out_dir_that_is_not_empty_is_refused(demo_root, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    result = run_cli("train", "--data", str(demo_root), "--out", str(tmp_path / "busy"), "--epochs", "1")
+    assert result.returncode == 2 and "not empty" in result.stderr
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_non_finite_loss_stops_the_run_with_the_reason(demo_root, tmp_path):
+    out = tmp_path / "nan"
+    result = run_cli("train", "--data", str(demo_root), "--out", str(out), "--epochs", "1", "--batch-size", "32",
+                     "--workers", "0", "--pos-weight", "1e38")
+    assert result.returncode == 2
+    assert "loss became inf" in result.stderr and "Traceback" not in result.stderr
+    status = RunDir(out).status()
+    assert status["state"] == "failed" and "NonFiniteLoss: loss became inf" in status["error"]
+
+
+def test_failed_checkpoint_write_keeps_the_previous_checkpoint(demo_root, tmp_path):
+    """A real write failure: the resumed process may not write files larger than 1 MB (RLIMIT_FSIZE,
+    as when a disk fills up), so every checkpoint write fails with EFBIG."""
+    out = tmp_path / "full"
+    proc = subprocess.Popen(_train_args(demo_root, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = RunDir(out)
+    assert _wait_for(lambda: len(run.epochs()) == 1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+
+    def limit():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    resumed = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(out), "--resume"],
+                             capture_output=True, text=True, cwd=REPO, preexec_fn=limit, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before  # untouched and still loadable
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+    assert run.status()["state"] == "finished" and len(run.epochs()) == 2
+    assert any("could not write checkpoint" in w for w in run.summary()["warnings"])
+    assert "could not write checkpoint" in (out / "train.log").read_text()
+    assert "could not write checkpoint" in resumed.stderr
+
+
+def test_amp_path_runs_on_the_cpu(demo_root, tmp_path):
+    """The mixed-precision code path (bf16 autocast on the CPU; on CUDA it is the default)."""
+    out = tmp_path / "amp"
+    result = run_cli("train", "--data", str(demo_root), "--out", str(out), "--epochs", "1", "--batch-size", "32",
+                     "--workers", "0", "--amp", "--max-steps", "6", "--optimizer", "adam", "--schedule", "cosine")
+    assert result.returncode == 0, result.stderr
+    epochs = RunDir(out).epochs()
+    assert len(epochs) == 1 and np.isfinite(epochs[0]["loss"])
+    assert json.loads((out / "config.json").read_text())["train"]["amp"] is True
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "created-by-pickle"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": "pcam_core.checkpoint/1", "model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
