@@ -165,6 +165,9 @@ def predict_submission(
     result = predict_dataset(model, subset, device=dev, tta=tta, batch_size=batch_size, num_workers=num_workers,
                              skip_bad=skip_bad, progress=progress)
     preds = result.predictions
+    if not len(preds):
+        reasons = "; ".join(reason for _, reason in result.skipped[:3])
+        raise DataError(f"none of the {len(subset)} image(s) could be read, so nothing was written ({reasons})")
     out = Path(out)
     write_submission(out, preds.ids, preds.probs)
     skipped_path = None

@@ -1,0 +1,94 @@
+"""The `pcam` command line end to end, as a user runs it: every command, and clean errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from helpers import make_bad_images, run_cli
+
+
+def test_python_dash_m_and_console_script_agree():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("pcam_core ")
+    pcam = shutil.which("pcam")
+    assert pcam, "the `pcam` console script is installed with the package"
+
+
+def test_end_to_end_on_demo_data(tmp_path):
+    data = tmp_path / "demo"
+    r = run_cli("demo-data", "--out", str(data), "--train", "384", "--valid", "128", "--test", "128")
+    assert r.returncode == 0, r.stderr
+    assert "SYNTHETIC" in r.stdout
+    r = run_cli("verify", str(data))
+    assert r.returncode == 0 and "all good" in r.stdout
+    runs = tmp_path / "runs"
+    r = run_cli("train", "--data", str(data), "--out", str(runs / "a"), "--epochs", "2", "--batch-size", "32",
+                "--workers", "0", "--model", "pcamnet")
+    assert r.returncode == 0, r.stderr
+    assert "finished a: 2 epochs" in r.stdout and "SYNTHETIC" in r.stdout
+    r = run_cli("runs", "--root", str(runs), "--json")
+    listing = json.loads(r.stdout)
+    assert listing[0]["run_id"] == "a" and listing[0]["state"] == "finished" and listing[0]["best"]["roc_auc"] > 0.5
+    r = run_cli("runs", "--root", str(runs))
+    assert "finished" in r.stdout and "pcamnet" in r.stdout
+    r = run_cli("evaluate", "--run", str(runs / "a"), "--data", str(data), "--split", "test", "--out", str(tmp_path / "m.json"))
+    assert r.returncode == 0, r.stderr
+    assert "ROC-AUC" in r.stdout and json.loads((tmp_path / "m.json").read_text())["metrics"]["n"] == 128
+    assert (tmp_path / "m_predictions.csv").exists()
+    r = run_cli("predict", "--run", str(runs / "a"), "--input", str(data), "--out", str(tmp_path / "sub.csv"), "--tta")
+    assert r.returncode == 0, r.stderr
+    sub = pd.read_csv(tmp_path / "sub.csv")
+    assert list(sub.columns) == ["id", "label"] and len(sub) == 128
+    r = run_cli("stop", "--run", str(runs / "a"))
+    assert r.returncode == 0 and "not running" in r.stdout
+
+
+def test_convert_then_train_on_the_fast_path(real_dev, tmp_path):
+    r = run_cli("convert", "--input", str(real_dev), "--out", str(tmp_path / "h5"), "--valid-frac", "0.1", "--test-frac", "0.1")
+    assert r.returncode == 0, r.stderr
+    assert "train 3200, valid 400, test 400" in r.stdout
+    assert run_cli("verify", str(tmp_path / "h5" / "camelyonpatch_level_2_split_test_x.h5")).returncode == 0
+
+
+def test_verify_reports_bad_files_and_fails(tmp_path):
+    make_bad_images(tmp_path / "imgs")
+    r = run_cli("verify", str(tmp_path / "imgs"), "--json")
+    report = json.loads(r.stdout)
+    assert r.returncode == 1 and not report["ok"] and len(report["problems"]) == 10
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["train", "--data", "/nonexistent/data", "--out", "/tmp/x-never"], "pcam demo-data --out /nonexistent/data"),
+        (["train", "--out", "/tmp/x-never-2"], "--data is required"),
+        (["train", "--data", ".", "--out", "/tmp/x-never-3", "--model", "vgg"], "valid models: pcamnet"),
+        (["train", "--data", ".", "--out", "/tmp/x-never-4", "--lr", "5"], "train.lr=5.0 is out of range"),
+        (["predict", "--run", "/nonexistent/run", "--input", ".", "--out", "/tmp/x.csv"], "run folder not found"),
+        (["predict", "--run", ".", "--input", ".", "--out", "/tmp/x.csv", "--shard", "3/2"], "need 0 <= i < n"),
+        (["evaluate", "--run", "/nonexistent/run", "--data", ".", "--out", "/tmp/m.json"], "run folder not found"),
+        (["convert", "--input", "/nonexistent", "--out", "/tmp/h"], "Kaggle split 'train' not found"),
+        (["verify", "/nonexistent"], "data path not found"),
+    ],
+)
+def test_errors_are_one_clear_line_without_traceback(args, expected):
+    r = run_cli(*args)
+    assert r.returncode == 2, r.stdout
+    assert "Traceback" not in r.stderr
+    assert expected in r.stderr, r.stderr
+
+
+def test_predict_a_folder_with_a_bad_image_names_it(trained_run, tmp_path):
+    make_bad_images(tmp_path / "imgs")
+    r = run_cli("predict", "--run", str(trained_run), "--input", str(tmp_path / "imgs"), "--out", str(tmp_path / "s.csv"),
+                "--workers", "2")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ") and str(tmp_path / "imgs") in r.stderr
+    assert not (tmp_path / "s.csv").exists()
+    r = run_cli("predict", "--run", str(trained_run), "--input", str(tmp_path / "imgs"), "--out", str(tmp_path / "s.csv"), "--skip-bad")
+    assert r.returncode == 2 and "none of the 10 image(s) could be read" in r.stderr
+    assert not (tmp_path / "s.csv").exists()

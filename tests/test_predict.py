@@ -1,0 +1,128 @@
+"""pcam_core.predict: submissions, evaluation reports, shards, bad images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import make_bad_images, tif_bytes
+from pcam_core.data import DataError, PCamH5, patch_id
+from pcam_core.predict import (
+    evaluate_run,
+    merge_submissions,
+    parse_shard,
+    predict_submission,
+    shard_indices,
+)
+
+
+@pytest.fixture(scope="module")
+def tif_folder(demo_root, tmp_path_factory):
+    """The demo test split written out as Kaggle-style tifs named by their SHA-1 ids."""
+    folder = tmp_path_factory.mktemp("tifs")
+    ds = PCamH5(demo_root, "test")
+    for pixels in ds.read_pixels(np.arange(40)):
+        (folder / f"{patch_id(pixels)}.tif").write_bytes(tif_bytes(pixels))
+    return folder
+
+
+def test_submission_from_an_h5_split(trained_run, demo_root, tmp_path):
+    out = tmp_path / "sub.csv"
+    result = predict_submission(trained_run, demo_root, out, split="test", device="cpu", num_workers=0)
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["id", "label"] and len(frame) == 256 == result["rows"]
+    assert frame["label"].between(0, 1).all() and frame["id"].is_unique
+    ds = PCamH5(demo_root, "test")
+    assert frame["id"][0] == ds[0]["id"]  # ids are the pixel SHA-1s, comparable with Kaggle ids
+    assert result["synthetic_model"] is True
+
+
+def test_submission_from_tifs_matches_h5_and_tta_differs(trained_run, demo_root, tif_folder, tmp_path):
+    h5 = pd.read_csv(predict_submission(trained_run, demo_root, tmp_path / "h5.csv", split="test", num_workers=0)["out"])
+    tif = pd.read_csv(predict_submission(trained_run, tif_folder, tmp_path / "tif.csv", num_workers=0)["out"])
+    merged = tif.merge(h5, on="id", suffixes=("_tif", "_h5"))
+    assert len(merged) == 40 and np.allclose(merged["label_tif"], merged["label_h5"], atol=1e-6)
+    tta = pd.read_csv(predict_submission(trained_run, tif_folder, tmp_path / "tta.csv", tta=True, num_workers=0)["out"])
+    assert not np.allclose(tta["label"], tif["label"])
+    assert np.corrcoef(tta["label"], tif["label"])[0, 1] > 0.9
+
+
+def test_shards_cover_everything_once_and_merge(trained_run, tif_folder, tmp_path):
+    parts = []
+    for i in range(3):
+        out = tmp_path / f"part{i}.csv"
+        predict_submission(trained_run, tif_folder, out, shard=(i, 3), num_workers=0)
+        parts.append(out)
+    full = tmp_path / "full.csv"
+    predict_submission(trained_run, tif_folder, full, num_workers=0)
+    assert merge_submissions(parts, tmp_path / "merged.csv") == 40
+    a = pd.read_csv(tmp_path / "merged.csv").sort_values("id").reset_index(drop=True)
+    b = pd.read_csv(full).sort_values("id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    with pytest.raises(DataError, match="share an id"):
+        merge_submissions([parts[0], parts[0]], tmp_path / "dup.csv")
+
+
+def test_shard_arithmetic():
+    assert [len(shard_indices(10, (i, 3))) for i in range(3)] == [3, 4, 3]
+    assert np.array_equal(np.concatenate([shard_indices(10, (i, 3)) for i in range(3)]), np.arange(10))
+    assert parse_shard("1/4") == (1, 4)
+    for bad in ("4/4", "x", "1-4", "0/0"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+
+
+def test_bad_image_stops_before_writing_or_is_skipped_and_listed(trained_run, tif_folder, tmp_path):
+    folder = tmp_path / "mixed"
+    shutil.copytree(tif_folder, folder)
+    cases = make_bad_images(folder)
+    out = tmp_path / "sub.csv"
+    with pytest.raises(DataError):
+        predict_submission(trained_run, folder, out, num_workers=0)
+    assert not out.exists()  # nothing half-written
+    result = predict_submission(trained_run, folder, out, skip_bad=True, num_workers=0)
+    skipped = dict(result["skipped"])
+    assert set(skipped) == {name.rsplit(".", 1)[0] for name in cases}
+    assert len(pd.read_csv(out)) == 40
+    listed = pd.read_csv(result["skipped_file"])
+    assert set(listed["id"]) == set(skipped)
+
+
+def test_evaluate_writes_metrics_and_predictions(trained_run, demo_root, tmp_path):
+    out = tmp_path / "metrics.json"
+    report = evaluate_run(trained_run, demo_root, "test", out, num_workers=0)
+    saved = json.loads(out.read_text())
+    m = saved["metrics"]
+    assert m["n"] == 256 and m["roc_auc"] > 0.8 and saved["synthetic_data"] is True
+    assert set(m["confusion"]) == {"tn", "fp", "fn", "tp"} and sum(m["confusion"].values()) == 256
+    assert saved["curves"]["roc"]["fpr"][0] == 0 and saved["curves"]["pr"] and saved["curves"]["reliability"]
+    preds = pd.read_csv(tmp_path / "metrics_predictions.csv")
+    assert list(preds.columns) == ["id", "label", "probability", "index"] and len(preds) == 256
+    assert report["predictions_file"].endswith("metrics_predictions.csv")
+
+
+def test_threshold_chosen_on_validation(trained_run, demo_root, tmp_path):
+    youden = evaluate_run(trained_run, demo_root, "test", tmp_path / "y.json", threshold="youden", num_workers=0)
+    sens = evaluate_run(trained_run, demo_root, "test", tmp_path / "s.json", threshold="sensitivity",
+                        threshold_value=0.99, num_workers=0)
+    valid = pd.read_csv(trained_run / "valid_predictions.csv")
+    caught = (valid.loc[valid["label"] == 1, "probability"] >= sens["metrics"]["threshold"]).mean()
+    assert caught >= 0.99  # the target sensitivity holds on the validation data it was chosen on
+    assert youden["metrics"]["threshold"] != 0.5
+
+
+def test_evaluate_refuses_unlabelled_data(trained_run, tif_folder, tmp_path):
+    with pytest.raises(DataError, match="has no labels"):
+        evaluate_run(trained_run, tif_folder, "test", tmp_path / "m.json", num_workers=0)
+
+
+def test_missing_run_or_checkpoint(tmp_path, tif_folder):
+    with pytest.raises(FileNotFoundError, match="run folder not found"):
+        predict_submission(tmp_path / "nope", tif_folder, tmp_path / "s.csv")
+    (tmp_path / "empty-run").mkdir()
+    with pytest.raises(FileNotFoundError, match="no checkpoint yet"):
+        predict_submission(tmp_path / "empty-run", tif_folder, tmp_path / "s.csv")
