@@ -319,36 +319,45 @@ def train_command(run: RunDir, *, nproc: int = 1, resume: bool = False) -> list[
     if resume:
         args.append("--resume")
     if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args[1:]]
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     return [sys.executable, *args]
 
 
+def spawn_detached(argv: list[str], log_path: str | Path, *, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `argv` (no shell) as a detached process: its own session, so it outlives the caller (a
+    dashboard rerun, a closed tab, a restarted app), stdout and stderr appended to `log_path`. A thread
+    reaps it when it ends so it never lingers as a zombie; `proc.returncode` is set then."""
+    console = open(log_path, "ab")
+    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+            start_new_session=True, env=child_env, cwd=os.getcwd(),
+        )
+    finally:
+        console.close()
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+    return proc
+
+
+def process_start_time(pid: int) -> str | None:
+    """The stamp `pid_alive` compares to tell a reused pid from the process recorded earlier."""
+    return _process_start_time(pid)
+
+
 def launch(run: RunDir, *, nproc: int = 1, resume: bool = False, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start training `run` as a detached background process (its own session, so it outlives the
-    caller: a dashboard rerun, a closed tab, a restarted app). Returns the process; a thread reaps it
-    when it ends so it never lingers as a zombie."""
+    """Start training `run` as a detached background process (see `spawn_detached`); its output goes
+    to console.log. Returns the process."""
     if nproc < 1:
         raise ValueError(f"nproc={nproc} must be at least 1")
     status = run.status()
     if status.get("state") in ACTIVE_STATES and status.get("launcher_pid") and pid_alive(status["launcher_pid"]):
         raise RuntimeError(f"run {run.run_id} already has a live process (pid {status['launcher_pid']})")
     run.path.mkdir(parents=True, exist_ok=True)
-    console = open(run.console_path, "ab")
-    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    if nproc > 1:
-        child_env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    try:
-        proc = subprocess.Popen(
-            train_command(run, nproc=nproc, resume=resume),
-            stdin=subprocess.DEVNULL,
-            stdout=console,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=child_env,
-            cwd=os.getcwd(),
-        )
-    finally:
-        console.close()
+    child_env = dict(env or {})
+    if nproc > 1 and "OMP_NUM_THREADS" not in {**os.environ, **child_env}:
+        child_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    proc = spawn_detached(train_command(run, nproc=nproc, resume=resume), run.console_path, env=child_env)
     current = run.raw_status()
     current.update(
         state="queued", launcher_pid=proc.pid, launcher_pid_start=_process_start_time(proc.pid),
@@ -356,7 +365,6 @@ def launch(run: RunDir, *, nproc: int = 1, resume: bool = False, env: dict[str, 
     )
     current.pop("pid", None)
     atomic_write_json(run.status_path, current)
-    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
     return proc
 
 

@@ -317,7 +317,8 @@ class _SignalFlag:
 
 
 def _setup_logging(run: RunDir, info: D.DistInfo) -> logging.Handler | None:
-    if not info.is_main:
+    if not info.is_main:  # one voice: other ranks report only problems
+        logging.getLogger("pcam_core").setLevel(logging.WARNING)
         return None
     handler = logging.FileHandler(run.log_path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
