@@ -104,10 +104,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import StopRequested, fit
 
     config = build_config(args) if not args.resume else ExperimentConfig()
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
     try:
         summary = fit(config, args.out, resume=args.resume)
     except StopRequested:
-        print(f"stopped: checkpoint saved in {args.out}; continue with `pcam train --out {args.out} --resume`", file=sys.stderr)
+        if main_rank:
+            print(f"stopped: checkpoint saved in {args.out}; continue with `pcam train --out {args.out} --resume`", file=sys.stderr)
+        return 0
+    if not main_rank:
         return 0
     if summary.get("best_metrics"):
         best = summary["best_metrics"]
@@ -210,6 +214,47 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     rows = merge_submissions(args.parts, args.out)
     print(f"merged {len(args.parts)} shard(s) into {args.out}: {rows} rows")
+    return 0
+
+
+# -- explain ---------------------------------------------------------------------------------------
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="class activation map overlays and centre focus per patch", description=(
+        "Explain a run's predictions: one overlay PNG per patch (<id>.png: heat map over the patch, central "
+        "32x32 region outlined) and explanations.csv (id, probability, centre_focus, method, layer, target) "
+        "in --out. Centre focus is the share of the map inside the central region (1/9 for a uniform map)."))
+    p.add_argument("--run", required=True)
+    p.add_argument("--input", required=True, help="an image file, a folder of images, a Kaggle folder or PCam HDF5 data")
+    p.add_argument("--out", required=True, help="folder for the PNGs and explanations.csv")
+    p.add_argument("--method", default="gradcam",
+                   help="gradcam (default), gradcam++, hirescam, xgradcam, layercam, eigencam or scorecam (slow)")
+    p.add_argument("--layer", help="Grad-CAM layer (default: the model's first; `pcam models` lists them with resolutions)")
+    p.add_argument("--target", choices=("tumour", "normal"), default="tumour", help="the class to explain")
+    p.add_argument("--opacity", type=float, default=0.5, help="heat map opacity over the patch, 0 to 1")
+    p.add_argument("--colormap", default="jet", help="matplotlib colormap of the heat map")
+    p.add_argument("--scale", type=int, default=1, help="enlarge the PNGs this many times (nearest neighbour)")
+    p.add_argument("--split", help="split of an HDF5 or Kaggle folder (default: test)")
+    p.add_argument("--limit", type=int, help="explain only the first N patches")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import open_patches, write_explanations
+    from .predict import load_run_model, resolve_device
+
+    model, config, _ = load_run_model(args.run, which=args.checkpoint, device=resolve_device(args.device))
+    dataset = open_patches(args.input, args.split)
+    total = min(len(dataset), args.limit) if args.limit else len(dataset)
+    with _bar(total, "explain") as bar:
+        result = write_explanations(model, dataset, args.out, model_name=config.model.name, method=args.method,
+                                    layer=args.layer, target=args.target, opacity=args.opacity, cmap=args.colormap,
+                                    scale=args.scale, limit=args.limit, batch_size=args.batch_size, progress=bar.update)
+    print(f"wrote {result['rows']} overlays and {result['csv']} ({result['method']} at {result['layer']} "
+          f"({result['resolution']}), target {result['target']}, model {config.model.name})")
     return 0
 
 
@@ -387,6 +432,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_train(sub)
     _add_eval_predict(sub)
+    _add_explain(sub)
     _add_runs(sub)
     return parser
 

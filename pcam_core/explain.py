@@ -1,0 +1,321 @@
+"""Class activation maps (Grad-CAM and relatives) for PCam patches, overlays, and centre focus.
+
+The maps come from the `grad-cam` package (`pytorch_grad_cam`), used as its README shows: one
+``with Method(model=..., target_layers=[...]) as cam:`` per call, so its hooks are removed from the
+model as soon as the call returns. The target is always explicit: ``BinaryClassifierOutputTarget(1)``
+explains "tumour" (the logit), ``(0)`` explains "normal" (minus the logit). Our models return (B,)
+logits, so the package hands each target a 0-d logit, which is what that target expects; its default
+(no targets: the argmax of the output) would fail on a 1-D output, and means nothing for one logit.
+
+Centre focus is the share of a map's mass inside the central 32x32 region, where the PCam label is
+defined: 1/9 for a uniform map, 1 when everything is in the centre, 0 when nothing is. A map that
+is zero everywhere (the method found no evidence for the target) has no focus: NaN.
+What it is not: a measure of correctness (a model can look at the centre and be wrong, or be right
+for reasons outside it), nor comparable across methods or layers. Every map is min-max scaled to
+[0, 1] per patch, and a coarse layer is upsampled bilinearly to 96x96: a ResNet's last stage is
+3x3 at this patch size, each cell covering 32x32 pixels, so its maps cannot localise finer than
+that and its centre focus mostly reflects the middle cell. Prefer a layer of 12x12 or more for
+spatial questions; `layer_choices` lists each layer's resolution.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.colors import Colormap, to_hex, to_rgb
+from PIL import Image
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+from torch import nn
+
+from .data import CENTER_SIZE, CENTER_START, PATCH_SIZE, ImageFiles, PatchDataset, detect_format, make_loader, open_dataset
+from .data.common import IMAGE_EXTENSIONS
+from .fileio import atomic_write_with
+from .models import get_layer, get_spec
+from .transforms import eval_preset
+
+log = logging.getLogger(__name__)
+
+METHODS: dict[str, type[BaseCAM]] = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,  # ignores the target: the activations' first principal component, sign arbitrary
+    "scorecam": ScoreCAM,  # one forward pass per channel of the layer: slow on large models
+}
+DEFAULT_METHOD = "gradcam"
+TARGETS = {"tumour": 1, "normal": 0}
+DEFAULT_COLORMAP = "jet"
+SCORECAM_BATCH = 64  # masked copies ScoreCAM scores per forward pass (the package's default is 16)
+
+# The hooks live on the model for the length of a call; two calls at once on one model (two dashboard
+# sessions sharing a cached model) would record each other's activations.
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Maps for a batch: ``maps`` (B, 96, 96) float32 in [0, 1], the model's tumour ``probabilities``
+    (B,) for the same forward pass, and what produced them."""
+
+    maps: np.ndarray
+    probabilities: np.ndarray
+    method: str
+    layer: str
+    target: str
+    resolution: int
+
+    @property
+    def centre_focus(self) -> np.ndarray:
+        return centre_focus(self.maps)
+
+
+def layer_choices(model_name: str) -> dict[str, str]:
+    """A registered model's Grad-CAM layers, default first, each with a label such as "stage4: 6x6"."""
+    return {path: f"{path}: {size}x{size}" for path, size in get_spec(model_name).target_layers.items()}
+
+
+def resolve_layer(model_name: str, layer: str | None = None) -> tuple[str, int]:
+    """(layer path, feature-map size at 96x96); None means the model's default layer."""
+    layers = get_spec(model_name).target_layers
+    if layer is None:
+        layer = next(iter(layers))
+    if layer not in layers:
+        valid = ", ".join(layer_choices(model_name).values())
+        raise ValueError(f"unknown Grad-CAM layer {layer!r} for model {model_name!r}; valid layers: {valid}")
+    return layer, layers[layer]
+
+
+def get_method(name: str) -> type[BaseCAM]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown CAM method {name!r}; valid methods: {', '.join(METHODS)}") from None
+
+
+def as_batch(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 patches as a (B, 3, 96, 96) tensor, from (B, 3, 96, 96) or (B, 96, 96, 3), tensor or array;
+    a single patch (3-D) becomes a batch of one."""
+    x = torch.as_tensor(images)
+    given = tuple(x.shape)
+    if x.dtype != torch.uint8:
+        raise ValueError(f"patches must be uint8 pixels in [0, 255], got dtype {x.dtype}")
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim == 4 and x.shape[1:] == (PATCH_SIZE, PATCH_SIZE, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1:] != (3, PATCH_SIZE, PATCH_SIZE):
+        raise ValueError(f"patches must have shape (B, 3, 96, 96) or (B, 96, 96, 3), got {given}")
+    return x.contiguous()
+
+
+def explain_batch(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    *,
+    model_name: str,
+    method: str = DEFAULT_METHOD,
+    layer: str | None = None,
+    target: str = "tumour",
+) -> Explanation:
+    """Class activation maps of `images` for `target` ("tumour" or "normal") at `layer` of `model`
+    (a registered `model_name`, in eval mode), with its tumour probabilities.
+
+    The model's parameter gradients are cleared afterwards and no hook stays on it. ScoreCAM runs
+    one patch at a time: it holds a masked copy of the patch per channel of the layer."""
+    cam_class = get_method(method)
+    layer, size = resolve_layer(model_name, layer)
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    device = next(model.parameters()).device
+    x = eval_preset().to(device)(as_batch(images).to(device))
+    chunks = list(x.split(1)) if cam_class is ScoreCAM else [x]
+    maps, logits = [], []
+    with _LOCK, torch.enable_grad():
+        try:
+            with cam_class(model=model, target_layers=[get_layer(model, layer)]) as cam:
+                cam.batch_size = SCORECAM_BATCH
+                for chunk in chunks:
+                    # One target per patch; each is applied to that patch's 0-d logit.
+                    targets = [BinaryClassifierOutputTarget(TARGETS[target])] * len(chunk)
+                    maps.append(cam(input_tensor=chunk, targets=targets))
+                    logits.append(cam.outputs.detach().float().cpu())
+                    cam.outputs = None  # drop the autograd graph the package retains
+        finally:
+            model.zero_grad(set_to_none=True)
+    if len(maps) != len(chunks):  # the package's __exit__ swallows IndexError; do not return half a batch
+        raise RuntimeError(f"{method} failed on layer {layer!r} of {model_name!r} (see the message printed above)")
+    out = np.concatenate(maps).astype(np.float32, copy=False)
+    probs = torch.sigmoid(torch.cat(logits)).double().numpy()
+    return Explanation(np.clip(out, 0.0, 1.0), probs, method, layer, target, size)
+
+
+def centre_focus(maps: np.ndarray) -> np.ndarray | float:
+    """Share of each map's mass inside the central 32x32 region (see the module docstring):
+    a float for one (96, 96) map, an array for (B, 96, 96); NaN for an all-zero map."""
+    m = np.asarray(maps, dtype=np.float64)
+    if m.shape[-2:] != (PATCH_SIZE, PATCH_SIZE) or m.ndim not in (2, 3):
+        raise ValueError(f"maps must have shape (96, 96) or (B, 96, 96), got {m.shape}")
+    if m.size and m.min() < 0:
+        raise ValueError(f"maps must be non-negative, found a minimum of {m.min():.3g}")
+    centre = slice(CENTER_START, CENTER_START + CENTER_SIZE)
+    total = m.sum(axis=(-2, -1))
+    inside = m[..., centre, centre].sum(axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total > 0, inside / total, np.nan)
+    return float(share) if m.ndim == 2 else share
+
+
+def colormap(name: str = DEFAULT_COLORMAP) -> Colormap:
+    try:
+        return matplotlib.colormaps[name]
+    except KeyError:
+        raise ValueError(f"unknown colormap {name!r}; use a matplotlib colormap name such as jet, turbo, viridis or inferno") from None
+
+
+def _rgb255(colour: str | Sequence[float]) -> np.ndarray:
+    try:
+        return np.round(np.array(to_rgb(colour)) * 255).astype(np.uint8)
+    except ValueError:
+        raise ValueError(f"not a colour: {colour!r}; use a name ('white'), a hex code ('#00ff00') or RGB floats in [0, 1]") from None
+
+
+def _hwc(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(..., 96, 96, 3) uint8 array from a patch or batch in either channel order."""
+    x = as_batch(images).cpu().permute(0, 2, 3, 1).numpy()
+    return x[0] if images.ndim == 3 else x
+
+
+def overlay(
+    images: torch.Tensor | np.ndarray,
+    maps: np.ndarray,
+    *,
+    opacity: float = 0.5,
+    cmap: str = DEFAULT_COLORMAP,
+    box_colour: str | Sequence[float] | None = "white",
+    box_width: int = 1,
+    scale: int = 1,
+) -> np.ndarray:
+    """Heat map over the patch: ``(1 - opacity) * patch + opacity * cmap(map)``, enlarged `scale`
+    times (nearest neighbour), with the central 32x32 region outlined on its border pixels.
+
+    One patch (96, 96[, 3]) and map (96, 96) give (96s, 96s, 3); a batch gives (B, 96s, 96s, 3); uint8 RGB.
+    `box_colour` None draws no box."""
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    if scale < 1 or box_width < 1:
+        raise ValueError(f"scale and box_width must be at least 1, got scale={scale}, box_width={box_width}")
+    patch = _hwc(images)
+    m = np.asarray(maps, dtype=np.float32)
+    if m.shape != patch.shape[:-1]:
+        raise ValueError(f"maps of shape {m.shape} do not match patches of shape {patch.shape}")
+    heat = colormap(cmap)(np.clip(m, 0.0, 1.0))[..., :3] * 255.0
+    out = np.round((1.0 - opacity) * patch + opacity * heat).astype(np.uint8)
+    if scale > 1:
+        out = out.repeat(scale, axis=-3).repeat(scale, axis=-2)
+    if box_colour is not None:
+        rgb = _rgb255(box_colour)
+        lo, hi, w = CENTER_START * scale, (CENTER_START + CENTER_SIZE) * scale, box_width
+        out[..., lo:lo + w, lo:hi, :] = rgb
+        out[..., hi - w:hi, lo:hi, :] = rgb
+        out[..., lo:hi, lo:lo + w, :] = rgb
+        out[..., lo:hi, hi - w:hi, :] = rgb
+    return out
+
+
+def colour_bar(cmap: str = DEFAULT_COLORMAP, *, width: int = 256, height: int = 12) -> np.ndarray:
+    """A horizontal colour scale, map value 0 on the left to 1 on the right, as (height, width, 3) uint8."""
+    if width < 2 or height < 1:
+        raise ValueError(f"a colour bar needs width >= 2 and height >= 1, got {width}x{height}")
+    row = colormap(cmap)(np.linspace(0.0, 1.0, width))[:, :3]
+    return np.round(np.broadcast_to(row, (height, width, 3)) * 255).astype(np.uint8)
+
+
+def colour_stops(cmap: str = DEFAULT_COLORMAP, n: int = 11) -> list[tuple[float, str]]:
+    """(map value, "#rrggbb") at `n` evenly spaced values, enough for a UI to draw the scale (a CSS gradient)."""
+    if n < 2:
+        raise ValueError(f"need at least 2 colour stops, got {n}")
+    values = np.linspace(0.0, 1.0, n)
+    return [(float(v), to_hex(c)) for v, c in zip(values, colormap(cmap)(values))]
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """PNG encoding of an (H, W, 3) uint8 RGB image."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {rgb.shape} and dtype {rgb.dtype}")
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def open_patches(path: str | Path, split: str | None = None) -> PatchDataset:
+    """The patches to explain: one image file, a folder of images, a Kaggle folder (test split unless
+    `split` says otherwise), an HDF5 folder (test split by default) or one HDF5 split file."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageFiles([path])
+    has_splits = detect_format(path) in ("h5", "kaggle") and not path.is_file()
+    return open_dataset(path, split or ("test" if has_splits else None))
+
+
+def write_explanations(
+    model: nn.Module,
+    dataset: PatchDataset,
+    out: str | Path,
+    *,
+    model_name: str,
+    method: str = DEFAULT_METHOD,
+    layer: str | None = None,
+    target: str = "tumour",
+    opacity: float = 0.5,
+    cmap: str = DEFAULT_COLORMAP,
+    scale: int = 1,
+    limit: int | None = None,
+    batch_size: int = 32,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """One overlay PNG per patch (``<id>.png``) and ``explanations.csv`` (id, probability,
+    centre_focus, method, layer, target) in the folder `out`. Every file is written atomically, the CSV
+    last, once every patch succeeded. Returns a summary: rows, csv path, method, layer and its
+    resolution, target."""
+    layer, size = resolve_layer(model_name, layer)
+    get_method(method)
+    if target not in TARGETS:  # checked before any file is written
+        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
+    if limit is not None and limit < len(dataset):
+        dataset = dataset.subset(np.arange(limit))
+    out = Path(out)
+    rows: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for batch in make_loader(dataset, batch_size, shuffle=False, num_workers=0):
+        result = explain_batch(model, batch["image"], model_name=model_name, method=method, layer=layer, target=target)
+        pictures = overlay(batch["image"], result.maps, opacity=opacity, cmap=cmap, scale=scale)
+        for pid, index, picture, prob, focus in zip(batch["id"], batch["index"].tolist(), pictures, result.probabilities, result.centre_focus):
+            name = pid if pid not in used else f"{pid}-{index}"  # the same pixels twice give the same id
+            used.add(name)
+            data = png_bytes(picture)
+            atomic_write_with(out / f"{name}.png", lambda handle, data=data: handle.write(data))
+            rows.append({"id": name, "probability": round(float(prob), 6), "centre_focus": round(float(focus), 6),
+                         "method": method, "layer": layer, "target": target})
+        if progress:
+            progress(len(batch["id"]))
+    frame = pd.DataFrame(rows, columns=["id", "probability", "centre_focus", "method", "layer", "target"])
+    csv = out / "explanations.csv"
+    atomic_write_with(csv, lambda handle: handle.write(frame.to_csv(index=False).encode()))
+    log.info("wrote %d explanations (%s, %s, target %s) to %s", len(rows), method, layer, target, out)
+    return {"out": str(out), "csv": str(csv), "rows": len(rows), "method": method, "layer": layer,
+            "resolution": f"{size}x{size}", "target": target}
