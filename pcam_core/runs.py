@@ -206,23 +206,62 @@ def create_run(root: str | Path, config: ExperimentConfig, *, run_id: str | None
     return run
 
 
-def prepare_out_dir(out: str | Path, config: ExperimentConfig, *, resume: bool) -> RunDir:
-    """The run folder for `pcam train --out OUT`: created (must be new or empty) or, with `resume`,
-    an existing run whose saved config is used."""
+class TrainLock:
+    """An exclusive lock on a run folder held by the process that trains it (`flock` on
+    `.train.lock`): a second trainer of the same folder is refused at once, and the lock vanishes with
+    its process, however it ends (kill -9 included)."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.path = run.path / ".train.lock"
+        self._handle: Any = None
+
+    def acquire(self) -> TrainLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RuntimeError(f"run {self.path.parent} is being trained by {holder}; stop it first") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file drops the flock
+            self._handle = None
+
+
+def prepare_out_dir(out: str | Path, config: ExperimentConfig, *, resume: bool) -> tuple[RunDir, TrainLock]:
+    """The run folder for `pcam train --out OUT`, locked for this process: created (it must be new,
+    empty, or a queued run made by `create_run`) or, with `resume`, an existing run whose saved config
+    is used. The lock is taken before anything is checked or written, so two trainers started at the
+    same moment on one folder cannot both pass."""
     run = RunDir(out)
-    if resume:
-        if not run.exists():
-            raise FileNotFoundError(f"cannot resume: {run.path} is not a run folder (no config.json)")
-        if run.status().get("state") == "running":
-            raise RuntimeError(f"run {run.path} is still running (pid {run.raw_status().get('pid')}); stop it first")
-        return run
-    if run.path.exists() and any(run.path.iterdir()):
-        if run.exists() and run.raw_status().get("state") == "queued" and not run.epochs():
-            return run  # created by `create_run`/`launch`, not started yet
-        raise FileExistsError(f"{run.path} exists and is not empty; choose a new --out or pass --resume")
-    run.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.config_path, config.to_json() + "\n")
-    return run
+    if resume and not run.exists():
+        raise FileNotFoundError(f"cannot resume: {run.path} is not a run folder (no config.json)")
+    lock = TrainLock(run).acquire()
+    try:
+        if resume:
+            return run, lock
+        contents = [p for p in run.path.iterdir() if p.name != ".train.lock"]
+        if contents:
+            if run.exists() and run.raw_status().get("state") == "queued" and not run.epochs():
+                return run, lock  # created by `create_run`/`launch`, not started yet
+            raise FileExistsError(f"{run.path} exists and is not empty; choose a new --out or pass --resume")
+        atomic_write_text(run.config_path, config.to_json() + "\n")
+        return run, lock
+    except BaseException:
+        lock.release()
+        raise
 
 
 class StatusWriter:

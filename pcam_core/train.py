@@ -337,17 +337,23 @@ def fit(config: ExperimentConfig, out: str | Path, *, resume: bool = False, prog
     device_pref = config.train.device
     info = D.setup("cuda" if resolve_device(device_pref).type == "cuda" else "cpu")
     device = resolve_device(device_pref, info.local_rank)
-    run = RunDir(out)
-    if info.is_main:
-        run = prepare_out_dir(out, config, resume=resume)
-    D.barrier(info)
-    if resume:
-        config = run.config()
-        if config.world_size != info.world_size:
-            raise ValueError(
-                f"run {run.path} was trained with {config.world_size} process(es); resume it with the same number "
-                f"(now {info.world_size}) so that the batches and the sampler line up"
-            )
+    run, lock = RunDir(out), None
+    try:
+        if info.is_main:
+            run, lock = prepare_out_dir(out, config, resume=resume)
+        D.barrier(info)
+        if resume:
+            config = run.config()
+            if config.world_size != info.world_size:
+                raise ValueError(
+                    f"run {run.path} was trained with {config.world_size} process(es); resume it with the same number "
+                    f"(now {info.world_size}) so that the batches and the sampler line up"
+                )
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        D.cleanup()
+        raise
     model_name = resolve_model_name(config.model.name, device)
     config = config.replace(model={"name": model_name}, world_size=info.world_size)
     handler = _setup_logging(run, info)
@@ -374,6 +380,8 @@ def fit(config: ExperimentConfig, out: str | Path, *, resume: bool = False, prog
         if handler is not None:
             logging.getLogger("pcam_core").removeHandler(handler)
             handler.close()
+        if lock is not None:
+            lock.release()
         D.cleanup()
 
 
@@ -391,6 +399,8 @@ def _fit(
     t = config.train
     started = time.time()
     if status is not None:
+        for stale in run.path.glob("**/.*.tmp"):  # left by a process killed in the middle of a write
+            stale.unlink(missing_ok=True)
         atomic_write_json(run.config_path, config.to_dict())
         status.update(
             state="running", pid=os.getpid(), pid_start=_process_start_time(os.getpid()), host=socket.gethostname(),

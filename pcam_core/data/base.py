@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 class PatchDataset(Dataset, abc.ABC):
     """Base class of `PCamH5` and `KaggleFolder`.
 
-    An item is a dict: ``image`` (uint8 tensor ``(3, 96, 96)``, or whatever `transform` returns),
+    An item is a dict: ``image`` (uint8 tensor ``(3, 96, 96)`` in channels-last memory order, or
+    whatever `transform` returns),
     ``label`` (0/1, or -1 when the split has no labels; passed through `target_transform`),
     ``id`` (the Kaggle id: SHA-1 of the pixels), ``index`` (position in this dataset) and ``meta``
     (a dict of per-patch metadata such as the slide id, empty when there is none).
@@ -106,12 +107,12 @@ class PatchDataset(Dataset, abc.ABC):
         ``error`` holds None per item, or why the item could not be read (skip mode only)."""
         idx = self._check_indices(indices)
         pixels, errors = self.read_checked(idx)
-        images = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # (B, 3, 96, 96) view, uint8
+        # (B, 3, 96, 96) uint8 as a view of the (B, 96, 96, 3) pixels: channels-last memory, which the
+        # models use anyway, so no copy is made here
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
         labels = self._labels[idx]
         if self.transform is not None:
             images = torch.stack([torch.as_tensor(self.transform(img.contiguous())) for img in images])
-        else:
-            images = images.contiguous()
         targets: Any = torch.from_numpy(labels.astype(np.int64))
         if self.target_transform is not None:
             targets = torch.as_tensor([self.target_transform(int(t)) for t in labels])
