@@ -2,6 +2,10 @@
 
 A submission is Kaggle's format: header ``id,label``, one row per image, ``label`` the probability of
 tumour tissue in the central 32x32 region. Files are written only when everything succeeded, atomically.
+
+Test-time augmentation (the mean probability over the 8 symmetries of the square) is part of the
+recipe and on by default for submissions and evaluations: on held-out real patches it adds about
+0.01 ROC-AUC for 8 forward passes per patch; pass ``tta=False`` (``--no-tta``) for one pass.
 """
 
 from __future__ import annotations
@@ -125,9 +129,15 @@ def shard_indices(n_items: int, shard: tuple[int, int] | None) -> np.ndarray:
     return np.arange(bounds[i], bounds[i + 1])
 
 
-def write_submission(path: str | Path, ids: list[str], probs: np.ndarray) -> None:
+def submission_csv(ids: list[str], probs: np.ndarray) -> bytes:
+    """A Kaggle submission as bytes: header ``id,label``, label the tumour probability (6 decimals)."""
     frame = pd.DataFrame({"id": ids, "label": np.round(np.asarray(probs, dtype=np.float64), 6)})
-    atomic_write_with(path, lambda h: h.write(frame.to_csv(index=False).encode()))
+    return frame.to_csv(index=False).encode()
+
+
+def write_submission(path: str | Path, ids: list[str], probs: np.ndarray) -> None:
+    data = submission_csv(ids, probs)
+    atomic_write_with(path, lambda h: h.write(data))
 
 
 def predict_submission(
@@ -136,7 +146,7 @@ def predict_submission(
     out: str | Path,
     *,
     split: str | None = None,
-    tta: bool = False,
+    tta: bool = True,
     skip_bad: bool = False,
     shard: tuple[int, int] | None = None,
     device: str = "auto",
@@ -219,7 +229,7 @@ def evaluate_run(
     split: str,
     out: str | Path,
     *,
-    tta: bool = False,
+    tta: bool = True,
     threshold: str = "fixed",
     threshold_value: float = 0.5,
     device: str = "auto",

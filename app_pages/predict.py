@@ -1,0 +1,71 @@
+"""Predict: upload patches (tif, png, jpg) and get each one's tumour probability and the call at a chosen
+threshold from the selected run's model; a batch gives a Kaggle submission CSV. A file that is not a
+96x96 RGB patch is converted with a notice or refused with the reason, never silently."""
+
+import hashlib
+
+import numpy as np
+import streamlit as st
+
+from app_pages import ui
+from pcam_core.uploads import UploadResult, score_files
+
+ctx = ui.context()
+st.title("Predict")
+run = ui.require_run(ctx, checkpoint=True)
+model, config, info = ui.load_model(run)
+epoch = info.get("epoch")
+st.caption(f"Model of run `{run.run_id}`: {config.model.name}, best checkpoint"
+           + (f" (after epoch {epoch})" if epoch is not None else "") + f", trained on `{config.data.path}`.")
+ui.synthetic_banner(bool(info.get("synthetic_data")),
+                    "This model was trained on SYNTHETIC demo data: its probabilities mean nothing for real tissue.")
+
+settings = st.columns([3, 1], vertical_alignment="bottom")
+threshold = settings[0].slider("Decision threshold", 0.0, 1.0, 0.5, 0.005, key="predict_threshold", format="%.3f",
+                               help="A patch is called tumour when its probability is at or above this value.")
+tta = settings[1].toggle("Test-time augmentation", value=True, key="predict_tta",
+                         help="Average the model over the 8 flips and rotations of each patch (as `pcam predict` does): "
+                              "steadier, 8 times the work. Off: one pass.")
+st.caption(ui.PROBABILITY_NOTE)
+
+files = st.file_uploader("Patches (96×96 pixel RGB tif, png or jpg; Kaggle's `<id>.tif` files as they are)",
+                         type=["tif", "tiff", "png", "jpg", "jpeg"], accept_multiple_files=True, key="uploads")
+if not files:
+    st.info("Drop one or many patches above. Each is scored on its own; files are kept in memory only, never saved.",
+            icon=":material/upload_file:")
+    st.stop()
+
+
+@st.cache_data(max_entries=8, show_spinner="Scoring...")
+def _score(checkpoint_key: str, digest: str, tta: bool, _files: list[tuple[str, bytes]]) -> UploadResult:
+    # keyed on the checkpoint and the files' digest; the bytes themselves are not hashed again
+    return score_files(model, _files, tta=tta)
+
+
+pairs = [(f.name, f.getvalue()) for f in files]
+digest = hashlib.sha1(b"".join(hashlib.sha1(name.encode() + data).digest() for name, data in pairs)).hexdigest()
+result = _score(f"{run.path}:{info.get('epoch')}:{info.get('global_step')}", digest, tta, pairs)
+
+for name, reason in result.refused:
+    st.error(f"**{name}** was not scored: {reason}", icon=":material/block:")
+converted = [p for p in result.scored if p.notes]
+for patch in converted:
+    st.warning(f"**{patch.name}**: {'; '.join(patch.notes)}. Scored after conversion; check it is a PCam-like patch.",
+               icon=":material/transform:")
+if not result.scored:
+    st.stop()
+
+table = result.table(threshold)
+called = int((table["call"] == "tumour").sum())
+st.subheader(f"{len(table)} patch{'es' if len(table) != 1 else ''} scored: {called} called tumour at {threshold:.3f}")
+st.dataframe(table, hide_index=True, column_config={
+    "probability": st.column_config.ProgressColumn("tumour probability", format="%.3f", min_value=0.0, max_value=1.0),
+})
+ui.patch_tiles(np.stack([p.pixels for p in result.scored[:96]]),
+               [f"{p.name[:18]} · p={p.probability:.3f}" for p in result.scored[:96]], width=150)
+if len(result.scored) > 96:
+    st.caption(f"The first 96 of {len(result.scored)} patches are shown; the table and the CSV hold them all.")
+st.caption(ui.CENTRE_NOTE)
+st.download_button("Download Kaggle submission (CSV)", result.submission(), file_name="submission.csv", mime="text/csv",
+                   icon=":material/download:", type="primary",
+                   help="Kaggle's format: id (the file name without extension) and label (the tumour probability).")

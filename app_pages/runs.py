@@ -1,0 +1,146 @@
+"""Runs and metrics: every run with its key figures, learning curves of several runs overlaid, and for
+the selected run and a split: the metrics, ROC and PR curves and the confusion matrix at a threshold
+chosen with one slider, and the most confident false positives and false negatives."""
+
+import time
+
+import streamlit as st
+
+from app_pages import ui
+from pcam_core.gallery import confident_errors
+from pcam_core.jobs import job_error
+from pcam_core.monitor import CURVE_METRICS, epoch_frame, format_duration, runs_table
+from pcam_core.runs import RunDir
+from pcam_core import scoring
+
+ctx = ui.context()
+st.title("Runs and metrics")
+if not ctx.runs:
+    ui.require_run(ctx)  # says how to start one, and ends the page
+
+# -- all runs ---------------------------------------------------------------------------------------------
+table = runs_table(ctx.runs, ctx.source_names())
+st.dataframe(table, hide_index=True, column_config={
+    name: st.column_config.NumberColumn(format="%.3f") for name in ("ROC-AUC", "PR-AUC", "accuracy", "F1", "valid loss")
+})
+st.caption("Figures of each run's best epoch on its validation split; accuracy and F1 at the threshold 0.5. "
+           "Runs on different data are not comparable.")
+
+with_epochs = {r.run_id: RunDir(r.path).epochs() for r in ctx.runs}
+with_epochs = {rid: records for rid, records in with_epochs.items() if records}
+if with_epochs:
+    st.subheader("Learning curves")
+    pick, metric_col = st.columns([3, 1])
+    chosen = pick.multiselect("Runs", list(with_epochs), default=list(with_epochs)[:4], key="curve_runs")
+    metric = metric_col.selectbox("Metric", list(CURVE_METRICS), format_func=lambda m: CURVE_METRICS[m], key="curve_metric")
+    if chosen:
+        st.plotly_chart(ui.curves_figure(epoch_frame({rid: with_epochs[rid] for rid in chosen}), metric), key="curves")
+
+# -- the selected run -------------------------------------------------------------------------------------
+st.divider()
+run = ui.require_run(ctx, checkpoint=True)
+st.subheader(f"Judging run `{run.run_id}`")
+ui.synthetic_banner(ctx.run_synthetic(run), "This run was trained on SYNTHETIC demo data.")
+try:
+    splits = scoring.scorable_splits(run)
+except (OSError, ValueError) as err:
+    ui.fail(f"Cannot read the data of run {run.run_id}: {err}")
+split = st.segmented_control("Split", splits, default=scoring.TRAINER_SPLIT, required=True, key="judge_split",
+                             format_func=lambda s: f"{s} (scored in training)" if s == scoring.TRAINER_SPLIT else s)
+if split == scoring.TRAINER_SPLIT:
+    st.caption("Scored by the trainer at the best epoch, one pass per patch. Other splits are scored with "
+               "test-time augmentation (the mean over the 8 flips and rotations of each patch), as `pcam evaluate` does.")
+elif split == "train":
+    st.caption("The training split includes the patches the model learnt from: its figures flatter the model.")
+
+try:
+    predictions = scoring.split_predictions(run, split)
+except (OSError, ValueError) as err:
+    ui.fail(str(err))
+
+
+def scoring_panel(polling: bool) -> None:
+    status = scoring.scoring_status(run, split)
+    if polling and not (status and status.active):
+        st.rerun()  # scoring ended: draw the page with its results
+    if status is not None and status.active:
+        st.info(f"Scoring the {split} split in the background (for {format_duration(time.time() - status.started_at)}); "
+                "the figures appear here when it is done.", icon=":material/hourglass_top:")
+        return
+    if status is not None and status.state == "failed":
+        st.error(f"Scoring failed: {job_error(status)}", icon=":material/error:")
+    st.info(f"The {split} split has not been scored with this run's best checkpoint yet.", icon=":material/pending:")
+    if st.button(f"Score the {split} split", icon=":material/play_arrow:", type="primary"):
+        try:
+            scoring.start_scoring(run, split)
+        except (OSError, ValueError, RuntimeError) as err:
+            st.error(f"Could not start scoring: {err}")
+        else:
+            st.rerun()
+
+
+if predictions is None:
+    if split == scoring.TRAINER_SPLIT:
+        ui.fail(f"Run {run.run_id} has no validation predictions yet; they are written when an epoch ends.")
+    job = scoring.scoring_status(run, split)
+    polling = bool(job and job.active)
+    st.fragment(scoring_panel, run_every=2 if polling else None)(polling)
+    st.stop()
+if not set(predictions["label"].unique()) <= {0, 1}:
+    ui.fail(f"The {split} predictions have no labels to judge them by.")
+
+# -- figures at a threshold -------------------------------------------------------------------------------
+suggestions = scoring.suggested_thresholds(run)
+
+
+def use_suggestion() -> None:
+    st.session_state["threshold"] = round(suggestions[st.session_state["threshold_preset"]], 3)
+
+
+slider_col, preset_col = st.columns([3, 1], vertical_alignment="bottom")
+preset_col.selectbox("Set from", list(suggestions), key="threshold_preset", on_change=use_suggestion,
+                     help="Thresholds chosen on this run's validation predictions, never on the split judged here.")
+threshold = slider_col.slider("Decision threshold", 0.0, 1.0, 0.5, 0.005, key="threshold", format="%.3f",
+                              help="A patch is called tumour when its probability is at or above this value.")
+st.caption(ui.PROBABILITY_NOTE)
+report = scoring.threshold_report(predictions["label"].to_numpy(), predictions["probability"].to_numpy(), threshold)
+m = report.metrics
+cells = st.columns(7)
+for column, (label, value, help_text) in zip(cells, [
+    ("Accuracy", m["accuracy"], "Share of patches called correctly."),
+    ("Sensitivity", m["recall"], "Recall: of the tumour patches, the share called tumour."),
+    ("Specificity", m["specificity"], "Of the normal patches, the share called normal."),
+    ("Precision", m["precision"], "Positive predictive value: of the patches called tumour, the share that truly are."),
+    ("F1", m["f1"], "Harmonic mean of precision and recall."),
+    ("ROC-AUC", m["roc_auc"], "Threshold-free: the chance that a random tumour patch scores above a random normal one."),
+    ("PR-AUC", m["pr_auc"], "Threshold-free: average precision over all recalls."),
+]):
+    column.metric(label, f"{value:.3f}" if value is not None else "-", help=help_text)
+st.caption(f"{m['n']:,} patches of the {split} split, {m['prevalence']:.1%} tumour.")
+
+row1 = st.columns(2)
+row1[0].plotly_chart(ui.roc_figure(report), key="roc")
+row1[1].plotly_chart(ui.pr_figure(report), key="pr")
+row2 = st.columns(2)
+row2[0].plotly_chart(ui.confusion_figure(report), key="confusion")
+row2[1].plotly_chart(ui.probability_figure(predictions, threshold), key="histogram")
+
+# -- error gallery ----------------------------------------------------------------------------------------
+st.subheader("Most confident errors")
+st.caption("The mistakes the model was surest of at this threshold: worth a pathologist's look (label noise, artefacts, "
+           "or a blind spot of the model). " + ui.CENTRE_NOTE)
+false_pos, false_neg = confident_errors(predictions, threshold, k=8)
+dataset = ui.run_split(run, split)
+left, right = st.columns(2, gap="large")
+for column, frame, title, empty in (
+    (left, false_pos, "False positives: normal patches called tumour", "No false positive at this threshold."),
+    (right, false_neg, "False negatives: tumour patches called normal", "No false negative at this threshold."),
+):
+    with column:
+        st.markdown(f"**{title}**")
+        if frame.empty:
+            st.caption(empty)
+            continue
+        indices = frame["index"].to_numpy()
+        ui.patch_tiles(dataset.read_pixels(indices),
+                       [f"#{i} · p={p:.3f}" for i, p in zip(indices, frame["probability"])], width=120)

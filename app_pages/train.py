@@ -1,0 +1,166 @@
+"""Train: a form for the experiment config, launched as a background process through `pcam_core.runs`,
+and a live view of the selected run that polls its folder (progress and time left, loss and validation
+AUC, log tail), with stop and resume. A run outlives page reloads, closed tabs and app restarts."""
+
+import streamlit as st
+import torch
+
+from app_pages import ui
+from pcam_core.config import OPTIMIZERS, SCHEDULES, AugmentConfig, DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from pcam_core.models import MODELS, model_names, resolve_model_name
+from pcam_core.monitor import RESUMABLE_STATES, STATE_ICONS, epoch_frame, run_progress, runs_table, step_frame
+from pcam_core.predict import resolve_device
+from pcam_core.runs import ACTIVE_STATES, RunDir, launch, stop
+
+STATE_COLOURS = {"queued": "gray", "running": "blue", "finished": "green", "stopped": "orange", "interrupted": "orange",
+                 "failed": "red"}
+
+ctx = ui.context()
+st.title("Train")
+st.caption("Training runs as a separate process on this machine: it keeps going when you close the tab or restart the app.")
+
+form_column, live_column = st.columns([1, 1.9], gap="large")
+
+# -- the form ---------------------------------------------------------------------------------------------
+with form_column:
+    st.subheader("New run")
+    trainable = [s for s in ctx.sources if "train" in s.splits()]
+    if not trainable:
+        st.info("No data source with a training split. Add a PCam HDF5 or Kaggle folder on the Overview page.",
+                icon=":material/database:")
+    else:
+        by_name = {s.name: s for s in trainable}
+        default = ctx.source.name if ctx.source and ctx.source.name in by_name else trainable[0].name
+        defaults = ExperimentConfig()
+        with st.form("train_form"):
+            data_name = st.selectbox("Data", list(by_name), index=list(by_name).index(default),
+                                     format_func=lambda n: by_name[n].label)
+            name = st.text_input("Run name (optional)", max_chars=40, placeholder="e.g. baseline",
+                                 help="A label added to the run's id.")
+            model = st.selectbox("Model", ["auto", *model_names()],
+                                 format_func=lambda m: "auto: pcamnet on a CPU, resnet18 on a GPU" if m == "auto"
+                                 else f"{m}: {MODELS[m].description}")
+            c1, c2 = st.columns(2)
+            epochs = c1.number_input("Epochs", min_value=1, max_value=500, value=5,
+                                     help="Passes over the training split. A few suffice on the demo data; the CPU recipe uses 30 on PCam.")
+            batch_size = c2.select_slider("Batch size", [16, 32, 64, 128, 256, 512], value=defaults.train.batch_size)
+            lr = c1.select_slider("Peak learning rate", [1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2], value=defaults.train.lr,
+                                  format_func=lambda v: f"{v:g}")
+            devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+            device = c2.segmented_control("Device", devices, default="auto", required=True,
+                                          help="auto: the GPU when there is one." + ("" if torch.cuda.is_available() else " No GPU here."))
+            st.markdown("**Augmentation** (training only; the label region stays in the centre)")
+            symmetries = st.checkbox("Flips and 90° rotations", value=True,
+                                     help="Tissue has no up or down: the 8 symmetries of the square.")
+            a1, a2 = st.columns(2)
+            shift = a2.slider("Shift (pixels)", 0, 16, defaults.augment.shift, help="Random translation, reflect-padded.")
+            stain = a1.slider("Stain jitter (HED)", 0.0, 0.2, defaults.augment.stain, 0.01,
+                              help="Varies haematoxylin and eosin amounts, as between labs and scanners.")
+            colour = a2.slider("Colour jitter", 0.0, 0.5, defaults.augment.brightness, 0.05,
+                               help="Brightness, contrast and saturation.")
+            with st.expander("Advanced"):
+                b1, b2 = st.columns(2)
+                optimizer = b1.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(defaults.train.optimizer))
+                schedule = b2.selectbox("Schedule", SCHEDULES, index=SCHEDULES.index(defaults.train.schedule))
+                weight_decay = b1.number_input("Weight decay", 0.0, 1.0, defaults.train.weight_decay, format="%.0e", step=1e-4)
+                ema = b2.number_input("Weight averaging (EMA decay, 0: off)", 0.0, 0.999, defaults.train.ema_decay, step=0.01)
+                early = b1.number_input("Early stopping (epochs, 0: off)", 0, 100, defaults.train.early_stopping)
+                max_steps = b2.number_input("Stop after steps (0: no limit)", 0, 10_000_000, 0,
+                                            help="A quick trial: train for this many batches only, then validate.")
+                seed = b1.number_input("Seed", 0, 2**31 - 1, defaults.train.seed)
+                valid_frac = b2.number_input("Validation share (Kaggle data)", 0.01, 0.5, defaults.data.valid_frac, step=0.01,
+                                             help="Kaggle data has no validation split; this share is held out, stratified by label.")
+            submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+        if submitted:
+            source = by_name[data_name]
+            try:
+                config = ExperimentConfig(
+                    data=DataConfig(path=source.path, format=source.format, valid_frac=valid_frac),
+                    augment=AugmentConfig(symmetries=symmetries, stain=stain, brightness=colour, contrast=colour,
+                                          saturation=colour, shift=shift, hue=defaults.augment.hue if colour else 0.0),
+                    model=ModelConfig(name=resolve_model_name(model, resolve_device(device))),
+                    train=TrainConfig(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), device=device,
+                                      optimizer=optimizer, schedule=schedule, weight_decay=float(weight_decay),
+                                      ema_decay=float(ema), early_stopping=int(early), seed=int(seed),
+                                      max_steps=int(max_steps) or None),
+                    name=name.strip(),
+                )
+                run = ctx.workspace.start_run(config)
+            except (OSError, ValueError, RuntimeError) as err:
+                st.error(f"Not started: {err}", icon=":material/error:")
+            else:
+                ui.select_run(run.run_id)
+                st.toast(f"Started {run.run_id}", icon=":material/play_arrow:")
+                st.rerun()
+
+
+# -- the live view ----------------------------------------------------------------------------------------
+
+def live_view(run: RunDir, drawn_state: str) -> None:
+    status = run.status()
+    state = status.get("state", "unknown")
+    active = state in ACTIVE_STATES
+    if state != drawn_state:
+        st.rerun()  # started, ended or failed: redraw everything (sidebar, runs table), polling only if alive
+    head, buttons = st.columns([3, 1.2], vertical_alignment="center")
+    with head:
+        st.markdown(f"#### `{run.run_id}`")
+        st.badge(f"{STATE_ICONS.get(state, '')} {state}", color=STATE_COLOURS.get(state, "gray"))
+    with buttons:
+        if active and st.button("Stop", icon=":material/stop:", key="stop", help="Stops cleanly: a checkpoint is saved first."):
+            if stop(run):
+                st.toast("Stopping: the run saves a checkpoint, then ends.", icon=":material/stop:")
+            st.rerun()
+        if state in RESUMABLE_STATES and st.button("Resume", icon=":material/play_arrow:", key="resume",
+                                                   help="Continue from the last checkpoint."):
+            try:
+                launch(run, resume=True)
+            except (OSError, RuntimeError) as err:
+                st.error(f"Could not resume: {err}")
+            else:
+                st.rerun()
+    ui.synthetic_banner(bool(status.get("synthetic_data")), "This run uses SYNTHETIC demo data.")
+    steps, epochs = run.steps(), run.epochs()
+    progress = run_progress(status, steps, epochs)
+    st.progress(progress.fraction, text=progress.text)
+    if state == "failed":
+        st.error(f"The run failed: {status.get('message') or status.get('error') or 'see the log below'}", icon=":material/error:")
+    elif state in ("stopped", "interrupted"):
+        st.warning(f"{status.get('message') or state}. Resume continues from the last checkpoint.", icon=":material/pause:")
+    best = run.best_epoch()
+    last_loss = steps[-1]["loss"] if steps else None
+    with st.container(horizontal=True, gap="large"):
+        st.metric("Best ROC-AUC", f"{best['roc_auc']:.3f}" if best and best.get("roc_auc") is not None else "-", width="content",
+                  help="Area under the ROC curve on the validation split at the best epoch so far: 0.5 is chance, 1 perfect.")
+        st.metric("Training loss", f"{last_loss:.3f}" if last_loss is not None else "-", width="content",
+                  help="Mean loss of the most recent training steps.")
+        st.metric("Patches/s", f"{progress.images_per_s:,.0f}" if progress.images_per_s else "-", width="content",
+                  help="Training speed over the most recent steps.")
+    steps_per_epoch = status.get("steps_per_epoch")
+    curves = epoch_frame({run.run_id: epochs})
+    left, right = st.columns(2)
+    left.plotly_chart(ui.loss_figure(step_frame(steps, steps_per_epoch), curves), key="live_loss")
+    right.plotly_chart(ui.curves_figure(curves, "roc_auc", title="Validation ROC-AUC per epoch"), key="live_auc")
+    log = run.log_tail(12)
+    if state == "failed" and not log.strip():
+        log = run.log_tail(12, console=True)
+    st.code(log or "(no log yet)", language=None)
+
+
+with live_column:
+    run = ctx.run
+    if run is None:
+        st.info("No run yet: fill in the form and start one.", icon=":material/model_training:")
+    else:
+        state = run.status().get("state", "unknown")
+        st.fragment(live_view, run_every=2 if state in ACTIVE_STATES else None)(run, state)  # polls only while alive
+
+st.divider()
+st.subheader("All runs")
+if ctx.runs:
+    table = runs_table(ctx.runs, ctx.source_names())
+    st.dataframe(table[["run", "state", "model", "data", "epochs", "ROC-AUC", "created"]], hide_index=True,
+                 column_config={"ROC-AUC": st.column_config.NumberColumn(format="%.3f")})
+    st.caption("Pick a run in the sidebar to watch it here; the Runs page compares them.")
+else:
+    st.caption("No runs yet.")

@@ -1,0 +1,131 @@
+"""Browsing patches: which ones to show, drawn how, and what a split looks like in numbers.
+
+Everything here works from label arrays, metadata and bounded samples, so a 262,144-patch split costs
+no more than a small one: a page of the dashboard reads only the pixels it shows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .data import CENTER_SIZE, CENTER_START, PatchDataset
+
+LABEL_NAMES = {1: "tumour", 0: "normal", -1: "unlabelled"}
+CHANNELS = ("red", "green", "blue")
+BOX_COLOUR = (0, 200, 83)  # a green that stands out on pink and purple H&E
+
+
+def slide_ids(dataset: PatchDataset) -> np.ndarray | None:
+    """The slide (`wsi`) of every patch, when the split has metadata that names it; else None."""
+    meta = getattr(dataset, "metadata", None)  # PCamH5 with its `..._meta.csv`
+    if meta is None or "wsi" not in meta.columns:
+        return None
+    return meta["wsi"].astype(str).to_numpy()
+
+
+def select_indices(labels: np.ndarray, *, label: int | None = None, slides: np.ndarray | None = None,
+                   slide: str | None = None) -> np.ndarray:
+    """Indices of the patches with `label` (None: any) on `slide` (None: any), in dataset order."""
+    keep = np.ones(len(labels), dtype=bool)
+    if label is not None:
+        if label not in LABEL_NAMES:
+            raise ValueError(f"label must be one of {sorted(LABEL_NAMES)} or None, not {label!r}")
+        keep &= np.asarray(labels) == label
+    if slide is not None:
+        if slides is None:
+            raise ValueError("this split has no slide metadata to filter on")
+        keep &= np.asarray(slides) == slide
+    return np.flatnonzero(keep)
+
+
+def page_count(n_items: int, per_page: int) -> int:
+    """Pages needed for `n_items` (at least 1, so an empty selection still has a page to show)."""
+    if per_page < 1:
+        raise ValueError(f"per_page must be at least 1, not {per_page}")
+    return max(1, math.ceil(n_items / per_page))
+
+
+def page_items(indices: np.ndarray, page: int, per_page: int) -> np.ndarray:
+    """The `page`-th (1-based) block of `indices`; a page past the end gives the last one."""
+    page = min(max(1, page), page_count(len(indices), per_page))
+    return np.asarray(indices)[(page - 1) * per_page : page * per_page]
+
+
+def outline_centre(images: np.ndarray, *, scale: int = 1, colour: Sequence[int] = BOX_COLOUR, width: int = 1) -> np.ndarray:
+    """Patches ``(96, 96, 3)`` or ``(B, 96, 96, 3)`` uint8, enlarged `scale` times (nearest neighbour),
+    with the central 32x32 label region outlined (`width` pixels of the enlarged image, drawn inside
+    the region). `width=0` draws no outline. Returns a new array."""
+    images = np.asarray(images, dtype=np.uint8)
+    if images.shape[-3:-1] != (96, 96) or images.shape[-1] != 3:
+        raise ValueError(f"expected patches of shape (..., 96, 96, 3), got {images.shape}")
+    if scale < 1 or width < 0:
+        raise ValueError(f"scale must be >= 1 and width >= 0, got scale={scale}, width={width}")
+    out = images.repeat(scale, axis=-3).repeat(scale, axis=-2) if scale > 1 else images.copy()
+    if width:
+        lo, hi = CENTER_START * scale, (CENTER_START + CENTER_SIZE) * scale
+        ring = np.zeros(out.shape[-3:-1], dtype=bool)
+        ring[lo:hi, lo:hi] = True
+        ring[lo + width : hi - width, lo + width : hi - width] = False
+        out[..., ring, :] = np.asarray(colour, dtype=np.uint8)
+    return out
+
+
+def class_balance(labels: np.ndarray) -> dict[str, int]:
+    """Patches by label, from the label array alone (no image is read)."""
+    labels = np.asarray(labels)
+    counts = {"patches": int(labels.size)}
+    counts.update({name: int((labels == value).sum()) for value, name in LABEL_NAMES.items()})
+    return counts
+
+
+def sample_by_class(labels: np.ndarray, per_class: int, *, seed: int = 0) -> dict[int, np.ndarray]:
+    """Up to `per_class` random indices of each label present, sorted (sorted reads are fastest)."""
+    rng = np.random.default_rng(seed)
+    out: dict[int, np.ndarray] = {}
+    for value in sorted(set(np.unique(labels).tolist())):
+        members = np.flatnonzero(labels == value)
+        take = min(per_class, members.size)
+        out[int(value)] = np.sort(rng.choice(members, size=take, replace=False))
+    return out
+
+
+def colour_statistics(dataset: PatchDataset, *, per_class: int = 256, seed: int = 0, bins: int = 32) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-class colour of a split, measured on a random sample of at most `per_class` patches per label.
+
+    Returns (summary, histograms): summary has one row per class and channel with the mean, standard
+    deviation and 5th/50th/95th percentiles of the pixel values (0-255) and the patches sampled;
+    histograms has the share of pixels per intensity bin, per class and channel."""
+    summary_rows, hist_rows = [], []
+    edges = np.linspace(0, 256, bins + 1)
+    for value, indices in sample_by_class(dataset.labels, per_class, seed=seed).items():
+        pixels = dataset.read_pixels(indices).reshape(-1, 3).astype(np.float32)
+        name = LABEL_NAMES[value]
+        for c, channel in enumerate(CHANNELS):
+            values = pixels[:, c]
+            p5, p50, p95 = np.percentile(values, [5, 50, 95])
+            summary_rows.append({"class": name, "channel": channel, "mean": float(values.mean()), "std": float(values.std()),
+                                 "p5": float(p5), "median": float(p50), "p95": float(p95), "patches": int(indices.size)})
+            counts, _ = np.histogram(values, bins=edges)
+            share = counts / max(1, values.size)
+            hist_rows += [{"class": name, "channel": channel, "intensity": float(edges[b]), "share": float(share[b])}
+                          for b in range(bins)]
+    return pd.DataFrame(summary_rows), pd.DataFrame(hist_rows)
+
+
+def confident_errors(predictions: pd.DataFrame, threshold: float, k: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The `k` most confident mistakes at `threshold` in a predictions frame (`label`, `probability`,
+    and anything else such as `index` and `id`): false positives (normal patches called tumour) with the
+    highest probabilities first, false negatives (tumour patches called normal) with the lowest first."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+    missing = {"label", "probability"} - set(predictions.columns)
+    if missing:
+        raise ValueError(f"predictions lack column(s) {', '.join(sorted(missing))}")
+    called = predictions["probability"] >= threshold
+    false_pos = predictions[(predictions["label"] == 0) & called].sort_values("probability", ascending=False, kind="stable")
+    false_neg = predictions[(predictions["label"] == 1) & ~called].sort_values("probability", ascending=True, kind="stable")
+    return false_pos.head(k), false_neg.head(k)

@@ -1,0 +1,162 @@
+"""Watching runs: progress and time left, the runs table, learning curves.
+
+Pure functions of what a run folder holds (`status.json`, `steps.jsonl`, `epochs.jsonl`), so that the
+dashboard can poll a training process it did not start, and a test can feed in records by hand.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from .runs import RunDir, RunSummary
+
+# Epoch-level series a learning-curve chart can show, with the words for its axis.
+CURVE_METRICS = {
+    "roc_auc": "validation ROC-AUC",
+    "pr_auc": "validation PR-AUC",
+    "loss": "validation loss",
+    "train_loss": "training loss",
+    "accuracy": "validation accuracy (threshold 0.5)",
+    "f1": "validation F1 (threshold 0.5)",
+}
+# Plain text symbols (not emoji): they render in any font, in tables and select boxes alike.
+STATE_ICONS = {"queued": "…", "running": "▶", "finished": "✓", "stopped": "■", "interrupted": "⚠", "failed": "✗", "unknown": "?"}
+RESUMABLE_STATES = ("stopped", "interrupted", "failed")
+
+
+def format_duration(seconds: float | None) -> str:
+    """"2 h 05 min", "3 min 07 s", "42 s"; "-" when unknown."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """Where a run stands: `fraction` of its optimiser steps done, and the time left when it can be told.
+    `elapsed_s` counts from the last (re)start of its process."""
+
+    state: str
+    fraction: float
+    epoch: int  # completed epochs
+    epochs: int
+    step: int
+    total_steps: int
+    elapsed_s: float | None
+    eta_s: float | None
+    images_per_s: float | None
+
+    @property
+    def text(self) -> str:
+        if self.state == "queued":
+            return "starting the training process..."
+        parts = [f"epoch {min(self.epoch + 1, self.epochs) if self.state == 'running' else self.epoch} of {self.epochs}"]
+        if self.total_steps:
+            parts.append(f"step {self.step:,} of {self.total_steps:,}")
+        if self.state == "running":
+            parts.append(f"about {format_duration(self.eta_s)} left" if self.eta_s is not None else "estimating the time left")
+            parts.append(f"running for {format_duration(self.elapsed_s)}")
+        else:
+            parts.append(f"{self.state} after {format_duration(self.elapsed_s)}" if self.elapsed_s is not None else self.state)
+        return " · ".join(parts)
+
+
+def run_progress(status: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any]],
+                 *, now: float | None = None) -> RunProgress:
+    """Progress of a run from its status, step records and epoch records.
+
+    Time left comes from the run's own pace since it last (re)started: the mean duration of its recent
+    epochs (validation included) once one has finished, else its recent step rate."""
+    now = time.time() if now is None else now
+    state = str(status.get("state", "unknown"))
+    step = int(status.get("step") or 0)
+    total = int(status.get("total_steps") or 0)
+    epoch = int(status.get("epoch") or 0)
+    n_epochs = int(status.get("epochs") or 0)
+    per_epoch_steps = int(status.get("steps_per_epoch") or 0)
+    if state == "finished":
+        fraction = 1.0
+    elif total:
+        fraction = min(1.0, step / total)
+    else:
+        fraction = min(1.0, epoch / n_epochs) if n_epochs else 0.0
+    started = status.get("started_at")
+    elapsed = (float(status.get("finished_at") or now) - float(started)) if started is not None else None
+    recent_steps = [s for s in steps if started is None or float(s.get("time", 0)) >= float(started)][-6:]
+    rate = None
+    if len(recent_steps) >= 2:
+        dt = float(recent_steps[-1]["time"]) - float(recent_steps[0]["time"])
+        ds = int(recent_steps[-1]["step"]) - int(recent_steps[0]["step"])
+        rate = ds / dt if dt > 0 and ds > 0 else None
+    images_per_s = recent_steps[-1].get("images_per_s") if recent_steps else None
+    eta = None
+    if state == "running" and total:
+        remaining = max(0, total - step)
+        recent_epochs = [e for e in epochs if started is None or float(e.get("time", 0)) >= float(started)][-3:]
+        if recent_epochs and per_epoch_steps:
+            per_epoch = sum(float(e.get("epoch_seconds", 0)) for e in recent_epochs) / len(recent_epochs)
+            eta = remaining / per_epoch_steps * per_epoch
+        elif rate:
+            eta = remaining / rate
+    return RunProgress(state, fraction, epoch, n_epochs, step, total, elapsed, eta, images_per_s)
+
+
+def runs_table(summaries: Sequence[RunSummary], source_names: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """One row per run with its key figures (best epoch by the run's monitored metric)."""
+    source_names = dict(source_names or {})
+    rows = []
+    for s in summaries:
+        status = RunDir(s.path).raw_status()
+        best = s.best or {}
+        rows.append({
+            "run": s.run_id,
+            "state": f"{STATE_ICONS.get(s.state, '')} {s.state}",
+            "model": s.model,
+            "data": source_names.get(s.data, s.data),
+            "synthetic data": bool(status.get("synthetic_data")),
+            "epochs": f"{s.epochs_done}/{s.epochs_total}",
+            "best epoch": best.get("epoch"),
+            "ROC-AUC": best.get("roc_auc"),
+            "PR-AUC": best.get("pr_auc"),
+            "accuracy": best.get("accuracy"),
+            "F1": best.get("f1"),
+            "valid loss": best.get("loss"),
+            "created": pd.to_datetime(created, unit="s") if (created := s.created_at or status.get("started_at")) else pd.NaT,
+        })
+    columns = ["run", "state", "model", "data", "synthetic data", "epochs", "best epoch", "ROC-AUC", "PR-AUC",
+               "accuracy", "F1", "valid loss", "created"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def state_counts(summaries: Sequence[RunSummary]) -> dict[str, int]:
+    """How many runs are in each state (states with no run left out)."""
+    counts: dict[str, int] = {}
+    for s in summaries:
+        counts[s.state] = counts.get(s.state, 0) + 1
+    return counts
+
+
+def epoch_frame(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
+    """Epoch records of several runs in one long frame: run, epoch and every `CURVE_METRICS` column."""
+    rows = [{"run": run_id, "epoch": e.get("epoch"), **{m: e.get(m) for m in CURVE_METRICS}}
+            for run_id, records in runs.items() for e in records]
+    return pd.DataFrame(rows, columns=["run", "epoch", *CURVE_METRICS])
+
+
+def step_frame(steps: Sequence[Mapping[str, Any]], steps_per_epoch: int | None = None) -> pd.DataFrame:
+    """Step records as a frame with `step`, `loss`, `lr`, `images_per_s` and fractional `epoch`."""
+    frame = pd.DataFrame(list(steps), columns=["step", "loss", "lr", "images_per_s", "epoch", "step_in_epoch"])
+    if steps_per_epoch:
+        frame["epoch"] = frame["step"] / steps_per_epoch
+    return frame

@@ -1,0 +1,137 @@
+"""A run's predictions on a split, and every figure at a chosen decision threshold.
+
+The validation split is scored by the trainer itself at the best epoch (`valid_predictions.csv`).
+Other labelled splits are scored by `pcam evaluate` in a background job whose files live in the run
+folder, beside the checkpoints they came from:
+
+    RUN_DIR/evaluations/<split>.json              metrics and curves (`pcam evaluate --out`)
+    RUN_DIR/evaluations/<split>_predictions.csv   id,label,probability,index
+    RUN_DIR/evaluations/score-<split>.json, .log  the job that wrote them
+
+A file older than the run's best checkpoint is stale (the run trained on) and is not used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .data import available_splits, detect_format, split_files
+from .jobs import JobStatus, job_status, start_job
+from .metrics import binary_metrics, choose_threshold, pr_points, roc_points
+from .predict import checkpoint_path
+from .runs import RunDir
+
+EVALUATIONS = "evaluations"
+TRAINER_SPLIT = "valid"
+
+
+def evaluation_files(run: RunDir, split: str) -> tuple[Path, Path]:
+    """(metrics JSON, predictions CSV) of `split` for `run`."""
+    folder = run.path / EVALUATIONS
+    return folder / f"{split}.json", folder / f"{split}_predictions.csv"
+
+
+def scorable_splits(run: RunDir) -> list[str]:
+    """Labelled splits of the run's data: "valid" first (scored during training), then the others."""
+    data = Path(run.config().data.path)
+    if not data.exists():
+        return [TRAINER_SPLIT]
+    fmt = detect_format(data)
+    if fmt == "h5":
+        others = [s for s in available_splits(data) if s != TRAINER_SPLIT and split_files(data, s)["y"].exists()]
+    else:  # Kaggle: only train/ is labelled (it includes the run's validation patches)
+        others = ["train"] if (data / "train").is_dir() else []
+    return [TRAINER_SPLIT, *others]
+
+
+def _fresh(path: Path, run: RunDir) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return path.stat().st_mtime >= checkpoint_path(run.path, "best").stat().st_mtime
+    except FileNotFoundError:
+        return False
+
+
+def split_predictions(run: RunDir, split: str) -> pd.DataFrame | None:
+    """id, label, probability, index of every patch of `split`, or None when not scored (or stale)."""
+    path = run.valid_predictions_path if split == TRAINER_SPLIT else evaluation_files(run, split)[1]
+    if split == TRAINER_SPLIT:
+        if not path.exists():
+            return None
+    elif not _fresh(path, run):
+        return None
+    frame = pd.read_csv(path, dtype={"id": str})
+    missing = {"label", "probability", "index"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {', '.join(sorted(missing))}; was it written by pcam_core?")
+    return frame
+
+
+def start_scoring(run: RunDir, split: str, *, tta: bool = True) -> JobStatus:
+    """Score `split` of the run's data with its best checkpoint in the background (`pcam evaluate`),
+    averaging the 8 symmetries of each patch unless `tta` is False (as `pcam evaluate` does)."""
+    if split == TRAINER_SPLIT:
+        raise ValueError("the validation split is scored by the trainer; it needs no separate job")
+    if split not in scorable_splits(run):
+        raise ValueError(f"run {run.run_id} cannot be scored on {split!r}; labelled splits: {', '.join(scorable_splits(run))}")
+    checkpoint_path(run.path, "best")  # fails clearly before a process is started for nothing
+    metrics_path, predictions_path = evaluation_files(run, split)
+    args = ["evaluate", "--run", str(run.path), "--data", run.config().data.path, "--split", split,
+            "--out", str(metrics_path), "--workers", "0", "--tta" if tta else "--no-tta"]
+    return start_job(run.path / EVALUATIONS, f"score-{split}", args, outputs=[metrics_path, predictions_path])
+
+
+def scoring_status(run: RunDir, split: str) -> JobStatus | None:
+    return job_status(run.path / EVALUATIONS, f"score-{split}")
+
+
+@dataclass(frozen=True)
+class ThresholdReport:
+    """Every figure of a scored split at one decision threshold (a patch is called tumour when its
+    probability is >= threshold). `metrics` is `binary_metrics`; the curves do not depend on it."""
+
+    threshold: float
+    metrics: dict[str, Any]
+    confusion: pd.DataFrame  # rows: true class, columns: called class; "count" and "rate" (share of the true class)
+    roc: dict[str, list[float]] | None
+    pr: dict[str, list[float]] | None
+    operating_point: dict[str, float | None]  # fpr, tpr (ROC) and recall, precision (PR) at the threshold
+
+
+def threshold_report(labels: np.ndarray, probs: np.ndarray, threshold: float) -> ThresholdReport:
+    """Metrics, confusion counts and rates, ROC and PR curves with the point the threshold selects."""
+    metrics = binary_metrics(labels, probs, threshold)
+    c = metrics["confusion"]
+    rows = []
+    for truth, cells in (("normal", (("normal", c["tn"]), ("tumour", c["fp"]))), ("tumour", (("normal", c["fn"]), ("tumour", c["tp"])))):
+        total = sum(n for _, n in cells)
+        rows += [{"true": truth, "called": called, "count": n, "rate": n / total if total else None} for called, n in cells]
+    negatives, positives = c["tn"] + c["fp"], c["tp"] + c["fn"]
+    point = {
+        "fpr": c["fp"] / negatives if negatives else None,
+        "tpr": c["tp"] / positives if positives else None,
+        "recall": metrics["recall"] if positives else None,
+        "precision": metrics["precision"] if (c["tp"] + c["fp"]) else None,
+    }
+    both = metrics["roc_auc"] is not None
+    return ThresholdReport(threshold, metrics, pd.DataFrame(rows), roc_points(labels, probs) if both else None,
+                           pr_points(labels, probs) if both else None, point)
+
+
+def suggested_thresholds(run: RunDir) -> dict[str, float]:
+    """Thresholds chosen on the run's validation predictions (never on the split being judged):
+    0.5, Youden's J, and the highest giving 95% sensitivity."""
+    out = {"0.5 (default)": 0.5}
+    valid = split_predictions(run, TRAINER_SPLIT)
+    if valid is None or valid["label"].nunique() < 2:
+        return out
+    labels, probs = valid["label"].to_numpy(), valid["probability"].to_numpy()
+    out["Youden (validation)"] = choose_threshold(labels, probs, "youden")
+    out["95% sensitivity (validation)"] = choose_threshold(labels, probs, "sensitivity", value=0.95)
+    return out

@@ -1,0 +1,266 @@
+"""The dashboard page by page with Streamlit's AppTest: every page renders on an empty workspace and on
+one with a finished run, and the key interactions work (filters, threshold, form, upload, stop/resume).
+The app runs for real on real files in a temporary workspace; nothing of ours is mocked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from helpers import REPO, make_bad_images, tif_bytes
+from pcam_core.config import ExperimentConfig
+from pcam_core.data import PCamH5, patch_id
+from pcam_core.runs import RunDir, stop
+from pcam_core.workspace import DEMO_ENV_VAR, ENV_VAR, Workspace
+
+APP = str(REPO / "streamlit_app.py")
+PAGES = ["app_pages/overview.py", "app_pages/dataset.py", "app_pages/train.py", "app_pages/runs.py", "app_pages/predict.py"]
+RUN_ID = "demo-run"
+
+
+def start(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv(ENV_VAR, str(workspace))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def open_page(at: AppTest, page: str) -> AppTest:
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """Everything a user reads on the page, as one string."""
+    parts = [e.value for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success")
+             for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+@pytest.fixture(scope="module")
+def finished_workspace(demo_root, trained_run, tmp_path_factory) -> Path:
+    """The demo data registered and the finished 3-epoch run copied in as runs/demo-run."""
+    root = tmp_path_factory.mktemp("ws-finished")
+    workspace = Workspace(root)
+    workspace.add_source(demo_root, "demo")
+    shutil.copytree(trained_run, workspace.runs_root / RUN_ID)
+    return root
+
+
+# -- empty workspaces ------------------------------------------------------------------------------
+
+def test_first_start_generates_synthetic_demo_data_then_every_page_renders(tmp_path, monkeypatch):
+    monkeypatch.setenv(DEMO_ENV_VAR, "64")
+    at = start(tmp_path / "ws", monkeypatch)
+    workspace = Workspace(tmp_path / "ws")
+    assert [s.name for s in workspace.sources()] == ["demo"] and workspace.sources()[0].synthetic
+    assert at.sidebar.selectbox(key="dataset").value == "demo"
+    for page in PAGES:
+        open_page(at, page)
+        shown = texts(at)
+        if page.endswith(("overview.py", "dataset.py")):
+            assert "SYNTHETIC" in shown, page  # the demo data is labelled wherever it is shown
+        if page.endswith(("runs.py", "predict.py")):
+            assert "No training run yet" in shown, page
+
+
+def test_a_workspace_without_any_source_explains_what_to_do(tmp_path, monkeypatch):
+    (tmp_path / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
+    at = start(tmp_path, monkeypatch)
+    assert at.sidebar.selectbox(key="dataset").value is None
+    open_page(at, "app_pages/dataset.py")
+    assert "No data source yet" in texts(at)
+    open_page(at, "app_pages/train.py")
+    assert "No data source with a training split" in texts(at)
+    open_page(at, "app_pages/overview.py")
+    assert "No data source is registered" in texts(at)
+
+
+def test_adding_a_source_by_path_on_the_overview(tmp_path, monkeypatch, demo_root):
+    (tmp_path / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
+    at = start(tmp_path, monkeypatch)
+    open_page(at, "app_pages/overview.py")
+    at.text_input[0].set_value(str(tmp_path / "no-such-folder"))
+    at.button[0].click().run()
+    assert any("Not added" in e.value and "not found" in e.value for e in at.error)
+    at.text_input[0].set_value(str(demo_root))
+    at.text_input[1].set_value("mydemo")
+    at.button[0].click().run()
+    assert not at.exception
+    assert [s.name for s in Workspace(tmp_path).sources()] == ["mydemo"]
+    assert at.sidebar.selectbox(key="dataset").value == "mydemo"  # the new source became the active one
+
+
+def test_a_damaged_registry_is_an_error_not_a_crash(tmp_path, monkeypatch):
+    (tmp_path / "sources.json").write_text("{oops")
+    at = start(tmp_path, monkeypatch)
+    assert any("damaged" in e.value for e in at.error)
+
+
+# -- a workspace with a finished run -----------------------------------------------------------------
+
+def test_every_page_renders_with_a_finished_run(finished_workspace, monkeypatch):
+    at = start(finished_workspace, monkeypatch)
+    assert at.sidebar.selectbox(key="run").value == RUN_ID
+    expected = {
+        "app_pages/overview.py": ["Data sources", "Runs"],
+        "app_pages/dataset.py": ["The train split in numbers"],
+        "app_pages/train.py": ["New run", "All runs", "finished"],
+        "app_pages/runs.py": ["Learning curves", f"Judging run `{RUN_ID}`", "Most confident errors"],
+        "app_pages/predict.py": ["Model of run", "probability"],
+    }
+    for page, words in expected.items():
+        open_page(at, page)
+        shown = texts(at)
+        for word in words:
+            assert word in shown, (page, word)
+        assert "SYNTHETIC" in shown, page  # demo data, or a model trained on it
+
+
+def test_dataset_filters_and_paging(finished_workspace, monkeypatch):
+    at = open_page(start(finished_workspace, monkeypatch), "app_pages/dataset.py")
+    grid = at.image[0]
+    assert len(grid.captions) == 48 and grid.captions[0].startswith("#0 · ")
+    at.button_group(key="ds_label").set_value("tumour").run()
+    labels = PCamH5(Path(Workspace(finished_workspace).source("demo").path), "train").labels
+    tumour = np.flatnonzero(labels == 1)
+    captions = at.image[0].captions
+    assert all(c.endswith("tumour") for c in captions)
+    assert [int(c.split(" ")[0][1:]) for c in captions] == tumour[:48].tolist()
+    at.pagination[0].set_value(2).run()
+    assert [int(c.split(" ")[0][1:]) for c in at.image[0].captions] == tumour[48:96].tolist()
+    slide = at.selectbox(key="ds_slide").options[1]
+    at.selectbox(key="ds_slide").set_value(slide).run()
+    assert at.pagination[0].value == 1  # a new filter starts at the first page
+    meta = PCamH5(Path(Workspace(finished_workspace).source("demo").path), "train").metadata
+    on_slide = np.flatnonzero((labels == 1) & (meta["wsi"].to_numpy() == slide))
+    assert [int(c.split(" ")[0][1:]) for c in at.image[0].captions] == on_slide[:48].tolist()
+    at.selectbox(key="ds_zoom").set_value(int(on_slide[1])).run()
+    assert any(f"**wsi:** {slide}" in m.value for m in at.markdown)
+    at.toggle(key="ds_box").set_value(False).run()
+    at.button_group(key="ds_split").set_value("test").run()
+    assert not at.exception and "The test split in numbers" in texts(at)
+
+
+def test_threshold_slider_moves_every_figure(finished_workspace, monkeypatch):
+    at = open_page(start(finished_workspace, monkeypatch), "app_pages/runs.py")
+
+    def figures() -> dict[str, str]:
+        return {m.label: m.value for m in at.metric}
+
+    at_half = figures()
+    assert float(at_half["ROC-AUC"]) > 0.8
+    at.slider(key="threshold").set_value(0.98).run()
+    strict = figures()
+    assert float(strict["Sensitivity"]) < float(at_half["Sensitivity"])
+    assert float(strict["Specificity"]) >= float(at_half["Specificity"])
+    assert strict["ROC-AUC"] == at_half["ROC-AUC"]  # threshold-free
+    titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
+    assert "Confusion matrix at threshold 0.98" in titles
+    at.selectbox(key="threshold_preset").set_value("Youden (validation)").run()
+    assert at.slider(key="threshold").value != 0.98
+    assert not at.exception
+
+
+def test_scoring_another_split_from_the_runs_page(finished_workspace, monkeypatch):
+    at = open_page(start(finished_workspace, monkeypatch), "app_pages/runs.py")
+    at.button_group(key="judge_split").set_value("test").run()
+    assert "has not been scored" in texts(at)
+    at.button[0].click().run()
+    run = RunDir(Path(finished_workspace) / "runs" / RUN_ID)
+    deadline = time.time() + 180
+    while not (run.path / "evaluations" / "test_predictions.csv").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)
+    at.run()
+    assert not at.exception and "256 patches of the test split" in texts(at)
+
+
+def test_predict_uploads_refuses_and_converts_visibly(finished_workspace, monkeypatch, demo_root, tmp_path):
+    at = open_page(start(finished_workspace, monkeypatch), "app_pages/predict.py")
+    pixels = PCamH5(demo_root, "test").read_pixels(np.arange(3))
+    files = [(f"{patch_id(p)}.tif", tif_bytes(p), "image/tiff") for p in pixels]
+    bad = make_bad_images(tmp_path / "bad")
+    files += [(name, (tmp_path / "bad" / name).read_bytes(), "image/png") for name in ("small64.tif", "gray.tif")]
+    started = time.time()
+    at.file_uploader(key="uploads").set_value(files).run()
+    assert time.time() - started < 5 * 3  # within a second per patch, with room for a loaded CI machine
+    assert not at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "small64.tif" in errors and bad["small64.tif"] in errors
+    assert any("gray.tif" in w.value and "grayscale" in w.value for w in at.warning)
+    table = at.dataframe[0].value
+    assert len(table) == 4 and table["probability"].between(0, 1).all()
+    assert set(table["call"]) <= {"tumour", "normal"}
+    assert at.get("download_button")
+    at.slider(key="predict_threshold").set_value(0.0).run()
+    assert (at.dataframe[0].value["call"] == "tumour").all()
+
+
+def test_train_form_launches_a_background_run(finished_workspace, monkeypatch):
+    at = open_page(start(finished_workspace, monkeypatch), "app_pages/train.py")
+    at.number_input[0].set_value(1)  # epochs
+    advanced = {n.label: n for n in at.number_input}
+    advanced["Stop after steps (0: no limit)"].set_value(3)
+    at.text_input[0].set_value("from-form")
+    at.button[0].click().run()  # the form's submit button
+    assert not at.exception
+    new = at.sidebar.selectbox(key="run").value
+    assert new != RUN_ID and "from-form" in new
+    run = RunDir(Path(finished_workspace) / "runs" / new)
+    config = run.config()
+    assert config.train.epochs == 1 and config.train.max_steps == 3 and config.data.path == Workspace(finished_workspace).source("demo").path
+    deadline = time.time() + 240
+    while run.status()["state"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.5)
+    assert run.status()["state"] == "finished", run.log_tail(console=True)
+    at.run()
+    assert "finished" in texts(at)
+
+
+def test_stop_and_resume_buttons(finished_workspace, monkeypatch):
+    workspace = Workspace(finished_workspace)
+    config = ExperimentConfig().replace(data={"path": workspace.source("demo").path, "num_workers": 0},
+                                        train={"epochs": 50, "batch_size": 16, "log_every": 1}, name="long")
+    run = workspace.start_run(config)
+    try:
+        deadline = time.time() + 120
+        while not run.steps() and time.time() < deadline:
+            time.sleep(0.3)
+        at = start(finished_workspace, monkeypatch)
+        at.sidebar.selectbox(key="run").set_value(run.run_id).run()
+        open_page(at, "app_pages/train.py")
+        at.button(key="stop").click().run()
+        deadline = time.time() + 120
+        while run.status()["state"] == "running" and time.time() < deadline:
+            time.sleep(0.3)
+        assert run.status()["state"] == "stopped" and run.last_checkpoint.exists()
+        at.run()
+        at.button(key="resume").click().run()
+        deadline = time.time() + 120
+        while run.status()["state"] != "running" and time.time() < deadline:
+            time.sleep(0.3)
+        assert run.status()["state"] == "running"
+    finally:
+        stop(run, timeout=60)
+
+
+def test_dataset_page_on_real_kaggle_patches(tmp_path, monkeypatch, real_dev):
+    """The Kaggle layout (no slide metadata, tif files) on 4,000 real patches: not labelled synthetic."""
+    Workspace(tmp_path).add_source(real_dev, "real")
+    at = open_page(start(tmp_path, monkeypatch), "app_pages/dataset.py")
+    shown = texts(at)
+    assert "SYNTHETIC" not in shown and "The train split in numbers" in shown
+    assert at.selectbox(key="ds_slide_none").disabled
+    assert len(at.image[0].captions) == 48
+    at.button_group(key="ds_label").set_value("normal").run()
+    assert all(c.endswith("normal") for c in at.image[0].captions)
+    assert any(m.label == "Patches" and m.value == "4,000" for m in at.metric)

@@ -1,0 +1,84 @@
+"""pcam_core.monitor: progress and time left from a run's records, the runs table, learning curves."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from pcam_core.monitor import (
+    CURVE_METRICS,
+    epoch_frame,
+    format_duration,
+    run_progress,
+    runs_table,
+    state_counts,
+    step_frame,
+)
+from pcam_core.runs import RunDir, list_runs
+
+
+def test_format_duration():
+    assert format_duration(None) == "-" and format_duration(float("nan")) == "-" and format_duration(-1) == "-"
+    assert format_duration(42.4) == "42 s"
+    assert format_duration(187) == "3 min 07 s"
+    assert format_duration(2 * 3600 + 5 * 60 + 9) == "2 h 05 min"
+
+
+def _steps(start: float, rate: float, upto: int, every: int = 10) -> list[dict]:
+    return [{"step": s, "time": start + s / rate, "loss": 1.0 / s, "images_per_s": rate * 64} for s in range(every, upto + 1, every)]
+
+
+def test_progress_of_a_first_epoch_uses_the_step_rate():
+    status = {"state": "running", "step": 50, "total_steps": 200, "epoch": 0, "epochs": 4, "steps_per_epoch": 50,
+              "started_at": 1000.0}
+    p = run_progress(status, _steps(1000.0, 2.0, 50), [], now=1030.0)
+    assert p.fraction == pytest.approx(0.25)
+    assert p.eta_s == pytest.approx(150 / 2.0)  # 150 steps left at 2 steps/s
+    assert p.elapsed_s == pytest.approx(30.0) and p.images_per_s == pytest.approx(128.0)
+    assert p.text.startswith("epoch 1 of 4 · step 50 of 200 · about 1 min 15 s left")
+
+
+def test_progress_after_an_epoch_includes_validation_time():
+    status = {"state": "running", "step": 75, "total_steps": 200, "epoch": 1, "epochs": 4, "steps_per_epoch": 50,
+              "started_at": 1000.0}
+    epochs = [{"epoch": 1, "epoch_seconds": 40.0, "time": 1040.0}]  # 25 s of steps + 15 s of validation
+    p = run_progress(status, _steps(1000.0, 2.0, 75), epochs, now=1055.0)
+    assert p.eta_s == pytest.approx(125 / 50 * 40.0)
+
+
+def test_progress_ignores_records_from_before_a_resume():
+    status = {"state": "running", "step": 120, "total_steps": 200, "epoch": 2, "epochs": 4, "steps_per_epoch": 50,
+              "started_at": 5000.0}
+    old = _steps(1000.0, 0.1, 100) + [{"step": 110, "time": 5005.0}, {"step": 120, "time": 5010.0}]
+    epochs = [{"epoch": 1, "epoch_seconds": 900.0, "time": 1500.0}, {"epoch": 2, "epoch_seconds": 900.0, "time": 2000.0}]
+    p = run_progress(status, old, epochs, now=5010.0)
+    assert p.eta_s == pytest.approx(80 / 2.0)  # the new pace (2 steps/s), not the old epochs'
+
+
+def test_progress_of_other_states():
+    assert run_progress({"state": "queued"}, [], []).text == "starting the training process..."
+    finished = run_progress({"state": "finished", "step": 64, "total_steps": 64, "epoch": 2, "epochs": 2,
+                             "started_at": 0.0, "finished_at": 95.0}, [], [])
+    assert finished.fraction == 1.0 and finished.eta_s is None
+    assert finished.text == "epoch 2 of 2 · step 64 of 64 · finished after 1 min 35 s"
+    stopped = run_progress({"state": "stopped", "step": 10, "total_steps": 40, "epoch": 0, "epochs": 2}, [], [])
+    assert stopped.fraction == 0.25 and stopped.text.endswith("stopped")
+
+
+def test_runs_table_and_curves(trained_run, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(trained_run, root / "a")
+    summaries = list_runs(root)
+    table = runs_table(summaries, {summaries[0].data: "demo"})
+    row = table.iloc[0]
+    assert row["run"] == "a" and row["state"].endswith("finished") and row["data"] == "demo"
+    assert bool(row["synthetic data"]) and row["epochs"] == "3/3" and row["ROC-AUC"] > 0.8
+    assert isinstance(row["created"], pd.Timestamp)
+    assert state_counts(summaries) == {"finished": 1}
+    assert runs_table([]).empty
+    frame = epoch_frame({"a": RunDir(root / "a").epochs()})
+    assert frame["epoch"].tolist() == [1, 2, 3] and set(CURVE_METRICS) <= set(frame.columns)
+    steps = step_frame([{"step": 10, "loss": 0.7}, {"step": 20, "loss": 0.5}], steps_per_epoch=20)
+    assert steps["epoch"].tolist() == [0.5, 1.0]

@@ -1,0 +1,64 @@
+"""pcam_core.uploads: scoring uploaded files one by one, refusing or converting visibly."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from helpers import make_bad_images, tif_bytes
+from pcam_core.data import PCamH5, patch_id
+from pcam_core.predict import load_run_model, predict_dataset
+from pcam_core.uploads import score_files
+
+
+@pytest.fixture(scope="module")
+def model(trained_run):
+    return load_run_model(trained_run)[0]
+
+
+def test_scores_match_the_batch_predictor(model, demo_root):
+    ds = PCamH5(demo_root, "test")
+    pixels = ds.read_pixels(np.arange(6))
+    files = [(f"{patch_id(p)}.tif", tif_bytes(p)) for p in pixels]
+    result = score_files(model, files, batch_size=4)
+    assert not result.refused and len(result.scored) == 6
+    expected = predict_dataset(model, ds.subset(np.arange(6)), num_workers=0).predictions.probs
+    assert np.allclose([p.probability for p in result.scored], expected, atol=1e-5)
+    assert all(p.id == p.pixel_id for p in result.scored)  # Kaggle ids are the pixels' SHA-1
+    table = result.table(0.5)
+    assert list(table.columns) == ["file", "id", "probability", "call", "notes"]
+    assert (table["call"] == np.where(table["probability"] >= 0.5, "tumour", "normal")).all()
+    sub = pd.read_csv(io.BytesIO(result.submission()))
+    assert list(sub.columns) == ["id", "label"] and sub["id"].tolist() == table["id"].tolist()
+    tta = score_files(model, files[:2], tta=True)
+    assert all(0 <= p.probability <= 1 for p in tta.scored)
+
+
+def test_bad_files_are_refused_or_converted_with_a_reason(model, tmp_path):
+    expected = make_bad_images(tmp_path)
+    files = [(name, (tmp_path / name).read_bytes()) for name in sorted(expected)]
+    result = score_files(model, files)
+    refused = dict(result.refused)
+    scored = {p.name: p for p in result.scored}
+    assert set(refused) | set(scored) == set(expected)
+    for name in ("truncated.tif", "corrupt.tif", "text.tif", "empty.tif", "small64.tif", "big512.tif", "bomb.png"):
+        assert expected[name] in refused[name], (name, refused[name])
+    for name in ("gray.tif", "rgba.png", "sixteen.png"):  # converted, and each says how
+        assert scored[name].notes and 0 <= scored[name].probability <= 1
+    assert "64x64" in refused["small64.tif"] and "PCam patch is 96x96" in refused["small64.tif"]
+
+
+def test_duplicate_ids_are_refused(model):
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    result = score_files(model, [("a.tif", tif_bytes(pixels)), ("a.png", png.getvalue())])
+    assert [p.name for p in result.scored] == ["a.tif"]
+    assert result.refused[0][0] == "a.png" and "same id 'a'" in result.refused[0][1]
+    assert score_files(model, []).scored == []
+    with pytest.raises(ValueError, match="threshold"):
+        result.table(2.0)
