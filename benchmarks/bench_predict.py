@@ -3,7 +3,8 @@ bare forward pass on tensors already in memory.
 
     python benchmarks/bench_predict.py [--n 8192] [--run RUN_DIR] [--workers 2]
 
-The bare forward pass is what no tool can beat: normalise + model + sigmoid over batches of 256 that
+Both sides make one pass per patch (`--no-tta`; TTA multiplies both by 8). The bare forward pass is
+what no tool can beat: normalise + model + sigmoid over batches of 256 that
 sit in RAM. `pcam predict` is timed as a user runs it (a fresh process: start-up, model load, reading,
 decoding, writing the CSV), and also in-process via `predict_submission` (reading, decoding and
 writing only), so the ratio shows where time goes. Memory: the peak RSS of the predicting process
@@ -77,11 +78,11 @@ def main() -> None:
         for name, source in (("HDF5 split", root), ("Kaggle tifs", tifs)):
             with PeakTreeRSS() as peak:
                 start = time.perf_counter()
-                predict_submission(run, source, work / f"{name}.csv", num_workers=args.workers, batch_size=args.batch, device="cpu" if not torch.cuda.is_available() else "auto")
+                predict_submission(run, source, work / f"{name}.csv", tta=False, num_workers=args.workers, batch_size=args.batch)
                 inproc = args.n / (time.perf_counter() - start)
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "pcam_core", "predict", "--run", str(run), "--input", str(source),
-                            "--out", str(work / f"{name}-cli.csv"), "--workers", str(args.workers)], check=True, cwd=REPO,
+                            "--out", str(work / f"{name}-cli.csv"), "--workers", str(args.workers), "--no-tta"], check=True, cwd=REPO,
                            capture_output=True)
             cli = args.n / (time.perf_counter() - start)
             results[name] = (inproc, cli, peak.peak_gb)

@@ -62,7 +62,7 @@ def main() -> None:
         results = {}
         for tta in (False, True):
             sub = work / f"sub{'_tta' if tta else ''}.csv"
-            predict_s = pcam("predict", "--run", str(run), "--input", str(work / "holdout"), "--out", str(sub), *(["--tta"] if tta else []))
+            predict_s = pcam("predict", "--run", str(run), "--input", str(work / "holdout"), "--out", str(sub), "--tta" if tta else "--no-tta")
             scored = held.merge(pd.read_csv(sub), on="id", suffixes=("_true", "_prob"))
             assert len(scored) == len(held)
             results[tta] = (roc_auc_score(scored["label_true"], scored["label_prob"]), predict_s)

@@ -59,12 +59,12 @@ class AugmentConfig:
     """
 
     symmetries: bool = True  # random flips and 90-degree rotations (the dihedral group D4)
-    stain: float = 0.05  # HED stain jitter strength (0 disables)
-    brightness: float = 0.15
-    contrast: float = 0.15
-    saturation: float = 0.15
+    stain: float = 0.02  # HED stain jitter strength (0 disables)
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
     hue: float = 0.02
-    shift: int = 4  # random translation of up to this many pixels, reflect-padded
+    shift: int = 0  # random translation of up to this many pixels, reflect-padded
 
     def __post_init__(self) -> None:
         for name in ("stain", "brightness", "contrast", "saturation"):
@@ -91,7 +91,7 @@ class TrainConfig:
     """The optimisation recipe."""
 
     epochs: int = 30
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
     optimizer: str = "adamw"

@@ -556,7 +556,7 @@ def _fit(
         sampler.set_epoch(epoch)
         skip = state.step_in_epoch * t.batch_size
         loader = make_loader(data.train, t.batch_size, shuffle=False, num_workers=workers, drop_last=True,
-                             sampler=SkipBatchesSampler(sampler, skip) if skip else sampler)
+                             sampler=SkipBatchesSampler(sampler, skip) if skip else sampler, ids=False)
         loader_iter: Any = loader
         if show_bar:
             from tqdm import tqdm

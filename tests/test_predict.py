@@ -42,11 +42,11 @@ def test_submission_from_an_h5_split(trained_run, demo_root, tmp_path):
 
 
 def test_submission_from_tifs_matches_h5_and_tta_differs(trained_run, demo_root, tif_folder, tmp_path):
-    h5 = pd.read_csv(predict_submission(trained_run, demo_root, tmp_path / "h5.csv", split="test", num_workers=0)["out"])
-    tif = pd.read_csv(predict_submission(trained_run, tif_folder, tmp_path / "tif.csv", num_workers=0)["out"])
+    h5 = pd.read_csv(predict_submission(trained_run, demo_root, tmp_path / "h5.csv", split="test", tta=False, num_workers=0)["out"])
+    tif = pd.read_csv(predict_submission(trained_run, tif_folder, tmp_path / "tif.csv", tta=False, num_workers=0)["out"])
     merged = tif.merge(h5, on="id", suffixes=("_tif", "_h5"))
     assert len(merged) == 40 and np.allclose(merged["label_tif"], merged["label_h5"], atol=1e-6)
-    tta = pd.read_csv(predict_submission(trained_run, tif_folder, tmp_path / "tta.csv", tta=True, num_workers=0)["out"])
+    tta = pd.read_csv(predict_submission(trained_run, tif_folder, tmp_path / "tta.csv", num_workers=0)["out"])  # the default
     assert not np.allclose(tta["label"], tif["label"])
     assert np.corrcoef(tta["label"], tif["label"])[0, 1] > 0.9
 

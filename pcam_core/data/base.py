@@ -105,6 +105,18 @@ class PatchDataset(Dataset, abc.ABC):
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         """A collated batch: ``image`` stacked into one tensor, ``label``/``index`` tensors, lists otherwise.
         ``error`` holds None per item, or why the item could not be read (skip mode only)."""
+        return self.fetch(indices)
+
+    def fetch(
+        self,
+        indices: Sequence[int] | np.ndarray,
+        *,
+        ids: bool = True,
+        batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """`__getitems__` with options for loaders: ``ids=False`` leaves ``id`` as None (hashing the
+        pixels of every training patch is work no training step needs), and `batch_transform` maps the
+        whole uint8 image batch at once (in the loader worker, so it runs in parallel)."""
         idx = self._check_indices(indices)
         pixels, errors = self.read_checked(idx)
         # (B, 3, 96, 96) uint8 as a view of the (B, 96, 96, 3) pixels: channels-last memory, which the
@@ -113,13 +125,15 @@ class PatchDataset(Dataset, abc.ABC):
         labels = self._labels[idx]
         if self.transform is not None:
             images = torch.stack([torch.as_tensor(self.transform(img.contiguous())) for img in images])
+        if batch_transform is not None:
+            images = batch_transform(images)
         targets: Any = torch.from_numpy(labels.astype(np.int64))
         if self.target_transform is not None:
             targets = torch.as_tensor([self.target_transform(int(t)) for t in labels])
         return {
             "image": images,
             "label": targets,
-            "id": self._ids(idx, pixels),
+            "id": self._ids(idx, pixels) if ids else None,
             "index": torch.from_numpy(idx.astype(np.int64)),
             "meta": self._meta(idx),
             "error": errors,

@@ -6,11 +6,11 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from .base import PatchDataset
 from .common import IMAGE_EXTENSIONS, PATCH_SHAPE, DataError, stratified_split
@@ -143,6 +143,22 @@ def _batch_as_is(batch: Any) -> Any:
     return batch
 
 
+class _LoaderView(Dataset):
+    """What a loader's workers fetch through: the dataset's batches with the loader's options."""
+
+    def __init__(self, dataset: PatchDataset, *, ids: bool, batch_transform: Callable | None) -> None:
+        self.dataset = dataset
+        self.ids = ids
+        self.batch_transform = batch_transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        with torch.no_grad():
+            return self.dataset.fetch(indices, ids=self.ids, batch_transform=self.batch_transform)
+
+
 class SkipBatchesSampler(Sampler[int]):
     """Yields the indices of `sampler` after skipping the first `skip` of them (resuming mid-epoch)."""
 
@@ -168,6 +184,8 @@ def make_loader(
     drop_last: bool = False,
     seed: int = 0,
     sampler: Sampler[int] | None = None,
+    ids: bool = True,
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> DataLoader:
     """The loader the trainer and the predictor use.
 
@@ -176,6 +194,10 @@ def make_loader(
     normalisation and augmentation then run on whole batches on the training device (see
     `pcam_core.transforms`), not image by image in the workers. `num_workers=-1` picks a count from
     the machine (0 for a dataset cached in memory).
+
+    ``ids=False`` skips the patch ids (the SHA-1 of every image's pixels for HDF5 data), which training
+    never reads. `batch_transform` runs on each uint8 image batch inside the workers, e.g.
+    ``eval_preset()`` for normalised float batches made in parallel on a CPU-only machine.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
@@ -185,8 +207,9 @@ def make_loader(
     generator = torch.Generator().manual_seed(seed)
     if sampler is None:
         sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    view = _LoaderView(dataset, ids=ids, batch_transform=batch_transform) if (not ids or batch_transform) else dataset
     return DataLoader(
-        dataset,
+        view,
         batch_size=batch_size,
         sampler=sampler,
         drop_last=drop_last,
