@@ -1,0 +1,89 @@
+"""The dashboard server as started by `streamlit run streamlit_app.py`: loopback only, XSRF on."""
+
+from __future__ import annotations
+
+import ast
+import os
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _other_addresses() -> list[str]:
+    """This machine's non-loopback IPv4 addresses."""
+    out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    return [a for a in out if "." in a and not a.startswith("127.")]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    workspace = tmp_path_factory.mktemp("ws")
+    env = {**os.environ, "PCAM_WORKSPACE": str(workspace), "PCAM_DEMO_PATCHES": "64"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if requests.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the dashboard did not start")
+    yield port, url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_listens_on_loopback_only(server):
+    port, url = server
+    assert requests.get(f"{url}/_stcore/health", timeout=5).text == "ok"
+    for address in _other_addresses():
+        with socket.socket() as s:
+            s.settimeout(2)
+            assert s.connect_ex((address, port)) != 0, f"reachable on {address}"
+
+
+def test_uploads_without_the_xsrf_token_are_refused(server):
+    _, url = server
+    r = requests.put(f"{url}/_stcore/upload_file/session/file", files={"file": ("x.tif", b"abc")}, timeout=5)
+    assert r.status_code in (400, 403)  # no session cookie, no XSRF token: nothing is accepted
+
+
+def test_config_sets_the_upload_limit_and_protections():
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    server = config["server"]
+    assert server["address"] == "127.0.0.1" and server["enableXsrfProtection"] is True
+    assert 0 < server["maxUploadSize"] <= 50
+    assert server["fileWatcherType"] == "none"
+    assert config["client"]["showErrorDetails"] == "none"  # no traceback reaches a user's browser
+
+
+def test_no_shell_with_user_text():
+    """No code path of the product hands a string to a shell."""
+    for folder in ("pcam_core", "pages", "pcam_app", "app_pages"):
+        for path in (REPO / folder).glob("**/*.py") if (REPO / folder).exists() else []:
+            tree = ast.parse(path.read_text(), str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call):
+                    name = ast.unparse(node.func)
+                    assert name not in ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput"), (path, name)
+                    for kw in node.keywords:
+                        assert not (kw.arg == "shell" and ast.unparse(kw.value) != "False"), (path, node.lineno)
