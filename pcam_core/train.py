@@ -33,7 +33,7 @@ from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig
 from .data.base import PatchDataset
-from .data.loader import SkipBatchesSampler, fits_in_memory, make_loader, train_valid_datasets
+from .data.loader import SkipBatchesSampler, detect_format, fits_in_memory, make_loader, train_valid_datasets
 from .fileio import append_jsonl, atomic_write_json, atomic_write_with, read_jsonl
 from .inference import Predictions, autocast_context, predict_loader
 from .metrics import binary_metrics, choose_threshold
@@ -338,6 +338,9 @@ def fit(config: ExperimentConfig, out: str | Path, *, resume: bool = False, prog
     info = D.setup("cuda" if resolve_device(device_pref).type == "cuda" else "cpu")
     device = resolve_device(device_pref, info.local_rank)
     run, lock = RunDir(out), None
+    if not resume:  # refuse bad data or model names before anything is written
+        resolve_model_name(config.model.name, device)
+        detect_format(config.data.path)
     try:
         if info.is_main:
             run, lock = prepare_out_dir(out, config, resume=resume)
