@@ -80,7 +80,7 @@ class ModelConfig:
 
     name: str = "auto"  # "auto": the compact model on CPU, resnet18 on CUDA
     weights: str | None = None
-    dropout: float = 0.2
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _check_range("model.dropout", self.dropout, 0.0, 0.9)

@@ -39,15 +39,44 @@ class _BasicBlock(nn.Module):
 
 
 class PCamNet(nn.Module):
-    """A compact residual network for 96x96 patches, fast enough to train on a laptop CPU.
+    """The compact CPU default: a VGG-style network that keeps full resolution in its first stage.
 
-    A stride-2 stem, then four stages of basic residual blocks at 48, 24, 12 and 6 pixels, global
-    average pooling, dropout and one logit. About 1.2 M parameters and 0.3 GFLOP per patch forward.
+    Four stages of two 3x3 conv-BN-ReLU layers, each followed by 2x2 max-pooling (96 -> 48 -> 24 ->
+    12 -> 6), widths 16-32-64-128, global average pooling, dropout and one logit: 0.29 M parameters,
+    0.24 GFLOP per patch forward. On 4,000 real patches it learns faster per epoch than a residual net
+    of the same cost that downsamples at once (`pcamresnet`): nuclear texture is only a few pixels wide.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), depths: tuple[int, ...] = (1, 1, 1, 1), dropout: float = 0.2) -> None:
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), dropout: float = 0.0) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        cin = 3
+        for i, width in enumerate(widths, start=1):
+            setattr(self, f"stage{i}", nn.Sequential(_conv_bn_relu(cin, width), _conv_bn_relu(width, width)))
+            cin = width
+        self.n_stages = len(widths)
+        self.pool = nn.MaxPool2d(2)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(cin, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, self.n_stages + 1):
+            x = self.pool(getattr(self, f"stage{i}")(x))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(self.dropout(x)).squeeze(1)
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class PCamResNet(nn.Module):
+    """A compact residual network: a stride-2 stem, then four stages of basic residual blocks at 48,
+    24, 12 and 6 pixels, global average pooling, dropout and one logit. About 1.2 M parameters and
+    0.28 GFLOP per patch forward."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), depths: tuple[int, ...] = (1, 1, 1, 1), dropout: float = 0.0) -> None:
+        super().__init__()
+        self.stem = _conv_bn_relu(3, widths[0], stride=2)
         stages = []
         cin = widths[0]
         for i, (width, depth) in enumerate(zip(widths, depths)):
@@ -111,14 +140,21 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "pcamnet",
             lambda dropout: PCamNet(dropout=dropout),
-            "compact residual net (1.2 M parameters), trains on a CPU in minutes; the CPU default",
-            {"stage4": 6, "stage3": 12, "stage2": 24},
+            "compact VGG-style net at full resolution (0.29 M parameters): trains on a CPU in minutes; the CPU default",
+            {"stage4": 12, "stage3": 24, "stage2": 48},
             cpu_friendly=True,
         ),
         ModelSpec(
             "pcamnet_wide",
-            lambda dropout: PCamNet(widths=(48, 96, 192, 384), depths=(1, 1, 2, 1), dropout=dropout),
-            "wider, deeper compact net (4.6 M parameters)",
+            lambda dropout: PCamNet(widths=(32, 64, 128, 256), dropout=dropout),
+            "pcamnet with twice the channels (1.2 M parameters, about 3x slower)",
+            {"stage4": 12, "stage3": 24, "stage2": 48},
+            cpu_friendly=True,
+        ),
+        ModelSpec(
+            "pcamresnet",
+            lambda dropout: PCamResNet(dropout=dropout),
+            "compact residual net that downsamples at once (1.2 M parameters)",
             {"stage4": 6, "stage3": 12, "stage2": 24},
             cpu_friendly=True,
         ),

@@ -22,6 +22,7 @@ from torch import nn
 
 from .checkpoint import model_from_checkpoint
 from .config import ExperimentConfig
+from .devices import resolve_device
 from .data.base import PatchDataset
 from .data.common import DataError
 from .data.loader import detect_format, make_loader, open_dataset, train_valid_datasets
@@ -31,14 +32,6 @@ from .metrics import binary_metrics, choose_threshold, pr_points, reliability_po
 from .runs import RunDir
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available")
-    return torch.device(name)
 
 
 def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:

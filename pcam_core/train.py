@@ -9,7 +9,6 @@ torchrun. Progress goes to the run folder (see `pcam_core.runs`).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -37,8 +36,10 @@ from .data.loader import SkipBatchesSampler, detect_format, fits_in_memory, make
 from .fileio import append_jsonl, atomic_write_json, atomic_write_with, read_jsonl
 from .inference import Predictions, autocast_context, predict_loader
 from .metrics import binary_metrics, choose_threshold
+from .devices import amp_dtype_for, resolve_device
 from .models import count_parameters, create_model, resolve_model_name
-from .runs import RunDir, StatusWriter, _process_start_time, prepare_out_dir
+from .optim import EMA, build_optimizer, build_scheduler
+from .runs import RunDir, StatusWriter, prepare_out_dir, process_start_time
 from .transforms import train_preset
 
 log = logging.getLogger(__name__)
@@ -50,52 +51,6 @@ class NonFiniteLoss(RuntimeError):
 
 class StopRequested(Exception):
     """SIGTERM/SIGINT arrived; the run saves a checkpoint and ends as "stopped"."""
-
-
-# -- devices and precision ---------------------------------------------------------------------
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def amp_dtype_for(device: torch.device, amp: bool | None) -> torch.dtype | None:
-    """bf16 autocast on GPUs that support it (fp16 otherwise); on the CPU only when asked (bf16)."""
-    if amp is None:
-        amp = device.type == "cuda"
-    if not amp:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
-
-
-# -- the moving average of weights ---------------------------------------------------------------
-
-class EMA:
-    """Exponential moving average of a model's weights (buffers copied), with a warm-up so early
-    averages are not dominated by the random initialisation."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        ema_params = [p for p in self.module.parameters()]
-        params = [p.detach() for p in model.parameters()]
-        torch._foreach_mul_(ema_params, d)
-        torch._foreach_add_(ema_params, params, alpha=1 - d)
-        for be, bm in zip(self.module.buffers(), model.buffers()):
-            be.copy_(bm)
 
 
 # -- one epoch -------------------------------------------------------------------------------------
@@ -241,35 +196,6 @@ def _is_better(value: float, best: float | None, monitor: str) -> bool:
     return value < best if monitor == "loss" else value > best
 
 
-def _build_optimizer(model: nn.Module, config: ExperimentConfig) -> torch.optim.Optimizer:
-    t = config.train
-    lr = t.lr
-    if t.optimizer == "adamw":
-        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr)
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=t.weight_decay)
-
-
-def _build_scheduler(optimizer: torch.optim.Optimizer, config: ExperimentConfig, total_steps: int):
-    t = config.train
-    if t.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=t.lr, total_steps=max(total_steps, 2), pct_start=max(t.warmup_frac, 1e-3),
-            div_factor=25.0, final_div_factor=1e3,
-        )
-    if t.schedule == "cosine":
-        warm = max(1, int(total_steps * t.warmup_frac))
-        return torch.optim.lr_scheduler.SequentialLR(
-            optimizer,
-            [torch.optim.lr_scheduler.LinearLR(optimizer, 0.05, 1.0, warm),
-             torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, total_steps - warm), eta_min=t.lr * 1e-3)],
-            milestones=[warm],
-        )
-    return None
-
-
 def _rng_state(device: torch.device) -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -388,6 +314,173 @@ def fit(config: ExperimentConfig, out: str | Path, *, resume: bool = False, prog
         D.cleanup()
 
 
+@dataclass
+class _Session:
+    """Everything one training process holds: the run folder, the model and its optimiser, the data,
+    the progress (`state`), and how they are saved and restored."""
+
+    config: ExperimentConfig
+    run: RunDir
+    info: D.DistInfo
+    device: torch.device
+    status: StatusWriter | None
+    data: Any
+    model: nn.Module
+    train_model: nn.Module
+    ema: EMA | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    pos_weight: torch.Tensor
+    sampler: DistributedSampler
+    steps_per_epoch: int
+    total_steps: int
+    state: TrainState = field(default_factory=TrainState)
+    started: float = field(default_factory=time.time)
+    last_checkpoint_at: float = field(default_factory=time.time)
+
+    def payload(self) -> dict[str, Any]:
+        t, st = self.config.train, self.state
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": st.epoch,
+            "step_in_epoch": st.step_in_epoch,
+            "global_step": st.global_step,
+            "best": {"metric": t.monitor, "value": st.best_value, "epoch": st.best_epoch},
+            "bad_epochs": st.bad_epochs,
+            "rng": _rng_state(self.device),
+            "elapsed": self.elapsed(),
+            "synthetic_data": self.data.synthetic,
+        }
+
+    def elapsed(self) -> float:
+        return self.state.elapsed + (time.time() - self.started)
+
+    def save(self, path: Path) -> None:
+        """Write a checkpoint (rank 0 only). A failed write is reported, not fatal: the previous file
+        stays intact and training goes on."""
+        if not self.info.is_main:
+            return
+        try:
+            save_checkpoint(path, self.payload())
+        except OSError as err:
+            msg = f"could not write checkpoint {path.name} ({err.strerror or err}); the previous one is intact"
+            log.error(msg)
+            self.state.warnings.append(msg)
+            if self.status is not None:
+                self.status.update(warnings=self.state.warnings[-5:], message=msg)
+        if path == self.run.last_checkpoint:
+            self.last_checkpoint_at = time.time()
+
+    def restore(self) -> None:
+        """Load `checkpoints/last.pt` into every part and the progress, if the run has one."""
+        path = self.run.last_checkpoint
+        if not path.exists():
+            log.info("no checkpoint in %s yet: starting from scratch", self.run.path)
+            return
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler"):
+            saved_total = ckpt["scheduler"].get("total_steps")
+            if saved_total is not None and saved_total != getattr(self.scheduler, "total_steps", saved_total):
+                raise ValueError(
+                    f"the checkpoint's learning-rate schedule spans {saved_total} steps but the config now implies "
+                    f"{self.scheduler.total_steps} (were epochs or batch size edited in config.json?); start a new run instead"
+                )
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"], self.device)
+        best = ckpt.get("best") or {}
+        self.state = TrainState(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"], best.get("value"),
+                                best.get("epoch"), ckpt.get("bad_epochs", 0), ckpt.get("elapsed", 0.0))
+        log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d",
+                 path, self.state.epoch + 1, self.state.step_in_epoch, self.state.global_step)
+
+    def record_epoch(self, result: dict[str, Any], metrics: dict[str, Any], preds: Predictions, epoch_start: float) -> None:
+        """Book a validated epoch: best/last checkpoints, validation predictions, epochs.jsonl, status."""
+        t, st = self.config.train, self.state
+        value = metrics.get(t.monitor)
+        improved = value is not None and _is_better(value, st.best_value, t.monitor)
+        if improved:
+            st.best_value, st.best_epoch, st.bad_epochs = value, st.epoch, 0
+        else:
+            st.bad_epochs += 1
+        if not self.info.is_main:
+            return
+        if improved:
+            self.save(self.run.best_checkpoint)
+            frame = preds.to_frame()
+            atomic_write_with(self.run.valid_predictions_path, lambda h: h.write(frame.to_csv(index=False).encode()))
+        self.save(self.run.last_checkpoint)
+        append_jsonl(self.run.epochs_path, {
+            "epoch": st.epoch, "step": st.global_step, "train_loss": result["train_loss"],
+            "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - epoch_start,
+            "time": time.time(), "is_best": improved, **metrics,
+        })
+        roc = f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a"
+        log.info("epoch %d/%d: train loss %.4f, valid loss %.4f, ROC-AUC %s, accuracy %.4f%s", st.epoch, t.epochs,
+                 result["train_loss"], metrics["loss"], roc, metrics["accuracy"], " (best)" if improved else "")
+        if self.status is not None:
+            self.status.update(epoch=st.epoch, step=st.global_step, epoch_progress=0.0,
+                               best={"metric": t.monitor, "value": st.best_value, "epoch": st.best_epoch})
+
+
+def _load_data(config: ExperimentConfig) -> Any:
+    data = train_valid_datasets(config.data.path, format=config.data.format, valid_frac=config.data.valid_frac,
+                                seed=config.data.split_seed)
+    for ds in (data.train, data.valid):
+        if config.data.cache == "yes" or (config.data.cache == "auto" and fits_in_memory(ds.source, config.data.cache_max_gb)):
+            ds.source.cache()
+    log.info("data: %s%s", data.description, " (SYNTHETIC demo data)" if data.synthetic else "")
+    return data
+
+
+def _build_session(config: ExperimentConfig, run: RunDir, info: D.DistInfo, device: torch.device, status: StatusWriter | None) -> _Session:
+    t = config.train
+    torch.manual_seed(t.seed + info.rank)
+    np.random.seed(t.seed + info.rank)
+    data = _load_data(config)
+    model = create_model(config.model.name, weights=config.model.weights, dropout=config.model.dropout).to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    log.info("model %s: %.2f M parameters on %s", config.model.name, count_parameters(model) / 1e6, device)
+    train_model: nn.Module = model
+    if info.enabled:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        train_model = torch.compile(train_model)
+    sampler = DistributedSampler(data.train, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=t.seed, drop_last=True)
+    steps_per_epoch = len(sampler) // t.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"the training set has {len(sampler)} patches per process, fewer than the batch size {t.batch_size}; lower --batch-size"
+        )
+    total_steps = min(steps_per_epoch * t.epochs, t.max_steps or steps_per_epoch * t.epochs)
+    optimizer = build_optimizer(model, t)
+    amp_dtype = amp_dtype_for(device, t.amp)
+    labels = data.train.labels
+    n_pos = int((labels == 1).sum())
+    pos_weight = t.pos_weight if t.pos_weight is not None else (len(labels) - n_pos) / max(n_pos, 1)
+    return _Session(
+        config=config, run=run, info=info, device=device, status=status, data=data, model=model,
+        train_model=train_model, ema=EMA(model, t.ema_decay) if t.ema_decay > 0 else None, optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, t, total_steps), amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+        pos_weight=torch.tensor(pos_weight, device=device, dtype=torch.float32), sampler=sampler,
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+    )
+
+
 def _fit(
     config: ExperimentConfig,
     run: RunDir,
@@ -400,236 +493,102 @@ def _fit(
     progress_bar: bool | None,
 ) -> dict[str, Any]:
     t = config.train
-    started = time.time()
     if status is not None:
         for stale in run.path.glob("**/.*.tmp"):  # left by a process killed in the middle of a write
             stale.unlink(missing_ok=True)
         atomic_write_json(run.config_path, config.to_dict())
         status.update(
-            state="running", pid=os.getpid(), pid_start=_process_start_time(os.getpid()), host=socket.gethostname(),
-            started_at=started, device=str(device), world_size=info.world_size, error=None, message=None,
+            state="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()), host=socket.gethostname(),
+            started_at=time.time(), device=str(device), world_size=info.world_size, error=None, message=None,
         )
         status.start_heartbeat()
-    torch.manual_seed(t.seed + info.rank)
-    np.random.seed(t.seed + info.rank)
-
-    data = train_valid_datasets(config.data.path, format=config.data.format, valid_frac=config.data.valid_frac, seed=config.data.split_seed)
-    for ds in (data.train, data.valid):
-        source = ds.source
-        if config.data.cache == "yes" or (config.data.cache == "auto" and fits_in_memory(source, config.data.cache_max_gb)):
-            source.cache()
-    workers = config.data.num_workers
-    log.info("data: %s%s", data.description, " (SYNTHETIC demo data)" if data.synthetic else "")
-
-    model_name = config.model.name
-    model = create_model(model_name, weights=config.model.weights, dropout=config.model.dropout)
-    model.to(device)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    log.info("model %s: %.2f M parameters on %s", model_name, count_parameters(model) / 1e6, device)
-    ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
-    train_model: nn.Module = model
-    if info.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile:
-        train_model = torch.compile(train_model)
-
-    sampler = DistributedSampler(data.train, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=t.seed, drop_last=True)
-    steps_per_epoch = len(sampler) // t.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"the training set has {len(sampler)} patches per process, fewer than the batch size {t.batch_size}; lower --batch-size"
-        )
-    total_steps = steps_per_epoch * t.epochs
-    if t.max_steps is not None:
-        total_steps = min(total_steps, t.max_steps)
-    optimizer = _build_optimizer(model, config)
-    scheduler = _build_scheduler(optimizer, config, total_steps)
-    amp_dtype = amp_dtype_for(device, t.amp)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    labels = data.train.labels
-    n_pos = int((labels == 1).sum())
-    pos_weight_value = t.pos_weight if t.pos_weight is not None else (len(labels) - n_pos) / max(n_pos, 1)
-    pos_weight = torch.tensor(pos_weight_value, device=device, dtype=torch.float32)
-
-    state = TrainState()
-    if resume and run.last_checkpoint.exists():
-        ckpt = load_checkpoint(run.last_checkpoint)
-        model.load_state_dict(ckpt["model"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.module.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler"):
-            saved_total = ckpt["scheduler"].get("total_steps")
-            if saved_total is not None and saved_total != getattr(scheduler, "total_steps", saved_total):
-                raise ValueError(
-                    f"the checkpoint's learning-rate schedule spans {saved_total} steps but the config now implies "
-                    f"{scheduler.total_steps} (were epochs or batch size edited in config.json?); start a new run instead"
-                )
-            scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"], device)
-        best = ckpt.get("best") or {}
-        state = TrainState(
-            ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"], best.get("value"), best.get("epoch"),
-            ckpt.get("bad_epochs", 0), ckpt.get("elapsed", 0.0),
-        )
-        log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d",
-                 run.last_checkpoint, state.epoch + 1, state.step_in_epoch, state.global_step)
-    elif resume:
-        log.info("no checkpoint in %s yet: starting from scratch", run.path)
+    s = _build_session(config, run, info, device, status)
+    if resume:
+        s.restore()
+    st = s.state
     if info.is_main:  # the metrics files hold each epoch and step once, up to the checkpoint
-        _trim_jsonl(run.epochs_path, lambda r: r.get("epoch", 0) <= state.epoch)
-        _trim_jsonl(run.steps_path, lambda r: r.get("step", 0) <= state.global_step)
-
-    def checkpoint_payload() -> dict[str, Any]:
-        return {
-            "config": config.to_dict(),
-            "model": model.state_dict(),
-            "ema": ema.module.state_dict() if ema is not None else None,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": state.epoch,
-            "step_in_epoch": state.step_in_epoch,
-            "global_step": state.global_step,
-            "best": {"metric": t.monitor, "value": state.best_value, "epoch": state.best_epoch},
-            "bad_epochs": state.bad_epochs,
-            "rng": _rng_state(device),
-            "elapsed": state.elapsed + (time.time() - session_start),
-            "synthetic_data": data.synthetic,
-        }
-
-    def write_checkpoint(path: Path) -> bool:
-        if not info.is_main:
-            return True
-        try:
-            save_checkpoint(path, checkpoint_payload())
-            return True
-        except OSError as err:
-            msg = f"could not write checkpoint {path.name} ({err.strerror or err}); the previous one is intact"
-            log.error(msg)
-            state.warnings.append(msg)
-            if status is not None:
-                status.update(warnings=state.warnings[-5:], message=msg)
-            return False
-
-    session_start = time.time()
-    last_ckpt_time = [time.time()]
-    augment = train_preset(config.augment).to(device)
-
-    def should_stop() -> bool:
-        return D.any_rank(flag.raised.is_set(), info, device)
+        _trim_jsonl(run.epochs_path, lambda r: r.get("epoch", 0) <= st.epoch)
+        _trim_jsonl(run.steps_path, lambda r: r.get("step", 0) <= st.global_step)
 
     def on_log(record: dict[str, Any]) -> None:
         if info.is_main:
-            record["time"] = time.time()
-            append_jsonl(run.steps_path, record)
+            append_jsonl(run.steps_path, {**record, "time": time.time()})
             if status is not None:
-                status.update(step=record["step"], epoch_progress=record["step_in_epoch"] / steps_per_epoch)
+                status.update(step=record["step"], epoch_progress=record["step_in_epoch"] / s.steps_per_epoch)
 
     def checkpoint_due(step_in_epoch: int) -> None:
-        if t.checkpoint_minutes > 0 and time.time() - last_ckpt_time[0] > t.checkpoint_minutes * 60:
-            state.step_in_epoch = step_in_epoch
-            state.global_step = ctx.global_step
-            write_checkpoint(run.last_checkpoint)
-            last_ckpt_time[0] = time.time()
+        if t.checkpoint_minutes > 0 and time.time() - s.last_checkpoint_at > t.checkpoint_minutes * 60:
+            st.step_in_epoch, st.global_step = step_in_epoch, ctx.global_step
+            s.save(run.last_checkpoint)
 
     ctx = StepContext(
-        optimizer=optimizer, scheduler=scheduler, augment=augment, pos_weight=pos_weight, device=device,
-        amp_dtype=amp_dtype, scaler=scaler, ema=ema, label_smoothing=t.label_smoothing,
-        channels_last=t.channels_last, max_steps=t.max_steps, global_step=state.global_step,
-        should_stop=should_stop, on_log=on_log, log_every=t.log_every, checkpoint_due=checkpoint_due,
+        optimizer=s.optimizer, scheduler=s.scheduler, augment=train_preset(config.augment).to(device), pos_weight=s.pos_weight,
+        device=device, amp_dtype=s.amp_dtype, scaler=s.scaler, ema=s.ema, label_smoothing=t.label_smoothing,
+        channels_last=t.channels_last, max_steps=t.max_steps, global_step=st.global_step,
+        should_stop=lambda: D.any_rank(flag.raised.is_set(), info, device), on_log=on_log, log_every=t.log_every,
+        checkpoint_due=checkpoint_due,
     )
     if status is not None:
-        status.update(
-            epoch=state.epoch, epochs=t.epochs, step=state.global_step, total_steps=total_steps,
-            steps_per_epoch=steps_per_epoch, model=model_name, synthetic_data=data.synthetic,
-        )
-    log.info("training %s for %d epochs of %d steps (global batch %d, lr %g, pos_weight %.3f, amp %s)",
-             model_name, t.epochs, steps_per_epoch, config.global_batch_size, t.lr, pos_weight_value, amp_dtype)
+        status.update(epoch=st.epoch, epochs=t.epochs, step=st.global_step, total_steps=s.total_steps,
+                      steps_per_epoch=s.steps_per_epoch, model=config.model.name, synthetic_data=s.data.synthetic)
+    log.info("training %s for %d epochs of %d steps (global batch %d, lr %g, pos_weight %.3f, amp %s)", config.model.name,
+             t.epochs, s.steps_per_epoch, config.global_batch_size, t.lr, float(s.pos_weight), s.amp_dtype)
     show_bar = (progress_bar if progress_bar is not None else sys.stderr.isatty()) and info.is_main
-    final_reason = "finished"
-    while state.epoch < t.epochs:
-        if ctx.max_steps is not None and ctx.global_step >= ctx.max_steps:
-            final_reason = "max_steps"
+    ended_by = "finished"
+    while st.epoch < t.epochs:
+        if t.max_steps is not None and ctx.global_step >= t.max_steps:
+            ended_by = "max_steps"
             break
-        epoch = state.epoch
-        sampler.set_epoch(epoch)
-        skip = state.step_in_epoch * t.batch_size
-        loader = make_loader(data.train, t.batch_size, shuffle=False, num_workers=workers, drop_last=True,
-                             sampler=SkipBatchesSampler(sampler, skip) if skip else sampler, ids=False)
-        loader_iter: Any = loader
+        epoch, epoch_start = st.epoch, time.time()
+        s.sampler.set_epoch(epoch)
+        skip = st.step_in_epoch * t.batch_size
+        loader: Any = make_loader(s.data.train, t.batch_size, shuffle=False, num_workers=config.data.num_workers, drop_last=True,
+                                  sampler=SkipBatchesSampler(s.sampler, skip) if skip else s.sampler, ids=False)
         if show_bar:
             from tqdm import tqdm
 
-            loader_iter = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False)
-        epoch_start = time.time()
-        result = train_one_epoch(train_model, loader_iter, ctx, epoch, state.step_in_epoch)
-        state.global_step = ctx.global_step
-        state.step_in_epoch = result["step_in_epoch"]
+            loader = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False)
+        result = train_one_epoch(s.train_model, loader, ctx, epoch, st.step_in_epoch)
+        st.global_step, st.step_in_epoch = ctx.global_step, result["step_in_epoch"]
         if result["interrupted"] and flag.raised.is_set():
-            write_checkpoint(run.last_checkpoint)
+            s.save(run.last_checkpoint)
             if status is not None:
                 sig = signal.Signals(flag.signum).name if flag.signum else "a signal"
-                status.update(state="stopped", message=f"stopped by {sig} at epoch {epoch + 1}, step {state.global_step}; "
-                              "checkpoint saved, resume to continue", finished_at=time.time(), step=state.global_step)
-            log.info("stopped by request at global step %d; checkpoint written", state.global_step)
+                status.update(state="stopped", message=f"stopped by {sig} at epoch {epoch + 1}, step {st.global_step}; "
+                              "checkpoint saved, resume to continue", finished_at=time.time(), step=st.global_step)
+            log.info("stopped by request at global step %d; checkpoint written", st.global_step)
             raise StopRequested()
         # validation on every epoch (also on a partial last epoch cut short by max_steps)
-        eval_model = ema.module if ema is not None else model
-        metrics, preds = evaluate(eval_model, data.valid, device, info, batch_size=max(256, t.batch_size),
-                                  num_workers=workers, amp_dtype=amp_dtype, channels_last=t.channels_last, pos_weight=pos_weight)
-        state.epoch = epoch + 1
-        state.step_in_epoch = 0
-        value = metrics.get(t.monitor)
-        improved = value is not None and _is_better(value, state.best_value, t.monitor)
-        if improved:
-            state.best_value, state.best_epoch, state.bad_epochs = value, state.epoch, 0
-        else:
-            state.bad_epochs += 1
-        record = {
-            "epoch": state.epoch, "step": state.global_step, "train_loss": result["train_loss"],
-            "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - epoch_start,
-            "time": time.time(), "is_best": improved, **{k: v for k, v in metrics.items()},
-        }
-        if info.is_main:
-            if improved:
-                write_checkpoint(run.best_checkpoint)
-                frame = preds.to_frame()
-                atomic_write_with(run.valid_predictions_path, lambda h: h.write(frame.to_csv(index=False).encode()))
-            write_checkpoint(run.last_checkpoint)
-            last_ckpt_time[0] = time.time()
-            append_jsonl(run.epochs_path, record)
-            log.info("epoch %d/%d: train loss %.4f, valid loss %.4f, ROC-AUC %s, accuracy %.4f%s",
-                     state.epoch, t.epochs, result["train_loss"], metrics["loss"],
-                     f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a", metrics["accuracy"],
-                     " (best)" if improved else "")
-            if status is not None:
-                status.update(epoch=state.epoch, step=state.global_step, epoch_progress=0.0,
-                              best={"metric": t.monitor, "value": state.best_value, "epoch": state.best_epoch})
+        metrics, preds = evaluate(s.ema.module if s.ema is not None else s.model, s.data.valid, device, info,
+                                  batch_size=max(256, t.batch_size), num_workers=config.data.num_workers,
+                                  amp_dtype=s.amp_dtype, channels_last=t.channels_last, pos_weight=s.pos_weight)
+        st.epoch, st.step_in_epoch = epoch + 1, 0
+        s.record_epoch(result, metrics, preds, epoch_start)
         if result["interrupted"]:  # max_steps reached inside the epoch
-            final_reason = "max_steps"
+            ended_by = "max_steps"
             break
-        if t.early_stopping and state.bad_epochs >= t.early_stopping:
-            final_reason = "early_stopping"
-            log.info("early stopping: no improvement of %s for %d epochs", t.monitor, state.bad_epochs)
+        if t.early_stopping and st.bad_epochs >= t.early_stopping:
+            ended_by = "early_stopping"
+            log.info("early stopping: no improvement of %s for %d epochs", t.monitor, st.bad_epochs)
             break
+    return _finish(s, ended_by)
 
-    elapsed = state.elapsed + (time.time() - session_start)
+
+def _finish(s: _Session, ended_by: str) -> dict[str, Any]:
+    st, run, t = s.state, s.run, s.config.train
     summary = {
-        "run_id": run.run_id, "model": model_name, "epochs_done": state.epoch, "global_step": state.global_step,
-        "ended_by": final_reason, "best_epoch": state.best_epoch, "monitor": t.monitor, "best_value": state.best_value,
-        "train_seconds": elapsed, "synthetic_data": data.synthetic, "warnings": state.warnings,
-        "best_metrics": next((e for e in reversed(run.epochs()) if e.get("is_best")), None) if info.is_main else None,
+        "run_id": run.run_id, "model": s.config.model.name, "epochs_done": st.epoch, "global_step": st.global_step,
+        "ended_by": ended_by, "best_epoch": st.best_epoch, "monitor": t.monitor, "best_value": st.best_value,
+        "train_seconds": s.elapsed(), "synthetic_data": s.data.synthetic, "warnings": st.warnings,
+        "best_metrics": run.best_epoch() if s.info.is_main else None,
     }
-    if info.is_main:
+    if s.info.is_main:
         atomic_write_json(run.summary_path, summary)
-        if status is not None:
-            status.update(state="finished", finished_at=time.time(), message=f"finished ({final_reason})",
-                          epoch=state.epoch, step=state.global_step)
-        log.info("finished after %d epochs in %.1f min (%s); best %s %.4f at epoch %s", state.epoch, elapsed / 60,
-                 final_reason, t.monitor, state.best_value if state.best_value is not None else float("nan"), state.best_epoch)
-    D.barrier(info)
+        if s.status is not None:
+            s.status.update(state="finished", finished_at=time.time(), message=f"finished ({ended_by})",
+                            epoch=st.epoch, step=st.global_step)
+        best = st.best_value if st.best_value is not None else float("nan")
+        log.info("finished after %d epochs in %.1f min (%s); best %s %.4f at epoch %s", st.epoch, s.elapsed() / 60,
+                 ended_by, t.monitor, best, st.best_epoch)
+    D.barrier(s.info)
     return summary

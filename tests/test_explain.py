@@ -17,7 +17,9 @@ from helpers import run_cli
 from pcam_core.cli import main
 from pcam_core.data import open_dataset
 from pcam_core.explain import (
+    METHOD_NOTES,
     METHODS,
+    UNIFORM_FOCUS,
     centre_focus,
     colour_bar,
     colour_stops,
@@ -25,6 +27,7 @@ from pcam_core.explain import (
     layer_choices,
     overlay,
     png_bytes,
+    rank_by_focus,
 )
 from pcam_core.inference import predict_batch
 from pcam_core.models import MODELS, PCamNet, create_model, get_layer, model_names
@@ -58,7 +61,7 @@ def test_every_method_on_pcamnet(method, patches):
     assert result.maps.shape == (len(batch), 96, 96) and result.maps.dtype == np.float32
     assert result.maps.min() >= 0.0 and result.maps.max() <= 1.0
     assert result.maps.max() > 0.5  # min-max scaled per patch, so a non-empty map reaches (nearly) 1
-    assert (result.layer, result.resolution, result.target) == ("stage4", 6, "tumour")
+    assert (result.layer, result.resolution, result.target) == ("stage4", 12, "tumour")
     expected = predict_batch(model, torch.from_numpy(batch).permute(0, 3, 1, 2)).numpy()
     np.testing.assert_allclose(result.probabilities, expected, atol=1e-5)  # same forward pass as prediction
 
@@ -97,7 +100,7 @@ def test_bad_arguments_name_the_valid_choices(patches):
         explain_batch(model, np.zeros((2, 3, 64, 64), np.uint8), model_name="resnet18")
     with pytest.raises(ValueError, match="uint8"):
         explain_batch(model, np.zeros((2, 96, 96, 3), np.float32), model_name="resnet18")
-    assert layer_choices("pcamnet") == {"stage4": "stage4: 6x6", "stage3": "stage3: 12x12", "stage2": "stage2: 24x24"}
+    assert layer_choices("pcamnet") == {"stage4": "stage4: 12x12", "stage3": "stage3: 24x24", "stage2": "stage2: 48x48"}
 
 
 def test_centre_focus_known_cases():
@@ -115,6 +118,13 @@ def test_centre_focus_known_cases():
         centre_focus(-uniform)
     with pytest.raises(ValueError, match="shape"):
         centre_focus(np.ones((64, 64)))
+
+
+def test_gallery_order_puts_the_lowest_centre_focus_first():
+    assert UNIFORM_FOCUS == pytest.approx(1 / 9)
+    focus = np.array([0.5, np.nan, 0.02, 0.9, 0.11])
+    assert rank_by_focus(focus).tolist() == [2, 4, 0, 3, 1]  # an empty map (no focus) comes last
+    assert set(METHOD_NOTES) == set(METHODS)  # every method has the words the dashboard shows
 
 
 def test_overlay_box_colour_bar_and_png(patches):
@@ -198,7 +208,7 @@ def test_cli_explain_end_to_end(trained_run, demo_root, tmp_path, capsys):
     out2 = tmp_path / "one"
     assert main(["explain", "--run", str(trained_run), "--input", str(single), "--out", str(out2), "--method", "gradcam++",
                  "--layer", "stage3", "--target", "normal", "--opacity", "0.7"]) == 0
-    assert "stage3 (12x12)" in capsys.readouterr().out
+    assert "stage3 (24x24)" in capsys.readouterr().out
     row = pd.read_csv(out2 / "explanations.csv").iloc[0]
     assert (row["id"], row["method"], row["layer"], row["target"]) == ("one", "gradcam++", "stage3", "normal")
 
