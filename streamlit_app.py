@@ -1,36 +1,44 @@
 """The PCam dashboard: `streamlit run streamlit_app.py` (workspace: $PCAM_WORKSPACE, default ./workspace).
 
-The pages in app_pages/ draw what `pcam_core` computes; this file sets up the page, the workspace (a
-first start generates the synthetic demo data), the navigation and the sidebar shared by every page.
-(The folder is not called pages/: Streamlit would then run its files as pages of their own, by URL,
-without this script.)
+This file is the app shell: it sets up the page, the workspace (a first start generates the synthetic
+demo data), the navigation over the files in `pages/` and the sidebar every page shares; the pages
+draw what `pcam_core` computes. When a request reaches a page file without this shell (Streamlit does
+that once per server start, see `pcam_app/ui.py`), the page runs this shell in its place.
 """
 
-import sys
-from pathlib import Path
+import os
 
-import streamlit as st
+# Before anything imports torch: OpenMP threads that spin while they wait make every small torch call
+# 10-50x slower when another process (a training run) shares the cores (pcam_core.runs.launch sets the
+# same for the training processes it starts).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import streamlit as st  # noqa: E402
 
 APP_DIR = str(Path(__file__).resolve().parent)
 if APP_DIR not in sys.path:  # `streamlit run` puts the app's folder on the path; AppTest does not
     sys.path.insert(0, APP_DIR)
 
-from app_pages import ui  # noqa: E402  (needs the path above)
+from pcam_app import ui  # noqa: E402  (needs the path above)
 
-st.set_page_config(page_title="PCam metastasis detection", page_icon=":material/biotech:", layout="wide",
+st.set_page_config(page_title="PCam metastasis detection", page_icon=ui.favicon(), layout="wide",
                    menu_items={"About": "pcam_core: metastasis detection on PatchCamelyon patches. Research use only; "
                                         "not a medical device."})
 
 workspace = ui.open_workspace()
-if not workspace.initialised():
-    ui.first_start(workspace)
-
+ready = workspace.initialised()
 page = st.navigation([
-    st.Page("app_pages/overview.py", title="Overview", icon=":material/home:", default=True),
-    st.Page("app_pages/dataset.py", title="Dataset", icon=":material/grid_view:"),
-    st.Page("app_pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("app_pages/runs.py", title="Runs and metrics", icon=":material/monitoring:"),
-    st.Page("app_pages/predict.py", title="Predict", icon=":material/upload_file:"),
-])
+    st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("pages/dataset.py", title="Dataset", icon=":material/grid_view:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/runs.py", title="Runs and metrics", icon=":material/monitoring:"),
+    st.Page("pages/explain.py", title="Explain", icon=":material/center_focus_strong:"),
+    st.Page("pages/predict.py", title="Predict", icon=":material/upload_file:"),
+], position="sidebar" if ready else "hidden")  # no page to open while the demo data is being generated
+if not ready:
+    ui.first_start(workspace)
 ui.sidebar(workspace)
-page.run()
+ui.run_page(page)

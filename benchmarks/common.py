@@ -1,9 +1,14 @@
-"""Shared benchmark helpers: timing, peak memory of a process tree, official-layout test files."""
+"""Shared benchmark helpers: timing, peak memory of a process tree, official-layout test files, and a
+dashboard workspace of realistic size with the pages' "rendered" markers."""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -96,3 +101,61 @@ class PeakTreeRSS:
     @property
     def peak_gb(self) -> float:
         return self.peak_kb / 2**20
+
+
+# -- the dashboard under measurement (bench_dashboard.py, bench_dashboard_load.py) ------------------------
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+LARGE_SOURCE = "pcam-large"
+# URL path -> (its title in the sidebar, an element only that page shows once drawn). A page counts as
+# rendered completely when that element is visible and helpers.PAGE_DRAWN holds (script finished, no
+# spinner, every chart and image drawn).
+DASHBOARD_PAGES = {
+    "overview": ("Overview", lambda page: page.get_by_text("Class balance of the active dataset")),
+    "dataset": ("Dataset", lambda page: page.get_by_text("The train split in numbers")),
+    "train": ("Train", lambda page: page.get_by_text(re.compile(r"epoch \d+ of \d+ · "))),
+    "runs": ("Runs and metrics", lambda page: page.get_by_text("False positives: normal patches called tumour")),
+    "explain": ("Explain", lambda page: page.get_by_text("It does not say whether the call is right", exact=False)),
+    "predict": ("Predict", lambda page: page.get_by_text("Drop one or many patches above")),
+}
+
+
+def dashboard_workspace(root: Path, *, patches: int = 262_144, runs: int = 20) -> Path:
+    """A workspace as a busy lab has it, made once and reused: the SYNTHETIC demo data; an official-layout
+    PCam train split of `patches` random patches (7.2 GB for 262,144), registered last so that it is the
+    active dataset; and `runs` finished runs: one tiny real run (2 epochs of pcamnet on the demo data)
+    copied with new run ids and creation times."""
+    from pcam_core.data.demo import DemoSpec
+    from pcam_core.fileio import atomic_write_json
+    from pcam_core.runs import RunDir, new_run_id
+    from pcam_core.workspace import Workspace
+
+    workspace = Workspace(root)
+    workspace.bootstrap(spec=DemoSpec(sizes=(("train", 512), ("valid", 256), ("test", 256))))
+    large = workspace.data_root / LARGE_SOURCE
+    x_file = large / "camelyonpatch_level_2_split_train_x.h5"
+    if not x_file.exists() or x_file.stat().st_size < patches * 96 * 96 * 3:
+        print(f"writing a {patches:,}-patch train split to {large} ...", flush=True)
+        write_official_split(large, "train", patches)
+    if LARGE_SOURCE not in [s.name for s in workspace.sources()]:
+        workspace.add_source(large, LARGE_SOURCE)
+    existing = workspace.runs()
+    if not existing:
+        print("training one tiny run on the demo data ...", flush=True)
+        seed = workspace.runs_root / new_run_id("seed")
+        demo = workspace.source("demo").path
+        subprocess.run([sys.executable, "-m", "pcam_core", "train", "--data", demo, "--out", str(seed), "--epochs", "2",
+                        "--batch-size", "32", "--workers", "0"], check=True, capture_output=True,
+                       env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+        existing = workspace.runs()
+    source = Path(existing[-1].path)
+    created = RunDir(source).raw_status().get("created_at") or time.time()
+    for i in range(len(existing), runs):
+        copy = RunDir(workspace.runs_root / new_run_id(f"copy-{i:02d}"))
+        shutil.copytree(source, copy.path)
+        atomic_write_json(copy.status_path, {**copy.raw_status(), "created_at": created + i})
+    return workspace.root
+
+
+def load_average() -> str:
+    return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg()) + f" on {os.cpu_count()} CPUs"

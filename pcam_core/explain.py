@@ -56,8 +56,18 @@ METHODS: dict[str, type[BaseCAM]] = {
     "scorecam": ScoreCAM,  # one forward pass per channel of the layer: slow on large models
 }
 DEFAULT_METHOD = "gradcam"
+METHOD_NOTES = {
+    "gradcam": "Grad-CAM: the layer's feature maps weighted by the mean gradient of the score; the usual choice.",
+    "gradcam++": "Grad-CAM++: gradients weighted position by position; can show several separate regions.",
+    "hirescam": "HiResCAM: feature maps times gradients at each position; faithful to what this layer computes.",
+    "xgradcam": "XGrad-CAM: gradients weighted by the feature maps, normalised.",
+    "layercam": "LayerCAM: positive gradients at each position; sharper on the finer layers.",
+    "eigencam": "EigenCAM: the main pattern of the feature maps; it ignores the target, and its sign is arbitrary.",
+    "scorecam": "Score-CAM: scores the patch masked by each feature map; no gradients, one pass per channel: slow.",
+}
 TARGETS = {"tumour": 1, "normal": 0}
 DEFAULT_COLORMAP = "jet"
+UNIFORM_FOCUS = (CENTER_SIZE / PATCH_SIZE) ** 2  # 1/9: the centre focus of a map spread evenly
 SCORECAM_BATCH = 64  # masked copies ScoreCAM scores per forward pass (the package's default is 16)
 
 # The hooks live on the model for the length of a call; two calls at once on one model (two dashboard
@@ -83,7 +93,7 @@ class Explanation:
 
 
 def layer_choices(model_name: str) -> dict[str, str]:
-    """A registered model's Grad-CAM layers, default first, each with a label such as "stage4: 6x6"."""
+    """A registered model's Grad-CAM layers, default first, each with a label such as "stage4: 12x12"."""
     return {path: f"{path}: {size}x{size}" for path, size in get_spec(model_name).target_layers.items()}
 
 
@@ -176,6 +186,13 @@ def centre_focus(maps: np.ndarray) -> np.ndarray | float:
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(total > 0, inside / total, np.nan)
     return float(share) if m.ndim == 2 else share
+
+
+def rank_by_focus(focus: np.ndarray) -> np.ndarray:
+    """Positions of `focus` values (one per patch) from the lowest centre focus to the highest, maps
+    without focus (NaN) last: the first are the patches whose evidence lies most outside the centre,
+    where the label is not defined."""
+    return np.argsort(np.asarray(focus, dtype=np.float64), kind="stable")
 
 
 def colormap(name: str = DEFAULT_COLORMAP) -> Colormap:

@@ -116,16 +116,91 @@ def colour_statistics(dataset: PatchDataset, *, per_class: int = 256, seed: int 
     return pd.DataFrame(summary_rows), pd.DataFrame(hist_rows)
 
 
-def confident_errors(predictions: pd.DataFrame, threshold: float, k: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The `k` most confident mistakes at `threshold` in a predictions frame (`label`, `probability`,
-    and anything else such as `index` and `id`): false positives (normal patches called tumour) with the
-    highest probabilities first, false negatives (tumour patches called normal) with the lowest first."""
+OUTCOMES = {
+    "false_positive": "false positives (normal patches called tumour)",
+    "false_negative": "false negatives (tumour patches called normal)",
+    "true_positive": "true positives (tumour patches called tumour)",
+    "true_negative": "true negatives (normal patches called normal)",
+}
+
+
+def _check_predictions(predictions: pd.DataFrame, threshold: float) -> None:
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be within [0, 1], got {threshold}")
     missing = {"label", "probability"} - set(predictions.columns)
     if missing:
         raise ValueError(f"predictions lack column(s) {', '.join(sorted(missing))}")
+
+
+def outcome_examples(predictions: pd.DataFrame, threshold: float, outcome: str, k: int | None = None) -> pd.DataFrame:
+    """The rows of a predictions frame (`label`, `probability`, and anything else such as `index` and
+    `id`) with one `outcome` of `OUTCOMES` at `threshold` (called tumour when probability >= threshold),
+    the most confident first: highest probability for a tumour call, lowest for a normal call. At most
+    `k` rows (None: all)."""
+    _check_predictions(predictions, threshold)
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown outcome {outcome!r}; valid outcomes: {', '.join(OUTCOMES)}")
+    called_tumour = outcome in ("false_positive", "true_positive")
+    truly_tumour = outcome in ("false_negative", "true_positive")
     called = predictions["probability"] >= threshold
-    false_pos = predictions[(predictions["label"] == 0) & called].sort_values("probability", ascending=False, kind="stable")
-    false_neg = predictions[(predictions["label"] == 1) & ~called].sort_values("probability", ascending=True, kind="stable")
-    return false_pos.head(k), false_neg.head(k)
+    rows = predictions[(predictions["label"] == int(truly_tumour)) & (called if called_tumour else ~called)]
+    rows = rows.sort_values("probability", ascending=not called_tumour, kind="stable")
+    return rows if k is None else rows.head(k)
+
+
+def outcome_of(label: int, probability: float, threshold: float) -> str | None:
+    """The `OUTCOMES` key of one patch at `threshold`; None for an unlabelled patch."""
+    if label not in (0, 1):
+        return None
+    called_tumour = probability >= threshold
+    return ("true_" if called_tumour == bool(label) else "false_") + ("positive" if called_tumour else "negative")
+
+
+def outcome_counts(predictions: pd.DataFrame, threshold: float) -> dict[str, int]:
+    """How many patches of a predictions frame have each outcome of `OUTCOMES` at `threshold`."""
+    return {outcome: len(outcome_examples(predictions, threshold, outcome)) for outcome in OUTCOMES}
+
+
+def confident_errors(predictions: pd.DataFrame, threshold: float, k: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The `k` most confident mistakes at `threshold` in a predictions frame (`label`, `probability`,
+    and anything else such as `index` and `id`): false positives (normal patches called tumour) with the
+    highest probabilities first, false negatives (tumour patches called normal) with the lowest first."""
+    return (outcome_examples(predictions, threshold, "false_positive", k),
+            outcome_examples(predictions, threshold, "false_negative", k))
+
+
+def random_examples(predictions: pd.DataFrame, k: int, *, seed: int = 0) -> pd.DataFrame:
+    """`k` rows of a predictions frame drawn at random without replacement (all of them when fewer)."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    return predictions.sample(n=min(k, len(predictions)), random_state=seed)
+
+
+MIN_ID_PREFIX = 6
+ID_LENGTH = 40  # a SHA-1 in hex
+
+
+def find_patch(predictions: pd.DataFrame, query: str) -> pd.Series:
+    """The row of a predictions frame (`id`, `index`) a user asked for: a patch number (`index`, as
+    the dashboard shows it, "123" or "#123"), a patch id (the SHA-1 of its pixels, as Kaggle names
+    files), or the first characters of an id (at least `MIN_ID_PREFIX`, matching one patch only; a
+    prefix of digits only reads as a number)."""
+    text = str(query).strip().lower().removeprefix("#")
+    if not text:
+        raise ValueError("give a patch number (such as 123) or a patch id")
+    if text.isdigit() and len(text) != ID_LENGTH:  # digits only: a number (an id prefix needs a letter)
+        rows = predictions[predictions["index"] == int(text)]
+        if rows.empty:
+            raise ValueError(f"no patch number {text} here; numbers run from {int(predictions['index'].min())} "
+                             f"to {int(predictions['index'].max())}")
+        return rows.iloc[0]
+    ids = predictions["id"].astype(str).str.lower()
+    if len(text) < MIN_ID_PREFIX:
+        raise ValueError(f"{query!r} is too short for a patch id; give at least {MIN_ID_PREFIX} of its characters, "
+                         "or a patch number")
+    rows = predictions[ids == text] if len(text) == ID_LENGTH else predictions[ids.str.startswith(text)]
+    if rows.empty:
+        raise ValueError(f"no patch has an id starting with {text!r}")
+    if len(rows) > 1 and rows["id"].nunique() > 1:
+        raise ValueError(f"{len(rows)} patches have ids starting with {text!r}; give more characters")
+    return rows.iloc[0]

@@ -384,9 +384,43 @@ def process_start_time(pid: int) -> str | None:
     return _process_start_time(pid)
 
 
-def launch(run: RunDir, *, nproc: int = 1, resume: bool = False, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start training `run` as a detached background process (see `spawn_detached`); its output goes
-    to console.log. Returns the process."""
+def process_count(run: RunDir) -> int:
+    """How many processes `run` was trained with: what `launch` recorded in its status (`nproc`), else the
+    world size the trainer wrote into its config (a run started from a terminal), else 1."""
+    recorded = run.raw_status().get("nproc")
+    if isinstance(recorded, int) and recorded >= 1:
+        return recorded
+    try:
+        return run.config().world_size
+    except (FileNotFoundError, ValueError):
+        return 1
+
+
+def gpu_count() -> int:
+    """CUDA devices this process can use (0 without a GPU)."""
+    import torch  # here only: nothing else in this module needs torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def max_processes() -> int:
+    """The most training processes worth launching on this machine: one per GPU when there are GPUs,
+    else one per CPU core this process may use."""
+    if gpus := gpu_count():
+        return gpus
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def launch(run: RunDir, *, nproc: int | None = None, resume: bool = False, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start training `run` as a detached background process (see `spawn_detached`) of `nproc`
+    processes (through torchrun when more than one; default: 1 for a new run, on resume the number it
+    was trained with, which the trainer requires). Its output goes to console.log. Returns the process.
+
+    Unless the caller's environment says otherwise, OpenMP threads wait passively (OMP_WAIT_POLICY):
+    spinning ones slow training several times over when anything else, a dashboard included, shares
+    the CPU cores."""
+    if nproc is None:
+        nproc = process_count(run) if resume else 1
     if nproc < 1:
         raise ValueError(f"nproc={nproc} must be at least 1")
     status = run.status()
@@ -396,6 +430,8 @@ def launch(run: RunDir, *, nproc: int = 1, resume: bool = False, env: dict[str, 
     child_env = dict(env or {})
     if nproc > 1 and "OMP_NUM_THREADS" not in {**os.environ, **child_env}:
         child_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    if "OMP_WAIT_POLICY" not in {**os.environ, **child_env}:
+        child_env["OMP_WAIT_POLICY"] = "PASSIVE"
     proc = spawn_detached(train_command(run, nproc=nproc, resume=resume), run.console_path, env=child_env)
     current = run.raw_status()
     current.update(

@@ -73,6 +73,13 @@ def split_predictions(run: RunDir, split: str) -> pd.DataFrame | None:
     return frame
 
 
+def scored_splits(run: RunDir) -> list[str]:
+    """The splits of `scorable_splits` with current predictions to read (the validation split once the
+    trainer wrote its predictions; another split once scored with the run's best checkpoint)."""
+    return [split for split in scorable_splits(run)
+            if (run.valid_predictions_path.exists() if split == TRAINER_SPLIT else _fresh(evaluation_files(run, split)[1], run))]
+
+
 def start_scoring(run: RunDir, split: str, *, tta: bool = True) -> JobStatus:
     """Score `split` of the run's data with its best checkpoint in the background (`pcam evaluate`),
     averaging the 8 symmetries of each patch unless `tta` is False (as `pcam evaluate` does)."""

@@ -256,10 +256,13 @@ class Workspace:
             raise FileNotFoundError(f"no run {run_id!r} in {self.runs_root}")
         return run
 
-    def start_run(self, config: ExperimentConfig) -> RunDir:
-        """Create a run folder for `config` under runs/ and start training it in the background."""
+    def start_run(self, config: ExperimentConfig, *, nproc: int = 1) -> RunDir:
+        """Create a run folder for `config` under runs/ and start training it in the background with
+        `nproc` processes (through torchrun when more than one; see `runs.launch`)."""
+        if nproc < 1:
+            raise ValueError(f"nproc={nproc} must be at least 1")
         run = create_run(self.runs_root, config)
-        launch(run)
+        launch(run, nproc=nproc)
         return run
 
     # -- downloading the real data -----------------------------------------------------------------

@@ -1,12 +1,18 @@
-"""Helpers the tests share: official-layout HDF5 files, bad images, running the CLI."""
+"""Helpers the tests share: official-layout HDF5 files, bad images, running the CLI, and the dashboard
+as a real server for a real browser (the browser tests and benchmarks/bench_dashboard*.py use it)."""
 
 from __future__ import annotations
 
 import io
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -15,6 +21,19 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DEV = REPO.parent / "shared" / "data" / "pcam-real-dev"
+CHROMIUM = "/usr/bin/chromium"  # Debian's; playwright drives it
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+# A page is drawn completely when its script has finished (Streamlit's script state on the app's root), no
+# spinner (st.spinner, a cache's "Loading..." message) is left, every plotly chart has drawn its SVG and
+# every image of the page has loaded.
+PAGE_DRAWN = """() => {
+    const app = document.querySelector('[data-testid=stApp]');
+    if (!app || app.dataset.testScriptState !== 'notRunning' || document.querySelector('[data-testid=stSpinner]')) return false;
+    const charts = [...document.querySelectorAll('[data-testid=stMain] [data-testid=stPlotlyChart]')];
+    const images = [...document.querySelectorAll('[data-testid=stMain] img')];
+    return charts.every(c => c.querySelector('.main-svg')) && images.every(i => i.complete && i.naturalWidth > 0);
+}"""
 
 
 def write_official_h5(root: Path, split: str, images: np.ndarray, labels: np.ndarray | None, *, chunks=None,
@@ -97,3 +116,69 @@ def _bomb() -> bytes:
     crc = zlib.crc32(bytes(data[ihdr : ihdr + 17])) & 0xFFFFFFFF
     data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
     return bytes(data)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Dashboard:
+    """`streamlit run streamlit_app.py` as a user starts it, on the workspace `workspace` (its output
+    appended to `log`). `start` waits until it answers; `stop` ends it and nothing else: training runs
+    it launched are separate processes and keep going. Start and stop it again for an app restart
+    (the same port, so that the browser's URLs stay valid)."""
+
+    def __init__(self, workspace: Path, log: Path, *, port: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.workspace, self.log_path = Path(workspace), Path(log)
+        self.port = port or free_port()
+        self.env = {**os.environ, "PCAM_WORKSPACE": str(workspace), **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> Dashboard:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(self.port),
+                 "--server.headless", "true"],
+                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+            if time.time() > deadline:
+                raise TimeoutError(f"streamlit did not answer within {timeout:.0f} s")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> Dashboard:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def wait_rendered(page: Any, locator: Any, *, timeout_ms: float = 60_000) -> None:
+    """Wait until `locator` (an element only the expected page shows) is visible and the page is drawn
+    completely (`PAGE_DRAWN`)."""
+    locator.first.wait_for(timeout=timeout_ms)
+    page.wait_for_function(PAGE_DRAWN, timeout=timeout_ms, polling=50)

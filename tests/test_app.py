@@ -1,26 +1,33 @@
 """The dashboard page by page with Streamlit's AppTest: every page renders on an empty workspace and on
-one with a finished run, and the key interactions work (filters, threshold, form, upload, stop/resume).
-The app runs for real on real files in a temporary workspace; nothing of ours is mocked."""
+one with a finished run, and the key interactions work (filters, threshold, form with processes, upload
+with heat maps, Explain's settings and gallery, links from errors to Explain, stop/resume). AppTest
+starts every run the way Streamlit serves a server's first request (`pages/` mode), so each test also
+exercises the pages' guard that runs the app shell in their place. The app runs for real on real files
+in a temporary workspace; nothing of ours is mocked."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from helpers import REPO, make_bad_images, tif_bytes
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import PCamH5, patch_id
-from pcam_core.runs import RunDir, stop
+from pcam_core.explain import METHODS, layer_choices
+from pcam_core.gallery import OUTCOMES, outcome_counts, outcome_examples
+from pcam_core.runs import RunDir, max_processes, process_count, stop
 from pcam_core.workspace import DEMO_ENV_VAR, ENV_VAR, Workspace
 
 APP = str(REPO / "streamlit_app.py")
-PAGES = ["app_pages/overview.py", "app_pages/dataset.py", "app_pages/train.py", "app_pages/runs.py", "app_pages/predict.py"]
+PAGES = ["pages/overview.py", "pages/dataset.py", "pages/train.py", "pages/runs.py", "pages/explain.py", "pages/predict.py"]
 RUN_ID = "demo-run"
 
 
@@ -68,26 +75,40 @@ def test_first_start_generates_synthetic_demo_data_then_every_page_renders(tmp_p
         shown = texts(at)
         if page.endswith(("overview.py", "dataset.py")):
             assert "SYNTHETIC" in shown, page  # the demo data is labelled wherever it is shown
-        if page.endswith(("runs.py", "predict.py")):
+        if page.endswith(("runs.py", "explain.py", "predict.py")):
             assert "No training run yet" in shown, page
+
+
+def test_a_page_url_requested_first_runs_inside_the_app_shell(finished_workspace, monkeypatch):
+    """The first request of a new server process for a page's URL (a reload of /train after a restart):
+    Streamlit runs that page's file alone, in its old `pages/` mode. The page runs the shell in its place,
+    so the whole app is there: sidebar, workspace, navigation, and the page that was asked for."""
+    monkeypatch.setenv(ENV_VAR, str(finished_workspace))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("pages/train.py").run()  # before any run: the page named by the URL, in `pages/` mode
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert [t.value for t in at.title] == ["Train"]
+    assert at.sidebar.selectbox(key="run").value == RUN_ID and at.sidebar.selectbox(key="dataset").value == "demo"
+    assert any(str(finished_workspace) in m.value for m in at.sidebar.markdown)  # the workspace
+    assert "New run" in texts(at) and "finished" in texts(at)
 
 
 def test_a_workspace_without_any_source_explains_what_to_do(tmp_path, monkeypatch):
     (tmp_path / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
     at = start(tmp_path, monkeypatch)
     assert at.sidebar.selectbox(key="dataset").value is None
-    open_page(at, "app_pages/dataset.py")
+    open_page(at, "pages/dataset.py")
     assert "No data source yet" in texts(at)
-    open_page(at, "app_pages/train.py")
+    open_page(at, "pages/train.py")
     assert "No data source with a training split" in texts(at)
-    open_page(at, "app_pages/overview.py")
+    open_page(at, "pages/overview.py")
     assert "No data source is registered" in texts(at)
 
 
 def test_adding_a_source_by_path_on_the_overview(tmp_path, monkeypatch, demo_root):
     (tmp_path / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
     at = start(tmp_path, monkeypatch)
-    open_page(at, "app_pages/overview.py")
+    open_page(at, "pages/overview.py")
     at.text_input[0].set_value(str(tmp_path / "no-such-folder"))
     at.button[0].click().run()
     assert any("Not added" in e.value and "not found" in e.value for e in at.error)
@@ -111,11 +132,12 @@ def test_every_page_renders_with_a_finished_run(finished_workspace, monkeypatch)
     at = start(finished_workspace, monkeypatch)
     assert at.sidebar.selectbox(key="run").value == RUN_ID
     expected = {
-        "app_pages/overview.py": ["Data sources", "Runs"],
-        "app_pages/dataset.py": ["The train split in numbers"],
-        "app_pages/train.py": ["New run", "All runs", "finished"],
-        "app_pages/runs.py": ["Learning curves", f"Judging run `{RUN_ID}`", "Most confident errors"],
-        "app_pages/predict.py": ["Model of run", "probability"],
+        "pages/overview.py": ["Data sources", "Runs"],
+        "pages/dataset.py": ["The train split in numbers"],
+        "pages/train.py": ["New run", "All runs", "finished"],
+        "pages/runs.py": ["Learning curves", f"Judging run `{RUN_ID}`", "Most confident errors"],
+        "pages/explain.py": ["call at 0.500", "Centre focus", "central 32×32"],
+        "pages/predict.py": ["Model of run", "probability"],
     }
     for page, words in expected.items():
         open_page(at, page)
@@ -126,7 +148,7 @@ def test_every_page_renders_with_a_finished_run(finished_workspace, monkeypatch)
 
 
 def test_dataset_filters_and_paging(finished_workspace, monkeypatch):
-    at = open_page(start(finished_workspace, monkeypatch), "app_pages/dataset.py")
+    at = open_page(start(finished_workspace, monkeypatch), "pages/dataset.py")
     grid = at.image[0]
     assert len(grid.captions) == 48 and grid.captions[0].startswith("#0 · ")
     at.button_group(key="ds_label").set_value("tumour").run()
@@ -151,7 +173,7 @@ def test_dataset_filters_and_paging(finished_workspace, monkeypatch):
 
 
 def test_threshold_slider_moves_every_figure(finished_workspace, monkeypatch):
-    at = open_page(start(finished_workspace, monkeypatch), "app_pages/runs.py")
+    at = open_page(start(finished_workspace, monkeypatch), "pages/runs.py")
 
     def figures() -> dict[str, str]:
         return {m.label: m.value for m in at.metric}
@@ -171,7 +193,7 @@ def test_threshold_slider_moves_every_figure(finished_workspace, monkeypatch):
 
 
 def test_scoring_another_split_from_the_runs_page(finished_workspace, monkeypatch):
-    at = open_page(start(finished_workspace, monkeypatch), "app_pages/runs.py")
+    at = open_page(start(finished_workspace, monkeypatch), "pages/runs.py")
     at.button_group(key="judge_split").set_value("test").run()
     assert "has not been scored" in texts(at)
     at.button[0].click().run()
@@ -185,7 +207,7 @@ def test_scoring_another_split_from_the_runs_page(finished_workspace, monkeypatc
 
 
 def test_predict_uploads_refuses_and_converts_visibly(finished_workspace, monkeypatch, demo_root, tmp_path):
-    at = open_page(start(finished_workspace, monkeypatch), "app_pages/predict.py")
+    at = open_page(start(finished_workspace, monkeypatch), "pages/predict.py")
     pixels = PCamH5(demo_root, "test").read_pixels(np.arange(3))
     files = [(f"{patch_id(p)}.tif", tif_bytes(p), "image/tiff") for p in pixels]
     bad = make_bad_images(tmp_path / "bad")
@@ -203,14 +225,104 @@ def test_predict_uploads_refuses_and_converts_visibly(finished_workspace, monkey
     assert at.get("download_button")
     at.slider(key="predict_threshold").set_value(0.0).run()
     assert (at.dataframe[0].value["call"] == "tumour").all()
+    # heat maps are on by default: each patch beside its overlay, with its centre focus
+    pairs = [image.captions[0] for image in at.image if "centre focus" in image.captions[0]]
+    assert len(pairs) == 4 and all(re.search(r"centre focus (\d\.\d\d|none)", c) for c in pairs)
+    assert "Centre focus" in texts(at)
+    at.toggle(key="predict_heatmaps").set_value(False).run()
+    assert not at.exception and not any("centre focus" in c for image in at.image for c in image.captions)
+    assert len(at.image[0].captions) == 4
+
+
+# -- Explain ------------------------------------------------------------------------------------------
+
+def _focus(caption: str) -> float:
+    value = re.search(r"focus (none|\d\.\d\d)", caption).group(1)
+    return float("nan") if value == "none" else float(value)
+
+
+def test_explain_one_patch_with_every_setting(finished_workspace, monkeypatch):
+    at = open_page(start(finished_workspace, monkeypatch), "pages/explain.py")
+
+    def figures() -> dict[str, str]:
+        return {m.label: m.value for m in at.metric}
+
+    first = figures()
+    assert 0.0 <= float(first["Tumour probability"]) <= 1.0 and 0.0 <= float(first["Centre focus"]) <= 1.0
+    valid = pd.read_csv(RunDir(Path(finished_workspace) / "runs" / RUN_ID).valid_predictions_path, dtype={"id": str})
+    counts = outcome_counts(valid, 0.5)
+    assert at.selectbox(key="outcome").value == next(o for o in OUTCOMES if counts[o])  # errors first, if any
+    assert at.selectbox(key="outcome_patch").value == outcome_examples(valid, 0.5, at.selectbox(key="outcome").value)["index"].iloc[0]
+    assert len(at.image) == 2 and at.get("download_button")  # the patch, its overlay, and the overlay's download
+    assert "It does **not** say whether the call is right" in texts(at)
+    for method in [m for m in METHODS if m != "scorecam"]:
+        at.selectbox(key="method").set_value(method).run()
+        assert not at.exception and "Centre focus" in figures(), method
+    at.selectbox(key="method").set_value("gradcam").run()
+    for layer, label in layer_choices("pcamnet").items():
+        at.selectbox(key="layer").set_value(layer).run()
+        size = int(label.rsplit("x", 1)[1])
+        assert f"Each cell of this {size}×{size} map covers {96 // size}×{96 // size} pixels" in texts(at)
+        assert f"gradcam at {label}, evidence for tumour" in at.image[1].captions[0]
+    at.button_group(key="target").set_value("normal").run()
+    assert "evidence for normal" in at.image[1].captions[0]
+    assert figures()["Tumour probability"] == first["Tumour probability"]  # the same patch and model
+    at.slider(key="opacity").set_value(0.9).run()
+    assert not at.exception
+    # by number, by id, with a clear error for a patch that is not there
+    at.button_group(key="pick").set_value("number").run()
+    at.text_input(key="patch").set_value("17").run()
+    assert "Patch #17 of valid" in at.image[0].captions[0]
+    at.text_input(key="patch").set_value(valid["id"][5][:10]).run()
+    assert f"Patch #{valid['index'][5]} of valid" in at.image[0].captions[0]
+    at.text_input(key="patch").set_value("99999").run()
+    assert any("no patch number 99999" in e.value for e in at.error)
+    at.button_group(key="pick").set_value("random").run()
+    assert not at.exception and len(at.image) == 2
+
+
+def test_explain_gallery_sorted_by_centre_focus(finished_workspace, monkeypatch):
+    at = open_page(start(finished_workspace, monkeypatch), "pages/explain.py")
+    at.button_group(key="view").set_value("gallery").run()
+    assert not at.exception
+    captions = [image.captions[0] for image in at.image]  # one card per patch
+    assert len(captions) == 24
+    focus = [_focus(c) for c in captions]
+    known = [f for f in focus if f == f]
+    assert known == sorted(known) and focus[: len(known)] == known  # lowest first, empty maps last
+    at.selectbox(key="gallery_source").set_value("true_positive").run()
+    assert all(" · tumour · " in image.captions[0] for image in at.image)
+    at.selectbox(key="gallery_count").set_value(12).run()
+    assert len(at.image) == 12
+    chosen = at.selectbox(key="gallery_pick").value
+    [b for b in at.button if b.label == "Open it"][0].click().run()
+    assert at.button_group(key="view").value == "patch" and f"Patch #{chosen} of valid" in at.image[0].captions[0]
+
+
+def test_the_error_gallery_links_to_explain_with_the_patch(finished_workspace, monkeypatch):
+    at = open_page(start(finished_workspace, monkeypatch), "pages/runs.py")
+    at.slider(key="threshold").set_value(0.2).run()  # some false positives to show
+    links = [link.proto for link in at.get("page_link") if link.proto.label == "Explain"]
+    assert links and all(link.page == "explain" for link in links)
+    params = dict(pair.split("=") for pair in links[0].query_string.split("&"))
+    assert params["run"] == RUN_ID and params["split"] == "valid"
+    # following the link: a session that opens Explain with these query parameters shows that patch
+    fresh = AppTest.from_file(APP, default_timeout=120)
+    for key, value in params.items():
+        fresh.query_params[key] = value
+    fresh.switch_page("pages/explain.py").run()
+    assert not fresh.exception and fresh.button_group(key="pick").value == "number"
+    assert f"Patch #{params['patch']} of valid" in fresh.image[0].captions[0]
 
 
 def test_train_form_launches_a_background_run(finished_workspace, monkeypatch):
-    at = open_page(start(finished_workspace, monkeypatch), "app_pages/train.py")
+    at = open_page(start(finished_workspace, monkeypatch), "pages/train.py")
     at.number_input[0].set_value(1)  # epochs
     advanced = {n.label: n for n in at.number_input}
     advanced["Stop after steps (0: no limit)"].set_value(3)
     at.text_input[0].set_value("from-form")
+    processes = advanced["Processes"]
+    assert processes.value == 1 and processes.max == max_processes()  # CPU cores here, GPUs where there are some
     at.button[0].click().run()  # the form's submit button
     assert not at.exception
     new = at.sidebar.selectbox(key="run").value
@@ -230,14 +342,14 @@ def test_stop_and_resume_buttons(finished_workspace, monkeypatch):
     workspace = Workspace(finished_workspace)
     config = ExperimentConfig().replace(data={"path": workspace.source("demo").path, "num_workers": 0},
                                         train={"epochs": 50, "batch_size": 16, "log_every": 1}, name="long")
-    run = workspace.start_run(config)
+    run = workspace.start_run(config, nproc=2)  # two processes through torchrun; resuming keeps two
     try:
         deadline = time.time() + 120
         while not run.steps() and time.time() < deadline:
             time.sleep(0.3)
         at = start(finished_workspace, monkeypatch)
         at.sidebar.selectbox(key="run").set_value(run.run_id).run()
-        open_page(at, "app_pages/train.py")
+        open_page(at, "pages/train.py")
         at.button(key="stop").click().run()
         deadline = time.time() + 120
         while run.status()["state"] == "running" and time.time() < deadline:
@@ -248,7 +360,9 @@ def test_stop_and_resume_buttons(finished_workspace, monkeypatch):
         deadline = time.time() + 120
         while run.status()["state"] != "running" and time.time() < deadline:
             time.sleep(0.3)
-        assert run.status()["state"] == "running"
+        assert run.status()["state"] == "running" and process_count(run) == 2
+        launcher = Path(f"/proc/{run.raw_status()['launcher_pid']}/cmdline").read_bytes().split(b"\0")
+        assert b"torch.distributed.run" in launcher and b"--nproc_per_node=2" in launcher
     finally:
         stop(run, timeout=60)
 
@@ -256,7 +370,7 @@ def test_stop_and_resume_buttons(finished_workspace, monkeypatch):
 def test_dataset_page_on_real_kaggle_patches(tmp_path, monkeypatch, real_dev):
     """The Kaggle layout (no slide metadata, tif files) on 4,000 real patches: not labelled synthetic."""
     Workspace(tmp_path).add_source(real_dev, "real")
-    at = open_page(start(tmp_path, monkeypatch), "app_pages/dataset.py")
+    at = open_page(start(tmp_path, monkeypatch), "pages/dataset.py")
     shown = texts(at)
     assert "SYNTHETIC" not in shown and "The train split in numbers" in shown
     assert at.selectbox(key="ds_slide_none").disabled

@@ -14,10 +14,16 @@ from pcam_core.gallery import (
     BOX_COLOUR,
     class_balance,
     colour_statistics,
+    OUTCOMES,
     confident_errors,
+    find_patch,
+    outcome_counts,
+    outcome_examples,
+    outcome_of,
     outline_centre,
     page_count,
     page_items,
+    random_examples,
     sample_by_class,
     select_indices,
     slide_ids,
@@ -122,3 +128,55 @@ def test_confident_errors_at_a_threshold():
         confident_errors(frame, 1.5)
     with pytest.raises(ValueError, match="lack column"):
         confident_errors(frame.drop(columns="label"), 0.5)
+
+
+def test_outcome_examples_most_confident_first():
+    frame = pd.DataFrame({
+        "index": [0, 1, 2, 3, 4, 5, 6],
+        "label": [0, 0, 0, 1, 1, 1, 0],
+        "probability": [0.9, 0.6, 0.1, 0.05, 0.4, 0.95, 0.99],
+    })
+    assert outcome_examples(frame, 0.5, "true_positive")["index"].tolist() == [5]
+    assert outcome_examples(frame, 0.5, "true_negative")["index"].tolist() == [2]
+    assert outcome_examples(frame, 0.5, "false_positive")["index"].tolist() == [6, 0, 1]
+    assert outcome_examples(frame, 0.5, "false_positive", k=1)["index"].tolist() == [6]
+    assert outcome_examples(frame, 0.5, "false_negative")["index"].tolist() == [3, 4]
+    counts = outcome_counts(frame, 0.5)
+    assert set(counts) == set(OUTCOMES) and sum(counts.values()) == len(frame)
+    assert outcome_counts(frame, 0.0)["false_negative"] == 0  # everything is called tumour at 0
+    with pytest.raises(ValueError, match="unknown outcome"):
+        outcome_examples(frame, 0.5, "fp")
+    for row in frame.itertuples():  # one patch at a time, the same outcome
+        outcome = outcome_of(row.label, row.probability, 0.5)
+        assert row.index in outcome_examples(frame, 0.5, outcome)["index"].tolist()
+    assert outcome_of(-1, 0.9, 0.5) is None
+
+
+def test_random_examples_are_seeded_and_bounded():
+    frame = pd.DataFrame({"index": np.arange(50), "label": 0, "probability": 0.5})
+    a, b = random_examples(frame, 5, seed=1), random_examples(frame, 5, seed=1)
+    assert a["index"].tolist() == b["index"].tolist() and a["index"].nunique() == 5
+    assert random_examples(frame, 5, seed=2)["index"].tolist() != a["index"].tolist()
+    assert len(random_examples(frame, 500)) == 50
+    with pytest.raises(ValueError, match="at least 1"):
+        random_examples(frame, 0)
+
+
+def test_find_patch_by_number_id_or_id_prefix():
+    ids = ["a1b2c3d4" + "0" * 32, "a1b2c3ff" + "1" * 32, "0123456789" * 4]
+    frame = pd.DataFrame({"id": ids, "index": [7, 8, 9], "label": [0, 1, 0], "probability": [0.1, 0.2, 0.3]})
+    assert find_patch(frame, "8")["id"] == ids[1]
+    assert find_patch(frame, " #9 ")["id"] == ids[2]
+    assert find_patch(frame, ids[0].upper())["index"] == 7
+    assert find_patch(frame, "a1b2c3f")["index"] == 8
+    assert find_patch(frame, "0123456789" * 4)["index"] == 9  # digits only, but 40 of them: an id, not a number
+    with pytest.raises(ValueError, match="no patch number 3.*from 7 to 9"):
+        find_patch(frame, "3")
+    with pytest.raises(ValueError, match="give more characters"):
+        find_patch(frame, "a1b2c3")
+    with pytest.raises(ValueError, match="too short"):
+        find_patch(frame, "a1b2")
+    with pytest.raises(ValueError, match="no patch has an id"):
+        find_patch(frame, "ffffffff")
+    with pytest.raises(ValueError, match="give a patch number"):
+        find_patch(frame, "  ")

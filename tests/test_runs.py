@@ -12,7 +12,18 @@ import pytest
 
 from pcam_core.config import ExperimentConfig
 from pcam_core.fileio import atomic_write_json
-from pcam_core.runs import RunDir, check_run_id, create_run, launch, list_runs, run_path, stop, train_command
+from pcam_core.runs import (
+    RunDir,
+    check_run_id,
+    create_run,
+    launch,
+    list_runs,
+    max_processes,
+    process_count,
+    run_path,
+    stop,
+    train_command,
+)
 
 
 def _config(demo_root, **train):
@@ -103,6 +114,18 @@ def test_train_command_uses_torchrun_for_several_processes(tmp_path):
     multi = train_command(run, nproc=2, resume=True)
     assert single[1:4] == ["-m", "pcam_core", "train"]
     assert multi[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node=2" in multi and "--resume" in multi
+
+
+def test_process_count_of_a_run_for_resuming(tmp_path, demo_root):
+    run = create_run(tmp_path, _config(demo_root), run_id="r")
+    assert process_count(run) == 1  # a new run
+    atomic_write_json(run.config_path, {**json.loads(run.config_path.read_text()), "world_size": 4})
+    assert process_count(run) == 4  # trained from a terminal: the world size the trainer recorded
+    atomic_write_json(run.status_path, {**run.raw_status(), "nproc": 2})
+    assert process_count(run) == 2  # launched by `launch`: what it recorded
+    assert max_processes() >= 1
+    with pytest.raises(ValueError, match="at least 1"):
+        launch(run, nproc=0)
 
 
 def test_list_runs_reports_best_metrics(trained_run):

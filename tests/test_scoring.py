@@ -15,6 +15,7 @@ from pcam_core.scoring import (
     TRAINER_SPLIT,
     evaluation_files,
     scorable_splits,
+    scored_splits,
     scoring_status,
     split_predictions,
     start_scoring,
@@ -51,6 +52,7 @@ def test_threshold_report_counts_rates_and_operating_point():
 
 def test_validation_predictions_come_from_training(run):
     assert scorable_splits(run) == ["valid", "train", "test"]
+    assert scored_splits(run) == ["valid"]
     frame = split_predictions(run, TRAINER_SPLIT)
     assert len(frame) == 256 and {"id", "label", "probability", "index"} <= set(frame.columns)
     assert split_predictions(run, "test") is None
@@ -75,8 +77,10 @@ def test_scoring_a_split_in_the_background(run):
     assert status.state == "finished", status.log_tail
     frame = split_predictions(run, "test")
     assert len(frame) == 256 and frame["probability"].between(0, 1).all()
+    assert scored_splits(run) == ["valid", "test"]
     # a newer best checkpoint makes the scores stale
     best = run.best_checkpoint
     stamp = evaluation_files(run, "test")[1].stat().st_mtime + 5
     os.utime(best, (stamp, stamp))
     assert split_predictions(run, "test") is None
+    assert scored_splits(run) == ["valid"]

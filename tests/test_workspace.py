@@ -152,6 +152,9 @@ def test_runs_are_started_and_looked_up_by_checked_id(tmp_path, demo_root):
         ws.run("../" + run.run_id)
     with pytest.raises(FileNotFoundError, match="no run 'r2'"):
         ws.run("r2")
+    with pytest.raises(ValueError, match="nproc=0"):
+        ws.start_run(config, nproc=0)
+    assert len(ws.runs()) == 1  # refused before a run folder was made
 
 
 def test_a_failed_download_is_reported_and_not_registered(tmp_path):

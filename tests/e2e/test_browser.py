@@ -2,78 +2,44 @@
 
 `streamlit run streamlit_app.py` starts on a free port with an empty temporary workspace; headless
 Chromium (Debian's, driven by playwright) watches the synthetic demo data being generated, browses it,
-launches a short training run from the Train page and sees it finish, opens its metrics and confusion
-matrix, uploads a patch on Predict and reads its probability. A screenshot of every page goes to
+launches a short training run from the Train page, restarts the app while the run trains and opens the
+Train page's URL first (the run is still tracked and its live view resumes), sees the run finish, opens
+its metrics and confusion matrix, follows an error to the Explain page and its gallery, uploads patches
+on Predict and reads a probability and a centre focus. A screenshot of every page goes to
 assets/screenshots/ (the README shows them).
 """
 
 from __future__ import annotations
 
 import io
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import REAL_DEV, REPO, tif_bytes
+from helpers import CHROMIUM, CHROMIUM_ARGS, REAL_DEV, REPO, Dashboard, tif_bytes, wait_rendered
 from pcam_core.data import PCamH5, patch_id
 from pcam_core.runs import RunDir, list_runs, stop
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = REPO / "assets" / "screenshots"
 VIEWPORT = {"width": 1400, "height": 1000}
+PAGE_TITLES = ["Overview", "Dataset", "Train", "Runs and metrics", "Explain", "Predict"]
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
-def app_url(tmp_path):
+def dashboard(tmp_path):
     """The app on a free port with a fresh workspace (a small demo set); stopped afterwards with its runs."""
-    port = _free_port()
-    workspace = tmp_path / "workspace"
-    env = {**os.environ, "PCAM_WORKSPACE": str(workspace), "PCAM_DEMO_PATCHES": "768"}
-    log = open(tmp_path / "streamlit.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port), "--server.headless", "true"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    app = Dashboard(tmp_path / "workspace", tmp_path / "streamlit.log", env={"PCAM_DEMO_PATCHES": "768"})
+    app.start()
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "streamlit.log").read_text()
-            assert time.time() < deadline, "streamlit did not start within 60 s"
-            time.sleep(0.5)
-        yield url, workspace
+        yield app
     finally:
-        for run in list_runs(workspace / "runs"):
+        for run in list_runs(app.workspace / "runs"):
             stop(RunDir(run.path), timeout=30)
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        app.stop()
 
 
 def _shot(page, name: str) -> None:
@@ -105,15 +71,19 @@ def _goto(page, title: str, heading: str | None = None) -> None:
     page.get_by_role("heading", name=heading or title).wait_for(timeout=60_000)
 
 
-def test_first_start_train_judge_predict(app_url, tmp_path):
+def _step(page) -> int:
+    """The step counter of the Train page's live view ("epoch 2 of 3 · step 30 of 72 · ...")."""
+    text = page.get_by_text(re.compile(r"epoch \d+ of \d+ · step [\d,]+ of")).first.inner_text()
+    return int(re.search(r"step ([\d,]+) of", text).group(1).replace(",", ""))
+
+
+def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     assert Path(CHROMIUM).exists(), f"the browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)"
-    url, workspace = app_url
+    url, workspace = dashboard.url, dashboard.workspace
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport=VIEWPORT)
         page.set_default_timeout(60_000)
         try:
@@ -135,18 +105,45 @@ def test_first_start_train_judge_predict(app_url, tmp_path):
             _no_exception(page)
             _shot(page, "dataset")
 
-            # train a short run from the form and watch it finish
+            # train a short run from the form and watch it learn
             _goto(page, "Train")
+            expect(page.get_by_role("spinbutton", name="Processes", exact=True)).to_have_value("1")
             epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
-            epochs.fill("2")
+            epochs.fill("4")
             epochs.press("Tab")
             page.get_by_role("button", name="Start training").click()
-            page.get_by_text(re.compile(r"epoch 2 of 2 · step")).wait_for(timeout=180_000)  # the live view polls by itself
+            page.get_by_text(re.compile(r"epoch 2 of 4 · step")).wait_for(timeout=240_000)  # the live view polls by itself
             _no_exception(page)
             _shot(page, "train-live")
-            page.get_by_text(re.compile(r"step \d+ of \d+ · finished after")).wait_for(timeout=240_000)
+            (run,) = list_runs(workspace / "runs")
+
+            # the app restarts while the run trains; the first request of the new server process is the
+            # Train page's URL (a reload): the whole app is there and the run's live view carries on
+            page.close()
+            dashboard.stop()
+            assert RunDir(run.path).status()["state"] == "running"  # the run does not depend on the app
+            dashboard.start()
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(60_000)
+            page.goto(f"{url}/train?run={run.run_id}")
+            wait_rendered(page, page.get_by_text(re.compile(r"epoch \d of 4 · step")))
+            nav = page.locator("[data-testid=stSidebarNav] a")
+            titles = [text.strip().splitlines()[-1].strip() for text in nav.all_inner_texts()]  # after the icon's name
+            assert titles == PAGE_TITLES  # the app's navigation, not Streamlit's list of the files in pages/
+            expect(page.locator("[data-testid=stSidebar]").get_by_text(str(workspace))).to_be_visible()
+            expect(page.get_by_role("combobox", name="Selected run")).to_have_value(re.compile(run.run_id))
+            expect(page.get_by_role("heading", name="New run")).to_be_visible()
+            expect(page.get_by_text(run.run_id).first).to_be_visible()
+            before = _step(page)
+            for _ in range(60):  # the live view polls the run folder every 2 s
+                if _step(page) > before:
+                    break
+                page.wait_for_timeout(1000)
+            assert _step(page) > before, "the live view did not resume after the restart"
+            _no_exception(page)
+            page.get_by_text(re.compile(r"step \d+ of \d+ · finished after")).wait_for(timeout=300_000)
             runs = list_runs(workspace / "runs")
-            assert len(runs) == 1 and runs[0].state == "finished" and runs[0].epochs_done == 2
+            assert len(runs) == 1 and runs[0].state == "finished" and runs[0].epochs_done == 4
             page.wait_for_timeout(1500)
             _shot(page, "train")
 
@@ -156,14 +153,37 @@ def test_first_start_train_judge_predict(app_url, tmp_path):
             expect(page.get_by_text("true positive").first).to_be_visible()
             slider = page.get_by_role("slider").first
             slider.focus()
-            for _ in range(20):
-                slider.press("ArrowRight")
-            page.get_by_text("Confusion matrix at threshold 0.60").wait_for()
+            for _ in range(40):
+                slider.press("ArrowLeft")
+            wait_rendered(page, page.get_by_text("Confusion matrix at threshold 0.30"))
             _no_exception(page)
             _shot(page, "runs")
 
+            # from an error to its explanation (at threshold 0 every normal patch is a false positive)
+            main = page.locator("[data-testid=stMain]")
+            if main.get_by_role("link", name="Explain").count() == 0:
+                slider.press("Home")
+                wait_rendered(page, main.get_by_role("link", name="Explain"))
+            number = re.match(r"#(\d+)", main.locator("[data-testid=stImageCaption]").first.inner_text()).group(1)
+            main.get_by_role("link", name="Explain").first.click()
+            wait_rendered(page, page.get_by_text(f"Patch #{number} of valid"))
+            expect(page.get_by_role("heading", name="Explain")).to_be_visible()
+            expect(page.get_by_text("Centre focus").first).to_be_visible()
+            with page.expect_download() as download:  # the PNG is made when asked for
+                page.get_by_role("button", name="Download the overlay (PNG)").click()
+            overlay = Image.open(download.value.path())
+            assert overlay.format == "PNG" and overlay.size == (384, 384)
+            _no_exception(page)
+            _shot(page, "explain")
+            page.locator("[data-testid=stButtonGroup]").get_by_text("Gallery", exact=True).click()
+            wait_rendered(page, page.get_by_text(re.compile(r"sorted by centre focus")))
+            focus = [float(m) for m in re.findall(r"focus (\d\.\d\d)", main.inner_text())]
+            assert len(focus) >= 12 and focus == sorted(focus)  # lowest centre focus first
+            _no_exception(page)
+            _shot(page, "explain-gallery")
+
             # predict: upload Kaggle-style patches (two tumour, two normal), a grayscale one (converted, with a
-            # notice) and a 64x64 crop (refused, with the reason); read a probability
+            # notice) and a 64x64 crop (refused, with the reason); read a probability and a centre focus
             _goto(page, "Predict")
             test_split = PCamH5(workspace / "data" / "demo", "test")
             picks = [*np.flatnonzero(test_split.labels == 1)[:2], *np.flatnonzero(test_split.labels == 0)[:2]]
@@ -179,10 +199,14 @@ def test_first_start_train_judge_predict(app_url, tmp_path):
             page.get_by_text("5 patches scored").wait_for()
             expect(page.locator("[data-testid=stAlert]", has_text="crop64.tif").first).to_contain_text("64x64")
             expect(page.locator("[data-testid=stAlert]", has_text="grayscale.tif").first).to_contain_text("converted")
-            caption = page.get_by_text(re.compile(r"p=\d\.\d{3}")).first
+            caption = page.get_by_text(re.compile(r"p=\d\.\d{3} · centre focus")).first
+            wait_rendered(page, caption)
             probability = float(re.search(r"p=(\d\.\d{3})", caption.inner_text()).group(1))
             assert 0.0 <= probability <= 1.0
-            expect(page.get_by_role("button", name="Download Kaggle submission (CSV)")).to_be_visible()
+            with page.expect_download() as download:
+                page.get_by_role("button", name="Download Kaggle submission (CSV)").click()
+            submission = Path(download.value.path()).read_text().splitlines()
+            assert submission[0] == "id,label" and len(submission) == 1 + 5
             _no_exception(page)
             _shot(page, "predict")
 

@@ -6,7 +6,7 @@ import hashlib
 
 import streamlit as st
 
-from app_pages import ui
+from pcam_app import figures, ui
 from pcam_core.gallery import class_balance, page_count, page_items, select_indices, slide_ids
 
 ctx = ui.context()
@@ -97,7 +97,7 @@ if slides is not None:
 
 if labelled:
     summary, hist = ui.colour_stats(source, split)
-    bars, lines = ui.colour_figures(summary, hist)
+    bars, lines = figures.colour_figures(summary, hist)
     left, right = st.columns(2)
     left.plotly_chart(bars, key="colour_means")
     right.plotly_chart(lines, key="colour_hist")

@@ -1,16 +1,16 @@
-"""Train: a form for the experiment config, launched as a background process through `pcam_core.runs`,
-and a live view of the selected run that polls its folder (progress and time left, loss and validation
-AUC, log tail), with stop and resume. A run outlives page reloads, closed tabs and app restarts."""
+"""Train: a form for the experiment config, launched as a background process (several, through torchrun,
+when asked) by `pcam_core.runs`, and a live view of the selected run that polls its folder (progress and
+time left, loss and validation AUC, log tail), with stop and resume (with the same number of
+processes). A run outlives page reloads, closed tabs and app restarts."""
 
 import streamlit as st
-import torch
 
-from app_pages import ui
+from pcam_app import figures, ui
 from pcam_core.config import OPTIMIZERS, SCHEDULES, AugmentConfig, DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from pcam_core.models import MODELS, model_names, resolve_model_name
 from pcam_core.monitor import RESUMABLE_STATES, STATE_ICONS, epoch_frame, run_progress, runs_table, step_frame
 from pcam_core.predict import resolve_device
-from pcam_core.runs import ACTIVE_STATES, RunDir, launch, stop
+from pcam_core.runs import ACTIVE_STATES, RunDir, gpu_count, launch, max_processes, process_count, stop
 
 STATE_COLOURS = {"queued": "gray", "running": "blue", "finished": "green", "stopped": "orange", "interrupted": "orange",
                  "failed": "red"}
@@ -46,9 +46,17 @@ with form_column:
             batch_size = c2.select_slider("Batch size", [16, 32, 64, 128, 256, 512], value=defaults.train.batch_size)
             lr = c1.select_slider("Peak learning rate", [1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2], value=defaults.train.lr,
                                   format_func=lambda v: f"{v:g}")
-            devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+            gpus = gpu_count()
+            devices = ["auto", "cpu"] + (["cuda"] if gpus else [])
             device = c2.segmented_control("Device", devices, default="auto", required=True,
-                                          help="auto: the GPU when there is one." + ("" if torch.cuda.is_available() else " No GPU here."))
+                                          help="auto: the GPU when there is one." + ("" if gpus else " No GPU here."))
+            most = max_processes()
+            nproc = c1.number_input(
+                "Processes", min_value=1, max_value=most, value=1,
+                help="Training processes working together (DistributedDataParallel, launched through torchrun); the batch "
+                     "size is per process, and stop and resume keep the number. "
+                     + (f"One per GPU: {most} here." if gpus else
+                        f"Up to the {most} CPU cores here; the processes share them, so on a CPU more rarely train faster."))
             st.markdown("**Augmentation** (training only; the label region stays in the centre)")
             symmetries = st.checkbox("Flips and 90° rotations", value=True,
                                      help="Tissue has no up or down: the 8 symmetries of the square.")
@@ -85,7 +93,7 @@ with form_column:
                                       max_steps=int(max_steps) or None),
                     name=name.strip(),
                 )
-                run = ctx.workspace.start_run(config)
+                run = ctx.workspace.start_run(config, nproc=int(nproc))
             except (OSError, ValueError, RuntimeError) as err:
                 st.error(f"Not started: {err}", icon=":material/error:")
             else:
@@ -102,19 +110,23 @@ def live_view(run: RunDir, drawn_state: str) -> None:
     active = state in ACTIVE_STATES
     if state != drawn_state:
         st.rerun()  # started, ended or failed: redraw everything (sidebar, runs table), polling only if alive
+    processes = process_count(run)
     head, buttons = st.columns([3, 1.2], vertical_alignment="center")
     with head:
         st.markdown(f"#### `{run.run_id}`")
         st.badge(f"{STATE_ICONS.get(state, '')} {state}", color=STATE_COLOURS.get(state, "gray"))
+        if processes > 1:
+            st.badge(f"{processes} processes", icon=":material/lan:", color="violet")
     with buttons:
         if active and st.button("Stop", icon=":material/stop:", key="stop", help="Stops cleanly: a checkpoint is saved first."):
             if stop(run):
                 st.toast("Stopping: the run saves a checkpoint, then ends.", icon=":material/stop:")
             st.rerun()
         if state in RESUMABLE_STATES and st.button("Resume", icon=":material/play_arrow:", key="resume",
-                                                   help="Continue from the last checkpoint."):
+                                                   help=f"Continue from the last checkpoint, with the same {processes} "
+                                                        f"process{'es' if processes > 1 else ''}."):
             try:
-                launch(run, resume=True)
+                launch(run, nproc=processes, resume=True)
             except (OSError, RuntimeError) as err:
                 st.error(f"Could not resume: {err}")
             else:
@@ -139,8 +151,8 @@ def live_view(run: RunDir, drawn_state: str) -> None:
     steps_per_epoch = status.get("steps_per_epoch")
     curves = epoch_frame({run.run_id: epochs})
     left, right = st.columns(2)
-    left.plotly_chart(ui.loss_figure(step_frame(steps, steps_per_epoch), curves), key="live_loss")
-    right.plotly_chart(ui.curves_figure(curves, "roc_auc", title="Validation ROC-AUC per epoch"), key="live_auc")
+    left.plotly_chart(figures.loss_figure(step_frame(steps, steps_per_epoch), curves), key="live_loss")
+    right.plotly_chart(figures.curves_figure(curves, "roc_auc", title="Validation ROC-AUC per epoch"), key="live_auc")
     log = run.log_tail(12)
     if state == "failed" and not log.strip():
         log = run.log_tail(12, console=True)

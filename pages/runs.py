@@ -6,7 +6,7 @@ import time
 
 import streamlit as st
 
-from app_pages import ui
+from pcam_app import figures, heatmaps, ui
 from pcam_core.gallery import confident_errors
 from pcam_core.jobs import job_error
 from pcam_core.monitor import CURVE_METRICS, epoch_frame, format_duration, runs_table
@@ -34,7 +34,7 @@ if with_epochs:
     chosen = pick.multiselect("Runs", list(with_epochs), default=list(with_epochs)[:4], key="curve_runs")
     metric = metric_col.selectbox("Metric", list(CURVE_METRICS), format_func=lambda m: CURVE_METRICS[m], key="curve_metric")
     if chosen:
-        st.plotly_chart(ui.curves_figure(epoch_frame({rid: with_epochs[rid] for rid in chosen}), metric), key="curves")
+        st.plotly_chart(figures.curves_figure(epoch_frame({rid: with_epochs[rid] for rid in chosen}), metric), key="curves")
 
 # -- the selected run -------------------------------------------------------------------------------------
 st.divider()
@@ -119,16 +119,17 @@ for column, (label, value, help_text) in zip(cells, [
 st.caption(f"{m['n']:,} patches of the {split} split, {m['prevalence']:.1%} tumour.")
 
 row1 = st.columns(2)
-row1[0].plotly_chart(ui.roc_figure(report), key="roc")
-row1[1].plotly_chart(ui.pr_figure(report), key="pr")
+row1[0].plotly_chart(figures.roc_figure(report), key="roc")
+row1[1].plotly_chart(figures.pr_figure(report), key="pr")
 row2 = st.columns(2)
-row2[0].plotly_chart(ui.confusion_figure(report), key="confusion")
-row2[1].plotly_chart(ui.probability_figure(predictions, threshold), key="histogram")
+row2[0].plotly_chart(figures.confusion_figure(report), key="confusion")
+row2[1].plotly_chart(figures.probability_figure(predictions, threshold), key="histogram")
 
 # -- error gallery ----------------------------------------------------------------------------------------
 st.subheader("Most confident errors")
 st.caption("The mistakes the model was surest of at this threshold: worth a pathologist's look (label noise, artefacts, "
-           "or a blind spot of the model). " + ui.CENTRE_NOTE)
+           "or a blind spot of the model). **Explain** opens a patch with the heat map of the model's evidence. "
+           + ui.CENTRE_NOTE)
 false_pos, false_neg = confident_errors(predictions, threshold, k=8)
 dataset = ui.run_split(run, split)
 left, right = st.columns(2, gap="large")
@@ -142,5 +143,7 @@ for column, frame, title, empty in (
             st.caption(empty)
             continue
         indices = frame["index"].to_numpy()
-        ui.patch_tiles(dataset.read_pixels(indices),
-                       [f"#{i} · p={p:.3f}" for i, p in zip(indices, frame["probability"])], width=120)
+        ui.patch_cards(dataset.read_pixels(indices), [f"#{i} · p={p:.3f}" for i, p in zip(indices, frame["probability"])],
+                       heatmaps.EXPLAIN_PAGE, [{**st.query_params.to_dict(), "run": run.run_id, "split": split, "patch": str(i)}
+                                               for i in indices],
+                       label="Explain", icon=":material/center_focus_strong:")

@@ -1,34 +1,42 @@
-"""What every page of the dashboard shares: the sidebar and its selections, cached datasets and models,
-the synthetic-data banner, patch tiles and the plotly figures. Drawing only: every number comes from
-`pcam_core`."""
+"""What every page of the dashboard shares: the app shell's guard, the sidebar and its selections,
+cached datasets and models, the synthetic-data banner and patch tiles. Drawing only: every number comes
+from `pcam_core`.
+
+Pages are files in `pages/`, run by `streamlit_app.py` (the shell: workspace, navigation, sidebar).
+Streamlit decides when its server starts that an app with a `pages/` folder uses its old multipage
+mode until the first `st.navigation` call, so the first request of a new server process for a page's
+URL (a reload of /train after the app restarted) runs that page's file alone. `context()`, the first
+call of every page, notices (the shell marks the page runs it makes) and runs the shell in its place,
+which opens the page the URL names.
+"""
 
 from __future__ import annotations
 
 import json
+import runpy
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
+from PIL import Image
+from streamlit.navigation.page import StreamlitPage
 
 from pcam_core.checkpoint import model_from_checkpoint
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import PatchDataset
 from pcam_core.gallery import LABEL_NAMES, colour_statistics, outline_centre
-from pcam_core.monitor import CURVE_METRICS, STATE_ICONS
+from pcam_core.monitor import STATE_ICONS
 from pcam_core.predict import checkpoint_path, dataset_for_split
 from pcam_core.runs import RunDir, RunSummary
-from pcam_core.scoring import ThresholdReport
 from pcam_core.workspace import DataSource, Workspace
 
-TUMOUR_COLOUR = "#c2185b"
-NORMAL_COLOUR = "#00897b"
-CLASS_COLOURS = {"tumour": TUMOUR_COLOUR, "normal": NORMAL_COLOUR, "unlabelled": "#9e9e9e"}
-CHANNEL_COLOURS = {"red": "#d32f2f", "green": "#388e3c", "blue": "#1976d2"}
-BOUNDED_METRICS = ("roc_auc", "pr_auc", "accuracy", "f1")
+SHELL = "streamlit_app.py"
+SHELL_PATH = Path(__file__).resolve().parents[1] / SHELL
+_IN_SHELL: ContextVar[bool] = ContextVar("pcam_app_in_shell", default=False)
 
 CENTRE_NOTE = (
     "The green box marks the central 32×32 pixels. A patch is labelled **tumour** when that region holds "
@@ -79,6 +87,14 @@ class Context:
     def run_synthetic(self, run: RunDir | None = None) -> bool:
         run = run or self.run
         return bool(run and run.raw_status().get("synthetic_data"))
+
+
+def favicon() -> Image.Image:
+    """The browser tab's icon, drawn here: a pink tissue-like tile with the central box. (A Material icon
+    as page icon is fetched from Google's font servers; nothing the app shows may need the internet.)"""
+    tile = np.empty((96, 96, 3), dtype=np.uint8)
+    tile[:] = (236, 176, 208)
+    return Image.fromarray(outline_centre(tile, width=10, colour=(123, 63, 140)))
 
 
 def open_workspace() -> Workspace:
@@ -160,18 +176,40 @@ def sidebar(workspace: Workspace) -> Context:
     return context
 
 
+def run_page(page: StreamlitPage) -> None:
+    """Run the page the navigation chose, marked as run through the shell (see `context`)."""
+    token = _IN_SHELL.set(True)
+    try:
+        page.run()
+    finally:
+        _IN_SHELL.reset(token)
+
+
+def _run_shell_instead() -> NoReturn:
+    """This page file runs without the shell: Streamlit's first request of a server process for a page's
+    URL (see the module docstring). Run the shell now, in this same script run: its `st.navigation`
+    leaves the old multipage mode and opens the page the URL names (this page, run again inside the
+    shell and marked), keeping the query parameters and widget values; then end this bare run."""
+    runpy.run_path(str(SHELL_PATH), run_name="__main__")
+    st.stop()
+
+
 def context() -> Context:
-    """The selections the sidebar made in this script run."""
+    """The selections the sidebar made in this script run. Every page calls it first, at its top level
+    (a fragment rerun does not pass the shell; use the values the page captured instead). In a page run
+    without the shell, the shell runs instead and this call does not return."""
+    if not _IN_SHELL.get():
+        _run_shell_instead()
     ctx = st.session_state.get("_context")
     if ctx is None:
-        fail("Open the dashboard through streamlit_app.py (`streamlit run streamlit_app.py`).")
+        fail(f"Open the dashboard through {SHELL} (`streamlit run {SHELL}`).")
     return ctx
 
 
 def require_source(ctx: Context) -> DataSource:
     if ctx.source is None:
         st.info("No data source yet. Add a PCam HDF5 folder or a Kaggle folder on the Overview page.", icon=":material/database:")
-        st.page_link("app_pages/overview.py", label="Go to Overview", icon=":material/home:")
+        st.page_link("pages/overview.py", label="Go to Overview", icon=":material/home:")
         st.stop()
     if not ctx.source.exists():
         fail(f"The folder of data source {ctx.source.name!r} no longer exists: {ctx.source.path}. "
@@ -182,7 +220,7 @@ def require_source(ctx: Context) -> DataSource:
 def require_run(ctx: Context, *, checkpoint: bool = False) -> RunDir:
     if ctx.run is None:
         st.info("No training run yet. Start one on the Train page.", icon=":material/model_training:")
-        st.page_link("app_pages/train.py", label="Go to Train", icon=":material/model_training:")
+        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
         st.stop()
     if checkpoint:
         try:
@@ -262,134 +300,21 @@ def patch_tiles(pixels: np.ndarray, captions: Sequence[str], *, box: bool = True
     st.image(list(tiles), caption=list(captions), width=width)
 
 
-# -- figures ---------------------------------------------------------------------------------------------
-
-def _layout(fig: go.Figure, title: str, height: int = 320, **kwargs: Any) -> go.Figure:
-    fig.update_layout(title=dict(text=title, font=dict(size=15)), height=height, margin=dict(l=10, r=10, t=40, b=10),
-                      template="plotly_white", legend=dict(orientation="h", yanchor="top", y=-0.22, x=0), **kwargs)
-    return fig
-
-
-def _epoch_axis(fig: go.Figure, epochs: pd.Series) -> go.Figure:
-    """Whole epochs on the x axis (at most about ten ticks)."""
-    last = int(epochs.max()) if len(epochs) and epochs.notna().any() else 1
-    fig.update_xaxes(tick0=1, dtick=max(1, round(last / 10)))
-    return fig
+def image_cards(images: Sequence[np.ndarray], captions: Sequence[str], *, width: int, page: str | None = None,
+                links: Sequence[dict[str, str]] | None = None, label: str = "", icon: str | None = None) -> None:
+    """Images in a flowing row with gaps between them, each captioned and, when `links` are given, with a
+    link under it to `page` with its own query parameters (for instance the patch to open there)."""
+    with st.container(horizontal=True, gap="small"):
+        for i, (image, caption) in enumerate(zip(images, captions)):
+            with st.container(width=width, gap=None):
+                st.image(image, caption=caption, width=width)
+                if links is not None and page is not None:
+                    st.page_link(page, label=label, icon=icon, query_params=links[i])
 
 
-def balance_figure(counts: pd.DataFrame) -> go.Figure:
-    """Stacked bars of patches per class, one bar per split (`split`, `normal`, `tumour`, `unlabelled`)."""
-    fig = go.Figure()
-    for name in ("normal", "tumour", "unlabelled"):
-        if name in counts and counts[name].sum():
-            share = counts[name] / counts[["normal", "tumour", "unlabelled"]].sum(axis=1).clip(lower=1)
-            fig.add_bar(x=counts["split"], y=counts[name], name=name, marker_color=CLASS_COLOURS[name],
-                        customdata=share, hovertemplate="%{x}: %{y:,} " + name + " (%{customdata:.1%})<extra></extra>")
-    return _layout(fig, "Patches per split and class", barmode="stack", yaxis_title="patches")
-
-
-def colour_figures(summary: pd.DataFrame, hist: pd.DataFrame) -> tuple[go.Figure, go.Figure]:
-    """Mean channel value per class (with standard deviation), and the channel histograms per class."""
-    bars = go.Figure()
-    for name, group in summary.groupby("class", sort=False):
-        bars.add_bar(x=group["channel"], y=group["mean"], error_y=dict(type="data", array=group["std"]),
-                     name=f"{name} ({int(group['patches'].iloc[0])} patches)", marker_color=CLASS_COLOURS[name])
-    _layout(bars, "Mean pixel value per channel (± standard deviation)", barmode="group", yaxis=dict(range=[0, 255]))
-    lines = go.Figure()
-    for (name, channel), group in hist.groupby(["class", "channel"], sort=False):
-        lines.add_scatter(x=group["intensity"], y=group["share"], mode="lines", name=f"{name} · {channel}",
-                          line=dict(color=CHANNEL_COLOURS[channel], dash="solid" if name == "tumour" else "dot"))
-    _layout(lines, "Pixel intensity per channel (solid: tumour, dotted: normal)", xaxis_title="intensity (0-255)",
-            yaxis_title="share of pixels")
-    return bars, lines
-
-
-def curves_figure(frame: pd.DataFrame, metric: str, *, title: str | None = None, height: int = 320) -> go.Figure:
-    """One line per run of an epoch metric from `monitor.epoch_frame`."""
-    fig = go.Figure()
-    for run_id, group in frame.groupby("run", sort=False):
-        fig.add_scatter(x=group["epoch"], y=group[metric], mode="lines+markers", name=run_id)
-    _layout(fig, title or CURVE_METRICS[metric], height=height, xaxis_title="epoch",
-            yaxis_title=CURVE_METRICS[metric], showlegend=frame["run"].nunique() > 1)
-    values = frame[metric].dropna()
-    if metric in BOUNDED_METRICS and len(values):  # scores in [0, 1]: never an axis beyond 1
-        fig.update_yaxes(range=[max(0.0, float(values.min()) - 0.02), 1.002])
-    return _epoch_axis(fig, frame["epoch"])
-
-
-def loss_figure(steps: pd.DataFrame, epochs: pd.DataFrame) -> go.Figure:
-    """Training loss every few steps and validation loss per epoch, against epochs."""
-    fig = go.Figure()
-    if len(steps):
-        fig.add_scatter(x=steps["epoch"], y=steps["loss"], mode="lines+markers", name="training loss (recent steps)",
-                        line=dict(color="#7b3f8c"), marker=dict(size=4))
-    if len(epochs):
-        fig.add_scatter(x=epochs["epoch"], y=epochs["loss"], mode="lines+markers", name="validation loss",
-                        line=dict(color="#ef6c00"))
-    _layout(fig, "Loss", xaxis_title="epoch", yaxis_title="loss")
-    return _epoch_axis(fig, epochs["epoch"] if len(epochs) else steps["epoch"])
-
-
-def _curve_figure(report: ThresholdReport, curve: dict[str, list[float]] | None, x: str, y: str, name: str,
-                  hover: str) -> go.Figure:
-    """A curve from `scoring` (keys `x`, `y`, `threshold`) and, as a black cross, the point the
-    report's threshold selects on it (`report.operating_point` uses the same keys)."""
-    fig = go.Figure()
-    if curve is not None:
-        fig.add_scatter(x=curve[x], y=curve[y], mode="lines", name=name, line=dict(color="#7b3f8c"),
-                        customdata=curve["threshold"], hovertemplate=hover + "<br>threshold %{customdata:.3f}<extra></extra>")
-    px, py = report.operating_point[x], report.operating_point[y]
-    if px is not None and py is not None:
-        fig.add_scatter(x=[px], y=[py], mode="markers", name=f"threshold {report.threshold:.2f}",
-                        marker=dict(size=12, color="black", symbol="x"))
-    return fig
-
-
-_UNIT_AXIS = dict(range=[-0.01, 1.01])
-
-
-def roc_figure(report: ThresholdReport) -> go.Figure:
-    fig = _curve_figure(report, report.roc, "fpr", "tpr", "ROC", "1 - specificity %{x:.3f}<br>sensitivity %{y:.3f}")
-    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bdbdbd", dash="dash"), name="chance", hoverinfo="skip")
-    auc = report.metrics["roc_auc"]
-    return _layout(fig, f"ROC curve (AUC {auc:.3f})" if auc is not None else "ROC curve (needs both classes)", height=340,
-                   xaxis_title="1 - specificity (false positive rate)", yaxis_title="sensitivity (recall)",
-                   xaxis=_UNIT_AXIS, yaxis=_UNIT_AXIS)
-
-
-def pr_figure(report: ThresholdReport) -> go.Figure:
-    fig = _curve_figure(report, report.pr, "recall", "precision", "PR", "recall %{x:.3f}<br>precision %{y:.3f}")
-    prevalence = report.metrics["prevalence"]
-    fig.add_hline(y=prevalence, line=dict(color="#bdbdbd", dash="dash"), annotation_text=f"prevalence {prevalence:.2f}")
-    ap = report.metrics["pr_auc"]
-    return _layout(fig, f"Precision-recall curve (AP {ap:.3f})" if ap is not None else "Precision-recall curve", height=340,
-                   xaxis_title="recall (sensitivity)", yaxis_title="precision", xaxis=_UNIT_AXIS, yaxis=_UNIT_AXIS)
-
-
-def confusion_figure(report: ThresholdReport) -> go.Figure:
-    """2x2 heat map coloured by the rate within each true class, annotated with counts and rates."""
-    table = report.confusion
-    order = ["normal", "tumour"]
-    rate = table.pivot(index="true", columns="called", values="rate").reindex(index=order, columns=order)
-    count = table.pivot(index="true", columns="called", values="count").reindex(index=order, columns=order)
-    names = {("normal", "normal"): "true negative", ("normal", "tumour"): "false positive",
-             ("tumour", "normal"): "false negative", ("tumour", "tumour"): "true positive"}
-    text = [[f"{names[(t, c)]}<br><b>{int(count.loc[t, c]):,}</b><br>{rate.loc[t, c]:.1%} of {t}"
-             if rate.loc[t, c] == rate.loc[t, c] else f"{names[(t, c)]}<br>0" for c in order] for t in order]
-    fig = go.Figure(go.Heatmap(z=rate.fillna(0).to_numpy(), x=[f"called {c}" for c in order], y=[f"truly {t}" for t in order],
-                               text=text, texttemplate="%{text}", colorscale="Purples", zmin=0, zmax=1, showscale=False,
-                               hoverinfo="skip"))
-    fig.update_yaxes(autorange="reversed")
-    return _layout(fig, f"Confusion matrix at threshold {report.threshold:.2f}", height=340)
-
-
-def probability_figure(predictions: pd.DataFrame, threshold: float) -> go.Figure:
-    """Histogram of probabilities per true class, with the threshold."""
-    fig = go.Figure()
-    for value, name in ((0, "normal"), (1, "tumour")):
-        probs = predictions.loc[predictions["label"] == value, "probability"]
-        fig.add_histogram(x=probs, name=f"truly {name}", marker_color=CLASS_COLOURS[name], opacity=0.65,
-                          xbins=dict(start=0, end=1.0001, size=0.025))
-    fig.add_vline(x=threshold, line=dict(color="black", width=2), annotation_text=f"threshold {threshold:.2f}")
-    return _layout(fig, "Probabilities by true class", height=340, barmode="overlay", xaxis_title="tumour probability",
-                   yaxis_title="patches")
+def patch_cards(pixels: np.ndarray, captions: Sequence[str], page: str, links: Sequence[dict[str, str]], *,
+                label: str, icon: str | None = None, width: int = 120, scale: int = 2) -> None:
+    """Patches like `patch_tiles` (centre outlined), each with a link under it (see `image_cards`)."""
+    if len(pixels):
+        image_cards(list(outline_centre(pixels, scale=scale, width=scale)), captions, width=width, page=page, links=links,
+                    label=label, icon=icon)

@@ -6,7 +6,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from app_pages import ui
+from pcam_app import figures, ui
 from pcam_core.data import DataError
 from pcam_core.gallery import class_balance
 from pcam_core.jobs import job_error
@@ -28,10 +28,10 @@ if ctx.source is not None:
 st.subheader("Where to start")
 steps = st.columns(4)
 links = [
-    ("app_pages/dataset.py", "Browse patches", ":material/grid_view:", "Look at tumour and normal patches, slide by slide."),
-    ("app_pages/train.py", "Train a model", ":material/model_training:", "Start a run in the background and watch it learn."),
-    ("app_pages/runs.py", "Judge a model", ":material/monitoring:", "ROC, confusion matrix and the most confident errors."),
-    ("app_pages/predict.py", "Score your patches", ":material/upload_file:", "Upload patches and get tumour probabilities."),
+    ("pages/dataset.py", "Browse patches", ":material/grid_view:", "Look at tumour and normal patches, slide by slide."),
+    ("pages/train.py", "Train a model", ":material/model_training:", "Start a run in the background and watch it learn."),
+    ("pages/runs.py", "Judge a model", ":material/monitoring:", "ROC, confusion matrix and the most confident errors."),
+    ("pages/predict.py", "Score your patches", ":material/upload_file:", "Upload patches and get tumour probabilities."),
 ]
 for column, (path, label, icon, text) in zip(steps, links):
     with column.container(border=True):
@@ -86,7 +86,7 @@ with left:
 with right:
     active_rows = source_rows(ctx.source) if ctx.source and ctx.source.exists() else []
     if active_rows:
-        st.plotly_chart(ui.balance_figure(pd.DataFrame(active_rows)), key="balance")
+        st.plotly_chart(figures.balance_figure(pd.DataFrame(active_rows)), key="balance")
         st.caption(f"Class balance of the active dataset, **{ctx.source.name}**. PCam is balanced by design "
                    "(about half of the patches are tumour); real slides hold far less tumour than that.")
 

@@ -1,0 +1,96 @@
+"""Seconds to the first complete render of each dashboard page in headless Chromium.
+
+    python benchmarks/bench_dashboard.py [--workspace benchmarks/out/dashboard-ws] [--patches 262144] [--runs 20]
+
+The workspace holds a 262,144-patch official-layout PCam train split (the active dataset; 7.2 GB,
+written once and reused), the SYNTHETIC demo data and 20 finished runs (one tiny real run, copied).
+A fresh `streamlit run streamlit_app.py` serves it. Each page is timed three ways:
+
+- first: the page's URL opened in a new browser tab, the page's first request since the server started
+  (its caches cold: the split's labels, the model, the heat maps; the first page also pays for the
+  server importing torch and the app);
+- load: the same URL opened again in a new tab (a new Streamlit session: websocket, app shell, page;
+  the browser's cache holds the app's JavaScript, as for any returning user);
+- switch: the median of 3 clicks on the page in the sidebar, from another page (what a user mostly does).
+
+A render is complete when the page shows an element only it has (common.DASHBOARD_PAGES) and the
+script has finished with no spinner left and every chart and image drawn (tests/helpers.PAGE_DRAWN).
+The goal is every page under 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from common import DASHBOARD_PAGES, TESTS, dashboard_workspace, load_average, machine
+
+sys.path.insert(0, str(TESTS))
+from helpers import CHROMIUM, CHROMIUM_ARGS, Dashboard, wait_rendered  # noqa: E402  (the browser tests' own)
+
+GOAL_S = 2.0
+VIEWPORT = {"width": 1400, "height": 1000}
+
+
+def timed(action, page, marker) -> float:
+    start = time.perf_counter()
+    action()
+    wait_rendered(page, marker(page), timeout_ms=120_000)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", type=Path, default=Path(__file__).parent / "out" / "dashboard-ws")
+    parser.add_argument("--patches", type=int, default=262_144)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    from playwright.sync_api import sync_playwright
+
+    root = dashboard_workspace(args.workspace.resolve(), patches=args.patches, runs=args.runs)
+    print(f"{machine()}\n{args.patches:,}-patch active split, {args.runs} finished runs, workspace {root}; {load_average()}")
+    rows = {}
+    with Dashboard(root, root / "streamlit.log") as app, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport=VIEWPORT)  # one browser profile: its HTTP cache holds the app's scripts
+            for path, (_, marker) in DASHBOARD_PAGES.items():  # first: one tab per page, the server's caches cold
+                page = context.new_page()
+                first = timed(lambda: page.goto(f"{app.url}/{path}"), page, marker)
+                page.close()
+                page = context.new_page()
+                load = timed(lambda: page.goto(f"{app.url}/{path}"), page, marker)
+                page.close()
+                rows[path] = {"first": first, "load": load}
+            page = context.new_page()
+            page.goto(app.url)
+            wait_rendered(page, DASHBOARD_PAGES["overview"][1](page), timeout_ms=120_000)
+            names = list(DASHBOARD_PAGES)
+            for path, (title, marker) in DASHBOARD_PAGES.items():
+                other = names[(names.index(path) + 1) % len(names)]
+                times = []
+                for _ in range(args.repeats):
+                    other_title, other_marker = DASHBOARD_PAGES[other]
+                    timed(lambda: page.locator("[data-testid=stSidebarNav]").get_by_text(other_title, exact=True).click(),
+                          page, other_marker)
+                    times.append(timed(lambda: page.locator("[data-testid=stSidebarNav]").get_by_text(title, exact=True).click(),
+                                       page, marker))
+                rows[path]["switch"] = statistics.median(times)
+            errors = page.locator("[data-testid=stException], [data-testid=stAlertContentError]").count()
+        finally:
+            browser.close()
+
+    print(f"\n{'page':<10}{'first (s)':>11}{'load (s)':>10}{'switch (s)':>12}   goal < {GOAL_S:.0f} s")
+    for path, row in rows.items():
+        worst = max(row.values())
+        print(f"{path:<10}{row['first']:>11.2f}{row['load']:>10.2f}{row['switch']:>12.2f}   {'yes' if worst < GOAL_S else 'NO'}")
+    print(f"error elements on the last page: {errors}; {load_average()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Explain: where the evidence for the model's call lies in a patch, as a heat map (Grad-CAM and its
+relatives, `pcam_core.explain`) over the patch, with its centre focus. One patch at a time (chosen by
+outcome, by number or id, or at random) beside its overlay, or a gallery sorted by centre focus, the
+predictions resting most on tissue outside the labelled centre first. The patches come from a scored
+split of the selected run: its validation split (scored by the trainer), or another one scored on
+the Runs page."""
+
+import numpy as np
+import streamlit as st
+
+from pcam_app import heatmaps, ui
+from pcam_core import scoring
+from pcam_core.data import PATCH_SIZE
+from pcam_core.explain import METHOD_NOTES, METHODS, TARGETS, layer_choices, overlay, png_bytes, rank_by_focus, resolve_layer
+from pcam_core.gallery import (
+    OUTCOMES,
+    find_patch,
+    outcome_counts,
+    outcome_examples,
+    outcome_of,
+    outline_centre,
+    random_examples,
+)
+
+VIEWS = {"patch": "One patch", "gallery": "Gallery"}
+PICKS = {"outcome": "By outcome", "number": "By number or id", "random": "At random"}
+GALLERY_SOURCES = {"random": "patches drawn at random", **OUTCOMES}
+LAYER_NOTE = (
+    "A ResNet's last stage is only 3×3 on these 96×96 patches: each cell is as large as the centre box, so its "
+    "maps cannot tell the centre from its surroundings. For where-questions prefer a layer of 12×12 or finer."
+)
+
+ctx = ui.context()
+st.title("Explain")
+run = ui.require_run(ctx, checkpoint=True)
+ui.synthetic_banner(ctx.run_synthetic(run), "This run was trained on SYNTHETIC demo data: its heat maps say nothing about real tissue.")
+st.caption("The heat map shows which parts of the patch drove the model's score, computed from the model's own layers "
+           "(a class activation map). It shows what the model used, not where the tumour is. The box marks the central "
+           "32×32 pixels, the region the label describes (green on the patch, white on the heat map).")
+
+try:
+    splits = scoring.scored_splits(run)
+except (OSError, ValueError) as err:
+    ui.fail(f"Cannot read the data of run {run.run_id}: {err}")
+if not splits:
+    st.info(f"Run {run.run_id} has no predictions yet: they are written when its first epoch ends.", icon=":material/hourglass_top:")
+    st.stop()
+
+# A link from another page names a patch (?patch=123): open it. The gallery's "Open it" sets these too.
+st.session_state.setdefault("view", "patch")
+st.session_state.setdefault("pick", "number" if st.query_params.get("patch") else "outcome")
+top = st.columns([1.2, 1.6, 2.2], vertical_alignment="bottom")
+view = top[0].segmented_control("Show", list(VIEWS), format_func=VIEWS.get, required=True, key="view")
+split = top[1].segmented_control("Patches of the split", splits, default=splits[0], required=True, key="split",
+                                 bind="query-params",
+                                 help="The validation split is scored by the trainer; score others on the Runs page to explain them.")
+try:
+    predictions = scoring.split_predictions(run, split)
+except (OSError, ValueError) as err:
+    ui.fail(str(err))
+if predictions is None or predictions.empty:
+    ui.fail(f"The {split} predictions of run {run.run_id} are missing or out of date; score the split again on the Runs page.")
+dataset = ui.run_split(run, split)
+
+model_name = heatmaps.model_name(run)
+layers = layer_choices(model_name)
+if st.session_state.get("layer") not in layers:  # another run's model has other layers
+    st.session_state.pop("layer", None)
+settings = st.columns([1.2, 1.2, 1.1, 1.3], vertical_alignment="top")
+method = settings[0].selectbox("Method", list(METHODS), key="method", bind="query-params")
+settings[0].caption(METHOD_NOTES[method])
+layer = settings[1].selectbox("Layer", list(layers), format_func=lambda path: layers[path] + (" (default)" if path == next(iter(layers)) else ""),
+                              key="layer", help=LAYER_NOTE)
+_, resolution = resolve_layer(model_name, layer)
+cell = PATCH_SIZE // resolution
+settings[1].caption(f"Each cell of this {resolution}×{resolution} map covers {cell}×{cell} pixels. {LAYER_NOTE}")
+target = settings[2].segmented_control("Evidence for", list(TARGETS), default="tumour", required=True, key="target",
+                                       bind="query-params", help="Explain the score for tumour, or for normal tissue.")
+opacity = settings[3].slider("Heat map opacity", 0.0, 1.0, 0.5, 0.05, key="opacity",
+                             help="0 shows the tissue alone, 1 the heat map alone.")
+if method == "scorecam":
+    st.warning("Score-CAM runs the model once per channel of the layer: a gallery can take a while on a CPU.",
+               icon=":material/hourglass_top:")
+st.divider()
+
+
+def open_patch(index: int) -> None:
+    """From the gallery to one patch (a callback: it runs before the widgets it sets are drawn)."""
+    st.session_state.update(view="patch", pick="number", patch=str(index))
+
+
+def patch_view() -> None:
+    pick_col, threshold_col = st.columns([3, 1.3], vertical_alignment="bottom")
+    pick = pick_col.segmented_control("Choose a patch", list(PICKS), format_func=PICKS.get, required=True, key="pick")
+    threshold = threshold_col.slider("Decision threshold", 0.0, 1.0, 0.5, 0.005, key="explain_threshold", format="%.3f",
+                                     help="Sorts patches into true and false positives and negatives.")
+    if pick == "outcome":
+        counts = outcome_counts(predictions, threshold)
+        left, right = st.columns(2)
+        first = next((i for i, name in enumerate(OUTCOMES) if counts[name]), 0)  # errors first, when there are any
+        outcome = left.selectbox("Outcome", list(OUTCOMES), index=first, key="outcome",
+                                 format_func=lambda o: f"{OUTCOMES[o][0].upper()}{OUTCOMES[o][1:]}: {counts[o]:,}")
+        rows = outcome_examples(predictions, threshold, outcome, k=200)
+        if rows.empty:
+            st.info(f"No {OUTCOMES[outcome].split(' (')[0]} at the threshold {threshold:.3f}.", icon=":material/filter_alt_off:")
+            return
+        scores = dict(zip(rows["index"], rows["probability"]))
+        chosen = right.selectbox("Patch (the most confident first)", list(scores), key="outcome_patch",
+                                 format_func=lambda i: f"#{i} · p={scores[i]:.3f}")
+        row = rows[rows["index"] == chosen].iloc[0]
+    elif pick == "number":
+        query = st.text_input("Patch number or id", key="patch", bind="query-params",
+                              placeholder=f"a number from 0 to {len(dataset) - 1}, or the first characters of an id")
+        if not query.strip():
+            st.info("Type a patch number (as captioned on the Dataset and Runs pages) or a patch id.", icon=":material/search:")
+            return
+        try:
+            row = find_patch(predictions, query)
+        except ValueError as err:
+            ui.fail(f"Patch {query!r}: {err}")
+    else:
+        if st.button("Another random patch", icon=":material/shuffle:"):
+            st.session_state["explain_seed"] = st.session_state.get("explain_seed", 0) + 1
+        row = random_examples(predictions, 1, seed=st.session_state.get("explain_seed", 0)).iloc[0]
+
+    index, label = int(row["index"]), int(row["label"])
+    pixels = dataset.read_pixels(np.array([index]))
+    result = heatmaps.explain(run, pixels, method=method, layer=layer, target=target)
+    probability, focus = float(result.probabilities[0]), float(result.centre_focus[0])
+    picture = overlay(pixels[0], result.maps[0], opacity=opacity, scale=4, box_width=3)
+    images, facts = st.columns([2, 1.1], gap="medium")
+    with images:
+        plain, heat = st.columns(2)
+        plain.image(outline_centre(pixels[0], scale=4, width=3), width="stretch",
+                    caption=f"Patch #{index} of {split}, label {ui.label_name(label)} (4× enlarged)")
+        heat.image(picture, width="stretch", caption=f"{method} at {layers[layer]}, evidence for {target}")
+        heatmaps.colour_legend(target)
+    with facts:
+        call = "tumour" if probability >= threshold else "normal"
+        outcome_name = (outcome_of(label, probability, threshold) or "unlabelled").replace("_", " ")
+        numbers = st.columns(2)
+        numbers[0].metric("Tumour probability", f"{probability:.3f}", help=ui.PROBABILITY_NOTE)
+        numbers[1].metric("Centre focus", heatmaps.focus_text(focus), help=heatmaps.CENTRE_FOCUS_NOTE)
+        st.markdown(f"**Label:** {ui.label_name(label)} · **call at {threshold:.3f}:** {call} ({outcome_name})")
+        st.caption(heatmaps.CENTRE_FOCUS_NOTE)
+        st.download_button("Download the overlay (PNG)", lambda: png_bytes(picture), icon=":material/download:",
+                           file_name=f"patch-{index}-{method}-{layer}-{target}.png", mime="image/png", on_click="ignore")
+        st.caption(f"Id `{row['id']}`")
+
+
+def gallery_view() -> None:
+    source_col, threshold_col, count_col = st.columns([2, 1.3, 1], vertical_alignment="bottom")
+    source = source_col.selectbox("Patches", list(GALLERY_SOURCES), key="gallery_source",
+                                  format_func=lambda s: f"{GALLERY_SOURCES[s][0].upper()}{GALLERY_SOURCES[s][1:]}")
+    threshold = threshold_col.slider("Decision threshold", 0.0, 1.0, 0.5, 0.005, key="gallery_threshold", format="%.3f",
+                                     disabled=source == "random", help="Sorts patches into true and false positives and negatives.")
+    count = count_col.selectbox("How many", [12, 24, 48], index=1, key="gallery_count",
+                                help="The most confident of the outcome; computing a map takes a few hundredths of a second each.")
+    if source == "random":
+        rows = random_examples(predictions, count, seed=st.session_state.get("explain_seed", 0))
+    else:
+        rows = outcome_examples(predictions, threshold, source, k=count)
+    if rows.empty:
+        st.info(f"No {GALLERY_SOURCES[source].split(' (')[0]} at the threshold {threshold:.3f}.", icon=":material/filter_alt_off:")
+        return
+    rows = rows.sort_values("index")  # the file reads sorted indices fastest
+    indices = rows["index"].to_numpy()
+    pixels = dataset.read_pixels(indices)
+    result = heatmaps.explain(run, pixels, method=method, layer=layer, target=target)
+    order = rank_by_focus(result.centre_focus)
+    tiles = overlay(pixels[order], result.maps[order], opacity=opacity, scale=2, box_width=2)
+    labels = rows["label"].to_numpy()
+    st.caption(f"{len(rows)} {GALLERY_SOURCES[source]}, sorted by centre focus, **lowest first**: the first calls rest most "
+               f"on tissue outside the labelled centre. Caption: patch number, label, tumour probability, centre focus.")
+    ui.image_cards(list(tiles), width=176, captions=[
+        f"#{indices[i]} · {ui.label_name(labels[i])} · p={result.probabilities[i]:.2f} · focus {heatmaps.focus_text(result.centre_focus[i])}"
+        for i in order])
+    heatmaps.colour_legend(target, width=520)
+    st.caption(heatmaps.CENTRE_FOCUS_NOTE)
+    pick_col, button_col = st.columns([2, 1], vertical_alignment="bottom")
+    chosen = pick_col.selectbox("Look at one closely", [int(indices[i]) for i in order], format_func=lambda i: f"#{i}",
+                                key="gallery_pick")
+    button_col.button("Open it", icon=":material/zoom_in:", on_click=open_patch, args=(chosen,))
+
+
+if view == "patch":
+    patch_view()
+else:
+    gallery_view()

@@ -1,0 +1,149 @@
+"""The dashboard's plotly figures: class balance, colours, learning curves, ROC and PR curves, the
+confusion matrix and probability histograms. Each is a function of what `pcam_core` computed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from pcam_core.monitor import CURVE_METRICS
+from pcam_core.scoring import ThresholdReport
+
+TUMOUR_COLOUR = "#c2185b"
+NORMAL_COLOUR = "#00897b"
+CLASS_COLOURS = {"tumour": TUMOUR_COLOUR, "normal": NORMAL_COLOUR, "unlabelled": "#9e9e9e"}
+CHANNEL_COLOURS = {"red": "#d32f2f", "green": "#388e3c", "blue": "#1976d2"}
+BOUNDED_METRICS = ("roc_auc", "pr_auc", "accuracy", "f1")
+
+
+def _layout(fig: go.Figure, title: str, height: int = 320, **kwargs: Any) -> go.Figure:
+    fig.update_layout(title=dict(text=title, font=dict(size=15)), height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      template="plotly_white", legend=dict(orientation="h", yanchor="top", y=-0.22, x=0), **kwargs)
+    return fig
+
+
+def _epoch_axis(fig: go.Figure, epochs: pd.Series) -> go.Figure:
+    """Whole epochs on the x axis (at most about ten ticks)."""
+    last = int(epochs.max()) if len(epochs) and epochs.notna().any() else 1
+    fig.update_xaxes(tick0=1, dtick=max(1, round(last / 10)))
+    return fig
+
+
+def balance_figure(counts: pd.DataFrame) -> go.Figure:
+    """Stacked bars of patches per class, one bar per split (`split`, `normal`, `tumour`, `unlabelled`)."""
+    fig = go.Figure()
+    for name in ("normal", "tumour", "unlabelled"):
+        if name in counts and counts[name].sum():
+            share = counts[name] / counts[["normal", "tumour", "unlabelled"]].sum(axis=1).clip(lower=1)
+            fig.add_bar(x=counts["split"], y=counts[name], name=name, marker_color=CLASS_COLOURS[name],
+                        customdata=share, hovertemplate="%{x}: %{y:,} " + name + " (%{customdata:.1%})<extra></extra>")
+    return _layout(fig, "Patches per split and class", barmode="stack", yaxis_title="patches")
+
+
+def colour_figures(summary: pd.DataFrame, hist: pd.DataFrame) -> tuple[go.Figure, go.Figure]:
+    """Mean channel value per class (with standard deviation), and the channel histograms per class."""
+    bars = go.Figure()
+    for name, group in summary.groupby("class", sort=False):
+        bars.add_bar(x=group["channel"], y=group["mean"], error_y=dict(type="data", array=group["std"]),
+                     name=f"{name} ({int(group['patches'].iloc[0])} patches)", marker_color=CLASS_COLOURS[name])
+    _layout(bars, "Mean pixel value per channel (± standard deviation)", barmode="group", yaxis=dict(range=[0, 255]))
+    lines = go.Figure()
+    for (name, channel), group in hist.groupby(["class", "channel"], sort=False):
+        lines.add_scatter(x=group["intensity"], y=group["share"], mode="lines", name=f"{name} · {channel}",
+                          line=dict(color=CHANNEL_COLOURS[channel], dash="solid" if name == "tumour" else "dot"))
+    _layout(lines, "Pixel intensity per channel (solid: tumour, dotted: normal)", xaxis_title="intensity (0-255)",
+            yaxis_title="share of pixels")
+    return bars, lines
+
+
+def curves_figure(frame: pd.DataFrame, metric: str, *, title: str | None = None, height: int = 320) -> go.Figure:
+    """One line per run of an epoch metric from `monitor.epoch_frame`."""
+    fig = go.Figure()
+    for run_id, group in frame.groupby("run", sort=False):
+        fig.add_scatter(x=group["epoch"], y=group[metric], mode="lines+markers", name=run_id)
+    _layout(fig, title or CURVE_METRICS[metric], height=height, xaxis_title="epoch",
+            yaxis_title=CURVE_METRICS[metric], showlegend=frame["run"].nunique() > 1)
+    values = frame[metric].dropna()
+    if metric in BOUNDED_METRICS and len(values):  # scores in [0, 1]: never an axis beyond 1
+        fig.update_yaxes(range=[max(0.0, float(values.min()) - 0.02), 1.002])
+    return _epoch_axis(fig, frame["epoch"])
+
+
+def loss_figure(steps: pd.DataFrame, epochs: pd.DataFrame) -> go.Figure:
+    """Training loss every few steps and validation loss per epoch, against epochs."""
+    fig = go.Figure()
+    if len(steps):
+        fig.add_scatter(x=steps["epoch"], y=steps["loss"], mode="lines+markers", name="training loss (recent steps)",
+                        line=dict(color="#7b3f8c"), marker=dict(size=4))
+    if len(epochs):
+        fig.add_scatter(x=epochs["epoch"], y=epochs["loss"], mode="lines+markers", name="validation loss",
+                        line=dict(color="#ef6c00"))
+    _layout(fig, "Loss", xaxis_title="epoch", yaxis_title="loss")
+    return _epoch_axis(fig, epochs["epoch"] if len(epochs) else steps["epoch"])
+
+
+def _curve_figure(report: ThresholdReport, curve: dict[str, list[float]] | None, x: str, y: str, name: str,
+                  hover: str) -> go.Figure:
+    """A curve from `scoring` (keys `x`, `y`, `threshold`) and, as a black cross, the point the
+    report's threshold selects on it (`report.operating_point` uses the same keys)."""
+    fig = go.Figure()
+    if curve is not None:
+        fig.add_scatter(x=curve[x], y=curve[y], mode="lines", name=name, line=dict(color="#7b3f8c"),
+                        customdata=curve["threshold"], hovertemplate=hover + "<br>threshold %{customdata:.3f}<extra></extra>")
+    px, py = report.operating_point[x], report.operating_point[y]
+    if px is not None and py is not None:
+        fig.add_scatter(x=[px], y=[py], mode="markers", name=f"threshold {report.threshold:.2f}",
+                        marker=dict(size=12, color="black", symbol="x"))
+    return fig
+
+
+_UNIT_AXIS = dict(range=[-0.01, 1.01])
+
+
+def roc_figure(report: ThresholdReport) -> go.Figure:
+    fig = _curve_figure(report, report.roc, "fpr", "tpr", "ROC", "1 - specificity %{x:.3f}<br>sensitivity %{y:.3f}")
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bdbdbd", dash="dash"), name="chance", hoverinfo="skip")
+    auc = report.metrics["roc_auc"]
+    return _layout(fig, f"ROC curve (AUC {auc:.3f})" if auc is not None else "ROC curve (needs both classes)", height=340,
+                   xaxis_title="1 - specificity (false positive rate)", yaxis_title="sensitivity (recall)",
+                   xaxis=_UNIT_AXIS, yaxis=_UNIT_AXIS)
+
+
+def pr_figure(report: ThresholdReport) -> go.Figure:
+    fig = _curve_figure(report, report.pr, "recall", "precision", "PR", "recall %{x:.3f}<br>precision %{y:.3f}")
+    prevalence = report.metrics["prevalence"]
+    fig.add_hline(y=prevalence, line=dict(color="#bdbdbd", dash="dash"), annotation_text=f"prevalence {prevalence:.2f}")
+    ap = report.metrics["pr_auc"]
+    return _layout(fig, f"Precision-recall curve (AP {ap:.3f})" if ap is not None else "Precision-recall curve", height=340,
+                   xaxis_title="recall (sensitivity)", yaxis_title="precision", xaxis=_UNIT_AXIS, yaxis=_UNIT_AXIS)
+
+
+def confusion_figure(report: ThresholdReport) -> go.Figure:
+    """2x2 heat map coloured by the rate within each true class, annotated with counts and rates."""
+    table = report.confusion
+    order = ["normal", "tumour"]
+    rate = table.pivot(index="true", columns="called", values="rate").reindex(index=order, columns=order)
+    count = table.pivot(index="true", columns="called", values="count").reindex(index=order, columns=order)
+    names = {("normal", "normal"): "true negative", ("normal", "tumour"): "false positive",
+             ("tumour", "normal"): "false negative", ("tumour", "tumour"): "true positive"}
+    text = [[f"{names[(t, c)]}<br><b>{int(count.loc[t, c]):,}</b><br>{rate.loc[t, c]:.1%} of {t}"
+             if rate.loc[t, c] == rate.loc[t, c] else f"{names[(t, c)]}<br>0" for c in order] for t in order]
+    fig = go.Figure(go.Heatmap(z=rate.fillna(0).to_numpy(), x=[f"called {c}" for c in order], y=[f"truly {t}" for t in order],
+                               text=text, texttemplate="%{text}", colorscale="Purples", zmin=0, zmax=1, showscale=False,
+                               hoverinfo="skip"))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, f"Confusion matrix at threshold {report.threshold:.2f}", height=340)
+
+
+def probability_figure(predictions: pd.DataFrame, threshold: float) -> go.Figure:
+    """Histogram of probabilities per true class, with the threshold."""
+    fig = go.Figure()
+    for value, name in ((0, "normal"), (1, "tumour")):
+        probs = predictions.loc[predictions["label"] == value, "probability"]
+        fig.add_histogram(x=probs, name=f"truly {name}", marker_color=CLASS_COLOURS[name], opacity=0.65,
+                          xbins=dict(start=0, end=1.0001, size=0.025))
+    fig.add_vline(x=threshold, line=dict(color="black", width=2), annotation_text=f"threshold {threshold:.2f}")
+    return _layout(fig, "Probabilities by true class", height=340, barmode="overlay", xaxis_title="tumour probability",
+                   yaxis_title="patches")

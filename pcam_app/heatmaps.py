@@ -1,0 +1,101 @@
+"""Drawing class activation maps (`pcam_core.explain`) in the dashboard: explanations cached per
+checkpoint, patches and settings; overlays beside their patches; the colour scale; and the words a
+reader needs for centre focus. Used by the Explain, Predict and Runs pages."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from pcam_core.checkpoint import model_from_checkpoint
+from pcam_core.explain import DEFAULT_COLORMAP, DEFAULT_METHOD, UNIFORM_FOCUS, Explanation, colour_stops, explain_batch, overlay
+from pcam_core.gallery import outline_centre
+from pcam_core.predict import checkpoint_path
+from pcam_core.runs import RunDir
+
+from . import ui
+
+EXPLAIN_PAGE = "pages/explain.py"
+CENTRE_FOCUS_NOTE = (
+    "**Centre focus** is the share of the heat map that falls inside the central 32×32 box, the region the "
+    f"label describes: about {UNIFORM_FOCUS:.2f} when the map is spread evenly over the patch, 1 when all of it "
+    "lies in the box. A low value means the evidence for this call lies in the surrounding tissue, which the "
+    "label does not describe: look there. It does **not** say whether the call is right (a model can look at "
+    "the centre and be wrong), and it cannot be compared between methods or layers."
+)
+MAP_NOTE = (
+    "Each map is scaled to its own strongest point: red in one patch is not more evidence than red in another."
+)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model...")
+def _explainer(checkpoint: str, mtime: float) -> tuple[Any, Any, dict[str, Any]]:
+    # A copy of its own: while a map is computed, hooks sit on the model, and another session's
+    # prediction through a shared model would pass through them.
+    return model_from_checkpoint(checkpoint, "cpu")
+
+
+@st.cache_data(max_entries=256, show_spinner="Computing heat maps...")
+def _explain(checkpoint: str, mtime: float, digest: str, method: str, layer: str | None, target: str,
+             _pixels: np.ndarray) -> Explanation:
+    model, config, _ = _explainer(checkpoint, mtime)
+    return explain_batch(model, _pixels, model_name=config.model.name, method=method, layer=layer, target=target)
+
+
+def _checkpoint(run: RunDir) -> tuple[str, float]:
+    """The run's best checkpoint and its version (to key the caches on)."""
+    try:
+        path = checkpoint_path(run.path, "best")
+        return str(path), path.stat().st_mtime
+    except OSError as err:
+        ui.fail(f"Cannot read the checkpoint of run {run.run_id}: {err}")
+
+
+def model_name(run: RunDir) -> str:
+    """The registered model name of the run's best checkpoint."""
+    try:
+        return _explainer(*_checkpoint(run))[1].model.name
+    except (OSError, ValueError) as err:
+        ui.fail(f"Cannot load the model of run {run.run_id}: {err}")
+
+
+def explain(run: RunDir, pixels: np.ndarray, *, method: str = DEFAULT_METHOD, layer: str | None = None,
+            target: str = "tumour") -> Explanation:
+    """Maps of `pixels` ((B, 96, 96, 3) uint8) with the run's best model, computed once per checkpoint,
+    patches and settings."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    digest = hashlib.sha1(pixels.tobytes()).hexdigest()
+    try:
+        return _explain(*_checkpoint(run), digest, method, layer, target, pixels)
+    except (OSError, ValueError, RuntimeError) as err:
+        ui.fail(f"Cannot compute heat maps with run {run.run_id}: {err}")
+
+
+def side_by_side(pixels: np.ndarray, explanation: Explanation, *, opacity: float = 0.5, scale: int = 2,
+                 gap: int = 4) -> np.ndarray:
+    """Each patch (centre outlined in green) beside its overlay (centre outlined in white), as
+    (B, 96s, 2 * 96s + gap, 3) uint8 images on a white background."""
+    plain = outline_centre(pixels, scale=scale, width=scale)
+    heat = overlay(pixels, explanation.maps, opacity=opacity, scale=scale, box_width=scale)
+    spacer = np.full((*plain.shape[:-2], gap, 3), 255, dtype=np.uint8)
+    return np.concatenate([plain, spacer, heat], axis=-2)
+
+
+def focus_text(value: float) -> str:
+    return "none (empty map)" if value != value else f"{value:.2f}"
+
+
+def colour_legend(target: str, cmap: str = DEFAULT_COLORMAP, *, width: int | str = "stretch") -> None:
+    """The colour scale of the overlays, from no evidence to the strongest evidence for `target`."""
+    stops = ", ".join(f"{colour} {100 * value:.0f}%" for value, colour in colour_stops(cmap))
+    st.html(
+        f'<div style="font-size:0.85rem">'
+        f'<div style="height:14px;border-radius:3px;background:linear-gradient(to right, {stops})"></div>'
+        f'<div style="display:flex;justify-content:space-between;margin-top:2px">'
+        f"<span>0: no evidence</span><span>0.5</span><span>1: strongest evidence for {target}</span></div></div>",
+        width=width,
+    )
+    st.caption(MAP_NOTE)
