@@ -90,7 +90,7 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation recipe."""
 
-    epochs: int = 30
+    epochs: int = 36
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
