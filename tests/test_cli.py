@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,8 +17,12 @@ from pcam_core.cli import main
 def test_python_dash_m_and_console_script_agree():
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("pcam_core ")
-    pcam = shutil.which("pcam")
-    assert pcam, "the `pcam` console script is installed with the package"
+    # The console script sits beside the interpreter of the environment the package is installed in
+    # (the test command runs .venv/bin/python without activating the environment, so not on PATH).
+    pcam = Path(sys.executable).with_name("pcam")
+    assert pcam.is_file(), f"the `pcam` console script is installed with the package beside {sys.executable}"
+    script = subprocess.run([str(pcam), "--version"], capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0 and script.stdout == result.stdout
 
 
 def test_end_to_end_on_demo_data(tmp_path):
