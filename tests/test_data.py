@@ -29,6 +29,7 @@ from pcam_core.data.common import stratified_split
 from pcam_core.data.convert import convert_kaggle
 from pcam_core.data.demo import DemoSpec, generate_patches, is_demo_dataset
 from pcam_core.data.verify import verify_path
+from pcam_core.transforms import eval_preset
 
 
 # -- HDF5 ------------------------------------------------------------------------------------------
@@ -145,6 +146,22 @@ def test_loader_shuffle_is_seeded(official):
     ds = PCamH5(root, "valid")
     order = lambda seed: [i for b in make_loader(ds, 50, shuffle=True, num_workers=0, seed=seed) for i in b["index"].tolist()]
     assert order(1) == order(1) and order(1) != order(2)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_normalises_in_the_workers_without_ids(official, workers):
+    """`batch_transform` runs on whole batches (in the workers, writing into shared memory) and gives
+    exactly what the same transform gives in the main process; `ids=False` leaves the ids out."""
+    root, images, _ = official
+    loader = make_loader(PCamH5(root, "valid"), 64, shuffle=True, num_workers=workers, seed=2, ids=False,
+                         batch_transform=eval_preset())
+    seen = 0
+    for batch in loader:
+        expected = eval_preset()(torch.from_numpy(images[batch["index"].numpy()]).permute(0, 3, 1, 2))
+        assert batch["image"].dtype == torch.float32 and torch.equal(batch["image"], expected)
+        assert batch["id"] is None
+        seen += len(batch["index"])
+    assert seen == 300
 
 
 # -- Kaggle layout on the real patches ----------------------------------------------------------------

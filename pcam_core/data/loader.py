@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, get_worker_info
 
 from .base import PatchDataset
 from .common import IMAGE_EXTENSIONS, PATCH_SHAPE, DataError, stratified_split
@@ -143,6 +145,24 @@ def _batch_as_is(batch: Any) -> Any:
     return batch
 
 
+def _fixed_mmap_threshold(_worker_id: int) -> None:
+    """Worker start-up: return large freed blocks to the OS at once.
+
+    A worker allocates and frees a batch-sized block (a float batch is 28 MB at 256 patches) per batch;
+    glibc's malloc raises its mmap threshold after the first such free and then serves these blocks
+    from a heap that fragments, so each worker's memory grew to 4 GB while streaming a 262,144-patch
+    split (benchmarks/bench_data.py --stream-full). A fixed 1 MiB threshold keeps it at its start-up size.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to tune
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+
+
+_M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+
+
 class _LoaderView(Dataset):
     """What a loader's workers fetch through: the dataset's batches with the loader's options."""
 
@@ -156,7 +176,34 @@ class _LoaderView(Dataset):
 
     def __getitems__(self, indices: list[int]) -> dict[str, Any]:
         with torch.no_grad():
-            return self.dataset.fetch(indices, ids=self.ids, batch_transform=self.batch_transform)
+            batch = self.dataset.fetch(indices, ids=self.ids)
+            if self.batch_transform is not None:
+                batch["image"] = self._transform(batch["image"])
+        return batch
+
+    def _transform(self, images: torch.Tensor) -> torch.Tensor:
+        """In a worker process, a transform that can write into a given tensor (`Normalize`) writes
+        straight into shared memory: the batch then travels to the main process without the copy into
+        shared memory that torch makes of every other tensor (28 MB per float batch of 256 patches;
+        the copy took longer than the normalisation itself)."""
+        if getattr(self.batch_transform, "accepts_out", False) and get_worker_info() is not None:
+            out = _shared_float_like(images)
+            if out is not None:
+                return self.batch_transform(images, out=out)
+        return self.batch_transform(images)
+
+
+def _shared_float_like(images: torch.Tensor) -> torch.Tensor | None:
+    """An empty float32 tensor in shared memory with the shape and strides of `images` (None when this
+    torch build cannot allocate one directly)."""
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
+    if new_shared is None:
+        return None
+    storage = new_shared(images.numel() * 4)
+    strides = images.stride() if images.is_contiguous(memory_format=torch.channels_last) or images.is_contiguous() else None
+    if strides is None:
+        return torch.empty(0, dtype=torch.float32).set_(storage, 0, images.shape)
+    return torch.empty(0, dtype=torch.float32).set_(storage, 0, images.shape, strides)
 
 
 class SkipBatchesSampler(Sampler[int]):
@@ -220,6 +267,7 @@ def make_loader(
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
         multiprocessing_context="fork" if workers > 0 and os.name == "posix" else None,
+        worker_init_fn=_fixed_mmap_threshold if workers > 0 and sys.platform.startswith("linux") else None,
     )
 
 
