@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import random
 import re
+import shutil
 import sys
 import time
 from collections import Counter, defaultdict
@@ -163,6 +164,7 @@ def main() -> None:
             tally, steps, opened = asyncio.run(run(args, root, finished, training.run_id, patch, app.url))
         finally:
             stop(training, timeout=60)
+            shutil.rmtree(training.path, ignore_errors=True)  # leave the workspace as bench_dashboard.py expects it
     print(f"after: {load_average()}; pages opened per session: {opened}")
     print(f"\n{'action':<24}{'n':>4}{'p50 (s)':>9}{'p90 (s)':>9}{'max (s)':>9}")
     for name in sorted(tally.times):

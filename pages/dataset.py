@@ -99,8 +99,8 @@ if labelled:
     summary, hist = ui.colour_stats(source, split)
     bars, lines = figures.colour_figures(summary, hist)
     left, right = st.columns(2)
-    left.plotly_chart(bars, key="colour_means")
-    right.plotly_chart(lines, key="colour_hist")
+    ui.chart(bars, key="colour_means", where=left)
+    ui.chart(lines, key="colour_hist", where=right)
     st.caption(f"Measured on a random sample of at most {int(summary['patches'].max()):,} patches per class, never the "
                "whole split. Tumour cells have large nuclei dense in haematoxylin, so tumour patches tend to be darker "
                "and more purple; a model must not learn stain differences between slides instead.")

@@ -86,7 +86,7 @@ with left:
 with right:
     active_rows = source_rows(ctx.source) if ctx.source and ctx.source.exists() else []
     if active_rows:
-        st.plotly_chart(figures.balance_figure(pd.DataFrame(active_rows)), key="balance")
+        ui.chart(figures.balance_figure(pd.DataFrame(active_rows)), key="balance")
         st.caption(f"Class balance of the active dataset, **{ctx.source.name}**. PCam is balanced by design "
                    "(about half of the patches are tumour); real slides hold far less tumour than that.")
 

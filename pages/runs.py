@@ -34,7 +34,7 @@ if with_epochs:
     chosen = pick.multiselect("Runs", list(with_epochs), default=list(with_epochs)[:4], key="curve_runs")
     metric = metric_col.selectbox("Metric", list(CURVE_METRICS), format_func=lambda m: CURVE_METRICS[m], key="curve_metric")
     if chosen:
-        st.plotly_chart(figures.curves_figure(epoch_frame({rid: with_epochs[rid] for rid in chosen}), metric), key="curves")
+        ui.chart(figures.curves_figure(epoch_frame({rid: with_epochs[rid] for rid in chosen}), metric), key="curves")
 
 # -- the selected run -------------------------------------------------------------------------------------
 st.divider()
@@ -119,11 +119,11 @@ for column, (label, value, help_text) in zip(cells, [
 st.caption(f"{m['n']:,} patches of the {split} split, {m['prevalence']:.1%} tumour.")
 
 row1 = st.columns(2)
-row1[0].plotly_chart(figures.roc_figure(report), key="roc")
-row1[1].plotly_chart(figures.pr_figure(report), key="pr")
+ui.chart(figures.roc_figure(report), key="roc", where=row1[0])
+ui.chart(figures.pr_figure(report), key="pr", where=row1[1])
 row2 = st.columns(2)
-row2[0].plotly_chart(figures.confusion_figure(report), key="confusion")
-row2[1].plotly_chart(figures.probability_figure(predictions, threshold), key="histogram")
+ui.chart(figures.confusion_figure(report), key="confusion", where=row2[0])
+ui.chart(figures.probability_figure(predictions, threshold), key="histogram", where=row2[1])
 
 # -- error gallery ----------------------------------------------------------------------------------------
 st.subheader("Most confident errors")

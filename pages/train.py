@@ -151,12 +151,15 @@ def live_view(run: RunDir, drawn_state: str) -> None:
     steps_per_epoch = status.get("steps_per_epoch")
     curves = epoch_frame({run.run_id: epochs})
     left, right = st.columns(2)
-    left.plotly_chart(figures.loss_figure(step_frame(steps, steps_per_epoch), curves), key="live_loss")
-    right.plotly_chart(figures.curves_figure(curves, "roc_auc", title="Validation ROC-AUC per epoch"), key="live_auc")
+    ui.chart(figures.loss_figure(step_frame(steps, steps_per_epoch), curves), key="live_loss", where=left)
+    ui.chart(figures.curves_figure(curves, "roc_auc", title="Validation ROC-AUC per epoch"), key="live_auc", where=right)
     log = run.log_tail(12)
     if state == "failed" and not log.strip():
         log = run.log_tail(12, console=True)
-    st.code(log or "(no log yet)", language=None)
+    # Plain monospace text: a code block would load a syntax highlighter (a quarter of a second of the
+    # browser's time when the page opens in a new tab) for a log that has no syntax to highlight.
+    with st.container(border=True):
+        st.text(log or "(no log yet)")
 
 
 with live_column:

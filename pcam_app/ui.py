@@ -62,6 +62,17 @@ def fail(message: str) -> NoReturn:
     st.stop()
 
 
+# Plotly's mode bar (zoom, pan, PNG buttons) is built for every chart when a page renders: on the
+# Runs page it was more than half the browser's plotly time (benchmarks/profile_dashboard_load.py).
+# Without it charts still zoom by dragging and reset on a double click.
+CHART_CONFIG = {"displayModeBar": False}
+
+
+def chart(figure: Any, *, key: str, where: Any = st) -> None:
+    """Draw a plotly figure the way every page does."""
+    where.plotly_chart(figure, key=key, config=CHART_CONFIG)
+
+
 def synthetic_banner(synthetic: bool, headline: str = "SYNTHETIC demo data, not real tissue.") -> None:
     """The warning every view of synthetic data, or of a model trained on it, carries."""
     if synthetic:
