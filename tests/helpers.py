@@ -36,6 +36,16 @@ PAGE_DRAWN = """() => {
 }"""
 
 
+def wait_for(predicate, timeout: float = 120, every: float = 0.2) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass; returns whether it held."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return bool(predicate())
+
+
 def write_official_h5(root: Path, split: str, images: np.ndarray, labels: np.ndarray | None, *, chunks=None,
                       compression=None, meta: pd.DataFrame | None = None) -> None:
     """Write a split the way the official files are laid out, with h5py directly (not our writer)."""

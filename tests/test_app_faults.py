@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 from streamlit.testing.v1 import AppTest
 
-from helpers import REPO
+from helpers import REPO, wait_for
 from pcam_core.config import ExperimentConfig
 from pcam_core.workspace import ENV_VAR, Workspace
 
@@ -24,20 +23,13 @@ def _train_page(root, monkeypatch, run_id: str) -> AppTest:
     return at
 
 
-def _wait(predicate, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline and not predicate():
-        time.sleep(0.3)
-    return predicate()
-
-
 def test_a_non_finite_loss_is_shown_with_its_reason(demo_root, tmp_path, monkeypatch):
     workspace = Workspace(tmp_path)
     workspace.add_source(demo_root, "demo")
     config = ExperimentConfig().replace(data={"path": str(demo_root), "num_workers": 0},
                                         train={"epochs": 1, "batch_size": 32, "pos_weight": 1e38})
     run = workspace.start_run(config)  # a real run whose loss overflows to infinity at once
-    assert _wait(lambda: run.status()["state"] == "failed")
+    assert wait_for(lambda: run.status()["state"] == "failed", timeout=180)
     at = _train_page(tmp_path, monkeypatch, run.run_id)
     (error,) = [e.value for e in at.error if "failed" in e.value]
     assert "loss became inf" in error and "NonFiniteLoss" in error
@@ -48,9 +40,9 @@ def test_a_killed_run_shows_as_interrupted_with_resume(demo_root, tmp_path, monk
     workspace.add_source(demo_root, "demo")
     config = ExperimentConfig().replace(data={"path": str(demo_root), "num_workers": 0}, train={"epochs": 20, "batch_size": 32})
     run = workspace.start_run(config)
-    assert _wait(lambda: len(run.epochs()) >= 1)
+    assert wait_for(lambda: len(run.epochs()) >= 1, timeout=180)
     os.kill(run.status()["pid"], signal.SIGKILL)
-    assert _wait(lambda: run.status()["state"] == "interrupted", timeout=15)
+    assert wait_for(lambda: run.status()["state"] == "interrupted", timeout=15)
     at = _train_page(tmp_path, monkeypatch, run.run_id)
     assert any("resume" in w.value.lower() for w in at.warning)
     assert at.button(key="resume") and not at.button(key="resume").disabled

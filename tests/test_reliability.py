@@ -19,30 +19,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from helpers import REPO, run_cli
+from helpers import REPO, run_cli, wait_for
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import DataError, PCamH5, decode_image, read_labels_csv
 from pcam_core.runs import RunDir, create_run, launch
-
-
-def _wait_for(predicate, timeout=180, every=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return False
 
 
 def test_kill_9_mid_epoch_is_seen_and_resumed_with_every_epoch_once(demo_root, tmp_path):
     config = ExperimentConfig().replace(data={"path": str(demo_root), "num_workers": 0}, train={"batch_size": 32, "epochs": 3})
     run = create_run(tmp_path, config, run_id="victim")
     proc = launch(run)
-    assert _wait_for(lambda: len(run.epochs()) == 1 and run.steps() and run.steps()[-1]["step"] >= 34)
+    assert wait_for(lambda: len(run.epochs()) == 1 and run.steps() and run.steps()[-1]["step"] >= 34, timeout=180)
     os.kill(run.status()["pid"], signal.SIGKILL)  # mid-epoch 2, no chance to save anything
     proc.wait(timeout=30)
     killed_at = time.time()
-    assert _wait_for(lambda: run.status()["state"] == "interrupted", timeout=10)
+    assert wait_for(lambda: run.status()["state"] == "interrupted", timeout=10)
     assert time.time() - killed_at < 10
     listing = json.loads(run_cli("runs", "--root", str(tmp_path), "--json").stdout)
     assert listing[0]["state"] == "interrupted"

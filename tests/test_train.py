@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, run_cli
+from helpers import REPO, run_cli, wait_for
 from pcam_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from pcam_core.config import ExperimentConfig
 from pcam_core.runs import RunDir
@@ -48,15 +47,6 @@ def _train_args(demo_root, out, *extra):
             "--batch-size", "32", "--workers", "0", "--seed", "5", *extra]
 
 
-def _wait_for(predicate, timeout=120, every=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return False
-
-
 def test_sigterm_stops_cleanly_and_resume_continues_exactly(demo_root, tmp_path):
     # reference: the same run without interruption
     ref = tmp_path / "ref"
@@ -65,7 +55,7 @@ def test_sigterm_stops_cleanly_and_resume_continues_exactly(demo_root, tmp_path)
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(_train_args(demo_root, out, "--max-steps", "1000"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     run = RunDir(out)
-    assert _wait_for(lambda: run.steps() and run.steps()[-1]["step"] >= 10)
+    assert wait_for(lambda: run.steps() and run.steps()[-1]["step"] >= 10)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -116,7 +106,7 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(demo_root, tmp_pa
     out = tmp_path / "full"
     proc = subprocess.Popen(_train_args(demo_root, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = RunDir(out)
-    assert _wait_for(lambda: len(run.epochs()) == 1)
+    assert wait_for(lambda: len(run.epochs()) == 1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0
     before = (out / "checkpoints" / "last.pt").read_bytes()
