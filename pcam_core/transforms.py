@@ -138,20 +138,13 @@ class Normalize(nn.Module):
     def __init__(self, mean: tuple[float, ...] = PCAM_MEAN, std: tuple[float, ...] = PCAM_STD) -> None:
         super().__init__()
         mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
-        self.register_buffer("mean", mean_t, persistent=False)
-        self.register_buffer("std", std_t, persistent=False)
-        self.register_buffer("float_scale", 1.0 / std_t, persistent=False)
-        self.register_buffer("float_shift", -mean_t / std_t, persistent=False)
-        self.register_buffer("uint8_scale", 1.0 / (255.0 * std_t), persistent=False)
-        self.register_buffer("uint8_shift", -mean_t / std_t, persistent=False)
+        self.register_buffer("scale", 1.0 / std_t, persistent=False)
+        self.register_buffer("shift", -mean_t / std_t, persistent=False)
 
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         y = x.to(torch.float32, copy=True) if out is None else out.copy_(x)
-        if x.dtype == torch.uint8:
-            scale, shift = self.uint8_scale, self.uint8_shift
-        else:
-            scale, shift = self.float_scale, self.float_shift
-        return _affine_(y, scale.to(y.device), shift.to(y.device))
+        scale = self.scale / 255.0 if x.dtype == torch.uint8 else self.scale  # uint8 holds [0, 255]
+        return _affine_(y, scale.to(y.device), self.shift.to(y.device))
 
 
 def _affine_(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
