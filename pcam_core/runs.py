@@ -75,8 +75,9 @@ def _now() -> float:
     return time.time()
 
 
-def _process_start_time(pid: int) -> str | None:
-    """Start time of `pid` in clock ticks since boot (Linux), to tell a reused pid from ours."""
+def process_start_time(pid: int) -> str | None:
+    """Start time of `pid` in clock ticks since boot (Linux): the stamp `pid_alive` compares to tell a
+    reused pid from the process recorded earlier."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -379,11 +380,6 @@ def spawn_detached(argv: list[str], log_path: str | Path, *, env: dict[str, str]
     return proc
 
 
-def process_start_time(pid: int) -> str | None:
-    """The stamp `pid_alive` compares to tell a reused pid from the process recorded earlier."""
-    return _process_start_time(pid)
-
-
 def process_count(run: RunDir) -> int:
     """How many processes `run` was trained with: what `launch` recorded in its status (`nproc`), else the
     world size the trainer wrote into its config (a run started from a terminal), else 1."""
@@ -435,7 +431,7 @@ def launch(run: RunDir, *, nproc: int | None = None, resume: bool = False, env: 
     proc = spawn_detached(train_command(run, nproc=nproc, resume=resume), run.console_path, env=child_env)
     current = run.raw_status()
     current.update(
-        state="queued", launcher_pid=proc.pid, launcher_pid_start=_process_start_time(proc.pid),
+        state="queued", launcher_pid=proc.pid, launcher_pid_start=process_start_time(proc.pid),
         host=socket.gethostname(), nproc=nproc, updated_at=_now(), message=None, error=None,
     )
     current.pop("pid", None)
