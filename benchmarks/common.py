@@ -124,7 +124,7 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 LARGE_SOURCE = "pcam-large"
 # URL path -> (its title in the sidebar, an element only that page shows once drawn). A page counts as
 # rendered completely when that element is visible and helpers.PAGE_DRAWN holds (script finished, no
-# spinner, every chart and image drawn).
+# spinner, no skeleton waiting for an element's code, every chart and image drawn).
 DASHBOARD_PAGES = {
     "overview": ("Overview", lambda page: page.get_by_text("Class balance of the active dataset")),
     "dataset": ("Dataset", lambda page: page.get_by_text("The train split in numbers")),

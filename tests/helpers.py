@@ -25,11 +25,13 @@ CHROMIUM = "/usr/bin/chromium"  # Debian's; playwright drives it
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 # A page is drawn completely when its script has finished (Streamlit's script state on the app's root), no
-# spinner (st.spinner, a cache's "Loading..." message) is left, every plotly chart has drawn its SVG and
-# every image of the page has loaded.
+# spinner (st.spinner, a cache's "Loading..." message) is left, no skeleton stands in for an element whose
+# code the browser is still loading (a new tab's first plotly chart: almost a second, before its
+# stPlotlyChart element exists at all), every plotly chart has drawn its SVG and every image has loaded.
 PAGE_DRAWN = """() => {
     const app = document.querySelector('[data-testid=stApp]');
     if (!app || app.dataset.testScriptState !== 'notRunning' || document.querySelector('[data-testid=stSpinner]')) return false;
+    if (document.querySelector('[data-testid=stMain] [data-testid=stSkeleton]')) return false;
     const charts = [...document.querySelectorAll('[data-testid=stMain] [data-testid=stPlotlyChart]')];
     const images = [...document.querySelectorAll('[data-testid=stMain] img')];
     return charts.every(c => c.querySelector('.main-svg')) && images.every(i => i.complete && i.naturalWidth > 0);
