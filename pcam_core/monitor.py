@@ -112,6 +112,9 @@ def run_progress(status: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], 
     return RunProgress(state, fraction, epoch, n_epochs, step, total, elapsed, eta, images_per_s)
 
 
+FIGURE_COLUMNS = ("ROC-AUC", "PR-AUC", "accuracy", "F1", "valid loss")
+
+
 def runs_table(summaries: Sequence[RunSummary], source_names: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per run with its key figures (best epoch by the run's monitored metric)."""
     source_names = dict(source_names or {})
@@ -136,7 +139,11 @@ def runs_table(summaries: Sequence[RunSummary], source_names: Mapping[str, str] 
         })
     columns = ["run", "state", "model", "data", "synthetic data", "epochs", "best epoch", "ROC-AUC", "PR-AUC",
                "accuracy", "F1", "valid loss", "created"]
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=columns)
+    # numbers stay numbers when no run has one yet (a column of None would read "None" in a table)
+    table[list(FIGURE_COLUMNS)] = table[list(FIGURE_COLUMNS)].astype(float)
+    table["best epoch"] = table["best epoch"].astype("Int64")
+    return table
 
 
 def state_counts(summaries: Sequence[RunSummary]) -> dict[str, int]:

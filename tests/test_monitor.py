@@ -16,7 +16,8 @@ from pcam_core.monitor import (
     state_counts,
     step_frame,
 )
-from pcam_core.runs import RunDir, list_runs
+from pcam_core.config import ExperimentConfig
+from pcam_core.runs import RunDir, create_run, list_runs
 
 
 def test_format_duration():
@@ -78,6 +79,10 @@ def test_runs_table_and_curves(trained_run, tmp_path):
     assert isinstance(row["created"], pd.Timestamp)
     assert state_counts(summaries) == {"finished": 1}
     assert runs_table([]).empty
+    create_run(root, ExperimentConfig(), run_id="b")  # queued: no figure yet
+    queued = runs_table(list_runs(root)).set_index("run").loc["b"]
+    assert pd.isna(queued["ROC-AUC"]) and pd.isna(queued["best epoch"])  # missing, not the text "None"
+    assert runs_table(list_runs(root))["ROC-AUC"].dtype == float
     frame = epoch_frame({"a": RunDir(root / "a").epochs()})
     assert frame["epoch"].tolist() == [1, 2, 3] and set(CURVE_METRICS) <= set(frame.columns)
     steps = step_frame([{"step": 10, "loss": 0.7}, {"step": 20, "loss": 0.5}], steps_per_epoch=20)
