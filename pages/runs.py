@@ -9,7 +9,7 @@ import streamlit as st
 from pcam_app import figures, heatmaps, ui
 from pcam_core.gallery import confident_errors
 from pcam_core.jobs import job_error
-from pcam_core.monitor import CURVE_METRICS, epoch_frame, format_duration, runs_table
+from pcam_core.monitor import CURVE_METRICS, FIGURE_COLUMNS, epoch_frame, format_duration, runs_table
 from pcam_core.runs import RunDir
 from pcam_core import scoring
 
@@ -21,7 +21,7 @@ if not ctx.runs:
 # -- all runs ---------------------------------------------------------------------------------------------
 table = runs_table(ctx.runs, ctx.source_names())
 st.dataframe(table, hide_index=True, column_config={
-    name: st.column_config.NumberColumn(format="%.3f") for name in ("ROC-AUC", "PR-AUC", "accuracy", "F1", "valid loss")
+    name: st.column_config.NumberColumn(format="%.3f") for name in FIGURE_COLUMNS
 })
 st.caption("Figures of each run's best epoch on its validation split; accuracy and F1 at the threshold 0.5. "
            "Runs on different data are not comparable.")
