@@ -7,7 +7,9 @@ pages draw them: `pcam_app.ui.CHART_CONFIG`, the same `.streamlit/config.toml`) 
 of headless Chromium for N = 0, 1, 2 and 4, timing each load to the complete render as
 bench_dashboard.py does (tests/helpers.PAGE_DRAWN). The difference between N = 0 and N = 1 is what the
 first chart of a page costs the browser (Streamlit's front end fetches, compiles and runs its plotly
-bundle for every new tab); the steps after it are what each further chart adds.
+bundle for every new tab); the steps after it are what each further chart adds. `--profile` adds the
+browser's JavaScript CPU profile of one more load with one chart, by script (as
+profile_dashboard_load.py prints it for our pages).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from common import TESTS, load_average, machine
 
 sys.path.insert(0, str(TESTS))
 from helpers import CHROMIUM, CHROMIUM_ARGS, free_port, wait_rendered  # noqa: E402
+from profile_dashboard_load import self_time_by_script  # noqa: E402
 
 REPO = TESTS.parent
 sys.path.insert(0, str(REPO))
@@ -68,6 +71,7 @@ def main() -> None:
     parser.add_argument("--charts", type=int, nargs="+", default=[0, 1, 2, 4])
     parser.add_argument("--widgets", type=int, default=0, help="groups of 3 widgets (slider, number, choice) above the charts")
     parser.add_argument("--columns", action="store_true", help="the charts in two columns")
+    parser.add_argument("--profile", action="store_true", help="also profile one load with one chart")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -96,6 +100,18 @@ def main() -> None:
                     medians[n] = statistics.median(times)
                     print(f"{n} chart{'s' if n != 1 else ' '}: {medians[n]:.2f} s to the complete render in a new tab "
                           f"(median of {args.repeats}; {min(times):.2f}-{max(times):.2f})", flush=True)
+                if args.profile:
+                    page = context.new_page()
+                    cdp = context.new_cdp_session(page)
+                    cdp.send("Profiler.enable")
+                    cdp.send("Profiler.setSamplingInterval", {"interval": 200})
+                    cdp.send("Profiler.start")
+                    page.goto(f"http://127.0.0.1:{port}/?charts=1")
+                    wait_rendered(page, page.get_by_text("Probe"), timeout_ms=60_000)
+                    by_script = sorted(self_time_by_script(cdp.send("Profiler.stop")["profile"]).items(), key=lambda kv: -kv[1])
+                    print("one chart, the browser's JavaScript CPU profile by script:")
+                    for name, secs in by_script[:6]:
+                        print(f"  {secs:6.2f} s  {name}")
                 browser.close()
         finally:
             proc.kill()
