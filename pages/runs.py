@@ -6,7 +6,7 @@ import time
 
 import streamlit as st
 
-from pcam_app import figures, heatmaps, ui
+from pcam_app import figures, ui
 from pcam_core.gallery import confident_errors
 from pcam_core.jobs import job_error
 from pcam_core.monitor import CURVE_METRICS, FIGURE_COLUMNS, epoch_frame, format_duration, runs_table
@@ -144,6 +144,6 @@ for column, frame, title, empty in (
             continue
         indices = frame["index"].to_numpy()
         ui.patch_cards(dataset.read_pixels(indices), [f"#{i} · p={p:.3f}" for i, p in zip(indices, frame["probability"])],
-                       heatmaps.EXPLAIN_PAGE, [{**st.query_params.to_dict(), "run": run.run_id, "split": split, "patch": str(i)}
+                       "pages/explain.py", [{**st.query_params.to_dict(), "run": run.run_id, "split": split, "patch": str(i)}
                                                for i in indices],
                        label="Explain", icon=":material/center_focus_strong:")

@@ -18,7 +18,6 @@ from pcam_core.runs import RunDir
 
 from . import ui
 
-EXPLAIN_PAGE = "pages/explain.py"
 CENTRE_FOCUS_NOTE = (
     "**Centre focus** is the share of the heat map that falls inside the central 32×32 box, the region the "
     f"label describes: about {UNIFORM_FOCUS:.2f} when the map is spread evenly over the patch, 1 when all of it "

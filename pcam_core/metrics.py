@@ -9,10 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
-from sklearn.calibration import calibration_curve
 
 THRESHOLD_METHODS = ("fixed", "youden", "sensitivity")
+
+
+def _sklearn_metrics() -> Any:
+    """scikit-learn's metrics module, imported on first use: importing scikit-learn takes about 0.9 s,
+    which the dashboard's first page and the commands that compute no metric need not pay."""
+    from sklearn import metrics
+
+    return metrics
 
 
 def _check(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -31,6 +37,7 @@ def _check(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def confusion(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, int]:
     """Counts at a threshold: a patch is called tumour when its probability is >= threshold."""
+    skm = _sklearn_metrics()
     labels, probs = _check(labels, probs)
     tn, fp, fn, tp = skm.confusion_matrix(labels, (probs >= threshold).astype(int), labels=[0, 1]).ravel()
     return {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}
@@ -52,6 +59,7 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: in
 def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     """Every headline figure at once: accuracy, precision, recall (sensitivity), specificity, F1,
     ROC-AUC, PR-AUC (average precision), Brier score, calibration error, confusion counts."""
+    skm = _sklearn_metrics()
     labels, probs = _check(labels, probs)
     preds = (probs >= threshold).astype(int)
     both = np.unique(labels).size == 2
@@ -75,12 +83,14 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
 
 
 def roc_points(labels: np.ndarray, probs: np.ndarray) -> dict[str, list[float]]:
+    skm = _sklearn_metrics()
     labels, probs = _check(labels, probs)
     fpr, tpr, thr = skm.roc_curve(labels, probs)
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "threshold": np.clip(thr, 0, 1).tolist()}
 
 
 def pr_points(labels: np.ndarray, probs: np.ndarray) -> dict[str, list[float]]:
+    skm = _sklearn_metrics()
     labels, probs = _check(labels, probs)
     precision, recall, thr = skm.precision_recall_curve(labels, probs)
     return {"precision": precision.tolist(), "recall": recall.tolist(), "threshold": [*thr.tolist(), 1.0]}
@@ -89,6 +99,8 @@ def pr_points(labels: np.ndarray, probs: np.ndarray) -> dict[str, list[float]]:
 def reliability_points(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> dict[str, list[float]]:
     """Observed frequency of tumour against mean predicted probability, per bin (a calibration curve)."""
     labels, probs = _check(labels, probs)
+    from sklearn.calibration import calibration_curve
+
     observed, predicted = calibration_curve(labels, probs, n_bins=n_bins, strategy="uniform")
     return {"predicted": predicted.tolist(), "observed": observed.tolist()}
 
@@ -101,6 +113,7 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, method: str = "fixed
     - "sensitivity": the highest threshold whose sensitivity is at least `value` (e.g. 0.95), which
       keeps specificity as high as that sensitivity allows.
     """
+    skm = _sklearn_metrics()
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"unknown threshold method {method!r}; valid: {', '.join(THRESHOLD_METHODS)}")
     if method == "fixed":

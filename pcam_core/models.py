@@ -13,7 +13,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -93,8 +92,13 @@ class PCamResNet(nn.Module):
         return self.fc(self.dropout(x)).squeeze(1)
 
 
+# torchvision is imported when one of its models is built: importing it also imports torch._dynamo
+# (about 1.2 s together here), which the dashboard's first page and `pcamnet` need not pay.
+
 def _torchvision_resnet(arch: str) -> Callable[[float], nn.Module]:
     def build(dropout: float) -> nn.Module:
+        import torchvision.models
+
         model = getattr(torchvision.models, arch)(weights=None)
         model.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(model.fc.in_features, 1))
         return _SqueezeLogit(model)
@@ -103,6 +107,8 @@ def _torchvision_resnet(arch: str) -> Callable[[float], nn.Module]:
 
 
 def _densenet121(dropout: float) -> nn.Module:
+    import torchvision.models
+
     model = torchvision.models.densenet121(weights=None)
     model.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(model.classifier.in_features, 1))
     return _SqueezeLogit(model)
