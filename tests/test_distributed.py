@@ -6,11 +6,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, wait_for
 from pcam_core.checkpoint import load_checkpoint
 from pcam_core.config import ExperimentConfig
 from pcam_core.runs import RunDir, create_run, launch, stop
@@ -54,9 +53,7 @@ def test_stop_and_resume_with_two_processes(demo_root, tmp_path):
     config = ExperimentConfig().replace(data={"path": str(demo_root), "num_workers": 0}, train={"batch_size": 16, "epochs": 2})
     run = create_run(tmp_path, config, run_id="ddp")
     proc = launch(run, nproc=2, env={"OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 180
-    while time.time() < deadline and not run.steps():
-        time.sleep(0.3)
+    wait_for(run.steps, timeout=180, every=0.3)
     assert run.status()["state"] == "running"
     assert stop(run, timeout=120)
     proc.wait(timeout=60)

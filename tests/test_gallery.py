@@ -3,7 +3,6 @@ statistics on a bounded sample, the most confident errors."""
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -44,13 +43,13 @@ def test_select_by_label_and_slide():
         select_indices(labels, label=2)
 
 
-def test_selection_on_an_official_size_split_is_instant():
+def test_selection_on_an_official_size_split():
+    # how fast the Dataset page is on such a split: benchmarks/bench_dashboard.py
     labels = np.random.default_rng(0).integers(0, 2, 262_144)
     slides = np.array([f"slide_{i % 400:03d}" for i in range(262_144)])
-    start = time.perf_counter()
     picked = select_indices(labels, label=1, slides=slides, slide="slide_007")
-    assert time.perf_counter() - start < 0.5
-    assert len(picked) == int(((labels == 1) & (slides == "slide_007")).sum())
+    expected = np.flatnonzero((labels == 1) & (slides == "slide_007"))
+    assert picked.tolist() == expected.tolist()
 
 
 def test_paging():

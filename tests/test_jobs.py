@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
+from helpers import wait_for
 from pcam_core.jobs import job_error, job_status, start_job
 
 
 def _wait(folder, name, timeout=120.0):
-    deadline = time.time() + timeout
-    while job_status(folder, name).active and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: not job_status(folder, name).active, timeout=timeout)
     return job_status(folder, name)
 
 

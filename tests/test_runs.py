@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from helpers import wait_for
 from pcam_core.config import ExperimentConfig
 from pcam_core.fileio import atomic_write_json
 from pcam_core.runs import (
@@ -78,9 +79,7 @@ def test_stale_heartbeat_reads_as_interrupted(tmp_path, demo_root):
 def test_launch_runs_in_the_background_and_stop_saves_a_checkpoint(tmp_path, demo_root):
     run = create_run(tmp_path, _config(demo_root, epochs=50), run_id="bg")
     proc = launch(run)
-    deadline = time.time() + 120
-    while time.time() < deadline and not run.steps():
-        time.sleep(0.2)
+    wait_for(run.steps, timeout=120)
     assert run.status()["state"] == "running"
     assert run.status()["pid"] == proc.pid
     assert stop(run, timeout=60)
@@ -91,8 +90,7 @@ def test_launch_runs_in_the_background_and_stop_saves_a_checkpoint(tmp_path, dem
     assert not stop(run)  # nothing left to stop
     # and the Resume path: launching again with resume continues from the checkpoint
     proc = launch(run, resume=True)
-    while time.time() < deadline + 60 and run.status()["state"] != "running":
-        time.sleep(0.2)
+    wait_for(lambda: run.status()["state"] == "running", timeout=180)
     assert stop(run, timeout=60)
     proc.wait(timeout=30)
     assert "resumed from" in run.log_path.read_text()

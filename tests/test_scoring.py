@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import numpy as np
 import pytest
 
+from helpers import wait_for
 from pcam_core.runs import RunDir
 from pcam_core.scoring import (
     TRAINER_SPLIT,
@@ -70,9 +70,7 @@ def test_scoring_a_split_in_the_background(run):
     assert status.state == "running"
     with pytest.raises(RuntimeError, match="already running"):
         start_scoring(run, "test")
-    deadline = time.time() + 180
-    while scoring_status(run, "test").active and time.time() < deadline:
-        time.sleep(0.3)
+    wait_for(lambda: not scoring_status(run, "test").active, timeout=180, every=0.3)
     status = scoring_status(run, "test")
     assert status.state == "finished", status.log_tail
     frame = split_predictions(run, "test")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 
 import numpy as np
 import pytest
 
-from helpers import random_patches, write_official_h5
+from helpers import random_patches, wait_for, write_official_h5
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import DataError
 from pcam_core.data.demo import is_demo_dataset
@@ -144,9 +143,7 @@ def test_runs_are_started_and_looked_up_by_checked_id(tmp_path, demo_root):
     assert run.path.parent == ws.runs_root and "quick" in run.run_id
     assert [r.run_id for r in ws.runs()] == [run.run_id]
     assert ws.run(run.run_id).config() == config
-    deadline = time.time() + 180
-    while run.status()["state"] in ("queued", "running") and time.time() < deadline:
-        time.sleep(0.5)
+    wait_for(lambda: run.status()["state"] not in ("queued", "running"), timeout=180, every=0.5)
     assert run.status()["state"] == "finished", run.log_tail(console=True)
     with pytest.raises(ValueError, match="invalid run id"):
         ws.run("../" + run.run_id)
@@ -186,6 +183,4 @@ def test_a_finished_download_is_registered_once(tmp_path, demo_root):
 
 
 def _wait(ws: Workspace, timeout: float = 60.0) -> None:
-    deadline = time.time() + timeout
-    while ws.download_status().active and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: not ws.download_status().active, timeout=timeout)
