@@ -17,18 +17,16 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from common import TESTS, load_average, machine
 
 sys.path.insert(0, str(TESTS))
-from helpers import CHROMIUM, CHROMIUM_ARGS, free_port, wait_rendered  # noqa: E402
-from profile_dashboard_load import self_time_by_script  # noqa: E402
+from helpers import CHROMIUM, CHROMIUM_ARGS, Dashboard, wait_rendered  # noqa: E402
+from profile_dashboard_load import self_time_by_script, start_cpu_profile  # noqa: E402
 
 REPO = TESTS.parent
 sys.path.insert(0, str(REPO))
@@ -51,20 +49,6 @@ for i in range(int(st.query_params.get("charts", 0))):
 '''
 
 
-def serve(folder: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "probe.py", "--server.port", str(port)], cwd=folder,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
-                return proc
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise TimeoutError("the probe app did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -80,42 +64,33 @@ def main() -> None:
         folder = Path(tmp)
         (folder / "probe.py").write_text(APP)
         shutil.copytree(REPO / ".streamlit", folder / ".streamlit")
-        port = free_port()
-        proc = serve(folder, port)
-        try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                context = browser.new_context(viewport={"width": 1400, "height": 1000})
-                medians = {}
-                for n in args.charts:
-                    times = []
-                    for attempt in range(args.repeats + 1):  # the first load warms the server and the browser's cache
-                        page = context.new_page()
-                        start = time.perf_counter()
-                        page.goto(f"http://127.0.0.1:{port}/?charts={n}&widgets={args.widgets}{'&columns=1' if args.columns else ''}")
-                        wait_rendered(page, page.get_by_text("Probe"), timeout_ms=60_000)
-                        if attempt:
-                            times.append(time.perf_counter() - start)
-                        page.close()
-                    medians[n] = statistics.median(times)
-                    print(f"{n} chart{'s' if n != 1 else ' '}: {medians[n]:.2f} s to the complete render in a new tab "
-                          f"(median of {args.repeats}; {min(times):.2f}-{max(times):.2f})", flush=True)
-                if args.profile:
+        with Dashboard(folder, folder / "streamlit.log", app=folder / "probe.py") as app, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            medians = {}
+            for n in args.charts:
+                times = []
+                for attempt in range(args.repeats + 1):  # the first load warms the server and the browser's cache
                     page = context.new_page()
-                    cdp = context.new_cdp_session(page)
-                    cdp.send("Profiler.enable")
-                    cdp.send("Profiler.setSamplingInterval", {"interval": 200})
-                    cdp.send("Profiler.start")
-                    page.goto(f"http://127.0.0.1:{port}/?charts=1")
+                    start = time.perf_counter()
+                    page.goto(f"{app.url}/?charts={n}&widgets={args.widgets}{'&columns=1' if args.columns else ''}")
                     wait_rendered(page, page.get_by_text("Probe"), timeout_ms=60_000)
-                    by_script = sorted(self_time_by_script(cdp.send("Profiler.stop")["profile"]).items(), key=lambda kv: -kv[1])
-                    print("one chart, the browser's JavaScript CPU profile by script:")
-                    for name, secs in by_script[:6]:
-                        print(f"  {secs:6.2f} s  {name}")
-                browser.close()
-        finally:
-            proc.kill()
-            proc.wait()
+                    if attempt:
+                        times.append(time.perf_counter() - start)
+                    page.close()
+                medians[n] = statistics.median(times)
+                print(f"{n} chart{'s' if n != 1 else ' '}: {medians[n]:.2f} s to the complete render in a new tab "
+                      f"(median of {args.repeats}; {min(times):.2f}-{max(times):.2f})", flush=True)
+            if args.profile:
+                page = context.new_page()
+                cdp = start_cpu_profile(context, page)
+                page.goto(f"{app.url}/?charts=1")
+                wait_rendered(page, page.get_by_text("Probe"), timeout_ms=60_000)
+                by_script = sorted(self_time_by_script(cdp.send("Profiler.stop")["profile"]).items(), key=lambda kv: -kv[1])
+                print("one chart, the browser's JavaScript CPU profile by script:")
+                for name, secs in by_script[:6]:
+                    print(f"  {secs:6.2f} s  {name}")
+            browser.close()
     if 0 in medians and 1 in medians:
         print(f"the first chart of a page adds {medians[1] - medians[0]:.2f} s", end="")
         more = sorted(n for n in medians if n > 1)

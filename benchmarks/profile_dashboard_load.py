@@ -14,6 +14,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from common import DASHBOARD_PAGES, TESTS, dashboard_workspace
 
@@ -36,6 +37,15 @@ def self_time_by_script(profile: dict) -> dict[str, float]:
     return dict(out)
 
 
+def start_cpu_profile(context: Any, page: Any) -> Any:
+    """Start sampling `page`'s JavaScript (every 200 us); `cdp.send("Profiler.stop")["profile"]` ends it."""
+    cdp = context.new_cdp_session(page)
+    cdp.send("Profiler.enable")
+    cdp.send("Profiler.setSamplingInterval", {"interval": 200})
+    cdp.send("Profiler.start")
+    return cdp
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--page", default="train", choices=list(DASHBOARD_PAGES))
@@ -53,10 +63,7 @@ def main() -> None:
         wait_rendered(page, marker(page), timeout_ms=120_000)
         page.close()
         page = context.new_page()
-        cdp = context.new_cdp_session(page)
-        cdp.send("Profiler.enable")
-        cdp.send("Profiler.setSamplingInterval", {"interval": 200})
-        cdp.send("Profiler.start")
+        cdp = start_cpu_profile(context, page)
         start = time.perf_counter()
         page.goto(f"{app.url}/{args.page}")
         dom = time.perf_counter() - start

@@ -140,10 +140,12 @@ class Dashboard:
     """`streamlit run streamlit_app.py` as a user starts it, on the workspace `workspace` (its output
     appended to `log`). `start` waits until it answers; `stop` ends it and nothing else: training runs
     it launched are separate processes and keep going. Start and stop it again for an app restart
-    (the same port, so that the browser's URLs stay valid)."""
+    (the same port, so that the browser's URLs stay valid). `app` serves another script, run from its
+    own folder (with the `.streamlit/config.toml` there)."""
 
-    def __init__(self, workspace: Path, log: Path, *, port: int | None = None, env: dict[str, str] | None = None) -> None:
-        self.workspace, self.log_path = Path(workspace), Path(log)
+    def __init__(self, workspace: Path, log: Path, *, port: int | None = None, env: dict[str, str] | None = None,
+                 app: Path = REPO / "streamlit_app.py") -> None:
+        self.workspace, self.log_path, self.app = Path(workspace), Path(log), Path(app)
         self.port = port or free_port()
         self.env = {**os.environ, "PCAM_WORKSPACE": str(workspace), **(env or {})}
         self.proc: subprocess.Popen | None = None
@@ -155,9 +157,9 @@ class Dashboard:
     def start(self, timeout: float = 90) -> Dashboard:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(self.port),
+                [sys.executable, "-m", "streamlit", "run", self.app.name, "--server.port", str(self.port),
                  "--server.headless", "true"],
-                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                cwd=self.app.parent, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout
         while True:
             try:
