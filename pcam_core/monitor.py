@@ -137,8 +137,7 @@ def runs_table(summaries: Sequence[RunSummary], source_names: Mapping[str, str] 
             "valid loss": best.get("loss"),
             "created": pd.to_datetime(created, unit="s") if (created := s.created_at or status.get("started_at")) else pd.NaT,
         })
-    columns = ["run", "state", "model", "data", "synthetic data", "epochs", "best epoch", "ROC-AUC", "PR-AUC",
-               "accuracy", "F1", "valid loss", "created"]
+    columns = ["run", "state", "model", "data", "synthetic data", "epochs", "best epoch", *FIGURE_COLUMNS, "created"]
     table = pd.DataFrame(rows, columns=columns)
     # numbers stay numbers when no run has one yet (a column of None would read "None" in a table)
     table[list(FIGURE_COLUMNS)] = table[list(FIGURE_COLUMNS)].astype(float)

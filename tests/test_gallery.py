@@ -3,7 +3,6 @@ statistics on a bounded sample, the most confident errors."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest

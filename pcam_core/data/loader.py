@@ -145,6 +145,9 @@ def _batch_as_is(batch: Any) -> Any:
     return batch
 
 
+_M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
+
+
 def _fixed_mmap_threshold(_worker_id: int) -> None:
     """Worker start-up: return large freed blocks to the OS at once.
 
@@ -158,9 +161,6 @@ def _fixed_mmap_threshold(_worker_id: int) -> None:
     except OSError:  # not glibc (macOS, musl): nothing to tune
         return
     libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
-
-
-_M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
 
 
 class _LoaderView(Dataset):
