@@ -22,19 +22,23 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 REAL_DEV = REPO.parent / "shared" / "data" / "pcam-real-dev"
 CHROMIUM = "/usr/bin/chromium"  # Debian's; playwright drives it
+# Chromium 156 also starts a renderer for its address bar's pop-up (a chrome:// page) with every new tab, even
+# headless: 1.5 s of CPU taken from the app's server and page on a 2-core machine; no user's tab pays it there.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+                 "--disable-sync", "--no-first-run",
+                 "--disable-features=WebUIOmniboxPopup,WebUIOmniboxFullPopup,WebUIOmniboxAimPopup"]
 # A page is drawn completely when its script has finished (Streamlit's script state on the app's root), no
 # spinner (st.spinner, a cache's "Loading..." message) is left, no skeleton stands in for an element whose
-# code the browser is still loading (a new tab's first plotly chart: almost a second, before its
-# stPlotlyChart element exists at all), every plotly chart has drawn its SVG and every image has loaded.
+# code the browser is still loading, every chart (pcam_app/chart.js) has drawn its plotly SVG and every
+# image has loaded. A chart that failed shows its reason and never counts as drawn.
 PAGE_DRAWN = """() => {
     const app = document.querySelector('[data-testid=stApp]');
     if (!app || app.dataset.testScriptState !== 'notRunning' || document.querySelector('[data-testid=stSpinner]')) return false;
     if (document.querySelector('[data-testid=stMain] [data-testid=stSkeleton]')) return false;
-    const charts = [...document.querySelectorAll('[data-testid=stMain] [data-testid=stPlotlyChart]')];
+    const charts = [...document.querySelectorAll('[data-testid=stMain] .pcam-chart')];
     const images = [...document.querySelectorAll('[data-testid=stMain] img')];
-    return charts.every(c => c.querySelector('.main-svg')) && images.every(i => i.complete && i.naturalWidth > 0);
+    return charts.every(c => c.dataset.state === 'drawn' && c.querySelector('.main-svg'))
+        && images.every(i => i.complete && i.naturalWidth > 0);
 }"""
 
 

@@ -45,6 +45,12 @@ def open_page(at: AppTest, page: str) -> AppTest:
     return at
 
 
+def charts(at: AppTest) -> list[dict]:
+    """The plotly figures the page draws (pcam_app.ui.chart), as plotly's JSON."""
+    return [json.loads(json.loads(element.proto.json)["figure"]) for element in at.get("bidi_component")
+            if element.proto.component_name == "pcam_chart"]
+
+
 def texts(at: AppTest) -> str:
     """Everything a user reads on the page, as one string."""
     parts = [e.value for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success")
@@ -185,7 +191,7 @@ def test_threshold_slider_moves_every_figure(finished_workspace, monkeypatch):
     assert float(strict["Sensitivity"]) < float(at_half["Sensitivity"])
     assert float(strict["Specificity"]) >= float(at_half["Specificity"])
     assert strict["ROC-AUC"] == at_half["ROC-AUC"]  # threshold-free
-    titles = [json.loads(chart.proto.spec)["layout"]["title"]["text"] for chart in at.get("plotly_chart")]
+    titles = [figure["layout"]["title"]["text"] for figure in charts(at)]
     assert "Confusion matrix at threshold 0.98" in titles
     at.selectbox(key="threshold_preset").set_value("Youden (validation)").run()
     assert at.slider(key="threshold").value != 0.98

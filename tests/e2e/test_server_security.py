@@ -1,4 +1,5 @@
-"""The dashboard server as started by `streamlit run streamlit_app.py`: loopback only, XSRF on."""
+"""The dashboard server as started by `streamlit run streamlit_app.py`: loopback only, XSRF on, static
+file serving limited to static/."""
 
 from __future__ import annotations
 
@@ -65,6 +66,25 @@ def test_uploads_without_the_xsrf_token_are_refused(server):
     _, url = server
     r = requests.put(f"{url}/_stcore/upload_file/session/file", files={"file": ("x.tif", b"abc")}, timeout=5)
     assert r.status_code in (400, 403)  # no session cookie, no XSRF token: nothing is accepted
+
+
+def test_static_serving_serves_the_chart_library_and_nothing_else(server):
+    """`server.enableStaticServing` is on for the plotly.js bundle in static/; the app's code, its config
+    and the workspace stay out of reach, however the path is spelt."""
+    _, url = server
+    bundle = requests.get(f"{url}/app/static/plotly-pcam.min.js", timeout=10)
+    assert bundle.status_code == 200 and "javascript" in bundle.headers["content-type"]
+    assert bundle.headers["x-content-type-options"] == "nosniff"
+    config_text = (REPO / ".streamlit" / "config.toml").read_text()
+    secrets = {"streamlit_app.py": (REPO / "streamlit_app.py").read_text()[:200], ".streamlit/config.toml": config_text[:200],
+               "pcam_core/cli.py": (REPO / "pcam_core" / "cli.py").read_text()[:200]}
+    for target, content in secrets.items():
+        depth = target.count("/")
+        for path in (f"../{target}", f"..%2F{target.replace('/', '%2F')}", f"%2e%2e/{target}", f"..%5c{target}",
+                     f"{'../' * (depth + 2)}{target}"):
+            r = requests.get(f"{url}/app/static/{path}", timeout=10, allow_redirects=True)
+            assert content not in r.text, f"/app/static/{path} served {target}"
+    assert requests.get(f"{url}/app/static/missing.js", timeout=10).status_code == 404
 
 
 def test_config_sets_the_upload_limit_and_protections():

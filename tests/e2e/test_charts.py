@@ -1,0 +1,103 @@
+"""Charts (pcam_app.ui.chart) in a real browser: every trace type the dashboard's figures use is drawn
+by the plotly.js bundle the app serves from static/ (scripts/plotly-bundle builds it), and a chart that cannot be drawn says why in its
+place (a trace type the bundle lacks; the bundle missing) instead of an empty box.
+
+A one-file app in a temporary folder (with the repository's .streamlit/config.toml and, but for the
+last test, its static/) draws the figures through `ui.chart`, as the pages do."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Dashboard, wait_rendered
+from pcam_app import ui
+
+pytestmark = pytest.mark.browser
+
+APP = '''
+import plotly.graph_objects as go
+import streamlit as st
+
+from pcam_app import ui
+
+st.title("Charts")
+kinds = st.query_params.get("kinds", "figures").split(",")
+if "figures" in kinds:  # the trace types pcam_app.figures draws
+    ui.chart(go.Figure(go.Bar(x=["a", "b"], y=[3, 5], error_y=dict(type="data", array=[1, 1]))), key="bar")
+    ui.chart(go.Figure(go.Scatter(x=[0, 1, 2], y=[0.5, 0.7, 0.9], mode="lines+markers")), key="scatter")
+    ui.chart(go.Figure(go.Heatmap(z=[[0.9, 0.1], [0.2, 0.8]], text=[["TN", "FP"], ["FN", "TP"]], texttemplate="%{text}")),
+             key="heatmap")
+    ui.chart(go.Figure(go.Histogram(x=[0.1, 0.2, 0.2, 0.9], xbins=dict(start=0, end=1, size=0.1))).add_vline(x=0.5),
+             key="histogram")
+if "sankey" in kinds:
+    ui.chart(go.Figure(go.Sankey(node=dict(label=["a", "b"]), link=dict(source=[0], target=[1], value=[1]))), key="sankey")
+st.write("end of the page")
+'''
+
+
+def _serve(folder: Path, *, with_static: bool = True) -> Dashboard:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "charts_app.py").write_text(APP)
+    shutil.copytree(REPO / ".streamlit", folder / ".streamlit")
+    if with_static:
+        shutil.copytree(REPO / "static", folder / "static")
+    return Dashboard(folder, folder / "streamlit.log", app=folder / "charts_app.py", env={"PYTHONPATH": str(REPO)})
+
+
+def _open(url: str, check):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(url)
+            page.get_by_text("end of the page").wait_for(timeout=90_000)
+            page.wait_for_function("() => [...document.querySelectorAll('.pcam-chart')].every(c => c.dataset.state !== 'loading')",
+                                   timeout=60_000)
+            return check(page)
+        finally:
+            browser.close()
+
+
+def _states(page) -> list[tuple[str, str]]:
+    return page.evaluate("() => [...document.querySelectorAll('.pcam-chart')].map(c => [c.dataset.state, c.innerText])")
+
+
+def test_every_trace_type_of_the_figures_is_drawn(tmp_path):
+    with _serve(tmp_path / "app") as app:
+        def check(page):
+            wait_rendered(page, page.get_by_text("Charts"))  # tests/helpers.PAGE_DRAWN: every chart drawn
+            return _states(page), page.locator(".pcam-chart .main-svg").count(), page.get_by_text("TP").count()
+
+        states, svgs, labels = _open(f"{app.url}/?kinds=figures", check)
+    assert [state for state, _ in states] == ["drawn"] * 4
+    assert svgs >= 4 and labels == 1  # the heat map's cell text is drawn
+
+
+def test_a_trace_type_the_bundle_lacks_is_named_in_place_of_the_chart(tmp_path):
+    with _serve(tmp_path / "app") as app:
+        states = _open(f"{app.url}/?kinds=figures,sankey", _states)
+    assert [state for state, _ in states] == ["drawn"] * 4 + ["error"]
+    assert "could not be drawn" in states[-1][1] and "sankey" in states[-1][1]
+
+
+def test_a_missing_chart_library_is_named_in_place_of_every_chart(tmp_path):
+    with _serve(tmp_path / "app", with_static=False) as app:
+        states = _open(f"{app.url}/?kinds=figures", _states)
+    assert len(states) == 4 and all(state == "error" for state, _ in states)
+    assert all("could not load the chart library" in text and ui.PLOTLY_JS in text for _, text in states)
+
+
+def test_the_served_bundle_is_the_plotly_js_the_python_package_writes_figures_for():
+    """Upgrading plotly (requirements.txt) without the bundle in static/ would draw its figures with an older
+    plotly.js: the versions must match."""
+    import plotly.offline
+
+    header = (ui.STATIC_DIR / ui.PLOTLY_JS).read_text(encoding="utf-8")[:200]
+    assert header.startswith("/**\n* plotly.js (pcam: scatter, bar, heatmap, histogram - minified) v")
+    assert f" v{plotly.offline.get_plotlyjs_version()}\n" in header
+    assert "enableStaticServing = true" in (REPO / ".streamlit" / "config.toml").read_text()
