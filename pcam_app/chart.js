@@ -45,6 +45,14 @@ export default function (component) {
     div.className = "pcam-chart";
     div.style.width = "100%";
     parentElement.appendChild(div);
+    // follow the column's width (a window resized, the sidebar opened or closed), once drawn
+    let width = 0;
+    div.pcamResize = new ResizeObserver(([entry]) => {
+      const now = Math.round(entry.contentRect.width);
+      if (now !== width && div.dataset.state === "drawn") window.Plotly.Plots.resize(div);
+      width = now;
+    });
+    div.pcamResize.observe(div);
   }
   const { config, src } = data;
   const figure = JSON.parse(data.figure);
@@ -69,5 +77,10 @@ export default function (component) {
     })
     .catch((error) => drawing === div.pcamDrawing && showError(div, error.message));
   // Streamlit calls this when the element goes (or is drawn anew): free plotly's handlers once it has left the page
-  return () => setTimeout(() => !div.isConnected && window.Plotly && window.Plotly.purge(div));
+  return () =>
+    setTimeout(() => {
+      if (div.isConnected) return;
+      div.pcamResize.disconnect();
+      if (window.Plotly) window.Plotly.purge(div);
+    });
 }

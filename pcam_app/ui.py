@@ -65,7 +65,7 @@ def fail(message: str) -> NoReturn:
 # Plotly's mode bar (zoom, pan, PNG buttons) is built for every chart when a page renders: on the
 # Runs page it was more than half the browser's plotly time (benchmarks/profile_dashboard_load.py).
 # Without it charts still zoom by dragging and reset on a double click.
-CHART_CONFIG = {"displayModeBar": False, "responsive": True}
+CHART_CONFIG = {"displayModeBar": False}
 # Charts are drawn by a plotly.js bundle of just the trace types `figures` uses (scatter, bar, heatmap,
 # histogram; built by scripts/plotly-bundle), served by Streamlit's static file serving from static/
 # (`server.enableStaticServing`), instead of st.plotly_chart: that loads Streamlit's 4.7 MB bundle of all

@@ -1,6 +1,7 @@
 """Charts (pcam_app.ui.chart) in a real browser: every trace type the dashboard's figures use is drawn
 by the plotly.js bundle the app serves from static/ (scripts/plotly-bundle builds it), and a chart that cannot be drawn says why in its
-place (a trace type the bundle lacks; the bundle missing) instead of an empty box.
+place (a trace type the bundle lacks; the bundle missing) instead of an empty box; a chart follows
+its column's width.
 
 A one-file app in a temporary folder (with the repository's .streamlit/config.toml and, but for the
 last test, its static/) draws the figures through `ui.chart`, as the pages do."""
@@ -76,6 +77,21 @@ def test_every_trace_type_of_the_figures_is_drawn(tmp_path):
         states, svgs, labels = _open(f"{app.url}/?kinds=figures", check)
     assert [state for state, _ in states] == ["drawn"] * 4
     assert svgs >= 4 and labels == 1  # the heat map's cell text is drawn
+
+
+def test_a_chart_follows_its_column_width(tmp_path):
+    """As a column narrows (the window, or the sidebar opening), the chart is drawn again to its width."""
+    with _serve(tmp_path / "app") as app:
+        def check(page):
+            wait_rendered(page, page.get_by_text("Charts"))
+            svg_width = "() => Math.round(document.querySelector('.pcam-chart .main-svg').getBoundingClientRect().width)"
+            before = page.evaluate(svg_width)
+            page.evaluate("() => { document.querySelector('.pcam-chart').parentElement.style.width = '400px'; }")
+            page.wait_for_function(f"() => ({svg_width})() === 400", timeout=10_000)
+            return before, page.evaluate(svg_width)
+
+        before, after = _open(f"{app.url}/?kinds=figures", check)
+    assert before > 600 and after == 400
 
 
 def test_a_trace_type_the_bundle_lacks_is_named_in_place_of_the_chart(tmp_path):
