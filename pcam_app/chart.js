@@ -49,7 +49,8 @@ export default function (component) {
     let width = 0;
     div.pcamResize = new ResizeObserver(([entry]) => {
       const now = Math.round(entry.contentRect.width);
-      if (now !== width && div.dataset.state === "drawn") window.Plotly.Plots.resize(div);
+      // plotly refuses (a rejected promise) a div that is not displayed: a hidden tab, a page being left
+      if (now !== width && now > 0 && div.dataset.state === "drawn") window.Plotly.Plots.resize(div).catch(() => {});
       width = now;
     });
     div.pcamResize.observe(div);

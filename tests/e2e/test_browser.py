@@ -89,6 +89,8 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport=VIEWPORT)
         page.set_default_timeout(60_000)
+        page_errors: list[str] = []  # uncaught JavaScript errors: the pages' own code (charts) must raise none
+        page.on("pageerror", lambda error: page_errors.append(str(error)))
         try:
             # first start: the synthetic demo data is generated, and said to be synthetic
             page.goto(url)
@@ -128,6 +130,7 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
             dashboard.start()
             page = browser.new_page(viewport=VIEWPORT)
             page.set_default_timeout(60_000)
+            page.on("pageerror", lambda error: page_errors.append(str(error)))
             page.goto(f"{url}/train?run={run.run_id}")
             wait_rendered(page, page.get_by_text(re.compile(r"epoch \d of 4 · step")))
             nav = page.locator("[data-testid=stSidebarNav] a")
@@ -224,5 +227,6 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
             expect(page.get_by_text(re.compile(r"of 4,000 in train"))).to_be_visible()
             assert page.locator("[data-testid=stMain]").get_by_text("SYNTHETIC").count() == 0
             _no_exception(page)
+            assert page_errors == []
         finally:
             browser.close()

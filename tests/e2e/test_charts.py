@@ -55,11 +55,18 @@ def _open(url: str, check):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(url)
             page.get_by_text("end of the page").wait_for(timeout=90_000)
             page.wait_for_function("() => [...document.querySelectorAll('.pcam-chart')].every(c => c.dataset.state !== 'loading')",
                                    timeout=60_000)
-            return check(page)
+            result = check(page)
+            page.set_viewport_size({"width": 700, "height": 900})  # every chart redrawn narrower
+            page.evaluate("() => document.querySelectorAll('.pcam-chart').forEach(c => c.remove())")
+            page.wait_for_timeout(500)  # gone, as when the page is left: plotly refuses to resize them, quietly
+            assert errors == []  # uncaught JavaScript errors
+            return result
         finally:
             browser.close()
 
