@@ -35,6 +35,8 @@ PAGE_DRAWN = """() => {
     const app = document.querySelector('[data-testid=stApp]');
     if (!app || app.dataset.testScriptState !== 'notRunning' || document.querySelector('[data-testid=stSpinner]')) return false;
     if (document.querySelector('[data-testid=stMain] [data-testid=stSkeleton]')) return false;
+    const mounts = [...document.querySelectorAll('[data-testid=stMain] [data-testid^=stBidiComponent]')];
+    if (mounts.some(m => !m.querySelector('.pcam-chart'))) return false;  // a chart's code not run yet
     const charts = [...document.querySelectorAll('[data-testid=stMain] .pcam-chart')];
     const images = [...document.querySelectorAll('[data-testid=stMain] img')];
     return charts.every(c => c.dataset.state === 'drawn' && c.querySelector('.main-svg'))
