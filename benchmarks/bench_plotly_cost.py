@@ -100,15 +100,17 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
             extra = f"&widgets={args.widgets}{'&columns=1' if args.columns else ''}"
-            for n in args.charts:
-                for way in WAYS if n else ["ours"]:  # no chart: nothing differs
-                    url = f"{app.url}/?charts={n}&way={way}{extra}"
-                    # the first load warms the server and the browser's cache; the loads are interleaved by way
-                    times = [load(context, url, n)[0] for _ in range(args.repeats + 1)][1:]
-                    medians[way, n] = statistics.median(times)
-                    print(f"{n} chart{'s' if n != 1 else ' '} {WAYS[way] if n else '':<18}: {medians[way, n]:.2f} s to the "
-                          f"complete render in a new tab (median of {args.repeats}; {min(times):.2f}-{max(times):.2f})",
-                          flush=True)
+            configs = [(way, n) for n in args.charts for way in (WAYS if n else ["ours"])]  # no chart: nothing differs
+            times: dict[tuple[str, int], list[float]] = {config: [] for config in configs}
+            for attempt in range(args.repeats + 1):  # interleaved, so that the machine's drift hits every config alike
+                for way, n in configs:
+                    seconds = load(context, f"{app.url}/?charts={n}&way={way}{extra}", n)[0]
+                    if attempt:  # the first round warms the server and the browser's cache
+                        times[way, n].append(seconds)
+            for (way, n), values in times.items():
+                medians[way, n] = statistics.median(values)
+                print(f"{n} chart{'s' if n != 1 else ' '} {WAYS[way] if n else '':<18}: {medians[way, n]:.2f} s to the "
+                      f"complete render in a new tab (median of {args.repeats}; {min(values):.2f}-{max(values):.2f})")
             if args.profile:
                 for way, name in WAYS.items():
                     _, profile = load(context, f"{app.url}/?charts=1&way={way}", 1, profile=True)
