@@ -4,6 +4,10 @@ This file is the app shell: it sets up the page, the workspace (a first start ge
 demo data), the navigation over the files in `pages/` and the sidebar every page shares; the pages
 draw what `pcam_core` computes. When a request reaches a page file without this shell (Streamlit does
 that once per server start, see `pcam_app/ui.py`), the page runs this shell in its place.
+
+`streamlit run` first imports this file as a module, finds `app` (an `st.App` serving this same file)
+and serves it; every session then runs the file as its script (`__main__`). That import is where the
+server loads the heavy libraries, before any visitor waits for them.
 """
 
 import os
@@ -24,21 +28,32 @@ if APP_DIR not in sys.path:  # `streamlit run` puts the app's folder on the path
 
 from pcam_app import ui  # noqa: E402  (needs the path above)
 
-st.set_page_config(page_title="PCam metastasis detection", page_icon=ui.favicon(), layout="wide",
-                   menu_items={"About": "pcam_core: metastasis detection on PatchCamelyon patches. Research use only; "
-                                        "not a medical device."})
+if __name__ == "__main__":  # a script run (every session's): the shell
+    st.set_page_config(page_title="PCam metastasis detection", page_icon=ui.favicon(), layout="wide",
+                       menu_items={"About": "pcam_core: metastasis detection on PatchCamelyon patches. Research use only; "
+                                            "not a medical device."})
 
-workspace = ui.open_workspace()
-ready = workspace.initialised()
-page = st.navigation([
-    st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
-    st.Page("pages/dataset.py", title="Dataset", icon=":material/grid_view:"),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("pages/runs.py", title="Runs and metrics", icon=":material/monitoring:"),
-    st.Page("pages/explain.py", title="Explain", icon=":material/center_focus_strong:"),
-    st.Page("pages/predict.py", title="Predict", icon=":material/upload_file:"),
-], position="sidebar" if ready else "hidden")  # no page to open while the demo data is being generated
-if not ready:
-    ui.first_start(workspace)
-ui.sidebar(workspace)
-ui.run_page(page)
+    workspace = ui.open_workspace()
+    ready = workspace.initialised()
+    page = st.navigation([
+        st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
+        st.Page("pages/dataset.py", title="Dataset", icon=":material/grid_view:"),
+        st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+        st.Page("pages/runs.py", title="Runs and metrics", icon=":material/monitoring:"),
+        st.Page("pages/explain.py", title="Explain", icon=":material/center_focus_strong:"),
+        st.Page("pages/predict.py", title="Predict", icon=":material/upload_file:"),
+    ], position="sidebar" if ready else "hidden")  # no page to open while the demo data is being generated
+    if not ready:
+        ui.first_start(workspace)
+    ui.sidebar(workspace)
+    ui.run_page(page)
+else:
+    # `streamlit run streamlit_app.py` imports this file once to look for an app object, and serves the one
+    # it finds: this file as the script. So the server imports torch and the app (above) and what the
+    # Runs and Explain pages need first (scikit-learn; the grad-cam package, which imports torchvision)
+    # when it starts, not when the first visitor opens a page (4-6 s more on the first page otherwise).
+    import sklearn.metrics  # noqa: F401
+
+    from pcam_app import heatmaps  # noqa: F401
+
+    app = st.App(__file__)

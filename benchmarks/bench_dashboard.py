@@ -8,7 +8,7 @@ A fresh `streamlit run streamlit_app.py` serves it. Each page is timed three way
 
 - first: the page's URL opened in a new browser tab, the page's first request since the server started
   (its caches cold: the split's labels, the model, the heat maps; the first page also pays for the
-  server importing torch and the app);
+  app's first session; the server imported the libraries as it started, see streamlit_app.py);
 - load: the median of 3 new tabs opening the same URL again (each a new Streamlit session: websocket,
   app shell, page; the browser's cache holds the app's JavaScript, as for any returning user), with
   the slowest of the 3 beside it (single loads move by half a second here);

@@ -43,7 +43,7 @@ def server(tmp_path_factory):
         try:
             if requests.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or listening while it imports the app
             time.sleep(0.5)
     else:
         proc.kill()
@@ -107,3 +107,16 @@ def test_no_shell_with_user_text():
                     assert name not in ("os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput"), (path, name)
                     for kw in node.keywords:
                         assert not (kw.arg == "shell" and ast.unparse(kw.value) != "False"), (path, node.lineno)
+
+
+def test_the_server_loads_the_heavy_libraries_before_the_first_visitor(tmp_path):
+    """`streamlit run streamlit_app.py` imports the file as a module to find its `st.App`: torch, the app,
+    scikit-learn and the grad-cam package are in the server's memory as soon as it answers, before any
+    page is requested (the first visitor does not wait 4-6 s for them)."""
+    from helpers import Dashboard
+
+    with Dashboard(tmp_path / "workspace", tmp_path / "streamlit.log", env={"PCAM_DEMO_PATCHES": "64"}) as app:
+        mapped = Path(f"/proc/{app.proc.pid}/maps").read_text()
+        log = app.log_path.read_text()
+    assert "libtorch_cpu" in mapped and "/sklearn/" in mapped and "/cv2/" in mapped  # cv2: the grad-cam package's
+    assert "Error" not in log and "Traceback" not in log
