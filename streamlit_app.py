@@ -17,6 +17,7 @@ import os
 # same for the training processes it starts).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import logging  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -25,6 +26,14 @@ import streamlit as st  # noqa: E402
 APP_DIR = str(Path(__file__).resolve().parent)
 if APP_DIR not in sys.path:  # `streamlit run` puts the app's folder on the path; AppTest does not
     sys.path.insert(0, APP_DIR)
+
+# Imported by `streamlit run` (below), the app's cache decorators run before Streamlit's runtime exists, and
+# Streamlit warns that it checks them against a stand-in ("No runtime found, using
+# MemoryCacheStorageManager"): the caches themselves are made in script runs, with the runtime's storage.
+_cache_log = logging.getLogger("streamlit.runtime.caching.cache_data_api")
+_cache_log_level = _cache_log.level
+if __name__ != "__main__":
+    _cache_log.setLevel(logging.ERROR)
 
 from pcam_app import ui  # noqa: E402  (needs the path above)
 
@@ -56,4 +65,5 @@ else:
 
     from pcam_app import heatmaps  # noqa: F401
 
+    _cache_log.setLevel(_cache_log_level)
     app = st.App(__file__)
