@@ -16,7 +16,6 @@ each way, by script (as profile_dashboard_load.py prints it for our pages).
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import tempfile
@@ -26,10 +25,9 @@ from pathlib import Path
 from common import TESTS, load_average, machine
 
 sys.path.insert(0, str(TESTS))
-from helpers import CHROMIUM, CHROMIUM_ARGS, Dashboard  # noqa: E402
+from helpers import CHROMIUM, CHROMIUM_ARGS, script_dashboard  # noqa: E402
 from profile_dashboard_load import self_time_by_script, start_cpu_profile  # noqa: E402
 
-REPO = TESTS.parent
 
 APP = '''
 import plotly.graph_objects as go
@@ -90,35 +88,29 @@ def main() -> None:
 
     print(f"{machine()}; {load_average()}")
     medians: dict[tuple[str, int], float] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "probe.py").write_text(APP)
-        shutil.copytree(REPO / ".streamlit", folder / ".streamlit")
-        shutil.copytree(REPO / "static", folder / "static")
-        with Dashboard(folder, folder / "streamlit.log", app=folder / "probe.py", env={"PYTHONPATH": str(REPO)}) as app, \
-                sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            context = browser.new_context(viewport={"width": 1400, "height": 1000})
-            extra = f"&widgets={args.widgets}{'&columns=1' if args.columns else ''}"
-            configs = [(way, n) for n in args.charts for way in (WAYS if n else ["ours"])]  # no chart: nothing differs
-            times: dict[tuple[str, int], list[float]] = {config: [] for config in configs}
-            for attempt in range(args.repeats + 1):  # interleaved, so that the machine's drift hits every config alike
-                for way, n in configs:
-                    seconds = load(context, f"{app.url}/?charts={n}&way={way}{extra}", n)[0]
-                    if attempt:  # the first round warms the server and the browser's cache
-                        times[way, n].append(seconds)
-            for (way, n), values in times.items():
-                medians[way, n] = statistics.median(values)
-                print(f"{n} chart{'s' if n != 1 else ' '} {WAYS[way] if n else '':<18}: {medians[way, n]:.2f} s to the "
-                      f"complete render in a new tab (median of {args.repeats}; {min(values):.2f}-{max(values):.2f})")
-            if args.profile:
-                for way, name in WAYS.items():
-                    _, profile = load(context, f"{app.url}/?charts=1&way={way}", 1, profile=True)
-                    by_script = sorted(self_time_by_script(profile).items(), key=lambda kv: -kv[1])
-                    print(f"one chart with {name}, the browser's JavaScript CPU profile by script:")
-                    for script, secs in by_script[:6]:
-                        print(f"  {secs:6.2f} s  {script}")
-            browser.close()
+    with tempfile.TemporaryDirectory() as tmp, script_dashboard(Path(tmp) / "probe", APP) as app, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        extra = f"&widgets={args.widgets}{'&columns=1' if args.columns else ''}"
+        configs = [(way, n) for n in args.charts for way in (WAYS if n else ["ours"])]  # no chart: nothing differs
+        times: dict[tuple[str, int], list[float]] = {config: [] for config in configs}
+        for attempt in range(args.repeats + 1):  # interleaved, so that the machine's drift hits every config alike
+            for way, n in configs:
+                seconds = load(context, f"{app.url}/?charts={n}&way={way}{extra}", n)[0]
+                if attempt:  # the first round warms the server and the browser's cache
+                    times[way, n].append(seconds)
+        for (way, n), values in times.items():
+            medians[way, n] = statistics.median(values)
+            print(f"{n} chart{'s' if n != 1 else ' '} {WAYS[way] if n else '':<18}: {medians[way, n]:.2f} s to the "
+                  f"complete render in a new tab (median of {args.repeats}; {min(values):.2f}-{max(values):.2f})")
+        if args.profile:
+            for way, name in WAYS.items():
+                _, profile = load(context, f"{app.url}/?charts=1&way={way}", 1, profile=True)
+                by_script = sorted(self_time_by_script(profile).items(), key=lambda kv: -kv[1])
+                print(f"one chart with {name}, the browser's JavaScript CPU profile by script:")
+                for script, secs in by_script[:6]:
+                    print(f"  {secs:6.2f} s  {script}")
+        browser.close()
     bare = medians.get(("ours", 0))
     for way, name in WAYS.items():
         if bare is not None and (way, 1) in medians:

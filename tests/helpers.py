@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -195,6 +196,18 @@ class Dashboard:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def script_dashboard(folder: Path, source: str, *, with_static: bool = True) -> Dashboard:
+    """A `Dashboard` serving a one-file app `source` from `folder` (made here) with the dashboard's
+    `.streamlit/config.toml` and, unless told otherwise, its static/ (the charts' plotly.js): the
+    script imports `pcam_app` from this checkout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "app.py").write_text(source)
+    shutil.copytree(REPO / ".streamlit", folder / ".streamlit")
+    if with_static:
+        shutil.copytree(REPO / "static", folder / "static")
+    return Dashboard(folder, folder / "streamlit.log", app=folder / "app.py", env={"PYTHONPATH": str(REPO)})
 
 
 def wait_rendered(page: Any, locator: Any, *, timeout_ms: float = 60_000) -> None:

@@ -8,12 +8,9 @@ last test, its static/) draws the figures through `ui.chart`, as the pages do.""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
-from helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Dashboard, wait_rendered
+from helpers import CHROMIUM, CHROMIUM_ARGS, REPO, script_dashboard, wait_rendered
 from pcam_app import ui
 
 pytestmark = pytest.mark.browser
@@ -37,15 +34,6 @@ if "sankey" in kinds:
     ui.chart(go.Figure(go.Sankey(node=dict(label=["a", "b"]), link=dict(source=[0], target=[1], value=[1]))), key="sankey")
 st.write("end of the page")
 '''
-
-
-def _serve(folder: Path, *, with_static: bool = True) -> Dashboard:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "charts_app.py").write_text(APP)
-    shutil.copytree(REPO / ".streamlit", folder / ".streamlit")
-    if with_static:
-        shutil.copytree(REPO / "static", folder / "static")
-    return Dashboard(folder, folder / "streamlit.log", app=folder / "charts_app.py", env={"PYTHONPATH": str(REPO)})
 
 
 def _open(url: str, check):
@@ -76,7 +64,7 @@ def _states(page) -> list[tuple[str, str]]:
 
 
 def test_every_trace_type_of_the_figures_is_drawn(tmp_path):
-    with _serve(tmp_path / "app") as app:
+    with script_dashboard(tmp_path / "app", APP) as app:
         def check(page):
             wait_rendered(page, page.get_by_text("Charts"))  # tests/helpers.PAGE_DRAWN: every chart drawn
             return _states(page), page.locator(".pcam-chart .main-svg").count(), page.get_by_text("TP").count()
@@ -88,7 +76,7 @@ def test_every_trace_type_of_the_figures_is_drawn(tmp_path):
 
 def test_a_chart_follows_its_column_width(tmp_path):
     """As a column narrows (the window, or the sidebar opening), the chart is drawn again to its width."""
-    with _serve(tmp_path / "app") as app:
+    with script_dashboard(tmp_path / "app", APP) as app:
         def check(page):
             wait_rendered(page, page.get_by_text("Charts"))
             svg_width = "() => Math.round(document.querySelector('.pcam-chart .main-svg').getBoundingClientRect().width)"
@@ -102,14 +90,14 @@ def test_a_chart_follows_its_column_width(tmp_path):
 
 
 def test_a_trace_type_the_bundle_lacks_is_named_in_place_of_the_chart(tmp_path):
-    with _serve(tmp_path / "app") as app:
+    with script_dashboard(tmp_path / "app", APP) as app:
         states = _open(f"{app.url}/?kinds=figures,sankey", _states)
     assert [state for state, _ in states] == ["drawn"] * 4 + ["error"]
     assert "could not be drawn" in states[-1][1] and "sankey" in states[-1][1]
 
 
 def test_a_missing_chart_library_is_named_in_place_of_every_chart(tmp_path):
-    with _serve(tmp_path / "app", with_static=False) as app:
+    with script_dashboard(tmp_path / "app", APP, with_static=False) as app:
         states = _open(f"{app.url}/?kinds=figures", _states)
     assert len(states) == 4 and all(state == "error" for state, _ in states)
     assert all("could not load the chart library" in text and ui.PLOTLY_JS in text for _, text in states)
