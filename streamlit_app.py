@@ -17,6 +17,7 @@ import os
 # same for the training processes it starts).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import gc  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -66,4 +67,11 @@ else:
     from pcam_app import heatmaps  # noqa: F401
 
     _cache_log.setLevel(_cache_log_level)
+    # Streamlit runs a full garbage collection after every script run (`runner.postScriptGC`): every page
+    # view, widget change and live-view refresh. Over the half a million objects these libraries bring
+    # that took 0.3-0.4 s of the server's GIL each time, most of it after the page's last element was
+    # sent. They live as long as the server, so they are moved out of the collector's sight here, once;
+    # what sessions create later is still collected as before.
+    gc.collect()
+    gc.freeze()
     app = st.App(__file__)

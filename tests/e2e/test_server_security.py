@@ -120,3 +120,15 @@ def test_the_server_loads_the_heavy_libraries_before_the_first_visitor(tmp_path)
         log = app.log_path.read_text()
     assert "libtorch_cpu" in mapped and "/sklearn/" in mapped and "/cv2/" in mapped  # cv2: the grad-cam package's
     assert "Error" not in log and "Traceback" not in log and "No runtime found" not in log  # a quiet start
+
+
+def test_the_start_up_import_leaves_the_collector_little_to_walk():
+    """Streamlit collects garbage in full after every script run. The import `streamlit run` does at start
+    freezes what it loaded (torch, the app, scikit-learn, grad-cam: hundreds of thousands of objects that
+    live as long as the server), so that each of those collections walks only what sessions made since."""
+    probe = ("import gc, streamlit_app; gc.collect(2); "
+             "print(gc.get_freeze_count(), len(gc.get_objects()))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    frozen, tracked = map(int, out.stdout.split()[-2:])
+    assert frozen > 200_000 and tracked < frozen / 20, (frozen, tracked)
