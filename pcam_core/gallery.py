@@ -93,25 +93,43 @@ def sample_by_class(labels: np.ndarray, per_class: int, *, seed: int = 0) -> dic
     return out
 
 
+def _level_percentiles(counts: np.ndarray, qs: Sequence[float]) -> list[float]:
+    """Percentiles of integer levels given their counts (`counts[v]`: pixels of value v), equal to
+    `np.percentile` on the values themselves (linear interpolation between neighbouring order statistics)."""
+    cumulative = np.cumsum(counts)
+    out = []
+    for q in qs:
+        position = (cumulative[-1] - 1) * q / 100
+        low, high = np.searchsorted(cumulative, [np.floor(position), np.ceil(position)], side="right")
+        out.append(float(low + (high - low) * (position - np.floor(position))))
+    return out
+
+
 def colour_statistics(dataset: PatchDataset, *, per_class: int = 256, seed: int = 0, bins: int = 32) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-class colour of a split, measured on a random sample of at most `per_class` patches per label.
 
     Returns (summary, histograms): summary has one row per class and channel with the mean, standard
     deviation and 5th/50th/95th percentiles of the pixel values (0-255) and the patches sampled;
-    histograms has the share of pixels per intensity bin, per class and channel."""
+    histograms has the share of pixels per intensity bin, per class and channel. Pixels are 8-bit, so
+    every figure comes exactly from the count of each of the 256 levels (a pass over the pixels, where
+    sorting 2.4 million values per channel for the percentiles and histogram took half a second)."""
+    if 256 % bins:
+        raise ValueError(f"bins must divide the 256 pixel levels, got {bins}")
     summary_rows, hist_rows = [], []
-    edges = np.linspace(0, 256, bins + 1)
+    levels = np.arange(256, dtype=np.float64)
     for value, indices in sample_by_class(dataset.labels, per_class, seed=seed).items():
-        pixels = dataset.read_pixels(indices).reshape(-1, 3).astype(np.float32)
+        pixels = dataset.read_pixels(indices).reshape(-1, 3)
         name = LABEL_NAMES[value]
         for c, channel in enumerate(CHANNELS):
-            values = pixels[:, c]
-            p5, p50, p95 = np.percentile(values, [5, 50, 95])
-            summary_rows.append({"class": name, "channel": channel, "mean": float(values.mean()), "std": float(values.std()),
-                                 "p5": float(p5), "median": float(p50), "p95": float(p95), "patches": int(indices.size)})
-            counts, _ = np.histogram(values, bins=edges)
-            share = counts / max(1, values.size)
-            hist_rows += [{"class": name, "channel": channel, "intensity": float(edges[b]), "share": float(share[b])}
+            counts = np.bincount(pixels[:, c], minlength=256)
+            n = max(1, int(counts.sum()))
+            mean = float(counts @ levels / n)
+            std = float(np.sqrt(counts @ (levels - mean) ** 2 / n))
+            p5, p50, p95 = _level_percentiles(counts, (5, 50, 95)) if counts.any() else (np.nan,) * 3
+            summary_rows.append({"class": name, "channel": channel, "mean": mean, "std": std,
+                                 "p5": p5, "median": p50, "p95": p95, "patches": int(indices.size)})
+            share = counts.reshape(bins, -1).sum(axis=1) / n
+            hist_rows += [{"class": name, "channel": channel, "intensity": float(b * 256 // bins), "share": float(share[b])}
                           for b in range(bins)]
     return pd.DataFrame(summary_rows), pd.DataFrame(hist_rows)
 

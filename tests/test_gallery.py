@@ -103,6 +103,22 @@ def test_colour_statistics_of_the_demo_split(demo_root):
     red = ds.read_pixels(idx)[..., 0].astype(float)
     row = summary[(summary["class"] == "tumour") & (summary["channel"] == "red")].iloc[0]
     assert row["mean"] == pytest.approx(red.mean(), rel=1e-5) and row["std"] == pytest.approx(red.std(), rel=1e-4)
+    assert [row["p5"], row["median"], row["p95"]] == pytest.approx(np.percentile(red, [5, 50, 95]))
+    counts, _ = np.histogram(red, bins=16, range=(0, 256))
+    shares = hist[(hist["class"] == "tumour") & (hist["channel"] == "red")]
+    assert shares["intensity"].tolist() == list(range(0, 256, 16)) and np.allclose(shares["share"], counts / red.size)
+    with pytest.raises(ValueError, match="bins must divide"):
+        colour_statistics(ds, per_class=4, bins=10)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 100, 9217])
+def test_colour_percentiles_match_numpy_on_any_sample_size(n):
+    """The percentiles come from the count of each pixel level; they equal numpy's on the pixels themselves."""
+    from pcam_core.gallery import _level_percentiles
+
+    values = np.random.default_rng(n).integers(0, 256, n)
+    got = _level_percentiles(np.bincount(values, minlength=256), (0, 5, 33.3, 50, 95, 100))
+    assert got == pytest.approx(np.percentile(values, [0, 5, 33.3, 50, 95, 100]))
 
 
 def test_slide_ids_come_from_the_metadata(demo_root):
