@@ -145,5 +145,5 @@ for column, frame, title, empty in (
         indices = frame["index"].to_numpy()
         ui.patch_cards(dataset.read_pixels(indices), [f"#{i} · p={p:.3f}" for i, p in zip(indices, frame["probability"])],
                        "pages/explain.py", [{**st.query_params.to_dict(), "run": run.run_id, "split": split, "patch": str(i)}
-                                               for i in indices],
-                       label="Explain", icon=":material/center_focus_strong:")
+                                            for i in indices],
+                       label="Explain", key=f"errors_{title.split(':')[0]}", width=120)

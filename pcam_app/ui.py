@@ -12,12 +12,15 @@ which opens the page the URL names.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import runpy
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
+from urllib.parse import urlencode
 
 import numpy as np
 import pandas as pd
@@ -150,6 +153,19 @@ def _apply_pending(key: str, options: list[str]) -> None:
         st.session_state[key] = pending
     elif st.session_state.get(key) not in options:
         st.session_state.pop(key, None)
+
+
+SIDEBAR_SELECTIONS = ("dataset", "run")  # widgets bound to the address (see `sidebar`)
+
+
+def switch_page(page: str, query: dict[str, str]) -> NoReturn:
+    """Open `page` in this session with `query` in its address, as a page link would. The sidebar's own
+    selections among them are made through the sidebar: Streamlit refuses to set a query parameter that
+    a widget is bound to."""
+    for key in SIDEBAR_SELECTIONS:
+        if key in query:
+            st.session_state[f"_select_{key}"] = query[key]
+    st.switch_page(page, query_params={k: v for k, v in query.items() if k not in SIDEBAR_SELECTIONS})
 
 
 def select_run(run_id: str) -> None:
@@ -323,21 +339,52 @@ def patch_tiles(pixels: np.ndarray, captions: Sequence[str], *, box: bool = True
     st.image(list(tiles), caption=list(captions), width=width)
 
 
-def image_cards(images: Sequence[np.ndarray], captions: Sequence[str], *, width: int, page: str | None = None,
-                links: Sequence[dict[str, str]] | None = None, label: str = "", icon: str | None = None) -> None:
-    """Images in a flowing row with gaps between them, each captioned and, when `links` are given, with a
-    link under it to `page` with its own query parameters (for instance the patch to open there)."""
+def image_cards(images: Sequence[np.ndarray], captions: Sequence[str], *, width: int) -> None:
+    """Images in a flowing row with gaps between them, each captioned."""
     with st.container(horizontal=True, gap="small"):
-        for i, (image, caption) in enumerate(zip(images, captions)):
+        for image, caption in zip(images, captions):
             with st.container(width=width, gap=None):
                 st.image(image, caption=caption, width=width)
-                if links is not None and page is not None:
-                    st.page_link(page, label=label, icon=icon, query_params=links[i])
+
+
+def png_data_url(image: np.ndarray) -> str:
+    """An image as a PNG data URL (lossless: what a pathologist sees is the patch's own pixels)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+_PATCH_LINKS_CSS = """
+.pcam-patch-links { display: flex; flex-wrap: wrap; gap: 0.5rem; }
+.pcam-patch-links figure { margin: 0; text-align: center; }
+.pcam-patch-links img { display: block; }
+.pcam-patch-links figcaption { font-size: 0.875rem; opacity: 0.6; margin: 0.25rem 0 0.1rem; }
+.pcam-patch-links a { font-size: 0.875rem; color: var(--st-primary-color); text-decoration: none; }
+.pcam-patch-links a:hover { text-decoration: underline; }
+"""
+_patch_links = st.components.v2.component(
+    "pcam_patch_links", js=(Path(__file__).parent / "patch_links.js").read_text(encoding="utf-8"), css=_PATCH_LINKS_CSS,
+    isolate_styles=False)
+
+
+def _ignore() -> None:
+    """A component's trigger is read from its result; registering it needs a callback."""
 
 
 def patch_cards(pixels: np.ndarray, captions: Sequence[str], page: str, links: Sequence[dict[str, str]], *,
-                label: str, icon: str | None = None, width: int = 120, scale: int = 2) -> None:
-    """Patches like `patch_tiles` (centre outlined), each with a link under it (see `image_cards`)."""
-    if len(pixels):
-        image_cards(list(outline_centre(pixels, scale=scale, width=scale)), captions, width=width, page=page, links=links,
-                    label=label, icon=icon)
+                label: str, key: str, width: int = 192) -> None:
+    """Patches in a flowing row, the central region outlined, each captioned and with a link `label` to
+    `page` with its own query parameters (for instance the patch to open there). One element draws the
+    whole row (a Streamlit image, caption and page link per patch cost a new tab of the Runs page 0.2 s):
+    a click on a link switches page in this session, as `st.page_link` does, and its address opens the
+    same view in a new tab or from a bookmark. Patches are shown `width` pixels wide, without smoothing
+    at whole multiples of their 96 pixels."""
+    if not len(pixels):
+        return
+    url_path = st.Page(page).url_path
+    cards = [{"src": png_data_url(tile), "caption": caption, "href": f"{url_path}?{urlencode(query)}"}
+             for tile, caption, query in zip(outline_centre(pixels), captions, links)]
+    result = _patch_links(key=key, data={"cards": cards, "label": label, "width": width}, on_open_change=_ignore)
+    chosen = result.open
+    if isinstance(chosen, int) and 0 <= chosen < len(cards):
+        switch_page(page, links[chosen])

@@ -7,14 +7,18 @@ in a temporary workspace; nothing of ours is mocked."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from helpers import REPO, make_bad_images, tif_bytes, wait_for
@@ -22,7 +26,7 @@ from pcam_core import scoring
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import PCamH5, patch_id
 from pcam_core.explain import METHODS, layer_choices
-from pcam_core.gallery import OUTCOMES, outcome_counts, outcome_examples
+from pcam_core.gallery import OUTCOMES, outcome_counts, outcome_examples, outline_centre
 from pcam_core.runs import RunDir, max_processes, process_count, stop
 from pcam_core.workspace import DEMO_ENV_VAR, ENV_VAR, Workspace
 
@@ -303,10 +307,19 @@ def test_explain_gallery_sorted_by_centre_focus(finished_workspace, monkeypatch)
 def test_the_error_gallery_links_to_explain_with_the_patch(finished_workspace, monkeypatch):
     at = open_page(start(finished_workspace, monkeypatch), "pages/runs.py")
     at.slider(key="threshold").set_value(0.2).run()  # some false positives to show
-    links = [link.proto for link in at.get("page_link") if link.proto.label == "Explain"]
-    assert links and all(link.page == "explain" for link in links)
-    params = dict(pair.split("=") for pair in links[0].query_string.split("&"))
-    assert params["run"] == RUN_ID and params["split"] == "valid"
+    galleries = [json.loads(e.proto.json) for e in at.get("bidi_component") if e.proto.component_name == "pcam_patch_links"]
+    cards = [card for gallery in galleries for card in gallery["cards"]]
+    assert cards and all(gallery["label"] == "Explain" for gallery in galleries)
+    assert all(card["src"].startswith("data:image/png;base64,") and card["caption"].startswith("#") for card in cards)
+    path, _, query = cards[0]["href"].partition("?")
+    assert path == "explain"
+    params = dict(parse_qsl(query))
+    assert params["run"] == RUN_ID and params["split"] == "valid" and cards[0]["caption"].startswith(f"#{params['patch']} ")
+    # the patch shown is the patch itself, central region outlined (lossless)
+    tile = np.asarray(Image.open(io.BytesIO(base64.b64decode(cards[0]["src"].split(",", 1)[1]))))
+    source = Workspace(finished_workspace).sources()[0]
+    patch = PCamH5(source.path, "valid").read_pixels([int(params["patch"])])
+    assert np.array_equal(tile, outline_centre(patch)[0])
     # following the link: a session that opens Explain with these query parameters shows that patch
     fresh = AppTest.from_file(APP, default_timeout=120)
     for key, value in params.items():

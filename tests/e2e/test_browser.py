@@ -170,8 +170,10 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
             if main.get_by_role("link", name="Explain").count() == 0:
                 slider.press("Home")
                 wait_rendered(page, main.get_by_role("link", name="Explain"))
-            number = re.match(r"#(\d+)", main.locator("[data-testid=stImageCaption]").first.inner_text()).group(1)
-            main.get_by_role("link", name="Explain").first.click()
+            number = re.match(r"#(\d+)", main.locator(".pcam-patch-links figcaption").first.inner_text()).group(1)
+            link = main.get_by_role("link", name="Explain").first
+            assert f"patch={number}" in link.get_attribute("href")  # the address opens it in a new tab too
+            link.click()  # opens it in this session
             wait_rendered(page, page.get_by_text(f"Patch #{number} of valid"))
             expect(page.get_by_role("heading", name="Explain")).to_be_visible()
             expect(page.get_by_text("Centre focus").first).to_be_visible()
