@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import DASHBOARD_PAGES, TESTS, dashboard_workspace, load_average, machine
+from common import DASHBOARD_PAGES, TESTS, dashboard_workspace, load_average, machine, page_url
 
 sys.path.insert(0, str(TESTS))
 from helpers import CHROMIUM, CHROMIUM_ARGS, Dashboard, wait_rendered  # noqa: E402  (the browser tests' own)
@@ -64,12 +64,12 @@ def main() -> None:
             context = browser.new_context(viewport=VIEWPORT)  # one browser profile: its HTTP cache holds the app's scripts
             for path, (_, marker) in DASHBOARD_PAGES.items():  # first: one tab per page, the server's caches cold
                 page = context.new_page()
-                first = timed(lambda: page.goto(f"{app.url}/{path}"), page, marker)
+                first = timed(lambda: page.goto(page_url(app.url, path)), page, marker)
                 page.close()
                 loads = []
                 for _ in range(args.repeats):
                     page = context.new_page()
-                    loads.append(timed(lambda: page.goto(f"{app.url}/{path}"), page, marker))
+                    loads.append(timed(lambda: page.goto(page_url(app.url, path)), page, marker))
                     page.close()
                 rows[path] = {"first": first, "load": statistics.median(loads), "slowest load": max(loads)}
             page = context.new_page()

@@ -122,7 +122,7 @@ class PeakTreeRSS:
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 LARGE_SOURCE = "pcam-large"
-# URL path -> (its title in the sidebar, an element only that page shows once drawn). A page counts as
+# page -> (its title in the sidebar, an element only that page shows once drawn). A page counts as
 # rendered completely when that element is visible and helpers.PAGE_DRAWN holds (script finished, no
 # spinner, no skeleton waiting for an element's code, every chart and image drawn).
 DASHBOARD_PAGES = {
@@ -133,6 +133,12 @@ DASHBOARD_PAGES = {
     "explain": ("Explain", lambda page: page.get_by_text("It does not say whether the call is right", exact=False)),
     "predict": ("Predict", lambda page: page.get_by_text("Drop one or many patches above")),
 }
+
+
+def page_url(base: str, page: str) -> str:
+    """A page's address: the default page (Overview) is the app's root; /overview would open it behind a
+    "Page not found" dialog."""
+    return f"{base}/" if page == "overview" else f"{base}/{page}"
 
 
 def dashboard_workspace(root: Path, *, patches: int = 262_144, runs: int = 20) -> Path:

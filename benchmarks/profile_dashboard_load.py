@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from common import DASHBOARD_PAGES, TESTS, dashboard_workspace
+from common import DASHBOARD_PAGES, TESTS, dashboard_workspace, page_url
 
 sys.path.insert(0, str(TESTS))
 from helpers import CHROMIUM, CHROMIUM_ARGS, Dashboard, wait_rendered  # noqa: E402
@@ -59,13 +59,13 @@ def main() -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = context.new_page()
-        page.goto(f"{app.url}/{args.page}")
+        page.goto(page_url(app.url, args.page))
         wait_rendered(page, marker(page), timeout_ms=120_000)
         page.close()
         page = context.new_page()
         cdp = start_cpu_profile(context, page)
         start = time.perf_counter()
-        page.goto(f"{app.url}/{args.page}")
+        page.goto(page_url(app.url, args.page))
         dom = time.perf_counter() - start
         wait_rendered(page, marker(page), timeout_ms=120_000)
         total = time.perf_counter() - start
