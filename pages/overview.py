@@ -10,7 +10,7 @@ from pcam_app import figures, ui
 from pcam_core.data import DataError
 from pcam_core.gallery import class_balance
 from pcam_core.jobs import job_error
-from pcam_core.monitor import STATE_ICONS, format_duration, runs_table, state_counts
+from pcam_core.monitor import STATE_ICONS, format_duration, state_counts
 from pcam_core.workspace import DataSource
 
 ctx = ui.context()
@@ -75,14 +75,8 @@ with left:
                 continue
             rows = source_rows(source)
             if rows:
-                table = pd.DataFrame(rows)
-                st.dataframe(table.drop(columns=["source"]), hide_index=True, column_config={
-                    "patches": st.column_config.NumberColumn(format="localized"),
-                    "tumour": st.column_config.NumberColumn(format="localized"),
-                    "normal": st.column_config.NumberColumn(format="localized"),
-                    "unlabelled": st.column_config.NumberColumn(format="localized"),
-                    "tumour share": st.column_config.ProgressColumn(format="%.1f%%", min_value=0, max_value=100),
-                })
+                ui.table(pd.DataFrame(rows).drop(columns=["source"]),
+                         {name: "{:,}" for name in ("patches", "tumour", "normal", "unlabelled")} | {"tumour share": "{:.1f} %"})
 with right:
     active_rows = source_rows(ctx.source) if ctx.source and ctx.source.exists() else []
     if active_rows:
@@ -99,11 +93,7 @@ else:
     cols = st.columns(max(1, len(counts)))
     for column, (state, n) in zip(cols, sorted(counts.items())):
         column.metric(f"{STATE_ICONS.get(state, '')} {state}", n)
-    table = runs_table(ctx.runs[:5], ctx.source_names())
-    st.dataframe(table[["run", "state", "model", "data", "epochs", "ROC-AUC", "created"]], hide_index=True,
-                 column_config={"ROC-AUC": st.column_config.NumberColumn(format="%.3f")})
-    if len(ctx.runs) > 5:
-        st.caption(f"The 5 newest of {len(ctx.runs)} runs; all of them are on the Runs page.")
+    ui.recent_runs_table(ctx.runs, ctx.source_names())
 
 st.subheader("Add data")
 add, download = st.tabs(["Register a folder", "Download PCam"])

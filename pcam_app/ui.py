@@ -32,7 +32,7 @@ from pcam_core.checkpoint import model_from_checkpoint
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import PatchDataset
 from pcam_core.gallery import LABEL_NAMES, colour_statistics, outline_centre
-from pcam_core.monitor import STATE_ICONS
+from pcam_core.monitor import STATE_ICONS, runs_table
 from pcam_core.predict import checkpoint_path, dataset_for_split
 from pcam_core.runs import RunDir, RunSummary
 from pcam_core.workspace import DataSource, Workspace
@@ -86,6 +86,25 @@ def chart(figure: Any, *, key: str, where: Any = st) -> None:
     with where.container():
         _chart_component(key=key, data={"figure": figure.to_json(), "config": CHART_CONFIG,
                                         "src": f"app/static/{PLOTLY_JS}"})
+
+
+def table(frame: pd.DataFrame, formats: dict[str, str] | None = None) -> None:
+    """A small table drawn as plain HTML (st.table), each column formatted with a format string ("{:,}",
+    "{:.3f}"), empty cells as a dash. For a handful of rows: Streamlit's data grid (st.dataframe), with its
+    sorting and scrolling, costs a new tab 0.1 s or more per grid (benchmarks/bench_dashboard.py)."""
+    st.table(frame.style.format(formats or {}, na_rep="–"), hide_index=True)
+
+
+RECENT_RUNS = 5  # the runs the Overview page lists; the Runs page has them all, sortable
+
+
+def recent_runs_table(runs: Sequence[RunSummary], source_names: dict[str, str]) -> None:
+    """The newest runs (a table), and where the others are."""
+    frame = runs_table(runs[:RECENT_RUNS], source_names)
+    table(frame[["run", "state", "model", "data", "epochs", "ROC-AUC", "created"]],
+          {"ROC-AUC": "{:.3f}", "created": lambda t: t.strftime("%Y-%m-%d %H:%M") if t == t else "–"})
+    if len(runs) > RECENT_RUNS:
+        st.caption(f"The {RECENT_RUNS} newest of {len(runs)} runs; all of them, sortable, are on the Runs page.")
 
 
 def synthetic_banner(synthetic: bool, headline: str = "SYNTHETIC demo data, not real tissue.") -> None:

@@ -128,6 +128,11 @@ def test_adding_a_source_by_path_on_the_overview(tmp_path, monkeypatch, demo_roo
     assert not at.exception
     assert [s.name for s in Workspace(tmp_path).sources()] == ["mydemo"]
     assert at.sidebar.selectbox(key="dataset").value == "mydemo"  # the new source became the active one
+    splits = at.table[0].value  # what the source holds, split by split, as its labels count it
+    labels = PCamH5(demo_root, "train").labels
+    train = splits[splits["split"] == "train"].iloc[0]
+    assert list(splits["split"]) == ["train", "valid", "test"] and train["patches"] == len(labels)
+    assert train["tumour"] == (labels == 1).sum() and train["tumour share"] == pytest.approx(100 * labels.mean())
 
 
 def test_a_damaged_registry_is_an_error_not_a_crash(tmp_path, monkeypatch):
