@@ -22,6 +22,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from helpers import REPO, make_bad_images, tif_bytes, wait_for
+from pcam_app.figures import TRACE_TYPES
 from pcam_core import scoring
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import PCamH5, patch_id
@@ -154,12 +155,21 @@ def test_every_page_renders_with_a_finished_run(finished_workspace, monkeypatch)
         "pages/explain.py": ["call at 0.500", "Centre focus", "central 32×32"],
         "pages/predict.py": ["Model of run", "probability"],
     }
+    drawn = []
     for page, words in expected.items():
         open_page(at, page)
         shown = texts(at)
         for word in words:
             assert word in shown, (page, word)
         assert "SYNTHETIC" in shown, page  # demo data, or a model trained on it
+        drawn += charts(at)
+    # every chart: trace types the app's plotly.js bundle draws, in the house look (plotly_white, 2-D parts only)
+    assert len(drawn) >= 8
+    for figure in drawn:
+        assert {trace.get("type", "scatter") for trace in figure["data"]} <= set(TRACE_TYPES)
+        template = figure["layout"]["template"]
+        assert template["layout"]["plot_bgcolor"] == "white" and not {"scene", "polar", "geo"} & set(template["layout"])
+        assert set(template["data"]) == set(TRACE_TYPES)
 
 
 def test_dataset_filters_and_paging(finished_workspace, monkeypatch):
