@@ -3,12 +3,14 @@ dashboard workspace of realistic size with the pages' "rendered" markers."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -141,11 +143,16 @@ def page_url(base: str, page: str) -> str:
     return f"{base}/" if page == "overview" else f"{base}/{page}"
 
 
+FULL_VALID = 32_768  # PCam's validation split
+
+
 def dashboard_workspace(root: Path, *, patches: int = 262_144, runs: int = 20) -> Path:
     """A workspace as a busy lab has it, made once and reused: the SYNTHETIC demo data; an official-layout
-    PCam train split of `patches` random patches (7.2 GB for 262,144), registered last so that it is the
-    active dataset; and `runs` finished runs: one tiny real run (2 epochs of pcamnet on the demo data)
-    copied with new run ids and creation times."""
+    PCam train split of `patches` random patches (7.2 GB for 262,144) and a valid split of 32,768 (PCam's
+    size), registered last so that it is the active dataset; and `runs` finished runs: one tiny real run
+    (2 epochs of pcamnet on the demo data) copied with new run ids and creation times, the newest of them
+    (the one the pages open on) judged on the full-size valid split: its model scored all 32,768 patches
+    (`pcam evaluate`), as a run trained on PCam has validation predictions for all of them."""
     from pcam_core.data.demo import DemoSpec
     from pcam_core.fileio import atomic_write_json
     from pcam_core.runs import RunDir, new_run_id
@@ -158,6 +165,10 @@ def dashboard_workspace(root: Path, *, patches: int = 262_144, runs: int = 20) -
     if not x_file.exists() or x_file.stat().st_size < patches * 96 * 96 * 3:
         print(f"writing a {patches:,}-patch train split to {large} ...", flush=True)
         write_official_split(large, "train", patches)
+    valid_x = large / "camelyonpatch_level_2_split_valid_x.h5"
+    if not valid_x.exists() or valid_x.stat().st_size < FULL_VALID * 96 * 96 * 3:
+        print(f"writing a {FULL_VALID:,}-patch valid split to {large} ...", flush=True)
+        write_official_split(large, "valid", FULL_VALID, seed=1)
     if LARGE_SOURCE not in [s.name for s in workspace.sources()]:
         workspace.add_source(large, LARGE_SOURCE)
     existing = workspace.runs()
@@ -171,10 +182,24 @@ def dashboard_workspace(root: Path, *, patches: int = 262_144, runs: int = 20) -
         existing = workspace.runs()
     source = Path(existing[-1].path)
     created = RunDir(source).raw_status().get("created_at") or time.time()
-    for i in range(len(existing), runs):
+    for i in range(len(existing), runs - 1):
         copy = RunDir(workspace.runs_root / new_run_id(f"copy-{i:02d}"))
         shutil.copytree(source, copy.path)
         atomic_write_json(copy.status_path, {**copy.raw_status(), "created_at": created + i})
+    if len(existing) < runs:
+        print(f"scoring the {FULL_VALID:,}-patch valid split for a full-size run ...", flush=True)
+        full = RunDir(workspace.runs_root / new_run_id("full-valid"))
+        shutil.copytree(source, full.path)
+        config = json.loads(full.config_path.read_text())
+        config["data"]["path"] = str(large)
+        atomic_write_json(full.config_path, config)
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(scratch) / "valid.json"
+            subprocess.run([sys.executable, "-m", "pcam_core", "evaluate", "--run", str(full.path), "--data", str(large),
+                            "--split", "valid", "--no-tta", "--out", str(out)], check=True, capture_output=True,
+                           env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+            shutil.copyfile(out.with_name("valid_predictions.csv"), full.path / "valid_predictions.csv")
+        atomic_write_json(full.status_path, {**full.raw_status(), "created_at": created + runs, "synthetic_data": False})
     return workspace.root
 
 
