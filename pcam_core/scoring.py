@@ -98,10 +98,18 @@ def scoring_status(run: RunDir, split: str) -> JobStatus | None:
     return job_status(run.path / EVALUATIONS, f"score-{split}")
 
 
+# The ROC and PR curves are drawn through the points at least this far apart (metrics.thin_curve): a
+# thousandth of the axis, under half a pixel of the dashboard's charts. A 32,768-patch split's PR curve
+# has about 30,000 points (1.7 MB of chart data, sent again on every move of the threshold); thinned, a
+# few thousand at most. The AUCs and every figure at the threshold use all the predictions.
+CURVE_RESOLUTION = 1e-3
+
+
 @dataclass(frozen=True)
 class ThresholdReport:
     """Every figure of a scored split at one decision threshold (a patch is called tumour when its
-    probability is >= threshold). `metrics` is `binary_metrics`; the curves do not depend on it."""
+    probability is >= threshold). `metrics` is `binary_metrics`; the curves do not depend on it (they
+    are thinned for drawing, `CURVE_RESOLUTION`)."""
 
     threshold: float
     metrics: dict[str, Any]
@@ -127,8 +135,9 @@ def threshold_report(labels: np.ndarray, probs: np.ndarray, threshold: float) ->
         "precision": metrics["precision"] if (c["tp"] + c["fp"]) else None,
     }
     both = metrics["roc_auc"] is not None
-    return ThresholdReport(threshold, metrics, pd.DataFrame(rows), roc_points(labels, probs) if both else None,
-                           pr_points(labels, probs) if both else None, point)
+    return ThresholdReport(threshold, metrics, pd.DataFrame(rows),
+                           roc_points(labels, probs, resolution=CURVE_RESOLUTION) if both else None,
+                           pr_points(labels, probs, resolution=CURVE_RESOLUTION) if both else None, point)
 
 
 def suggested_thresholds(run: RunDir) -> dict[str, float]:

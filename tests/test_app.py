@@ -56,6 +56,13 @@ def charts(at: AppTest) -> list[dict]:
             if element.proto.component_name == "pcam_chart"]
 
 
+def _plotly_array(value) -> np.ndarray:
+    """An array of plotly's JSON: a list, or numpy's bytes in base64 ({"dtype", "bdata"})."""
+    if isinstance(value, dict):
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+    return np.asarray(value)
+
+
 def texts(at: AppTest) -> str:
     """Everything a user reads on the page, as one string."""
     parts = [e.value for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success")
@@ -210,8 +217,15 @@ def test_threshold_slider_moves_every_figure(finished_workspace, monkeypatch):
     assert float(strict["Sensitivity"]) < float(at_half["Sensitivity"])
     assert float(strict["Specificity"]) >= float(at_half["Specificity"])
     assert strict["ROC-AUC"] == at_half["ROC-AUC"]  # threshold-free
-    titles = [figure["layout"]["title"]["text"] for figure in charts(at)]
-    assert "Confusion matrix at threshold 0.98" in titles
+    drawn = {figure["layout"]["title"]["text"]: figure for figure in charts(at)}
+    assert "Confusion matrix at threshold 0.98" in drawn
+    # the histogram's bars count every validation prediction of each class
+    valid = pd.read_csv(RunDir(finished_workspace / "runs" / RUN_ID).valid_predictions_path)
+    bars = {trace["name"]: trace for trace in drawn["Probabilities by true class"]["data"]}
+    for value, name in ((0, "normal"), (1, "tumour")):
+        counts = _plotly_array(bars[f"truly {name}"]["y"])
+        assert counts.sum() == (valid["label"] == value).sum() and len(counts) == 40
+    assert [shape["x0"] for shape in drawn["Probabilities by true class"]["layout"]["shapes"]] == [0.98]
     at.selectbox(key="threshold_preset").set_value("Youden (validation)").run()
     assert at.slider(key="threshold").value != 0.98
     assert not at.exception

@@ -13,6 +13,7 @@ from pcam_core.metrics import (
     pr_points,
     reliability_points,
     roc_points,
+    thin_curve,
 )
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -53,6 +54,31 @@ def test_curves_span_the_unit_square():
     assert roc["fpr"][0] == 0 and roc["fpr"][-1] == 1 and roc["tpr"][-1] == 1
     pr = pr_points(LABELS, PROBS)
     assert len(pr["precision"]) == len(pr["recall"]) == len(pr["threshold"])
+
+
+@pytest.mark.parametrize("curve", ["roc", "pr"])
+def test_thinned_curves_stay_within_the_resolution_of_every_point(curve):
+    """32,768 predictions: the full curve has thousands of points; the thinned one a bounded number, with
+    the ends kept, and every point of the full curve within the resolution (in x and y) of a kept point
+    drawn before it (so the drawn line passes that close)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 32_768)
+    probs = np.clip(rng.normal(0.3 + 0.4 * labels, 0.2), 0, 1)
+    points, x, y = (roc_points, "fpr", "tpr") if curve == "roc" else (pr_points, "recall", "precision")
+    full, thin = points(labels, probs), points(labels, probs, resolution=1e-3)
+    assert len(full[x]) > 5_000 and len(thin[x]) < 3_000
+    assert len(thin[x]) == len(thin[y]) == len(thin["threshold"])
+    for key in (x, y, "threshold"):
+        assert thin[key][0] == full[key][0] and thin[key][-1] == full[key][-1]
+    fx, fy = np.asarray(full[x]), np.asarray(full[y])
+    kept = np.flatnonzero(np.isin(np.asarray(full["threshold"]), thin["threshold"]) & np.isin(fx, thin[x]))
+    last_kept = kept[np.searchsorted(kept, np.arange(fx.size), side="right") - 1]  # the last kept point at or before each
+    assert np.abs(fx - fx[last_kept]).max() < 1e-3 and np.abs(fy - fy[last_kept]).max() < 1e-3
+
+
+def test_thin_curve_keeps_short_curves_whole():
+    assert thin_curve(np.array([0.0, 1.0]), np.array([0.0, 1.0]), 0.1).tolist() == [0, 1]
+    assert thin_curve(np.array([0.0, 0.01, 0.02, 1.0]), np.array([0.0, 0.01, 0.02, 1.0]), 0.1).tolist() == [0, 3]
 
 
 def test_threshold_choice():

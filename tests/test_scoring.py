@@ -50,6 +50,22 @@ def test_threshold_report_counts_rates_and_operating_point():
     assert np.isnan(one.confusion.set_index(["true", "called"]).loc[("tumour", "tumour"), "rate"])
 
 
+def test_a_full_size_split_draws_thinned_curves_and_keeps_exact_figures():
+    """PCam's 32,768 validation patches: the curves to draw are thinned to a few thousand points (about
+    30,000 in the PR curve otherwise); the AUCs and counts still come from every prediction."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 32_768)
+    probs = np.clip(rng.normal(0.3 + 0.4 * labels, 0.2), 0, 1)
+    r = threshold_report(labels, probs, 0.5)
+    assert len(r.roc["fpr"]) < 3_000 and len(r.pr["recall"]) < 3_000
+    assert r.roc["fpr"][0] == 0 and r.roc["tpr"][-1] == 1 and r.pr["recall"][-1] == 0
+    assert r.metrics["roc_auc"] == pytest.approx(roc_auc_score(labels, probs))
+    assert r.metrics["pr_auc"] == pytest.approx(average_precision_score(labels, probs))
+    assert r.confusion["count"].sum() == 32_768
+
+
 def test_validation_predictions_come_from_training(run):
     assert scorable_splits(run) == ["valid", "train", "test"]
     assert scored_splits(run) == ["valid"]
