@@ -55,7 +55,7 @@ split = top[1].segmented_control("Patches of the split", splits, default=splits[
                                  bind="query-params",
                                  help="The validation split is scored by the trainer; score others on the Runs page to explain them.")
 try:
-    predictions = scoring.split_predictions(run, split)
+    predictions = ui.split_predictions(run, split)
 except (OSError, ValueError) as err:
     ui.fail(str(err))
 if predictions is None or predictions.empty:

@@ -54,7 +54,7 @@ elif split == "train":
     st.caption("The training split includes the patches the model learnt from: its figures flatter the model.")
 
 try:
-    predictions = scoring.split_predictions(run, split)
+    predictions = ui.split_predictions(run, split)
 except (OSError, ValueError) as err:
     ui.fail(str(err))
 
@@ -90,7 +90,7 @@ if not set(predictions["label"].unique()) <= {0, 1}:
     ui.fail(f"The {split} predictions have no labels to judge them by.")
 
 # -- figures at a threshold -------------------------------------------------------------------------------
-suggestions = scoring.suggested_thresholds(run)
+suggestions = ui.suggested_thresholds(run)
 
 
 def use_suggestion() -> None:
@@ -103,7 +103,7 @@ preset_col.selectbox("Set from", list(suggestions), key="threshold_preset", on_c
 threshold = slider_col.slider("Decision threshold", 0.0, 1.0, 0.5, 0.005, key="threshold", format="%.3f",
                               help="A patch is called tumour when its probability is at or above this value.")
 st.caption(ui.PROBABILITY_NOTE)
-report = scoring.threshold_report(predictions["label"].to_numpy(), predictions["probability"].to_numpy(), threshold)
+report = ui.threshold_report(run, split, threshold)
 m = report.metrics
 cells = st.columns(7)
 for column, (label, value, help_text) in zip(cells, [

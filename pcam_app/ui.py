@@ -28,6 +28,7 @@ import streamlit as st
 from PIL import Image
 from streamlit.navigation.page import StreamlitPage
 
+from pcam_core import scoring
 from pcam_core.checkpoint import model_from_checkpoint
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import PatchDataset
@@ -342,6 +343,58 @@ def load_model(run: RunDir) -> tuple[Any, Any, dict[str, Any]]:
         return _model(str(path), path.stat().st_mtime)
     except (OSError, ValueError) as err:
         fail(f"Cannot load the model of run {run.run_id}: {err}")
+
+
+def _version(*paths: Path) -> tuple[tuple[int, int, int] | None, ...]:
+    """Identifies the current content of files: a file replaced (written atomically: a new inode) or
+    modified in place (mtime, size) gets a new version."""
+    versions = []
+    for path in paths:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            versions.append(None)
+        else:
+            versions.append((info.st_ino, info.st_mtime_ns, info.st_size))
+    return tuple(versions)
+
+
+def _scores_version(run: RunDir, split: str) -> tuple[int | None, ...]:
+    """What a split's predictions depend on: their file, and the best checkpoint (a newer one makes the
+    scores of splits other than validation stale)."""
+    return _version(scoring.predictions_file(run, split), run.path / "checkpoints" / "best.pt")
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the predictions...")
+def _split_predictions(run_path: str, split: str, version: tuple) -> pd.DataFrame | None:
+    return scoring.split_predictions(RunDir(run_path), split)
+
+
+def split_predictions(run: RunDir, split: str) -> pd.DataFrame | None:
+    """`scoring.split_predictions`, read once per version of its file (32,768 rows for PCam's validation
+    split): the Runs and Explain pages use them on every rerun."""
+    return _split_predictions(str(run.path), split, _scores_version(run, split))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _threshold_report(run_path: str, split: str, version: tuple, threshold: float) -> scoring.ThresholdReport:
+    predictions = _split_predictions(run_path, split, version)
+    return scoring.threshold_report(predictions["label"].to_numpy(), predictions["probability"].to_numpy(), threshold)
+
+
+def threshold_report(run: RunDir, split: str, threshold: float) -> scoring.ThresholdReport:
+    """`scoring.threshold_report` of a scored split, computed once per threshold and version of the scores."""
+    return _threshold_report(str(run.path), split, _scores_version(run, split), threshold)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _suggested_thresholds(run_path: str, version: tuple) -> dict[str, float]:
+    return scoring.suggested_thresholds(RunDir(run_path))
+
+
+def suggested_thresholds(run: RunDir) -> dict[str, float]:
+    """`scoring.suggested_thresholds`, once per version of the run's validation predictions."""
+    return _suggested_thresholds(str(run.path), _version(run.valid_predictions_path))
 
 
 # -- patches ---------------------------------------------------------------------------------------------

@@ -58,9 +58,14 @@ def _fresh(path: Path, run: RunDir) -> bool:
         return False
 
 
+def predictions_file(run: RunDir, split: str) -> Path:
+    """Where the per-patch predictions of `split` for `run` are (or will be) written."""
+    return run.valid_predictions_path if split == TRAINER_SPLIT else evaluation_files(run, split)[1]
+
+
 def split_predictions(run: RunDir, split: str) -> pd.DataFrame | None:
     """id, label, probability, index of every patch of `split`, or None when not scored (or stale)."""
-    path = run.valid_predictions_path if split == TRAINER_SPLIT else evaluation_files(run, split)[1]
+    path = predictions_file(run, split)
     if split == TRAINER_SPLIT:
         if not path.exists():
             return None

@@ -231,6 +231,22 @@ def test_threshold_slider_moves_every_figure(finished_workspace, monkeypatch):
     assert not at.exception
 
 
+def test_new_predictions_replace_the_ones_read_before(finished_workspace, monkeypatch, tmp_path):
+    """The pages read a split's predictions once per version of the file: predictions written again
+    (an epoch of a resumed run, a split scored again) are what the next rerun shows."""
+    workspace = tmp_path / "ws"
+    shutil.copytree(finished_workspace, workspace)
+    at = open_page(start(workspace, monkeypatch), "pages/runs.py")
+    auc = float(next(m.value for m in at.metric if m.label == "ROC-AUC"))
+    path = RunDir(workspace / "runs" / RUN_ID).valid_predictions_path
+    frame = pd.read_csv(path, dtype={"id": str})
+    frame["probability"] = 1 - frame["probability"]
+    frame.to_csv(path, index=False)
+    at.run()
+    assert not at.exception
+    assert float(next(m.value for m in at.metric if m.label == "ROC-AUC")) == pytest.approx(1 - auc, abs=2e-3)
+
+
 def test_scoring_another_split_from_the_runs_page(finished_workspace, monkeypatch):
     at = open_page(start(finished_workspace, monkeypatch), "pages/runs.py")
     at.button_group(key="judge_split").set_value("test").run()
