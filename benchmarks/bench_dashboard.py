@@ -1,6 +1,7 @@
 """Seconds to the first complete render of each dashboard page in headless Chromium.
 
     python benchmarks/bench_dashboard.py [--workspace benchmarks/out/dashboard-ws] [--patches 262144] [--runs 20]
+                                         [--app OTHER_CHECKOUT/streamlit_app.py]
 
 The workspace (common.dashboard_workspace) holds a 262,144-patch official-layout PCam train split and a
 32,768-patch valid split (the active dataset; 8.1 GB, written once and reused), the SYNTHETIC demo data
@@ -38,7 +39,7 @@ from pathlib import Path
 from common import DASHBOARD_PAGES, TESTS, dashboard_workspace, load_average, machine, page_url
 
 sys.path.insert(0, str(TESTS))
-from helpers import CHROMIUM, CHROMIUM_ARGS, Dashboard, wait_rendered  # noqa: E402  (the browser tests' own)
+from helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Dashboard, wait_rendered  # noqa: E402  (the browser tests' own)
 
 GOAL_S = 2.0
 VIEWPORT = {"width": 1400, "height": 1000}
@@ -57,19 +58,24 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=262_144)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--app", type=Path, default=REPO / "streamlit_app.py",
+                        help="the streamlit_app.py of another checkout, to compare versions on the same workspace")
     args = parser.parse_args()
+    app_file = args.app.resolve()
+    served = {"app": app_file, "env": {"PYTHONPATH": str(app_file.parent)}}  # that checkout's pcam_app and pcam_core
 
     from playwright.sync_api import sync_playwright
 
     root = dashboard_workspace(args.workspace.resolve(), patches=args.patches, runs=args.runs)
-    print(f"{machine()}\n{args.patches:,}-patch active split, {args.runs} finished runs, workspace {root}; {load_average()}")
+    print(f"{machine()}\n{args.patches:,}-patch active split, {args.runs} finished runs, workspace {root}; {load_average()}\n"
+          f"serving {app_file}")
     rows = {}
     log = root / "streamlit.log"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport=VIEWPORT)  # one browser profile: its HTTP cache holds the app's scripts
-            with Dashboard(root, log) as app:  # a server that has served the app before
+            with Dashboard(root, log, **served) as app:  # a server that has served the app before
                 page = context.new_page()  # this profile's first visit fills its HTTP cache
                 timed(lambda: page.goto(app.url), page, DASHBOARD_PAGES["overview"][1])
                 page.close()
@@ -78,7 +84,7 @@ def main() -> None:
                 new_visitor = timed(lambda: page.goto(app.url), page, DASHBOARD_PAGES["overview"][1])
                 visitor.close()
                 port = app.port
-            with Dashboard(root, log, port=port) as app:  # restarted (same address: the browser's cache still applies)
+            with Dashboard(root, log, port=port, **served) as app:  # restarted (same address: the browser's cache still applies)
                 for path, (_, marker) in DASHBOARD_PAGES.items():  # first: one tab per page, the server's caches cold
                     page = context.new_page()
                     first = timed(lambda: page.goto(page_url(app.url, path)), page, marker)
