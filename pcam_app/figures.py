@@ -167,7 +167,8 @@ def probability_figure(predictions: pd.DataFrame, threshold: float) -> go.Figure
     for value, name in ((0, "normal"), (1, "tumour")):
         counts, _ = np.histogram(predictions.loc[predictions["label"] == value, "probability"], bins=edges)
         fig.add_bar(x=edges[:-1] + PROBABILITY_BIN / 2, y=counts, width=PROBABILITY_BIN, name=f"truly {name}",
-                    marker=dict(color=CLASS_COLOURS[name], line_width=0), opacity=0.65, customdata=np.stack([edges[:-1], edges[1:]], axis=1),
+                    marker=dict(color=CLASS_COLOURS[name], line_width=0), opacity=0.65,
+                    customdata=np.stack([edges[:-1], edges[1:]], axis=1),
                     hovertemplate="%{customdata[0]:.3f}-%{customdata[1]:.3f}: %{y:,} truly " + name + " patches<extra></extra>")
     fig.add_vline(x=threshold, line=dict(color="black", width=2), annotation_text=f"threshold {threshold:.2f}")
     return _layout(fig, "Probabilities by true class", height=340, barmode="overlay", bargap=0,

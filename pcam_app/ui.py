@@ -103,7 +103,7 @@ def recent_runs_table(runs: Sequence[RunSummary], source_names: dict[str, str]) 
     """The newest runs (a table), and where the others are."""
     frame = runs_table(runs[:RECENT_RUNS], source_names)
     table(frame[["run", "state", "model", "data", "epochs", "ROC-AUC", "created"]],
-          {"ROC-AUC": "{:.3f}", "created": lambda t: t.strftime("%Y-%m-%d %H:%M") if t == t else "–"})
+          {"ROC-AUC": "{:.3f}", "created": lambda t: t.strftime("%Y-%m-%d %H:%M") if pd.notna(t) else "–"})
     if len(runs) > RECENT_RUNS:
         st.caption(f"The {RECENT_RUNS} newest of {len(runs)} runs; all of them, sortable, are on the Runs page.")
 
@@ -359,10 +359,8 @@ def _version(*paths: Path) -> tuple[tuple[int, int, int] | None, ...]:
     return tuple(versions)
 
 
-def _scores_version(run: RunDir, split: str) -> tuple[int | None, ...]:
-    """What a split's predictions depend on: their file, and the best checkpoint (a newer one makes the
-    scores of splits other than validation stale)."""
-    return _version(scoring.predictions_file(run, split), run.path / "checkpoints" / "best.pt")
+def _scores_version(run: RunDir, split: str) -> tuple:
+    return _version(*scoring.score_files(run, split))
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the predictions...")

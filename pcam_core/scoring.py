@@ -63,6 +63,13 @@ def predictions_file(run: RunDir, split: str) -> Path:
     return run.valid_predictions_path if split == TRAINER_SPLIT else evaluation_files(run, split)[1]
 
 
+def score_files(run: RunDir, split: str) -> tuple[Path, Path]:
+    """The files `split_predictions` depends on: the predictions, and the checkpoint they must not be
+    older than (the best one; the last one while no epoch has finished)."""
+    checkpoint = run.best_checkpoint if run.best_checkpoint.exists() else run.last_checkpoint
+    return predictions_file(run, split), checkpoint
+
+
 def split_predictions(run: RunDir, split: str) -> pd.DataFrame | None:
     """id, label, probability, index of every patch of `split`, or None when not scored (or stale)."""
     path = predictions_file(run, split)
