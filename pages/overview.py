@@ -75,8 +75,9 @@ with left:
                 continue
             rows = source_rows(source)
             if rows:
-                ui.table(pd.DataFrame(rows).drop(columns=["source"]),
-                         {name: "{:,}" for name in ("patches", "tumour", "normal", "unlabelled")} | {"tumour share": "{:.1f} %"})
+                ui.sortable_table(pd.DataFrame(rows).drop(columns=["source"]),
+                                  {name: "{:,}" for name in ("patches", "tumour", "normal", "unlabelled")}
+                                  | {"tumour share": "{:.1f} %"}, key=f"splits_{source.name}", caption=f"Splits of {source.name}")
 with right:
     active_rows = source_rows(ctx.source) if ctx.source and ctx.source.exists() else []
     if active_rows:

@@ -20,9 +20,7 @@ if not ctx.runs:
 
 # -- all runs ---------------------------------------------------------------------------------------------
 table = runs_table(ctx.runs, ctx.source_names())
-st.dataframe(table, hide_index=True, column_config={
-    name: st.column_config.NumberColumn(format="%.3f") for name in FIGURE_COLUMNS
-})
+ui.sortable_table(table, {name: "{:.3f}" for name in FIGURE_COLUMNS}, key="runs_table", caption="All runs")
 st.caption("Figures of each run's best epoch on its validation split; accuracy and F1 at the threshold 0.5. "
            "Runs on different data are not comparable.")
 

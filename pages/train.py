@@ -174,8 +174,8 @@ st.divider()
 st.subheader("All runs")
 if ctx.runs:
     table = runs_table(ctx.runs, ctx.source_names())
-    st.dataframe(table[["run", "state", "model", "data", "epochs", "ROC-AUC", "created"]], hide_index=True,
-                 column_config={"ROC-AUC": st.column_config.NumberColumn(format="%.3f")})
+    ui.sortable_table(table[["run", "state", "model", "data", "epochs", "ROC-AUC", "created"]], {"ROC-AUC": "{:.3f}"},
+                      key="all_runs", height=300, caption="All runs")
     st.caption("Pick a run in the sidebar to watch it here; the Runs page compares them.")
 else:
     st.caption("No runs yet.")

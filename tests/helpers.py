@@ -37,7 +37,7 @@ PAGE_DRAWN = """() => {
     if (!app || app.dataset.testScriptState !== 'notRunning' || document.querySelector('[data-testid=stSpinner]')) return false;
     if (document.querySelector('[data-testid=stMain] [data-testid=stSkeleton]')) return false;
     const mounts = [...document.querySelectorAll('[data-testid=stMain] [data-testid^=stBidiComponent]')];
-    if (mounts.some(m => !m.querySelector('.pcam-chart, .pcam-patch-links'))) return false;  // an element's code not run yet
+    if (mounts.some(m => !m.querySelector('.pcam-chart, .pcam-patch-links, .pcam-table'))) return false;  // an element's code not run yet
     const charts = [...document.querySelectorAll('[data-testid=stMain] .pcam-chart')];
     const images = [...document.querySelectorAll('[data-testid=stMain] img')];
     return charts.every(c => c.dataset.state === 'drawn' && c.querySelector('.main-svg'))

@@ -56,6 +56,16 @@ def charts(at: AppTest) -> list[dict]:
             if element.proto.component_name == "pcam_chart"]
 
 
+def tables(at: AppTest) -> dict[str, pd.DataFrame]:
+    """The tables the page draws (pcam_app.ui.sortable_table) by caption, as the text of their cells."""
+    out = {}
+    for element in at.get("bidi_component"):
+        if element.proto.component_name == "pcam_table":
+            data = json.loads(element.proto.json)
+            out[data["caption"]] = pd.DataFrame(data["rows"], columns=data["columns"])
+    return out
+
+
 def _plotly_array(value) -> np.ndarray:
     """An array of plotly's JSON: a list, or numpy's bytes in base64 ({"dtype", "bdata"})."""
     if isinstance(value, dict):
@@ -136,11 +146,11 @@ def test_adding_a_source_by_path_on_the_overview(tmp_path, monkeypatch, demo_roo
     assert not at.exception
     assert [s.name for s in Workspace(tmp_path).sources()] == ["mydemo"]
     assert at.sidebar.selectbox(key="dataset").value == "mydemo"  # the new source became the active one
-    splits = at.table[0].value  # what the source holds, split by split, as its labels count it
+    splits = tables(at)["Splits of mydemo"]  # what the source holds, split by split, as its labels count it
     labels = PCamH5(demo_root, "train").labels
     train = splits[splits["split"] == "train"].iloc[0]
-    assert list(splits["split"]) == ["train", "valid", "test"] and train["patches"] == len(labels)
-    assert train["tumour"] == (labels == 1).sum() and train["tumour share"] == pytest.approx(100 * labels.mean())
+    assert list(splits["split"]) == ["train", "valid", "test"] and train["patches"] == f"{len(labels):,}"
+    assert train["tumour"] == f"{(labels == 1).sum():,}" and train["tumour share"] == f"{100 * labels.mean():.1f} %"
 
 
 def test_a_damaged_registry_is_an_error_not_a_crash(tmp_path, monkeypatch):
@@ -170,6 +180,10 @@ def test_every_page_renders_with_a_finished_run(finished_workspace, monkeypatch)
             assert word in shown, (page, word)
         assert "SYNTHETIC" in shown, page  # demo data, or a model trained on it
         drawn += charts(at)
+        if page in ("pages/runs.py", "pages/train.py"):  # every run, with its best figures
+            runs = tables(at)["All runs"]
+            best = RunDir(finished_workspace / "runs" / RUN_ID).raw_status()["best"]["value"]
+            assert runs[runs["run"] == RUN_ID]["ROC-AUC"].tolist() == [f"{best:.3f}"], page
     # every chart: trace types the app's plotly.js bundle draws, in the house look (plotly_white, 2-D parts only)
     assert len(drawn) >= 8
     for figure in drawn:
