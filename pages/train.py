@@ -8,7 +8,7 @@ import streamlit as st
 from pcam_app import figures, ui
 from pcam_core.config import OPTIMIZERS, SCHEDULES, AugmentConfig, DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from pcam_core.models import MODELS, model_names, resolve_model_name
-from pcam_core.monitor import RESUMABLE_STATES, STATE_ICONS, epoch_frame, run_progress, runs_table, step_frame
+from pcam_core.monitor import RESUMABLE_STATES, STATE_ICONS, epoch_frame, run_progress, step_frame
 from pcam_core.predict import resolve_device
 from pcam_core.runs import ACTIVE_STATES, RunDir, gpu_count, launch, max_processes, process_count, stop
 
@@ -173,9 +173,7 @@ with live_column:
 st.divider()
 st.subheader("All runs")
 if ctx.runs:
-    table = runs_table(ctx.runs, ctx.source_names())
-    ui.sortable_table(table[["run", "state", "model", "data", "epochs", "ROC-AUC", "created"]], {"ROC-AUC": "{:.3f}"},
-                      key="all_runs", height=300, caption="All runs")
+    ui.runs_summary_table(ctx.runs, ctx.source_names(), key="all_runs", caption="All runs", height=300)
     st.caption("Pick a run in the sidebar to watch it here; the Runs page compares them.")
 else:
     st.caption("No runs yet.")

@@ -66,7 +66,10 @@ def predictions_file(run: RunDir, split: str) -> Path:
 def score_files(run: RunDir, split: str) -> tuple[Path, Path]:
     """The files `split_predictions` depends on: the predictions, and the checkpoint they must not be
     older than (the best one; the last one while no epoch has finished)."""
-    checkpoint = run.best_checkpoint if run.best_checkpoint.exists() else run.last_checkpoint
+    try:
+        checkpoint = checkpoint_path(run.path, "best")
+    except FileNotFoundError:
+        checkpoint = run.best_checkpoint  # none yet: the version says so
     return predictions_file(run, split), checkpoint
 
 
