@@ -1,4 +1,4 @@
-"""Shared fixtures: data the tests write themselves, the real patches beside the checkout, a trained run."""
+"""Shared fixtures: data the tests write themselves, the real patches committed under tests/data/, a trained run."""
 
 from __future__ import annotations
 
@@ -7,16 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REAL_DEV, run_cli
+from helpers import REAL_H5, REAL_KAGGLE, run_cli
 
 os.environ.setdefault("PCAM_TEST", "1")
 
 
 @pytest.fixture(scope="session")
-def real_dev() -> Path:
-    """The 4,000 real PCam patches in the Kaggle layout (never copied into the project)."""
-    assert (REAL_DEV / "train_labels.csv").exists(), f"real test data expected at {REAL_DEV}"
-    return REAL_DEV
+def real_kaggle() -> Path:
+    """160 real PCam patches in the Kaggle layout (96 normal, 64 tumour), committed under tests/data/."""
+    assert (REAL_KAGGLE / "train_labels.csv").exists(), f"real test patches expected at {REAL_KAGGLE}"
+    return REAL_KAGGLE
+
+
+@pytest.fixture(scope="session")
+def real_h5() -> Path:
+    """The same 160 real patches in the official HDF5 layout: train 96, valid 32, test 32."""
+    assert (REAL_H5 / "camelyonpatch_level_2_split_train_x.h5").exists(), f"real test patches expected at {REAL_H5}"
+    return REAL_H5
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +44,12 @@ def trained_run(demo_root, tmp_path_factory) -> Path:
                      "--lr", "3e-3", "--workers", "0")
     assert result.returncode == 0, result.stderr
     return out
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Everything under tests/e2e/ starts servers, processes or a browser: it is `slow`, outside the fast lane
+    (`./test.sh -m "not slow"`). Tests elsewhere that train or launch processes carry the mark themselves."""
+    e2e = Path(__file__).parent / "e2e"
+    for item in items:
+        if Path(item.fspath).is_relative_to(e2e):
+            item.add_marker(pytest.mark.slow)

@@ -432,9 +432,9 @@ def test_stop_and_resume_buttons(finished_workspace, monkeypatch):
         stop(run, timeout=60)
 
 
-def test_dataset_page_on_real_kaggle_patches(tmp_path, monkeypatch, real_dev):
-    """The Kaggle layout (no slide metadata, tif files) on 4,000 real patches: not labelled synthetic."""
-    Workspace(tmp_path).add_source(real_dev, "real")
+def test_dataset_page_on_real_kaggle_patches(tmp_path, monkeypatch, real_kaggle):
+    """The Kaggle layout (no slide metadata, tif files) on 160 real patches: not labelled synthetic."""
+    Workspace(tmp_path).add_source(real_kaggle, "real")
     at = open_page(start(tmp_path, monkeypatch), "pages/dataset.py")
     shown = texts(at)
     assert "SYNTHETIC" not in shown and "The train split in numbers" in shown
@@ -442,4 +442,4 @@ def test_dataset_page_on_real_kaggle_patches(tmp_path, monkeypatch, real_dev):
     assert len(at.image[0].captions) == 48
     at.button_group(key="ds_label").set_value("normal").run()
     assert all(c.endswith("normal") for c in at.image[0].captions)
-    assert any(m.label == "Patches" and m.value == "4,000" for m in at.metric)
+    assert any(m.label == "Patches" and m.value == "160" for m in at.metric)

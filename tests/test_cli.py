@@ -54,10 +54,10 @@ def test_end_to_end_on_demo_data(tmp_path):
     assert r.returncode == 0 and "not running" in r.stdout
 
 
-def test_convert_then_train_on_the_fast_path(real_dev, tmp_path):
-    r = run_cli("convert", "--input", str(real_dev), "--out", str(tmp_path / "h5"), "--valid-frac", "0.1", "--test-frac", "0.1")
+def test_convert_then_train_on_the_fast_path(real_kaggle, tmp_path):
+    r = run_cli("convert", "--input", str(real_kaggle), "--out", str(tmp_path / "h5"), "--valid-frac", "0.1", "--test-frac", "0.1")
     assert r.returncode == 0, r.stderr
-    assert "train 3200, valid 400, test 400" in r.stdout
+    assert "train 128, valid 16, test 16" in r.stdout
     assert run_cli("verify", str(tmp_path / "h5" / "camelyonpatch_level_2_split_test_x.h5")).returncode == 0
 
 

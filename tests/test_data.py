@@ -166,19 +166,19 @@ def test_loader_normalises_in_the_workers_without_ids(official, workers):
 
 # -- Kaggle layout on the real patches ----------------------------------------------------------------
 
-def test_kaggle_folder_reads_real_patches(real_dev):
-    ds = KaggleFolder(real_dev, "train")
-    assert len(ds) == 4000
-    assert int((ds.labels == 1).sum()) == 1629 and int((ds.labels == 0).sum()) == 2371
-    batch = ds.__getitems__([0, 1, 2, 3999])
+def test_kaggle_folder_reads_real_patches(real_kaggle):
+    ds = KaggleFolder(real_kaggle, "train")
+    assert len(ds) == 160
+    assert int((ds.labels == 1).sum()) == 64 and int((ds.labels == 0).sum()) == 96
+    batch = ds.__getitems__([0, 1, 2, 159])
     for pixels, ident in zip(batch["image"].permute(0, 2, 3, 1).numpy(), batch["id"]):
         assert patch_id(pixels) == ident  # the id is the SHA-1 of the pixels
     assert batch["meta"] == [{}, {}, {}, {}]
-    assert detect_format(real_dev) == "kaggle"
+    assert detect_format(real_kaggle) == "kaggle"
 
 
-def test_both_layouts_give_the_same_kind_of_item(real_dev, tmp_path):
-    kaggle = KaggleFolder(real_dev, "train")
+def test_both_layouts_give_the_same_kind_of_item(real_kaggle, tmp_path):
+    kaggle = KaggleFolder(real_kaggle, "train")
     pixels = kaggle.read_pixels(np.arange(10))
     write_official_h5(tmp_path, "train", pixels, kaggle.labels[:10])
     h5 = PCamH5(tmp_path, "train")
@@ -187,25 +187,41 @@ def test_both_layouts_give_the_same_kind_of_item(real_dev, tmp_path):
     assert a["id"] == b["id"] and torch.equal(a["image"], b["image"]) and int(a["label"]) == int(b["label"])
 
 
-def test_kaggle_test_split_is_unlabelled(real_dev, tmp_path):
+def test_committed_fixtures_hold_the_same_real_patches_in_both_layouts(real_kaggle, real_h5):
+    """The official-layout fixture is the Kaggle fixture's pixels and labels, row for row as its ids file says."""
+    kaggle = KaggleFolder(real_kaggle, "train")
+    row_of = {p.stem: i for i, p in enumerate(kaggle.paths)}
+    seen = []
+    for split, n in (("train", 96), ("valid", 32), ("test", 32)):
+        h5 = PCamH5(real_h5, split)
+        ids = pd.read_csv(real_h5 / f"camelyonpatch_level_2_split_{split}_ids.csv")
+        assert len(h5) == n == len(ids) and h5._offset is not None  # contiguous, like the published files
+        rows = [row_of[i] for i in ids.id]
+        assert np.array_equal(h5.read_pixels(np.arange(n)), kaggle.read_pixels(np.array(rows)))
+        assert np.array_equal(h5.labels, kaggle.labels[rows]) and 0 < h5.labels.mean() < 1
+        seen += list(ids.id)
+    assert sorted(seen) == sorted(row_of)
+
+
+def test_kaggle_test_split_is_unlabelled(real_kaggle, tmp_path):
     (tmp_path / "test").mkdir()
-    for p in sorted((real_dev / "train").iterdir())[:5]:
+    for p in sorted((real_kaggle / "train").iterdir())[:5]:
         shutil.copy(p, tmp_path / "test" / p.name)
     ds = KaggleFolder(tmp_path, "test")
     assert len(ds) == 5 and (ds.labels == -1).all()
     assert ds[0]["id"] == sorted(p.stem for p in (tmp_path / "test").iterdir())[0]
 
 
-def _kaggle_copy(real_dev, dest, n=12):
+def _kaggle_copy(real_kaggle, dest, n=12):
     (dest / "train").mkdir(parents=True)
-    table = pd.read_csv(real_dev / "train_labels.csv").head(n)
+    table = pd.read_csv(real_kaggle / "train_labels.csv").head(n)
     for ident in table["id"]:
-        shutil.copy(real_dev / "train" / f"{ident}.tif", dest / "train" / f"{ident}.tif")
+        shutil.copy(real_kaggle / "train" / f"{ident}.tif", dest / "train" / f"{ident}.tif")
     return table
 
 
-def test_labels_csv_problems_are_named_by_line(real_dev, tmp_path):
-    table = _kaggle_copy(real_dev, tmp_path)
+def test_labels_csv_problems_are_named_by_line(real_kaggle, tmp_path):
+    table = _kaggle_copy(real_kaggle, tmp_path)
     rows = table.astype(str).values.tolist()
     rows[2][1] = "2"
     rows[4][1] = ""
@@ -219,8 +235,8 @@ def test_labels_csv_problems_are_named_by_line(real_dev, tmp_path):
     assert "label not 0 or 1 on line(s) 4, 6" in msg
 
 
-def test_labels_csv_missing_rows_and_images(real_dev, tmp_path):
-    table = _kaggle_copy(real_dev, tmp_path)
+def test_labels_csv_missing_rows_and_images(real_kaggle, tmp_path):
+    table = _kaggle_copy(real_kaggle, tmp_path)
     table.iloc[:-1].to_csv(tmp_path / "train_labels.csv", index=False)  # one image without a row
     with pytest.raises(DataError, match="1 image\\(s\\) have no row"):
         KaggleFolder(tmp_path, "train")
@@ -246,15 +262,15 @@ def test_empty_folder_and_missing_data(tmp_path):
         detect_format(empty)
 
 
-def test_seeded_stratified_validation_split(real_dev):
-    a = train_valid_datasets(real_dev, valid_frac=0.1, seed=3)
-    b = train_valid_datasets(real_dev, valid_frac=0.1, seed=3)
-    c = train_valid_datasets(real_dev, valid_frac=0.1, seed=4)
+def test_seeded_stratified_validation_split(real_kaggle):
+    a = train_valid_datasets(real_kaggle, valid_frac=0.1, seed=3)
+    b = train_valid_datasets(real_kaggle, valid_frac=0.1, seed=3)
+    c = train_valid_datasets(real_kaggle, valid_frac=0.1, seed=4)
     assert np.array_equal(a.valid.parent_indices, b.valid.parent_indices)
     assert not np.array_equal(a.valid.parent_indices, c.valid.parent_indices)
-    assert len(a.valid) == 400 and len(a.train) == 3600
+    assert len(a.valid) == 16 and len(a.train) == 144
     assert set(a.train.parent_indices).isdisjoint(a.valid.parent_indices)
-    assert abs(a.valid.labels.mean() - a.train.labels.mean()) < 0.01  # stratified
+    assert (int(a.valid.labels.sum()), int((a.valid.labels == 0).sum())) in {(6, 10), (7, 9)}  # stratified: 10 % of each class
 
 
 def test_stratified_split_fractions():
@@ -285,21 +301,21 @@ def test_convertible_images_are_converted_with_a_note(tmp_path):
     assert sixteen.max() > 0 and np.all(sixteen[..., 0] == sixteen[..., 1])
 
 
-def test_decode_bytes_roundtrip(real_dev):
-    path = next((real_dev / "train").iterdir())
+def test_decode_bytes_roundtrip(real_kaggle):
+    path = next((real_kaggle / "train").iterdir())
     out = decode_image(path.read_bytes(), name=path.name)
     assert patch_id(out.pixels) == path.stem and out.notes == []
 
 
 # -- verify ------------------------------------------------------------------------------------------
 
-def test_verify_real_folder_is_clean(real_dev):
-    report = verify_path(real_dev)
-    assert report.checked == 4000 and report.ok, report.problems[:5]
+def test_verify_real_folder_is_clean(real_kaggle):
+    report = verify_path(real_kaggle)
+    assert report.checked == 160 and report.ok, report.problems[:5]
 
 
-def test_verify_reports_each_bad_file(real_dev, tmp_path):
-    table = _kaggle_copy(real_dev, tmp_path, n=6)
+def test_verify_reports_each_bad_file(real_kaggle, tmp_path):
+    table = _kaggle_copy(real_kaggle, tmp_path, n=6)
     table.to_csv(tmp_path / "train_labels.csv", index=False)
     victim = tmp_path / "train" / f"{table['id'][0]}.tif"
     img = np.asarray(Image.open(victim)).copy()
@@ -321,21 +337,21 @@ def test_verify_h5(official):
 
 # -- convert -----------------------------------------------------------------------------------------
 
-def test_convert_kaggle_to_h5(real_dev, tmp_path):
-    counts = convert_kaggle(real_dev, tmp_path / "h5", valid_frac=0.1, test_frac=0.2, seed=7, chunk=1000)
-    assert counts == {"train": 2800, "valid": 400, "test": 800}
-    source = KaggleFolder(real_dev, "train")
+def test_convert_kaggle_to_h5(real_kaggle, tmp_path):
+    counts = convert_kaggle(real_kaggle, tmp_path / "h5", valid_frac=0.1, test_frac=0.2, seed=7, chunk=50)
+    assert counts == {"train": 112, "valid": 16, "test": 32}
+    source = KaggleFolder(real_kaggle, "train")
     label_of = dict(zip([p.stem for p in source.paths], source.labels))
     seen = set()
     for split, n in counts.items():
         ds = PCamH5(tmp_path / "h5", split)
         assert len(ds) == n and ds._offset is not None  # contiguous: the fast path
-        batch = ds.__getitems__(list(range(0, n, 97)))
+        batch = ds.__getitems__(list(range(0, n, 7)))
         for ident, label, meta in zip(batch["id"], batch["label"].tolist(), batch["meta"]):
             assert meta["id"] == ident and label_of[ident] == label  # pixels and labels travelled intact
         seen |= set(ds.metadata["id"])
-        assert abs(ds.labels.mean() - 1629 / 4000) < 0.01
-    assert len(seen) == 4000
+        assert abs(ds.labels.mean() - 64 / 160) < 0.03
+    assert len(seen) == 160
 
 
 # -- demo data ---------------------------------------------------------------------------------------

@@ -43,9 +43,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def patches(real_dev) -> np.ndarray:
+def patches(real_kaggle) -> np.ndarray:
     """Two real patches, (2, 96, 96, 3) uint8."""
-    return open_dataset(real_dev, "train").read_pixels([0, 1])
+    return open_dataset(real_kaggle, "train").read_pixels([0, 1])
 
 
 def _model(name: str) -> torch.nn.Module:

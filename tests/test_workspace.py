@@ -66,18 +66,18 @@ def test_concurrent_first_starts_generate_once(tmp_path):
     assert [s.name for s in ws_a.sources()] == ["demo"]
 
 
-def test_add_sources_of_both_layouts(tmp_path, demo_root, real_dev):
+def test_add_sources_of_both_layouts(tmp_path, demo_root, real_kaggle):
     ws = Workspace(tmp_path / "ws")
     demo = ws.add_source(demo_root)
     assert demo.synthetic and demo.format == "h5" and demo.name == demo_root.name
-    kaggle = ws.add_source(f"  {real_dev}  ", name="real")  # surrounding blanks of a pasted path are ignored
+    kaggle = ws.add_source(f"  {real_kaggle}  ", name="real")  # surrounding blanks of a pasted path are ignored
     assert (kaggle.name, kaggle.format, kaggle.synthetic) == ("real", "kaggle", False)
-    assert kaggle.splits() == ["train"] and len(kaggle.open("train")) == 4000
+    assert kaggle.splits() == ["train"] and len(kaggle.open("train")) == 160
     assert [s.name for s in Workspace(tmp_path / "ws").sources()] == [demo.name, "real"]  # persisted
     raw = json.loads(ws.sources_path.read_text())
-    assert raw["version"] == 1 and raw["sources"][1]["path"] == str(real_dev)
+    assert raw["version"] == 1 and raw["sources"][1]["path"] == str(real_kaggle)
     with pytest.raises(ValueError, match="already registered as 'real'"):
-        ws.add_source(real_dev, name="again")
+        ws.add_source(real_kaggle, name="again")
     other = tmp_path / "other"
     write_official_h5(other, "train", random_patches(4), np.array([0, 1, 0, 1]))
     with pytest.raises(ValueError, match="already exists"):
