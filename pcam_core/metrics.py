@@ -14,8 +14,8 @@ THRESHOLD_METHODS = ("fixed", "youden", "sensitivity")
 
 
 def _sklearn_metrics() -> Any:
-    """scikit-learn's metrics module, imported on first use: importing scikit-learn takes about 0.9 s,
-    which the dashboard's first page and the commands that compute no metric need not pay."""
+    """scikit-learn's metrics module, imported on first use: importing scikit-learn is slow, and the
+    dashboard's first page and the commands that compute no metric need not pay for it."""
     from sklearn import metrics
 
     return metrics

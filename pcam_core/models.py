@@ -92,8 +92,8 @@ class PCamResNet(nn.Module):
         return self.fc(self.dropout(x)).squeeze(1)
 
 
-# torchvision is imported when one of its models is built: importing it also imports torch._dynamo
-# (about 1.2 s together here), which the dashboard's first page and `pcamnet` need not pay.
+# torchvision is imported when one of its models is built: importing it also imports torch._dynamo,
+# a slow import that the dashboard's first page and `pcamnet` need not pay for.
 
 def _torchvision_resnet(arch: str) -> Callable[[float], nn.Module]:
     def build(dropout: float) -> nn.Module:

@@ -153,8 +153,8 @@ def _fixed_mmap_threshold(_worker_id: int) -> None:
 
     A worker allocates and frees a batch-sized block (a float batch is 28 MB at 256 patches) per batch;
     glibc's malloc raises its mmap threshold after the first such free and then serves these blocks
-    from a heap that fragments, so each worker's memory grew to 4 GB while streaming a 262,144-patch
-    split (benchmarks/bench_data.py --stream-full). A fixed 1 MiB threshold keeps it at its start-up size.
+    from a heap that fragments, so a worker's memory grows by gigabytes over a long stream. A fixed
+    1 MiB threshold keeps it at its start-up size.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
