@@ -51,13 +51,13 @@ def open_page(at: AppTest, page: str) -> AppTest:
 
 
 def charts(at: AppTest) -> list[dict]:
-    """The plotly figures the page draws (pcam_app.ui.chart), as plotly's JSON."""
+    """The plotly figures the page draws (pcam_app.components.chart), as plotly's JSON."""
     return [json.loads(json.loads(element.proto.json)["figure"]) for element in at.get("bidi_component")
             if element.proto.component_name == "pcam_chart"]
 
 
 def tables(at: AppTest) -> dict[str, pd.DataFrame]:
-    """The tables the page draws (pcam_app.ui.sortable_table) by caption, as the text of their cells."""
+    """The tables the page draws (pcam_app.components.table) by caption, as the text of their cells."""
     out = {}
     for element in at.get("bidi_component"):
         if element.proto.component_name == "pcam_table":
