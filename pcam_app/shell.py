@@ -38,6 +38,14 @@ def fail(message: str) -> NoReturn:
     st.stop()
 
 
+def _folder(path: str) -> str:
+    """A folder as one spelling: absolute, links resolved."""
+    try:
+        return str(Path(path).expanduser().resolve())
+    except (OSError, RuntimeError):
+        return path
+
+
 @dataclass
 class Context:
     """What the sidebar selected, for the page being drawn."""
@@ -49,8 +57,14 @@ class Context:
     run: RunDir | None
 
     def source_names(self) -> dict[str, str]:
-        """Data path -> source name, to show runs' data by name."""
-        return {s.path: s.name for s in self.sources}
+        """Data path -> source name, to show runs' data by name: a run's data path as its config spells it
+        (relative, through a link, with a trailing slash) names the source registered at the same folder."""
+        names = {s.path: s.name for s in self.sources}
+        by_folder = {_folder(s.path): s.name for s in self.sources}
+        for run in self.runs:
+            if run.data not in names and (name := by_folder.get(_folder(run.data))):
+                names[run.data] = name
+        return names
 
     def run_synthetic(self, run: RunDir | None = None) -> bool:
         run = run or self.run
