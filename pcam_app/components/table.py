@@ -11,10 +11,12 @@ import streamlit as st
 
 
 _TABLE_CSS = """
-.pcam-table { overflow: auto; border: 1px solid rgba(49, 51, 63, 0.15); border-radius: 0.5rem; }
+.pcam-table { overflow: auto; border: 1px solid rgba(49, 51, 63, 0.15); border-radius: 0.5rem;
+  scrollbar-width: thin; scrollbar-color: rgba(49, 51, 63, 0.35) transparent; }
 .pcam-table table { border-collapse: collapse; width: 100%; font-size: 0.875rem; }
 .pcam-table th, .pcam-table td { padding: 0.3rem 0.6rem; text-align: left; white-space: nowrap;
   border-bottom: 1px solid rgba(49, 51, 63, 0.1); }
+.pcam-table td:not(.pcam-num) { white-space: normal; overflow-wrap: anywhere; min-width: 4rem; }
 .pcam-table th { position: sticky; top: 0; background: var(--st-secondary-background-color, #f6f1f7); }
 .pcam-table th button { all: unset; cursor: pointer; font-weight: 600; }
 .pcam-table th button:focus-visible { outline: 2px solid var(--st-primary-color); outline-offset: 2px; }
