@@ -8,7 +8,7 @@ the Runs page."""
 import numpy as np
 import streamlit as st
 
-from pcam_app import caches, heatmaps, notes, patches, shell
+from pcam_app import caches, heatmaps, notes, patches, shell, thresholds
 from pcam_core import scoring
 from pcam_core.data import PATCH_SIZE
 from pcam_core.explain import METHOD_NOTES, METHODS, TARGETS, layer_choices, overlay, png_bytes, rank_by_focus, resolve_layer
@@ -92,8 +92,8 @@ def open_patch(index: int) -> None:
 def patch_view() -> None:
     pick_col, threshold_col = st.columns([3, 1.3], vertical_alignment="bottom")
     pick = pick_col.segmented_control("Choose a patch", list(PICKS), format_func=PICKS.get, required=True, key="pick")
-    threshold = threshold_col.slider("Decision threshold", 0.0, 1.0, 0.5, 0.005, key="explain_threshold", format="%.3f",
-                                     help="Sorts patches into true and false positives and negatives.")
+    threshold = thresholds.slider(threshold_col, run, key="explain_threshold",
+                                  help="Sorts patches into true and false positives and negatives.")
     if pick == "outcome":
         counts = outcome_counts(predictions, threshold)
         left, right = st.columns(2)
@@ -102,7 +102,7 @@ def patch_view() -> None:
                                  format_func=lambda o: f"{OUTCOMES[o][0].upper()}{OUTCOMES[o][1:]}: {counts[o]:,}")
         rows = outcome_examples(predictions, threshold, outcome, k=200)
         if rows.empty:
-            st.info(f"No {OUTCOMES[outcome].split(' (')[0]} at the threshold {threshold:.3f}.", icon=":material/filter_alt_off:")
+            st.info(f"No {OUTCOMES[outcome].split(' (')[0]} at the threshold {thresholds.text(threshold)}.", icon=":material/filter_alt_off:")
             return
         scores = dict(zip(rows["index"], rows["probability"]))
         chosen = right.selectbox("Patch (the most confident first)", list(scores), key="outcome_patch",
@@ -140,8 +140,11 @@ def patch_view() -> None:
         outcome_name = (outcome_of(label, probability, threshold) or "unlabelled").replace("_", " ")
         numbers = st.columns(2)
         numbers[0].metric("Tumour probability", f"{probability:.3f}", help=notes.PROBABILITY_NOTE)
-        numbers[1].metric("Centre focus", heatmaps.focus_text(focus), help=heatmaps.CENTRE_FOCUS_NOTE)
-        st.markdown(f"**Label:** {patches.label_name(label)} · **call at {threshold:.3f}:** {call} ({outcome_name})")
+        empty_map = focus != focus  # NaN: the map has no evidence anywhere
+        numbers[1].metric("Centre focus", "none" if empty_map else heatmaps.focus_text(focus), help=heatmaps.CENTRE_FOCUS_NOTE)
+        if empty_map:
+            st.caption(f"Centre focus none: the heat map is empty (no evidence for {target} at this layer).")
+        st.markdown(f"**Label:** {patches.label_name(label)} · **call at {thresholds.text(threshold)}:** {call} ({outcome_name})")
         st.caption(heatmaps.CENTRE_FOCUS_NOTE)
         st.download_button("Download the overlay (PNG)", lambda: png_bytes(picture), icon=":material/download:",
                            file_name=f"patch-{index}-{method}-{layer}-{target}.png", mime="image/png", on_click="ignore")
@@ -152,8 +155,8 @@ def gallery_view() -> None:
     source_col, threshold_col, count_col = st.columns([2, 1.3, 1], vertical_alignment="bottom")
     source = source_col.selectbox("Patches", list(GALLERY_SOURCES), key="gallery_source",
                                   format_func=lambda s: f"{GALLERY_SOURCES[s][0].upper()}{GALLERY_SOURCES[s][1:]}")
-    threshold = threshold_col.slider("Decision threshold", 0.0, 1.0, 0.5, 0.005, key="gallery_threshold", format="%.3f",
-                                     disabled=source == "random", help="Sorts patches into true and false positives and negatives.")
+    threshold = thresholds.slider(threshold_col, run, key="gallery_threshold", disabled=source == "random",
+                                  help="Sorts patches into true and false positives and negatives.")
     count = count_col.selectbox("How many", [12, 24, 48], index=1, key="gallery_count",
                                 help="The most confident of the outcome; computing a map takes a few hundredths of a second each.")
     if source == "random":
@@ -161,7 +164,7 @@ def gallery_view() -> None:
     else:
         rows = outcome_examples(predictions, threshold, source, k=count)
     if rows.empty:
-        st.info(f"No {GALLERY_SOURCES[source].split(' (')[0]} at the threshold {threshold:.3f}.", icon=":material/filter_alt_off:")
+        st.info(f"No {GALLERY_SOURCES[source].split(' (')[0]} at the threshold {thresholds.text(threshold)}.", icon=":material/filter_alt_off:")
         return
     rows = rows.sort_values("index")  # the file reads sorted indices fastest
     indices = rows["index"].to_numpy()

@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import streamlit as st
 
-from pcam_app import caches, heatmaps, notes, patches, shell
+from pcam_app import caches, heatmaps, notes, patches, shell, thresholds
 from pcam_core.uploads import UploadResult, score_files
 
 SHOWN = 96  # patches drawn; the table and the CSV hold every one
@@ -24,8 +24,8 @@ notes.synthetic_banner(bool(info.get("synthetic_data")),
                       "This model was trained on SYNTHETIC demo data: its probabilities mean nothing for real tissue.")
 
 settings = st.columns([3, 2], vertical_alignment="bottom")
-threshold = settings[0].slider("Decision threshold", 0.0, 1.0, 0.5, 0.005, key="predict_threshold", format="%.3f",
-                               help="A patch is called tumour when its probability is at or above this value.")
+threshold = thresholds.slider(settings[0], run, key="predict_threshold",
+                              help="A patch is called tumour when its probability is at or above this value.")
 toggles = settings[1].container(horizontal=True, gap="medium")
 tta = toggles.toggle("Test-time augmentation", value=True, key="predict_tta",
                          help="Average the model over the 8 flips and rotations of each patch (as `pcam predict` does): "
@@ -64,7 +64,7 @@ if not result.scored:
 
 table = result.table(threshold)
 called = int((table["call"] == "tumour").sum())
-st.subheader(f"{len(table)} patch{'es' if len(table) != 1 else ''} scored: {called} called tumour at {threshold:.3f}")
+st.subheader(f"{len(table)} patch{'es' if len(table) != 1 else ''} scored: {called} called tumour at {thresholds.text(threshold)}")
 st.dataframe(table, hide_index=True, column_config={
     "probability": st.column_config.ProgressColumn("tumour probability", format="%.3f", min_value=0.0, max_value=1.0),
 })

@@ -6,7 +6,7 @@ import time
 
 import streamlit as st
 
-from pcam_app import caches, figures, notes, shell
+from pcam_app import caches, figures, notes, shell, thresholds
 from pcam_app.components.chart import chart
 from pcam_app.components.patch_links import patch_cards
 from pcam_app.components.table import sortable_table
@@ -92,17 +92,25 @@ if not set(predictions["label"].unique()) <= {0, 1}:
 
 # -- figures at a threshold -------------------------------------------------------------------------------
 suggestions = caches.suggested_thresholds(run)
+CUSTOM = "custom"
 
 
 def use_suggestion() -> None:
-    st.session_state["threshold"] = round(suggestions[st.session_state["threshold_preset"]], 3)
+    preset = st.session_state["threshold_preset"]
+    if preset in suggestions:  # the engine's value as it is: rounded, a threshold for 95% sensitivity gave less
+        thresholds.choose(run, suggestions[preset])
 
 
 slider_col, preset_col = st.columns([3, 1], vertical_alignment="bottom")
-preset_col.selectbox("Set from", list(suggestions), key="threshold_preset", on_change=use_suggestion,
-                     help="Thresholds chosen on this run's validation predictions, never on the split judged here.")
-threshold = slider_col.slider("Decision threshold", 0.0, 1.0, 0.5, 0.005, key="threshold", format="%.3f",
-                              help="A patch is called tumour when its probability is at or above this value.")
+# "Set from" names the suggestion the threshold equals, or "custom" once the slider has moved away from it
+current = thresholds.chosen(run)
+st.session_state["threshold_preset"] = next((name for name, value in suggestions.items() if value == current), CUSTOM)
+preset_col.selectbox("Set from", [*suggestions, CUSTOM], key="threshold_preset", on_change=use_suggestion,
+                     help="Thresholds chosen on this run's validation predictions, never on the split judged here; "
+                          "custom: set with the slider.")
+threshold = thresholds.slider(slider_col, run, key="threshold",
+                              help="A patch is called tumour when its probability is at or above this value. "
+                                   "The Explain and Predict pages start from the threshold chosen here.")
 st.caption(notes.PROBABILITY_NOTE)
 report = caches.threshold_report(run, split, threshold)
 m = report.metrics
