@@ -16,6 +16,7 @@ _TABLE_CSS = """
 .pcam-table table { border-collapse: collapse; width: 100%; font-size: 0.875rem; }
 .pcam-table th, .pcam-table td { padding: 0.3rem 0.6rem; text-align: left; white-space: nowrap;
   border-bottom: 1px solid rgba(49, 51, 63, 0.1); }
+.pcam-table th { white-space: normal; }  /* two-word headers ("synthetic data") may take two lines */
 .pcam-table td:not(.pcam-num) { white-space: normal; overflow-wrap: anywhere; min-width: 4rem; }
 .pcam-table th { position: sticky; top: 0; background: var(--st-secondary-background-color, #f6f1f7); }
 .pcam-table th button { all: unset; cursor: pointer; font-weight: 600; }
