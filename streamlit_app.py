@@ -3,7 +3,7 @@
 This file is the app shell: it sets up the page, the workspace (a first start generates the synthetic
 demo data), the navigation over the files in `pages/` and the sidebar every page shares; the pages
 draw what `pcam_core` computes. When a request reaches a page file without this shell (Streamlit does
-that once per server start, see `pcam_app/ui.py`), the page runs this shell in its place.
+that once per server start, see `pcam_app/shell.py`), the page runs this shell in its place.
 
 `streamlit run` first imports this file as a module, finds `app` (an `st.App` serving this same file)
 and serves it; every session then runs the file as its script (`__main__`). That import is where the
@@ -36,14 +36,14 @@ _cache_log_level = _cache_log.level
 if __name__ != "__main__":
     _cache_log.setLevel(logging.ERROR)
 
-from pcam_app import ui  # noqa: E402  (needs the path above)
+from pcam_app import shell, sidebar  # noqa: E402  (needs the path above)
 
 if __name__ == "__main__":  # a script run (every session's): the shell
-    st.set_page_config(page_title="PCam metastasis detection", page_icon=ui.favicon(), layout="wide",
+    st.set_page_config(page_title="PCam metastasis detection", page_icon=shell.favicon(), layout="wide",
                        menu_items={"About": "pcam_core: metastasis detection on PatchCamelyon patches. Research use only; "
                                             "not a medical device."})
 
-    workspace = ui.open_workspace()
+    workspace = shell.open_workspace()
     ready = workspace.initialised()
     page = st.navigation([
         st.Page("pages/overview.py", title="Overview", icon=":material/home:", default=True),
@@ -54,9 +54,9 @@ if __name__ == "__main__":  # a script run (every session's): the shell
         st.Page("pages/predict.py", title="Predict", icon=":material/upload_file:"),
     ], position="sidebar" if ready else "hidden")  # no page to open while the demo data is being generated
     if not ready:
-        ui.first_start(workspace)
-    ui.sidebar(workspace)
-    ui.run_page(page)
+        shell.first_start(workspace)
+    sidebar.sidebar(workspace)
+    shell.run_page(page)
 else:
     # `streamlit run streamlit_app.py` imports this file once to look for an app object, and serves the one
     # it finds: this file as the script. So the server imports torch and the app (above) and what the

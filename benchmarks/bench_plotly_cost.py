@@ -1,5 +1,5 @@
 """What plotly charts cost a Streamlit page opened in a new tab: Streamlit's st.plotly_chart against the
-dashboard's own chart (pcam_app.ui.chart: a plotly.js bundle of its trace types, served from static/).
+dashboard's own chart (pcam_app.components.chart: a plotly.js bundle of its trace types, served from static/).
 
     python benchmarks/bench_plotly_cost.py [--repeats 5] [--charts 0 1 4]
 
@@ -33,7 +33,7 @@ APP = '''
 import plotly.graph_objects as go
 import streamlit as st
 
-from pcam_app import ui
+from pcam_app.components.chart import CHART_CONFIG, chart
 
 st.title("Probe")
 st.write("A page with a number of small plotly charts.")
@@ -47,11 +47,11 @@ for i in range(int(st.query_params.get("charts", 0))):
     figure.update_layout(height=320, template="plotly_white")
     where = columns[i % len(columns)]
     if st.query_params.get("way") == "streamlit":
-        where.plotly_chart(figure, key=f"chart{i}", config=ui.CHART_CONFIG)
+        where.plotly_chart(figure, key=f"chart{i}", config=CHART_CONFIG)
     else:
-        ui.chart(figure, key=f"chart{i}", where=where)
+        chart(figure, key=f"chart{i}", where=where)
 '''
-WAYS = {"streamlit": "st.plotly_chart", "ours": "pcam_app.ui.chart"}
+WAYS = {"streamlit": "st.plotly_chart", "ours": "pcam_app.components.chart"}
 # the script has finished, no skeleton stands in for an element still loading, and N plotly plots are drawn
 DRAWN = """n => {
     const app = document.querySelector('[data-testid=stApp]');

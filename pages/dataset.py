@@ -6,25 +6,26 @@ import hashlib
 
 import streamlit as st
 
-from pcam_app import figures, ui
+from pcam_app import caches, figures, notes, patches, shell
+from pcam_app.components.chart import chart
 from pcam_core.gallery import class_balance, page_count, page_items, select_indices, slide_ids
 
-ctx = ui.context()
-source = ui.require_source(ctx)
+ctx = shell.context()
+source = shell.require_source(ctx)
 
 st.title("Dataset")
 st.caption(f"**{source.name}** · {source.kind} · `{source.path}`")
-ui.synthetic_banner(source.synthetic, f"{source.name} is SYNTHETIC demo data, not real tissue.")
+notes.synthetic_banner(source.synthetic, f"{source.name} is SYNTHETIC demo data, not real tissue.")
 
 splits = source.splits()
 if not splits:
-    ui.fail(f"{source.path} holds no split any more; was the folder emptied?")
+    shell.fail(f"{source.path} holds no split any more; was the folder emptied?")
 LABEL_FILTERS = {"all": None, "tumour": 1, "normal": 0}
 
 filters = st.columns([1.4, 1.6, 3], vertical_alignment="bottom")
 split = filters[0].segmented_control("Split", splits, default="train" if "train" in splits else splits[0], required=True,
                                      key="ds_split", persist_state="session")
-dataset = ui.open_split(source, split)
+dataset = caches.open_split(source, split)
 labelled = dataset.has_labels
 label_choice = filters[1].segmented_control("Label", list(LABEL_FILTERS), default="all", required=True, key="ds_label",
                                             disabled=not labelled, persist_state="session",
@@ -44,7 +45,7 @@ label = LABEL_FILTERS[label_choice] if labelled else None
 try:
     indices = select_indices(dataset.labels, label=label, slides=slides, slide=slide)
 except ValueError as err:
-    ui.fail(str(err))
+    shell.fail(str(err))
 
 grid, detail = st.columns([3, 1], gap="large")
 with grid:
@@ -65,18 +66,18 @@ with grid:
         st.caption(f"Patches {(page - 1) * per_page + 1:,}–{(page - 1) * per_page + len(shown):,} of "
                    f"{len(indices):,} {what}{f' on {slide}' if slide else ''} (of {len(dataset):,} in {split}), "
                    "captioned with their number and label.")
-        ui.patch_tiles(dataset.read_pixels(shown), [f"#{i} · {ui.label_name(dataset.labels[i])}" for i in shown],
-                       box=box, width=104)
-        st.caption(ui.CENTRE_NOTE)
+        patches.patch_tiles(dataset.read_pixels(shown), [f"#{i} · {patches.label_name(dataset.labels[i])}" for i in shown],
+                            box=box, width=104)
+        st.caption(notes.CENTRE_NOTE)
 
 with detail:
     if len(indices):
         chosen = st.selectbox("Enlarge a patch of this page", shown.tolist(), key="ds_zoom",
-                              format_func=lambda i: f"#{i} · {ui.label_name(dataset.labels[i])}")
+                              format_func=lambda i: f"#{i} · {patches.label_name(dataset.labels[i])}")
         item = dataset[int(chosen)]
-        ui.patch_tiles(item["image"].permute(1, 2, 0).numpy()[None], [f"patch #{chosen}, 4× enlarged"], box=box,
-                       width="stretch", scale=4)
-        lines = [f"**Label:** {ui.label_name(item['label'])}", f"**Id:** `{item['id']}`"]
+        patches.patch_tiles(item["image"].permute(1, 2, 0).numpy()[None], [f"patch #{chosen}, 4× enlarged"], box=box,
+                            width="stretch", scale=4)
+        lines = [f"**Label:** {patches.label_name(item['label'])}", f"**Id:** `{item['id']}`"]
         lines += [f"**{key}:** {value}" for key, value in item["meta"].items()]
         st.markdown("  \n".join(lines))
         st.caption("The id is the SHA-1 of the patch's pixels: Kaggle's file name for the same patch. "
@@ -96,11 +97,11 @@ if slides is not None:
                "so the splits of PCam keep each slide in one split only.")
 
 if labelled:
-    summary, hist = ui.colour_stats(source, split)
+    summary, hist = caches.colour_stats(source, split)
     bars, lines = figures.colour_figures(summary, hist)
     left, right = st.columns(2)
-    ui.chart(bars, key="colour_means", where=left)
-    ui.chart(lines, key="colour_hist", where=right)
+    chart(bars, key="colour_means", where=left)
+    chart(lines, key="colour_hist", where=right)
     st.caption(f"Measured on a random sample of at most {int(summary['patches'].max()):,} patches per class, never the "
                "whole split. Tumour cells have large nuclei dense in haematoxylin, so tumour patches tend to be darker "
                "and more purple; a model must not learn stain differences between slides instead.")

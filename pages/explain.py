@@ -8,7 +8,7 @@ the Runs page."""
 import numpy as np
 import streamlit as st
 
-from pcam_app import heatmaps, ui
+from pcam_app import caches, heatmaps, notes, patches, shell, thresholds
 from pcam_core import scoring
 from pcam_core.data import PATCH_SIZE
 from pcam_core.explain import METHOD_NOTES, METHODS, TARGETS, layer_choices, overlay, png_bytes, rank_by_focus, resolve_layer
@@ -30,10 +30,10 @@ LAYER_NOTE = (
     "maps cannot tell the centre from its surroundings. For where-questions prefer a layer of 12×12 or finer."
 )
 
-ctx = ui.context()
+ctx = shell.context()
 st.title("Explain")
-run = ui.require_run(ctx, checkpoint=True)
-ui.synthetic_banner(ctx.run_synthetic(run), "This run was trained on SYNTHETIC demo data: its heat maps say nothing about real tissue.")
+run = shell.require_run(ctx, checkpoint=True)
+notes.synthetic_banner(ctx.run_synthetic(run), "This run was trained on SYNTHETIC demo data: its heat maps say nothing about real tissue.")
 st.caption("The heat map shows which parts of the patch drove the model's score, computed from the model's own layers "
            "(a class activation map). It shows what the model used, not where the tumour is. The box marks the central "
            "32×32 pixels, the region the label describes (green on the patch, white on the heat map).")
@@ -41,7 +41,7 @@ st.caption("The heat map shows which parts of the patch drove the model's score,
 try:
     splits = scoring.scored_splits(run)
 except (OSError, ValueError) as err:
-    ui.fail(f"Cannot read the data of run {run.run_id}: {err}")
+    shell.fail(f"Cannot read the data of run {run.run_id}: {err}")
 if not splits:
     st.info(f"Run {run.run_id} has no predictions yet: they are written when its first epoch ends.", icon=":material/hourglass_top:")
     st.stop()
@@ -55,12 +55,12 @@ split = top[1].segmented_control("Patches of the split", splits, default=splits[
                                  bind="query-params",
                                  help="The validation split is scored by the trainer; score others on the Runs page to explain them.")
 try:
-    predictions = ui.split_predictions(run, split)
+    predictions = caches.split_predictions(run, split)
 except (OSError, ValueError) as err:
-    ui.fail(str(err))
+    shell.fail(str(err))
 if predictions is None or predictions.empty:
-    ui.fail(f"The {split} predictions of run {run.run_id} are missing or out of date; score the split again on the Runs page.")
-dataset = ui.run_split(run, split)
+    shell.fail(f"The {split} predictions of run {run.run_id} are missing or out of date; score the split again on the Runs page.")
+dataset = caches.run_split(run, split)
 
 model_name = heatmaps.model_name(run)
 layers = layer_choices(model_name)
@@ -92,8 +92,8 @@ def open_patch(index: int) -> None:
 def patch_view() -> None:
     pick_col, threshold_col = st.columns([3, 1.3], vertical_alignment="bottom")
     pick = pick_col.segmented_control("Choose a patch", list(PICKS), format_func=PICKS.get, required=True, key="pick")
-    threshold = threshold_col.slider("Decision threshold", 0.0, 1.0, 0.5, 0.005, key="explain_threshold", format="%.3f",
-                                     help="Sorts patches into true and false positives and negatives.")
+    threshold = thresholds.slider(threshold_col, run, key="explain_threshold",
+                                  help="Sorts patches into true and false positives and negatives.")
     if pick == "outcome":
         counts = outcome_counts(predictions, threshold)
         left, right = st.columns(2)
@@ -102,7 +102,7 @@ def patch_view() -> None:
                                  format_func=lambda o: f"{OUTCOMES[o][0].upper()}{OUTCOMES[o][1:]}: {counts[o]:,}")
         rows = outcome_examples(predictions, threshold, outcome, k=200)
         if rows.empty:
-            st.info(f"No {OUTCOMES[outcome].split(' (')[0]} at the threshold {threshold:.3f}.", icon=":material/filter_alt_off:")
+            st.info(f"No {OUTCOMES[outcome].split(' (')[0]} at the threshold {thresholds.text(threshold)}.", icon=":material/filter_alt_off:")
             return
         scores = dict(zip(rows["index"], rows["probability"]))
         chosen = right.selectbox("Patch (the most confident first)", list(scores), key="outcome_patch",
@@ -117,7 +117,7 @@ def patch_view() -> None:
         try:
             row = find_patch(predictions, query)
         except ValueError as err:
-            ui.fail(f"Patch {query!r}: {err}")
+            shell.fail(f"Patch {query!r}: {err}")
     else:
         if st.button("Another random patch", icon=":material/shuffle:"):
             st.session_state["explain_seed"] = st.session_state.get("explain_seed", 0) + 1
@@ -132,16 +132,19 @@ def patch_view() -> None:
     with images:
         plain, heat = st.columns(2)
         plain.image(outline_centre(pixels[0], scale=4, width=3), width="stretch",
-                    caption=f"Patch #{index} of {split}, label {ui.label_name(label)} (4× enlarged)")
+                    caption=f"Patch #{index} of {split}, label {patches.label_name(label)} (4× enlarged)")
         heat.image(picture, width="stretch", caption=f"{method} at {layers[layer]}, evidence for {target}")
         heatmaps.colour_legend(target)
     with facts:
         call = "tumour" if probability >= threshold else "normal"
         outcome_name = (outcome_of(label, probability, threshold) or "unlabelled").replace("_", " ")
         numbers = st.columns(2)
-        numbers[0].metric("Tumour probability", f"{probability:.3f}", help=ui.PROBABILITY_NOTE)
-        numbers[1].metric("Centre focus", heatmaps.focus_text(focus), help=heatmaps.CENTRE_FOCUS_NOTE)
-        st.markdown(f"**Label:** {ui.label_name(label)} · **call at {threshold:.3f}:** {call} ({outcome_name})")
+        numbers[0].metric("Tumour probability", f"{probability:.3f}", help=notes.PROBABILITY_NOTE)
+        empty_map = focus != focus  # NaN: the map has no evidence anywhere
+        numbers[1].metric("Centre focus", "none" if empty_map else heatmaps.focus_text(focus), help=heatmaps.CENTRE_FOCUS_NOTE)
+        if empty_map:
+            st.caption(f"Centre focus none: the heat map is empty (no evidence for {target} at this layer).")
+        st.markdown(f"**Label:** {patches.label_name(label)} · **call at {thresholds.text(threshold)}:** {call} ({outcome_name})")
         st.caption(heatmaps.CENTRE_FOCUS_NOTE)
         st.download_button("Download the overlay (PNG)", lambda: png_bytes(picture), icon=":material/download:",
                            file_name=f"patch-{index}-{method}-{layer}-{target}.png", mime="image/png", on_click="ignore")
@@ -152,8 +155,8 @@ def gallery_view() -> None:
     source_col, threshold_col, count_col = st.columns([2, 1.3, 1], vertical_alignment="bottom")
     source = source_col.selectbox("Patches", list(GALLERY_SOURCES), key="gallery_source",
                                   format_func=lambda s: f"{GALLERY_SOURCES[s][0].upper()}{GALLERY_SOURCES[s][1:]}")
-    threshold = threshold_col.slider("Decision threshold", 0.0, 1.0, 0.5, 0.005, key="gallery_threshold", format="%.3f",
-                                     disabled=source == "random", help="Sorts patches into true and false positives and negatives.")
+    threshold = thresholds.slider(threshold_col, run, key="gallery_threshold", disabled=source == "random",
+                                  help="Sorts patches into true and false positives and negatives.")
     count = count_col.selectbox("How many", [12, 24, 48], index=1, key="gallery_count",
                                 help="The most confident of the outcome; computing a map takes a few hundredths of a second each.")
     if source == "random":
@@ -161,7 +164,7 @@ def gallery_view() -> None:
     else:
         rows = outcome_examples(predictions, threshold, source, k=count)
     if rows.empty:
-        st.info(f"No {GALLERY_SOURCES[source].split(' (')[0]} at the threshold {threshold:.3f}.", icon=":material/filter_alt_off:")
+        st.info(f"No {GALLERY_SOURCES[source].split(' (')[0]} at the threshold {thresholds.text(threshold)}.", icon=":material/filter_alt_off:")
         return
     rows = rows.sort_values("index")  # the file reads sorted indices fastest
     indices = rows["index"].to_numpy()
@@ -172,8 +175,8 @@ def gallery_view() -> None:
     labels = rows["label"].to_numpy()
     st.caption(f"{len(rows)} {GALLERY_SOURCES[source]}, sorted by centre focus, **lowest first**: the first calls rest most "
                f"on tissue outside the labelled centre. Caption: patch number, label, tumour probability, centre focus.")
-    ui.image_cards(list(tiles), width=176, captions=[
-        f"#{indices[i]} · {ui.label_name(labels[i])} · p={result.probabilities[i]:.2f} · focus {heatmaps.focus_text(result.centre_focus[i])}"
+    patches.image_cards(list(tiles), width=176, captions=[
+        f"#{indices[i]} · {patches.label_name(labels[i])} · p={result.probabilities[i]:.2f} · focus {heatmaps.focus_text(result.centre_focus[i])}"
         for i in order])
     heatmaps.colour_legend(target, width=520)
     st.caption(heatmaps.CENTRE_FOCUS_NOTE)

@@ -6,14 +6,16 @@ import time
 import pandas as pd
 import streamlit as st
 
-from pcam_app import figures, ui
+from pcam_app import figures, notes, run_tables, shell
+from pcam_app.components.chart import chart
+from pcam_app.components.table import sortable_table
 from pcam_core.data import DataError
 from pcam_core.gallery import class_balance
 from pcam_core.jobs import job_error
 from pcam_core.monitor import STATE_ICONS, format_duration, state_counts
 from pcam_core.workspace import DataSource
 
-ctx = ui.context()
+ctx = shell.context()
 workspace = ctx.workspace
 
 st.title(":material/biotech: PCam metastasis detection")
@@ -23,7 +25,7 @@ st.markdown(
     "probability that its **central 32×32 region** holds metastatic tumour tissue."
 )
 if ctx.source is not None:
-    ui.synthetic_banner(ctx.source.synthetic, f"The active dataset, {ctx.source.name}, is SYNTHETIC demo data: not real tissue.")
+    notes.synthetic_banner(ctx.source.synthetic, f"The active dataset, {ctx.source.name}, is SYNTHETIC demo data: not real tissue.")
 
 st.subheader("Where to start")
 steps = st.columns(4)
@@ -75,13 +77,13 @@ with left:
                 continue
             rows = source_rows(source)
             if rows:
-                ui.sortable_table(pd.DataFrame(rows).drop(columns=["source"]),
-                                  {name: "{:,}" for name in ("patches", "tumour", "normal", "unlabelled")}
-                                  | {"tumour share": "{:.1f} %"}, key=f"splits_{source.name}", caption=f"Splits of {source.name}")
+                sortable_table(pd.DataFrame(rows).drop(columns=["source"]),
+                               {name: "{:,}" for name in ("patches", "tumour", "normal", "unlabelled")}
+                               | {"tumour share": "{:.1f} %"}, key=f"splits_{source.name}", caption=f"Splits of {source.name}")
 with right:
     active_rows = source_rows(ctx.source) if ctx.source and ctx.source.exists() else []
     if active_rows:
-        ui.chart(figures.balance_figure(pd.DataFrame(active_rows)), key="balance")
+        chart(figures.balance_figure(pd.DataFrame(active_rows)), key="balance")
         st.caption(f"Class balance of the active dataset, **{ctx.source.name}**. PCam is balanced by design "
                    "(about half of the patches are tumour); real slides hold far less tumour than that.")
 
@@ -94,7 +96,7 @@ else:
     cols = st.columns(max(1, len(counts)))
     for column, (state, n) in zip(cols, sorted(counts.items())):
         column.metric(f"{STATE_ICONS.get(state, '')} {state}", n)
-    ui.recent_runs_table(ctx.runs, ctx.source_names())
+    run_tables.recent_runs_table(ctx.runs, ctx.source_names())
 
 st.subheader("Add data")
 add, download = st.tabs(["Register a folder", "Download PCam"])

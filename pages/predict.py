@@ -8,24 +8,24 @@ import hashlib
 import numpy as np
 import streamlit as st
 
-from pcam_app import heatmaps, ui
+from pcam_app import caches, heatmaps, notes, patches, shell, thresholds
 from pcam_core.uploads import UploadResult, score_files
 
 SHOWN = 96  # patches drawn; the table and the CSV hold every one
 
-ctx = ui.context()
+ctx = shell.context()
 st.title("Predict")
-run = ui.require_run(ctx, checkpoint=True)
-model, config, info = ui.load_model(run)
+run = shell.require_run(ctx, checkpoint=True)
+model, config, info = caches.load_model(run)
 epoch = info.get("epoch")
 st.caption(f"Model of run `{run.run_id}`: {config.model.name}, best checkpoint"
            + (f" (after epoch {epoch})" if epoch is not None else "") + f", trained on `{config.data.path}`.")
-ui.synthetic_banner(bool(info.get("synthetic_data")),
-                    "This model was trained on SYNTHETIC demo data: its probabilities mean nothing for real tissue.")
+notes.synthetic_banner(bool(info.get("synthetic_data")),
+                      "This model was trained on SYNTHETIC demo data: its probabilities mean nothing for real tissue.")
 
 settings = st.columns([3, 2], vertical_alignment="bottom")
-threshold = settings[0].slider("Decision threshold", 0.0, 1.0, 0.5, 0.005, key="predict_threshold", format="%.3f",
-                               help="A patch is called tumour when its probability is at or above this value.")
+threshold = thresholds.slider(settings[0], run, key="predict_threshold",
+                              help="A patch is called tumour when its probability is at or above this value.")
 toggles = settings[1].container(horizontal=True, gap="medium")
 tta = toggles.toggle("Test-time augmentation", value=True, key="predict_tta",
                          help="Average the model over the 8 flips and rotations of each patch (as `pcam predict` does): "
@@ -33,7 +33,7 @@ tta = toggles.toggle("Test-time augmentation", value=True, key="predict_tta",
 heat_maps = toggles.toggle("Heat maps", value=True, key="predict_heatmaps",
                                help="Show each patch beside the heat map of the model's evidence for tumour (Grad-CAM), "
                                     "with its centre focus.")
-st.caption(ui.PROBABILITY_NOTE)
+st.caption(notes.PROBABILITY_NOTE)
 
 files = st.file_uploader("Patches (96×96 pixel RGB tif, png or jpg; Kaggle's `<id>.tif` files as they are)",
                          type=["tif", "tiff", "png", "jpg", "jpeg"], accept_multiple_files=True, key="uploads")
@@ -64,7 +64,7 @@ if not result.scored:
 
 table = result.table(threshold)
 called = int((table["call"] == "tumour").sum())
-st.subheader(f"{len(table)} patch{'es' if len(table) != 1 else ''} scored: {called} called tumour at {threshold:.3f}")
+st.subheader(f"{len(table)} patch{'es' if len(table) != 1 else ''} scored: {called} called tumour at {thresholds.text(threshold)}")
 st.dataframe(table, hide_index=True, column_config={
     "probability": st.column_config.ProgressColumn("tumour probability", format="%.3f", min_value=0.0, max_value=1.0),
 })
@@ -72,7 +72,7 @@ shown = result.scored[:SHOWN]
 pixels = np.stack([p.pixels for p in shown])
 if heat_maps:
     explanation = heatmaps.explain(run, pixels)
-    ui.image_cards(list(heatmaps.side_by_side(pixels, explanation)), width=2 * 192 + 4, captions=[
+    patches.image_cards(list(heatmaps.side_by_side(pixels, explanation)), width=2 * 192 + 4, captions=[
         f"{p.name[:28]} · p={p.probability:.3f} · centre focus {heatmaps.focus_text(focus)}"
         for p, focus in zip(shown, explanation.centre_focus)])
     heatmaps.colour_legend("tumour", width=520)
@@ -80,10 +80,10 @@ if heat_maps:
                f"({explanation.resolution}×{explanation.resolution}), evidence for tumour. "
                + heatmaps.CENTRE_FOCUS_NOTE + " The Explain page offers other methods and layers for patches of a dataset.")
 else:
-    ui.patch_tiles(pixels, [f"{p.name[:18]} · p={p.probability:.3f}" for p in shown], width=150)
+    patches.patch_tiles(pixels, [f"{p.name[:18]} · p={p.probability:.3f}" for p in shown], width=150)
 if len(result.scored) > SHOWN:
     st.caption(f"The first {SHOWN} of {len(result.scored)} patches are shown; the table and the CSV hold them all.")
-st.caption(ui.CENTRE_NOTE)
+st.caption(notes.CENTRE_NOTE)
 st.download_button("Download Kaggle submission (CSV)", result.submission, file_name="submission.csv", mime="text/csv",
                    icon=":material/download:", type="primary", on_click="ignore",
                    help="Kaggle's format: id (the file name without extension) and label (the tumour probability).")

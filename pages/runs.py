@@ -6,21 +6,24 @@ import time
 
 import streamlit as st
 
-from pcam_app import figures, ui
+from pcam_app import caches, figures, notes, shell, thresholds
+from pcam_app.components.chart import chart
+from pcam_app.components.patch_links import patch_cards
+from pcam_app.components.table import sortable_table
 from pcam_core.gallery import confident_errors
 from pcam_core.jobs import job_error
 from pcam_core.monitor import CURVE_METRICS, FIGURE_COLUMNS, epoch_frame, format_duration, runs_table
 from pcam_core.runs import RunDir
 from pcam_core import scoring
 
-ctx = ui.context()
+ctx = shell.context()
 st.title("Runs and metrics")
 if not ctx.runs:
-    ui.require_run(ctx)  # says how to start one, and ends the page
+    shell.require_run(ctx)  # says how to start one, and ends the page
 
 # -- all runs ---------------------------------------------------------------------------------------------
 table = runs_table(ctx.runs, ctx.source_names())
-ui.sortable_table(table, {name: "{:.3f}" for name in FIGURE_COLUMNS}, key="runs_table", caption="All runs")
+sortable_table(table, {name: "{:.3f}" for name in FIGURE_COLUMNS}, key="runs_table", caption="All runs")
 st.caption("Figures of each run's best epoch on its validation split; accuracy and F1 at the threshold 0.5. "
            "Runs on different data are not comparable.")
 
@@ -32,17 +35,17 @@ if with_epochs:
     chosen = pick.multiselect("Runs", list(with_epochs), default=list(with_epochs)[:4], key="curve_runs")
     metric = metric_col.selectbox("Metric", list(CURVE_METRICS), format_func=lambda m: CURVE_METRICS[m], key="curve_metric")
     if chosen:
-        ui.chart(figures.curves_figure(epoch_frame({rid: with_epochs[rid] for rid in chosen}), metric), key="curves")
+        chart(figures.curves_figure(epoch_frame({rid: with_epochs[rid] for rid in chosen}), metric), key="curves")
 
 # -- the selected run -------------------------------------------------------------------------------------
 st.divider()
-run = ui.require_run(ctx, checkpoint=True)
+run = shell.require_run(ctx, checkpoint=True)
 st.subheader(f"Judging run `{run.run_id}`")
-ui.synthetic_banner(ctx.run_synthetic(run), "This run was trained on SYNTHETIC demo data.")
+notes.synthetic_banner(ctx.run_synthetic(run), "This run was trained on SYNTHETIC demo data.")
 try:
     splits = scoring.scorable_splits(run)
 except (OSError, ValueError) as err:
-    ui.fail(f"Cannot read the data of run {run.run_id}: {err}")
+    shell.fail(f"Cannot read the data of run {run.run_id}: {err}")
 split = st.segmented_control("Split", splits, default=scoring.TRAINER_SPLIT, required=True, key="judge_split",
                              format_func=lambda s: f"{s} (scored in training)" if s == scoring.TRAINER_SPLIT else s)
 if split == scoring.TRAINER_SPLIT:
@@ -52,9 +55,9 @@ elif split == "train":
     st.caption("The training split includes the patches the model learnt from: its figures flatter the model.")
 
 try:
-    predictions = ui.split_predictions(run, split)
+    predictions = caches.split_predictions(run, split)
 except (OSError, ValueError) as err:
-    ui.fail(str(err))
+    shell.fail(str(err))
 
 
 def scoring_panel(polling: bool) -> None:
@@ -79,29 +82,37 @@ def scoring_panel(polling: bool) -> None:
 
 if predictions is None:
     if split == scoring.TRAINER_SPLIT:
-        ui.fail(f"Run {run.run_id} has no validation predictions yet; they are written when an epoch ends.")
+        shell.fail(f"Run {run.run_id} has no validation predictions yet; they are written when an epoch ends.")
     job = scoring.scoring_status(run, split)
     polling = bool(job and job.active)
     st.fragment(scoring_panel, run_every=2 if polling else None)(polling)
     st.stop()
 if not set(predictions["label"].unique()) <= {0, 1}:
-    ui.fail(f"The {split} predictions have no labels to judge them by.")
+    shell.fail(f"The {split} predictions have no labels to judge them by.")
 
 # -- figures at a threshold -------------------------------------------------------------------------------
-suggestions = ui.suggested_thresholds(run)
+suggestions = caches.suggested_thresholds(run)
+CUSTOM = "custom"
 
 
 def use_suggestion() -> None:
-    st.session_state["threshold"] = round(suggestions[st.session_state["threshold_preset"]], 3)
+    preset = st.session_state["threshold_preset"]
+    if preset in suggestions:  # the engine's value as it is: rounded, a threshold for 95% sensitivity gave less
+        thresholds.choose(run, suggestions[preset])
 
 
 slider_col, preset_col = st.columns([3, 1], vertical_alignment="bottom")
-preset_col.selectbox("Set from", list(suggestions), key="threshold_preset", on_change=use_suggestion,
-                     help="Thresholds chosen on this run's validation predictions, never on the split judged here.")
-threshold = slider_col.slider("Decision threshold", 0.0, 1.0, 0.5, 0.005, key="threshold", format="%.3f",
-                              help="A patch is called tumour when its probability is at or above this value.")
-st.caption(ui.PROBABILITY_NOTE)
-report = ui.threshold_report(run, split, threshold)
+# "Set from" names the suggestion the threshold equals, or "custom" once the slider has moved away from it
+current = thresholds.chosen(run)
+st.session_state["threshold_preset"] = next((name for name, value in suggestions.items() if value == current), CUSTOM)
+preset_col.selectbox("Set from", [*suggestions, CUSTOM], key="threshold_preset", on_change=use_suggestion,
+                     help="Thresholds chosen on this run's validation predictions, never on the split judged here; "
+                          "custom: set with the slider.")
+threshold = thresholds.slider(slider_col, run, key="threshold",
+                              help="A patch is called tumour when its probability is at or above this value. "
+                                   "The Explain and Predict pages start from the threshold chosen here.")
+st.caption(notes.PROBABILITY_NOTE)
+report = caches.threshold_report(run, split, threshold)
 m = report.metrics
 cells = st.columns(7)
 for column, (label, value, help_text) in zip(cells, [
@@ -117,19 +128,19 @@ for column, (label, value, help_text) in zip(cells, [
 st.caption(f"{m['n']:,} patches of the {split} split, {m['prevalence']:.1%} tumour.")
 
 row1 = st.columns(2)
-ui.chart(figures.roc_figure(report), key="roc", where=row1[0])
-ui.chart(figures.pr_figure(report), key="pr", where=row1[1])
+chart(figures.roc_figure(report), key="roc", where=row1[0])
+chart(figures.pr_figure(report), key="pr", where=row1[1])
 row2 = st.columns(2)
-ui.chart(figures.confusion_figure(report), key="confusion", where=row2[0])
-ui.chart(figures.probability_figure(predictions, threshold), key="histogram", where=row2[1])
+chart(figures.confusion_figure(report), key="confusion", where=row2[0])
+chart(figures.probability_figure(predictions, threshold), key="histogram", where=row2[1])
 
 # -- error gallery ----------------------------------------------------------------------------------------
 st.subheader("Most confident errors")
 st.caption("The mistakes the model was surest of at this threshold: worth a pathologist's look (label noise, artefacts, "
            "or a blind spot of the model). **Explain** opens a patch with the heat map of the model's evidence. "
-           + ui.CENTRE_NOTE)
+           + notes.CENTRE_NOTE)
 false_pos, false_neg = confident_errors(predictions, threshold, k=8)
-dataset = ui.run_split(run, split)
+dataset = caches.run_split(run, split)
 left, right = st.columns(2, gap="large")
 for column, frame, title, empty in (
     (left, false_pos, "False positives: normal patches called tumour", "No false positive at this threshold."),
@@ -141,7 +152,7 @@ for column, frame, title, empty in (
             st.caption(empty)
             continue
         indices = frame["index"].to_numpy()
-        ui.patch_cards(dataset.read_pixels(indices), [f"#{i} · p={p:.3f}" for i, p in zip(indices, frame["probability"])],
-                       "pages/explain.py", [{**st.query_params.to_dict(), "run": run.run_id, "split": split, "patch": str(i)}
-                                            for i in indices],
-                       label="Explain", key=f"errors_{title.split(':')[0]}", width=120)
+        patch_cards(dataset.read_pixels(indices), [f"#{i} · p={p:.3f}" for i, p in zip(indices, frame["probability"])],
+                    "pages/explain.py", [{**st.query_params.to_dict(), "run": run.run_id, "split": split, "patch": str(i)}
+                                         for i in indices],
+                    label="Explain", key=f"errors_{title.split(':')[0]}", width=120)

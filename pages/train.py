@@ -5,7 +5,8 @@ processes). A run outlives page reloads, closed tabs and app restarts."""
 
 import streamlit as st
 
-from pcam_app import figures, ui
+from pcam_app import figures, notes, run_tables, shell, sidebar
+from pcam_app.components.chart import chart
 from pcam_core.config import OPTIMIZERS, SCHEDULES, AugmentConfig, DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from pcam_core.models import MODELS, model_names, resolve_model_name
 from pcam_core.monitor import RESUMABLE_STATES, STATE_ICONS, epoch_frame, run_progress, step_frame
@@ -15,7 +16,7 @@ from pcam_core.runs import ACTIVE_STATES, RunDir, gpu_count, launch, max_process
 STATE_COLOURS = {"queued": "gray", "running": "blue", "finished": "green", "stopped": "orange", "interrupted": "orange",
                  "failed": "red"}
 
-ctx = ui.context()
+ctx = shell.context()
 st.title("Train")
 st.caption("Training runs as a separate process on this machine: it keeps going when you close the tab or restart the app.")
 
@@ -97,7 +98,7 @@ with form_column:
             except (OSError, ValueError, RuntimeError) as err:
                 st.error(f"Not started: {err}", icon=":material/error:")
             else:
-                ui.select_run(run.run_id)
+                sidebar.select_run(run.run_id)
                 st.toast(f"Started {run.run_id}", icon=":material/play_arrow:")
                 st.rerun()
 
@@ -131,7 +132,7 @@ def live_view(run: RunDir, drawn_state: str) -> None:
                 st.error(f"Could not resume: {err}")
             else:
                 st.rerun()
-    ui.synthetic_banner(bool(status.get("synthetic_data")), "This run uses SYNTHETIC demo data.")
+    notes.synthetic_banner(bool(status.get("synthetic_data")), "This run uses SYNTHETIC demo data.")
     steps, epochs = run.steps(), run.epochs()
     progress = run_progress(status, steps, epochs)
     st.progress(progress.fraction, text=progress.text)
@@ -151,8 +152,8 @@ def live_view(run: RunDir, drawn_state: str) -> None:
     steps_per_epoch = status.get("steps_per_epoch")
     curves = epoch_frame({run.run_id: epochs})
     left, right = st.columns(2)
-    ui.chart(figures.loss_figure(step_frame(steps, steps_per_epoch), curves), key="live_loss", where=left)
-    ui.chart(figures.curves_figure(curves, "roc_auc", title="Validation ROC-AUC per epoch"), key="live_auc", where=right)
+    chart(figures.loss_figure(step_frame(steps, steps_per_epoch), curves), key="live_loss", where=left)
+    chart(figures.curves_figure(curves, "roc_auc", title="Validation ROC-AUC per epoch"), key="live_auc", where=right)
     log = run.log_tail(12)
     if state == "failed" and not log.strip():
         log = run.log_tail(12, console=True)
@@ -173,7 +174,7 @@ with live_column:
 st.divider()
 st.subheader("All runs")
 if ctx.runs:
-    ui.runs_summary_table(ctx.runs, ctx.source_names(), key="all_runs", caption="All runs", height=300)
+    run_tables.runs_summary_table(ctx.runs, ctx.source_names(), key="all_runs", caption="All runs", height=300)
     st.caption("Pick a run in the sidebar to watch it here; the Runs page compares them.")
 else:
     st.caption("No runs yet.")

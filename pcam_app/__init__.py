@@ -4,7 +4,7 @@
 import os
 
 # As at the top of streamlit_app.py, and here too because the first request of a server process for a
-# page's URL runs that page before the shell (see ui.py): OpenMP threads must wait passively, or every
+# page's URL runs that page before the shell (see shell.py): OpenMP threads must wait passively, or every
 # small torch call gets 10-50x slower while a training run shares the cores. It has to be set before
 # torch is first imported, and every page imports this package first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -85,8 +85,10 @@ def curves_figure(frame: pd.DataFrame, metric: str, *, title: str | None = None,
     _layout(fig, title or CURVE_METRICS[metric], height=height, xaxis_title="epoch",
             yaxis_title=CURVE_METRICS[metric], showlegend=frame["run"].nunique() > 1)
     values = frame[metric].dropna()
-    if metric in BOUNDED_METRICS and len(values):  # scores in [0, 1]: never an axis beyond 1
-        fig.update_yaxes(range=[max(0.0, float(values.min()) - 0.02), 1.002])
+    if metric in BOUNDED_METRICS:  # scores in [0, 1]: never an axis beyond 1, nor plotly's -1 to 4 of an empty chart
+        fig.update_yaxes(range=[max(0.0, float(values.min()) - 0.02) if len(values) else 0.0, 1.002])
+    if not len(values):
+        fig.add_annotation(text="no epochs yet", xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False)
     return _epoch_axis(fig, frame["epoch"])
 
 

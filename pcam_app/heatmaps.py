@@ -16,7 +16,7 @@ from pcam_core.gallery import outline_centre
 from pcam_core.predict import checkpoint_path
 from pcam_core.runs import RunDir
 
-from . import ui
+from . import shell
 
 CENTRE_FOCUS_NOTE = (
     "**Centre focus** is the share of the heat map that falls inside the central 32×32 box, the region the "
@@ -50,7 +50,7 @@ def _checkpoint(run: RunDir) -> tuple[str, float]:
         path = checkpoint_path(run.path, "best")
         return str(path), path.stat().st_mtime
     except OSError as err:
-        ui.fail(f"Cannot read the checkpoint of run {run.run_id}: {err}")
+        shell.fail(f"Cannot read the checkpoint of run {run.run_id}: {err}")
 
 
 def model_name(run: RunDir) -> str:
@@ -58,7 +58,7 @@ def model_name(run: RunDir) -> str:
     try:
         return _explainer(*_checkpoint(run))[1].model.name
     except (OSError, ValueError) as err:
-        ui.fail(f"Cannot load the model of run {run.run_id}: {err}")
+        shell.fail(f"Cannot load the model of run {run.run_id}: {err}")
 
 
 def explain(run: RunDir, pixels: np.ndarray, *, method: str = DEFAULT_METHOD, layer: str | None = None,
@@ -70,7 +70,7 @@ def explain(run: RunDir, pixels: np.ndarray, *, method: str = DEFAULT_METHOD, la
     try:
         return _explain(*_checkpoint(run), digest, method, layer, target, pixels)
     except (OSError, ValueError, RuntimeError) as err:
-        ui.fail(f"Cannot compute heat maps with run {run.run_id}: {err}")
+        shell.fail(f"Cannot compute heat maps with run {run.run_id}: {err}")
 
 
 def side_by_side(pixels: np.ndarray, explanation: Explanation, *, opacity: float = 0.5, scale: int = 2,

@@ -32,7 +32,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-features=WebUIOmniboxPopup,WebUIOmniboxFullPopup,WebUIOmniboxAimPopup"]
 # A page is drawn completely when its script has finished (Streamlit's script state on the app's root), no
 # spinner (st.spinner, a cache's "Loading..." message) is left, no skeleton stands in for an element whose
-# code the browser is still loading, every chart (pcam_app/chart.js) has drawn its plotly SVG and every
+# code the browser is still loading, every chart (pcam_app/components/chart.js) has drawn its plotly SVG and every
 # image has loaded. A chart that failed shows its reason and never counts as drawn.
 PAGE_DRAWN = """() => {
     const app = document.querySelector('[data-testid=stApp]');

@@ -51,13 +51,13 @@ def open_page(at: AppTest, page: str) -> AppTest:
 
 
 def charts(at: AppTest) -> list[dict]:
-    """The plotly figures the page draws (pcam_app.ui.chart), as plotly's JSON."""
+    """The plotly figures the page draws (pcam_app.components.chart), as plotly's JSON."""
     return [json.loads(json.loads(element.proto.json)["figure"]) for element in at.get("bidi_component")
             if element.proto.component_name == "pcam_chart"]
 
 
 def tables(at: AppTest) -> dict[str, pd.DataFrame]:
-    """The tables the page draws (pcam_app.ui.sortable_table) by caption, as the text of their cells."""
+    """The tables the page draws (pcam_app.components.table) by caption, as the text of their cells."""
     out = {}
     for element in at.get("bidi_component"):
         if element.proto.component_name == "pcam_table":
@@ -243,6 +243,80 @@ def test_threshold_slider_moves_every_figure(finished_workspace, monkeypatch):
     at.selectbox(key="threshold_preset").set_value("Youden (validation)").run()
     assert at.slider(key="threshold").value != 0.98
     assert not at.exception
+
+
+def test_a_threshold_suggested_for_95_percent_sensitivity_gives_it(finished_workspace, monkeypatch, tmp_path):
+    """Set from "95% sensitivity (validation)" on the validation split shows a sensitivity of at least 0.95
+    there: the engine's threshold is used as it is. Validation scores where rounding it to 0.001 would lose
+    a tumour patch: the one that makes 95% lies at 0.14757, just below 0.148."""
+    workspace = tmp_path / "ws"
+    shutil.copytree(finished_workspace, workspace)
+    path = RunDir(workspace / "runs" / RUN_ID).valid_predictions_path
+    frame = pd.read_csv(path, dtype={"id": str})
+    tumour = np.flatnonzero(frame["label"].to_numpy() == 1)
+    needed = int(np.ceil(0.95 * len(tumour)))
+    probability = np.full(len(frame), 0.05)
+    probability[tumour[:needed - 1]] = 0.9
+    probability[tumour[needed - 1]] = 0.14757
+    probability[tumour[needed:]] = 0.01
+    frame["probability"] = probability
+    frame.to_csv(path, index=False)
+
+    at = open_page(start(workspace, monkeypatch), "pages/runs.py")
+    at.selectbox(key="threshold_preset").set_value("95% sensitivity (validation)").run()
+    assert not at.exception
+    assert at.slider(key="threshold").value == pytest.approx(0.14757, abs=1e-12)
+    shown = {m.label: m.value for m in at.metric}
+    assert float(shown["Sensitivity"]) >= 0.95, shown
+
+
+def test_set_from_says_custom_and_explain_starts_from_the_threshold_chosen(finished_workspace, monkeypatch):
+    at = open_page(start(finished_workspace, monkeypatch), "pages/runs.py")
+    assert at.selectbox(key="threshold_preset").value == "0.5 (default)"
+    at.slider(key="threshold").set_value(0.7).run()
+    assert at.selectbox(key="threshold_preset").value == "custom"  # no longer the default's 0.5
+    open_page(at, "pages/explain.py")
+    assert at.slider(key="explain_threshold").value == 0.7
+    assert "call at 0.700" in texts(at)
+    open_page(at, "pages/predict.py")
+    assert at.slider(key="predict_threshold").value == 0.7
+    open_page(at, "pages/runs.py")  # back on Runs: the threshold chosen, and a suggestion names itself again
+    assert at.slider(key="threshold").value == 0.7 and at.selectbox(key="threshold_preset").value == "custom"
+    at.selectbox(key="threshold_preset").set_value("Youden (validation)").run()
+    youden = scoring.suggested_thresholds(RunDir(finished_workspace / "runs" / RUN_ID))["Youden (validation)"]
+    assert at.slider(key="threshold").value == youden
+    open_page(at, "pages/explain.py")
+    assert at.slider(key="explain_threshold").value == youden
+
+
+def test_a_run_shows_its_data_by_the_name_of_the_source_at_that_folder(finished_workspace, monkeypatch, tmp_path):
+    """A run whose config spells its data folder another way (through a link) shows the registered name,
+    as the runs trained from the dashboard do: one dataset, one name."""
+    workspace = tmp_path / "ws"
+    shutil.copytree(finished_workspace, workspace)
+    shutil.copytree(workspace / "runs" / RUN_ID, workspace / "runs" / "linked-run")
+    (tmp_path / "link").symlink_to(Workspace(workspace).source("demo").path, target_is_directory=True)
+    config_path = workspace / "runs" / "linked-run" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["data"]["path"] = str(tmp_path / "link")
+    config_path.write_text(json.dumps(config))
+    at = open_page(start(workspace, monkeypatch), "pages/runs.py")
+    runs = tables(at)["All runs"]
+    assert sorted(runs["run"]) == ["demo-run", "linked-run"]
+    assert runs["data"].tolist() == ["demo", "demo"]
+
+
+def test_a_bounded_epoch_chart_before_the_first_epoch_spans_0_to_1():
+    """A run's ROC-AUC chart before its first epoch: the axis of the metric's range (plotly's own for no
+    data is -1 to 4), and words saying why it is empty."""
+    from pcam_app.figures import curves_figure
+    from pcam_core.monitor import epoch_frame
+
+    empty = curves_figure(epoch_frame({"new-run": []}), "roc_auc").to_plotly_json()["layout"]
+    assert tuple(empty["yaxis"]["range"]) == (0.0, 1.002)
+    assert [a["text"] for a in empty["annotations"]] == ["no epochs yet"]
+    one = curves_figure(epoch_frame({"r": [{"epoch": 1, "roc_auc": 0.9}]}), "roc_auc").to_plotly_json()["layout"]
+    assert tuple(one["yaxis"]["range"]) == pytest.approx((0.88, 1.002)) and not one.get("annotations")
 
 
 def test_new_predictions_replace_the_ones_read_before(finished_workspace, monkeypatch, tmp_path):

@@ -64,7 +64,7 @@ def _shot(page, name: str) -> None:
 
 
 def _no_exception(page) -> None:
-    """No exception on the page, and no chart that could not be drawn (pcam_app/chart.js says why in its place)."""
+    """No exception on the page, and no chart that could not be drawn (pcam_app/components/chart.js says why in its place)."""
     assert page.locator("[data-testid=stException]").count() == 0, page.locator("[data-testid=stException]").first.inner_text()
     failed = page.locator(".pcam-chart[data-state=error]")
     assert failed.count() == 0, failed.first.inner_text()

@@ -1,17 +1,17 @@
-"""Charts (pcam_app.ui.chart) in a real browser: every trace type the dashboard's figures use is drawn
+"""Charts (pcam_app.components.chart) in a real browser: every trace type the dashboard's figures use is drawn
 by the plotly.js bundle the app serves from static/ (scripts/plotly-bundle builds it), and a chart that cannot be drawn says why in its
 place (a trace type the bundle lacks; the bundle missing) instead of an empty box; a chart follows
 its column's width.
 
 A one-file app in a temporary folder (with the repository's .streamlit/config.toml and, but for the
-last test, its static/) draws the figures through `ui.chart`, as the pages do."""
+last test, its static/) draws the figures through `chart`, as the pages do."""
 
 from __future__ import annotations
 
 import pytest
 
 from helpers import CHROMIUM, CHROMIUM_ARGS, REPO, script_dashboard, wait_rendered
-from pcam_app import ui
+from pcam_app.components.chart import PLOTLY_JS, STATIC_DIR
 
 pytestmark = pytest.mark.browser
 
@@ -19,19 +19,19 @@ APP = '''
 import plotly.graph_objects as go
 import streamlit as st
 
-from pcam_app import ui
+from pcam_app.components.chart import chart
 
 st.title("Charts")
 kinds = st.query_params.get("kinds", "figures").split(",")
 if "figures" in kinds:  # the trace types pcam_app.figures draws
-    ui.chart(go.Figure(go.Bar(x=["a", "b"], y=[3, 5], error_y=dict(type="data", array=[1, 1]))), key="bar")
-    ui.chart(go.Figure(go.Scatter(x=[0, 1, 2], y=[0.5, 0.7, 0.9], mode="lines+markers")), key="scatter")
-    ui.chart(go.Figure(go.Heatmap(z=[[0.9, 0.1], [0.2, 0.8]], text=[["TN", "FP"], ["FN", "TP"]], texttemplate="%{text}")),
-             key="heatmap")
-    ui.chart(go.Figure(go.Histogram(x=[0.1, 0.2, 0.2, 0.9], xbins=dict(start=0, end=1, size=0.1))).add_vline(x=0.5),
-             key="histogram")
+    chart(go.Figure(go.Bar(x=["a", "b"], y=[3, 5], error_y=dict(type="data", array=[1, 1]))), key="bar")
+    chart(go.Figure(go.Scatter(x=[0, 1, 2], y=[0.5, 0.7, 0.9], mode="lines+markers")), key="scatter")
+    chart(go.Figure(go.Heatmap(z=[[0.9, 0.1], [0.2, 0.8]], text=[["TN", "FP"], ["FN", "TP"]], texttemplate="%{text}")),
+          key="heatmap")
+    chart(go.Figure(go.Histogram(x=[0.1, 0.2, 0.2, 0.9], xbins=dict(start=0, end=1, size=0.1))).add_vline(x=0.5),
+          key="histogram")
 if "sankey" in kinds:
-    ui.chart(go.Figure(go.Sankey(node=dict(label=["a", "b"]), link=dict(source=[0], target=[1], value=[1]))), key="sankey")
+    chart(go.Figure(go.Sankey(node=dict(label=["a", "b"]), link=dict(source=[0], target=[1], value=[1]))), key="sankey")
 st.write("end of the page")
 '''
 
@@ -100,7 +100,7 @@ def test_a_missing_chart_library_is_named_in_place_of_every_chart(tmp_path):
     with script_dashboard(tmp_path / "app", APP, with_static=False) as app:
         states = _open(f"{app.url}/?kinds=figures", _states)
     assert len(states) == 4 and all(state == "error" for state, _ in states)
-    assert all("could not load the chart library" in text and ui.PLOTLY_JS in text for _, text in states)
+    assert all("could not load the chart library" in text and PLOTLY_JS in text for _, text in states)
 
 
 def test_the_served_bundle_is_the_plotly_js_the_python_package_writes_figures_for():
@@ -108,7 +108,7 @@ def test_the_served_bundle_is_the_plotly_js_the_python_package_writes_figures_fo
     plotly.js: the versions must match."""
     import plotly.offline
 
-    header = (ui.STATIC_DIR / ui.PLOTLY_JS).read_text(encoding="utf-8")[:200]
+    header = (STATIC_DIR / PLOTLY_JS).read_text(encoding="utf-8")[:200]
     assert header.startswith("/**\n* plotly.js (pcam: scatter, bar, heatmap, histogram - minified) v")
     assert f" v{plotly.offline.get_plotlyjs_version()}\n" in header
     assert "enableStaticServing = true" in (REPO / ".streamlit" / "config.toml").read_text()

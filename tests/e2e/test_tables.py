@@ -1,4 +1,4 @@
-"""Tables (pcam_app.ui.sortable_table) in a real browser: the cells as formatted, a click on a header
+"""Tables (pcam_app.components.table.sortable_table) in a real browser: the cells as formatted, a click on a header
 sorts by that column (numbers largest first, a second click the other way, text alphabetically), empty
 cells last either way, and the page counts as drawn (tests/helpers.PAGE_DRAWN)."""
 
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pcam_app import ui
+from pcam_app.components.table import sortable_table
 
 st.title("Tables")
 frame = pd.DataFrame({
@@ -24,7 +24,7 @@ frame = pd.DataFrame({
     "synthetic": [True, False, True, False],
     "created": pd.to_datetime([3, 1, 4, 2], unit="D"),
 })
-ui.sortable_table(frame, {"ROC-AUC": "{:.3f}"}, key="runs", caption="Some runs")
+sortable_table(frame, {"ROC-AUC": "{:.3f}"}, key="runs", caption="Some runs")
 st.write("end of the page")
 '''
 

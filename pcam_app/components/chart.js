@@ -1,4 +1,4 @@
-// Draws one plotly figure (pcam_app.ui.chart) with the plotly.js bundle the app serves from static/
+// Draws one plotly figure (pcam_app.components.chart.chart) with the plotly.js bundle the app serves from static/
 // (built by scripts/plotly-bundle), loaded once per browser tab and shared by every chart of that tab.
 // data: {figure: the figure's JSON text, config, src: the bundle's path under the app's address}.
 // The chart's element says how it ended: data-state="drawn", or "error" with the reason shown in its place.

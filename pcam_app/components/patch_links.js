@@ -1,4 +1,4 @@
-// A row of patches, each with its caption and a link to another page of the app (pcam_app.ui.patch_cards):
+// A row of patches, each with its caption and a link to another page of the app (pcam_app.components.patch_links.patch_cards):
 // one element for the whole row instead of a Streamlit image, caption and page link per patch.
 // data: {cards: [{src: a PNG data URL of the patch, caption, href: the page's address with its query}],
 //        label: the links' text, width: the patches' width on screen in CSS pixels}.

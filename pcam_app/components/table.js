@@ -1,4 +1,4 @@
-// A table whose columns sort with a click on their header (pcam_app.ui.sortable_table): plain HTML, one
+// A table whose columns sort with a click on their header (pcam_app.components.table.sortable_table): plain HTML, one
 // element, instead of Streamlit's data grid, whose code and canvas cost a new tab 0.2 s on the Runs page.
 // data: {columns: [names], numeric: [whether each column holds numbers], rows: [[cell text]],
 //        keys: [[sort key per cell: a number, a string, or null for an empty cell]], caption, height}.

@@ -1,0 +1,124 @@
+"""Datasets, models, predictions and threshold reports, cached per process and keyed on the version of
+the files they come from: the pages read them on every rerun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from pcam_core import scoring
+from pcam_core.checkpoint import model_from_checkpoint
+from pcam_core.config import ExperimentConfig
+from pcam_core.data import PatchDataset
+from pcam_core.gallery import colour_statistics
+from pcam_core.predict import checkpoint_path, dataset_for_split
+from pcam_core.runs import RunDir
+from pcam_core.workspace import DataSource
+
+from .shell import fail
+
+
+@st.cache_resource(max_entries=8, show_spinner="Opening the split...")
+def _open_split(path: str, fmt: str, split: str, version: float) -> PatchDataset:
+    return DataSource("", path, fmt).open(split)
+
+
+def open_split(source: DataSource, split: str) -> PatchDataset:
+    """One split of a source, opened once per process (labels and metadata only; pixels on demand)."""
+    try:
+        return _open_split(source.path, source.format, split, source.version(split))
+    except (OSError, ValueError) as err:
+        fail(f"Cannot open split {split!r} of {source.name}: {err}")
+
+
+@st.cache_resource(max_entries=8, show_spinner="Opening the split...")
+def _run_split(data: str, split: str, config_json: str, version: float) -> PatchDataset:
+    return dataset_for_split(data, split, ExperimentConfig.from_dict(json.loads(config_json)))
+
+
+def run_split(run: RunDir, split: str) -> PatchDataset:
+    """The split of the run's own data a predictions file refers to (for Kaggle data, the run's seeded
+    validation split rebuilt)."""
+    try:
+        config = run.config()
+        data = Path(config.data.path)
+        return _run_split(str(data), split, config.to_json(), data.stat().st_mtime)
+    except (OSError, ValueError) as err:
+        fail(f"Cannot open the {split} data of run {run.run_id}: {err}")
+
+
+@st.cache_data(max_entries=16, show_spinner="Measuring colours on a sample...")
+def _colour_stats(path: str, fmt: str, split: str, version: float, per_class: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return colour_statistics(_open_split(path, fmt, split, version), per_class=per_class)
+
+
+def colour_stats(source: DataSource, split: str, per_class: int = 256) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return _colour_stats(source.path, source.format, split, source.version(split), per_class)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model...")
+def _model(checkpoint: str, mtime: float) -> tuple[Any, Any, dict[str, Any]]:
+    return model_from_checkpoint(checkpoint, "cpu")
+
+
+def load_model(run: RunDir) -> tuple[Any, Any, dict[str, Any]]:
+    """The run's best model on the CPU in eval mode, loaded once per checkpoint file version (never modified)."""
+    try:
+        path = checkpoint_path(run.path, "best")
+        return _model(str(path), path.stat().st_mtime)
+    except (OSError, ValueError) as err:
+        fail(f"Cannot load the model of run {run.run_id}: {err}")
+
+
+def _version(*paths: Path) -> tuple[tuple[int, int, int] | None, ...]:
+    """Identifies the current content of files: a file replaced (written atomically: a new inode) or
+    modified in place (mtime, size) gets a new version."""
+    versions = []
+    for path in paths:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            versions.append(None)
+        else:
+            versions.append((info.st_ino, info.st_mtime_ns, info.st_size))
+    return tuple(versions)
+
+
+def _scores_version(run: RunDir, split: str) -> tuple:
+    return _version(*scoring.score_files(run, split))
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the predictions...")
+def _split_predictions(run_path: str, split: str, version: tuple) -> pd.DataFrame | None:
+    return scoring.split_predictions(RunDir(run_path), split)
+
+
+def split_predictions(run: RunDir, split: str) -> pd.DataFrame | None:
+    """`scoring.split_predictions`, read once per version of its file (32,768 rows for PCam's validation
+    split): the Runs and Explain pages use them on every rerun."""
+    return _split_predictions(str(run.path), split, _scores_version(run, split))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _threshold_report(run_path: str, split: str, version: tuple, threshold: float) -> scoring.ThresholdReport:
+    predictions = _split_predictions(run_path, split, version)
+    return scoring.threshold_report(predictions["label"].to_numpy(), predictions["probability"].to_numpy(), threshold)
+
+
+def threshold_report(run: RunDir, split: str, threshold: float) -> scoring.ThresholdReport:
+    """`scoring.threshold_report` of a scored split, computed once per threshold and version of the scores."""
+    return _threshold_report(str(run.path), split, _scores_version(run, split), threshold)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _suggested_thresholds(run_path: str, version: tuple) -> dict[str, float]:
+    return scoring.suggested_thresholds(RunDir(run_path))
+
+
+def suggested_thresholds(run: RunDir) -> dict[str, float]:
+    """`scoring.suggested_thresholds`, once per version of the run's validation predictions."""
+    return _suggested_thresholds(str(run.path), _version(run.valid_predictions_path))

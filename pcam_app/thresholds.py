@@ -1,0 +1,43 @@
+"""The decision threshold this session chose for each run: set on the Runs page (with its slider, or
+from a threshold the engine suggested), and the one the Explain and Predict pages start from. A
+threshold is kept as chosen, never rounded: one chosen for a sensitivity must give that sensitivity
+on the data it was chosen on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from pcam_core.runs import RunDir
+
+DEFAULT = 0.5
+STEP = 0.005  # a slider's step; a suggested threshold between two steps is kept as it is
+
+
+def text(value: float) -> str:
+    """A threshold as shown: three decimals, or five when it has more (0.500, but 0.14757 for 0.1475712)."""
+    return f"{value:.3f}" if abs(value - round(value, 3)) < 1e-9 else f"{value:.5f}"
+
+
+def _key(run: RunDir) -> str:
+    return f"_threshold_{run.path}"
+
+
+def chosen(run: RunDir) -> float:
+    """The threshold chosen for `run` in this session (0.5 until one is chosen)."""
+    return float(st.session_state.get(_key(run), DEFAULT))
+
+
+def choose(run: RunDir, value: float) -> None:
+    """Make `value` the threshold of `run` for every page of this session."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"threshold {value} must be within [0, 1]")
+    st.session_state[_key(run)] = float(value)
+
+
+def slider(where: Any, run: RunDir, *, key: str, help: str, disabled: bool = False) -> float:
+    """A "Decision threshold" slider that shows the run's chosen threshold and, when moved, chooses another."""
+    value = st.session_state[key] = chosen(run)  # a widget's state may be set before it is drawn in a run
+    return where.slider("Decision threshold", 0.0, 1.0, step=STEP, key=key, format="%.3f" if len(text(value)) == 5 else "%.5f",
+                        help=help, disabled=disabled, on_change=lambda: choose(run, st.session_state[key]))
