@@ -33,7 +33,7 @@ from pcam_core.checkpoint import model_from_checkpoint
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import PatchDataset
 from pcam_core.gallery import LABEL_NAMES, colour_statistics, outline_centre
-from pcam_core.monitor import STATE_ICONS, runs_table
+from pcam_core.monitor import run_caption, runs_table
 from pcam_core.predict import checkpoint_path, dataset_for_split
 from pcam_core.runs import RunDir, RunSummary
 from pcam_core.workspace import DataSource, Workspace
@@ -268,10 +268,7 @@ def sidebar(workspace: Workspace) -> Context:
         if picked:
             summary = by_id[picked]
             run = RunDir(summary.path)
-            best = (summary.best or {}).get("roc_auc")
-            st.caption(f"{STATE_ICONS.get(summary.state, '')} {summary.state} · {summary.model} · "
-                       f"{summary.epochs_done}/{summary.epochs_total} epochs"
-                       + (f" · best ROC-AUC {best:.3f}" if best is not None else ""))
+            st.caption(run_caption(summary))
             if run.raw_status().get("synthetic_data"):
                 st.badge("trained on SYNTHETIC data", icon=":material/science:", color="orange")
     context = Context(workspace, sources, source, runs, run)
