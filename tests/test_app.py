@@ -459,3 +459,21 @@ def test_train_page_says_what_a_running_run_is_at_everywhere(tmp_path, monkeypat
     [progress] = at.get("progress")
     assert progress.proto.text.startswith("epoch 2 of 3 · step 30 of 60")
     assert any(m.label == "Best ROC-AUC" and m.value == "0.700" for m in at.metric)
+
+
+def test_explain_captions_come_from_the_model_and_the_scale_can_be_fixed(finished_workspace, monkeypatch):
+    at = open_page(start(finished_workspace, monkeypatch), "pages/explain.py")
+    shown = texts(at)
+    assert "ResNet" not in shown and "pcamnet's stage4" in shown  # the run's model is pcamnet
+    assert "scaled to its own strongest point" in shown and "full red" in shown  # said next to the map
+    at.selectbox(key="method").set_value("eigencam").run()
+    assert "class-agnostic" in at.image[1].captions[0] and "evidence for" not in at.image[1].captions[0]
+    assert at.button_group(key="target").disabled
+    at.selectbox(key="method").set_value("gradcam").run()
+    per_patch = at.image[1].value
+    at.button_group(key="map_scale").set_value("fixed").run()
+    assert not at.exception and "scale fixed 0..max across patches" in at.image[1].captions[0]
+    assert "patches of the valid split drawn at random" in texts(at)
+    at.button_group(key="view").set_value("gallery").run()
+    assert not at.exception and len(at.image) == 24 and "One scale for all the patches shown" in texts(at)
+    assert per_patch is not None
