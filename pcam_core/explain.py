@@ -12,7 +12,7 @@ defined: 1/9 for a uniform map, 1 when everything is in the centre, 0 when nothi
 is zero everywhere (the method found no evidence for the target) has no focus: NaN.
 What it is not: a measure of correctness (a model can look at the centre and be wrong, or be right
 for reasons outside it), nor comparable across methods or layers. Every map is min-max scaled to
-[0, 1] per patch, and a coarse layer is upsampled bilinearly to 96x96: a ResNet's last stage is
+[0, 1] per patch (`scaled_maps` puts a batch on one scale instead, from each map's raw range), and a coarse layer is upsampled bilinearly to 96x96: a ResNet's last stage is
 3x3 at this patch size, each cell covering 32x32 pixels, so its maps cannot localise finer than
 that and its centre focus mostly reflects the middle cell. Prefer a layer of 12x12 or more for
 spatial questions; `layer_choices` lists each layer's resolution.
