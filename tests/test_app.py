@@ -467,7 +467,7 @@ def test_explain_captions_come_from_the_model_and_the_scale_can_be_fixed(finishe
     assert "ResNet" not in shown and "pcamnet's stage4" in shown  # the run's model is pcamnet
     assert "scaled to its own strongest point" in shown and "full red" in shown  # said next to the map
     at.selectbox(key="method").set_value("eigencam").run()
-    assert "class-agnostic" in at.image[1].captions[0] and "evidence for" not in at.image[1].captions[0]
+    assert "class-agnostic" in at.image[1].captions[0] and "evidence for tumour" not in at.image[1].captions[0]
     assert at.button_group(key="target").disabled
     at.selectbox(key="method").set_value("gradcam").run()
     per_patch = at.image[1].value
