@@ -10,8 +10,21 @@ import streamlit as st
 
 from pcam_app import caches, heatmaps, notes, patches, shell, thresholds
 from pcam_core import scoring
-from pcam_core.data import PATCH_SIZE
-from pcam_core.explain import METHOD_NOTES, METHODS, TARGETS, layer_choices, overlay, png_bytes, rank_by_focus, resolve_layer
+from pcam_core.explain import (
+    CLASS_AGNOSTIC,
+    METHOD_NOTES,
+    METHODS,
+    SCALE_NOTES,
+    SCALES,
+    TARGETS,
+    layer_choices,
+    layer_note,
+    map_meaning,
+    overlay,
+    png_bytes,
+    rank_by_focus,
+    scaled_maps,
+)
 from pcam_core.gallery import (
     OUTCOMES,
     find_patch,
@@ -25,10 +38,8 @@ from pcam_core.gallery import (
 VIEWS = {"patch": "One patch", "gallery": "Gallery"}
 PICKS = {"outcome": "By outcome", "number": "By number or id", "random": "At random"}
 GALLERY_SOURCES = {"random": "patches drawn at random", **OUTCOMES}
-LAYER_NOTE = (
-    "A ResNet's last stage is only 3×3 on these 96×96 patches: each cell is as large as the centre box, so its "
-    "maps cannot tell the centre from its surroundings. For where-questions prefer a layer of 12×12 or finer."
-)
+LAYER_HELP = "Deeper layers see more context in coarser cells; the caption below says what this one can show."
+REFERENCE_PATCHES = 24  # a single patch on the fixed scale is compared with this many patches of its split
 
 ctx = shell.context()
 st.title("Explain")
@@ -70,14 +81,17 @@ settings = st.columns([1.2, 1.2, 1.1, 1.3], vertical_alignment="top")
 method = settings[0].selectbox("Method", list(METHODS), key="method", bind="query-params")
 settings[0].caption(METHOD_NOTES[method])
 layer = settings[1].selectbox("Layer", list(layers), format_func=lambda path: layers[path] + (" (default)" if path == next(iter(layers)) else ""),
-                              key="layer", help=LAYER_NOTE)
-_, resolution = resolve_layer(model_name, layer)
-cell = PATCH_SIZE // resolution
-settings[1].caption(f"Each cell of this {resolution}×{resolution} map covers {cell}×{cell} pixels. {LAYER_NOTE}")
+                              key="layer", help=LAYER_HELP)
+settings[1].caption(layer_note(model_name, layer))
 target = settings[2].segmented_control("Evidence for", list(TARGETS), default="tumour", required=True, key="target",
-                                       bind="query-params", help="Explain the score for tumour, or for normal tissue.")
+                                       bind="query-params", disabled=method in CLASS_AGNOSTIC,
+                                       help="Explain the score for tumour, or for normal tissue."
+                                            + (f" {method} ignores it: its map is class-agnostic." if method in CLASS_AGNOSTIC else ""))
 opacity = settings[3].slider("Heat map opacity", 0.0, 1.0, 0.5, 0.05, key="opacity",
                              help="0 shows the tissue alone, 1 the heat map alone.")
+scale = settings[3].segmented_control("Scale", list(SCALES), format_func=SCALES.get, default="patch", required=True,
+                                      key="map_scale", help=SCALE_NOTES["fixed"])
+meaning = map_meaning(method, target)
 if method == "scorecam":
     st.warning("Score-CAM runs the model once per channel of the layer: a gallery can take a while on a CPU.",
                icon=":material/hourglass_top:")
@@ -127,14 +141,23 @@ def patch_view() -> None:
     pixels = dataset.read_pixels(np.array([index]))
     result = heatmaps.explain(run, pixels, method=method, layer=layer, target=target)
     probability, focus = float(result.probabilities[0]), float(result.centre_focus[0])
-    picture = overlay(pixels[0], result.maps[0], opacity=opacity, scale=4, box_width=3)
+    scale_note = SCALE_NOTES[scale]
+    if scale == "fixed":  # one patch: on the scale of patches of its split drawn at random
+        sample = dataset.read_pixels(np.sort(random_examples(predictions, REFERENCE_PATCHES, seed=0)["index"].to_numpy()))
+        reference = heatmaps.explain(run, sample, method=method, layer=layer, target=target)
+        maps = scaled_maps(result, "fixed", peak=float(reference.peaks.max()))
+        scale_note = (f"One scale for this patch and {len(sample)} patches of the {split} split drawn at random, from 0 "
+                      "to the strongest point among them: a patch with little evidence stays blue.")
+    else:
+        maps = scaled_maps(result, "patch")
+    picture = overlay(pixels[0], maps[0], opacity=opacity, scale=4, box_width=3)
     images, facts = st.columns([2, 1.1], gap="medium")
     with images:
         plain, heat = st.columns(2)
         plain.image(outline_centre(pixels[0], scale=4, width=3), width="stretch",
                     caption=f"Patch #{index} of {split}, label {patches.label_name(label)} (4× enlarged)")
-        heat.image(picture, width="stretch", caption=f"{method} at {layers[layer]}, evidence for {target}")
-        heatmaps.colour_legend(target)
+        heat.image(picture, width="stretch", caption=f"{method} at {layers[layer]}, {meaning}, scale {SCALES[scale]}")
+        heatmaps.colour_legend(target, method=method, note=scale_note)
     with facts:
         call = "tumour" if probability >= threshold else "normal"
         outcome_name = (outcome_of(label, probability, threshold) or "unlabelled").replace("_", " ")
@@ -171,14 +194,14 @@ def gallery_view() -> None:
     pixels = dataset.read_pixels(indices)
     result = heatmaps.explain(run, pixels, method=method, layer=layer, target=target)
     order = rank_by_focus(result.centre_focus)
-    tiles = overlay(pixels[order], result.maps[order], opacity=opacity, scale=2, box_width=2)
+    tiles = overlay(pixels[order], scaled_maps(result, scale)[order], opacity=opacity, scale=2, box_width=2)
     labels = rows["label"].to_numpy()
     st.caption(f"{len(rows)} {GALLERY_SOURCES[source]}, sorted by centre focus, **lowest first**: the first calls rest most "
                f"on tissue outside the labelled centre. Caption: patch number, label, tumour probability, centre focus.")
     patches.image_cards(list(tiles), width=176, captions=[
         f"#{indices[i]} · {patches.label_name(labels[i])} · p={result.probabilities[i]:.2f} · focus {heatmaps.focus_text(result.centre_focus[i])}"
         for i in order])
-    heatmaps.colour_legend(target, width=520)
+    heatmaps.colour_legend(target, width=520, method=method, note=SCALE_NOTES[scale])
     st.caption(heatmaps.CENTRE_FOCUS_NOTE)
     pick_col, button_col = st.columns([2, 1], vertical_alignment="bottom")
     chosen = pick_col.selectbox("Look at one closely", [int(indices[i]) for i in order], format_func=lambda i: f"#{i}",

@@ -1,6 +1,7 @@
 """Predict: upload patches (tif, png, jpg) and get each one's tumour probability and the call at a chosen
 threshold from the selected run's model, each beside the heat map of its evidence (Grad-CAM) with its
-centre focus; a batch gives a Kaggle submission CSV. A file that is not a 96x96 RGB patch is converted
+centre focus; a batch gives a results CSV (probability and call, with the threshold, model and run) and a
+Kaggle submission CSV. A file that is not a 96x96 RGB patch is converted
 with a notice or refused with the reason, never silently."""
 
 import hashlib
@@ -9,7 +10,7 @@ import numpy as np
 import streamlit as st
 
 from pcam_app import caches, heatmaps, notes, patches, shell, thresholds
-from pcam_core.uploads import UploadResult, score_files
+from pcam_core.uploads import UploadResult, results_table, score_files
 
 SHOWN = 96  # patches drawn; the table and the CSV hold every one
 
@@ -84,6 +85,12 @@ else:
 if len(result.scored) > SHOWN:
     st.caption(f"The first {SHOWN} of {len(result.scored)} patches are shown; the table and the CSV hold them all.")
 st.caption(notes.CENTRE_NOTE)
-st.download_button("Download Kaggle submission (CSV)", result.submission, file_name="submission.csv", mime="text/csv",
-                   icon=":material/download:", type="primary", on_click="ignore",
-                   help="Kaggle's format: id (the file name without extension) and label (the tumour probability).")
+downloads = st.container(horizontal=True)
+results = results_table(result, threshold, model=config.model.name, run=run.run_id)
+downloads.download_button("Download results (CSV)", results.to_csv(index=False), file_name=f"results-{run.run_id}.csv",
+                          mime="text/csv", icon=":material/download:", type="primary", on_click="ignore", key="results_csv",
+                          help="Every scored file: id, tumour probability, the call at the threshold, and the threshold, "
+                               "model and run that made it.")
+downloads.download_button("Download Kaggle submission (CSV)", result.submission, file_name="submission.csv", mime="text/csv",
+                          icon=":material/download:", on_click="ignore", key="submission_csv",
+                          help="Kaggle's format: id (the file name without extension) and label (the tumour probability).")

@@ -9,9 +9,9 @@ from pcam_app import figures, notes, run_tables, shell, sidebar
 from pcam_app.components.chart import chart
 from pcam_core.config import OPTIMIZERS, SCHEDULES, AugmentConfig, DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from pcam_core.models import MODELS, model_names, resolve_model_name
-from pcam_core.monitor import RESUMABLE_STATES, STATE_ICONS, epoch_frame, run_progress, step_frame
+from pcam_core.monitor import RESUMABLE_STATES, STATE_ICONS, epoch_frame, progress_key, run_progress, step_frame
 from pcam_core.predict import resolve_device
-from pcam_core.runs import ACTIVE_STATES, RunDir, gpu_count, launch, max_processes, process_count, stop
+from pcam_core.runs import ACTIVE_STATES, RunDir, gpu_count, launch, max_processes, process_count, stop, summarize
 
 STATE_COLOURS = {"queued": "gray", "running": "blue", "finished": "green", "stopped": "orange", "interrupted": "orange",
                  "failed": "red"}
@@ -105,12 +105,14 @@ with form_column:
 
 # -- the live view ----------------------------------------------------------------------------------------
 
-def live_view(run: RunDir, drawn_state: str) -> None:
+def live_view(run: RunDir, drawn: tuple) -> None:
     status = run.status()
     state = status.get("state", "unknown")
     active = state in ACTIVE_STATES
-    if state != drawn_state:
-        st.rerun()  # started, ended or failed: redraw everything (sidebar, runs table), polling only if alive
+    if progress_key(summarize(run)) != drawn:
+        # started, ended, failed, or an epoch ended: redraw everything, so that the sidebar and the runs
+        # table (drawn outside this fragment) say what the live view says; polling only if alive
+        st.rerun()
     processes = process_count(run)
     head, buttons = st.columns([3, 1.2], vertical_alignment="center")
     with head:
@@ -168,8 +170,10 @@ with live_column:
     if run is None:
         st.info("No run yet: fill in the form and start one.", icon=":material/model_training:")
     else:
-        state = run.status().get("state", "unknown")
-        st.fragment(live_view, run_every=2 if state in ACTIVE_STATES else None)(run, state)  # polls only while alive
+        # the run as the sidebar and the runs table drew it
+        drawn = progress_key(next((s for s in ctx.runs if s.run_id == run.run_id), None) or summarize(run))
+        state = drawn[0]
+        st.fragment(live_view, run_every=2 if state in ACTIVE_STATES else None)(run, drawn)  # polls only while alive
 
 st.divider()
 st.subheader("All runs")

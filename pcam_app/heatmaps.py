@@ -11,7 +11,17 @@ import numpy as np
 import streamlit as st
 
 from pcam_core.checkpoint import model_from_checkpoint
-from pcam_core.explain import DEFAULT_COLORMAP, DEFAULT_METHOD, UNIFORM_FOCUS, Explanation, colour_stops, explain_batch, overlay
+from pcam_core.explain import (
+    CLASS_AGNOSTIC,
+    DEFAULT_COLORMAP,
+    DEFAULT_METHOD,
+    SCALE_NOTES,
+    UNIFORM_FOCUS,
+    Explanation,
+    colour_stops,
+    explain_batch,
+    overlay,
+)
 from pcam_core.gallery import outline_centre
 from pcam_core.predict import checkpoint_path
 from pcam_core.runs import RunDir
@@ -25,9 +35,7 @@ CENTRE_FOCUS_NOTE = (
     "label does not describe: look there. It does **not** say whether the call is right (a model can look at "
     "the centre and be wrong), and it cannot be compared between methods or layers."
 )
-MAP_NOTE = (
-    "Each map is scaled to its own strongest point: red in one patch is not more evidence than red in another."
-)
+MAP_NOTE = SCALE_NOTES["patch"]
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model...")
@@ -87,14 +95,17 @@ def focus_text(value: float) -> str:
     return "none (empty map)" if value != value else f"{value:.2f}"
 
 
-def colour_legend(target: str, cmap: str = DEFAULT_COLORMAP, *, width: int | str = "stretch") -> None:
-    """The colour scale of the overlays, from no evidence to the strongest evidence for `target`."""
+def colour_legend(target: str, cmap: str = DEFAULT_COLORMAP, *, width: int | str = "stretch", method: str = DEFAULT_METHOD,
+                  note: str = MAP_NOTE) -> None:
+    """The colour scale of the overlays, from no evidence to the strongest evidence for `target` (for a
+    class-agnostic method, the strongest activation), and `note`, how the maps were scaled."""
+    high = "strongest activation (no class)" if method in CLASS_AGNOSTIC else f"strongest evidence for {target}"
     stops = ", ".join(f"{colour} {100 * value:.0f}%" for value, colour in colour_stops(cmap))
     st.html(
         f'<div style="font-size:0.85rem">'
         f'<div style="height:14px;border-radius:3px;background:linear-gradient(to right, {stops})"></div>'
         f'<div style="display:flex;justify-content:space-between;margin-top:2px">'
-        f"<span>0: no evidence</span><span>0.5</span><span>1: strongest evidence for {target}</span></div></div>",
+        f"<span>0: {'none' if method in CLASS_AGNOSTIC else 'no evidence'}</span><span>0.5</span><span>1: {high}</span></div></div>",
         width=width,
     )
-    st.caption(MAP_NOTE)
+    st.caption(note)

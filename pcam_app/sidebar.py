@@ -7,7 +7,7 @@ from typing import NoReturn
 
 import streamlit as st
 
-from pcam_core.monitor import STATE_ICONS
+from pcam_core.monitor import run_caption
 from pcam_core.runs import RunDir
 from pcam_core.workspace import Workspace
 
@@ -71,10 +71,7 @@ def sidebar(workspace: Workspace) -> Context:
         if picked:
             summary = by_id[picked]
             run = RunDir(summary.path)
-            best = (summary.best or {}).get("roc_auc")
-            st.caption(f"{STATE_ICONS.get(summary.state, '')} {summary.state} · {summary.model} · "
-                       f"{summary.epochs_done}/{summary.epochs_total} epochs"
-                       + (f" · best ROC-AUC {best:.3f}" if best is not None else ""))
+            st.caption(run_caption(summary))
             if run.raw_status().get("synthetic_data"):
                 st.badge("trained on SYNTHETIC data", icon=":material/science:", color="orange")
     context = Context(workspace, sources, source, runs, run)

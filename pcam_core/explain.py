@@ -12,7 +12,7 @@ defined: 1/9 for a uniform map, 1 when everything is in the centre, 0 when nothi
 is zero everywhere (the method found no evidence for the target) has no focus: NaN.
 What it is not: a measure of correctness (a model can look at the centre and be wrong, or be right
 for reasons outside it), nor comparable across methods or layers. Every map is min-max scaled to
-[0, 1] per patch, and a coarse layer is upsampled bilinearly to 96x96: a ResNet's last stage is
+[0, 1] per patch (`scaled_maps` puts a batch on one scale instead, from each map's raw range), and a coarse layer is upsampled bilinearly to 96x96: a ResNet's last stage is
 3x3 at this patch size, each cell covering 32x32 pixels, so its maps cannot localise finer than
 that and its centre focus mostly reflects the middle cell. Prefer a layer of 12x12 or more for
 spatial questions; `layer_choices` lists each layer's resolution.
@@ -62,10 +62,21 @@ METHOD_NOTES = {
     "hirescam": "HiResCAM: feature maps times gradients at each position; faithful to what this layer computes.",
     "xgradcam": "XGrad-CAM: gradients weighted by the feature maps, normalised.",
     "layercam": "LayerCAM: positive gradients at each position; sharper on the finer layers.",
-    "eigencam": "EigenCAM: the main pattern of the feature maps; it ignores the target, and its sign is arbitrary.",
+    "eigencam": "EigenCAM: class-agnostic, the main pattern of the layer's activations (their first principal "
+                "component, sign arbitrary), not evidence for tumour or normal: the target does not change it.",
     "scorecam": "Score-CAM: scores the patch masked by each feature map; no gradients, one pass per channel: slow.",
 }
+CLASS_AGNOSTIC = frozenset({"eigencam"})  # methods whose map does not depend on the target
 TARGETS = {"tumour": 1, "normal": 0}
+# How a batch's maps are brought to [0, 1] for display (`scaled_maps`).
+SCALES = {"patch": "per patch", "fixed": "fixed 0..max across patches"}
+SCALE_NOTES = {
+    "patch": "Each map is scaled to its own strongest point: a patch with almost no evidence (a nearly blank "
+             "patch) still shows full red, and red in one patch is not more than red in another. The fixed scale "
+             "compares patches.",
+    "fixed": "One scale for all the patches shown, from 0 to the strongest point among them: red means the same "
+             "amount in every patch, and a patch with little evidence stays blue.",
+}
 DEFAULT_COLORMAP = "jet"
 UNIFORM_FOCUS = (CENTER_SIZE / PATCH_SIZE) ** 2  # 1/9: the centre focus of a map spread evenly
 SCORECAM_BATCH = 64  # masked copies ScoreCAM scores per forward pass (the package's default is 16)
@@ -86,6 +97,10 @@ class Explanation:
     layer: str
     target: str
     resolution: int
+    # Each map's lowest and highest value before the per-patch scaling (in the layer's own units, after
+    # the ReLU the package applies): what `scaled_maps` needs to put several maps on one scale.
+    floors: np.ndarray | None = None
+    peaks: np.ndarray | None = None
 
     @property
     def centre_focus(self) -> np.ndarray:
@@ -95,6 +110,54 @@ class Explanation:
 def layer_choices(model_name: str) -> dict[str, str]:
     """A registered model's Grad-CAM layers, default first, each with a label such as "stage4: 12x12"."""
     return {path: f"{path}: {size}x{size}" for path, size in get_spec(model_name).target_layers.items()}
+
+
+def layer_note(model_name: str, layer: str | None = None) -> str:
+    """What a map at `layer` of `model_name` can and cannot show, in pixels of the 96x96 patch."""
+    layer, size = resolve_layer(model_name, layer)
+    cell = PATCH_SIZE // size
+    cells = CENTER_SIZE / cell
+    text = (f"Each cell of this {size}×{size} map covers {cell}×{cell} pixels: the central 32×32 box is "
+            f"{cells:g}×{cells:g} cells of {model_name}'s {layer}.")
+    if cell >= CENTER_SIZE:
+        # the layers whose cells divide the centre box at least 4 ways across (12x12 or finer maps)
+        finer = [f"{path} ({s}×{s})" for path, s in get_spec(model_name).target_layers.items()
+                 if CENTER_SIZE / (PATCH_SIZE // s) >= 4]
+        return (text + " A cell is as large as the centre box, so the map cannot tell the centre from its "
+                "surroundings" + (f"; for where-questions prefer {', '.join(finer)}." if finer else "."))
+    if cells < 4:
+        return text + " Coarse: it tells the centre from its surroundings, not finer detail."
+    return text + " Fine enough to show where inside the centre box the evidence lies."
+
+
+def map_meaning(method: str, target: str) -> str:
+    """What a map of `method` shows: evidence for `target`, or, for a class-agnostic method, the main
+    pattern of the layer's activations, whatever the target."""
+    get_method(method)
+    if method in CLASS_AGNOSTIC:
+        return "main activation pattern (class-agnostic, not evidence for a class)"
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    return f"evidence for {target}"
+
+
+def scaled_maps(explanation: Explanation, scale: str = "patch", *, peak: float | None = None) -> np.ndarray:
+    """The maps of `explanation` in [0, 1] for display: "patch" as computed (each from its own lowest to
+    its own highest point); "fixed" on one scale for the batch, 0 to the highest point of all its maps
+    (or `peak`, the highest point of other maps of the same model, layer, method and target to compare
+    with, when larger), so that a map with little evidence stays low."""
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
+    if scale == "patch":
+        return explanation.maps
+    if explanation.peaks is None or explanation.floors is None:
+        raise ValueError("this explanation has no raw map range (peaks); compute it with explain_batch")
+    span = (explanation.peaks - explanation.floors).astype(np.float32)[:, None, None]
+    raw = explanation.maps * span + explanation.floors.astype(np.float32)[:, None, None]
+    top = max(float(explanation.peaks.max(initial=0.0)), float(peak or 0.0))
+    if top <= 0:
+        return np.zeros_like(explanation.maps)
+    return np.clip(raw / top, 0.0, 1.0).astype(np.float32)
 
 
 def resolve_layer(model_name: str, layer: str | None = None) -> tuple[str, int]:
@@ -152,11 +215,21 @@ def explain_batch(
     device = next(model.parameters()).device
     x = eval_preset().to(device)(as_batch(images).to(device))
     chunks = list(x.split(1)) if cam_class is ScoreCAM else [x]
-    maps, logits = [], []
+    maps, logits, ranges = [], [], []
     with _LOCK, torch.enable_grad():
         try:
             with cam_class(model=model, target_layers=[get_layer(model, layer)]) as cam:
                 cam.batch_size = SCORECAM_BATCH
+                cam_image = cam.get_cam_image
+
+                def recorded(*args: Any, **kwargs: Any) -> np.ndarray:
+                    # the raw map before the package scales each to [0, 1]: its range, for `scaled_maps`
+                    raw = cam_image(*args, **kwargs)
+                    flat = np.maximum(raw, 0).reshape(len(raw), -1)
+                    ranges.append((flat.min(axis=1), flat.max(axis=1)))
+                    return raw
+
+                cam.get_cam_image = recorded
                 for chunk in chunks:
                     # One target per patch; each is applied to that patch's 0-d logit.
                     targets = [BinaryClassifierOutputTarget(TARGETS[target])] * len(chunk)
@@ -169,7 +242,9 @@ def explain_batch(
         raise RuntimeError(f"{method} failed on layer {layer!r} of {model_name!r} (see the message printed above)")
     out = np.concatenate(maps).astype(np.float32, copy=False)
     probs = torch.sigmoid(torch.cat(logits)).double().numpy()
-    return Explanation(np.clip(out, 0.0, 1.0), probs, method, layer, target, size)
+    floors = np.concatenate([lo for lo, _ in ranges]).astype(np.float64)
+    peaks = np.concatenate([hi for _, hi in ranges]).astype(np.float64)
+    return Explanation(np.clip(out, 0.0, 1.0), probs, method, layer, target, size, floors, peaks)
 
 
 def centre_focus(maps: np.ndarray) -> np.ndarray | float:

@@ -58,10 +58,16 @@ class RunProgress:
     images_per_s: float | None
 
     @property
+    def current_epoch(self) -> int:
+        """The epoch the run is in, or was in when it ended, counted from 1 (as the trainer's stop message
+        counts it): the completed epochs of a finished run, the one after them otherwise."""
+        return self.epoch if self.state == "finished" else min(self.epoch + 1, self.epochs)
+
+    @property
     def text(self) -> str:
         if self.state == "queued":
             return "starting the training process..."
-        parts = [f"epoch {min(self.epoch + 1, self.epochs) if self.state == 'running' else self.epoch} of {self.epochs}"]
+        parts = [f"epoch {self.current_epoch} of {self.epochs}"]
         if self.total_steps:
             parts.append(f"step {self.step:,} of {self.total_steps:,}")
         if self.state == "running":
@@ -112,6 +118,33 @@ def run_progress(status: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], 
     return RunProgress(state, fraction, epoch, n_epochs, step, total, elapsed, eta, images_per_s)
 
 
+def epochs_text(summary: RunSummary) -> str:
+    """A run's epochs as every view of it says them: "epoch 2 of 3" while it runs (the epoch in
+    progress, as its progress line counts), "1/3" (completed of planned) otherwise."""
+    done, total = summary.epochs_done, summary.epochs_total
+    if summary.state == "running" and done < total:
+        return f"epoch {done + 1} of {total}"
+    return f"{done}/{total}"
+
+
+def run_caption(summary: RunSummary) -> str:
+    """One line on a run: state, model, epochs and the best validation ROC-AUC so far."""
+    best = (summary.best or {}).get("roc_auc")
+    epochs = epochs_text(summary)
+    return (f"{STATE_ICONS.get(summary.state, '')} {summary.state} · {summary.model} · "
+            + (epochs if epochs.startswith("epoch") else f"{epochs} epochs")
+            + (f" · best ROC-AUC {best:.3f}" if best is not None else ""))
+
+
+def progress_key(summary: RunSummary) -> tuple:
+    """What a page drew of a run that changes while it trains (state, completed epochs, the best epoch
+    and its ROC-AUC): a live view whose run's key moved on redraws the whole page, so that the
+    sidebar and the runs table keep up with it."""
+    best = summary.best or {}
+    roc_auc = best.get("roc_auc")
+    return summary.state, summary.epochs_done, best.get("epoch"), roc_auc if roc_auc == roc_auc else None  # NaN != NaN
+
+
 FIGURE_COLUMNS = ("ROC-AUC", "PR-AUC", "accuracy", "F1", "valid loss")
 
 
@@ -128,7 +161,7 @@ def runs_table(summaries: Sequence[RunSummary], source_names: Mapping[str, str] 
             "model": s.model,
             "data": source_names.get(s.data, s.data),
             "synthetic data": bool(status.get("synthetic_data")),
-            "epochs": f"{s.epochs_done}/{s.epochs_total}",
+            "epochs": epochs_text(s),
             "best epoch": best.get("epoch"),
             "ROC-AUC": best.get("roc_auc"),
             "PR-AUC": best.get("pr_auc"),

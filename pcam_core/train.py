@@ -553,9 +553,11 @@ def _fit(
         if result["interrupted"] and flag.raised.is_set():
             s.save(run.last_checkpoint)
             if status is not None:
-                sig = signal.Signals(flag.signum).name if flag.signum else "a signal"
-                status.update(state="stopped", message=f"stopped by {sig} at epoch {epoch + 1}, step {st.global_step}; "
-                              "checkpoint saved, resume to continue", finished_at=time.time(), step=st.global_step)
+                # In the words of who asked (the dashboard's Stop and `pcam stop` send SIGTERM, a terminal's
+                # Ctrl-C SIGINT), the epoch counted from 1 as the dashboard's progress line counts it.
+                status.update(state="stopped", message=f"stopped on request (Stop on the dashboard, `pcam stop` or Ctrl-C) "
+                              f"at epoch {epoch + 1} of {t.epochs}, step {st.global_step:,} of {s.total_steps:,}; "
+                              "checkpoint saved", finished_at=time.time(), step=st.global_step)
             log.info("stopped by request at global step %d; checkpoint written", st.global_step)
             raise StopRequested()
         # validation on every epoch (also on a partial last epoch cut short by max_steps)

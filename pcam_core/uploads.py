@@ -54,6 +54,20 @@ class UploadResult:
         return submission_csv([p.id for p in self.scored], np.array([p.probability for p in self.scored]))
 
 
+RESULTS_COLUMNS = ["file", "id", "probability", "call", "threshold", "model", "run", "notes"]
+
+
+def results_table(result: UploadResult, threshold: float, *, model: str, run: str) -> pd.DataFrame:
+    """The results file of a batch of uploads: each scored file with its tumour probability and the call
+    at `threshold`, and what produced them (the threshold, the model, the run), so that the file read
+    on its own says how every call was made. Refused files are not in it (they have no probability)."""
+    table = result.table(threshold)
+    table.insert(4, "threshold", float(threshold))
+    table.insert(5, "model", model)
+    table.insert(6, "run", run)
+    return table[RESULTS_COLUMNS]
+
+
 def score_files(model: nn.Module, files: Sequence[tuple[str, bytes]], *, tta: bool = False, batch_size: int = 64) -> UploadResult:
     """Decode and score `(file name, bytes)` pairs with `model` (in eval mode; it is not modified).
 

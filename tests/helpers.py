@@ -217,3 +217,24 @@ def wait_rendered(page: Any, locator: Any, *, timeout_ms: float = 60_000) -> Non
     completely (`PAGE_DRAWN`)."""
     locator.first.wait_for(timeout=timeout_ms)
     page.wait_for_function(PAGE_DRAWN, timeout=timeout_ms, polling=50)
+
+
+def running_run(root: Path, run_id: str, *, epochs: int = 3, best: dict[str, Any] | None = None) -> Path:
+    """A run folder as a training process leaves it during its second epoch of `epochs`: status "running"
+    with this (live) process as its trainer and a fresh heartbeat, one finished epoch in epochs.jsonl
+    (the best so far, with `best`'s figures). Written as the trainer writes it, through the run folder."""
+    from pcam_core.config import ExperimentConfig
+    from pcam_core.fileio import append_jsonl, atomic_write_json
+    from pcam_core.runs import create_run, process_start_time
+
+    run = create_run(root, ExperimentConfig().replace(model={"name": "pcamnet"}, train={"epochs": epochs}), run_id=run_id)
+    now = time.time()
+    status = run.raw_status()
+    status.update(state="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()), host=socket.gethostname(),
+                  started_at=now - 60, heartbeat=now, updated_at=now, epoch=1, epochs=epochs, step=30,
+                  total_steps=20 * epochs, steps_per_epoch=20, model="pcamnet")
+    atomic_write_json(run.status_path, status)
+    append_jsonl(run.epochs_path, {"epoch": 1, "train_loss": 0.6, "loss": 0.5, "roc_auc": 0.7, "pr_auc": 0.6,
+                                   "accuracy": 0.65, "f1": 0.6, "is_best": True, "epoch_seconds": 30.0, "time": now - 30,
+                                   **(best or {})})
+    return run.path

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from helpers import REPO, make_bad_images, tif_bytes, wait_for
+from helpers import REPO, make_bad_images, running_run, tif_bytes, wait_for
 from pcam_app.figures import TRACE_TYPES
 from pcam_core import scoring
 from pcam_core.config import ExperimentConfig
@@ -360,7 +360,8 @@ def test_predict_uploads_refuses_and_converts_visibly(finished_workspace, monkey
     table = at.dataframe[0].value
     assert len(table) == 4 and table["probability"].between(0, 1).all()
     assert set(table["call"]) <= {"tumour", "normal"}
-    assert at.get("download_button")
+    # two downloads: the results file (every scored file, its call and how it was made) and Kaggle's submission
+    assert [b.proto.label for b in at.get("download_button")] == ["Download results (CSV)", "Download Kaggle submission (CSV)"]
     at.slider(key="predict_threshold").set_value(0.0).run()
     assert (at.dataframe[0].value["call"] == "tumour").all()
     # heat maps are on by default: each patch beside its overlay, with its centre focus
@@ -517,3 +518,36 @@ def test_dataset_page_on_real_kaggle_patches(tmp_path, monkeypatch, real_kaggle)
     at.button_group(key="ds_label").set_value("normal").run()
     assert all(c.endswith("normal") for c in at.image[0].captions)
     assert any(m.label == "Patches" and m.value == "160" for m in at.metric)
+
+
+def test_train_page_says_what_a_running_run_is_at_everywhere(tmp_path, monkeypatch):
+    """A run in its second epoch: the sidebar, the runs table and the live view all say "epoch 2 of 3"
+    and the best ROC-AUC so far (the sidebar and the table once read "0/3 epochs" and "–" beside it)."""
+    (tmp_path / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
+    running_run(Workspace(tmp_path).runs_root, "live", epochs=3, best={"roc_auc": 0.7})
+    at = open_page(start(tmp_path, monkeypatch), "pages/train.py")
+    assert at.sidebar.selectbox(key="run").value == "live"
+    assert any("running · pcamnet · epoch 2 of 3 · best ROC-AUC 0.700" in c.value for c in at.sidebar.caption)
+    row = tables(at)["All runs"].iloc[0]
+    assert row["epochs"] == "epoch 2 of 3" and row["ROC-AUC"] == "0.700"
+    [progress] = at.get("progress")
+    assert progress.proto.text.startswith("epoch 2 of 3 · step 30 of 60")
+    assert any(m.label == "Best ROC-AUC" and m.value == "0.700" for m in at.metric)
+
+
+def test_explain_captions_come_from_the_model_and_the_scale_can_be_fixed(finished_workspace, monkeypatch):
+    at = open_page(start(finished_workspace, monkeypatch), "pages/explain.py")
+    shown = texts(at)
+    assert "ResNet" not in shown and "pcamnet's stage4" in shown  # the run's model is pcamnet
+    assert "scaled to its own strongest point" in shown and "full red" in shown  # said next to the map
+    at.selectbox(key="method").set_value("eigencam").run()
+    assert "class-agnostic" in at.image[1].captions[0] and "evidence for tumour" not in at.image[1].captions[0]
+    assert at.button_group(key="target").disabled
+    at.selectbox(key="method").set_value("gradcam").run()
+    per_patch = at.image[1].value
+    at.button_group(key="map_scale").set_value("fixed").run()
+    assert not at.exception and "scale fixed 0..max across patches" in at.image[1].captions[0]
+    assert "patches of the valid split drawn at random" in texts(at)
+    at.button_group(key="view").set_value("gallery").run()
+    assert not at.exception and len(at.image) == 24 and "One scale for all the patches shown" in texts(at)
+    assert per_patch is not None

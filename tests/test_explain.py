@@ -13,10 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import run_cli
+from helpers import random_patches, run_cli
 from pcam_core.cli import main
 from pcam_core.data import open_dataset
 from pcam_core.explain import (
+    CLASS_AGNOSTIC,
+    SCALES,
+    layer_note,
+    map_meaning,
+    scaled_maps,
     METHOD_NOTES,
     METHODS,
     UNIFORM_FOCUS,
@@ -215,3 +220,53 @@ def test_cli_explain_end_to_end(trained_run, demo_root, tmp_path, capsys):
     assert main(["explain", "--run", str(trained_run), "--input", str(tmp_path / "missing"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: data path not found")
+
+
+def test_layer_captions_describe_the_models_own_layer():
+    note = layer_note("pcamnet", "stage4")
+    assert "12×12 map covers 8×8 pixels" in note and "4×4 cells of pcamnet's stage4" in note
+    assert "ResNet" not in note and "3×3" not in note and "cannot tell the centre" not in note
+    assert "2×2 cells" in layer_note("pcamresnet", "stage4") and "Coarse" in layer_note("pcamresnet", "stage4")
+    coarse = layer_note("resnet18", "net.layer4")
+    assert "3×3 map covers 32×32 pixels" in coarse and "cannot tell the centre from its surroundings" in coarse
+    assert "net.layer2 (12×12)" in coarse and "net.layer3" not in coarse  # only layers finer than the box
+    assert layer_note("pcamnet") == note  # the default layer
+    with pytest.raises(ValueError, match="valid layers: stage4: 12x12"):
+        layer_note("pcamnet", "net.layer4")
+
+
+def test_eigencam_is_captioned_as_class_agnostic():
+    assert CLASS_AGNOSTIC == {"eigencam"}
+    for target in ("tumour", "normal"):
+        assert "class-agnostic" in map_meaning("eigencam", target) and not map_meaning("eigencam", target).startswith("evidence")
+    assert "class-agnostic" in METHOD_NOTES["eigencam"] and "not evidence for tumour" in METHOD_NOTES["eigencam"]
+    assert map_meaning("gradcam", "normal") == "evidence for normal"
+    with pytest.raises(ValueError, match="valid methods"):
+        map_meaning("cam", "tumour")
+
+
+def test_fixed_scale_puts_maps_on_one_scale():
+    """Per patch, every map with any evidence reaches 1 (a nearly blank patch turns full red); on the
+    fixed scale a map reaches 1 only where it holds the batch's strongest point."""
+    model = _model("pcamnet")
+    pixels = random_patches(3, seed=2)
+    pixels[2] = 235 + pixels[2] // 64  # nearly blank: pale, almost uniform
+    result = explain_batch(model, pixels, model_name="pcamnet", method="gradcam")
+    assert result.peaks.shape == result.floors.shape == (3,) and (result.peaks >= result.floors).all()
+    per_patch = scaled_maps(result, "patch")
+    assert per_patch is result.maps
+    fixed = scaled_maps(result, "fixed")
+    assert fixed.shape == result.maps.shape and fixed.dtype == np.float32 and 0.0 <= fixed.min() and fixed.max() <= 1.0
+    alive = result.peaks > 0
+    np.testing.assert_allclose(fixed.max(axis=(1, 2))[alive], (result.peaks / result.peaks.max())[alive], atol=0.02)
+    np.testing.assert_allclose(fixed[alive].max(axis=(1, 2)).max(), 1.0, atol=0.02)
+    # the raw range does not depend on the batch a patch was computed in
+    alone = explain_batch(model, pixels[2:], model_name="pcamnet", method="gradcam")
+    np.testing.assert_allclose(alone.peaks, result.peaks[2:], rtol=1e-3, atol=1e-6)
+    # one patch against the strongest point of others: ten times weaker than that stays at a tenth
+    if alone.peaks[0] > 0:
+        assert scaled_maps(alone, "patch").max() > 0.99
+        assert scaled_maps(alone, "fixed", peak=10 * float(alone.peaks[0])).max() == pytest.approx(0.1, abs=0.01)
+    assert SCALES == {"patch": "per patch", "fixed": "fixed 0..max across patches"}
+    with pytest.raises(ValueError, match="valid scales: patch, fixed"):
+        scaled_maps(result, "absolute")

@@ -11,12 +11,16 @@ from pcam_core.monitor import (
     CURVE_METRICS,
     epoch_frame,
     format_duration,
+    progress_key,
+    run_caption,
     run_progress,
     runs_table,
     state_counts,
     step_frame,
 )
+from helpers import running_run
 from pcam_core.config import ExperimentConfig
+from pcam_core.fileio import append_jsonl
 from pcam_core.runs import RunDir, create_run, list_runs
 
 
@@ -66,6 +70,35 @@ def test_progress_of_other_states():
     assert finished.text == "epoch 2 of 2 · step 64 of 64 · finished after 1 min 35 s"
     stopped = run_progress({"state": "stopped", "step": 10, "total_steps": 40, "epoch": 0, "epochs": 2}, [], [])
     assert stopped.fraction == 0.25 and stopped.text.endswith("stopped")
+
+
+def test_a_run_stopped_mid_epoch_names_the_epoch_it_was_in():
+    """The progress line counts the epoch the run stopped in from 1, as the trainer's stop message does
+    ("stopped on request ... at epoch 2 of 2, step 219 of 438")."""
+    stopped = run_progress({"state": "stopped", "step": 219, "total_steps": 438, "epoch": 1, "epochs": 2,
+                            "steps_per_epoch": 219, "message": "stopped on request at epoch 2 of 2"}, [], [])
+    assert stopped.text.startswith("epoch 2 of 2 · step 219 of 438 · stopped")
+    interrupted = run_progress({"state": "interrupted", "step": 5, "total_steps": 438, "epoch": 0, "epochs": 2}, [], [])
+    assert interrupted.text.startswith("epoch 1 of 2")
+
+
+def test_a_running_run_reads_alike_in_the_table_the_caption_and_its_progress(tmp_path):
+    path = running_run(tmp_path, "live", epochs=3, best={"roc_auc": 0.7})
+    [summary] = list_runs(tmp_path)
+    progress = run_progress(RunDir(path).status(), RunDir(path).steps(), RunDir(path).epochs())
+    assert summary.state == "running" and progress.text.startswith("epoch 2 of 3 · ")
+    assert runs_table([summary]).iloc[0]["epochs"] == "epoch 2 of 3"
+    assert run_caption(summary).endswith("running · pcamnet · epoch 2 of 3 · best ROC-AUC 0.700")
+    # an epoch ends with a better model: what the page drew is out of date
+    drawn = progress_key(summary)
+    assert progress_key(list_runs(tmp_path)[0]) == drawn
+    append_jsonl(RunDir(path).epochs_path, {"epoch": 2, "roc_auc": 0.8, "is_best": True})
+    [after] = list_runs(tmp_path)
+    assert progress_key(after) != drawn
+    assert run_caption(after).endswith("epoch 3 of 3 · best ROC-AUC 0.800")
+    nan = {"epoch": 3, "roc_auc": float("nan"), "is_best": True}  # one class only in validation: no ROC-AUC
+    append_jsonl(RunDir(path).epochs_path, nan)
+    assert progress_key(list_runs(tmp_path)[0]) == progress_key(list_runs(tmp_path)[0])  # else a page redraws forever
 
 
 def test_runs_table_and_curves(trained_run, tmp_path):

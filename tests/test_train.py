@@ -60,7 +60,7 @@ def test_sigterm_stops_cleanly_and_resume_continues_exactly(demo_root, tmp_path)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     status = run.status()
-    assert status["state"] == "stopped" and "SIGTERM" in status["message"]
+    assert status["state"] == "stopped" and status["message"].startswith("stopped on request") and "at epoch 1 of 2, step " in status["message"]
     ckpt = load_checkpoint(run.last_checkpoint)
     assert ckpt["epoch"] == 0 and 10 <= ckpt["step_in_epoch"] < 24  # stopped mid-epoch with its position
     result = run_cli("train", "--out", str(out), "--resume")

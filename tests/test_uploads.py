@@ -12,7 +12,7 @@ from PIL import Image
 from helpers import make_bad_images, tif_bytes
 from pcam_core.data import PCamH5, patch_id
 from pcam_core.predict import load_run_model, predict_dataset
-from pcam_core.uploads import score_files
+from pcam_core.uploads import RESULTS_COLUMNS, ScoredPatch, UploadResult, results_table, score_files
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +62,21 @@ def test_duplicate_ids_are_refused(model):
     assert score_files(model, []).scored == []
     with pytest.raises(ValueError, match="threshold"):
         result.table(2.0)
+
+
+def test_results_table_says_how_each_call_was_made():
+    pixels = np.zeros((96, 96, 3), dtype=np.uint8)
+    result = UploadResult(scored=[ScoredPatch("a.tif", "a", patch_id(pixels), pixels, 0.8),
+                                  ScoredPatch("b.png", "b", patch_id(pixels), pixels, 0.3, ("converted from grayscale",))],
+                          refused=[("c.tif", "not 96x96")])
+    table = results_table(result, 0.3, model="pcamnet", run="demo-run")
+    assert list(table.columns) == RESULTS_COLUMNS == ["file", "id", "probability", "call", "threshold", "model", "run", "notes"]
+    assert table["file"].tolist() == ["a.tif", "b.png"] and table["call"].tolist() == ["tumour", "tumour"]  # at or above
+    assert (table["threshold"] == 0.3).all() and set(table["model"]) == {"pcamnet"} and set(table["run"]) == {"demo-run"}
+    assert table["notes"].tolist() == ["", "converted from grayscale"]
+    back = pd.read_csv(io.StringIO(table.to_csv(index=False)), keep_default_na=False)
+    assert back["probability"].tolist() == [0.8, 0.3] and back["call"].tolist() == ["tumour", "tumour"]
+    assert results_table(result, 0.9, model="pcamnet", run="demo-run")["call"].tolist() == ["normal", "normal"]
+    assert results_table(UploadResult(), 0.5, model="m", run="r").empty
+    with pytest.raises(ValueError, match="threshold"):
+        results_table(result, -0.1, model="pcamnet", run="demo-run")
