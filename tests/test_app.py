@@ -537,6 +537,7 @@ def test_train_page_says_what_a_running_run_is_at_everywhere(tmp_path, monkeypat
 
 def test_explain_captions_come_from_the_model_and_the_scale_can_be_fixed(finished_workspace, monkeypatch):
     at = open_page(start(finished_workspace, monkeypatch), "pages/explain.py")
+    at.sidebar.selectbox(key="run").set_value(RUN_ID).run()  # the finished run (another test adds newer ones)
     shown = texts(at)
     assert "ResNet" not in shown and "pcamnet's stage4" in shown  # the run's model is pcamnet
     assert "scaled to its own strongest point" in shown and "full red" in shown  # said next to the map
