@@ -7,7 +7,7 @@ import hashlib
 import streamlit as st
 
 from pcam_app import figures, ui
-from pcam_core.gallery import class_balance, page_count, page_items, select_indices, slide_ids
+from pcam_core.workspace.gallery import class_balance, page_count, page_items, select_indices, slide_ids
 
 ctx = ui.context()
 source = ui.require_source(ctx)

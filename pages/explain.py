@@ -9,10 +9,10 @@ import numpy as np
 import streamlit as st
 
 from pcam_app import heatmaps, ui
-from pcam_core import scoring
+from pcam_core.workspace import scoring
 from pcam_core.data import PATCH_SIZE
 from pcam_core.explain import METHOD_NOTES, METHODS, TARGETS, layer_choices, overlay, png_bytes, rank_by_focus, resolve_layer
-from pcam_core.gallery import (
+from pcam_core.workspace.gallery import (
     OUTCOMES,
     find_patch,
     outcome_counts,

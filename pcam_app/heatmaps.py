@@ -12,9 +12,8 @@ import streamlit as st
 
 from pcam_core.checkpoint import model_from_checkpoint
 from pcam_core.explain import DEFAULT_COLORMAP, DEFAULT_METHOD, UNIFORM_FOCUS, Explanation, colour_stops, explain_batch, overlay
-from pcam_core.gallery import outline_centre
-from pcam_core.predict import checkpoint_path
-from pcam_core.runs import RunDir
+from pcam_core.workspace.gallery import outline_centre
+from pcam_core.runs import RunDir, checkpoint_path
 
 from . import ui
 

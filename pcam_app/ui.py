@@ -28,14 +28,14 @@ import streamlit as st
 from PIL import Image
 from streamlit.navigation.page import StreamlitPage
 
-from pcam_core import scoring
+from pcam_core.workspace import scoring
 from pcam_core.checkpoint import model_from_checkpoint
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import PatchDataset
-from pcam_core.gallery import LABEL_NAMES, colour_statistics, outline_centre
-from pcam_core.monitor import STATE_ICONS, runs_table
-from pcam_core.predict import checkpoint_path, dataset_for_split
-from pcam_core.runs import RunDir, RunSummary
+from pcam_core.workspace.gallery import LABEL_NAMES, colour_statistics, outline_centre
+from pcam_core.workspace.monitor import STATE_ICONS, runs_table
+from pcam_core.predict import dataset_for_split
+from pcam_core.runs import RunDir, RunSummary, checkpoint_path
 from pcam_core.workspace import DataSource, Workspace
 
 SHELL = "streamlit_app.py"

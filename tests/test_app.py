@@ -23,11 +23,11 @@ from streamlit.testing.v1 import AppTest
 
 from helpers import REPO, make_bad_images, tif_bytes, wait_for
 from pcam_app.figures import TRACE_TYPES
-from pcam_core import scoring
+from pcam_core.workspace import scoring
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import PCamH5, patch_id
 from pcam_core.explain import METHODS, layer_choices
-from pcam_core.gallery import OUTCOMES, outcome_counts, outcome_examples, outline_centre
+from pcam_core.workspace.gallery import OUTCOMES, outcome_counts, outcome_examples, outline_centre
 from pcam_core.runs import RunDir, max_processes, process_count, stop
 from pcam_core.workspace import DEMO_ENV_VAR, ENV_VAR, Workspace
 

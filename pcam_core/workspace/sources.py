@@ -28,16 +28,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .data import PatchDataset, available_splits, detect_format, open_dataset, split_files
-from .data.common import PATCH_SHAPE, DataError
-from .data.demo import DemoSpec, is_demo_dataset, make_demo_dataset
-from .data.download import FILES as DOWNLOAD_FILES
-from .data.h5 import OFFICIAL_SIZES
-from .data.kaggle import KAGGLE_SPLITS
-from .fileio import atomic_write_json
-from .jobs import JobStatus, job_status, start_job
-from .config import ExperimentConfig
-from .runs import RunDir, RunSummary, create_run, launch, list_runs, run_path
+from ..data import PatchDataset, available_splits, detect_format, open_dataset, split_files
+from ..data.common import PATCH_SHAPE, DataError
+from ..data.demo import DemoSpec, is_demo_dataset, make_demo_dataset
+from ..data.download import FILES as DOWNLOAD_FILES
+from ..data.h5 import OFFICIAL_SIZES
+from ..data.kaggle import KAGGLE_SPLITS
+from ..fileio import atomic_write_json
+from ..runs.jobs import JobStatus, job_status, start_job
+from ..config import ExperimentConfig
+from ..runs import RunDir, RunSummary, create_run, launch, list_runs, run_path
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .data import CENTER_SIZE, CENTER_START, PatchDataset
+from ..data import CENTER_SIZE, CENTER_START, PatchDataset
 
 LABEL_NAMES = {1: "tumour", 0: "normal", -1: "unlabelled"}
 CHANNELS = ("red", "green", "blue")
