@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..data import available_splits, detect_format, split_files
 from ..metrics import binary_metrics, choose_threshold, pr_points, roc_points
 from ..runs import RunDir
 from ..runs.jobs import JobStatus, job_status, start_job
@@ -27,6 +26,8 @@ TRAINER_SPLIT = "valid"
 
 def scorable_splits(run: RunDir) -> list[str]:
     """Labelled splits of the run's data: "valid" first (scored during training), then the others."""
+    from ..data import available_splits, detect_format, split_files  # the readers import torch
+
     data = Path(run.config().data.path)
     if not data.exists():
         return [TRAINER_SPLIT]
