@@ -23,7 +23,7 @@ from bench_gradcam import median_seconds
 from pcam_core.explain import DEFAULT_METHOD, explain_batch, overlay, png_bytes, resolve_layer
 from pcam_core.models import CPU_DEFAULT, create_model
 from pcam_core.predict import load_run_model
-from pcam_core.uploads import score_files
+from pcam_core.predict import score_uploads
 
 
 def tif_files(n: int, folder: Path | None) -> list[tuple[str, bytes]]:
@@ -63,7 +63,7 @@ def main() -> None:
         files = tif_files(n, args.tifs)
 
         def score():
-            return score_files(model, files, tta=True)
+            return score_uploads(model, files, tta=True)
 
         def page():
             result = score()

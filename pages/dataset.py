@@ -8,7 +8,7 @@ import streamlit as st
 
 from pcam_app import caches, figures, notes, patches, shell
 from pcam_app.components.chart import chart
-from pcam_core.gallery import class_balance, page_count, page_items, select_indices, slide_ids
+from pcam_core.workspace.gallery import class_balance, page_count, page_items, select_indices, slide_ids
 
 ctx = shell.context()
 source = shell.require_source(ctx)

@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from pcam_app import caches, heatmaps, notes, patches, shell, thresholds
-from pcam_core import scoring
+from pcam_core.workspace import scoring
 from pcam_core.explain import (
     CLASS_AGNOSTIC,
     METHOD_NOTES,
@@ -25,7 +25,7 @@ from pcam_core.explain import (
     rank_by_focus,
     scaled_maps,
 )
-from pcam_core.gallery import (
+from pcam_core.workspace.gallery import (
     OUTCOMES,
     find_patch,
     outcome_counts,

@@ -10,9 +10,9 @@ from pcam_app import figures, notes, run_tables, shell
 from pcam_app.components.chart import chart
 from pcam_app.components.table import sortable_table
 from pcam_core.data import DataError
-from pcam_core.gallery import class_balance
-from pcam_core.jobs import job_error
-from pcam_core.monitor import STATE_ICONS, format_duration, state_counts
+from pcam_core.workspace.gallery import class_balance
+from pcam_core.runs.jobs import job_error
+from pcam_core.workspace.monitor import STATE_ICONS, format_duration, state_counts
 from pcam_core.workspace import DataSource
 
 ctx = shell.context()

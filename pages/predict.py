@@ -10,7 +10,7 @@ import numpy as np
 import streamlit as st
 
 from pcam_app import caches, heatmaps, notes, patches, shell, thresholds
-from pcam_core.uploads import UploadResult, results_table, score_files
+from pcam_core.predict import UploadResult, results_table, score_uploads
 
 SHOWN = 96  # patches drawn; the table and the CSV hold every one
 
@@ -47,7 +47,7 @@ if not files:
 @st.cache_data(max_entries=8, show_spinner="Scoring...")
 def _score(checkpoint_key: str, digest: str, tta: bool, _files: list[tuple[str, bytes]]) -> UploadResult:
     # keyed on the checkpoint and the files' digest; the bytes themselves are not hashed again
-    return score_files(model, _files, tta=tta)
+    return score_uploads(model, _files, tta=tta)
 
 
 pairs = [(f.name, f.getvalue()) for f in files]

@@ -10,11 +10,10 @@ from pcam_app import caches, figures, notes, shell, thresholds
 from pcam_app.components.chart import chart
 from pcam_app.components.patch_links import patch_cards
 from pcam_app.components.table import sortable_table
-from pcam_core.gallery import confident_errors
-from pcam_core.jobs import job_error
-from pcam_core.monitor import CURVE_METRICS, FIGURE_COLUMNS, epoch_frame, format_duration, runs_table
-from pcam_core.runs import RunDir
-from pcam_core import scoring
+from pcam_core.workspace.gallery import confident_errors
+from pcam_core.runs.jobs import job_error
+from pcam_core.workspace.monitor import CURVE_METRICS, FIGURE_COLUMNS, epoch_frame, format_duration, runs_table
+from pcam_core.workspace import scoring
 
 ctx = shell.context()
 st.title("Runs and metrics")
@@ -27,8 +26,7 @@ sortable_table(table, {name: "{:.3f}" for name in FIGURE_COLUMNS}, key="runs_tab
 st.caption("Figures of each run's best epoch on its validation split; accuracy and F1 at the threshold 0.5. "
            "Runs on different data are not comparable.")
 
-with_epochs = {r.run_id: RunDir(r.path).epochs() for r in ctx.runs}
-with_epochs = {rid: records for rid, records in with_epochs.items() if records}
+with_epochs = {r.run_id: r.epochs for r in ctx.runs if r.epochs}  # read once, by `runs.summarize`
 if with_epochs:
     st.subheader("Learning curves")
     pick, metric_col = st.columns([3, 1])

@@ -9,7 +9,7 @@ from pcam_app import figures, notes, run_tables, shell, sidebar
 from pcam_app.components.chart import chart
 from pcam_core.config import OPTIMIZERS, SCHEDULES, AugmentConfig, DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from pcam_core.models import MODELS, model_names, resolve_model_name
-from pcam_core.monitor import RESUMABLE_STATES, STATE_ICONS, epoch_frame, progress_key, run_progress, step_frame
+from pcam_core.workspace.monitor import RESUMABLE_STATES, STATE_ICONS, epoch_frame, progress_key, run_progress, step_frame
 from pcam_core.predict import resolve_device
 from pcam_core.runs import ACTIVE_STATES, RunDir, gpu_count, launch, max_processes, process_count, stop, summarize
 

@@ -10,8 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
 
-from pcam_core.monitor import CURVE_METRICS
-from pcam_core.scoring import ThresholdReport
+from pcam_core.workspace.monitor import CURVE_METRICS
+from pcam_core.workspace.scoring import ThresholdReport
 
 TUMOUR_COLOUR = "#c2185b"
 NORMAL_COLOUR = "#00897b"

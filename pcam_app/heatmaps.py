@@ -22,8 +22,8 @@ from pcam_core.explain import (
     explain_batch,
     overlay,
 )
-from pcam_core.gallery import outline_centre
-from pcam_core.predict import checkpoint_path
+from pcam_core.workspace.gallery import outline_centre
+from pcam_core.runs import checkpoint_path
 from pcam_core.runs import RunDir
 
 from . import shell

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import streamlit as st
 
-from pcam_core.gallery import LABEL_NAMES, outline_centre
+from pcam_core.workspace.gallery import LABEL_NAMES, outline_centre
 
 
 def label_name(label: int) -> str:

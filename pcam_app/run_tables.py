@@ -6,7 +6,7 @@ from typing import Sequence
 
 import streamlit as st
 
-from pcam_core.monitor import runs_table
+from pcam_core.workspace.monitor import runs_table
 from pcam_core.runs import RunSummary
 
 from .components.table import sortable_table

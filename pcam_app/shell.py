@@ -22,8 +22,8 @@ import streamlit as st
 from PIL import Image
 from streamlit.navigation.page import StreamlitPage
 
-from pcam_core.gallery import outline_centre
-from pcam_core.predict import checkpoint_path
+from pcam_core.workspace.gallery import outline_centre
+from pcam_core.runs import checkpoint_path
 from pcam_core.runs import RunDir, RunSummary
 from pcam_core.workspace import DataSource, Workspace
 

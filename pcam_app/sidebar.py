@@ -7,7 +7,7 @@ from typing import NoReturn
 
 import streamlit as st
 
-from pcam_core.monitor import run_caption
+from pcam_core.workspace.monitor import run_caption
 from pcam_core.runs import RunDir
 from pcam_core.workspace import Workspace
 

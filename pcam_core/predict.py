@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,27 +24,16 @@ from .checkpoint import model_from_checkpoint
 from .config import ExperimentConfig
 from .devices import resolve_device
 from .data.base import PatchDataset
-from .data.common import DataError
+from .data.common import DataError, patch_id
 from .data.loader import detect_format, make_loader, open_dataset, train_valid_datasets
 from .fileio import atomic_write_json, atomic_write_with
-from .inference import Predictions, predict_loader
+from .inference import Predictions, predict_batch, predict_loader
 from .metrics import binary_metrics, choose_threshold, pr_points, reliability_points, roc_points
-from .runs import RunDir
+from .runs import RunDir, checkpoint_path, predictions_beside
+from .transforms import eval_preset
+from .uploads import read_uploads
 
 log = logging.getLogger(__name__)
-
-
-def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
-    """`checkpoints/best.pt` (or `last.pt`) of a run; best falls back to last when no epoch finished."""
-    run = RunDir(run_dir)
-    if not run.path.is_dir():
-        raise FileNotFoundError(f"run folder not found: {run.path}")
-    if which not in ("best", "last"):
-        raise ValueError(f"checkpoint must be 'best' or 'last', not {which!r}")
-    for path in ([run.best_checkpoint, run.last_checkpoint] if which == "best" else [run.last_checkpoint]):
-        if path.exists():
-            return path
-    raise FileNotFoundError(f"run {run.path} has no checkpoint yet ({which}.pt); has it finished an epoch?")
 
 
 def load_run_model(run_dir: str | Path, *, which: str = "best", device: torch.device | str = "cpu") -> tuple[nn.Module, ExperimentConfig, dict[str, Any]]:
@@ -265,9 +254,73 @@ def evaluate_run(
         },
     }
     out = Path(out)
-    predictions_path = out.with_name(out.stem + "_predictions.csv")
+    predictions_path = predictions_beside(out)
     frame = preds.to_frame()
     atomic_write_with(predictions_path, lambda h: h.write(frame.to_csv(index=False).encode()))
     report["predictions_file"] = str(predictions_path)
     atomic_write_json(out, report)
     return report
+
+
+@dataclass(frozen=True)
+class ScoredPatch:
+    """One accepted uploaded file: its pixels as the model saw them and the tumour probability."""
+
+    name: str
+    id: str  # the file name without its extension, as Kaggle names patches
+    pixel_id: str  # SHA-1 of the pixels; equal to `id` for an unaltered Kaggle patch
+    pixels: np.ndarray  # (96, 96, 3) uint8
+    probability: float
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class UploadResult:
+    scored: list[ScoredPatch] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (file name, why)
+
+    def table(self, threshold: float) -> pd.DataFrame:
+        """One row per scored file: file, id, probability, the call at `threshold`, conversion notes."""
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        rows = [{"file": p.name, "id": p.id, "probability": p.probability,
+                 "call": "tumour" if p.probability >= threshold else "normal", "notes": "; ".join(p.notes)}
+                for p in self.scored]
+        return pd.DataFrame(rows, columns=["file", "id", "probability", "call", "notes"])
+
+    def submission(self) -> bytes:
+        """Kaggle's submission format for the scored files (id,label with label the probability)."""
+        return submission_csv([p.id for p in self.scored], np.array([p.probability for p in self.scored]))
+
+
+RESULTS_COLUMNS = ["file", "id", "probability", "call", "threshold", "model", "run", "notes"]
+
+
+def results_table(result: UploadResult, threshold: float, *, model: str, run: str) -> pd.DataFrame:
+    """The results file of a batch of uploads: each scored file with its tumour probability and the call
+    at `threshold`, and what produced them (the threshold, the model, the run), so that the file read
+    on its own says how every call was made. Refused files are not in it (they have no probability)."""
+    table = result.table(threshold)
+    table.insert(4, "threshold", float(threshold))
+    table.insert(5, "model", model)
+    table.insert(6, "run", run)
+    return table[RESULTS_COLUMNS]
+
+
+def score_uploads(model: nn.Module, files: Sequence[tuple[str, bytes]], *, tta: bool = False, batch_size: int = 64) -> UploadResult:
+    """Decode (`uploads.read_uploads`) and score `(file name, bytes)` pairs with `model` (in eval mode;
+    it is not modified). Files that cannot be used are listed in `refused` with the reason."""
+    accepted, refused = read_uploads(files)
+    result = UploadResult(refused=refused)
+    if not accepted:
+        return result
+    device = next(model.parameters()).device
+    normalize = eval_preset().to(device)
+    probs: list[float] = []
+    for start in range(0, len(accepted), batch_size):
+        chunk = np.stack([patch.pixels for patch in accepted[start : start + batch_size]])
+        images = torch.from_numpy(chunk).permute(0, 3, 1, 2).contiguous().to(device)
+        probs += predict_batch(model, images, tta=tta, normalize=normalize).double().cpu().tolist()
+    result.scored = [ScoredPatch(patch.name, patch.id, patch_id(patch.pixels), patch.pixels, p, patch.notes)
+                     for patch, p in zip(accepted, probs)]
+    return result

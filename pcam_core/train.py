@@ -496,7 +496,7 @@ def _fit(
     if status is not None:
         for stale in run.path.glob("**/.*.tmp"):  # left by a process killed in the middle of a write
             stale.unlink(missing_ok=True)
-        atomic_write_json(run.config_path, config.to_dict())
+        run.write_config(config)
         status.update(
             state="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()), host=socket.gethostname(),
             started_at=time.time(), device=str(device), world_size=info.world_size, error=None, message=None,

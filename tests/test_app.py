@@ -23,11 +23,11 @@ from streamlit.testing.v1 import AppTest
 
 from helpers import REPO, make_bad_images, running_run, tif_bytes, wait_for
 from pcam_app.figures import TRACE_TYPES
-from pcam_core import scoring
+from pcam_core.workspace import scoring
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import PCamH5, patch_id
 from pcam_core.explain import METHODS, layer_choices
-from pcam_core.gallery import OUTCOMES, outcome_counts, outcome_examples, outline_centre
+from pcam_core.workspace.gallery import OUTCOMES, outcome_counts, outcome_examples, outline_centre
 from pcam_core.runs import RunDir, max_processes, process_count, stop
 from pcam_core.workspace import DEMO_ENV_VAR, ENV_VAR, Workspace
 
@@ -310,7 +310,7 @@ def test_a_bounded_epoch_chart_before_the_first_epoch_spans_0_to_1():
     """A run's ROC-AUC chart before its first epoch: the axis of the metric's range (plotly's own for no
     data is -1 to 4), and words saying why it is empty."""
     from pcam_app.figures import curves_figure
-    from pcam_core.monitor import epoch_frame
+    from pcam_core.workspace.monitor import epoch_frame
 
     empty = curves_figure(epoch_frame({"new-run": []}), "roc_auc").to_plotly_json()["layout"]
     assert tuple(empty["yaxis"]["range"]) == (0.0, 1.002)

@@ -1,4 +1,4 @@
-"""pcam_core.gallery: selecting and paging patches without reading them, the centre box, colour
+"""pcam_core.workspace.gallery: selecting and paging patches without reading them, the centre box, colour
 statistics on a bounded sample, the most confident errors."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pcam_core.data import PCamH5
-from pcam_core.gallery import (
+from pcam_core.workspace.gallery import (
     BOX_COLOUR,
     class_balance,
     colour_statistics,
@@ -114,7 +114,7 @@ def test_colour_statistics_of_the_demo_split(demo_root):
 @pytest.mark.parametrize("n", [1, 2, 5, 100, 9217])
 def test_colour_percentiles_match_numpy_on_any_sample_size(n):
     """The percentiles come from the count of each pixel level; they equal numpy's on the pixels themselves."""
-    from pcam_core.gallery import _level_percentiles
+    from pcam_core.workspace.gallery import _level_percentiles
 
     values = np.random.default_rng(n).integers(0, 256, n)
     got = _level_percentiles(np.bincount(values, minlength=256), (0, 5, 33.3, 50, 95, 100))

@@ -1,4 +1,4 @@
-"""pcam_core.jobs: background `python -m pcam_core` processes with a record and a log."""
+"""pcam_core.runs.jobs: background `python -m pcam_core` processes with a record and a log."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from helpers import wait_for
-from pcam_core.jobs import job_error, job_status, start_job
+from pcam_core.runs.jobs import job_error, job_status, start_job
 
 
 def _wait(folder, name, timeout=120.0):

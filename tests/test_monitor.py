@@ -1,4 +1,4 @@
-"""pcam_core.monitor: progress and time left from a run's records, the runs table, learning curves."""
+"""pcam_core.workspace.monitor: progress and time left from a run's records, the runs table, learning curves."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from pcam_core.monitor import (
+from pcam_core.workspace.monitor import (
     CURVE_METRICS,
     epoch_frame,
     format_duration,

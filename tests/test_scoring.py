@@ -1,4 +1,4 @@
-"""pcam_core.scoring: a run's predictions per split, scoring a split in the background, every figure at
+"""pcam_core.workspace.scoring: a run's predictions per split, scoring a split in the background, every figure at
 a threshold."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import pytest
 
 from helpers import wait_for
 from pcam_core.runs import RunDir
-from pcam_core.scoring import (
+from pcam_core.workspace.scoring import (
     TRAINER_SPLIT,
-    evaluation_files,
     scorable_splits,
     scored_splits,
     scoring_status,
@@ -94,7 +93,7 @@ def test_scoring_a_split_in_the_background(run):
     assert scored_splits(run) == ["valid", "test"]
     # a newer best checkpoint makes the scores stale
     best = run.best_checkpoint
-    stamp = evaluation_files(run, "test")[1].stat().st_mtime + 5
+    stamp = run.evaluation_files("test")[1].stat().st_mtime + 5
     os.utime(best, (stamp, stamp))
     assert split_predictions(run, "test") is None
     assert scored_splits(run) == ["valid"]

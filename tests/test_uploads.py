@@ -1,4 +1,4 @@
-"""pcam_core.uploads: scoring uploaded files one by one, refusing or converting visibly."""
+"""pcam_core.uploads and predict.score_uploads: scoring uploaded files one by one, refusing or converting visibly."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from PIL import Image
 
 from helpers import make_bad_images, tif_bytes
 from pcam_core.data import PCamH5, patch_id
-from pcam_core.predict import load_run_model, predict_dataset
-from pcam_core.uploads import RESULTS_COLUMNS, ScoredPatch, UploadResult, results_table, score_files
+from pcam_core.predict import RESULTS_COLUMNS, ScoredPatch, UploadResult, load_run_model, predict_dataset, results_table, score_uploads
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +23,7 @@ def test_scores_match_the_batch_predictor(model, demo_root):
     ds = PCamH5(demo_root, "test")
     pixels = ds.read_pixels(np.arange(6))
     files = [(f"{patch_id(p)}.tif", tif_bytes(p)) for p in pixels]
-    result = score_files(model, files, batch_size=4)
+    result = score_uploads(model, files, batch_size=4)
     assert not result.refused and len(result.scored) == 6
     expected = predict_dataset(model, ds.subset(np.arange(6)), num_workers=0).predictions.probs
     assert np.allclose([p.probability for p in result.scored], expected, atol=1e-5)
@@ -34,14 +33,14 @@ def test_scores_match_the_batch_predictor(model, demo_root):
     assert (table["call"] == np.where(table["probability"] >= 0.5, "tumour", "normal")).all()
     sub = pd.read_csv(io.BytesIO(result.submission()))
     assert list(sub.columns) == ["id", "label"] and sub["id"].tolist() == table["id"].tolist()
-    tta = score_files(model, files[:2], tta=True)
+    tta = score_uploads(model, files[:2], tta=True)
     assert all(0 <= p.probability <= 1 for p in tta.scored)
 
 
 def test_bad_files_are_refused_or_converted_with_a_reason(model, tmp_path):
     expected = make_bad_images(tmp_path)
     files = [(name, (tmp_path / name).read_bytes()) for name in sorted(expected)]
-    result = score_files(model, files)
+    result = score_uploads(model, files)
     refused = dict(result.refused)
     scored = {p.name: p for p in result.scored}
     assert set(refused) | set(scored) == set(expected)
@@ -56,10 +55,10 @@ def test_duplicate_ids_are_refused(model):
     pixels = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
     png = io.BytesIO()
     Image.fromarray(pixels).save(png, format="PNG")
-    result = score_files(model, [("a.tif", tif_bytes(pixels)), ("a.png", png.getvalue())])
+    result = score_uploads(model, [("a.tif", tif_bytes(pixels)), ("a.png", png.getvalue())])
     assert [p.name for p in result.scored] == ["a.tif"]
     assert result.refused[0][0] == "a.png" and "same id 'a'" in result.refused[0][1]
-    assert score_files(model, []).scored == []
+    assert score_uploads(model, []).scored == []
     with pytest.raises(ValueError, match="threshold"):
         result.table(2.0)
 

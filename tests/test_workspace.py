@@ -1,4 +1,4 @@
-"""pcam_core.workspace: the workspace folder, the data source registry, first start, the download job."""
+"""pcam_core.workspace (sources): the workspace folder, the data source registry, first start, the download job."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from pcam_core.gallery import outline_centre
+from pcam_core.workspace.gallery import outline_centre
 
 from ..sidebar import switch_page
 

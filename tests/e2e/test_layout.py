@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from pcam_app.components.table import sortable_table
-from pcam_core.monitor import FIGURE_COLUMNS
+from pcam_core.workspace.monitor import FIGURE_COLUMNS
 
 st.set_page_config(layout="wide")
 st.sidebar.selectbox("Selected run", ["20261129-101530-resnet18-pretrained"])

@@ -12,6 +12,12 @@
       checkpoints/best.pt    the epoch with the best validation `monitor` metric
       valid_predictions.csv  id,label,probability,index of the validation set at the best epoch
       summary.json           final figures, written when the run ends
+      evaluations/<split>.json              metrics and curves of another split (`pcam evaluate --out`)
+      evaluations/<split>_predictions.csv   id,label,probability,index of that split
+      evaluations/score-<split>.json, .log  the background job that wrote them (`runs.jobs`)
+
+This module is the only one that names these paths, and the only writer of config.json; everything
+else asks a `RunDir` for them.
 
 States: queued -> running -> finished | failed | stopped. A run whose process died without saying so
 (kill -9, power loss) reads as "interrupted": its pid is gone, or its heartbeat is older than
@@ -25,18 +31,16 @@ import logging
 import os
 import re
 import secrets
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ExperimentConfig
-from .fileio import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from ..config import ExperimentConfig
+from ..fileio import atomic_write_json, read_json, read_jsonl
+from .process import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +49,11 @@ ACTIVE_STATES = ("queued", "running")
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 60.0
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CHECKPOINTS = ("best", "last")
 
 
 def check_run_id(run_id: str) -> str:
-    """A run id is a plain folder name: letters, digits, '.', '_' and '-', no path separators, no '..'."""
+    """A run id (and a background job's name, `runs.jobs`) is a plain folder name: letters, digits, '.', '_' and '-', no path separators, no '..'."""
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or ".." in run_id:
         raise ValueError(
             f"invalid run id {run_id!r}: use up to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -75,36 +80,6 @@ def _now() -> float:
     return time.time()
 
 
-def process_start_time(pid: int) -> str | None:
-    """Start time of `pid` in clock ticks since boot (Linux): the stamp `pid_alive` compares to tell a
-    reused pid from the process recorded earlier."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def pid_alive(pid: int | None, start: str | None = None) -> bool:
-    """Whether `pid` is a live (not zombie) process, and the same process when `start` is known."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (macOS): the kill(0) answer is all we have
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
-        return False
-    return start is None or fields[19] == start
-
-
 class RunDir:
     """Reading and writing one run folder."""
 
@@ -123,6 +98,27 @@ class RunDir:
     best_checkpoint = property(lambda self: self.path / "checkpoints" / "best.pt")
     valid_predictions_path = property(lambda self: self.path / "valid_predictions.csv")
     summary_path = property(lambda self: self.path / "summary.json")
+    evaluations = property(lambda self: self.path / "evaluations")
+
+    def checkpoint(self, which: str = "best") -> Path:
+        """`checkpoints/best.pt` (or `last.pt`); best falls back to last when no epoch finished."""
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"run folder not found: {self.path}")
+        if which not in CHECKPOINTS:
+            raise ValueError(f"checkpoint must be 'best' or 'last', not {which!r}")
+        for path in ([self.best_checkpoint, self.last_checkpoint] if which == "best" else [self.last_checkpoint]):
+            if path.exists():
+                return path
+        raise FileNotFoundError(f"run {self.path} has no checkpoint yet ({which}.pt); has it finished an epoch?")
+
+    def evaluation_files(self, split: str) -> tuple[Path, Path]:
+        """(metrics JSON, predictions CSV) of `split` scored by `pcam evaluate` for this run."""
+        metrics = self.evaluations / f"{split}.json"
+        return metrics, predictions_beside(metrics)
+
+    def write_config(self, config: ExperimentConfig) -> None:
+        """Write config.json (atomically): the one writer of that file."""
+        atomic_write_json(self.config_path, config.to_dict())
 
     @property
     def run_id(self) -> str:
@@ -173,8 +169,7 @@ class RunDir:
 
     def best_epoch(self) -> dict[str, Any] | None:
         """The epochs.jsonl record flagged best (the checkpoint in best.pt)."""
-        best = [e for e in self.epochs() if e.get("is_best")]
-        return best[-1] if best else None
+        return _best_of(self.epochs())
 
     def log_tail(self, lines: int = 40, *, console: bool = False) -> str:
         """The last lines of train.log (or of console.log, where a crashed process's traceback lands)."""
@@ -202,7 +197,7 @@ def create_run(root: str | Path, config: ExperimentConfig, *, run_id: str | None
     else:  # pragma: no cover - 20 collisions of a 24-bit random suffix
         raise RuntimeError("could not create a unique run folder")
     run = RunDir(path)
-    atomic_write_text(run.config_path, config.to_json() + "\n")
+    run.write_config(config)
     atomic_write_json(run.status_path, {"state": "queued", "created_at": _now(), "updated_at": _now(), "host": socket.gethostname()})
     return run
 
@@ -258,7 +253,7 @@ def prepare_out_dir(out: str | Path, config: ExperimentConfig, *, resume: bool) 
             if run.exists() and run.raw_status().get("state") == "queued" and not run.epochs():
                 return run, lock  # created by `create_run`/`launch`, not started yet
             raise FileExistsError(f"{run.path} exists and is not empty; choose a new --out or pass --resume")
-        atomic_write_text(run.config_path, config.to_json() + "\n")
+        run.write_config(config)
         return run, lock
     except BaseException:
         lock.release()
@@ -311,12 +306,17 @@ class RunSummary:
     best: dict[str, Any] | None
     created_at: float | None
     message: str | None
+    synthetic: bool = False  # trained on synthetic (demo) data, as the trainer recorded in status.json
+    started_at: float | None = None  # the last (re)start of its training process
+    epochs: list[dict[str, Any]] = field(default_factory=list, repr=False)  # epochs.jsonl, for learning curves
 
     def to_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+        """The figures, without the epoch records."""
+        return {k: v for k, v in self.__dict__.items() if k != "epochs"}
 
 
 def summarize(run: RunDir) -> RunSummary:
+    """The figures of a run, reading each of its files once."""
     status = run.status()
     try:
         config = run.config()
@@ -324,7 +324,7 @@ def summarize(run: RunDir) -> RunSummary:
     except (ValueError, FileNotFoundError):
         model, data, total = "?", "?", 0
     epochs = run.epochs()
-    best = run.best_epoch()
+    best = _best_of(epochs)
     best_view = None
     if best:
         best_view = {k: best.get(k) for k in ("epoch", "roc_auc", "pr_auc", "accuracy", "f1", "loss")}
@@ -339,6 +339,9 @@ def summarize(run: RunDir) -> RunSummary:
         best_view,
         status.get("created_at"),
         status.get("message") or status.get("error"),
+        bool(status.get("synthetic_data")),
+        status.get("started_at"),
+        epochs,
     )
 
 
@@ -347,123 +350,22 @@ def list_runs(root: str | Path) -> list[RunSummary]:
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = [RunDir(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").exists()]
-    summaries = [summarize(r) for r in runs]
+    runs = [RunDir(p) for p in root.iterdir() if p.is_dir()]
+    summaries = [summarize(r) for r in runs if r.exists()]
     return sorted(summaries, key=lambda s: (s.created_at or 0, s.run_id), reverse=True)
 
 
-def train_command(run: RunDir, *, nproc: int = 1, resume: bool = False) -> list[str]:
-    """The argv that trains `run` in a new process: `python -m pcam_core train`, through torchrun
-    (`python -m torch.distributed.run`) when `nproc` > 1. No shell: user text never meets one."""
-    args = ["-m", "pcam_core", "train", "--config", str(run.config_path), "--out", str(run.path)]
-    if resume:
-        args.append("--resume")
-    if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    return [sys.executable, *args]
+def _best_of(epochs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    best = [e for e in epochs if e.get("is_best")]
+    return best[-1] if best else None
 
 
-def spawn_detached(argv: list[str], log_path: str | Path, *, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `argv` (no shell) as a detached process: its own session, so it outlives the caller (a
-    dashboard rerun, a closed tab, a restarted app), stdout and stderr appended to `log_path`. A thread
-    reaps it when it ends so it never lingers as a zombie; `proc.returncode` is set then."""
-    console = open(log_path, "ab")
-    child_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    try:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
-            start_new_session=True, env=child_env, cwd=os.getcwd(),
-        )
-    finally:
-        console.close()
-    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
-    return proc
+def predictions_beside(metrics_path: str | Path) -> Path:
+    """The per-patch predictions CSV written beside an evaluation's metrics JSON (`<stem>_predictions.csv`)."""
+    metrics_path = Path(metrics_path)
+    return metrics_path.with_name(metrics_path.stem + "_predictions.csv")
 
 
-def process_count(run: RunDir) -> int:
-    """How many processes `run` was trained with: what `launch` recorded in its status (`nproc`), else the
-    world size the trainer wrote into its config (a run started from a terminal), else 1."""
-    recorded = run.raw_status().get("nproc")
-    if isinstance(recorded, int) and recorded >= 1:
-        return recorded
-    try:
-        return run.config().world_size
-    except (FileNotFoundError, ValueError):
-        return 1
-
-
-def gpu_count() -> int:
-    """CUDA devices this process can use (0 without a GPU)."""
-    import torch  # here only: nothing else in this module needs torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def max_processes() -> int:
-    """The most training processes worth launching on this machine: one per GPU when there are GPUs,
-    else one per CPU core this process may use."""
-    if gpus := gpu_count():
-        return gpus
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def launch(run: RunDir, *, nproc: int | None = None, resume: bool = False, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start training `run` as a detached background process (see `spawn_detached`) of `nproc`
-    processes (through torchrun when more than one; default: 1 for a new run, on resume the number it
-    was trained with, which the trainer requires). Its output goes to console.log. Returns the process.
-
-    Unless the caller's environment says otherwise, OpenMP threads wait passively (OMP_WAIT_POLICY):
-    spinning ones slow training several times over when anything else, a dashboard included, shares
-    the CPU cores."""
-    if nproc is None:
-        nproc = process_count(run) if resume else 1
-    if nproc < 1:
-        raise ValueError(f"nproc={nproc} must be at least 1")
-    status = run.status()
-    if status.get("state") in ACTIVE_STATES and status.get("launcher_pid") and pid_alive(status["launcher_pid"]):
-        raise RuntimeError(f"run {run.run_id} already has a live process (pid {status['launcher_pid']})")
-    run.path.mkdir(parents=True, exist_ok=True)
-    child_env = dict(env or {})
-    if nproc > 1 and "OMP_NUM_THREADS" not in {**os.environ, **child_env}:
-        child_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    if "OMP_WAIT_POLICY" not in {**os.environ, **child_env}:
-        child_env["OMP_WAIT_POLICY"] = "PASSIVE"
-    proc = spawn_detached(train_command(run, nproc=nproc, resume=resume), run.console_path, env=child_env)
-    current = run.raw_status()
-    current.update(
-        state="queued", launcher_pid=proc.pid, launcher_pid_start=process_start_time(proc.pid),
-        host=socket.gethostname(), nproc=nproc, updated_at=_now(), message=None, error=None,
-    )
-    current.pop("pid", None)
-    atomic_write_json(run.status_path, current)
-    return proc
-
-
-def _signal(send) -> None:
-    try:
-        send()
-    except (ProcessLookupError, PermissionError) as err:
-        log.warning("could not signal the run's process: %s", err)
-
-
-def stop(run: RunDir, *, timeout: float = 0.0) -> bool:
-    """Ask the run's processes to stop cleanly (SIGTERM: the trainer saves a checkpoint and writes
-    "stopped"). Returns False when nothing was running. With `timeout`, waits that long for the end."""
-    status = run.status()
-    if status.get("state") not in ACTIVE_STATES:
-        return False
-    launcher, trainer = status.get("launcher_pid"), status.get("pid")
-    if launcher and pid_alive(launcher, status.get("launcher_pid_start")):
-        # `launch` made the launcher a session (and process group) leader: signal the whole group,
-        # so torchrun and every rank hear it.
-        _signal(lambda: os.killpg(launcher, signal.SIGTERM))
-    elif trainer and pid_alive(trainer, status.get("pid_start")):
-        _signal(lambda: os.kill(trainer, signal.SIGTERM))  # started from a terminal: that process only
-    else:
-        return False
-    deadline = _now() + timeout
-    while timeout and _now() < deadline:
-        if run.status().get("state") not in ACTIVE_STATES:
-            break
-        time.sleep(0.2)
-    return True
+def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
+    """`RunDir(run_dir).checkpoint(which)`: the best-else-last rule."""
+    return RunDir(run_dir).checkpoint(which)

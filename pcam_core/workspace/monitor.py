@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from .runs import RunDir, RunSummary
+from ..runs import RunSummary
 
 # Epoch-level series a learning-curve chart can show, with the words for its axis.
 CURVE_METRICS = {
@@ -153,14 +153,13 @@ def runs_table(summaries: Sequence[RunSummary], source_names: Mapping[str, str] 
     source_names = dict(source_names or {})
     rows = []
     for s in summaries:
-        status = RunDir(s.path).raw_status()
         best = s.best or {}
         rows.append({
             "run": s.run_id,
             "state": f"{STATE_ICONS.get(s.state, '')} {s.state}",
             "model": s.model,
             "data": source_names.get(s.data, s.data),
-            "synthetic data": bool(status.get("synthetic_data")),
+            "synthetic data": s.synthetic,
             "epochs": epochs_text(s),
             "best epoch": best.get("epoch"),
             "ROC-AUC": best.get("roc_auc"),
@@ -168,7 +167,7 @@ def runs_table(summaries: Sequence[RunSummary], source_names: Mapping[str, str] 
             "accuracy": best.get("accuracy"),
             "F1": best.get("f1"),
             "valid loss": best.get("loss"),
-            "created": pd.to_datetime(created, unit="s") if (created := s.created_at or status.get("started_at")) else pd.NaT,
+            "created": pd.to_datetime(created, unit="s") if (created := s.created_at or s.started_at) else pd.NaT,
         })
     columns = ["run", "state", "model", "data", "synthetic data", "epochs", "best epoch", *FIGURE_COLUMNS, "created"]
     table = pd.DataFrame(rows, columns=columns)

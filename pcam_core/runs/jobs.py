@@ -1,7 +1,7 @@
 """Background jobs the dashboard starts besides training: a download, the scoring of a split.
 
 A job is one `python -m pcam_core COMMAND ...` process, detached from the web server (see
-`runs.spawn_detached`), so it survives page reloads, closed tabs and a restarted app. Its record
+`runs.process.spawn_detached`), so it survives page reloads, closed tabs and a restarted app. Its record
 `FOLDER/<name>.json` holds the command, pid and times; its output goes to `FOLDER/<name>.log`.
 
 State: "running" while its process lives; then "finished" or "failed" by its exit code, which the
@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_write_json, read_json
-from .runs import check_run_id, pid_alive, process_start_time, spawn_detached
+from ..fileio import atomic_write_json, read_json
+from .folder import check_run_id
+from .process import pid_alive, process_start_time, spawn_detached
 
 JOB_STATES = ("running", "finished", "failed")
 _LOCK = threading.Lock()

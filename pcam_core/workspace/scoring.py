@@ -2,11 +2,8 @@
 
 The validation split is scored by the trainer itself at the best epoch (`valid_predictions.csv`).
 Other labelled splits are scored by `pcam evaluate` in a background job whose files live in the run
-folder, beside the checkpoints they came from:
-
-    RUN_DIR/evaluations/<split>.json              metrics and curves (`pcam evaluate --out`)
-    RUN_DIR/evaluations/<split>_predictions.csv   id,label,probability,index
-    RUN_DIR/evaluations/score-<split>.json, .log  the job that wrote them
+folder, beside the checkpoints they came from (`RunDir.evaluation_files`, `RunDir.evaluations`; the
+layout is `pcam_core.runs.folder`'s).
 
 A file older than the run's best checkpoint is stale (the run trained on) and is not used.
 """
@@ -20,24 +17,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .data import available_splits, detect_format, split_files
-from .jobs import JobStatus, job_status, start_job
-from .metrics import binary_metrics, choose_threshold, pr_points, roc_points
-from .predict import checkpoint_path
-from .runs import RunDir
+from ..metrics import binary_metrics, choose_threshold, pr_points, roc_points
+from ..runs import RunDir
+from ..runs.jobs import JobStatus, job_status, start_job
 
-EVALUATIONS = "evaluations"
 TRAINER_SPLIT = "valid"
-
-
-def evaluation_files(run: RunDir, split: str) -> tuple[Path, Path]:
-    """(metrics JSON, predictions CSV) of `split` for `run`."""
-    folder = run.path / EVALUATIONS
-    return folder / f"{split}.json", folder / f"{split}_predictions.csv"
 
 
 def scorable_splits(run: RunDir) -> list[str]:
     """Labelled splits of the run's data: "valid" first (scored during training), then the others."""
+    from ..data import available_splits, detect_format, split_files  # the readers import torch
+
     data = Path(run.config().data.path)
     if not data.exists():
         return [TRAINER_SPLIT]
@@ -53,21 +43,21 @@ def _fresh(path: Path, run: RunDir) -> bool:
     if not path.exists():
         return False
     try:
-        return path.stat().st_mtime >= checkpoint_path(run.path, "best").stat().st_mtime
+        return path.stat().st_mtime >= run.checkpoint("best").stat().st_mtime
     except FileNotFoundError:
         return False
 
 
 def predictions_file(run: RunDir, split: str) -> Path:
     """Where the per-patch predictions of `split` for `run` are (or will be) written."""
-    return run.valid_predictions_path if split == TRAINER_SPLIT else evaluation_files(run, split)[1]
+    return run.valid_predictions_path if split == TRAINER_SPLIT else run.evaluation_files(split)[1]
 
 
 def score_files(run: RunDir, split: str) -> tuple[Path, Path]:
     """The files `split_predictions` depends on: the predictions, and the checkpoint they must not be
     older than (the best one; the last one while no epoch has finished)."""
     try:
-        checkpoint = checkpoint_path(run.path, "best")
+        checkpoint = run.checkpoint("best")
     except FileNotFoundError:
         checkpoint = run.best_checkpoint  # none yet: the version says so
     return predictions_file(run, split), checkpoint
@@ -92,7 +82,7 @@ def scored_splits(run: RunDir) -> list[str]:
     """The splits of `scorable_splits` with current predictions to read (the validation split once the
     trainer wrote its predictions; another split once scored with the run's best checkpoint)."""
     return [split for split in scorable_splits(run)
-            if (run.valid_predictions_path.exists() if split == TRAINER_SPLIT else _fresh(evaluation_files(run, split)[1], run))]
+            if (run.valid_predictions_path.exists() if split == TRAINER_SPLIT else _fresh(run.evaluation_files(split)[1], run))]
 
 
 def start_scoring(run: RunDir, split: str, *, tta: bool = True) -> JobStatus:
@@ -102,15 +92,15 @@ def start_scoring(run: RunDir, split: str, *, tta: bool = True) -> JobStatus:
         raise ValueError("the validation split is scored by the trainer; it needs no separate job")
     if split not in scorable_splits(run):
         raise ValueError(f"run {run.run_id} cannot be scored on {split!r}; labelled splits: {', '.join(scorable_splits(run))}")
-    checkpoint_path(run.path, "best")  # fails clearly before a process is started for nothing
-    metrics_path, predictions_path = evaluation_files(run, split)
+    run.checkpoint("best")  # fails clearly before a process is started for nothing
+    metrics_path, predictions_path = run.evaluation_files(split)
     args = ["evaluate", "--run", str(run.path), "--data", run.config().data.path, "--split", split,
             "--out", str(metrics_path), "--workers", "0", "--tta" if tta else "--no-tta"]
-    return start_job(run.path / EVALUATIONS, f"score-{split}", args, outputs=[metrics_path, predictions_path])
+    return start_job(run.evaluations, f"score-{split}", args, outputs=[metrics_path, predictions_path])
 
 
 def scoring_status(run: RunDir, split: str) -> JobStatus | None:
-    return job_status(run.path / EVALUATIONS, f"score-{split}")
+    return job_status(run.evaluations, f"score-{split}")
 
 
 # The ROC and PR curves are drawn through the points at least this far apart (metrics.thin_curve): a

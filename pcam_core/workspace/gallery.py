@@ -7,12 +7,15 @@ no more than a small one: a page of the dashboard reads only the pixels it shows
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .data import CENTER_SIZE, CENTER_START, PatchDataset
+from ..data.common import CENTER_SIZE, CENTER_START
+
+if TYPE_CHECKING:
+    from ..data import PatchDataset
 
 LABEL_NAMES = {1: "tumour", 0: "normal", -1: "unlabelled"}
 CHANNELS = ("red", "green", "blue")

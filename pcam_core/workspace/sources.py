@@ -26,18 +26,21 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from .data import PatchDataset, available_splits, detect_format, open_dataset, split_files
-from .data.common import PATCH_SHAPE, DataError
-from .data.demo import DemoSpec, is_demo_dataset, make_demo_dataset
-from .data.download import FILES as DOWNLOAD_FILES
-from .data.h5 import OFFICIAL_SIZES
-from .data.kaggle import KAGGLE_SPLITS
-from .fileio import atomic_write_json
-from .jobs import JobStatus, job_status, start_job
-from .config import ExperimentConfig
-from .runs import RunDir, RunSummary, create_run, launch, list_runs, run_path
+from ..data.common import PATCH_SHAPE, DataError
+from ..data.download import FILES as DOWNLOAD_FILES
+from ..fileio import atomic_write_json
+from ..runs.jobs import JobStatus, job_status, start_job
+from ..config import ExperimentConfig
+from ..runs import RunDir, RunSummary, create_run, launch, list_runs, run_path
+
+if TYPE_CHECKING:
+    from ..data import PatchDataset
+    from ..data.demo import DemoSpec
+
+# The dataset readers (pcam_core.data's h5, kaggle, loader, demo) import torch: they are imported where
+# used, so that importing the services costs no torch (tests/test_layering.py checks it).
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ def workspace_root(path: str | Path | None = None) -> Path:
 def demo_spec(train_patches: int | None = None) -> DemoSpec:
     """The demo set a first start generates: `train_patches` (default $PCAM_DEMO_PATCHES or 2048) for
     training and a quarter of that each for validation and test."""
+    from ..data.demo import DemoSpec
+
     if train_patches is None:
         raw = os.environ.get(DEMO_ENV_VAR, "")
         try:
@@ -105,6 +110,9 @@ class DataSource:
 
     def splits(self) -> list[str]:
         """The splits present on disk (Kaggle: train and/or test; HDF5: any of train, valid, test)."""
+        from ..data import available_splits
+        from ..data.kaggle import KAGGLE_SPLITS
+
         if not self.exists():
             return []
         if self.format == "h5":
@@ -113,6 +121,8 @@ class DataSource:
 
     def version(self, split: str) -> float:
         """A number that changes when the split's files are replaced (to key caches on)."""
+        from ..data import split_files
+
         folder = Path(self.path)
         files = split_files(folder, split).values() if self.format == "h5" else [folder / split, folder / "train_labels.csv"]
         return max((p.stat().st_mtime for p in files if p.exists()), default=0.0)
@@ -124,6 +134,8 @@ class DataSource:
                                     "restore it or remove the source")
         if split not in self.splits():
             raise ValueError(f"data source {self.name!r} has no split {split!r}; it has: {', '.join(self.splits()) or 'none'}")
+        from ..data import open_dataset
+
         return open_dataset(self.path, split, format=self.format)
 
 
@@ -168,6 +180,9 @@ class Workspace:
 
         Raises FileNotFoundError for a missing path, `DataError` for a folder that is neither layout
         (or whose labels do not match its images), ValueError for a name or path already registered."""
+        from ..data import detect_format
+        from ..data.demo import is_demo_dataset
+
         text = str(path).strip()
         if not text:
             raise ValueError("give the path of a PCam HDF5 folder or a Kaggle folder")
@@ -220,6 +235,8 @@ class Workspace:
     def bootstrap(self, progress: Callable[[float, str], None] | None = None, *, spec: DemoSpec | None = None) -> DataSource | None:
         """Set up a new workspace: generate the SYNTHETIC demo dataset into data/demo (unless a complete
         one is there) and register it. Does nothing for a workspace already set up; returns the demo source."""
+        from ..data.demo import is_demo_dataset
+
         with _LOCK:
             if self.initialised():
                 return None
@@ -233,6 +250,8 @@ class Workspace:
 
     def _generate_demo(self, target: Path, spec: DemoSpec, progress: Callable[[float, str], None] | None) -> None:
         # Rendered into a temporary folder and renamed into place: a crash never leaves half a dataset.
+        from ..data.demo import make_demo_dataset
+
         self.data_root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=self.data_root))
         try:
@@ -283,6 +302,8 @@ class Workspace:
 
     def download_progress(self) -> float:
         """Share of the decompressed PCam bytes on disk in data/pcam (finished and partial files)."""
+        from ..data.h5 import OFFICIAL_SIZES
+
         expected = sum(OFFICIAL_SIZES.values()) * math.prod(PATCH_SHAPE)
         dest = self.download_dest
         if not dest.is_dir():
