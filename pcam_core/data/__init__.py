@@ -4,7 +4,7 @@ from .base import PatchDataset, PatchSubset
 from .common import CENTER_SIZE, CENTER_START, PATCH_SIZE, DataError, DecodedImage, decode_image, patch_id
 from .h5 import SPLITS, PCamH5, available_splits, split_files, write_split
 from .kaggle import ImageFiles, KaggleFolder, image_folder, read_labels_csv
-from .loader import TrainValid, detect_format, make_loader, open_dataset, train_valid_datasets
+from .loader import TrainValid, detect_format, make_loader, open_dataset, open_split, train_valid_datasets
 
 __all__ = [
     "CENTER_SIZE",
@@ -25,6 +25,7 @@ __all__ = [
     "image_folder",
     "make_loader",
     "open_dataset",
+    "open_split",
     "patch_id",
     "read_labels_csv",
     "split_files",
