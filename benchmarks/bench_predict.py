@@ -47,7 +47,7 @@ def read_rate(source: Path, batch: int, workers: int) -> float:
     """Images per second of reading and decoding alone (the loader the prediction uses, no model)."""
     dataset = open_dataset(source, "test" if is_h5_root(source) else None)
     start = time.perf_counter()
-    n = sum(len(b["index"]) for b in make_loader(dataset, batch, shuffle=False, num_workers=workers))
+    n = sum(len(b["index"]) for b in make_loader(dataset, batch, shuffle=False, num_workers=workers, ids=True))
     return n / (time.perf_counter() - start)
 
 

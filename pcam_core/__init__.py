@@ -1,3 +1,29 @@
-"""pcam_core: metastatic-tissue detection on PatchCamelyon patches (data, models, training, evaluation, Grad-CAM)."""
+"""pcam_core: metastatic-tissue detection on PatchCamelyon patches (data, models, training, evaluation, Grad-CAM).
+
+Score images from Python with ``pcam_core.load_predictor(run).predict(images)`` (docs/python.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+# Importing pcam_core stays cheap (the CLI's --version, the dashboard's first paint): what pulls in
+# torch is imported on first use.
+_LAZY = {"load_predictor": "api", "Predictor": "api"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["Predictor", "__version__", "load_predictor"]

@@ -236,7 +236,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opacity", type=float, default=0.5, help="heat map opacity over the patch, 0 to 1")
     p.add_argument("--colormap", default="jet", help="matplotlib colormap of the heat map")
     p.add_argument("--scale", type=int, default=1, help="enlarge the PNGs this many times (nearest neighbour)")
-    p.add_argument("--split", help="split of an HDF5 or Kaggle folder (default: test)")
+    p.add_argument("--split", help="split of an HDF5 or Kaggle folder (default: test; for Kaggle data, valid is the run's own validation split)")
     p.add_argument("--limit", type=int, help="explain only the first N patches")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--device", choices=DEVICES, default="auto")
@@ -249,7 +249,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .predict import load_run_model, resolve_device
 
     model, config, _ = load_run_model(args.run, which=args.checkpoint, device=resolve_device(args.device))
-    dataset = open_patches(args.input, args.split)
+    dataset = open_patches(args.input, args.split, valid_frac=config.data.valid_frac, seed=config.data.split_seed)
     total = min(len(dataset), args.limit) if args.limit else len(dataset)
     with _bar(total, "explain") as bar:
         result = write_explanations(model, dataset, args.out, model_name=config.model.name, method=args.method,
@@ -278,6 +278,9 @@ def _add_runs(sub: argparse._SubParsersAction) -> None:
 def cmd_runs(args: argparse.Namespace) -> int:
     from .runs import list_runs
 
+    if not Path(args.root).is_dir():
+        what = "is not a folder" if Path(args.root).exists() else "not found"
+        raise FileNotFoundError(f"runs folder {what}: {args.root}")
     runs = list_runs(args.root)
     if args.json:
         _print_json([r.to_dict() for r in runs])

@@ -38,7 +38,8 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
-from .data import CENTER_SIZE, CENTER_START, PATCH_SIZE, ImageFiles, PatchDataset, detect_format, make_loader, open_dataset
+from .data import (CENTER_SIZE, CENTER_START, PATCH_SIZE, ImageFiles, PatchDataset, detect_format, make_loader,
+                   open_dataset, open_split)
 from .data.common import IMAGE_EXTENSIONS
 from .fileio import atomic_write_with
 from .models import get_layer, get_spec
@@ -352,14 +353,18 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def open_patches(path: str | Path, split: str | None = None) -> PatchDataset:
+def open_patches(path: str | Path, split: str | None = None, *, valid_frac: float = 0.1, seed: int = 0) -> PatchDataset:
     """The patches to explain: one image file, a folder of images, a Kaggle folder (test split unless
-    `split` says otherwise), an HDF5 folder (test split by default) or one HDF5 split file."""
+    `split` says otherwise), an HDF5 folder (test split by default) or one HDF5 split file.
+    A split is resolved as `pcam evaluate` resolves it (`open_split`): "valid" of a Kaggle folder is
+    the seeded validation split that `valid_frac` and `seed` (the run's) make of its train folder."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
         return ImageFiles([path])
     has_splits = detect_format(path) in ("h5", "kaggle") and not path.is_file()
-    return open_dataset(path, split or ("test" if has_splits else None))
+    if split is None and not has_splits:
+        return open_dataset(path)
+    return open_split(path, split or "test", valid_frac=valid_frac, seed=seed)
 
 
 def write_explanations(
@@ -393,7 +398,7 @@ def write_explanations(
     out = Path(out)
     rows: list[dict[str, Any]] = []
     used: set[str] = set()
-    for batch in make_loader(dataset, batch_size, shuffle=False, num_workers=0):
+    for batch in make_loader(dataset, batch_size, shuffle=False, num_workers=0, ids=True):
         result = explain_batch(model, batch["image"], model_name=model_name, method=method, layer=layer, target=target)
         pictures = overlay(batch["image"], result.maps, opacity=opacity, cmap=cmap, scale=scale)
         for pid, index, picture, prob, focus in zip(batch["id"], batch["index"].tolist(), pictures, result.probabilities, result.centre_focus):

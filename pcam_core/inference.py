@@ -87,11 +87,14 @@ def predict_loader(
     channels_last: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Predictions:
-    """Run `model` (put in eval mode) over every batch of `loader`."""
+    """Run `model` (put in eval mode) over every batch of `loader`, which must carry ids
+    (`make_loader(..., ids=True)`): predictions are written under them."""
     model.eval()
     normalize = eval_preset().to(device)
     parts: list[Predictions] = []
     for batch in loader:
+        if batch["id"] is None:
+            raise ValueError("the loader's batches carry no ids; make it with make_loader(..., ids=True)")
         images = batch["image"].to(device, non_blocking=True)
         probs = predict_batch(model, images, tta=tta, amp_dtype=amp_dtype, channels_last=channels_last, normalize=normalize)
         parts.append(

@@ -25,7 +25,7 @@ from .config import ExperimentConfig
 from .devices import resolve_device
 from .data.base import PatchDataset
 from .data.common import DataError, patch_id
-from .data.loader import detect_format, make_loader, open_dataset, train_valid_datasets
+from .data.loader import detect_format, make_loader, open_dataset, open_split
 from .fileio import atomic_write_json, atomic_write_with
 from .inference import Predictions, predict_batch, predict_loader
 from .metrics import binary_metrics, choose_threshold, pr_points, reliability_points, roc_points
@@ -64,7 +64,7 @@ def predict_dataset(
     loader worker; here, without `skip_bad`, the first one raises a `DataError` naming the file (in this
     process, so the message stays clean), and with it they are listed in `skipped`."""
     device = torch.device(device)
-    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers)
+    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, ids=True)
     skipped: list[tuple[str, str]] = []
 
     def good_batches():
@@ -195,14 +195,10 @@ def merge_submissions(parts: list[str | Path], out: str | Path) -> int:
 
 def dataset_for_split(path: str | Path, split: str, config: ExperimentConfig | None = None) -> PatchDataset:
     """One split of a data folder. "valid" on data without its own validation split (Kaggle) is the
-    seeded stratified split a run with `config` trained against, rebuilt exactly."""
-    path = Path(path)
-    fmt = detect_format(path)
-    if split in ("valid", "val") and fmt == "kaggle":
-        data = config.data if config is not None else None
-        tv = train_valid_datasets(path, format="kaggle", valid_frac=data.valid_frac if data else 0.1, seed=data.split_seed if data else 0)
-        return tv.valid
-    return open_dataset(path, split)
+    seeded stratified split a run with `config` trained against, rebuilt exactly (`open_split`)."""
+    if config is None:
+        return open_split(path, split)
+    return open_split(path, split, valid_frac=config.data.valid_frac, seed=config.data.split_seed)
 
 
 def evaluate_run(

@@ -163,7 +163,7 @@ def evaluate(
     """Metrics of `model` on `dataset`, from the predictions of every rank gathered together (so
     ROC-AUC is computed over all of them, not averaged per rank). Every rank gets the same result."""
     sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=False) if info.enabled else None
-    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, sampler=sampler)
+    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, sampler=sampler, ids=True)
     local = predict_loader(model, loader, device, amp_dtype=amp_dtype, channels_last=channels_last)
     preds = Predictions.concat(D.gather_objects(local, info)).deduplicated()
     metrics = binary_metrics(preds.labels, preds.probs, 0.5)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from helpers import make_bad_images, run_cli
-from pcam_core.cli import main
+from pcam_core.cli import EXIT_ERROR, main
 
 
 def test_python_dash_m_and_console_script_agree():
@@ -102,3 +102,16 @@ def test_predict_a_folder_with_a_bad_image_names_it(trained_run, tmp_path):
     r = run_cli("predict", "--run", str(trained_run), "--input", str(tmp_path / "imgs"), "--out", str(tmp_path / "s.csv"), "--skip-bad")
     assert r.returncode == 2 and "none of the 10 image(s) could be read" in r.stderr
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_runs_on_a_missing_folder_is_an_error_and_an_empty_one_is_not(tmp_path, capsys):
+    missing = tmp_path / "nonexistent"
+    for extra in ([], ["--json"]):
+        assert main(["runs", "--root", str(missing), *extra]) == EXIT_ERROR
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.strip() == f"error: runs folder not found: {missing}"
+    (tmp_path / "empty").mkdir()
+    assert main(["runs", "--root", str(tmp_path / "empty")]) == 0
+    assert capsys.readouterr().out.strip() == f"no runs in {tmp_path / 'empty'}"
+    assert main(["runs", "--root", str(tmp_path / "empty"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []

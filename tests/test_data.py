@@ -164,6 +164,22 @@ def test_loader_normalises_in_the_workers_without_ids(official, workers):
     assert seen == 300
 
 
+def test_loader_defaults_to_the_fast_path_and_ids_are_opt_in(official):
+    """By default a batch is what training needs (uint8 images, labels, indices) without the SHA-1 of
+    every image; `ids=True` adds them (predictions and explanations are written under them)."""
+    root, images, labels = official
+    ds = PCamH5(root, "valid")
+    batch = next(iter(make_loader(ds, 64, shuffle=True, num_workers=0, seed=4)))
+    index = batch["index"].numpy()
+    assert batch["id"] is None
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (64, 3, 96, 96)
+    assert np.array_equal(batch["image"].permute(0, 2, 3, 1).numpy(), images[index])
+    assert np.array_equal(batch["label"].numpy(), labels[index])
+    with_ids = next(iter(make_loader(ds, 64, shuffle=True, num_workers=0, seed=4, ids=True)))
+    assert with_ids["id"] == [hashlib.sha1(images[i].tobytes()).hexdigest() for i in index]
+    assert torch.equal(with_ids["image"], batch["image"])
+
+
 # -- Kaggle layout on the real patches ----------------------------------------------------------------
 
 def test_kaggle_folder_reads_real_patches(real_kaggle):

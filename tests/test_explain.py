@@ -270,3 +270,33 @@ def test_fixed_scale_puts_maps_on_one_scale():
     assert SCALES == {"patch": "per patch", "fixed": "fixed 0..max across patches"}
     with pytest.raises(ValueError, match="valid scales: patch, fixed"):
         scaled_maps(result, "absolute")
+
+
+def test_cli_explain_valid_split_of_a_kaggle_folder(trained_run, demo_root, tmp_path, capsys):
+    """`--split valid` on a Kaggle folder is the run's own seeded validation split of its train folder,
+    the same patches `pcam evaluate --split valid` scores."""
+    from helpers import tif_bytes
+    from pcam_core.data import PCamH5, patch_id, train_valid_datasets
+    from pcam_core.predict import load_run_model
+
+    kaggle = tmp_path / "kaggle"
+    (kaggle / "train").mkdir(parents=True)
+    source = PCamH5(demo_root, "valid")
+    pixels, labels = source.read_pixels(np.arange(60)), source.labels[:60]
+    ids = [patch_id(p) for p in pixels]
+    for pid, patch in zip(ids, pixels):
+        (kaggle / "train" / f"{pid}.tif").write_bytes(tif_bytes(patch))
+    pd.DataFrame({"id": ids, "label": labels}).to_csv(kaggle / "train_labels.csv", index=False)
+
+    out = tmp_path / "cams"
+    assert main(["explain", "--run", str(trained_run), "--input", str(kaggle), "--split", "valid", "--out", str(out),
+                 "--device", "cpu"]) == 0, capsys.readouterr().err
+    table = pd.read_csv(out / "explanations.csv", dtype={"id": str})
+    config = load_run_model(trained_run)[1]
+    valid = train_valid_datasets(kaggle, valid_frac=config.data.valid_frac, seed=config.data.split_seed).valid
+    assert list(table["id"]) == [valid.source.paths[i].stem for i in valid.parent_indices] and 0 < len(table) < 60
+    assert main(["evaluate", "--run", str(trained_run), "--data", str(kaggle), "--split", "valid", "--no-tta",
+                 "--out", str(tmp_path / "m.json"), "--device", "cpu", "--workers", "0"]) == 0
+    scored = pd.read_csv(tmp_path / "m_predictions.csv", dtype={"id": str})
+    assert list(scored["id"]) == list(table["id"])
+    np.testing.assert_allclose(table["probability"], scored["probability"], atol=2e-6)

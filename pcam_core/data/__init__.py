@@ -14,7 +14,7 @@ _EXPORTS = {
     ".common": ("CENTER_SIZE", "CENTER_START", "PATCH_SIZE", "DataError", "DecodedImage", "decode_image", "patch_id"),
     ".h5": ("SPLITS", "PCamH5", "available_splits", "split_files", "write_split"),
     ".kaggle": ("ImageFiles", "KaggleFolder", "image_folder", "read_labels_csv"),
-    ".loader": ("TrainValid", "detect_format", "make_loader", "open_dataset", "train_valid_datasets"),
+    ".loader": ("TrainValid", "detect_format", "make_loader", "open_dataset", "open_split", "train_valid_datasets"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .common import CENTER_SIZE, CENTER_START, PATCH_SIZE, DataError, DecodedImage, decode_image, patch_id
     from .h5 import SPLITS, PCamH5, available_splits, split_files, write_split
     from .kaggle import ImageFiles, KaggleFolder, image_folder, read_labels_csv
-    from .loader import TrainValid, detect_format, make_loader, open_dataset, train_valid_datasets
+    from .loader import TrainValid, detect_format, make_loader, open_dataset, open_split, train_valid_datasets
 
 
 def __getattr__(name: str) -> Any:

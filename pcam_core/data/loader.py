@@ -120,6 +120,17 @@ def train_valid_datasets(path: str | Path, *, format: str = "auto", valid_frac: 
     raise DataError(f"{path}: training needs labels (a PCam HDF5 folder or a Kaggle folder with train_labels.csv)")
 
 
+def open_split(path: str | Path, split: str, *, valid_frac: float = 0.1, seed: int = 0) -> PatchDataset:
+    """One split of a data folder, as evaluation and explanation name it. "valid" (or "val") of a
+    Kaggle folder, which has no validation split of its own, is the seeded stratified split of its
+    train folder that `train_valid_datasets` makes: with a run's `valid_frac` and split seed, exactly
+    the patches that run validated on. Any other split is `open_dataset`'s."""
+    path = Path(path)
+    if split in ("valid", "val") and detect_format(path) == "kaggle":
+        return train_valid_datasets(path, format="kaggle", valid_frac=valid_frac, seed=seed).valid
+    return open_dataset(path, split)
+
+
 def _split(full: PatchDataset, valid_frac: float, seed: int, what: str) -> TrainValid:
     if not full.has_labels:
         raise DataError(f"{full.describe()}: has no labels to train on")
@@ -231,7 +242,7 @@ def make_loader(
     drop_last: bool = False,
     seed: int = 0,
     sampler: Sampler[int] | None = None,
-    ids: bool = True,
+    ids: bool = False,
     batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> DataLoader:
     """The loader the trainer and the predictor use.
@@ -242,9 +253,10 @@ def make_loader(
     `pcam_core.transforms`), not image by image in the workers. `num_workers=-1` picks a count from
     the machine (0 for a dataset cached in memory).
 
-    ``ids=False`` skips the patch ids (the SHA-1 of every image's pixels for HDF5 data), which training
-    never reads. `batch_transform` runs on each uint8 image batch inside the workers, e.g.
-    ``eval_preset()`` for normalised float batches made in parallel on a CPU-only machine.
+    ``id`` is None unless ``ids=True``: a patch id is the SHA-1 of the image's pixels for HDF5 data,
+    which halves the loader's speed and which training never reads; ask for ids where they are
+    written (predictions, explanations). `batch_transform` runs on each uint8 image batch inside the
+    workers, e.g. ``eval_preset()`` for normalised float batches made in parallel on a CPU-only machine.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
@@ -282,5 +294,6 @@ __all__ = [
     "fits_in_memory",
     "make_loader",
     "open_dataset",
+    "open_split",
     "train_valid_datasets",
 ]

@@ -1,0 +1,132 @@
+"""Scoring images from Python: `load_predictor(run).predict(images)` (see docs/python.md).
+
+A model's `forward` takes normalised float tensors and returns logits; called on raw pixels it gives
+nothing useful. A `Predictor` holds the model together with what it needs around it (the
+normalisation, the batching, the checks every other entry point makes on an image) and returns
+tumour probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .checkpoint import model_from_checkpoint
+from .data.common import PATCH_SHAPE, decode_image
+from .data.common import _to_rgb_patch as to_rgb_patch  # decode_image's checks, for an image already open
+from .devices import resolve_device
+from .inference import predict_batch
+from .runs import checkpoint_path
+from .transforms import eval_preset
+
+log = logging.getLogger(__name__)
+
+# The decision threshold of a run's reported figures (the trainer's accuracy and F1, `pcam evaluate`'s
+# default, the dashboard's starting point). Choose another on validation predictions with
+# `pcam_core.metrics.choose_threshold`, never on the data being judged.
+DEFAULT_THRESHOLD = 0.5
+
+Image1 = Union[np.ndarray, Image.Image, str, os.PathLike, bytes]
+Images = Union[Image1, Sequence[Image1]]
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A trained model ready to score 96x96 patches. Make one with `load_predictor`."""
+
+    model: nn.Module  # in eval mode on `device`; returns logits of normalised images
+    model_name: str
+    threshold: float  # a probability >= threshold is called tumour
+    device: torch.device
+    source: str  # what it was loaded from: the run folder
+    checkpoint: Path
+    epoch: int | None  # completed training epochs of the checkpoint
+
+    def predict(self, images: Images, *, tta: bool = False, batch_size: int = 256) -> np.ndarray:
+        """Tumour probabilities, a float64 array of shape (N,), one per image.
+
+        `images`: uint8 RGB patches as an array (N, 96, 96, 3) or one (96, 96, 3), PIL images, paths
+        of image files, or a list mixing them. An image that is not 96x96 is refused with a
+        `ValueError` naming it (another size is another magnification); grayscale, RGBA and 16-bit
+        images are converted to 8-bit RGB (logged), as everywhere else in pcam_core. With `tta`, the
+        mean probability over the 8 symmetries of the square (8 forward passes per patch).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be at least 1")
+        pixels = as_patches(images)
+        normalize = eval_preset().to(self.device)
+        probs = np.empty(len(pixels), dtype=np.float64)
+        for start in range(0, len(pixels), batch_size):
+            # (B, 3, 96, 96) as a view of the (B, 96, 96, 3) pixels, as the loaders deliver them
+            batch = torch.from_numpy(pixels[start : start + batch_size]).permute(0, 3, 1, 2).to(self.device)
+            probs[start : start + len(batch)] = predict_batch(self.model, batch, tta=tta, normalize=normalize).double().cpu().numpy()
+        return probs
+
+
+def load_predictor(run: str | os.PathLike, *, device: str = "auto", checkpoint: str = "best") -> Predictor:
+    """The model of a run folder (written by `pcam train`) ready to score images.
+
+    `checkpoint`: "best" (the best validated epoch; the last one when none was validated yet) or
+    "last". `device`: "auto" (the GPU when there is one), "cpu" or "cuda". The moving-average weights
+    are used when the run kept them, as `pcam predict` and `pcam evaluate` do."""
+    dev = resolve_device(device)
+    path = checkpoint_path(run, checkpoint)
+    model, config, info = model_from_checkpoint(path, dev)
+    return Predictor(model, config.model.name, DEFAULT_THRESHOLD, dev, str(run), path, info.get("epoch"))
+
+
+def as_patches(images: Images) -> np.ndarray:
+    """`images` (see `Predictor.predict`) as one (N, 96, 96, 3) uint8 array, each checked (and
+    converted where needed) by the rules of `decode_image`."""
+    if isinstance(images, np.ndarray):
+        if images.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"images: pixels must be uint8 (0-255; uint16 for 16-bit grayscale), got dtype {images.dtype}")
+        if images.ndim == 4 and images.shape[1:] == PATCH_SHAPE and images.dtype == np.uint8:
+            return np.ascontiguousarray(images)  # the common case, checked as a whole
+        items: list[Any] = list(images) if images.ndim == 4 else [images]
+    elif isinstance(images, (Image.Image, str, os.PathLike, bytes)):
+        items = [images]
+    else:
+        items = list(images)
+    if not items:
+        raise ValueError("images: nothing to score (an empty list)")
+    return np.stack([_patch(item, f"images[{i}]") for i, item in enumerate(items)])
+
+
+def _patch(item: Any, label: str) -> np.ndarray:
+    """One image as (96, 96, 3) uint8; `label` names it in errors when it has no file name."""
+    if isinstance(item, (str, os.PathLike)):
+        path = Path(item)
+        if not path.is_file():
+            raise FileNotFoundError(f"{label}: image file not found: {path}")
+        decoded = decode_image(path, convert=True)
+        label = str(path)
+    elif isinstance(item, bytes):
+        decoded = decode_image(item, name=label, convert=True)
+    elif isinstance(item, Image.Image):
+        decoded = to_rgb_patch(item, getattr(item, "filename", "") or label, convert=True)
+    elif isinstance(item, np.ndarray):
+        if item.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"{label}: pixels must be uint8 (0-255; uint16 for 16-bit grayscale), got dtype {item.dtype}")
+        try:
+            image = Image.fromarray(item)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{label}: an array of shape {item.shape} is not an image; expected (96, 96, 3) RGB, "
+                             f"(96, 96, 4) RGBA or (96, 96) grayscale") from err
+        decoded = to_rgb_patch(image, label, convert=True)
+    else:
+        raise TypeError(f"{label}: cannot score a {type(item).__name__}; give a numpy array, a PIL image, a path or bytes")
+    for note in decoded.notes:
+        log.warning("%s: %s", label, note)
+    return decoded.pixels
+
+
+__all__ = ["DEFAULT_THRESHOLD", "Predictor", "as_patches", "load_predictor"]
