@@ -47,10 +47,13 @@ class Lattice:
     height: int
     mpp: float  # microns per level-0 pixel
     stride: int = 32  # PCam-scale pixels per cell
+    region_px: int = REGION_PCAM_PX  # PCam-scale pixels per region tile side (reads, resume steps)
 
     def __post_init__(self) -> None:
         if self.stride not in STRIDES:
             raise ValueError(f"stride must be one of {STRIDES} PCam-scale pixels, not {self.stride}")
+        if self.region_px < self.stride:
+            raise ValueError(f"region_px ({self.region_px}) must be at least the stride ({self.stride})")
 
     @property
     def f(self) -> float:
@@ -77,7 +80,7 @@ class Lattice:
 
     def tiles(self) -> list[tuple[int, int, int, int]]:
         """Region tiles as (i0, i1, j0, j1) cell ranges, row-major; tile k is the k-th of this list."""
-        n = max(1, REGION_PCAM_PX // self.stride)
+        n = max(1, self.region_px // self.stride)
         rows, cols = self.shape
         return [(i, min(i + n, rows), j, min(j + n, cols)) for i in range(0, rows, n) for j in range(0, cols, n)]
 
@@ -131,6 +134,7 @@ class AnalysisParams:
     tta: bool
     checkpoint: str
     checkpoint_epoch: int | None
+    region_px: int
 
 
 def _prepare(folder: AnalysisFolder, params: AnalysisParams, shape: tuple[int, int], resume: bool) -> tuple[np.memmap, dict[str, Any]]:
@@ -172,6 +176,7 @@ def score_slide(
     batch_size: int = 256,
     num_workers: int = 2,
     resume: bool = False,
+    region_px: int = REGION_PCAM_PX,
     on_start: Callable[[int, int], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -186,7 +191,7 @@ def score_slide(
     started = time.time()
     device = torch.device(device)
     with open_slide(slide_path, mpp=mpp) as slide:
-        lattice = Lattice(slide.dimensions[0], slide.dimensions[1], slide.mpp, stride)
+        lattice = Lattice(slide.dimensions[0], slide.dimensions[1], slide.mpp, stride, region_px)
         try:
             thumb = read_thumbnail(slide)
         except SlideReadError as err:
@@ -195,7 +200,7 @@ def score_slide(
     mask = tissue_mask(thumb)
     score = cell_fraction(mask, stride, lattice.shape) >= max(min_tissue, 1e-6)
     params = AnalysisParams(str(Path(slide_path).resolve()), lattice.width, lattice.height, lattice.mpp, stride, min_tissue,
-                            tta, str(checkpoint), checkpoint_epoch)
+                            tta, str(checkpoint), checkpoint_epoch, region_px)
     heat, state = _prepare(folder, params, lattice.shape, resume)
     boxes = lattice.tiles()
     done = set(state["done"])

@@ -73,12 +73,12 @@ _CANDIDATES = [
 
 
 def default_regions(width: int, height: int, mpp: float) -> list[Region]:
-    """The candidate regions that fit the slide (diameter under 45% of its short side) without overlapping."""
+    """The candidate regions that fit the slide (diameter under 70% of its short side) without overlapping."""
     short_um = min(width, height) * mpp
     placed: list[Region] = []
     for name, fx, fy, a, b, angle in _CANDIDATES:
         region = Region(name, fx * width, fy * height, a, b, angle)
-        if 2 * a > 0.45 * short_um:
+        if 2 * a > 0.7 * short_um:
             continue
         if any(math.hypot(region.cx - r.cx, region.cy - r.cy) * mpp < a + r.semi_major_um + 100 for r in placed):
             continue
