@@ -427,6 +427,86 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- slides ----------------------------------------------------------------------------------------
+
+def _add_slides(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("slide", help="tumour map, regions and report of whole-slide images", description=(
+        "Score whole-slide images on PCam's definition: a 96-px window at 0.972 um/px per 32x32 cell (stride 32) or "
+        "per 96x96 cell (stride 96), tissue only. A slide file writes into --out; a folder of slides writes "
+        "--out/<slide name>/ per slide: heatmap.npy, heatmap.png, heatmap.tif, tissue.png, tumour_regions.geojson, "
+        "tiles.csv and summary.json. See docs/slides.md."))
+    p.add_argument("--run", required=True, help="training run folder (its best checkpoint, else its last)")
+    p.add_argument("--input", required=True, help="a slide file (SVS, NDPI, MRXS, tiled TIFF, ...) or a folder of them")
+    p.add_argument("--out", required=True)
+    p.add_argument("--stride", type=int, choices=(32, 96), default=32, help="cell size in PCam-scale pixels (96: 9x cheaper)")
+    p.add_argument("--tta", action="store_true", help="average the 8 symmetries of the square (8x slower)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability at which a cell counts as tumour")
+    p.add_argument("--mpp", type=float, help="microns per level-0 pixel, for slides whose metadata lacks it")
+    p.add_argument("--min-tissue", type=float, default=0.25, help="tissue share a cell needs to be scored")
+    p.add_argument("--workers", type=int, default=2, help="region-reading worker processes (0: read in this process)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--shard", help="i/n: analyse only the i-th of n equal parts of the slide list")
+    p.add_argument("--resume", action="store_true", help="continue unfinished analyses in --out where they stopped")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.set_defaults(func=cmd_slide)
+
+    p = sub.add_parser("demo-slide", help="write a SYNTHETIC pyramidal whole-slide TIFF with known tumour regions")
+    p.add_argument("--out", required=True, help="folder for slide.tif, truth.png, truth.npy and truth.json")
+    p.add_argument("--size", default="20000x16000", help="level-0 WIDTHxHEIGHT in pixels (at 0.243 um/px)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_slide)
+
+
+def cmd_slide(args: argparse.Namespace) -> int:
+    from .predict import parse_shard
+    from .slides.batch import analyse
+
+    bars: list[Any] = []
+
+    def progress_factory(name: str):
+        def start(total: int, done: int) -> None:
+            bars.append(_bar(total, name, unit="win", initial=done))
+
+        return start, lambda n: bars[-1].update(n) if bars else None
+
+    try:
+        records = analyse(args.run, args.input, args.out, shard=parse_shard(args.shard), device=args.device, which=args.checkpoint,
+                          resume=args.resume, threshold=args.threshold, progress_factory=progress_factory, stride=args.stride,
+                          tta=args.tta, mpp=args.mpp, min_tissue=args.min_tissue, num_workers=args.workers, batch_size=args.batch_size)
+    finally:
+        for bar in bars:
+            bar.close()
+    failed = [r for r in records if r["status"] == "failed"]
+    for r in records:
+        if r["status"] == "failed":
+            print(f"failed: {r['slide']}: {r['error']}", file=sys.stderr)
+            continue
+        s = r["summary"]
+        print(f"{r['status']}: {r['slide']} -> {r['folder']}: score {s['slide_score']:.3f} (top-{s['top_k']} mean "
+              f"{s['slide_topk_mean']:.3f}), {s['regions']} region(s), {s['tumour_area_mm2']:.3f} mm2, largest "
+              f"{s['largest_diameter_mm']:.2f} mm ({s['size_class']}), {s['windows_scored']} windows in {s['seconds']:.1f} s"
+              + (f", {len(s['skipped_regions'])} unreadable region(s) skipped" if s["skipped_regions"] else ""))
+    if failed:
+        print(f"{len(failed)} of {len(records)} slide(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo_slide(args: argparse.Namespace) -> int:
+    from .slides.demo import DemoSlideSpec, make_demo_slide
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size must look like WIDTHxHEIGHT (e.g. 20000x16000), not {args.size!r}") from None
+    truth = make_demo_slide(args.out, DemoSlideSpec(width=width, height=height, seed=args.seed))
+    print(f"wrote a SYNTHETIC slide {Path(args.out) / truth['slide']} ({width}x{height} at {truth['mpp']} um/px, levels "
+          f"{truth['levels']}) with {len(truth['regions'])} tumour region(s): "
+          + ", ".join(f"{r['name']} {r['diameter_mm']:.2f} mm ({r['size_class']})" for r in truth["regions"]))
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------------------------
 
 def make_parser() -> argparse.ArgumentParser:
@@ -439,6 +519,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_eval_predict(sub)
     _add_explain(sub)
     _add_runs(sub)
+    _add_slides(sub)
     return parser
 
 

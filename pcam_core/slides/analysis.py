@@ -1,0 +1,246 @@
+"""Scoring a whole slide on PCam's definition: a 96-px window at PCam scale per 32x32 cell.
+
+The lattice. With f = PCAM_MPP / mpp level-0 pixels per PCam-scale pixel and `stride` s (32 or 96
+PCam pixels), map cell (i, j) covers PCam-scale pixels [s*j, s*j + s) x [s*i, s*i + s), i.e. level-0
+pixels [s*j*f, (s*j + s)*f) x [s*i*f, (s*i + s)*f), anchored at level-0 pixel (0, 0): maps of any run and
+stride align. Its window is the 96 x 96 PCam-pixel square centred on the cell, top-left at PCam pixel
+(s*j + s/2 - 48, s*i + s/2 - 48): at stride 32 the cell is exactly the window's central 32x32 region
+(PCam's label region); at stride 96 the window is the cell and its label region the cell's centre.
+Window pixels outside the slide are white. A cell is scored when its tissue fraction reaches
+`min_tissue`; the map holds NaN for cells not scored and -1 for cells of regions that could not be read.
+
+The slide is read in region tiles of about 1024 x 1024 PCam pixels in DataLoader workers, the windows
+are cut from them, and the map (a memory-mapped `heatmap.npy`) is written tile by tile; after each tile
+the map is flushed and then the tile is recorded in `progress.json` (atomically), so an analysis killed
+at any moment resumes with `resume=True` where it stopped and yields the same map.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..fileio import atomic_write_json, read_json
+from .folder import AnalysisFolder
+from .reader import PCAM_MPP, SlideReadError, open_slide
+from .tissue import THUMB_PCAM_PX, cell_fraction, read_thumbnail, tissue_mask
+
+log = logging.getLogger(__name__)
+
+WINDOW = 96
+STRIDES = (32, 96)
+REGION_PCAM_PX = 1024  # a region tile spans about this many PCam pixels on a side
+UNREADABLE = -1.0
+
+
+@dataclass(frozen=True)
+class Lattice:
+    width: int  # level-0 pixels
+    height: int
+    mpp: float  # microns per level-0 pixel
+    stride: int = 32  # PCam-scale pixels per cell
+    region_px: int = REGION_PCAM_PX  # PCam-scale pixels per region tile side (reads, resume steps)
+
+    def __post_init__(self) -> None:
+        if self.stride not in STRIDES:
+            raise ValueError(f"stride must be one of {STRIDES} PCam-scale pixels, not {self.stride}")
+        if self.region_px < self.stride:
+            raise ValueError(f"region_px ({self.region_px}) must be at least the stride ({self.stride})")
+
+    @property
+    def f(self) -> float:
+        """Level-0 pixels per PCam-scale pixel."""
+        return PCAM_MPP / self.mpp
+
+    @property
+    def cell_px(self) -> float:
+        """Level-0 pixels per cell side."""
+        return self.stride * self.f
+
+    @property
+    def cell_mm(self) -> float:
+        return self.cell_px * self.mpp / 1000
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return math.ceil(self.height / self.cell_px), math.ceil(self.width / self.cell_px)
+
+    def window_origin(self, i: np.ndarray | int, j: np.ndarray | int) -> tuple[Any, Any]:
+        """Top-left corner (x, y) of the windows of cells (i, j), in level-0 pixels (may be negative)."""
+        offset = self.stride / 2 - WINDOW / 2
+        return (self.stride * np.asarray(j) + offset) * self.f, (self.stride * np.asarray(i) + offset) * self.f
+
+    def tiles(self) -> list[tuple[int, int, int, int]]:
+        """Region tiles as (i0, i1, j0, j1) cell ranges, row-major; tile k is the k-th of this list."""
+        n = max(1, self.region_px // self.stride)
+        rows, cols = self.shape
+        return [(i, min(i + n, rows), j, min(j + n, cols)) for i in range(0, rows, n) for j in range(0, cols, n)]
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+class RegionWindows(IterableDataset):
+    """Per region tile: {"tile", "cells" (n, 2) map indices, "images" (n, 3, 96, 96) uint8, "error"}.
+    Each worker opens the slide once and reads its share of the tiles, one region read per tile."""
+
+    def __init__(self, path: Path, mpp: float, lattice: Lattice, tiles: list[int], score: np.ndarray) -> None:
+        self.path, self.mpp, self.lattice, self.tile_ids, self.score = path, mpp, lattice, tiles, score
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        mine = self.tile_ids if info is None else self.tile_ids[info.id::info.num_workers]
+        boxes = self.lattice.tiles()
+        s, f = self.lattice.stride, self.lattice.f
+        with open_slide(self.path, mpp=self.mpp) as slide:
+            for k in mine:
+                i0, i1, j0, j1 = boxes[k]
+                cells = np.argwhere(self.score[i0:i1, j0:j1])
+                item = {"tile": k, "cells": cells + [i0, j0], "images": torch.empty(0, 3, WINDOW, WINDOW, dtype=torch.uint8), "error": ""}
+                if len(cells):
+                    x0, y0 = self.lattice.window_origin(i0, j0)
+                    w, h = s * (j1 - 1 - j0) + WINDOW, s * (i1 - 1 - i0) + WINDOW
+                    try:
+                        region = slide.read_scaled(float(x0), float(y0), w * f, h * f, (w, h))
+                    except SlideReadError as err:
+                        item["error"] = str(err)
+                        yield item
+                        continue
+                    views = np.lib.stride_tricks.sliding_window_view(region, (WINDOW, WINDOW), axis=(0, 1))[::s, ::s]
+                    windows = views[cells[:, 0], cells[:, 1]]  # (n, 3, 96, 96): channels first already
+                    item["images"] = torch.from_numpy(np.ascontiguousarray(windows))
+                yield item
+
+
+@dataclass(frozen=True)
+class AnalysisParams:
+    """What a map depends on; a resumed analysis must match it exactly."""
+
+    slide: str
+    width: int
+    height: int
+    mpp: float
+    stride: int
+    min_tissue: float
+    tta: bool
+    checkpoint: str
+    checkpoint_epoch: int | None
+    region_px: int
+
+
+def _prepare(folder: AnalysisFolder, params: AnalysisParams, shape: tuple[int, int], resume: bool) -> tuple[np.memmap, dict[str, Any]]:
+    """Open the map and progress to continue them, or start both afresh."""
+    progress = read_json(folder.progress_json) if resume else None
+    if progress is not None and folder.heatmap_npy.exists():
+        if progress.get("params") != asdict(params):
+            theirs = progress.get("params") or {}
+            diff = {k: (theirs.get(k), v) for k, v in asdict(params).items() if theirs.get(k) != v}
+            raise ValueError(f"{folder.path}: cannot resume: the unfinished analysis there was started with other settings "
+                             f"(was, now: {diff}); use another --out or delete it")
+        heat = np.lib.format.open_memmap(folder.heatmap_npy, mode="r+")
+        if heat.shape != shape:
+            raise ValueError(f"{folder.heatmap_npy}: map shape {heat.shape} does not match the lattice {shape}; delete the folder")
+        return heat, progress
+    if folder.is_started() and not resume:
+        raise ValueError(f"{folder.path} holds an unfinished analysis; pass --resume to continue it, or delete the folder")
+    folder.path.mkdir(parents=True, exist_ok=True)
+    heat = np.lib.format.open_memmap(folder.heatmap_npy, mode="w+", dtype=np.float32, shape=shape)
+    heat[:] = np.nan
+    heat.flush()
+    progress = {"params": asdict(params), "done": [], "skipped": [], "seconds": 0.0, "windows": 0}
+    atomic_write_json(folder.progress_json, progress)
+    return heat, progress
+
+
+def score_slide(
+    model: torch.nn.Module,
+    slide_path: str | Path,
+    folder: AnalysisFolder,
+    *,
+    checkpoint: str,
+    checkpoint_epoch: int | None = None,
+    stride: int = 32,
+    mpp: float | None = None,
+    min_tissue: float = 0.25,
+    tta: bool = False,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    num_workers: int = 2,
+    resume: bool = False,
+    region_px: int = REGION_PCAM_PX,
+    on_start: Callable[[int, int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Fill `folder`'s heatmap.npy for `slide_path`; returns the state the outputs are written from
+    (lattice, thumbnail, tissue mask, skipped regions, windows scored, seconds)."""
+    from ..devices import amp_dtype_for
+    from ..inference import predict_batch
+    from ..transforms import eval_preset
+
+    if not 0 <= min_tissue <= 1:
+        raise ValueError(f"min_tissue must be between 0 and 1, not {min_tissue}")
+    started = time.time()
+    device = torch.device(device)
+    with open_slide(slide_path, mpp=mpp) as slide:
+        lattice = Lattice(slide.dimensions[0], slide.dimensions[1], slide.mpp, stride, region_px)
+        try:
+            thumb = read_thumbnail(slide)
+        except SlideReadError as err:
+            raise ValueError(f"{slide_path}: cannot read the slide's overview (truncated or corrupt?): {err}") from err
+        slide_info = slide.describe()
+    mask = tissue_mask(thumb)
+    score = cell_fraction(mask, stride, lattice.shape) >= max(min_tissue, 1e-6)
+    params = AnalysisParams(str(Path(slide_path).resolve()), lattice.width, lattice.height, lattice.mpp, stride, min_tissue,
+                            tta, str(checkpoint), checkpoint_epoch, region_px)
+    heat, state = _prepare(folder, params, lattice.shape, resume)
+    boxes = lattice.tiles()
+    done = set(state["done"])
+    todo = [k for k in range(len(boxes)) if k not in done]
+    if on_start:
+        total = int(score.sum())
+        on_start(total, total - sum(int(score[i0:i1, j0:j1].sum()) for i0, i1, j0, j1 in (boxes[k] for k in todo)))
+    model.eval()
+    normalize = eval_preset().to(device)
+    amp = amp_dtype_for(device, None)
+    channels_last = device.type == "cuda"
+    dataset = RegionWindows(Path(slide_path), lattice.mpp, lattice, todo, score)
+    workers = max(0, min(num_workers, len(todo)))
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    resumed_seconds = float(state.get("seconds", 0.0))
+    for item in loader:
+        cells = np.asarray(item["cells"]).reshape(-1, 2)
+        if item["error"]:
+            log.warning("%s: skipping region tile %d: %s", slide_path, item["tile"], item["error"])
+            heat[cells[:, 0], cells[:, 1]] = UNREADABLE
+            i0, i1, j0, j1 = boxes[item["tile"]]
+            x0, y0 = lattice.window_origin(i0, j0)
+            state["skipped"].append({"tile": item["tile"], "cells": [i0, i1, j0, j1], "x": round(float(x0)), "y": round(float(y0)),
+                                     "error": item["error"]})
+        else:
+            images = item["images"]
+            for b in range(0, len(images), batch_size):
+                batch = images[b:b + batch_size].to(device, non_blocking=True)
+                probs = predict_batch(model, batch, tta=tta, amp_dtype=amp, channels_last=channels_last, normalize=normalize)
+                rows = cells[b:b + batch_size]
+                heat[rows[:, 0], rows[:, 1]] = probs.float().cpu().numpy()
+                if progress:
+                    progress(len(batch))
+            state["windows"] += len(images)
+        heat.flush()  # the map first, then the record that this tile is in it
+        state["done"].append(int(item["tile"]))
+        state["seconds"] = resumed_seconds + time.time() - started
+        atomic_write_json(folder.progress_json, state)
+    heat.flush()
+    return {"lattice": lattice, "thumbnail": thumb, "tissue": mask, "scored_mask": score, "skipped": state["skipped"],
+            "windows": int(np.isfinite(heat).sum() - (heat == UNREADABLE).sum()), "seconds": state["seconds"], "slide": slide_info,
+            "resumed": bool(done)}
