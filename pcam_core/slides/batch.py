@@ -121,7 +121,8 @@ def analyse(
     Returns one record per slide: {"slide", "folder", "status" ("done", "already done", "failed"),
     "summary" or "error"}. With a single slide file, its failure raises instead."""
     from ..devices import resolve_device
-    from ..predict import checkpoint_path, shard_indices
+    from ..predict import shard_indices
+    from ..runs import checkpoint_path
     from ..checkpoint import model_from_checkpoint
 
     slides = find_slides(input_path)
