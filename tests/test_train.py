@@ -15,6 +15,7 @@ import torch
 from helpers import REPO, run_cli, wait_for
 from pcam_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from pcam_core.config import ExperimentConfig
+from pcam_core.monitor import run_progress
 from pcam_core.runs import RunDir
 
 
@@ -63,9 +64,17 @@ def test_sigterm_stops_cleanly_and_resume_continues_exactly(demo_root, tmp_path)
     assert status["state"] == "stopped" and "SIGTERM" in status["message"]
     ckpt = load_checkpoint(run.last_checkpoint)
     assert ckpt["epoch"] == 0 and 10 <= ckpt["step_in_epoch"] < 24  # stopped mid-epoch with its position
+    before_resume = ckpt["elapsed"]  # training seconds of the first segment
+    assert before_resume > 0
     result = run_cli("train", "--out", str(out), "--resume")
     assert result.returncode == 0, result.stderr
-    assert run.status()["state"] == "finished"
+    status = run.status()
+    assert status["state"] == "finished"
+    # the time reported covers both segments, not only the one after the resume
+    progress = run_progress(status, run.steps(), run.epochs())
+    second = status["finished_at"] - status["started_at"]
+    assert progress.elapsed_s == pytest.approx(before_resume + second)
+    assert run.summary()["train_seconds"] > before_resume and abs(run.summary()["train_seconds"] - progress.elapsed_s) < 5
     a, b = load_checkpoint(ref / "checkpoints" / "last.pt"), load_checkpoint(run.last_checkpoint)
     assert a["global_step"] == b["global_step"] == 48
     for key in a["model"]:
@@ -73,6 +82,8 @@ def test_sigterm_stops_cleanly_and_resume_continues_exactly(demo_root, tmp_path)
     ref_epochs, epochs = RunDir(ref).epochs(), run.epochs()
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert [e["roc_auc"] for e in epochs] == [e["roc_auc"] for e in ref_epochs]
+    # the resumed epoch's train loss averages every step of the epoch, those before the stop included
+    assert [e["train_loss"] for e in epochs] == pytest.approx([e["train_loss"] for e in ref_epochs], abs=1e-6)
     steps = [s["step"] for s in run.steps()]
     assert steps == sorted(set(steps))  # every logged step once
 
@@ -151,3 +162,28 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refused"):
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_resume_with_more_epochs_extends_a_finished_run(demo_root, tmp_path):
+    out = tmp_path / "extend"
+    args = ["--data", str(demo_root), "--out", str(out), "--batch-size", "64", "--workers", "0", "--seed", "3"]
+    assert run_cli("train", *args, "--epochs", "1").returncode == 0
+    run = RunDir(out)
+    lr, steps_per_epoch = run.config().train.lr, run.status()["steps_per_epoch"]
+    final_lr = lr / 25 / 1000  # the one-cycle schedule's last rate (div_factor 25, final_div_factor 1000)
+    assert run.epochs()[0]["lr"] == pytest.approx(final_lr)
+    result = run_cli("train", "--out", str(out), "--resume", "--epochs", "2")
+    assert result.returncode == 0, result.stderr
+    assert "finished extend: 2 epochs" in result.stdout
+    assert run.config().train.epochs == 2 and run.status()["epochs"] == 2  # config.json records the new count
+    assert [e["epoch"] for e in run.epochs()] == [1, 2] and run.summary()["global_step"] == 2 * steps_per_epoch
+    # the schedule was rebuilt for two epochs and continued at step 12: the rate rose again and annealed to the end
+    second = [s["lr"] for s in run.steps() if s["step"] > steps_per_epoch]
+    assert second and max(second) > 100 * final_lr
+    assert run.epochs()[1]["lr"] == pytest.approx(final_lr)
+    assert load_checkpoint(run.last_checkpoint)["scheduler"]["total_steps"] == 2 * steps_per_epoch
+    # fewer epochs than already trained: refused, with nothing changed
+    result = run_cli("train", "--out", str(out), "--resume", "--epochs", "1")
+    assert result.returncode == 2 and "already trained 2 epoch(s)" in result.stderr, result.stderr
+    assert run.config().train.epochs == 2 and run.status()["state"] == "finished"
