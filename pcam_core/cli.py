@@ -150,7 +150,7 @@ def _train_bar() -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
     def on_step(p: dict[str, Any]) -> None:
         nonlocal bar
         if bar is None:
-            bar = _bar(p["total_steps"] * p["images"], "training", initial=(p["step"] - 1) * p["images"])
+            bar = _bar(p["total_steps"] * p["images"], f"epoch {p['epoch']}/{p['epochs']}", initial=(p["step"] - 1) * p["images"])
         bar.set_description(f"epoch {p['epoch']}/{p['epochs']}", refresh=False)
         bar.set_postfix_str(f"loss {p['loss']:.4f}", refresh=False)
         bar.update(p["images"])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -195,9 +198,10 @@ def test_data_error_leaves_no_run_folder_and_the_same_out_works_once_fixed(tmp_p
 @pytest.mark.slow
 def test_train_on_a_terminal_shows_a_progress_bar(demo_root, tmp_path):
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 150, 0, 0))  # a terminal 150 columns wide
     proc = subprocess.Popen([sys.executable, "-m", "pcam_core", "train", "--data", str(demo_root), "--out", str(tmp_path / "r"),
                              "--epochs", "1", "--batch-size", "32", "--workers", "0", "--max-steps", "6"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=slave, env={**os.environ, "COLUMNS": "150"})
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     chunks = []
     while True:
