@@ -43,7 +43,7 @@ with form_column:
                                  else f"{m}: {MODELS[m].description}")
             c1, c2 = st.columns(2)
             epochs = c1.number_input("Epochs", min_value=1, max_value=500, value=5,
-                                     help="Passes over the training split. A few suffice on the demo data; the CPU recipe uses 30 on PCam.")
+                                     help=f"Passes over the training split. A few suffice on the demo data; the CPU recipe uses {defaults.train.epochs} on PCam.")
             batch_size = c2.select_slider("Batch size", [16, 32, 64, 128, 256, 512], value=defaults.train.batch_size)
             lr = c1.select_slider("Peak learning rate", [1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2], value=defaults.train.lr,
                                   format_func=lambda v: f"{v:g}")

@@ -4,7 +4,8 @@ A checkpoint is a dict of tensors and plain values only: ``format``, ``config`` 
 as a dict), ``model`` (training weights), ``ema`` (averaged weights or None), ``optimizer``,
 ``scheduler``, ``scaler``, ``epoch`` (completed epochs), ``step_in_epoch`` (batches done in the epoch
 under way, for a mid-epoch stop), ``global_step``, ``best`` and ``bad_epochs`` (early stopping),
-``rng`` (torch generator states) and ``elapsed`` (training seconds so far).
+``rng`` (torch generator states), ``elapsed`` (training seconds so far, every segment) and
+``epoch_loss_sum``/``epoch_loss_count`` (the running training loss of the epoch under way).
 Nothing in it needs pickle to load, so a file that would run code is refused.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -12,7 +13,18 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
-from .config import DATA_FORMATS, DEVICES, MONITORS, OPTIMIZERS, SCHEDULES, ExperimentConfig
+from .config import (
+    DATA_FORMATS,
+    DEVICES,
+    MONITORS,
+    OPTIMIZERS,
+    SCHEDULES,
+    AugmentConfig,
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    TrainConfig,
+)
 
 EXIT_ERROR = 2
 
@@ -35,44 +47,61 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 # -- train -----------------------------------------------------------------------------------------
 
+def _default(value: Any, note: str = "") -> str:
+    """'(default: VALUE)' for a help text, VALUE taken from the config dataclasses (never typed twice)."""
+    if note:
+        return f"(default: {note})"
+    return f"(default: {'none' if value is None else value})"
+
+
+# flags that `--resume` honours; every other flag given with it is refused (the run keeps its saved config)
+_RESUMABLE_DESTS = ("out", "resume", "epochs", "config", "func", "help")
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    D, A, M, T = DataConfig(), AugmentConfig(), ModelConfig(), TrainConfig()
     p = sub.add_parser("train", help="train a model into a run folder", description=(
         "Train a model. Flags override --config; anything not given takes the defaults (the CPU recipe: "
-        "the compact pcamnet, 30 epochs, AdamW with a one-cycle schedule, weight averaging, symmetry, "
-        "stain and colour augmentation). Under torchrun this runs DistributedDataParallel."))
+        f"the compact pcamnet, {T.epochs} epochs, AdamW with a one-cycle schedule, weight averaging, symmetry, "
+        "stain and colour augmentation). Under torchrun this runs DistributedDataParallel. With --resume "
+        "the run continues with its saved config; only --epochs may change it (to extend or shorten the "
+        "run: the learning-rate schedule is then rebuilt for the new total and continued at the step reached)."))
     p.add_argument("--data", help="PCam HDF5 folder or Kaggle folder (required unless --config or --resume gives it)")
     p.add_argument("--out", required=True, help="run folder to create (or to continue, with --resume)")
     p.add_argument("--config", help="experiment config JSON (as written to a run's config.json)")
-    p.add_argument("--format", choices=DATA_FORMATS)
-    p.add_argument("--model", help="model name (see `pcam models`); 'auto' = pcamnet on CPU, resnet18 on CUDA")
-    p.add_argument("--weights", help="local weights file to start from (never downloaded)")
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="per process; the global batch is this times the process count")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--schedule", choices=SCHEDULES)
-    p.add_argument("--pos-weight", type=float, help="positive-class loss weight (default: negatives/positives)")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--ema", type=float, dest="ema_decay", help="weight-averaging decay (0 disables)")
-    p.add_argument("--device", choices=DEVICES)
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision (default: on CUDA only)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    p.add_argument("--early-stopping", type=int, help="epochs without improvement before stopping (0: off)")
-    p.add_argument("--monitor", choices=MONITORS)
-    p.add_argument("--valid-frac", type=float, help="validation share for data without a valid split")
-    p.add_argument("--split-seed", type=int)
-    p.add_argument("--workers", type=int, dest="num_workers", help="loader worker processes (-1: auto)")
-    p.add_argument("--cache", choices=("auto", "yes", "no"), help="hold the data in RAM")
+    p.add_argument("--format", choices=DATA_FORMATS, help="data layout " + _default(D.format))
+    p.add_argument("--model", help="model name (see `pcam models`); 'auto' = pcamnet on CPU, resnet18 on CUDA " + _default(M.name))
+    p.add_argument("--weights", help="local weights file to start from (never downloaded) " + _default(M.weights))
+    p.add_argument("--dropout", type=float, help="dropout before the output layer " + _default(M.dropout))
+    p.add_argument("--epochs", type=int, help="passes over the training split; with --resume, the run's new total " + _default(T.epochs))
+    p.add_argument("--batch-size", type=int, help="per process; the global batch is this times the process count " + _default(T.batch_size))
+    p.add_argument("--lr", type=float, help="peak learning rate " + _default(T.lr))
+    p.add_argument("--weight-decay", type=float, help="weight decay of the kernels " + _default(T.weight_decay))
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=_default(T.optimizer))
+    p.add_argument("--schedule", choices=SCHEDULES, help=_default(T.schedule))
+    p.add_argument("--pos-weight", type=float, help="positive-class loss weight "
+                   + _default(T.pos_weight, "negatives/positives" if T.pos_weight is None else ""))
+    p.add_argument("--label-smoothing", type=float, help="pull the targets towards 0.5 by this much " + _default(T.label_smoothing))
+    p.add_argument("--ema", type=float, dest="ema_decay", help="weight-averaging decay (0 disables) " + _default(T.ema_decay))
+    p.add_argument("--device", choices=DEVICES, help="auto: CUDA when there is a GPU " + _default(T.device))
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision " + _default(T.amp, "on CUDA only" if T.amp is None else ""))
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model " + _default(T.compile))
+    p.add_argument("--seed", type=int, help="seed of the initialisation, shuffling and augmentation " + _default(T.seed))
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps " + _default(T.max_steps))
+    p.add_argument("--early-stopping", type=int, help="epochs without improvement before stopping (0: off) " + _default(T.early_stopping))
+    p.add_argument("--monitor", choices=MONITORS, help="validation metric that picks the best epoch " + _default(T.monitor))
+    p.add_argument("--valid-frac", type=float, help="validation share for data without a valid split " + _default(D.valid_frac))
+    p.add_argument("--split-seed", type=int, help="seed of that validation split " + _default(D.split_seed))
+    p.add_argument("--workers", type=int, dest="num_workers", help="loader worker processes (-1: auto) " + _default(D.num_workers))
+    p.add_argument("--cache", choices=("auto", "yes", "no"), help="hold the data in RAM " + _default(D.cache))
     p.add_argument("--no-augment", action="store_true", help="disable all augmentation")
-    p.add_argument("--stain", type=float, help="HED stain jitter strength")
-    p.add_argument("--shift", type=int, help="random shift in pixels")
+    p.add_argument("--stain", type=float, help="HED stain jitter strength " + _default(A.stain))
+    p.add_argument("--shift", type=int, help="random shift in pixels " + _default(A.shift))
     p.add_argument("--name", help="a label for the run")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.set_defaults(func=cmd_train)
+    refused = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings and a.dest not in _RESUMABLE_DESTS}
+    p.set_defaults(func=cmd_train, resume_refuses=refused)
 
 
 def build_config(args: argparse.Namespace) -> ExperimentConfig:
@@ -100,17 +129,60 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
     return config
 
 
+def _check_resume_flags(args: argparse.Namespace) -> None:
+    """--resume continues a run with its saved config: refuse every flag it cannot honour (all but --epochs),
+    rather than ignore it. --config may only name the run's own config.json (as `pcam_core.runs.launch` does)."""
+    given = [flag for dest, flag in args.resume_refuses.items() if getattr(args, dest) not in (None, False)]
+    if args.config and Path(args.config).resolve() != (Path(args.out) / "config.json").resolve():
+        given.insert(0, "--config")
+    if given:
+        raise ValueError(
+            f"--resume continues {args.out} with the config saved in it; it cannot change {', '.join(given)} "
+            "(only --epochs can be changed on resume). Start a new run with another --out to train with other settings"
+        )
+
+
+def _train_bar() -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
+    """A progress bar over the whole run (images, images/s, time left), drawn when stderr is a terminal:
+    (callback for each optimiser step, close)."""
+    bar = None
+
+    def on_step(p: dict[str, Any]) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = _bar(p["total_steps"] * p["images"], f"epoch {p['epoch']}/{p['epochs']}", initial=(p["step"] - 1) * p["images"])
+        bar.set_description(f"epoch {p['epoch']}/{p['epochs']}", refresh=False)
+        bar.set_postfix_str(f"loss {p['loss']:.4f}", refresh=False)
+        bar.update(p["images"])
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return on_step, close
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from .train import StopRequested, fit
 
+    if args.resume:
+        _check_resume_flags(args)
     config = build_config(args) if not args.resume else ExperimentConfig()
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
+    show_bar = main_rank and sys.stderr.isatty()
+    on_step, close_bar = _train_bar()
     try:
-        summary = fit(config, args.out, resume=args.resume)
+        with logging_redirect_tqdm() if show_bar else contextlib.nullcontext():  # log lines above the bar
+            summary = fit(config, args.out, resume=args.resume, epochs=args.epochs if args.resume else None,
+                          on_step=on_step if show_bar else None)
     except StopRequested:
         if main_rank:
             print(f"stopped: checkpoint saved in {args.out}; continue with `pcam train --out {args.out} --resume`", file=sys.stderr)
         return 0
+    finally:
+        close_bar()
     if not main_rank:
         return 0
     if summary.get("best_metrics"):

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ModelConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -196,8 +198,9 @@ def resolve_model_name(name: str, device: torch.device | str) -> str:
     return get_spec(name).name
 
 
-def create_model(name: str, *, weights: str | Path | None = None, dropout: float = 0.2) -> nn.Module:
-    """Build a registered model; optionally load a local weights file (never a download)."""
+def create_model(name: str, *, weights: str | Path | None = None, dropout: float = ModelConfig.dropout) -> nn.Module:
+    """Build a registered model; optionally load a local weights file (never a download). The dropout
+    default is the recipe's (`ModelConfig.dropout`)."""
     model = get_spec(name).build(dropout)
     if weights is not None:
         load_weights(model, weights)

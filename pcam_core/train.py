@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 import traceback
@@ -32,7 +31,7 @@ from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig
 from .data.base import PatchDataset
-from .data.loader import SkipBatchesSampler, detect_format, fits_in_memory, make_loader, train_valid_datasets
+from .data.loader import SkipBatchesSampler, fits_in_memory, make_loader, train_valid_datasets
 from .fileio import append_jsonl, atomic_write_json, atomic_write_with, read_jsonl
 from .inference import Predictions, autocast_context, predict_loader
 from .metrics import binary_metrics, choose_threshold
@@ -74,17 +73,28 @@ class StepContext:
     should_stop: Callable[[], bool] = lambda: False
     on_log: Callable[[dict[str, Any]], None] | None = None
     log_every: int = 10
-    checkpoint_due: Callable[[int], None] | None = None
+    checkpoint_due: Callable[[int, float, int], None] | None = None  # (step_in_epoch, loss_sum, loss_count)
+    on_step: Callable[[dict[str, Any]], None] | None = None  # after every step: a progress bar
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, ctx: StepContext, epoch: int, step_in_epoch: int = 0) -> dict[str, Any]:
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    ctx: StepContext,
+    epoch: int,
+    step_in_epoch: int = 0,
+    loss_sum: float = 0.0,
+    loss_count: int = 0,
+) -> dict[str, Any]:
     """Train over `loader` (which already skips the `step_in_epoch` batches done before a resume).
 
-    Returns the epoch's mean loss, the steps done and whether the epoch ended early (a stop request or
-    `max_steps`). Raises `NonFiniteLoss` as soon as a loss is NaN or infinite.
+    `loss_sum` and `loss_count` carry the epoch's running loss (summed over images) from before a
+    resume, so that a resumed epoch reports the same mean loss as an uninterrupted one. Returns the
+    epoch's mean loss (with its running sum and count), the steps done and whether the epoch ended
+    early (a stop request or `max_steps`). Raises `NonFiniteLoss` as soon as a loss is NaN or infinite.
     """
     model.train()
-    total_loss, total_n = 0.0, 0
+    total_loss, total_n = loss_sum, loss_count
     window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
     interrupted = False
     for batch in loader:
@@ -136,9 +146,12 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, ctx: StepContext, epoc
                 "images_per_s": window_n / elapsed if elapsed > 0 else None,
             })
             window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+        if ctx.on_step:
+            ctx.on_step({"step": ctx.global_step, "epoch": epoch + 1, "step_in_epoch": step_in_epoch, "loss": loss_value, "images": n})
         if ctx.checkpoint_due:
-            ctx.checkpoint_due(step_in_epoch)
-    return {"train_loss": total_loss / max(total_n, 1), "step_in_epoch": step_in_epoch, "interrupted": interrupted, "images": total_n}
+            ctx.checkpoint_due(step_in_epoch, total_loss, total_n)
+    return {"train_loss": total_loss / max(total_n, 1), "step_in_epoch": step_in_epoch, "interrupted": interrupted,
+            "images": total_n, "loss_sum": total_loss, "loss_count": total_n}
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -186,7 +199,9 @@ class TrainState:
     best_value: float | None = None
     best_epoch: int | None = None
     bad_epochs: int = 0
-    elapsed: float = 0.0
+    elapsed: float = 0.0  # training seconds of the segments before this process (see _Session.elapsed)
+    loss_sum: float = 0.0  # running training loss of the epoch under way, summed over its images
+    loss_count: int = 0  # images in loss_sum
     warnings: list[str] = field(default_factory=list)
 
 
@@ -207,6 +222,17 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _advance(scheduler: Any, steps: int) -> None:
+    """Step a fresh scheduler `steps` times, as training would have (closed forms differ per scheduler,
+    and cosine annealing is computed recursively); this also sets the optimiser's rate."""
+    import warnings
+
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": on purpose here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(steps):
+            scheduler.step()
 
 
 def _trim_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None:
@@ -254,43 +280,56 @@ def _setup_logging(run: RunDir, info: D.DistInfo) -> logging.Handler | None:
     return handler
 
 
-def fit(config: ExperimentConfig, out: str | Path, *, resume: bool = False, progress_bar: bool | None = None) -> dict[str, Any]:
+def fit(
+    config: ExperimentConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    epochs: int | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Train per `config` into the run folder `out` and return the final summary.
 
-    With `resume`, continue the run in `out` from `checkpoints/last.pt` with the config saved there.
+    With `resume`, continue the run in `out` from `checkpoints/last.pt` with the config saved there
+    (`config` is then not used); `epochs` gives the resumed run a new number of epochs, more to extend
+    a finished run or fewer to end a longer one sooner (see `_Session.restore` for the schedule).
+    The model name and the data are checked before the run folder is created or touched, so bad data
+    leaves nothing behind. `on_step` is called on rank 0 after every optimiser step with the progress:
+    epoch, epochs, step, total_steps, loss, and the images of the step over every process.
     Under torchrun this runs on every rank; only rank 0 writes the run folder.
     """
+    run, lock = RunDir(out), None
+    if resume:
+        config = _resume_config(run, epochs)
+    elif epochs is not None:
+        raise ValueError("epochs= changes the number of epochs of a resumed run; for a new run set config.train.epochs")
     device_pref = config.train.device
     info = D.setup("cuda" if resolve_device(device_pref).type == "cuda" else "cpu")
     device = resolve_device(device_pref, info.local_rank)
-    run, lock = RunDir(out), None
-    if not resume:  # refuse bad data or model names before anything is written
-        resolve_model_name(config.model.name, device)
-        detect_format(config.data.path)
     try:
+        model_name = resolve_model_name(config.model.name, device)
+        data = _load_data(config)  # a data error ends here, before a run folder exists
         if info.is_main:
             run, lock = prepare_out_dir(out, config, resume=resume)
         D.barrier(info)
-        if resume:
-            config = run.config()
-            if config.world_size != info.world_size:
-                raise ValueError(
-                    f"run {run.path} was trained with {config.world_size} process(es); resume it with the same number "
-                    f"(now {info.world_size}) so that the batches and the sampler line up"
-                )
+        if resume and config.world_size != info.world_size:
+            raise ValueError(
+                f"run {run.path} was trained with {config.world_size} process(es); resume it with the same number "
+                f"(now {info.world_size}) so that the batches and the sampler line up"
+            )
     except BaseException:
         if lock is not None:
             lock.release()
         D.cleanup()
         raise
-    model_name = resolve_model_name(config.model.name, device)
     config = config.replace(model={"name": model_name}, world_size=info.world_size)
     handler = _setup_logging(run, info)
     status = StatusWriter(run) if info.is_main else None
     flag = _SignalFlag()
     flag.install()
     try:
-        return _fit(config, run, info, device, resume=resume, status=status, flag=flag, progress_bar=progress_bar)
+        return _fit(config, run, info, device, data, resume=resume, status=status, flag=flag,
+                    on_step=on_step if info.is_main else None)
     except StopRequested:
         raise
     except BaseException as err:
@@ -312,6 +351,26 @@ def fit(config: ExperimentConfig, out: str | Path, *, resume: bool = False, prog
         if lock is not None:
             lock.release()
         D.cleanup()
+
+
+def _resume_config(run: RunDir, epochs: int | None) -> ExperimentConfig:
+    """The saved config of the run to resume, with its new number of `epochs` if one is given. Fewer
+    epochs than the checkpoint has already trained (or begun) are refused."""
+    if not run.exists():
+        raise FileNotFoundError(f"cannot resume: {run.path} is not a run folder (no config.json)")
+    config = run.config()
+    if epochs is None or epochs == config.train.epochs:
+        return config
+    config = config.replace(train={"epochs": epochs})  # validated: at least 1
+    if run.last_checkpoint.exists():
+        ckpt = load_checkpoint(run.last_checkpoint)
+        begun = ckpt["epoch"] + (1 if ckpt["step_in_epoch"] else 0)
+        if epochs < begun:
+            raise ValueError(
+                f"cannot resume {run.path} with --epochs {epochs}: it has already trained {ckpt['epoch']} epoch(s)"
+                + (f" and part of epoch {begun}" if ckpt["step_in_epoch"] else "") + f"; give at least {begun}"
+            )
+    return config
 
 
 @dataclass
@@ -356,6 +415,8 @@ class _Session:
             "bad_epochs": st.bad_epochs,
             "rng": _rng_state(self.device),
             "elapsed": self.elapsed(),
+            "epoch_loss_sum": st.loss_sum,
+            "epoch_loss_count": st.loss_count,
             "synthetic_data": self.data.synthetic,
         }
 
@@ -379,7 +440,14 @@ class _Session:
             self.last_checkpoint_at = time.time()
 
     def restore(self) -> None:
-        """Load `checkpoints/last.pt` into every part and the progress, if the run has one."""
+        """Load `checkpoints/last.pt` into every part and the progress, if the run has one.
+
+        When the number of epochs was changed on resume (`fit(..., epochs=N)`), the learning-rate
+        schedule is not the saved one: it is rebuilt for the new total of steps and continued at the
+        step reached, as if the run had been planned with N epochs from the start. Extending a finished
+        one-cycle or cosine run thus raises the rate again from its final value to where the longer
+        schedule stands at this step, and anneals it to the end of the new total.
+        """
         path = self.run.last_checkpoint
         if not path.exists():
             log.info("no checkpoint in %s yet: starting from scratch", self.run.path)
@@ -389,22 +457,33 @@ class _Session:
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None and ckpt.get("scheduler"):
+        saved = ExperimentConfig.from_dict(ckpt["config"])
+        saved_epochs = saved.train.epochs
+        epochs_changed = saved_epochs != self.config.train.epochs and saved.replace(train={"epochs": self.config.train.epochs}) == self.config
+        if self.scheduler is not None and epochs_changed:
+            _advance(self.scheduler, ckpt["global_step"])
+            log.info("epochs changed from %d to %d: the learning-rate schedule is rebuilt for %d steps and continued "
+                     "at step %d (learning rate now %.3g)", saved_epochs, self.config.train.epochs, self.total_steps,
+                     ckpt["global_step"], self.optimizer.param_groups[0]["lr"])
+        elif self.scheduler is not None and ckpt.get("scheduler"):
             saved_total = ckpt["scheduler"].get("total_steps")
             if saved_total is not None and saved_total != getattr(self.scheduler, "total_steps", saved_total):
                 raise ValueError(
                     f"the checkpoint's learning-rate schedule spans {saved_total} steps but the config now implies "
-                    f"{self.scheduler.total_steps} (were epochs or batch size edited in config.json?); start a new run instead"
+                    f"{self.scheduler.total_steps} (was the batch size edited in config.json?); start a new run instead"
                 )
             self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         _set_rng_state(ckpt["rng"], self.device)
         best = ckpt.get("best") or {}
-        self.state = TrainState(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"], best.get("value"),
-                                best.get("epoch"), ckpt.get("bad_epochs", 0), ckpt.get("elapsed", 0.0))
-        log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d",
-                 path, self.state.epoch + 1, self.state.step_in_epoch, self.state.global_step)
+        self.state = TrainState(
+            epoch=ckpt["epoch"], step_in_epoch=ckpt["step_in_epoch"], global_step=ckpt["global_step"],
+            best_value=best.get("value"), best_epoch=best.get("epoch"), bad_epochs=ckpt.get("bad_epochs", 0),
+            elapsed=ckpt.get("elapsed", 0.0), loss_sum=ckpt.get("epoch_loss_sum", 0.0), loss_count=ckpt.get("epoch_loss_count", 0),
+        )
+        log.info("resumed from %s: epoch %d, step %d of the epoch, global step %d, %.0f s of training so far",
+                 path, self.state.epoch + 1, self.state.step_in_epoch, self.state.global_step, self.state.elapsed)
 
     def record_epoch(self, result: dict[str, Any], metrics: dict[str, Any], preds: Predictions, epoch_start: float) -> None:
         """Book a validated epoch: best/last checkpoints, validation predictions, epochs.jsonl, status."""
@@ -436,20 +515,21 @@ class _Session:
 
 
 def _load_data(config: ExperimentConfig) -> Any:
+    """Open (and check) the training and validation sets, cached in RAM per `config.data.cache`."""
     data = train_valid_datasets(config.data.path, format=config.data.format, valid_frac=config.data.valid_frac,
                                 seed=config.data.split_seed)
     for ds in (data.train, data.valid):
         if config.data.cache == "yes" or (config.data.cache == "auto" and fits_in_memory(ds.source, config.data.cache_max_gb)):
             ds.source.cache()
-    log.info("data: %s%s", data.description, " (SYNTHETIC demo data)" if data.synthetic else "")
     return data
 
 
-def _build_session(config: ExperimentConfig, run: RunDir, info: D.DistInfo, device: torch.device, status: StatusWriter | None) -> _Session:
+def _build_session(config: ExperimentConfig, run: RunDir, info: D.DistInfo, device: torch.device, status: StatusWriter | None,
+                   data: Any) -> _Session:
     t = config.train
     torch.manual_seed(t.seed + info.rank)
     np.random.seed(t.seed + info.rank)
-    data = _load_data(config)
+    log.info("data: %s%s", data.description, " (SYNTHETIC demo data)" if data.synthetic else "")
     model = create_model(config.model.name, weights=config.model.weights, dropout=config.model.dropout).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -486,11 +566,12 @@ def _fit(
     run: RunDir,
     info: D.DistInfo,
     device: torch.device,
+    data: Any,
     *,
     resume: bool,
     status: StatusWriter | None,
     flag: _SignalFlag,
-    progress_bar: bool | None,
+    on_step: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
     t = config.train
     if status is not None:
@@ -500,9 +581,10 @@ def _fit(
         status.update(
             state="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()), host=socket.gethostname(),
             started_at=time.time(), device=str(device), world_size=info.world_size, error=None, message=None,
+            created_at=run.raw_status().get("created_at") or time.time(),  # a folder made by `pcam train` has none yet
         )
         status.start_heartbeat()
-    s = _build_session(config, run, info, device, status)
+    s = _build_session(config, run, info, device, status, data)
     if resume:
         s.restore()
     st = s.state
@@ -516,24 +598,29 @@ def _fit(
             if status is not None:
                 status.update(step=record["step"], epoch_progress=record["step_in_epoch"] / s.steps_per_epoch)
 
-    def checkpoint_due(step_in_epoch: int) -> None:
+    def checkpoint_due(step_in_epoch: int, loss_sum: float, loss_count: int) -> None:
         if t.checkpoint_minutes > 0 and time.time() - s.last_checkpoint_at > t.checkpoint_minutes * 60:
             st.step_in_epoch, st.global_step = step_in_epoch, ctx.global_step
+            st.loss_sum, st.loss_count = loss_sum, loss_count
             s.save(run.last_checkpoint)
+
+    def step_done(record: dict[str, Any]) -> None:
+        assert on_step is not None
+        on_step({**record, "epochs": t.epochs, "total_steps": s.total_steps, "images": record["images"] * info.world_size})
 
     ctx = StepContext(
         optimizer=s.optimizer, scheduler=s.scheduler, augment=train_preset(config.augment).to(device), pos_weight=s.pos_weight,
         device=device, amp_dtype=s.amp_dtype, scaler=s.scaler, ema=s.ema, label_smoothing=t.label_smoothing,
         channels_last=t.channels_last, max_steps=t.max_steps, global_step=st.global_step,
         should_stop=lambda: D.any_rank(flag.raised.is_set(), info, device), on_log=on_log, log_every=t.log_every,
-        checkpoint_due=checkpoint_due,
+        checkpoint_due=checkpoint_due, on_step=step_done if on_step is not None else None,
     )
-    if status is not None:
+    if status is not None:  # the time trained before this process, which `started_at` does not count
         status.update(epoch=st.epoch, epochs=t.epochs, step=st.global_step, total_steps=s.total_steps,
-                      steps_per_epoch=s.steps_per_epoch, model=config.model.name, synthetic_data=s.data.synthetic)
+                      steps_per_epoch=s.steps_per_epoch, model=config.model.name, synthetic_data=s.data.synthetic,
+                      train_seconds_before=st.elapsed)
     log.info("training %s for %d epochs of %d steps (global batch %d, lr %g, pos_weight %.3f, amp %s)", config.model.name,
              t.epochs, s.steps_per_epoch, config.global_batch_size, t.lr, float(s.pos_weight), s.amp_dtype)
-    show_bar = (progress_bar if progress_bar is not None else sys.stderr.isatty()) and info.is_main
     ended_by = "finished"
     while st.epoch < t.epochs:
         if t.max_steps is not None and ctx.global_step >= t.max_steps:
@@ -544,12 +631,9 @@ def _fit(
         skip = st.step_in_epoch * t.batch_size
         loader: Any = make_loader(s.data.train, t.batch_size, shuffle=False, num_workers=config.data.num_workers, drop_last=True,
                                   sampler=SkipBatchesSampler(s.sampler, skip) if skip else s.sampler, ids=False)
-        if show_bar:
-            from tqdm import tqdm
-
-            loader = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch", leave=False)
-        result = train_one_epoch(s.train_model, loader, ctx, epoch, st.step_in_epoch)
+        result = train_one_epoch(s.train_model, loader, ctx, epoch, st.step_in_epoch, st.loss_sum, st.loss_count)
         st.global_step, st.step_in_epoch = ctx.global_step, result["step_in_epoch"]
+        st.loss_sum, st.loss_count = result["loss_sum"], result["loss_count"]
         if result["interrupted"] and flag.raised.is_set():
             s.save(run.last_checkpoint)
             if status is not None:
@@ -564,7 +648,7 @@ def _fit(
         metrics, preds = evaluate(s.ema.module if s.ema is not None else s.model, s.data.valid, device, info,
                                   batch_size=max(256, t.batch_size), num_workers=config.data.num_workers,
                                   amp_dtype=s.amp_dtype, channels_last=t.channels_last, pos_weight=s.pos_weight)
-        st.epoch, st.step_in_epoch = epoch + 1, 0
+        st.epoch, st.step_in_epoch, st.loss_sum, st.loss_count = epoch + 1, 0, 0.0, 0
         s.record_epoch(result, metrics, preds, epoch_start)
         if result["interrupted"]:  # max_steps reached inside the epoch
             ended_by = "max_steps"

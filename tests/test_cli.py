@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import re
+import struct
 import subprocess
 import sys
+import termios
+import time
+from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import make_bad_images, run_cli
-from pcam_core.cli import EXIT_ERROR, main
+from helpers import REPO, make_bad_images, run_cli, tif_bytes
+from pcam_core.cli import EXIT_ERROR, main, make_parser
+from pcam_core.config import AugmentConfig, DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from pcam_core.runs import RunDir, create_run
 
 
 def test_python_dash_m_and_console_script_agree():
@@ -33,12 +44,17 @@ def test_end_to_end_on_demo_data(tmp_path):
     r = run_cli("verify", str(data))
     assert r.returncode == 0 and "all good" in r.stdout
     runs = tmp_path / "runs"
+    create_run(runs, ExperimentConfig().replace(data={"path": str(data)}), run_id="older")  # as the dashboard makes one
+    before = time.time()
     r = run_cli("train", "--data", str(data), "--out", str(runs / "a"), "--epochs", "2", "--batch-size", "32",
                 "--workers", "0", "--model", "pcamnet")
     assert r.returncode == 0, r.stderr
     assert "finished a: 2 epochs" in r.stdout and "SYNTHETIC" in r.stdout
+    assert "epoch 2/2: train loss" in r.stderr and "img/s" not in r.stderr  # log lines, and no bar off a terminal
+    assert before <= RunDir(runs / "a").raw_status()["created_at"] <= time.time()  # a CLI run has its creation time
     r = run_cli("runs", "--root", str(runs), "--json")
     listing = json.loads(r.stdout)
+    assert [run["run_id"] for run in listing] == ["a", "older"]  # newest first
     assert listing[0]["run_id"] == "a" and listing[0]["state"] == "finished" and listing[0]["best"]["roc_auc"] > 0.5
     r = run_cli("runs", "--root", str(runs))
     assert "finished" in r.stdout and "pcamnet" in r.stdout
@@ -115,3 +131,103 @@ def test_runs_on_a_missing_folder_is_an_error_and_an_empty_one_is_not(tmp_path, 
     assert capsys.readouterr().out.strip() == f"no runs in {tmp_path / 'empty'}"
     assert main(["runs", "--root", str(tmp_path / "empty"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def _train_help_actions() -> dict[str, object]:
+    sub = next(a for a in make_parser()._actions if a.dest == "command")
+    return {a.dest: a for a in sub.choices["train"]._actions}
+
+
+def test_train_help_shows_every_default_from_the_config_dataclasses(capsys, monkeypatch):
+    actions = _train_help_actions()
+    sections = [DataConfig(), AugmentConfig(), ModelConfig(), TrainConfig()]
+    checked = 0
+    for section in sections:
+        for f in fields(section):
+            # flags are named after the fields (dest), but for --model (model.name; --name is the run's label)
+            action = actions["model"] if isinstance(section, ModelConfig) and f.name == "name" else actions.get(f.name)
+            if action is None:
+                continue
+            value = getattr(section, f.name)
+            if value is None:  # a rule rather than a value ("negatives/positives", "on CUDA only", "none")
+                assert "(default: " in action.help, action.option_strings
+            else:
+                assert f"(default: {value})" in action.help, (action.option_strings, action.help)
+            checked += 1
+    assert actions["ema_decay"].help.endswith(f"(default: {TrainConfig().ema_decay})")
+    assert checked >= 20
+    monkeypatch.setenv("COLUMNS", "250")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert f"{TrainConfig().epochs} epochs" in text and "30 epochs" not in text
+    for default in (f"(default: {TrainConfig().epochs})", f"(default: {TrainConfig().lr})", f"(default: {TrainConfig().seed})",
+                    f"(default: {TrainConfig().batch_size})"):
+        assert default in text
+
+
+def test_resume_refuses_flags_it_cannot_honour(tmp_path):
+    run = create_run(tmp_path, ExperimentConfig().replace(data={"path": str(tmp_path)}), run_id="r")
+    status = run.raw_status()
+    for args, named in [
+        (["--lr", "0.1", "--model", "resnet18"], "--model, --lr"),
+        (["--batch-size", "8"], "--batch-size"),
+        (["--data", str(tmp_path)], "--data"),
+        (["--no-augment"], "--no-augment"),
+        (["--config", str(tmp_path / "other.json")], "--config"),
+    ]:
+        r = run_cli("train", "--out", str(run.path), "--resume", *args)
+        assert r.returncode == 2 and f"cannot change {named}" in r.stderr and "only --epochs" in r.stderr, r.stderr
+    assert run.raw_status() == status  # nothing touched
+
+
+def _kaggle(root: Path, n: int = 48) -> None:
+    rng = np.random.default_rng(0)
+    (root / "train").mkdir(parents=True)
+    ids = [f"img{i:03d}" for i in range(n)]
+    for i in ids:
+        (root / "train" / f"{i}.tif").write_bytes(tif_bytes(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)))
+    pd.DataFrame({"id": ids, "label": [i % 2 for i in range(n)]}).to_csv(root / "train_labels.csv", index=False)
+
+
+@pytest.mark.slow
+def test_data_error_leaves_no_run_folder_and_the_same_out_works_once_fixed(tmp_path):
+    data, out = tmp_path / "kaggle", tmp_path / "runs" / "r"
+    _kaggle(data)
+    labels = pd.read_csv(data / "train_labels.csv")
+    labels.iloc[1:].to_csv(data / "train_labels.csv", index=False)  # img000 has no label
+    args = ["--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--workers", "0", "--max-steps", "2",
+            "--valid-frac", "0.25"]
+    r = run_cli("train", *args)
+    assert r.returncode == 2 and "train_labels.csv" in r.stderr and "img000" in r.stderr, r.stderr
+    assert not out.exists()  # no failed run folder left behind
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out)]) == 2 and not out.exists()
+    labels.to_csv(data / "train_labels.csv", index=False)
+    r = run_cli("train", *args)
+    assert r.returncode == 0, r.stderr
+    assert RunDir(out).status()["state"] == "finished"
+
+
+@pytest.mark.slow
+def test_train_on_a_terminal_shows_a_progress_bar(demo_root, tmp_path):
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 150, 0, 0))  # a terminal 150 columns wide
+    proc = subprocess.Popen([sys.executable, "-m", "pcam_core", "train", "--data", str(demo_root), "--out", str(tmp_path / "r"),
+                             "--epochs", "1", "--batch-size", "32", "--workers", "0", "--max-steps", "6"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait(timeout=60) == 0
+    err = b"".join(chunks).decode(errors="replace")
+    assert "epoch 1/1" in err and "img/s" in err, err
+    assert re.search(r"\d\d:\d\d<\d\d:\d\d", err), err  # time spent < time left
+    assert "epoch 1/1: train loss" in err  # the log lines still appear with the bar

@@ -15,6 +15,9 @@ import torch
 from helpers import REPO, run_cli, wait_for
 from pcam_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from pcam_core.config import ExperimentConfig
+from pcam_core.models import create_model
+from pcam_core.monitor import run_progress
+from pcam_core.optim import build_optimizer, build_scheduler
 from pcam_core.runs import RunDir
 
 
@@ -63,9 +66,17 @@ def test_sigterm_stops_cleanly_and_resume_continues_exactly(demo_root, tmp_path)
     assert status["state"] == "stopped" and status["message"].startswith("stopped on request") and "at epoch 1 of 2, step " in status["message"]
     ckpt = load_checkpoint(run.last_checkpoint)
     assert ckpt["epoch"] == 0 and 10 <= ckpt["step_in_epoch"] < 24  # stopped mid-epoch with its position
+    before_resume = ckpt["elapsed"]  # training seconds of the first segment
+    assert before_resume > 0
     result = run_cli("train", "--out", str(out), "--resume")
     assert result.returncode == 0, result.stderr
-    assert run.status()["state"] == "finished"
+    status = run.status()
+    assert status["state"] == "finished"
+    # the time reported covers both segments, not only the one after the resume
+    progress = run_progress(status, run.steps(), run.epochs())
+    second = status["finished_at"] - status["started_at"]
+    assert progress.elapsed_s == pytest.approx(before_resume + second)
+    assert run.summary()["train_seconds"] > before_resume and abs(run.summary()["train_seconds"] - progress.elapsed_s) < 5
     a, b = load_checkpoint(ref / "checkpoints" / "last.pt"), load_checkpoint(run.last_checkpoint)
     assert a["global_step"] == b["global_step"] == 48
     for key in a["model"]:
@@ -73,6 +84,8 @@ def test_sigterm_stops_cleanly_and_resume_continues_exactly(demo_root, tmp_path)
     ref_epochs, epochs = RunDir(ref).epochs(), run.epochs()
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert [e["roc_auc"] for e in epochs] == [e["roc_auc"] for e in ref_epochs]
+    # the resumed epoch's train loss averages every step of the epoch, those before the stop included
+    assert [e["train_loss"] for e in epochs] == pytest.approx([e["train_loss"] for e in ref_epochs], abs=1e-6)
     steps = [s["step"] for s in run.steps()]
     assert steps == sorted(set(steps))  # every logged step once
 
@@ -151,3 +164,37 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refused"):
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_resume_with_more_epochs_extends_a_finished_run(demo_root, tmp_path):
+    out = tmp_path / "extend"
+    args = ["--data", str(demo_root), "--out", str(out), "--batch-size", "64", "--workers", "0", "--seed", "3"]
+    assert run_cli("train", *args, "--epochs", "1").returncode == 0
+    run = RunDir(out)
+    steps_per_epoch = run.status()["steps_per_epoch"]
+    end_of_first = run.epochs()[0]["lr"]
+    assert end_of_first < run.config().train.lr / 10  # the one-cycle schedule annealed
+    result = run_cli("train", "--out", str(out), "--resume", "--epochs", "2")
+    assert result.returncode == 0, result.stderr
+    assert "finished extend: 2 epochs" in result.stdout
+    assert run.config().train.epochs == 2 and run.status()["epochs"] == 2  # config.json records the new count
+    assert [e["epoch"] for e in run.epochs()] == [1, 2] and run.summary()["global_step"] == 2 * steps_per_epoch
+    # the schedule was rebuilt for two epochs and continued where the first ended: the rate rose again, then
+    # annealed; every rate of the second epoch is the one of a two-epoch schedule at that step
+    config = run.config().train
+    reference = build_scheduler(build_optimizer(create_model("pcamnet"), config), config, 2 * steps_per_epoch)
+    rates = {}
+    for step in range(1, 2 * steps_per_epoch + 1):
+        reference.optimizer.step()  # no gradients: changes nothing, but keeps the order torch expects
+        reference.step()
+        rates[step] = reference.get_last_lr()[0]
+    second = [(s["step"], s["lr"]) for s in run.steps() if s["step"] > steps_per_epoch]
+    assert second and all(lr == pytest.approx(rates[step]) for step, lr in second)
+    assert second[0][1] > end_of_first
+    assert run.epochs()[1]["lr"] == pytest.approx(rates[2 * steps_per_epoch])
+    assert load_checkpoint(run.last_checkpoint)["scheduler"]["total_steps"] == 2 * steps_per_epoch
+    # fewer epochs than already trained: refused, with nothing changed
+    result = run_cli("train", "--out", str(out), "--resume", "--epochs", "1")
+    assert result.returncode == 2 and "already trained 2 epoch(s)" in result.stderr, result.stderr
+    assert run.config().train.epochs == 2 and run.status()["state"] == "finished"

@@ -45,7 +45,8 @@ def format_duration(seconds: float | None) -> str:
 @dataclass(frozen=True)
 class RunProgress:
     """Where a run stands: `fraction` of its optimiser steps done, and the time left when it can be told.
-    `elapsed_s` counts from the last (re)start of its process."""
+    `elapsed_s` is the training time of every segment: what the trainer recorded before its last
+    (re)start plus the time since."""
 
     state: str
     fraction: float
@@ -98,7 +99,8 @@ def run_progress(status: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], 
     else:
         fraction = min(1.0, epoch / n_epochs) if n_epochs else 0.0
     started = status.get("started_at")
-    elapsed = (float(status.get("finished_at") or now) - float(started)) if started is not None else None
+    before = float(status.get("train_seconds_before") or 0.0)  # segments before a resume
+    elapsed = before + float(status.get("finished_at") or now) - float(started) if started is not None else None
     recent_steps = [s for s in steps if started is None or float(s.get("time", 0)) >= float(started)][-6:]
     rate = None
     if len(recent_steps) >= 2:
