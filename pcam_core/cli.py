@@ -132,8 +132,10 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
 def _check_resume_flags(args: argparse.Namespace) -> None:
     """--resume continues a run with its saved config: refuse every flag it cannot honour (all but --epochs),
     rather than ignore it. --config may only name the run's own config.json (as `pcam_core.runs.launch` does)."""
+    from .runs import RunDir
+
     given = [flag for dest, flag in args.resume_refuses.items() if getattr(args, dest) not in (None, False)]
-    if args.config and Path(args.config).resolve() != (Path(args.out) / "config.json").resolve():
+    if args.config and Path(args.config).resolve() != RunDir(args.out).config_path.resolve():
         given.insert(0, "--config")
     if given:
         raise ValueError(

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..fileio import atomic_write_json, read_json
 from .folder import AnalysisFolder
 from .reader import PCAM_MPP, SlideReadError, open_slide
-from .tissue import THUMB_PCAM_PX, cell_fraction, read_thumbnail, tissue_mask
+from .tissue import cell_fraction, read_thumbnail, tissue_mask
 
 log = logging.getLogger(__name__)
 
