@@ -335,6 +335,7 @@ def test_new_predictions_replace_the_ones_read_before(finished_workspace, monkey
     assert float(next(m.value for m in at.metric if m.label == "ROC-AUC")) == pytest.approx(1 - auc, abs=2e-3)
 
 
+@pytest.mark.slow
 def test_scoring_another_split_from_the_runs_page(finished_workspace, monkeypatch):
     at = open_page(start(finished_workspace, monkeypatch), "pages/runs.py")
     at.button_group(key="judge_split").set_value("test").run()
@@ -463,6 +464,7 @@ def test_the_error_gallery_links_to_explain_with_the_patch(finished_workspace, m
     assert f"Patch #{params['patch']} of valid" in fresh.image[0].captions[0]
 
 
+@pytest.mark.slow
 def test_train_form_launches_a_background_run(finished_workspace, monkeypatch):
     at = open_page(start(finished_workspace, monkeypatch), "pages/train.py")
     at.number_input[0].set_value(1)  # epochs
@@ -484,6 +486,7 @@ def test_train_form_launches_a_background_run(finished_workspace, monkeypatch):
     assert "finished" in texts(at)
 
 
+@pytest.mark.slow
 def test_stop_and_resume_buttons(finished_workspace, monkeypatch):
     workspace = Workspace(finished_workspace)
     config = ExperimentConfig().replace(data={"path": workspace.source("demo").path, "num_workers": 0},

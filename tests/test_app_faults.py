@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
+
 from streamlit.testing.v1 import AppTest
 
 from helpers import REPO, wait_for
 from pcam_core.config import ExperimentConfig
 from pcam_core.workspace import ENV_VAR, Workspace
+
+pytestmark = pytest.mark.slow  # every test here trains or kills a training process
 
 APP = str(REPO / "streamlit_app.py")
 

@@ -36,6 +36,7 @@ def test_python_dash_m_and_console_script_agree():
     assert script.returncode == 0 and script.stdout == result.stdout
 
 
+@pytest.mark.slow
 def test_end_to_end_on_demo_data(tmp_path):
     data = tmp_path / "demo"
     r = run_cli("demo-data", "--out", str(data), "--train", "384", "--valid", "128", "--test", "128")
@@ -70,6 +71,7 @@ def test_end_to_end_on_demo_data(tmp_path):
     assert r.returncode == 0 and "not running" in r.stdout
 
 
+@pytest.mark.slow
 def test_convert_then_train_on_the_fast_path(real_kaggle, tmp_path):
     r = run_cli("convert", "--input", str(real_kaggle), "--out", str(tmp_path / "h5"), "--valid-frac", "0.1", "--test-frac", "0.1")
     assert r.returncode == 0, r.stderr
@@ -77,6 +79,7 @@ def test_convert_then_train_on_the_fast_path(real_kaggle, tmp_path):
     assert run_cli("verify", str(tmp_path / "h5" / "camelyonpatch_level_2_split_test_x.h5")).returncode == 0
 
 
+@pytest.mark.slow
 def test_verify_reports_bad_files_and_fails(tmp_path):
     make_bad_images(tmp_path / "imgs")
     r = run_cli("verify", str(tmp_path / "imgs"), "--json")
@@ -108,6 +111,7 @@ def test_errors_are_one_clear_line_without_traceback(args, expected, capsys, tmp
     assert expected in err, err
 
 
+@pytest.mark.slow
 def test_predict_a_folder_with_a_bad_image_names_it(trained_run, tmp_path):
     make_bad_images(tmp_path / "imgs")
     r = run_cli("predict", "--run", str(trained_run), "--input", str(tmp_path / "imgs"), "--out", str(tmp_path / "s.csv"),
@@ -166,6 +170,7 @@ def test_train_help_shows_every_default_from_the_config_dataclasses(capsys, monk
         assert default in text
 
 
+@pytest.mark.slow
 def test_resume_refuses_flags_it_cannot_honour(tmp_path):
     run = create_run(tmp_path, ExperimentConfig().replace(data={"path": str(tmp_path)}), run_id="r")
     status = run.raw_status()

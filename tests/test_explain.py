@@ -162,6 +162,7 @@ def _rss_bytes() -> int:
     return int(fields[1]) * 4096
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident set size from /proc")
 def test_a_thousand_calls_do_not_grow_memory(patches):
     torch.manual_seed(0)
@@ -191,6 +192,7 @@ def test_a_thousand_calls_do_not_grow_memory(patches):
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_cli_explain_end_to_end(trained_run, demo_root, tmp_path, capsys):
     out = tmp_path / "cams"
     result = run_cli("explain", "--run", str(trained_run), "--input", str(demo_root), "--out", str(out), "--limit", "5",

@@ -60,6 +60,7 @@ def test_probabilities_equal_predict_batch(predictor, trained_run, test_pixels, 
     assert got.std() > 0 and ((got > 0) & (got < 1)).all()
 
 
+@pytest.mark.slow
 def test_probabilities_equal_pcam_evaluate(predictor, trained_run, demo_root, tmp_path):
     out = tmp_path / "m.json"
     assert main(["evaluate", "--run", str(trained_run), "--data", str(demo_root), "--split", "test", "--out", str(out),

@@ -15,6 +15,7 @@ def _wait(folder, name, timeout=120.0):
     return job_status(folder, name)
 
 
+@pytest.mark.slow
 def test_a_job_runs_to_the_end_and_keeps_its_exit_code(tmp_path):
     out = tmp_path / "demo"
     status = start_job(tmp_path / "jobs", "tiny-demo", ["demo-data", "--out", out, "--train", "8", "--valid", "8", "--test", "8"],
@@ -25,6 +26,7 @@ def test_a_job_runs_to_the_end_and_keeps_its_exit_code(tmp_path):
     assert "wrote SYNTHETIC demo data" in status.log_tail
 
 
+@pytest.mark.slow
 def test_a_failing_job_says_why(tmp_path):
     start_job(tmp_path, "bad", ["demo-data", "--out", tmp_path / "x", "--train", "0"])
     status = _wait(tmp_path, "bad")

@@ -30,6 +30,7 @@ def tif_folder(demo_root, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_submission_from_an_h5_split(trained_run, demo_root, tmp_path):
     out = tmp_path / "sub.csv"
     result = predict_submission(trained_run, demo_root, out, split="test", device="cpu", num_workers=0)
@@ -92,6 +93,7 @@ def test_bad_image_stops_before_writing_or_is_skipped_and_listed(trained_run, ti
     assert set(listed["id"]) == set(skipped)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_and_predictions(trained_run, demo_root, tmp_path):
     out = tmp_path / "metrics.json"
     report = evaluate_run(trained_run, demo_root, "test", out, num_workers=0)
@@ -105,6 +107,7 @@ def test_evaluate_writes_metrics_and_predictions(trained_run, demo_root, tmp_pat
     assert report["predictions_file"].endswith("metrics_predictions.csv")
 
 
+@pytest.mark.slow
 def test_threshold_chosen_on_validation(trained_run, demo_root, tmp_path):
     youden = evaluate_run(trained_run, demo_root, "test", tmp_path / "y.json", threshold="youden", num_workers=0)
     sens = evaluate_run(trained_run, demo_root, "test", tmp_path / "s.json", threshold="sensitivity",

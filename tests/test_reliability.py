@@ -24,6 +24,8 @@ from pcam_core.config import ExperimentConfig
 from pcam_core.data import DataError, PCamH5, decode_image, read_labels_csv
 from pcam_core.runs import RunDir, create_run, launch
 
+pytestmark = pytest.mark.slow  # every test here trains or kills a training process
+
 
 def test_kill_9_mid_epoch_is_seen_and_resumed_with_every_epoch_once(demo_root, tmp_path):
     config = ExperimentConfig().replace(data={"path": str(demo_root), "num_workers": 0}, train={"batch_size": 32, "epochs": 3})

@@ -76,6 +76,7 @@ def test_stale_heartbeat_reads_as_interrupted(tmp_path, demo_root):
     assert run.status()["state"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_launch_runs_in_the_background_and_stop_saves_a_checkpoint(tmp_path, demo_root):
     run = create_run(tmp_path, _config(demo_root, epochs=50), run_id="bg")
     proc = launch(run)

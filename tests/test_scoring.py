@@ -76,6 +76,7 @@ def test_validation_predictions_come_from_training(run):
     assert 0 <= thresholds["95% sensitivity (validation)"] <= 1
 
 
+@pytest.mark.slow
 def test_scoring_a_split_in_the_background(run):
     with pytest.raises(ValueError, match="scored by the trainer"):
         start_scoring(run, TRAINER_SPLIT)

@@ -16,7 +16,7 @@ from helpers import REPO, run_cli, wait_for
 from pcam_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from pcam_core.config import ExperimentConfig
 from pcam_core.models import create_model
-from pcam_core.monitor import run_progress
+from pcam_core.workspace.monitor import run_progress
 from pcam_core.optim import build_optimizer, build_scheduler
 from pcam_core.runs import RunDir
 
@@ -50,6 +50,7 @@ def _train_args(demo_root, out, *extra):
             "--batch-size", "32", "--workers", "0", "--seed", "5", *extra]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_and_resume_continues_exactly(demo_root, tmp_path):
     # reference: the same run without interruption
     ref = tmp_path / "ref"
@@ -90,11 +91,13 @@ def test_sigterm_stops_cleanly_and_resume_continues_exactly(demo_root, tmp_path)
     assert steps == sorted(set(steps))  # every logged step once
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_running_or_missing_run(tmp_path):
     result = run_cli("train", "--out", str(tmp_path / "nothing"), "--resume")
     assert result.returncode == 2 and "not a run folder" in result.stderr
 
 
+@pytest.mark.slow
 def test_out_dir_that_is_not_empty_is_refused(demo_root, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
@@ -103,6 +106,7 @@ def test_out_dir_that_is_not_empty_is_refused(demo_root, tmp_path):
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_the_run_with_the_reason(demo_root, tmp_path):
     out = tmp_path / "nan"
     result = run_cli("train", "--data", str(demo_root), "--out", str(out), "--epochs", "1", "--batch-size", "32",
@@ -113,6 +117,7 @@ def test_non_finite_loss_stops_the_run_with_the_reason(demo_root, tmp_path):
     assert status["state"] == "failed" and "NonFiniteLoss: loss became inf" in status["error"]
 
 
+@pytest.mark.slow
 def test_failed_checkpoint_write_keeps_the_previous_checkpoint(demo_root, tmp_path):
     """A real write failure: the resumed process may not write files larger than 1 MB (RLIMIT_FSIZE,
     as when a disk fills up), so every checkpoint write fails with EFBIG."""
@@ -142,6 +147,7 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(demo_root, tmp_pa
     assert "could not write checkpoint" in resumed.stderr
 
 
+@pytest.mark.slow
 def test_amp_path_runs_on_the_cpu(demo_root, tmp_path):
     """The mixed-precision code path (bf16 autocast on the CPU; on CUDA it is the default)."""
     out = tmp_path / "amp"

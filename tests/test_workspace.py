@@ -135,6 +135,7 @@ def test_a_moved_source_is_reported(tmp_path, demo_root):
         source.open("train")
 
 
+@pytest.mark.slow
 def test_runs_are_started_and_looked_up_by_checked_id(tmp_path, demo_root):
     ws = Workspace(tmp_path)
     config = ExperimentConfig().replace(data={"path": str(demo_root), "num_workers": 0}, train={"epochs": 1, "max_steps": 2, "batch_size": 32},
