@@ -555,3 +555,23 @@ def test_explain_captions_come_from_the_model_and_the_scale_can_be_fixed(finishe
     at.button_group(key="view").set_value("gallery").run()
     assert not at.exception and len(at.image) == 24 and "One scale for all the patches shown" in texts(at)
     assert per_patch is not None
+
+
+def test_explain_names_an_empty_map_in_full(finished_workspace, monkeypatch, tmp_path):
+    """A model whose head ignores its features gives every patch an empty Grad-CAM map: the centre focus
+    reads "none" (once cut to "none (e…" in its column) with the reason in a caption beside it."""
+    import torch
+
+    workspace = tmp_path / "ws"
+    shutil.copytree(finished_workspace, workspace, ignore=shutil.ignore_patterns("*from-form*"))
+    run = RunDir(workspace / "runs" / RUN_ID)
+    for path in run.checkpoints.glob("*.pt"):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for weights in (state["model"], state.get("ema") or {}):
+            for name in [n for n in weights if n.startswith("fc.")]:
+                weights[name] = torch.zeros_like(weights[name])
+        torch.save(state, path)
+    at = open_page(start(workspace, monkeypatch), "pages/explain.py")
+    at.sidebar.selectbox(key="run").set_value(RUN_ID).run()
+    assert {m.label: m.value for m in at.metric}["Centre focus"] == "none"
+    assert "Centre focus none: the heat map is empty (no evidence for tumour at this layer)." in texts(at)
