@@ -273,8 +273,19 @@ def _torchscript_runner(path: Path):
     return run
 
 
+def _require_onnx() -> None:
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModuleNotFoundError(f"--format onnx needs {', '.join(missing)}: pip install {' '.join(missing)} "
+                                  f"(pinned in requirements.txt)")
+
+
 def _save_onnx(module: nn.Module, path: Path) -> None:
     from torch.export import Dim
+
+    _require_onnx()
 
     example = torch.zeros(2, 3, PATCH_SIZE, PATCH_SIZE)
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
