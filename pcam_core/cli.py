@@ -581,6 +581,53 @@ def cmd_demo_slide(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- export ----------------------------------------------------------------------------------------
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a run's model to TorchScript or ONNX (with WSInfer's config)", description=(
+        "Export a run's model: it takes float32 RGB in [0, 1], shape (N, 3, 96, 96), with the normalisation inside, "
+        "and returns the tumour probability (N,). The export is reloaded and compared with PyTorch at once; the "
+        "report goes to FILE.json. TorchScript also writes STEM-wsinfer/ (torchscript_model.pt, config.json) for "
+        "WSInfer and QuPath's WSInfer extension. See docs/export.md."))
+    p.add_argument("--run", required=True, help="training run folder")
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    p.add_argument("--out", required=True, help="the model file to write (its folder must exist)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="best falls back to last (default: best)")
+    p.add_argument("--check-data", help="patches for the parity check: a Kaggle, HDF5 or image folder "
+                                        "(default: 64 patches of random pixels)")
+    p.add_argument("--check-split", help="split of --check-data (default: train)")
+    p.add_argument("--check-limit", type=int, default=256, help="use at most this many patches of --check-data (default: 256)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    check, source = None, None
+    if args.check_data:
+        from .data.loader import open_dataset
+
+        if args.check_limit < 1:
+            raise ValueError(f"--check-limit must be at least 1, not {args.check_limit}")
+        dataset = open_dataset(args.check_data, args.check_split)
+        n = min(len(dataset), args.check_limit)
+        if n == 0:
+            raise ValueError(f"--check-data {args.check_data}: no patches to check with")
+        check = dataset.read_pixels(range(n))
+        source = f"{args.check_data}" + (f" ({args.check_split})" if args.check_split else "") + f", first {n}"
+    report = export_run(args.run, args.format, args.out, which=args.checkpoint, check=check, check_source=source)
+    par = report["parity"]
+    print(f"wrote {report['file']} ({report['format']}, model {report['model']}, epoch {report['epoch']}, from {report['checkpoint']})")
+    print(f"parity with PyTorch on {par['n']} patches ({par['source']}), "
+          f"batch sizes {', '.join(map(str, par['batch_sizes']))}: max |diff| {par['max_abs_diff']:.2e}, "
+          f"mean {par['mean_abs_diff']:.2e} ({par['runtime']})")
+    if "wsinfer" in report:
+        w = report["wsinfer"]
+        print(f"wrote {w['folder']}/ for WSInfer and QuPath (two-class logits; max |diff| of softmax {w['parity']['max_abs_diff']:.2e})")
+    print(f"report: {report['file']}.json")
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------------------------
 
 def make_parser() -> argparse.ArgumentParser:
@@ -594,6 +641,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_explain(sub)
     _add_runs(sub)
     _add_slides(sub)
+    _add_export(sub)
     return parser
 
 
