@@ -109,6 +109,7 @@ def test_torchscript_matches_pytorch_on_real_patches_at_batch_sizes_1_and_7(torc
     assert report["input"]["shape"] == ["N", 3, 96, 96] and report["normalisation"]["inside_model"] is True
 
 
+@pytest.mark.slow  # the ONNX export takes ~15 s
 def test_onnx_matches_pytorch_on_real_patches_at_batch_sizes_1_and_7(onnx_export, real_pixels, expected) -> None:
     import onnxruntime as ort
 
@@ -124,6 +125,7 @@ def test_onnx_matches_pytorch_on_real_patches_at_batch_sizes_1_and_7(onnx_export
     assert json.loads(path.with_name(path.name + ".json").read_text())["parity"] == report["parity"]
 
 
+@pytest.mark.slow  # the ONNX export takes ~15 s
 def test_the_exported_model_normalises_by_itself(onnx_export, trained_run, real_pixels) -> None:
     """Fed raw [0, 1] pixels it agrees with the network fed normalised ones, and not with the network fed raw ones."""
     import onnxruntime as ort
