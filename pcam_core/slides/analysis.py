@@ -90,8 +90,10 @@ def _as_is(item: Any) -> Any:
 
 
 class RegionWindows(IterableDataset):
-    """Per region tile: {"tile", "cells" (n, 2) map indices, "images" (n, 3, 96, 96) uint8, "error"}.
-    Each worker opens the slide once and reads its share of the tiles, one region read per tile."""
+    """Per region tile: {"tile", "cells" (n, 2) map indices, "images" (n, 3, 96, 96) uint8, "unreadable"
+    (m, 2) map indices, "error"}. Each worker opens the slide once and reads its share of the tiles, one
+    region read per tile. When a region cannot be read (a corrupt tile of the file), its windows are read
+    one by one, so that only the windows touching the bad part are lost (listed in "unreadable")."""
 
     def __init__(self, path: Path, mpp: float, lattice: Lattice, tiles: list[int], score: np.ndarray) -> None:
         self.path, self.mpp, self.lattice, self.tile_ids, self.score = path, mpp, lattice, tiles, score
@@ -105,20 +107,37 @@ class RegionWindows(IterableDataset):
             for k in mine:
                 i0, i1, j0, j1 = boxes[k]
                 cells = np.argwhere(self.score[i0:i1, j0:j1])
-                item = {"tile": k, "cells": cells + [i0, j0], "images": torch.empty(0, 3, WINDOW, WINDOW, dtype=torch.uint8), "error": ""}
+                item = {"tile": k, "cells": cells + [i0, j0], "images": torch.empty(0, 3, WINDOW, WINDOW, dtype=torch.uint8),
+                        "unreadable": np.empty((0, 2), dtype=np.int64), "error": ""}
                 if len(cells):
                     x0, y0 = self.lattice.window_origin(i0, j0)
                     w, h = s * (j1 - 1 - j0) + WINDOW, s * (i1 - 1 - i0) + WINDOW
                     try:
                         region = slide.read_scaled(float(x0), float(y0), w * f, h * f, (w, h))
                     except SlideReadError as err:
-                        item["error"] = str(err)
+                        item.update(self._window_by_window(slide, item["cells"]), error=str(err))
                         yield item
                         continue
                     views = np.lib.stride_tricks.sliding_window_view(region, (WINDOW, WINDOW), axis=(0, 1))[::s, ::s]
                     windows = views[cells[:, 0], cells[:, 1]]  # (n, 3, 96, 96): channels first already
                     item["images"] = torch.from_numpy(np.ascontiguousarray(windows))
                 yield item
+
+    def _window_by_window(self, slide: Any, cells: np.ndarray) -> dict[str, Any]:
+        """The windows of `cells` read one by one: those that read, and the cells of those that do not."""
+        f, good, images, bad = self.lattice.f, [], [], []
+        for i, j in cells:
+            x, y = self.lattice.window_origin(i, j)
+            try:
+                window = slide.read_scaled(float(x), float(y), WINDOW * f, WINDOW * f, (WINDOW, WINDOW))
+            except SlideReadError:
+                bad.append((i, j))
+                continue
+            good.append((i, j))
+            images.append(window.transpose(2, 0, 1))
+        shape = (len(images), 3, WINDOW, WINDOW)
+        return {"cells": np.array(good, dtype=np.int64).reshape(-1, 2), "unreadable": np.array(bad, dtype=np.int64).reshape(-1, 2),
+                "images": torch.from_numpy(np.stack(images) if images else np.empty(shape, np.uint8))}
 
 
 @dataclass(frozen=True)
@@ -219,14 +238,17 @@ def score_slide(
     resumed_seconds = float(state.get("seconds", 0.0))
     for item in loader:
         cells = np.asarray(item["cells"]).reshape(-1, 2)
-        if item["error"]:
-            log.warning("%s: skipping region tile %d: %s", slide_path, item["tile"], item["error"])
-            heat[cells[:, 0], cells[:, 1]] = UNREADABLE
+        bad = np.asarray(item["unreadable"]).reshape(-1, 2)
+        if len(bad):
+            log.warning("%s: region tile %d: %d window(s) unreadable, skipped: %s", slide_path, item["tile"], len(bad), item["error"])
+            heat[bad[:, 0], bad[:, 1]] = UNREADABLE
             i0, i1, j0, j1 = boxes[item["tile"]]
-            x0, y0 = lattice.window_origin(i0, j0)
-            state["skipped"].append({"tile": item["tile"], "cells": [i0, i1, j0, j1], "x": round(float(x0)), "y": round(float(y0)),
-                                     "error": item["error"]})
-        else:
+            x0, y0 = lattice.window_origin(bad[:, 0].min(), bad[:, 1].min())
+            x1, y1 = lattice.window_origin(bad[:, 0].max(), bad[:, 1].max())
+            state["skipped"].append({"tile": item["tile"], "cells": [i0, i1, j0, j1], "unreadable_cells": len(bad),
+                                     "x": round(float(x0)), "y": round(float(y0)), "width": round(float(x1 - x0 + WINDOW * lattice.f)),
+                                     "height": round(float(y1 - y0 + WINDOW * lattice.f)), "error": item["error"]})
+        if len(cells):
             images = item["images"]
             for b in range(0, len(images), batch_size):
                 batch = images[b:b + batch_size].to(device, non_blocking=True)

@@ -119,8 +119,12 @@ class DemoSlideSpec:
     mpp: float = 0.243  # microns per level-0 pixel (Camelyon16's 40x); PCam's scale is then level 2
     seed: int = 0
     quality: int = 90
+    levels: tuple[int, ...] | None = None  # downsamples written (1 first); default 1, 2, 4, ... while 2 tiles fit
 
     def __post_init__(self) -> None:
+        if self.levels is not None and (not self.levels or self.levels[0] != 1 or any(d < 1 for d in self.levels)
+                                        or list(self.levels) != sorted(set(self.levels))):
+            raise ValueError(f"levels must be increasing downsamples starting with 1 (e.g. (1, 16)), not {self.levels}")
         if self.width < 512 or self.height < 512:
             raise ValueError(f"a demo slide must be at least 512 x 512 pixels, not {self.width} x {self.height}")
         if not 0.05 <= self.mpp <= 10:
@@ -217,7 +221,7 @@ def make_demo_slide(out: str | Path, spec: DemoSlideSpec | None = None, regions:
     renderer = _Renderer(spec, regions)
     f = renderer.f
     hp, wp = math.ceil(spec.height / f), math.ceil(spec.width / f)
-    downsamples = _levels(spec.width, spec.height)
+    downsamples = list(spec.levels) if spec.levels else _levels(spec.width, spec.height)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         pcam = np.lib.format.open_memmap(Path(tmp) / "pcam.npy", mode="w+", dtype=np.uint8, shape=(hp, wp, 3))
         for y in range(0, hp, _BAND):

@@ -47,7 +47,7 @@ def _rgb(image: np.ndarray) -> np.ndarray:
         image = np.repeat(image[..., None], 3, axis=2)
     if image.dtype != np.uint8:
         image = np.clip(image, 0, 255).astype(np.uint8)
-    if image.shape[2] == 4:
+    if image.shape[2] == 4 and not (image[..., 3] == 255).all():  # opaque (the rule for scans): the alpha is dropped as is
         alpha = image[..., 3:4].astype(np.float32) / 255.0
         image = (image[..., :3] * alpha + 255.0 * (1 - alpha) + 0.5).astype(np.uint8)
     return np.ascontiguousarray(image[..., :3])

@@ -1,7 +1,14 @@
-"""Where the tissue is: a low-resolution thumbnail aligned with the map lattice, Otsu on saturation.
+"""Where the tissue is: a low-resolution thumbnail aligned with the map lattice; saturation or darkness.
 
 The thumbnail has one pixel per `THUMB_PCAM_PX` PCam-scale pixels from level-0 pixel (0, 0), so a map
 cell of `stride` PCam pixels is exactly `stride / THUMB_PCAM_PX` thumbnail pixels on a side.
+
+A pixel is tissue when its HSV saturation is above a threshold, or its optical density (darkness) is.
+The saturation threshold is Otsu's, kept between `MIN_SATURATION` (glass and its tint stay out) and
+`MAX_SATURATION`: Otsu alone lands between the strongly stained tissue and everything else, and on a
+slide with pale H&E (real PCam patches: a quarter of them have a median saturation under 0.1) it put
+pale tissue with the glass. Optical density catches dark tissue whose colour is grey (dense nuclei,
+faded eosin); glass, even dim, stays far below `MIN_OPTICAL_DENSITY`.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from .reader import PCAM_MPP, Slide
 
 THUMB_PCAM_PX = 8  # PCam-scale pixels per thumbnail pixel (7.8 um)
 MIN_SATURATION = 0.07  # below this nothing is tissue, whatever Otsu says (a blank slide has only noise)
+MAX_SATURATION = 0.10  # above this everything is tissue, whatever Otsu says (pale eosin is about 0.1-0.15)
+MIN_OPTICAL_DENSITY = 0.15  # -log10(I/255) of the darkest channel: any channel below 180 of 255 is tissue (glass: < 0.05)
 MIN_OBJECT_PX = 16  # specks smaller than 16 thumbnail pixels (about 31 x 31 um) are dust, not tissue
 
 
@@ -32,14 +41,22 @@ def read_thumbnail(slide: Slide, *, band_rows: int = 256) -> np.ndarray:
     return thumb
 
 
+def optical_density(thumb: np.ndarray) -> np.ndarray:
+    """Optical density of each pixel's darkest channel, -log10(I / 255): 0 for white, 0.3 at half intensity."""
+    darkest = thumb.min(axis=-1).astype(np.float32)
+    return -np.log10(np.maximum(darkest, 1.0) / 255.0)
+
+
 def tissue_mask(thumb: np.ndarray) -> np.ndarray:
-    """Boolean tissue mask: saturation above its Otsu threshold (and above `MIN_SATURATION`), small
-    specks removed and small holes filled."""
+    """Boolean tissue mask: saturation above its Otsu threshold clipped to [`MIN_SATURATION`,
+    `MAX_SATURATION`], or optical density above `MIN_OPTICAL_DENSITY`; small specks removed and small
+    holes filled."""
     saturation = rgb2hsv(thumb)[..., 1]
-    if saturation.max() < MIN_SATURATION:
+    dark = optical_density(thumb) > MIN_OPTICAL_DENSITY
+    if saturation.max() < MIN_SATURATION and not dark.any():
         return np.zeros(saturation.shape, dtype=bool)
-    threshold = max(float(threshold_otsu(saturation)), MIN_SATURATION)
-    mask = saturation > threshold
+    threshold = min(max(float(threshold_otsu(saturation)), MIN_SATURATION), MAX_SATURATION)
+    mask = (saturation > threshold) | dark
     mask = remove_small_objects(mask, max_size=MIN_OBJECT_PX - 1)
     return remove_small_holes(mask, max_size=MIN_OBJECT_PX - 1)
 
