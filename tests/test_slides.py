@@ -261,6 +261,7 @@ def test_a_completed_analysis_is_not_redone_and_an_unfinished_one_needs_resume(t
         score_slide(RedCentreModel(), slide, folder, checkpoint="red", mpp=0.5, num_workers=0, region_px=256, stride=96, resume=True)
 
 
+@pytest.mark.slow  # writes and scores a whole demo slide window by window around the bad tile
 def test_a_corrupt_tile_is_skipped_marked_unknown_and_listed_and_the_rest_is_scored(tmp_path):
     import tifffile
 
