@@ -130,7 +130,10 @@ class MlflowTracker:
         self._errors = mlflow.exceptions.MlflowException
         self.uri, self.experiment = tracking.mlflow_uri, tracking.mlflow_experiment
         self.client = mlflow.MlflowClient(tracking_uri=self.uri)
-        self.client.search_experiments(max_results=1)  # reach the store now: a bad URI fails before training
+        try:  # reach the store now: a bad URI fails before anything is trained
+            self.client.search_experiments(max_results=1)
+        except self._errors as err:
+            raise ValueError(f"cannot use the MLflow tracking store {self.uri!r}: {err}") from err
         self.run_id: str | None = None
 
     def start(self, run: RunDir, *, synthetic: bool) -> None:
