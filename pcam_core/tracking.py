@@ -129,8 +129,8 @@ class MlflowTracker:
         self._entities = entities
         self._errors = mlflow.exceptions.MlflowException
         self.uri, self.experiment = tracking.mlflow_uri, tracking.mlflow_experiment
-        self.client = mlflow.MlflowClient(tracking_uri=self.uri)
         try:  # reach the store now: a bad URI fails before anything is trained
+            self.client = mlflow.MlflowClient(tracking_uri=self.uri)
             self.client.search_experiments(max_results=1)
         except self._errors as err:
             raise ValueError(f"cannot use the MLflow tracking store {self.uri!r}: {err}") from err

@@ -97,7 +97,8 @@ def _assert_metrics_equal_epochs(client, run_id: str, run_dir: Path) -> None:
     assert {"train_loss", "loss", "roc_auc", "accuracy", "lr", "confusion.tp"} <= keys
     for key in keys:
         history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-        assert history == pytest.approx([(e["epoch"], _flat(e)[key]) for e in epochs]), key
+        assert [step for step, _ in history] == [e["epoch"] for e in epochs], key
+        assert [value for _, value in history] == pytest.approx([_flat(e)[key] for e in epochs]), key
 
 
 @pytest.mark.slow
@@ -135,3 +136,25 @@ def test_a_resumed_run_logs_to_the_same_mlflow_run(demo_root, tmp_path):
     assert [m.step for m in client.get_metric_history(first, "roc_auc")] == [1, 2]
     # MLflow parameters cannot change: the first value stays, the resumed run's is a tag
     assert tracked.data.params["train.epochs"] == "1" and tracked.data.tags["pcam.resume.train.epochs"] == "2"
+
+
+def test_the_train_page_refuses_an_unusable_store_before_starting_anything(tmp_path, monkeypatch, demo_root):
+    """The Train page's "MLflow tracking URI" is checked on submit: the engine's message, and no run. (MLflow 3
+    refuses its old folder store unless MLFLOW_ALLOW_FILE_STORE is set.)"""
+    pytest.importorskip("mlflow")
+    from streamlit.testing.v1 import AppTest
+
+    from pcam_core.workspace import ENV_VAR, Workspace
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    workspace = Workspace(tmp_path / "ws")
+    workspace.add_source(demo_root, "demo")
+    monkeypatch.setenv(ENV_VAR, str(workspace.root))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/train.py").run()
+    at.text_input(key="mlflow_uri").set_value(f"file:{tmp_path / 'mlruns'}")
+    at.button[0].click().run()  # the form's submit button
+    assert not at.exception
+    assert any("Not started: cannot use the MLflow tracking store" in e.value for e in at.error), [e.value for e in at.error]
+    assert not workspace.runs_root.exists() or not any(workspace.runs_root.iterdir())
