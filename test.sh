@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Run the whole test suite (sets up .venv on first use; installs Debian's chromium for the browser
+# Run the whole test suite (sets up .venv with the test requirements on first use; installs Debian's chromium for the browser
 # tests when it is missing and this user may run apt-get). Extra arguments go to pytest: `./test.sh -m "not slow"`
 # is the fast lane (about a minute: no training runs, servers or browsers).
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/setup.sh
+scripts/setup.sh --test
 if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing chromium for the browser tests ..."

@@ -8,6 +8,8 @@ import streamlit as st
 from pcam_app import figures, notes, run_tables, shell, sidebar
 from pcam_app.components.chart import chart
 from pcam_core.config import OPTIMIZERS, SCHEDULES, AugmentConfig, DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from pcam_core.config import TrackingConfig
+from pcam_core.tracking import INSTALL_HINT, create_tracker, resolve_uri
 from pcam_core.models import MODELS, model_names, resolve_model_name
 from pcam_core.workspace.monitor import RESUMABLE_STATES, STATE_ICONS, epoch_frame, progress_key, run_progress, step_frame
 from pcam_core.predict import resolve_device
@@ -79,6 +81,10 @@ with form_column:
                 seed = b1.number_input("Seed", 0, 2**31 - 1, defaults.train.seed)
                 valid_frac = b2.number_input("Validation share (Kaggle data)", 0.01, 0.5, defaults.data.valid_frac, step=0.01,
                                              help="Kaggle data has no validation split; this share is held out, stratified by label.")
+                mlflow_uri = st.text_input("MLflow tracking URI (optional)", key="mlflow_uri", placeholder="sqlite:////path/to/mlflow.db",
+                                           help="Also log the config, every epoch's metrics and the best checkpoint to this "
+                                                f"MLflow tracking store (needs `{INSTALL_HINT}`). The run folder stays "
+                                                "what this dashboard shows.")
             submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
         if submitted:
             source = by_name[data_name]
@@ -92,8 +98,10 @@ with form_column:
                                       optimizer=optimizer, schedule=schedule, weight_decay=float(weight_decay),
                                       ema_decay=float(ema), early_stopping=int(early), seed=int(seed),
                                       max_steps=int(max_steps) or None),
+                    tracking=TrackingConfig(mlflow_uri=resolve_uri(mlflow_uri.strip()) if mlflow_uri.strip() else None),
                     name=name.strip(),
                 )
+                create_tracker(config.tracking)  # a missing mlflow or an unusable URI is said here, not in a failed run
                 run = ctx.workspace.start_run(config, nproc=int(nproc))
             except (OSError, ValueError, RuntimeError) as err:
                 st.error(f"Not started: {err}", icon=":material/error:")

@@ -23,8 +23,10 @@ from .config import (
     DataConfig,
     ExperimentConfig,
     ModelConfig,
+    TrackingConfig,
     TrainConfig,
 )
+from .tracking import INSTALL_HINT, resolve_uri
 
 EXIT_ERROR = 2
 
@@ -59,7 +61,7 @@ _RESUMABLE_DESTS = ("out", "resume", "epochs", "config", "func", "help")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    D, A, M, T = DataConfig(), AugmentConfig(), ModelConfig(), TrainConfig()
+    D, A, M, T, K = DataConfig(), AugmentConfig(), ModelConfig(), TrainConfig(), TrackingConfig()
     p = sub.add_parser("train", help="train a model into a run folder", description=(
         "Train a model. Flags override --config; anything not given takes the defaults (the CPU recipe: "
         f"the compact pcamnet, {T.epochs} epochs, AdamW with a one-cycle schedule, weight averaging, symmetry, "
@@ -99,6 +101,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stain", type=float, help="HED stain jitter strength " + _default(A.stain))
     p.add_argument("--shift", type=int, help="random shift in pixels " + _default(A.shift))
     p.add_argument("--name", help="a label for the run")
+    p.add_argument("--mlflow", metavar="URI", help="also log the run to this MLflow tracking store (e.g. sqlite:///mlflow.db; "
+                   f"needs {INSTALL_HINT}); a resumed run logs to the same MLflow run " + _default(K.mlflow_uri))
+    p.add_argument("--mlflow-experiment", metavar="NAME", help="MLflow experiment of the run " + _default(K.mlflow_experiment))
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     refused = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings and a.dest not in _RESUMABLE_DESTS}
     p.set_defaults(func=cmd_train, resume_refuses=refused)
@@ -120,7 +125,9 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
     if args.no_augment:
         augment = {"symmetries": False, "stain": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "shift": 0}
     augment.update({k: v for k, v in {"stain": args.stain, "shift": args.shift}.items() if v is not None})
-    changes: dict[str, Any] = {"data": data, "model": model, "train": train, "augment": augment}
+    tracking = {k: v for k, v in {"mlflow_uri": resolve_uri(args.mlflow) if args.mlflow is not None else None,
+                                  "mlflow_experiment": args.mlflow_experiment}.items() if v is not None}
+    changes: dict[str, Any] = {"data": data, "model": model, "train": train, "augment": augment, "tracking": tracking}
     if args.name is not None:
         changes["name"] = args.name
     config = config.replace(**changes)

@@ -136,6 +136,23 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Where the run is also logged besides its folder (see `pcam_core.tracking`); the folder stays the record.
+
+    Kept in the config so that a resumed run logs to the same MLflow run."""
+
+    mlflow_uri: str | None = None  # an MLflow tracking URI (sqlite:///mlflow.db, http://host:5000); None: off
+    mlflow_experiment: str = "pcam"
+
+    def __post_init__(self) -> None:
+        if self.mlflow_uri is not None and (not self.mlflow_uri.strip() or self.mlflow_uri != self.mlflow_uri.strip()):
+            raise ValueError(f"tracking.mlflow_uri={self.mlflow_uri!r} must be a URI without surrounding spaces "
+                             "(e.g. sqlite:///mlflow.db), or None to log nowhere but the run folder")
+        if not self.mlflow_experiment.strip():
+            raise ValueError("tracking.mlflow_experiment must not be empty")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Everything that defines a training run."""
 
@@ -143,6 +160,7 @@ class ExperimentConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     world_size: int = 1  # processes (GPUs) the run was launched with; the global batch is batch_size * world_size
     name: str = ""
 
@@ -165,7 +183,8 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ExperimentConfig:
         """Build from a dict such as `to_dict()` gives; unknown keys are an error, missing ones take defaults."""
-        sections = {"data": DataConfig, "augment": AugmentConfig, "model": ModelConfig, "train": TrainConfig}
+        sections = {"data": DataConfig, "augment": AugmentConfig, "model": ModelConfig, "train": TrainConfig,
+                    "tracking": TrackingConfig}
         raw = dict(raw)
         raw.pop("global_batch_size", None)  # derived, written for readers
         kwargs: dict[str, Any] = {}

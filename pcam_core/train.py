@@ -39,6 +39,7 @@ from .devices import amp_dtype_for, resolve_device
 from .models import count_parameters, create_model, resolve_model_name
 from .optim import EMA, build_optimizer, build_scheduler
 from .runs import RunDir, StatusWriter, prepare_out_dir, process_start_time
+from .tracking import FAILED, FINISHED, KILLED, NullTracker, Tracker, create_tracker
 from .transforms import train_preset
 
 log = logging.getLogger(__name__)
@@ -309,6 +310,7 @@ def fit(
     try:
         model_name = resolve_model_name(config.model.name, device)
         data = _load_data(config)  # a data error ends here, before a run folder exists
+        tracker = create_tracker(config.tracking) if info.is_main else NullTracker()  # so does a missing mlflow
         if info.is_main:
             run, lock = prepare_out_dir(out, config, resume=resume)
         D.barrier(info)
@@ -328,7 +330,7 @@ def fit(
     flag = _SignalFlag()
     flag.install()
     try:
-        return _fit(config, run, info, device, data, resume=resume, status=status, flag=flag,
+        return _fit(config, run, info, device, data, resume=resume, status=status, flag=flag, tracker=tracker,
                     on_step=on_step if info.is_main else None)
     except StopRequested:
         raise
@@ -340,6 +342,7 @@ def fit(
             if handler is not None:  # the traceback is for the log file, not the user's terminal
                 handler.stream.write(traceback.format_exc())
                 handler.flush()
+        tracker.end(FAILED)
         raise
     finally:
         if status is not None:
@@ -396,6 +399,7 @@ class _Session:
     steps_per_epoch: int
     total_steps: int
     state: TrainState = field(default_factory=TrainState)
+    tracker: Tracker = field(default_factory=NullTracker)  # rank 0's MLflow run, if asked (`pcam_core.tracking`)
     started: float = field(default_factory=time.time)
     last_checkpoint_at: float = field(default_factory=time.time)
 
@@ -438,6 +442,13 @@ class _Session:
                 self.status.update(warnings=self.state.warnings[-5:], message=msg)
         if path == self.run.last_checkpoint:
             self.last_checkpoint_at = time.time()
+
+    def track_files(self) -> None:
+        """Copy config.json, summary.json (once written) and the best checkpoint (else the last) to the tracker."""
+        self.tracker.log_artifacts([self.run.config_path, self.run.summary_path])
+        best = next((p for p in (self.run.best_checkpoint, self.run.last_checkpoint) if p.exists()), None)
+        if best is not None:
+            self.tracker.log_artifacts([best], folder="checkpoints")
 
     def restore(self) -> None:
         """Load `checkpoints/last.pt` into every part and the progress, if the run has one.
@@ -501,11 +512,13 @@ class _Session:
             frame = preds.to_frame()
             atomic_write_with(self.run.valid_predictions_path, lambda h: h.write(frame.to_csv(index=False).encode()))
         self.save(self.run.last_checkpoint)
-        append_jsonl(self.run.epochs_path, {
+        record = {
             "epoch": st.epoch, "step": st.global_step, "train_loss": result["train_loss"],
             "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - epoch_start,
             "time": time.time(), "is_best": improved, **metrics,
-        })
+        }
+        append_jsonl(self.run.epochs_path, record)
+        self.tracker.log_epoch(st.epoch, record)
         roc = f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a"
         log.info("epoch %d/%d: train loss %.4f, valid loss %.4f, ROC-AUC %s, accuracy %.4f%s", st.epoch, t.epochs,
                  result["train_loss"], metrics["loss"], roc, metrics["accuracy"], " (best)" if improved else "")
@@ -571,6 +584,7 @@ def _fit(
     resume: bool,
     status: StatusWriter | None,
     flag: _SignalFlag,
+    tracker: Tracker,
     on_step: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
     t = config.train
@@ -587,6 +601,9 @@ def _fit(
     s = _build_session(config, run, info, device, status, data)
     if resume:
         s.restore()
+    s.tracker = tracker
+    tracker.start(run, synthetic=data.synthetic)
+    tracker.log_params(config)
     st = s.state
     if info.is_main:  # the metrics files hold each epoch and step once, up to the checkpoint
         _trim_jsonl(run.epochs_path, lambda r: r.get("epoch", 0) <= st.epoch)
@@ -643,6 +660,8 @@ def _fit(
                               f"at epoch {epoch + 1} of {t.epochs}, step {st.global_step:,} of {s.total_steps:,}; "
                               "checkpoint saved", finished_at=time.time(), step=st.global_step)
             log.info("stopped by request at global step %d; checkpoint written", st.global_step)
+            s.track_files()
+            tracker.end(KILLED)
             raise StopRequested()
         # validation on every epoch (also on a partial last epoch cut short by max_steps)
         metrics, preds = evaluate(s.ema.module if s.ema is not None else s.model, s.data.valid, device, info,
@@ -676,5 +695,7 @@ def _finish(s: _Session, ended_by: str) -> dict[str, Any]:
         best = st.best_value if st.best_value is not None else float("nan")
         log.info("finished after %d epochs in %.1f min (%s); best %s %.4f at epoch %s", st.epoch, s.elapsed() / 60,
                  ended_by, t.monitor, best, st.best_epoch)
+        s.track_files()
+        s.tracker.end(FINISHED)
     D.barrier(s.info)
     return summary

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Shared set-up for ./dashboard.sh and ./test.sh: a virtual environment in .venv with the pinned
-# requirements and pcam_core installed (editable). Re-installs only when requirements.txt or
-# pyproject.toml changed. Safe to run again and again.
+# requirements and pcam_core installed (editable); `--test` (./test.sh) adds requirements-test.txt.
+# Re-installs only when requirements.txt, requirements-test.txt or pyproject.toml changed, or the
+# test requirements are asked for and not installed yet. Safe to run again and again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+with_test=0
+case "${1:-}" in
+  "") ;;
+  --test) with_test=1 ;;
+  *) echo "error: unknown option ${1}; usage: scripts/setup.sh [--test]" >&2; exit 1 ;;
+esac
 
 PYTHON=${PYTHON:-python3}
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
@@ -29,12 +37,18 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 
+# The stamp: the hash of the three files, then " test" when the test requirements are installed too.
 stamp=.venv/.pcam-installed
-want=$(cat requirements.txt pyproject.toml | sha1sum | cut -d' ' -f1)
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "installing the pinned requirements (torch is large: a few minutes the first time) ..."
+want=$(cat requirements.txt requirements-test.txt pyproject.toml | sha1sum | cut -d' ' -f1)
+have=$(cat "$stamp" 2>/dev/null || true)
+if [ "${have%% *}" != "$want" ] || { [ "$with_test" = 1 ] && [ "$have" != "$want test" ]; }; then
+  echo "installing the pinned requirements$([ "$with_test" = 1 ] && echo " and the test requirements") (torch is large: a few minutes the first time) ..."
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -r requirements.txt
+  if [ "$with_test" = 1 ]; then
+    .venv/bin/python -m pip install --quiet -r requirements.txt -r requirements-test.txt
+  else
+    .venv/bin/python -m pip install --quiet -r requirements.txt
+  fi
   .venv/bin/python -m pip install --quiet --no-deps -e .
-  echo "$want" > "$stamp"
+  echo "$want$([ "$with_test" = 1 ] && echo " test")" > "$stamp"
 fi

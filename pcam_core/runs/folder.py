@@ -12,6 +12,7 @@
       checkpoints/best.pt    the epoch with the best validation `monitor` metric
       valid_predictions.csv  id,label,probability,index of the validation set at the best epoch
       summary.json           final figures, written when the run ends
+      tracking.json          the MLflow run this run logs to, if any (`pcam_core.tracking`): a resume logs there too
       evaluations/<split>.json              metrics and curves of another split (`pcam evaluate --out`)
       evaluations/<split>_predictions.csv   id,label,probability,index of that split
       evaluations/score-<split>.json, .log  the background job that wrote them (`runs.jobs`)
@@ -99,6 +100,7 @@ class RunDir:
     valid_predictions_path = property(lambda self: self.path / "valid_predictions.csv")
     summary_path = property(lambda self: self.path / "summary.json")
     evaluations = property(lambda self: self.path / "evaluations")
+    tracking_path = property(lambda self: self.path / "tracking.json")
 
     def checkpoint(self, which: str = "best") -> Path:
         """`checkpoints/best.pt` (or `last.pt`); best falls back to last when no epoch finished."""
