@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from . import __version__
 from .api import DEFAULT_THRESHOLD, Predictor, load_predictor
@@ -242,7 +243,9 @@ def create_app(
     async def model_info() -> dict[str, Any]:
         return {"model": predictor.model_name, "run": run_name, "checkpoint_epoch": predictor.epoch,
                 "threshold": predictor.threshold, "device": str(predictor.device),
-                "slides": slides_root is not None, "limits": limits.__dict__}
+                "slides": slides_root is not None, "limits": limits.__dict__,
+                "batching": {("tta" if tta else "one_pass"): {"forward_passes": b.passes, "patches": b.patches}
+                             for tta, b in batchers.items()}}
 
     @app.post("/v1/predict", dependencies=auth, summary="tumour probability of each uploaded 96x96 patch",
               openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
