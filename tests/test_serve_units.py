@@ -1,5 +1,5 @@
 """pcam_core.serve without a server: the micro-batcher, the slides folder's guard, the CLI's defaults.
-The live server is tested in tests/e2e/test_serve.py."""
+The live server is tested in tests/e2e/test_serve.py (pytest needs the two files named apart)."""
 
 from __future__ import annotations
 
