@@ -610,7 +610,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import Limits, serve
+    from .serve import Limits, create_app, serve
 
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, not {args.port}")
@@ -618,9 +618,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get(SERVE_TOKEN_ENV) or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         print(f"warning: listening on {args.host} without a token: anyone who can reach it can use it", file=sys.stderr)
-    print(f"serving {args.run} on http://{args.host}:{args.port} (docs at /docs)", file=sys.stderr)
-    serve(args.run, host=args.host, port=args.port, token=token, slides_dir=args.slides_dir, work_dir=args.work_dir,
-          device=args.device, limits=limits, log_level="info" if args.verbose else "warning")
+    app = create_app(args.run, token=token, slides_dir=args.slides_dir, work_dir=args.work_dir, device=args.device, limits=limits)
+    print(f"serving {args.run} on http://{args.host}:{args.port} (docs at /docs)" + (", token required" if token else ""), file=sys.stderr)
+    serve(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
     return 0
 
 

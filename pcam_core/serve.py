@@ -412,11 +412,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         return answer(500, f"internal error ({type(err).__name__}); the server's log has the details")
 
 
-def serve(run: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **options: Any) -> None:
-    """Serve `create_app(run, **options)` with uvicorn until interrupted."""
+def serve(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+    """Serve `app` (from `create_app`) with uvicorn until interrupted."""
     import uvicorn
 
-    app = create_app(run, **options)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
