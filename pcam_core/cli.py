@@ -635,6 +635,49 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- serve -----------------------------------------------------------------------------------------
+
+# what `pcam_core.serve.Limits` defaults to, for --help (importing serve loads torch and FastAPI; tests check they agree)
+SERVE_DEFAULTS = {"max_file_mb": 2.0, "max_request_mb": 64.0, "max_batch": 256, "batch_wait_ms": 2.0}
+SERVE_TOKEN_ENV = "PCAM_API_TOKEN"
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    L = SERVE_DEFAULTS
+    p = sub.add_parser("serve", help="an HTTP API that scores patches and slides with a run (FastAPI)", description=(
+        "Serve a run's model over HTTP: POST /v1/predict (image files), POST /v1/slides and GET /v1/slides/ID "
+        "(whole-slide analyses of files in --slides-dir), GET /v1/health; OpenAPI docs at /docs. See docs/serve.md."))
+    p.add_argument("--run", required=True, help="training run folder (its best checkpoint, else its last)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help=_default(8000))
+    p.add_argument("--token", help=f"bearer token every route but /v1/health requires (default: ${SERVE_TOKEN_ENV}; unset: no token)")
+    p.add_argument("--slides-dir", help="the only folder whose slides POST /v1/slides may analyse (default: slide analysis off)")
+    p.add_argument("--work-dir", default=str(Path(os.environ.get("PCAM_WORKSPACE", "workspace")) / "serve"),
+                   help="where slide analyses are written (default: $PCAM_WORKSPACE/serve or ./workspace/serve)")
+    p.add_argument("--max-file-mb", type=float, default=L["max_file_mb"], help="largest image file accepted " + _default(L["max_file_mb"]))
+    p.add_argument("--max-request-mb", type=float, default=L["max_request_mb"], help="largest request body " + _default(L["max_request_mb"]))
+    p.add_argument("--max-batch", type=int, default=L["max_batch"], help="most patches in one forward pass " + _default(L["max_batch"]))
+    p.add_argument("--batch-wait-ms", type=float, default=L["batch_wait_ms"],
+                   help="how long a forward pass waits for other requests to join it " + _default(L["batch_wait_ms"]))
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import Limits, create_app, serve
+
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, not {args.port}")
+    limits = Limits(**{name: getattr(args, name) for name in SERVE_DEFAULTS})
+    token = args.token or os.environ.get(SERVE_TOKEN_ENV) or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        print(f"warning: listening on {args.host} without a token: anyone who can reach it can use it", file=sys.stderr)
+    app = create_app(args.run, token=token, slides_dir=args.slides_dir, work_dir=args.work_dir, device=args.device, limits=limits)
+    print(f"serving {args.run} on http://{args.host}:{args.port} (docs at /docs)" + (", token required" if token else ""), file=sys.stderr)
+    serve(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    return 0
+
+
 # -- entry point -----------------------------------------------------------------------------------
 
 def make_parser() -> argparse.ArgumentParser:
@@ -649,6 +692,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_runs(sub)
     _add_slides(sub)
     _add_export(sub)
+    _add_serve(sub)
     return parser
 
 

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
      "pcam_core.calibration", "pcam_core.tracking"),
     ("pcam_core.train", "pcam_core.predict", "pcam_core.slides", "pcam_core.export"),
     ("pcam_core.workspace",),
-    ("pcam_core.api", "pcam_core.cli", "pcam_core.__main__"),
+    ("pcam_core.api", "pcam_core.cli", "pcam_core.serve", "pcam_core.__main__"),
 ]
 MODEL_CODE = ("torch", "pcam_core.models", "pcam_core.inference", "pcam_core.predict", "pcam_core.train",
               "pcam_core.explain", "pcam_core.checkpoint")

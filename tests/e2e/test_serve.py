@@ -1,0 +1,280 @@
+"""`pcam serve` as a user starts it: a real process on 127.0.0.1, spoken to over HTTP with httpx.
+
+The probabilities must be those of `pcam predict --no-tta` on the same files; every bad input gets a
+4xx answer with a JSON message; the token guards every route but health; no path outside the slides
+folder can be named; a slide analysis runs in the background to its summary; 16 clients at once."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from helpers import REPO, free_port, make_bad_images, run_cli, wait_for
+
+TOKEN = "s3cret-token-for-tests"
+
+
+class ApiServer:
+    """`pcam serve ARGS` on a free loopback port; `start` waits for /v1/health, `stop` ends it."""
+
+    def __init__(self, *args: str, log: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.args, self.log_path = args, log
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> ApiServer:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "pcam_core", "serve", *self.args, "--port", str(self.port)],
+                                         cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pcam serve exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+            try:
+                return httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        if not wait_for(up, timeout=timeout, every=0.3):
+            self.stop()
+            raise TimeoutError(f"pcam serve did not answer within {timeout:.0f} s")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def slides_dir(tmp_path_factory) -> Path:
+    """The server's slides folder: a small SYNTHETIC demo slide, and a link that points outside the folder."""
+    from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
+
+    root = tmp_path_factory.mktemp("slides")
+    make_demo_slide(root / "demo", DemoSlideSpec(width=1024, height=1024, seed=0))
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.tif").write_bytes((root / "demo" / "slide.tif").read_bytes())
+    (root / "escape.tif").symlink_to(outside / "secret.tif")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, slides_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("serve")
+    api = ApiServer("--run", str(trained_run), "--slides-dir", str(slides_dir), "--work-dir", str(work / "work"),
+                    "--max-file-mb", "1", "--max-request-mb", "4", "--device", "cpu",
+                    log=work / "serve.log", env={"PCAM_API_TOKEN": TOKEN}).start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as c:
+        yield c
+
+
+def _tif(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+def test_probabilities_equal_pcam_predict(client, trained_run, real_kaggle, tmp_path):
+    tifs = sorted((real_kaggle / "train").glob("*.tif"))[:40]
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    for path in tifs:
+        (folder / path.name).write_bytes(path.read_bytes())
+    done = run_cli("predict", "--run", str(trained_run), "--input", str(folder), "--out", str(tmp_path / "sub.csv"),
+                   "--no-tta", "--workers", "0", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    expected = pd.read_csv(tmp_path / "sub.csv", dtype={"id": str}).set_index("id")["label"]
+
+    answer = client.post("/v1/predict", files=[("files", (p.name, p.read_bytes(), "image/tiff")) for p in tifs])
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["refused"] == [] and body["threshold"] == 0.5 and body["run"] == str(trained_run) and body["model"]
+    assert [p["name"] for p in body["predictions"]] == [p.name for p in tifs]
+    got = pd.Series({Path(p["name"]).stem: p["probability"] for p in body["predictions"]})
+    # the CSV holds 6 decimals; batches of other sizes may differ in the last float bits
+    assert np.abs(got[expected.index].to_numpy() - expected.to_numpy()).max() <= 1e-6
+    for p in body["predictions"]:
+        assert p["call"] == ("tumour" if p["probability"] >= 0.5 else "normal") and p["notes"] == []
+
+    # the calls follow the threshold asked for; the probabilities do not change
+    strict = client.post("/v1/predict", params={"threshold": 0.9},
+                         files=[("files", (p.name, p.read_bytes(), "image/tiff")) for p in tifs[:5]]).json()
+    assert strict["threshold"] == 0.9
+    for p in strict["predictions"]:
+        assert p["call"] == ("tumour" if p["probability"] >= 0.9 else "normal")
+        assert p["probability"] == pytest.approx(got[Path(p["name"]).stem], abs=1e-6)
+
+
+def test_bad_files_are_refused_by_name_and_conversions_noted(client, tmp_path):
+    bad = make_bad_images(tmp_path / "bad")
+    good = _tif(np.random.default_rng(3).integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    files = [("files", ("good.tif", good, "image/tiff"))]
+    files += [("files", (name, (tmp_path / "bad" / name).read_bytes(), "application/octet-stream")) for name in bad]
+    answer = client.post("/v1/predict", files=files)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    refused = {r["name"]: r["reason"] for r in body["refused"]}
+    scored = {p["name"]: p for p in body["predictions"]}
+    assert set(refused) | set(scored) == {"good.tif", *bad}
+    assert scored["good.tif"]["notes"] == []
+    for name in ("gray.tif", "rgba.png", "sixteen.png"):  # converted, with a notice
+        assert name in scored and scored[name]["notes"], name
+    for name in ("small64.tif", "big512.tif", "text.tif", "empty.tif", "truncated.tif", "corrupt.tif", "bomb.png"):
+        assert name in refused, name
+        assert bad[name].split()[0].lower() in refused[name].lower() or name == "bomb.png", (name, refused[name])
+    assert "96x96" in refused["small64.tif"] and "64x64" in refused["small64.tif"]
+
+
+def test_bad_requests_get_json_errors(client):
+    patch = _tif(np.zeros((96, 96, 3), np.uint8))
+    cases = {
+        "no files": client.post("/v1/predict", files=[], data={"other": "x"}),
+        "wrong field": client.post("/v1/predict", files=[("images", ("a.tif", patch, "image/tiff"))]),
+        "not multipart": client.post("/v1/predict", json={"files": ["a.tif"]}),
+        "text in files": client.post("/v1/predict", data={"files": "not a file"}, files=[("x", ("a.tif", patch, "image/tiff"))]),
+        "bad threshold": client.post("/v1/predict", params={"threshold": 2}, files=[("files", ("a.tif", patch, "image/tiff"))]),
+        "threshold not a number": client.post("/v1/predict", params={"threshold": "high"}, files=[("files", ("a.tif", patch, "image/tiff"))]),
+    }
+    for what, answer in cases.items():
+        assert answer.status_code == 400, (what, answer.status_code, answer.text)
+        assert answer.headers["content-type"] == "application/json" and answer.json()["error"], what
+        assert "Traceback" not in answer.text
+    assert "files" in cases["wrong field"].json()["error"] and "images" in cases["wrong field"].json()["error"]
+    assert "[0, 1]" in cases["bad threshold"].json()["error"]
+    assert "threshold" in cases["threshold not a number"].json()["error"]
+
+    unknown = client.get("/v1/nothing-here")
+    assert unknown.status_code == 404 and unknown.json() == {"error": "Not Found"}
+    assert client.get("/v1/predict").status_code == 405
+
+
+def test_sizes_over_the_limits_are_refused_with_413(client):
+    big_file = os.urandom(1200 * 1024)  # over --max-file-mb 1, under --max-request-mb 4
+    answer = client.post("/v1/predict", files=[("files", ("big.tif", big_file, "image/tiff"))])
+    assert answer.status_code == 413 and "big.tif" in answer.json()["error"] and "1 MB" in answer.json()["error"]
+
+    huge = client.post("/v1/predict", files=[("files", (f"p{i}.tif", os.urandom(400 * 1024), "image/tiff")) for i in range(12)])
+    assert huge.status_code == 413 and "4 MB" in huge.json()["error"]
+
+    def chunks():  # no Content-Length: refused once the bytes pass the limit
+        boundary = b"--xyz\r\n"
+        yield boundary + b'Content-Disposition: form-data; name="files"; filename="a.tif"\r\nContent-Type: image/tiff\r\n\r\n'
+        for _ in range(50):
+            yield os.urandom(100 * 1024)
+        yield b"\r\n--xyz--\r\n"
+
+    streamed = client.post("/v1/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert streamed.status_code == 413 and "limit" in streamed.json()["error"]
+
+
+def test_the_token_guards_every_route_but_health(server):
+    patch = _tif(np.zeros((96, 96, 3), np.uint8))
+    with httpx.Client(base_url=server.url, timeout=30) as anon:
+        assert anon.get("/v1/health").json()["status"] == "ok"
+        assert anon.get("/docs").status_code == 200 and "/v1/predict" in anon.get("/openapi.json").text
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN}):
+            for method, path, kwargs in (("POST", "/v1/predict", {"files": [("files", ("a.tif", patch, "image/tiff"))]}),
+                                         ("POST", "/v1/slides", {"json": {"path": "demo/slide.tif"}}),
+                                         ("GET", "/v1/slides/" + "0" * 32, {}), ("GET", "/v1/model", {})):
+                answer = anon.request(method, path, headers=headers, **kwargs)
+                assert answer.status_code == 401, (headers, path, answer.text)
+                assert "token" in answer.json()["error"]
+        ok = anon.post("/v1/predict", headers={"Authorization": f"Bearer {TOKEN}"}, files=[("files", ("a.tif", patch, "image/tiff"))])
+        assert ok.status_code == 200
+
+
+def test_no_path_outside_the_slides_folder_can_be_named(client, slides_dir):
+    for path in ("../outside/secret.tif", "/etc/passwd", str(slides_dir / "demo" / "slide.tif"), "escape.tif",
+                 "demo/../../x.tif", "demo/\x00.tif"):
+        answer = client.post("/v1/slides", json={"path": path})
+        assert answer.status_code == 400, (path, answer.text)
+        assert answer.json()["error"]
+    assert "outside" in client.post("/v1/slides", json={"path": "escape.tif"}).json()["error"]
+    missing = client.post("/v1/slides", json={"path": "demo/nope.tif"})
+    assert missing.status_code == 404 and "nope.tif" in missing.json()["error"]
+    assert client.post("/v1/slides", json={"path": "demo"}).status_code == 400  # a folder
+    assert client.post("/v1/slides", json={"path": "demo/truth.json"}).status_code == 400  # not a slide type
+    assert client.post("/v1/slides", json={"path": "demo/slide.tif", "stride": 64}).status_code == 400
+    assert "threshold" in client.post("/v1/slides", json={"path": "demo/slide.tif", "threshold": 1.5}).json()["error"]
+    assert client.post("/v1/slides", json={"stride": 32}).status_code == 400  # no path
+    for job in ("0" * 32, "..%2F..%2Fetc", "not-an-id"):
+        assert client.get(f"/v1/slides/{job}").status_code == 404
+
+
+def test_a_slide_analysis_runs_in_the_background(client):
+    started = client.post("/v1/slides", json={"path": "demo/slide.tif", "stride": 96})
+    assert started.status_code == 202, started.text
+    job = started.json()
+    assert job["state"] == "running" and len(job["id"]) == 32
+    assert client.get("/v1/health").status_code == 200  # the server answers while the slide is scored
+    states = []
+
+    def finished() -> bool:
+        body = client.get(f"/v1/slides/{job['id']}").json()
+        states.append(body["state"])
+        return body["state"] != "running"
+
+    assert wait_for(finished, timeout=240, every=1.0)
+    body = client.get(f"/v1/slides/{job['id']}").json()
+    assert body["state"] == "finished", body
+    summary = body["summary"]
+    assert summary["stride"] == 96 and summary["cells_scored"] > 0 and 0 <= summary["slide_score"] <= 1
+    assert Path(summary["slide"]).name == "slide.tif"
+
+
+def test_16_concurrent_clients(server, real_kaggle):
+    tifs = sorted((real_kaggle / "train").glob("*.tif"))[:16]
+    errors: list[str] = []
+    results: dict[str, float] = {}
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as c:
+            for k in range(5):
+                path = tifs[(i + k) % len(tifs)]
+                answer = c.post("/v1/predict", files=[("files", (path.name, path.read_bytes(), "image/tiff"))])
+                if answer.status_code != 200:
+                    errors.append(f"{answer.status_code} {answer.text}")
+                    continue
+                prob = answer.json()["predictions"][0]["probability"]
+                if path.name in results and abs(results[path.name] - prob) > 1e-6:
+                    errors.append(f"{path.name}: {prob} then {results[path.name]}")
+                results[path.name] = prob
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+    start = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    assert not errors, errors[:3]
+    assert len(results) == 16 and time.time() - start < 120
