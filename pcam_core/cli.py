@@ -27,6 +27,8 @@ from .config import (
 )
 
 EXIT_ERROR = 2
+RUN_HELP = ("training run folder (its best checkpoint, else its last), or `bundled`: the model trained on real "
+            "patches that ships with pcam_core (pcam_core/bundled/MODEL_CARD.md)")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -205,7 +207,7 @@ def _add_eval_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a run on a labelled split", description=(
         "Score a run's best checkpoint on a labelled split: writes --out (metrics JSON with ROC, PR and "
         "calibration curves) and <out stem>_predictions.csv (id,label,probability,index) beside it."))
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("--data", required=True, help="PCam HDF5 folder or Kaggle folder")
     p.add_argument("--split", default="test", help="train, valid or test (for Kaggle data, valid is the run's own validation split)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
@@ -223,7 +225,7 @@ def _add_eval_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="write a Kaggle submission CSV", description=(
         "Predict the tumour probability of every image in --input (a folder of images, a Kaggle folder's "
         "test/ split, or an HDF5 split) and write Kaggle's format: id,label with label the probability."))
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--split", help="split of an HDF5 or Kaggle folder (default: test)")
@@ -300,7 +302,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
         "Explain a run's predictions: one overlay PNG per patch (<id>.png: heat map over the patch, central "
         "32x32 region outlined) and explanations.csv (id, probability, centre_focus, method, layer, target) "
         "in --out. Centre focus is the share of the map inside the central region (1/9 for a uniform map)."))
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("--input", required=True, help="an image file, a folder of images, a Kaggle folder or PCam HDF5 data")
     p.add_argument("--out", required=True, help="folder for the PNGs and explanations.csv")
     p.add_argument("--method", default="gradcam",
@@ -509,7 +511,7 @@ def _add_slides(sub: argparse._SubParsersAction) -> None:
         "per 96x96 cell (stride 96), tissue only. A slide file writes into --out; a folder of slides writes "
         "--out/<slide name>/ per slide: heatmap.npy, heatmap.png, heatmap.tif, tissue.png, tumour_regions.geojson, "
         "tiles.csv and summary.json. See docs/slides.md."))
-    p.add_argument("--run", required=True, help="training run folder (its best checkpoint, else its last)")
+    p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("--input", required=True, help="a slide file (SVS, NDPI, MRXS, tiled TIFF, ...) or a folder of them")
     p.add_argument("--out", required=True)
     p.add_argument("--stride", type=int, choices=(32, 96), default=32, help="cell size in PCam-scale pixels (96: 9x cheaper)")
