@@ -135,7 +135,7 @@ def main() -> None:
             "name": f"pcam-real-dev, training part ({n_train:,} real PCam patches; {len(held)} held out)",
             "patches": n_train + len(held),
             "train_patches": n_train,
-            "train_patches_note": f"{n_train} incl. the trainer's own validation split "
+            "train_patches_note": f"{n_train:,} patches, incl. the trainer's own validation split "
                                   f"({config.data.valid_frac:.0%}, seed {config.data.split_seed}) that picked the best epoch",
             "holdout_patches": len(held),
             "holdout_split": f"stratified {args.holdout_frac:.0%}, seed {args.seed} "
@@ -149,7 +149,7 @@ def main() -> None:
         "train_seconds": summary.get("train_seconds"),
         "best_epoch": best.get("epoch"),
         "best_valid_roc_auc": best.get("roc_auc"),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion object would need pickle to load
         "machine": f"{platform.machine()} CPU",
         "holdout": holdout,
     }

@@ -84,6 +84,7 @@ def write_bundled(out_dir: str | Path, run_dir: str | Path, record: dict[str, An
         "synthetic_data": False,
         "bundled": record,
     })
+    load_checkpoint(path)  # refuses (CheckpointError) anything a weights_only load cannot read back
     card = render_card(record, config)
     atomic_write_with(out_dir / MODEL_CARD, lambda h: h.write(card.encode("utf-8")))
     return path
@@ -103,8 +104,7 @@ def render_card(record: dict[str, Any], config: dict[str, Any]) -> str:
     changed = record.get("train_args") or []
     recipe = ("The default CPU recipe of `pcam train`" if not changed else
               f"The CPU recipe of `pcam train`, its defaults but `{' '.join(changed)}`")
-    if record.get("note"):
-        recipe = f"{recipe}. {record['note']}\n\nIn short:"
+    note = f"\n\n{record['note'].rstrip('.')}." if record.get("note") else ""
     return f"""# Model card: {LABEL}
 
 `--run bundled` on every command that takes a run; `pcam_core.load_predictor("bundled")` in Python; the
@@ -135,8 +135,10 @@ held-out patches.
 ## Recipe
 {recipe} ({train['epochs']} epochs, batch {train['batch_size']}, {train['optimizer']}
 at peak lr {train['lr']} with a {train['schedule']} schedule, EMA {train['ema_decay']}, symmetry, stain and colour
-augmentation), seed {train['seed']}, torch {record['torch']}; {minutes}. Made by `scripts/train_bundled.py`
-(in the repository: the split, the training, the held-out scoring and this card), run as
+augmentation), seed {train['seed']}, torch {record['torch']}; {minutes}.{note}
+
+Made by `scripts/train_bundled.py` (in the repository: the split, the training, the held-out scoring and
+this card), run as
 
     {record['command']}
     # which ran, after the split:
