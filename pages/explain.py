@@ -3,12 +3,13 @@ relatives, `pcam_core.explain`) over the patch, with its centre focus. One patch
 outcome, by number or id, or at random) beside its overlay, or a gallery sorted by centre focus, the
 predictions resting most on tissue outside the labelled centre first. The patches come from a scored
 split of the selected run: its validation split (scored by the trainer), or another one scored on
-the Runs page."""
+the Runs page. The bundled model has no split of its own here: its patches are uploaded."""
 
 import numpy as np
 import streamlit as st
 
 from pcam_app import caches, heatmaps, notes, patches, shell, thresholds
+from pcam_core.uploads import read_uploads
 from pcam_core.workspace import scoring
 from pcam_core.explain import (
     CLASS_AGNOSTIC,
@@ -40,38 +41,44 @@ PICKS = {"outcome": "By outcome", "number": "By number or id", "random": "At ran
 GALLERY_SOURCES = {"random": "patches drawn at random", **OUTCOMES}
 LAYER_HELP = "Deeper layers see more context in coarser cells; the caption below says what this one can show."
 REFERENCE_PATCHES = 24  # a single patch on the fixed scale is compared with this many patches of its split
+UPLOADS_SHOWN = 48  # uploaded patches explained at once (a few hundredths of a second each)
 
 ctx = shell.context()
 st.title("Explain")
-run = shell.require_run(ctx, checkpoint=True)
+run = shell.require_run(ctx, checkpoint=True, bundled=True)
 notes.synthetic_banner(ctx.run_synthetic(run), "This run was trained on SYNTHETIC demo data: its heat maps say nothing about real tissue.")
+if ctx.bundled:
+    shell.bundled_note()
 st.caption("The heat map shows which parts of the patch drove the model's score, computed from the model's own layers "
            "(a class activation map). It shows what the model used, not where the tumour is. The box marks the central "
            "32×32 pixels, the region the label describes (green on the patch, white on the heat map).")
 
-try:
-    splits = scoring.scored_splits(run)
-except (OSError, ValueError) as err:
-    shell.fail(f"Cannot read the data of run {run.run_id}: {err}")
-if not splits:
-    st.info(f"Run {run.run_id} has no predictions yet: they are written when its first epoch ends.", icon=":material/hourglass_top:")
-    st.stop()
+if ctx.bundled:
+    view = "upload"
+else:
+    try:
+        splits = scoring.scored_splits(run)
+    except (OSError, ValueError) as err:
+        shell.fail(f"Cannot read the data of run {run.run_id}: {err}")
+    if not splits:
+        st.info(f"Run {run.run_id} has no predictions yet: they are written when its first epoch ends.", icon=":material/hourglass_top:")
+        st.stop()
 
-# A link from another page names a patch (?patch=123): open it. The gallery's "Open it" sets these too.
-st.session_state.setdefault("view", "patch")
-st.session_state.setdefault("pick", "number" if st.query_params.get("patch") else "outcome")
-top = st.columns([1.2, 1.6, 2.2], vertical_alignment="bottom")
-view = top[0].segmented_control("Show", list(VIEWS), format_func=VIEWS.get, required=True, key="view")
-split = top[1].segmented_control("Patches of the split", splits, default=splits[0], required=True, key="split",
-                                 bind="query-params",
-                                 help="The validation split is scored by the trainer; score others on the Runs page to explain them.")
-try:
-    predictions = caches.split_predictions(run, split)
-except (OSError, ValueError) as err:
-    shell.fail(str(err))
-if predictions is None or predictions.empty:
-    shell.fail(f"The {split} predictions of run {run.run_id} are missing or out of date; score the split again on the Runs page.")
-dataset = caches.run_split(run, split)
+    # A link from another page names a patch (?patch=123): open it. The gallery's "Open it" sets these too.
+    st.session_state.setdefault("view", "patch")
+    st.session_state.setdefault("pick", "number" if st.query_params.get("patch") else "outcome")
+    top = st.columns([1.2, 1.6, 2.2], vertical_alignment="bottom")
+    view = top[0].segmented_control("Show", list(VIEWS), format_func=VIEWS.get, required=True, key="view")
+    split = top[1].segmented_control("Patches of the split", splits, default=splits[0], required=True, key="split",
+                                     bind="query-params",
+                                     help="The validation split is scored by the trainer; score others on the Runs page to explain them.")
+    try:
+        predictions = caches.split_predictions(run, split)
+    except (OSError, ValueError) as err:
+        shell.fail(str(err))
+    if predictions is None or predictions.empty:
+        shell.fail(f"The {split} predictions of run {run.run_id} are missing or out of date; score the split again on the Runs page.")
+    dataset = caches.run_split(run, split)
 
 model_name = heatmaps.model_name(run)
 layers = layer_choices(model_name)
@@ -209,7 +216,38 @@ def gallery_view() -> None:
     button_col.button("Open it", icon=":material/zoom_in:", on_click=open_patch, args=(chosen,))
 
 
-if view == "patch":
+def upload_view() -> None:
+    """Uploaded patches beside their heat maps (the bundled model has no split of its own here)."""
+    files = st.file_uploader("Patches to explain (96×96 pixel RGB tif, png or jpg)", type=["tif", "tiff", "png", "jpg", "jpeg"],
+                             accept_multiple_files=True, key="explain_uploads")
+    if not files:
+        st.info("Drop one or many patches above to see where the model's evidence lies. Files are kept in memory only.",
+                icon=":material/upload_file:")
+        return
+    accepted, refused = read_uploads([(f.name, f.getvalue()) for f in files])
+    for name, reason in refused:
+        st.error(f"**{name}** was not explained: {reason}", icon=":material/block:")
+    for patch in accepted:
+        if patch.notes:
+            st.warning(f"**{patch.name}**: {'; '.join(patch.notes)}. Explained after conversion.", icon=":material/transform:")
+    shown = accepted[:UPLOADS_SHOWN]
+    if not shown:
+        return
+    pixels = np.stack([p.pixels for p in shown])
+    result = heatmaps.explain(run, pixels, method=method, layer=layer, target=target)
+    tiles = overlay(pixels, scaled_maps(result, scale), opacity=opacity, scale=2, box_width=2)
+    patches.image_cards(list(tiles), width=176, captions=[
+        f"{p.name[:24]} · p={result.probabilities[i]:.3f} · focus {heatmaps.focus_text(result.centre_focus[i])}"
+        for i, p in enumerate(shown)])
+    heatmaps.colour_legend(target, width=520, method=method, note=SCALE_NOTES[scale])
+    if len(accepted) > UPLOADS_SHOWN:
+        st.caption(f"The first {UPLOADS_SHOWN} of {len(accepted)} patches are shown.")
+    st.caption(f"p: tumour probability ({notes.PROBABILITY_NOTE.split('. ')[0].replace('**', '')}). " + heatmaps.CENTRE_FOCUS_NOTE)
+
+
+if view == "upload":
+    upload_view()
+elif view == "patch":
     patch_view()
 else:
     gallery_view()

@@ -1,5 +1,5 @@
 """Predict: upload patches (tif, png, jpg) and get each one's tumour probability and the call at a chosen
-threshold from the selected run's model, each beside the heat map of its evidence (Grad-CAM) with its
+threshold from the selected run's model (or the bundled model trained on real tissue), each beside the heat map of its evidence (Grad-CAM) with its
 centre focus; a batch gives a results CSV (probability and call, with the threshold, model and run) and a
 Kaggle submission CSV. A file that is not a 96x96 RGB patch is converted
 with a notice or refused with the reason, never silently."""
@@ -16,11 +16,14 @@ SHOWN = 96  # patches drawn; the table and the CSV hold every one
 
 ctx = shell.context()
 st.title("Predict")
-run = shell.require_run(ctx, checkpoint=True)
+run = shell.require_run(ctx, checkpoint=True, bundled=True)
 model, config, info = caches.load_model(run)
 epoch = info.get("epoch")
-st.caption(f"Model of run `{run.run_id}`: {config.model.name}, best checkpoint"
-           + (f" (after epoch {epoch})" if epoch is not None else "") + f", trained on `{config.data.path}`.")
+if ctx.bundled:
+    shell.bundled_note()
+else:
+    st.caption(f"Model of run `{run.run_id}`: {config.model.name}, best checkpoint"
+               + (f" (after epoch {epoch})" if epoch is not None else "") + f", trained on `{config.data.path}`.")
 notes.synthetic_banner(bool(info.get("synthetic_data")),
                       "This model was trained on SYNTHETIC demo data: its probabilities mean nothing for real tissue.")
 

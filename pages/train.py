@@ -174,7 +174,7 @@ def live_view(run: RunDir, drawn: tuple) -> None:
 
 
 with live_column:
-    run = ctx.run
+    run = None if ctx.bundled else ctx.run  # the bundled model was not trained here
     if run is None:
         st.info("No run yet: fill in the form and start one.", icon=":material/model_training:")
     else:

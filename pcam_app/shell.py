@@ -22,6 +22,8 @@ import streamlit as st
 from PIL import Image
 from streamlit.navigation.page import StreamlitPage
 
+from pcam_core.bundled import LABEL as BUNDLED_LABEL
+from pcam_core.bundled import is_bundled, model_card
 from pcam_core.workspace.gallery import outline_centre
 from pcam_core.runs import checkpoint_path
 from pcam_core.runs import RunDir, RunSummary
@@ -65,6 +67,11 @@ class Context:
             if run.data not in names and (name := by_folder.get(_folder(run.data))):
                 names[run.data] = name
         return names
+
+    @property
+    def bundled(self) -> bool:
+        """Whether the selected run is the bundled model (`pcam_core.bundled`): no run folder of this workspace."""
+        return self.run is not None and is_bundled(self.run.path)
 
     def run_synthetic(self, run: RunDir | None = None) -> bool:
         run = run or self.run
@@ -144,10 +151,17 @@ def require_source(ctx: Context) -> DataSource:
     return ctx.source
 
 
-def require_run(ctx: Context, *, checkpoint: bool = False) -> RunDir:
-    if ctx.run is None:
+def require_run(ctx: Context, *, checkpoint: bool = False, bundled: bool = False) -> RunDir:
+    """The selected run, or the page ends saying why there is none. The bundled model is one only for
+    pages that pass `bundled` (they score patches; it has no run folder, curves or scored splits)."""
+    if ctx.run is None or (ctx.bundled and not bundled and not ctx.runs):
         st.info("No training run yet. Start one on the Train page.", icon=":material/model_training:")
         st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+        st.stop()
+    if ctx.bundled and not bundled:
+        st.info(f"The {BUNDLED_LABEL} is selected: it was trained outside this workspace, so it has no run folder, "
+                "curves or scored splits to show here. Choose one of your runs in the sidebar, or use it on the "
+                "Predict and Explain pages.", icon=":material/verified:")
         st.stop()
     if checkpoint:
         try:
@@ -157,3 +171,14 @@ def require_run(ctx: Context, *, checkpoint: bool = False) -> RunDir:
                     icon=":material/hourglass_top:")
             st.stop()
     return ctx.run
+
+
+def bundled_note() -> None:
+    """What the bundled model is, with its model card: shown where it scores patches."""
+    st.caption(f"Model: the **{BUNDLED_LABEL}** that ships with pcam_core, trained on real PCam patches of "
+               "Camelyon16 lymph-node slides (0.972 µm/px). For research, not a diagnosis.")
+    with st.expander("Model card: data, recipe, held-out figures, limits", icon=":material/description:"):
+        try:
+            st.markdown(model_card())
+        except FileNotFoundError as err:
+            st.error(str(err))

@@ -7,11 +7,15 @@ from typing import NoReturn
 
 import streamlit as st
 
+from pcam_core.bundled import BUNDLED_DIR, LABEL
 from pcam_core.workspace.monitor import run_caption
 from pcam_core.runs import RunDir
 from pcam_core.workspace import Workspace
 
 from .shell import Context, fail
+
+# The bundled model's entry in the run choice: not a valid run id, so no run folder can take its place.
+BUNDLED_CHOICE = "@bundled"
 
 
 def _apply_pending(key: str, options: list[str]) -> None:
@@ -62,13 +66,20 @@ def sidebar(workspace: Workspace) -> Context:
                 st.badge("SYNTHETIC demo data", icon=":material/science:", color="orange")
             if not source.exists():
                 st.badge("folder missing", icon=":material/error:", color="red")
-        run_ids = [r.run_id for r in runs]
+        run_ids = [r.run_id for r in runs] + [BUNDLED_CHOICE]  # last: the default only while there are no runs
         _apply_pending("run", run_ids)
         by_id = {r.run_id: r for r in runs}
         picked = st.selectbox("Selected run", run_ids, key="run", bind="query-params", placeholder="No runs yet",
-                              help="The run the Train, Runs and Predict pages show (newest first).")
+                              format_func=lambda i: LABEL if i == BUNDLED_CHOICE else i,
+                              help="The run the Train, Runs and Predict pages show (newest first), or the "
+                                   f"{LABEL} that ships with pcam_core (Predict and Explain).")
         run = None
-        if picked:
+        if picked == BUNDLED_CHOICE:
+            run = RunDir(BUNDLED_DIR)
+            st.caption("Shipped with pcam_core: trained on real PCam patches (Camelyon16 lymph nodes). "
+                       "Research use, not a diagnosis; its model card is on the Predict and Explain pages.")
+            st.badge("bundled model · real tissue", icon=":material/verified:", color="green")
+        elif picked:
             summary = by_id[picked]
             run = RunDir(summary.path)
             st.caption(run_caption(summary))

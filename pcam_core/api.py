@@ -46,7 +46,7 @@ class Predictor:
     model_name: str
     threshold: float  # a probability >= threshold is called tumour
     device: torch.device
-    source: str  # what it was loaded from: the run folder
+    source: str  # what it was loaded from: the run folder, or "bundled"
     checkpoint: Path
     epoch: int | None  # completed training epochs of the checkpoint
 
@@ -72,7 +72,8 @@ class Predictor:
 
 
 def load_predictor(run: str | os.PathLike, *, device: str = "auto", checkpoint: str = "best") -> Predictor:
-    """The model of a run folder (written by `pcam train`) ready to score images.
+    """The model of a run folder (written by `pcam train`), or of "bundled" (the model trained on real
+    patches that ships with pcam_core: `pcam_core/bundled/MODEL_CARD.md`), ready to score images.
 
     `checkpoint`: "best" (the best validated epoch; the last one when none was validated yet) or
     "last". `device`: "auto" (the GPU when there is one), "cpu" or "cuda". The moving-average weights
@@ -80,7 +81,8 @@ def load_predictor(run: str | os.PathLike, *, device: str = "auto", checkpoint: 
     dev = resolve_device(device)
     path = checkpoint_path(run, checkpoint)
     model, config, info = model_from_checkpoint(path, dev)
-    return Predictor(model, config.model.name, DEFAULT_THRESHOLD, dev, str(run), path, info.get("epoch"))
+    threshold = float(info.get("threshold", DEFAULT_THRESHOLD))  # the bundled model records the one it was judged at
+    return Predictor(model, config.model.name, threshold, dev, str(run), path, info.get("epoch"))
 
 
 def as_patches(images: Images) -> np.ndarray:

@@ -29,6 +29,8 @@ from .config import (
 from .tracking import INSTALL_HINT, resolve_uri
 
 EXIT_ERROR = 2
+RUN_HELP = ("training run folder (its best checkpoint, else its last), or `bundled`: the model trained on real "
+            "patches that ships with pcam_core (pcam_core/bundled/MODEL_CARD.md)")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -212,7 +214,7 @@ def _add_eval_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a run on a labelled split", description=(
         "Score a run's best checkpoint on a labelled split: writes --out (metrics JSON with ROC, PR and "
         "calibration curves) and <out stem>_predictions.csv (id,label,probability,index) beside it."))
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("--data", required=True, help="PCam HDF5 folder or Kaggle folder")
     p.add_argument("--split", default="test", help="train, valid or test (for Kaggle data, valid is the run's own validation split)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
@@ -230,7 +232,7 @@ def _add_eval_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="write a Kaggle submission CSV", description=(
         "Predict the tumour probability of every image in --input (a folder of images, a Kaggle folder's "
         "test/ split, or an HDF5 split) and write Kaggle's format: id,label with label the probability."))
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--split", help="split of an HDF5 or Kaggle folder (default: test)")
@@ -307,7 +309,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
         "Explain a run's predictions: one overlay PNG per patch (<id>.png: heat map over the patch, central "
         "32x32 region outlined) and explanations.csv (id, probability, centre_focus, method, layer, target) "
         "in --out. Centre focus is the share of the map inside the central region (1/9 for a uniform map)."))
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("--input", required=True, help="an image file, a folder of images, a Kaggle folder or PCam HDF5 data")
     p.add_argument("--out", required=True, help="folder for the PNGs and explanations.csv")
     p.add_argument("--method", default="gradcam",
@@ -516,7 +518,7 @@ def _add_slides(sub: argparse._SubParsersAction) -> None:
         "per 96x96 cell (stride 96), tissue only. A slide file writes into --out; a folder of slides writes "
         "--out/<slide name>/ per slide: heatmap.npy, heatmap.png, heatmap.tif, tissue.png, tumour_regions.geojson, "
         "tiles.csv and summary.json. See docs/slides.md."))
-    p.add_argument("--run", required=True, help="training run folder (its best checkpoint, else its last)")
+    p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("--input", required=True, help="a slide file (SVS, NDPI, MRXS, tiled TIFF, ...) or a folder of them")
     p.add_argument("--out", required=True)
     p.add_argument("--stride", type=int, choices=(32, 96), default=32, help="cell size in PCam-scale pixels (96: 9x cheaper)")
@@ -596,7 +598,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "and returns the tumour probability (N,). The export is reloaded and compared with PyTorch at once; the "
         "report goes to FILE.json. TorchScript also writes STEM-wsinfer/ (torchscript_model.pt, config.json) for "
         "WSInfer and QuPath's WSInfer extension. See docs/export.md."))
-    p.add_argument("--run", required=True, help="training run folder")
+    p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
     p.add_argument("--out", required=True, help="the model file to write (its folder must exist)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="best falls back to last (default: best)")
@@ -647,7 +649,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="an HTTP API that scores patches and slides with a run (FastAPI)", description=(
         "Serve a run's model over HTTP: POST /v1/predict (image files), POST /v1/slides and GET /v1/slides/ID "
         "(whole-slide analyses of files in --slides-dir), GET /v1/health; OpenAPI docs at /docs. See docs/serve.md."))
-    p.add_argument("--run", required=True, help="training run folder (its best checkpoint, else its last)")
+    p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help=_default(8000))
     p.add_argument("--token", help=f"bearer token every route but /v1/health requires (default: ${SERVE_TOKEN_ENV}; unset: no token)")

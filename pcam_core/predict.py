@@ -29,6 +29,7 @@ from .data.loader import detect_format, make_loader, open_dataset, open_split
 from .fileio import atomic_write_json, atomic_write_with
 from .inference import Predictions, predict_batch, predict_loader
 from .metrics import binary_metrics, choose_threshold, pr_points, reliability_points, roc_points
+from .bundled import is_bundled
 from .runs import RunDir, checkpoint_path, predictions_beside
 from .transforms import eval_preset
 from .uploads import read_uploads
@@ -229,6 +230,9 @@ def evaluate_run(
         raise DataError(f"{dataset.describe()} has no labels; use `pcam predict` for unlabelled data")
     threshold_used = threshold_value
     if threshold != "fixed":
+        if is_bundled(run_dir):
+            raise ValueError(f"threshold method {threshold!r} needs the run's validation predictions, and the bundled model "
+                             f"ships none; use --threshold fixed (its threshold: {info.get('threshold', threshold_value)})")
         valid_csv = RunDir(run_dir).valid_predictions_path
         if not valid_csv.exists():
             raise FileNotFoundError(f"{valid_csv} not found: threshold method {threshold!r} needs the run's validation predictions")

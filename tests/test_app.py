@@ -103,8 +103,10 @@ def test_first_start_generates_synthetic_demo_data_then_every_page_renders(tmp_p
         shown = texts(at)
         if page.endswith(("overview.py", "dataset.py")):
             assert "SYNTHETIC" in shown, page  # the demo data is labelled wherever it is shown
-        if page.endswith(("runs.py", "explain.py", "predict.py")):
+        if page.endswith("runs.py"):
             assert "No training run yet" in shown, page
+        if page.endswith(("explain.py", "predict.py")):  # the bundled model, selected while there are no runs
+            assert "bundled model (real tissue)" in shown and "trained on SYNTHETIC" not in shown, page
 
 
 def test_a_page_url_requested_first_runs_inside_the_app_shell(finished_workspace, monkeypatch):
@@ -575,3 +577,36 @@ def test_explain_names_an_empty_map_in_full(finished_workspace, monkeypatch, tmp
     at.sidebar.selectbox(key="run").set_value(RUN_ID).run()
     assert {m.label: m.value for m in at.metric}["Centre focus"] == "none"
     assert "Centre focus none: the heat map is empty (no evidence for tumour at this layer)." in texts(at)
+
+
+# -- the bundled model ----------------------------------------------------------------------------------
+
+def test_a_fresh_workspace_predicts_and_explains_real_patches_with_the_bundled_model(tmp_path, monkeypatch, real_kaggle):
+    """The first start selects the bundled model (trained on real tissue) on Predict and Explain, marked as
+    such and never as synthetic, with its model card; uploads are scored and explained. (The fixture patches
+    overlap its training data: tests/test_bundled.py.)"""
+    monkeypatch.setenv(DEMO_ENV_VAR, "64")
+    at = start(tmp_path / "ws", monkeypatch)
+    labels = pd.read_csv(real_kaggle / "train_labels.csv").head(6)
+    files = [(f"{i}.tif", (real_kaggle / "train" / f"{i}.tif").read_bytes(), "image/tiff") for i in labels["id"]]
+    for page in ("pages/predict.py", "pages/explain.py"):
+        open_page(at, page)
+        assert at.sidebar.selectbox(key="run").value == "@bundled"
+        shown = texts(at)
+        assert "bundled model (real tissue)" in shown and "SYNTHETIC" not in " ".join(w.value for w in at.warning), page
+        assert any(e.label.startswith("Model card") for e in at.expander), page
+        assert "Held-out figures" in shown  # the card, inside its expander
+    open_page(at, "pages/predict.py")
+    at.file_uploader(key="uploads").set_value(files).run()
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert len(table) == 6 and table["probability"].between(0, 1).all()
+    assert at.get("download_button")[0].proto.label == "Download results (CSV)"
+    open_page(at, "pages/explain.py")
+    at.file_uploader(key="explain_uploads").set_value(files).run()
+    assert not at.exception and not at.error
+    captions = [c for image in at.image for c in image.captions if "focus" in c]
+    assert len(captions) == 6 and all(re.search(r"p=\d\.\d{3} · focus (\d\.\d\d|none)", c) for c in captions)
+    # the pages that show a run's folder say the bundled model has none, without failing
+    for page in ("pages/runs.py", "pages/train.py"):
+        open_page(at, page)
