@@ -191,3 +191,16 @@ def test_out_in_a_missing_folder_is_refused(trained_run, tmp_path, capsys) -> No
     assert not out.parent.exists()
     code = main(["export", "--run", str(trained_run), "--format", "torchscript", "--out", str(tmp_path)])
     assert code == 2 and "is a folder; give a file name" in capsys.readouterr().err
+
+
+def test_the_bundled_model_exports_to_torchscript(tmp_path, real_pixels) -> None:
+    """`--run bundled` names the model that ships in the package, for export as for every other command."""
+    from pcam_core.export import export_run
+
+    out = tmp_path / "bundled.pt"
+    report = export_run("bundled", "torchscript", out, check=real_pixels)
+    assert report["parity"]["max_abs_diff"] < 1e-4 and out.exists()
+    scripted = torch.jit.load(str(out))
+    with torch.no_grad():
+        exported = scripted(torch.from_numpy(real_pixels[:5]).permute(0, 3, 1, 2).float() / 255).numpy()
+    np.testing.assert_allclose(exported, load_predictor("bundled", device="cpu").predict(real_pixels[:5]), atol=1e-5)

@@ -278,3 +278,23 @@ def test_16_concurrent_clients(server, real_kaggle):
     assert not any(t.is_alive() for t in threads), "a client hung"
     assert not errors, errors[:3]
     assert len(results) == 16 and time.time() - start < 120
+
+
+def test_the_bundled_model_serves_real_patches(tmp_path, real_kaggle):
+    """`pcam serve --run bundled` starts on the model that ships in the package and answers with its
+    probabilities and the threshold recorded with it."""
+    from pcam_core import load_predictor
+
+    predictor = load_predictor("bundled", device="cpu")
+    paths = sorted((real_kaggle / "train").glob("*.tif"))[:8]
+    server = ApiServer("--run", "bundled", "--device", "cpu", log=tmp_path / "serve.log").start()
+    try:
+        files = [("files", (p.name, p.read_bytes(), "image/tiff")) for p in paths]
+        answer = httpx.post(f"{server.url}/v1/predict", files=files, timeout=60)
+    finally:
+        server.stop()
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["threshold"] == pytest.approx(predictor.threshold)
+    got = {p["name"]: p["probability"] for p in body["predictions"]}
+    np.testing.assert_allclose([got[p.name] for p in paths], predictor.predict(paths), atol=1e-5)
