@@ -154,3 +154,20 @@ def test_the_documented_example_runs(trained_run, test_pixels, tmp_path, capsys)
     probs = namespace["probs"]
     expected = pcam_core.load_predictor(trained_run, device="cpu").predict(test_pixels[:3])
     np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-6)
+
+
+def test_the_readme_example_runs(trained_run, real_kaggle, tmp_path, monkeypatch):
+    """The README's ```python block, run as written in a folder holding patch1.tif and patch2.tif (two real
+    patches), with its run folder pointed at a trained run."""
+    readme = DOCS.parents[1] / "README.md"
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.S) if "load_predictor" in b]
+    code, n = re.subn(r'load_predictor\("workspace/runs/my-run"\)', f"load_predictor({str(trained_run)!r})", block)
+    assert n == 1, "the README's example loads a run folder named workspace/runs/my-run"
+    sources = sorted((real_kaggle / "train").glob("*.tif"))[:2]
+    for name, source in zip(("patch1.tif", "patch2.tif"), sources):
+        (tmp_path / name).write_bytes(source.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, str(readme), "exec"), namespace)
+    expected = pcam_core.load_predictor("bundled", device="cpu").predict(sources, tta=True)
+    np.testing.assert_allclose(namespace["probabilities"], expected, rtol=0, atol=1e-6)
