@@ -145,6 +145,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process_group(proc: subprocess.Popen | None, timeout: float = 20) -> None:
+    """End a server started with `start_new_session=True` and everything it started: SIGTERM to its process
+    group, SIGKILL after `timeout` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 class Dashboard:
     """`streamlit run streamlit_app.py` as a user starts it, on the workspace `workspace` (its output
     appended to `log`). `start` waits until it answers; `stop` ends it and nothing else: training runs
@@ -184,14 +197,7 @@ class Dashboard:
             time.sleep(0.3)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process_group(self.proc)
 
     def __enter__(self) -> Dashboard:
         return self.start()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import REPO, free_port, make_bad_images, run_cli, wait_for
+from helpers import REPO, free_port, make_bad_images, run_cli, stop_process_group, wait_for
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -58,14 +57,7 @@ class ApiServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        stop_process_group(self.proc)
 
 
 @pytest.fixture(scope="module")
