@@ -38,6 +38,10 @@ def choose(run: RunDir, value: float) -> None:
 
 def slider(where: Any, run: RunDir, *, key: str, help: str, disabled: bool = False) -> float:
     """A "Decision threshold" slider that shows the run's chosen threshold and, when moved, chooses another."""
-    value = st.session_state[key] = chosen(run)  # a widget's state may be set before it is drawn in a run
+    value = chosen(run)
+    if st.session_state.get(key) != value:
+        # set only when it differs (another page chose, or the widget is new): a widget's state set by the script
+        # is sent back to the browser, and resending it on every rerun undid key presses still on their way
+        st.session_state[key] = value
     return where.slider("Decision threshold", 0.0, 1.0, step=STEP, key=key, format="%.3f" if len(text(value)) == 5 else "%.5f",
                         help=help, disabled=disabled, on_change=lambda: choose(run, st.session_state[key]))
