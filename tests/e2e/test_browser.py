@@ -184,7 +184,7 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
             # from an error to its explanation (at threshold 0 every normal patch is a false positive)
             main = page.locator("[data-testid=stMain]")
             if main.get_by_role("link", name="Explain").count() == 0:
-                slider.press("Home")
+                page.get_by_role("slider").first.press("Home")
                 wait_rendered(page, main.get_by_role("link", name="Explain"))
             number = re.match(r"#(\d+)", main.locator(".pcam-patch-links figcaption").first.inner_text()).group(1)
             link = main.get_by_role("link", name="Explain").first
