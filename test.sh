@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the whole test suite (sets up .venv with the test requirements on first use; installs Debian's chromium for the browser
 # tests when it is missing and this user may run apt-get). Extra arguments go to pytest: `./test.sh -m "not slow"`
-# is the fast lane (about a minute: no training runs, servers or browsers).
+# is the fast lane (about a minute and a half on 2 cores: no training runs, servers or browsers).
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh --test
