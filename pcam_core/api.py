@@ -23,9 +23,8 @@ from .checkpoint import model_from_checkpoint
 from .data.common import PATCH_SHAPE, decode_image
 from .data.common import _to_rgb_patch as to_rgb_patch  # decode_image's checks, for an image already open
 from .devices import resolve_device
-from .inference import predict_batch
+from .inference import predict_pixels
 from .runs import checkpoint_path
-from .transforms import eval_preset
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +60,7 @@ class Predictor:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be at least 1")
-        pixels = as_patches(images)
-        normalize = eval_preset().to(self.device)
-        probs = np.empty(len(pixels), dtype=np.float64)
-        for start in range(0, len(pixels), batch_size):
-            # (B, 3, 96, 96) as a view of the (B, 96, 96, 3) pixels, as the loaders deliver them
-            batch = torch.from_numpy(pixels[start : start + batch_size]).permute(0, 3, 1, 2).to(self.device)
-            probs[start : start + len(batch)] = predict_batch(self.model, batch, tta=tta, normalize=normalize).double().cpu().numpy()
-        return probs
+        return predict_pixels(self.model, as_patches(images), tta=tta, batch_size=batch_size)
 
 
 def load_predictor(run: str | os.PathLike, *, device: str = "auto", checkpoint: str = "best") -> Predictor:

@@ -77,6 +77,21 @@ def predict_batch(
     return total / len(views)
 
 
+def predict_pixels(model: nn.Module, pixels: np.ndarray, *, tta: bool = False, batch_size: int = 256) -> np.ndarray:
+    """Tumour probabilities (float64, (N,)) of uint8 RGB patches `pixels` (N, 96, 96, 3), scored in batches of
+    `batch_size` on the model's device with the eval normalisation (`predict_batch`)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    device = next(model.parameters()).device
+    normalize = eval_preset().to(device)
+    probs = np.empty(len(pixels), dtype=np.float64)
+    for start in range(0, len(pixels), batch_size):
+        # (B, 3, 96, 96) from the (B, 96, 96, 3) pixels, as the loaders deliver them
+        batch = torch.from_numpy(pixels[start : start + batch_size]).permute(0, 3, 1, 2).contiguous().to(device)
+        probs[start : start + len(batch)] = predict_batch(model, batch, tta=tta, normalize=normalize).double().cpu().numpy()
+    return probs
+
+
 def predict_loader(
     model: nn.Module,
     loader: Iterable[dict],

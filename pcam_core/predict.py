@@ -27,11 +27,10 @@ from .data.base import PatchDataset
 from .data.common import DataError, patch_id
 from .data.loader import detect_format, make_loader, open_dataset, open_split
 from .fileio import atomic_write_json, atomic_write_with
-from .inference import Predictions, predict_batch, predict_loader
+from .inference import Predictions, predict_loader, predict_pixels
 from .metrics import binary_metrics, choose_threshold, pr_points, reliability_points, roc_points
 from .bundled import is_bundled
 from .runs import RunDir, checkpoint_path, predictions_beside
-from .transforms import eval_preset
 from .uploads import read_uploads
 
 log = logging.getLogger(__name__)
@@ -314,13 +313,7 @@ def score_uploads(model: nn.Module, files: Sequence[tuple[str, bytes]], *, tta: 
     result = UploadResult(refused=refused)
     if not accepted:
         return result
-    device = next(model.parameters()).device
-    normalize = eval_preset().to(device)
-    probs: list[float] = []
-    for start in range(0, len(accepted), batch_size):
-        chunk = np.stack([patch.pixels for patch in accepted[start : start + batch_size]])
-        images = torch.from_numpy(chunk).permute(0, 3, 1, 2).contiguous().to(device)
-        probs += predict_batch(model, images, tta=tta, normalize=normalize).double().cpu().tolist()
+    probs = predict_pixels(model, np.stack([patch.pixels for patch in accepted]), tta=tta, batch_size=batch_size).tolist()
     result.scored = [ScoredPatch(patch.name, patch.id, patch_id(patch.pixels), patch.pixels, p, patch.notes)
                      for patch, p in zip(accepted, probs)]
     return result
