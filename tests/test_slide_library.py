@@ -265,3 +265,32 @@ def test_queued_analyses_run_one_at_a_time_survive_a_killed_runner_stop_and_resu
     assert wait_for(lambda: fresh.analysis(c).state == "done", timeout=300, every=0.5), fresh.analysis(c)
     assert "--resume" in json.loads((fresh.jobs / f"analysis-{c}-bundled-s32.json").read_text())["command"]
     assert wait_for(lambda: not fresh.runner_alive(), timeout=30)  # the queue is empty: the runner left
+
+
+# -- the page's library section (pcam_app.slide_library) -----------------------------------------------
+
+def _library_section(root: str) -> None:
+    from pcam_app.slide_library import add_slides, analysis_controls, slide_list
+    from pcam_core.workspace.slides import SlideLibrary
+
+    library = SlideLibrary(root)
+    add_slides(library)
+    analysis_controls(library, slide_list(library, "bundled"), "bundled")
+
+
+def test_the_library_section_lists_no_slides_then_slides_with_their_states(slide_folder, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    root = str(tmp_path / "ws")
+    at = AppTest.from_function(_library_section, args=(root,), default_timeout=30).run()
+    assert not at.exception and any("No slides yet" in i.value for i in at.info)
+    library = SlideLibrary(root)
+    library.add_folder(slide_folder)
+    png = next(e for e in library.slides() if e.name == "tissue.png")
+    _analyse(Path(png.path), library.analysis_folder(png.id, "bundled").path, mpp=0.5, region_px=256)
+    at = AppTest.from_function(_library_section, args=(root,), default_timeout=30).run()
+    assert not at.exception
+    shown = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
+    assert "demo.tif" in shown and "SYNTHETIC" in shown and "1,024 × 768 px" in shown
+    assert "Analysis: done: score" in shown and "Analysis: not analysed" in shown
+    assert any("broken.tif" in e.value for e in at.error)  # listed with its error, not fatal

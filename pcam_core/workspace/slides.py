@@ -324,6 +324,16 @@ class SlideLibrary:
                 return self._describe(path, origin)
         raise ValueError(f"no slide with id {slide!r} in the library")
 
+    def lookup(self, slide: str) -> SlideEntry:
+        """The slide with id `slide`: for routes that take an id from a URL and must never serve a path
+        outside the library. `KeyError` naming it when there is none (ValueError for a malformed id)."""
+        if not isinstance(slide, str) or not re.fullmatch(r"[0-9a-f]{16}", slide):
+            raise ValueError(f"slide id {slide!r} is not valid: 16 hex digits")
+        try:
+            return self.entry(slide)
+        except ValueError:
+            raise KeyError(f"no registered slide {slide!r}") from None
+
     def _describe(self, path: Path, origin: str) -> SlideEntry:
         """The slide's entry, from the cache when its size and mtime did not change; the thumbnail made once."""
         sid = slide_id(path)
