@@ -23,7 +23,7 @@ _SKIMAGE_OD_UNIT = -np.log(1e-6)
 # The "other lab": the reference H&E stain vectors (columns: haematoxylin, eosin, as optical density per
 # RGB channel) and 99th-percentile stain concentrations of Macenko et al.'s reference implementation
 # (mitkovetta/staining-normalization, torchstain's defaults), written out so the target never moves with
-# a library upgrade. Its haematoxylin is bluer and its eosin pinker than Camelyon16's.
+# a library upgrade. Camelyon16's patches come out paler and bluer under it.
 OTHER_LAB_STAINS = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
 OTHER_LAB_MAX_CONCENTRATION = np.array([1.9705, 1.0308])
 # Macenko estimates the source stains from many patches at once (one 96x96 patch holds too few tissue
