@@ -214,3 +214,17 @@ def test_heavy_blur_and_jpeg_lower_the_bundled_models_roc_auc(real_kaggle, tmp_p
         assert rows["roc_auc"].iloc[-1] < base - AUC_DROP, (shift, rows["roc_auc"].tolist())
         assert rows["roc_auc"].iloc[-1] < rows["roc_auc"].iloc[1] and rows["ece"].iloc[-1] > rows["ece"].iloc[0]
     assert {e["shift"]: e["fails_at"] is not None for e in report["card"]["entries"]} == {"blur": True, "jpeg": True}
+
+
+@pytest.mark.slow
+def test_the_background_job_writes_the_report_the_page_reads(bundled_run):
+    from helpers import wait_for
+
+    status = service.start_robustness(bundled_run, "valid", limit=16)
+    assert status.active and "--limit" in status.command
+    assert wait_for(lambda: not service.robustness_status(bundled_run, "valid").active, timeout=300)
+    final = service.robustness_status(bundled_run, "valid")
+    assert final.state == "finished", final.log_tail
+    report = service.robustness_report(bundled_run, "valid")
+    assert report["n"] == 16 and len(report["frame"]) == 45 and len(report["card"]["entries"]) == 11
+    assert "Blur: Stops being trustworthy" in final.log_tail or "Blur: Stays trustworthy" in final.log_tail  # the card, printed

@@ -18,7 +18,7 @@ from ..runs.jobs import JobStatus, job_status, start_job
 from .scoring import _fresh, scorable_splits
 
 # The dashboard scores a seeded, label-stratified sample of this many patches (the CLI takes any --limit):
-# 43 conditions of 2,000 patches are about 86,000 forward passes, minutes on a CPU; the ROC-AUC of 2,000
+# 39 conditions of 2,000 patches are 78,000 forward passes, minutes on a CPU; the ROC-AUC of 2,000
 # patches is known to about ±0.01.
 PAGE_SAMPLE = 2000
 
