@@ -6,7 +6,7 @@ import time
 
 import streamlit as st
 
-from pcam_app import caches, figures, notes, shell, thresholds
+from pcam_app import caches, figures, notes, robustness, shell, thresholds
 from pcam_app.components.chart import chart
 from pcam_app.components.patch_links import patch_cards
 from pcam_app.components.table import sortable_table
@@ -154,3 +154,6 @@ for column, frame, title, empty in (
                     "pages/explain.py", [{**st.query_params.to_dict(), "run": run.run_id, "split": split, "patch": str(i)}
                                          for i in indices],
                     label="Explain", key=f"errors_{title.split(':')[0]}", width=120)
+
+st.divider()
+robustness.section(run, split)

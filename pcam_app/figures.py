@@ -175,3 +175,22 @@ def probability_figure(predictions: pd.DataFrame, threshold: float) -> go.Figure
     fig.add_vline(x=threshold, line=dict(color="black", width=2), annotation_text=f"threshold {threshold:.2f}")
     return _layout(fig, "Probabilities by true class", height=340, barmode="overlay", bargap=0,
                    xaxis_title="tumour probability", yaxis_title="patches", xaxis=dict(range=[0, 1]))
+
+
+ROBUSTNESS_METRICS = {"roc_auc": "ROC-AUC", "ece": "calibration error (ECE)"}
+
+
+def robustness_figure(table: pd.DataFrame, metric: str, limit: float) -> go.Figure:
+    """A figure of `pcam robustness`'s table: `metric` against the shift's strength, one line per shift,
+    and the line past which the report card stops trusting the model (`limit`)."""
+    fig = go.Figure()
+    for _, group in table.groupby("shift", sort=False):
+        group = group.sort_values("strength")
+        fig.add_scatter(x=group["strength"], y=group[metric], mode="lines+markers", name=group["title"].iloc[0],
+                        customdata=np.stack([group["level"], group["unit"]], axis=1),
+                        hovertemplate="strength %{x:+d} (%{customdata[1]} %{customdata[0]:.3g}): %{y:.3f}<extra>%{fullData.name}</extra>")
+    fig.add_hline(y=limit, line=dict(color="#c62828", dash="dash"),
+                  annotation_text=f"{'trusted above' if metric == 'roc_auc' else 'trusted below'} {limit:.3f}")
+    return _layout(fig, f"{ROBUSTNESS_METRICS[metric]} against the strength of each shift", height=380,
+                   xaxis_title="strength (0: the patches as they are; see the table for each level)",
+                   yaxis_title=ROBUSTNESS_METRICS[metric], xaxis=dict(dtick=1))

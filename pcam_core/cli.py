@@ -302,6 +302,79 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- robustness ------------------------------------------------------------------------------------
+
+def _add_robustness(sub: argparse._SubParsersAction) -> None:
+    from .shifts import SHIFT_GROUPS
+
+    p = sub.add_parser("robustness", help="score a run on a labelled split under graded image shifts", description=(
+        "Score a run on a labelled split under graded shifts (stain amounts, stain normalisation to another lab, "
+        "blur, JPEG, brightness, contrast): ROC-AUC, calibration error, Brier score and accuracy per shift and "
+        "strength, and a report card of where the model stops being trustworthy (ROC-AUC more than 0.05 below "
+        "the unshifted one, or calibration error above 0.1). Writes robustness/<split>.csv and .json into the "
+        "run folder (or into --out). docs/robustness.md explains the shifts."))
+    p.add_argument("--run", required=True, help=RUN_HELP)
+    p.add_argument("--data", required=True, help="PCam HDF5 folder or Kaggle folder")
+    p.add_argument("--split", default="test", help="a labelled split: train, valid or test (for Kaggle data, valid is the run's own validation split)")
+    p.add_argument("--shifts", default=",".join(SHIFT_GROUPS),
+                   help=f"comma-separated, from {', '.join(SHIFT_GROUPS)} (stain: haematoxylin and eosin; each also by name) "
+                        "(default: all)")
+    p.add_argument("--limit", type=int, help="score a seeded sample of this many patches, stratified by label (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of that sample (default: 0)")
+    p.add_argument("--out", help="folder to write <split>.csv and .json into (default: the run folder's robustness/; "
+                   "required for the bundled model)")
+    p.add_argument("--threshold", type=float, help="decision threshold of the accuracy (default: the run's own, else 0.5)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False,
+                   help="average the 8 symmetries of the square (default: off, one pass per patch and condition)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(func=cmd_robustness)
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from .robustness import run_robustness
+
+    bar = None
+    verbose_lines = not sys.stderr.isatty()  # a job's log (the dashboard's) gets one line per condition instead of a bar
+
+    def start(total: int) -> None:
+        nonlocal bar
+        bar = _bar(total, "robustness")
+
+    def progress(row: dict[str, Any]) -> None:
+        if bar is not None:
+            bar.set_description(f"{row['shift']} {row['strength']:+d}", refresh=False)
+            bar.update(row["n"] if row["strength"] else 0)
+        if verbose_lines:
+            print(f"{row['shift']} {row['strength']:+d}: ROC-AUC {_fmt(row['roc_auc'], 3)}, ECE {_fmt(row['ece'], 3)}, "
+                  f"accuracy {_fmt(row['accuracy'], 3)}", flush=True)
+
+    try:
+        report = run_robustness(args.run, args.data, args.split, out_dir=args.out, shifts=args.shifts, limit=args.limit,
+                                seed=args.seed, tta=args.tta, threshold=args.threshold, device=args.device,
+                                batch_size=args.batch_size, which=args.checkpoint, on_start=start, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"{report['dataset']}: {report['n']} patches, TTA {'on' if report['tta'] else 'off'}, "
+          f"threshold {report['threshold']:.3f}, {report['seconds']:.0f} s")
+    print(f"{'shift':<13} {'strength':>8} {'level':>7} {'ROC-AUC':>8} {'drop':>7} {'ECE':>6} {'Brier':>6} {'acc':>6} {'mean p':>7}")
+    for row in report["table"]:
+        print(f"{row['shift']:<13} {row['strength']:>+8d} {row['level']:>7.3g} {_fmt(row['roc_auc'], 3):>8} "
+              f"{_fmt(row['auc_drop'], 3):>7} {row['ece']:>6.3f} {row['brier']:>6.3f} {row['accuracy']:>6.3f} "
+              f"{row['mean_probability']:>7.3f}")
+    card = report["card"]
+    print(f"\nReport card (trustworthy while the ROC-AUC stays within {card['auc_drop']} of the unshifted one"
+          f"{' and the calibration error at most ' + str(card['ece_limit']) if card['judges_ece'] else ''}):")
+    for note in card["notes"]:
+        print(f"  note: {note}")
+    for entry in card["entries"]:
+        print(f"  {entry['title']}: {entry['sentence']}")
+    print(f"wrote {report['csv']} and {report['json']}")
+    return 0
+
+
 # -- explain ---------------------------------------------------------------------------------------
 
 def _add_explain(sub: argparse._SubParsersAction) -> None:
@@ -719,6 +792,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_train(sub)
     _add_eval_predict(sub)
+    _add_robustness(sub)
     _add_explain(sub)
     _add_runs(sub)
     _add_slides(sub)

@@ -15,10 +15,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pcam_core"
 # Lowest first. A module may import its own layer and those below; the longest prefix names the layer.
 LAYERS: list[tuple[str, ...]] = [
     ("pcam_core", "pcam_core.config", "pcam_core.fileio", "pcam_core.devices", "pcam_core.data", "pcam_core.models",
-     "pcam_core.transforms", "pcam_core.metrics", "pcam_core.checkpoint", "pcam_core.uploads"),
+     "pcam_core.transforms", "pcam_core.metrics", "pcam_core.checkpoint", "pcam_core.uploads", "pcam_core.shifts"),
     ("pcam_core.runs", "pcam_core.bundled", "pcam_core.explain", "pcam_core.inference", "pcam_core.optim",
      "pcam_core.distributed", "pcam_core.calibration", "pcam_core.tracking"),
-    ("pcam_core.train", "pcam_core.predict", "pcam_core.slides", "pcam_core.export"),
+    ("pcam_core.train", "pcam_core.predict", "pcam_core.slides", "pcam_core.export", "pcam_core.robustness"),
     ("pcam_core.workspace",),
     ("pcam_core.api", "pcam_core.cli", "pcam_core.serve", "pcam_core.__main__"),
 ]
@@ -98,8 +98,8 @@ def test_the_checker_sees_an_upward_import_inside_a_function() -> None:
 
 def test_importing_the_services_and_runs_loads_no_torch() -> None:
     code = ("import sys, pcam_core.workspace, pcam_core.workspace.monitor, pcam_core.workspace.scoring, "
-            "pcam_core.workspace.gallery, pcam_core.workspace.slides, pcam_core.slides.report, pcam_core.runs, pcam_core.runs.jobs, "
-            "pcam_core.uploads; "
+            "pcam_core.workspace.gallery, pcam_core.workspace.slides, pcam_core.slides.report, pcam_core.workspace.robustness, "
+            "pcam_core.shifts, pcam_core.runs, pcam_core.runs.jobs, pcam_core.uploads; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     done = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -16,6 +16,8 @@
       evaluations/<split>.json              metrics and curves of another split (`pcam evaluate --out`)
       evaluations/<split>_predictions.csv   id,label,probability,index of that split
       evaluations/score-<split>.json, .log  the background job that wrote them (`runs.jobs`)
+      robustness/<split>.csv, .json         that split scored under graded shifts, and the report card (`pcam robustness`)
+      robustness/robustness-<split>.json, .log  the background job that wrote them
 
 This module is the only one that names these paths, and the only writer of config.json; everything
 else asks a `RunDir` for them.
@@ -101,6 +103,7 @@ class RunDir:
     summary_path = property(lambda self: self.path / "summary.json")
     evaluations = property(lambda self: self.path / "evaluations")
     tracking_path = property(lambda self: self.path / "tracking.json")
+    robustness = property(lambda self: self.path / "robustness")
 
     def checkpoint(self, which: str = "best") -> Path:
         """`checkpoints/best.pt` (or `last.pt`); best falls back to last when no epoch finished."""
@@ -117,6 +120,10 @@ class RunDir:
         """(metrics JSON, predictions CSV) of `split` scored by `pcam evaluate` for this run."""
         metrics = self.evaluations / f"{split}.json"
         return metrics, predictions_beside(metrics)
+
+    def robustness_files(self, split: str) -> tuple[Path, Path]:
+        """(table CSV, report JSON) of `split` scored under shifts by `pcam robustness` for this run."""
+        return robustness_files(self.robustness, split)
 
     def write_config(self, config: ExperimentConfig) -> None:
         """Write config.json (atomically): the one writer of that file."""
@@ -366,6 +373,14 @@ def predictions_beside(metrics_path: str | Path) -> Path:
     """The per-patch predictions CSV written beside an evaluation's metrics JSON (`<stem>_predictions.csv`)."""
     metrics_path = Path(metrics_path)
     return metrics_path.with_name(metrics_path.stem + "_predictions.csv")
+
+
+def robustness_files(folder: str | Path, split: str) -> tuple[Path, Path]:
+    """(`<split>.csv`, `<split>.json`) in `folder`: a run's `robustness/`, or the folder `pcam robustness --out` names."""
+    if not isinstance(split, str) or not _RUN_ID.match(split) or ".." in split:
+        raise ValueError(f"invalid split name {split!r}: use letters, digits, '.', '_' or '-'")
+    folder = Path(folder)
+    return folder / f"{split}.csv", folder / f"{split}.json"
 
 
 def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:

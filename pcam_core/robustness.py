@@ -1,0 +1,219 @@
+"""Robustness: a run scored on one split under graded shifts (`pcam_core.shifts`), and a report card that
+says where the model stops being trustworthy.
+
+The patches are decoded once; each shift at each strength is applied to the uint8 pixels in numpy and
+scored in batches (`inference.predict_pixels`, the eval normalisation inside, as for plain scoring), so
+strength 0 gives exactly the probabilities `pcam evaluate` gives (same TTA setting). For every shift and
+strength: ROC-AUC, ECE, Brier score, accuracy at the run's threshold, mean probability, n, and the drop
+of ROC-AUC from strength 0.
+
+A shift stops being trustworthy at the first strength, going away from 0 in each direction, where the
+ROC-AUC falls more than `AUC_DROP` below the unshifted one or the calibration error rises above
+`ECE_LIMIT`. The files (`robustness/<split>.csv` and `.json`) are written atomically into the run folder
+(`RunDir.robustness_files`). The maths and the grades: docs/robustness.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from .bundled import is_bundled
+from .data.common import DataError
+from .devices import resolve_device
+from .fileio import atomic_write_json, atomic_write_with
+from .inference import predict_pixels
+from .metrics import binary_metrics
+from .predict import dataset_for_split, load_run_model
+from .runs import RunDir
+from .runs.folder import robustness_files
+from .shifts import Shift, resolve_shifts
+
+log = logging.getLogger(__name__)
+
+AUC_DROP = 0.05  # a shift is no longer trusted once the ROC-AUC is this far below the unshifted one...
+ECE_LIMIT = 0.1  # ...or once the expected calibration error is above this
+DEFAULT_THRESHOLD = 0.5  # a run that records no threshold of its own is judged at 0.5, as `pcam evaluate` is
+COLUMNS = ["shift", "title", "strength", "level", "unit", "n", "roc_auc", "auc_drop", "ece", "brier", "accuracy",
+           "mean_probability", "threshold"]
+
+
+def sample_indices(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """All indices, or a seeded sample of `limit` of them stratified by label (sorted)."""
+    n = len(labels)
+    if limit is None or limit >= n:
+        return np.arange(n)
+    if limit < 2:
+        raise ValueError(f"--limit {limit}: need at least 2 patches")
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(labels)
+    stratify = labels if (counts[counts > 0] >= 2).all() and np.count_nonzero(counts) > 1 else None
+    _, chosen = train_test_split(np.arange(n), test_size=limit, stratify=stratify, random_state=seed)
+    return np.sort(chosen)
+
+
+def _figures(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, Any]:
+    m = binary_metrics(labels, probs, threshold)
+    return {"n": m["n"], "roc_auc": m["roc_auc"], "ece": m["ece"], "brier": m["brier"], "accuracy": m["accuracy"],
+            "mean_probability": float(np.mean(probs)), "threshold": float(threshold)}
+
+
+def score_shifts(
+    model: Any,
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    shifts: list[Shift],
+    *,
+    threshold: float,
+    tta: bool = False,
+    batch_size: int = 256,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> pd.DataFrame:
+    """One row (`COLUMNS`) per shift and strength, strength 0 (the unshifted patches, scored once) included
+    in each shift's rows. `progress` gets each row as it is done."""
+    from .shifts import apply_shift
+
+    def score(images: np.ndarray) -> dict[str, Any]:
+        return _figures(labels, predict_pixels(model, images, tta=tta, batch_size=batch_size), threshold)
+
+    baseline = score(pixels)
+    rows = []
+    for shift in shifts:
+        for strength in shift.strengths:
+            figures = baseline if strength == 0 else score(apply_shift(pixels, shift.name, strength))
+            drop = None if None in (figures["roc_auc"], baseline["roc_auc"]) else baseline["roc_auc"] - figures["roc_auc"]
+            row = {"shift": shift.name, "title": shift.title, "strength": strength,
+                   "level": shift.grades.get(strength, _identity_level(shift)), "unit": shift.unit, **figures,
+                   "auc_drop": drop}
+            rows.append(row)
+            if progress:
+                progress(row)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _identity_level(shift: Shift) -> float:
+    """The level that leaves patches unchanged: a factor of 1, an offset or share of 0, no blur; JPEG has none."""
+    return {"factor": 1.0, "quality": 100.0}.get(shift.unit, 0.0)
+
+
+def _failure(row: pd.Series, base_auc: float | None, *, judge_ece: bool) -> str | None:
+    """Why a row is not trustworthy, or None."""
+    if base_auc is not None and row["roc_auc"] is not None and not pd.isna(row["roc_auc"]) and row["auc_drop"] > AUC_DROP:
+        return f"ROC-AUC {row['roc_auc']:.3f}, {row['auc_drop']:.3f} below the unshifted {base_auc:.3f}"
+    if judge_ece and row["ece"] > ECE_LIMIT:
+        return f"calibration error {row['ece']:.3f}, above {ECE_LIMIT}"
+    return None
+
+
+def report_card(table: pd.DataFrame, shifts: list[Shift]) -> dict[str, Any]:
+    """Per shift and direction, the strongest strength still trustworthy and the first that is not,
+    with a sentence a pathologist reads. See the module docstring for the rule."""
+    base = table[table["strength"] == 0].iloc[0]
+    base_auc = None if pd.isna(base["roc_auc"]) else float(base["roc_auc"])
+    judge_ece = bool(base["ece"] <= ECE_LIMIT)
+    notes = []
+    if base_auc is None:
+        notes.append("The patches hold one class only, so the ROC-AUC is undefined; only calibration is judged.")
+    if not judge_ece:
+        notes.append(f"Even unshifted, the calibration error is {base['ece']:.3f} (above {ECE_LIMIT}): the probabilities "
+                     "are not calibrated on these patches, so the card judges the ROC-AUC only.")
+    entries = []
+    for shift in shifts:
+        rows = table[table["shift"] == shift.name].set_index("strength")
+        for sign in (-1, 1):
+            strengths = sorted((s for s in shift.grades if s * sign > 0), key=abs)
+            if not strengths:
+                continue
+            last_ok, failed, reason = 0, None, None
+            for strength in strengths:
+                reason = _failure(rows.loc[strength], base_auc, judge_ece=judge_ece)
+                if reason:
+                    failed = strength
+                    break
+                last_ok = strength
+            entries.append(_card_entry(shift, sign, strengths[-1], last_ok, failed, reason))
+    return {"auc_drop": AUC_DROP, "ece_limit": ECE_LIMIT, "judges_ece": judge_ece, "notes": notes, "entries": entries}
+
+
+def _card_entry(shift: Shift, sign: int, strongest: int, last_ok: int, failed: int | None, reason: str | None) -> dict[str, Any]:
+    words = shift.words
+    if failed is None:
+        sentence = f"Stays trustworthy up to the strongest shift tried: {words(shift.grades[strongest])}."
+    else:
+        sentence = (f"Stops being trustworthy {'already ' if last_ok == 0 else ''}when {words(shift.grades[failed])} "
+                    f"({reason})")
+        sentence += f". Still trustworthy when {words(shift.grades[last_ok])}." if last_ok else "."
+    return {"shift": shift.name, "title": shift.title, "direction": sign, "trustworthy_up_to": last_ok,
+            "trustworthy_level": shift.grades.get(last_ok, _identity_level(shift)), "fails_at": failed,
+            "fails_level": shift.grades[failed] if failed is not None else None, "reason": reason, "sentence": sentence}
+
+
+def run_robustness(
+    run_dir: str | Path,
+    data: str | Path,
+    split: str,
+    *,
+    out_dir: str | Path | None = None,
+    shifts: str | list[str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    tta: bool = False,
+    threshold: float | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    which: str = "best",
+    on_start: Callable[[int], None] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Score `split` of `data` with the run's model under every shift of `shifts` (default: all) and write
+    the table (CSV) and the report (JSON: the table, the card and what produced them) into the run folder's
+    `robustness/` (or into `out_dir`, which the bundled model, having no run folder, needs).
+
+    `limit`: a seeded sample of that many patches, stratified by label. `threshold`: the run's own (the
+    one its checkpoint records, else 0.5) unless given. `on_start` gets the number of patches scored per
+    condition times the number of conditions."""
+    chosen = resolve_shifts(shifts)
+    if out_dir is None and is_bundled(run_dir):
+        raise ValueError("the bundled model has no run folder to keep its robustness report in; pass --out DIR")
+    csv_path, json_path = robustness_files(Path(out_dir) if out_dir is not None else RunDir(run_dir).robustness, split)
+    started = time.time()
+    dev = resolve_device(device)
+    model, config, info = load_run_model(run_dir, which=which, device=dev)
+    dataset = dataset_for_split(data, split, config)
+    if not dataset.has_labels:
+        raise DataError(f"{dataset.describe()} has no labels; robustness needs a labelled split")
+    indices = sample_indices(dataset.labels, limit, seed)
+    threshold = float(info.get("threshold", DEFAULT_THRESHOLD)) if threshold is None else float(threshold)
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold {threshold} must be within [0, 1]")
+    if on_start:
+        on_start(len(indices) * (1 + sum(len(s.grades) for s in chosen)))
+    pixels = dataset.read_pixels(indices)  # decoded once; every shift works on these
+    labels = dataset.labels[indices]
+    table = score_shifts(model, pixels, labels, chosen, threshold=threshold, tta=tta, batch_size=batch_size, progress=progress)
+    report = {
+        "run": str(run_dir), "data": str(data), "split": split, "dataset": dataset.describe(), "n": int(len(indices)),
+        "limit": limit, "seed": seed, "tta": tta, "threshold": threshold, "checkpoint": which,
+        "checkpoint_epoch": info.get("epoch"), "model": config.model.name,
+        "synthetic_data": bool(getattr(dataset, "synthetic", False)) or bool(info.get("synthetic_data")),
+        "shifts": [{"name": s.name, "title": s.title, "unit": s.unit, "grades": {str(k): v for k, v in s.grades.items()}}
+                   for s in chosen],
+        "card": report_card(table, chosen),
+        "table": table.astype(object).where(table.notna(), None).to_dict(orient="records"),
+        "seconds": round(time.time() - started, 1),
+        "csv": str(csv_path),
+    }
+    frame = table.to_csv(index=False).encode()
+    atomic_write_with(csv_path, lambda h: h.write(frame))
+    atomic_write_json(json_path, report)
+    report["json"] = str(json_path)
+    return report
+
+
+__all__ = ["AUC_DROP", "COLUMNS", "ECE_LIMIT", "report_card", "run_robustness", "sample_indices", "score_shifts"]
