@@ -121,6 +121,24 @@ def test_read_at_pcam_scale_uses_level_2_without_resampling(small_slide):
     assert slide.read_scaled(0, 0, 4000, 3000, (100, 75)).shape == (75, 100, 3)  # resampled from level 2
 
 
+def test_region_windows_are_the_windows_read_one_by_one(small_slide):
+    """The fast path (one read of the box around a tile's cells, windows cut channels-first) gives exactly the
+    pixels of reading each window on its own (level 2 is at PCam scale: no resampling on either path)."""
+    from pcam_core.slides.analysis import RegionWindows
+
+    with open_slide(small_slide / "slide.tif") as slide:
+        lattice = Lattice(*slide.dimensions, slide.mpp, 32, 256)
+        score = np.zeros(lattice.shape, bool)
+        score[[1, 3, 4, 2], [2, 7, 0, 9]] = True  # sparse cells in tiles 0 and 1, at their sides
+        items = [item for item in RegionWindows(small_slide / "slide.tif", slide.mpp, lattice, [0, 1], score) if len(item["cells"])]
+        assert len(items) == 2
+        for item in items:
+            for (i, j), image in zip(item["cells"], item["images"].numpy()):
+                x, y = lattice.window_origin(i, j)
+                alone = slide.read_scaled(float(x), float(y), 96 * lattice.f, 96 * lattice.f, (96, 96))
+                assert np.array_equal(image, alone.transpose(2, 0, 1)), f"cell {(i, j)}"
+
+
 def test_missing_resolution_is_a_clear_error_and_mpp_fixes_it(tmp_path):
     import tifffile
 
