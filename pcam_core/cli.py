@@ -520,7 +520,7 @@ def _add_slides(sub: argparse._SubParsersAction) -> None:
         "tiles.csv and summary.json. --shard i/n splits the work across machines: a folder of at least n slides by "
         "slide, one slide (or fewer slides than shards) by its region tiles, each shard into OUT/shards/, the outputs "
         "written by the shard that completes the set (or by --merge). Under torchrun each process takes shard "
-        "RANK/WORLD_SIZE on its own GPU (cuda:LOCAL_RANK) or the CPU: torchrun --nproc-per-node 4 -m pcam_core slide "
+        "RANK/WORLD_SIZE on its own GPU (cuda:LOCAL_RANK) or the CPU: torchrun --standalone --nproc-per-node 4 -m pcam_core -- slide "
         "... See docs/slides.md."))
     p.add_argument("--run", help=RUN_HELP + " (not needed with --merge)")
     p.add_argument("--input", required=True, help="a slide file (SVS, NDPI, MRXS, tiled TIFF, ...) or a folder of them")
