@@ -590,8 +590,12 @@ def _add_slides(sub: argparse._SubParsersAction) -> None:
         "Score whole-slide images on PCam's definition: a 96-px window at 0.972 um/px per 32x32 cell (stride 32) or "
         "per 96x96 cell (stride 96), tissue only. A slide file writes into --out; a folder of slides writes "
         "--out/<slide name>/ per slide: heatmap.npy, heatmap.png, heatmap.tif, tissue.png, tumour_regions.geojson, "
-        "tiles.csv and summary.json. See docs/slides.md."))
-    p.add_argument("--run", required=True, help=RUN_HELP)
+        "tiles.csv and summary.json. --shard i/n splits the work across machines: a folder of at least n slides by "
+        "slide, one slide (or fewer slides than shards) by its region tiles, each shard into OUT/shards/, the outputs "
+        "written by the shard that completes the set (or by --merge). Under torchrun each process takes shard "
+        "RANK/WORLD_SIZE on its own GPU (cuda:LOCAL_RANK) or the CPU: torchrun --standalone --nproc-per-node 4 -m pcam_core -- slide "
+        "... See docs/slides.md."))
+    p.add_argument("--run", help=RUN_HELP + " (not needed with --merge)")
     p.add_argument("--input", required=True, help="a slide file (SVS, NDPI, MRXS, tiled TIFF, ...) or a folder of them")
     p.add_argument("--out", required=True)
     p.add_argument("--stride", type=int, choices=(32, 96), default=32, help="cell size in PCam-scale pixels (96: 9x cheaper)")
@@ -601,7 +605,10 @@ def _add_slides(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-tissue", type=float, default=0.25, help="tissue share a cell needs to be scored")
     p.add_argument("--workers", type=int, default=2, help="region-reading worker processes (0: read in this process)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--shard", help="i/n: analyse only the i-th of n equal parts of the slide list")
+    p.add_argument("--shard", help="i/n: the i-th of n parts: of the sorted slide list when the folder has at least n slides, "
+                   "else of each slide's region tiles (written to OUT/shards/, merged when all n are complete)")
+    p.add_argument("--merge", action="store_true", help="write the outputs of sharded slides whose shards are all complete "
+                   "(names the missing shards otherwise); scores nothing")
     p.add_argument("--resume", action="store_true", help="continue unfinished analyses in --out where they stopped")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--device", choices=DEVICES, default="auto")
@@ -630,7 +637,12 @@ def _add_slides(sub: argparse._SubParsersAction) -> None:
 
 def cmd_slide(args: argparse.Namespace) -> int:
     from .predict import parse_shard
-    from .slides.batch import analyse
+    from .slides.batch import analyse, merge
+
+    if args.merge:
+        return _report_slides(merge(args.input, args.out, threshold=args.threshold))
+    if not args.run:
+        raise ValueError("--run is required (a run folder, or 'bundled'), except with --merge")
 
     bars: list[Any] = []
 
@@ -647,10 +659,18 @@ def cmd_slide(args: argparse.Namespace) -> int:
     finally:
         for bar in bars:
             bar.close()
+    return _report_slides(records)
+
+
+def _report_slides(records: list[dict[str, Any]]) -> int:
     failed = [r for r in records if r["status"] == "failed"]
     for r in records:
         if r["status"] == "failed":
             print(f"failed: {r['slide']}: {r['error']}", file=sys.stderr)
+            continue
+        if r["status"] == "shard done":
+            print(f"shard {r['shard']} done: {r['slide']} -> {r['folder']}/shards; outputs when the other shards are complete "
+                  f"(not yet: {', '.join(r['missing'])})")
             continue
         s = r["summary"]
         print(f"{r['status']}: {r['slide']} -> {r['folder']}: score {s['slide_score']:.3f} (top-{s['top_k']} mean "

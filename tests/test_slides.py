@@ -121,6 +121,24 @@ def test_read_at_pcam_scale_uses_level_2_without_resampling(small_slide):
     assert slide.read_scaled(0, 0, 4000, 3000, (100, 75)).shape == (75, 100, 3)  # resampled from level 2
 
 
+def test_region_windows_are_the_windows_read_one_by_one(small_slide):
+    """The fast path (one read of the box around a tile's cells, windows cut channels-first) gives exactly the
+    pixels of reading each window on its own (level 2 is at PCam scale: no resampling on either path)."""
+    from pcam_core.slides.analysis import RegionWindows
+
+    with open_slide(small_slide / "slide.tif") as slide:
+        lattice = Lattice(*slide.dimensions, slide.mpp, 32, 256)
+        score = np.zeros(lattice.shape, bool)
+        score[[1, 3, 4, 2], [2, 7, 0, 9]] = True  # sparse cells in tiles 0 and 1, at their sides
+        items = [item for item in RegionWindows(small_slide / "slide.tif", slide.mpp, lattice, [0, 1], score) if len(item["cells"])]
+        assert len(items) == 2
+        for item in items:
+            for (i, j), image in zip(item["cells"], item["images"].numpy()):
+                x, y = lattice.window_origin(i, j)
+                alone = slide.read_scaled(float(x), float(y), 96 * lattice.f, 96 * lattice.f, (96, 96))
+                assert np.array_equal(image, alone.transpose(2, 0, 1)), f"cell {(i, j)}"
+
+
 def test_missing_resolution_is_a_clear_error_and_mpp_fixes_it(tmp_path):
     import tifffile
 
@@ -413,3 +431,127 @@ def test_real_patch_mosaic_is_found_by_a_model_trained_on_real_patches(real_h5, 
     assert scored.mean() > 0.8, f"only {scored.mean():.0%} of the real patches' centre cells were taken for tissue"
     assert auc > 0.7, f"cell-level ROC-AUC {auc:.3f} on held-out real patches"
     assert inside[0] > inside[1], "the tumour patches' cells score higher than the normal ones'"
+
+
+# -- one slide in shards ------------------------------------------------------------------------------
+
+class CentreShadeModel(nn.Module):
+    """A real model whose answer differs from window to window: the tumour logit is the central 32x32's mean
+    normalised value, so a cell taken from the wrong window or left out of a merge shows in the map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3 * x[:, :, 32:64, 32:64].mean(dim=(1, 2, 3))
+
+
+def _shard(slide: Path, out: Path, shard: tuple[int, int] | None, **options):
+    return analyse_slide(CentreShadeModel(), slide, AnalysisFolder(out), run="test", checkpoint="centre-shade", checkpoint_epoch=None,
+                         model_name="centre-shade", num_workers=0, stride=96, region_px=192, shard=shard, **options)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_shards_of_one_slide_cover_its_tiles_once_in_contiguous_balanced_runs(small_slide):
+    from pcam_core.slides.analysis import shard_tiles
+    from pcam_core.slides.tissue import cell_fraction, read_thumbnail, tissue_mask
+
+    with open_slide(small_slide / "slide.tif") as slide:
+        lattice = Lattice(*slide.dimensions, slide.mpp, 32, 256)
+        score = cell_fraction(tissue_mask(read_thumbnail(slide)), 32, lattice.shape) >= 0.25
+    boxes = lattice.tiles()
+    parts = [shard_tiles(lattice, score, (i, 3)) for i in range(3)]
+    assert sum(parts, []) == list(range(len(boxes))), "in order, each tile once"
+    cells = [sum(int(score[i0:i1, j0:j1].sum()) for i0, i1, j0, j1 in (boxes[k] for k in part)) for part in parts]
+    biggest_tile = max(int(score[i0:i1, j0:j1].sum()) for i0, i1, j0, j1 in boxes)
+    assert all(abs(c - sum(cells) / 3) <= biggest_tile for c in cells), f"cells per shard {cells}: 1/3 each, to within a tile"
+    assert shard_tiles(lattice, np.zeros_like(score), (1, 2)) == list(range(len(boxes) // 2, len(boxes)))  # no tissue: even split
+
+
+def test_three_shards_merge_into_the_unsharded_map_even_with_one_killed_and_resumed(small_slide, tmp_path):
+    from pcam_core.slides.batch import merge
+
+    slide = small_slide / "slide.tif"
+    whole = _shard(slide, tmp_path / "whole", None)
+    out = tmp_path / "sharded"
+    assert _shard(slide, out, (0, 3)) is None  # the others are still to come: no outputs yet
+    assert not (out / "heatmap.npy").exists() and (out / "shards" / "heatmap.0-of-3.npy").exists()
+    calls = []
+
+    def die(n: int) -> None:  # shard 1 dies in its third batch, mid-tile
+        calls.append(n)
+        if len(calls) == 3:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        _shard(slide, out, (1, 3), batch_size=2, progress_factory=lambda name: (None, die))
+    with pytest.raises(ValueError, match=r"2 of 3 shard\(s\).*1/3 \(unfinished.*2/3 \(not started\)") as err:
+        merge(slide, out)
+    assert "sharded" in str(err.value)
+    assert _shard(slide, out, (2, 3)) is None
+    with pytest.raises(ValueError, match="--resume"):
+        _shard(slide, out, (1, 3))
+    summary = _shard(slide, out, (1, 3), resume=True)  # the last shard to complete writes the outputs
+    a, b = np.load(tmp_path / "whole" / "heatmap.npy"), np.load(out / "heatmap.npy")
+    assert np.isfinite(a).sum() > 40 and len(np.unique(a[np.isfinite(a)])) > 20
+    np.testing.assert_array_equal(a, b)
+    assert (tmp_path / "whole" / "tiles.csv").read_text() == (out / "tiles.csv").read_text()
+    assert not (out / "shards").exists() and (out / "heatmap.tif").exists() and (out / "tumour_regions.geojson").exists()
+    assert [s["shard"] for s in summary["shards"]] == ["0/3", "1/3", "2/3"] and summary["resumed"] is True
+    assert sum(s["windows"] for s in summary["shards"]) == summary["windows_scored"] == whole["windows_scored"]
+    assert summary["seconds"] == pytest.approx(sum(s["seconds"] for s in summary["shards"]), abs=0.01)
+    for key in ("slide_score", "regions", "cells_scored", "map_shape", "slide", "model"):
+        assert summary[key] == whole[key]
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert merge(slide, out)[0]["status"] == "already done"
+
+
+def test_a_folder_is_split_by_slide_with_enough_slides_and_by_tiles_with_fewer(tmp_path):
+    from pcam_core.slides.batch import plan
+
+    for name in ("a", "b", "c"):
+        _png_slide(tmp_path / f"{name}.png", (200, 200), tissue=None, red=None)
+    pairs, per_slide = plan(tmp_path, tmp_path / "out", (1, 3))
+    assert [p.name for p, _ in pairs] == ["b.png"] and per_slide is None
+    pairs, per_slide = plan(tmp_path, tmp_path / "out", (1, 4))
+    assert [p.name for p, _ in pairs] == ["a.png", "b.png", "c.png"] and per_slide == (1, 4)
+    assert [f.path for _, f in pairs] == [tmp_path / "out" / n for n in ("a", "b", "c")]
+    pairs, per_slide = plan(tmp_path / "a.png", tmp_path / "out", (0, 2))
+    assert pairs[0][1].path == tmp_path / "out" and per_slide == (0, 2)
+
+
+def test_sharded_and_unsharded_analyses_do_not_mix_in_one_folder(tmp_path):
+    slide = _png_slide(tmp_path / "block.png", (1200, 900), tissue=(100, 100, 1100, 800), red=(300, 300, 500, 500))
+    _shard(slide, tmp_path / "out", (0, 2), mpp=0.5)
+    with pytest.raises(ValueError, match=r"sharded analysis \(shards 0/2\)"):
+        _shard(slide, tmp_path / "out", None, mpp=0.5)
+    with pytest.raises(ValueError, match=r"shards of 2, not of 3.*--shard i/2"):
+        _shard(slide, tmp_path / "out", (0, 3), mpp=0.5)
+    with pytest.raises(ValueError, match=r"1/2 \(not started\)"):
+        from pcam_core.slides.batch import merge
+        merge(slide, tmp_path / "out")
+
+
+@pytest.mark.slow  # starts torchrun with two processes, and the CLI three times
+def test_torchrun_two_processes_write_the_single_process_map_and_merge_names_missing_shards(tmp_path):
+    make_demo_slide(tmp_path / "demo", DemoSlideSpec(width=3000, height=1000, mpp=PCAM_MPP, seed=0))  # 4 x 2 region tiles at stride 96
+    slide = str(tmp_path / "demo" / "slide.tif")
+    common = ["slide", "--run", "bundled", "--input", slide, "--stride", "96", "--workers", "0"]
+    single = run_cli(*common, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    part = run_cli(*common, "--out", str(tmp_path / "part"), "--shard", "1/2")
+    assert part.returncode == 0 and "shard 1/2 done" in part.stdout and "0/2 (not started)" in part.stdout, part.stderr
+    merged = run_cli("slide", "--input", slide, "--out", str(tmp_path / "part"), "--merge")
+    assert merged.returncode != 0 and "1 of 2 shard(s) not complete: 0/2 (not started)" in merged.stderr
+    # torchrun's own parser would take --run for an abbreviation of its --run-path: "--" ends its options
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pcam_core",
+                               "--", *common, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert launched.returncode == 0, launched.stderr
+    a, b = np.load(tmp_path / "one" / "heatmap.npy"), np.load(tmp_path / "two" / "heatmap.npy")
+    assert np.isfinite(a).sum() > 50
+    np.testing.assert_array_equal(a, b)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert [s["shard"] for s in summary["shards"]] == ["0/2", "1/2"] and all(s["windows"] > 0 for s in summary["shards"])
+    assert summary["windows_scored"] == json.loads((tmp_path / "one" / "summary.json").read_text())["windows_scored"]
+    assert not (tmp_path / "two" / "shards").exists()

@@ -2,12 +2,21 @@
 
 A completed analysis (its summary.json exists) is never recomputed: it is reported "already done".
 One slide that fails (not a slide, truncated, no resolution) is listed with its reason and the others
-go on. `shard=(i, n)` takes the i-th of n contiguous parts of the sorted slide list.
+go on.
+
+Sharding (`shard=(i, n)`, or under torchrun shard RANK/WORLD_SIZE): when the input is a folder of at least
+n slides, shard i takes the i-th of n contiguous parts of the sorted slide list; when it is one slide, or a
+folder of fewer slides than shards, every slide is split and shard i scores the i-th part of each slide's
+region tiles (`analysis.shard_tiles`). A slide's outputs are written once all its shards are complete: by
+the shard that completes it (under `shards.merge_lock`), or by `merge()` (`pcam slide --merge`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,6 +25,7 @@ import torch
 
 from ..fileio import atomic_write_json, read_json
 from .analysis import UNREADABLE, score_slide
+from .shards import merge_lock, merge_shards, missing_shards, shard_records
 from .demo import size_class
 from .folder import AnalysisFolder, slide_folder
 from .reader import SLIDE_SUFFIXES
@@ -58,6 +68,62 @@ def summarise(heat: np.ndarray, regions: list[dict[str, Any]], threshold: float)
     }
 
 
+def write_outputs(folder: AnalysisFolder, state: dict[str, Any], meta: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """Every output from the folder's heatmap.npy and a scoring `state` (`score_slide`'s or `merge_shards`'s);
+    summary.json last. `meta`: slide (as given), run, model, checkpoint, checkpoint_epoch, tta, min_tissue."""
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be between 0 and 1 (exclusive), not {threshold}")
+    lattice = state["lattice"]
+    heat = np.load(folder.heatmap_npy, mmap_mode="r")
+    regions = tumour_regions(heat, lattice, threshold)
+    write_regions(folder, regions)
+    tiles = write_tiles_csv(folder, heat, lattice)
+    write_tissue_png(folder, state["tissue"])
+    write_heatmap_tif(folder, heat, lattice)
+    summary = {
+        **summarise(heat, regions, threshold),
+        "slide": meta["slide"], "slide_info": state["slide"], "run": meta["run"], "model": meta["model"],
+        "checkpoint": meta["checkpoint"], "checkpoint_epoch": meta["checkpoint_epoch"], "threshold": threshold, "mpp": lattice.mpp,
+        "stride": lattice.stride, "cell_um": lattice.cell_px * lattice.mpp, "map_shape": list(heat.shape), "windows_scored": tiles,
+        "tta": bool(meta.get("tta", False)), "min_tissue": meta.get("min_tissue", 0.25),
+        "seconds": round(float(state["seconds"]), 3), "resumed": state["resumed"],
+        "skipped_regions": state["skipped"],
+        "region_list": [f["properties"] for f in regions],
+        "lattice": "cell (i, j) = PCam-scale px [stride*j, stride*j+stride) x [stride*i, stride*i+stride) from level-0 (0, 0); "
+                   "window top-left = PCam px (stride*j + stride/2 - 48, stride*i + stride/2 - 48)",
+    }
+    if state.get("shards"):  # seconds above: the shards' seconds summed (compute time, not wall time)
+        summary["shards"] = state["shards"]
+    title = (f"{Path(meta['slide']).name}: slide score {summary['slide_score']:.3f}, {summary['regions']} region(s), "
+             f"largest {summary['largest_diameter_mm']:.2f} mm ({summary['size_class']})")
+    write_heatmap_png(folder, heat, state["thumbnail"], lattice, threshold, title)
+    write_report(folder, summary)
+    atomic_write_json(folder.summary_json, summary)  # last: its presence marks the analysis complete
+    return summary
+
+
+def merge_folder(folder: AnalysisFolder, threshold: float, *, partial_ok: bool = False) -> dict[str, Any] | None:
+    """Merge `folder`'s shards and write its outputs, once: under the merge lock, and only if no other
+    process did meanwhile; the shard files are removed after. When shards are missing: None with
+    `partial_ok`, else a ValueError naming them."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(merge_lock(folder))
+        except FileNotFoundError:  # shards/ is gone: another process merged (summary.json was written first)
+            if folder.is_complete():
+                return read_json(folder.summary_json)
+            raise ValueError(f"{folder.path}: no shards to merge (no {folder.shards_dir.name}/ folder)") from None
+        if folder.is_complete():
+            return read_json(folder.summary_json)
+        n, records = shard_records(folder)
+        if partial_ok and missing_shards(n, records):
+            return None
+        state = merge_shards(folder, n, records)
+        summary = write_outputs(folder, state, state["meta"], threshold)
+        shutil.rmtree(folder.shards_dir, ignore_errors=True)
+        return summary
+
+
 def analyse_slide(
     model: torch.nn.Module,
     slide: str | Path,
@@ -68,41 +134,49 @@ def analyse_slide(
     checkpoint_epoch: int | None,
     model_name: str,
     threshold: float = 0.5,
+    shard: tuple[int, int] | None = None,
     progress_factory: Callable[[str], tuple[Callable[[int, int], None], Callable[[int], None]]] | None = None,
     **options: Any,
-) -> dict[str, Any]:
-    """Score one slide into `folder` and write every output; returns summary.json's content."""
+) -> dict[str, Any] | None:
+    """Score one slide into `folder` and write every output; returns summary.json's content. With `shard`,
+    score that shard of the slide; the outputs are written (and the summary returned) only when this shard
+    completes the set, else None."""
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be between 0 and 1 (exclusive), not {threshold}")
     on_start, progress = progress_factory(Path(slide).name) if progress_factory else (None, None)
-    state = score_slide(model, slide, folder, checkpoint=checkpoint, checkpoint_epoch=checkpoint_epoch,
+    meta = {"slide": str(slide), "run": str(run), "model": model_name, "checkpoint": checkpoint, "checkpoint_epoch": checkpoint_epoch,
+            "tta": bool(options.get("tta", False)), "min_tissue": options.get("min_tissue", 0.25)}
+    state = score_slide(model, slide, folder, checkpoint=checkpoint, checkpoint_epoch=checkpoint_epoch, shard=shard, meta=meta,
                         on_start=on_start, progress=progress, **options)
-    lattice = state["lattice"]
-    heat = np.load(folder.heatmap_npy, mmap_mode="r")
-    regions = tumour_regions(heat, lattice, threshold)
-    write_regions(folder, regions)
-    tiles = write_tiles_csv(folder, heat, lattice)
-    write_tissue_png(folder, state["tissue"])
-    write_heatmap_tif(folder, heat, lattice)
-    summary = {
-        **summarise(heat, regions, threshold),
-        "slide": str(slide), "slide_info": state["slide"], "run": str(run), "model": model_name, "checkpoint": checkpoint,
-        "checkpoint_epoch": checkpoint_epoch, "threshold": threshold, "mpp": lattice.mpp, "stride": lattice.stride,
-        "cell_um": lattice.cell_px * lattice.mpp, "map_shape": list(heat.shape), "windows_scored": tiles,
-        "tta": bool(options.get("tta", False)), "min_tissue": options.get("min_tissue", 0.25),
-        "seconds": round(float(state["seconds"]), 3), "resumed": state["resumed"],
-        "skipped_regions": state["skipped"],
-        "region_list": [f["properties"] for f in regions],
-        "lattice": "cell (i, j) = PCam-scale px [stride*j, stride*j+stride) x [stride*i, stride*i+stride) from level-0 (0, 0); "
-                   "window top-left = PCam px (stride*j + stride/2 - 48, stride*i + stride/2 - 48)",
-    }
-    title = (f"{Path(slide).name}: slide score {summary['slide_score']:.3f}, {summary['regions']} region(s), "
-             f"largest {summary['largest_diameter_mm']:.2f} mm ({summary['size_class']})")
-    write_heatmap_png(folder, heat, state["thumbnail"], lattice, threshold, title)
-    write_report(folder, summary)
-    atomic_write_json(folder.summary_json, summary)  # last: its presence marks the analysis complete
-    folder.progress_json.unlink(missing_ok=True)
-    return summary
+    if shard is None:
+        summary = write_outputs(folder, state, meta, threshold)
+        folder.progress_json.unlink(missing_ok=True)
+        return summary
+    return merge_folder(folder, threshold, partial_ok=True)  # None while another shard is at work: the last one merges
+
+
+def torchrun_shard() -> tuple[tuple[int, int], int] | None:
+    """((RANK, WORLD_SIZE), LOCAL_RANK) when this process is one of several torchrun started, else None."""
+    from ..distributed import launched_by_torchrun
+
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
+        return None
+    return (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def plan(input_path: str | Path, out: str | Path, shard: tuple[int, int] | None) -> tuple[list[tuple[Path, AnalysisFolder]], tuple[int, int] | None]:
+    """The (slide, analysis folder) pairs this process works on, and the shard of each slide it scores (None:
+    whole slides): a folder of at least n slides is split by slide, one slide or fewer slides by tiles."""
+    from ..predict import shard_indices
+
+    slides = find_slides(input_path)
+    single = Path(input_path).is_file()
+    pairs = [(slide, AnalysisFolder(Path(out)) if single else slide_folder(out, slide)) for slide in slides]
+    if shard is None or shard[1] == 1:
+        return pairs, None
+    if single or len(slides) < shard[1]:
+        return pairs, shard
+    return [pairs[k] for k in shard_indices(len(pairs), shard)], None
 
 
 def analyse(
@@ -118,32 +192,43 @@ def analyse(
     progress_factory: Callable | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
-    """Analyse every slide of `input_path` (a slide or a folder) into `out/<slide name>/`.
+    """Analyse every slide of `input_path` (a slide or a folder) into `out/<slide name>/` (a slide file: into `out`).
 
-    Returns one record per slide: {"slide", "folder", "status" ("done", "already done", "failed"),
-    "summary" or "error"}. With a single slide file, its failure raises instead."""
+    Under torchrun (RANK, WORLD_SIZE in the environment) each process takes shard RANK/WORLD_SIZE on
+    device cuda:LOCAL_RANK (or the CPU), and the last to finish a slide writes its outputs.
+    Returns one record per slide: {"slide", "folder", "status" ("done", "already done", "shard done",
+    "failed"), "summary" or "error"; with a shard of a slide also "shard" and "missing" (the shards still
+    at work when this one finished)}. With a single slide file, its failure raises instead."""
     from ..devices import resolve_device
-    from ..predict import shard_indices
     from ..runs import checkpoint_path
     from ..checkpoint import model_from_checkpoint
 
-    slides = find_slides(input_path)
+    local_rank = 0
+    launched = torchrun_shard()
+    if launched is not None:
+        if shard is not None:
+            raise ValueError(f"--shard {shard[0]}/{shard[1]} under torchrun: torchrun already gives each process its shard "
+                             "(RANK/WORLD_SIZE); drop --shard, or run without torchrun")
+        shard, local_rank = launched
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"shard must be i/n with 0 <= i < n, not {shard[0]}/{shard[1]}")
+    pairs, slide_shard = plan(input_path, out, shard)
     single = Path(input_path).is_file()
-    slides = [slides[k] for k in shard_indices(len(slides), shard)]
-    dev = resolve_device(device)
+    dev = resolve_device(device, local_rank)
     ckpt = checkpoint_path(run, which)
     model, config, info = model_from_checkpoint(ckpt, dev)
     records = []
-    for slide in slides:
-        folder = slide_folder(out, slide) if not single else AnalysisFolder(Path(out))
+    for slide, folder in pairs:
         record: dict[str, Any] = {"slide": str(slide), "folder": str(folder.path)}
+        if slide_shard:
+            record["shard"] = f"{slide_shard[0]}/{slide_shard[1]}"
         if folder.is_complete():
             record.update(status="already done", summary=read_json(folder.summary_json))
             records.append(record)
             continue
         try:
             summary = analyse_slide(model, slide, folder, run=str(run), checkpoint=str(ckpt), checkpoint_epoch=info.get("epoch"),
-                                    model_name=config.model.name, threshold=threshold, device=dev, resume=resume,
+                                    model_name=config.model.name, threshold=threshold, device=dev, resume=resume, shard=slide_shard,
                                     progress_factory=progress_factory, **options)
         except (ValueError, FileNotFoundError, OSError) as err:
             if single:
@@ -151,6 +236,32 @@ def analyse(
             log.warning("%s: %s", slide, err)
             record.update(status="failed", error=str(err))
         else:
-            record.update(status="done", summary=summary)
+            if summary is None:
+                n, others = shard_records(folder)
+                record.update(status="shard done", missing=missing_shards(n, others))
+            else:
+                record.update(status="done", summary=summary)
+        records.append(record)
+    return records
+
+
+def merge(input_path: str | Path, out: str | Path, *, threshold: float = 0.5) -> list[dict[str, Any]]:
+    """Write the outputs of sharded analyses whose shards are all complete (`pcam slide --merge`); no model
+    is loaded. Records as `analyse` returns them; a slide whose shards are not all complete is "failed"
+    with the missing shards named (with a single slide file: raises)."""
+    single = Path(input_path).is_file()
+    pairs, _ = plan(input_path, out, None)
+    records = []
+    for slide, folder in pairs:
+        record: dict[str, Any] = {"slide": str(slide), "folder": str(folder.path)}
+        if folder.is_complete():
+            record.update(status="already done", summary=read_json(folder.summary_json))
+        else:
+            try:
+                record.update(status="done", summary=merge_folder(folder, threshold))
+            except (ValueError, FileNotFoundError, OSError) as err:
+                if single:
+                    raise
+                record.update(status="failed", error=str(err))
         records.append(record)
     return records

@@ -8,7 +8,9 @@ from pathlib import Path
 class AnalysisFolder:
     """`heatmap.npy` (float32 probability per cell; NaN: no tissue or not scored; -1: unreadable),
     `heatmap.png`, `heatmap.tif`, `tissue.png`, `tumour_regions.geojson`, `tiles.csv`, `report.html` (the printable report), `summary.json`
-    (written last: its presence means complete) and `progress.json` (while an analysis is under way)."""
+    (written last: its presence means complete) and `progress.json` (while an analysis is under way).
+    A sharded analysis keeps, until it is merged, `shards/heatmap.I-of-N.npy` and `shards/progress.I-of-N.json`
+    per shard and `shards/merge.lock` (the lock its merge is written under)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -25,12 +27,29 @@ class AnalysisFolder:
     summary_json = property(lambda self: self.path / "summary.json")
     progress_json = property(lambda self: self.path / "progress.json")
     report_html = property(lambda self: self.path / "report.html")
+    shards_dir = property(lambda self: self.path / "shards")
+    merge_lock = property(lambda self: self.path / "shards" / "merge.lock")
+
+    def shard_heatmap(self, i: int, n: int) -> Path:
+        return self.shards_dir / f"heatmap.{i}-of-{n}.npy"
+
+    def shard_progress(self, i: int, n: int) -> Path:
+        return self.shards_dir / f"progress.{i}-of-{n}.json"
+
+    def shard_progress_files(self) -> dict[tuple[int, int], Path]:
+        """The shard progress files present, by (i, n)."""
+        found = {}
+        for path in sorted(self.shards_dir.glob("progress.*-of-*.json")) if self.shards_dir.is_dir() else []:
+            i, _, n = path.name[len("progress."):-len(".json")].partition("-of-")
+            if i.isdigit() and n.isdigit():
+                found[int(i), int(n)] = path
+        return found
 
     def is_complete(self) -> bool:
         return self.summary_json.exists()
 
     def is_started(self) -> bool:
-        return self.progress_json.exists()
+        return self.progress_json.exists() or bool(self.shard_progress_files())
 
 
 def slide_folder(out_root: str | Path, slide: str | Path) -> AnalysisFolder:

@@ -45,15 +45,23 @@ def _white(w: int, h: int) -> np.ndarray:
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
-    """uint8 RGB from RGB, RGBA (alpha composited on white) or greyscale arrays."""
+    """uint8 RGB from RGB, RGBA (alpha composited on white) or greyscale arrays. An RGBA array comes back
+    as a view of its first three channels (not contiguous: the windows cut from it are copied anyway), and
+    only its pixels that are not opaque (outside the slide, as a rule) are composited."""
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     if image.dtype != np.uint8:
         image = np.clip(image, 0, 255).astype(np.uint8)
-    if image.shape[2] == 4 and not (image[..., 3] == 255).all():  # opaque (the rule for scans): the alpha is dropped as is
-        alpha = image[..., 3:4].astype(np.float32) / 255.0
-        image = (image[..., :3] * alpha + 255.0 * (1 - alpha) + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(image[..., :3])
+    if image.shape[2] == 4:
+        alpha = image[..., 3]
+        seethrough = alpha != 255
+        if seethrough.any():
+            if not image.flags.writeable:
+                image = image.copy()
+                alpha = image[..., 3]
+            a = alpha[seethrough].astype(np.uint32)[:, None]
+            image[seethrough, :3] = ((image[seethrough, :3] * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+    return image[..., :3]
 
 
 class _OpenSlideBackend:
