@@ -534,6 +534,20 @@ def _add_slides(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.set_defaults(func=cmd_slide)
 
+    p = sub.add_parser("slide-report", help="the printable HTML report of a slide analysis", description=(
+        "Write the report of a finished `pcam slide` analysis: one self-contained HTML file (images embedded, print CSS "
+        "for A4) with the map, the figures, the regions with crops, the model and its card. `pcam slide` writes it as "
+        "report.html beside summary.json already; this writes it again (e.g. after the slide moved). See docs/slides.md."))
+    p.add_argument("--analysis", required=True, help="an analysis folder (holding summary.json)")
+    p.add_argument("--out", help="the HTML file to write (default: report.html in the analysis folder)")
+    p.set_defaults(func=cmd_slide_report)
+
+    p = sub.add_parser("slide-queue", help="run the dashboard's queue of slide analyses (the dashboard starts it)", description=(
+        "Run the queued slide analyses of a workspace one at a time until the queue is empty, each as its own "
+        "background job; leave at once when another runner is running. See docs/slides.md, 'The slide library'."))
+    p.add_argument("--workspace", required=True, help="the workspace folder")
+    p.set_defaults(func=cmd_slide_queue)
+
     p = sub.add_parser("demo-slide", help="write a SYNTHETIC pyramidal whole-slide TIFF with known tumour regions")
     p.add_argument("--out", required=True, help="folder for slide.tif, truth.png, truth.npy and truth.json")
     p.add_argument("--size", default="20000x16000", help="level-0 WIDTHxHEIGHT in pixels (at 0.243 um/px)")
@@ -573,6 +587,21 @@ def cmd_slide(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} of {len(records)} slide(s) failed", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_slide_report(args: argparse.Namespace) -> int:
+    from .slides.report import write_report
+
+    print(f"wrote {write_report(args.analysis, out=args.out)}")
+    return 0
+
+
+def cmd_slide_queue(args: argparse.Namespace) -> int:
+    from .workspace.slides import SlideLibrary
+
+    started = SlideLibrary(args.workspace).run_queue()
+    print(f"queue empty: {started} analysis(es) started")
     return 0
 
 

@@ -10,6 +10,8 @@ import pytest
 from helpers import REAL_H5, REAL_KAGGLE, run_cli
 
 os.environ.setdefault("PCAM_TEST", "1")
+# A first start makes no demo slide (and starts no analysis process) unless a test asks for one.
+os.environ.setdefault("PCAM_DEMO_SLIDE", "off")
 
 
 @pytest.fixture(scope="session")

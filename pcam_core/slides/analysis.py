@@ -224,8 +224,11 @@ def score_slide(
     boxes = lattice.tiles()
     done = set(state["done"])
     todo = [k for k in range(len(boxes)) if k not in done]
+    total = int(score.sum())
+    # the total, for a watcher's progress (windows done, windows/s, time left: `workspace.slides`)
+    state.update(windows_total=total, tiles_total=len(boxes))
+    atomic_write_json(folder.progress_json, state)
     if on_start:
-        total = int(score.sum())
         on_start(total, total - sum(int(score[i0:i1, j0:j1].sum()) for i0, i1, j0, j1 in (boxes[k] for k in todo)))
     model.eval()
     normalize = eval_preset().to(device)

@@ -18,11 +18,12 @@ from ..fileio import atomic_write_json, read_json
 from .analysis import UNREADABLE, score_slide
 from .demo import size_class
 from .folder import AnalysisFolder, slide_folder
+from .reader import SLIDE_SUFFIXES
+from .report import write_report
 from .outputs import tumour_regions, valid_cells, write_heatmap_png, write_heatmap_tif, write_regions, write_tiles_csv, write_tissue_png
 
 log = logging.getLogger(__name__)
 
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".png", ".jpg", ".jpeg", ".dcm")
 TOP_K = 10  # slide_topk_mean: the mean of the k highest cell probabilities
 
 
@@ -98,6 +99,7 @@ def analyse_slide(
     title = (f"{Path(slide).name}: slide score {summary['slide_score']:.3f}, {summary['regions']} region(s), "
              f"largest {summary['largest_diameter_mm']:.2f} mm ({summary['size_class']})")
     write_heatmap_png(folder, heat, state["thumbnail"], lattice, threshold, title)
+    write_report(folder, summary)
     atomic_write_json(folder.summary_json, summary)  # last: its presence marks the analysis complete
     folder.progress_json.unlink(missing_ok=True)
     return summary

@@ -23,10 +23,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 from PIL import Image
 
-from ..data.demo import _stamp
 from ..fileio import atomic_write_json, atomic_write_with
 from .reader import PCAM_MPP
 
@@ -169,6 +167,10 @@ class _Renderer:
         density = 0.004 + 0.008 * _noise(Y0, X0, H, W, 24, s + 5)
         lymph_pts = (_hash01(iy, ix, s + 6) < density) & tissue
         tumour_pts = (_hash01(iy, ix, s + 7) < 0.02) & tumour
+        import torch  # here, so that `size_class` and the spec import without torch
+
+        from ..data.demo import _stamp
+
         as_t = lambda a: torch.from_numpy(a.astype(np.float32))[None, None]
         lymph = _stamp(as_t(lymph_pts), 2.6)[0, 0].numpy()[..., None]
         irregular = 0.75 + 0.25 * _noise(Y0, X0, H, W, 3, s + 8)

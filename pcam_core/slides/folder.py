@@ -7,7 +7,7 @@ from pathlib import Path
 
 class AnalysisFolder:
     """`heatmap.npy` (float32 probability per cell; NaN: no tissue or not scored; -1: unreadable),
-    `heatmap.png`, `heatmap.tif`, `tissue.png`, `tumour_regions.geojson`, `tiles.csv`, `summary.json`
+    `heatmap.png`, `heatmap.tif`, `tissue.png`, `tumour_regions.geojson`, `tiles.csv`, `report.html` (the printable report), `summary.json`
     (written last: its presence means complete) and `progress.json` (while an analysis is under way)."""
 
     def __init__(self, path: str | Path) -> None:
@@ -24,6 +24,7 @@ class AnalysisFolder:
     tiles_csv = property(lambda self: self.path / "tiles.csv")
     summary_json = property(lambda self: self.path / "summary.json")
     progress_json = property(lambda self: self.path / "progress.json")
+    report_html = property(lambda self: self.path / "report.html")
 
     def is_complete(self) -> bool:
         return self.summary_json.exists()

@@ -9,6 +9,7 @@ the slide's edge: the outside reads as white, as does any transparent pixel.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ PCAM_MPP = 0.972  # PCam patches: Camelyon16 at 0.243 um/px, downsampled 4x
 SCALE_TOLERANCE = 0.03  # a level within 3% of the wanted scale is read as it is, without resampling
 Image.MAX_IMAGE_PIXELS = None  # plain images are opened only after their size was checked below
 _MAX_PLAIN_PIXELS = 20_000 * 20_000  # a plain PNG/JPEG is decoded whole; beyond this, refuse
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".png", ".jpg", ".jpeg", ".dcm")
+SYNTHETIC_MARK = "SYNTHETIC"  # `pcam demo-slide` writes it into the TIFF's ImageDescription and its truth.json
 
 
 class SlideReadError(ValueError):
@@ -176,6 +179,18 @@ class Slide:
         return self._backend.levels
 
     @property
+    def synthetic(self) -> bool:
+        """Whether the file says it is a SYNTHETIC slide (`pcam demo-slide`'s ImageDescription), or lies
+        beside a truth.json that says so."""
+        if SYNTHETIC_MARK in str(self.properties.get("tiff.ImageDescription", "")):
+            return True
+        try:
+            truth = json.loads((self.path.parent / "truth.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(truth, dict) and truth.get("synthetic") is True and truth.get("slide") == self.path.name
+
+    @property
     def dimensions(self) -> tuple[int, int]:
         """(width, height) of level 0."""
         return self.levels[0].width, self.levels[0].height
@@ -213,7 +228,8 @@ class Slide:
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path), "backend": self.backend, "vendor": self.vendor, "width": self.dimensions[0],
                 "height": self.dimensions[1], "mpp": self.mpp, "mpp_source": self.mpp_source,
-                "levels": [[lv.width, lv.height, lv.downsample] for lv in self.levels]}
+                "levels": [[lv.width, lv.height, lv.downsample] for lv in self.levels],
+                "synthetic": self.synthetic}
 
     def close(self) -> None:
         self._backend.close()

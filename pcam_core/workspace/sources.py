@@ -6,6 +6,7 @@
       data/pcam/                the real PCam files, when downloaded from the dashboard
       runs/<run id>/            one folder per training run (the contract of `pcam_core.runs`)
       jobs/<name>.json, .log    background jobs other than training (download, scoring a split)
+      slides/                   the slide library and its analyses (`workspace.slides`)
 
 A data source may live anywhere (a PCam HDF5 folder or a Kaggle folder is registered by its path and
 never copied); the workspace only remembers where it is. Removing a source forgets it and deletes
@@ -34,6 +35,7 @@ from ..fileio import atomic_write_json
 from ..runs.jobs import JobStatus, job_status, start_job
 from ..config import ExperimentConfig
 from ..runs import RunDir, RunSummary, create_run, launch, list_runs, run_path
+from .slides import SlideLibrary
 
 if TYPE_CHECKING:
     from ..data import PatchDataset
@@ -150,6 +152,11 @@ class Workspace:
     jobs_root = property(lambda self: self.root / "jobs")
     sources_path = property(lambda self: self.root / "sources.json")
 
+    @property
+    def slide_library(self) -> SlideLibrary:
+        """The workspace's slides and their analyses (`workspace.slides`)."""
+        return SlideLibrary(self.root)
+
     # -- data sources ----------------------------------------------------------------------------
     def initialised(self) -> bool:
         return self.sources_path.exists()
@@ -234,7 +241,7 @@ class Workspace:
     # -- first start -------------------------------------------------------------------------------
     def bootstrap(self, progress: Callable[[float, str], None] | None = None, *, spec: DemoSpec | None = None) -> DataSource | None:
         """Set up a new workspace: generate the SYNTHETIC demo dataset into data/demo (unless a complete
-        one is there) and register it. Does nothing for a workspace already set up; returns the demo source."""
+        one is there) and register it; make the SYNTHETIC demo slide and queue its analysis (`SlideLibrary.bootstrap`). Does nothing for a workspace already set up; returns the demo source."""
         from ..data.demo import is_demo_dataset
 
         with _LOCK:
@@ -246,7 +253,10 @@ class Workspace:
                 self._generate_demo(target, spec or demo_spec(), progress)
             source = DataSource(DEMO_NAME, str(target), "h5", True, time.time())
             self._save([source])
-            return source
+        if progress:
+            progress(1.0, "the SYNTHETIC demo slide")
+        self.slide_library.bootstrap()  # the demo slide ($PCAM_DEMO_SLIDE), its analysis queued
+        return source
 
     def _generate_demo(self, target: Path, spec: DemoSpec, progress: Callable[[float, str], None] | None) -> None:
         # Rendered into a temporary folder and renamed into place: a crash never leaves half a dataset.

@@ -1,0 +1,212 @@
+"""The printable report of a slide analysis: one self-contained HTML file (every image embedded as a
+base64 PNG or JPEG, the styles inline), laid out for A4 paper by its print CSS.
+
+It holds the slide's name and the date, a SYNTHETIC banner for a synthetic slide, the map over the
+thumbnail (`heatmap.png`), the slide's figures, the largest regions with a crop of each (read from the
+slide through `reader.open_slide`, the region's outline drawn on it), the model (its card for the bundled
+model, the run's config otherwise), the analysis settings, and that it is a research tool, not a
+diagnosis. Written beside summary.json by every analysis (`batch.analyse_slide`) and by
+`pcam slide-report`. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..fileio import atomic_write_text, read_json
+from .demo import size_class
+from .folder import AnalysisFolder
+from .reader import open_slide
+
+TOP_REGIONS = 12  # regions shown with a crop, largest first
+CROP_PX = 240  # a crop's longer side, in pixels
+DISCLAIMER = ("Research tool, not a diagnosis. These maps come from a model that scores 96-pixel patches; it is not "
+              "a medical device and has not been validated for clinical use. Every finding must be reviewed by a "
+              "pathologist on the slide itself.")
+SIZE_CLASSES = {"none": "no tumour region", "itc": "isolated tumour cells (<= 0.2 mm)",
+                "micro": "micrometastasis (<= 2 mm)", "macro": "macrometastasis (> 2 mm)"}
+
+_CSS = """
+@page { size: A4; margin: 14mm 12mm; }
+body { font: 10.5pt/1.4 "Helvetica Neue", Arial, sans-serif; color: #1d1d1f; max-width: 186mm; margin: 1em auto; }
+h1 { font-size: 18pt; margin: 0 0 .2em; } h2 { font-size: 13pt; margin: 1.2em 0 .4em; border-bottom: 1px solid #bbb; }
+.meta { color: #555; margin-bottom: .6em; }
+.disclaimer { border: 2px solid #b00020; background: #fff3f3; padding: .5em .8em; font-weight: 600; margin: .6em 0; }
+.synthetic { background: #ffb300; color: #000; font-weight: 700; padding: .4em .8em; margin: .6em 0; letter-spacing: .03em; }
+table { border-collapse: collapse; width: 100%; margin: .3em 0; } th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; }
+th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+img.map { max-width: 100%; max-height: 150mm; display: block; margin: .4em auto; }
+.regions { display: grid; grid-template-columns: repeat(3, 1fr); gap: 6mm; }
+figure { margin: 0; page-break-inside: avoid; break-inside: avoid; } figure img { width: 100%; border: 1px solid #999; }
+figcaption { font-size: 9pt; color: #333; }
+.card { font-size: 9pt; } .card h1 { font-size: 12pt; } .card h2 { font-size: 10.5pt; border: 0; }
+pre { font-size: 8pt; white-space: pre-wrap; background: #f6f6f6; padding: .5em; }
+.section-break { page-break-before: always; break-before: page; }
+@media print { body { margin: 0; max-width: none; } a { color: inherit; text-decoration: none; } }
+"""
+
+
+def _png_data(image: np.ndarray | Image.Image, *, jpeg: bool = False) -> str:
+    """A data: URL of `image` (JPEG for photographs of tissue, PNG otherwise)."""
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buffer = io.BytesIO()
+    if jpeg:
+        picture.convert("RGB").save(buffer, format="JPEG", quality=85)
+    else:
+        picture.save(buffer, format="PNG", optimize=True)
+    kind = "jpeg" if jpeg else "png"
+    return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def _file_data(path: Path) -> str:
+    return f"data:image/png;base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def region_crops(slide_path: str | Path, features: list[dict[str, Any]], mpp: float, *, limit: int = TOP_REGIONS) -> list[np.ndarray]:
+    """A crop of the slide around each of the first `limit` regions (their bounding box with a margin of
+    half its size, at least 0.4 mm across), the region's outline drawn in cyan; uint8 RGB."""
+    crops = []
+    with open_slide(slide_path, mpp=mpp) as slide:
+        for feature in features[:limit]:
+            ring = np.asarray(feature["geometry"]["coordinates"][0], dtype=np.float64)
+            (x0, y0), (x1, y1) = ring.min(axis=0), ring.max(axis=0)
+            side = max(x1 - x0, y1 - y0) * 1.5
+            side = max(side, 400.0 / mpp)  # at least 0.4 mm of context
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            left, top = cx - side / 2, cy - side / 2
+            image = Image.fromarray(slide.read_scaled(left, top, side, side, (CROP_PX, CROP_PX)))
+            scale = CROP_PX / side
+            draw = ImageDraw.Draw(image)
+            for part in feature["geometry"]["coordinates"]:
+                points = [((x - left) * scale, (y - top) * scale) for x, y in part]
+                draw.line(points, fill=(0, 220, 255), width=2)
+            crops.append(np.asarray(image))
+    return crops
+
+
+def _model_card(summary: dict[str, Any]) -> tuple[str, str]:
+    """(title, HTML) of what describes the model: the bundled model's card, or the run's config."""
+    from ..bundled import is_bundled, model_card
+
+    run = summary.get("run", "")
+    if is_bundled(run):
+        import markdown
+
+        return "The model", markdown.markdown(model_card(), extensions=["tables"])
+    config = Path(run) / "config.json"
+    if config.is_file():
+        text = json.dumps(json.loads(config.read_text(encoding="utf-8")), indent=2)
+        return f"The run's configuration ({config})", f"<pre>{html.escape(text)}</pre>"
+    return "Model", f"<p>No model card or run configuration was found for run <code>{html.escape(str(run))}</code>.</p>"
+
+
+def _row(name: str, value: str) -> str:
+    return f"<tr><th>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>"
+
+
+def render_report(folder: str | AnalysisFolder | Path, summary: dict[str, Any] | None = None, *, synthetic: bool | None = None) -> str:
+    """The report of the analysis in `folder` as one HTML document. `summary` defaults to its
+    summary.json; `synthetic` to what the slide said of itself when analysed."""
+    folder = folder if isinstance(folder, AnalysisFolder) else AnalysisFolder(Path(folder))
+    if summary is None:
+        summary = read_json(folder.summary_json)
+        if summary is None:
+            raise FileNotFoundError(f"{folder.summary_json} not found: the analysis in {folder.path} is not complete")
+    info = summary.get("slide_info") or {}
+    synthetic = bool(info.get("synthetic")) if synthetic is None else synthetic
+    slide_path = Path(summary["slide"])
+    name = html.escape(slide_path.name)
+    threshold = float(summary["threshold"])
+    call = "tumour found" if summary["slide_score"] >= threshold else "no tumour found"
+    e = html.escape
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Slide report: {name}</title>",
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>Slide report: {name}</h1>",
+             f"<div class=\"meta\">Report made {time.strftime('%Y-%m-%d %H:%M')}; analysis finished "
+             f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(folder.summary_json.stat().st_mtime)) if folder.summary_json.exists() else 'now'}"
+             f"; slide file <code>{e(str(slide_path))}</code></div>"]
+    if synthetic:
+        parts.append("<div class=\"synthetic\">SYNTHETIC SLIDE: generated by pcam_core for testing, NOT REAL TISSUE. "
+                     "Nothing in this report describes a patient.</div>")
+    parts.append(f"<div class=\"disclaimer\">{e(DISCLAIMER)}</div>")
+
+    parts.append("<h2>The tumour map</h2>")
+    if folder.heatmap_png.exists():
+        parts.append(f"<img class=\"map\" alt=\"tumour probability map over the slide\" src=\"{_file_data(folder.heatmap_png)}\">")
+    parts.append(f"<p>Tumour probability of each {summary.get('cell_um', 0):.0f} µm cell over the slide's thumbnail; "
+                 f"regions at probability &gt;= {threshold:g} outlined.</p>")
+
+    largest = float(summary["largest_diameter_mm"])
+    parts += ["<h2>Figures</h2><table>",
+              _row("slide score (highest cell probability)", f"{summary['slide_score']:.3f}"),
+              _row(f"top-{summary.get('top_k', 10)} mean", f"{summary.get('slide_topk_mean', float('nan')):.3f}"),
+              _row(f"call at threshold {threshold:g}", call),
+              _row("tumour area", f"{summary['tumour_area_mm2']:.3f} mm²"),
+              _row("tumour regions", str(summary["regions"])),
+              _row("largest region's longest diameter", f"{largest:.2f} mm"),
+              _row("size class", SIZE_CLASSES.get(summary["size_class"], summary["size_class"])),
+              _row("cells scored / at threshold / unreadable",
+                   f"{summary.get('cells_scored', 0):,} / {summary.get('cells_at_threshold', 0):,} / {summary.get('cells_unreadable', 0):,}"),
+              "</table>"]
+
+    features = (read_json(folder.regions_geojson) or {}).get("features", [])
+    parts.append(f"<h2 class=\"section-break\">Tumour regions ({len(features)}), largest first</h2>")
+    if not features:
+        parts.append("<p>No region reaches the threshold.</p>")
+    else:
+        parts.append("<table><tr><th>#</th><th>area (mm²)</th><th>longest diameter (mm)</th><th>size class</th>"
+                     "<th>max probability</th><th>cells</th><th>centre x, y (level-0 px)</th></tr>")
+        for rank, feature in enumerate(features, 1):
+            p = feature["properties"]
+            parts.append(f"<tr><td class=\"num\">{rank}</td><td class=\"num\">{p['area_mm2']:.4f}</td>"
+                         f"<td class=\"num\">{p['longest_diameter_mm']:.3f}</td><td>{e(size_class(p['longest_diameter_mm']))}</td>"
+                         f"<td class=\"num\">{p['max_probability']:.3f}</td><td class=\"num\">{p['cells']}</td>"
+                         f"<td class=\"num\">{p['centroid_x']:.0f}, {p['centroid_y']:.0f}</td></tr>")
+        parts.append("</table>")
+        try:
+            crops = region_crops(slide_path, features, float(summary["mpp"]))
+        except (OSError, ValueError) as err:
+            parts.append(f"<p><b>The crops could not be read from the slide:</b> {e(str(err))}</p>")
+        else:
+            parts.append(f"<p>The {len(crops)} largest region(s), outlined in cyan on the slide:</p><div class=\"regions\">")
+            for rank, (feature, crop) in enumerate(zip(features, crops), 1):
+                p = feature["properties"]
+                parts.append(f"<figure><img alt=\"region {rank}\" src=\"{_png_data(crop, jpeg=True)}\"><figcaption>#{rank}: "
+                             f"{p['longest_diameter_mm']:.2f} mm, {p['area_mm2']:.3f} mm², max p {p['max_probability']:.2f}"
+                             "</figcaption></figure>")
+            parts.append("</div>")
+
+    parts += ["<h2 class=\"section-break\">Model and settings</h2><table>",
+              _row("model", str(summary.get("model", ""))), _row("run", str(summary.get("run", ""))),
+              _row("checkpoint", f"{summary.get('checkpoint', '')} (epoch {summary.get('checkpoint_epoch')})"),
+              _row("threshold", f"{threshold:g}"),
+              _row("stride", f"{summary.get('stride')} PCam-scale px ({summary.get('cell_um', 0):.1f} µm cells)"),
+              _row("resolution", f"{summary.get('mpp')} µm per level-0 pixel"),
+              _row("test-time augmentation", "yes (8 symmetries)" if summary.get("tta") else "no"),
+              _row("minimum tissue share of a scored cell", f"{summary.get('min_tissue')}"),
+              _row("windows scored", f"{summary.get('windows_scored', 0):,} in {summary.get('seconds', 0):.1f} s"),
+              _row("slide", f"{info.get('width')} x {info.get('height')} px, vendor {info.get('vendor')}, read by {info.get('backend')}"),
+              "</table>"]
+    if summary.get("skipped_regions"):
+        parts.append(f"<p><b>{len(summary['skipped_regions'])} region(s) of the slide could not be read</b> and were not scored.</p>")
+    title, card = _model_card(summary)
+    parts += [f"<h2>{e(title)}</h2><div class=\"card\">{card}</div>",
+              f"<div class=\"disclaimer\">{e(DISCLAIMER)}</div>", "</body></html>\n"]
+    return "".join(parts)
+
+
+def write_report(folder: str | Path | AnalysisFolder, summary: dict[str, Any] | None = None, out: str | Path | None = None) -> Path:
+    """Write the report of the analysis in `folder` to `out` (default: its report.html), atomically."""
+    folder = folder if isinstance(folder, AnalysisFolder) else AnalysisFolder(Path(folder))
+    target = Path(out) if out is not None else folder.report_html
+    atomic_write_text(target, render_report(folder, summary))
+    return target
