@@ -3,8 +3,8 @@ tile cache), and the Slides page opened in a new browser tab.
 
     python benchmarks/bench_slide_viewer.py [--size 50000x40000] [--stride 96] [--out benchmarks/out/slide-viewer]
 
-A SYNTHETIC demo slide of --size (default 50,000 x 40,000 px at 0.243 µm/px) is written and analysed with the
-bundled model once into --out (reused on later runs), registered for the viewer, and `streamlit run
+A SYNTHETIC demo slide of --size (default 50,000 x 40,000 px at 0.243 µm/px) is written into --out, added to
+that workspace's slide library and analysed there with the bundled model once (reused on later runs), and `streamlit run
 streamlit_app.py` serves it. A zoom step is what OpenSeadragon asks for when the view is zoomed once: every
 tile of a 1400 x 1000-px viewport at the next Deep Zoom level, fetched 6 at a time (a browser's connections
 per host). The steps walk from the level where the slide fits the viewport down to full resolution, centred
@@ -52,9 +52,9 @@ def viewport_tiles(level_size: tuple[int, int], centre: tuple[float, float]) -> 
     return [(c, r) for r in rows for c in cols]
 
 
-def fetch_step(client: httpx.Client, pool: ThreadPoolExecutor, level: int, tiles: list[tuple[int, int]]) -> float:
+def fetch_step(client: httpx.Client, pool: ThreadPoolExecutor, sid: str, level: int, tiles: list[tuple[int, int]]) -> float:
     started = time.perf_counter()
-    responses = list(pool.map(lambda t: client.get(f"/slides-api/bench_files/{level}/{t[0]}_{t[1]}.jpeg"), tiles))
+    responses = list(pool.map(lambda t: client.get(f"/slides-api/{sid}_files/{level}/{t[0]}_{t[1]}.jpeg"), tiles))
     elapsed = time.perf_counter() - started
     bad = [r.status_code for r in responses if r.status_code != 200]
     if bad:
@@ -62,7 +62,7 @@ def fetch_step(client: httpx.Client, pool: ThreadPoolExecutor, level: int, tiles
     return elapsed
 
 
-def page_loads(url: str, tabs: int) -> list[float]:
+def page_loads(url: str, sid: str, tabs: int) -> list[float]:
     from playwright.sync_api import sync_playwright
 
     times = []
@@ -72,7 +72,7 @@ def page_loads(url: str, tabs: int) -> list[float]:
         for tab in range(tabs + 1):
             page = context.new_page()
             started = time.perf_counter()
-            page.goto(f"{url}/slides?slide=bench")
+            page.goto(f"{url}/slides?slide={sid}")
             page.wait_for_function(PAGE_DRAWN, timeout=120_000, polling=20)
             page.wait_for_function("() => { const v = document.querySelector('.pcam-slide-view');"
                                    " return v && v.dataset.state === 'open' && Number(v.dataset.tiles) > 0; }",
@@ -87,20 +87,22 @@ def page_loads(url: str, tabs: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="50000x40000")
-    parser.add_argument("--stride", type=int, default=96, help="the analysis' stride (the map is not what is measured)")
+    parser.add_argument("--stride", type=int, default=32, help="the analysis' stride (the Slides page shows stride 32)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/slide-viewer"))
     parser.add_argument("--steps", type=int, default=5, help="zoom walks (each from the whole slide to full resolution)")
     parser.add_argument("--tabs", type=int, default=5)
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     root = args.out.resolve()
-    slide = root / "slides" / "bench" / "slide.tif"
-    if not (root / "slides" / "bench" / "analysis" / "summary.json").exists():
+    done = root / "bench.json"  # the slide id, once the slide is made and analysed
+    if not done.exists():
         started = time.perf_counter()
         root.mkdir(parents=True, exist_ok=True)
         (root / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
-        analysed_demo_slide(root, width=width, height=height, stride=args.stride, slide_id="bench")
+        _, _, sid = analysed_demo_slide(root, width=width, height=height, stride=args.stride, name="bench")
+        done.write_text(json.dumps({"slide_id": sid}))
         print(f"demo slide {width:,} x {height:,} written and analysed (stride {args.stride}) in {time.perf_counter() - started:.0f} s")
+    sid = json.loads(done.read_text())["slide_id"]
     print(f"machine: {machine()}; load average {load_average()}")
     levels = dzi_level_sizes(width, height)
     fits = next(k for k, (w, h) in enumerate(levels) if w > VIEWPORT[0] or h > VIEWPORT[1])
@@ -109,15 +111,15 @@ def main() -> None:
     with Dashboard(root, root / "streamlit.log") as app, httpx.Client(base_url=app.url, timeout=120,
                                                                       limits=httpx.Limits(max_connections=CONNECTIONS)) as client, \
             ThreadPoolExecutor(CONNECTIONS) as pool:
-        client.get("/slides-api/bench.dzi").raise_for_status()
+        client.get(f"/slides-api/{sid}.dzi").raise_for_status()
         for _ in range(args.steps):
             centre = (rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7))  # the demo slide's tissue lies around its middle
             for level in range(fits, len(levels)):
                 tiles = viewport_tiles(levels[level], centre)
-                cold.append(fetch_step(client, pool, level, tiles))
-                warm.append(fetch_step(client, pool, level, tiles))
+                cold.append(fetch_step(client, pool, sid, level, tiles))
+                warm.append(fetch_step(client, pool, sid, level, tiles))
                 counts.append(len(tiles))
-        loads = page_loads(app.url, args.tabs)
+        loads = page_loads(app.url, sid, args.tabs)
     print(f"zoom step (a {VIEWPORT[0]}x{VIEWPORT[1]} viewport's tiles at one level, {CONNECTIONS} at a time; "
           f"{len(cold)} steps of {min(counts)}-{max(counts)} tiles, levels {fits}-{len(levels) - 1}):")
     print(f"  cold cache: median {statistics.median(cold):.3f} s, max {max(cold):.3f} s")

@@ -9,12 +9,14 @@ import time
 import pandas as pd
 import streamlit as st
 
+from pathlib import Path
+
 from pcam_app import heatmaps, notes, shell
+from pcam_app.slide_library import add_slides, analysis_controls, slide_list
 from pcam_app.components.slide_viewer import slide_viewer
 from pcam_app.sidebar import BUNDLED_CHOICE, switch_page
-from pcam_core.bundled import BUNDLED_DIR, is_bundled
+from pcam_core.bundled import BUNDLED, BUNDLED_DIR, is_bundled
 from pcam_core.runs import RunDir
-from pcam_core.slides.index import SlideIndex, ViewerSlide
 from pcam_core.slides.viewer import (
     is_synthetic,
     lattice_of,
@@ -25,13 +27,14 @@ from pcam_core.slides.viewer import (
     window_at,
 )
 from pcam_core.slides.folder import AnalysisFolder
-from pcam_core.slides.reader import open_slide
+from pcam_core.workspace.slides import SlideEntry
 from pcam_core.workspace.gallery import outline_centre
 
 SIZE_CLASSES = {"none": "none", "itc": "isolated tumour cells (≤ 0.2 mm)", "micro": "micrometastasis (≤ 2 mm)",
                 "macro": "macrometastasis (> 2 mm)"}
 SORTS = {"size": "Largest first", "probability": "Most probable first"}
 REGIONS_LISTED = 30
+STRIDE = 32  # the library's analyses
 SYNTHETIC_SLIDE = "SYNTHETIC demo slide, not real tissue."
 
 
@@ -54,46 +57,45 @@ st.title("Slides")
 st.caption("A whole slide with the model's tumour map: pan and zoom from the section down to full resolution, walk the "
            "tumour regions, and click the slide to see the 96-pixel window the model scored there.")
 
-index = SlideIndex(ctx.workspace.root / "slides")  # TODO(slides-library): the workspace's slide library
+library = ctx.workspace.slide_library
+run = BUNDLED if ctx.run is None or ctx.bundled else str(ctx.run.path)  # the sidebar's run; the bundled model without one
 try:
-    entries = index.entries()
-except (OSError, ValueError, KeyError) as err:
-    shell.fail(f"Cannot read the list of slides in {index.file}: {err}")
+    entries = [entry for entry in library.slides() if not entry.error]
+except (OSError, ValueError) as err:
+    shell.fail(f"Cannot list the slides of {library.root}: {err}")
+with st.expander(f"Library: {len(entries)} slide(s), analyses with {'the bundled model' if run == BUNDLED else Path(run).name}",
+                 expanded=not entries, icon=":material/folder_open:"):
+    add_slides(library)
+    chosen_ids = slide_list(library, run, stride=STRIDE)
+    analysis_controls(library, chosen_ids, run, stride=STRIDE)
 if not entries:
-    st.info("No slides yet. Make the SYNTHETIC demo slide and analyse it, then register it:\n\n"
-            "```\npcam demo-slide --out slides/demo && pcam slide --run bundled --input slides/demo/slide.tif --out maps/demo\n```",
-            icon=":material/biotech:")
     st.stop()
 
-by_id = {entry.slide_id: entry for entry in entries}
-chosen = st.selectbox("Slide", list(by_id), key="slide", bind="query-params",
-                      format_func=lambda i: f"{by_id[i].name} · SYNTHETIC" if by_id[i].synthetic else by_id[i].name)
-slide: ViewerSlide = by_id[chosen]
-if not slide.path.is_file():
-    shell.fail(f"The file of slide {slide.name!r} is missing: {slide.path}")
-
-folder = slide.analysis
+by_id = {entry.id: entry for entry in entries}
+chosen = st.selectbox("Slide", list(by_id), key="slide", bind="query-params", format_func=lambda i: by_id[i].label)
+slide: SlideEntry = by_id[chosen]
+state = library.analysis(slide.id, run, stride=STRIDE)
 summary, region_list = None, []
-if folder is not None and folder.is_complete():
+if state.state == "done":
     try:
-        summary, region_list = _analysis(str(folder.path), folder.summary_json.stat().st_mtime_ns)
+        summary, region_list = _analysis(str(state.folder.path), state.folder.summary_json.stat().st_mtime_ns)
         lattice = lattice_of(summary)
     except (OSError, ValueError, KeyError) as err:
-        shell.fail(f"Cannot read the analysis of {slide.name} in {folder.path}: {err}")
+        shell.fail(f"Cannot read the analysis of {slide.name} in {state.folder.path}: {err}")
 synthetic = slide.synthetic or is_synthetic(slide.path, summary)
 notes.synthetic_banner(synthetic, SYNTHETIC_SLIDE)
 
 if summary is None:
-    # TODO(slides-library): the analysis' state (queued, running with windows/s and time left, failed, stopped)
-    st.info(f"{slide.name} has no complete analysis yet: the slide is shown without a tumour map.", icon=":material/hourglass_top:")
-    try:
-        with open_slide(slide.path) as opened:
-            (width, height), mpp = opened.dimensions, opened.mpp
-    except (OSError, ValueError) as err:
-        shell.fail(f"Cannot open slide {slide.name}: {err}")
-    slide_viewer(slide.slide_id, width=width, height=height, mpp=mpp, heatmap=None, tissue=None, threshold=0.5, regions=[],
-                 key=f"viewer-{slide.slide_id}")
+    waiting = {"none": "has not been analysed with this model yet: choose it in the library above and press Analyse",
+               "queued": f"is queued for analysis (#{state.position})", "running": "is being analysed",
+               "stopped": "was stopped during its analysis (Analyse resumes it)",
+               "failed": f"could not be analysed: {state.error}"}[state.state]
+    (st.error if state.state == "failed" else st.info)(f"{slide.name} {waiting}. The slide is shown without a tumour map.",
+                                                       icon=":material/hourglass_top:")
+    slide_viewer(slide.id, width=slide.width, height=slide.height, mpp=slide.mpp, analysis=None, heatmap=None, tissue=None,
+                 threshold=0.5, regions=[], key=f"viewer-{slide.id}")
     st.stop()
+folder = state.folder
 
 threshold = float(summary["threshold"])
 score = float(summary["slide_score"])
@@ -109,7 +111,7 @@ st.caption(f"Model {summary.get('model')} ({'bundled' if is_bundled(str(summary.
            f"stride {lattice.stride} PCam px (cells of {lattice.cell_mm * 1000:.0f} µm), threshold {threshold:g}; "
            f"{summary['windows_scored']:,} windows scored. Diameters measured on cells run up to one cell larger than the truth.")
 
-state_key = f"slides_view_{slide.slide_id}"
+state_key = f"slides_view_{slide.id}"
 view = st.session_state.setdefault(state_key, {"goto": None, "point": None})
 heat = load_heat(folder)
 extents = overlay_extents(folder, lattice)
@@ -120,10 +122,10 @@ if view["point"] is not None:
     except (OSError, ValueError) as err:
         st.warning(f"Cannot read the window there: {err}")
 clicked = slide_viewer(
-    slide.slide_id, width=lattice.width, height=lattice.height, mpp=lattice.mpp,
+    slide.id, width=lattice.width, height=lattice.height, mpp=lattice.mpp, analysis=state.key,
     heatmap=extents["heatmap"], tissue=extents["tissue"],
     threshold=threshold, regions=[{k: r[k] for k in ("id", "rings", "bbox", "longest_diameter_mm")} for r in region_list],
-    goto=view["goto"], marker=(window["x"], window["y"], window["size"]) if window else None, key=f"viewer-{slide.slide_id}")
+    goto=view["goto"], marker=(window["x"], window["y"], window["size"]) if window else None, key=f"viewer-{slide.id}")
 if clicked is not None:
     view["point"] = (clicked["x"], clicked["y"])
     st.rerun()
@@ -170,13 +172,13 @@ else:
         st.dataframe(pd.DataFrame(ranked).drop(columns=["rings"]), hide_index=True)
 
 st.subheader("Downloads")
-d = st.columns(3)
+d = st.columns(4)
 for column, path, label, mime in ((d[0], folder.regions_geojson, "Regions (GeoJSON, for QuPath)", "application/geo+json"),
                                   (d[1], folder.heatmap_tif, "Heat map (pyramidal TIFF)", "image/tiff"),
-                                  (d[2], folder.tiles_csv, "Windows (tiles.csv)", "text/csv")):
+                                  (d[2], folder.tiles_csv, "Windows (tiles.csv)", "text/csv"),
+                                  (d[3], folder.report_html, "Report (HTML, printable)", "text/html")):
     if path.is_file():
-        column.download_button(label, path.read_bytes(), file_name=f"{slide.slide_id}-{path.name}", mime=mime,
+        column.download_button(label, path.read_bytes(), file_name=f"{Path(slide.name).stem}-{path.name}", mime=mime,
                                on_click="ignore", icon=":material/download:")
-# TODO(slides-library): the printable report (pcam_core.slides.report) once it is merged
 if synthetic:
     st.caption(f"**{SYNTHETIC_SLIDE}** Everything on this page was computed on generated pixels.")

@@ -246,16 +246,19 @@ def running_run(root: Path, run_id: str, *, epochs: int = 3, best: dict[str, Any
     return run.path
 
 
-def analysed_demo_slide(root: Path, *, width: int, height: int, stride: int = 32, slide_id: str = "demo") -> tuple[Path, Path]:
-    """A SYNTHETIC demo slide of `width` x `height` pixels analysed with the bundled model (`pcam slide`'s engine,
-    one process) and registered for the viewer in workspace `root`: (slide file, analysis folder)."""
+def analysed_demo_slide(root: Path, *, width: int, height: int, stride: int = 32, name: str = "demo") -> tuple[Path, Path, str]:
+    """A SYNTHETIC demo slide of `width` x `height` pixels registered in the slide library of workspace `root`
+    and analysed there with the bundled model (`pcam slide`'s engine, in this process): (slide file, analysis
+    folder, slide id)."""
+    from pcam_core.bundled import BUNDLED
     from pcam_core.slides.batch import analyse
     from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
-    from pcam_core.slides.index import SlideIndex
+    from pcam_core.workspace.slides import SlideLibrary
 
-    make_demo_slide(root / "slides" / slide_id, DemoSlideSpec(width=width, height=height, seed=0))
-    slide = root / "slides" / slide_id / "slide.tif"
-    out = root / "slides" / slide_id / "analysis"
-    analyse("bundled", slide, out, num_workers=0, stride=stride, device="cpu")
-    SlideIndex(root / "slides").register(slide_id, slide, out, synthetic=True)
-    return slide, out
+    make_demo_slide(root / "demo-slides" / name, DemoSlideSpec(width=width, height=height, seed=0))
+    slide = root / "demo-slides" / name / "slide.tif"
+    library = SlideLibrary(root)
+    entry = library.add_file(slide)
+    out = library.analysis_folder(entry.id, BUNDLED, stride=stride).path
+    analyse(BUNDLED, slide, out, num_workers=0, stride=stride, device="cpu")
+    return slide, out, entry.id

@@ -1,6 +1,7 @@
 """The Slides page with Streamlit's AppTest on real files: no slides; a slide without an analysis; a SYNTHETIC demo
 slide analysed with the bundled model (figures, the viewer's data, regions sorted and "go to", the window under a
-click with its Grad-CAM, downloads). The analysing and failed states come with the slide library."""
+click with its Grad-CAM, downloads). The library's own states (queued, running, failed) are
+tests/test_slide_library.py's; here the page's words for one that is not done."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from helpers import REPO, analysed_demo_slide
-from pcam_core.slides.folder import AnalysisFolder
-from pcam_core.slides.index import SlideIndex
+from pcam_core.workspace.slides import SlideLibrary
 from pcam_core.slides.viewer import lattice_of, load_heat, load_summary
 from pcam_core.workspace import ENV_VAR
 
@@ -27,10 +27,12 @@ def _workspace(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def analysed_workspace(tmp_path_factory) -> Path:
+def analysed_workspace(tmp_path_factory) -> tuple[Path, str]:
+    """A workspace whose slide library holds a SYNTHETIC demo slide analysed with the bundled model at stride 32
+    (the page's analyses): (workspace, slide id)."""
     root = _workspace(tmp_path_factory.mktemp("ws-slides-app"))
-    analysed_demo_slide(root, width=3000, height=2000, stride=96)
-    return root
+    _, _, sid = analysed_demo_slide(root, width=3000, height=2000, stride=32)
+    return root, sid
 
 
 def open_slides(root: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
@@ -54,24 +56,24 @@ def viewer_data(at: AppTest) -> dict:
 def test_no_slides_says_how_to_make_one(tmp_path, monkeypatch):
     at = open_slides(_workspace(tmp_path / "ws"), monkeypatch)
     assert [t.value for t in at.title] == ["Slides"]
-    assert "No slides yet" in texts(at) and "pcam demo-slide" in texts(at)
-    assert not at.get("bidi_component")
+    assert "No slides yet" in texts(at)
+    assert not [e for e in at.get("bidi_component") if e.proto.component_name == "pcam_slide_viewer"]
 
 
 def test_a_slide_without_analysis_is_shown_without_a_map(analysed_workspace, tmp_path, monkeypatch):
     root = _workspace(tmp_path / "ws")
-    index = SlideIndex(root / "slides")
-    index.register("bare", analysed_workspace / "slides" / "demo" / "slide.tif")
+    sid = SlideLibrary(root).add_file(analysed_workspace[0] / "demo-slides" / "demo" / "slide.tif").id
     at = open_slides(root, monkeypatch)
-    assert "has no complete analysis yet" in texts(at)
-    assert "SYNTHETIC demo slide" in texts(at)  # its truth.json says so, though it was registered without the flag
+    assert "has not been analysed with this model yet" in texts(at)
+    assert "SYNTHETIC demo slide" in texts(at)
     data = viewer_data(at)
-    assert data["dzi"] == "slides-api/bare.dzi" and data["heatmap"] is None and data["regions"] == []
+    assert data["dzi"] == f"slides-api/{sid}.dzi" and data["heatmap"] is None and data["regions"] == []
 
 
 def test_an_analysed_slide_shows_its_figures_viewer_regions_and_downloads(analysed_workspace, monkeypatch):
-    at = open_slides(analysed_workspace, monkeypatch)
-    folder = AnalysisFolder(analysed_workspace / "slides" / "demo" / "analysis")
+    root, sid = analysed_workspace
+    at = open_slides(root, monkeypatch)
+    folder = SlideLibrary(root).analysis_folder(sid)
     summary = load_summary(folder)
     shown = texts(at)
     assert "SYNTHETIC demo slide" in shown
@@ -82,11 +84,11 @@ def test_an_analysed_slide_shows_its_figures_viewer_regions_and_downloads(analys
     assert metrics["Largest diameter"] == f"{summary['largest_diameter_mm']:.2f} mm"
     data = viewer_data(at)
     assert (data["width"], data["height"], data["mpp"]) == (3000, 2000, pytest.approx(summary["mpp"]))
-    assert data["heatmap"]["url"] == "slides-api/demo/heatmap.png" and data["heatmap"]["width"] >= 3000
-    assert data["tissue"]["url"] == "slides-api/demo/tissue.png" and data["threshold"] == 0.5
+    assert data["heatmap"]["url"] == f"slides-api/{sid}/bundled-s32/heatmap.png" and data["heatmap"]["width"] >= 3000
+    assert data["tissue"]["url"] == f"slides-api/{sid}/bundled-s32/tissue.png" and data["threshold"] == 0.5
     assert [r["id"] for r in data["regions"]] == list(range(1, summary["regions"] + 1)) and data["goto"] is None
-    assert [b.label for b in at.get("download_button")] == ["Regions (GeoJSON, for QuPath)", "Heat map (pyramidal TIFF)",
-                                                            "Windows (tiles.csv)"]
+    labels = [b.label for b in at.get("download_button")]
+    assert labels[:3] == ["Regions (GeoJSON, for QuPath)", "Heat map (pyramidal TIFF)", "Windows (tiles.csv)"]
     # regions by probability, then "go to" the first: the viewer gets its box
     at.segmented_control(key="region_sort").set_value("probability").run()
     buttons = [b for b in at.button if b.label.startswith("Go to #")]
@@ -100,15 +102,16 @@ def test_an_analysed_slide_shows_its_figures_viewer_regions_and_downloads(analys
 
 
 def test_a_click_on_the_slide_shows_its_window_probability_and_grad_cam(analysed_workspace, monkeypatch):
-    at = open_slides(analysed_workspace, monkeypatch)
-    folder = AnalysisFolder(analysed_workspace / "slides" / "demo" / "analysis")
+    root, sid = analysed_workspace
+    at = open_slides(root, monkeypatch)
+    folder = SlideLibrary(root).analysis_folder(sid)
     lattice = lattice_of(load_summary(folder))
     heat = load_heat(folder)
     import numpy as np
 
     i, j = np.unravel_index(np.nanargmax(heat), heat.shape)
     point = (int((j + 0.5) * lattice.cell_px), int((i + 0.5) * lattice.cell_px))
-    at.session_state["slides_view_demo"] = {"goto": None, "point": point}  # what a click on the viewer stores
+    at.session_state[f"slides_view_{sid}"] = {"goto": None, "point": point}  # what a click on the viewer stores
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert f"The window at ({point[0]:,}, {point[1]:,})" in texts(at)

@@ -20,25 +20,25 @@ from pcam_app.slide_routes import SlideRoutes
 from pcam_core.slides import tiles
 from pcam_core.slides.analysis import WINDOW, Lattice
 from pcam_core.slides.folder import AnalysisFolder
-from pcam_core.slides.index import SlideIndex
 from pcam_core.slides.reader import PCAM_MPP, open_slide
 from pcam_core.slides.tiles import DeepZoomSlide, LRUCache, TileCache, TileError, dzi_level_sizes, tile_box
+from pcam_core.workspace.slides import SlideLibrary
 from pcam_core.slides.viewer import cell_at, heat_overlay, is_synthetic, lattice_of, load_heat, load_summary, regions, window_at
 
 
 @pytest.fixture(scope="module")
-def analysed(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """A 3,000 x 2,000 SYNTHETIC demo slide analysed at stride 96 with the bundled model, registered in a
-    workspace: (workspace, slide, analysis folder)."""
+def analysed(tmp_path_factory) -> tuple[Path, Path, Path, str]:
+    """A 3,000 x 2,000 SYNTHETIC demo slide in a workspace's slide library, analysed there at stride 96 with the
+    bundled model: (workspace, slide, analysis folder, slide id)."""
     root = tmp_path_factory.mktemp("ws-slides")
-    slide, out = analysed_demo_slide(root, width=3000, height=2000, stride=96)
-    return root, slide, out
+    slide, out, sid = analysed_demo_slide(root, width=3000, height=2000, stride=96)
+    return root, slide, out, sid
 
 
 @pytest.fixture(scope="module")
 def client(analysed) -> TestClient:
     root = analysed[0]
-    app = Starlette(routes=SlideRoutes(SlideIndex(root / "slides").lookup).routes())
+    app = Starlette(routes=SlideRoutes(lambda: SlideLibrary(root)).routes())
     return TestClient(app)
 
 
@@ -194,54 +194,43 @@ def test_synthetic_slides_are_known_by_their_truth_file(analysed, tmp_path):
     assert not is_synthetic(_png_slide(tmp_path / "real.png", 600, 600))
 
 
-# -- the registry stand-in -------------------------------------------------------------------------
-
-def test_index_registers_looks_up_and_refuses(tmp_path):
-    index = SlideIndex(tmp_path / "slides")
-    slide = _png_slide(tmp_path / "a.png", 600, 600)
-    entry = index.register("a-1", slide, name="A")
-    assert index.lookup("a-1") == entry and entry.path == slide.resolve() and entry.analysis is None
-    assert [e.slide_id for e in index.entries()] == ["a-1"]
-    with pytest.raises(KeyError, match="no registered slide 'b'"):
-        index.lookup("b")
-    with pytest.raises(ValueError, match=r"slide id '\.\./a' is not valid"):
-        index.lookup("../a")
-    with pytest.raises(FileNotFoundError, match="slide not found"):
-        index.register("c", tmp_path / "missing.tif")
-
-
 # -- the routes ------------------------------------------------------------------------------------
 
 def test_routes_serve_the_descriptor_tiles_and_overlays_of_a_registered_slide(client, analysed):
-    response = client.get("/slides-api/demo.dzi")
+    sid = analysed[3]
+    response = client.get(f"/slides-api/{sid}.dzi")
     assert response.status_code == 200 and response.headers["content-type"].startswith("application/xml")
     assert 'Width="3000"' in response.text
     levels = len(dzi_level_sizes(3000, 2000))
-    tile = client.get(f"/slides-api/demo_files/{levels - 1}/11_7.jpeg")
+    tile = client.get(f"/slides-api/{sid}_files/{levels - 1}/11_7.jpeg")
     assert tile.status_code == 200 and tile.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(tile.content)).size == (3000 - 11 * 254 + 1, 2000 - 7 * 254 + 1)
-    heat = client.get("/slides-api/demo/heatmap.png?threshold=0.5")
+    heat = client.get(f"/slides-api/{sid}/bundled-s96/heatmap.png?threshold=0.5")
     assert heat.status_code == 200 and Image.open(io.BytesIO(heat.content)).mode == "RGBA"
-    assert client.get("/slides-api/demo/tissue.png").status_code == 200
+    assert client.get(f"/slides-api/{sid}/bundled-s96/tissue.png").status_code == 200
+    assert client.get(f"/slides-api/{sid}/bundled-s32/tissue.png").status_code == 404  # no analysis at stride 32
 
 
 @pytest.mark.parametrize("url, status, message", [
-    ("/slides-api/nope.dzi", 404, "no registered slide 'nope'"),
-    ("/slides-api/nope_files/3/0_0.jpeg", 404, "no registered slide 'nope'"),
+    ("/slides-api/0123456789abcdef.dzi", 404, "no registered slide '0123456789abcdef'"),
+    ("/slides-api/0123456789abcdef_files/3/0_0.jpeg", 404, "no registered slide"),
+    ("/slides-api/nope.dzi", 400, "slide id 'nope' is not valid"),
     ("/slides-api/a.b.dzi", 400, "slide id 'a.b' is not valid"),
     ("/slides-api/..%2F..%2Fetc%2Fpasswd.dzi", 404, None),  # the decoded slashes match no route
     ("/slides-api/%2E%2E.dzi", 400, "slide id '..' is not valid"),
-    ("/slides-api/demo_files/x/0_0.jpeg", 400, "malformed tile address x/0_0.jpeg"),
-    ("/slides-api/demo_files/3/0_0.png", 400, "malformed tile address 3/0_0.png"),
-    ("/slides-api/demo_files/3/-1_0.jpeg", 400, "malformed tile address"),
-    ("/slides-api/demo_files/3/0_0.jpeg.jpeg", 400, "malformed tile address"),
-    ("/slides-api/demo_files/99/0_0.jpeg", 404, "level 99 does not exist"),
-    ("/slides-api/demo_files/12/99_0.jpeg", 404, "tile (99, 0) is outside the level's 12 x 8 tiles"),
-    ("/slides-api/demo/heatmap.png?threshold=2", 400, "threshold must be a number between 0 and 1, not '2'"),
-    ("/slides-api/demo/heatmap.png?threshold=nan", 400, "threshold must be a number between 0 and 1"),
+    ("/slides-api/{id}_files/x/0_0.jpeg", 400, "malformed tile address x/0_0.jpeg"),
+    ("/slides-api/{id}_files/3/0_0.png", 400, "malformed tile address 3/0_0.png"),
+    ("/slides-api/{id}_files/3/-1_0.jpeg", 400, "malformed tile address"),
+    ("/slides-api/{id}_files/3/0_0.jpeg.jpeg", 400, "malformed tile address"),
+    ("/slides-api/{id}_files/99/0_0.jpeg", 404, "level 99 does not exist"),
+    ("/slides-api/{id}_files/12/99_0.jpeg", 404, "tile (99, 0) is outside the level's 12 x 8 tiles"),
+    ("/slides-api/{id}/%2E%2E/heatmap.png", 400, "malformed analysis key '..'"),
+    ("/slides-api/{id}/bundled/heatmap.png", 400, "malformed analysis key 'bundled'"),
+    ("/slides-api/{id}/bundled-s96/heatmap.png?threshold=2", 400, "threshold must be a number between 0 and 1, not '2'"),
+    ("/slides-api/{id}/bundled-s96/heatmap.png?threshold=nan", 400, "threshold must be a number between 0 and 1"),
 ])
-def test_routes_refuse_unregistered_slides_and_malformed_addresses(client, url, status, message):
-    response = client.get(url)
+def test_routes_refuse_unregistered_slides_and_malformed_addresses(client, analysed, url, status, message):
+    response = client.get(url.replace("{id}", analysed[3]))
     assert response.status_code == status, response.text
     if message:
         assert message in response.json()["error"]
@@ -249,10 +238,11 @@ def test_routes_refuse_unregistered_slides_and_malformed_addresses(client, url, 
 
 def test_a_registered_slide_whose_file_went_is_a_404_naming_it(tmp_path):
     slide = _png_slide(tmp_path / "gone.png", 600, 600)
-    index = SlideIndex(tmp_path / "slides")
-    index.register("gone", slide)
+    library = SlideLibrary(tmp_path / "ws")
+    sid = library.add_file(slide).id
+    client = TestClient(Starlette(routes=SlideRoutes(lambda: library).routes()))
+    assert client.get(f"/slides-api/{sid}.dzi").status_code == 200
     slide.unlink()
-    client = TestClient(Starlette(routes=SlideRoutes(index.lookup).routes()))
-    response = client.get("/slides-api/gone.dzi")
-    assert response.status_code == 404 and "its file is missing" in response.json()["error"]
-    assert client.get("/slides-api/gone/heatmap.png").status_code == 404
+    other = TestClient(Starlette(routes=SlideRoutes(lambda: library).routes()))  # a fresh server: no lookup kept
+    response = other.get(f"/slides-api/{sid}.dzi")
+    assert response.status_code == 404 and str(slide) in response.json()["error"]

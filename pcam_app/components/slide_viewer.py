@@ -38,20 +38,21 @@ def _ignore() -> None:
     """A component's trigger is read from its result; registering it needs a callback."""
 
 
-def slide_viewer(slide_id: str, *, width: int, height: int, mpp: float, heatmap: dict[str, float] | None,
+def slide_viewer(slide_id: str, *, width: int, height: int, mpp: float, analysis: str | None, heatmap: dict[str, float] | None,
                  tissue: dict[str, float] | None, threshold: float, regions: Sequence[dict[str, Any]],
                  goto: dict[str, Any] | None = None, marker: Sequence[float] | None = None, key: str,
                  view_height: int = 620) -> dict[str, int] | None:
-    """Draw slide `slide_id` (registered, `width` x `height` level-0 pixels at `mpp` µm/px); `heatmap` and
-    `tissue` are the overlays' level-0 extents ({"width", "height"}) or None; `goto` ({"bbox", "nonce"}) pans
+    """Draw slide `slide_id` (in the slide library, `width` x `height` level-0 pixels at `mpp` µm/px);
+    `analysis` is the run key of the analysis shown, `heatmap` and `tissue` its overlays' level-0 extents
+    ({"width", "height"}) or None; `goto` ({"bbox", "nonce"}) pans
     to a box once per nonce; `marker` (x, y, size) outlines a window. Returns the level-0 point clicked in
     this run ({"x", "y"}), else None."""
     base = f"{PREFIX.lstrip('/')}/{slide_id}"
     data = {
         "src": f"app/static/{OSD_DIR}/openseadragon.min.js", "prefix": f"app/static/{OSD_DIR}/images/",
         "dzi": f"{base}.dzi", "width": width, "height": height, "mpp": mpp, "threshold": threshold,
-        "heatmap": {"url": f"{base}/heatmap.png", **heatmap} if heatmap else None,
-        "tissue": {"url": f"{base}/tissue.png", **tissue} if tissue else None,
+        "heatmap": {"url": f"{base}/{analysis}/heatmap.png", **heatmap} if heatmap and analysis else None,
+        "tissue": {"url": f"{base}/{analysis}/tissue.png", **tissue} if tissue and analysis else None,
         "stops": colour_stops(COLOUR_SCALE), "regions": list(regions), "goto": goto,
         "marker": list(marker) if marker else None, "view_height": view_height,
     }

@@ -25,8 +25,9 @@ VIEW = ".pcam-slide-view"
 def dashboard(tmp_path_factory):
     root = tmp_path_factory.mktemp("ws-slides-e2e")
     (root / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
-    analysed_demo_slide(root, width=4000, height=3000, stride=32)
+    _, folder, sid = analysed_demo_slide(root, width=4000, height=3000, stride=32)
     app = Dashboard(root, root / "streamlit.log")
+    app.sid, app.folder = sid, folder
     app.start()
     try:
         yield app
@@ -35,18 +36,19 @@ def dashboard(tmp_path_factory):
 
 
 def test_tile_routes_over_http_serve_registered_slides_and_refuse_the_rest(dashboard):
+    sid = dashboard.sid
     with httpx.Client(base_url=dashboard.url, timeout=60) as client:
-        dzi = client.get("/slides-api/demo.dzi")
+        dzi = client.get(f"/slides-api/{sid}.dzi")
         assert dzi.status_code == 200 and 'Width="4000" Height="3000"' in dzi.text
         last = len(dzi_level_sizes(4000, 3000)) - 1
-        tile = client.get(f"/slides-api/demo_files/{last}/3_2.jpeg")
+        tile = client.get(f"/slides-api/{sid}_files/{last}/3_2.jpeg")
         assert tile.status_code == 200 and tile.headers["content-type"] == "image/jpeg" and tile.content[:2] == b"\xff\xd8"
-        assert client.get("/slides-api/demo/heatmap.png?threshold=0.3").headers["content-type"] == "image/png"
-        for url, status, message in [("/slides-api/other.dzi", 404, "no registered slide 'other'"),
+        assert client.get(f"/slides-api/{sid}/bundled-s32/heatmap.png?threshold=0.3").headers["content-type"] == "image/png"
+        for url, status, message in [("/slides-api/0123456789abcdef.dzi", 404, "no registered slide '0123456789abcdef'"),
                                       ("/slides-api/%2E%2E.dzi", 400, "slide id '..' is not valid"),
-                                      (f"/slides-api/demo_files/{last}/3_x.jpeg", 400, "malformed tile address"),
-                                      (f"/slides-api/demo_files/{last}/99_0.jpeg", 404, "outside the level"),
-                                      ("/slides-api/demo/heatmap.png?threshold=-1", 400, "threshold must be")]:
+                                      (f"/slides-api/{sid}_files/{last}/3_x.jpeg", 400, "malformed tile address"),
+                                      (f"/slides-api/{sid}_files/{last}/99_0.jpeg", 404, "outside the level"),
+                                      (f"/slides-api/{sid}/bundled-s32/heatmap.png?threshold=-1", 400, "threshold must be")]:
             response = client.get(url)
             assert response.status_code == status and message in response.json()["error"], (url, response.text)
         # a path in the address reaches no slide route (the decoded slashes match none): refused, never a file
@@ -70,7 +72,7 @@ def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), f"the browser tests need Debian's chromium at {CHROMIUM}"
-    summary = json.loads((dashboard.workspace / "slides" / "demo" / "analysis" / "summary.json").read_text())
+    summary = json.loads((dashboard.folder / "summary.json").read_text())
     assert summary["regions"] >= 1
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -79,9 +81,9 @@ def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         tiles: list[str] = []
-        page.on("requestfinished", lambda request: "/slides-api/demo_files/" in request.url and tiles.append(request.url))
+        page.on("requestfinished", lambda request: f"/slides-api/{dashboard.sid}_files/" in request.url and tiles.append(request.url))
         try:
-            page.goto(f"{dashboard.url}/slides?slide=demo")
+            page.goto(f"{dashboard.url}/slides?slide={dashboard.sid}")
             wait_rendered(page, page.get_by_role("heading", name="Tumour regions"))
             page.wait_for_selector(f"{VIEW}[data-state=open]")
             page.wait_for_function(f"() => Number(document.querySelector('{VIEW}').dataset.tiles) > 0")
