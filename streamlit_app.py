@@ -52,6 +52,7 @@ if __name__ == "__main__":  # a script run (every session's): the shell
         st.Page("pages/runs.py", title="Runs and metrics", icon=":material/monitoring:"),
         st.Page("pages/explain.py", title="Explain", icon=":material/center_focus_strong:"),
         st.Page("pages/predict.py", title="Predict", icon=":material/upload_file:"),
+        st.Page("pages/slides.py", title="Slides", icon=":material/biotech:"),
     ], position="sidebar" if ready else "hidden")  # no page to open while the demo data is being generated
     if not ready:
         shell.first_start(workspace)
@@ -65,6 +66,7 @@ else:
     import sklearn.metrics  # noqa: F401
 
     from pcam_app import heatmaps  # noqa: F401
+    from pcam_app.slide_routes import routes as slide_routes
 
     _cache_log.setLevel(_cache_log_level)
     # Streamlit runs a full garbage collection after every script run (`runner.postScriptGC`): every page
@@ -74,4 +76,5 @@ else:
     # what sessions create later is still collected as before.
     gc.collect()
     gc.freeze()
-    app = st.App(__file__)
+    # The slide viewer's Deep Zoom tiles and overlays are served by this same server (pcam_app/slide_routes.py).
+    app = st.App(__file__, routes=slide_routes())

@@ -39,7 +39,7 @@ PAGE_DRAWN = """() => {
     if (!app || app.dataset.testScriptState !== 'notRunning' || document.querySelector('[data-testid=stSpinner]')) return false;
     if (document.querySelector('[data-testid=stMain] [data-testid=stSkeleton]')) return false;
     const mounts = [...document.querySelectorAll('[data-testid=stMain] [data-testid^=stBidiComponent]')];
-    if (mounts.some(m => !m.querySelector('.pcam-chart, .pcam-patch-links, .pcam-table'))) return false;  // an element's code not run yet
+    if (mounts.some(m => !m.querySelector('.pcam-chart, .pcam-patch-links, .pcam-table, .pcam-slide'))) return false;  // an element's code not run yet
     const charts = [...document.querySelectorAll('[data-testid=stMain] .pcam-chart')];
     const images = [...document.querySelectorAll('[data-testid=stMain] img')];
     return charts.every(c => c.dataset.state === 'drawn' && c.querySelector('.main-svg'))
@@ -244,3 +244,21 @@ def running_run(root: Path, run_id: str, *, epochs: int = 3, best: dict[str, Any
                                    "accuracy": 0.65, "f1": 0.6, "is_best": True, "epoch_seconds": 30.0, "time": now - 30,
                                    **(best or {})})
     return run.path
+
+
+def analysed_demo_slide(root: Path, *, width: int, height: int, stride: int = 32, name: str = "demo") -> tuple[Path, Path, str]:
+    """A SYNTHETIC demo slide of `width` x `height` pixels registered in the slide library of workspace `root`
+    and analysed there with the bundled model (`pcam slide`'s engine, in this process): (slide file, analysis
+    folder, slide id)."""
+    from pcam_core.bundled import BUNDLED
+    from pcam_core.slides.batch import analyse
+    from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
+    from pcam_core.workspace.slides import SlideLibrary
+
+    make_demo_slide(root / "demo-slides" / name, DemoSlideSpec(width=width, height=height, seed=0))
+    slide = root / "demo-slides" / name / "slide.tif"
+    library = SlideLibrary(root)
+    entry = library.add_file(slide)
+    out = library.analysis_folder(entry.id, BUNDLED, stride=stride).path
+    analyse(BUNDLED, slide, out, num_workers=0, stride=stride, device="cpu")
+    return slide, out, entry.id

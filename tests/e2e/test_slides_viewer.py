@@ -1,0 +1,149 @@
+"""The Slides page end to end: `streamlit run streamlit_app.py` serving a SYNTHETIC demo slide analysed with the
+bundled model. Its tile routes answered over real HTTP (httpx) on 127.0.0.1, refusing unregistered slides and
+malformed addresses; then headless Chromium opens the page, zooms in (tiles of finer levels are requested and
+drawn), toggles the map, goes to a region, clicks the slide to open the window there, and downloads the GeoJSON.
+A screenshot of the viewer goes to tests/artifacts/screenshots/slides.png."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Dashboard, analysed_demo_slide, wait_rendered
+from pcam_core.slides.tiles import dzi_level_sizes
+
+SHOTS = Path(os.environ.get("PCAM_SCREENSHOTS", REPO / "tests" / "artifacts" / "screenshots"))
+VIEWPORT = {"width": 1400, "height": 1000}
+VIEW = ".pcam-slide-view"
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ws-slides-e2e")
+    (root / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
+    _, folder, sid = analysed_demo_slide(root, width=4000, height=3000, stride=32)
+    app = Dashboard(root, root / "streamlit.log")
+    app.sid, app.folder = sid, folder
+    app.start()
+    try:
+        yield app
+    finally:
+        app.stop()
+
+
+def test_tile_routes_over_http_serve_registered_slides_and_refuse_the_rest(dashboard):
+    sid = dashboard.sid
+    with httpx.Client(base_url=dashboard.url, timeout=60) as client:
+        dzi = client.get(f"/slides-api/{sid}.dzi")
+        assert dzi.status_code == 200 and 'Width="4000" Height="3000"' in dzi.text
+        last = len(dzi_level_sizes(4000, 3000)) - 1
+        tile = client.get(f"/slides-api/{sid}_files/{last}/3_2.jpeg")
+        assert tile.status_code == 200 and tile.headers["content-type"] == "image/jpeg" and tile.content[:2] == b"\xff\xd8"
+        assert client.get(f"/slides-api/{sid}/bundled-s32/heatmap.png?threshold=0.3").headers["content-type"] == "image/png"
+        for url, status, message in [("/slides-api/0123456789abcdef.dzi", 404, "no registered slide '0123456789abcdef'"),
+                                      ("/slides-api/%2E%2E.dzi", 400, "slide id '..' is not valid"),
+                                      (f"/slides-api/{sid}_files/{last}/3_x.jpeg", 400, "malformed tile address"),
+                                      (f"/slides-api/{sid}_files/{last}/99_0.jpeg", 404, "outside the level"),
+                                      (f"/slides-api/{sid}/bundled-s32/heatmap.png?threshold=-1", 400, "threshold must be")]:
+            response = client.get(url)
+            assert response.status_code == status and message in response.json()["error"], (url, response.text)
+        # a path in the address reaches no slide route (the decoded slashes match none): refused, never a file
+        sneaky = client.get("/slides-api/..%2F..%2F..%2Fetc%2Fpasswd.dzi")
+        assert sneaky.status_code in (400, 404) and "root:" not in sneaky.text
+
+
+def _view(page, name: str):
+    return page.evaluate(f"() => document.querySelector('{VIEW}').dataset['{name}']")
+
+
+def _centre_in_image(page) -> list[float]:
+    """The level-0 point at the centre of the viewer."""
+    return page.evaluate("""() => { const s = document.querySelector('.pcam-slide').pcam;
+        const b = s.viewer.viewport.getBounds(true); const r = s.slide.viewportToImageRectangle(b);
+        return [r.x + r.width / 2, r.y + r.height / 2, r.width]; }""")
+
+
+@pytest.mark.browser
+def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"the browser tests need Debian's chromium at {CHROMIUM}"
+    summary = json.loads((dashboard.folder / "summary.json").read_text())
+    assert summary["regions"] >= 1
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+        page.set_default_timeout(60_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        tiles: list[str] = []
+        page.on("requestfinished", lambda request: f"/slides-api/{dashboard.sid}_files/" in request.url and tiles.append(request.url))
+        try:
+            page.goto(f"{dashboard.url}/slides?slide={dashboard.sid}")
+            wait_rendered(page, page.get_by_role("heading", name="Tumour regions"))
+            page.wait_for_selector(f"{VIEW}[data-state=open]")
+            page.wait_for_function(f"() => Number(document.querySelector('{VIEW}').dataset.tiles) > 0")
+            assert page.get_by_text("SYNTHETIC demo slide").first.is_visible()
+            page.wait_for_function(f"() => document.querySelector('{VIEW}').dataset.heatmap === '0.5'")
+            first_level = int(_view(page, "maxLevel"))
+            requested = len(tiles)
+            assert requested > 0
+
+            # zoom in with the mouse wheel: finer tiles are requested and drawn
+            box = page.locator(VIEW).bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            for _ in range(6):
+                page.mouse.wheel(0, -400)
+                page.wait_for_timeout(150)
+            page.wait_for_function(f"() => Number(document.querySelector('{VIEW}').dataset.maxLevel) > {first_level}")
+            page.wait_for_function(f"() => document.querySelector('{VIEW}').dataset.loaded === 'true'", timeout=60_000)
+            assert len(tiles) > requested and int(_view(page, "maxLevel")) > first_level
+            assert all(t.endswith(".jpeg") for t in tiles)
+
+            # the map off and on again
+            toggle = page.locator("input[data-control=heatmap]")
+            toggle.uncheck()
+            assert _view(page, "overlay") == "off"
+            assert page.evaluate("() => document.querySelector('.pcam-slide').pcam.heatItem.getOpacity()") == 0
+            toggle.check()
+            assert page.evaluate("() => document.querySelector('.pcam-slide').pcam.heatItem.getOpacity()") > 0
+            page.locator("input[data-control=tissue]").check()
+            page.wait_for_function("() => document.querySelector('.pcam-slide').pcam.tissueItem?.getOpacity() > 0")
+            page.locator("input[data-control=tissue]").uncheck()
+            assert page.locator("svg.pcam-slide-svg path[data-region]").count() == summary["regions"]
+            assert "mm" in page.locator(".pcam-scalebar").inner_text() or "µm" in page.locator(".pcam-scalebar").inner_text()
+
+            # go to the largest region: the viewer centres on it
+            page.get_by_role("button", name="Go to #1").click()
+            region = summary["region_list"][0]
+            page.wait_for_function("""([x, y]) => { const s = document.querySelector('.pcam-slide').pcam;
+                const r = s.slide.viewportToImageRectangle(s.viewer.viewport.getBounds(true));
+                return Math.abs(r.x + r.width / 2 - x) < r.width / 4 && Math.abs(r.y + r.height / 2 - y) < r.height / 4; }""",
+                                   arg=[region["centroid_x"], region["centroid_y"]])
+            page.wait_for_function(f"() => document.querySelector('{VIEW}').dataset.loaded === 'true'", timeout=60_000)
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.locator(".pcam-slide").screenshot(path=str(SHOTS / "slides-viewer.png"))
+
+            # a click on the slide opens the window there, with its Grad-CAM (the button's rerun may have scrolled)
+            page.locator(VIEW).scroll_into_view_if_needed()
+            box = page.locator(VIEW).bounding_box()
+            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            wait_rendered(page, page.get_by_role("heading", name="The window at"))
+            assert page.get_by_text("Grad-CAM").first.is_visible()
+            assert page.locator("svg.pcam-slide-svg rect[data-marker=window]").count() == 1
+            page.screenshot(path=str(SHOTS / "slides.png"), full_page=True)
+
+            # the regions for QuPath
+            with page.expect_download() as download:
+                page.get_by_role("button", name="Regions (GeoJSON, for QuPath)").click()
+            saved = tmp_path / "regions.geojson"
+            download.value.save_as(saved)
+            geojson = json.loads(saved.read_text())
+            assert geojson["type"] == "FeatureCollection" and len(geojson["features"]) == summary["regions"]
+            assert not errors, errors
+        finally:
+            browser.close()

@@ -1,0 +1,122 @@
+"""The Slides page with Streamlit's AppTest on real files: no slides; a slide without an analysis; a SYNTHETIC demo
+slide analysed with the bundled model (figures, the viewer's data, regions sorted and "go to", the window under a
+click with its Grad-CAM, downloads). The library's own states (queued, running, failed) are
+tests/test_slide_library.py's; here the page's words for one that is not done."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from helpers import REPO, analysed_demo_slide
+from pcam_core.workspace.slides import SlideLibrary
+from pcam_core.slides.viewer import lattice_of, load_heat, load_summary
+from pcam_core.workspace import ENV_VAR
+
+APP = str(REPO / "streamlit_app.py")
+PAGE = "pages/slides.py"
+
+
+def _workspace(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))  # initialised: no first start
+    return root
+
+
+@pytest.fixture(scope="module")
+def analysed_workspace(tmp_path_factory) -> tuple[Path, str]:
+    """A workspace whose slide library holds a SYNTHETIC demo slide analysed with the bundled model at stride 32
+    (the page's analyses): (workspace, slide id)."""
+    root = _workspace(tmp_path_factory.mktemp("ws-slides-app"))
+    _, _, sid = analysed_demo_slide(root, width=3000, height=2000, stride=32)
+    return root, sid
+
+
+def open_slides(root: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv(ENV_VAR, str(root))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(PAGE).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("title", "subheader", "markdown", "caption", "info", "warning", "error") for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def viewer_data(at: AppTest) -> dict:
+    [element] = [e for e in at.get("bidi_component") if e.proto.component_name == "pcam_slide_viewer"]
+    return json.loads(element.proto.json)
+
+
+def test_no_slides_says_how_to_make_one(tmp_path, monkeypatch):
+    at = open_slides(_workspace(tmp_path / "ws"), monkeypatch)
+    assert [t.value for t in at.title] == ["Slides"]
+    assert "No slides yet" in texts(at)
+    assert not [e for e in at.get("bidi_component") if e.proto.component_name == "pcam_slide_viewer"]
+
+
+def test_a_slide_without_analysis_is_shown_without_a_map(analysed_workspace, tmp_path, monkeypatch):
+    root = _workspace(tmp_path / "ws")
+    sid = SlideLibrary(root).add_file(analysed_workspace[0] / "demo-slides" / "demo" / "slide.tif").id
+    at = open_slides(root, monkeypatch)
+    assert "has not been analysed with this model yet" in texts(at)
+    assert "SYNTHETIC demo slide" in texts(at)
+    data = viewer_data(at)
+    assert data["dzi"] == f"slides-api/{sid}.dzi" and data["heatmap"] is None and data["regions"] == []
+
+
+def test_an_analysed_slide_shows_its_figures_viewer_regions_and_downloads(analysed_workspace, monkeypatch):
+    root, sid = analysed_workspace
+    at = open_slides(root, monkeypatch)
+    folder = SlideLibrary(root).analysis_folder(sid)
+    summary = load_summary(folder)
+    shown = texts(at)
+    assert "SYNTHETIC demo slide" in shown
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Slide score"] == f"{summary['slide_score']:.3f}"
+    assert metrics["Call at 0.5"] == ("tumour" if summary["slide_score"] >= 0.5 else "no tumour")
+    assert metrics["Regions"] == str(summary["regions"]) and metrics["Size class"] == summary["size_class"]
+    assert metrics["Largest diameter"] == f"{summary['largest_diameter_mm']:.2f} mm"
+    data = viewer_data(at)
+    assert (data["width"], data["height"], data["mpp"]) == (3000, 2000, pytest.approx(summary["mpp"]))
+    assert data["heatmap"]["url"] == f"slides-api/{sid}/bundled-s32/heatmap.png" and data["heatmap"]["width"] >= 3000
+    assert data["tissue"]["url"] == f"slides-api/{sid}/bundled-s32/tissue.png" and data["threshold"] == 0.5
+    assert [r["id"] for r in data["regions"]] == list(range(1, summary["regions"] + 1)) and data["goto"] is None
+    labels = [b.label for b in at.get("download_button")]
+    assert labels[:3] == ["Regions (GeoJSON, for QuPath)", "Heat map (pyramidal TIFF)", "Windows (tiles.csv)"]
+    # regions by probability, then "go to" the first: the viewer gets its box
+    at.segmented_control(key="region_sort").set_value("probability").run()
+    buttons = [b for b in at.button if b.label.startswith("Go to #")]
+    by_probability = sorted(summary["region_list"], key=lambda r: -r["max_probability"])
+    assert len(buttons) == summary["regions"] >= 1
+    assert buttons[0].label == f"Go to #{1 + summary['region_list'].index(by_probability[0])}"
+    buttons[0].click().run()
+    goto = viewer_data(at)["goto"]
+    ring = by_probability[0]
+    assert goto["bbox"][0] <= ring["centroid_x"] <= goto["bbox"][0] + goto["bbox"][2]
+
+
+def test_a_click_on_the_slide_shows_its_window_probability_and_grad_cam(analysed_workspace, monkeypatch):
+    root, sid = analysed_workspace
+    at = open_slides(root, monkeypatch)
+    folder = SlideLibrary(root).analysis_folder(sid)
+    lattice = lattice_of(load_summary(folder))
+    heat = load_heat(folder)
+    import numpy as np
+
+    i, j = np.unravel_index(np.nanargmax(heat), heat.shape)
+    point = (int((j + 0.5) * lattice.cell_px), int((i + 0.5) * lattice.cell_px))
+    at.session_state[f"slides_view_{sid}"] = {"goto": None, "point": point}  # what a click on the viewer stores
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert f"The window at ({point[0]:,}, {point[1]:,})" in texts(at)
+    captions = [c for image in at.image for c in image.captions]
+    assert any(f"probability **{float(heat[i, j]):.3f}**" in c for c in captions), captions
+    assert any(c.startswith("Grad-CAM") for c in captions), captions
+    assert viewer_data(at)["marker"][:2] == [pytest.approx(v) for v in lattice.window_origin(i, j)]
+    assert any(b.label == "Open Explain with this model" for b in at.button)
