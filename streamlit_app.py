@@ -52,6 +52,7 @@ if __name__ == "__main__":  # a script run (every session's): the shell
         st.Page("pages/runs.py", title="Runs and metrics", icon=":material/monitoring:"),
         st.Page("pages/explain.py", title="Explain", icon=":material/center_focus_strong:"),
         st.Page("pages/predict.py", title="Predict", icon=":material/upload_file:"),
+        st.Page("pages/review.py", title="Review", icon=":material/rate_review:"),
     ], position="sidebar" if ready else "hidden")  # no page to open while the demo data is being generated
     if not ready:
         shell.first_start(workspace)

@@ -115,6 +115,11 @@ class ModelCall:
     threshold: float | None = None
     run_id: str | None = None
 
+    @classmethod
+    def at(cls, probability: float, threshold: float, run_id: str | None) -> ModelCall:
+        """The call at `threshold`: tumour when the probability is at or above it."""
+        return cls(float(probability), "tumour" if probability >= threshold else "normal", float(threshold), run_id)
+
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
