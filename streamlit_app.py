@@ -53,6 +53,7 @@ if __name__ == "__main__":  # a script run (every session's): the shell
         st.Page("pages/explain.py", title="Explain", icon=":material/center_focus_strong:"),
         st.Page("pages/predict.py", title="Predict", icon=":material/upload_file:"),
         st.Page("pages/slides.py", title="Slides", icon=":material/biotech:"),
+        st.Page("pages/review.py", title="Review", icon=":material/rate_review:"),
     ], position="sidebar" if ready else "hidden")  # no page to open while the demo data is being generated
     if not ready:
         shell.first_start(workspace)

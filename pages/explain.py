@@ -8,9 +8,9 @@ the Runs page. The bundled model has no split of its own here: its patches are u
 import numpy as np
 import streamlit as st
 
-from pcam_app import caches, heatmaps, notes, patches, shell, thresholds
+from pcam_app import caches, heatmaps, notes, patches, reviews, shell, thresholds
 from pcam_core.uploads import read_uploads
-from pcam_core.workspace import scoring
+from pcam_core.workspace.reviews import ModelCall, ReviewTarget
 from pcam_core.explain import (
     CLASS_AGNOSTIC,
     METHOD_NOTES,
@@ -56,13 +56,7 @@ st.caption("The heat map shows which parts of the patch drove the model's score,
 if ctx.bundled:
     view = "upload"
 else:
-    try:
-        splits = scoring.scored_splits(run)
-    except (OSError, ValueError) as err:
-        shell.fail(f"Cannot read the data of run {run.run_id}: {err}")
-    if not splits:
-        st.info(f"Run {run.run_id} has no predictions yet: they are written when its first epoch ends.", icon=":material/hourglass_top:")
-        st.stop()
+    splits = shell.require_scored_splits(run)
 
     # A link from another page names a patch (?patch=123): open it. The gallery's "Open it" sets these too.
     st.session_state.setdefault("view", "patch")
@@ -179,6 +173,9 @@ def patch_view() -> None:
         st.download_button("Download the overlay (PNG)", lambda: png_bytes(picture), icon=":material/download:",
                            file_name=f"patch-{index}-{method}-{layer}-{target}.png", mime="image/png", on_click="ignore")
         st.caption(f"Id `{row['id']}`")
+        reviews.review_widget(ctx.workspace.reviews(), ReviewTarget(reviews.data_name(ctx, run), patch_id=str(row["id"]), split=split,
+                                                                    index=index),
+                              ModelCall(probability, call, threshold, run.run_id), key="explain")
 
 
 def gallery_view() -> None:

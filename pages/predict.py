@@ -9,8 +9,10 @@ import hashlib
 import numpy as np
 import streamlit as st
 
-from pcam_app import caches, heatmaps, notes, patches, shell, thresholds
+from pcam_app import caches, heatmaps, notes, patches, reviews, shell, thresholds
+from pcam_core.data.common import patch_id
 from pcam_core.predict import UploadResult, results_table, score_uploads
+from pcam_core.workspace.reviews import ModelCall, ReviewTarget
 
 SHOWN = 96  # patches drawn; the table and the CSV hold every one
 
@@ -88,6 +90,14 @@ else:
 if len(result.scored) > SHOWN:
     st.caption(f"The first {SHOWN} of {len(result.scored)} patches are shown; the table and the CSV hold them all.")
 st.caption(notes.CENTRE_NOTE)
+pick_col, review_col = st.columns([3, 1], vertical_alignment="bottom")
+by_name = {p.name: p for p in result.scored}
+picked = by_name[pick_col.selectbox("Review a patch", list(by_name), key="review_upload",
+                                    help=f"Reviews of uploaded patches are filed under the data name '{reviews.UPLOADS_SOURCE}', "
+                                         "by the SHA-1 of their pixels (Kaggle's file name for the same patch).")]
+with review_col:
+    reviews.review_widget(ctx.workspace.reviews(), ReviewTarget(reviews.UPLOADS_SOURCE, patch_id=patch_id(picked.pixels)),
+                          ModelCall.at(picked.probability, threshold, None if ctx.bundled else run.run_id), key="predict", compact=True)
 downloads = st.container(horizontal=True)
 results = results_table(result, threshold, model=config.model.name, run=run.run_id)
 downloads.download_button("Download results (CSV)", results.to_csv(index=False), file_name=f"results-{run.run_id}.csv",

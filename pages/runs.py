@@ -6,7 +6,7 @@ import time
 
 import streamlit as st
 
-from pcam_app import caches, figures, notes, robustness, shell, thresholds
+from pcam_app import caches, figures, notes, reviews, robustness, shell, thresholds
 from pcam_app.components.chart import chart
 from pcam_app.components.patch_links import patch_cards
 from pcam_app.components.table import sortable_table
@@ -14,6 +14,7 @@ from pcam_core.workspace.gallery import confident_errors
 from pcam_core.runs.jobs import job_error
 from pcam_core.workspace.monitor import CURVE_METRICS, FIGURE_COLUMNS, epoch_frame, format_duration, runs_table
 from pcam_core.workspace import scoring
+from pcam_core.workspace.reviews import ModelCall, ReviewTarget
 
 ctx = shell.context()
 st.title("Runs and metrics")
@@ -154,6 +155,18 @@ for column, frame, title, empty in (
                     "pages/explain.py", [{**st.query_params.to_dict(), "run": run.run_id, "split": split, "patch": str(i)}
                                          for i in indices],
                     label="Explain", key=f"errors_{title.split(':')[0]}", width=120)
+        kind = title.split(":")[0]
+        pick_col, review_col = st.columns([2, 1], vertical_alignment="bottom")
+        scores = dict(zip(indices.tolist(), frame["probability"]))
+        chosen = pick_col.selectbox(f"Review one of the {kind.lower()}", list(scores), key=f"review_pick_{kind}",
+                                    format_func=lambda i, scores=scores: f"#{i} · p={scores[i]:.3f}")
+        picked = frame[frame["index"] == chosen].iloc[0]
+        with review_col:
+            probability = float(picked["probability"])
+            reviews.review_widget(ctx.workspace.reviews(), ReviewTarget(reviews.data_name(ctx, run), patch_id=str(picked["id"]),
+                                                                        split=split, index=int(picked["index"])),
+                                  ModelCall.at(probability, threshold, run.run_id),
+                                  key=f"errors_{kind}", compact=True)
 
 st.divider()
 robustness.section(run, split)

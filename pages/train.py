@@ -5,7 +5,7 @@ processes). A run outlives page reloads, closed tabs and app restarts."""
 
 import streamlit as st
 
-from pcam_app import figures, notes, run_tables, shell, sidebar
+from pcam_app import figures, notes, reviews, run_tables, shell, sidebar
 from pcam_app.components.chart import chart
 from pcam_core.config import OPTIMIZERS, SCHEDULES, AugmentConfig, DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from pcam_core.config import TrackingConfig
@@ -85,12 +85,19 @@ with form_column:
                                            help="Also log the config, every epoch's metrics and the best checkpoint to this "
                                                 f"MLflow tracking store (needs `{INSTALL_HINT}`). The run folder stays "
                                                 "what this dashboard shows.")
+            overrides = reviews.override_counts(ctx.workspace.reviews(), list(by_name))
+            use_reviews = st.checkbox(f"Use reviewed labels ({reviews.override_text(overrides)})", key="use_reviews",
+                                      disabled=not any(overrides.values()),
+                                      help="Train with the current reviews of the chosen data (Review page): Label wrong flips "
+                                           "a training patch's label, Artefact drops it. The run keeps a copy of the reviews "
+                                           "it used and what they changed.")
             submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
         if submitted:
             source = by_name[data_name]
             try:
+                label_overrides = reviews.export_for_training(ctx.workspace, source.name) if use_reviews else None
                 config = ExperimentConfig(
-                    data=DataConfig(path=source.path, format=source.format, valid_frac=valid_frac),
+                    data=DataConfig(path=source.path, format=source.format, valid_frac=valid_frac, label_overrides=label_overrides),
                     augment=AugmentConfig(symmetries=symmetries, stain=stain, brightness=colour, contrast=colour,
                                           saturation=colour, shift=shift, hue=defaults.augment.hue if colour else 0.0),
                     model=ModelConfig(name=resolve_model_name(model, resolve_device(device))),

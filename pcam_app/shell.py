@@ -173,6 +173,21 @@ def require_run(ctx: Context, *, checkpoint: bool = False, bundled: bool = False
     return ctx.run
 
 
+def require_scored_splits(run: RunDir) -> list[str]:
+    """The splits of `run` with current predictions (`scoring.scored_splits`), or the page ends saying
+    why there are none."""
+    from pcam_core.workspace import scoring
+
+    try:
+        splits = scoring.scored_splits(run)
+    except (OSError, ValueError) as err:
+        fail(f"Cannot read the data of run {run.run_id}: {err}")
+    if not splits:
+        st.info(f"Run {run.run_id} has no predictions yet: they are written when its first epoch ends.", icon=":material/hourglass_top:")
+        st.stop()
+    return splits
+
+
 def bundled_note() -> None:
     """What the bundled model is, with its model card: shown where it scores patches."""
     st.caption(f"Model: the **{BUNDLED_LABEL}** that ships with pcam_core, trained on real PCam patches of "

@@ -12,6 +12,7 @@ from pcam_core.workspace.monitor import run_caption
 from pcam_core.runs import RunDir
 from pcam_core.workspace import Workspace
 
+from .reviews import reviewer_input
 from .shell import Context, fail
 
 # The bundled model's entry in the run choice: not a valid run id, so no run folder can take its place.
@@ -85,6 +86,7 @@ def sidebar(workspace: Workspace) -> Context:
             st.caption(run_caption(summary))
             if run.raw_status().get("synthetic_data"):
                 st.badge("trained on SYNTHETIC data", icon=":material/science:", color="orange")
+        reviewer_input()
     context = Context(workspace, sources, source, runs, run)
     st.session_state["_context"] = context
     return context

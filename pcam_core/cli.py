@@ -99,6 +99,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-seed", type=int, help="seed of that validation split " + _default(D.split_seed))
     p.add_argument("--workers", type=int, dest="num_workers", help="loader worker processes (-1: auto) " + _default(D.num_workers))
     p.add_argument("--cache", choices=("auto", "yes", "no"), help="hold the data in RAM " + _default(D.cache))
+    p.add_argument("--label-overrides", metavar="CSV", help="train with reviewed labels: a review export (columns id, verdict; "
+                   "the Review page's CSV). disagree_label_wrong flips a training patch's label, artefact drops it, other "
+                   "verdicts keep it; ids that are not training patches are counted and warned about. The run keeps a copy "
+                   + _default(D.label_overrides))
     p.add_argument("--no-augment", action="store_true", help="disable all augmentation")
     p.add_argument("--stain", type=float, help="HED stain jitter strength " + _default(A.stain))
     p.add_argument("--shift", type=int, help="random shift in pixels " + _default(A.shift))
@@ -115,7 +119,9 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
     """The experiment config from --config (if any) with every flag given on the command line on top."""
     config = ExperimentConfig.from_json(args.config) if args.config else ExperimentConfig()
     data = {k: v for k, v in {"path": args.data, "format": args.format, "valid_frac": args.valid_frac,
-                              "split_seed": args.split_seed, "num_workers": args.num_workers, "cache": args.cache}.items() if v is not None}
+                              "split_seed": args.split_seed, "num_workers": args.num_workers, "cache": args.cache,
+                              "label_overrides": str(Path(args.label_overrides).resolve()) if args.label_overrides else None,
+                              }.items() if v is not None}
     model = {k: v for k, v in {"name": args.model, "weights": args.weights, "dropout": args.dropout}.items() if v is not None}
     train = {k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
@@ -203,6 +209,10 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"accuracy {_fmt(best.get('accuracy'))}, F1 {_fmt(best.get('f1'))}")
     if summary.get("synthetic_data"):
         print("note: trained on SYNTHETIC demo data; its figures say nothing about real tissue")
+    if summary.get("label_overrides"):
+        c = summary["label_overrides"]
+        print(f"reviewed labels: {c['flipped']} flipped, {c['dropped']} dropped, {c['kept']} kept, {c['unmatched']} unmatched "
+              f"(copy and counts in {args.out})")
     for warning in summary.get("warnings") or []:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

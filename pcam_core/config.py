@@ -41,6 +41,7 @@ class DataConfig:
     num_workers: int = -1  # -1: chosen from the machine (0 when the split is cached in memory)
     cache: str = "auto"  # "auto" caches splits under `cache_max_gb` in RAM; "yes"/"no" force it
     cache_max_gb: float = 2.0
+    label_overrides: str | None = None  # a review export (`pcam_core.data.overrides`): flips and drops training labels
 
     def __post_init__(self) -> None:
         _check_choice("data.format", self.format, DATA_FORMATS)
@@ -48,6 +49,8 @@ class DataConfig:
         _check_range("data.valid_frac", self.valid_frac, 0.0, 0.5, lo_open=True)
         if self.num_workers < -1:
             raise ValueError(f"data.num_workers={self.num_workers} must be -1 (auto) or >= 0")
+        if self.label_overrides is not None and not self.label_overrides.strip():
+            raise ValueError("data.label_overrides must be the path of a review export (CSV), or None")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig
 from .data.base import PatchDataset
 from .data.loader import SkipBatchesSampler, fits_in_memory, make_loader, train_valid_datasets
+from .data.overrides import apply_overrides
 from .fileio import append_jsonl, atomic_write_json, atomic_write_with, read_jsonl
 from .inference import Predictions, autocast_context, predict_loader
 from .metrics import binary_metrics, choose_threshold
@@ -309,7 +310,7 @@ def fit(
     device = resolve_device(device_pref, info.local_rank)
     try:
         model_name = resolve_model_name(config.model.name, device)
-        data = _load_data(config)  # a data error ends here, before a run folder exists
+        data = _load_data(config, _overrides_file(config, run, resume=resume))  # a data error ends here, before a run folder exists
         tracker = create_tracker(config.tracking) if info.is_main else NullTracker()  # so does a missing mlflow
         if info.is_main:
             run, lock = prepare_out_dir(out, config, resume=resume)
@@ -527,14 +528,27 @@ class _Session:
                                best={"metric": t.monitor, "value": st.best_value, "epoch": st.best_epoch})
 
 
-def _load_data(config: ExperimentConfig) -> Any:
-    """Open (and check) the training and validation sets, cached in RAM per `config.data.cache`."""
+def _load_data(config: ExperimentConfig, overrides: Path | None = None) -> Any:
+    """Open (and check) the training and validation sets, cached in RAM per `config.data.cache`, with
+    the reviewed labels of `overrides` (a review export) applied to the training set."""
     data = train_valid_datasets(config.data.path, format=config.data.format, valid_frac=config.data.valid_frac,
                                 seed=config.data.split_seed)
     for ds in (data.train, data.valid):
         if config.data.cache == "yes" or (config.data.cache == "auto" and fits_in_memory(ds.source, config.data.cache_max_gb)):
             ds.source.cache()
+    if overrides is not None:
+        data.train, data.overrides = apply_overrides(data.train, overrides)
+        c = data.overrides
+        data.description += f"; reviewed labels from {overrides}: {c.flipped} flipped, {c.dropped} dropped, {c.unmatched} unmatched"
     return data
+
+
+def _overrides_file(config: ExperimentConfig, run: RunDir, *, resume: bool) -> Path | None:
+    """The review export to train with: the run's own copy when resuming (the original may have changed
+    since), else `config.data.label_overrides`."""
+    if config.data.label_overrides is None:
+        return None
+    return run.label_overrides_path if resume and run.label_overrides_path.exists() else Path(config.data.label_overrides)
 
 
 def _build_session(config: ExperimentConfig, run: RunDir, info: D.DistInfo, device: torch.device, status: StatusWriter | None,
@@ -601,6 +615,11 @@ def _fit(
     s = _build_session(config, run, info, device, status, data)
     if resume:
         s.restore()
+    if data.overrides is not None and info.is_main:
+        run.record_label_overrides(_overrides_file(config, run, resume=resume), data.overrides.as_dict())
+        if (warning := data.overrides.warning(config.data.label_overrides)) and warning not in s.state.warnings:
+            log.warning(warning)
+            s.state.warnings.append(warning)
     s.tracker = tracker
     tracker.start(run, synthetic=data.synthetic)
     tracker.log_params(config)
@@ -686,6 +705,7 @@ def _finish(s: _Session, ended_by: str) -> dict[str, Any]:
         "ended_by": ended_by, "best_epoch": st.best_epoch, "monitor": t.monitor, "best_value": st.best_value,
         "train_seconds": s.elapsed(), "synthetic_data": s.data.synthetic, "warnings": st.warnings,
         "best_metrics": run.best_epoch() if s.info.is_main else None,
+        "label_overrides": s.data.overrides.as_dict() if s.data.overrides is not None else None,
     }
     if s.info.is_main:
         atomic_write_json(run.summary_path, summary)

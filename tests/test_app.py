@@ -32,7 +32,8 @@ from pcam_core.runs import RunDir, max_processes, process_count, stop
 from pcam_core.workspace import DEMO_ENV_VAR, ENV_VAR, Workspace
 
 APP = str(REPO / "streamlit_app.py")
-PAGES = ["pages/overview.py", "pages/dataset.py", "pages/train.py", "pages/runs.py", "pages/explain.py", "pages/predict.py"]
+PAGES = ["pages/overview.py", "pages/dataset.py", "pages/train.py", "pages/runs.py", "pages/explain.py", "pages/predict.py",
+         "pages/review.py"]
 RUN_ID = "demo-run"
 
 
@@ -173,6 +174,7 @@ def test_every_page_renders_with_a_finished_run(finished_workspace, monkeypatch)
         "pages/runs.py": ["Learning curves", f"Judging run `{RUN_ID}`", "Most confident errors"],
         "pages/explain.py": ["call at 0.500", "Centre focus", "central 32×32"],
         "pages/predict.py": ["Model of run", "probability"],
+        "pages/review.py": ["least sure", "Type your name under **Reviewer**"],
     }
     drawn = []
     for page, words in expected.items():

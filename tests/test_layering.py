@@ -99,7 +99,7 @@ def test_the_checker_sees_an_upward_import_inside_a_function() -> None:
 def test_importing_the_services_and_runs_loads_no_torch() -> None:
     code = ("import sys, pcam_core.workspace, pcam_core.workspace.monitor, pcam_core.workspace.scoring, "
             "pcam_core.workspace.gallery, pcam_core.workspace.slides, pcam_core.slides.report, pcam_core.workspace.robustness, "
-            "pcam_core.shifts, pcam_core.runs, pcam_core.runs.jobs, pcam_core.uploads; "
+            "pcam_core.workspace.reviews, pcam_core.shifts, pcam_core.runs, pcam_core.runs.jobs, pcam_core.uploads; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     done = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -14,6 +14,7 @@ _EXPORTS = {
     ".common": ("CENTER_SIZE", "CENTER_START", "PATCH_SIZE", "DataError", "DecodedImage", "decode_image", "patch_id"),
     ".h5": ("SPLITS", "PCamH5", "available_splits", "split_files", "write_split"),
     ".kaggle": ("ImageFiles", "KaggleFolder", "image_folder", "read_labels_csv"),
+    ".overrides": ("OverrideCounts", "apply_overrides", "read_overrides"),
     ".loader": ("TrainValid", "detect_format", "make_loader", "open_dataset", "open_split", "train_valid_datasets"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from .common import CENTER_SIZE, CENTER_START, PATCH_SIZE, DataError, DecodedImage, decode_image, patch_id
     from .h5 import SPLITS, PCamH5, available_splits, split_files, write_split
     from .kaggle import ImageFiles, KaggleFolder, image_folder, read_labels_csv
+    from .overrides import OverrideCounts, apply_overrides, read_overrides
     from .loader import TrainValid, detect_format, make_loader, open_dataset, open_split, train_valid_datasets
 
 

@@ -139,8 +139,8 @@ class PatchDataset(Dataset, abc.ABC):
             "error": errors,
         }
 
-    def subset(self, indices: Sequence[int] | np.ndarray) -> PatchSubset:
-        return PatchSubset(self, indices)
+    def subset(self, indices: Sequence[int] | np.ndarray, *, labels: np.ndarray | None = None) -> PatchSubset:
+        return PatchSubset(self, indices, labels=labels)
 
     def _check_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -153,11 +153,15 @@ class PatchDataset(Dataset, abc.ABC):
 class PatchSubset(PatchDataset):
     """A view on some items of another `PatchDataset` (a validation split, a shard); reads go to the parent."""
 
-    def __init__(self, parent: PatchDataset, indices: Sequence[int] | np.ndarray) -> None:
+    def __init__(self, parent: PatchDataset, indices: Sequence[int] | np.ndarray, *, labels: np.ndarray | None = None) -> None:
+        """`labels` (one per index) replace the parent's for this view, as reviewed labels do; the
+        parent and its files are untouched."""
         super().__init__(parent.transform, parent.target_transform)
         self.parent = parent
         self.parent_indices = np.asarray(indices, dtype=np.int64)
-        self._labels = parent.labels[self.parent_indices]
+        self._labels = parent.labels[self.parent_indices] if labels is None else np.asarray(labels, dtype=np.int64)
+        if len(self._labels) != len(self.parent_indices):
+            raise ValueError(f"{len(self._labels)} labels for {len(self.parent_indices)} patches")
         self.synthetic = parent.synthetic
 
     def _read(self, indices: np.ndarray) -> np.ndarray:

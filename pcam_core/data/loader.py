@@ -18,6 +18,7 @@ from .base import PatchDataset
 from .common import IMAGE_EXTENSIONS, PATCH_SHAPE, DataError, stratified_split
 from .h5 import PCamH5, available_splits, is_h5_root, split_name
 from .kaggle import KaggleFolder, ImageFiles, image_folder, is_kaggle_root
+from .overrides import OverrideCounts
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class TrainValid:
     valid: PatchDataset
     description: str
     synthetic: bool
+    overrides: OverrideCounts | None = None  # what reviewed labels did to `train` (`pcam_core.data.overrides`)
 
 
 def train_valid_datasets(path: str | Path, *, format: str = "auto", valid_frac: float = 0.1, seed: int = 0) -> TrainValid:

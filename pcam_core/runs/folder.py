@@ -13,6 +13,8 @@
       valid_predictions.csv  id,label,probability,index of the validation set at the best epoch
       summary.json           final figures, written when the run ends
       tracking.json          the MLflow run this run logs to, if any (`pcam_core.tracking`): a resume logs there too
+      label_overrides.csv    the review export the run trained with (`--label-overrides`), copied when it started
+      label_overrides.json   where that file came from and what it did: flipped, dropped, kept, unmatched
       evaluations/<split>.json              metrics and curves of another split (`pcam evaluate --out`)
       evaluations/<split>_predictions.csv   id,label,probability,index of that split
       evaluations/score-<split>.json, .log  the background job that wrote them (`runs.jobs`)
@@ -42,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ExperimentConfig
-from ..fileio import atomic_write_json, read_json, read_jsonl
+from ..fileio import atomic_write_json, atomic_write_with, read_json, read_jsonl
 from .process import pid_alive
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,22 @@ class RunDir:
     evaluations = property(lambda self: self.path / "evaluations")
     tracking_path = property(lambda self: self.path / "tracking.json")
     robustness = property(lambda self: self.path / "robustness")
+    label_overrides_path = property(lambda self: self.path / "label_overrides.csv")
+    label_overrides_record_path = property(lambda self: self.path / "label_overrides.json")
+
+    def record_label_overrides(self, source: str | Path, counts: dict[str, int]) -> None:
+        """Keep a copy of the review export the run trains with, and what it did to the training labels.
+        A resumed run reads its copy (`source` is then that copy, and the first record stays)."""
+        source = Path(source)
+        if source.resolve() == self.label_overrides_path.resolve():
+            return
+        atomic_write_with(self.label_overrides_path, lambda handle: handle.write(source.read_bytes()))
+        atomic_write_json(self.label_overrides_record_path, {"source": str(source.resolve()), "counts": counts,
+                                                             "recorded_at": time.time()})
+
+    def label_overrides(self) -> dict[str, Any] | None:
+        """The record of `record_label_overrides` (source, counts), or None for a run without overrides."""
+        return read_json(self.label_overrides_record_path, default=None)
 
     def checkpoint(self, which: str = "best") -> Path:
         """`checkpoints/best.pt` (or `last.pt`); best falls back to last when no epoch finished."""

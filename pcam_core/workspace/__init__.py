@@ -1,5 +1,5 @@
 """The dashboard's services: the workspace and its data sources (`sources`), watching runs (`monitor`),
-a run's scores per split (`scoring`), choosing patches to show (`gallery`).
+a run's scores per split (`scoring`), choosing patches to show (`gallery`), pathologists' reviews and the review queue (`reviews`).
 
 No Streamlit and no model code here (no torch, models, inference, predict or train): the pages start
 training through `pcam_core.runs` (a separate process) and read what it writes.

@@ -7,6 +7,8 @@
       runs/<run id>/            one folder per training run (the contract of `pcam_core.runs`)
       jobs/<name>.json, .log    background jobs other than training (download, scoring a split)
       slides/                   the slide library and its analyses (`workspace.slides`)
+      reviews.sqlite            pathologists' reviews (`workspace.reviews`: SQLite in WAL mode)
+      exports/                  review exports the Train page hands to a run (`--label-overrides`)
 
 A data source may live anywhere (a PCam HDF5 folder or a Kaggle folder is registered by its path and
 never copied); the workspace only remembers where it is. Removing a source forgets it and deletes
@@ -36,6 +38,7 @@ from ..runs.jobs import JobStatus, job_status, start_job
 from ..config import ExperimentConfig
 from ..runs import RunDir, RunSummary, create_run, launch, list_runs, run_path
 from .slides import SlideLibrary
+from .reviews import ReviewStore, store_for
 
 if TYPE_CHECKING:
     from ..data import PatchDataset
@@ -151,6 +154,11 @@ class Workspace:
     data_root = property(lambda self: self.root / "data")
     jobs_root = property(lambda self: self.root / "jobs")
     sources_path = property(lambda self: self.root / "sources.json")
+    exports_root = property(lambda self: self.root / "exports")
+
+    def reviews(self) -> ReviewStore:
+        """The workspace's review database (`reviews.sqlite`, created on first use)."""
+        return store_for(self.root)
 
     @property
     def slide_library(self) -> SlideLibrary:
