@@ -11,7 +11,7 @@ import streamlit as st
 
 from pathlib import Path
 
-from pcam_app import heatmaps, notes, shell
+from pcam_app import heatmaps, notes, reviews, shell
 from pcam_app.slide_library import add_slides, analysis_controls, slide_list
 from pcam_app.components.slide_viewer import slide_viewer
 from pcam_app.sidebar import BUNDLED_CHOICE, switch_page
@@ -27,6 +27,7 @@ from pcam_core.slides.viewer import (
     window_at,
 )
 from pcam_core.slides.folder import AnalysisFolder
+from pcam_core.workspace.reviews import ModelCall, ReviewTarget
 from pcam_core.workspace.slides import SlideEntry
 from pcam_core.workspace.gallery import outline_centre
 
@@ -36,6 +37,7 @@ SORTS = {"size": "Largest first", "probability": "Most probable first"}
 REGIONS_LISTED = 30
 STRIDE = 32  # the library's analyses
 SYNTHETIC_SLIDE = "SYNTHETIC demo slide, not real tissue."
+REVIEW_SOURCE = "slides"  # the data name slide windows and regions are reviewed under
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -148,6 +150,11 @@ if window is not None:
                              f"{explanation.probabilities[0]:.3f}; the box is the central 32×32 the label describes.")
             if st.button("Open Explain with this model", icon=":material/center_focus_strong:", key="to_explain"):
                 switch_page("pages/explain.py", {"run": BUNDLED_CHOICE if is_bundled(run.path) else run.run_id})
+    if window["state"] == "scored":
+        with left:
+            reviews.review_widget(ctx.workspace.reviews(), ReviewTarget.slide_region(REVIEW_SOURCE, slide.id, x=window["x"], y=window["y"]),
+                                  ModelCall.at(window["probability"], threshold, str(summary.get("run"))),
+                                  key=f"window_{slide.id}", compact=True)
 
 st.subheader("Tumour regions")
 if not region_list:
@@ -158,7 +165,7 @@ else:
     key = "area_mm2" if order == "size" else "max_probability"
     ranked = sorted(region_list, key=lambda r: -r[key])
     for region in ranked[:REGIONS_LISTED]:
-        c = st.columns([1, 2, 2, 2, 2], vertical_alignment="center")
+        c = st.columns([1, 2, 2, 2, 2, 1], vertical_alignment="center")
         if c[0].button(f"Go to #{region['id']}", key=f"goto-{region['id']}", icon=":material/my_location:"):
             view["goto"] = {"bbox": region["bbox"], "nonce": time.time()}
             st.rerun()
@@ -166,6 +173,10 @@ else:
         c[2].write(f"{region['area_mm2']:.3f} mm²")
         c[3].write(f"max probability {region['max_probability']:.3f}")
         c[4].write(f"{region['cells']} cells")
+        with c[5]:
+            reviews.review_widget(ctx.workspace.reviews(), ReviewTarget.slide_region(REVIEW_SOURCE, slide.id, region=str(region["id"])),
+                                  ModelCall.at(region["max_probability"], threshold, str(summary.get("run"))),
+                                  key=f"region_{slide.id}_{region['id']}", compact=True)
     if len(ranked) > REGIONS_LISTED:
         st.caption(f"{len(ranked) - REGIONS_LISTED} smaller regions are in the GeoJSON.")
     with st.expander("All regions as a table"):

@@ -120,3 +120,74 @@ def test_a_click_on_the_slide_shows_its_window_probability_and_grad_cam(analysed
     assert any(c.startswith("Grad-CAM") for c in captions), captions
     assert viewer_data(at)["marker"][:2] == [pytest.approx(v) for v in lattice.window_origin(i, j)]
     assert any(b.label == "Open Explain with this model" for b in at.button)
+
+
+def _wait_for(library: SlideLibrary, sid: str, states: tuple[str, ...], timeout: float = 240.0) -> str:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = library.analysis(sid).state
+        if state in states:
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"{sid} never reached {states} (now {library.analysis(sid).state})")
+
+
+def _damage_overview(path: Path) -> None:
+    """Overwrite the JPEG tiles of the slide's coarsest levels with zeros (the file still opens)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        spans = [(o, n) for page in tif.pages[1:] for o, n in zip(page.dataoffsets, page.databytecounts)]
+    with open(path, "r+b") as handle:
+        for offset, count in spans:
+            handle.seek(offset)
+            handle.write(bytes(count))
+
+
+@pytest.mark.slow
+def test_the_page_follows_real_analyses_queued_running_done_and_failed(analysed_workspace, tmp_path, monkeypatch):
+    """Real background analyses (the library's queue runner and `pcam slide` processes, one at a time): a slide
+    waiting its turn is shown queued, the one at work as being analysed, then done with its figures; a slide
+    whose overview level is damaged while it waits in the queue fails, and the page says why."""
+    import shutil
+    import time
+
+    root = _workspace(tmp_path / "ws")
+    source = analysed_workspace[0] / "demo-slides" / "demo" / "slide.tif"
+    first, second, broken = (tmp_path / "slides" / name for name in ("a.tif", "b.tif", "c.tif"))
+    first.parent.mkdir()
+    for path in (first, second, broken):
+        shutil.copyfile(source, path)
+    library = SlideLibrary(root)
+    ids = [library.add_file(path).id for path in (first, second, broken)]
+    library.slides()  # listed once, as the page does: metadata and thumbnails cached
+    library.start(ids)
+    _damage_overview(broken)  # the last in the queue is damaged before its turn
+    at = open_slides(root, monkeypatch)
+    at.selectbox(key="slide").set_value(ids[1]).run()
+    shown = texts(at)
+    assert "is queued for analysis" in shown or "is being analysed" in shown or library.analysis(ids[1]).state == "done", shown
+    _wait_for(library, ids[0], ("running", "done"))
+    at.selectbox(key="slide").set_value(ids[0]).run()
+    assert "is being analysed" in texts(at) or library.analysis(ids[0]).state == "done"
+    _wait_for(library, ids[1], ("done",))
+    at.selectbox(key="slide").set_value(ids[1]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert {m.label for m in at.metric} >= {"Slide score", "Regions", "Size class"}
+    # the damage shows either when the slide is listed (its overview no longer reads: listed with the error, not
+    # offered for viewing) or when its analysis reads it (failed, with the reason): the page says so either way
+    deadline = time.time() + 240
+    while not library.entry(ids[2]).error and library.analysis(ids[2]).state != "failed" and time.time() < deadline:
+        time.sleep(0.5)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = "\n".join(e.value for e in at.error)
+    entry = library.entry(ids[2])
+    if entry.error:
+        assert entry.error in errors and "c.tif" in entry.error, (entry.error, errors)
+        assert ids[2] not in at.selectbox(key="slide").options
+    else:
+        at.selectbox(key="slide").set_value(ids[2]).run()
+        assert "c.tif could not be analysed" in "\n".join(e.value for e in at.error)
