@@ -555,3 +555,15 @@ def test_torchrun_two_processes_write_the_single_process_map_and_merge_names_mis
     assert [s["shard"] for s in summary["shards"]] == ["0/2", "1/2"] and all(s["windows"] > 0 for s in summary["shards"])
     assert summary["windows_scored"] == json.loads((tmp_path / "one" / "summary.json").read_text())["windows_scored"]
     assert not (tmp_path / "two" / "shards").exists()
+
+
+def test_demo_slide_levels_need_not_divide_its_size(tmp_path):
+    """A level whose size is rounded up (2,500 / 8 = 312.5 -> 313 px) reaches past the image it is resampled from:
+    white there, not an error (a 50,000 x 40,000 slide failed on it at downsample 32)."""
+    import openslide
+
+    make_demo_slide(tmp_path, DemoSlideSpec(width=2500, height=1900, levels=(1, 2, 4, 8), seed=1))
+    with openslide.OpenSlide(str(tmp_path / "slide.tif")) as slide:
+        assert slide.level_dimensions == ((2500, 1900), (1250, 950), (625, 475), (313, 238))
+        corner = np.asarray(slide.read_region((0, 0), 3, (313, 238)).convert("RGB"))
+    assert corner[:, -1].min() > 200  # the rounded-up last column is off the slide: white, not garbage

@@ -205,7 +205,12 @@ def _tiles(pcam: np.ndarray, f: float, downsample: int, width: int, height: int)
         th = min(TILE, lh - ty)
         a = max(0, math.floor(ty / r) - 2)
         b = min(hp, math.ceil((ty + th) / r) + 2)
-        band = Image.fromarray(np.ascontiguousarray(pcam[a:b]))
+        band = pcam[a:b]
+        # a level's last pixel may reach past the PCam-scale image (lw * downsample > width): white there, as off the slide
+        pad_h, pad_w = max(0, math.ceil((ty + th) / r) - b), max(0, math.ceil(lw / r) - wp)
+        if pad_h or pad_w:
+            band = np.pad(band, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=255)
+        band = Image.fromarray(np.ascontiguousarray(band))
         row = np.asarray(band.resize((lw, th), Image.Resampling.BILINEAR, box=(0, ty / r - a, lw / r, (ty + th) / r - a)))
         row = np.pad(row, ((0, TILE - th), (0, (-lw) % TILE), (0, 0)), constant_values=255)
         for tx in range(0, row.shape[1], TILE):
