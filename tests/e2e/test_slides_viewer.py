@@ -1,7 +1,7 @@
 """The Slides page end to end: `streamlit run streamlit_app.py` serving a SYNTHETIC demo slide analysed with the
 bundled model. Its tile routes answered over real HTTP (httpx) on 127.0.0.1, refusing unregistered slides and
 malformed addresses; then headless Chromium opens the page, zooms in (tiles of finer levels are requested and
-drawn), toggles the map, goes to a region, clicks the slide to open the window there, and downloads the GeoJSON.
+drawn), toggles the map, goes to a region, clicks the slide to open the window there, and downloads the GeoJSON and the report.
 A screenshot of the viewer goes to tests/artifacts/screenshots/slides.png."""
 
 from __future__ import annotations
@@ -144,6 +144,15 @@ def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
             download.value.save_as(saved)
             geojson = json.loads(saved.read_text())
             assert geojson["type"] == "FeatureCollection" and len(geojson["features"]) == summary["regions"]
+
+            # the printable report: the slide's figures, its regions and that it is not a diagnosis
+            with page.expect_download() as download:
+                page.get_by_role("button", name="Report (HTML, printable)").click()
+            saved = tmp_path / "report.html"
+            download.value.save_as(saved)
+            report = saved.read_text(encoding="utf-8")
+            assert f"{summary['slide_score']:.3f}" in report and "not a diagnosis" in report.lower()
+            assert report.count("data:image/") >= 2  # self-contained: the map and the crops are embedded
             assert not errors, errors
         finally:
             browser.close()
