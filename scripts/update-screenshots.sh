@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 shots=tests/artifacts/screenshots
 rm -rf "$shots"
-./test.sh tests/e2e/test_browser.py -q
+./test.sh tests/e2e/test_browser.py tests/e2e/test_slides_viewer.py -q
 mkdir -p assets/screenshots
 cp "$shots"/*.png assets/screenshots/
 git status --short assets/screenshots
