@@ -1,0 +1,173 @@
+"""Trust: calibrated probabilities (pcam_core.calibration), conformal triage (pcam_core.triage), confidence
+intervals and the paired test (pcam_core.stats), TTA uncertainty, and the faces that show them (`pcam
+predict --results --triage`, `pcam calibrate`, `pcam evaluate`, `pcam compare`, the Runs page). The maths
+is checked on generated data whose truth is known; the faces on the real fixture patches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats as st
+from scipy.special import expit
+
+from pcam_core.calibration import apply_temperature, fit_calibration, fit_temperature
+from pcam_core.metrics import expected_calibration_error
+from pcam_core.stats import (
+    auc_interval,
+    compare_predictions,
+    delong,
+    format_interval,
+    metric_intervals,
+    paired_auc_test,
+    wilson_interval,
+)
+from pcam_core.triage import conformal_rank, fit_triage, triage_calls, triage_outcome
+
+
+def _binormal(rng: np.random.Generator, m: int, n: int, d: float) -> tuple[np.ndarray, np.ndarray]:
+    """m tumour scores ~ N(d, 1) and n normal ones ~ N(0, 1), as probabilities; true AUC = Phi(d / sqrt 2)."""
+    labels = np.r_[np.ones(m, int), np.zeros(n, int)]
+    return labels, expit(np.r_[rng.normal(d, 1, m), rng.normal(0, 1, n)])
+
+
+# -- temperature scaling ---------------------------------------------------------------------------
+
+def test_temperature_scaling_undoes_an_over_confident_model():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 1.5, 4000)
+    labels = (rng.random(4000) < expit(true_logits)).astype(int)
+    over_confident = expit(3 * true_logits)  # the true logits scaled by 3
+    temperature = fit_temperature(labels, over_confident)
+    assert 2.6 < temperature < 3.4
+    before, after = expected_calibration_error(labels, over_confident), expected_calibration_error(labels, apply_temperature(over_confident, temperature))
+    assert after < before / 3 and after < 0.03
+    record = fit_calibration(labels, over_confident, fitted_on="generated")
+    assert record.after["nll"] < record.before["nll"] and record.after["brier"] < record.before["brier"]
+    assert record.after["ece"] == pytest.approx(after)
+    # the ranking is untouched: in the order of the raw probabilities, the calibrated ones never go down
+    assert (np.diff(record.apply(over_confident)[np.argsort(over_confident)]) >= 0).all()
+
+
+def test_temperature_scaling_refuses_one_class_and_bad_temperatures():
+    with pytest.raises(ValueError, match="both classes"):
+        fit_temperature(np.ones(10), np.full(10, 0.7))
+    with pytest.raises(ValueError, match="positive"):
+        apply_temperature(np.array([0.5]), 0.0)
+
+
+# -- conformal triage ------------------------------------------------------------------------------
+
+def test_the_conformal_rank_is_the_finite_sample_one():
+    assert conformal_rank(0.02, 200) == 4  # floor(0.02 * 201)
+    assert conformal_rank(0.1, 49) == 5 and conformal_rank(0.02, 48) == 0  # too few to call anything normal
+
+
+@pytest.mark.parametrize("alpha, n_tumour", [(0.1, 50), (0.02, 200)])
+def test_the_conformal_miss_rate_holds_over_many_random_splits(alpha, n_tumour):
+    """500 random validation/test splits of generated scores: the mean miss rate (tumour called normal) is
+    at most alpha (plus Monte-Carlo noise) and not far below it: exactly k / (n1 + 1) in expectation."""
+    rng = np.random.default_rng(1)
+    misses, k = [], conformal_rank(alpha, n_tumour)
+    for _ in range(500):
+        tumour, normal = rng.beta(4, 2, n_tumour + 1000), rng.beta(2, 4, 100)
+        labels = np.r_[np.ones(n_tumour, int), np.zeros(100, int)]
+        thresholds = fit_triage(labels, np.r_[tumour[:n_tumour], normal], 1 - alpha)
+        misses.append((triage_calls(tumour[n_tumour:], thresholds) == "normal").mean())
+    expected = k / (n_tumour + 1)
+    per_split_sd = np.sqrt(expected * (1 - expected) / (n_tumour + 2))  # a Beta(k, n + 1 - k) share
+    tolerance = 4 * per_split_sd / np.sqrt(500) + 0.002
+    assert np.mean(misses) <= alpha + tolerance
+    assert abs(np.mean(misses) - expected) <= tolerance and expected > alpha - 1 / (n_tumour + 1)
+
+
+def test_triage_calls_refer_between_the_thresholds_and_cut_once_when_they_cross():
+    labels = np.r_[np.ones(99, int), np.zeros(99, int)]
+    overlap = np.r_[np.linspace(0.3, 1.0, 99), np.linspace(0.0, 0.7, 99)]
+    t = fit_triage(labels, overlap, 0.9, fpr=0.1)
+    assert not t.crossed and t.normal_below < t.tumour_above
+    calls = triage_calls(np.array([0.0, (t.normal_below + t.tumour_above) / 2, 1.0]), t)
+    assert calls.tolist() == ["normal", "refer", "tumour"]
+    outcome = triage_outcome(labels, overlap, t)
+    assert outcome["miss_rate"] <= 0.1 and outcome["false_positive_rate"] <= 0.1 and outcome["referral_rate"] > 0
+    separated = np.r_[np.linspace(0.6, 1.0, 99), np.linspace(0.0, 0.4, 99)]
+    t = fit_triage(labels, separated, 0.9, fpr=0.1)
+    assert t.crossed
+    outcome = triage_outcome(labels, separated, t)
+    assert outcome["referral_rate"] == 0 and outcome["miss_rate"] == 0 and outcome["false_positive_rate"] <= 0.1
+    assert "at most 10% of tumour patches are called normal" in t.guarantee() and "different lab" in t.guarantee()
+    with pytest.raises(ValueError, match="target sensitivity"):
+        fit_triage(labels, overlap, 1.0)
+
+
+# -- confidence intervals and the paired test -------------------------------------------------------
+
+def test_delong_auc_equals_sklearn_and_its_interval_covers_the_true_auc_at_95_percent():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(2)
+    d = 1.2
+    truth = st.norm.cdf(d / np.sqrt(2))
+    covered = []
+    for _ in range(300):
+        labels, probs = _binormal(rng, 60, 80, d)
+        interval = auc_interval(labels, probs)
+        covered.append(interval["low"] <= truth <= interval["high"])
+    assert interval["value"] == pytest.approx(roc_auc_score(labels, probs))
+    assert 0.92 <= np.mean(covered) <= 0.98
+
+
+def test_delong_variance_agrees_with_the_bootstrap():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    labels, probs = _binormal(rng, 150, 150, 1.0)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    boot = [roc_auc_score(labels[take], probs[take])
+            for take in (np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)] for _ in range(500))]
+    _, cov = delong(labels, probs)
+    assert 0.8 < cov[0, 0] / np.var(boot) < 1.25
+
+
+def test_the_paired_test_is_uniform_under_the_null_and_small_when_one_run_is_better():
+    rng = np.random.default_rng(4)
+    p_values = []
+    for _ in range(200):
+        labels = np.r_[np.ones(80, int), np.zeros(80, int)]
+        latent = np.where(labels == 1, 1.0, 0.0) + rng.normal(0, 1, 160)
+        p_values.append(paired_auc_test(labels, expit(latent + rng.normal(0, 0.7, 160)),
+                                        expit(latent + rng.normal(0, 0.7, 160)))["p_value"])
+    assert 0.02 <= np.mean(np.array(p_values) < 0.05) <= 0.09
+    assert st.kstest(p_values, "uniform").pvalue > 0.01
+    labels, good = _binormal(rng, 200, 200, 2.0)
+    worse = expit(np.log(good / (1 - good)) + rng.normal(0, 2.5, 400))
+    test = paired_auc_test(labels, good, worse)
+    assert test["difference"] > 0.05 and test["p_value"] < 1e-3 and test["low"] > 0
+
+
+def test_intervals_for_every_headline_metric():
+    rng = np.random.default_rng(5)
+    labels, probs = _binormal(rng, 120, 200, 1.5)
+    intervals = metric_intervals(labels, probs, 0.5)
+    assert set(intervals) == {"roc_auc", "accuracy", "recall", "specificity", "precision", "f1", "brier", "pr_auc"}
+    for name, interval in intervals.items():
+        assert interval["low"] <= interval["value"] <= interval["high"], name
+        assert interval["high"] - interval["low"] < 0.25, name
+    wilson = wilson_interval(0, 20)
+    assert wilson["low"] == 0 and 0.1 < wilson["high"] < 0.2  # Wilson stays sensible at 0 of 20
+    assert wilson_interval(0, 0) is None
+    assert format_interval({"value": 0.9512, "low": 0.93, "high": 0.9701}) == "0.951 (0.930-0.970)"
+
+
+def test_compare_joins_on_ids_and_refuses_different_patches():
+    import pandas as pd
+
+    rng = np.random.default_rng(6)
+    labels, good = _binormal(rng, 100, 100, 2.0)
+    ids = [f"p{i}" for i in range(200)]
+    a = pd.DataFrame({"id": ids, "label": labels, "probability": good})
+    b = a.assign(probability=expit(rng.normal(0, 1, 200))).sample(frac=1, random_state=0)  # shuffled rows, a random model
+    result = compare_predictions({"good": a, "random": b})
+    assert result["n"] == 200 and result["paired_tests"]["random"]["p_value"] < 1e-3
+    assert result["runs"]["good"]["metrics"]["roc_auc"] > result["runs"]["random"]["metrics"]["roc_auc"]
+    with pytest.raises(ValueError, match="not scored on the same patches"):
+        compare_predictions({"good": a, "fewer": b.iloc[:150]})
