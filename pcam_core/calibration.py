@@ -8,7 +8,7 @@ does not change. T is searched on log T (scipy's bounded scalar minimiser), so i
 The fitted temperature is kept in the run folder (`calibration.json`, `RunDir.calibration_path`) with
 what it was fitted on and the NLL, ECE and Brier score before and after. The trainer fits it when a run
 ends; `pcam calibrate --run RUN` fits it for an existing run. The bundled model ships no validation
-predictions, so it has no temperature. docs/trust.md says what calibration does and does not promise.
+predictions, so it has no temperature (nor triage thresholds: `run_triage` fits those on the same file). docs/trust.md says what calibration does and does not promise.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .bundled import is_bundled
 from .fileio import atomic_write_json, read_json
 from .metrics import _check, expected_calibration_error, reliability_points
 from .runs import RunDir
+from .triage import DEFAULT_FPR, TriageThresholds, fit_triage
 
 EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before the logit: a float32 sigmoid saturates at 0 and 1
 LOG_T_BOUNDS = (-4.0, 4.0)  # T within [0.018, 55]
@@ -107,18 +108,31 @@ def _no_validation(run_dir: str | Path) -> str:
     return f"{RunDir(run_dir).valid_predictions_path} not found: calibration needs the run's validation predictions"
 
 
-def calibrate_run(run_dir: str | Path) -> Calibration:
-    """Fit the temperature of a run on its validation predictions and write `calibration.json`."""
+def validation_predictions(run_dir: str | Path) -> pd.DataFrame:
+    """The run's validation predictions (id, label, probability, index), or a clear error: the bundled
+    model has none, and a run has none until its first epoch ends."""
     if is_bundled(run_dir):
         raise ValueError(_no_validation(run_dir))
-    run = RunDir(run_dir)
-    path = run.valid_predictions_path
+    path = RunDir(run_dir).valid_predictions_path
     if not path.exists():
         raise FileNotFoundError(_no_validation(run_dir))
-    frame = pd.read_csv(path)
-    calibration = fit_calibration(frame["label"].to_numpy(), frame["probability"].to_numpy(), fitted_on=path.name)
+    return pd.read_csv(path, dtype={"id": str})
+
+
+def calibrate_run(run_dir: str | Path) -> Calibration:
+    """Fit the temperature of a run on its validation predictions and write `calibration.json`."""
+    frame = validation_predictions(run_dir)
+    run = RunDir(run_dir)
+    calibration = fit_calibration(frame["label"].to_numpy(), frame["probability"].to_numpy(),
+                                  fitted_on=run.valid_predictions_path.name)
     atomic_write_json(run.calibration_path, calibration.to_dict())
     return calibration
+
+
+def run_triage(run_dir: str | Path, target_sensitivity: float, fpr: float = DEFAULT_FPR) -> TriageThresholds:
+    """The split-conformal triage thresholds of a run (`triage.fit_triage`), fitted on its validation predictions."""
+    frame = validation_predictions(run_dir)
+    return fit_triage(frame["label"].to_numpy(), frame["probability"].to_numpy(), target_sensitivity, fpr)
 
 
 def load_calibration(run_dir: str | Path) -> Calibration | None:

@@ -6,6 +6,7 @@ is checked on generated data whose truth is known; the faces on the real fixture
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as st
 from scipy.special import expit
@@ -171,3 +172,97 @@ def test_compare_joins_on_ids_and_refuses_different_patches():
     assert result["runs"]["good"]["metrics"]["roc_auc"] > result["runs"]["random"]["metrics"]["roc_auc"]
     with pytest.raises(ValueError, match="not scored on the same patches"):
         compare_predictions({"good": a, "fewer": b.iloc[:150]})
+
+
+# -- the run folder, `pcam predict --results --triage`, `pcam evaluate`, `pcam compare` ---------------
+
+def test_training_fits_a_temperature_and_pcam_calibrate_refits_it(trained_run, capsys):
+    from pcam_core.calibration import load_calibration
+    from pcam_core.cli import main
+    from pcam_core.runs import RunDir
+
+    fitted = load_calibration(trained_run)  # written by the trainer when the run ended
+    assert fitted is not None and fitted.temperature > 0 and fitted.fitted_on == "valid_predictions.csv"
+    assert fitted.n == len(pd.read_csv(RunDir(trained_run).valid_predictions_path))
+    assert fitted.after["nll"] <= fitted.before["nll"] + 1e-9
+    assert main(["calibrate", "--run", str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    assert f"temperature {fitted.temperature:.4f}" in out and "ECE" in out and "Brier" in out
+    assert main(["calibrate", "--run", "bundled"]) == 2
+    assert "bundled model ships no validation predictions" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def real_tifs(real_kaggle, tmp_path_factory):
+    """48 of the real Kaggle patches, as a folder of tifs (scoring all 160 eight times is more than a test needs)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("real-tifs")
+    for path in sorted((real_kaggle / "train").glob("*.tif"))[:48]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_predict_writes_triage_calls_and_uncertainty_on_the_real_patches(trained_run, real_tifs, tmp_path, capsys):
+    from pcam_core.calibration import load_calibration, run_triage
+    from pcam_core.cli import main
+
+    sub, results = tmp_path / "submission.csv", tmp_path / "results.csv"
+    assert main(["predict", "--run", str(trained_run), "--input", str(real_tifs), "--out", str(sub),
+                 "--results", str(results), "--triage", "0.98", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    frame = pd.read_csv(results, dtype={"id": str})
+    assert len(frame) == 48 and frame["id"].tolist() == pd.read_csv(sub, dtype={"id": str})["id"].tolist()
+    assert {"id", "probability", "probability_calibrated", "uncertainty", "call", "normal_below", "tumour_above"} <= set(frame.columns)
+    thresholds = run_triage(trained_run, 0.98)  # fitted on the run's validation predictions
+    assert (frame["normal_below"] == thresholds.normal_below).all() and (frame["tumour_above"] == thresholds.tumour_above).all()
+    expected = triage_calls(frame["probability"].to_numpy(), thresholds)
+    assert (frame["call"].to_numpy() == expected).all() and set(frame["call"]) <= {"normal", "refer", "tumour"}
+    referral = (frame["call"] == "refer").mean()
+    assert f"referral rate {referral:.1%}" in printed and "at most 2% of tumour patches are called normal" in printed
+    assert frame["uncertainty"].between(0, 0.5).all() and frame["uncertainty"].gt(0).any()  # the spread of 8 TTA views
+    calibration = load_calibration(trained_run)
+    assert np.allclose(frame["probability_calibrated"], calibration.apply(frame["probability"].to_numpy()), atol=1e-9)
+    # --calibrated: the Kaggle file carries the calibrated probability
+    assert main(["predict", "--run", str(trained_run), "--input", str(real_tifs), "--out", str(tmp_path / "cal.csv"),
+                 "--calibrated", "--workers", "0", "--no-tta"]) == 0
+    assert "calibrated (temperature" in capsys.readouterr().out
+    one_pass = pd.read_csv(tmp_path / "cal.csv")["label"].to_numpy()
+    assert not np.allclose(one_pass, pd.read_csv(sub)["label"].to_numpy())
+
+
+def test_triage_needs_validation_predictions_and_a_results_file(real_tifs, trained_run, tmp_path, capsys):
+    from pcam_core.cli import main
+
+    args = ["predict", "--input", str(real_tifs), "--out", str(tmp_path / "s.csv"), "--workers", "0"]
+    assert main([*args, "--run", "bundled", "--results", str(tmp_path / "r.csv"), "--triage", "0.98"]) == 2
+    assert "bundled model ships no validation predictions" in capsys.readouterr().err
+    assert main([*args, "--run", str(trained_run), "--triage", "0.98"]) == 2
+    assert "give --results too" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_evaluate_reports_intervals_and_calibration_and_compare_runs_a_paired_test(trained_run, real_h5, tmp_path, capsys):
+    import json
+
+    from pcam_core.cli import main
+
+    out = tmp_path / "test.json"
+    assert main(["evaluate", "--run", str(trained_run), "--data", str(real_h5), "--split", "test", "--out", str(out),
+                 "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    for name in ("roc_auc", "accuracy", "recall", "specificity", "precision", "f1", "pr_auc", "brier"):
+        interval = report["intervals"][name]
+        assert interval["low"] <= report["metrics"][name] <= interval["high"], name
+    assert format_interval(report["intervals"]["roc_auc"]) in printed and "[DeLong]" in printed
+    cal = report["calibration"]
+    assert cal["before"]["ece"] == pytest.approx(report["metrics"]["ece"]) and "reliability_after" in cal
+    assert "calibration (temperature" in printed
+    assert "uncertainty" in pd.read_csv(report["predictions_file"]).columns
+    assert main(["compare", "--runs", str(trained_run), "bundled", "--data", str(real_h5), "--split", "test", "--workers", "0", "--no-tta",
+                 "--out", str(tmp_path / "compare.json")]) == 0
+    printed = capsys.readouterr().out
+    compared = json.loads((tmp_path / "compare.json").read_text())
+    test = compared["paired_tests"]["bundled"]
+    assert compared["n"] == 32 and 0 <= test["p_value"] <= 1 and f"p = {test['p_value']:.3g}" in printed
