@@ -266,3 +266,44 @@ def test_evaluate_reports_intervals_and_calibration_and_compare_runs_a_paired_te
     compared = json.loads((tmp_path / "compare.json").read_text())
     test = compared["paired_tests"]["bundled"]
     assert compared["n"] == 32 and 0 <= test["p_value"] <= 1 and f"p = {test['p_value']:.3g}" in printed
+
+
+# -- the Runs page --------------------------------------------------------------------------------
+
+def test_the_runs_page_shows_intervals_calibration_triage_and_a_comparison(demo_root, trained_run, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from helpers import REPO
+    from pcam_core.runs import RunDir
+    from pcam_core.workspace import ENV_VAR, Workspace
+
+    workspace = Workspace(tmp_path / "ws")
+    workspace.add_source(demo_root, "demo")
+    shutil.copytree(trained_run, workspace.runs_root / "demo-run")
+    other = RunDir(shutil.copytree(trained_run, workspace.runs_root / "noisy-run"))
+    valid = pd.read_csv(other.valid_predictions_path)  # a worse run on the same patches: its scores blurred with noise
+    valid["probability"] = expit(np.log(valid["probability"] / (1 - valid["probability"]))
+                                 + np.random.default_rng(0).normal(0, 3, len(valid))).clip(1e-6, 1 - 1e-6)
+    valid.to_csv(other.valid_predictions_path, index=False)
+    monkeypatch.setenv(ENV_VAR, str(workspace.root))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
+    at.run()
+    at.sidebar.selectbox(key="run").set_value("demo-run").run()
+    at.switch_page("pages/runs.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = "\n".join(str(e.value) for kind in ("subheader", "markdown", "caption", "info") for e in getattr(at, kind))
+    assert "95% confidence intervals" in shown and "ROC-AUC 0." in shown and "DeLong" in shown and "Wilson" in shown
+    assert "Calibration" in shown and "Temperature T =" in shown
+    assert "Triage: normal, refer, tumour" in shown and "at most 2% of tumour patches are called normal" in shown
+    metrics = {m.label: m.value for m in at.metric}
+    assert {"ECE raw", "ECE calibrated", "Miss rate reached", "Referral rate"} <= set(metrics)
+    drawn = {json.loads(json.loads(e.proto.json)["figure"])["layout"]["title"]["text"]
+             for e in at.get("bidi_component") if e.proto.component_name == "pcam_chart"}
+    assert {"Reliability diagram", "Triage: referral against target sensitivity", "ROC curves on the same patches"} <= drawn
+    assert "paired DeLong test p =" in shown
+    assert metrics["Target miss rate"] == "2.0%"
+    at.select_slider(key="triage_target").set_value(0.8).run()
+    assert not at.exception and {m.label: m.value for m in at.metric}["Target miss rate"] == "20.0%"
