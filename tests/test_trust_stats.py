@@ -307,3 +307,27 @@ def test_the_runs_page_shows_intervals_calibration_triage_and_a_comparison(demo_
     assert metrics["Target miss rate"] == "2.0%"
     at.select_slider(key="triage_target").set_value(0.8).run()
     assert not at.exception and {m.label: m.value for m in at.metric}["Target miss rate"] == "20.0%"
+
+
+def test_errors_sort_by_uncertainty_and_the_review_queue_reads_it_by_patch_id(trained_run, tmp_path):
+    import shutil
+
+    from pcam_core.runs import RunDir
+    from pcam_core.workspace.gallery import confident_errors, outcome_examples
+    from pcam_core.workspace.trust import uncertainty_by_id
+
+    frame = pd.DataFrame({"id": list("abcdef"), "label": [0, 0, 0, 1, 1, 1], "index": range(6),
+                          "probability": [0.9, 0.8, 0.1, 0.2, 0.3, 0.7], "uncertainty": [0.01, 0.2, 0.0, 0.05, 0.3, 0.1]})
+    fp, fn = confident_errors(frame, 0.5)
+    assert fp["id"].tolist() == ["a", "b"] and fn["id"].tolist() == ["d", "e"]  # the most confident first
+    fp, fn = confident_errors(frame, 0.5, order="uncertainty")
+    assert fp["id"].tolist() == ["b", "a"] and fn["id"].tolist() == ["e", "d"]  # the most uncertain first
+    with pytest.raises(ValueError, match="no uncertainty"):
+        outcome_examples(frame.drop(columns="uncertainty"), 0.5, "false_positive", order="uncertainty")
+    run = RunDir(shutil.copytree(trained_run, tmp_path / "run"))
+    assert uncertainty_by_id(run, "valid") is None  # the trainer scores with one pass: no spread
+    metrics_path, predictions_path = run.evaluation_files("test")
+    predictions_path.parent.mkdir(exist_ok=True)
+    frame.to_csv(predictions_path, index=False)
+    spread = uncertainty_by_id(run, "test")
+    assert spread["e"] == 0.3 and list(spread.index) == list("abcdef")
