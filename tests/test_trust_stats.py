@@ -331,3 +331,34 @@ def test_errors_sort_by_uncertainty_and_the_review_queue_reads_it_by_patch_id(tr
     frame.to_csv(predictions_path, index=False)
     spread = uncertainty_by_id(run, "test")
     assert spread["e"] == 0.3 and list(spread.index) == list("abcdef")
+
+
+def test_predict_page_shows_calibrated_probabilities_uncertainty_and_triage_calls(demo_root, trained_run, real_tifs, tmp_path,
+                                                                                monkeypatch):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from helpers import REPO
+    from pcam_core.calibration import run_triage
+    from pcam_core.workspace import ENV_VAR, Workspace
+
+    workspace = Workspace(tmp_path / "ws")
+    workspace.add_source(demo_root, "demo")
+    shutil.copytree(trained_run, workspace.runs_root / "demo-run")
+    monkeypatch.setenv(ENV_VAR, str(workspace.root))
+    at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/predict.py").run()
+    files = [(p.name, p.read_bytes(), "image/tiff") for p in sorted(real_tifs.glob("*.tif"))[:6]]
+    at.file_uploader(key="uploads").set_value(files).run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    assert {"probability_calibrated", "uncertainty"} <= set(table.columns) and table["uncertainty"].between(0, 0.5).all()
+    assert "calibrated" in " ".join(str(c.value) for c in at.caption)
+    at.toggle(key="predict_triage").set_value(True).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    expected = triage_calls(table["probability"].to_numpy(), run_triage(trained_run, 0.98))
+    assert (table["call"].to_numpy() == expected).all()
+    assert any("by triage at target sensitivity 0.98" in str(h.value) for h in at.subheader)
