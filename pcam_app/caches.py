@@ -130,12 +130,24 @@ def suggested_thresholds(run: RunDir) -> dict[str, float]:
 @st.cache_data(max_entries=64, show_spinner=False)
 def _metric_intervals(run_path: str, split: str, version: tuple, threshold: float) -> dict[str, Any]:
     predictions = _split_predictions(run_path, split, version)
-    return stats.metric_intervals(predictions["label"].to_numpy(), predictions["probability"].to_numpy(), threshold)
+    return stats.metric_intervals(predictions["label"].to_numpy(), predictions["probability"].to_numpy(), threshold, pr_auc=False)
+
+
+@st.cache_data(max_entries=16, show_spinner="Bootstrapping the PR-AUC...")
+def _pr_auc_interval(run_path: str, split: str, version: tuple) -> dict[str, Any] | None:
+    predictions = _split_predictions(run_path, split, version)
+    labels = predictions["label"].to_numpy()
+    if min((labels == 1).sum(), (labels == 0).sum()) < 2:
+        return None
+    return stats.pr_auc_interval(labels, predictions["probability"].to_numpy())
 
 
 def metric_intervals(run: RunDir, split: str, threshold: float) -> dict[str, Any]:
-    """`stats.metric_intervals` of a scored split, once per threshold and version of the scores."""
-    return _metric_intervals(str(run.path), split, _scores_version(run, split), threshold)
+    """`stats.metric_intervals` of a scored split, once per threshold and version of the scores; the PR-AUC's
+    bootstrap (200 sorts of the split) does not depend on the threshold, and is computed once per version."""
+    version = _scores_version(run, split)
+    return {**_metric_intervals(str(run.path), split, version, threshold),
+            "pr_auc": _pr_auc_interval(str(run.path), split, version)}
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
