@@ -9,6 +9,7 @@ import numpy as np
 import streamlit as st
 
 from pcam_app import caches, heatmaps, notes, patches, reviews, shell, thresholds
+from pcam_core.calibration import load_calibration
 from pcam_core.uploads import read_uploads
 from pcam_core.workspace.reviews import ModelCall, ReviewTarget
 from pcam_core.explain import (
@@ -27,6 +28,7 @@ from pcam_core.explain import (
     scaled_maps,
 )
 from pcam_core.workspace.gallery import (
+    ORDERS,
     OUTCOMES,
     find_patch,
     outcome_counts,
@@ -169,6 +171,7 @@ def patch_view() -> None:
         if empty_map:
             st.caption(f"Centre focus none: the heat map is empty (no evidence for {target} at this layer).")
         st.markdown(f"**Label:** {patches.label_name(label)} · **call at {thresholds.text(threshold)}:** {call} ({outcome_name})")
+        trust_facts(row)
         st.caption(heatmaps.CENTRE_FOCUS_NOTE)
         st.download_button("Download the overlay (PNG)", lambda: png_bytes(picture), icon=":material/download:",
                            file_name=f"patch-{index}-{method}-{layer}-{target}.png", mime="image/png", on_click="ignore")
@@ -176,6 +179,20 @@ def patch_view() -> None:
         reviews.review_widget(ctx.workspace.reviews(), ReviewTarget(reviews.data_name(ctx, run), patch_id=str(row["id"]), split=split,
                                                                     index=index),
                               ModelCall(probability, call, threshold, run.run_id), key="explain")
+
+
+def trust_facts(row) -> None:
+    """The calibrated probability and the TTA uncertainty of a patch of the scored split, when known."""
+    facts = []
+    calibration = load_calibration(run.path)
+    if calibration is not None:
+        calibrated = float(calibration.apply(np.array([row["probability"]]))[0])
+        facts.append(f"**calibrated probability** {calibrated:.3f} (temperature {calibration.temperature:.2f})")
+    uncertainty = row.get("uncertainty")
+    if uncertainty is not None and uncertainty == uncertainty:
+        facts.append(f"**uncertainty** ±{float(uncertainty):.3f} (spread of the 8 flipped and rotated views)")
+    if facts:
+        st.markdown(f"In the {split} scores (probability {float(row['probability']):.3f}): " + " · ".join(facts))
 
 
 def gallery_view() -> None:
@@ -186,10 +203,14 @@ def gallery_view() -> None:
                                   help="Sorts patches into true and false positives and negatives.")
     count = count_col.selectbox("How many", [12, 24, 48], index=1, key="gallery_count",
                                 help="The most confident of the outcome; computing a map takes a few hundredths of a second each.")
+    order = "confidence"
+    if source != "random" and "uncertainty" in predictions.columns and predictions["uncertainty"].notna().any():
+        order = st.segmented_control("Choose", list(ORDERS), format_func=ORDERS.get, default="confidence", required=True,
+                                     key="gallery_order")
     if source == "random":
         rows = random_examples(predictions, count, seed=st.session_state.get("explain_seed", 0))
     else:
-        rows = outcome_examples(predictions, threshold, source, k=count)
+        rows = outcome_examples(predictions, threshold, source, k=count, order=order)
     if rows.empty:
         st.info(f"No {GALLERY_SOURCES[source].split(' (')[0]} at the threshold {thresholds.text(threshold)}.", icon=":material/filter_alt_off:")
         return

@@ -1,6 +1,7 @@
 """Predict: upload patches (tif, png, jpg) and get each one's tumour probability and the call at a chosen
 threshold from the selected run's model (or the bundled model trained on real tissue), each beside the heat map of its evidence (Grad-CAM) with its
-centre focus; a batch gives a results CSV (probability and call, with the threshold, model and run) and a
+centre focus; a batch gives a results CSV (probability, calibrated probability when the run has a temperature,
+TTA uncertainty, and the call at the threshold or by conformal triage, with what made it) and a
 Kaggle submission CSV. A file that is not a 96x96 RGB patch is converted
 with a notice or refused with the reason, never silently."""
 
@@ -10,6 +11,7 @@ import numpy as np
 import streamlit as st
 
 from pcam_app import caches, heatmaps, notes, patches, reviews, shell, thresholds
+from pcam_core.calibration import load_calibration, run_triage
 from pcam_core.data.common import patch_id
 from pcam_core.predict import UploadResult, results_table, score_uploads
 from pcam_core.workspace.reviews import ModelCall, ReviewTarget
@@ -39,7 +41,24 @@ tta = toggles.toggle("Test-time augmentation", value=True, key="predict_tta",
 heat_maps = toggles.toggle("Heat maps", value=True, key="predict_heatmaps",
                                help="Show each patch beside the heat map of the model's evidence for tumour (Grad-CAM), "
                                     "with its centre focus.")
-st.caption(notes.PROBABILITY_NOTE)
+calibration = load_calibration(run.path)
+triage = None
+if not ctx.bundled and run.valid_predictions_path.exists():
+    triage_cols = st.columns([1, 2], vertical_alignment="bottom")
+    if triage_cols[0].toggle("Triage", value=False, key="predict_triage",
+                             help="Calls by the split-conformal triage fitted on the run's validation predictions: normal, "
+                                  "refer (to a pathologist) or tumour, instead of the threshold."):
+        target = triage_cols[1].select_slider("Target sensitivity", [0.90, 0.95, 0.97, 0.98, 0.99], value=0.98,
+                                              key="predict_triage_target")
+        try:
+            triage = run_triage(run.path, target)
+        except (OSError, ValueError) as err:
+            st.error(f"Cannot fit the triage: {err}")
+        else:
+            st.caption(triage.guarantee())
+st.caption(notes.PROBABILITY_NOTE + (f" The **calibrated** probability divides the model's logit by the temperature "
+                                     f"T = {calibration.temperature:.3f} fitted on the run's validation patches."
+                                     if calibration else ""))
 
 files = st.file_uploader("Patches (96×96 pixel RGB tif, png or jpg; Kaggle's `<id>.tif` files as they are)",
                          type=["tif", "tiff", "png", "jpg", "jpeg"], accept_multiple_files=True, key="uploads")
@@ -68,25 +87,41 @@ for patch in converted:
 if not result.scored:
     st.stop()
 
-table = result.table(threshold)
+table = result.table(threshold, triage=triage, calibration=calibration)
 called = int((table["call"] == "tumour").sum())
-st.subheader(f"{len(table)} patch{'es' if len(table) != 1 else ''} scored: {called} called tumour at {thresholds.text(threshold)}")
+if triage is not None:
+    referred = int((table["call"] == "refer").sum())
+    st.subheader(f"{len(table)} patch{'es' if len(table) != 1 else ''} scored: {called} called tumour, {referred} referred "
+                 f"({referred / len(table):.0%}), by triage at target sensitivity {triage.target_sensitivity}")
+else:
+    st.subheader(f"{len(table)} patch{'es' if len(table) != 1 else ''} scored: {called} called tumour at {thresholds.text(threshold)}")
 st.dataframe(table, hide_index=True, column_config={
     "probability": st.column_config.ProgressColumn("tumour probability", format="%.3f", min_value=0.0, max_value=1.0),
+    "probability_calibrated": st.column_config.NumberColumn("calibrated probability", format="%.3f"),
+    "uncertainty": st.column_config.NumberColumn("uncertainty (TTA spread)", format="%.3f",
+                                                 help="Standard deviation of the probabilities of the 8 flipped and rotated "
+                                                      "views; empty with test-time augmentation off."),
 })
+
+
+def score_text(patch) -> str:
+    """"p=0.912 ±0.031": the probability and, with TTA, its uncertainty (the spread of the 8 views)."""
+    return f"p={patch.probability:.3f}" + (f" ±{patch.uncertainty:.3f}" if patch.uncertainty == patch.uncertainty else "")
+
+
 shown = result.scored[:SHOWN]
 pixels = np.stack([p.pixels for p in shown])
 if heat_maps:
     explanation = heatmaps.explain(run, pixels)
     patches.image_cards(list(heatmaps.side_by_side(pixels, explanation)), width=2 * 192 + 4, captions=[
-        f"{p.name[:28]} · p={p.probability:.3f} · centre focus {heatmaps.focus_text(focus)}"
+        f"{p.name[:28]} · {score_text(p)} · centre focus {heatmaps.focus_text(focus)}"
         for p, focus in zip(shown, explanation.centre_focus)])
     heatmaps.colour_legend("tumour", width=520)
     st.caption(f"Each patch beside its heat map: {explanation.method} at {explanation.layer} "
                f"({explanation.resolution}×{explanation.resolution}), evidence for tumour. "
                + heatmaps.CENTRE_FOCUS_NOTE + " The Explain page offers other methods and layers for patches of a dataset.")
 else:
-    patches.patch_tiles(pixels, [f"{p.name[:18]} · p={p.probability:.3f}" for p in shown], width=150)
+    patches.patch_tiles(pixels, [f"{p.name[:18]} · {score_text(p)}" for p in shown], width=150)
 if len(result.scored) > SHOWN:
     st.caption(f"The first {SHOWN} of {len(result.scored)} patches are shown; the table and the CSV hold them all.")
 st.caption(notes.CENTRE_NOTE)
@@ -99,11 +134,11 @@ with review_col:
     reviews.review_widget(ctx.workspace.reviews(), ReviewTarget(reviews.UPLOADS_SOURCE, patch_id=patch_id(picked.pixels)),
                           ModelCall.at(picked.probability, threshold, None if ctx.bundled else run.run_id), key="predict", compact=True)
 downloads = st.container(horizontal=True)
-results = results_table(result, threshold, model=config.model.name, run=run.run_id)
+results = results_table(result, threshold, model=config.model.name, run=run.run_id, triage=triage, calibration=calibration)
 downloads.download_button("Download results (CSV)", results.to_csv(index=False), file_name=f"results-{run.run_id}.csv",
                           mime="text/csv", icon=":material/download:", type="primary", on_click="ignore", key="results_csv",
-                          help="Every scored file: id, tumour probability, the call at the threshold, and the threshold, "
-                               "model and run that made it.")
+                          help="Every scored file: id, tumour probability (and the calibrated one), uncertainty, the call "
+                               "at the threshold or by triage, and the threshold(s), model and run that made it.")
 downloads.download_button("Download Kaggle submission (CSV)", result.submission, file_name="submission.csv", mime="text/csv",
                           icon=":material/download:", on_click="ignore", key="submission_csv",
                           help="Kaggle's format: id (the file name without extension) and label (the tumour probability).")

@@ -1,16 +1,20 @@
 """Runs and metrics: every run with its key figures, learning curves of several runs overlaid, and for
 the selected run and a split: the metrics, ROC and PR curves and the confusion matrix at a threshold
-chosen with one slider, and the most confident false positives and false negatives."""
+chosen with one slider with their 95% intervals, the calibration, the conformal triage and the comparison with
+other runs on the same patches (`pcam_app.trust`), and the most confident (or most uncertain) false positives
+and false negatives."""
 
 import time
 
 import streamlit as st
 
-from pcam_app import caches, figures, notes, reviews, robustness, shell, thresholds
+from pcam_app import caches, figures, notes, reviews, robustness, shell, thresholds, trust
 from pcam_app.components.chart import chart
 from pcam_app.components.patch_links import patch_cards
 from pcam_app.components.table import sortable_table
-from pcam_core.workspace.gallery import confident_errors
+from pcam_core.runs import RunDir
+from pcam_core.workspace.gallery import ORDERS, confident_errors
+from pcam_core.workspace.trust import has_uncertainty
 from pcam_core.runs.jobs import job_error
 from pcam_core.workspace.monitor import CURVE_METRICS, FIGURE_COLUMNS, epoch_frame, format_duration, runs_table
 from pcam_core.workspace import scoring
@@ -125,6 +129,7 @@ for column, (label, value, help_text) in zip(cells, [
 ]):
     column.metric(label, f"{value:.3f}" if value is not None else "-", help=help_text)
 st.caption(f"{m['n']:,} patches of the {split} split, {m['prevalence']:.1%} tumour.")
+trust.intervals_section(run, split, threshold)
 
 row1 = st.columns(2)
 chart(figures.roc_figure(report), key="roc", where=row1[0])
@@ -133,12 +138,22 @@ row2 = st.columns(2)
 chart(figures.confusion_figure(report), key="confusion", where=row2[0])
 chart(figures.probability_figure(predictions, threshold), key="histogram", where=row2[1])
 
+# -- trust: calibration, triage, comparison (pcam_app.trust) -----------------------------------------------
+trust.calibration_section(run, split, predictions)
+trust.triage_section(run, split, predictions)
+trust.compare_section(run, [RunDir(r.path) for r in ctx.runs], split, threshold)
+
 # -- error gallery ----------------------------------------------------------------------------------------
-st.subheader("Most confident errors")
-st.caption("The mistakes the model was surest of at this threshold: worth a pathologist's look (label noise, artefacts, "
-           "or a blind spot of the model). **Explain** opens a patch with the heat map of the model's evidence. "
-           + notes.CENTRE_NOTE)
-false_pos, false_neg = confident_errors(predictions, threshold, k=8)
+heading = st.empty()
+order = "confidence"
+if has_uncertainty(predictions):
+    order = st.segmented_control("Sort errors", list(ORDERS), format_func=ORDERS.get, default="confidence", required=True,
+                                 key="error_order")
+heading.subheader("Most confident errors" if order == "confidence" else "Most uncertain errors")
+st.caption("The mistakes the model was surest of at this threshold (or, sorted by uncertainty, those whose 8 flipped and "
+           "rotated views disagreed most): worth a pathologist's look (label noise, artefacts, or a blind spot of the "
+           "model). **Explain** opens a patch with the heat map of the model's evidence. " + notes.CENTRE_NOTE)
+false_pos, false_neg = confident_errors(predictions, threshold, k=8, order=order)
 dataset = caches.run_split(run, split)
 left, right = st.columns(2, gap="large")
 for column, frame, title, empty in (
@@ -151,7 +166,9 @@ for column, frame, title, empty in (
             st.caption(empty)
             continue
         indices = frame["index"].to_numpy()
-        patch_cards(dataset.read_pixels(indices), [f"#{i} · p={p:.3f}" for i, p in zip(indices, frame["probability"])],
+        spread = frame["uncertainty"] if "uncertainty" in frame.columns else [float("nan")] * len(frame)
+        patch_cards(dataset.read_pixels(indices), [f"#{i} · p={p:.3f}" + (f" · ±{u:.3f}" if u == u else "")
+                                                   for i, p, u in zip(indices, frame["probability"], spread)],
                     "pages/explain.py", [{**st.query_params.to_dict(), "run": run.run_id, "split": split, "patch": str(i)}
                                          for i in indices],
                     label="Explain", key=f"errors_{title.split(':')[0]}", width=120)

@@ -19,6 +19,8 @@ from pcam_core.predict import dataset_for_split
 from pcam_core.runs import checkpoint_path
 from pcam_core.runs import RunDir
 from pcam_core.workspace import DataSource
+from pcam_core import stats
+from pcam_core.workspace import trust
 
 from .shell import fail
 
@@ -123,3 +125,47 @@ def _suggested_thresholds(run_path: str, version: tuple) -> dict[str, float]:
 def suggested_thresholds(run: RunDir) -> dict[str, float]:
     """`scoring.suggested_thresholds`, once per version of the run's validation predictions."""
     return _suggested_thresholds(str(run.path), _version(run.valid_predictions_path))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _metric_intervals(run_path: str, split: str, version: tuple, threshold: float) -> dict[str, Any]:
+    predictions = _split_predictions(run_path, split, version)
+    return stats.metric_intervals(predictions["label"].to_numpy(), predictions["probability"].to_numpy(), threshold, pr_auc=False)
+
+
+@st.cache_data(max_entries=16, show_spinner="Bootstrapping the PR-AUC...")
+def _pr_auc_interval(run_path: str, split: str, version: tuple) -> dict[str, Any] | None:
+    predictions = _split_predictions(run_path, split, version)
+    labels = predictions["label"].to_numpy()
+    if min((labels == 1).sum(), (labels == 0).sum()) < 2:
+        return None
+    return stats.pr_auc_interval(labels, predictions["probability"].to_numpy())
+
+
+def metric_intervals(run: RunDir, split: str, threshold: float) -> dict[str, Any]:
+    """`stats.metric_intervals` of a scored split, once per threshold and version of the scores; the PR-AUC's
+    bootstrap (200 sorts of the split) does not depend on the threshold, and is computed once per version."""
+    version = _scores_version(run, split)
+    return {**_metric_intervals(str(run.path), split, version, threshold),
+            "pr_auc": _pr_auc_interval(str(run.path), split, version)}
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _triage_view(run_path: str, split: str, version: tuple, valid_version: tuple, target: float, fpr: float) -> dict[str, Any] | None:
+    predictions = _split_predictions(run_path, split, version)
+    return trust.triage_view(RunDir(run_path), split, predictions, target, fpr)
+
+
+def triage_view(run: RunDir, split: str, target: float, fpr: float) -> dict[str, Any] | None:
+    """`trust.triage_view` of a scored split, once per target, rate and version of the scores."""
+    return _triage_view(str(run.path), split, _scores_version(run, split), _version(run.valid_predictions_path), target, fpr)
+
+
+@st.cache_data(max_entries=16, show_spinner="Comparing the runs...")
+def _compare_runs(run_paths: tuple[str, ...], split: str, versions: tuple, threshold: float) -> dict[str, Any]:
+    return trust.compare_runs([RunDir(p) for p in run_paths], split, threshold)
+
+
+def compare_runs(runs: list[RunDir], split: str, threshold: float) -> dict[str, Any]:
+    """`trust.compare_runs`, once per threshold and version of every run's scores."""
+    return _compare_runs(tuple(str(r.path) for r in runs), split, tuple(_scores_version(r, split) for r in runs), threshold)

@@ -194,3 +194,46 @@ def robustness_figure(table: pd.DataFrame, metric: str, limit: float) -> go.Figu
     return _layout(fig, f"{ROBUSTNESS_METRICS[metric]} against the strength of each shift", height=380,
                    xaxis_title="strength (0: the patches as they are; see the table for each level)",
                    yaxis_title=ROBUSTNESS_METRICS[metric], xaxis=dict(dtick=1))
+
+
+def reliability_figure(report: dict[str, Any]) -> go.Figure:
+    """The reliability diagram of a scored split before and after the run's temperature
+    (`calibration.calibration_report`): observed tumour frequency against mean predicted probability per
+    bin; a calibrated model lies on the diagonal."""
+    fig = go.Figure()
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bdbdbd", dash="dash"), name="perfectly calibrated",
+                    hoverinfo="skip")
+    for key, name, colour in (("reliability_before", f"raw (ECE {report['before']['ece']:.3f})", "#7b3f8c"),
+                              ("reliability_after", f"calibrated, T = {report['temperature']:.2f} (ECE {report['after']['ece']:.3f})",
+                               "#ef6c00")):
+        points = report[key]
+        fig.add_scatter(x=points["predicted"], y=points["observed"], mode="lines+markers", name=name, line=dict(color=colour),
+                        hovertemplate="predicted %{x:.3f}<br>observed %{y:.3f}<extra></extra>")
+    return _layout(fig, "Reliability diagram", height=340, xaxis_title="mean predicted probability (per bin of 0.1)",
+                   yaxis_title="observed share of tumour", xaxis=_UNIT_AXIS, yaxis=_UNIT_AXIS)
+
+
+def triage_figure(curve: dict[str, list[float]], target: float) -> go.Figure:
+    """Referral rate and miss rate reached against the target sensitivity of the triage (`triage.triage_curve`)."""
+    fig = go.Figure()
+    fig.add_scatter(x=curve["target"], y=curve["referral_rate"], mode="lines+markers", name="referred to a pathologist",
+                    line=dict(color="#7b3f8c"), hovertemplate="target %{x:.3f}<br>referred %{y:.1%}<extra></extra>")
+    fig.add_scatter(x=curve["target"], y=curve["miss_rate"], mode="lines+markers", name="tumour patches called normal",
+                    line=dict(color=TUMOUR_COLOUR), hovertemplate="target %{x:.3f}<br>missed %{y:.1%}<extra></extra>")
+    fig.add_scatter(x=curve["target"], y=[1 - t for t in curve["target"]], mode="lines", name="miss rate allowed (1 - target)",
+                    line=dict(color="#bdbdbd", dash="dash"), hoverinfo="skip")
+    fig.add_vline(x=target, line=dict(color="black", width=2), annotation_text=f"target {target:.3f}")
+    return _layout(fig, "Triage: referral against target sensitivity", height=340, xaxis_title="target sensitivity",
+                   yaxis_title="share", yaxis=dict(range=[0, 1], tickformat=".0%"))
+
+
+def roc_overlay_figure(curves: dict[str, dict[str, list[float]]], aucs: dict[str, float]) -> go.Figure:
+    """The ROC curves of several runs on the same patches, overlaid."""
+    fig = go.Figure()
+    for name, curve in curves.items():
+        fig.add_scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"{name} (AUC {aucs[name]:.3f})",
+                        customdata=curve["threshold"],
+                        hovertemplate="1 - specificity %{x:.3f}<br>sensitivity %{y:.3f}<br>threshold %{customdata:.3f}<extra></extra>")
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bdbdbd", dash="dash"), name="chance", hoverinfo="skip")
+    return _layout(fig, "ROC curves on the same patches", height=360, xaxis_title="1 - specificity (false positive rate)",
+                   yaxis_title="sensitivity (recall)", xaxis=_UNIT_AXIS, yaxis=_UNIT_AXIS)

@@ -27,6 +27,7 @@ from .config import (
     TrainConfig,
 )
 from .tracking import INSTALL_HINT, resolve_uri
+from .triage import DEFAULT_FPR
 
 EXIT_ERROR = 2
 RUN_HELP = ("training run folder (its best checkpoint, else its last), or `bundled`: the model trained on real "
@@ -250,11 +251,40 @@ def _add_eval_predict(sub: argparse._SubParsersAction) -> None:
                    help="average the 8 symmetries of the square (default: on; --no-tta for one pass, 8x faster)")
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them, instead of stopping")
     p.add_argument("--shard", help="i/n: predict only the i-th of n equal parts (merge them with `pcam merge`)")
+    p.add_argument("--results", help="also write a results CSV: id, probability (and probability_calibrated when the run has "
+                                     "a temperature), uncertainty (spread of the 8 TTA views), call")
+    p.add_argument("--triage", type=float, metavar="SENSITIVITY",
+                   help="calls by split-conformal triage at this target sensitivity (e.g. 0.98): normal, refer or tumour, "
+                        "fitted on the run's validation predictions (needs --results)")
+    p.add_argument("--triage-fpr", type=float, default=DEFAULT_FPR,
+                   help=f"false-positive rate the triage's tumour calls may have on normal patches (default: {DEFAULT_FPR})")
+    p.add_argument("--calibrated", action="store_true",
+                   help="the submission's label is the calibrated probability (the run's temperature, `pcam calibrate`)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=-1)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("calibrate", help="fit a run's temperature on its validation predictions", description=(
+        "Fit temperature scaling on the run's validation predictions and write calibration.json into the run folder "
+        "(training does this when a run ends). Prints the temperature and the NLL, ECE and Brier score before and after."))
+    p.add_argument("--run", required=True, help="training run folder (the bundled model has no validation predictions)")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("compare", help="compare runs on the same labelled split (paired DeLong test)", description=(
+        "Score each run on the same split, join on patch ids, and print each run's metrics with 95% intervals at one "
+        "threshold and the paired DeLong test of each run's ROC-AUC against the first run's."))
+    p.add_argument("--runs", nargs="+", required=True, help="two or more run folders (or `bundled`)")
+    p.add_argument("--data", required=True, help="PCam HDF5 folder or Kaggle folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--threshold", type=float, default=0.5, help="the threshold of the side-by-side metrics (default: 0.5)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True, help="average the 8 symmetries (default: on)")
+    p.add_argument("--out", help="also write the comparison as JSON")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=-1)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("merge", help="merge shard submissions into one")
     p.add_argument("parts", nargs="+")
@@ -271,10 +301,70 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                               num_workers=args.workers, which=args.checkpoint, progress=bar.update)
     m = report["metrics"]
     c = m["confusion"]
-    print(f"{report['dataset']}: n={m['n']}, ROC-AUC {_fmt(m['roc_auc'])}, PR-AUC {_fmt(m['pr_auc'])}, "
-          f"accuracy {_fmt(m['accuracy'])}, precision {_fmt(m['precision'])}, recall {_fmt(m['recall'])}, "
-          f"F1 {_fmt(m['f1'])} at threshold {m['threshold']:.3f} (tn {c['tn']}, fp {c['fp']}, fn {c['fn']}, tp {c['tp']})")
+    print(f"{report['dataset']}: n={m['n']}, threshold {m['threshold']:.3f} (tn {c['tn']}, fp {c['fp']}, fn {c['fn']}, tp {c['tp']})")
+    print(_interval_lines(m, report["intervals"]))
+    cal = report["calibration"]
+    if cal:
+        print(f"calibration (temperature {cal['temperature']:.3f}): ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, "
+              f"Brier {cal['before']['brier']:.4f} -> {cal['after']['brier']:.4f}")
+    else:
+        print(f"calibration: none fitted (ECE {m['ece']:.4f}, Brier {m['brier']:.4f}); `pcam calibrate --run RUN` fits one")
     print(f"wrote {args.out} and {report['predictions_file']}")
+    return 0
+
+
+INTERVAL_NAMES = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "accuracy": "accuracy", "recall": "sensitivity",
+                  "specificity": "specificity", "precision": "precision", "f1": "F1", "brier": "Brier"}
+
+
+def _interval_lines(metrics: dict[str, Any], intervals: dict[str, Any], indent: str = "  ") -> str:
+    """One line per headline metric: its value and 95% interval, "0.951 (0.930-0.970)", and the method."""
+    from .stats import format_interval
+
+    return "\n".join(f"{indent}{INTERVAL_NAMES[k]:<12} {format_interval(intervals[k]) if intervals.get(k) else _fmt(metrics.get(k), 3)}"
+                     f"{'  [' + intervals[k]['method'] + ']' if intervals.get(k) else ''}"
+                     for k in INTERVAL_NAMES if k in intervals or k in metrics)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import calibrate_run
+
+    cal = calibrate_run(args.run)
+    print(f"temperature {cal.temperature:.4f} fitted on {cal.n} validation patches ({cal.fitted_on})")
+    for name in ("nll", "ece", "brier"):
+        print(f"  {name.upper() if name != 'brier' else 'Brier':<6} {cal.before[name]:.4f} -> {cal.after[name]:.4f}")
+    print(f"wrote {Path(args.run) / 'calibration.json'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .fileio import atomic_write_json
+    from .predict import dataset_for_split, load_run_model, predict_dataset
+    from .stats import compare_predictions
+
+    if len(set(args.runs)) < 2:
+        raise ValueError(f"--runs needs two or more different runs, got {' '.join(args.runs)}")
+    frames = {}
+    for run in args.runs:
+        model, config, _ = load_run_model(run, device="cpu" if args.device == "auto" else args.device)
+        dataset = dataset_for_split(args.data, args.split, config)
+        if not dataset.has_labels:
+            raise ValueError(f"{dataset.describe()} has no labels to compare runs on")
+        with _bar(len(dataset), f"score {Path(run).name}") as bar:
+            preds = predict_dataset(model, dataset, tta=args.tta, batch_size=args.batch_size, num_workers=args.workers,
+                                    progress=bar.update).predictions
+        frames[str(run)] = preds.to_frame()
+    result = compare_predictions(frames, args.threshold)
+    print(f"{result['n']} patches of {args.data} ({args.split}), threshold {args.threshold}, 95% intervals")
+    for name, row in result["runs"].items():
+        print(f"{name}:")
+        print(_interval_lines(row["metrics"], row["intervals"]))
+    for name, test in result["paired_tests"].items():
+        print(f"ROC-AUC {name} - {result['reference']}: {test['difference']:+.4f} ({test['low']:+.4f} to {test['high']:+.4f}), "
+              f"paired DeLong z {test['z']:.2f}, p = {test['p_value']:.3g}")
+    if args.out:
+        atomic_write_json(args.out, {k: v for k, v in result.items() if k not in ("labels", "probabilities")})
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -291,12 +381,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         result = predict_submission(args.run, args.input, args.out, split=args.split, tta=args.tta, skip_bad=args.skip_bad,
                                     shard=shard, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+                                    results=args.results, triage=args.triage, triage_fpr=args.triage_fpr, calibrated=args.calibrated,
                                     which=args.checkpoint, on_start=start, progress=lambda n: bar.update(n) if bar else None)
     finally:
         if bar is not None:
             bar.close()
     print(f"wrote {result['rows']} predictions to {result['out']} ({result['dataset']}, model {result['model']}, "
-          f"TTA {'on' if result['tta'] else 'off'}{', shard ' + result['shard'] if result['shard'] else ''})")
+          f"TTA {'on' if result['tta'] else 'off'}{', shard ' + result['shard'] if result['shard'] else ''}"
+          f"{', calibrated (temperature %.3f)' % result['temperature'] if result['calibrated'] else ''})")
+    if result.get("results"):
+        print(f"wrote the results (probability, uncertainty, call) to {result['results']}")
+    triage = result.get("triage")
+    if triage:
+        calls = triage["calls"]
+        print(f"triage at target sensitivity {triage['target_sensitivity']}: normal below {triage['normal_below']:.4f}, "
+              f"tumour above {triage['tumour_above']:.4f}{' (the thresholds cross: one cut, nothing referred)' if triage['crossed'] else ''}")
+        print(f"referral rate {triage['referral_rate']:.1%}: {calls['refer']} referred, {calls['normal']} normal, {calls['tumour']} tumour")
+        print(triage["guarantee"])
     if result["skipped"]:
         print(f"skipped {len(result['skipped'])} unreadable image(s), listed in {result['skipped_file']}:", file=sys.stderr)
         for name, reason in result["skipped"]:

@@ -16,35 +16,44 @@ from .transforms import dihedral, eval_preset
 
 @dataclass
 class Predictions:
-    """Per-patch outputs, aligned: dataset index, id, label (-1 when unknown), tumour probability."""
+    """Per-patch outputs, aligned: dataset index, id, label (-1 when unknown), tumour probability, and
+    the uncertainty (the standard deviation of the 8 views' probabilities) when scored with TTA."""
 
     index: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     ids: list[str] = field(default_factory=list)
     labels: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     probs: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
+    uncertainty: np.ndarray | None = None  # None: scored with one pass, no spread to measure
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"id": self.ids, "label": self.labels, "probability": self.probs, "index": self.index})
+        """id, label, probability, index, and uncertainty when measured."""
+        frame = pd.DataFrame({"id": self.ids, "label": self.labels, "probability": self.probs, "index": self.index})
+        if self.uncertainty is not None:
+            frame["uncertainty"] = self.uncertainty
+        return frame
 
     @classmethod
     def concat(cls, parts: Iterable[Predictions]) -> Predictions:
         parts = list(parts)
         if not parts:
             return cls()
+        spreads = [p.uncertainty for p in parts]
         return cls(
             np.concatenate([p.index for p in parts]),
             [i for p in parts for i in p.ids],
             np.concatenate([p.labels for p in parts]),
             np.concatenate([p.probs for p in parts]),
+            None if any(s is None for s in spreads) else np.concatenate(spreads),
         )
 
     def deduplicated(self) -> Predictions:
         """Sorted by dataset index with repeats removed (a DistributedSampler pads the last shard)."""
         _, first = np.unique(self.index, return_index=True)
-        return Predictions(self.index[first], [self.ids[i] for i in first], self.labels[first], self.probs[first])
+        return Predictions(self.index[first], [self.ids[i] for i in first], self.labels[first], self.probs[first],
+                           None if self.uncertainty is None else self.uncertainty[first])
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -62,34 +71,43 @@ def predict_batch(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     normalize: nn.Module | None = None,
-) -> torch.Tensor:
+    spread: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Tumour probabilities for a uint8 batch ``(B, 3, 96, 96)`` already on the model's device.
-    With `tta`, the mean probability over the 8 symmetries of the square."""
+    With `tta`, the mean probability over the 8 symmetries of the square. With `spread`, also the
+    standard deviation of the views' probabilities per patch (the TTA uncertainty, from the same
+    forward passes; NaN without `tta`): a tuple (mean, spread)."""
     normalize = normalize or eval_preset()
     x = normalize(images)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     views = range(8) if tta else range(1)
-    total = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
     with autocast_context(x.device, amp_dtype):
-        for k in views:
-            total += torch.sigmoid(model(dihedral(x, k) if k else x).float())
-    return total / len(views)
+        probs = torch.stack([torch.sigmoid(model(dihedral(x, k) if k else x).float()) for k in views])
+    mean = probs.mean(dim=0)
+    if not spread:
+        return mean
+    return mean, (probs.std(dim=0, correction=0) if tta else torch.full_like(mean, float("nan")))
 
 
-def predict_pixels(model: nn.Module, pixels: np.ndarray, *, tta: bool = False, batch_size: int = 256) -> np.ndarray:
+def predict_pixels(model: nn.Module, pixels: np.ndarray, *, tta: bool = False, batch_size: int = 256,
+                   spread: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Tumour probabilities (float64, (N,)) of uint8 RGB patches `pixels` (N, 96, 96, 3), scored in batches of
-    `batch_size` on the model's device with the eval normalisation (`predict_batch`)."""
+    `batch_size` on the model's device with the eval normalisation (`predict_batch`). With `spread`, a
+    tuple (probabilities, TTA uncertainty) as `predict_batch` gives it."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
     device = next(model.parameters()).device
     normalize = eval_preset().to(device)
     probs = np.empty(len(pixels), dtype=np.float64)
+    spreads = np.empty(len(pixels), dtype=np.float64)
     for start in range(0, len(pixels), batch_size):
         # (B, 3, 96, 96) from the (B, 96, 96, 3) pixels, as the loaders deliver them
         batch = torch.from_numpy(pixels[start : start + batch_size]).permute(0, 3, 1, 2).contiguous().to(device)
-        probs[start : start + len(batch)] = predict_batch(model, batch, tta=tta, normalize=normalize).double().cpu().numpy()
-    return probs
+        mean, sd = predict_batch(model, batch, tta=tta, normalize=normalize, spread=True)
+        probs[start : start + len(batch)] = mean.double().cpu().numpy()
+        spreads[start : start + len(batch)] = sd.double().cpu().numpy()
+    return (probs, spreads) if spread else probs
 
 
 def predict_loader(
@@ -103,7 +121,7 @@ def predict_loader(
     progress: Callable[[int], None] | None = None,
 ) -> Predictions:
     """Run `model` (put in eval mode) over every batch of `loader`, which must carry ids
-    (`make_loader(..., ids=True)`): predictions are written under them."""
+    (`make_loader(..., ids=True)`): predictions are written under them, with the TTA uncertainty when `tta`."""
     model.eval()
     normalize = eval_preset().to(device)
     parts: list[Predictions] = []
@@ -111,13 +129,15 @@ def predict_loader(
         if batch["id"] is None:
             raise ValueError("the loader's batches carry no ids; make it with make_loader(..., ids=True)")
         images = batch["image"].to(device, non_blocking=True)
-        probs = predict_batch(model, images, tta=tta, amp_dtype=amp_dtype, channels_last=channels_last, normalize=normalize)
+        probs, spread = predict_batch(model, images, tta=tta, amp_dtype=amp_dtype, channels_last=channels_last,
+                                      normalize=normalize, spread=True)
         parts.append(
             Predictions(
                 batch["index"].numpy().astype(np.int64),
                 list(batch["id"]),
                 batch["label"].numpy().astype(np.int64),
                 probs.double().cpu().numpy(),
+                spread.double().cpu().numpy() if tta else None,
             )
         )
         if progress:

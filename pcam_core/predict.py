@@ -30,6 +30,9 @@ from .fileio import atomic_write_json, atomic_write_with
 from .inference import Predictions, predict_loader, predict_pixels
 from .metrics import binary_metrics, choose_threshold, pr_points, reliability_points, roc_points
 from .bundled import is_bundled
+from .calibration import Calibration, calibration_report, load_calibration, run_triage
+from .stats import metric_intervals
+from .triage import DEFAULT_FPR, TriageThresholds, triage_calls
 from .runs import RunDir, checkpoint_path, predictions_beside
 from .uploads import read_uploads
 
@@ -122,6 +125,31 @@ def write_submission(path: str | Path, ids: list[str], probs: np.ndarray) -> Non
     atomic_write_with(path, lambda h: h.write(data))
 
 
+def patch_results(ids: Sequence[str], probs: np.ndarray, uncertainty: np.ndarray | None, *, threshold: float = 0.5,
+                  triage: TriageThresholds | None = None, calibration: Calibration | None = None) -> pd.DataFrame:
+    """One row per patch: id, probability, probability_calibrated (with a fitted temperature), uncertainty
+    (the standard deviation of the 8 TTA views' probabilities; empty without TTA), and the call: with
+    `triage`, "normal", "refer" or "tumour" (`triage.triage_calls`, with the two thresholds in the file
+    beside it), else "tumour" or "normal" at `threshold`. The calls use the raw probability (a temperature
+    keeps the order of patches, so the triage's calls are the same on calibrated ones)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    frame = pd.DataFrame({"id": list(ids), "probability": probs})
+    if calibration is not None:
+        frame["probability_calibrated"] = calibration.apply(probs)
+    frame["uncertainty"] = np.nan if uncertainty is None else np.asarray(uncertainty, dtype=np.float64)
+    if triage is not None:
+        frame["call"] = triage_calls(probs, triage)
+        frame["target_sensitivity"] = triage.target_sensitivity
+        frame["normal_below"] = triage.normal_below
+        frame["tumour_above"] = triage.tumour_above
+    else:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        frame["call"] = np.where(probs >= threshold, "tumour", "normal")
+        frame["threshold"] = float(threshold)
+    return frame
+
+
 def predict_submission(
     run_dir: str | Path,
     input_path: str | Path,
@@ -135,6 +163,10 @@ def predict_submission(
     batch_size: int = 256,
     num_workers: int = -1,
     which: str = "best",
+    results: str | Path | None = None,
+    triage: float | None = None,
+    triage_fpr: float = DEFAULT_FPR,
+    calibrated: bool = False,
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -143,7 +175,20 @@ def predict_submission(
 
     Without `skip_bad` the first unreadable image stops the run before anything is written. With it,
     bad images are left out of the CSV and listed in the returned summary (and in `<out>.skipped.csv`).
+
+    `results`: also write a results CSV (`patch_results`: probability, calibrated probability when the run
+    has a temperature, TTA uncertainty, call). `triage` (a target sensitivity such as 0.98): the calls are
+    the split-conformal triage's (normal / refer / tumour, `triage_fpr` the false-positive rate allowed),
+    fitted on the run's validation predictions. `calibrated`: the submission's label is the calibrated
+    probability (the run needs a fitted temperature, `pcam calibrate`).
     """
+    calibration = load_calibration(run_dir) if (calibrated or results is not None) else None
+    if calibrated and calibration is None:
+        raise FileNotFoundError(f"run {run_dir} has no fitted temperature; fit one with `pcam calibrate --run {run_dir}` "
+                                "(the bundled model has none: it ships no validation predictions)")
+    if triage is not None and results is None:
+        raise ValueError("--triage writes its calls into the results file: give --results too")
+    thresholds = run_triage(run_dir, triage, triage_fpr) if triage is not None else None  # fails before any scoring
     dev = resolve_device(device)
     model, config, info = load_run_model(run_dir, which=which, device=dev)
     input_path = Path(input_path)
@@ -161,7 +206,18 @@ def predict_submission(
         reasons = "; ".join(reason for _, reason in result.skipped[:3])
         raise DataError(f"none of the {len(subset)} image(s) could be read, so nothing was written ({reasons})")
     out = Path(out)
-    write_submission(out, preds.ids, preds.probs)
+    write_submission(out, preds.ids, calibration.apply(preds.probs) if calibrated else preds.probs)
+    summary_extra: dict[str, Any] = {"calibrated": calibrated, "temperature": calibration.temperature if calibration else None}
+    if results is not None:
+        frame = patch_results(preds.ids, preds.probs, preds.uncertainty, threshold=float(info.get("threshold", 0.5)),
+                              triage=thresholds, calibration=calibration)
+        atomic_write_with(results, lambda h: h.write(frame.to_csv(index=False).encode()))
+        summary_extra["results"] = str(results)
+        if thresholds is not None:
+            calls = frame["call"].value_counts()
+            summary_extra["triage"] = {**thresholds.to_dict(), "guarantee": thresholds.guarantee(),
+                                       "referral_rate": float(calls.get("refer", 0) / len(frame)),
+                                       "calls": {c: int(calls.get(c, 0)) for c in ("normal", "refer", "tumour")}}
     skipped_path = None
     if result.skipped:
         skipped_path = out.with_name(out.name + ".skipped.csv")
@@ -171,6 +227,7 @@ def predict_submission(
         "out": str(out), "rows": len(preds), "skipped": result.skipped, "skipped_file": str(skipped_path) if skipped_path else None,
         "model": config.model.name, "checkpoint_epoch": info.get("epoch"), "tta": tta, "dataset": dataset.describe(),
         "shard": f"{shard[0]}/{shard[1]}" if shard else None, "synthetic_model": bool(info.get("synthetic_data")),
+        **summary_extra,
     }
 
 
@@ -216,8 +273,9 @@ def evaluate_run(
     which: str = "best",
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Score a run on a labelled split: writes `out` (metrics JSON with curves) and, beside it,
-    `<stem>_predictions.csv` (id,label,probability,index).
+    """Score a run on a labelled split: writes `out` (metrics JSON with curves, 95% intervals of the headline
+    metrics (`stats.metric_intervals`), and the calibration before and after the run's temperature when it has
+    one) and, beside it, `<stem>_predictions.csv` (id,label,probability,index, and uncertainty with TTA).
 
     The threshold is chosen on the run's validation predictions (`threshold` = "fixed", "youden" or
     "sensitivity" with `threshold_value` the target), never on the data being scored.
@@ -240,12 +298,17 @@ def evaluate_run(
     result = predict_dataset(model, dataset, device=dev, tta=tta, batch_size=batch_size, num_workers=num_workers, progress=progress)
     preds = result.predictions
     metrics = binary_metrics(preds.labels, preds.probs, threshold_used)
+    calibration = load_calibration(run_dir)
     report = {
         "run": str(Path(run_dir)), "data": str(data), "split": split, "dataset": dataset.describe(), "tta": tta,
         "checkpoint": which, "checkpoint_epoch": info.get("epoch"), "model": config.model.name,
         "threshold_method": threshold, "threshold_target": threshold_value if threshold == "sensitivity" else None,
         "synthetic_data": bool(getattr(dataset, "synthetic", False)),
         "metrics": metrics,
+        "intervals": metric_intervals(preds.labels, preds.probs, threshold_used),
+        "interval_level": 0.95,
+        # ECE and Brier before and after the run's temperature, with both reliability diagrams (None: no temperature)
+        "calibration": calibration_report(preds.labels, preds.probs, calibration) if calibration else None,
         "curves": {
             "roc": roc_points(preds.labels, preds.probs) if metrics["roc_auc"] is not None else None,
             "pr": pr_points(preds.labels, preds.probs) if metrics["pr_auc"] is not None else None,
@@ -263,7 +326,8 @@ def evaluate_run(
 
 @dataclass(frozen=True)
 class ScoredPatch:
-    """One accepted uploaded file: its pixels as the model saw them and the tumour probability."""
+    """One accepted uploaded file: its pixels as the model saw them, the tumour probability and, with TTA,
+    its uncertainty (the standard deviation of the 8 views' probabilities; NaN with one pass)."""
 
     name: str
     id: str  # the file name without its extension, as Kaggle names patches
@@ -271,6 +335,7 @@ class ScoredPatch:
     pixels: np.ndarray  # (96, 96, 3) uint8
     probability: float
     notes: tuple[str, ...] = ()
+    uncertainty: float = float("nan")
 
 
 @dataclass
@@ -278,32 +343,42 @@ class UploadResult:
     scored: list[ScoredPatch] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)  # (file name, why)
 
-    def table(self, threshold: float) -> pd.DataFrame:
-        """One row per scored file: file, id, probability, the call at `threshold`, conversion notes."""
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
-        rows = [{"file": p.name, "id": p.id, "probability": p.probability,
-                 "call": "tumour" if p.probability >= threshold else "normal", "notes": "; ".join(p.notes)}
-                for p in self.scored]
-        return pd.DataFrame(rows, columns=["file", "id", "probability", "call", "notes"])
+    def _frame(self, threshold: float, triage: TriageThresholds | None, calibration: Calibration | None) -> pd.DataFrame:
+        frame = patch_results([p.id for p in self.scored], np.array([p.probability for p in self.scored], dtype=np.float64),
+                              np.array([p.uncertainty for p in self.scored], dtype=np.float64), threshold=threshold,
+                              triage=triage, calibration=calibration)
+        frame.insert(0, "file", [p.name for p in self.scored])
+        frame["notes"] = ["; ".join(p.notes) for p in self.scored]
+        return frame
+
+    def table(self, threshold: float, *, triage: TriageThresholds | None = None,
+              calibration: Calibration | None = None) -> pd.DataFrame:
+        """One row per scored file: file, id, probability (and probability_calibrated with a temperature),
+        uncertainty, the call (at `threshold`, or the `triage`'s), conversion notes (`patch_results`)."""
+        frame = self._frame(threshold, triage, calibration)
+        return frame.drop(columns=[c for c in PROVENANCE if c in frame.columns])
 
     def submission(self) -> bytes:
         """Kaggle's submission format for the scored files (id,label with label the probability)."""
         return submission_csv([p.id for p in self.scored], np.array([p.probability for p in self.scored]))
 
 
-RESULTS_COLUMNS = ["file", "id", "probability", "call", "threshold", "model", "run", "notes"]
+# the columns of `patch_results` that say how the calls were made (the same for every row)
+PROVENANCE = ("threshold", "target_sensitivity", "normal_below", "tumour_above")
+# a results file without a temperature or a triage; `probability_calibrated` follows `probability` when the run
+# has a temperature, and a triage's target and two thresholds replace `threshold`
+RESULTS_COLUMNS = ["file", "id", "probability", "uncertainty", "call", "threshold", "model", "run", "notes"]
 
 
-def results_table(result: UploadResult, threshold: float, *, model: str, run: str) -> pd.DataFrame:
-    """The results file of a batch of uploads: each scored file with its tumour probability and the call
-    at `threshold`, and what produced them (the threshold, the model, the run), so that the file read
-    on its own says how every call was made. Refused files are not in it (they have no probability)."""
-    table = result.table(threshold)
-    table.insert(4, "threshold", float(threshold))
-    table.insert(5, "model", model)
-    table.insert(6, "run", run)
-    return table[RESULTS_COLUMNS]
+def results_table(result: UploadResult, threshold: float, *, model: str, run: str, triage: TriageThresholds | None = None,
+                  calibration: Calibration | None = None) -> pd.DataFrame:
+    """The results file of a batch of uploads: each scored file with its tumour probability, the call (at
+    `threshold`, or the triage's) and what produced them (the threshold or the triage's two, the model, the
+    run), so that the file read on its own says how every call was made. Refused files are not in it (they
+    have no probability)."""
+    table = result._frame(threshold, triage, calibration)
+    table["model"], table["run"] = model, run
+    return table[[c for c in table.columns if c != "notes"] + ["notes"]]
 
 
 def score_uploads(model: nn.Module, files: Sequence[tuple[str, bytes]], *, tta: bool = False, batch_size: int = 64) -> UploadResult:
@@ -313,7 +388,8 @@ def score_uploads(model: nn.Module, files: Sequence[tuple[str, bytes]], *, tta: 
     result = UploadResult(refused=refused)
     if not accepted:
         return result
-    probs = predict_pixels(model, np.stack([patch.pixels for patch in accepted]), tta=tta, batch_size=batch_size).tolist()
-    result.scored = [ScoredPatch(patch.name, patch.id, patch_id(patch.pixels), patch.pixels, p, patch.notes)
-                     for patch, p in zip(accepted, probs)]
+    probs, spread = predict_pixels(model, np.stack([patch.pixels for patch in accepted]), tta=tta, batch_size=batch_size,
+                                   spread=True)
+    result.scored = [ScoredPatch(patch.name, patch.id, patch_id(patch.pixels), patch.pixels, float(p), patch.notes, float(u))
+                     for patch, p, u in zip(accepted, probs, spread)]
     return result

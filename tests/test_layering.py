@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pcam_core"
 # Lowest first. A module may import its own layer and those below; the longest prefix names the layer.
 LAYERS: list[tuple[str, ...]] = [
     ("pcam_core", "pcam_core.config", "pcam_core.fileio", "pcam_core.devices", "pcam_core.data", "pcam_core.models",
-     "pcam_core.transforms", "pcam_core.metrics", "pcam_core.checkpoint", "pcam_core.uploads", "pcam_core.shifts"),
+     "pcam_core.transforms", "pcam_core.metrics", "pcam_core.stats", "pcam_core.triage", "pcam_core.checkpoint",
+     "pcam_core.uploads", "pcam_core.shifts"),
     ("pcam_core.runs", "pcam_core.bundled", "pcam_core.explain", "pcam_core.inference", "pcam_core.optim",
      "pcam_core.distributed", "pcam_core.calibration", "pcam_core.tracking"),
     ("pcam_core.train", "pcam_core.predict", "pcam_core.slides", "pcam_core.export", "pcam_core.robustness"),

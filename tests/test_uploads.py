@@ -29,12 +29,13 @@ def test_scores_match_the_batch_predictor(model, demo_root):
     assert np.allclose([p.probability for p in result.scored], expected, atol=1e-5)
     assert all(p.id == p.pixel_id for p in result.scored)  # Kaggle ids are the pixels' SHA-1
     table = result.table(0.5)
-    assert list(table.columns) == ["file", "id", "probability", "call", "notes"]
+    assert list(table.columns) == ["file", "id", "probability", "uncertainty", "call", "notes"]
+    assert table["uncertainty"].isna().all()  # one pass: no spread to measure
     assert (table["call"] == np.where(table["probability"] >= 0.5, "tumour", "normal")).all()
     sub = pd.read_csv(io.BytesIO(result.submission()))
     assert list(sub.columns) == ["id", "label"] and sub["id"].tolist() == table["id"].tolist()
     tta = score_uploads(model, files[:2], tta=True)
-    assert all(0 <= p.probability <= 1 for p in tta.scored)
+    assert all(0 <= p.probability <= 1 and 0 <= p.uncertainty <= 0.5 for p in tta.scored)
 
 
 def test_bad_files_are_refused_or_converted_with_a_reason(model, tmp_path):
@@ -69,7 +70,8 @@ def test_results_table_says_how_each_call_was_made():
                                   ScoredPatch("b.png", "b", patch_id(pixels), pixels, 0.3, ("converted from grayscale",))],
                           refused=[("c.tif", "not 96x96")])
     table = results_table(result, 0.3, model="pcamnet", run="demo-run")
-    assert list(table.columns) == RESULTS_COLUMNS == ["file", "id", "probability", "call", "threshold", "model", "run", "notes"]
+    assert list(table.columns) == RESULTS_COLUMNS == ["file", "id", "probability", "uncertainty", "call", "threshold", "model", "run",
+                                                 "notes"]
     assert table["file"].tolist() == ["a.tif", "b.png"] and table["call"].tolist() == ["tumour", "tumour"]  # at or above
     assert (table["threshold"] == 0.3).all() and set(table["model"]) == {"pcamnet"} and set(table["run"]) == {"demo-run"}
     assert table["notes"].tolist() == ["", "converted from grayscale"]

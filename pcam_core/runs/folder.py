@@ -11,6 +11,7 @@
       checkpoints/last.pt    latest state (end of epoch, on stop, and every `checkpoint_minutes`)
       checkpoints/best.pt    the epoch with the best validation `monitor` metric
       valid_predictions.csv  id,label,probability,index of the validation set at the best epoch
+      calibration.json       the temperature fitted on those predictions, with its record (`pcam_core.calibration`)
       summary.json           final figures, written when the run ends
       tracking.json          the MLflow run this run logs to, if any (`pcam_core.tracking`): a resume logs there too
       label_overrides.csv    the review export the run trained with (`--label-overrides`), copied when it started
@@ -102,6 +103,7 @@ class RunDir:
     last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.pt")
     best_checkpoint = property(lambda self: self.path / "checkpoints" / "best.pt")
     valid_predictions_path = property(lambda self: self.path / "valid_predictions.csv")
+    calibration_path = property(lambda self: self.path / "calibration.json")
     summary_path = property(lambda self: self.path / "summary.json")
     evaluations = property(lambda self: self.path / "evaluations")
     tracking_path = property(lambda self: self.path / "tracking.json")

@@ -153,19 +153,34 @@ def _check_predictions(predictions: pd.DataFrame, threshold: float) -> None:
         raise ValueError(f"predictions lack column(s) {', '.join(sorted(missing))}")
 
 
-def outcome_examples(predictions: pd.DataFrame, threshold: float, outcome: str, k: int | None = None) -> pd.DataFrame:
+ORDERS = {
+    "confidence": "most confident first",
+    "uncertainty": "most uncertain first (spread of the 8 TTA views)",
+}
+
+
+def outcome_examples(predictions: pd.DataFrame, threshold: float, outcome: str, k: int | None = None, *,
+                     order: str = "confidence") -> pd.DataFrame:
     """The rows of a predictions frame (`label`, `probability`, and anything else such as `index` and
     `id`) with one `outcome` of `OUTCOMES` at `threshold` (called tumour when probability >= threshold),
-    the most confident first: highest probability for a tumour call, lowest for a normal call. At most
-    `k` rows (None: all)."""
+    in `order` (`ORDERS`): "confidence", the most confident first (highest probability for a tumour call,
+    lowest for a normal call), or "uncertainty", the largest TTA uncertainty first (the frame needs an
+    `uncertainty` column). At most `k` rows (None: all)."""
     _check_predictions(predictions, threshold)
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown outcome {outcome!r}; valid outcomes: {', '.join(OUTCOMES)}")
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; valid orders: {', '.join(ORDERS)}")
+    if order == "uncertainty" and "uncertainty" not in predictions.columns:
+        raise ValueError("these predictions carry no uncertainty (scored with one pass); score the split with TTA")
     called_tumour = outcome in ("false_positive", "true_positive")
     truly_tumour = outcome in ("false_negative", "true_positive")
     called = predictions["probability"] >= threshold
     rows = predictions[(predictions["label"] == int(truly_tumour)) & (called if called_tumour else ~called)]
-    rows = rows.sort_values("probability", ascending=not called_tumour, kind="stable")
+    if order == "uncertainty":
+        rows = rows.sort_values("uncertainty", ascending=False, kind="stable", na_position="last")
+    else:
+        rows = rows.sort_values("probability", ascending=not called_tumour, kind="stable")
     return rows if k is None else rows.head(k)
 
 
@@ -182,12 +197,14 @@ def outcome_counts(predictions: pd.DataFrame, threshold: float) -> dict[str, int
     return {outcome: len(outcome_examples(predictions, threshold, outcome)) for outcome in OUTCOMES}
 
 
-def confident_errors(predictions: pd.DataFrame, threshold: float, k: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+def confident_errors(predictions: pd.DataFrame, threshold: float, k: int = 8, *,
+                     order: str = "confidence") -> tuple[pd.DataFrame, pd.DataFrame]:
     """The `k` most confident mistakes at `threshold` in a predictions frame (`label`, `probability`,
     and anything else such as `index` and `id`): false positives (normal patches called tumour) with the
-    highest probabilities first, false negatives (tumour patches called normal) with the lowest first."""
-    return (outcome_examples(predictions, threshold, "false_positive", k),
-            outcome_examples(predictions, threshold, "false_negative", k))
+    highest probabilities first, false negatives (tumour patches called normal) with the lowest first.
+    With `order="uncertainty"`, the mistakes with the largest TTA uncertainty first instead."""
+    return (outcome_examples(predictions, threshold, "false_positive", k, order=order),
+            outcome_examples(predictions, threshold, "false_negative", k, order=order))
 
 
 def random_examples(predictions: pd.DataFrame, k: int, *, seed: int = 0) -> pd.DataFrame:
