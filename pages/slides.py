@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -16,6 +17,8 @@ from pcam_app.slide_library import add_slides, analysis_controls, slide_list
 from pcam_app.components.slide_viewer import slide_viewer
 from pcam_app.sidebar import BUNDLED_CHOICE, switch_page
 from pcam_core.bundled import BUNDLED, BUNDLED_DIR, is_bundled
+from pcam_core.calibration import run_triage
+from pcam_core.triage import triage_calls
 from pcam_core.runs import RunDir
 from pcam_core.slides.viewer import (
     is_synthetic,
@@ -52,6 +55,30 @@ def _run_of(summary: dict) -> RunDir | None:
     if is_bundled(run):
         return RunDir(BUNDLED_DIR)
     return RunDir(run) if run and RunDir(run).path.is_dir() else None
+
+
+def triage_cells(folder: AnalysisFolder, summary: dict) -> None:
+    """The cells of the map called normal / refer / tumour by the run's split-conformal triage (the calls of
+    `pcam predict --triage` and the Predict page), and the slide's call from them."""
+    target = st.select_slider("Target sensitivity", [0.9, 0.95, 0.98, 0.99], value=0.98, key="slide_triage_target")
+    try:
+        thresholds = run_triage(str(summary.get("run")), target)
+    except (OSError, ValueError) as err:
+        st.caption(f"No triage for this model: {err}")
+        return
+    heat = load_heat(folder)
+    scored = heat[np.isfinite(heat) & (heat >= 0)]
+    calls = triage_calls(scored, thresholds)
+    counts = {call: int((calls == call).sum()) for call in ("tumour", "refer", "normal")}
+    slide_call = "tumour" if counts["tumour"] else "refer" if counts["refer"] else "normal"
+    c = st.columns(4)
+    c[0].metric("Slide by triage", slide_call, help="tumour when a cell is called tumour; else refer when a cell is "
+                "referred; else normal.")
+    for column, call in zip(c[1:], ("tumour", "refer", "normal")):
+        column.metric(f"Cells called {call}", f"{counts[call]:,}")
+    st.caption(f"normal below {thresholds.normal_below:.3f}, tumour above {thresholds.tumour_above:.3f}. "
+               f"{thresholds.guarantee()} The promise is per patch: a slide has thousands of cells, so a normal slide "
+               "is rarely called normal at a high target; read the referred cells, not the slide's word alone.")
 
 
 ctx = shell.context()
@@ -112,6 +139,9 @@ cols[5].metric("Size class", summary["size_class"], help=SIZE_CLASSES.get(summar
 st.caption(f"Model {summary.get('model')} ({'bundled' if is_bundled(str(summary.get('run'))) else summary.get('run')}), "
            f"stride {lattice.stride} PCam px (cells of {lattice.cell_mm * 1000:.0f} µm), threshold {threshold:g}; "
            f"{summary['windows_scored']:,} windows scored. Diameters measured on cells run up to one cell larger than the truth.")
+
+with st.expander("Triage of the map's cells (target sensitivity)", icon=":material/rule:"):
+    triage_cells(folder, summary)
 
 state_key = f"slides_view_{slide.id}"
 view = st.session_state.setdefault(state_key, {"goto": None, "point": None})

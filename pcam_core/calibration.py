@@ -7,8 +7,9 @@ does not change. T is searched on log T (scipy's bounded scalar minimiser), so i
 
 The fitted temperature is kept in the run folder (`calibration.json`, `RunDir.calibration_path`) with
 what it was fitted on and the NLL, ECE and Brier score before and after. The trainer fits it when a run
-ends; `pcam calibrate --run RUN` fits it for an existing run. The bundled model ships no validation
-predictions, so it has no temperature (nor triage thresholds: `run_triage` fits those on the same file). docs/trust.md says what calibration does and does not promise.
+ends; `pcam calibrate --run RUN` fits it for an existing run. The bundled model ships the predictions on its
+600 held-out patches and their temperature (`scripts/bundled_calibration.py`), so it has both a temperature
+and triage thresholds (`run_triage` fits those on the same file). docs/trust.md says what calibration does and does not promise.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, logit
 
-from .bundled import is_bundled
+from .bundled import BUNDLED_DIR, is_bundled
 from .fileio import atomic_write_json, read_json
 from .metrics import _check, expected_calibration_error, reliability_points
 from .runs import RunDir
@@ -101,19 +102,20 @@ def fit_calibration(labels: np.ndarray, probs: np.ndarray, *, fitted_on: str, sp
                        _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
+def _run_dir(run_dir: str | Path) -> RunDir:
+    """The run folder, or the bundled model's package folder (it ships the predictions on its held-out
+    patches as `valid_predictions.csv` and their temperature: `scripts/bundled_calibration.py`)."""
+    return RunDir(BUNDLED_DIR) if is_bundled(run_dir) else RunDir(run_dir)
+
+
 def _no_validation(run_dir: str | Path) -> str:
-    if is_bundled(run_dir):
-        return ("the bundled model ships no validation predictions, so it has no calibration; train a run of your own "
-                "(its temperature is fitted when training ends)")
-    return f"{RunDir(run_dir).valid_predictions_path} not found: calibration needs the run's validation predictions"
+    return f"{_run_dir(run_dir).valid_predictions_path} not found: calibration needs the run's validation predictions"
 
 
 def validation_predictions(run_dir: str | Path) -> pd.DataFrame:
-    """The run's validation predictions (id, label, probability, index), or a clear error: the bundled
-    model has none, and a run has none until its first epoch ends."""
-    if is_bundled(run_dir):
-        raise ValueError(_no_validation(run_dir))
-    path = RunDir(run_dir).valid_predictions_path
+    """The run's validation predictions (id, label, probability, index; for the bundled model its held-out
+    patches), or a clear error: a run has none until its first epoch ends."""
+    path = _run_dir(run_dir).valid_predictions_path
     if not path.exists():
         raise FileNotFoundError(_no_validation(run_dir))
     return pd.read_csv(path, dtype={"id": str})
@@ -122,7 +124,7 @@ def validation_predictions(run_dir: str | Path) -> pd.DataFrame:
 def calibrate_run(run_dir: str | Path) -> Calibration:
     """Fit the temperature of a run on its validation predictions and write `calibration.json`."""
     frame = validation_predictions(run_dir)
-    run = RunDir(run_dir)
+    run = _run_dir(run_dir)
     calibration = fit_calibration(frame["label"].to_numpy(), frame["probability"].to_numpy(),
                                   fitted_on=run.valid_predictions_path.name)
     atomic_write_json(run.calibration_path, calibration.to_dict())
@@ -136,16 +138,15 @@ def run_triage(run_dir: str | Path, target_sensitivity: float, fpr: float = DEFA
 
 
 def load_calibration(run_dir: str | Path) -> Calibration | None:
-    """The run's fitted temperature, or None (none fitted, or the bundled model)."""
-    if is_bundled(run_dir):
-        return None
-    data = read_json(RunDir(run_dir).calibration_path, default=None)
+    """The run's fitted temperature (the bundled model's is shipped with it), or None when none was fitted."""
+    path = _run_dir(run_dir).calibration_path
+    data = read_json(path, default=None)
     if not data:
         return None
     try:
         return Calibration.from_dict(data)
     except TypeError as err:
-        raise ValueError(f"{RunDir(run_dir).calibration_path} is not a calibration record: {err}") from err
+        raise ValueError(f"{path} is not a calibration record: {err}") from err
 
 
 def calibration_report(labels: np.ndarray, probs: np.ndarray, calibration: Calibration, n_bins: int = 10) -> dict[str, Any]:

@@ -269,7 +269,7 @@ def _add_eval_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="fit a run's temperature on its validation predictions", description=(
         "Fit temperature scaling on the run's validation predictions and write calibration.json into the run folder "
         "(training does this when a run ends). Prints the temperature and the NLL, ECE and Brier score before and after."))
-    p.add_argument("--run", required=True, help="training run folder (the bundled model has no validation predictions)")
+    p.add_argument("--run", required=True, help="training run folder (the bundled model's temperature ships with it)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("compare", help="compare runs on the same labelled split (paired DeLong test)", description=(
@@ -327,8 +327,15 @@ def _interval_lines(metrics: dict[str, Any], intervals: dict[str, Any], indent: 
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .calibration import calibrate_run
+    from .bundled import is_bundled
+    from .calibration import calibrate_run, load_calibration
 
+    if is_bundled(args.run):  # shipped with the package, fitted by scripts/bundled_calibration.py: shown, not rewritten
+        cal = load_calibration(args.run)
+        print(f"the bundled model's temperature ships with it: {cal.temperature:.4f}, fitted on its {cal.n} held-out patches")
+        for name in ("nll", "ece", "brier"):
+            print(f"  {name.upper() if name != 'brier' else 'Brier':<6} {cal.before[name]:.4f} -> {cal.after[name]:.4f}")
+        return 0
     cal = calibrate_run(args.run)
     print(f"temperature {cal.temperature:.4f} fitted on {cal.n} validation patches ({cal.fitted_on})")
     for name in ("nll", "ece", "brier"):

@@ -29,11 +29,10 @@ from .data.loader import detect_format, make_loader, open_dataset, open_split
 from .fileio import atomic_write_json, atomic_write_with
 from .inference import Predictions, predict_loader, predict_pixels
 from .metrics import binary_metrics, choose_threshold, pr_points, reliability_points, roc_points
-from .bundled import is_bundled
-from .calibration import Calibration, calibration_report, load_calibration, run_triage
+from .calibration import Calibration, calibration_report, load_calibration, run_triage, validation_predictions
 from .stats import metric_intervals
 from .triage import DEFAULT_FPR, TriageThresholds, triage_calls
-from .runs import RunDir, checkpoint_path, predictions_beside
+from .runs import checkpoint_path, predictions_beside
 from .uploads import read_uploads
 
 log = logging.getLogger(__name__)
@@ -184,8 +183,7 @@ def predict_submission(
     """
     calibration = load_calibration(run_dir) if (calibrated or results is not None) else None
     if calibrated and calibration is None:
-        raise FileNotFoundError(f"run {run_dir} has no fitted temperature; fit one with `pcam calibrate --run {run_dir}` "
-                                "(the bundled model has none: it ships no validation predictions)")
+        raise FileNotFoundError(f"run {run_dir} has no fitted temperature; fit one with `pcam calibrate --run {run_dir}`")
     if triage is not None and results is None:
         raise ValueError("--triage writes its calls into the results file: give --results too")
     thresholds = run_triage(run_dir, triage, triage_fpr) if triage is not None else None  # fails before any scoring
@@ -287,13 +285,7 @@ def evaluate_run(
         raise DataError(f"{dataset.describe()} has no labels; use `pcam predict` for unlabelled data")
     threshold_used = threshold_value
     if threshold != "fixed":
-        if is_bundled(run_dir):
-            raise ValueError(f"threshold method {threshold!r} needs the run's validation predictions, and the bundled model "
-                             f"ships none; use --threshold fixed (its threshold: {info.get('threshold', threshold_value)})")
-        valid_csv = RunDir(run_dir).valid_predictions_path
-        if not valid_csv.exists():
-            raise FileNotFoundError(f"{valid_csv} not found: threshold method {threshold!r} needs the run's validation predictions")
-        valid = pd.read_csv(valid_csv)
+        valid = validation_predictions(run_dir)  # the bundled model's: its held-out patches
         threshold_used = choose_threshold(valid["label"].to_numpy(), valid["probability"].to_numpy(), threshold, value=threshold_value)
     result = predict_dataset(model, dataset, device=dev, tta=tta, batch_size=batch_size, num_workers=num_workers, progress=progress)
     preds = result.predictions

@@ -18,7 +18,6 @@ import hmac
 import logging
 import os
 import re
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import numpy as np
+
 from helpers import REPO, analysed_demo_slide
 from pcam_core.workspace.slides import SlideLibrary
 from pcam_core.slides.viewer import lattice_of, load_heat, load_summary
@@ -82,6 +84,16 @@ def test_an_analysed_slide_shows_its_figures_viewer_regions_and_downloads(analys
     assert metrics["Call at 0.5"] == ("tumour" if summary["slide_score"] >= 0.5 else "no tumour")
     assert metrics["Regions"] == str(summary["regions"]) and metrics["Size class"] == summary["size_class"]
     assert metrics["Largest diameter"] == f"{summary['largest_diameter_mm']:.2f} mm"
+    # the bundled model's triage (fitted on its held-out patches) calls every scored cell
+    from pcam_core.calibration import run_triage
+    from pcam_core.triage import triage_calls
+
+    heat = load_heat(folder)
+    scored = heat[np.isfinite(heat) & (heat >= 0)]
+    calls = triage_calls(scored, run_triage("bundled", 0.98))
+    for call in ("tumour", "refer", "normal"):
+        assert metrics[f"Cells called {call}"] == f"{int((calls == call).sum()):,}"
+    assert metrics["Slide by triage"] == ("tumour" if (calls == "tumour").any() else "refer" if (calls == "refer").any() else "normal")
     data = viewer_data(at)
     assert (data["width"], data["height"], data["mpp"]) == (3000, 2000, pytest.approx(summary["mpp"]))
     assert data["heatmap"]["url"] == f"slides-api/{sid}/bundled-s32/heatmap.png" and data["heatmap"]["width"] >= 3000
@@ -107,8 +119,6 @@ def test_a_click_on_the_slide_shows_its_window_probability_and_grad_cam(analysed
     folder = SlideLibrary(root).analysis_folder(sid)
     lattice = lattice_of(load_summary(folder))
     heat = load_heat(folder)
-    import numpy as np
-
     i, j = np.unravel_index(np.nanargmax(heat), heat.shape)
     point = (int((j + 0.5) * lattice.cell_px), int((i + 0.5) * lattice.cell_px))
     at.session_state[f"slides_view_{sid}"] = {"goto": None, "point": point}  # what a click on the viewer stores

@@ -188,8 +188,8 @@ def test_training_fits_a_temperature_and_pcam_calibrate_refits_it(trained_run, c
     assert main(["calibrate", "--run", str(trained_run)]) == 0
     out = capsys.readouterr().out
     assert f"temperature {fitted.temperature:.4f}" in out and "ECE" in out and "Brier" in out
-    assert main(["calibrate", "--run", "bundled"]) == 2
-    assert "bundled model ships no validation predictions" in capsys.readouterr().err
+    assert main(["calibrate", "--run", "bundled"]) == 0  # shipped with the package: shown, not refitted
+    assert "ships with it" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
@@ -235,8 +235,10 @@ def test_triage_needs_validation_predictions_and_a_results_file(real_tifs, train
     from pcam_core.cli import main
 
     args = ["predict", "--input", str(real_tifs), "--out", str(tmp_path / "s.csv"), "--workers", "0"]
-    assert main([*args, "--run", "bundled", "--results", str(tmp_path / "r.csv"), "--triage", "0.98"]) == 2
-    assert "bundled model ships no validation predictions" in capsys.readouterr().err
+    empty = tmp_path / "run-without-epochs"
+    (empty / "checkpoints").mkdir(parents=True)
+    assert main([*args, "--run", str(empty), "--results", str(tmp_path / "r.csv"), "--triage", "0.98"]) == 2
+    assert "valid_predictions.csv not found" in capsys.readouterr().err
     assert main([*args, "--run", str(trained_run), "--triage", "0.98"]) == 2
     assert "give --results too" in capsys.readouterr().err
     assert not (tmp_path / "s.csv").exists()
@@ -362,3 +364,27 @@ def test_predict_page_shows_calibrated_probabilities_uncertainty_and_triage_call
     expected = triage_calls(table["probability"].to_numpy(), run_triage(trained_run, 0.98))
     assert (table["call"].to_numpy() == expected).all()
     assert any("by triage at target sensitivity 0.98" in str(h.value) for h in at.subheader)
+
+
+def test_the_bundled_model_ships_its_held_out_predictions_temperature_and_triage():
+    """The model the dashboard starts with has a temperature and triage thresholds: fitted on the predictions on
+    its 600 held-out patches, which are the very patches and figures its model card reports."""
+    import hashlib
+
+    from pcam_core.bundled import BUNDLED, bundled_record
+    from pcam_core.calibration import load_calibration, run_triage, validation_predictions
+    from pcam_core.metrics import binary_metrics
+
+    frame = validation_predictions(BUNDLED)
+    record = bundled_record()
+    assert hashlib.sha1("\n".join(sorted(frame["id"])).encode()).hexdigest() == record["data"]["holdout_ids_sha1"]
+    held = record["holdout"]
+    assert len(frame) == held["n"] and int(frame["label"].sum()) == held["n_tumour"]
+    assert binary_metrics(frame["label"].to_numpy(), frame["probability"].to_numpy(), 0.5)["roc_auc"] == pytest.approx(held["one_pass"]["roc_auc"], abs=2e-4)
+    assert binary_metrics(frame["label"].to_numpy(), frame["probability_tta"].to_numpy(), 0.5)["roc_auc"] == pytest.approx(held["tta"]["roc_auc"], abs=2e-4)
+    calibration = load_calibration(BUNDLED)
+    assert calibration is not None and calibration.n == len(frame) and 0.5 < calibration.temperature < 2
+    thresholds = run_triage(BUNDLED, 0.98)
+    tumour = np.sort(frame.loc[frame["label"] == 1, "probability"].to_numpy())
+    # split conformal: at most floor(0.02 * (n1 + 1)) - 1 held-out tumour patches fall below the normal threshold
+    assert (tumour < thresholds.normal_below).sum() <= int(np.floor(0.02 * (len(tumour) + 1)))
