@@ -103,7 +103,9 @@ def test_evaluate_writes_metrics_and_predictions(trained_run, demo_root, tmp_pat
     assert set(m["confusion"]) == {"tn", "fp", "fn", "tp"} and sum(m["confusion"].values()) == 256
     assert saved["curves"]["roc"]["fpr"][0] == 0 and saved["curves"]["pr"] and saved["curves"]["reliability"]
     preds = pd.read_csv(tmp_path / "metrics_predictions.csv")
-    assert list(preds.columns) == ["id", "label", "probability", "index"] and len(preds) == 256
+    # TTA is on by default: the spread of the 8 views is each patch's uncertainty
+    assert list(preds.columns) == ["id", "label", "probability", "index", "uncertainty"] and len(preds) == 256
+    assert (preds["uncertainty"] >= 0).all() and preds["uncertainty"].max() > 0
     assert report["predictions_file"].endswith("metrics_predictions.csv")
 
 

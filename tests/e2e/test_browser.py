@@ -23,11 +23,12 @@ from PIL import Image
 
 from helpers import CHROMIUM, CHROMIUM_ARGS, REAL_KAGGLE, REPO, Dashboard, tif_bytes, wait_rendered
 from pcam_core.data import PCamH5, patch_id
+from pcam_core.workspace.reviews import ReviewStore
 from pcam_core.runs import RunDir, list_runs, stop
 
 SHOTS = Path(os.environ.get("PCAM_SCREENSHOTS", REPO / "tests" / "artifacts" / "screenshots"))
 VIEWPORT = {"width": 1400, "height": 1000}
-PAGE_TITLES = ["Overview", "Dataset", "Train", "Runs and metrics", "Explain", "Predict"]
+PAGE_TITLES = ["Overview", "Dataset", "Train", "Runs and metrics", "Explain", "Predict", "Slides", "Review"]
 pytestmark = pytest.mark.browser
 
 
@@ -233,6 +234,23 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
             assert submission[0] == "id,label" and len(submission) == 1 + 5
             _no_exception(page)
             _shot(page, "predict")
+
+            # review: the queue's first patch gets a verdict, saved at once; the queue moves on and the count shows it
+            _goto(page, "Review")
+            page.locator("[data-testid=stSidebar]").get_by_label("Reviewer").fill("Dr Browser")
+            page.locator("[data-testid=stSidebar]").get_by_label("Reviewer").press("Enter")
+            wait_rendered(page, page.get_by_text(re.compile(r"Patch #\d+ of valid")))
+            shown = page.get_by_text(re.compile(r"Patch #\d+ of valid")).first.inner_text()
+            page.locator("[data-testid=stMain]").get_by_role("button", name="Label wrong").click()
+            page.get_by_role("textbox", name="Note (optional)").fill("checked in the browser")
+            page.get_by_role("button", name="Save review").click()
+            wait_rendered(page, page.get_by_text(re.compile(r"1 of [\d,]+ patches of valid reviewed by Dr Browser")))
+            assert page.get_by_text(re.compile(r"Patch #\d+ of valid")).first.inner_text() != shown  # the next one
+            saved = ReviewStore(workspace / "reviews.sqlite").current_reviews()
+            assert list(saved["verdict"]) == ["disagree_label_wrong"] and list(saved["reviewer"]) == ["Dr Browser"]
+            assert list(saved["note"]) == ["checked in the browser"]
+            _no_exception(page)
+            _shot(page, "review")
 
             # point the app at real data: the Kaggle-layout folder of real patches, registered by its path
             _goto(page, "Overview", "PCam metastasis detection")
