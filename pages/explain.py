@@ -263,6 +263,26 @@ def upload_view() -> None:
     st.caption(f"p: tumour probability ({notes.PROBABILITY_NOTE.split('. ')[0].replace('**', '')}). " + heatmaps.CENTRE_FOCUS_NOTE)
 
 
+def slide_windows_view(windows: list[dict]) -> None:
+    """Windows sent from the Slides page (a click on a slide), explained with the settings above."""
+    st.subheader("Windows from the Slides page")
+    pixels = np.stack([w["pixels"] for w in windows])
+    result = heatmaps.explain(run, pixels, method=method, layer=layer, target=target)
+    tiles = overlay(pixels, scaled_maps(result, scale), opacity=opacity, scale=2, box_width=2)
+    patches.image_cards(list(tiles), width=176, captions=[
+        f"{w['name'][:32]} · p={result.probabilities[i]:.3f} · focus {heatmaps.focus_text(result.centre_focus[i])}"
+        for i, w in enumerate(windows)])
+    heatmaps.colour_legend(target, width=520, method=method, note=SCALE_NOTES[scale])
+    st.caption("Each is the 96-pixel window at PCam scale (0.972 µm/px) the map scored at the spot clicked on the slide; "
+               "p is this model's probability for it here.")
+    if st.button("Clear the slide windows", icon=":material/close:", key="clear_slide_windows"):
+        st.session_state.pop(patches.SLIDE_WINDOWS, None)
+        st.rerun()
+    st.divider()
+
+
+if st.session_state.get(patches.SLIDE_WINDOWS):
+    slide_windows_view(st.session_state[patches.SLIDE_WINDOWS])
 if view == "upload":
     upload_view()
 elif view == "patch":

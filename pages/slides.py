@@ -12,7 +12,7 @@ import streamlit as st
 
 from pathlib import Path
 
-from pcam_app import heatmaps, notes, reviews, shell
+from pcam_app import heatmaps, notes, patches, reviews, shell
 from pcam_app.slide_library import add_slides, analysis_controls, slide_list
 from pcam_app.components.slide_viewer import slide_viewer
 from pcam_app.sidebar import BUNDLED_CHOICE, switch_page
@@ -178,7 +178,12 @@ if window is not None:
             st.image(heatmaps.side_by_side(window["pixels"][None], explanation)[0], width=392, output_format="PNG",
                      caption=f"Grad-CAM (the window beside its heat map); probability in this pass "
                              f"{explanation.probabilities[0]:.3f}; the box is the central 32×32 the label describes.")
-            if st.button("Open Explain with this model", icon=":material/center_focus_strong:", key="to_explain"):
+            if st.button("Open this window in Explain", icon=":material/center_focus_strong:", key="to_explain",
+                         help="Explain shows it with every method, layer and scale, with this model."):
+                sent = st.session_state.setdefault(patches.SLIDE_WINDOWS, [])
+                name = f"{Path(slide.name).stem} x{int(window['x'])} y{int(window['y'])}"
+                sent[:] = [w for w in sent if w["name"] != name][-(patches.SLIDE_WINDOWS_KEPT - 1):]
+                sent.append({"name": name, "pixels": window["pixels"]})
                 switch_page("pages/explain.py", {"run": BUNDLED_CHOICE if is_bundled(run.path) else run.run_id})
     if window["state"] == "scored":
         with left:

@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException
 
 from . import __version__
 from .api import DEFAULT_THRESHOLD, Predictor, load_predictor
+from .calibration import load_calibration
 from .fileio import read_json
 from .runs.jobs import job_error, job_status, start_job
 from .slides.batch import SLIDE_SUFFIXES
@@ -200,6 +201,7 @@ def create_app(
     `work_dir`: where slide analyses and their job records are written."""
     predictor = predictor or load_predictor(run, device=device)
     run_name = str(run)
+    calibration = load_calibration(run)  # the run's temperature (the bundled model ships one), or None
     slides_root = Path(slides_dir).resolve() if slides_dir is not None else None
     if slides_root is not None and not slides_root.is_dir():
         raise FileNotFoundError(f"slides folder not found: {slides_dir}")
@@ -261,7 +263,9 @@ def create_app(
         probs = await batchers[tta].submit(np.stack([p.pixels for p in accepted])) if accepted else np.empty(0)
         return {
             "model": predictor.model_name, "run": run_name, "threshold": threshold, "tta": tta,
+            "temperature": calibration.temperature if calibration else None,
             "predictions": [{"name": p.name, "id": p.id, "probability": float(prob),
+                             **({"probability_calibrated": float(calibration.apply(np.array([prob]))[0])} if calibration else {}),
                              "call": "tumour" if prob >= threshold else "normal", "notes": list(p.notes)}
                             for p, prob in zip(accepted, probs)],
             "refused": [{"name": name, "reason": reason} for name, reason in refused],

@@ -129,7 +129,18 @@ def test_a_click_on_the_slide_shows_its_window_probability_and_grad_cam(analysed
     assert any(f"probability **{float(heat[i, j]):.3f}**" in c for c in captions), captions
     assert any(c.startswith("Grad-CAM") for c in captions), captions
     assert viewer_data(at)["marker"][:2] == [pytest.approx(v) for v in lattice.window_origin(i, j)]
-    assert any(b.label == "Open Explain with this model" for b in at.button)
+    # the window goes to Explain, explained there with the same model
+    [to_explain] = [b for b in at.button if b.label == "Open this window in Explain"]
+    to_explain.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Windows from the Slides page" in [h.value for h in at.subheader]
+    from pcam_app.patches import SLIDE_WINDOWS
+    from pcam_core.slides.viewer import window_at
+
+    slide_path = SlideLibrary(root).entry(sid).path
+    [sent] = at.session_state[SLIDE_WINDOWS]
+    np.testing.assert_array_equal(sent["pixels"], window_at(slide_path, heat, lattice, *point)["pixels"])
+    assert sent["name"].endswith(f"x{int(lattice.window_origin(i, j)[0])} y{int(lattice.window_origin(i, j)[1])}")
 
 
 def _wait_for(library: SlideLibrary, sid: str, states: tuple[str, ...], timeout: float = 240.0) -> str:

@@ -116,6 +116,13 @@ def test_probabilities_equal_pcam_predict(client, trained_run, real_kaggle, tmp_
     assert np.abs(got[expected.index].to_numpy() - expected.to_numpy()).max() <= 1e-6
     for p in body["predictions"]:
         assert p["call"] == ("tumour" if p["probability"] >= 0.5 else "normal") and p["notes"] == []
+    # the run's temperature (fitted when training ended) gives each its calibrated probability beside the raw one
+    from pcam_core.calibration import load_calibration
+
+    calibration = load_calibration(trained_run)
+    assert calibration is not None and body["temperature"] == pytest.approx(calibration.temperature)
+    for p in body["predictions"]:
+        assert p["probability_calibrated"] == pytest.approx(float(calibration.apply(np.array([p["probability"]]))[0]), abs=1e-9)
 
     # the calls follow the threshold asked for; the probabilities do not change
     strict = client.post("/v1/predict", params={"threshold": 0.9},
