@@ -234,6 +234,16 @@ def gallery_view() -> None:
     button_col.button("Open it", icon=":material/zoom_in:", on_click=open_patch, args=(chosen,))
 
 
+def explained_cards(pixels: np.ndarray, names: list[str]) -> None:
+    """Patches beside their heat maps with the settings above, captioned with name, probability and centre focus."""
+    result = heatmaps.explain(run, pixels, method=method, layer=layer, target=target)
+    tiles = overlay(pixels, scaled_maps(result, scale), opacity=opacity, scale=2, box_width=2)
+    patches.image_cards(list(tiles), width=176, captions=[
+        f"{name} · p={result.probabilities[i]:.3f} · focus {heatmaps.focus_text(result.centre_focus[i])}"
+        for i, name in enumerate(names)])
+    heatmaps.colour_legend(target, width=520, method=method, note=SCALE_NOTES[scale])
+
+
 def upload_view() -> None:
     """Uploaded patches beside their heat maps (the bundled model has no split of its own here)."""
     files = st.file_uploader("Patches to explain (96×96 pixel RGB tif, png or jpg)", type=["tif", "tiff", "png", "jpg", "jpeg"],
@@ -251,13 +261,7 @@ def upload_view() -> None:
     shown = accepted[:UPLOADS_SHOWN]
     if not shown:
         return
-    pixels = np.stack([p.pixels for p in shown])
-    result = heatmaps.explain(run, pixels, method=method, layer=layer, target=target)
-    tiles = overlay(pixels, scaled_maps(result, scale), opacity=opacity, scale=2, box_width=2)
-    patches.image_cards(list(tiles), width=176, captions=[
-        f"{p.name[:24]} · p={result.probabilities[i]:.3f} · focus {heatmaps.focus_text(result.centre_focus[i])}"
-        for i, p in enumerate(shown)])
-    heatmaps.colour_legend(target, width=520, method=method, note=SCALE_NOTES[scale])
+    explained_cards(np.stack([p.pixels for p in shown]), [p.name[:24] for p in shown])
     if len(accepted) > UPLOADS_SHOWN:
         st.caption(f"The first {UPLOADS_SHOWN} of {len(accepted)} patches are shown.")
     st.caption(f"p: tumour probability ({notes.PROBABILITY_NOTE.split('. ')[0].replace('**', '')}). " + heatmaps.CENTRE_FOCUS_NOTE)
@@ -266,13 +270,7 @@ def upload_view() -> None:
 def slide_windows_view(windows: list[dict]) -> None:
     """Windows sent from the Slides page (a click on a slide), explained with the settings above."""
     st.subheader("Windows from the Slides page")
-    pixels = np.stack([w["pixels"] for w in windows])
-    result = heatmaps.explain(run, pixels, method=method, layer=layer, target=target)
-    tiles = overlay(pixels, scaled_maps(result, scale), opacity=opacity, scale=2, box_width=2)
-    patches.image_cards(list(tiles), width=176, captions=[
-        f"{w['name'][:32]} · p={result.probabilities[i]:.3f} · focus {heatmaps.focus_text(result.centre_focus[i])}"
-        for i, w in enumerate(windows)])
-    heatmaps.colour_legend(target, width=520, method=method, note=SCALE_NOTES[scale])
+    explained_cards(np.stack([w["pixels"] for w in windows]), [w["name"][:32] for w in windows])
     st.caption("Each is the 96-pixel window at PCam scale (0.972 µm/px) the map scored at the spot clicked on the slide; "
                "p is this model's probability for it here.")
     if st.button("Clear the slide windows", icon=":material/close:", key="clear_slide_windows"):
