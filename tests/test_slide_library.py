@@ -9,7 +9,6 @@ import io
 import json
 import os
 import signal
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -260,7 +259,9 @@ def test_queued_analyses_run_one_at_a_time_survive_a_killed_runner_stop_and_resu
     fresh.stop(c)
     job = json.loads((fresh.jobs / f"analysis-{c}-bundled-s32.json").read_text())
     assert wait_for(lambda: not pid_alive(job["pid"], job["pid_start"]), timeout=20)
-    assert SlideLibrary(tmp_path / "ws").analysis(c).state == "stopped"
+    # the runner that watched the job records its end a moment later: "running" until then, then stopped
+    assert wait_for(lambda: SlideLibrary(tmp_path / "ws").analysis(c).state == "stopped", timeout=30, every=0.2), \
+        SlideLibrary(tmp_path / "ws").analysis(c)
     assert fresh.start(c)[0].state in ("queued", "running")  # resumed
     assert wait_for(lambda: fresh.analysis(c).state == "done", timeout=300, every=0.5), fresh.analysis(c)
     assert "--resume" in json.loads((fresh.jobs / f"analysis-{c}-bundled-s32.json").read_text())["command"]

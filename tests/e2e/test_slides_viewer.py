@@ -69,7 +69,7 @@ def _centre_in_image(page) -> list[float]:
 
 @pytest.mark.browser
 def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
 
     assert Path(CHROMIUM).exists(), f"the browser tests need Debian's chromium at {CHROMIUM}"
     summary = json.loads((dashboard.folder / "summary.json").read_text())
@@ -94,12 +94,20 @@ def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
             assert requested > 0
 
             # zoom in with the mouse wheel: finer tiles are requested and drawn
+            page.locator(VIEW).scroll_into_view_if_needed()  # the wheel acts where the pointer is: on the viewer
             box = page.locator(VIEW).bounding_box()
             page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            for _ in range(6):
-                page.mouse.wheel(0, -400)
-                page.wait_for_timeout(150)
-            page.wait_for_function(f"() => Number(document.querySelector('{VIEW}').dataset.maxLevel) > {first_level}")
+            for attempt in range(4):  # a loaded machine can drop wheel events while the viewer animates: zoom again
+                for _ in range(6):
+                    page.mouse.wheel(0, -400)
+                    page.wait_for_timeout(150)
+                try:
+                    page.wait_for_function(f"() => Number(document.querySelector('{VIEW}').dataset.maxLevel) > {first_level}",
+                                           timeout=20_000)
+                    break
+                except PlaywrightTimeout:
+                    if attempt == 3:
+                        raise
             page.wait_for_function(f"() => document.querySelector('{VIEW}').dataset.loaded === 'true'", timeout=60_000)
             assert len(tiles) > requested and int(_view(page, "maxLevel")) > first_level
             assert all(t.endswith(".jpeg") for t in tiles)
