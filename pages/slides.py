@@ -132,7 +132,7 @@ cols = st.columns(6)
 cols[0].metric("Slide score", f"{score:.3f}", help="The highest cell probability on the slide.")
 cols[1].metric(f"Call at {threshold:g}", "tumour" if score >= threshold else "no tumour",
                help="Tumour when the slide score reaches the analysis threshold.")
-cols[2].metric("Tumour area", f"{summary['tumour_area_mm2']:.3f} mm²")
+cols[2].metric("Tumour area, mm²", f"{summary['tumour_area_mm2']:.3f}", help="The area of the cells at or above the threshold.")
 cols[3].metric("Regions", summary["regions"])
 cols[4].metric("Largest diameter", f"{summary['largest_diameter_mm']:.2f} mm")
 cols[5].metric("Size class", summary["size_class"], help=SIZE_CLASSES.get(summary["size_class"], ""))
