@@ -57,7 +57,7 @@ def _run_of(summary: dict) -> RunDir | None:
     return RunDir(run) if run and RunDir(run).path.is_dir() else None
 
 
-def triage_cells(folder: AnalysisFolder, summary: dict) -> None:
+def triage_cells(heat: np.ndarray, summary: dict) -> None:
     """The cells of the map called normal / refer / tumour by the run's split-conformal triage (the calls of
     `pcam predict --triage` and the Predict page), and the slide's call from them."""
     target = st.select_slider("Target sensitivity", [0.9, 0.95, 0.98, 0.99], value=0.98, key="slide_triage_target")
@@ -66,7 +66,6 @@ def triage_cells(folder: AnalysisFolder, summary: dict) -> None:
     except (OSError, ValueError) as err:
         st.caption(f"No triage for this model: {err}")
         return
-    heat = load_heat(folder)
     scored = heat[np.isfinite(heat) & (heat >= 0)]
     calls = triage_calls(scored, thresholds)
     counts = {call: int((calls == call).sum()) for call in ("tumour", "refer", "normal")}
@@ -89,13 +88,14 @@ st.caption("A whole slide with the model's tumour map: pan and zoom from the sec
 library = ctx.workspace.slide_library
 run = BUNDLED if ctx.run is None or ctx.bundled else str(ctx.run.path)  # the sidebar's run; the bundled model without one
 try:
-    entries = [entry for entry in library.slides() if not entry.error]
+    listed = library.slides()
 except (OSError, ValueError) as err:
     shell.fail(f"Cannot list the slides of {library.root}: {err}")
+entries = [entry for entry in listed if not entry.error]
 with st.expander(f"Library: {len(entries)} slide(s), analyses with {'the bundled model' if run == BUNDLED else Path(run).name}",
                  expanded=not entries, icon=":material/folder_open:"):
     add_slides(library)
-    chosen_ids = slide_list(library, run, stride=STRIDE)
+    chosen_ids = slide_list(library, run, stride=STRIDE, slides=listed)
     analysis_controls(library, chosen_ids, run, stride=STRIDE)
 if not entries:
     st.stop()
@@ -140,12 +140,12 @@ st.caption(f"Model {summary.get('model')} ({'bundled' if is_bundled(str(summary.
            f"stride {lattice.stride} PCam px (cells of {lattice.cell_mm * 1000:.0f} µm), threshold {threshold:g}; "
            f"{summary['windows_scored']:,} windows scored. Diameters measured on cells run up to one cell larger than the truth.")
 
+heat = load_heat(folder)
 with st.expander("Triage of the map's cells (target sensitivity)", icon=":material/rule:"):
-    triage_cells(folder, summary)
+    triage_cells(heat, summary)
 
 state_key = f"slides_view_{slide.id}"
 view = st.session_state.setdefault(state_key, {"goto": None, "point": None})
-heat = load_heat(folder)
 extents = overlay_extents(folder, lattice)
 window = None
 if view["point"] is not None:

@@ -60,13 +60,15 @@ def _state_text(state: AnalysisState) -> str:
     return text
 
 
-def slide_list(library: SlideLibrary, run: str | Path, *, stride: int = 32) -> list[str]:
-    """The slides with a thumbnail each and the state of their analysis with `run`; returns the ids ticked."""
-    try:
-        slides = library.slides()
-    except (OSError, ValueError) as err:
-        st.error(f"Cannot list the slides: {err}")
-        return []
+def slide_list(library: SlideLibrary, run: str | Path, *, stride: int = 32, slides: list[SlideEntry] | None = None) -> list[str]:
+    """The slides (`slides`, as the caller listed them, else the library's) with a thumbnail each and the state
+    of their analysis with `run`; returns the ids ticked."""
+    if slides is None:
+        try:
+            slides = library.slides()
+        except (OSError, ValueError) as err:
+            st.error(f"Cannot list the slides: {err}")
+            return []
     if not slides:
         st.info("No slides yet: register a folder of slides or upload one (Add slides).", icon=":material/biotech:")
         return []

@@ -261,13 +261,14 @@ def create_app(
         files = await _read_files(request, limits)
         accepted, refused = await run_in_threadpool(read_uploads, files)
         probs = await batchers[tta].submit(np.stack([p.pixels for p in accepted])) if accepted else np.empty(0)
+        calibrated = calibration.apply(np.asarray(probs)) if calibration else None
         return {
             "model": predictor.model_name, "run": run_name, "threshold": threshold, "tta": tta,
             "temperature": calibration.temperature if calibration else None,
             "predictions": [{"name": p.name, "id": p.id, "probability": float(prob),
-                             **({"probability_calibrated": float(calibration.apply(np.array([prob]))[0])} if calibration else {}),
+                             **({"probability_calibrated": float(calibrated[i])} if calibration else {}),
                              "call": "tumour" if prob >= threshold else "normal", "notes": list(p.notes)}
-                            for p, prob in zip(accepted, probs)],
+                            for i, (p, prob) in enumerate(zip(accepted, probs))],
             "refused": [{"name": name, "reason": reason} for name, reason in refused],
         }
 

@@ -28,7 +28,7 @@ from .analysis import UNREADABLE, score_slide
 from .shards import merge_lock, merge_shards, missing_shards, shard_records
 from .demo import size_class
 from .folder import AnalysisFolder, slide_folder
-from .reader import SLIDE_SUFFIXES
+from .reader import SLIDE_SUFFIXES, slide_files
 from .report import write_report
 from .outputs import tumour_regions, valid_cells, write_heatmap_png, write_heatmap_tif, write_regions, write_tiles_csv, write_tissue_png
 
@@ -44,7 +44,7 @@ def find_slides(path: str | Path) -> list[Path]:
         raise FileNotFoundError(f"input not found: {path}")
     if path.is_file():
         return [path]
-    slides = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith("."))
+    slides = slide_files(path)
     if not slides:
         raise FileNotFoundError(f"no slide files in {path} (looked for {', '.join(SLIDE_SUFFIXES)})")
     return slides

@@ -26,6 +26,11 @@ SCALE_TOLERANCE = 0.03  # a level within 3% of the wanted scale is read as it is
 Image.MAX_IMAGE_PIXELS = None  # plain images are opened only after their size was checked below
 _MAX_PLAIN_PIXELS = 20_000 * 20_000  # a plain PNG/JPEG is decoded whole; beyond this, refuse
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".png", ".jpg", ".jpeg", ".dcm")
+
+
+def slide_files(folder: str | Path) -> list[Path]:
+    """The slide-like files directly in `folder` (by suffix; hidden files left out), sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SLIDE_SUFFIXES)
 SYNTHETIC_MARK = "SYNTHETIC"  # `pcam demo-slide` writes it into the TIFF's ImageDescription and its truth.json
 
 

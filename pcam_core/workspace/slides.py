@@ -54,7 +54,7 @@ from ..fileio import atomic_write_json, atomic_write_with, read_json
 from ..runs.jobs import JobStatus, job_error, job_status, start_job
 from ..runs.process import pid_alive, process_start_time, signal_quietly, spawn_detached
 from ..slides.folder import AnalysisFolder
-from ..slides.reader import SLIDE_SUFFIXES, open_slide
+from ..slides.reader import SLIDE_SUFFIXES, open_slide, slide_files
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class SlideLibrary:
             raise FileNotFoundError(f"folder not found: {folder}")
         if not folder.is_dir():
             raise ValueError(f"{folder} is a file; give the folder that holds the slides (or upload the file)")
-        if not any(p.suffix.lower() in SLIDE_SUFFIXES for p in folder.iterdir() if p.is_file()):
+        if not slide_files(folder):
             raise FileNotFoundError(f"no slide files in {folder} (looked for {', '.join(SLIDE_SUFFIXES)})")
         with _LOCK:
             registry = self._load()
@@ -301,15 +301,13 @@ class SlideLibrary:
         for entry in registry["files"]:
             found.setdefault(Path(entry["path"]), "file")
         if self.uploads.is_dir():
-            for p in sorted(self.uploads.iterdir()):
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SLIDE_SUFFIXES:
-                    found.setdefault(p, "upload")
+            for p in slide_files(self.uploads):
+                found.setdefault(p, "upload")
         for entry in registry["folders"]:
             folder = Path(entry["path"])
             if folder.is_dir():
-                for p in sorted(folder.iterdir()):
-                    if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SLIDE_SUFFIXES:
-                        found.setdefault(p.resolve(), "folder")
+                for p in slide_files(folder):
+                    found.setdefault(p.resolve(), "folder")
         return list(found.items())
 
     def slides(self) -> list[SlideEntry]:
