@@ -24,7 +24,7 @@ import torch
 from pcam_core.explain import DEFAULT_METHOD, explain_batch, overlay, png_bytes, resolve_layer
 from pcam_core.inference import predict_batch
 from pcam_core.models import CPU_DEFAULT, create_model
-from pcam_core.predict import load_run_model
+from pcam_core.loading import load_run_model
 
 
 def median_seconds(fn: Callable[[], object], *, repeats: int, warmup: int) -> tuple[float, float]:
@@ -54,7 +54,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.run:
-        model, config, _ = load_run_model(args.run, device="cpu")
+        loaded = load_run_model(args.run, device="cpu")
+        model, config = loaded.model, loaded.config
         name = config.model.name
     else:
         torch.manual_seed(0)

@@ -28,7 +28,8 @@ from common import PeakTreeRSS, machine, warm_page_cache, write_official_split
 from pcam_core.data import PCamH5, make_loader, open_dataset, patch_id
 from pcam_core.data.h5 import is_h5_root
 from pcam_core.inference import predict_batch
-from pcam_core.predict import load_run_model, predict_submission
+from pcam_core.loading import load_run_model
+from pcam_core.predict import predict_submission
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = {"HDF5 split": "h5", "Kaggle tifs": "tifs"}  # name -> folder under the work directory
@@ -87,7 +88,7 @@ def main() -> None:
             Image.fromarray(p).save(tifs / f"{patch_id(p)}.tif")
         assert len(list(tifs.iterdir())) == args.n
         warm_page_cache(*root.glob("*.h5"), *tifs.iterdir())
-        model, _, _ = load_run_model(run)
+        model = load_run_model(run, device="cpu").model
         # This machine is shared and noisy: the bare pass and the in-process prediction alternate, and the
         # median of --trials is kept. Memory is sampled only while the command runs (a child process),
         # so that sampling /proc does not slow down the timed passes.

@@ -22,7 +22,7 @@ from PIL import Image
 from bench_gradcam import median_seconds
 from pcam_core.explain import DEFAULT_METHOD, explain_batch, overlay, png_bytes, resolve_layer
 from pcam_core.models import CPU_DEFAULT, create_model
-from pcam_core.predict import load_run_model
+from pcam_core.loading import load_run_model
 from pcam_core.predict import score_uploads
 
 
@@ -50,7 +50,8 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.run:
-        model, config, _ = load_run_model(args.run, device="cpu")
+        loaded = load_run_model(args.run, device="cpu")
+        model, config = loaded.model, loaded.config
         name = config.model.name
     else:
         torch.manual_seed(0)

@@ -30,12 +30,11 @@ from pcam_core.slides.viewer import (
     window_at,
 )
 from pcam_core.slides.folder import AnalysisFolder
+from pcam_core.staging import SIZE_CLASS_WORDS
 from pcam_core.workspace.reviews import ModelCall, ReviewTarget
 from pcam_core.workspace.slides import SlideEntry
 from pcam_core.workspace.gallery import outline_centre
 
-SIZE_CLASSES = {"none": "none", "itc": "isolated tumour cells (≤ 0.2 mm)", "micro": "micrometastasis (≤ 2 mm)",
-                "macro": "macrometastasis (> 2 mm)"}
 SORTS = {"size": "Largest first", "probability": "Most probable first"}
 REGIONS_LISTED = 30
 STRIDE = 32  # the library's analyses
@@ -135,7 +134,7 @@ cols[1].metric(f"Call at {threshold:g}", "tumour" if score >= threshold else "no
 cols[2].metric("Tumour area, mm²", f"{summary['tumour_area_mm2']:.3f}", help="The area of the cells at or above the threshold.")
 cols[3].metric("Regions", summary["regions"])
 cols[4].metric("Largest diameter", f"{summary['largest_diameter_mm']:.2f} mm")
-cols[5].metric("Size class", summary["size_class"], help=SIZE_CLASSES.get(summary["size_class"], ""))
+cols[5].metric("Size class", summary["size_class"], help=SIZE_CLASS_WORDS.get(summary["size_class"], ""))
 st.caption(f"Model {summary.get('model')} ({'bundled' if is_bundled(str(summary.get('run'))) else summary.get('run')}), "
            f"stride {lattice.stride} PCam px (cells of {lattice.cell_mm * 1000:.0f} µm), threshold {threshold:g}; "
            f"{summary['windows_scored']:,} windows scored. Diameters measured on cells run up to one cell larger than the truth.")

@@ -15,7 +15,7 @@ from pcam_core.checkpoint import model_from_checkpoint
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import PatchDataset
 from pcam_core.workspace.gallery import colour_statistics
-from pcam_core.predict import dataset_for_split
+from pcam_core.data.loader import dataset_for_split
 from pcam_core.runs import checkpoint_path
 from pcam_core.runs import RunDir
 from pcam_core.workspace import DataSource

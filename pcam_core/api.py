@@ -19,19 +19,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .checkpoint import model_from_checkpoint
 from .data.common import PATCH_SHAPE, decode_image
 from .data.common import _to_rgb_patch as to_rgb_patch  # decode_image's checks, for an image already open
-from .devices import resolve_device
+from .calibration import Calibration
+from .decision import DEFAULT_THRESHOLD, calls
 from .inference import predict_pixels
-from .runs import checkpoint_path
+from .loading import load_run_model
 
 log = logging.getLogger(__name__)
-
-# The decision threshold of a run's reported figures (the trainer's accuracy and F1, `pcam evaluate`'s
-# default, the dashboard's starting point). Choose another on validation predictions with
-# `pcam_core.metrics.choose_threshold`, never on the data being judged.
-DEFAULT_THRESHOLD = 0.5
 
 Image1 = Union[np.ndarray, Image.Image, str, os.PathLike, bytes]
 Images = Union[Image1, Sequence[Image1]]
@@ -48,6 +43,7 @@ class Predictor:
     source: str  # what it was loaded from: the run folder, or "bundled"
     checkpoint: Path
     epoch: int | None  # completed training epochs of the checkpoint
+    calibration: Calibration | None = None  # the run's fitted temperature (`calibrated`), or None
 
     def predict(self, images: Images, *, tta: bool = False, batch_size: int = 256) -> np.ndarray:
         """Tumour probabilities, a float64 array of shape (N,), one per image.
@@ -62,6 +58,15 @@ class Predictor:
             raise ValueError(f"batch_size={batch_size} must be at least 1")
         return predict_pixels(self.model, as_patches(images), tta=tta, batch_size=batch_size)
 
+    def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
+        """`probabilities` after the run's temperature; unchanged when the run has none."""
+        probs = np.asarray(probabilities, dtype=np.float64)
+        return probs if self.calibration is None else self.calibration.apply(probs)
+
+    def call(self, probabilities: np.ndarray) -> np.ndarray:
+        """"tumour"/"normal" for each probability at the run's threshold (`pcam_core.decision`)."""
+        return calls(probabilities, self.threshold)
+
 
 def load_predictor(run: str | os.PathLike, *, device: str = "auto", checkpoint: str = "best") -> Predictor:
     """The model of a run folder (written by `pcam train`), or of "bundled" (the model trained on real
@@ -70,11 +75,9 @@ def load_predictor(run: str | os.PathLike, *, device: str = "auto", checkpoint: 
     `checkpoint`: "best" (the best validated epoch; the last one when none was validated yet) or
     "last". `device`: "auto" (the GPU when there is one), "cpu" or "cuda". The moving-average weights
     are used when the run kept them, as `pcam predict` and `pcam evaluate` do."""
-    dev = resolve_device(device)
-    path = checkpoint_path(run, checkpoint)
-    model, config, info = model_from_checkpoint(path, dev)
-    threshold = float(info.get("threshold", DEFAULT_THRESHOLD))  # the bundled model records the one it was judged at
-    return Predictor(model, config.model.name, threshold, dev, str(run), path, info.get("epoch"))
+    loaded = load_run_model(run, checkpoint=checkpoint, device=device)
+    return Predictor(loaded.model, loaded.model_name, loaded.threshold, loaded.device, loaded.run.arg,
+                     loaded.checkpoint, loaded.epoch, loaded.calibration)
 
 
 def as_patches(images: Images) -> np.ndarray:

@@ -24,15 +24,13 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, logit
 
-from .bundled import BUNDLED_DIR, is_bundled
 from .fileio import atomic_write_json, read_json
 from .metrics import _check, expected_calibration_error, reliability_points
-from .runs import RunDir
+from .runs import RunArg, RunDir, resolve_run
 from .triage import DEFAULT_FPR, TriageThresholds, fit_triage
 
 EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before the logit: a float32 sigmoid saturates at 0 and 1
 LOG_T_BOUNDS = (-4.0, 4.0)  # T within [0.018, 55]
-CALIBRATED_LABEL = "calibrated (temperature scaling)"
 
 
 def to_logits(probs: np.ndarray) -> np.ndarray:
@@ -102,10 +100,10 @@ def fit_calibration(labels: np.ndarray, probs: np.ndarray, *, fitted_on: str, sp
                        _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
-def _run_dir(run_dir: str | Path) -> RunDir:
+def _run_dir(run_dir: RunArg) -> RunDir:
     """The run folder, or the bundled model's package folder (it ships the predictions on its held-out
     patches as `valid_predictions.csv` and their temperature: `scripts/bundled_calibration.py`)."""
-    return RunDir(BUNDLED_DIR) if is_bundled(run_dir) else RunDir(run_dir)
+    return resolve_run(run_dir, must_exist=False).folder
 
 
 def _no_validation(run_dir: str | Path) -> str:

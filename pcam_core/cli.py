@@ -346,14 +346,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .fileio import atomic_write_json
-    from .predict import dataset_for_split, load_run_model, predict_dataset
+    from .data.loader import dataset_for_split
+    from .loading import load_run_model
+    from .predict import predict_dataset
     from .stats import compare_predictions
 
     if len(set(args.runs)) < 2:
         raise ValueError(f"--runs needs two or more different runs, got {' '.join(args.runs)}")
     frames = {}
     for run in args.runs:
-        model, config, _ = load_run_model(run, device="cpu" if args.device == "auto" else args.device)
+        loaded = load_run_model(run, device="cpu" if args.device == "auto" else args.device)
+        model, config = loaded.model, loaded.config
         dataset = dataset_for_split(args.data, args.split, config)
         if not dataset.has_labels:
             raise ValueError(f"{dataset.describe()} has no labels to compare runs on")
@@ -520,9 +523,10 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import open_patches, write_explanations
-    from .predict import load_run_model, resolve_device
+    from .loading import load_run_model
 
-    model, config, _ = load_run_model(args.run, which=args.checkpoint, device=resolve_device(args.device))
+    loaded = load_run_model(args.run, checkpoint=args.checkpoint, device=args.device)
+    model, config = loaded.model, loaded.config
     dataset = open_patches(args.input, args.split, valid_frac=config.data.valid_frac, seed=config.data.split_seed)
     total = min(len(dataset), args.limit) if args.limit else len(dataset)
     with _bar(total, "explain") as bar:

@@ -68,15 +68,6 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, info: DistInfo) -> Any:
-    """Rank 0's `obj` on every rank."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every rank when `flag` is true on any rank (so all ranks stop at the same step)."""
     if not info.enabled:

@@ -29,11 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import model_from_checkpoint
+from .loading import load_run_model
 from .data.common import PATCH_SHAPE
 from .fileio import atomic_write_json, atomic_write_with
 from .inference import predict_batch
-from .runs import checkpoint_path
 from .transforms import eval_preset
 
 log = logging.getLogger(__name__)
@@ -147,8 +146,8 @@ def export_run(
         raise FileNotFoundError(f"--out {out}: its folder {out.parent} does not exist; create it first")
     pixels = check_patches() if check is None else _checked_pixels(check)
     source = check_source or ("random pixels" if check is None else "given patches")
-    ckpt = checkpoint_path(run, which)  # the one resolver of a run's checkpoint (best-else-last)
-    model, config, info = model_from_checkpoint(ckpt, "cpu")
+    loaded = load_run_model(run, checkpoint=which, device="cpu")  # the one loader of a run's model
+    model, config, info, ckpt = loaded.model, loaded.config, loaded.info, loaded.checkpoint
     scale, shift = normalisation_affine()
     wrapped = ProbabilityModel(model, scale, shift).eval()
     paths = export_paths(out, fmt)

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .decision import DEFAULT_THRESHOLD, check_threshold, is_tumour
+
 THRESHOLD_METHODS = ("fixed", "youden", "sensitivity")
 
 
@@ -35,11 +37,11 @@ def _check(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return labels.astype(np.int64), probs
 
 
-def confusion(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, int]:
+def confusion(labels: np.ndarray, probs: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict[str, int]:
     """Counts at a threshold: a patch is called tumour when its probability is >= threshold."""
     skm = _sklearn_metrics()
     labels, probs = _check(labels, probs)
-    tn, fp, fn, tp = skm.confusion_matrix(labels, (probs >= threshold).astype(int), labels=[0, 1]).ravel()
+    tn, fp, fn, tp = skm.confusion_matrix(labels, is_tumour(probs, threshold).astype(int), labels=[0, 1]).ravel()
     return {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}
 
 
@@ -56,12 +58,12 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: in
     return float(ece)
 
 
-def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """Every headline figure at once: accuracy, precision, recall (sensitivity), specificity, F1,
     ROC-AUC, PR-AUC (average precision), Brier score, calibration error, confusion counts."""
     skm = _sklearn_metrics()
     labels, probs = _check(labels, probs)
-    preds = (probs >= threshold).astype(int)
+    preds = is_tumour(probs, threshold).astype(int)
     both = np.unique(labels).size == 2
     c = confusion(labels, probs, threshold)
     out: dict[str, Any] = {
@@ -129,7 +131,7 @@ def reliability_points(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) 
     return {"predicted": predicted.tolist(), "observed": observed.tolist()}
 
 
-def choose_threshold(labels: np.ndarray, probs: np.ndarray, method: str = "fixed", *, value: float = 0.5) -> float:
+def choose_threshold(labels: np.ndarray, probs: np.ndarray, method: str = "fixed", *, value: float = DEFAULT_THRESHOLD) -> float:
     """A decision threshold chosen on validation data.
 
     - "fixed": `value` itself (0.5 by default);
@@ -141,9 +143,7 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, method: str = "fixed
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"unknown threshold method {method!r}; valid: {', '.join(THRESHOLD_METHODS)}")
     if method == "fixed":
-        if not 0 <= value <= 1:
-            raise ValueError(f"threshold {value} must be within [0, 1]")
-        return float(value)
+        return check_threshold(value)
     labels, probs = _check(labels, probs)
     if np.unique(labels).size < 2:
         raise ValueError(f"threshold method {method!r} needs both classes in the data")

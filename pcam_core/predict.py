@@ -20,12 +20,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .checkpoint import model_from_checkpoint
 from .config import ExperimentConfig
 from .devices import resolve_device
 from .data.base import PatchDataset
 from .data.common import DataError, patch_id
-from .data.loader import detect_format, make_loader, open_dataset, open_split
+from .data.loader import dataset_for_split, detect_format, make_loader, open_dataset
+from .decision import DEFAULT_THRESHOLD, calls as decision_calls, check_threshold
+from .loading import load_run_model
+from .sharding import parse_shard, shard_indices
 from .fileio import atomic_write_json, atomic_write_with
 from .inference import Predictions, predict_loader, predict_pixels
 from .metrics import binary_metrics, choose_threshold, pr_points, reliability_points, roc_points
@@ -36,11 +38,6 @@ from .runs import checkpoint_path, predictions_beside
 from .uploads import read_uploads
 
 log = logging.getLogger(__name__)
-
-
-def load_run_model(run_dir: str | Path, *, which: str = "best", device: torch.device | str = "cpu") -> tuple[nn.Module, ExperimentConfig, dict[str, Any]]:
-    """The run's model in eval mode (moving-average weights when kept), its config and checkpoint info."""
-    return model_from_checkpoint(checkpoint_path(run_dir, which), device)
 
 
 @dataclass
@@ -91,28 +88,6 @@ def predict_dataset(
     return PredictionResult(preds, skipped)
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """"i/n" (0 <= i < n) -> (i, n)."""
-    if text is None:
-        return None
-    try:
-        i, n = (int(p) for p in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise ValueError(f"--shard {text}: need 0 <= i < n")
-    return i, n
-
-
-def shard_indices(n_items: int, shard: tuple[int, int] | None) -> np.ndarray:
-    """The contiguous block of 0..n_items-1 that shard (i, n) covers; shards cover everything once."""
-    if shard is None:
-        return np.arange(n_items)
-    i, n = shard
-    bounds = np.linspace(0, n_items, n + 1).round().astype(int)
-    return np.arange(bounds[i], bounds[i + 1])
-
-
 def submission_csv(ids: list[str], probs: np.ndarray) -> bytes:
     """A Kaggle submission as bytes: header ``id,label``, label the tumour probability (6 decimals)."""
     frame = pd.DataFrame({"id": ids, "label": np.round(np.asarray(probs, dtype=np.float64), 6)})
@@ -124,7 +99,7 @@ def write_submission(path: str | Path, ids: list[str], probs: np.ndarray) -> Non
     atomic_write_with(path, lambda h: h.write(data))
 
 
-def patch_results(ids: Sequence[str], probs: np.ndarray, uncertainty: np.ndarray | None, *, threshold: float = 0.5,
+def patch_results(ids: Sequence[str], probs: np.ndarray, uncertainty: np.ndarray | None, *, threshold: float = DEFAULT_THRESHOLD,
                   triage: TriageThresholds | None = None, calibration: Calibration | None = None) -> pd.DataFrame:
     """One row per patch: id, probability, probability_calibrated (with a fitted temperature), uncertainty
     (the standard deviation of the 8 TTA views' probabilities; empty without TTA), and the call: with
@@ -142,9 +117,7 @@ def patch_results(ids: Sequence[str], probs: np.ndarray, uncertainty: np.ndarray
         frame["normal_below"] = triage.normal_below
         frame["tumour_above"] = triage.tumour_above
     else:
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
-        frame["call"] = np.where(probs >= threshold, "tumour", "normal")
+        frame["call"] = decision_calls(probs, threshold)
         frame["threshold"] = float(threshold)
     return frame
 
@@ -181,14 +154,14 @@ def predict_submission(
     fitted on the run's validation predictions. `calibrated`: the submission's label is the calibrated
     probability (the run needs a fitted temperature, `pcam calibrate`).
     """
-    calibration = load_calibration(run_dir) if (calibrated or results is not None) else None
-    if calibrated and calibration is None:
-        raise FileNotFoundError(f"run {run_dir} has no fitted temperature; fit one with `pcam calibrate --run {run_dir}`")
     if triage is not None and results is None:
         raise ValueError("--triage writes its calls into the results file: give --results too")
     thresholds = run_triage(run_dir, triage, triage_fpr) if triage is not None else None  # fails before any scoring
     dev = resolve_device(device)
-    model, config, info = load_run_model(run_dir, which=which, device=dev)
+    loaded = load_run_model(run_dir, checkpoint=which, device=dev)
+    model, config, info, calibration = loaded.model, loaded.config, loaded.info, loaded.calibration
+    if calibrated and calibration is None:
+        raise FileNotFoundError(f"run {run_dir} has no fitted temperature; fit one with `pcam calibrate --run {run_dir}`")
     input_path = Path(input_path)
     fmt = detect_format(input_path)
     default_split = "test" if fmt in ("h5", "kaggle") and not input_path.is_file() else None
@@ -207,7 +180,7 @@ def predict_submission(
     write_submission(out, preds.ids, calibration.apply(preds.probs) if calibrated else preds.probs)
     summary_extra: dict[str, Any] = {"calibrated": calibrated, "temperature": calibration.temperature if calibration else None}
     if results is not None:
-        frame = patch_results(preds.ids, preds.probs, preds.uncertainty, threshold=float(info.get("threshold", 0.5)),
+        frame = patch_results(preds.ids, preds.probs, preds.uncertainty, threshold=loaded.threshold,
                               triage=thresholds, calibration=calibration)
         atomic_write_with(results, lambda h: h.write(frame.to_csv(index=False).encode()))
         summary_extra["results"] = str(results)
@@ -248,14 +221,6 @@ def merge_submissions(parts: list[str | Path], out: str | Path) -> int:
     return len(merged)
 
 
-def dataset_for_split(path: str | Path, split: str, config: ExperimentConfig | None = None) -> PatchDataset:
-    """One split of a data folder. "valid" on data without its own validation split (Kaggle) is the
-    seeded stratified split a run with `config` trained against, rebuilt exactly (`open_split`)."""
-    if config is None:
-        return open_split(path, split)
-    return open_split(path, split, valid_frac=config.data.valid_frac, seed=config.data.split_seed)
-
-
 def evaluate_run(
     run_dir: str | Path,
     data: str | Path,
@@ -264,7 +229,7 @@ def evaluate_run(
     *,
     tta: bool = True,
     threshold: str = "fixed",
-    threshold_value: float = 0.5,
+    threshold_value: float | None = None,
     device: str = "auto",
     batch_size: int = 256,
     num_workers: int = -1,
@@ -276,21 +241,25 @@ def evaluate_run(
     one) and, beside it, `<stem>_predictions.csv` (id,label,probability,index, and uncertainty with TTA).
 
     The threshold is chosen on the run's validation predictions (`threshold` = "fixed", "youden" or
-    "sensitivity" with `threshold_value` the target), never on the data being scored.
+    "sensitivity" with `threshold_value` the target), never on the data being scored; "fixed" is
+    `threshold_value`, or the run's own threshold when that is None (as every other face calls).
     """
     dev = resolve_device(device)
-    model, config, info = load_run_model(run_dir, which=which, device=dev)
+    loaded = load_run_model(run_dir, checkpoint=which, device=dev)
+    model, config, info, calibration = loaded.model, loaded.config, loaded.info, loaded.calibration
     dataset = dataset_for_split(data, split, config)
     if not dataset.has_labels:
         raise DataError(f"{dataset.describe()} has no labels; use `pcam predict` for unlabelled data")
-    threshold_used = threshold_value
+    threshold_used = loaded.threshold if threshold_value is None else check_threshold(threshold_value)
     if threshold != "fixed":
         valid = validation_predictions(run_dir)  # the bundled model's: its held-out patches
-        threshold_used = choose_threshold(valid["label"].to_numpy(), valid["probability"].to_numpy(), threshold, value=threshold_value)
+        if threshold == "sensitivity" and threshold_value is None:
+            raise ValueError("threshold method 'sensitivity' needs its target sensitivity (threshold_value, e.g. 0.95)")
+        threshold_used = choose_threshold(valid["label"].to_numpy(), valid["probability"].to_numpy(), threshold,
+                                          value=DEFAULT_THRESHOLD if threshold_value is None else threshold_value)
     result = predict_dataset(model, dataset, device=dev, tta=tta, batch_size=batch_size, num_workers=num_workers, progress=progress)
     preds = result.predictions
     metrics = binary_metrics(preds.labels, preds.probs, threshold_used)
-    calibration = load_calibration(run_dir)
     report = {
         "run": str(Path(run_dir)), "data": str(data), "split": split, "dataset": dataset.describe(), "tta": tta,
         "checkpoint": which, "checkpoint_epoch": info.get("epoch"), "model": config.model.name,

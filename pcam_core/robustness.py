@@ -23,13 +23,15 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .bundled import is_bundled
 from .data.common import DataError
 from .devices import resolve_device
 from .fileio import atomic_write_json, atomic_write_with
 from .inference import predict_pixels
 from .metrics import binary_metrics
-from .predict import dataset_for_split, load_run_model
+from .data.loader import dataset_for_split
+from .decision import check_threshold
+from .loading import load_run_model
+from .runs import resolve_run
 from .runs import RunDir
 from .runs.folder import robustness_files
 from .shifts import Shift, resolve_shifts
@@ -38,7 +40,6 @@ log = logging.getLogger(__name__)
 
 AUC_DROP = 0.05  # a shift is no longer trusted once the ROC-AUC is this far below the unshifted one...
 ECE_LIMIT = 0.1  # ...or once the expected calibration error is above this
-DEFAULT_THRESHOLD = 0.5  # a run that records no threshold of its own is judged at 0.5, as `pcam evaluate` is
 COLUMNS = ["shift", "title", "strength", "level", "unit", "n", "roc_auc", "auc_drop", "ece", "brier", "accuracy",
            "mean_probability", "threshold"]
 
@@ -179,19 +180,19 @@ def run_robustness(
     one its checkpoint records, else 0.5) unless given. `on_start` gets the number of patches scored per
     condition times the number of conditions."""
     chosen = resolve_shifts(shifts)
-    if out_dir is None and is_bundled(run_dir):
+    ref = resolve_run(run_dir)
+    if out_dir is None and ref.bundled:
         raise ValueError("the bundled model has no run folder to keep its robustness report in; pass --out DIR")
     csv_path, json_path = robustness_files(Path(out_dir) if out_dir is not None else RunDir(run_dir).robustness, split)
     started = time.time()
     dev = resolve_device(device)
-    model, config, info = load_run_model(run_dir, which=which, device=dev)
+    loaded = load_run_model(ref, checkpoint=which, device=dev)
+    model, config, info = loaded.model, loaded.config, loaded.info
     dataset = dataset_for_split(data, split, config)
     if not dataset.has_labels:
         raise DataError(f"{dataset.describe()} has no labels; robustness needs a labelled split")
     indices = sample_indices(dataset.labels, limit, seed)
-    threshold = float(info.get("threshold", DEFAULT_THRESHOLD)) if threshold is None else float(threshold)
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold {threshold} must be within [0, 1]")
+    threshold = loaded.threshold if threshold is None else check_threshold(threshold)
     if on_start:
         on_start(len(indices) * (1 + sum(len(s.grades) for s in chosen)))
     pixels = dataset.read_pixels(indices)  # decoded once; every shift works on these

@@ -36,6 +36,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from . import __version__
+from .decision import call
 from .api import DEFAULT_THRESHOLD, Predictor, load_predictor
 from .calibration import load_calibration
 from .fileio import read_json
@@ -267,7 +268,7 @@ def create_app(
             "temperature": calibration.temperature if calibration else None,
             "predictions": [{"name": p.name, "id": p.id, "probability": float(prob),
                              **({"probability_calibrated": float(calibrated[i])} if calibration else {}),
-                             "call": "tumour" if prob >= threshold else "normal", "notes": list(p.notes)}
+                             "call": call(prob, threshold), "notes": list(p.notes)}
                             for i, (p, prob) in enumerate(zip(accepted, probs))],
             "refused": [{"name": name, "reason": reason} for name, reason in refused],
         }

@@ -279,7 +279,7 @@ def test_cli_explain_valid_split_of_a_kaggle_folder(trained_run, demo_root, tmp_
     the same patches `pcam evaluate --split valid` scores."""
     from helpers import tif_bytes
     from pcam_core.data import PCamH5, patch_id, train_valid_datasets
-    from pcam_core.predict import load_run_model
+    from pcam_core.loading import load_run_model
 
     kaggle = tmp_path / "kaggle"
     (kaggle / "train").mkdir(parents=True)
@@ -294,7 +294,7 @@ def test_cli_explain_valid_split_of_a_kaggle_folder(trained_run, demo_root, tmp_
     assert main(["explain", "--run", str(trained_run), "--input", str(kaggle), "--split", "valid", "--out", str(out),
                  "--device", "cpu"]) == 0, capsys.readouterr().err
     table = pd.read_csv(out / "explanations.csv", dtype={"id": str})
-    config = load_run_model(trained_run)[1]
+    config = load_run_model(trained_run, device="cpu").config
     valid = train_valid_datasets(kaggle, valid_frac=config.data.valid_frac, seed=config.data.split_seed).valid
     assert list(table["id"]) == [valid.source.paths[i].stem for i in valid.parent_indices] and 0 < len(table) < 60
     assert main(["evaluate", "--run", str(trained_run), "--data", str(kaggle), "--split", "valid", "--no-tta",

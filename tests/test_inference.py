@@ -17,7 +17,7 @@ import pcam_core
 from pcam_core.cli import main
 from pcam_core.data import PCamH5
 from pcam_core.inference import predict_batch
-from pcam_core.predict import load_run_model
+from pcam_core.loading import load_run_model
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "python.md"
 
@@ -43,7 +43,8 @@ def test_importing_pcam_core_stays_cheap():
 
 
 def test_predictor_carries_the_run(predictor, trained_run):
-    _, config, info = load_run_model(trained_run, device="cpu")
+    loaded = load_run_model(trained_run, device="cpu")
+    config, info = loaded.config, loaded.info
     assert predictor.model_name == config.model.name == "pcamnet"
     assert predictor.threshold == 0.5 and predictor.epoch == info["epoch"]
     assert predictor.checkpoint.name == "best.pt" and predictor.device == torch.device("cpu")
@@ -51,7 +52,7 @@ def test_predictor_carries_the_run(predictor, trained_run):
 
 @pytest.mark.parametrize("tta", [False, True])
 def test_probabilities_equal_predict_batch(predictor, trained_run, test_pixels, tta):
-    model, _, _ = load_run_model(trained_run, device="cpu")
+    model = load_run_model(trained_run, device="cpu").model
     expected = predict_batch(model, torch.from_numpy(test_pixels).permute(0, 3, 1, 2), tta=tta).double().numpy()
     got = predictor.predict(test_pixels, tta=tta, batch_size=10)
     assert got.dtype == np.float64 and got.shape == (24,)

@@ -4,6 +4,7 @@ of model code. Read from the source with `ast` (imports inside functions count t
 from __future__ import annotations
 
 import ast
+import graphlib
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pcam_core"
 LAYERS: list[tuple[str, ...]] = [
     ("pcam_core", "pcam_core.config", "pcam_core.fileio", "pcam_core.devices", "pcam_core.data", "pcam_core.models",
      "pcam_core.transforms", "pcam_core.metrics", "pcam_core.stats", "pcam_core.triage", "pcam_core.checkpoint",
-     "pcam_core.uploads", "pcam_core.shifts"),
-    ("pcam_core.runs", "pcam_core.bundled", "pcam_core.explain", "pcam_core.inference", "pcam_core.optim",
-     "pcam_core.distributed", "pcam_core.calibration", "pcam_core.tracking"),
+     "pcam_core.uploads", "pcam_core.shifts", "pcam_core.decision", "pcam_core.staging", "pcam_core.bundled"),
+    ("pcam_core.runs", "pcam_core.explain", "pcam_core.inference", "pcam_core.optim",
+     "pcam_core.distributed", "pcam_core.calibration", "pcam_core.tracking", "pcam_core.loading"),
     ("pcam_core.train", "pcam_core.predict", "pcam_core.slides", "pcam_core.export", "pcam_core.robustness"),
     ("pcam_core.workspace",),
     ("pcam_core.api", "pcam_core.cli", "pcam_core.serve", "pcam_core.__main__"),
@@ -89,6 +90,33 @@ def test_services_and_runs_import_no_model_code(path: Path) -> None:
     bad = sorted(m for m in _imports(path)
                  if any(m == f or m.startswith(f + ".") for f in MODEL_CODE) and (name, m) not in ALLOWED)
     assert not bad, f"{name} imports model code: {bad}"
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module -> the pcam_core modules it imports (inside functions too). Importing one's own enclosing
+    package (`from . import x`, `from ..runs import y` within runs) is not an edge: Python runs a package's
+    `__init__` first, so it cannot close a circle."""
+    names = {_module_name(p) for p in MODULES}
+    graph: dict[str, set[str]] = {}
+    for path in MODULES:
+        name = _module_name(path)
+        graph[name] = {m for m in _imports(path) if m in names and m != name and not name.startswith(m + ".")}
+    return graph
+
+
+def test_no_import_cycle() -> None:
+    try:
+        tuple(graphlib.TopologicalSorter(_graph()).static_order())
+    except graphlib.CycleError as err:
+        pytest.fail(f"import cycle (inside functions counts): {' -> '.join(err.args[1])}")
+
+
+def test_the_cycle_check_sees_a_cycle_through_a_function_level_import() -> None:
+    graph = {"a": {"b"}, "b": set()}
+    graph["b"].add("a")  # as `def f(): from . import a` in b would add
+    with pytest.raises(graphlib.CycleError):
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    assert "pcam_core.runs.folder" in _graph()["pcam_core.runs.resolve"]
 
 
 def test_the_checker_sees_an_upward_import_inside_a_function() -> None:

@@ -11,13 +11,8 @@ import pytest
 
 from helpers import make_bad_images, tif_bytes
 from pcam_core.data import DataError, PCamH5, patch_id
-from pcam_core.predict import (
-    evaluate_run,
-    merge_submissions,
-    parse_shard,
-    predict_submission,
-    shard_indices,
-)
+from pcam_core.predict import evaluate_run, merge_submissions, predict_submission
+from pcam_core.sharding import parse_shard, shard_indices
 
 
 @pytest.fixture(scope="module")

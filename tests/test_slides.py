@@ -21,7 +21,8 @@ from torch import nn
 from helpers import REPO, run_cli
 from pcam_core.slides.analysis import Lattice
 from pcam_core.slides.batch import analyse_slide
-from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide, size_class
+from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
+from pcam_core.staging import size_class
 from pcam_core.slides.folder import AnalysisFolder
 from pcam_core.slides.outputs import tumour_regions
 from pcam_core.slides.reader import PCAM_MPP, _TiffSlideBackend, open_slide

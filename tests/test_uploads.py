@@ -11,12 +11,13 @@ from PIL import Image
 
 from helpers import make_bad_images, tif_bytes
 from pcam_core.data import PCamH5, patch_id
-from pcam_core.predict import RESULTS_COLUMNS, ScoredPatch, UploadResult, load_run_model, predict_dataset, results_table, score_uploads
+from pcam_core.loading import load_run_model
+from pcam_core.predict import RESULTS_COLUMNS, ScoredPatch, UploadResult, predict_dataset, results_table, score_uploads
 
 
 @pytest.fixture(scope="module")
 def model(trained_run):
-    return load_run_model(trained_run)[0]
+    return load_run_model(trained_run, device="cpu").model
 
 
 def test_scores_match_the_batch_predictor(model, demo_root):

@@ -146,18 +146,3 @@ def stratified_split(
         remaining -= frac
     return [np.sort(rest), *parts]
 
-
-def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack per-sample dicts into a batch dict; strings and metadata become lists."""
-    import torch
-
-    batch: dict[str, Any] = {}
-    for key in samples[0]:
-        values = [s[key] for s in samples]
-        if key == "image":
-            batch[key] = torch.stack([torch.as_tensor(v) for v in values])
-        elif key in ("label", "index"):
-            batch[key] = torch.as_tensor(values)
-        else:
-            batch[key] = values
-    return batch

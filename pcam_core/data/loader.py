@@ -133,6 +133,15 @@ def open_split(path: str | Path, split: str, *, valid_frac: float = 0.1, seed: i
     return open_dataset(path, split)
 
 
+def dataset_for_split(path: str | Path, split: str, config: Any = None) -> PatchDataset:
+    """One split of a data folder. "valid" on data without its own validation split (Kaggle) is the
+    seeded stratified split a run with `config` (its ExperimentConfig) trained against, rebuilt exactly
+    (`open_split`)."""
+    if config is None:
+        return open_split(path, split)
+    return open_split(path, split, valid_frac=config.data.valid_frac, seed=config.data.split_seed)
+
+
 def _split(full: PatchDataset, valid_frac: float, seed: int, what: str) -> TrainValid:
     if not full.has_labels:
         raise DataError(f"{full.describe()}: has no labels to train on")

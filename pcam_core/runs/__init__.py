@@ -14,7 +14,6 @@ from .folder import (
     StatusWriter,
     TrainLock,
     check_run_id,
-    checkpoint_path,
     create_run,
     list_runs,
     new_run_id,
@@ -23,10 +22,14 @@ from .folder import (
     run_path,
     summarize,
 )
+from .resolve import RunArg, RunRef, checkpoint_path, resolve_run
 from .launch import gpu_count, launch, max_processes, process_count, stop, train_command
 from .process import pid_alive, process_start_time, spawn_detached
 
 __all__ = [
+    "RunArg",
+    "RunRef",
+    "resolve_run",
     "ACTIVE_STATES",
     "HEARTBEAT_S",
     "STALE_AFTER_S",

@@ -401,16 +401,3 @@ def robustness_files(folder: str | Path, split: str) -> tuple[Path, Path]:
         raise ValueError(f"invalid split name {split!r}: use letters, digits, '.', '_' or '-'")
     folder = Path(folder)
     return folder / f"{split}.csv", folder / f"{split}.json"
-
-
-def checkpoint_path(run_dir: str | Path, which: str = "best") -> Path:
-    """The checkpoint a run argument names: `RunDir(run_dir).checkpoint(which)` (the best-else-last
-    rule), or the bundled model's file for "bundled" (`pcam_core.bundled`; its one file is both best
-    and last). Every command that takes a run resolves it here."""
-    from ..bundled import bundled_checkpoint, is_bundled  # the bundled package imports this module
-
-    if is_bundled(run_dir):
-        if which not in CHECKPOINTS:
-            raise ValueError(f"checkpoint must be 'best' or 'last', not {which!r}")
-        return bundled_checkpoint()
-    return RunDir(run_dir).checkpoint(which)

@@ -24,7 +24,6 @@ from ..fileio import atomic_write_json, read_json
 from .folder import check_run_id
 from .process import pid_alive, process_start_time, spawn_detached
 
-JOB_STATES = ("running", "finished", "failed")
 _LOCK = threading.Lock()
 
 

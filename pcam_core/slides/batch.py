@@ -23,10 +23,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..decision import DEFAULT_THRESHOLD, check_threshold, is_tumour
 from ..fileio import atomic_write_json, read_json
+from ..sharding import shard_indices
 from .analysis import UNREADABLE, score_slide
 from .shards import merge_lock, merge_shards, missing_shards, shard_records
-from .demo import size_class
+from ..staging import size_class
 from .folder import AnalysisFolder, slide_folder
 from .reader import SLIDE_SUFFIXES, slide_files
 from .report import write_report
@@ -63,7 +65,7 @@ def summarise(heat: np.ndarray, regions: list[dict[str, Any]], threshold: float)
         "largest_diameter_mm": float(largest),
         "size_class": size_class(largest),
         "cells_scored": int(len(values)),
-        "cells_at_threshold": int((values >= threshold).sum()),
+        "cells_at_threshold": int(is_tumour(values, threshold).sum()),
         "cells_unreadable": int((heat == UNREADABLE).sum()),
     }
 
@@ -167,8 +169,6 @@ def torchrun_shard() -> tuple[tuple[int, int], int] | None:
 def plan(input_path: str | Path, out: str | Path, shard: tuple[int, int] | None) -> tuple[list[tuple[Path, AnalysisFolder]], tuple[int, int] | None]:
     """The (slide, analysis folder) pairs this process works on, and the shard of each slide it scores (None:
     whole slides): a folder of at least n slides is split by slide, one slide or fewer slides by tiles."""
-    from ..predict import shard_indices
-
     slides = find_slides(input_path)
     single = Path(input_path).is_file()
     pairs = [(slide, AnalysisFolder(Path(out)) if single else slide_folder(out, slide)) for slide in slides]
@@ -188,7 +188,7 @@ def analyse(
     device: str = "auto",
     which: str = "best",
     resume: bool = False,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     progress_factory: Callable | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
@@ -200,8 +200,7 @@ def analyse(
     "failed"), "summary" or "error"; with a shard of a slide also "shard" and "missing" (the shards still
     at work when this one finished)}. With a single slide file, its failure raises instead."""
     from ..devices import resolve_device
-    from ..runs import checkpoint_path
-    from ..checkpoint import model_from_checkpoint
+    from ..loading import load_run_model
 
     local_rank = 0
     launched = torchrun_shard()
@@ -215,8 +214,9 @@ def analyse(
     pairs, slide_shard = plan(input_path, out, shard)
     single = Path(input_path).is_file()
     dev = resolve_device(device, local_rank)
-    ckpt = checkpoint_path(run, which)
-    model, config, info = model_from_checkpoint(ckpt, dev)
+    loaded = load_run_model(run, checkpoint=which, device=dev)
+    model, config, info, ckpt = loaded.model, loaded.config, loaded.info, loaded.checkpoint
+    threshold = loaded.threshold if threshold is None else check_threshold(threshold)
     records = []
     for slide, folder in pairs:
         record: dict[str, Any] = {"slide": str(slide), "folder": str(folder.path)}
@@ -227,7 +227,7 @@ def analyse(
             records.append(record)
             continue
         try:
-            summary = analyse_slide(model, slide, folder, run=str(run), checkpoint=str(ckpt), checkpoint_epoch=info.get("epoch"),
+            summary = analyse_slide(model, slide, folder, run=loaded.run.arg, checkpoint=str(ckpt), checkpoint_epoch=info.get("epoch"),
                                     model_name=config.model.name, threshold=threshold, device=dev, resume=resume, shard=slide_shard,
                                     progress_factory=progress_factory, **options)
         except (ValueError, FileNotFoundError, OSError) as err:
@@ -245,7 +245,7 @@ def analyse(
     return records
 
 
-def merge(input_path: str | Path, out: str | Path, *, threshold: float = 0.5) -> list[dict[str, Any]]:
+def merge(input_path: str | Path, out: str | Path, *, threshold: float = DEFAULT_THRESHOLD) -> list[dict[str, Any]]:
     """Write the outputs of sharded analyses whose shards are all complete (`pcam slide --merge`); no model
     is loaded. Records as `analyse` returns them; a slide whose shards are not all complete is "failed"
     with the missing shards named (with a single slide file: raises)."""

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..fileio import atomic_write_json, atomic_write_with
+from ..staging import size_class
 from .reader import PCAM_MPP
 
 TRUTH_DOWNSAMPLE = 32  # level-0 pixels per truth-mask pixel
@@ -52,13 +53,6 @@ class Region:
     @property
     def area_mm2(self) -> float:
         return math.pi * self.semi_major_um * self.semi_minor_um / 1e6
-
-
-def size_class(diameter_mm: float | None) -> str:
-    """Lymph-node metastasis size classes: none, itc (<= 0.2 mm), micro (<= 2 mm), macro (> 2 mm)."""
-    if diameter_mm is None or diameter_mm <= 0:
-        return "none"
-    return "itc" if diameter_mm <= 0.2 else "micro" if diameter_mm <= 2.0 else "macro"
 
 
 # (name, x and y as fractions of the slide, semi-axes in um, angle): placed in this order when they fit

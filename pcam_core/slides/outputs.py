@@ -20,6 +20,7 @@ import pandas as pd
 from PIL import Image
 from skimage import measure
 
+from ..decision import is_tumour
 from ..fileio import atomic_write_json, atomic_write_with
 from .analysis import UNREADABLE, Lattice
 from .folder import AnalysisFolder
@@ -39,7 +40,7 @@ def _ring_area(ring: np.ndarray) -> float:
 
 def tumour_regions(heat: np.ndarray, lattice: Lattice, threshold: float) -> list[dict[str, Any]]:
     """GeoJSON Features, largest first, of the connected cells with probability >= `threshold`."""
-    positive = valid_cells(heat) & (np.nan_to_num(heat, nan=0.0) >= threshold)
+    positive = valid_cells(heat) & is_tumour(heat, threshold)
     labels = measure.label(positive, connectivity=1)
     features = []
     for prop in measure.regionprops(labels):
@@ -117,7 +118,7 @@ def write_heatmap_png(folder: AnalysisFolder, heat: np.ndarray, thumb: np.ndarra
     image = ax.imshow(shown, extent=extent, cmap="inferno", vmin=0, vmax=1, alpha=0.6, interpolation="nearest")
     unreadable = np.ma.masked_where(heat != UNREADABLE, np.ones_like(heat))
     ax.imshow(unreadable, extent=extent, cmap="Greys", vmin=0, vmax=2, alpha=0.8, interpolation="nearest")
-    positive = valid_cells(heat) & (np.nan_to_num(heat) >= threshold)
+    positive = valid_cells(heat) & is_tumour(heat, threshold)
     if positive.any():
         centres_x = (np.arange(cols + 2) - 0.5) * lattice.cell_px  # padded cell centres
         centres_y = (np.arange(rows + 2) - 0.5) * lattice.cell_px

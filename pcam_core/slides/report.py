@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..fileio import atomic_write_text, read_json
-from .demo import size_class
+from ..staging import SIZE_CLASS_WORDS, size_class
 from .folder import AnalysisFolder
 from .reader import open_slide
 
@@ -32,8 +32,6 @@ CROP_PX = 240  # a crop's longer side, in pixels
 DISCLAIMER = ("Research tool, not a diagnosis. These maps come from a model that scores 96-pixel patches; it is not "
               "a medical device and has not been validated for clinical use. Every finding must be reviewed by a "
               "pathologist on the slide itself.")
-SIZE_CLASSES = {"none": "no tumour region", "itc": "isolated tumour cells (<= 0.2 mm)",
-                "micro": "micrometastasis (<= 2 mm)", "macro": "macrometastasis (> 2 mm)"}
 
 _CSS = """
 @page { size: A4; margin: 14mm 12mm; }
@@ -153,7 +151,7 @@ def render_report(folder: str | AnalysisFolder | Path, summary: dict[str, Any] |
               _row("tumour area", f"{summary['tumour_area_mm2']:.3f} mm²"),
               _row("tumour regions", str(summary["regions"])),
               _row("largest region's longest diameter", f"{largest:.2f} mm"),
-              _row("size class", SIZE_CLASSES.get(summary["size_class"], summary["size_class"])),
+              _row("size class", SIZE_CLASS_WORDS.get(summary["size_class"], summary["size_class"])),
               _row("cells scored / at threshold / unreadable",
                    f"{summary.get('cells_scored', 0):,} / {summary.get('cells_at_threshold', 0):,} / {summary.get('cells_unreadable', 0):,}"),
               "</table>"]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..decision import is_tumour
 from ..fileio import read_json
 from .analysis import UNREADABLE, WINDOW, Lattice
 from .folder import AnalysisFolder
@@ -78,7 +79,7 @@ def heat_overlay(heat: np.ndarray, lattice: Lattice, threshold: float) -> Overla
     rows, cols = heat.shape
     rgba = np.zeros((rows, cols, 4), dtype=np.uint8)
     rgba[..., :3] = colour_map(heat, COLOUR_SCALE)
-    shown = (valid_cells(heat) & (np.nan_to_num(heat, nan=0.0) >= threshold)) | (heat == UNREADABLE)
+    shown = (valid_cells(heat) & is_tumour(heat, threshold)) | (heat == UNREADABLE)
     rgba[..., 3] = np.where(shown, 255, 0)
     k = max(1, min(16, OVERLAY_MAX_PX // max(rows, cols)))
     rgba = np.repeat(np.repeat(rgba, k, axis=0), k, axis=1)

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
+from ..decision import call
 from ..fileio import atomic_write_with
 
 DB_NAME = "reviews.sqlite"
@@ -118,7 +119,7 @@ class ModelCall:
     @classmethod
     def at(cls, probability: float, threshold: float, run_id: str | None) -> ModelCall:
         """The call at `threshold`: tumour when the probability is at or above it."""
-        return cls(float(probability), "tumour" if probability >= threshold else "normal", float(threshold), run_id)
+        return cls(float(probability), call(probability, threshold), float(threshold), run_id)
 
 
 def _now() -> str:

@@ -1,0 +1,73 @@
+"""One loader for every face: a run argument (a run folder or `bundled`) becomes the model to score
+with, together with what decides its answers: the run's own threshold and its calibration.
+
+`pcam predict`, `evaluate`, `explain`, `slide`, `robustness`, `export`, `pcam serve`, the dashboard and
+`load_predictor` all load through `load_run_model`, so the same patch gets the same call from each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .calibration import Calibration, load_calibration
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .config import ExperimentConfig
+from .decision import DEFAULT_THRESHOLD, check_threshold
+from .devices import resolve_device
+from .runs import RunArg, RunRef, resolve_run
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """A run's model in eval mode on `device`, with its threshold and calibration."""
+
+    run: RunRef
+    model: nn.Module  # returns logits of normalised images
+    config: ExperimentConfig
+    info: dict[str, Any]  # the checkpoint's bookkeeping (epoch, threshold, ...), no weights
+    checkpoint: Path
+    device: torch.device
+    threshold: float  # the run's own threshold (recorded in its checkpoint), else DEFAULT_THRESHOLD
+    calibration: Calibration | None  # the run's fitted temperature, or None
+
+    @property
+    def model_name(self) -> str:
+        return self.config.model.name
+
+    @property
+    def epoch(self) -> int | None:
+        return self.info.get("epoch")
+
+    def calibrated(self, probs: np.ndarray) -> np.ndarray | None:
+        """Calibrated probabilities, or None when the run has no temperature."""
+        return None if self.calibration is None else self.calibration.apply(np.asarray(probs, dtype=np.float64))
+
+
+def threshold_of(info: dict[str, Any]) -> float:
+    """The threshold a checkpoint records (the bundled model records the one it was judged at), else the default."""
+    value = info.get("threshold")
+    return DEFAULT_THRESHOLD if value is None else check_threshold(value, "the checkpoint's threshold")
+
+
+def run_threshold(run: RunArg, checkpoint: str = "best") -> float:
+    """A run's own threshold without building its model."""
+    return threshold_of(load_checkpoint(resolve_run(run).checkpoint(checkpoint)))
+
+
+def load_run_model(run: RunArg, *, checkpoint: str = "best", device: str | torch.device = "auto") -> RunModel:
+    """The model of a run folder or of `bundled` (its moving-average weights when it kept them), with its
+    threshold and calibration. `checkpoint`: "best" (the last one when none was validated yet) or "last"."""
+    ref = resolve_run(run)
+    path = ref.checkpoint(checkpoint)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    model, config, info = model_from_checkpoint(path, dev)
+    return RunModel(ref, model, config, info, path, dev, threshold_of(info), load_calibration(ref))
+
+
+__all__ = ["RunModel", "load_run_model", "run_threshold", "threshold_of"]
