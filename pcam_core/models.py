@@ -140,6 +140,9 @@ class ModelSpec:
     description: str
     target_layers: dict[str, int] = field(default_factory=dict)
     cpu_friendly: bool = False
+    # The early layers whose feature statistics (`pcam_core.scope`) tell tissue like the training data from
+    # tissue unlike it: stain, texture and scale live there; the last layers only know tumour from normal.
+    scope_layers: tuple[str, ...] = ()
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -150,30 +153,31 @@ MODELS: dict[str, ModelSpec] = {
             lambda dropout: PCamNet(dropout=dropout),
             "compact VGG-style net at full resolution (0.29 M parameters): trains on a CPU in minutes; the CPU default",
             {"stage4": 12, "stage3": 24, "stage2": 48},
-            cpu_friendly=True,
+            cpu_friendly=True, scope_layers=("stage1", "stage2"),
         ),
         ModelSpec(
             "pcamnet_wide",
             lambda dropout: PCamNet(widths=(32, 64, 128, 256), dropout=dropout),
             "pcamnet with twice the channels (1.2 M parameters, about 3x slower)",
             {"stage4": 12, "stage3": 24, "stage2": 48},
-            cpu_friendly=True,
+            cpu_friendly=True, scope_layers=("stage1", "stage2"),
         ),
         ModelSpec(
             "pcamresnet",
             lambda dropout: PCamResNet(dropout=dropout),
             "compact residual net that downsamples at once (1.2 M parameters)",
             {"stage4": 6, "stage3": 12, "stage2": 24},
-            cpu_friendly=True,
+            cpu_friendly=True, scope_layers=("stage1", "stage2"),
         ),
         ModelSpec("resnet18", _torchvision_resnet("resnet18"), "torchvision ResNet-18, one-logit head; the CUDA default",
-                  {"net.layer4": 3, "net.layer3": 6, "net.layer2": 12}),
+                  {"net.layer4": 3, "net.layer3": 6, "net.layer2": 12}, scope_layers=("net.layer1", "net.layer2")),
         ModelSpec("resnet34", _torchvision_resnet("resnet34"), "torchvision ResNet-34, one-logit head",
-                  {"net.layer4": 3, "net.layer3": 6, "net.layer2": 12}),
+                  {"net.layer4": 3, "net.layer3": 6, "net.layer2": 12}, scope_layers=("net.layer1", "net.layer2")),
         ModelSpec("resnet50", _torchvision_resnet("resnet50"), "torchvision ResNet-50, one-logit head",
-                  {"net.layer4": 3, "net.layer3": 6, "net.layer2": 12}),
+                  {"net.layer4": 3, "net.layer3": 6, "net.layer2": 12}, scope_layers=("net.layer1", "net.layer2")),
         ModelSpec("densenet121", _densenet121, "torchvision DenseNet-121, one-logit head",
-                  {"net.features.norm5": 3, "net.features.denseblock3": 6, "net.features.denseblock2": 12}),
+                  {"net.features.norm5": 3, "net.features.denseblock3": 6, "net.features.denseblock2": 12},
+                  scope_layers=("net.features.denseblock1", "net.features.denseblock2")),
     )
 }
 CPU_DEFAULT = "pcamnet"

@@ -1,0 +1,105 @@
+"""The out-of-scope guard (`pcam_core.scope`): fitted statistics, the threshold's promise, the shipped guard of the
+bundled model on real lymph-node patches and on a real skin scan, and the file it is kept in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import REPO
+from pcam_core.api import as_patches
+from pcam_core.loading import load_run_model
+from pcam_core.models import create_model
+from pcam_core.scope import FeatureTap, ScopeModel, fit_scope, scope_features
+from pcam_core.slides.reader import PCAM_MPP, open_slide
+from pcam_core.slides.tissue import tissue_mask
+
+SKIN = REPO / "tests" / "data" / "slides" / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    loaded = load_run_model("bundled", device="cpu")
+    return loaded, ScopeModel.load(loaded.run.folder.scope_path)
+
+
+def skin_windows() -> np.ndarray:
+    """96-px windows at PCam scale, at least half tissue, from the real CC0 skin scan."""
+    with open_slide(SKIN) as slide:
+        width, height = slide.dimensions
+        f = PCAM_MPP / slide.mpp
+        image = slide.read_scaled(0, 0, width, height, (int(width / f), int(height / f)))
+    mask = tissue_mask(image)
+    return np.stack([image[y:y + 96, x:x + 96] for y in range(0, image.shape[0] - 95, 96)
+                     for x in range(0, image.shape[1] - 95, 96) if mask[y:y + 96, x:x + 96].mean() >= 0.5])
+
+
+def test_the_bundled_guard_keeps_lymph_node_patches_and_flags_skin(bundled, real_kaggle):
+    loaded, scope = bundled
+    lymph = as_patches(sorted(str(p) for p in (real_kaggle / "train").glob("*.tif")))
+    inside = scope.in_scope(scope.distance(scope_features(loaded.model, loaded.model_name, lymph)))
+    skin = skin_windows()
+    flagged = ~scope.in_scope(scope.distance(scope_features(loaded.model, loaded.model_name, skin)))
+    assert len(lymph) == 160 and len(skin) >= 40
+    assert inside.mean() >= 0.9, f"only {inside.mean():.1%} of real lymph-node patches in scope"
+    assert flagged.mean() >= 0.9, f"only {flagged.mean():.1%} of skin windows flagged"
+    assert scope.model_name == "pcamnet" and scope.layers == ("stage1", "stage2") and 0.03 <= scope.rate <= 0.05
+
+
+def test_the_threshold_flags_the_asked_share_of_calibration_patches():
+    rng = np.random.default_rng(0)
+    fit, calibration = rng.normal(size=(2000, 8)), rng.normal(size=(400, 8))
+    scope = fit_scope(fit, calibration, model_name="pcamnet", rate=0.1, fitted_on="gaussian")
+    assert 0.08 <= np.mean(~scope.in_scope(scope.distance(calibration))) <= 0.1
+    far = scope.distance(rng.normal(loc=6.0, size=(100, 8)))
+    assert not scope.in_scope(far).any()
+    assert not scope.in_scope(np.array([np.nan]))[0]
+    with pytest.raises(ValueError, match=r"must be \(N, 8\)"):
+        scope.distance(np.zeros((3, 5)))
+
+
+@pytest.mark.parametrize("kwargs, message", [({"rate": 0.0}, "strictly between 0 and 1"), ({"rate": 1.5}, "strictly between")])
+def test_fit_refuses_a_meaningless_rate(kwargs, message):
+    rng = np.random.default_rng(1)
+    with pytest.raises(ValueError, match=message):
+        fit_scope(rng.normal(size=(100, 4)), rng.normal(size=(50, 4)), model_name="pcamnet", **kwargs)
+
+
+def test_fit_refuses_too_few_patches():
+    rng = np.random.default_rng(2)
+    with pytest.raises(ValueError, match="more patches to fit than features"):
+        fit_scope(rng.normal(size=(5, 8)), rng.normal(size=(50, 8)), model_name="pcamnet")
+    with pytest.raises(ValueError, match="at least 20 held-out patches"):
+        fit_scope(rng.normal(size=(100, 8)), rng.normal(size=(5, 8)), model_name="pcamnet")
+
+
+def test_the_guard_round_trips_through_its_file_and_refuses_others(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    scope = fit_scope(rng.normal(size=(300, 6)), rng.normal(size=(60, 6)), model_name="pcamnet", fitted_on="test")
+    scope.save(tmp_path / "scope.npz")
+    again = ScopeModel.load(tmp_path / "scope.npz")
+    assert again.record() == scope.record()
+    assert np.array_equal(again.mean, scope.mean) and np.array_equal(again.precision, scope.precision)
+    np.savez(tmp_path / "other.npz", mean=np.zeros(3))
+    with pytest.raises(ValueError, match="not an out-of-scope record"):
+        ScopeModel.load(tmp_path / "other.npz")
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "pickled.npz").write_bytes((tmp_path / "pickled.npy").read_bytes())
+    with pytest.raises(ValueError, match="not an out-of-scope record"):
+        ScopeModel.load(tmp_path / "pickled.npz")
+    with pytest.raises(FileNotFoundError):
+        ScopeModel.load(tmp_path / "missing.npz")
+
+
+def test_the_tap_reads_the_named_layers_of_one_forward_pass():
+    model = create_model("pcamnet").eval()
+    pixels = np.random.default_rng(4).integers(0, 256, size=(3, 96, 96, 3), dtype=np.uint8)
+    features = scope_features(model, "pcamnet", pixels)
+    assert features.shape == (3, 2 * (16 + 32))
+    with FeatureTap(model, ["stage1"]) as tap:
+        with pytest.raises(RuntimeError, match="no forward pass"):
+            tap.take()
+    with pytest.raises(ValueError, match="no scope layers"):
+        FeatureTap(model, [])
