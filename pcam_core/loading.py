@@ -21,6 +21,7 @@ from .config import ExperimentConfig
 from .decision import DEFAULT_THRESHOLD, check_threshold
 from .devices import resolve_device
 from .runs import RunArg, RunRef, resolve_run
+from .scope import ScopeModel, load_scope
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class RunModel:
     device: torch.device
     threshold: float  # the run's own threshold (recorded in its checkpoint), else DEFAULT_THRESHOLD
     calibration: Calibration | None  # the run's fitted temperature, or None
+    scope: ScopeModel | None = None  # the run's out-of-scope guard (`pcam_core.scope`), or None when it has none
 
     @property
     def model_name(self) -> str:
@@ -67,7 +69,11 @@ def load_run_model(run: RunArg, *, checkpoint: str = "best", device: str | torch
     path = ref.checkpoint(checkpoint)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     model, config, info = model_from_checkpoint(path, dev)
-    return RunModel(ref, model, config, info, path, dev, threshold_of(info), load_calibration(ref))
+    scope = load_scope(ref.folder.scope_path)
+    if scope is not None and scope.model_name != config.model.name:
+        raise ValueError(f"{ref.folder.scope_path}: the out-of-scope guard was fitted for {scope.model_name}, the run's "
+                         f"model is {config.model.name}; refit it (`pcam scope --run {ref.arg}`) or delete the file")
+    return RunModel(ref, model, config, info, path, dev, threshold_of(info), load_calibration(ref), scope)
 
 
 __all__ = ["RunModel", "load_run_model", "run_threshold", "threshold_of"]

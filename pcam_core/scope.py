@@ -42,8 +42,9 @@ SCOPE_FORMAT = "pcam_core.scope/1"
 
 
 class FeatureTap:
-    """Forward hooks on a model's scope layers. After each forward pass `take()` returns, per patch, every
-    layer's channel means and standard deviations over space, concatenated in layer order."""
+    """Forward hooks on a model's scope layers: `take()` returns, per patch, every layer's channel means and
+    standard deviations over space, concatenated in layer order, so the guard's score comes from the same
+    forward pass as the probability."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
         if not layers:
@@ -54,12 +55,15 @@ class FeatureTap:
 
     def _hook(self, name: str):
         def keep(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            if name in self._latest:  # the first pass since `take` counts: with TTA, the untransformed view
+                return
             out = output.detach().float()
             self._latest[name] = torch.cat([out.mean(dim=(2, 3)), out.std(dim=(2, 3), correction=0)], dim=1)
         return keep
 
     def take(self) -> np.ndarray:
-        """The features of the latest forward pass, (B, D) float64."""
+        """The features of the first forward pass since the last `take` (B, D) float64: with test-time
+        augmentation (`inference.predict_batch`), those of the untransformed view, which comes first."""
         missing = [n for n in self.layers if n not in self._latest]
         if missing:
             raise RuntimeError(f"no forward pass went through {missing} since the tap was set")
@@ -77,6 +81,11 @@ class FeatureTap:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def load_scope(path: str | Path) -> ScopeModel | None:
+    """The guard kept at `path`, or None when there is none."""
+    return ScopeModel.load(path) if Path(path).exists() else None
 
 
 def tap_for(model: nn.Module, model_name: str) -> FeatureTap:
@@ -183,4 +192,29 @@ def fit_scope(fit_features: np.ndarray, calibration_features: np.ndarray, *, mod
     return ScopeModel(**{**draft.__dict__, "threshold": threshold, "rate": flagged})
 
 
-__all__ = ["FLAG_RATE", "FeatureTap", "ScopeModel", "fit_scope", "scope_features", "tap_for"]
+def fit_run_scope(folder: Any, model: nn.Module, config: Any, *, limit: int = 5000, seed: int = 0,
+                  batch_size: int = 256) -> ScopeModel:
+    """Fit a run's guard on its own data and keep it in the run folder (`RunDir.scope_path`): statistics on up
+    to `limit` of its training patches (a seeded sample), threshold on up to `limit` of its validation patches
+    (patches the weights were not fitted on). `config` is the run's ExperimentConfig; `folder` its RunDir."""
+    from .data.loader import train_valid_datasets  # data, only when fitting
+
+    data = train_valid_datasets(config.data.path, format=config.data.format, valid_frac=config.data.valid_frac,
+                                seed=config.data.split_seed)
+    rng = np.random.default_rng(seed)
+
+    def sample(dataset: Any) -> np.ndarray:
+        n = len(dataset)
+        chosen = np.sort(rng.choice(n, size=min(n, limit), replace=False))
+        return dataset.read_pixels(chosen)
+
+    model.eval()
+    fit = scope_features(model, config.model.name, sample(data.train), batch_size=batch_size)
+    held = scope_features(model, config.model.name, sample(data.valid), batch_size=batch_size)
+    scope = fit_scope(fit, held, model_name=config.model.name,
+                      fitted_on=f"{len(fit)} training and {len(held)} validation patches of {config.data.path}")
+    scope.save(folder.scope_path)
+    return scope
+
+
+__all__ = ["FLAG_RATE", "FeatureTap", "ScopeModel", "fit_run_scope", "fit_scope", "load_scope", "scope_features", "tap_for"]

@@ -103,3 +103,23 @@ def test_the_tap_reads_the_named_layers_of_one_forward_pass():
             tap.take()
     with pytest.raises(ValueError, match="no scope layers"):
         FeatureTap(model, [])
+
+
+def test_a_run_fits_its_own_guard_and_the_loader_carries_it(trained_run, demo_root, tmp_path):
+    import shutil
+
+    from pcam_core.data import PCamH5
+    from pcam_core.runs import RunDir
+    from pcam_core.scope import fit_run_scope
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = load_run_model(run, device="cpu")
+    assert before.scope is None
+    scope = fit_run_scope(RunDir(run), before.model, before.config, limit=400)
+    loaded = load_run_model(run, device="cpu")
+    assert loaded.scope is not None and loaded.scope.record() == scope.record()
+    assert scope.n_fit == 400 and scope.model_name == before.model_name
+    test = PCamH5(demo_root, "test")
+    demo = scope.in_scope(scope.distance(scope_features(loaded.model, loaded.model_name, test.read_pixels(range(200)))))
+    assert demo.mean() >= 0.85, f"only {demo.mean():.1%} of the run's own kind of patches in scope"

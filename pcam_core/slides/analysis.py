@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..fileio import atomic_write_json, read_json
+from ..scope import ScopeModel, tap_for
 from .folder import AnalysisFolder
 from .reader import PCAM_MPP, SlideReadError, open_slide
 from .tissue import cell_fraction, read_thumbnail, tissue_mask
@@ -167,6 +168,7 @@ class AnalysisParams:
     checkpoint: str
     checkpoint_epoch: int | None
     region_px: int
+    scope_threshold: float | None = None  # the guard whose distances fill scope.npy (None: no guard)
 
 
 def shard_tiles(lattice: Lattice, score: np.ndarray, shard: tuple[int, int] | None) -> list[int]:
@@ -202,6 +204,24 @@ def _check_no_other_layout(folder: AnalysisFolder, shard: tuple[int, int] | None
                              "or delete the folder")
 
 
+def _new_map(path: Path, shape: tuple[int, int]) -> np.memmap:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    values[:] = np.nan
+    values.flush()
+    return values
+
+
+def _scope_map(path: Path, shape: tuple[int, int], resumed: bool) -> np.memmap:
+    """The out-of-scope distances beside the map: continued with it, or new."""
+    if resumed and path.exists():
+        values = np.lib.format.open_memmap(path, mode="r+")
+        if values.shape != shape:
+            raise ValueError(f"{path}: shape {values.shape} does not match the lattice {shape}; delete the folder")
+        return values
+    return _new_map(path, shape)
+
+
 def _prepare(heat_path: Path, progress_path: Path, params: AnalysisParams, shape: tuple[int, int], resume: bool,
              fresh: dict[str, Any]) -> tuple[np.memmap, dict[str, Any]]:
     """Open the map and progress to continue them, or start both afresh (progress from `fresh`)."""
@@ -219,10 +239,7 @@ def _prepare(heat_path: Path, progress_path: Path, params: AnalysisParams, shape
     if progress_path.exists() and not resume:
         raise ValueError(f"{progress_path.parent} holds an unfinished analysis ({progress_path.name}); pass --resume to continue it, "
                          "or delete the folder")
-    heat_path.parent.mkdir(parents=True, exist_ok=True)
-    heat = np.lib.format.open_memmap(heat_path, mode="w+", dtype=np.float32, shape=shape)
-    heat[:] = np.nan
-    heat.flush()
+    heat = _new_map(heat_path, shape)
     progress = {"params": asdict(params), "done": [], "skipped": [], "seconds": 0.0, "windows": 0, **fresh}
     atomic_write_json(progress_path, progress)
     return heat, progress
@@ -246,11 +263,14 @@ def score_slide(
     region_px: int = REGION_PCAM_PX,
     shard: tuple[int, int] | None = None,
     meta: dict[str, Any] | None = None,
+    scope: ScopeModel | None = None,
+    model_name: str | None = None,
     on_start: Callable[[int, int], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Fill `folder`'s heatmap.npy for `slide_path` (with `shard` (i, n): only shard i's tiles, into its own
-    files); returns the state the outputs are written from (lattice, thumbnail, tissue mask, skipped regions,
+    files), and with `scope` (the model's out-of-scope guard; `model_name` names its layers) scope.npy, the
+    guard's distance of every window from the same forward pass; returns the state the outputs are written from (lattice, thumbnail, tissue mask, skipped regions,
     windows scored, seconds). `meta` is kept in the progress record (what a later merge needs to know)."""
     from ..devices import amp_dtype_for
     from ..inference import predict_batch
@@ -270,7 +290,7 @@ def score_slide(
     mask = tissue_mask(thumb)
     score = cell_fraction(mask, stride, lattice.shape) >= max(min_tissue, 1e-6)
     params = AnalysisParams(str(Path(slide_path).resolve()), lattice.width, lattice.height, lattice.mpp, stride, min_tissue,
-                            tta, str(checkpoint), checkpoint_epoch, region_px)
+                            tta, str(checkpoint), checkpoint_epoch, region_px, scope.threshold if scope else None)
     if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, not {shard}")
     _check_no_other_layout(folder, shard)
@@ -280,6 +300,10 @@ def score_slide(
                            {"shard": list(shard) if shard else None, "tiles": mine, "meta": meta or {}})
     boxes = lattice.tiles()
     done = set(state["done"])
+    distances = None
+    if scope is not None:
+        distances = _scope_map(folder.scope_npy if shard is None else folder.shard_scope(*shard), lattice.shape, bool(done))
+        tap = tap_for(model, model_name or scope.model_name)
     state["resumed"] = bool(done) or bool(state.get("resumed"))
     todo = [k for k in mine if k not in done]
 
@@ -301,33 +325,43 @@ def score_slide(
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is,
                         pin_memory=device.type == "cuda", persistent_workers=False)
     resumed_seconds = float(state.get("seconds", 0.0))
-    for item in loader:
-        cells = np.asarray(item["cells"]).reshape(-1, 2)
-        bad = np.asarray(item["unreadable"]).reshape(-1, 2)
-        if len(bad):
-            log.warning("%s: region tile %d: %d window(s) unreadable, skipped: %s", slide_path, item["tile"], len(bad), item["error"])
-            heat[bad[:, 0], bad[:, 1]] = UNREADABLE
-            i0, i1, j0, j1 = boxes[item["tile"]]
-            x0, y0 = lattice.window_origin(bad[:, 0].min(), bad[:, 1].min())
-            x1, y1 = lattice.window_origin(bad[:, 0].max(), bad[:, 1].max())
-            state["skipped"].append({"tile": item["tile"], "cells": [i0, i1, j0, j1], "unreadable_cells": len(bad),
-                                     "x": round(float(x0)), "y": round(float(y0)), "width": round(float(x1 - x0 + WINDOW * lattice.f)),
-                                     "height": round(float(y1 - y0 + WINDOW * lattice.f)), "error": item["error"]})
-        if len(cells):
-            images = item["images"]
-            for b in range(0, len(images), batch_size):
-                batch = images[b:b + batch_size].to(device, non_blocking=True)
-                probs = predict_batch(model, batch, tta=tta, amp_dtype=amp, channels_last=channels_last, normalize=normalize)
-                rows = cells[b:b + batch_size]
-                heat[rows[:, 0], rows[:, 1]] = probs.float().cpu().numpy()
-                if progress:
-                    progress(len(batch))
-            state["windows"] += len(images)
-        heat.flush()  # the map first, then the record that this tile is in it
-        state["done"].append(int(item["tile"]))
-        state["seconds"] = resumed_seconds + time.time() - started
-        atomic_write_json(paths[1], state)
+    try:
+        for item in loader:
+            cells = np.asarray(item["cells"]).reshape(-1, 2)
+            bad = np.asarray(item["unreadable"]).reshape(-1, 2)
+            if len(bad):
+                log.warning("%s: region tile %d: %d window(s) unreadable, skipped: %s", slide_path, item["tile"], len(bad), item["error"])
+                heat[bad[:, 0], bad[:, 1]] = UNREADABLE
+                i0, i1, j0, j1 = boxes[item["tile"]]
+                x0, y0 = lattice.window_origin(bad[:, 0].min(), bad[:, 1].min())
+                x1, y1 = lattice.window_origin(bad[:, 0].max(), bad[:, 1].max())
+                state["skipped"].append({"tile": item["tile"], "cells": [i0, i1, j0, j1], "unreadable_cells": len(bad),
+                                         "x": round(float(x0)), "y": round(float(y0)), "width": round(float(x1 - x0 + WINDOW * lattice.f)),
+                                         "height": round(float(y1 - y0 + WINDOW * lattice.f)), "error": item["error"]})
+            if len(cells):
+                images = item["images"]
+                for b in range(0, len(images), batch_size):
+                    batch = images[b:b + batch_size].to(device, non_blocking=True)
+                    probs = predict_batch(model, batch, tta=tta, amp_dtype=amp, channels_last=channels_last, normalize=normalize)
+                    rows = cells[b:b + batch_size]
+                    heat[rows[:, 0], rows[:, 1]] = probs.float().cpu().numpy()
+                    if distances is not None:
+                        distances[rows[:, 0], rows[:, 1]] = scope.distance(tap.take())
+                    if progress:
+                        progress(len(batch))
+                state["windows"] += len(images)
+            heat.flush()  # the maps first, then the record that this tile is in them
+            if distances is not None:
+                distances.flush()
+            state["done"].append(int(item["tile"]))
+            state["seconds"] = resumed_seconds + time.time() - started
+            atomic_write_json(paths[1], state)
+    finally:
+        if distances is not None:
+            tap.close()
     heat.flush()
+    if distances is not None:
+        distances.flush()
     state["complete"] = True  # every tile of this analysis (or shard) is in its map
     atomic_write_json(paths[1], state)
     return {"lattice": lattice, "thumbnail": thumb, "tissue": mask, "scored_mask": score, "skipped": state["skipped"],

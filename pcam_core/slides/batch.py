@@ -26,7 +26,9 @@ import torch
 from ..decision import DEFAULT_THRESHOLD, check_threshold, is_tumour
 from ..fileio import atomic_write_json, read_json
 from ..sharding import shard_indices
+from ..scope import ScopeModel
 from .analysis import UNREADABLE, score_slide
+from .scope_map import NOT_ASSESSED, out_of_scope_cells, slide_scope
 from .shards import merge_lock, merge_shards, missing_shards, shard_records
 from ..staging import size_class
 from .folder import AnalysisFolder, slide_folder
@@ -73,17 +75,24 @@ def summarise(heat: np.ndarray, regions: list[dict[str, Any]], threshold: float)
 def write_outputs(folder: AnalysisFolder, state: dict[str, Any], meta: dict[str, Any], threshold: float) -> dict[str, Any]:
     """Every output from the folder's heatmap.npy and a scoring `state` (`score_slide`'s or `merge_shards`'s);
     summary.json last. `meta`: slide (as given), run, model, checkpoint, checkpoint_epoch, tta, min_tissue."""
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold must be between 0 and 1 (exclusive), not {threshold}")
+    threshold = check_threshold(threshold)
     lattice = state["lattice"]
     heat = np.load(folder.heatmap_npy, mmap_mode="r")
-    regions = tumour_regions(heat, lattice, threshold)
+    distances = np.load(folder.scope_npy, mmap_mode="r") if folder.scope_npy.exists() else None
+    guard = meta.get("scope")
+    scored = valid_cells(heat)
+    outside = out_of_scope_cells(distances, guard["threshold"] if guard else None, scored)
+    scope = slide_scope(scored, outside, mpp=lattice.mpp, mpp_source=state["slide"].get("mpp_source", "metadata"), guard=guard)
+    assessed = np.array(heat, dtype=np.float32)
+    assessed[outside] = np.nan  # out of scope: no probability counts, no region forms there
+    regions = tumour_regions(assessed, lattice, threshold)
     write_regions(folder, regions)
     tiles = write_tiles_csv(folder, heat, lattice)
     write_tissue_png(folder, state["tissue"])
     write_heatmap_tif(folder, heat, lattice)
     summary = {
-        **summarise(heat, regions, threshold),
+        **summarise(assessed, regions, threshold),
+        "scope": scope,
         "slide": meta["slide"], "slide_info": state["slide"], "run": meta["run"], "model": meta["model"],
         "checkpoint": meta["checkpoint"], "checkpoint_epoch": meta["checkpoint_epoch"], "threshold": threshold, "mpp": lattice.mpp,
         "stride": lattice.stride, "cell_um": lattice.cell_px * lattice.mpp, "map_shape": list(heat.shape), "windows_scored": tiles,
@@ -94,6 +103,8 @@ def write_outputs(folder: AnalysisFolder, state: dict[str, Any], meta: dict[str,
         "lattice": "cell (i, j) = PCam-scale px [stride*j, stride*j+stride) x [stride*i, stride*i+stride) from level-0 (0, 0); "
                    "window top-left = PCam px (stride*j + stride/2 - 48, stride*i + stride/2 - 48)",
     }
+    if not scope["in_scope"]:
+        summary["size_class"] = NOT_ASSESSED
     if state.get("shards"):  # seconds above: the shards' seconds summed (compute time, not wall time)
         summary["shards"] = state["shards"]
     title = (f"{Path(meta['slide']).name}: slide score {summary['slide_score']:.3f}, {summary['regions']} region(s), "
@@ -135,21 +146,22 @@ def analyse_slide(
     checkpoint: str,
     checkpoint_epoch: int | None,
     model_name: str,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     shard: tuple[int, int] | None = None,
+    scope: ScopeModel | None = None,
     progress_factory: Callable[[str], tuple[Callable[[int, int], None], Callable[[int], None]]] | None = None,
     **options: Any,
 ) -> dict[str, Any] | None:
     """Score one slide into `folder` and write every output; returns summary.json's content. With `shard`,
     score that shard of the slide; the outputs are written (and the summary returned) only when this shard
     completes the set, else None."""
-    if not 0 < threshold < 1:
-        raise ValueError(f"threshold must be between 0 and 1 (exclusive), not {threshold}")
+    threshold = check_threshold(threshold)
     on_start, progress = progress_factory(Path(slide).name) if progress_factory else (None, None)
     meta = {"slide": str(slide), "run": str(run), "model": model_name, "checkpoint": checkpoint, "checkpoint_epoch": checkpoint_epoch,
-            "tta": bool(options.get("tta", False)), "min_tissue": options.get("min_tissue", 0.25)}
+            "tta": bool(options.get("tta", False)), "min_tissue": options.get("min_tissue", 0.25),
+            "scope": scope.record() if scope is not None else None}
     state = score_slide(model, slide, folder, checkpoint=checkpoint, checkpoint_epoch=checkpoint_epoch, shard=shard, meta=meta,
-                        on_start=on_start, progress=progress, **options)
+                        scope=scope, model_name=model_name, on_start=on_start, progress=progress, **options)
     if shard is None:
         summary = write_outputs(folder, state, meta, threshold)
         folder.progress_json.unlink(missing_ok=True)
@@ -228,7 +240,7 @@ def analyse(
             continue
         try:
             summary = analyse_slide(model, slide, folder, run=loaded.run.arg, checkpoint=str(ckpt), checkpoint_epoch=info.get("epoch"),
-                                    model_name=config.model.name, threshold=threshold, device=dev, resume=resume, shard=slide_shard,
+                                    model_name=config.model.name, threshold=threshold, scope=loaded.scope, device=dev, resume=resume, shard=slide_shard,
                                     progress_factory=progress_factory, **options)
         except (ValueError, FileNotFoundError, OSError) as err:
             if single:

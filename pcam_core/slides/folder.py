@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 class AnalysisFolder:
-    """`heatmap.npy` (float32 probability per cell; NaN: no tissue or not scored; -1: unreadable),
+    """`heatmap.npy` (float32 probability per cell; NaN: no tissue or not scored; -1: unreadable), `scope.npy`
+    (float32 out-of-scope distance per cell, NaN where not scored; when the model has a guard),
     `heatmap.png`, `heatmap.tif`, `tissue.png`, `tumour_regions.geojson`, `tiles.csv`, `report.html` (the printable report), `summary.json`
     (written last: its presence means complete) and `progress.json` (while an analysis is under way).
     A sharded analysis keeps, until it is merged, `shards/heatmap.I-of-N.npy` and `shards/progress.I-of-N.json`
@@ -19,6 +20,7 @@ class AnalysisFolder:
         return f"AnalysisFolder({str(self.path)!r})"
 
     heatmap_npy = property(lambda self: self.path / "heatmap.npy")
+    scope_npy = property(lambda self: self.path / "scope.npy")  # out-of-scope distance per cell (`pcam_core.scope`)
     heatmap_png = property(lambda self: self.path / "heatmap.png")
     heatmap_tif = property(lambda self: self.path / "heatmap.tif")
     tissue_png = property(lambda self: self.path / "tissue.png")
@@ -32,6 +34,9 @@ class AnalysisFolder:
 
     def shard_heatmap(self, i: int, n: int) -> Path:
         return self.shards_dir / f"heatmap.{i}-of-{n}.npy"
+
+    def shard_scope(self, i: int, n: int) -> Path:
+        return self.shards_dir / f"scope.{i}-of-{n}.npy"
 
     def shard_progress(self, i: int, n: int) -> Path:
         return self.shards_dir / f"progress.{i}-of-{n}.json"

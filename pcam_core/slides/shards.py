@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -65,6 +65,20 @@ def merge_lock(folder: AnalysisFolder) -> Iterator[None]:
         yield  # closing the file drops the lock
 
 
+def _merged(path_of: Callable[[int], Path], n: int, records: dict[int, dict[str, Any]], lattice: Lattice) -> np.ndarray:
+    """One map from the shards' maps at `path_of(i)`, each shard's own region tiles taken from its file."""
+    boxes = lattice.tiles()
+    out = np.full(lattice.shape, np.nan, dtype=np.float32)
+    for i in range(n):
+        part = np.load(path_of(i), mmap_mode="r")
+        if part.shape != out.shape:
+            raise ValueError(f"{path_of(i)}: map shape {part.shape} does not match the lattice {out.shape}")
+        for k in records[i]["tiles"]:
+            i0, i1, j0, j1 = boxes[k]
+            out[i0:i1, j0:j1] = part[i0:i1, j0:j1]
+    return out
+
+
 def merge_shards(folder: AnalysisFolder, n: int, records: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Write the merged `heatmap.npy` (atomically) from the complete shards `records` (`shard_records`);
     returns the state the outputs are written from, as `score_slide` returns it, with each shard's record
@@ -81,14 +95,9 @@ def merge_shards(folder: AnalysisFolder, n: int, records: dict[int, dict[str, An
                              "delete the folder and start again")
     lattice = Lattice(params["width"], params["height"], params["mpp"], params["stride"], params["region_px"])
     boxes = lattice.tiles()
-    heat = np.full(lattice.shape, np.nan, dtype=np.float32)
-    for i in range(n):
-        part = np.load(folder.shard_heatmap(i, n), mmap_mode="r")
-        if part.shape != heat.shape:
-            raise ValueError(f"{folder.shard_heatmap(i, n)}: map shape {part.shape} does not match the lattice {heat.shape}")
-        for k in records[i]["tiles"]:
-            i0, i1, j0, j1 = boxes[k]
-            heat[i0:i1, j0:j1] = part[i0:i1, j0:j1]
+    heat = _merged(lambda i: folder.shard_heatmap(i, n), n, records, lattice)
+    scoped = params.get("scope_threshold") is not None
+    distances = _merged(lambda i: folder.shard_scope(i, n), n, records, lattice) if scoped else None
     owned = sorted(k for r in records.values() for k in r["tiles"])
     if owned != list(range(len(boxes))):
         raise ValueError(f"{folder.path}: the shards do not cover the slide's {len(boxes)} region tiles exactly once")
@@ -98,6 +107,8 @@ def merge_shards(folder: AnalysisFolder, n: int, records: dict[int, dict[str, An
         except SlideReadError as err:
             raise ValueError(f"{params['slide']}: cannot read the slide's overview: {err}") from err
         slide_info = slide.describe()
+    if distances is not None:
+        atomic_write_with(folder.scope_npy, lambda handle: np.save(handle, distances))
     atomic_write_with(folder.heatmap_npy, lambda handle: np.save(handle, heat))
     shards = [{"shard": f"{i}/{n}", "tiles": len(records[i]["tiles"]), "windows": int(records[i]["windows"]),
                "seconds": round(float(records[i]["seconds"]), 3), "resumed": bool(records[i].get("resumed"))} for i in range(n)]
