@@ -167,6 +167,20 @@ def test_series_openslide_cannot_decode_is_read_with_wsidicom(jpeg_ls_series, sv
     assert slide_files(jpeg_ls_series) == [jpeg_ls_series]
 
 
+@pytest.mark.parametrize("which", ["folder", "jpeg-ls"])
+def test_the_viewer_cuts_a_dicom_series_tiles_as_the_svs(which, jpeg_ls_series):
+    """Deep Zoom tiles at full resolution from the series' folder (OpenSlide) and the JPEG-LS series (wsidicom) are
+    the SVS's (the same pixels, the same JPEG encoder)."""
+    from pcam_core.slides.tiles import DeepZoomSlide
+
+    series = DeepZoomSlide(SERIES if which == "folder" else jpeg_ls_series)
+    svs = DeepZoomSlide(SVS)
+    last = svs.level_count - 1
+    assert series.level_count == svs.level_count and series.dzi() == svs.dzi()
+    for col, row in [(0, 0), (2, 3), (8, 11)]:  # (8, 11): the partial tile in the bottom-right corner
+        assert series.tile(last, col, row) == svs.tile(last, col, row)
+
+
 @pytest.mark.slow  # imports wsidicomizer and converts the scan (about 10 s)
 def test_the_fixture_script_rewrites_the_committed_series_byte_for_byte(tmp_path):
     out = tmp_path / "series"
