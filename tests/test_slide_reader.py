@@ -16,7 +16,7 @@ import pydicom
 import pytest
 
 from helpers import REPO
-from pcam_core.slides.reader import _TiffSlideBackend, open_slide, slide_files
+from pcam_core.slides.reader import _TiffSlideBackend, open_slide, slide_bytes, slide_files
 
 SLIDES = REPO / "tests" / "data" / "slides"
 SVS = SLIDES / "CMU-1-Small-Region.svs"  # Aperio, JPEG, 0.499 um/px, one level, 2,220 x 2,967
@@ -107,6 +107,8 @@ def test_dicom_series_opens_as_one_slide_from_its_folder_or_any_file(which, svs_
 
 def test_listing_counts_a_series_once(tmp_path):
     assert slide_files(SERIES) == [SERIES]  # a folder of one scan is that scan
+    assert slide_bytes(SERIES) == slide_bytes(_volume()) == sum(p.stat().st_size for p in _series_files())
+    assert slide_bytes(SVS) == SVS.stat().st_size
     assert SERIES in slide_files(SLIDES) and not any(p.parent == SERIES for p in slide_files(SLIDES))
     parent = tmp_path / "scans"
     for name in ("a", "b"):

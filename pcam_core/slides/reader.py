@@ -57,6 +57,14 @@ def slide_files(folder: str | Path) -> list[Path]:
     return sorted(found)
 
 
+def slide_bytes(path: str | Path) -> int:
+    """The bytes a slide takes on disk: its file's, or all its series' files for DICOM (a folder or any file of it)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() == dicom.DICOM_SUFFIX:
+        return sum(f.stat().st_size for f in dicom.series_of(path).files)
+    return path.stat().st_size
+
+
 SYNTHETIC_MARK = "SYNTHETIC"  # `pcam demo-slide` writes it into the TIFF's ImageDescription and its truth.json
 
 
