@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Run the whole test suite (sets up .venv with the test requirements on first use; installs Debian's chromium for the browser
-# tests when it is missing and this user may run apt-get). Extra arguments go to pytest: `./test.sh -m "not slow"`
-# is the fast lane (about a minute and a half on 2 cores: no training runs, servers or browsers).
+# tests and libturbojpeg0 for the DICOM fixture's writer when they are missing and this user may run apt-get). Extra
+# arguments go to pytest: `./test.sh -m "not slow"` is the fast lane (about a minute and a half on 2 cores: no training runs, servers or browsers).
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh --test
-if [ ! -x /usr/bin/chromium ]; then
+# Debian packages the tests need: chromium (the browser tests) and libturbojpeg0 (wsidicomizer, which
+# scripts/make_dicom_fixture.py and its test use to write the DICOM fixture).
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+.venv/bin/python -c 'import turbojpeg; turbojpeg.TurboJPEG()' 2>/dev/null || missing+=(libturbojpeg0)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing chromium for the browser tests ..."
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    echo "installing ${missing[*]} for the tests ..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "error: the browser tests need Debian's chromium at /usr/bin/chromium (apt-get install chromium)" >&2
+    echo "error: the tests need Debian's ${missing[*]} (apt-get install ${missing[*]}): chromium at /usr/bin/chromium for the browser tests, libturbojpeg0 for wsidicomizer" >&2
     exit 1
   fi
 fi

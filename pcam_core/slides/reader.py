@@ -1,4 +1,5 @@
-"""One small reader interface over whole-slide images: OpenSlide first, tiffslide, then PIL.
+"""One small reader interface over whole-slide images: OpenSlide first, tiffslide, then PIL; DICOM WSI
+series with OpenSlide, else wsidicom (`dicom` says which files make a series and why OpenSlide refused one).
 
 Everything above this module speaks level-0 pixels and microns. A `Slide` knows its level sizes and
 downsamples and its microns per pixel (from the file's metadata, or given); `read_scaled` reads any
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from . import dicom
+
 log = logging.getLogger(__name__)
 
 PCAM_MPP = 0.972  # PCam patches: Camelyon16 at 0.243 um/px, downsampled 4x
@@ -28,9 +31,40 @@ _MAX_PLAIN_PIXELS = 20_000 * 20_000  # a plain PNG/JPEG is decoded whole; beyond
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".png", ".jpg", ".jpeg", ".dcm")
 
 
+def _plain_slides(folder: Path) -> list[Path]:
+    """The slide-like files directly in `folder` other than DICOM (by suffix; hidden files left out)."""
+    return [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SLIDE_SUFFIXES
+            and p.suffix.lower() != dicom.DICOM_SUFFIX]
+
+
+def _series_entries(folder: Path, *, shared: bool) -> list[Path]:
+    """One path per DICOM series directly in `folder`: the folder when it holds one series and nothing else
+    (`shared` false), else each series' main (level-0 VOLUME) file."""
+    series = dicom.series_in(folder)
+    return [folder] if len(series) == 1 and not shared else [s.main for s in series]
+
+
 def slide_files(folder: str | Path) -> list[Path]:
-    """The slide-like files directly in `folder` (by suffix; hidden files left out), sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SLIDE_SUFFIXES)
+    """The slides in `folder`, one path each, sorted: its slide-like files (by suffix; hidden ones left out), with a
+    DICOM WSI series counted once however many files it has. A series is listed by its folder when it has the
+    folder to itself (`folder`, or a subfolder of it: one folder per scan), else by its level-0 VOLUME file;
+    `open_slide` opens either. Subfolders are looked into for DICOM series only."""
+    folder = Path(folder)
+    found = _plain_slides(folder)
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found += _series_entries(sub, shared=bool(_plain_slides(sub)))
+    found += _series_entries(folder, shared=bool(found))
+    return sorted(found)
+
+
+def slide_bytes(path: str | Path) -> int:
+    """The bytes a slide takes on disk: its file's, or all its series' files for DICOM (a folder or any file of it)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() == dicom.DICOM_SUFFIX:
+        return sum(f.stat().st_size for f in dicom.series_of(path).files)
+    return path.stat().st_size
+
+
 SYNTHETIC_MARK = "SYNTHETIC"  # `pcam demo-slide` writes it into the TIFF's ImageDescription and its truth.json
 
 
@@ -127,6 +161,50 @@ class _TiffSlideBackend:
         try:
             part = self.handle.read_region((round(ax * lv.downsample), round(ay * lv.downsample)), level, (bx - ax, by - ay), as_array=True, padding=False)
         except Exception as err:  # tifffile/imagecodecs raise many types for a corrupt tile
+            raise SlideReadError(f"{self.path}: cannot read region at ({x0}, {y0}) level {level}: {type(err).__name__}: {err}") from err
+        out[ay - ly:by - ly, ax - lx:bx - lx] = _rgb(np.asarray(part))
+        return out
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class _WsiDicomBackend:
+    """A DICOM WSI series OpenSlide cannot read (a transfer syntax it does not decode, say), through wsidicom."""
+
+    name = "wsidicom"
+
+    def __init__(self, series: dicom.Series) -> None:
+        from wsidicom import WsiDicom
+
+        self.path = series.main
+        self.handle = WsiDicom.open(list(series.files))
+        try:
+            base = self.handle.levels[0]
+            self._numbers = [level.level for level in self.handle.levels]  # wsidicom's own level numbers (log2 scale)
+            self.levels = [Level(lv.size.width, lv.size.height, base.size.width / lv.size.width) for lv in self.handle.levels]
+            self._mpp = float(base.pixel_spacing.width) * 1000 if base.pixel_spacing else None  # PixelSpacing is in mm
+        except Exception:
+            self.handle.close()
+            raise
+        self.properties: dict[str, Any] = {"dicom.SeriesInstanceUID": series.uid or "", "dicom.files": len(series.files)}
+        self.vendor = "dicom"
+
+    def mpp(self) -> float | None:
+        return self._mpp
+
+    def read(self, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
+        # wsidicom refuses a region past the image's edge: read only the inside and paste it on white
+        lv = self.levels[level]
+        lx, ly = math.floor(x0 / lv.downsample), math.floor(y0 / lv.downsample)
+        out = _white(w, h)
+        ax, ay = max(lx, 0), max(ly, 0)
+        bx, by = min(lx + w, lv.width), min(ly + h, lv.height)
+        if bx <= ax or by <= ay:
+            return out
+        try:
+            part = self.handle.read_region((ax, ay), self._numbers[level], (bx - ax, by - ay))
+        except Exception as err:  # noqa: BLE001 - wsidicom and its decoders raise many types for a corrupt frame
             raise SlideReadError(f"{self.path}: cannot read region at ({x0}, {y0}) level {level}: {type(err).__name__}: {err}") from err
         out[ay - ly:by - ly, ax - lx:bx - lx] = _rgb(np.asarray(part))
         return out
@@ -254,7 +332,31 @@ class Slide:
         self.close()
 
 
+def _open_dicom(series: dicom.Series) -> Any:
+    """OpenSlide given the series' main file (it finds the rest beside it), else wsidicom given all of them; when
+    neither reads it, one sentence that says it is DICOM and what is missing."""
+    import openslide
+
+    main = series.main
+    if not dicom.is_dicom(main):
+        raise ValueError(f"{main.name} is named .dcm but is not a DICOM file (no DICM marker after its 128-byte preamble)")
+    try:
+        return _OpenSlideBackend(main)
+    except openslide.OpenSlideError as err:
+        reason = dicom.why_not_openslide(main, str(err))
+    try:
+        backend = _WsiDicomBackend(series)
+    except Exception as err:  # noqa: BLE001 - wsidicom says "Level files not found": the reason says more
+        log.info("%s: wsidicom cannot read it either: %s: %s", main, type(err).__name__, err)
+        raise ValueError(f"{main.name} is a DICOM file but not a whole-slide image series OpenSlide or wsidicom can read: "
+                         f"{reason}.") from err
+    log.warning("%s is a DICOM file OpenSlide cannot read (%s); it is read with wsidicom", main.name, reason)
+    return backend
+
+
 def _open_backend(path: Path) -> Any:
+    if path.is_dir() or path.suffix.lower() == dicom.DICOM_SUFFIX or dicom.is_dicom(path):
+        return _open_dicom(dicom.series_of(path))
     errors = []
     try:
         import openslide
@@ -278,15 +380,14 @@ def _open_backend(path: Path) -> Any:
 
 
 def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
-    """Open `path` with the first backend that reads it. `mpp` (microns per level-0 pixel) overrides
+    """Open `path` with the first backend that reads it: a slide file, any file of a DICOM WSI series or the
+    folder that holds one series (as `slide_files` lists them). `mpp` (microns per level-0 pixel) overrides
     the file's metadata; without either, a `ValueError` names the file and says to pass ``--mpp``.
     The smallest level's last corner is read once, so a truncated file fails here and not midway."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"slide not found: {path}")
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a slide file")
-    if path.stat().st_size == 0:
+    if path.is_file() and path.stat().st_size == 0:
         raise ValueError(f"{path}: the file is empty (0 bytes), not a slide")
     if mpp is not None and not (0 < mpp < 1000):
         raise ValueError(f"mpp must be a positive number of microns per pixel (e.g. 0.25), not {mpp}")

@@ -106,7 +106,10 @@ def _is_openslide(path: Path) -> bool:
     try:
         import openslide
 
-        return bool(openslide.OpenSlide.detect_format(str(path)))
+        if not openslide.OpenSlide.detect_format(str(path)):
+            return False
+        openslide.OpenSlide(str(path)).close()  # it detects every DICOM file, also one it cannot read (wsidicom's)
+        return True
     except Exception:  # noqa: BLE001 - no OpenSlide, or a file it cannot look at: the reader decides
         return False
 
@@ -116,7 +119,7 @@ class DeepZoomSlide:
 
     def __init__(self, path: str | Path, *, mpp: float | None = None) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
+        if not self.path.exists():  # a file, or the folder of a DICOM series
             raise FileNotFoundError(f"slide not found: {self.path}")
         self._zoom: Any = _OpenSlideDeepZoom(self.path) if _is_openslide(self.path) else _ReaderDeepZoom(self.path, mpp)
         self.width, self.height = self._zoom.dimensions
