@@ -262,3 +262,57 @@ def analysed_demo_slide(root: Path, *, width: int, height: int, stride: int = 32
     out = library.analysis_folder(entry.id, BUNDLED, stride=stride).path
     analyse(BUNDLED, slide, out, num_workers=0, stride=stride, device="cpu")
     return slide, out, entry.id
+
+
+def real_mosaic_slide(out: Path, *, cols: int = 24, rows: int = 16, tumour: tuple[int, int, int, int] | None = (4, 9, 6, 13),
+                      seed: int = 0) -> tuple[Path, dict[str, Any]]:
+    """A slide assembled from the real PCam fixture patches (CC0, tests/data): `rows` x `cols` patches at PCam scale
+    (0.972 µm/px) on glass, normal patches everywhere but in the block of patch rows [r0, r1) and columns [c0, c1) of
+    `tumour` (None: a slide with no tumour at all), each patch drawn at random (flipped, rotated) from its class;
+    a two-level pyramidal tiled TIFF that OpenSlide opens as generic-tiff. Returns (slide file, truth: the block in
+    level-0 pixels and patches)."""
+    import tifffile
+
+    from pcam_core.slides.reader import PCAM_MPP
+
+    table = pd.read_csv(REAL_KAGGLE / "train_labels.csv", dtype={"id": str})
+    pixels = {label: [np.asarray(Image.open(REAL_KAGGLE / "train" / f"{i}.tif").convert("RGB"))
+                      for i in table["id"][table["label"] == label]] for label in (0, 1)}
+    rng = np.random.default_rng(seed)
+    margin = 96
+    canvas = np.clip(rng.normal((242, 241, 244), 3, (rows * 96 + 2 * margin, cols * 96 + 2 * margin, 3)), 0, 255).astype(np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            inside = tumour is not None and tumour[0] <= r < tumour[1] and tumour[2] <= c < tumour[3]
+            patch = pixels[int(inside)][rng.integers(len(pixels[int(inside)]))]
+            patch = np.rot90(patch[:, ::-1] if rng.integers(2) else patch, k=int(rng.integers(4)))
+            canvas[margin + 96 * r: margin + 96 * r + 96, margin + 96 * c: margin + 96 * c + 96] = patch
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "slide.tif"
+    res = 1e4 / PCAM_MPP
+    with tifffile.TiffWriter(path) as tif:
+        for index, d in enumerate((1, 2)):
+            level = canvas if d == 1 else np.asarray(Image.fromarray(canvas).reduce(d))
+            tif.write(level, tile=(256, 256), photometric="rgb", compression="jpeg", compressionargs={"level": 90},
+                      resolution=(res / d, res / d), resolutionunit="CENTIMETER", subfiletype=1 if index else 0,
+                      metadata=None, software="pcam_core tests")
+    truth = {"mpp": PCAM_MPP, "patches": [rows, cols], "tumour_patches": list(tumour) if tumour else None,
+             "tumour_box": None if tumour is None else [margin + 96 * tumour[2], margin + 96 * tumour[0],
+                                                        96 * (tumour[3] - tumour[2]), 96 * (tumour[1] - tumour[0])]}
+    return path, truth
+
+
+def analysed_real_slide(root: Path, *, stride: int = 32, name: str = "mosaic", **mosaic: Any) -> tuple[Path, Path, str]:
+    """A slide of real lymph-node patches (`real_mosaic_slide`) registered in the slide library of workspace `root`
+    and analysed there with the bundled model (in scope for it, unlike the SYNTHETIC demo slide): (slide file,
+    analysis folder, slide id)."""
+    from pcam_core.bundled import BUNDLED
+    from pcam_core.slides.batch import analyse
+    from pcam_core.workspace.slides import SlideLibrary
+
+    slide, _ = real_mosaic_slide(root / "real-slides" / name, **mosaic)
+    library = SlideLibrary(root)
+    entry = library.add_file(slide)
+    out = library.analysis_folder(entry.id, BUNDLED, stride=stride).path
+    analyse(BUNDLED, slide, out, num_workers=0, stride=stride, device="cpu")
+    return slide, out, entry.id
