@@ -1,4 +1,4 @@
-"""The workspace's slide library (pcam_core.workspace.slides) and the printable slide report
+"""The workspace's slide library (pcam_core.workspace.slide_library, its queue slide_queue) and the printable slide report
 (pcam_core.slides.report): registering folders and uploads, the listing with thumbnails and errors, the
 demo slide of a first start, the report's content; the queue of real analysis processes (slow)."""
 
@@ -66,10 +66,13 @@ def test_a_registered_folder_is_listed_where_it_is_with_sizes_thumbnails_and_err
     assert Path(again["demo.tif"].thumbnail).stat().st_mtime_ns == made
     with pytest.raises(ValueError, match="already registered"):
         library.add_folder(slide_folder)
-    with pytest.raises(ValueError, match="remove the folder"):
-        library.remove(demo.id)
+    library.remove(demo.id)  # a slide of a registered folder: hidden from the library, its file left where it is
+    assert set(_by_name(library)) == {"tissue.png", "broken.tif"} and (slide_folder / "demo.tif").exists()
     library.remove_folder(slide_folder)
     assert library.slides() == [] and (slide_folder / "demo.tif").exists()
+    library.add_folder(slide_folder)  # registered again: every slide of it again
+    assert set(_by_name(library)) == {"demo.tif", "tissue.png", "broken.tif"}
+    library.remove_folder(slide_folder)
 
 
 def test_a_folder_that_is_missing_or_holds_no_slides_is_refused(tmp_path):
