@@ -4,6 +4,10 @@ heatmap.tif (a pyramidal TIFF aligned with the slide) and tissue.png. Every file
 A region is a 4-connected set of cells at or above the threshold. Its area is its cells' area; its
 longest diameter is the maximum Feret diameter of its cells (skimage's `feret_diameter_max`) in mm; its
 polygon traces the cells' outline in level-0 pixels (corners rounded by an eighth of a cell).
+
+Regions are numbered once, here, largest first: #1 is the largest. The number is the feature's `region`
+property and its `name` ("tumour region #1", what QuPath shows), and the report, the Slides page, its
+viewer and the reviews of a region all use it.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def tumour_regions(heat: np.ndarray, lattice: Lattice, threshold: float) -> list
             "properties": {
                 "objectType": "annotation",
                 "classification": {"name": "Tumor", "color": [200, 0, 0]},
-                "name": f"tumour region {prop.label}",
+                "name": "",  # numbered below, once sorted
                 "cells": int(prop.area),
                 "area_mm2": float(prop.area * lattice.cell_mm**2),
                 "longest_diameter_mm": float(prop.feret_diameter_max * lattice.cell_mm),
@@ -74,7 +78,21 @@ def tumour_regions(heat: np.ndarray, lattice: Lattice, threshold: float) -> list
             },
         })
     features.sort(key=lambda feat: -feat["properties"]["area_mm2"])
+    for number, feature in enumerate(features, start=1):
+        feature["properties"]["region"] = number
+        feature["properties"]["name"] = region_name(number)
     return features
+
+
+def region_name(number: int) -> str:
+    """A region's name wherever it is shown: in the GeoJSON (QuPath's annotation name), the report, the page."""
+    return f"tumour region #{number}"
+
+
+def region_number(feature: dict[str, Any], position: int) -> int:
+    """The number of a GeoJSON feature: its `region` property, else (files written before it existed, largest
+    first) its 1-based `position`."""
+    return int(feature.get("properties", {}).get("region", position))
 
 
 def write_regions(folder: AnalysisFolder, features: list[dict[str, Any]]) -> None:
