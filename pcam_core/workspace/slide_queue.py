@@ -203,6 +203,8 @@ class SlideQueue:
             threshold = check_threshold(threshold)
         ref = resolve_run(run)
         key = run_key(ref.arg, stride)
+        if not slides:
+            return []
         with self._lock(self._queue_lock):
             queue = self._queue()
             for slide, path in slides:

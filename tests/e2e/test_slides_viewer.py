@@ -48,7 +48,7 @@ def test_tile_routes_over_http_serve_registered_slides_and_refuse_the_rest(dashb
                                       ("/slides-api/%2E%2E.dzi", 400, "slide id '..' is not valid"),
                                       (f"/slides-api/{sid}_files/{last}/3_x.jpeg", 400, "malformed tile address"),
                                       (f"/slides-api/{sid}_files/{last}/99_0.jpeg", 404, "outside the level"),
-                                      (f"/slides-api/{sid}/bundled-s32/heatmap.png?threshold=-1", 400, "threshold must be")]:
+                                      (f"/slides-api/{sid}/bundled-s32/heatmap.png?threshold=-1", 400, "must be a probability between 0 and 1")]:
             response = client.get(url)
             assert response.status_code == status and message in response.json()["error"], (url, response.text)
         # a path in the address reaches no slide route (the decoded slashes match none): refused, never a file
