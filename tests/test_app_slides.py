@@ -218,3 +218,75 @@ def test_the_page_follows_real_analyses_queued_running_done_and_failed(analysed_
     else:
         at.selectbox(key="slide").set_value(ids[2]).run()
         assert "c.tif could not be analysed" in "\n".join(e.value for e in at.error)
+
+
+def _copy_analysis(source_root: Path, source_id: str, root: Path, sid: str) -> None:
+    import shutil
+
+    shutil.copytree(SlideLibrary(source_root).analysis_folder(source_id).path, SlideLibrary(root).analysis_folder(sid).path)
+
+
+def test_a_slide_analysed_by_the_bundled_model_shows_its_map_whatever_run_the_sidebar_selects(analysed_workspace, tmp_path, monkeypatch):
+    from helpers import running_run
+
+    source_root, source_id = analysed_workspace
+    root = _workspace(tmp_path / "ws")
+    sid = SlideLibrary(root).add_file(SlideLibrary(source_root).entry(source_id).path).id
+    _copy_analysis(source_root, source_id, root, sid)
+    running_run(root / "runs", "still-training")  # a run of this workspace, selected in the sidebar
+    at = open_slides(root, monkeypatch)
+    at.selectbox(key="run").set_value("still-training").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "has not been analysed" not in texts(at)
+    assert "Slide score" in {m.label for m in at.metric} and "bundled model" in texts(at)
+    assert viewer_data(at)["heatmap"]["url"].startswith(f"slides-api/{sid}/bundled-s32/heatmap.png")
+    assert "Analyse uses still-training" in "\n".join(e.label for e in at.expander)
+
+
+def test_the_same_slide_uploaded_and_in_a_folder_shows_its_origin_and_opens_the_analysis_of_either(analysed_workspace, tmp_path,
+                                                                                                    monkeypatch):
+    source_root, source_id = analysed_workspace
+    root = _workspace(tmp_path / "ws")
+    library = SlideLibrary(root)
+    path = Path(SlideLibrary(source_root).entry(source_id).path)
+    library.add_folder(path.parent)
+    in_folder = next(e for e in library.slides() if e.path == str(path))
+    _copy_analysis(source_root, source_id, root, in_folder.id)
+    uploaded = library.add_upload("slide.tif", path.read_bytes())
+    at = open_slides(root, monkeypatch)
+    box = at.selectbox(key="slide")
+    labels = box.options  # two entries, told apart by where they come from
+    assert len(labels) == len(set(labels)) == 2
+    upload_label = next(label for label in labels if "· uploaded" in label)
+    assert "same slide as slide.tif (in a registered folder" in upload_label
+    box.set_value(uploaded.id).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "has not been analysed" not in texts(at) and "Slide score" in {m.label for m in at.metric}
+    assert viewer_data(at)["heatmap"]["url"].startswith(f"slides-api/{in_folder.id}/bundled-s32/")
+
+
+def test_slides_registered_appear_at_once_unreadable_ones_are_counted_and_slides_can_be_removed(tmp_path, monkeypatch):
+    from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
+
+    folder = tmp_path / "slides"
+    make_demo_slide(folder / "demo", DemoSlideSpec(width=1024, height=768))
+    (folder / "demo" / "slide.tif").rename(folder / "one.tif")
+    (folder / "broken.tif").write_bytes(b"not a slide" * 100)
+    root = _workspace(tmp_path / "ws")
+    at = open_slides(root, monkeypatch)
+    [field] = [t for t in at.text_input if t.label == "Folder of slides"]
+    field.input(str(folder))
+    [submit] = [b for b in at.button if b.label == "Register the folder"]
+    submit.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = texts(at)
+    assert f"Registered {folder}" in "\n".join(s.value for s in at.success)
+    assert "one.tif" in shown and "broken.tif" in shown  # listed in the same run, no reload
+    assert any("Library: 2 slide(s), 1 unreadable" in e.label for e in at.expander)
+    one = next(e for e in SlideLibrary(root).slides() if e.name == "one.tif")
+    [remove] = [b for b in at.button if b.key == f"slide-remove-{one.id}"]
+    remove.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Removed one.tif from the library; the file stays" in "\n".join(s.value for s in at.success)
+    assert "one.tif" not in " ".join(m.value for m in at.markdown) and (folder / "one.tif").exists()
+    assert any("Library: 1 slide(s), 1 unreadable" in e.label for e in at.expander)
