@@ -23,7 +23,7 @@ from pcam_core.decision import call
 from pcam_core.triage import triage_calls
 from pcam_core.runs import RunDir, resolve_run
 from pcam_core.slides.analysis import WINDOW
-from pcam_core.slides.outputs import region_name
+from pcam_core.slides.regions import region_name
 from pcam_core.slides.report import local_time, review_text, window_label
 from pcam_core.slides.viewer import (
     is_synthetic,

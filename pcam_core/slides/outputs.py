@@ -5,9 +5,8 @@ A region is a 4-connected set of cells at or above the threshold. Its area is it
 longest diameter is the maximum Feret diameter of its cells (skimage's `feret_diameter_max`) in mm; its
 polygon traces the cells' outline in level-0 pixels (corners rounded by an eighth of a cell).
 
-Regions are numbered once, here, largest first: #1 is the largest. The number is the feature's `region`
-property and its `name` ("tumour region #1", what QuPath shows), and the report, the Slides page, its
-viewer and the reviews of a region all use it.
+Regions are numbered once, here, largest first: #1 is the largest (`slides.regions`: the number is the
+feature's `region` property and its `name`, "tumour region #1", what QuPath shows).
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from ..decision import is_tumour
 from ..fileio import atomic_write_json, atomic_write_with
 from .analysis import UNREADABLE, Lattice
 from .folder import AnalysisFolder
+from .regions import region_name
 from .tissue import THUMB_PCAM_PX
 
 _UPSAMPLE = 4  # cells are traced on a 4x finer grid so the polygon follows their edges
@@ -83,16 +83,6 @@ def tumour_regions(heat: np.ndarray, lattice: Lattice, threshold: float) -> list
         feature["properties"]["name"] = region_name(number)
     return features
 
-
-def region_name(number: int) -> str:
-    """A region's name wherever it is shown: in the GeoJSON (QuPath's annotation name), the report, the page."""
-    return f"tumour region #{number}"
-
-
-def region_number(feature: dict[str, Any], position: int) -> int:
-    """The number of a GeoJSON feature: its `region` property, else (files written before it existed, largest
-    first) its 1-based `position`."""
-    return int(feature.get("properties", {}).get("region", position))
 
 
 def write_regions(folder: AnalysisFolder, features: list[dict[str, Any]]) -> None:

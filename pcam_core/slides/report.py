@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from ..fileio import atomic_write_text, read_json
 from ..staging import SIZE_CLASS_WORDS, size_class
 from .folder import AnalysisFolder
-from .outputs import region_number
+from .regions import region_number
 from .reader import open_slide
 
 TOP_REGIONS = 12  # regions shown with a crop, largest first

@@ -24,7 +24,8 @@ from ..decision import is_tumour
 from ..fileio import read_json
 from .analysis import UNREADABLE, WINDOW, Lattice
 from .folder import AnalysisFolder
-from .outputs import colour_map, region_number, valid_cells
+from .outputs import colour_map, valid_cells
+from .regions import region_number
 from .reader import open_slide
 from .tissue import THUMB_PCAM_PX
 

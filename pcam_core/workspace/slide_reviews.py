@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from ..fileio import read_json
 from ..slides.folder import AnalysisFolder
-from ..slides.outputs import region_number
+from ..slides.regions import region_number
 from ..slides.report import render_report, review_target, review_text
 from .reviews import ReviewStore
 
