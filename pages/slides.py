@@ -4,6 +4,7 @@ viewer; the 96-px window under a click with its probability and Grad-CAM; and th
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -13,13 +14,17 @@ import streamlit as st
 from pathlib import Path
 
 from pcam_app import heatmaps, notes, patches, reviews, shell
-from pcam_app.slide_library import add_slides, analysis_controls, slide_list
+from pcam_app.slide_library import add_slides, analysis_controls, count_text, slide_label, slide_list, watch_analyses
 from pcam_app.components.slide_viewer import slide_viewer
 from pcam_app.sidebar import BUNDLED_CHOICE, switch_page
-from pcam_core.bundled import BUNDLED, BUNDLED_DIR, is_bundled
+from pcam_core.bundled import BUNDLED
 from pcam_core.calibration import run_triage
+from pcam_core.decision import call
 from pcam_core.triage import triage_calls
-from pcam_core.runs import RunDir
+from pcam_core.runs import RunDir, resolve_run
+from pcam_core.slides.analysis import WINDOW
+from pcam_core.slides.regions import region_name
+from pcam_core.slides.report import local_time, review_text, window_label
 from pcam_core.slides.viewer import (
     is_synthetic,
     lattice_of,
@@ -32,28 +37,45 @@ from pcam_core.slides.viewer import (
 from pcam_core.slides.folder import AnalysisFolder
 from pcam_core.staging import SIZE_CLASS_WORDS
 from pcam_core.workspace.reviews import ModelCall, ReviewTarget
-from pcam_core.workspace.slides import SlideEntry
+from pcam_core.workspace.slide_library import SlideEntry
+from pcam_core.workspace.slide_queue import AnalysisState, run_key
+from pcam_core.workspace.slide_reviews import REVIEW_SOURCE, regions_geojson, report_html, slide_reviews
 from pcam_core.workspace.gallery import outline_centre
 
 SORTS = {"size": "Largest first", "probability": "Most probable first"}
 REGIONS_LISTED = 30
 STRIDE = 32  # the library's analyses
 SYNTHETIC_SLIDE = "SYNTHETIC demo slide, not real tissue."
-REVIEW_SOURCE = "slides"  # the data name slide windows and regions are reviewed under
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _analysis(path: str, version: int) -> tuple[dict, list[dict]]:
+def _analysis(path: str, version: str) -> tuple[dict, list[dict]]:
     folder = AnalysisFolder(path)
     return load_summary(folder), regions(folder)
 
 
 def _run_of(summary: dict) -> RunDir | None:
     """The run that made the analysis, to explain its windows with (None when it is gone)."""
-    run = str(summary.get("run", ""))
-    if is_bundled(run):
-        return RunDir(BUNDLED_DIR)
-    return RunDir(run) if run and RunDir(run).path.is_dir() else None
+    try:
+        return resolve_run(str(summary.get("run", ""))).folder
+    except (OSError, ValueError):
+        return None
+
+
+def _shown_analysis(states: list[AnalysisState], run: str) -> AnalysisState | None:
+    """The analysis to show: a choice among the slide's finished ones (any model; the sidebar run's first), else
+    the one under way, else None."""
+    done = {f"{s.slide_id}/{s.key}": s for s in states if s.state == "done"}
+    if done:
+        mine = [k for k, s in done.items() if s.key == run_key(run, STRIDE)]
+        order = mine + [k for k in done if k not in mine]
+        if len(order) == 1:
+            return done[order[0]]
+        pick = st.selectbox("Analysis", order, key=f"slide-analysis-{states[0].slide_id}",
+                            format_func=lambda k: f"{done[k].run_label}, stride {done[k].stride}",
+                            help="Every finished analysis of this slide, by any model; the sidebar's run first.")
+        return done[pick]
+    return states[0] if states else None
 
 
 def triage_cells(heat: np.ndarray, summary: dict) -> None:
@@ -85,59 +107,71 @@ st.caption("A whole slide with the model's tumour map: pan and zoom from the sec
            "tumour regions, and click the slide to see the 96-pixel window the model scored there.")
 
 library = ctx.workspace.slide_library
-run = BUNDLED if ctx.run is None or ctx.bundled else str(ctx.run.path)  # the sidebar's run; the bundled model without one
+selected = resolve_run(ctx.run.path if ctx.run is not None else BUNDLED)  # the sidebar's run analyses new slides
 try:
     listed = library.slides()
 except (OSError, ValueError) as err:
     shell.fail(f"Cannot list the slides of {library.root}: {err}")
 entries = [entry for entry in listed if not entry.error]
-with st.expander(f"Library: {len(entries)} slide(s), analyses with {'the bundled model' if run == BUNDLED else Path(run).name}",
-                 expanded=not entries, icon=":material/folder_open:"):
+with st.expander(f"Library: {count_text(listed)}; Analyse uses {selected.label}", expanded=not entries,
+                 icon=":material/folder_open:"):
     add_slides(library)
-    chosen_ids = slide_list(library, run, stride=STRIDE, slides=listed)
-    analysis_controls(library, chosen_ids, run, stride=STRIDE)
+    chosen_ids = slide_list(library, listed)
+    analysis_controls(library, chosen_ids, selected.arg, stride=STRIDE)
+watch_analyses(library, listed)
 if not entries:
     st.stop()
 
 by_id = {entry.id: entry for entry in entries}
-chosen = st.selectbox("Slide", list(by_id), key="slide", bind="query-params", format_func=lambda i: by_id[i].label)
+chosen = st.selectbox("Slide", list(by_id), key="slide", bind="query-params", format_func=lambda i: slide_label(by_id[i], by_id))
 slide: SlideEntry = by_id[chosen]
-state = library.analysis(slide.id, run, stride=STRIDE)
+state = _shown_analysis(library.analyses(slide), selected.arg)
 summary, region_list = None, []
-if state.state == "done":
+if state is not None and state.state == "done":
     try:
-        summary, region_list = _analysis(str(state.folder.path), state.folder.summary_json.stat().st_mtime_ns)
+        summary, region_list = _analysis(str(state.folder.path), state.version)
         lattice = lattice_of(summary)
     except (OSError, ValueError, KeyError) as err:
         shell.fail(f"Cannot read the analysis of {slide.name} in {state.folder.path}: {err}")
+    slide = by_id.get(state.slide_id, slide)  # the copy (same content) the analysis was made of
 synthetic = slide.synthetic or is_synthetic(slide.path, summary)
 notes.synthetic_banner(synthetic, SYNTHETIC_SLIDE)
 
 if summary is None:
-    waiting = {"none": "has not been analysed with this model yet: choose it in the library above and press Analyse",
-               "queued": f"is queued for analysis (#{state.position})", "running": "is being analysed",
-               "stopped": "was stopped during its analysis (Analyse resumes it)",
-               "failed": f"could not be analysed: {state.error}"}[state.state]
-    (st.error if state.state == "failed" else st.info)(f"{slide.name} {waiting}. The slide is shown without a tumour map.",
-                                                       icon=":material/hourglass_top:")
+    if state is None:
+        waiting = f"has not been analysed yet: tick it in the library above and press Analyse (with {selected.label})"
+    else:
+        waiting = {"queued": f"is queued for analysis with {state.run_label} (#{state.position})",
+                   "running": f"is being analysed with {state.run_label}",
+                   "stopped": f"was stopped during its analysis with {state.run_label} (Analyse resumes it)",
+                   "failed": f"could not be analysed with {state.run_label}: {state.error}"}[state.state]
+    (st.error if state is not None and state.state == "failed" else st.info)(
+        f"{slide.name} {waiting}. The slide is shown without a tumour map.", icon=":material/hourglass_top:")
     slide_viewer(slide.id, width=slide.width, height=slide.height, mpp=slide.mpp, analysis=None, heatmap=None, tissue=None,
-                 threshold=0.5, regions=[], key=f"viewer-{slide.id}")
+                 threshold=0.5, regions=[], version=slide.version, key=f"viewer-{slide.id}")
     st.stop()
 folder = state.folder
+store = ctx.workspace.reviews()
+try:
+    said = slide_reviews(store, [slide.id, *slide.copies], run=state.run)
+except (OSError, ValueError) as err:
+    st.warning(f"Cannot read the reviews of this slide: {err}")
+    said = []
 
 threshold = float(summary["threshold"])
 score = float(summary["slide_score"])
 cols = st.columns(6)
 cols[0].metric("Slide score", f"{score:.3f}", help="The highest cell probability on the slide.")
-cols[1].metric(f"Call at {threshold:g}", "tumour" if score >= threshold else "no tumour",
+cols[1].metric(f"Call at {threshold:g}", "tumour" if call(score, threshold) == "tumour" else "no tumour",
                help="Tumour when the slide score reaches the analysis threshold.")
 cols[2].metric("Tumour area, mm²", f"{summary['tumour_area_mm2']:.3f}", help="The area of the cells at or above the threshold.")
 cols[3].metric("Regions", summary["regions"])
 cols[4].metric("Largest diameter", f"{summary['largest_diameter_mm']:.2f} mm")
 cols[5].metric("Size class", summary["size_class"], help=SIZE_CLASS_WORDS.get(summary["size_class"], ""))
-st.caption(f"Model {summary.get('model')} ({'bundled' if is_bundled(str(summary.get('run'))) else summary.get('run')}), "
+st.caption(f"Model {summary.get('model')} ({state.run_label}), "
            f"stride {lattice.stride} PCam px (cells of {lattice.cell_mm * 1000:.0f} µm), threshold {threshold:g}; "
-           f"{summary['windows_scored']:,} windows scored. Diameters measured on cells run up to one cell larger than the truth.")
+           f"{summary['windows_scored']:,} windows scored; analysis finished {local_time(folder.summary_json.stat().st_mtime)}. "
+           "Diameters measured on cells run up to one cell larger than the truth.")
 
 heat = load_heat(folder)
 with st.expander("Triage of the map's cells (target sensitivity)", icon=":material/rule:"):
@@ -156,15 +190,19 @@ clicked = slide_viewer(
     slide.id, width=lattice.width, height=lattice.height, mpp=lattice.mpp, analysis=state.key,
     heatmap=extents["heatmap"], tissue=extents["tissue"],
     threshold=threshold, regions=[{k: r[k] for k in ("id", "rings", "bbox", "longest_diameter_mm")} for r in region_list],
-    goto=view["goto"], marker=(window["x"], window["y"], window["size"]) if window else None, key=f"viewer-{slide.id}")
+    goto=view["goto"], marker=(window["x"], window["y"], window["size"]) if window else None, key=f"viewer-{slide.id}",
+    version=slide.version, analysis_version=state.version)
 if clicked is not None:
     view["point"] = (clicked["x"], clicked["y"])
     st.rerun()
 
 if window is not None:
-    st.subheader(f"The window at ({view['point'][0]:,}, {view['point'][1]:,})")
+    # one position (the window's top-left, level-0 px) and one figure (the map's value for its cell) everywhere:
+    # here, the marker, its reviews and what goes to Explain
+    wx, wy = int(round(window["x"])), int(round(window["y"]))
+    st.subheader(f"The {window_label(wx, wy)}")
     left, right = st.columns([1, 2])
-    what = {"scored": f"probability **{window['probability']:.3f}**", "not scored": "not scored (too little tissue)",
+    what = {"scored": f"map probability **{window['probability']:.3f}**", "not scored": "not scored (too little tissue)",
             "unreadable": "unreadable in the slide file"}[window["state"]]
     left.image(outline_centre(window["pixels"], scale=2, width=2), width=192,
                caption=f"cell ({window['row']}, {window['col']}): {what}", output_format="PNG")
@@ -175,18 +213,21 @@ if window is not None:
         else:
             explanation = heatmaps.explain(run, window["pixels"][None])
             st.image(heatmaps.side_by_side(window["pixels"][None], explanation)[0], width=392, output_format="PNG",
-                     caption=f"Grad-CAM (the window beside its heat map); probability in this pass "
-                             f"{explanation.probabilities[0]:.3f}; the box is the central 32×32 the label describes.")
+                     caption="Grad-CAM (the window beside its heat map); the box is the central 32×32 the label describes. "
+                             "The window's probability is the map's, beside it.")
             if st.button("Open this window in Explain", icon=":material/center_focus_strong:", key="to_explain",
                          help="Explain shows it with every method, layer and scale, with this model."):
                 sent = st.session_state.setdefault(patches.SLIDE_WINDOWS, [])
-                name = f"{Path(slide.name).stem} x{int(window['x'])} y{int(window['y'])}"
+                name = f"{Path(slide.name).stem} @{wx},{wy}"
                 sent[:] = [w for w in sent if w["name"] != name][-(patches.SLIDE_WINDOWS_KEPT - 1):]
-                sent.append({"name": name, "pixels": window["pixels"]})
-                switch_page("pages/explain.py", {"run": BUNDLED_CHOICE if is_bundled(run.path) else run.run_id})
+                sent.append({"name": name, "pixels": window["pixels"], "slide": slide.name, "x": wx, "y": wy,
+                             "position": window_label(wx, wy), "probability": window["probability"],
+                             "run": str(summary.get("run"))})
+                ref = resolve_run(run.path)
+                switch_page("pages/explain.py", {"run": BUNDLED_CHOICE if ref.bundled else run.run_id})
     if window["state"] == "scored":
         with left:
-            reviews.review_widget(ctx.workspace.reviews(), ReviewTarget.slide_region(REVIEW_SOURCE, slide.id, x=window["x"], y=window["y"]),
+            reviews.review_widget(store, ReviewTarget.slide_region(REVIEW_SOURCE, slide.id, x=wx, y=wy),
                                   ModelCall.at(window["probability"], threshold, str(summary.get("run"))),
                                   key=f"window_{slide.id}", compact=True)
 
@@ -198,9 +239,15 @@ else:
                                  label_visibility="collapsed") or "size"
     key = "area_mm2" if order == "size" else "max_probability"
     ranked = sorted(region_list, key=lambda r: -r[key])
+    region_reviews = {}
+    for review in said:
+        if review["region"] is not None:
+            region_reviews.setdefault(review["region"], []).append(review_text(review))
     for region in ranked[:REGIONS_LISTED]:
-        c = st.columns([1, 2, 2, 2, 2, 1], vertical_alignment="center")
-        if c[0].button(f"Go to #{region['id']}", key=f"goto-{region['id']}", icon=":material/my_location:"):
+        number = region["id"]
+        c = st.columns([1, 2, 2, 2, 1, 1], vertical_alignment="center")
+        if c[0].button(f"#{number}", key=f"goto-{number}", icon=":material/my_location:",
+                       help=f"Show {region_name(number)} in the viewer (its name in the GeoJSON and the report)"):
             view["goto"] = {"bbox": region["bbox"], "nonce": time.time()}
             st.rerun()
         c[1].write(f"**{region['longest_diameter_mm']:.2f} mm** longest diameter")
@@ -208,22 +255,36 @@ else:
         c[3].write(f"max probability {region['max_probability']:.3f}")
         c[4].write(f"{region['cells']} cells")
         with c[5]:
-            reviews.review_widget(ctx.workspace.reviews(), ReviewTarget.slide_region(REVIEW_SOURCE, slide.id, region=str(region["id"])),
+            reviews.review_widget(store, ReviewTarget.slide_region(REVIEW_SOURCE, slide.id, region=str(number)),
                                   ModelCall.at(region["max_probability"], threshold, str(summary.get("run"))),
-                                  key=f"region_{slide.id}_{region['id']}", compact=True)
+                                  key=f"region_{slide.id}_{number}", compact=True)
+        if region_reviews.get(number):
+            st.caption(f"Reviews of #{number}: " + "; ".join(region_reviews[number]))
     if len(ranked) > REGIONS_LISTED:
         st.caption(f"{len(ranked) - REGIONS_LISTED} smaller regions are in the GeoJSON.")
     with st.expander("All regions as a table"):
-        st.dataframe(pd.DataFrame(ranked).drop(columns=["rings"]), hide_index=True)
+        table = pd.DataFrame(ranked).drop(columns=["rings"]).rename(columns={"id": "region"})
+        table["reviews"] = [" · ".join(region_reviews.get(n, [])) for n in table["region"]]
+        st.dataframe(table, hide_index=True)
+windows_said = [r for r in said if r["region"] is None]
+if windows_said:
+    st.caption("Reviews of windows: " + "; ".join(f"{window_label(r['x'], r['y'])}: {review_text(r)}" for r in windows_said))
 
 st.subheader("Downloads")
 d = st.columns(4)
-for column, path, label, mime in ((d[0], folder.regions_geojson, "Regions (GeoJSON, for QuPath)", "application/geo+json"),
-                                  (d[1], folder.heatmap_tif, "Heat map (pyramidal TIFF)", "image/tiff"),
-                                  (d[2], folder.tiles_csv, "Windows (tiles.csv)", "text/csv"),
-                                  (d[3], folder.report_html, "Report (HTML, printable)", "text/html")):
+stem = Path(slide.name).stem
+window_px = WINDOW * lattice.f
+d[0].download_button("Regions (GeoJSON, for QuPath)",
+                     lambda: json.dumps(regions_geojson(folder, said, window_px=window_px), indent=1).encode(),
+                     file_name=f"{stem}-{folder.regions_geojson.name}", mime="application/geo+json", on_click="ignore",
+                     icon=":material/download:", disabled=not folder.regions_geojson.is_file())
+for column, path, label, mime in ((d[1], folder.heatmap_tif, "Heat map (pyramidal TIFF)", "image/tiff"),
+                                  (d[2], folder.tiles_csv, "Windows (tiles.csv)", "text/csv")):
     if path.is_file():
-        column.download_button(label, path.read_bytes(), file_name=f"{Path(slide.name).stem}-{path.name}", mime=mime,
+        column.download_button(label, path.read_bytes(), file_name=f"{stem}-{path.name}", mime=mime,
                                on_click="ignore", icon=":material/download:")
+d[3].download_button("Report (HTML, printable)", lambda: report_html(folder, said).encode("utf-8"),
+                     file_name=f"{stem}-{folder.report_html.name}", mime="text/html", on_click="ignore",
+                     icon=":material/download:")
 if synthetic:
     st.caption(f"**{SYNTHETIC_SLIDE}** Everything on this page was computed on generated pixels.")

@@ -1,13 +1,14 @@
-"""The Slides page's library section: register a folder, upload a slide, the list of slides with their
-thumbnail, size, resolution, vendor and the state of their analysis with the chosen run; analyse or stop
-the chosen ones, and the progress of the running one. Everything is asked of
-`pcam_core.workspace.slides.SlideLibrary`; these functions only draw it, so that the page
-(pages/slides.py, with the viewer) calls them where it wants:
+"""The Slides page's library section: register a folder, upload a slide, the list of slides (thumbnail, size,
+resolution, vendor, where it comes from, a copy of which other entry it is, and its analyses by every model);
+remove a slide; analyse or stop the chosen ones, and the progress of the running one, which refreshes the page
+when an analysis changes state. Everything is asked of `pcam_core.workspace.slide_library.SlideLibrary`; these
+functions only draw it, so that the page (pages/slides.py, with the viewer) calls them where it wants:
 
     library = ctx.workspace.slide_library
     add_slides(library)
-    chosen = slide_list(library, run)      # the ids ticked in the list
+    chosen = slide_list(library, slides)      # the ids ticked in the list
     analysis_controls(library, chosen, run)
+    watch_analyses(library, slides)           # reruns the page when an analysis is queued, starts or ends
 """
 
 from __future__ import annotations
@@ -16,14 +17,25 @@ from pathlib import Path
 
 import streamlit as st
 
-from pcam_core.workspace.slides import AnalysisState, SlideEntry, SlideLibrary
+from pcam_core.workspace.slide_library import SlideEntry, SlideLibrary
+from pcam_core.workspace.slide_queue import AnalysisState
 
 STATE_LABELS = {"none": "not analysed", "queued": "queued", "running": "analysing", "done": "done",
                 "failed": "failed", "stopped": "stopped (resumable)"}
+NOTICE = "_slide_library_notice"  # a message to show after the rerun that lists a slide just added or removed
+POLL_SECONDS = 2.0
+
+
+def _notice_then_rerun(message: str) -> None:
+    st.session_state[NOTICE] = message
+    st.rerun()
 
 
 def add_slides(library: SlideLibrary) -> None:
-    """Register a folder by its path, or upload one slide file (refused above the size limit)."""
+    """Register a folder by its path, or upload one slide file (refused above the size limit). The page runs
+    again at once, so that the slides added are listed."""
+    if notice := st.session_state.pop(NOTICE, None):
+        st.success(notice, icon=":material/check:")
     with st.expander("Add slides", icon=":material/add:"):
         folder_tab, upload_tab = st.tabs(["A folder on this machine", "Upload a file"])
         with folder_tab.form("add-slide-folder", clear_on_submit=True, border=False):
@@ -35,7 +47,7 @@ def add_slides(library: SlideLibrary) -> None:
                 except (OSError, ValueError) as err:
                     st.error(str(err))
                 else:
-                    st.success(f"Registered {folder}")
+                    _notice_then_rerun(f"Registered {folder}")
         with upload_tab:
             limit_gb = library.upload_max_bytes / 1024**3
             upload = st.file_uploader(f"A slide file (up to {limit_gb:.1f} GiB)", key="slide-upload",
@@ -46,32 +58,42 @@ def add_slides(library: SlideLibrary) -> None:
                 except (OSError, ValueError) as err:
                     st.error(str(err))
                 else:
-                    st.success(f"Added {entry.name}")
+                    _notice_then_rerun(f"Added {entry.name}")
 
 
-def _state_text(state: AnalysisState) -> str:
-    text = STATE_LABELS[state.state]
+def state_text(state: AnalysisState) -> str:
+    """One analysis in words: its model, stride and where it stands."""
+    text = f"{state.run_label} (stride {state.stride}): {STATE_LABELS[state.state]}"
     if state.state == "queued" and state.position:
         text += f" (#{state.position})"
     elif state.state == "running" and state.windows_total:
         text += f" {100 * state.fraction:.0f}%"
     elif state.state == "done" and state.summary:
-        text += f": score {state.summary['slide_score']:.3f}, {state.summary['regions']} region(s)"
+        text += f", score {state.summary['slide_score']:.3f}, {state.summary['regions']} region(s)"
     return text
 
 
-def slide_list(library: SlideLibrary, run: str | Path, *, stride: int = 32, slides: list[SlideEntry] | None = None) -> list[str]:
-    """The slides (`slides`, as the caller listed them, else the library's) with a thumbnail each and the state
-    of their analysis with `run`; returns the ids ticked."""
-    if slides is None:
-        try:
-            slides = library.slides()
-        except (OSError, ValueError) as err:
-            st.error(f"Cannot list the slides: {err}")
-            return []
+def slide_label(entry: SlideEntry, by_id: dict[str, SlideEntry] | None = None) -> str:
+    """A slide's name with where it comes from, and the copies of it the library holds elsewhere."""
+    text = f"{entry.label} · {entry.origin_text}"
+    if entry.copies and by_id:
+        text += " · same slide as " + ", ".join(f"{by_id[c].name} ({by_id[c].origin_text})" for c in entry.copies if c in by_id)
+    return text
+
+
+def count_text(slides: list[SlideEntry]) -> str:
+    """How many slides the library holds, the unreadable ones counted and named as such."""
+    broken = sum(1 for entry in slides if entry.error)
+    return f"{len(slides)} slide(s)" + (f", {broken} unreadable" if broken else "")
+
+
+def slide_list(library: SlideLibrary, slides: list[SlideEntry]) -> list[str]:
+    """The slides with a thumbnail each, where each comes from, their analyses by every model and a Remove
+    button; returns the ids ticked."""
     if not slides:
         st.info("No slides yet: register a folder of slides or upload one (Add slides).", icon=":material/biotech:")
         return []
+    by_id = {entry.id: entry for entry in slides}
     chosen = []
     for entry in slides:
         with st.container(border=True):
@@ -79,51 +101,77 @@ def slide_list(library: SlideLibrary, run: str | Path, *, stride: int = 32, slid
             if entry.thumbnail:
                 thumb.image(entry.thumbnail, width=120)
             text.markdown(f"**{entry.name}**" + (" · :orange-badge[SYNTHETIC]" if entry.synthetic else ""))
-            text.caption(_describe(entry))
+            text.caption(_describe(entry, by_id))
+            if pick.button("Remove", key=f"slide-remove-{entry.id}", icon=":material/delete:",
+                           help="Uploaded: the file is deleted with its analyses. From a registered folder or registered "
+                                "alone: left where it is, only no longer listed."):
+                try:
+                    removed = library.remove(entry.id)
+                except (OSError, ValueError) as err:
+                    st.error(str(err))
+                else:
+                    _notice_then_rerun(f"Removed {removed.name}" + (" (the uploaded file is deleted)" if removed.origin == "upload"
+                                                                      else f" from the library; the file stays at {removed.path}"))
             if entry.error:
                 text.error(entry.error)
                 continue
-            state = library.analysis(entry.id, run, stride=stride)
-            text.caption(f"Analysis: {_state_text(state)}")
+            states = library.analyses(entry)
+            text.caption("Analyses: " + ("; ".join(state_text(s) for s in states) if states else "not analysed"))
             if pick.checkbox("choose", key=f"slide-pick-{entry.id}", label_visibility="collapsed"):
                 chosen.append(entry.id)
     return chosen
 
 
-def _describe(entry: SlideEntry) -> str:
+def _describe(entry: SlideEntry, by_id: dict[str, SlideEntry]) -> str:
     size = f"{entry.file_size / 1024**2:,.1f} MB"
+    where = slide_label(entry, by_id).split(" · ", 1)[1]
     if entry.error:
-        return f"{size} · {entry.path}"
+        return f"{size} · {entry.path} · {where}"
     return (f"{entry.width:,} × {entry.height:,} px · {entry.mpp:g} µm/px · {entry.vendor} · {entry.levels} level(s) · "
-            f"{size} · {entry.origin}")
+            f"{size} · {where}")
 
 
 def analysis_controls(library: SlideLibrary, chosen: list[str], run: str | Path, *, stride: int = 32) -> None:
-    """Analyse or stop the chosen slides; the progress of the running analyses, refreshed every 2 s."""
+    """Analyse the chosen slides with `run` (the sidebar's), or stop their analyses."""
     left, right = st.columns(2)
     if left.button(f"Analyse {len(chosen)} slide(s)", disabled=not chosen, type="primary", icon=":material/play_arrow:"):
         try:
             library.start(chosen, run, stride=stride)
         except (OSError, ValueError) as err:
             st.error(str(err))
+        else:
+            st.rerun()  # the list shows them queued
     if right.button("Stop", disabled=not chosen, icon=":material/stop:"):
         for slide in chosen:
             library.stop(slide, run, stride=stride)
-    _progress(library, run, stride)
+        st.rerun()
 
 
-@st.fragment(run_every=2.0)
-def _progress(library: SlideLibrary, run: str | Path, stride: int) -> None:
-    for entry in library.slides():
-        if entry.error:
-            continue
-        state = library.analysis(entry.id, run, stride=stride)
-        if state.state == "running":
-            detail = "starting"
-            if state.windows_total:
-                detail = f"{state.windows_done:,} of {state.windows_total:,} windows"
-                if state.windows_per_s:
-                    detail += f", {state.windows_per_s:.0f} windows/s, {state.seconds_left:.0f} s left"
-            st.progress(state.fraction, text=f"{entry.label}: {detail}")
-        elif state.state == "failed":
-            st.error(f"{entry.label}: the analysis failed: {state.error}")
+def _snapshot(library: SlideLibrary, slides: list[SlideEntry]) -> tuple[list[tuple[SlideEntry, AnalysisState]], tuple]:
+    states = [(entry, state) for entry in slides if not entry.error for state in library.analyses(entry)]
+    return states, tuple(sorted((s.slide_id, s.key, s.state, s.position or 0) for _, s in states))
+
+
+def watch_analyses(library: SlideLibrary, slides: list[SlideEntry]) -> None:
+    """The progress of the analyses under way, refreshed every POLL_SECONDS while one is queued or running; when
+    any analysis changes state (queued, started, done, failed, stopped) the whole page runs again, so that the
+    list and the viewer show it without a reload."""
+    states, seen = _snapshot(library, slides)
+    busy = any(s.state in ("queued", "running") for _, s in states)
+
+    def watch() -> None:
+        now, key = _snapshot(library, slides)
+        if key != seen:
+            st.rerun(scope="app")
+        for entry, state in now:
+            if state.state == "running":
+                detail = "starting"
+                if state.windows_total:
+                    detail = f"{state.windows_done:,} of {state.windows_total:,} windows"
+                    if state.windows_per_s:
+                        detail += f", {state.windows_per_s:.0f} windows/s, {state.seconds_left:.0f} s left"
+                st.progress(state.fraction, text=f"{entry.label} with {state.run_label}: {detail}")
+            elif state.state == "failed":
+                st.error(f"{entry.label} with {state.run_label}: the analysis failed: {state.error}")
+
+    st.fragment(watch, run_every=POLL_SECONDS if busy else None)()

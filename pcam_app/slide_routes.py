@@ -1,10 +1,15 @@
 """HTTP routes the dashboard's own server adds for the slide viewer (`st.App(..., routes=routes())`):
 Deep Zoom descriptors and tiles of the registered slides, and their analysis overlays.
 
-    GET /slides-api/<slide id>.dzi                              the Deep Zoom descriptor (XML)
-    GET /slides-api/<slide id>_files/<level>/<col>_<row>.jpeg   a tile
-    GET /slides-api/<slide id>/<run key>/heatmap.png?threshold=0.5   the map overlay of an analysis (cells >= threshold)
-    GET /slides-api/<slide id>/<run key>/tissue.png                  its tissue mask overlay
+    GET /slides-api/<slide id>.dzi?v=<slide version>                 the Deep Zoom descriptor (XML)
+    GET /slides-api/<slide id>_files/<level>/<col>_<row>.jpeg?v=...  a tile (OpenSeadragon repeats the descriptor's query)
+    GET /slides-api/<slide id>/<run key>/heatmap.png?v=<analysis version>&threshold=0.5   the map overlay of an analysis
+                                                                                          (cells >= threshold)
+    GET /slides-api/<slide id>/<run key>/tissue.png?v=<analysis version>                  its tissue mask overlay
+
+The version in each URL (`SlideEntry.version`: the file's mtime and size; `AnalysisFolder.version`:
+summary.json's mtime) changes when the slide or its analysis is written again, so a browser never shows a
+stale tile: an answer to the current version may be cached for a day, any other answer is not cached.
 
 A slide id becomes a file only through the slide library's lookup (`SlideLibrary.lookup`), never a path taken
 from the URL; a run key names one of that slide's analysis folders and must look like one (`run_key`). A malformed
@@ -24,19 +29,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pcam_core.slides.folder import AnalysisFolder
+from pcam_core.decision import check_threshold
 from pcam_core.slides.tiles import LRUCache, TileCache, TileError
 from pcam_core.slides.viewer import Overlay, heat_overlay, lattice_of, load_heat, load_summary, tissue_overlay
 from pcam_core.workspace import Workspace
-from pcam_core.workspace.slides import SlideEntry, SlideLibrary
+from pcam_core.workspace.slide_library import SlideEntry, SlideLibrary
+from pcam_core.workspace.slide_queue import is_run_key
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/slides-api"
 TILE_NAME = re.compile(r"(\d{1,6})_(\d{1,6})\.jpeg")
 LEVEL = re.compile(r"\d{1,2}")
-RUN_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}-s(32|96)")  # what `run_key` makes: no slash, no leading dot
-CACHE_CONTROL = "private, max-age=3600"
+CACHE_CURRENT = "private, max-age=86400, immutable"  # an address with the current version: its bytes never change
+CACHE_OTHER = "no-cache"  # no version, or an old one: asked again every time
 LOOKUP_SECONDS = 5.0  # a slide id's lookup is reused this long: the library lists its folders on every lookup
 
 Library = Callable[[], SlideLibrary]
@@ -49,6 +55,11 @@ def workspace_library() -> SlideLibrary:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _cache(request: Request, version: str) -> dict[str, str]:
+    """The Cache-Control header of an answer: long when the address names the current version."""
+    return {"Cache-Control": CACHE_CURRENT if version and request.query_params.get("v") == version else CACHE_OTHER}
 
 
 class SlideRoutes:
@@ -87,7 +98,7 @@ class SlideRoutes:
             zoom = self.cache.slide(slide.path)
         except (OSError, ValueError) as err:
             return _error(422, f"slide {slide.id!r} cannot be read: {err}")
-        return Response(zoom.dzi(), media_type="application/xml", headers={"Cache-Control": CACHE_CONTROL})
+        return Response(zoom.dzi(), media_type="application/xml", headers=_cache(request, slide.version))
 
     def tile(self, request: Request) -> Response:
         slide = self._slide(request.path_params["slide_id"])
@@ -104,27 +115,25 @@ class SlideRoutes:
         except (OSError, ValueError) as err:
             log.warning("tile %s/%s of %s: %s", level, name, slide.path, err)
             return _error(422, f"slide {slide.id!r}: tile {level}/{name} cannot be read: {err}")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": CACHE_CONTROL})
+        return Response(data, media_type="image/jpeg", headers=_cache(request, slide.version))
 
     def _overlay(self, request: Request, kind: str) -> Response:
         slide = self._slide(request.path_params["slide_id"])
         if isinstance(slide, Response):
             return slide
         key = request.path_params["key"]
-        if not RUN_KEY.fullmatch(key):
+        if not is_run_key(key):
             return _error(400, f"malformed analysis key {key!r}: expected <run>-s32 or <run>-s96")
         threshold = 0.0
         if kind == "heatmap":
             raw = request.query_params.get("threshold", "0.5")
             try:
-                threshold = float(raw)
-                if not 0 <= threshold <= 1:
-                    raise ValueError
-            except ValueError:
-                return _error(400, f"threshold must be a number between 0 and 1, not {raw!r}")
-        folder = AnalysisFolder(self.library().analysis_folder(slide.id).path.parent / key)
+                threshold = check_threshold(raw, "threshold")
+            except ValueError as err:
+                return _error(400, str(err))
+        folder = self.library().queue.folder(slide.id, key)
         try:
-            version = folder.summary_json.stat().st_mtime_ns
+            version = folder.version()
             summary = load_summary(folder)
 
             def make() -> Overlay:
@@ -134,7 +143,7 @@ class SlideRoutes:
             overlay = self.overlays.get((str(folder.path), version, kind, round(threshold, 4)), make)
         except (OSError, ValueError) as err:
             return _error(404, f"slide {slide.id!r}: no {kind} overlay: {err}")
-        return Response(overlay.png, media_type="image/png", headers={"Cache-Control": CACHE_CONTROL})
+        return Response(overlay.png, media_type="image/png", headers=_cache(request, version))
 
     def heatmap(self, request: Request) -> Response:
         return self._overlay(request, "heatmap")

@@ -1,8 +1,10 @@
-"""Crash-safe file writes: a reader never sees half a file, and a failed write leaves the old one intact."""
+"""Crash-safe file writes: a reader never sees half a file, and a failed write leaves the old one intact. And
+the one advisory file lock (`flock`) that processes sharing a folder take."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -105,3 +107,20 @@ def read_json(path: str | Path, default: Any = None) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return default
+
+
+@contextlib.contextmanager
+def flock(path: str | Path, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive `flock` on `path` (the file made if missing, its folder not) for the block; yields True when held.
+    With `blocking=False` it yields False at once, holding nothing, while another process holds it. The
+    kernel drops the lock when the holder's file closes, however its process ends (kill -9 included)."""
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -6,6 +6,7 @@ tests/test_slide_library.py's; here the page's words for one that is not done.""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -66,10 +67,11 @@ def test_a_slide_without_analysis_is_shown_without_a_map(analysed_workspace, tmp
     root = _workspace(tmp_path / "ws")
     sid = SlideLibrary(root).add_file(analysed_workspace[0] / "demo-slides" / "demo" / "slide.tif").id
     at = open_slides(root, monkeypatch)
-    assert "has not been analysed with this model yet" in texts(at)
+    assert "has not been analysed yet" in texts(at)
     assert "SYNTHETIC demo slide" in texts(at)
     data = viewer_data(at)
-    assert data["dzi"] == f"slides-api/{sid}.dzi" and data["heatmap"] is None and data["regions"] == []
+    assert data["dzi"] == f"slides-api/{sid}.dzi?v={SlideLibrary(root).entry(sid).version}" and data["heatmap"] is None
+    assert data["regions"] == []
 
 
 def test_an_analysed_slide_shows_its_figures_viewer_regions_and_downloads(analysed_workspace, monkeypatch):
@@ -96,17 +98,18 @@ def test_an_analysed_slide_shows_its_figures_viewer_regions_and_downloads(analys
     assert metrics["Slide by triage"] == ("tumour" if (calls == "tumour").any() else "refer" if (calls == "refer").any() else "normal")
     data = viewer_data(at)
     assert (data["width"], data["height"], data["mpp"]) == (3000, 2000, pytest.approx(summary["mpp"]))
-    assert data["heatmap"]["url"] == f"slides-api/{sid}/bundled-s32/heatmap.png" and data["heatmap"]["width"] >= 3000
-    assert data["tissue"]["url"] == f"slides-api/{sid}/bundled-s32/tissue.png" and data["threshold"] == 0.5
+    version = folder.version()
+    assert data["heatmap"]["url"] == f"slides-api/{sid}/bundled-s32/heatmap.png?v={version}" and data["heatmap"]["width"] >= 3000
+    assert data["tissue"]["url"] == f"slides-api/{sid}/bundled-s32/tissue.png?v={version}" and data["threshold"] == 0.5
     assert [r["id"] for r in data["regions"]] == list(range(1, summary["regions"] + 1)) and data["goto"] is None
     labels = [b.label for b in at.get("download_button")]
     assert labels[:3] == ["Regions (GeoJSON, for QuPath)", "Heat map (pyramidal TIFF)", "Windows (tiles.csv)"]
     # regions by probability, then "go to" the first: the viewer gets its box
     at.segmented_control(key="region_sort").set_value("probability").run()
-    buttons = [b for b in at.button if b.label.startswith("Go to #")]
+    buttons = [b for b in at.button if (b.key or "").startswith("goto-")]
     by_probability = sorted(summary["region_list"], key=lambda r: -r["max_probability"])
     assert len(buttons) == summary["regions"] >= 1
-    assert buttons[0].label == f"Go to #{1 + summary['region_list'].index(by_probability[0])}"
+    assert buttons[0].label == f"#{by_probability[0]['region']}"  # the region's one number, as in the GeoJSON
     buttons[0].click().run()
     goto = viewer_data(at)["goto"]
     ring = by_probability[0]
@@ -124,10 +127,12 @@ def test_a_click_on_the_slide_shows_its_window_probability_and_grad_cam(analysed
     at.session_state[f"slides_view_{sid}"] = {"goto": None, "point": point}  # what a click on the viewer stores
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    assert f"The window at ({point[0]:,}, {point[1]:,})" in texts(at)
+    wx, wy = (int(round(float(v))) for v in lattice.window_origin(i, j))
+    assert f"The window at {wx:,}, {wy:,} (level-0 px, top-left)" in texts(at)  # one position: the window's top-left
     captions = [c for image in at.image for c in image.captions]
-    assert any(f"probability **{float(heat[i, j]):.3f}**" in c for c in captions), captions
-    assert any(c.startswith("Grad-CAM") for c in captions), captions
+    assert any(f"map probability **{float(heat[i, j]):.3f}**" in c for c in captions), captions
+    grad_cam = [c for c in captions if c.startswith("Grad-CAM")]
+    assert grad_cam and not re.search(r"0\.\d{3}", grad_cam[0]), grad_cam  # one figure: no second probability
     assert viewer_data(at)["marker"][:2] == [pytest.approx(v) for v in lattice.window_origin(i, j)]
     # the window goes to Explain, explained there with the same model
     [to_explain] = [b for b in at.button if b.label == "Open this window in Explain"]
@@ -140,7 +145,8 @@ def test_a_click_on_the_slide_shows_its_window_probability_and_grad_cam(analysed
     slide_path = SlideLibrary(root).entry(sid).path
     [sent] = at.session_state[SLIDE_WINDOWS]
     np.testing.assert_array_equal(sent["pixels"], window_at(slide_path, heat, lattice, *point)["pixels"])
-    assert sent["name"].endswith(f"x{int(lattice.window_origin(i, j)[0])} y{int(lattice.window_origin(i, j)[1])}")
+    assert (sent["x"], sent["y"], sent["probability"]) == (wx, wy, pytest.approx(float(heat[i, j])))
+    assert sent["name"].endswith(f"@{wx},{wy}") and sent["position"] == f"window at {wx:,}, {wy:,} (level-0 px, top-left)"
 
 
 def _wait_for(library: SlideLibrary, sid: str, states: tuple[str, ...], timeout: float = 240.0) -> str:
@@ -212,3 +218,75 @@ def test_the_page_follows_real_analyses_queued_running_done_and_failed(analysed_
     else:
         at.selectbox(key="slide").set_value(ids[2]).run()
         assert "c.tif could not be analysed" in "\n".join(e.value for e in at.error)
+
+
+def _copy_analysis(source_root: Path, source_id: str, root: Path, sid: str) -> None:
+    import shutil
+
+    shutil.copytree(SlideLibrary(source_root).analysis_folder(source_id).path, SlideLibrary(root).analysis_folder(sid).path)
+
+
+def test_a_slide_analysed_by_the_bundled_model_shows_its_map_whatever_run_the_sidebar_selects(analysed_workspace, tmp_path, monkeypatch):
+    from helpers import running_run
+
+    source_root, source_id = analysed_workspace
+    root = _workspace(tmp_path / "ws")
+    sid = SlideLibrary(root).add_file(SlideLibrary(source_root).entry(source_id).path).id
+    _copy_analysis(source_root, source_id, root, sid)
+    running_run(root / "runs", "still-training")  # a run of this workspace, selected in the sidebar
+    at = open_slides(root, monkeypatch)
+    at.selectbox(key="run").set_value("still-training").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "has not been analysed" not in texts(at)
+    assert "Slide score" in {m.label for m in at.metric} and "bundled model" in texts(at)
+    assert viewer_data(at)["heatmap"]["url"].startswith(f"slides-api/{sid}/bundled-s32/heatmap.png")
+    assert "Analyse uses still-training" in "\n".join(e.label for e in at.expander)
+
+
+def test_the_same_slide_uploaded_and_in_a_folder_shows_its_origin_and_opens_the_analysis_of_either(analysed_workspace, tmp_path,
+                                                                                                    monkeypatch):
+    source_root, source_id = analysed_workspace
+    root = _workspace(tmp_path / "ws")
+    library = SlideLibrary(root)
+    path = Path(SlideLibrary(source_root).entry(source_id).path)
+    library.add_folder(path.parent)
+    in_folder = next(e for e in library.slides() if e.path == str(path))
+    _copy_analysis(source_root, source_id, root, in_folder.id)
+    uploaded = library.add_upload("slide.tif", path.read_bytes())
+    at = open_slides(root, monkeypatch)
+    box = at.selectbox(key="slide")
+    labels = box.options  # two entries, told apart by where they come from
+    assert len(labels) == len(set(labels)) == 2
+    upload_label = next(label for label in labels if "· uploaded" in label)
+    assert "same slide as slide.tif (in a registered folder" in upload_label
+    box.set_value(uploaded.id).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "has not been analysed" not in texts(at) and "Slide score" in {m.label for m in at.metric}
+    assert viewer_data(at)["heatmap"]["url"].startswith(f"slides-api/{in_folder.id}/bundled-s32/")
+
+
+def test_slides_registered_appear_at_once_unreadable_ones_are_counted_and_slides_can_be_removed(tmp_path, monkeypatch):
+    from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
+
+    folder = tmp_path / "slides"
+    make_demo_slide(folder / "demo", DemoSlideSpec(width=1024, height=768))
+    (folder / "demo" / "slide.tif").rename(folder / "one.tif")
+    (folder / "broken.tif").write_bytes(b"not a slide" * 100)
+    root = _workspace(tmp_path / "ws")
+    at = open_slides(root, monkeypatch)
+    [field] = [t for t in at.text_input if t.label == "Folder of slides"]
+    field.input(str(folder))
+    [submit] = [b for b in at.button if b.label == "Register the folder"]
+    submit.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = texts(at)
+    assert f"Registered {folder}" in "\n".join(s.value for s in at.success)
+    assert "one.tif" in shown and "broken.tif" in shown  # listed in the same run, no reload
+    assert any("Library: 2 slide(s), 1 unreadable" in e.label for e in at.expander)
+    one = next(e for e in SlideLibrary(root).slides() if e.name == "one.tif")
+    [remove] = [b for b in at.button if b.key == f"slide-remove-{one.id}"]
+    remove.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Removed one.tif from the library; the file stays" in "\n".join(s.value for s in at.success)
+    assert "one.tif" not in " ".join(m.value for m in at.markdown) and (folder / "one.tif").exists()
+    assert any("Library: 1 slide(s), 1 unreadable" in e.label for e in at.expander)

@@ -1,4 +1,4 @@
-"""The workspace's slide library (pcam_core.workspace.slides) and the printable slide report
+"""The workspace's slide library (pcam_core.workspace.slide_library, its queue slide_queue) and the printable slide report
 (pcam_core.slides.report): registering folders and uploads, the listing with thumbnails and errors, the
 demo slide of a first start, the report's content; the queue of real analysis processes (slow)."""
 
@@ -23,7 +23,8 @@ from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
 from pcam_core.slides.folder import AnalysisFolder
 from pcam_core.slides.report import DISCLAIMER
 from pcam_core.workspace import Workspace
-from pcam_core.workspace.slides import DEMO_SLIDE_ENV, UPLOAD_LIMIT_ENV, SlideLibrary, demo_slide_size, run_key, slide_id, upload_limit
+from pcam_core.workspace.slides import (DEMO_SLIDE_ENV, UPLOAD_LIMIT_ENV, SlideLibrary, demo_slide_size, fingerprint, run_key, slide_id,
+                                        upload_limit)
 from test_slides import RedCentreModel, _analyse, _png_slide
 
 
@@ -66,10 +67,13 @@ def test_a_registered_folder_is_listed_where_it_is_with_sizes_thumbnails_and_err
     assert Path(again["demo.tif"].thumbnail).stat().st_mtime_ns == made
     with pytest.raises(ValueError, match="already registered"):
         library.add_folder(slide_folder)
-    with pytest.raises(ValueError, match="remove the folder"):
-        library.remove(demo.id)
+    library.remove(demo.id)  # a slide of a registered folder: hidden from the library, its file left where it is
+    assert set(_by_name(library)) == {"tissue.png", "broken.tif"} and (slide_folder / "demo.tif").exists()
     library.remove_folder(slide_folder)
     assert library.slides() == [] and (slide_folder / "demo.tif").exists()
+    library.add_folder(slide_folder)  # registered again: every slide of it again
+    assert set(_by_name(library)) == {"demo.tif", "tissue.png", "broken.tif"}
+    library.remove_folder(slide_folder)
 
 
 def test_a_folder_that_is_missing_or_holds_no_slides_is_refused(tmp_path):
@@ -276,7 +280,7 @@ def _library_section(root: str) -> None:
 
     library = SlideLibrary(root)
     add_slides(library)
-    analysis_controls(library, slide_list(library, "bundled"), "bundled")
+    analysis_controls(library, slide_list(library, library.slides()), "bundled")
 
 
 def test_the_library_section_lists_no_slides_then_slides_with_their_states(slide_folder, tmp_path):
@@ -293,5 +297,116 @@ def test_the_library_section_lists_no_slides_then_slides_with_their_states(slide
     assert not at.exception
     shown = " ".join(m.value for m in at.markdown) + " ".join(c.value for c in at.caption)
     assert "demo.tif" in shown and "SYNTHETIC" in shown and "1,024 × 768 px" in shown
-    assert "Analysis: done: score" in shown and "Analysis: not analysed" in shown
+    assert "Analyses: test (stride 32): done, score" in shown and "Analyses: not analysed" in shown
     assert any("broken.tif" in e.value for e in at.error)  # listed with its error, not fatal
+
+
+# -- copies, analyses by any model, numbering, reviews (issue 20) ---------------------------------------
+
+def _analyse_as(library: SlideLibrary, sid: str, key: str, slide: Path, run: str) -> AnalysisFolder:
+    """A real (red-centre) analysis of `slide` in the library's folder `key` of slide `sid`, recorded as made by `run`."""
+    from pcam_core.slides.batch import analyse_slide
+    from test_slides import RedCentreModel
+
+    folder = library.queue.folder(sid, key)
+    analyse_slide(RedCentreModel(), slide, folder, run=run, checkpoint="red", checkpoint_epoch=None, model_name="red-centre",
+                  num_workers=0, stride=96, mpp=0.5, region_px=256)
+    return folder
+
+
+def test_the_same_slide_uploaded_and_in_a_folder_is_two_entries_with_their_origin_sharing_analyses(tmp_path):
+    (tmp_path / "slides").mkdir()
+    slide = _png_slide(tmp_path / "slides" / "block.png", (1200, 900), tissue=(100, 100, 1100, 800), red=(300, 300, 600, 500))
+    Image.open(slide).save(slide, dpi=(25400 / 0.5, 25400 / 0.5))  # its resolution in the file: a slide to analyse
+    library = SlideLibrary(tmp_path / "ws")
+    library.add_folder(slide.parent)
+    uploaded = library.add_upload("block.png", slide.read_bytes())
+    listed = {e.origin: e for e in library.slides()}
+    in_folder, uploaded = listed["folder"], listed["upload"]
+    assert in_folder.id != uploaded.id and in_folder.fingerprint == uploaded.fingerprint  # keyed by id, known by content
+    assert in_folder.copies == (uploaded.id,) and uploaded.copies == (in_folder.id,)
+    assert uploaded.origin_text == "uploaded" and in_folder.origin_text == f"in a registered folder ({slide.parent})"
+    _analyse_as(library, in_folder.id, "bundled-s96", slide, "bundled")
+    # the upload's analyses are the folder copy's: it is not "not analysed", and Analyse does not run it again
+    [state] = library.analyses(uploaded.id)
+    assert state.state == "done" and state.slide_id == in_folder.id and state.run == "bundled" and state.stride == 96
+    assert library.start(uploaded.id, "bundled", stride=96)[0].state == "done" and not library.queue_json.exists()
+    other = tmp_path / "other.png"
+    other.write_bytes(slide.read_bytes()[:-1] + b"\0")  # one byte differs, within the last MiB: another slide
+    assert fingerprint(other) != in_folder.fingerprint
+
+
+def test_a_slides_analyses_by_every_model_are_listed_whichever_run_is_asked(tmp_path):
+    slide = _png_slide(tmp_path / "block.png", (1200, 900), tissue=(100, 100, 1100, 800), red=(300, 300, 600, 500))
+    library = SlideLibrary(tmp_path / "ws")
+    sid = library.add_file(slide).id
+    run = tmp_path / "runs" / "my-run"
+    run.mkdir(parents=True)
+    _analyse_as(library, sid, "bundled-s96", slide, "bundled")
+    assert library.analysis(sid, run, stride=96).state == "none"  # this run has not analysed it...
+    [state] = library.analyses(sid)  # ...but the slide is analysed, by the bundled model
+    assert (state.state, state.run, state.run_label.startswith("bundled model")) == ("done", "bundled", True)
+    _analyse_as(library, sid, "my-run-s96", slide, str(run))
+    assert {s.run for s in library.analyses(sid)} == {"bundled", str(run)}
+
+
+def test_regions_have_one_number_in_the_geojson_report_and_viewer_and_reviews_appear_in_each(tmp_path):
+    from pcam_core.slides.viewer import regions
+    from pcam_core.workspace.reviews import ModelCall, ReviewStore, ReviewTarget
+    from pcam_core.workspace.slide_reviews import REVIEW_SOURCE, regions_geojson, slide_reviews
+
+    # three red blocks of different sizes; the smallest lies first in reading order, so a label-ordered name would differ
+    pixels = np.full((1400, 2000, 3), 250, dtype=np.uint8)
+    pixels[100:1300, 100:1900] = (225, 140, 190)
+    for x0, y0, x1, y1 in ((200, 200, 330, 330), (600, 300, 1100, 800), (1300, 900, 1600, 1200)):
+        pixels[y0:y1, x0:x1] = (255, 0, 0)
+    path = tmp_path / "blocks.png"
+    Image.fromarray(pixels).save(path, dpi=(25400 / 0.5, 25400 / 0.5))
+    library = SlideLibrary(tmp_path / "ws")
+    sid = library.add_file(path).id
+    folder = _analyse_as(library, sid, "bundled-s96", path, "bundled")
+    features = json.loads(folder.regions_geojson.read_text())["features"]
+    assert len(features) == 3
+    areas = [f["properties"]["area_mm2"] for f in features]
+    assert areas == sorted(areas, reverse=True)
+    assert [f["properties"]["name"] for f in features] == ["tumour region #1", "tumour region #2", "tumour region #3"]
+    assert [f["properties"]["region"] for f in features] == [1, 2, 3]
+    assert [r["id"] for r in regions(folder)] == [1, 2, 3]  # the page's and the viewer's numbers
+    store = ReviewStore(tmp_path / "ws" / "reviews.sqlite")
+    store.add_review(ReviewTarget.slide_region(REVIEW_SOURCE, sid, region="2"), "artefact", "Dr A", note="fold",
+                     model=ModelCall.at(0.9, 0.5, "bundled"))
+    store.add_review(ReviewTarget.slide_region(REVIEW_SOURCE, sid, x=480, y=512), "agree", "Dr B",
+                     model=ModelCall.at(0.8, 0.5, "bundled"))
+    store.add_review(ReviewTarget.slide_region(REVIEW_SOURCE, sid, region="1"), "agree", "Dr C",
+                     model=ModelCall.at(0.9, 0.5, "/elsewhere/another-run"))  # another model's region #1: not this map's
+    said = slide_reviews(store, [sid], run="bundled")
+    assert [(r["region"], r["x"], r["reviewer"]) for r in said] == [(2, None, "Dr A"), (None, 480, "Dr B")]
+    geojson = regions_geojson(folder, said, window_px=96 * 0.972 / 0.5)
+    second = geojson["features"][1]["properties"]
+    assert second["name"] == "tumour region #2" and second["reviews"][0]["verdict"] == "artefact"
+    assert "fold" in second["review"] and "reviews" not in geojson["features"][0]["properties"]
+    window = geojson["features"][3]
+    assert window["properties"]["name"] == "reviewed window at 480, 512 (level-0 px, top-left)"
+    assert window["geometry"]["coordinates"][0][0] == [480, 512]
+    from pcam_core.slides.report import render_report
+
+    text = " ".join(" ".join(_parse_text(render_report(folder, reviews=said)).text).split())
+    assert "artefact “fold”: Dr A" in text and "region #2" in text and "window at 480, 512 (level-0 px, top-left)" in text
+
+
+def test_the_report_says_when_the_analysis_finished_with_the_time_zone(tmp_path):
+    import re
+
+    slide = _png_slide(tmp_path / "block.png", (1200, 900), tissue=(100, 100, 1100, 800), red=(300, 300, 600, 500))
+    _analyse(slide, tmp_path / "out", mpp=0.5, region_px=256)
+    text = AnalysisFolder(tmp_path / "out").report_html.read_text(encoding="utf-8")  # written by the analysis itself
+    zone = r"\d{4}-\d\d-\d\d \d\d:\d\d \S+ \(UTC[+-]\d\d:\d\d\)"
+    assert re.search(f"Report made {zone}; analysis finished {zone};", text), text[:2000]
+    assert "finished now" not in text
+
+
+def _parse_text(html_text: str) -> _Checker:
+    checker = _Checker()
+    checker.feed(html_text)
+    checker.close()
+    return checker

@@ -226,8 +226,8 @@ def test_routes_serve_the_descriptor_tiles_and_overlays_of_a_registered_slide(cl
     ("/slides-api/{id}_files/12/99_0.jpeg", 404, "tile (99, 0) is outside the level's 12 x 8 tiles"),
     ("/slides-api/{id}/%2E%2E/heatmap.png", 400, "malformed analysis key '..'"),
     ("/slides-api/{id}/bundled/heatmap.png", 400, "malformed analysis key 'bundled'"),
-    ("/slides-api/{id}/bundled-s96/heatmap.png?threshold=2", 400, "threshold must be a number between 0 and 1, not '2'"),
-    ("/slides-api/{id}/bundled-s96/heatmap.png?threshold=nan", 400, "threshold must be a number between 0 and 1"),
+    ("/slides-api/{id}/bundled-s96/heatmap.png?threshold=2", 400, "threshold='2' must be a probability between 0 and 1"),
+    ("/slides-api/{id}/bundled-s96/heatmap.png?threshold=nan", 400, "threshold='nan' must be a probability between 0 and 1"),
 ])
 def test_routes_refuse_unregistered_slides_and_malformed_addresses(client, analysed, url, status, message):
     response = client.get(url.replace("{id}", analysed[3]))
@@ -246,3 +246,20 @@ def test_a_registered_slide_whose_file_went_is_a_404_naming_it(tmp_path):
     other = TestClient(Starlette(routes=SlideRoutes(lambda: library).routes()))  # a fresh server: no lookup kept
     response = other.get(f"/slides-api/{sid}.dzi")
     assert response.status_code == 404 and str(slide) in response.json()["error"]
+
+
+def test_tiles_and_overlays_are_cached_only_under_their_current_version(client, analysed):
+    """A re-analysed slide never looks stale: the version is in the address, and only the current one is kept."""
+    root, _, out, sid = analysed
+    library = SlideLibrary(root)
+    slide_version, analysis_version = library.entry(sid).version, AnalysisFolder(out).version()
+    assert slide_version and analysis_version
+    levels = len(dzi_level_sizes(3000, 2000))
+    for url, version in ((f"/slides-api/{sid}.dzi", slide_version), (f"/slides-api/{sid}_files/{levels - 1}/0_0.jpeg", slide_version),
+                         (f"/slides-api/{sid}/bundled-s96/heatmap.png?threshold=0.5", analysis_version),
+                         (f"/slides-api/{sid}/bundled-s96/tissue.png", analysis_version)):
+        join = "&" if "?" in url else "?"
+        current = client.get(f"{url}{join}v={version}")
+        assert current.status_code == 200 and "immutable" in current.headers["cache-control"], url
+        for stale in (url, f"{url}{join}v=old"):
+            assert client.get(stale).headers["cache-control"] == "no-cache", stale

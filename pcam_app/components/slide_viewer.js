@@ -1,14 +1,16 @@
 // A whole slide in OpenSeadragon (pcam_app.components.slide_viewer.slide_viewer), loaded once per tab from the app's
 // static/ folder, with the slide's Deep Zoom tiles from the dashboard's own server (pcam_app/slide_routes.py).
-// data: {src, prefix: OpenSeadragon and its button images; dzi: the descriptor's path; width, height (level-0 px), mpp;
-//        heatmap: {url, width, height} | null (an image spanning width x height level-0 px from (0, 0), cells at or
-//        above ?threshold= opaque); tissue: the same for the tissue mask | null; threshold; stops: the colour scale;
+// data: {src, prefix: OpenSeadragon and its button images; dzi: the descriptor's path with the slide's version (?v=, which
+//        OpenSeadragon repeats on every tile's address); width, height (level-0 px), mpp;
+//        heatmap: {url (with the analysis's ?v=), width, height} | null (an image spanning width x height level-0 px
+//        from (0, 0), cells at or above &threshold= opaque); tissue: the same for the tissue mask | null; threshold; stops: the colour scale;
 //        regions: [{id, rings (level-0 px), bbox [x, y, w, h], longest_diameter_mm}]; goto: {bbox, nonce} | null;
 //        marker: [x, y, size] | null (the window last clicked); view_height: in CSS px}.
 // The map's opacity and threshold and the tissue toggle are controls of this element: they change the view without a
 // round trip to Python. A click (not a drag) on the slide sends its level-0 point as the "click" trigger.
 // The viewer's element says how it is: data-state="open" or "error", data-tiles (slide tiles loaded),
-// data-max-level (the finest Deep Zoom level loaded), data-loaded="true" when the view is fully drawn.
+// data-max-level (the finest Deep Zoom level loaded), data-loaded="true" when the view is fully drawn, data-labels (region
+// labels drawn) and data-labels-hidden (labels left out because they would overlap others, even shortened to "#n").
 
 function appAddress() {
   const main = document.querySelector('script[type="module"][src*="/static/js/index."]');
@@ -79,8 +81,9 @@ function buildControls(root, state) {
 }
 
 function overlayOptions(OSD, data, overlay, query) {
+  const url = query ? overlay.url + (overlay.url.includes("?") ? "&" : "?") + query : overlay.url;
   return {
-    tileSource: { type: "image", url: new URL(overlay.url + query, appAddress()).href, buildPyramid: false },
+    tileSource: { type: "image", url: new URL(url, appAddress()).href, buildPyramid: false },
     x: 0, y: 0, width: overlay.width / data.width,
   };
 }
@@ -179,7 +182,7 @@ function loadHeatmap(root) {
   const { viewer, data } = root.pcam;
   const state = root.pcam;
   if (!data.heatmap || !state.slide) return;
-  const options = overlayOptions(window.OpenSeadragon, data, data.heatmap, `?threshold=${Number(state.threshold.value).toFixed(2)}`);
+  const options = overlayOptions(window.OpenSeadragon, data, data.heatmap, `threshold=${Number(state.threshold.value).toFixed(2)}`);
   const old = state.heatItem;
   state.box.dataset.heatmap = "loading";
   viewer.addTiledImage({
@@ -199,14 +202,22 @@ function loadTissue(root) {
   const state = root.pcam;
   if (!state.data.tissue || state.tissueItem || state.tissueLoading) return;
   state.tissueLoading = true;
+  state.tissueFor = state.data.tissue.url;
   state.viewer.addTiledImage({
     ...overlayOptions(window.OpenSeadragon, state.data, state.data.tissue, ""),
     opacity: 0,
     index: 1,
     success: (event) => {
+      state.tissueLoading = false;
+      if (state.tissueFor !== state.data.tissue?.url) {  // a newer analysis arrived meanwhile
+        state.viewer.world.removeItem(event.item);
+        loadTissue(root);
+        return;
+      }
       state.tissueItem = event.item;
       applyOverlays(root);
     },
+    error: () => (state.tissueLoading = false),
   });
 }
 
@@ -232,7 +243,19 @@ function update(root) {
     state.thresholdFor = data.threshold;
     state.threshold.value = String(data.threshold);
     state.thresholdText.textContent = Number(data.threshold).toFixed(2);
+    state.heatFor = null;
+  }
+  if (state.heatFor !== (data.heatmap?.url ?? null)) {  // another analysis, or the same one written again
+    state.heatFor = data.heatmap?.url ?? null;
+    if (!data.heatmap && state.heatItem) {
+      viewer.world.removeItem(state.heatItem);
+      state.heatItem = null;
+    }
     loadHeatmap(root);
+  }
+  if (state.tissueItem && state.tissueFor !== (data.tissue?.url ?? null)) {
+    viewer.world.removeItem(state.tissueItem);
+    state.tissueItem = null;
   }
   state.mapToggle.disabled = state.opacity.disabled = state.threshold.disabled = !data.heatmap;
   state.tissueToggle.disabled = !data.tissue;
@@ -244,6 +267,32 @@ function update(root) {
   }
   applyOverlays(root);
   draw(root);
+}
+
+const overlaps = (a, b) => a.x < b.x + b.width && b.x < a.x + a.width && a.y < b.y + b.height && b.y < a.y + a.height;
+
+// A region's label ("#3 1.20 mm") where it overlaps no label placed before it: above its box, else below, else to
+// its right; failing that shortened to "#3" at the same places; failing that left out (the outline stays).
+// Returns whether it was drawn.
+function placeLabel(group, region, at, placed) {
+  const [x0, y0] = at(region.bbox[0], region.bbox[1]);
+  const [x1, y1] = at(region.bbox[0] + region.bbox[2], region.bbox[1] + region.bbox[3]);
+  const text = el("svg:text", { fill: "#00e5ff", stroke: "#000", "stroke-width": "0.6", "font-size": "13", "font-weight": "600",
+                                "paint-order": "stroke", "data-label": region.id }, group);
+  for (const words of [`#${region.id} ${region.longest_diameter_mm.toFixed(2)} mm`, `#${region.id}`]) {
+    text.textContent = words;
+    for (const [x, y] of [[x0, y0 - 4], [x0, y1 + 14], [x1 + 4, (y0 + y1) / 2 + 4]]) {
+      text.setAttribute("x", x.toFixed(1));
+      text.setAttribute("y", y.toFixed(1));
+      const box = text.getBBox();
+      if (!placed.some((other) => overlaps(box, other))) {
+        placed.push(box);
+        return true;
+      }
+    }
+  }
+  text.remove();
+  return false;
 }
 
 // Regions, their diameters, the clicked window and the scale bar, in screen pixels over the slide.
@@ -258,19 +307,20 @@ function draw(root) {
   state.shapes.replaceChildren();
   state.labels.replaceChildren();
   const regionsShown = state.regionsToggle.checked;
+  let hidden = 0;
   if (regionsShown) {
-    for (const region of data.regions) {
+    const placed = [];
+    for (const region of data.regions) {  // largest first: the larger a region, the surer its label is drawn
       const d = region.rings
         .map((ring) => "M" + ring.map(([x, y]) => at(x, y).map((v) => v.toFixed(1)).join(",")).join("L") + "Z")
         .join("");
       el("svg:path", { d, fill: "none", stroke: "#00e5ff", "stroke-width": "2", "fill-rule": "evenodd",
                        "data-region": region.id }, state.shapes);
-      const [bx, by] = at(region.bbox[0], region.bbox[1]);
-      const text = el("svg:text", { x: bx.toFixed(1), y: (by - 4).toFixed(1), fill: "#00e5ff", stroke: "#000", "stroke-width": "0.6",
-                                    "font-size": "13", "font-weight": "600", "paint-order": "stroke" }, state.labels);
-      text.textContent = `#${region.id} ${region.longest_diameter_mm.toFixed(2)} mm`;
+      hidden += placeLabel(state.labels, region, at, placed) ? 0 : 1;
     }
   }
+  state.box.dataset.labels = String(state.labels.childElementCount);
+  state.box.dataset.labelsHidden = String(hidden);
   if (data.marker) {
     const [x, y, size] = data.marker;
     const [sx, sy] = at(x, y);

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import quote
 
 import streamlit as st
 
@@ -41,18 +42,19 @@ def _ignore() -> None:
 def slide_viewer(slide_id: str, *, width: int, height: int, mpp: float, analysis: str | None, heatmap: dict[str, float] | None,
                  tissue: dict[str, float] | None, threshold: float, regions: Sequence[dict[str, Any]],
                  goto: dict[str, Any] | None = None, marker: Sequence[float] | None = None, key: str,
-                 view_height: int = 620) -> dict[str, int] | None:
-    """Draw slide `slide_id` (in the slide library, `width` x `height` level-0 pixels at `mpp` µm/px);
-    `analysis` is the run key of the analysis shown, `heatmap` and `tissue` its overlays' level-0 extents
-    ({"width", "height"}) or None; `goto` ({"bbox", "nonce"}) pans
+                 version: str = "", analysis_version: str = "", view_height: int = 620) -> dict[str, int] | None:
+    """Draw slide `slide_id` (in the slide library, `width` x `height` level-0 pixels at `mpp` µm/px, `version`
+    its `SlideEntry.version`); `analysis` is the run key of the analysis shown (`analysis_version` its
+    `AnalysisFolder.version`: both go in the tiles' and overlays' URLs, so a browser never shows a stale
+    one), `heatmap` and `tissue` its overlays' level-0 extents ({"width", "height"}) or None; `goto` ({"bbox", "nonce"}) pans
     to a box once per nonce; `marker` (x, y, size) outlines a window. Returns the level-0 point clicked in
     this run ({"x", "y"}), else None."""
     base = f"{PREFIX.lstrip('/')}/{slide_id}"
     data = {
         "src": f"app/static/{OSD_DIR}/openseadragon.min.js", "prefix": f"app/static/{OSD_DIR}/images/",
-        "dzi": f"{base}.dzi", "width": width, "height": height, "mpp": mpp, "threshold": threshold,
-        "heatmap": {"url": f"{base}/{analysis}/heatmap.png", **heatmap} if heatmap and analysis else None,
-        "tissue": {"url": f"{base}/{analysis}/tissue.png", **tissue} if tissue and analysis else None,
+        "dzi": f"{base}.dzi?v={quote(version)}", "width": width, "height": height, "mpp": mpp, "threshold": threshold,
+        "heatmap": {"url": f"{base}/{analysis}/heatmap.png?v={quote(analysis_version)}", **heatmap} if heatmap and analysis else None,
+        "tissue": {"url": f"{base}/{analysis}/tissue.png?v={quote(analysis_version)}", **tissue} if tissue and analysis else None,
         "stops": colour_stops(COLOUR_SCALE), "regions": list(regions), "goto": goto,
         "marker": list(marker) if marker else None, "view_height": view_height,
     }

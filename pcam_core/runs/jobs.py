@@ -7,11 +7,15 @@ A job is one `python -m pcam_core COMMAND ...` process, detached from the web se
 State: "running" while its process lives; then "finished" or "failed" by its exit code, which the
 process that started the job records. When that process is gone too (a restarted dashboard), the exit
 code is unknown and the job counts as finished when every file it promised (`outputs`) exists.
+
+This module is the one that reads and ends jobs: `list_jobs` (the jobs of a folder, by name prefix),
+`active_jobs` and `stop_job` (SIGTERM to the job's process group). `pcam serve` and the slide queue use them.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +26,7 @@ from typing import Any
 
 from ..fileio import atomic_write_json, read_json
 from .folder import check_run_id
-from .process import pid_alive, process_start_time, spawn_detached
+from .process import pid_alive, process_start_time, signal_quietly, spawn_detached
 
 _LOCK = threading.Lock()
 
@@ -119,3 +123,36 @@ def job_error(status: JobStatus) -> str:
     if status.returncode is None:
         return "the process ended while the dashboard was not watching, without writing its results"
     return lines[-1] if lines else f"exit code {status.returncode}"
+
+
+def list_jobs(folder: str | Path, prefix: str = "") -> list[JobStatus]:
+    """The jobs started in `folder` whose name starts with `prefix`, by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for record in sorted(folder.glob(f"{prefix}*.json")):
+        try:
+            status = job_status(folder, record.stem)
+        except ValueError:  # a file there that is no job record of ours (its name is not a job name)
+            continue
+        if status is not None:
+            found.append(status)
+    return found
+
+
+def active_jobs(folder: str | Path, prefix: str = "") -> list[JobStatus]:
+    """The jobs of `folder` (names starting with `prefix`) still running."""
+    return [status for status in list_jobs(folder, prefix) if status.active]
+
+
+def stop_job(folder: str | Path, name: str) -> bool:
+    """End job `name`'s process group with SIGTERM (the job is the leader of its own session, so what it
+    started ends with it). Returns whether a live process was signalled; its watcher records the end."""
+    record_path, _ = _paths(Path(folder), name)
+    record = read_json(record_path, default=None) or {}
+    pid = record.get("pid")
+    if not pid_alive(pid, record.get("pid_start")):
+        return False
+    signal_quietly(lambda: os.killpg(pid, signal.SIGTERM))
+    return True

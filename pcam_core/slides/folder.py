@@ -1,8 +1,11 @@
-"""The one module that names an analysis folder's files (one folder per slide)."""
+"""The one module that names an analysis folder's files (one folder per slide) and writes its markers."""
 
 from __future__ import annotations
 
+import datetime as _dt
 from pathlib import Path
+
+from ..fileio import atomic_write_text
 
 
 class AnalysisFolder:
@@ -10,6 +13,8 @@ class AnalysisFolder:
     (float32 out-of-scope distance per cell, NaN where not scored; when the model has a guard),
     `heatmap.png`, `heatmap.tif`, `tissue.png`, `tumour_regions.geojson`, `tiles.csv`, `report.html` (the printable report), `summary.json`
     (written last: its presence means complete) and `progress.json` (while an analysis is under way).
+    `stopped` (the time a person stopped it, ISO 8601 with its time zone) marks an analysis stopped on request:
+    written by `mark_stopped`, removed by `clear_stopped` when it is started again.
     A sharded analysis keeps, until it is merged, `shards/heatmap.I-of-N.npy` and `shards/progress.I-of-N.json`
     per shard and `shards/merge.lock` (the lock its merge is written under)."""
 
@@ -31,6 +36,28 @@ class AnalysisFolder:
     report_html = property(lambda self: self.path / "report.html")
     shards_dir = property(lambda self: self.path / "shards")
     merge_lock = property(lambda self: self.path / "shards" / "merge.lock")
+    stopped_marker = property(lambda self: self.path / "stopped")
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the analysis was stopped on request (and not started again since)."""
+        return self.stopped_marker.exists()
+
+    def mark_stopped(self) -> None:
+        """Record that the analysis was stopped on request (the folder made if needed)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.stopped_marker, _dt.datetime.now().astimezone().isoformat(timespec="seconds") + "\n")
+
+    def clear_stopped(self) -> None:
+        self.stopped_marker.unlink(missing_ok=True)
+
+    def version(self) -> str:
+        """A token that changes whenever the analysis is written again (summary.json's modification time):
+        put in the URLs of what is drawn from it, so that no cache serves an older analysis. "" when incomplete."""
+        try:
+            return format(self.summary_json.stat().st_mtime_ns, "x")
+        except FileNotFoundError:
+            return ""
 
     def shard_heatmap(self, i: int, n: int) -> Path:
         return self.shards_dir / f"heatmap.{i}-of-{n}.npy"

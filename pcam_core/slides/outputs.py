@@ -4,6 +4,9 @@ heatmap.tif (a pyramidal TIFF aligned with the slide) and tissue.png. Every file
 A region is a 4-connected set of cells at or above the threshold. Its area is its cells' area; its
 longest diameter is the maximum Feret diameter of its cells (skimage's `feret_diameter_max`) in mm; its
 polygon traces the cells' outline in level-0 pixels (corners rounded by an eighth of a cell).
+
+Regions are numbered once, here, largest first: #1 is the largest (`slides.regions`: the number is the
+feature's `region` property and its `name`, "tumour region #1", what QuPath shows).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ..decision import is_tumour
 from ..fileio import atomic_write_json, atomic_write_with
 from .analysis import UNREADABLE, Lattice
 from .folder import AnalysisFolder
+from .regions import region_name
 from .tissue import THUMB_PCAM_PX
 
 _UPSAMPLE = 4  # cells are traced on a 4x finer grid so the polygon follows their edges
@@ -64,7 +68,7 @@ def tumour_regions(heat: np.ndarray, lattice: Lattice, threshold: float) -> list
             "properties": {
                 "objectType": "annotation",
                 "classification": {"name": "Tumor", "color": [200, 0, 0]},
-                "name": f"tumour region {prop.label}",
+                "name": "",  # numbered below, once sorted
                 "cells": int(prop.area),
                 "area_mm2": float(prop.area * lattice.cell_mm**2),
                 "longest_diameter_mm": float(prop.feret_diameter_max * lattice.cell_mm),
@@ -74,7 +78,11 @@ def tumour_regions(heat: np.ndarray, lattice: Lattice, threshold: float) -> list
             },
         })
     features.sort(key=lambda feat: -feat["properties"]["area_mm2"])
+    for number, feature in enumerate(features, start=1):
+        feature["properties"]["region"] = number
+        feature["properties"]["name"] = region_name(number)
     return features
+
 
 
 def write_regions(folder: AnalysisFolder, features: list[dict[str, Any]]) -> None:

@@ -1,23 +1,24 @@
 """The printable report of a slide analysis: one self-contained HTML file (every image embedded as a
 base64 PNG or JPEG, the styles inline), laid out for A4 paper by its print CSS.
 
-It holds the slide's name and the date, a SYNTHETIC banner for a synthetic slide, the map over the
+It holds the slide's name and when the report was made and the analysis finished (with their time zone), a SYNTHETIC banner for a synthetic slide, the map over the
 thumbnail (`heatmap.png`), the slide's figures, the largest regions with a crop of each (read from the
 slide through `reader.open_slide`, the region's outline drawn on it), the model (its card for the bundled
-model, the run's config otherwise), the analysis settings, and that it is a research tool, not a
-diagnosis. Written beside summary.json by every analysis (`batch.analyse_slide`) and by
+model, the run's config otherwise), the analysis settings, the pathologists' reviews of its regions and
+windows when given (`reviews`), and that it is a research tool, not a diagnosis. Regions carry their one
+number (`outputs.region_number`: #1 is "tumour region #1" in the GeoJSON and on the Slides page). Written beside summary.json by every analysis (`batch.analyse_slide`) and by
 `pcam slide-report`. Imports no torch.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as _dt
 import html
 import io
 import json
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -25,6 +26,7 @@ from PIL import Image, ImageDraw
 from ..fileio import atomic_write_text, read_json
 from ..staging import SIZE_CLASS_WORDS, size_class
 from .folder import AnalysisFolder
+from .regions import region_number
 from .reader import open_slide
 
 TOP_REGIONS = 12  # regions shown with a crop, largest first
@@ -93,10 +95,11 @@ def region_crops(slide_path: str | Path, features: list[dict[str, Any]], mpp: fl
 
 def _model_card(summary: dict[str, Any]) -> tuple[str, str]:
     """(title, HTML) of what describes the model: the bundled model's card, or the run's config."""
-    from ..bundled import is_bundled, model_card
+    from ..bundled import model_card
+    from ..runs.resolve import resolve_run
 
     run = summary.get("run", "")
-    if is_bundled(run):
+    if run and resolve_run(run, must_exist=False).bundled:
         import markdown
 
         return "The model", markdown.markdown(model_card(), extensions=["tables"])
@@ -107,13 +110,48 @@ def _model_card(summary: dict[str, Any]) -> tuple[str, str]:
     return "Model", f"<p>No model card or run configuration was found for run <code>{html.escape(str(run))}</code>.</p>"
 
 
+def local_time(when: float | str | None = None) -> str:
+    """A moment (a POSIX time, an ISO 8601 text, or None for now) as local date and time with its time zone,
+    e.g. "2026-12-05 13:40 CET (UTC+01:00)": every time this tool shows carries its zone."""
+    if when is None:
+        moment = _dt.datetime.now().astimezone()
+    elif isinstance(when, str):
+        moment = _dt.datetime.fromisoformat(when)
+        moment = (moment if moment.tzinfo else moment.replace(tzinfo=_dt.timezone.utc)).astimezone()
+    else:
+        moment = _dt.datetime.fromtimestamp(float(when)).astimezone()
+    offset = moment.strftime("%z")
+    return f"{moment:%Y-%m-%d %H:%M} {moment.tzname()} (UTC{offset[:3]}:{offset[3:]})"
+
+
+def window_label(x: float, y: float) -> str:
+    """A map window named by its one position, wherever it is shown: the level-0 pixel of its top-left corner."""
+    return f"window at {int(round(x)):,}, {int(round(y)):,} (level-0 px, top-left)"
+
+
+def review_target(review: Mapping[str, Any]) -> str:
+    """What a review is about, in the words of the report and the page: "region #3" or `window_label`."""
+    if review.get("region") not in (None, ""):
+        return f"region #{review['region']}"
+    return window_label(review["x"], review["y"])
+
+
+def review_text(review: Mapping[str, Any]) -> str:
+    """One review in words: verdict, note, reviewer and time (with its zone)."""
+    note = f" “{review['note']}”" if review.get("note") else ""
+    return f"{str(review['verdict']).replace('_', ' ')}{note}: {review['reviewer']}, {local_time(review['created_at'])}"
+
+
 def _row(name: str, value: str) -> str:
     return f"<tr><th>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>"
 
 
-def render_report(folder: str | AnalysisFolder | Path, summary: dict[str, Any] | None = None, *, synthetic: bool | None = None) -> str:
+def render_report(folder: str | AnalysisFolder | Path, summary: dict[str, Any] | None = None, *, synthetic: bool | None = None,
+                  reviews: Sequence[Mapping[str, Any]] = ()) -> str:
     """The report of the analysis in `folder` as one HTML document. `summary` defaults to its
-    summary.json; `synthetic` to what the slide said of itself when analysed."""
+    summary.json; `synthetic` to what the slide said of itself when analysed; `reviews` are the current
+    reviews of its regions and windows (`workspace.slide_reviews.slide_reviews`: region or x, y, verdict,
+    note, reviewer, created_at)."""
     folder = folder if isinstance(folder, AnalysisFolder) else AnalysisFolder(Path(folder))
     if summary is None:
         summary = read_json(folder.summary_json)
@@ -126,11 +164,16 @@ def render_report(folder: str | AnalysisFolder | Path, summary: dict[str, Any] |
     threshold = float(summary["threshold"])
     call = "tumour found" if summary["slide_score"] >= threshold else "no tumour found"
     e = html.escape
+    # the analysis writes its report just before summary.json: then it finishes now
+    finished = local_time(folder.summary_json.stat().st_mtime if folder.summary_json.exists() else None)
+    by_region: dict[int, list[str]] = {}
+    for review in reviews:
+        if review.get("region") not in (None, ""):
+            by_region.setdefault(int(review["region"]), []).append(review_text(review))
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Slide report: {name}</title>",
              f"<style>{_CSS}</style></head><body>",
              f"<h1>Slide report: {name}</h1>",
-             f"<div class=\"meta\">Report made {time.strftime('%Y-%m-%d %H:%M')}; analysis finished "
-             f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(folder.summary_json.stat().st_mtime)) if folder.summary_json.exists() else 'now'}"
+             f"<div class=\"meta\">Report made {e(local_time())}; analysis finished {e(finished)}"
              f"; slide file <code>{e(str(slide_path))}</code></div>"]
     if synthetic:
         parts.append("<div class=\"synthetic\">SYNTHETIC SLIDE: generated by pcam_core for testing, NOT REAL TISSUE. "
@@ -162,13 +205,17 @@ def render_report(folder: str | AnalysisFolder | Path, summary: dict[str, Any] |
         parts.append("<p>No region reaches the threshold.</p>")
     else:
         parts.append("<table><tr><th>#</th><th>area (mm²)</th><th>longest diameter (mm)</th><th>size class</th>"
-                     "<th>max probability</th><th>cells</th><th>centre x, y (level-0 px)</th></tr>")
+                     "<th>max probability</th><th>cells</th><th>centre x, y (level-0 px)</th>"
+                     + ("<th>reviews</th>" if reviews else "") + "</tr>")
         for rank, feature in enumerate(features, 1):
             p = feature["properties"]
-            parts.append(f"<tr><td class=\"num\">{rank}</td><td class=\"num\">{p['area_mm2']:.4f}</td>"
+            number = region_number(feature, rank)
+            said = "<br>".join(e(text) for text in by_region.get(number, []))
+            parts.append(f"<tr><td class=\"num\">{number}</td><td class=\"num\">{p['area_mm2']:.4f}</td>"
                          f"<td class=\"num\">{p['longest_diameter_mm']:.3f}</td><td>{e(size_class(p['longest_diameter_mm']))}</td>"
                          f"<td class=\"num\">{p['max_probability']:.3f}</td><td class=\"num\">{p['cells']}</td>"
-                         f"<td class=\"num\">{p['centroid_x']:.0f}, {p['centroid_y']:.0f}</td></tr>")
+                         f"<td class=\"num\">{p['centroid_x']:.0f}, {p['centroid_y']:.0f}</td>"
+                         + (f"<td>{said}</td>" if reviews else "") + "</tr>")
         parts.append("</table>")
         try:
             crops = region_crops(slide_path, features, float(summary["mpp"]))
@@ -178,10 +225,16 @@ def render_report(folder: str | AnalysisFolder | Path, summary: dict[str, Any] |
             parts.append(f"<p>The {len(crops)} largest region(s), outlined in cyan on the slide:</p><div class=\"regions\">")
             for rank, (feature, crop) in enumerate(zip(features, crops), 1):
                 p = feature["properties"]
-                parts.append(f"<figure><img alt=\"region {rank}\" src=\"{_png_data(crop, jpeg=True)}\"><figcaption>#{rank}: "
+                number = region_number(feature, rank)
+                parts.append(f"<figure><img alt=\"region {number}\" src=\"{_png_data(crop, jpeg=True)}\"><figcaption>#{number}: "
                              f"{p['longest_diameter_mm']:.2f} mm, {p['area_mm2']:.3f} mm², max p {p['max_probability']:.2f}"
                              "</figcaption></figure>")
             parts.append("</div>")
+
+    if reviews:
+        parts.append(f"<h2>Reviews ({len(reviews)})</h2><table><tr><th>of</th><th>review</th></tr>")
+        parts += [f"<tr><td>{e(review_target(r))}</td><td>{e(review_text(r))}</td></tr>" for r in reviews]
+        parts.append("</table>")
 
     parts += ["<h2 class=\"section-break\">Model and settings</h2><table>",
               _row("model", str(summary.get("model", ""))), _row("run", str(summary.get("run", ""))),
@@ -202,9 +255,10 @@ def render_report(folder: str | AnalysisFolder | Path, summary: dict[str, Any] |
     return "".join(parts)
 
 
-def write_report(folder: str | Path | AnalysisFolder, summary: dict[str, Any] | None = None, out: str | Path | None = None) -> Path:
+def write_report(folder: str | Path | AnalysisFolder, summary: dict[str, Any] | None = None, out: str | Path | None = None,
+                 *, reviews: Sequence[Mapping[str, Any]] = ()) -> Path:
     """Write the report of the analysis in `folder` to `out` (default: its report.html), atomically."""
     folder = folder if isinstance(folder, AnalysisFolder) else AnalysisFolder(Path(folder))
     target = Path(out) if out is not None else folder.report_html
-    atomic_write_text(target, render_report(folder, summary))
+    atomic_write_text(target, render_report(folder, summary, reviews=reviews))
     return target

@@ -11,13 +11,12 @@ dies with its process, so a merger killed midway leaves no stale lock behind.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..fileio import atomic_write_with, read_json
+from ..fileio import atomic_write_with, flock, read_json
 from .analysis import Lattice
 from .folder import AnalysisFolder
 from .reader import SlideReadError, open_slide
@@ -60,9 +59,8 @@ def missing_shards(n: int, records: dict[int, dict[str, Any]]) -> list[str]:
 def merge_lock(folder: AnalysisFolder) -> Iterator[None]:
     """Hold the folder's merge lock (waiting for it while another process merges). FileNotFoundError when
     `shards/` does not exist (never created here: after a merge it is gone for good)."""
-    with open(folder.merge_lock, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield  # closing the file drops the lock
+    with flock(folder.merge_lock):
+        yield
 
 
 def _merged(path_of: Callable[[int], Path], n: int, records: dict[int, dict[str, Any]], lattice: Lattice) -> np.ndarray:

@@ -25,6 +25,7 @@ from ..fileio import read_json
 from .analysis import UNREADABLE, WINDOW, Lattice
 from .folder import AnalysisFolder
 from .outputs import colour_map, valid_cells
+from .regions import region_number
 from .reader import open_slide
 from .tissue import THUMB_PCAM_PX
 
@@ -99,7 +100,8 @@ def tissue_overlay(folder: AnalysisFolder, lattice: Lattice) -> Overlay:
 
 
 def regions(folder: AnalysisFolder) -> list[dict[str, Any]]:
-    """The tumour regions of tumour_regions.geojson, largest first: `id` (1 = largest), their rings (level-0
+    """The tumour regions of tumour_regions.geojson, largest first: `id` (their number, `outputs.region_number`:
+    1 = largest, as in the GeoJSON, the report and reviews), their rings (level-0
     pixels: the outline first, then holes), bounding box (x, y, width, height), longest diameter, area,
     highest probability and cells."""
     data = read_json(folder.regions_geojson)
@@ -112,7 +114,7 @@ def regions(folder: AnalysisFolder) -> list[dict[str, Any]]:
         x0, y0 = outline.min(axis=0)
         x1, y1 = outline.max(axis=0)
         p = feature["properties"]
-        out.append({"id": number, "rings": rings, "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+        out.append({"id": region_number(feature, number), "rings": rings, "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                     "longest_diameter_mm": float(p["longest_diameter_mm"]), "area_mm2": float(p["area_mm2"]),
                     "max_probability": float(p["max_probability"]), "cells": int(p["cells"])})
     return out

@@ -48,7 +48,7 @@ def test_tile_routes_over_http_serve_registered_slides_and_refuse_the_rest(dashb
                                       ("/slides-api/%2E%2E.dzi", 400, "slide id '..' is not valid"),
                                       (f"/slides-api/{sid}_files/{last}/3_x.jpeg", 400, "malformed tile address"),
                                       (f"/slides-api/{sid}_files/{last}/99_0.jpeg", 404, "outside the level"),
-                                      (f"/slides-api/{sid}/bundled-s32/heatmap.png?threshold=-1", 400, "threshold must be")]:
+                                      (f"/slides-api/{sid}/bundled-s32/heatmap.png?threshold=-1", 400, "must be a probability between 0 and 1")]:
             response = client.get(url)
             assert response.status_code == status and message in response.json()["error"], (url, response.text)
         # a path in the address reaches no slide route (the decoded slashes match none): refused, never a file
@@ -110,7 +110,7 @@ def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
                         raise
             page.wait_for_function(f"() => document.querySelector('{VIEW}').dataset.loaded === 'true'", timeout=60_000)
             assert len(tiles) > requested and int(_view(page, "maxLevel")) > first_level
-            assert all(t.endswith(".jpeg") for t in tiles)
+            assert all(".jpeg?v=" in t for t in tiles), tiles[:3]  # every tile address names the slide version
 
             # the map off and on again
             toggle = page.locator("input[data-control=heatmap]")
@@ -125,8 +125,19 @@ def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
             assert page.locator("svg.pcam-slide-svg path[data-region]").count() == summary["regions"]
             assert "mm" in page.locator(".pcam-scalebar").inner_text() or "µm" in page.locator(".pcam-scalebar").inner_text()
 
+            # region labels never overlap one another; the region rows' buttons show their whole number at 1400 px
+            boxes = page.evaluate("""() => [...document.querySelectorAll('svg.pcam-slide-svg text[data-label]')]
+                .map((t) => { const b = t.getBBox(); return [b.x, b.y, b.width, b.height]; })""")
+            assert boxes and len(boxes) + int(_view(page, "labelsHidden")) == summary["regions"]
+            for k, (x, y, w, h) in enumerate(boxes):
+                for (x2, y2, w2, h2) in boxes[k + 1:]:
+                    assert not (x < x2 + w2 and x2 < x + w and y < y2 + h2 and y2 < y + h), (boxes[k], (x2, y2, w2, h2))
+            first = page.get_by_role("button", name="#1", exact=True)
+            assert first.evaluate("(b) => [...b.querySelectorAll('p, span')].every((e) => e.scrollWidth <= e.clientWidth + 1)")
+            assert "…" not in first.inner_text() and "#1" in first.inner_text()
+
             # go to the largest region: the viewer centres on it
-            page.get_by_role("button", name="Go to #1").click()
+            first.click()
             region = summary["region_list"][0]
             page.wait_for_function("""([x, y]) => { const s = document.querySelector('.pcam-slide').pcam;
                 const r = s.slide.viewportToImageRectangle(s.viewer.viewport.getBounds(true));
@@ -141,6 +152,7 @@ def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
             box = page.locator(VIEW).bounding_box()
             page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
             wait_rendered(page, page.get_by_role("heading", name="The window at"))
+            assert "(level-0 px, top-left)" in page.get_by_role("heading", name="The window at").inner_text()
             assert page.get_by_text("Grad-CAM").first.is_visible()
             assert page.locator("svg.pcam-slide-svg rect[data-marker=window]").count() == 1
             page.screenshot(path=str(SHOTS / "slides.png"), full_page=True)
@@ -164,3 +176,41 @@ def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
             assert not errors, errors
         finally:
             browser.close()
+
+
+@pytest.mark.browser
+def test_a_queued_analysis_appears_when_it_finishes_without_a_reload(tmp_path):
+    """The page follows the queue: a slide queued for analysis is shown waiting, then, once the queue runner's
+    analysis finishes, with its figures and map, the page never reloaded."""
+    from playwright.sync_api import sync_playwright
+
+    from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
+    from pcam_core.workspace.slide_library import SlideLibrary
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
+    make_demo_slide(tmp_path / "slides" / "demo", DemoSlideSpec(width=1024, height=768))
+    library = SlideLibrary(root)
+    sid = library.add_file(tmp_path / "slides" / "demo" / "slide.tif").id
+    app = Dashboard(root, root / "streamlit.log")
+    app.start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(60_000)
+            try:
+                page.goto(f"{app.url}/slides?slide={sid}")
+                wait_rendered(page, page.get_by_text("has not been analysed yet"))
+                library.start(sid)  # queued behind the page's back, as another tab or the API would
+                page.reload()
+                wait_rendered(page, page.get_by_text("is queued for analysis").or_(page.get_by_text("is being analysed")))
+                navigations: list[str] = []
+                page.on("framenavigated", lambda frame: frame == page.main_frame and navigations.append(frame.url))
+                wait_rendered(page, page.get_by_role("heading", name="Tumour regions"), timeout_ms=300_000)
+                assert page.get_by_text("Slide score").first.is_visible() and not navigations
+            finally:
+                browser.close()
+    finally:
+        app.stop()
