@@ -265,11 +265,12 @@ def analysed_demo_slide(root: Path, *, width: int, height: int, stride: int = 32
 
 
 def real_mosaic_slide(out: Path, *, cols: int = 24, rows: int = 16, tumour: tuple[int, int, int, int] | None = (4, 9, 6, 13),
-                      seed: int = 0) -> tuple[Path, dict[str, Any]]:
+                      seed: int = 0, size: tuple[int, int] | None = None) -> tuple[Path, dict[str, Any]]:
     """A slide assembled from the real PCam fixture patches (CC0, tests/data): `rows` x `cols` patches at PCam scale
     (0.972 µm/px) on glass, normal patches everywhere but in the block of patch rows [r0, r1) and columns [c0, c1) of
     `tumour` (None: a slide with no tumour at all), each patch drawn at random (flipped, rotated) from its class;
-    a two-level pyramidal tiled TIFF that OpenSlide opens as generic-tiff. Returns (slide file, truth: the block in
+    a two-level pyramidal tiled TIFF that OpenSlide opens as generic-tiff. `size` (width, height) in pixels: the
+    slide's exact size, as many patches as fit within a margin of one patch (then `cols`, `rows` are ignored). Returns (slide file, truth: the block in
     level-0 pixels and patches)."""
     import tifffile
 
@@ -280,7 +281,10 @@ def real_mosaic_slide(out: Path, *, cols: int = 24, rows: int = 16, tumour: tupl
                       for i in table["id"][table["label"] == label]] for label in (0, 1)}
     rng = np.random.default_rng(seed)
     margin = 96
-    canvas = np.clip(rng.normal((242, 241, 244), 3, (rows * 96 + 2 * margin, cols * 96 + 2 * margin, 3)), 0, 255).astype(np.uint8)
+    if size is not None:
+        cols, rows = (size[0] - 2 * margin) // 96, (size[1] - 2 * margin) // 96
+    width, height = size or (cols * 96 + 2 * margin, rows * 96 + 2 * margin)
+    canvas = np.clip(rng.normal((242, 241, 244), 3, (height, width, 3)), 0, 255).astype(np.uint8)
     for r in range(rows):
         for c in range(cols):
             inside = tumour is not None and tumour[0] <= r < tumour[1] and tumour[2] <= c < tumour[3]

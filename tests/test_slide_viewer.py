@@ -15,7 +15,7 @@ from PIL import Image
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from helpers import analysed_demo_slide
+from helpers import analysed_real_slide
 from pcam_app.slide_routes import SlideRoutes
 from pcam_core.slides import tiles
 from pcam_core.slides.analysis import WINDOW, Lattice
@@ -28,10 +28,10 @@ from pcam_core.slides.viewer import cell_at, heat_overlay, is_synthetic, lattice
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory) -> tuple[Path, Path, Path, str]:
-    """A 3,000 x 2,000 SYNTHETIC demo slide in a workspace's slide library, analysed there at stride 96 with the
+    """A slide of real lymph-node patches (tumour in a known block) in a workspace's slide library, analysed there at stride 96 with the
     bundled model: (workspace, slide, analysis folder, slide id)."""
     root = tmp_path_factory.mktemp("ws-slides")
-    slide, out, sid = analysed_demo_slide(root, width=3000, height=2000, stride=96)
+    slide, out, sid = analysed_real_slide(root, stride=96, size=(3000, 2000))
     return root, slide, out, sid
 
 
@@ -190,7 +190,11 @@ def test_at_stride_32_the_cell_clicked_is_the_windows_central_32_pixels():
 
 
 def test_synthetic_slides_are_known_by_their_truth_file(analysed, tmp_path):
-    assert is_synthetic(analysed[1])
+    from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
+
+    make_demo_slide(tmp_path / "demo", DemoSlideSpec(width=768, height=512))
+    assert is_synthetic(tmp_path / "demo" / "slide.tif")
+    assert not is_synthetic(analysed[1])
     assert not is_synthetic(_png_slide(tmp_path / "real.png", 600, 600))
 
 
