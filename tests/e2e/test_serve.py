@@ -76,10 +76,28 @@ def slides_dir(tmp_path_factory) -> Path:
     return root
 
 
+RUN_THRESHOLD = 0.3  # the threshold the served run records (not the default, so that the default is seen to be the run's)
+
+
 @pytest.fixture(scope="module")
-def server(trained_run, slides_dir, tmp_path_factory):
+def served_run(trained_run, tmp_path_factory) -> Path:
+    """A copy of the trained run whose checkpoints record a threshold of their own, as a run whose threshold
+    was chosen on its validation predictions does."""
+    import shutil
+
+    from pcam_core.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path_factory.mktemp("served") / "run"
+    shutil.copytree(trained_run, run)
+    for path in (run / "checkpoints").glob("*.pt"):
+        save_checkpoint(path, {**load_checkpoint(path), "threshold": RUN_THRESHOLD})
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(served_run, slides_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("serve")
-    api = ApiServer("--run", str(trained_run), "--slides-dir", str(slides_dir), "--work-dir", str(work / "work"),
+    api = ApiServer("--run", str(served_run), "--slides-dir", str(slides_dir), "--work-dir", str(work / "work"),
                     "--max-file-mb", "1", "--max-request-mb", "4", "--device", "cpu",
                     log=work / "serve.log", env={"PCAM_API_TOKEN": TOKEN}).start()
     yield api
@@ -98,13 +116,13 @@ def _tif(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def test_probabilities_equal_pcam_predict(client, trained_run, real_kaggle, tmp_path):
+def test_probabilities_equal_pcam_predict(client, served_run, real_kaggle, tmp_path):
     tifs = sorted((real_kaggle / "train").glob("*.tif"))[:40]
     folder = tmp_path / "patches"
     folder.mkdir()
     for path in tifs:
         (folder / path.name).write_bytes(path.read_bytes())
-    done = run_cli("predict", "--run", str(trained_run), "--input", str(folder), "--out", str(tmp_path / "sub.csv"),
+    done = run_cli("predict", "--run", str(served_run), "--input", str(folder), "--out", str(tmp_path / "sub.csv"),
                    "--no-tta", "--workers", "0", "--device", "cpu")
     assert done.returncode == 0, done.stderr
     expected = pd.read_csv(tmp_path / "sub.csv", dtype={"id": str}).set_index("id")["label"]
@@ -114,9 +132,9 @@ def test_probabilities_equal_pcam_predict(client, trained_run, real_kaggle, tmp_
     body = answer.json()
     from pcam_core.loading import run_threshold
 
-    threshold = run_threshold(trained_run)  # the run's own, as `pcam predict` and the dashboard call at
-    assert client.get("/v1/model").json()["threshold"] == pytest.approx(threshold)
-    assert body["refused"] == [] and body["threshold"] == pytest.approx(threshold) and body["run"] == str(trained_run)
+    threshold = run_threshold(served_run)  # the run's own, at which `pcam predict --results` and the dashboard call
+    assert threshold == RUN_THRESHOLD and client.get("/v1/model").json()["threshold"] == pytest.approx(threshold)
+    assert body["refused"] == [] and body["threshold"] == pytest.approx(threshold) and body["run"] == str(served_run)
     assert [p["name"] for p in body["predictions"]] == [p.name for p in tifs]
     got = pd.Series({Path(p["name"]).stem: p["probability"] for p in body["predictions"]})
     # the CSV holds 6 decimals; batches of other sizes may differ in the last float bits
@@ -126,7 +144,7 @@ def test_probabilities_equal_pcam_predict(client, trained_run, real_kaggle, tmp_
     # the run's temperature (fitted when training ended) gives each its calibrated probability beside the raw one
     from pcam_core.calibration import load_calibration
 
-    calibration = load_calibration(trained_run)
+    calibration = load_calibration(served_run)
     assert calibration is not None and body["temperature"] == pytest.approx(calibration.temperature)
     for p in body["predictions"]:
         assert p["probability_calibrated"] == pytest.approx(float(calibration.apply(np.array([p["probability"]]))[0]), abs=1e-9)
@@ -265,6 +283,7 @@ def test_a_slide_analysis_runs_in_the_background(client, server, slides_dir):
     to its summary at the run's threshold, and its GeoJSON, report and heat map are served once it is done;
     nothing it answers names a server path or an internal parameter."""
     run_threshold = client.get("/v1/model").json()["threshold"]
+    assert run_threshold == RUN_THRESHOLD
     started = client.post("/v1/slides", json={"path": "demo/slide.tif", "stride": 96, "mpp": 0.5})
     assert started.status_code == 202, started.text
     job = started.json()
