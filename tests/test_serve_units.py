@@ -161,9 +161,11 @@ def test_a_summary_keeps_no_server_paths():
                                "max_probability": 0.9, "centroid_x": 10.0, "centroid_y": 20.0, "objectType": "annotation"}],
               "skipped_regions": [{"tile": 0, "cells": [0, 1, 0, 1], "unreadable_cells": 2, "x": 0, "y": 0, "width": 96,
                                    "height": 96, "error": "/srv/slides/a.svs: cannot read"}],
-              "slide_info": {"width": 1000, "height": 800, "path": "/srv/slides/a.svs"}, "lattice": "cell (i, j) = ..."}
+              "slide_info": {"width": 1000, "height": 800, "path": "/srv/slides/a.svs"}, "lattice": "cell (i, j) = ...",
+              "scope": {"in_scope": True, "out_of_scope_fraction": 0.01, "cells_out_of_scope": 0, "reason": "In scope: ...",
+                        "checked": True, "guard": {"fitted_on": "/srv/data"}, "mpp": 0.25, "mpp_source": "given", "line": "..."}}
     summary = SlideSummary.from_record(record, "a.svs").model_dump_json()
-    assert "/srv" not in summary and "lattice" not in summary and "objectType" not in summary
+    assert "/srv" not in summary and "lattice" not in summary and "objectType" not in summary and "guard" not in summary
     assert SlideSummary.from_record(record, "a.svs").width == 1000
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 
 from ..decision import CALLS, check_threshold
 from ..slides.reader import SLIDE_SUFFIXES
+from ..slides.scope_map import NOT_ASSESSED
 from ..staging import SIZE_CLASSES
 
 # decision.check_threshold's range, in the schema's words (tests/test_serve_units.py checks they agree)
@@ -154,6 +155,16 @@ class SkippedRegion(BaseModel):
     unreadable_cells: int
 
 
+class SlideScope(BaseModel):
+    """Whether the model was made for this slide (`pcam_core.scope`): when not, it has no size class."""
+
+    in_scope: bool
+    reason: str = Field(description="in words, for a reader")
+    checked: bool = Field(description="whether the model has an out-of-scope guard that checked the tissue")
+    out_of_scope_fraction: float = Field(ge=0, le=1, description="of the scored tissue, left out of the regions")
+    cells_out_of_scope: int
+
+
 class SlideSummary(BaseModel):
     """A finished analysis's results (the outputs hold the rest: GeoJSON, report, heat map)."""
 
@@ -176,7 +187,8 @@ class SlideSummary(BaseModel):
     regions: int
     tumour_area_mm2: float
     largest_diameter_mm: float | None
-    size_class: Literal[SIZE_CLASSES]  # type: ignore[valid-type]
+    size_class: Literal[(*SIZE_CLASSES, NOT_ASSESSED)]  # type: ignore[valid-type]
+    scope: SlideScope | None = Field(None, description="null for an analysis made before the scope guard")
     region_list: list[Region]
     skipped_regions: list[SkippedRegion]
     seconds: float

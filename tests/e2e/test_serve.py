@@ -308,6 +308,7 @@ def test_a_slide_analysis_runs_in_the_background(client, server, slides_dir):
     assert body["started_at"].endswith(("Z", "+00:00")) and body["error"] is None  # times say their zone
     summary = body["summary"]
     assert summary["slide"] == "demo/slide.tif" and summary["stride"] == 96 and summary["mpp"] == 0.5
+    assert summary["scope"]["reason"] and (summary["size_class"] == "not assessed") == (not summary["scope"]["in_scope"])
     assert summary["threshold"] == pytest.approx(run_threshold) and summary["cells_scored"] > 0 and 0 <= summary["slide_score"] <= 1
     for private in (str(slides_dir), str(server.args[server.args.index("--work-dir") + 1]), "checkpoint\"", "lattice", "params"):
         assert private not in answer.text, private
