@@ -3,9 +3,34 @@
 from __future__ import annotations
 
 import datetime as _dt
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_json
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far an unfinished analysis is, from its progress.json: windows scored, their total (None until
+    the tissue is found) and the seconds spent; the rate and the time left follow from them."""
+
+    windows_done: int = 0
+    windows_total: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.windows_done / self.windows_total) if self.windows_total else 0.0
+
+    @property
+    def windows_per_s(self) -> float | None:
+        return self.windows_done / self.seconds if self.windows_done and self.seconds > 0 else None
+
+    @property
+    def seconds_left(self) -> float | None:
+        """An estimate at the rate so far; None before the first windows are scored."""
+        rate = self.windows_per_s
+        return max(0.0, self.windows_total - self.windows_done) / rate if rate and self.windows_total is not None else None
 
 
 class AnalysisFolder:
@@ -82,6 +107,12 @@ class AnalysisFolder:
 
     def is_started(self) -> bool:
         return self.progress_json.exists() or bool(self.shard_progress_files())
+
+    def progress(self) -> Progress:
+        """Where the unsharded analysis under way here stands (nothing done when it has not started)."""
+        record = read_json(self.progress_json, default=None) or {}
+        total = record.get("windows_total")
+        return Progress(int(record.get("windows", 0)), None if total is None else int(total), float(record.get("seconds", 0.0)))
 
 
 def slide_folder(out_root: str | Path, slide: str | Path) -> AnalysisFolder:

@@ -1,0 +1,227 @@
+"""What `pcam serve` takes and answers, as pydantic models. FastAPI checks requests against them and writes
+the OpenAPI schema from them, so the schema states every field, constraint and status the server keeps to
+(tests/e2e/test_serve.py runs schemathesis against it). Requests refuse fields they do not know.
+
+Two rules keep their own homes and the schema only repeats their words: a threshold's range is
+`decision.check_threshold` (called by the validators here), and which slide paths exist is
+`app.resolve_slide` (the `path` pattern below describes what it accepts).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+
+from ..decision import CALLS, check_threshold
+from ..slides.reader import SLIDE_SUFFIXES
+from ..slides.scope_map import NOT_ASSESSED
+from ..staging import SIZE_CLASSES
+
+# decision.check_threshold's range, in the schema's words (tests/test_serve_units.py checks they agree)
+THRESHOLD_RANGE = {"minimum": 0.0, "maximum": 1.0}
+# microns per level-0 pixel a scan can plausibly have: 0.05 is finer than any light microscope, 10 a 1x scan
+MPP_RANGE = (0.05, 10.0)
+JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
+STRIDES = (32, 96)
+
+
+def _slide_path_pattern() -> str:
+    """A relative path of '/'-separated names, none of them '..' and none holding NUL, that ends in a slide
+    suffix (any case)."""
+    segment = r"(?:[^/\x00.][^/\x00]*|\.[^/\x00.][^/\x00]*|\.\.[^/\x00]+|\.)"
+    suffixes = "|".join("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in s[1:])
+                        for s in SLIDE_SUFFIXES)
+    return rf"^(?:{segment}/)*[^/\x00]*\.(?:{suffixes})$"
+
+
+SLIDE_PATH_PATTERN = _slide_path_pattern()
+
+
+def _threshold(value: float | None) -> float | None:
+    return None if value is None else check_threshold(value)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PredictQuery(_Request):
+    """The query of `POST /v1/predict`."""
+
+    # a query cannot say null: the schema offers a number, and leaving it out means the run's own
+    threshold: Annotated[float | None, WithJsonSchema({"type": "number", **THRESHOLD_RANGE})] = Field(None, description=(
+        "probability at which a patch is called tumour (sets the calls only); default: the run's own threshold"))
+    tta: bool = Field(False, description="average the 8 symmetries of the square (8 forward passes a patch)")
+
+    _check_threshold = field_validator("threshold")(_threshold)
+
+
+class SlideRequest(_Request):
+    """A whole-slide analysis of a slide file in the server's slides folder (`POST /v1/slides`)."""
+
+    path: str = Field(min_length=1, max_length=1024, examples=["case1/slide.svs"], json_schema_extra={"pattern": SLIDE_PATH_PATTERN},
+                      description=f"the slide file, relative to the server's --slides-dir, ending in one of {', '.join(SLIDE_SUFFIXES)}")
+    stride: Literal[STRIDES] = Field(32, description="cell size in PCam-scale pixels: 32, or 96 (9x cheaper)")  # type: ignore[valid-type]
+    tta: bool = Field(False, description="average the 8 symmetries of the square (8x slower)")
+    threshold: float | None = Field(None, json_schema_extra=THRESHOLD_RANGE, description=(
+        "probability at which a cell counts as tumour; default: the run's own threshold"))
+    mpp: float | None = Field(None, ge=MPP_RANGE[0], le=MPP_RANGE[1], description=(
+        "microns per level-0 pixel, for a slide whose metadata lacks it (0.25 for a 40x scan, 0.5 for 20x); "
+        "default: the slide's own"))
+
+    _check_threshold = field_validator("threshold")(_threshold)
+
+
+# -- answers -------------------------------------------------------------------------------------------
+
+class ErrorAnswer(BaseModel):
+    """Every error: what went wrong and, where the client can, what to send instead."""
+
+    error: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str
+    version: str
+
+
+class ModelInfo(BaseModel):
+    model: str
+    run: str = Field(description="the --run the server was started with")
+    checkpoint_epoch: int | None = Field(description="completed training epochs of the checkpoint")
+    threshold: float = Field(description="the run's own threshold: the default of every call")
+    temperature: float | None = Field(description="the run's fitted temperature (calibration), or null")
+    device: str
+    slides: bool = Field(description="whether POST /v1/slides is on (the server has a --slides-dir)")
+    limits: dict[str, int | float]
+    batching: dict[str, dict[str, int]] = Field(description="forward passes run and patches scored, without and with TTA")
+    openmp_wait_policy: str | None = Field(description="OMP_WAIT_POLICY when the model was loaded (PASSIVE unless set otherwise)")
+
+
+class Prediction(BaseModel):
+    name: str = Field(description="the file's name as uploaded")
+    id: str = Field(description="the file name without its extension, as Kaggle names patches")
+    probability: float = Field(ge=0, le=1)
+    probability_calibrated: float | None = Field(ge=0, le=1, description="after the run's temperature; null without one")
+    call: Literal[CALLS] = Field(description="tumour when probability >= threshold")  # type: ignore[valid-type]
+    notes: list[str] = Field(description="conversions made (grayscale, RGBA, 16-bit to 8-bit RGB)")
+
+
+class Refused(BaseModel):
+    name: str
+    reason: str
+
+
+class Predictions(BaseModel):
+    model: str
+    run: str
+    threshold: float = Field(description="the threshold of the calls: the request's, else the run's own")
+    tta: bool
+    temperature: float | None
+    predictions: list[Prediction]
+    refused: list[Refused] = Field(description="files that could not be scored, each with the reason")
+
+
+class SlideStarted(BaseModel):
+    id: str = Field(pattern=JOB_ID_PATTERN)
+    state: Literal["running", "finished", "failed"]
+    slide: str
+    url: str
+
+
+class Region(BaseModel):
+    """A tumour region, named and numbered as in the GeoJSON and the report."""
+
+    name: str
+    cells: int
+    area_mm2: float
+    longest_diameter_mm: float
+    max_probability: float
+    centroid_x: float = Field(description="level-0 pixels")
+    centroid_y: float = Field(description="level-0 pixels")
+
+
+class SkippedRegion(BaseModel):
+    """A part of the slide whose pixels could not be read (level-0 pixels)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    unreadable_cells: int
+
+
+class SlideScope(BaseModel):
+    """Whether the model was made for this slide (`pcam_core.scope`): when not, it has no size class."""
+
+    in_scope: bool
+    reason: str = Field(description="in words, for a reader")
+    checked: bool = Field(description="whether the model has an out-of-scope guard that checked the tissue")
+    out_of_scope_fraction: float = Field(ge=0, le=1, description="of the scored tissue, left out of the regions")
+    cells_out_of_scope: int
+
+
+class SlideSummary(BaseModel):
+    """A finished analysis's results (the outputs hold the rest: GeoJSON, report, heat map)."""
+
+    slide: str = Field(description="the path the analysis was asked for, relative to the slides folder")
+    model: str
+    checkpoint_epoch: int | None = None
+    threshold: float
+    stride: int
+    tta: bool
+    mpp: float = Field(description="microns per level-0 pixel the analysis used")
+    width: int = Field(description="level-0 pixels")
+    height: int = Field(description="level-0 pixels")
+    windows_scored: int
+    cells_scored: int
+    cells_at_threshold: int
+    cells_unreadable: int
+    slide_score: float | None = Field(description="the highest cell probability")
+    slide_topk_mean: float | None
+    top_k: int
+    regions: int
+    tumour_area_mm2: float
+    largest_diameter_mm: float | None
+    size_class: Literal[(*SIZE_CLASSES, NOT_ASSESSED)]  # type: ignore[valid-type]
+    scope: SlideScope | None = Field(None, description="null for an analysis made before the scope guard")
+    region_list: list[Region]
+    skipped_regions: list[SkippedRegion]
+    seconds: float
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], slide: str) -> SlideSummary:
+        """The client's part of an analysis's summary.json (no server paths, no internal parameters)."""
+        info = record.get("slide_info") or {}
+        return cls.model_validate({**record, "slide": slide, "width": info.get("width"), "height": info.get("height")})
+
+
+class SlideFiles(BaseModel):
+    geojson: str = Field(description="the tumour regions as GeoJSON (QuPath reads it)")
+    report: str = Field(description="the printable HTML report")
+    heatmap: str = Field(description="the heat map as a PNG image")
+
+
+class SlideAnalysis(BaseModel):
+    """A slide analysis as a client follows it: its state, how far it is, and its results when finished."""
+
+    id: str = Field(pattern=JOB_ID_PATTERN)
+    slide: str = Field(description="relative to the slides folder")
+    state: Literal["running", "finished", "failed"]
+    started_at: datetime
+    finished_at: datetime | None
+    fraction: float = Field(ge=0, le=1, description="of the tissue's windows scored")
+    windows_done: int
+    windows_total: int | None = Field(description="null until the tissue is found")
+    seconds_left: float | None = Field(description="an estimate while running; null before the first windows or when not running")
+    summary: SlideSummary | None = Field(description="when finished")
+    files: SlideFiles | None = Field(description="the URLs of the outputs, when finished")
+    error: str | None = Field(description="why, when failed")
+
+
+__all__ = ["ErrorAnswer", "Health", "MPP_RANGE", "ModelInfo", "PredictQuery", "Predictions", "SLIDE_PATH_PATTERN",
+           "SlideAnalysis", "SlideRequest", "SlideStarted", "SlideSummary", "THRESHOLD_RANGE"]
