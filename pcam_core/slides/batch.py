@@ -23,12 +23,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..decision import DEFAULT_THRESHOLD, check_threshold, is_tumour
+from ..decision import DEFAULT_THRESHOLD, call, check_threshold, is_tumour
 from ..fileio import atomic_write_json, read_json
 from ..sharding import shard_indices
 from ..scope import ScopeModel
 from .analysis import UNREADABLE, score_slide
-from .scope_map import NOT_ASSESSED, out_of_scope_cells, slide_scope
+from .scope_map import NOT_ASSESSED, OUT_OF_SCOPE, assessed_map, slide_scope
 from .shards import merge_lock, merge_shards, missing_shards, shard_records
 from ..staging import size_class
 from .folder import AnalysisFolder, slide_folder
@@ -81,13 +81,12 @@ def write_outputs(folder: AnalysisFolder, state: dict[str, Any], meta: dict[str,
     distances = np.load(folder.scope_npy, mmap_mode="r") if folder.scope_npy.exists() else None
     guard = meta.get("scope")
     scored = valid_cells(heat)
-    outside = out_of_scope_cells(distances, guard["threshold"] if guard else None, scored)
+    assessed = assessed_map(heat, distances, guard)  # out of scope: no probability counts, no region forms there
+    outside = assessed == OUT_OF_SCOPE
     scope = slide_scope(scored, outside, mpp=lattice.mpp, mpp_source=state["slide"].get("mpp_source", "metadata"), guard=guard)
-    assessed = np.array(heat, dtype=np.float32)
-    assessed[outside] = np.nan  # out of scope: no probability counts, no region forms there
     regions = tumour_regions(assessed, lattice, threshold)
     write_regions(folder, regions)
-    tiles = write_tiles_csv(folder, heat, lattice)
+    tiles = write_tiles_csv(folder, heat, lattice, distances, guard["threshold"] if guard else None)
     write_tissue_png(folder, state["tissue"])
     write_heatmap_tif(folder, heat, lattice)
     summary = {
@@ -103,13 +102,15 @@ def write_outputs(folder: AnalysisFolder, state: dict[str, Any], meta: dict[str,
         "lattice": "cell (i, j) = PCam-scale px [stride*j, stride*j+stride) x [stride*i, stride*i+stride) from level-0 (0, 0); "
                    "window top-left = PCam px (stride*j + stride/2 - 48, stride*i + stride/2 - 48)",
     }
+    summary["call"] = call(summary["slide_score"], threshold) if scope["in_scope"] else NOT_ASSESSED
     if not scope["in_scope"]:
         summary["size_class"] = NOT_ASSESSED
     if state.get("shards"):  # seconds above: the shards' seconds summed (compute time, not wall time)
         summary["shards"] = state["shards"]
     title = (f"{Path(meta['slide']).name}: slide score {summary['slide_score']:.3f}, {summary['regions']} region(s), "
-             f"largest {summary['largest_diameter_mm']:.2f} mm ({summary['size_class']})")
-    write_heatmap_png(folder, heat, state["thumbnail"], lattice, threshold, title)
+             f"largest {summary['largest_diameter_mm']:.2f} mm ({summary['size_class']})" if scope["in_scope"] else
+             f"{Path(meta['slide']).name}: NOT ASSESSED, {scope['out_of_scope_fraction']:.0%} of the tissue out of the model's scope (hatched)")
+    write_heatmap_png(folder, assessed, state["thumbnail"], lattice, threshold, title)
     write_report(folder, summary)
     atomic_write_json(folder.summary_json, summary)  # last: its presence marks the analysis complete
     return summary

@@ -26,6 +26,7 @@ from skimage import measure
 from ..decision import is_tumour
 from ..fileio import atomic_write_json, atomic_write_with
 from .analysis import UNREADABLE, Lattice
+from .scope_map import OUT_OF_SCOPE
 from .folder import AnalysisFolder
 from .regions import region_name
 from .tissue import THUMB_PCAM_PX
@@ -34,7 +35,9 @@ _UPSAMPLE = 4  # cells are traced on a 4x finer grid so the polygon follows thei
 
 
 def valid_cells(heat: np.ndarray) -> np.ndarray:
-    return np.isfinite(heat) & (heat != UNREADABLE)
+    """Cells holding a probability: scored, readable and (in an `assessed_map`) in scope."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(heat) & (heat >= 0)
 
 
 def _ring_area(ring: np.ndarray) -> float:
@@ -89,28 +92,37 @@ def write_regions(folder: AnalysisFolder, features: list[dict[str, Any]]) -> Non
     atomic_write_json(folder.regions_geojson, {"type": "FeatureCollection", "features": features})
 
 
-def write_tiles_csv(folder: AnalysisFolder, heat: np.ndarray, lattice: Lattice) -> int:
-    """`x`, `y` (top-left of each scored window, level-0 pixels), `probability`, and the cell's `row`, `col`."""
+def write_tiles_csv(folder: AnalysisFolder, heat: np.ndarray, lattice: Lattice, distances: np.ndarray | None = None,
+                    scope_threshold: float | None = None) -> int:
+    """`x`, `y` (top-left of each scored window, level-0 pixels), `probability`, the cell's `row`, `col`, and with
+    the model's guard its `ood_score` (`pcam_core.scope` distance) and `in_scope`."""
     rows, cols = np.nonzero(valid_cells(heat))
     x, y = lattice.window_origin(rows, cols)
     frame = pd.DataFrame({"x": np.round(x).astype(np.int64), "y": np.round(y).astype(np.int64),
                           "probability": np.round(heat[rows, cols].astype(np.float64), 6), "row": rows, "col": cols})
+    if distances is not None and scope_threshold is not None:
+        score = np.asarray(distances, dtype=np.float64)[rows, cols]
+        frame["ood_score"] = np.round(score, 4)
+        frame["in_scope"] = np.nan_to_num(score, nan=np.inf) <= scope_threshold
     atomic_write_with(folder.tiles_csv, lambda h: h.write(frame.to_csv(index=False).encode()))
     return len(frame)
 
 
 def colour_map(heat: np.ndarray, cmap: str = "inferno") -> np.ndarray:
-    """uint8 RGB of the map: probabilities through `cmap`, white where not scored, grey where unreadable."""
+    """uint8 RGB of the map: probabilities through `cmap`, white where not scored, grey where unreadable or out
+    of scope."""
     from matplotlib import colormaps
 
     rgb = (colormaps[cmap](np.clip(np.nan_to_num(heat, nan=0.0), 0, 1))[..., :3] * 255).astype(np.uint8)
     rgb[~np.isfinite(heat)] = 255
     rgb[heat == UNREADABLE] = 128
+    rgb[heat == OUT_OF_SCOPE] = 176
     return rgb
 
 
 def write_heatmap_png(folder: AnalysisFolder, heat: np.ndarray, thumb: np.ndarray, lattice: Lattice, threshold: float, title: str) -> None:
-    """The map over the thumbnail, with its colour scale; unreadable regions hatched grey."""
+    """The map over the thumbnail, with its colour scale; unreadable regions dark grey, out-of-scope cells (an
+    `assessed_map`) light grey hatched."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,6 +138,12 @@ def write_heatmap_png(folder: AnalysisFolder, heat: np.ndarray, thumb: np.ndarra
     image = ax.imshow(shown, extent=extent, cmap="inferno", vmin=0, vmax=1, alpha=0.6, interpolation="nearest")
     unreadable = np.ma.masked_where(heat != UNREADABLE, np.ones_like(heat))
     ax.imshow(unreadable, extent=extent, cmap="Greys", vmin=0, vmax=2, alpha=0.8, interpolation="nearest")
+    outside = heat == OUT_OF_SCOPE
+    if outside.any():
+        ax.imshow(np.ma.masked_where(~outside, np.ones_like(heat)), extent=extent, cmap="Greys", vmin=0, vmax=4, alpha=0.7,
+                  interpolation="nearest")
+        ax.contourf((np.arange(cols) + 0.5) * lattice.cell_px, (np.arange(rows) + 0.5) * lattice.cell_px, outside.astype(float),
+                    levels=[0.5, 1.5], colors="none", hatches=["////"])
     positive = valid_cells(heat) & is_tumour(heat, threshold)
     if positive.any():
         centres_x = (np.arange(cols + 2) - 0.5) * lattice.cell_px  # padded cell centres

@@ -16,6 +16,7 @@ import numpy as np
 
 from .reader import PCAM_MPP
 
+OUT_OF_SCOPE = -2.0  # a map cell the guard flagged, in the maps that are drawn (`assessed_map`); -1 is unreadable
 MAX_OUT_OF_SCOPE = 0.5  # a slide with more of its scored tissue out of scope than this is not assessed
 MAX_UPSAMPLING = 1.25  # a slide coarser than PCam scale by more than this factor is not assessed
 NOT_ASSESSED = "not assessed"
@@ -28,6 +29,15 @@ def out_of_scope_cells(distances: np.ndarray | None, threshold: float | None, sc
         return np.zeros(scored.shape, dtype=bool)
     d = np.asarray(distances, dtype=np.float64)
     return scored & (np.nan_to_num(d, nan=np.inf) > threshold)
+
+
+def assessed_map(heat: np.ndarray, distances: np.ndarray | None, guard: dict[str, Any] | None) -> np.ndarray:
+    """A copy of the probability map in which out-of-scope cells hold `OUT_OF_SCOPE`: what the viewer, the map
+    picture and the regions see. Scored cells are those >= 0 in the result."""
+    marked = np.array(heat, dtype=np.float32)
+    scored = np.isfinite(marked) & (marked >= 0)
+    marked[out_of_scope_cells(distances, guard["threshold"] if guard else None, scored)] = OUT_OF_SCOPE
+    return marked
 
 
 def slide_scope(scored: np.ndarray, outside: np.ndarray, *, mpp: float, mpp_source: str,
@@ -57,4 +67,5 @@ def slide_scope(scored: np.ndarray, outside: np.ndarray, *, mpp: float, mpp_sour
             "line": SCOPE_LINE}
 
 
-__all__ = ["MAX_OUT_OF_SCOPE", "MAX_UPSAMPLING", "NOT_ASSESSED", "SCOPE_LINE", "out_of_scope_cells", "slide_scope"]
+__all__ = ["MAX_OUT_OF_SCOPE", "MAX_UPSAMPLING", "NOT_ASSESSED", "OUT_OF_SCOPE", "SCOPE_LINE", "assessed_map", "out_of_scope_cells",
+           "slide_scope"]

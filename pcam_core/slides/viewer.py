@@ -25,6 +25,7 @@ from ..fileio import read_json
 from .analysis import UNREADABLE, WINDOW, Lattice
 from .folder import AnalysisFolder
 from .outputs import colour_map, valid_cells
+from .scope_map import OUT_OF_SCOPE, assessed_map
 from .regions import region_number
 from .reader import open_slide
 from .tissue import THUMB_PCAM_PX
@@ -67,23 +68,36 @@ def load_summary(folder: AnalysisFolder) -> dict[str, Any]:
 
 
 def load_heat(folder: AnalysisFolder) -> np.ndarray:
+    """The map as the viewer draws it: probabilities, NaN where not scored, `UNREADABLE`, and `OUT_OF_SCOPE` where
+    the model's guard flagged the window (`scope_map.assessed_map`, when the analysis has a scope map)."""
     if not folder.heatmap_npy.is_file():
         raise FileNotFoundError(f"{folder.heatmap_npy}: the analysis has no map")
-    return np.load(folder.heatmap_npy, mmap_mode="r")
+    heat = np.load(folder.heatmap_npy, mmap_mode="r")
+    summary = read_json(folder.summary_json) or {}
+    guard = (summary.get("scope") or {}).get("guard")
+    if guard is None or not folder.scope_npy.is_file():
+        return heat
+    return assessed_map(heat, np.load(folder.scope_npy, mmap_mode="r"), guard)
 
 
 def heat_overlay(heat: np.ndarray, lattice: Lattice, threshold: float) -> Overlay:
-    """The map as RGBA: cells >= `threshold` in the colour scale, unreadable cells grey, the rest transparent."""
+    """The map as RGBA: cells >= `threshold` in the colour scale, unreadable cells grey, out-of-scope cells light
+    grey with diagonal stripes, the rest transparent."""
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
     heat = np.asarray(heat)
     rows, cols = heat.shape
     rgba = np.zeros((rows, cols, 4), dtype=np.uint8)
     rgba[..., :3] = colour_map(heat, COLOUR_SCALE)
+    outside = heat == OUT_OF_SCOPE
     shown = (valid_cells(heat) & is_tumour(heat, threshold)) | (heat == UNREADABLE)
-    rgba[..., 3] = np.where(shown, 255, 0)
+    rgba[..., 3] = np.where(shown, 255, np.where(outside, 150, 0))
     k = max(1, min(16, OVERLAY_MAX_PX // max(rows, cols)))
     rgba = np.repeat(np.repeat(rgba, k, axis=0), k, axis=1)
+    if k >= 4 and outside.any():  # stripes, so that grey reads as "not judged" and not as a colour of the scale
+        yy, xx = np.indices(rgba.shape[:2])
+        stripe = np.repeat(np.repeat(outside, k, axis=0), k, axis=1) & (((yy + xx) // max(1, k // 4)) % 2 == 0)
+        rgba[stripe, :3] = 110
     return Overlay(_png(rgba), cols * lattice.cell_px, rows * lattice.cell_px)
 
 
@@ -130,14 +144,16 @@ def cell_at(lattice: Lattice, x: float, y: float) -> tuple[int, int]:
 def window_at(slide_path: str | Path, heat: np.ndarray, lattice: Lattice, x: float, y: float) -> dict[str, Any]:
     """The 96 x 96 PCam-scale window of the cell under level-0 point (x, y), read as the analysis read it:
     `row`, `col`, its level-0 box (`x`, `y`, `size`), `pixels` (96, 96, 3) uint8, and the map's `probability`
-    (None when the cell was not scored) with `state` "scored", "not scored" (no tissue) or "unreadable"."""
+    (None when the cell was not scored) with `state` "scored", "not scored" (no tissue), "unreadable" or "out of
+    scope" (`heat` from `load_heat`: the guard flagged the window, so its probability is not shown)."""
     row, col = cell_at(lattice, x, y)
     wx, wy = lattice.window_origin(row, col)
     size = WINDOW * lattice.f
     with open_slide(slide_path, mpp=lattice.mpp) as slide:
         pixels = slide.read_scaled(float(wx), float(wy), size, size, (WINDOW, WINDOW))
     value = float(heat[row, col])
-    state = "unreadable" if value == UNREADABLE else "not scored" if math.isnan(value) else "scored"
+    state = ("unreadable" if value == UNREADABLE else "out of scope" if value == OUT_OF_SCOPE
+             else "not scored" if math.isnan(value) else "scored")
     return {"row": row, "col": col, "x": float(wx), "y": float(wy), "size": size, "pixels": pixels,
             "probability": value if state == "scored" else None, "state": state}
 
