@@ -24,6 +24,7 @@ from pcam_core.triage import triage_calls
 from pcam_core.runs import RunDir, resolve_run
 from pcam_core.slides.analysis import WINDOW
 from pcam_core.slides.regions import region_name
+from pcam_core.slides.scope_map import SCOPE_LINE
 from pcam_core.slides.report import local_time, review_text, window_label
 from pcam_core.slides.viewer import (
     is_synthetic,
@@ -160,10 +161,21 @@ except (OSError, ValueError) as err:
 
 threshold = float(summary["threshold"])
 score = float(summary["slide_score"])
+scope = summary.get("scope") or {}
+assessed = scope.get("in_scope", True)
+if not assessed:
+    st.error(f"{scope.get('reason', 'Not assessed.')} The map is shown for inspection only: no call and no size class.",
+             icon=":material/block:")
+st.caption(f"{scope.get('line') or SCOPE_LINE} "
+           + (f"{scope['out_of_scope_fraction']:.1%} of this slide's scored tissue lies outside it (hatched grey on the map)."
+              if scope.get("checked") else "This model has no out-of-scope guard: its tissue was not checked."))
+slide_call = summary.get("call") or call(score, threshold)
 cols = st.columns(6)
-cols[0].metric("Slide score", f"{score:.3f}", help="The highest cell probability on the slide.")
-cols[1].metric(f"Call at {threshold:g}", "tumour" if call(score, threshold) == "tumour" else "no tumour",
-               help="Tumour when the slide score reaches the analysis threshold.")
+cols[0].metric("Slide score", f"{score:.3f}" if assessed else "—", help="The highest cell probability on the slide, of the cells "
+               "within the model's scope.")
+cols[1].metric(f"Call at {threshold:g}", {"tumour": "tumour", "normal": "no tumour"}.get(slide_call, slide_call),
+               help="Tumour when the slide score reaches the analysis threshold; not assessed when the slide is out of the "
+                    "model's scope.")
 cols[2].metric("Tumour area, mm²", f"{summary['tumour_area_mm2']:.3f}", help="The area of the cells at or above the threshold.")
 cols[3].metric("Regions", summary["regions"])
 cols[4].metric("Largest diameter", f"{summary['largest_diameter_mm']:.2f} mm")
@@ -175,7 +187,10 @@ st.caption(f"Model {summary.get('model')} ({state.run_label}), "
 
 heat = load_heat(folder)
 with st.expander("Triage of the map's cells (target sensitivity)", icon=":material/rule:"):
-    triage_cells(heat, summary)
+    if assessed:
+        triage_cells(heat, summary)
+    else:
+        st.caption("Not assessed: the slide is out of the model's scope, so its cells are not triaged.")
 
 state_key = f"slides_view_{slide.id}"
 view = st.session_state.setdefault(state_key, {"goto": None, "point": None})
@@ -203,7 +218,8 @@ if window is not None:
     st.subheader(f"The {window_label(wx, wy)}")
     left, right = st.columns([1, 2])
     what = {"scored": f"map probability **{window['probability']:.3f}**", "not scored": "not scored (too little tissue)",
-            "unreadable": "unreadable in the slide file"}[window["state"]]
+            "unreadable": "unreadable in the slide file",
+            "out of scope": "**out of scope**: unlike the tissue the model was trained on, so no probability is given"}[window["state"]]
     left.image(outline_centre(window["pixels"], scale=2, width=2), width=192,
                caption=f"cell ({window['row']}, {window['col']}): {what}", output_format="PNG")
     run = _run_of(summary)
@@ -231,7 +247,7 @@ if window is not None:
                                   ModelCall.at(window["probability"], threshold, str(summary.get("run"))),
                                   key=f"window_{slide.id}", compact=True)
 
-st.subheader("Tumour regions")
+st.subheader("Tumour regions" if assessed else "Tumour regions (not assessed: no size class)")
 if not region_list:
     st.caption(f"No cell reaches the threshold {threshold:g}: no regions.")
 else:
