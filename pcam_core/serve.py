@@ -288,7 +288,7 @@ def create_app(
         job_id = uuid.uuid4().hex
         folder = AnalysisFolder(analyses_root / job_id)
         args = ["slide", "--run", run_name, "--input", str(slide), "--out", str(folder.path), "--stride", str(body.stride),
-                "--threshold", repr(body.threshold), "--device", device, *(["--tta"] if body.tta else [])]
+                "--threshold", repr(body.threshold), "--device", device, "--tta" if body.tta else "--no-tta"]
         status = await run_in_threadpool(start_job, jobs_root, job_id, args, outputs=[folder.summary_json])
         return {"id": job_id, "state": status.state, "slide": body.path, "url": f"/v1/slides/{job_id}"}
 
