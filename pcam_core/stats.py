@@ -12,9 +12,11 @@
 - Proportions (accuracy, sensitivity, specificity, precision): Wilson's score interval (scipy's
   `binomtest(...).proportion_ci(method="wilson")`), which keeps its coverage near 0 and 1 where the
   plain normal interval does not.
-- F1: a percentile bootstrap drawn from the confusion counts (a resample of n patches lands in the four
-  cells multinomially, so 2,000 resamples cost microseconds); PR-AUC: a percentile bootstrap over
-  patches, stratified by class; Brier score: the normal interval of a mean.
+- F1: a percentile bootstrap drawn from the confusion counts, stratified by class (2,000 resamples
+  cost microseconds; sensitivity and false-positive rate from their Jeffreys posteriors, so an empty
+  cell does not collapse the interval); PR-AUC: a percentile bootstrap over
+  patches, stratified by class (none when every resample agrees: a collapsed interval would claim
+  certainty); Brier score: the normal interval of a mean, clipped to [0, 1].
 
 docs/trust.md explains the choices.
 """
@@ -150,20 +152,28 @@ def _percentile(samples: np.ndarray, value: float, level: float, method: str) ->
 
 
 def f1_interval(confusion: dict[str, int], level: float = LEVEL, *, resamples: int = BOOTSTRAP, seed: int = 0) -> dict[str, float]:
-    """F1 with a percentile bootstrap: resamples of the n patches drawn as multinomial confusion counts."""
-    cells = np.array([confusion["tp"], confusion["fp"], confusion["fn"], confusion["tn"]], dtype=np.float64)
-    n = cells.sum()
-    draws = np.random.default_rng(seed).multinomial(int(n), cells / n, size=resamples)
-    tp, fp, fn = draws[:, 0], draws[:, 1], draws[:, 2]
-    denominator = 2 * tp + fp + fn
-    f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
-    value = 2 * cells[0] / (2 * cells[0] + cells[1] + cells[2]) if (2 * cells[0] + cells[1] + cells[2]) else 0.0
-    return _percentile(f1, float(value), level, "bootstrap (confusion counts)")
+    """F1 with a percentile bootstrap drawn from the confusion counts, stratified by class as the PR-AUC's
+    is: each resample keeps the numbers of tumour and normal patches, its true positives drawn from the
+    tumour patches and its false positives from the normal ones, at a sensitivity and a false-positive
+    rate drawn from their Jeffreys posteriors (Beta(successes + 1/2, failures + 1/2)). So a cell never seen
+    (no false positive among 8 patches) is not taken to be impossible and the interval at F1 = 1 does not
+    collapse to a point; with many patches it is the plain stratified bootstrap."""
+    tp, fp, fn, tn = (int(confusion[k]) for k in ("tp", "fp", "fn", "tn"))
+    rng = np.random.default_rng(seed)
+    tumour, normal = tp + fn, fp + tn
+    tps = rng.binomial(tumour, rng.beta(tp + 0.5, fn + 0.5, resamples))
+    fps = rng.binomial(normal, rng.beta(fp + 0.5, tn + 0.5, resamples))
+    denominator = tps + tumour + fps  # 2 tp + fp + fn
+    f1 = np.where(denominator > 0, 2 * tps / np.maximum(denominator, 1), 0.0)
+    value = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0
+    return _percentile(f1, float(value), level, "bootstrap (confusion counts, stratified, Jeffreys)")
 
 
 def pr_auc_interval(labels: np.ndarray, probs: np.ndarray, level: float = LEVEL, *, resamples: int = PR_BOOTSTRAP,
-                    seed: int = 0) -> dict[str, float]:
-    """PR-AUC (average precision) with a percentile bootstrap over patches, stratified by class."""
+                    seed: int = 0) -> dict[str, float] | None:
+    """PR-AUC (average precision) with a percentile bootstrap over patches, stratified by class; None when
+    every resample gives the same value (perfectly separated patches), where a percentile interval would
+    collapse to a point and claim a certainty the patches cannot give."""
     skm = _sklearn_metrics()
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
@@ -171,15 +181,18 @@ def pr_auc_interval(labels: np.ndarray, probs: np.ndarray, level: float = LEVEL,
     for b in range(resamples):
         take = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
         samples[b] = skm.average_precision_score(labels[take], probs[take])
+    if np.ptp(samples) == 0:
+        return None
     return _percentile(samples, float(skm.average_precision_score(labels, probs)), level, "bootstrap (patches, stratified)")
 
 
-def mean_interval(values: np.ndarray, level: float = LEVEL) -> dict[str, float]:
-    """The mean of `values` with the normal interval mean ± z SD/sqrt(n)."""
+def mean_interval(values: np.ndarray, level: float = LEVEL, *, bounds: tuple[float, float] = (-np.inf, np.inf)) -> dict[str, float]:
+    """The mean of `values` with the normal interval mean ± z SD/sqrt(n), clipped to `bounds` (a Brier
+    score cannot be negative)."""
     mean = float(values.mean())
     se = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.0
     z = _z(level)
-    return {"value": mean, "low": mean - z * se, "high": mean + z * se, "method": "normal (mean)"}
+    return {"value": mean, "low": max(mean - z * se, bounds[0]), "high": min(mean + z * se, bounds[1]), "method": "normal (mean)"}
 
 
 def metric_intervals(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5, level: float = LEVEL,
@@ -199,7 +212,7 @@ def metric_intervals(labels: np.ndarray, probs: np.ndarray, threshold: float = 0
         "specificity": wilson_interval(c["tn"], c["tn"] + c["fp"], level),
         "precision": wilson_interval(c["tp"], c["tp"] + c["fp"], level),
         "f1": f1_interval(c, level),
-        "brier": mean_interval((probs - labels) ** 2, level),
+        "brier": mean_interval((probs - labels) ** 2, level, bounds=(0.0, 1.0)),
     }
     if pr_auc:
         out["pr_auc"] = pr_auc_interval(labels, probs, level) if both else None

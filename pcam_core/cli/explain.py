@@ -9,7 +9,7 @@ from .common import RUN_HELP, progress_bar, scoring_options, shared
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("explain", parents=shared("checkpoint", "device", "batch_size", "workers"),
+    p = sub.add_parser("explain", parents=shared("checkpoint", "device", "workers"),
                        help="class activation map overlays and centre focus per patch", description=(
         "Explain a run's predictions: one overlay PNG per patch (<id>.png: heat map over the patch, central "
         "32x32 region outlined) and explanations.csv (id, probability, centre_focus, method, layer, target) "
@@ -27,7 +27,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=int, default=1, help="enlarge the PNGs this many times (nearest neighbour)")
     p.add_argument("--split", help="split of an HDF5 or Kaggle folder (default: test; for Kaggle data, valid is the run's own validation split)")
     p.add_argument("--limit", type=int, help="explain only the first N patches")
-    p.set_defaults(func=cmd_explain, batch_size=EXPLAIN_BATCH_SIZE)
+    # its own --batch-size: setting a default on the shared one would change every command's (argparse shares the action)
+    p.add_argument("--batch-size", type=int, default=EXPLAIN_BATCH_SIZE,
+                   help=f"patches per forward and backward pass (default: {EXPLAIN_BATCH_SIZE})")
+    p.set_defaults(func=cmd_explain)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
