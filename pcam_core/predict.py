@@ -248,6 +248,7 @@ def evaluate_run(
     *,
     threshold_method: str = "fixed",
     target: float | None = None,
+    on_start: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Score a run on a labelled split: writes `out` (metrics JSON with curves, 95% intervals of the headline
@@ -277,6 +278,8 @@ def evaluate_run(
         valid = validation_predictions(run_dir)  # the bundled model's: its held-out patches
         threshold_used = choose_threshold(valid["label"].to_numpy(), valid["probability"].to_numpy(), threshold_method,
                                           value=DEFAULT_THRESHOLD if target is None else check_threshold(target, "target sensitivity"))
+    if on_start:
+        on_start(len(dataset))
     result = predict_dataset(model, dataset, device=loaded.device, tta=options.tta, batch_size=options.batch_size,
                              num_workers=options.workers, progress=progress)
     preds = result.predictions

@@ -16,7 +16,7 @@ SCORING = ("checkpoint", "device", "tta", "batch_size", "workers", "threshold")
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", parents=shared(*SCORING), help="score a run on a labelled split", description=(
-        "Score a run on a labelled split: writes --out (metrics JSON with ROC, PR and calibration curves and 95%% "
+        "Score a run on a labelled split: writes --out (metrics JSON with ROC, PR and calibration curves and 95% "
         "intervals) and <out stem>_predictions.csv (id,label,probability,index) beside it. The threshold is the run's "
         "own unless --threshold gives one, or --threshold-method chooses one on the run's validation predictions."))
     p.add_argument("--run", required=True, help=RUN_HELP)
@@ -60,7 +60,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("compare", parents=shared(*SCORING), help="compare runs on the same labelled split (paired DeLong test)",
                        description=(
-        "Score each run on the same split, join on patch ids, and print each run's metrics with 95%% intervals (each at "
+        "Score each run on the same split, join on patch ids, and print each run's metrics with 95% intervals (each at "
         "its own threshold, or all at --threshold) and the paired DeLong test of each run's ROC-AUC against the first run's."))
     p.add_argument("--runs", nargs="+", required=True, help="two or more run folders (or `bundled`)")
     p.add_argument("--data", required=True, help="PCam HDF5 folder or Kaggle folder")
@@ -77,9 +77,18 @@ def add(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..predict import evaluate_run
 
-    with progress_bar(None, "evaluate") as bar:
+    bar = None
+
+    def start(n: int) -> None:
+        nonlocal bar
+        bar = progress_bar(n, "evaluate")
+
+    try:
         report = evaluate_run(args.run, args.data, args.split, args.out, scoring_options(args), threshold_method=args.threshold_method,
-                              target=args.target_sensitivity, progress=bar.update)
+                              target=args.target_sensitivity, on_start=start, progress=lambda n: bar.update(n) if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     m = report["metrics"]
