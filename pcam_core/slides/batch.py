@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..decision import DEFAULT_THRESHOLD, is_tumour
+from ..decision import DEFAULT_THRESHOLD, check_threshold, is_tumour
 from ..fileio import atomic_write_json, read_json
 from ..scoring_options import AUTO_WORKERS, ScoringOptions
 from ..sharding import shard_indices
