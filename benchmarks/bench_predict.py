@@ -30,6 +30,7 @@ from pcam_core.data.h5 import is_h5_root
 from pcam_core.inference import predict_batch
 from pcam_core.loading import load_run_model
 from pcam_core.predict import predict_submission
+from pcam_core.scoring_options import ScoringOptions
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = {"HDF5 split": "h5", "Kaggle tifs": "tifs"}  # name -> folder under the work directory
@@ -98,8 +99,8 @@ def main() -> None:
             bare_rates.append(bare_forward(model, pixels, args.batch))
             for name, folder in SOURCES.items():
                 start = time.perf_counter()
-                predict_submission(run, work / folder, work / f"{folder}.csv", tta=False, num_workers=args.workers,
-                                   batch_size=args.batch)
+                predict_submission(run, work / folder, work / f"{folder}.csv",
+                                   ScoringOptions(tta=False, workers=args.workers, batch_size=args.batch))
                 inproc_rates[name].append(args.n / (time.perf_counter() - start))
         bare = statistics.median(bare_rates)
         reading = {name: read_rate(work / folder, args.batch, args.workers) for name, folder in SOURCES.items()}

@@ -71,7 +71,7 @@ def main() -> None:
                            "-b", str(args.batch_size), "-n", str(args.workers)], wenv, tmp)
         wsinfer_n = sum(1 for _ in open(tmp / "wsinfer" / "model-outputs-csv" / "slide.csv")) - 1
         ours_s = timed([*pcam, "slide", "--run", args.run, "--input", str(tmp / "slides" / "slide.tif"), "--out", str(tmp / "ours"),
-                        "--stride", "96", "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", "cpu"], env, tmp)
+                        "--stride", "96", "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", "cpu", "--no-tta"], env, tmp)
         summary = json.loads((tmp / "ours" / "summary.json").read_text())
         ours_n = summary["windows_scored"]
     wsinfer_rate, ours_rate = wsinfer_n / wsinfer_s, ours_n / ours_s

@@ -44,23 +44,33 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load with ``weights_only=True`` on the CPU; anything else (a pickle that would run code, a
-    truncated file, another program's file) raises `CheckpointError` naming the file."""
+    truncated or damaged file, another program's file) raises `CheckpointError` naming the file.
+    torch's own advice for such files (to load them with ``weights_only=False``, which runs code
+    from the file) is never passed on."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise CheckpointError(
-            f"{path}: refused: it is not a plain-weights checkpoint and loading it would need to run "
-            f"code from the file (weights_only=True). {first}"
+            f"{path}: refused: it is not a plain-weights checkpoint, and loading it would run code from the file; "
+            "pcam_core loads only the checkpoints it writes"
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds on a damaged file; all mean the same here
+        raise CheckpointError(f"{path}: the checkpoint file is damaged and cannot be read (truncated, corrupted in "
+                              f"transfer, or not a checkpoint){_cause(err)}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a pcam_core checkpoint (expected format {FORMAT!r})")
     return payload
+
+
+def _cause(err: BaseException) -> str:
+    """torch's first sentence about a damaged file, unless it is advice about `weights_only`."""
+    first = str(err).strip().split(". ")[0].splitlines()[0].strip() if str(err).strip() else ""
+    if not first or "weights_only" in first or len(first) > 200:
+        return ""
+    return f": {first.rstrip('.')}"
 
 
 def checkpoint_config(payload: dict[str, Any]) -> ExperimentConfig:

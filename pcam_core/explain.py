@@ -43,6 +43,8 @@ from .data import (CENTER_SIZE, CENTER_START, PATCH_SIZE, ImageFiles, PatchDatas
 from .data.common import IMAGE_EXTENSIONS
 from .fileio import atomic_write_with
 from .models import get_layer, get_spec
+from .runs import RunArg
+from .scoring_options import EXPLAIN_BATCH_SIZE, ScoringOptions
 from .transforms import eval_preset
 
 log = logging.getLogger(__name__)
@@ -355,24 +357,29 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 
 def open_patches(path: str | Path, split: str | None = None, *, valid_frac: float = 0.1, seed: int = 0) -> PatchDataset:
     """The patches to explain: one image file, a folder of images, a Kaggle folder (test split unless
-    `split` says otherwise), an HDF5 folder (test split by default) or one HDF5 split file.
+    `split` says otherwise), an HDF5 folder (test split by default) or one HDF5 split file. Grayscale,
+    RGBA and 16-bit image files are converted to 8-bit RGB, as `pcam predict` and the Predict page do.
     A split is resolved as `pcam evaluate` resolves it (`open_split`): "valid" of a Kaggle folder is
     the seeded validation split that `valid_frac` and `seed` (the run's) make of its train folder."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input not found: {path} does not exist (give an image file, a folder of images, "
+                                "a Kaggle folder or PCam HDF5 data)")
     if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-        return ImageFiles([path])
+        return ImageFiles([path], convert=True)
     has_splits = detect_format(path) in ("h5", "kaggle") and not path.is_file()
     if split is None and not has_splits:
-        return open_dataset(path)
+        return open_dataset(path, convert=True)
     return open_split(path, split or "test", valid_frac=valid_frac, seed=seed)
 
 
 def write_explanations(
-    model: nn.Module,
-    dataset: PatchDataset,
+    run: RunArg,
+    input_path: str | Path,
     out: str | Path,
+    options: ScoringOptions = ScoringOptions(batch_size=EXPLAIN_BATCH_SIZE),
     *,
-    model_name: str,
+    split: str | None = None,
     method: str = DEFAULT_METHOD,
     layer: str | None = None,
     target: str = "tumour",
@@ -380,13 +387,19 @@ def write_explanations(
     cmap: str = DEFAULT_COLORMAP,
     scale: int = 1,
     limit: int | None = None,
-    batch_size: int = 32,
+    on_start: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """One overlay PNG per patch (``<id>.png``) and ``explanations.csv`` (id, probability,
-    centre_focus, method, layer, target) in the folder `out`. Every file is written atomically, the CSV
-    last, once every patch succeeded. Returns a summary: rows, csv path, method, layer and its
-    resolution, target."""
+    """Explain the run's calls on the patches of `input_path` (`open_patches`; `split` of a data folder):
+    one overlay PNG per patch (``<id>.png``) and ``explanations.csv`` (id, probability, centre_focus,
+    method, layer, target) in the folder `out`. `options`: the checkpoint, device, batch size and workers
+    (TTA and the threshold play no part in a map). Every file is written atomically, the CSV last, once
+    every patch succeeded. Returns a summary: rows, csv path, method, layer and its resolution, target, model."""
+    from .loading import load_run_model
+
+    loaded = load_run_model(run, checkpoint=options.checkpoint, device=options.device)
+    model, model_name = loaded.model, loaded.model_name
+    dataset = open_patches(input_path, split, valid_frac=loaded.config.data.valid_frac, seed=loaded.config.data.split_seed)
     layer, size = resolve_layer(model_name, layer)
     get_method(method)
     if target not in TARGETS:  # checked before any file is written
@@ -395,10 +408,12 @@ def write_explanations(
         raise ValueError(f"--limit must be at least 1, got {limit}")
     if limit is not None and limit < len(dataset):
         dataset = dataset.subset(np.arange(limit))
+    if on_start:
+        on_start(len(dataset))
     out = Path(out)
     rows: list[dict[str, Any]] = []
     used: set[str] = set()
-    for batch in make_loader(dataset, batch_size, shuffle=False, num_workers=0, ids=True):
+    for batch in make_loader(dataset, options.batch_size, shuffle=False, num_workers=options.workers, ids=True):
         result = explain_batch(model, batch["image"], model_name=model_name, method=method, layer=layer, target=target)
         pictures = overlay(batch["image"], result.maps, opacity=opacity, cmap=cmap, scale=scale)
         for pid, index, picture, prob, focus in zip(batch["id"], batch["index"].tolist(), pictures, result.probabilities, result.centre_focus):
@@ -415,4 +430,4 @@ def write_explanations(
     atomic_write_with(csv, lambda handle: handle.write(frame.to_csv(index=False).encode()))
     log.info("wrote %d explanations (%s, %s, target %s) to %s", len(rows), method, layer, target, out)
     return {"out": str(out), "csv": str(csv), "rows": len(rows), "method": method, "layer": layer,
-            "resolution": f"{size}x{size}", "target": target}
+            "resolution": f"{size}x{size}", "target": target, "model": model_name}

@@ -118,7 +118,7 @@ def wsinfer_config(architecture: str) -> dict[str, Any]:
     }
 
 
-def check_patches(n: int = 64, seed: int = 0) -> np.ndarray:
+def check_patches(n: int = sum(CHECK_BATCHES), seed: int = 0) -> np.ndarray:
     """Check patches when none are given: `n` uint8 RGB patches of seeded random pixels (every value
     of the input range is used; a parity check needs no tissue, only inputs)."""
     return np.random.default_rng(seed).integers(0, 256, size=(n, *PATCH_SHAPE), dtype=np.uint8)

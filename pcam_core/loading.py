@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .calibration import Calibration, load_calibration
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .config import ExperimentConfig
 from .decision import DEFAULT_THRESHOLD, check_threshold
 from .devices import resolve_device
@@ -68,7 +68,13 @@ def load_run_model(run: RunArg, *, checkpoint: str = "best", device: str | torch
     ref = resolve_run(run)
     path = ref.checkpoint(checkpoint)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    model, config, info = model_from_checkpoint(path, dev)
+    try:
+        model, config, info = model_from_checkpoint(path, dev)
+    except CheckpointError as err:
+        last = None if ref.bundled else ref.folder.last_checkpoint
+        if last is not None and last != path and last.exists():
+            raise CheckpointError(f"{err}; the run's last checkpoint may be whole: try --checkpoint last") from err
+        raise
     scope = load_scope(ref.folder.scope_path)
     if scope is not None and scope.model_name != config.model.name:
         raise ValueError(f"{ref.folder.scope_path}: the out-of-scope guard was fitted for {scope.model_name}, the run's "

@@ -4,8 +4,8 @@ A submission is Kaggle's format: header ``id,label``, one row per image, ``label
 tumour tissue in the central 32x32 region. Files are written only when everything succeeded, atomically.
 
 Test-time augmentation (the mean probability over the 8 symmetries of the square) is part of the
-recipe and on by default for submissions and evaluations: on held-out real patches it adds about
-0.01 ROC-AUC for 8 forward passes per patch; pass ``tta=False`` (``--no-tta``) for one pass.
+recipe and on by default (`scoring_options.DEFAULT_TTA`): on held-out real patches it adds about
+0.01 ROC-AUC for 8 forward passes per patch; ``ScoringOptions(tta=False)`` (``--no-tta``) for one pass.
 """
 
 from __future__ import annotations
@@ -20,21 +20,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .config import ExperimentConfig
-from .devices import resolve_device
 from .data.base import PatchDataset
 from .data.common import DataError, patch_id
 from .data.loader import dataset_for_split, detect_format, make_loader, open_dataset
 from .decision import DEFAULT_THRESHOLD, calls as decision_calls, check_threshold
+from .devices import resolve_device  # noqa: F401 - pages/train.py imports it from here
 from .loading import load_run_model
-from .sharding import parse_shard, shard_indices
+from .sharding import shard_indices
 from .fileio import atomic_write_json, atomic_write_with
 from .inference import Predictions, predict_loader, predict_pixels
-from .metrics import binary_metrics, choose_threshold, pr_points, reliability_points, roc_points
-from .calibration import Calibration, calibration_report, load_calibration, run_triage, validation_predictions
-from .stats import metric_intervals
+from .metrics import THRESHOLD_METHODS, binary_metrics, choose_threshold, pr_points, reliability_points, roc_points
+from .calibration import Calibration, calibration_report, run_triage, validation_predictions
+from .scoring_options import ScoringOptions
+from .stats import metric_intervals, small_sample_warning
 from .triage import DEFAULT_FPR, TriageThresholds, triage_calls
-from .runs import checkpoint_path, predictions_beside
+from .runs import predictions_beside
 from .uploads import read_uploads
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 class PredictionResult:
     predictions: Predictions
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id or path, reason)
+    converted: dict[str, str] = field(default_factory=dict)  # id -> how the image was made 8-bit RGB (grayscale, ...)
 
 
 def predict_dataset(
@@ -65,10 +66,13 @@ def predict_dataset(
     device = torch.device(device)
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, ids=True)
     skipped: list[tuple[str, str]] = []
+    converted: dict[str, str] = {}
 
     def good_batches():
         for batch in loader:
             errors = batch.get("error") or [None] * len(batch["id"])
+            converted.update((pid, note) for pid, note, error in zip(batch["id"], batch.get("note") or [], errors)
+                             if note and not error)
             bad = [i for i, e in enumerate(errors) if e]
             if bad and not skip_bad:
                 raise DataError(errors[bad[0]] + (f" (and {len(bad) - 1} more bad file(s) in this batch)" if len(bad) > 1 else ""))
@@ -85,7 +89,7 @@ def predict_dataset(
             yield batch
 
     preds = predict_loader(model, good_batches(), device, tta=tta, progress=progress)
-    return PredictionResult(preds, skipped)
+    return PredictionResult(preds, skipped, converted)
 
 
 def submission_csv(ids: list[str], probs: np.ndarray) -> bytes:
@@ -126,15 +130,11 @@ def predict_submission(
     run_dir: str | Path,
     input_path: str | Path,
     out: str | Path,
+    options: ScoringOptions = ScoringOptions(),
     *,
     split: str | None = None,
-    tta: bool = True,
     skip_bad: bool = False,
     shard: tuple[int, int] | None = None,
-    device: str = "auto",
-    batch_size: int = 256,
-    num_workers: int = -1,
-    which: str = "best",
     results: str | Path | None = None,
     triage: float | None = None,
     triage_fpr: float = DEFAULT_FPR,
@@ -145,43 +145,51 @@ def predict_submission(
     """Predict every image of `input_path` (a folder of images, a Kaggle folder's test split, or an
     HDF5 split) and write a Kaggle submission CSV to `out`.
 
-    Without `skip_bad` the first unreadable image stops the run before anything is written. With it,
-    bad images are left out of the CSV and listed in the returned summary (and in `<out>.skipped.csv`).
+    `input_path`: a folder of images, one image file, a Kaggle folder's test split, or an HDF5 split.
+    Grayscale, RGBA and 16-bit images are converted to 8-bit RGB as the Predict page and the API convert
+    them (`data.common.decode_image`); the summary's `converted` says which and how (and the results
+    file's `notes` column). Without `skip_bad` the first unreadable image stops the run before anything is
+    written. With it, bad images are left out of the CSV and listed in the returned summary (and in
+    `<out>.skipped.csv`).
 
-    `results`: also write a results CSV (`patch_results`: probability, calibrated probability when the run
-    has a temperature, TTA uncertainty, call). `triage` (a target sensitivity such as 0.98): the calls are
-    the split-conformal triage's (normal / refer / tumour, `triage_fpr` the false-positive rate allowed),
-    fitted on the run's validation predictions. `calibrated`: the submission's label is the calibrated
-    probability (the run needs a fitted temperature, `pcam calibrate`).
+    `options`: checkpoint, device, TTA, batch size, workers, and the threshold of the results file's calls
+    (None: the run's own). `results`: also write a results CSV (`patch_results`: probability, calibrated
+    probability when the run has a temperature, TTA uncertainty, call, notes). `triage` (a target
+    sensitivity such as 0.98): the calls are the split-conformal triage's (normal / refer / tumour,
+    `triage_fpr` the false-positive rate allowed), fitted on the run's validation predictions.
+    `calibrated`: the submission's label is the calibrated probability (the run needs a fitted
+    temperature, `pcam calibrate`).
     """
     if triage is not None and results is None:
         raise ValueError("--triage writes its calls into the results file: give --results too")
+    input_path = existing_input(input_path)
     thresholds = run_triage(run_dir, triage, triage_fpr) if triage is not None else None  # fails before any scoring
-    dev = resolve_device(device)
-    loaded = load_run_model(run_dir, checkpoint=which, device=dev)
+    loaded = load_run_model(run_dir, checkpoint=options.checkpoint, device=options.device)
     model, config, info, calibration = loaded.model, loaded.config, loaded.info, loaded.calibration
     if calibrated and calibration is None:
         raise FileNotFoundError(f"run {run_dir} has no fitted temperature; fit one with `pcam calibrate --run {run_dir}`")
-    input_path = Path(input_path)
     fmt = detect_format(input_path)
     default_split = "test" if fmt in ("h5", "kaggle") and not input_path.is_file() else None
-    dataset = open_dataset(input_path, split or default_split, skip_bad=True)  # errors come back per item
+    dataset = open_dataset(input_path, split or default_split, convert=True, skip_bad=True)  # errors come back per item
     indices = shard_indices(len(dataset), shard)
     subset = dataset.subset(indices) if shard else dataset
     if on_start:
         on_start(len(subset))
-    result = predict_dataset(model, subset, device=dev, tta=tta, batch_size=batch_size, num_workers=num_workers,
-                             skip_bad=skip_bad, progress=progress)
+    result = predict_dataset(model, subset, device=loaded.device, tta=options.tta, batch_size=options.batch_size,
+                             num_workers=options.workers, skip_bad=skip_bad, progress=progress)
     preds = result.predictions
     if not len(preds):
         reasons = "; ".join(reason for _, reason in result.skipped[:3])
         raise DataError(f"none of the {len(subset)} image(s) could be read, so nothing was written ({reasons})")
     out = Path(out)
     write_submission(out, preds.ids, calibration.apply(preds.probs) if calibrated else preds.probs)
-    summary_extra: dict[str, Any] = {"calibrated": calibrated, "temperature": calibration.temperature if calibration else None}
+    threshold = options.threshold_or(loaded.threshold)
+    summary_extra: dict[str, Any] = {"calibrated": calibrated, "temperature": calibration.temperature if calibration else None,
+                                     "threshold": threshold}
     if results is not None:
-        frame = patch_results(preds.ids, preds.probs, preds.uncertainty, threshold=loaded.threshold,
+        frame = patch_results(preds.ids, preds.probs, preds.uncertainty, threshold=threshold,
                               triage=thresholds, calibration=calibration)
+        frame["notes"] = [result.converted.get(pid, "") for pid in preds.ids]
         atomic_write_with(results, lambda h: h.write(frame.to_csv(index=False).encode()))
         summary_extra["results"] = str(results)
         if thresholds is not None:
@@ -196,10 +204,20 @@ def predict_submission(
         atomic_write_with(skipped_path, lambda h: h.write(frame.to_csv(index=False).encode()))
     return {
         "out": str(out), "rows": len(preds), "skipped": result.skipped, "skipped_file": str(skipped_path) if skipped_path else None,
-        "model": config.model.name, "checkpoint_epoch": info.get("epoch"), "tta": tta, "dataset": dataset.describe(),
+        "converted": sorted(result.converted.items()),
+        "model": config.model.name, "checkpoint_epoch": info.get("epoch"), "tta": options.tta, "dataset": dataset.describe(),
         "shard": f"{shard[0]}/{shard[1]}" if shard else None, "synthetic_model": bool(info.get("synthetic_data")),
         **summary_extra,
     }
+
+
+def existing_input(path: str | Path) -> Path:
+    """`path` as a Path, or a FileNotFoundError saying it does not exist (an input is read, never created)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input not found: {path} does not exist (give a folder of images, an image file, "
+                                "a Kaggle folder or PCam HDF5 data)")
+    return path
 
 
 def merge_submissions(parts: list[str | Path], out: str | Path) -> int:
@@ -226,48 +244,55 @@ def evaluate_run(
     data: str | Path,
     split: str,
     out: str | Path,
+    options: ScoringOptions = ScoringOptions(),
     *,
-    tta: bool = True,
-    threshold: str = "fixed",
-    threshold_value: float | None = None,
-    device: str = "auto",
-    batch_size: int = 256,
-    num_workers: int = -1,
-    which: str = "best",
+    threshold_method: str = "fixed",
+    target: float | None = None,
+    on_start: Callable[[int], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Score a run on a labelled split: writes `out` (metrics JSON with curves, 95% intervals of the headline
     metrics (`stats.metric_intervals`), and the calibration before and after the run's temperature when it has
     one) and, beside it, `<stem>_predictions.csv` (id,label,probability,index, and uncertainty with TTA).
 
-    The threshold is chosen on the run's validation predictions (`threshold` = "fixed", "youden" or
-    "sensitivity" with `threshold_value` the target), never on the data being scored; "fixed" is
-    `threshold_value`, or the run's own threshold when that is None (as every other face calls).
+    The threshold: `threshold_method` "fixed" is `options.threshold`, or the run's own threshold when that is
+    None (as every other face calls); "youden" and "sensitivity" (with `target`, the sensitivity to reach)
+    choose it on the run's validation predictions, never on the data being scored. Under `stats.SMALL_SAMPLE`
+    patches the report's `warnings` say that its intervals are wide.
     """
-    dev = resolve_device(device)
-    loaded = load_run_model(run_dir, checkpoint=which, device=dev)
+    if threshold_method not in THRESHOLD_METHODS:
+        raise ValueError(f"unknown threshold method {threshold_method!r}; valid: {', '.join(THRESHOLD_METHODS)}")
+    if threshold_method == "sensitivity" and target is None:
+        raise ValueError("threshold method 'sensitivity' needs its target sensitivity (e.g. 0.95)")
+    if threshold_method != "sensitivity" and target is not None:
+        raise ValueError(f"a target ({target}) is only used by the threshold method 'sensitivity', not {threshold_method!r}")
+    if threshold_method != "fixed" and options.threshold is not None:
+        raise ValueError(f"a fixed threshold ({options.threshold}) and the threshold method {threshold_method!r} exclude each other")
+    loaded = load_run_model(run_dir, checkpoint=options.checkpoint, device=options.device)
     model, config, info, calibration = loaded.model, loaded.config, loaded.info, loaded.calibration
     dataset = dataset_for_split(data, split, config)
     if not dataset.has_labels:
         raise DataError(f"{dataset.describe()} has no labels; use `pcam predict` for unlabelled data")
-    threshold_used = loaded.threshold if threshold_value is None else check_threshold(threshold_value)
-    if threshold != "fixed":
+    threshold_used = options.threshold_or(loaded.threshold)
+    if threshold_method != "fixed":
         valid = validation_predictions(run_dir)  # the bundled model's: its held-out patches
-        if threshold == "sensitivity" and threshold_value is None:
-            raise ValueError("threshold method 'sensitivity' needs its target sensitivity (threshold_value, e.g. 0.95)")
-        threshold_used = choose_threshold(valid["label"].to_numpy(), valid["probability"].to_numpy(), threshold,
-                                          value=DEFAULT_THRESHOLD if threshold_value is None else threshold_value)
-    result = predict_dataset(model, dataset, device=dev, tta=tta, batch_size=batch_size, num_workers=num_workers, progress=progress)
+        threshold_used = choose_threshold(valid["label"].to_numpy(), valid["probability"].to_numpy(), threshold_method,
+                                          value=DEFAULT_THRESHOLD if target is None else check_threshold(target, "target sensitivity"))
+    if on_start:
+        on_start(len(dataset))
+    result = predict_dataset(model, dataset, device=loaded.device, tta=options.tta, batch_size=options.batch_size,
+                             num_workers=options.workers, progress=progress)
     preds = result.predictions
     metrics = binary_metrics(preds.labels, preds.probs, threshold_used)
     report = {
-        "run": str(Path(run_dir)), "data": str(data), "split": split, "dataset": dataset.describe(), "tta": tta,
-        "checkpoint": which, "checkpoint_epoch": info.get("epoch"), "model": config.model.name,
-        "threshold_method": threshold, "threshold_target": threshold_value if threshold == "sensitivity" else None,
+        "run": str(Path(run_dir)), "data": str(data), "split": split, "dataset": dataset.describe(), "tta": options.tta,
+        "checkpoint": options.checkpoint, "checkpoint_epoch": info.get("epoch"), "model": config.model.name,
+        "threshold_method": threshold_method, "threshold_target": target,
         "synthetic_data": bool(getattr(dataset, "synthetic", False)),
         "metrics": metrics,
         "intervals": metric_intervals(preds.labels, preds.probs, threshold_used),
         "interval_level": 0.95,
+        "warnings": [w for w in (small_sample_warning(len(preds.labels)),) if w],
         # ECE and Brier before and after the run's temperature, with both reliability diagrams (None: no temperature)
         "calibration": calibration_report(preds.labels, preds.probs, calibration) if calibration else None,
         "curves": {

@@ -2,14 +2,21 @@
 
 - ROC-AUC: DeLong's variance (DeLong, DeLong & Clarke-Pearson 1988), computed with the fast midrank
   algorithm of Sun & Xu (2014, IEEE Signal Processing Letters 21:1389), O(n log n); the interval is
-  the normal one, AUC ± 1.96 SE, clipped to [0, 1]. Two runs scored on the same patches are compared
-  with the paired DeLong test (the covariance of their two AUCs).
+  the normal one, AUC ± 1.96 SE. Near 0 or 1, where that interval would reach the boundary (and at a
+  perfect separation, where DeLong's SE is 0 and the interval collapses to a point), the score-type
+  interval Newcombe (2006, Statistics in Medicine 25:559) built on Hanley & McNeil's variance is used
+  instead: it solves (AUC - t)^2 = z^2 V(t) for t, and V(t) > 0 inside (0, 1), so 8 perfectly separated
+  patches give 1.000 (0.58-1.000), not 1.000 (1.000-1.000). Two runs (or a shifted and an unshifted
+  scoring) on the same patches are compared with the paired DeLong test (the covariance of their AUCs).
+- Fewer than `SMALL_SAMPLE` patches: `small_sample_warning` says so; every interval is then wide.
 - Proportions (accuracy, sensitivity, specificity, precision): Wilson's score interval (scipy's
   `binomtest(...).proportion_ci(method="wilson")`), which keeps its coverage near 0 and 1 where the
   plain normal interval does not.
-- F1: a percentile bootstrap drawn from the confusion counts (a resample of n patches lands in the four
-  cells multinomially, so 2,000 resamples cost microseconds); PR-AUC: a percentile bootstrap over
-  patches, stratified by class; Brier score: the normal interval of a mean.
+- F1: a percentile bootstrap drawn from the confusion counts, stratified by class (2,000 resamples
+  cost microseconds; sensitivity and false-positive rate from their Jeffreys posteriors, so an empty
+  cell does not collapse the interval); PR-AUC: a percentile bootstrap over
+  patches, stratified by class (none when every resample agrees: a collapsed interval would claim
+  certainty); Brier score: the normal interval of a mean, clipped to [0, 1].
 
 docs/trust.md explains the choices.
 """
@@ -25,6 +32,7 @@ from scipy import stats as _st
 from .metrics import _check, _sklearn_metrics, binary_metrics
 
 LEVEL = 0.95
+SMALL_SAMPLE = 50  # fewer patches than this: the figures are warned about as anecdotal
 BOOTSTRAP = 2000  # resamples of the confusion counts (F1)
 PR_BOOTSTRAP = 200  # resamples of the patches (PR-AUC: each one a sort)
 
@@ -66,11 +74,51 @@ def delong(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def auc_interval(labels: np.ndarray, probs: np.ndarray, level: float = LEVEL) -> dict[str, float]:
-    """ROC-AUC with its DeLong standard error and the normal interval at `level`, clipped to [0, 1]."""
+    """ROC-AUC with its DeLong standard error and the normal interval at `level`; where that interval
+    would reach 0 or 1, Newcombe's score interval instead (`newcombe_auc_interval`), which never
+    collapses to a point. `method` says which."""
+    labels = np.asarray(labels).reshape(-1)
     aucs, cov = delong(labels, probs)
     auc, se = float(aucs[0]), float(np.sqrt(max(cov[0, 0], 0.0)))
     z = _z(level)
-    return {"value": auc, "se": se, "low": max(0.0, auc - z * se), "high": min(1.0, auc + z * se), "method": "DeLong"}
+    low, high = auc - z * se, auc + z * se
+    if low > 0.0 and high < 1.0:
+        return {"value": auc, "se": se, "low": low, "high": high, "method": "DeLong"}
+    m, n = int((labels == 1).sum()), int((labels == 0).sum())
+    low, high = newcombe_auc_interval(auc, m, n, level)
+    return {"value": auc, "se": se, "low": low, "high": high, "method": "Newcombe score (near 0 or 1)"}
+
+
+def _hanley_mcneil_variance(theta: float, m: int, n: int) -> float:
+    """Hanley & McNeil's variance of an AUC `theta` from m tumour and n normal patches, with Newcombe's
+    N* = (m + n) / 2 in place of both class counts in the higher-order terms."""
+    star = (m + n) / 2
+    return theta * (1 - theta) / (m * n) * (1 + (star - 1) * ((1 - theta) / (2 - theta) + theta / (1 + theta)))
+
+
+def newcombe_auc_interval(auc: float, m: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Newcombe's (2006) score-type interval of an AUC: the t in [0, 1] with (auc - t)^2 <= z^2 V(t)."""
+    from scipy.optimize import brentq
+
+    if m < 1 or n < 1:
+        raise ValueError(f"an AUC interval needs patches of both classes, got {m} tumour and {n} normal")
+    z2 = _z(level) ** 2
+
+    def gap(t: float) -> float:
+        return (auc - t) ** 2 - z2 * _hanley_mcneil_variance(t, m, n)
+
+    eps = 1e-12
+    low = 0.0 if auc <= eps else brentq(gap, 0.0, auc - eps) if gap(0.0) > 0 else 0.0
+    high = 1.0 if auc >= 1 - eps else brentq(gap, auc + eps, 1.0) if gap(1.0) > 0 else 1.0
+    return float(low), float(high)
+
+
+def small_sample_warning(n: int) -> str | None:
+    """A sentence for figures from fewer than `SMALL_SAMPLE` patches, else None."""
+    if n >= SMALL_SAMPLE:
+        return None
+    return (f"only {n} patch(es): every figure here rests on too few patches to mean much (the 95% intervals show how "
+            f"little); judge a model on at least {SMALL_SAMPLE}, better thousands")
 
 
 def paired_auc_test(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, level: float = LEVEL) -> dict[str, float]:
@@ -104,20 +152,28 @@ def _percentile(samples: np.ndarray, value: float, level: float, method: str) ->
 
 
 def f1_interval(confusion: dict[str, int], level: float = LEVEL, *, resamples: int = BOOTSTRAP, seed: int = 0) -> dict[str, float]:
-    """F1 with a percentile bootstrap: resamples of the n patches drawn as multinomial confusion counts."""
-    cells = np.array([confusion["tp"], confusion["fp"], confusion["fn"], confusion["tn"]], dtype=np.float64)
-    n = cells.sum()
-    draws = np.random.default_rng(seed).multinomial(int(n), cells / n, size=resamples)
-    tp, fp, fn = draws[:, 0], draws[:, 1], draws[:, 2]
-    denominator = 2 * tp + fp + fn
-    f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
-    value = 2 * cells[0] / (2 * cells[0] + cells[1] + cells[2]) if (2 * cells[0] + cells[1] + cells[2]) else 0.0
-    return _percentile(f1, float(value), level, "bootstrap (confusion counts)")
+    """F1 with a percentile bootstrap drawn from the confusion counts, stratified by class as the PR-AUC's
+    is: each resample keeps the numbers of tumour and normal patches, its true positives drawn from the
+    tumour patches and its false positives from the normal ones, at a sensitivity and a false-positive
+    rate drawn from their Jeffreys posteriors (Beta(successes + 1/2, failures + 1/2)). So a cell never seen
+    (no false positive among 8 patches) is not taken to be impossible and the interval at F1 = 1 does not
+    collapse to a point; with many patches it is the plain stratified bootstrap."""
+    tp, fp, fn, tn = (int(confusion[k]) for k in ("tp", "fp", "fn", "tn"))
+    rng = np.random.default_rng(seed)
+    tumour, normal = tp + fn, fp + tn
+    tps = rng.binomial(tumour, rng.beta(tp + 0.5, fn + 0.5, resamples))
+    fps = rng.binomial(normal, rng.beta(fp + 0.5, tn + 0.5, resamples))
+    denominator = tps + tumour + fps  # 2 tp + fp + fn
+    f1 = np.where(denominator > 0, 2 * tps / np.maximum(denominator, 1), 0.0)
+    value = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 0.0
+    return _percentile(f1, float(value), level, "bootstrap (confusion counts, stratified, Jeffreys)")
 
 
 def pr_auc_interval(labels: np.ndarray, probs: np.ndarray, level: float = LEVEL, *, resamples: int = PR_BOOTSTRAP,
-                    seed: int = 0) -> dict[str, float]:
-    """PR-AUC (average precision) with a percentile bootstrap over patches, stratified by class."""
+                    seed: int = 0) -> dict[str, float] | None:
+    """PR-AUC (average precision) with a percentile bootstrap over patches, stratified by class; None when
+    every resample gives the same value (perfectly separated patches), where a percentile interval would
+    collapse to a point and claim a certainty the patches cannot give."""
     skm = _sklearn_metrics()
     rng = np.random.default_rng(seed)
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
@@ -125,15 +181,18 @@ def pr_auc_interval(labels: np.ndarray, probs: np.ndarray, level: float = LEVEL,
     for b in range(resamples):
         take = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
         samples[b] = skm.average_precision_score(labels[take], probs[take])
+    if np.ptp(samples) == 0:
+        return None
     return _percentile(samples, float(skm.average_precision_score(labels, probs)), level, "bootstrap (patches, stratified)")
 
 
-def mean_interval(values: np.ndarray, level: float = LEVEL) -> dict[str, float]:
-    """The mean of `values` with the normal interval mean ± z SD/sqrt(n)."""
+def mean_interval(values: np.ndarray, level: float = LEVEL, *, bounds: tuple[float, float] = (-np.inf, np.inf)) -> dict[str, float]:
+    """The mean of `values` with the normal interval mean ± z SD/sqrt(n), clipped to `bounds` (a Brier
+    score cannot be negative)."""
     mean = float(values.mean())
     se = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.0
     z = _z(level)
-    return {"value": mean, "low": mean - z * se, "high": mean + z * se, "method": "normal (mean)"}
+    return {"value": mean, "low": max(mean - z * se, bounds[0]), "high": min(mean + z * se, bounds[1]), "method": "normal (mean)"}
 
 
 def metric_intervals(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5, level: float = LEVEL,
@@ -153,7 +212,7 @@ def metric_intervals(labels: np.ndarray, probs: np.ndarray, threshold: float = 0
         "specificity": wilson_interval(c["tn"], c["tn"] + c["fp"], level),
         "precision": wilson_interval(c["tp"], c["tp"] + c["fp"], level),
         "f1": f1_interval(c, level),
-        "brier": mean_interval((probs - labels) ** 2, level),
+        "brier": mean_interval((probs - labels) ** 2, level, bounds=(0.0, 1.0)),
     }
     if pr_auc:
         out["pr_auc"] = pr_auc_interval(labels, probs, level) if both else None
@@ -167,10 +226,12 @@ def format_interval(interval: dict[str, float] | None, digits: int = 3) -> str:
     return f"{interval['value']:.{digits}f} ({interval['low']:.{digits}f}-{interval['high']:.{digits}f})"
 
 
-def compare_predictions(frames: dict[str, pd.DataFrame], threshold: float = 0.5, level: float = LEVEL) -> dict[str, Any]:
+def compare_predictions(frames: dict[str, pd.DataFrame], threshold: float | dict[str, float] = 0.5,
+                        level: float = LEVEL) -> dict[str, Any]:
     """Two or more runs scored on the same patches (frames with `id`, `label`, `probability`), joined on
-    id: each run's metrics at `threshold` with intervals, and the paired DeLong test of each run's
-    ROC-AUC against the first one's. Refuses frames that do not hold the same patch ids."""
+    id: each run's metrics at `threshold` (one for all, or one per run name) with intervals, and the paired
+    DeLong test of each run's ROC-AUC against the first one's. Refuses frames that do not hold the same
+    patch ids."""
     if len(frames) < 2:
         raise ValueError(f"comparing needs at least two runs, got {len(frames)}")
     names = list(frames)
@@ -190,9 +251,10 @@ def compare_predictions(frames: dict[str, pd.DataFrame], threshold: float = 0.5,
     for name in names[1:]:
         if not np.array_equal(joined[f"label:{name}"].to_numpy(), labels):
             raise ValueError(f"runs {first!r} and {name!r} disagree on the labels of the same patch ids")
-    runs = {name: {"metrics": binary_metrics(labels, joined[name].to_numpy(), threshold),
-                   "intervals": metric_intervals(labels, joined[name].to_numpy(), threshold, level, pr_auc=False)}
+    at = threshold if isinstance(threshold, dict) else {name: threshold for name in names}
+    runs = {name: {"metrics": binary_metrics(labels, joined[name].to_numpy(), at[name]),
+                   "intervals": metric_intervals(labels, joined[name].to_numpy(), at[name], level, pr_auc=False)}
             for name in names}
     tests = {name: paired_auc_test(labels, joined[name].to_numpy(), joined[first].to_numpy(), level) for name in names[1:]}
-    return {"n": int(len(joined)), "threshold": float(threshold), "level": level, "reference": first, "runs": runs,
-            "paired_tests": tests, "labels": labels, "probabilities": {name: joined[name].to_numpy() for name in names}}
+    return {"n": int(len(joined)), "thresholds": {name: float(at[name]) for name in names}, "level": level, "reference": first,
+            "runs": runs, "paired_tests": tests, "warnings": [w for w in (small_sample_warning(len(joined)),) if w], "labels": labels, "probabilities": {name: joined[name].to_numpy() for name in names}}

@@ -2,9 +2,11 @@
 
 The run folder stays the record that the dashboard and the CLI read; a `Tracker` copies what the
 trainer writes there into MLflow as it goes: the config as parameters (flattened, `train.lr`), every
-epoch's metrics (step = epoch; the names of epochs.jsonl), `config.json`, `summary.json` and the best
-checkpoint as artifacts at the end or on a stop, and the run folder's id as the tag `pcam.run_id`
-(with `pcam.synthetic_data`). The MLflow run's id is kept in the run folder (`RunDir.tracking_path`),
+epoch's metrics (step = epoch; the names of epochs.jsonl, the validation metrics prefixed `valid_`
+beside `train_loss`: `valid_loss`, `valid_roc_auc`, `valid_confusion.tp`, ...), `config.json`,
+`summary.json` and the best checkpoint as artifacts at the end or on a stop, and the run folder's id as
+the tag `pcam.run_id` (with `pcam.synthetic_data`). The MLflow run is named by the run's `--name`,
+else by the run folder's name. The MLflow run's id is kept in the run folder (`RunDir.tracking_path`),
 so a resumed run logs to the same MLflow run.
 
 MLflow is optional (`pip install 'pcam-core[mlflow]'`) and imported only when a URI is given: the
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'pcam-core[mlflow]'"
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"  # MLflow's end states; a stopped run is KILLED
 _NOT_METRICS = ("epoch", "time")  # the step itself, and a wall-clock stamp (it becomes the metric's timestamp)
+_TRAINING = ("train_loss", "lr", "epoch_seconds", "step")  # an epoch record's own figures; the rest are validation's
 _BATCH = 100  # MLflow takes at most 100 parameters (1000 metrics) per log_batch call
 
 
@@ -39,8 +42,9 @@ class TrackingUnavailable(RuntimeError):
 class Tracker(Protocol):
     """What the trainer tells a tracking store, on rank 0 only."""
 
-    def start(self, run: RunDir, *, synthetic: bool) -> None:
-        """Open (or, when the run folder names one, reopen) the tracked run for `run`."""
+    def start(self, run: RunDir, *, synthetic: bool, name: str | None = None) -> None:
+        """Open (or, when the run folder names one, reopen) the tracked run for `run`, named `name` (else
+        the run folder's name)."""
 
     def log_params(self, config: ExperimentConfig) -> None: ...
 
@@ -56,7 +60,7 @@ class Tracker(Protocol):
 class NullTracker:
     """Tracks nothing: the run folder alone records the run."""
 
-    def start(self, run: RunDir, *, synthetic: bool) -> None:
+    def start(self, run: RunDir, *, synthetic: bool, name: str | None = None) -> None:
         pass
 
     def log_params(self, config: ExperimentConfig) -> None:
@@ -111,6 +115,12 @@ def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def metric_name(key: str) -> str:
+    """The MLflow name of an epochs.jsonl key: the validation metrics get a `valid_` prefix (`loss` ->
+    `valid_loss`, `confusion.tp` -> `valid_confusion.tp`) so that they read apart from `train_loss`."""
+    return key if key in _TRAINING else f"valid_{key}"
+
+
 def _artifact_location(uri: str) -> str | None:
     """For a local SQLite store, the artifacts of a new experiment go into `mlartifacts/` beside the database
     file (MLflow's own default is `./mlruns` under whatever folder the trainer runs in)."""
@@ -136,7 +146,7 @@ class MlflowTracker:
             raise ValueError(f"cannot use the MLflow tracking store {self.uri!r}: {err}") from err
         self.run_id: str | None = None
 
-    def start(self, run: RunDir, *, synthetic: bool) -> None:
+    def start(self, run: RunDir, *, synthetic: bool, name: str | None = None) -> None:
         saved = read_json(run.tracking_path, default={}) or {}
         previous = saved.get("mlflow_run_id") if saved.get("mlflow_uri") == self.uri else None
         if previous:
@@ -149,7 +159,7 @@ class MlflowTracker:
         if self.run_id is None:
             tags = {"pcam.run_id": run.run_id, "pcam.run_path": str(run.path.resolve()),
                     "pcam.synthetic_data": str(bool(synthetic)).lower()}
-            self.run_id = self.client.create_run(self._experiment_id(), run_name=run.run_id, tags=tags).info.run_id
+            self.run_id = self.client.create_run(self._experiment_id(), run_name=name or run.run_id, tags=tags).info.run_id
             atomic_write_json(run.tracking_path, {"mlflow_uri": self.uri, "mlflow_experiment": self.experiment,
                                                   "mlflow_run_id": self.run_id})
             log.info("MLflow: logging to run %s of experiment %r in %s", self.run_id, self.experiment, self.uri)
@@ -175,7 +185,7 @@ class MlflowTracker:
 
     def log_epoch(self, epoch: int, record: Mapping[str, Any]) -> None:
         stamp = int(float(record.get("time") or time.time()) * 1000)
-        metrics = [self._entities.Metric(k, float(v), stamp, epoch) for k, v in flatten(record).items()
+        metrics = [self._entities.Metric(metric_name(k), float(v), stamp, epoch) for k, v in flatten(record).items()
                    if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
         self._quietly(f"metrics of epoch {epoch}", lambda: self.client.log_batch(self.run_id, metrics=metrics))
 

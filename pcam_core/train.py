@@ -364,6 +364,14 @@ def _resume_config(run: RunDir, epochs: int | None) -> ExperimentConfig:
     if not run.exists():
         raise FileNotFoundError(f"cannot resume: {run.path} is not a run folder (no config.json)")
     config = run.config()
+    status = run.status()
+    if status.get("state") == "finished" and (epochs is None or epochs <= status.get("epoch", config.train.epochs)):
+        done = status.get("epoch", config.train.epochs)
+        raise ValueError(
+            f"{run.path} has finished training ({done} of {config.train.epochs} epoch(s)); there is nothing to resume. "
+            f"To train it longer, give a new total number of epochs: "
+            f"`pcam train --out {run.path} --resume --epochs {max(done, config.train.epochs) + 1}` (or more)"
+        )
     if epochs is None or epochs == config.train.epochs:
         return config
     config = config.replace(train={"epochs": epochs})  # validated: at least 1
@@ -622,7 +630,7 @@ def _fit(
             log.warning(warning)
             s.state.warnings.append(warning)
     s.tracker = tracker
-    tracker.start(run, synthetic=data.synthetic)
+    tracker.start(run, synthetic=data.synthetic, name=config.name or None)
     tracker.log_params(config)
     st = s.state
     if info.is_main:  # the metrics files hold each epoch and step once, up to the checkpoint

@@ -251,6 +251,7 @@ def analysed_demo_slide(root: Path, *, width: int, height: int, stride: int = 32
     and analysed there with the bundled model (`pcam slide`'s engine, in this process): (slide file, analysis
     folder, slide id)."""
     from pcam_core.bundled import BUNDLED
+    from pcam_core.scoring_options import ScoringOptions
     from pcam_core.slides.batch import analyse
     from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
     from pcam_core.workspace.slides import SlideLibrary
@@ -260,7 +261,7 @@ def analysed_demo_slide(root: Path, *, width: int, height: int, stride: int = 32
     library = SlideLibrary(root)
     entry = library.add_file(slide)
     out = library.analysis_folder(entry.id, BUNDLED, stride=stride).path
-    analyse(BUNDLED, slide, out, num_workers=0, stride=stride, device="cpu")
+    analyse(BUNDLED, slide, out, ScoringOptions(device="cpu", workers=0, tta=False), stride=stride)
     return slide, out, entry.id
 
 

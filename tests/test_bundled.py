@@ -93,7 +93,7 @@ def test_pcam_predict_evaluate_and_explain_take_run_bundled(real_kaggle, tmp_pat
     report = json.loads(out.read_text())
     assert report["run"] == "bundled" and report["model"] == "pcamnet" and report["metrics"]["n"] == 32
     done = run_cli("evaluate", "--run", "bundled", "--data", str(REAL_H5), "--split", "test", "--out", str(out),
-                   "--threshold", "youden")  # chosen on the predictions the bundled model ships (its held-out patches)
+                   "--threshold-method", "youden")  # chosen on the predictions the bundled model ships (its held-out patches)
     assert done.returncode == 0, done.stderr
     youden = json.loads(out.read_text())
     assert youden["threshold_method"] == "youden" and 0 < youden["metrics"]["threshold"] < 1

@@ -36,6 +36,13 @@ def test_python_dash_m_and_console_script_agree():
     assert script.returncode == 0 and script.stdout == result.stdout
 
 
+def test_the_command_line_starts_without_loading_torch():
+    """`pcam --help` and every parser load no model code: each command imports its engine when it runs."""
+    code = "import sys, pcam_core.cli; pcam_core.cli.make_parser(); assert 'torch' not in sys.modules, 'torch was imported'"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.slow
 def test_end_to_end_on_demo_data(tmp_path):
     data = tmp_path / "demo"
@@ -51,7 +58,7 @@ def test_end_to_end_on_demo_data(tmp_path):
                 "--workers", "0", "--model", "pcamnet")
     assert r.returncode == 0, r.stderr
     assert "finished a: 2 epochs" in r.stdout and "SYNTHETIC" in r.stdout
-    assert "epoch 2/2: train loss" in r.stderr and "img/s" not in r.stderr  # log lines, and no bar off a terminal
+    assert "epoch 2/2: train loss" in r.stderr and "\r" not in r.stderr  # log lines, and no bar off a terminal
     assert before <= RunDir(runs / "a").raw_status()["created_at"] <= time.time()  # a CLI run has its creation time
     r = run_cli("runs", "--root", str(runs), "--json")
     listing = json.loads(r.stdout)
@@ -111,16 +118,18 @@ def test_errors_are_one_clear_line_without_traceback(args, expected, capsys, tmp
     assert expected in err, err
 
 
-@pytest.mark.slow
-def test_predict_a_folder_with_a_bad_image_names_it(trained_run, tmp_path):
-    make_bad_images(tmp_path / "imgs")
-    r = run_cli("predict", "--run", str(trained_run), "--input", str(tmp_path / "imgs"), "--out", str(tmp_path / "s.csv"),
-                "--workers", "2")
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.startswith("error: ") and str(tmp_path / "imgs") in r.stderr
+def test_predict_a_folder_with_a_bad_image_names_it(tmp_path, capsys):
+    cases = make_bad_images(tmp_path / "imgs")
+    for convertible in ("gray.tif", "rgba.png", "sixteen.png"):  # converted, not bad (as the Predict page does)
+        (tmp_path / "imgs" / convertible).unlink()
+    args = ["predict", "--run", "bundled", "--input", str(tmp_path / "imgs"), "--out", str(tmp_path / "s.csv"), "--workers", "0",
+            "--no-tta", "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ") and str(tmp_path / "imgs") in err
     assert not (tmp_path / "s.csv").exists()
-    r = run_cli("predict", "--run", str(trained_run), "--input", str(tmp_path / "imgs"), "--out", str(tmp_path / "s.csv"), "--skip-bad")
-    assert r.returncode == 2 and "none of the 10 image(s) could be read" in r.stderr
+    assert main([*args, "--skip-bad"]) == 2
+    assert f"none of the {len(cases) - 3} image(s) could be read" in capsys.readouterr().err
     assert not (tmp_path / "s.csv").exists()
 
 
@@ -236,3 +245,183 @@ def test_train_on_a_terminal_shows_a_progress_bar(demo_root, tmp_path):
     assert "epoch 1/1" in err and "img/s" in err, err
     assert re.search(r"\d\d:\d\d<\d\d:\d\d", err), err  # time spent < time left
     assert "epoch 1/1: train loss" in err  # the log lines still appear with the bar
+
+
+# -- defects a new user hit (issue 20), in-process with the bundled model: no training --------------------------
+
+def _real_patches(real_kaggle: Path, n: int, folder: Path) -> pd.DataFrame:
+    """The first n/2 tumour and n/2 normal real patches copied into a Kaggle layout `folder` (train/ + labels)."""
+    labels = pd.read_csv(real_kaggle / "train_labels.csv")
+    chosen = pd.concat([labels[labels["label"] == 1].head(n // 2), labels[labels["label"] == 0].head(n - n // 2)])
+    (folder / "train").mkdir(parents=True)
+    for pid in chosen["id"]:
+        (folder / "train" / f"{pid}.tif").write_bytes((real_kaggle / "train" / f"{pid}.tif").read_bytes())
+    chosen.to_csv(folder / "train_labels.csv", index=False)
+    return chosen
+
+
+def test_predict_takes_one_grayscale_file_and_converts_it_as_the_predict_page_does(real_kaggle, tmp_path, capsys):
+    from PIL import Image
+
+    from pcam_core.loading import load_run_model
+    from pcam_core.predict import score_uploads
+
+    first = sorted((real_kaggle / "train").iterdir())[0]
+    gray = tmp_path / "gray.png"
+    Image.open(first).convert("L").save(gray)
+    out, results = tmp_path / "sub.csv", tmp_path / "results.csv"
+    assert main(["predict", "--run", "bundled", "--input", str(gray), "--out", str(out), "--results", str(results),
+                 "--workers", "0", "--no-tta", "--device", "cpu"]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "1 image(s) converted to 8-bit RGB" in err and "grayscale" in err
+    row = pd.read_csv(results).iloc[0]
+    assert row["id"] == "gray" and "grayscale" in row["notes"]
+    # the Predict page's engine (uploads) converts the same file to the same pixels, so the same probability and call
+    loaded = load_run_model("bundled", device="cpu")
+    page = score_uploads(loaded.model, [("gray.png", gray.read_bytes())]).scored[0]
+    assert row["probability"] == pytest.approx(page.probability, abs=1e-6)
+    assert row["call"] == ("tumour" if page.probability >= loaded.threshold else "normal")
+    assert row["threshold"] == pytest.approx(loaded.threshold)
+
+
+def test_a_missing_input_is_said_not_to_exist(tmp_path, capsys):
+    assert main(["predict", "--run", "bundled", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "s.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'missing'} does not exist" in err and "demo-data" not in err
+    assert main(["explain", "--run", "bundled", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "e")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_unknown_split_of_kaggle_data_lists_valid_too(real_kaggle, capsys):
+    assert main(["evaluate", "--run", "bundled", "--data", str(real_kaggle), "--split", "foo", "--out", "/tmp/never.json",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown split 'foo'" in err and "train, valid" in err and "test" in err
+
+
+def test_evaluate_on_8_patches_gives_an_interval_that_does_not_collapse_and_warns(real_kaggle, tmp_path, capsys):
+    _real_patches(real_kaggle, 8, tmp_path / "eight")
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--run", "bundled", "--data", str(tmp_path / "eight"), "--split", "train", "--out", str(out),
+                 "--no-tta", "--workers", "0", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: only 8 patch(es)" in captured.err
+    report = json.loads(out.read_text())
+    auc = report["intervals"]["roc_auc"]
+    assert auc["low"] < auc["high"] and auc["low"] < 0.9, auc  # 8 patches cannot pin an AUC down
+    assert report["warnings"] and "ROC-AUC" in captured.out and "(1.000-1.000)" not in captured.out
+
+
+def test_evaluate_takes_a_threshold_number_or_a_method(real_kaggle, tmp_path, capsys):
+    from pcam_core.loading import run_threshold
+
+    _real_patches(real_kaggle, 8, tmp_path / "eight")
+    base = ["evaluate", "--run", "bundled", "--data", str(tmp_path / "eight"), "--split", "train", "--no-tta", "--workers", "0",
+            "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "own.json")]) == 0
+    assert json.loads((tmp_path / "own.json").read_text())["metrics"]["threshold"] == pytest.approx(run_threshold("bundled"))
+    assert main([*base, "--out", str(tmp_path / "fixed.json"), "--threshold", "0.3"]) == 0
+    assert json.loads((tmp_path / "fixed.json").read_text())["metrics"]["threshold"] == pytest.approx(0.3)
+    assert main([*base, "--out", str(tmp_path / "s.json"), "--threshold-method", "sensitivity", "--target-sensitivity", "0.9"]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["threshold_target"] == 0.9
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "x.json"), "--threshold", "1.5"]) == 2
+    assert "threshold=1.5 must be a probability between 0 and 1" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "x.json"), "--threshold-method", "sensitivity"]) == 2
+    assert "needs its target sensitivity" in capsys.readouterr().err
+
+
+def test_shared_options_have_one_default_and_one_meaning_everywhere():
+    from pcam_core.scoring_options import EXPLAIN_BATCH_SIZE
+
+    sub = next(a for a in make_parser()._actions if a.dest == "command")
+    seen: dict[str, set] = {}
+    for name, parser in sub.choices.items():
+        if name == "train":  # its flags feed the experiment config (None: the config's value)
+            continue
+        for action in parser._actions:
+            if action.dest in ("tta", "device", "checkpoint", "workers", "threshold", "batch_size"):
+                seen.setdefault(action.dest, set()).add((action.help, parser.get_default(action.dest)))
+    assert {dest: len(variants) for dest, variants in seen.items()} == {
+        "tta": 1, "device": 1, "checkpoint": 1, "workers": 1, "threshold": 1, "batch_size": 2}
+    assert {default for _, default in seen["tta"]} == {True} and {default for _, default in seen["threshold"]} == {None}
+    assert {default for _, default in seen["batch_size"]} == {256, EXPLAIN_BATCH_SIZE}  # maps keep every gradient
+    for command in ("evaluate", "predict", "compare", "robustness", "slide"):
+        assert "--no-tta" in sub.choices[command].format_help()
+
+
+def test_a_damaged_checkpoint_is_said_to_be_damaged_and_last_is_offered(tmp_path, capsys):
+    from pcam_core.bundled import bundled_checkpoint
+
+    run = create_run(tmp_path, ExperimentConfig().replace(data={"path": str(tmp_path)}), run_id="r")
+    run.checkpoints.mkdir()
+    whole = bundled_checkpoint().read_bytes()
+    run.last_checkpoint.write_bytes(whole)
+    for damage in (whole[: len(whole) // 2], b"\0" * 1000, b"hello world"):
+        run.best_checkpoint.write_bytes(damage)
+        assert main(["predict", "--run", str(run.path), "--input", str(tmp_path), "--out", str(tmp_path / "s.csv")]) == 2
+        err = capsys.readouterr().err
+        assert "damaged" in err and "--checkpoint last" in err and "weights_only" not in err, err
+        assert err.count("\n") == 1
+
+
+def test_resuming_a_finished_run_says_it_is_finished_and_how_to_extend_it(tmp_path, capsys):
+    from pcam_core.fileio import atomic_write_json
+
+    run = create_run(tmp_path, ExperimentConfig().replace(data={"path": str(tmp_path)}, train={"epochs": 3}), run_id="done")
+    atomic_write_json(run.status_path, {**run.raw_status(), "state": "finished", "epoch": 3, "message": "finished (finished)"})
+    assert main(["train", "--out", str(run.path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "has finished training (3 of 3 epoch(s))" in err and "--resume --epochs 4" in err
+    assert run.raw_status()["state"] == "finished"
+
+
+def test_serve_on_a_busy_port_fails_before_saying_serving(capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--run", "bundled", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is already in use" in err and "serving" not in err
+
+
+def test_progress_lines_off_a_terminal_say_the_rate_and_the_time_left(monkeypatch, capsys):
+    from pcam_core.cli import common
+
+    monkeypatch.setattr(common, "PROGRESS_EVERY", 0.0)
+    with common.progress_bar(1000, "epoch 1/2", unit="img") as bar:  # capsys: stderr is no terminal
+        bar.set_postfix_str("loss 0.5000")
+        time.sleep(0.01)
+        bar.update(250)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("epoch 1/2: 250/1,000 img (25%)") and "img/s" in line and "left" in line and "loss 0.5000" in line
+    monkeypatch.setattr(common, "PROGRESS_EVERY", 3600.0)
+    with common.progress_bar(1000, "quiet") as bar:
+        bar.update(10)
+    assert capsys.readouterr().err == ""  # throttled: no line before the interval
+
+
+def test_pcam_slide_reports_progress_with_the_time_left(tmp_path, monkeypatch, capsys):
+    from pcam_core.cli import common
+
+    assert main(["demo-slide", "--out", str(tmp_path / "s"), "--size", "3000x2400"]) == 0
+    monkeypatch.setattr(common, "PROGRESS_EVERY", 0.0)
+    capsys.readouterr()
+    assert main(["slide", "--run", "bundled", "--input", str(tmp_path / "s" / "slide.tif"), "--out", str(tmp_path / "a"),
+                 "--stride", "96", "--no-tta", "--workers", "0", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"slide\.tif: [\d,]+/[\d,]+ win \(\d+%\), [\d.,]+ win/s, about \d\d:\d\d left", err), err
+
+
+@pytest.mark.slow
+def test_train_off_a_terminal_reports_progress_inside_an_epoch(demo_root, tmp_path, monkeypatch, capsys):
+    from pcam_core.cli import common
+
+    monkeypatch.setattr(common, "PROGRESS_EVERY", 0.0)
+    assert main(["train", "--data", str(demo_root), "--out", str(tmp_path / "r"), "--epochs", "1", "--batch-size", "32",
+                 "--workers", "0", "--max-steps", "4"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"epoch 1/1: [\d,]+/[\d,]+ img \(\d+%\), [\d.,]+ img/s, about \d\d:\d\d left, loss \d", err), err

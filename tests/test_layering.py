@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pcam_core"
 LAYERS: list[tuple[str, ...]] = [
     ("pcam_core", "pcam_core.config", "pcam_core.fileio", "pcam_core.devices", "pcam_core.data", "pcam_core.models",
      "pcam_core.transforms", "pcam_core.metrics", "pcam_core.stats", "pcam_core.triage", "pcam_core.checkpoint",
-     "pcam_core.uploads", "pcam_core.shifts", "pcam_core.decision", "pcam_core.staging", "pcam_core.bundled", "pcam_core.sharding"),
+     "pcam_core.uploads", "pcam_core.shifts", "pcam_core.decision", "pcam_core.staging", "pcam_core.bundled", "pcam_core.sharding",
+     "pcam_core.scoring_options"),
     ("pcam_core.runs", "pcam_core.explain", "pcam_core.inference", "pcam_core.optim",
      "pcam_core.distributed", "pcam_core.calibration", "pcam_core.tracking", "pcam_core.loading", "pcam_core.scope"),
     ("pcam_core.train", "pcam_core.predict", "pcam_core.slides", "pcam_core.export", "pcam_core.robustness"),

@@ -12,6 +12,7 @@ import pytest
 from helpers import make_bad_images, tif_bytes
 from pcam_core.data import DataError, PCamH5, patch_id
 from pcam_core.predict import evaluate_run, merge_submissions, predict_submission
+from pcam_core.scoring_options import ScoringOptions
 from pcam_core.sharding import parse_shard, shard_indices
 
 
@@ -28,7 +29,7 @@ def tif_folder(demo_root, tmp_path_factory):
 @pytest.mark.slow
 def test_submission_from_an_h5_split(trained_run, demo_root, tmp_path):
     out = tmp_path / "sub.csv"
-    result = predict_submission(trained_run, demo_root, out, split="test", device="cpu", num_workers=0)
+    result = predict_submission(trained_run, demo_root, out, split="test", options=ScoringOptions(device="cpu", workers=0))
     frame = pd.read_csv(out)
     assert list(frame.columns) == ["id", "label"] and len(frame) == 256 == result["rows"]
     assert frame["label"].between(0, 1).all() and frame["id"].is_unique
@@ -38,11 +39,11 @@ def test_submission_from_an_h5_split(trained_run, demo_root, tmp_path):
 
 
 def test_submission_from_tifs_matches_h5_and_tta_differs(trained_run, demo_root, tif_folder, tmp_path):
-    h5 = pd.read_csv(predict_submission(trained_run, demo_root, tmp_path / "h5.csv", split="test", tta=False, num_workers=0)["out"])
-    tif = pd.read_csv(predict_submission(trained_run, tif_folder, tmp_path / "tif.csv", tta=False, num_workers=0)["out"])
+    h5 = pd.read_csv(predict_submission(trained_run, demo_root, tmp_path / "h5.csv", ScoringOptions(tta=False, workers=0), split="test")["out"])
+    tif = pd.read_csv(predict_submission(trained_run, tif_folder, tmp_path / "tif.csv", ScoringOptions(tta=False, workers=0))["out"])
     merged = tif.merge(h5, on="id", suffixes=("_tif", "_h5"))
     assert len(merged) == 40 and np.allclose(merged["label_tif"], merged["label_h5"], atol=1e-6)
-    tta = pd.read_csv(predict_submission(trained_run, tif_folder, tmp_path / "tta.csv", num_workers=0)["out"])  # the default
+    tta = pd.read_csv(predict_submission(trained_run, tif_folder, tmp_path / "tta.csv", ScoringOptions(workers=0))["out"])  # the default
     assert not np.allclose(tta["label"], tif["label"])
     assert np.corrcoef(tta["label"], tif["label"])[0, 1] > 0.9
 
@@ -51,10 +52,10 @@ def test_shards_cover_everything_once_and_merge(trained_run, tif_folder, tmp_pat
     parts = []
     for i in range(3):
         out = tmp_path / f"part{i}.csv"
-        predict_submission(trained_run, tif_folder, out, shard=(i, 3), num_workers=0)
+        predict_submission(trained_run, tif_folder, out, ScoringOptions(workers=0), shard=(i, 3))
         parts.append(out)
     full = tmp_path / "full.csv"
-    predict_submission(trained_run, tif_folder, full, num_workers=0)
+    predict_submission(trained_run, tif_folder, full, ScoringOptions(workers=0))
     assert merge_submissions(parts, tmp_path / "merged.csv") == 40
     a = pd.read_csv(tmp_path / "merged.csv").sort_values("id").reset_index(drop=True)
     b = pd.read_csv(full).sort_values("id").reset_index(drop=True)
@@ -78,20 +79,25 @@ def test_bad_image_stops_before_writing_or_is_skipped_and_listed(trained_run, ti
     cases = make_bad_images(folder)
     out = tmp_path / "sub.csv"
     with pytest.raises(DataError):
-        predict_submission(trained_run, folder, out, num_workers=0)
+        predict_submission(trained_run, folder, out, ScoringOptions(workers=0))
     assert not out.exists()  # nothing half-written
-    result = predict_submission(trained_run, folder, out, skip_bad=True, num_workers=0)
+    result = predict_submission(trained_run, folder, out, ScoringOptions(workers=0), skip_bad=True, results=tmp_path / "r.csv")
     skipped = dict(result["skipped"])
-    assert set(skipped) == {name.rsplit(".", 1)[0] for name in cases}
-    assert len(pd.read_csv(out)) == 40
+    # grayscale, RGBA and 16-bit patches are converted, as the Predict page and the API convert them, with a note
+    converted = dict(result["converted"])
+    assert set(converted) == {"gray", "rgba", "sixteen"} and "grayscale" in converted["gray"] and "alpha" in converted["rgba"]
+    assert set(skipped) == {name.rsplit(".", 1)[0] for name in cases} - set(converted)
+    assert len(pd.read_csv(out)) == 40 + 3
     listed = pd.read_csv(result["skipped_file"])
     assert set(listed["id"]) == set(skipped)
+    notes = pd.read_csv(tmp_path / "r.csv", keep_default_na=False).set_index("id")["notes"]
+    assert notes["gray"] == converted["gray"] and (notes.drop(list(converted)) == "").all()
 
 
 @pytest.mark.slow
 def test_evaluate_writes_metrics_and_predictions(trained_run, demo_root, tmp_path):
     out = tmp_path / "metrics.json"
-    report = evaluate_run(trained_run, demo_root, "test", out, num_workers=0)
+    report = evaluate_run(trained_run, demo_root, "test", out, ScoringOptions(workers=0))
     saved = json.loads(out.read_text())
     m = saved["metrics"]
     assert m["n"] == 256 and m["roc_auc"] > 0.8 and saved["synthetic_data"] is True
@@ -106,9 +112,10 @@ def test_evaluate_writes_metrics_and_predictions(trained_run, demo_root, tmp_pat
 
 @pytest.mark.slow
 def test_threshold_chosen_on_validation(trained_run, demo_root, tmp_path):
-    youden = evaluate_run(trained_run, demo_root, "test", tmp_path / "y.json", threshold="youden", num_workers=0)
-    sens = evaluate_run(trained_run, demo_root, "test", tmp_path / "s.json", threshold="sensitivity",
-                        threshold_value=0.99, num_workers=0)
+    youden = evaluate_run(trained_run, demo_root, "test", tmp_path / "y.json", ScoringOptions(workers=0),
+                          threshold_method="youden")
+    sens = evaluate_run(trained_run, demo_root, "test", tmp_path / "s.json", ScoringOptions(workers=0),
+                        threshold_method="sensitivity", target=0.99)
     valid = pd.read_csv(trained_run / "valid_predictions.csv")
     caught = (valid.loc[valid["label"] == 1, "probability"] >= sens["metrics"]["threshold"]).mean()
     assert caught >= 0.99  # the target sensitivity holds on the validation data it was chosen on
@@ -117,7 +124,7 @@ def test_threshold_chosen_on_validation(trained_run, demo_root, tmp_path):
 
 def test_evaluate_refuses_unlabelled_data(trained_run, tif_folder, tmp_path):
     with pytest.raises(DataError, match="has no labels"):
-        evaluate_run(trained_run, tif_folder, "test", tmp_path / "m.json", num_workers=0)
+        evaluate_run(trained_run, tif_folder, "test", tmp_path / "m.json", ScoringOptions(workers=0))
 
 
 def test_missing_run_or_checkpoint(tmp_path, tif_folder):

@@ -25,6 +25,7 @@ from pcam_core.metrics import binary_metrics
 from pcam_core.predict import evaluate_run
 from pcam_core.robustness import AUC_DROP, COLUMNS, ECE_LIMIT, report_card, run_robustness, sample_indices
 from pcam_core.runs import RunDir, create_run
+from pcam_core.scoring_options import ScoringOptions
 from pcam_core.shifts import SHIFTS, apply_shift, resolve_shifts
 from pcam_core.workspace import robustness as service
 
@@ -55,7 +56,7 @@ def cli_report(bundled_run, real_h5) -> tuple[dict, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = main(["robustness", "--run", str(bundled_run.path), "--data", str(real_h5), "--split", "test",
-                     "--shifts", "blur", "--device", "cpu"])
+                     "--shifts", "blur", "--device", "cpu", "--no-tta"])
     assert code == 0, out.getvalue()
     _, json_path = bundled_run.robustness_files("test")
     return json.loads(json_path.read_text()), out.getvalue()
@@ -138,6 +139,22 @@ def test_the_card_names_the_first_strength_past_either_limit_in_each_direction()
     assert steady["entries"][0]["fails_at"] is None and steady["entries"][0]["sentence"].startswith("Stays trustworthy")
 
 
+def test_a_drop_within_its_own_error_is_not_a_failure_and_the_card_says_so():
+    table = _table("blur", {0: (0.95, 0.03), 1: (0.94, 0.03), 2: (0.88, 0.04), 3: (0.80, 0.05), 4: (0.75, 0.05), 5: (0.7, 0.05)})
+    # the drop at 2 (0.07) is past the limit but its interval includes no drop; from 3 on it is clear
+    intervals = {0: (0.0, 0.0), 1: (-0.02, 0.04), 2: (-0.01, 0.15), 3: (0.05, 0.25), 4: (0.1, 0.3), 5: (0.15, 0.35)}
+    table["auc_drop_low"] = table["strength"].map(lambda s: intervals[s][0])
+    table["auc_drop_high"] = table["strength"].map(lambda s: intervals[s][1])
+    entry = report_card(table, resolve_shifts("blur"))["entries"][0]
+    assert (entry["fails_at"], entry["trustworthy_up_to"]) == (3, 2), entry
+    assert "95% interval of the drop 0.050 to 0.250" in entry["sentence"]
+    assert entry["within_error"] and "within its own error" in entry["sentence"] and "0.070" in entry["sentence"]
+    # without intervals (a class with fewer than 2 patches) the drop alone is judged, as before
+    bare = report_card(_table("blur", {0: (0.95, 0.03), 1: (0.94, 0.03), 2: (0.88, 0.04), 3: (0.8, 0.05), 4: (0.75, 0.05),
+                                       5: (0.7, 0.05)}), resolve_shifts("blur"))
+    assert bare["entries"][0]["fails_at"] == 2
+
+
 def test_a_badly_calibrated_baseline_is_said_and_only_the_auc_judged():
     card = report_card(_table("blur", {0: (0.95, 0.15), **{s: (0.94, 0.3) for s in range(1, 6)}}), resolve_shifts("blur"))
     assert not card["judges_ece"] and "not calibrated on these patches" in card["notes"][0]
@@ -148,7 +165,8 @@ def test_a_badly_calibrated_baseline_is_said_and_only_the_auc_judged():
 
 def test_strength_0_scores_the_split_as_pcam_evaluate_does(cli_report, bundled_run, real_h5, tmp_path):
     report, _ = cli_report
-    evaluated = evaluate_run(bundled_run.path, real_h5, "test", tmp_path / "test.json", tta=False, device="cpu", num_workers=0)
+    evaluated = evaluate_run(bundled_run.path, real_h5, "test", tmp_path / "test.json",
+                             ScoringOptions(tta=False, device="cpu", workers=0))
     predictions = pd.read_csv(evaluated["predictions_file"])
     expected = binary_metrics(predictions["label"].to_numpy(), predictions["probability"].to_numpy(), report["threshold"])
     base = [row for row in report["table"] if row["strength"] == 0]
@@ -164,6 +182,9 @@ def test_the_cli_writes_the_table_and_the_json_and_prints_the_card(cli_report, b
     assert csv_path.parent == bundled_run.path / "robustness" and json_path.exists()
     table = pd.read_csv(csv_path)
     assert list(table.columns) == COLUMNS and list(table["strength"]) == [0, 1, 2, 3, 4, 5]
+    # each drop has its paired interval around it (0 at strength 0: the same scores)
+    assert (table["auc_drop_low"] <= table["auc_drop"] + 1e-12).all() and (table["auc_drop"] <= table["auc_drop_high"] + 1e-12).all()
+    assert table.loc[0, "auc_drop_low"] == table.loc[0, "auc_drop_high"] == 0
     assert list(table["level"]) == [0.0, 0.5, 1.0, 1.5, 2.0, 3.0] and (table["n"] == 32).all()
     assert report["threshold"] == pytest.approx(0.5) and report["model"] == "pcamnet" and not report["synthetic_data"]
     entry = report["card"]["entries"][0]
@@ -206,7 +227,8 @@ def test_the_runs_section_draws_the_card_and_charts_from_the_written_report(cli_
 
 @pytest.mark.slow
 def test_heavy_blur_and_jpeg_lower_the_bundled_models_roc_auc(real_kaggle, tmp_path):
-    report = run_robustness("bundled", real_kaggle, "train", out_dir=tmp_path, shifts="blur,jpeg", limit=96, device="cpu")
+    report = run_robustness("bundled", real_kaggle, "train", ScoringOptions(tta=False, device="cpu"), out_dir=tmp_path,
+                            shifts="blur,jpeg", limit=96)
     table = pd.DataFrame(report["table"])
     base = table.loc[table["strength"] == 0, "roc_auc"].iloc[0]
     for shift in ("blur", "jpeg"):

@@ -344,8 +344,10 @@ def test_default_demo_slide_has_itc_micro_and_macro_regions():
 
 _RESUMABLE = """
 import sys
+from pcam_core.scoring_options import ScoringOptions
 from pcam_core.slides.batch import analyse
-analyse(sys.argv[1], sys.argv[2], sys.argv[3], num_workers=0, region_px=256, batch_size=64, resume='--resume' in sys.argv)
+analyse(sys.argv[1], sys.argv[2], sys.argv[3], ScoringOptions(workers=0, batch_size=64, tta=False), region_px=256,
+        resume='--resume' in sys.argv)
 """
 
 

@@ -14,7 +14,8 @@ import pytest
 from helpers import REPO, run_cli
 from pcam_core.config import ExperimentConfig, TrackingConfig
 from pcam_core.runs import RunDir
-from pcam_core.tracking import INSTALL_HINT, NullTracker, TrackingUnavailable, create_tracker, resolve_uri
+from pcam_core.runs import create_run
+from pcam_core.tracking import INSTALL_HINT, NullTracker, TrackingUnavailable, create_tracker, metric_name, resolve_uri
 
 
 def test_without_a_uri_nothing_is_tracked(tmp_path):
@@ -96,7 +97,7 @@ def _assert_metrics_equal_epochs(client, run_id: str, run_dir: Path) -> None:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "time")}
     assert {"train_loss", "loss", "roc_auc", "accuracy", "lr", "confusion.tp"} <= keys
     for key in keys:
-        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric_name(key)))
         assert [step for step, _ in history] == [e["epoch"] for e in epochs], key
         assert [value for _, value in history] == pytest.approx([_flat(e)[key] for e in epochs]), key
 
@@ -105,9 +106,9 @@ def _assert_metrics_equal_epochs(client, run_id: str, run_dir: Path) -> None:
 def test_train_logs_the_run_to_mlflow(demo_root, tmp_path):
     pytest.importorskip("mlflow")
     out, uri = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _train("--data", str(demo_root), "--out", str(out), "--epochs", "2", "--mlflow", uri)
+    _train("--data", str(demo_root), "--out", str(out), "--epochs", "2", "--mlflow", uri, "--name", "two epochs")
     client, tracked = _mlflow_run(out)
-    assert tracked.info.status == "FINISHED" and tracked.info.run_name == out.name
+    assert tracked.info.status == "FINISHED" and tracked.info.run_name == "two epochs"
     assert tracked.data.tags["pcam.run_id"] == out.name and tracked.data.tags["pcam.synthetic_data"] == "true"
     config = json.loads((out / "config.json").read_text())
     assert config["tracking"]["mlflow_uri"] == uri
@@ -133,7 +134,7 @@ def test_a_resumed_run_logs_to_the_same_mlflow_run(demo_root, tmp_path):
     assert tracked.info.run_id == first and tracked.info.status == "FINISHED"
     assert len(client.search_runs([tracked.info.experiment_id])) == 1
     _assert_metrics_equal_epochs(client, first, out)
-    assert [m.step for m in client.get_metric_history(first, "roc_auc")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(first, "valid_roc_auc")] == [1, 2]
     # MLflow parameters cannot change: the first value stays, the resumed run's is a tag
     assert tracked.data.params["train.epochs"] == "1" and tracked.data.tags["pcam.resume.train.epochs"] == "2"
 
@@ -158,3 +159,22 @@ def test_the_train_page_refuses_an_unusable_store_before_starting_anything(tmp_p
     assert not at.exception
     assert any("Not started: cannot use the MLflow tracking store" in e.value for e in at.error), [e.value for e in at.error]
     assert not workspace.runs_root.exists() or not any(workspace.runs_root.iterdir())
+
+
+def test_validation_metrics_read_apart_from_training_ones_and_the_run_is_named_by_its_label(tmp_path):
+    """Against a real local store, without training: the names MLflow shows, and the run name."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = create_run(tmp_path / "runs", ExperimentConfig().replace(data={"path": str(tmp_path)}), run_id="r1")
+    tracker = create_tracker(TrackingConfig(mlflow_uri=uri))
+    tracker.start(run, synthetic=False, name="my label")
+    tracker.log_epoch(1, {"epoch": 1, "step": 10, "train_loss": 0.5, "lr": 0.001, "epoch_seconds": 3.0, "time": 1.0,
+                          "is_best": True, "loss": 0.4, "roc_auc": 0.9, "confusion": {"tp": 3}})
+    tracker.end()
+    client = MlflowClient(tracking_uri=uri)
+    tracked = client.get_run(json.loads(run.tracking_path.read_text())["mlflow_run_id"])
+    assert tracked.info.run_name == "my label" and tracked.data.tags["pcam.run_id"] == "r1"
+    assert set(tracked.data.metrics) == {"step", "train_loss", "lr", "epoch_seconds", "valid_loss", "valid_roc_auc",
+                                         "valid_confusion.tp"}

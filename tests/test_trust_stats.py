@@ -19,7 +19,9 @@ from pcam_core.stats import (
     delong,
     format_interval,
     metric_intervals,
+    newcombe_auc_interval,
     paired_auc_test,
+    small_sample_warning,
     wilson_interval,
 )
 from pcam_core.triage import conformal_rank, fit_triage, triage_calls, triage_outcome
@@ -115,6 +117,27 @@ def test_delong_auc_equals_sklearn_and_its_interval_covers_the_true_auc_at_95_pe
         covered.append(interval["low"] <= truth <= interval["high"])
     assert interval["value"] == pytest.approx(roc_auc_score(labels, probs))
     assert 0.92 <= np.mean(covered) <= 0.98
+
+
+def test_the_auc_interval_does_not_collapse_at_1_and_keeps_its_coverage_near_it():
+    labels = np.r_[np.zeros(4, int), np.ones(4, int)]
+    perfect = auc_interval(labels, np.linspace(0.1, 0.9, 8))  # 8 patches, perfectly separated
+    assert perfect["value"] == 1.0 and perfect["high"] == 1.0 and 0.5 < perfect["low"] < 0.7, perfect
+    assert perfect["method"].startswith("Newcombe") and format_interval(perfect) == "1.000 (0.582-1.000)"
+    assert newcombe_auc_interval(1.0, 20, 20)[0] > newcombe_auc_interval(1.0, 4, 4)[0]  # more patches, narrower
+    low, high = newcombe_auc_interval(0.0, 4, 4)
+    assert low == 0.0 and 0.3 < high < 0.5  # symmetric at 0
+    # away from the boundary the DeLong interval is kept
+    rng = np.random.default_rng(3)
+    assert auc_interval(*_binormal(rng, 200, 200, 1.0))["method"] == "DeLong"
+    # near 1 (true AUC 0.99, 30 + 30 patches) the interval still covers the truth about 95% of the time
+    d = 2 ** 0.5 * st.norm.ppf(0.99)
+    covered = [(lambda iv: iv["low"] <= 0.99 <= iv["high"])(auc_interval(*_binormal(rng, 30, 30, d))) for _ in range(300)]
+    assert 0.9 <= np.mean(covered) <= 1.0, np.mean(covered)
+
+
+def test_few_patches_are_warned_about():
+    assert "only 8 patch(es)" in small_sample_warning(8) and small_sample_warning(50) is None
 
 
 def test_delong_variance_agrees_with_the_bootstrap():

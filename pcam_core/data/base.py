@@ -97,14 +97,16 @@ class PatchDataset(Dataset, abc.ABC):
         batch = self.__getitems__([index])
         return {key: value[0] for key, value in batch.items()}
 
-    def read_checked(self, indices: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
-        """Pixels plus one error message (or None) per index. Datasets that can skip unreadable files
-        (`ImageFiles(skip_bad=True)`) return zeros and a message for those; others raise."""
-        return self.read_pixels(indices), [None] * len(indices)
+    def read_checked(self, indices: np.ndarray) -> tuple[np.ndarray, list[str | None], list[str | None]]:
+        """Pixels plus, per index, an error message (or None) and a conversion note (or None). Datasets that
+        can skip unreadable files (`ImageFiles(skip_bad=True)`) return zeros and a message for those, and say
+        how a converted image (grayscale, RGBA, 16-bit) was made RGB; others raise."""
+        return self.read_pixels(indices), [None] * len(indices), [None] * len(indices)
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         """A collated batch: ``image`` stacked into one tensor, ``label``/``index`` tensors, lists otherwise.
-        ``error`` holds None per item, or why the item could not be read (skip mode only)."""
+        ``error`` holds None per item, or why the item could not be read (skip mode only); ``note`` how an
+        image was converted to 8-bit RGB, or None."""
         return self.fetch(indices)
 
     def fetch(
@@ -118,7 +120,7 @@ class PatchDataset(Dataset, abc.ABC):
         pixels of every training patch is work no training step needs), and `batch_transform` maps the
         whole uint8 image batch at once (in the loader worker, so it runs in parallel)."""
         idx = self._check_indices(indices)
-        pixels, errors = self.read_checked(idx)
+        pixels, errors, notes = self.read_checked(idx)
         # (B, 3, 96, 96) uint8 as a view of the (B, 96, 96, 3) pixels: channels-last memory, which the
         # models use anyway, so no copy is made here
         images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
@@ -137,6 +139,7 @@ class PatchDataset(Dataset, abc.ABC):
             "index": torch.from_numpy(idx.astype(np.int64)),
             "meta": self._meta(idx),
             "error": errors,
+            "note": notes,
         }
 
     def subset(self, indices: Sequence[int] | np.ndarray, *, labels: np.ndarray | None = None) -> PatchSubset:
@@ -167,7 +170,7 @@ class PatchSubset(PatchDataset):
     def _read(self, indices: np.ndarray) -> np.ndarray:
         return self.parent.read_pixels(self.parent_indices[indices])
 
-    def read_checked(self, indices: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+    def read_checked(self, indices: np.ndarray) -> tuple[np.ndarray, list[str | None], list[str | None]]:
         return self.parent.read_checked(self.parent_indices[indices])
 
     def _ids(self, indices: np.ndarray, pixels: np.ndarray) -> list[str]:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .base import PatchDataset
-from .common import PATCH_SHAPE, UNLABELLED, DataError, decode_image, list_images
+from .common import IMAGE_EXTENSIONS, PATCH_SHAPE, UNLABELLED, DataError, decode_image, list_images
 
 KAGGLE_SPLITS = ("train", "test")
 LABELS_FILE = "train_labels.csv"
@@ -102,17 +102,21 @@ class ImageFiles(PatchDataset):
             out[k] = decode_image(self.paths[i], convert=self.convert).pixels
         return out
 
-    def read_checked(self, indices: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+    def read_checked(self, indices: np.ndarray) -> tuple[np.ndarray, list[str | None], list[str | None]]:
         if not self.skip_bad or self._cache is not None:
             return super().read_checked(indices)
         out = np.zeros((len(indices), *PATCH_SHAPE), dtype=np.uint8)
         errors: list[str | None] = [None] * len(indices)
+        notes: list[str | None] = [None] * len(indices)
         for k, i in enumerate(indices):
             try:
-                out[k] = decode_image(self.paths[i], convert=self.convert).pixels
+                decoded = decode_image(self.paths[i], convert=self.convert)
             except DataError as err:
                 errors[k] = str(err)
-        return out, errors
+            else:
+                out[k] = decoded.pixels
+                notes[k] = "; ".join(decoded.notes) or None
+        return out, errors, notes
 
     def _ids(self, indices: np.ndarray, pixels: np.ndarray) -> list[str]:
         return [self.paths[i].stem for i in indices]
@@ -180,8 +184,10 @@ class KaggleFolder(ImageFiles):
 
 
 def image_folder(folder: str | Path, **kwargs: Any) -> ImageFiles:
-    """An unlabelled dataset over the images directly inside `folder`."""
+    """An unlabelled dataset over the images directly inside `folder`, or over one image file."""
     folder = Path(folder)
+    if folder.is_file() and folder.suffix.lower() in IMAGE_EXTENSIONS:
+        return ImageFiles([folder], **kwargs)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     paths = list_images(folder)

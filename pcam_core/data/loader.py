@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Sequen
 from .base import PatchDataset
 from .common import IMAGE_EXTENSIONS, PATCH_SHAPE, DataError, stratified_split
 from .h5 import PCamH5, available_splits, is_h5_root, split_name
-from .kaggle import KaggleFolder, ImageFiles, image_folder, is_kaggle_root
+from .kaggle import KAGGLE_SPLITS, KaggleFolder, ImageFiles, image_folder, is_kaggle_root
 from .overrides import OverrideCounts
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,10 @@ def detect_format(path: str | Path) -> str:
     if path.is_file():
         if path.suffix == ".h5":
             return "h5"
-        raise DataError(f"{path}: expected a folder or a PCam `..._x.h5` file")
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            return "images"
+        raise DataError(f"{path}: expected a folder, an image file ({', '.join(sorted(IMAGE_EXTENSIONS))}) "
+                        "or a PCam `..._x.h5` file")
     if is_h5_root(path):
         return "h5"
     if is_kaggle_root(path):
@@ -128,6 +131,9 @@ def open_split(path: str | Path, split: str, *, valid_frac: float = 0.1, seed: i
     train folder that `train_valid_datasets` makes: with a run's `valid_frac` and split seed, exactly
     the patches that run validated on. Any other split is `open_dataset`'s."""
     path = Path(path)
+    if detect_format(path) == "kaggle" and split not in (*KAGGLE_SPLITS, "valid", "val"):
+        raise ValueError(f"unknown split {split!r} of the Kaggle folder {path}; valid splits: train, valid (the run's own "
+                         f"validation split of train/), test")
     if split in ("valid", "val") and detect_format(path) == "kaggle":
         return train_valid_datasets(path, format="kaggle", valid_frac=valid_frac, seed=seed).valid
     return open_dataset(path, split)

@@ -25,6 +25,7 @@ import torch
 
 from ..decision import DEFAULT_THRESHOLD, call, check_threshold, is_tumour
 from ..fileio import atomic_write_json, read_json
+from ..scoring_options import AUTO_WORKERS, ScoringOptions
 from ..sharding import shard_indices
 from ..scope import ScopeModel
 from .analysis import UNREADABLE, score_slide
@@ -39,6 +40,7 @@ from .outputs import tumour_regions, valid_cells, write_heatmap_png, write_heatm
 log = logging.getLogger(__name__)
 
 TOP_K = 10  # slide_topk_mean: the mean of the k highest cell probabilities
+SLIDE_WORKERS = 2  # region-reading processes when the options say "automatic" (-1)
 
 
 def find_slides(path: str | Path) -> list[Path]:
@@ -196,19 +198,19 @@ def analyse(
     run: str | Path,
     input_path: str | Path,
     out: str | Path,
+    options: ScoringOptions = ScoringOptions(),
     *,
     shard: tuple[int, int] | None = None,
-    device: str = "auto",
-    which: str = "best",
     resume: bool = False,
-    threshold: float | None = None,
     progress_factory: Callable | None = None,
-    **options: Any,
+    **slide_options: Any,
 ) -> list[dict[str, Any]]:
     """Analyse every slide of `input_path` (a slide or a folder) into `out/<slide name>/` (a slide file: into `out`).
 
-    Under torchrun (RANK, WORLD_SIZE in the environment) each process takes shard RANK/WORLD_SIZE on
-    device cuda:LOCAL_RANK (or the CPU), and the last to finish a slide writes its outputs.
+    `options`: checkpoint, device, TTA, batch size, region-reading worker processes (-1: `SLIDE_WORKERS`) and
+    the threshold of the regions (None: the run's own). `slide_options`: `score_slide`'s stride, mpp,
+    min_tissue, region_px. Under torchrun (RANK, WORLD_SIZE in the environment) each process takes shard
+    RANK/WORLD_SIZE on device cuda:LOCAL_RANK (or the CPU), and the last to finish a slide writes its outputs.
     Returns one record per slide: {"slide", "folder", "status" ("done", "already done", "shard done",
     "failed"), "summary" or "error"; with a shard of a slide also "shard" and "missing" (the shards still
     at work when this one finished)}. With a single slide file, its failure raises instead."""
@@ -226,10 +228,12 @@ def analyse(
         raise ValueError(f"shard must be i/n with 0 <= i < n, not {shard[0]}/{shard[1]}")
     pairs, slide_shard = plan(input_path, out, shard)
     single = Path(input_path).is_file()
-    dev = resolve_device(device, local_rank)
-    loaded = load_run_model(run, checkpoint=which, device=dev)
+    dev = resolve_device(options.device, local_rank)
+    loaded = load_run_model(run, checkpoint=options.checkpoint, device=dev)
     model, config, info, ckpt = loaded.model, loaded.config, loaded.info, loaded.checkpoint
-    threshold = loaded.threshold if threshold is None else check_threshold(threshold)
+    threshold = options.threshold_or(loaded.threshold)
+    scoring = {"tta": options.tta, "batch_size": options.batch_size,
+               "num_workers": SLIDE_WORKERS if options.workers == AUTO_WORKERS else options.workers}
     records = []
     for slide, folder in pairs:
         record: dict[str, Any] = {"slide": str(slide), "folder": str(folder.path)}
@@ -241,8 +245,8 @@ def analyse(
             continue
         try:
             summary = analyse_slide(model, slide, folder, run=loaded.run.arg, checkpoint=str(ckpt), checkpoint_epoch=info.get("epoch"),
-                                    model_name=config.model.name, threshold=threshold, scope=loaded.scope, device=dev, resume=resume, shard=slide_shard,
-                                    progress_factory=progress_factory, **options)
+                                    model_name=config.model.name, threshold=threshold, scope=loaded.scope, device=dev, resume=resume,
+                                    shard=slide_shard, progress_factory=progress_factory, **scoring, **slide_options)
         except (ValueError, FileNotFoundError, OSError) as err:
             if single:
                 raise

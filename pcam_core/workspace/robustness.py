@@ -46,7 +46,7 @@ def start_robustness(run: RunDir, split: str, *, limit: int | None = PAGE_SAMPLE
         raise ValueError(f"run {run.run_id} has no labelled split {split!r}; labelled splits: {', '.join(scorable_splits(run))}")
     run.checkpoint("best")  # fails clearly before a process is started for nothing
     csv_path, json_path = run.robustness_files(split)
-    args = ["robustness", "--run", str(run.path), "--data", run.config().data.path, "--split", split]
+    args = ["robustness", "--run", str(run.path), "--data", run.config().data.path, "--split", split, "--no-tta"]
     if limit is not None:
         args += ["--limit", str(limit)]
     return start_job(run.robustness, _job_name(split), args, outputs=[csv_path, json_path])

@@ -314,7 +314,7 @@ class SlideQueue:
                 folder = self.folder(item["slide_id"], item["key"])
                 folder.path.mkdir(parents=True, exist_ok=True)
                 args = ["slide", "--run", item["run"], "--input", item["slide"], "--out", str(folder.path),
-                        "--stride", str(item["stride"]), "--resume"]
+                        "--stride", str(item["stride"]), "--no-tta", "--resume"]  # one pass, as the page always analysed
                 if item.get("threshold") is not None:
                     args += ["--threshold", repr(float(item["threshold"]))]
                 try:

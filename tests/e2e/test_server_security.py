@@ -77,7 +77,7 @@ def test_static_serving_serves_the_chart_library_and_nothing_else(server):
     assert bundle.headers["x-content-type-options"] == "nosniff"
     config_text = (REPO / ".streamlit" / "config.toml").read_text()
     secrets = {"streamlit_app.py": (REPO / "streamlit_app.py").read_text()[:200], ".streamlit/config.toml": config_text[:200],
-               "pcam_core/cli.py": (REPO / "pcam_core" / "cli.py").read_text()[:200]}
+               "pcam_core/cli/__init__.py": (REPO / "pcam_core" / "cli" / "__init__.py").read_text()[:200]}
     for target, content in secrets.items():
         depth = target.count("/")
         for path in (f"../{target}", f"..%2F{target.replace('/', '%2F')}", f"%2e%2e/{target}", f"..%5c{target}",

@@ -1,0 +1,136 @@
+"""`pcam slide`, `slide-report`, `slide-queue` and `demo-slide`: whole-slide images."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .common import RUN_HELP, progress_bar, scoring_options, shared
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("slide", parents=shared("checkpoint", "device", "tta", "batch_size", "workers", "threshold"), help="tumour map, regions and report of whole-slide images", description=(
+        "Score whole-slide images on PCam's definition: a 96-px window at 0.972 um/px per 32x32 cell (stride 32) or "
+        "per 96x96 cell (stride 96), tissue only. A slide file writes into --out; a folder of slides writes "
+        "--out/<slide name>/ per slide: heatmap.npy, heatmap.png, heatmap.tif, tissue.png, tumour_regions.geojson, "
+        "tiles.csv and summary.json. --shard i/n splits the work across machines: a folder of at least n slides by "
+        "slide, one slide (or fewer slides than shards) by its region tiles, each shard into OUT/shards/, the outputs "
+        "written by the shard that completes the set (or by --merge). Under torchrun each process takes shard "
+        "RANK/WORLD_SIZE on its own GPU (cuda:LOCAL_RANK) or the CPU: torchrun --standalone --nproc-per-node 4 -m pcam_core -- slide "
+        "... --workers are the processes that read the slide's regions (-1: two). A cell counts as tumour at --threshold "
+        "(with --merge: the --run's own threshold unless --threshold gives one). See docs/slides.md."))
+    p.add_argument("--run", help=RUN_HELP + " (not needed with --merge)")
+    p.add_argument("--input", required=True, help="a slide file (SVS, NDPI, MRXS, tiled TIFF, ...) or a folder of them")
+    p.add_argument("--out", required=True)
+    p.add_argument("--stride", type=int, choices=(32, 96), default=32, help="cell size in PCam-scale pixels (96: 9x cheaper)")
+    p.add_argument("--mpp", type=float, help="microns per level-0 pixel, for slides whose metadata lacks it")
+    p.add_argument("--min-tissue", type=float, default=0.25, help="tissue share a cell needs to be scored")
+    p.add_argument("--shard", help="i/n: the i-th of n parts: of the sorted slide list when the folder has at least n slides, "
+                   "else of each slide's region tiles (written to OUT/shards/, merged when all n are complete)")
+    p.add_argument("--merge", action="store_true", help="write the outputs of sharded slides whose shards are all complete "
+                   "(names the missing shards otherwise); scores nothing")
+    p.add_argument("--resume", action="store_true", help="continue unfinished analyses in --out where they stopped")
+    p.set_defaults(func=cmd_slide)
+
+    p = sub.add_parser("slide-report", help="the printable HTML report of a slide analysis", description=(
+        "Write the report of a finished `pcam slide` analysis: one self-contained HTML file (images embedded, print CSS "
+        "for A4) with the map, the figures, the regions with crops, the model and its card. `pcam slide` writes it as "
+        "report.html beside summary.json already; this writes it again (e.g. after the slide moved). See docs/slides.md."))
+    p.add_argument("--analysis", required=True, help="an analysis folder (holding summary.json)")
+    p.add_argument("--out", help="the HTML file to write (default: report.html in the analysis folder)")
+    p.set_defaults(func=cmd_slide_report)
+
+    p = sub.add_parser("slide-queue", help="run the dashboard's queue of slide analyses (the dashboard starts it)", description=(
+        "Run the queued slide analyses of a workspace one at a time until the queue is empty, each as its own "
+        "background job; leave at once when another runner is running. See docs/slides.md, 'The slide library'."))
+    p.add_argument("--workspace", required=True, help="the workspace folder")
+    p.set_defaults(func=cmd_slide_queue)
+
+    p = sub.add_parser("demo-slide", help="write a SYNTHETIC pyramidal whole-slide TIFF with known tumour regions")
+    p.add_argument("--out", required=True, help="folder for slide.tif, truth.png, truth.npy and truth.json")
+    p.add_argument("--size", default="20000x16000", help="level-0 WIDTHxHEIGHT in pixels (at 0.243 um/px)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_slide)
+
+
+def cmd_slide(args: argparse.Namespace) -> int:
+    from ..decision import DEFAULT_THRESHOLD
+    from ..loading import run_threshold
+    from ..sharding import parse_shard
+    from ..slides.batch import analyse, merge
+
+    if args.merge:
+        threshold = args.threshold if args.threshold is not None else run_threshold(args.run) if args.run else DEFAULT_THRESHOLD
+        return _report_slides(merge(args.input, args.out, threshold=threshold))
+    if not args.run:
+        raise ValueError("--run is required (a run folder, or 'bundled'), except with --merge")
+
+    bars: list[Any] = []
+
+    def progress_factory(name: str):
+        def start(total: int, done: int) -> None:
+            bars.append(progress_bar(total, name, unit="win", initial=done))
+
+        return start, lambda n: bars[-1].update(n) if bars else None
+
+    try:
+        records = analyse(args.run, args.input, args.out, scoring_options(args), shard=parse_shard(args.shard),
+                          resume=args.resume, progress_factory=progress_factory, stride=args.stride, mpp=args.mpp,
+                          min_tissue=args.min_tissue)
+    finally:
+        for bar in bars:
+            bar.close()
+    return _report_slides(records)
+
+
+def _report_slides(records: list[dict[str, Any]]) -> int:
+    failed = [r for r in records if r["status"] == "failed"]
+    for r in records:
+        if r["status"] == "failed":
+            print(f"failed: {r['slide']}: {r['error']}", file=sys.stderr)
+            continue
+        if r["status"] == "shard done":
+            print(f"shard {r['shard']} done: {r['slide']} -> {r['folder']}/shards; outputs when the other shards are complete "
+                  f"(not yet: {', '.join(r['missing'])})")
+            continue
+        s = r["summary"]
+        print(f"{r['status']}: {r['slide']} -> {r['folder']}: score {s['slide_score']:.3f} (top-{s['top_k']} mean "
+              f"{s['slide_topk_mean']:.3f}), {s['regions']} region(s), {s['tumour_area_mm2']:.3f} mm2, largest "
+              f"{s['largest_diameter_mm']:.2f} mm ({s['size_class']}), {s['windows_scored']} windows in {s['seconds']:.1f} s"
+              + (f", {len(s['skipped_regions'])} unreadable region(s) skipped" if s["skipped_regions"] else ""))
+    if failed:
+        print(f"{len(failed)} of {len(records)} slide(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_slide_report(args: argparse.Namespace) -> int:
+    from ..slides.report import write_report
+
+    print(f"wrote {write_report(args.analysis, out=args.out)}")
+    return 0
+
+
+def cmd_slide_queue(args: argparse.Namespace) -> int:
+    from ..workspace.slides import SlideLibrary
+
+    started = SlideLibrary(args.workspace).run_queue()
+    print(f"queue empty: {started} analysis(es) started")
+    return 0
+
+
+def cmd_demo_slide(args: argparse.Namespace) -> int:
+    from ..slides.demo import DemoSlideSpec, make_demo_slide
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size must look like WIDTHxHEIGHT (e.g. 20000x16000), not {args.size!r}") from None
+    truth = make_demo_slide(args.out, DemoSlideSpec(width=width, height=height, seed=args.seed))
+    print(f"wrote a SYNTHETIC slide {Path(args.out) / truth['slide']} ({width}x{height} at {truth['mpp']} um/px, levels "
+          f"{truth['levels']}) with {len(truth['regions'])} tumour region(s): "
+          + ", ".join(f"{r['name']} {r['diameter_mm']:.2f} mm ({r['size_class']})" for r in truth["regions"]))
+    return 0
+
