@@ -16,6 +16,7 @@ import numpy as np
 
 DEFAULT_THRESHOLD = 0.5
 TUMOUR, NORMAL = "tumour", "normal"
+REFER = "refer"  # to a pathologist: the triage's doubtful band, and every patch out of the model's scope
 CALLS = (NORMAL, TUMOUR)
 
 
@@ -47,4 +48,4 @@ def calls(probabilities: Any, threshold: float) -> np.ndarray:
     return np.where(is_tumour(probabilities, threshold), TUMOUR, NORMAL)
 
 
-__all__ = ["CALLS", "DEFAULT_THRESHOLD", "NORMAL", "TUMOUR", "call", "calls", "check_threshold", "is_tumour"]
+__all__ = ["CALLS", "DEFAULT_THRESHOLD", "NORMAL", "REFER", "TUMOUR", "call", "calls", "check_threshold", "is_tumour"]

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .scope import ScopeModel, tap_for
 from .transforms import dihedral, eval_preset
 
 
@@ -24,6 +25,7 @@ class Predictions:
     labels: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     probs: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float64))
     uncertainty: np.ndarray | None = None  # None: scored with one pass, no spread to measure
+    ood_score: np.ndarray | None = None  # the out-of-scope guard's distance (`pcam_core.scope`); None: no guard
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -33,6 +35,8 @@ class Predictions:
         frame = pd.DataFrame({"id": self.ids, "label": self.labels, "probability": self.probs, "index": self.index})
         if self.uncertainty is not None:
             frame["uncertainty"] = self.uncertainty
+        if self.ood_score is not None:
+            frame["ood_score"] = self.ood_score
         return frame
 
     @classmethod
@@ -40,20 +44,22 @@ class Predictions:
         parts = list(parts)
         if not parts:
             return cls()
-        spreads = [p.uncertainty for p in parts]
+        spreads, oods = [p.uncertainty for p in parts], [p.ood_score for p in parts]
         return cls(
             np.concatenate([p.index for p in parts]),
             [i for p in parts for i in p.ids],
             np.concatenate([p.labels for p in parts]),
             np.concatenate([p.probs for p in parts]),
             None if any(s is None for s in spreads) else np.concatenate(spreads),
+            None if any(o is None for o in oods) else np.concatenate(oods),
         )
 
     def deduplicated(self) -> Predictions:
         """Sorted by dataset index with repeats removed (a DistributedSampler pads the last shard)."""
         _, first = np.unique(self.index, return_index=True)
         return Predictions(self.index[first], [self.ids[i] for i in first], self.labels[first], self.probs[first],
-                           None if self.uncertainty is None else self.uncertainty[first])
+                           None if self.uncertainty is None else self.uncertainty[first],
+                           None if self.ood_score is None else self.ood_score[first])
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -119,27 +125,32 @@ def predict_loader(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     progress: Callable[[int], None] | None = None,
+    scope: ScopeModel | None = None,
 ) -> Predictions:
     """Run `model` (put in eval mode) over every batch of `loader`, which must carry ids
-    (`make_loader(..., ids=True)`): predictions are written under them, with the TTA uncertainty when `tta`."""
+    (`make_loader(..., ids=True)`): predictions are written under them, with the TTA uncertainty when `tta`, and
+    with `scope` (the run's guard) each patch's out-of-scope distance from the same forward pass."""
     model.eval()
     normalize = eval_preset().to(device)
     parts: list[Predictions] = []
-    for batch in loader:
-        if batch["id"] is None:
-            raise ValueError("the loader's batches carry no ids; make it with make_loader(..., ids=True)")
-        images = batch["image"].to(device, non_blocking=True)
-        probs, spread = predict_batch(model, images, tta=tta, amp_dtype=amp_dtype, channels_last=channels_last,
-                                      normalize=normalize, spread=True)
-        parts.append(
-            Predictions(
-                batch["index"].numpy().astype(np.int64),
-                list(batch["id"]),
-                batch["label"].numpy().astype(np.int64),
-                probs.double().cpu().numpy(),
-                spread.double().cpu().numpy() if tta else None,
+    with contextlib.ExitStack() as stack:
+        tap = stack.enter_context(tap_for(model, scope.model_name)) if scope is not None else None
+        for batch in loader:
+            if batch["id"] is None:
+                raise ValueError("the loader's batches carry no ids; make it with make_loader(..., ids=True)")
+            images = batch["image"].to(device, non_blocking=True)
+            probs, spread = predict_batch(model, images, tta=tta, amp_dtype=amp_dtype, channels_last=channels_last,
+                                          normalize=normalize, spread=True)
+            parts.append(
+                Predictions(
+                    batch["index"].numpy().astype(np.int64),
+                    list(batch["id"]),
+                    batch["label"].numpy().astype(np.int64),
+                    probs.double().cpu().numpy(),
+                    spread.double().cpu().numpy() if tta else None,
+                    scope.distance(tap.take()) if tap is not None else None,
+                )
             )
-        )
-        if progress:
-            progress(len(images))
+            if progress:
+                progress(len(images))
     return Predictions.concat(parts)

@@ -23,9 +23,10 @@ from torch import nn
 from .data.base import PatchDataset
 from .data.common import DataError, patch_id
 from .data.loader import dataset_for_split, detect_format, make_loader, open_dataset
-from .decision import DEFAULT_THRESHOLD, calls as decision_calls, check_threshold
+from .decision import DEFAULT_THRESHOLD, REFER, calls as decision_calls, check_threshold
 from .devices import resolve_device  # noqa: F401 - pages/train.py imports it from here
 from .loading import load_run_model
+from .scope import ScopeModel
 from .sharding import shard_indices
 from .fileio import atomic_write_json, atomic_write_with
 from .inference import Predictions, predict_loader, predict_pixels
@@ -57,12 +58,14 @@ def predict_dataset(
     num_workers: int = -1,
     skip_bad: bool = False,
     progress: Callable[[int], None] | None = None,
+    scope: ScopeModel | None = None,
 ) -> PredictionResult:
     """Probabilities for every readable patch of `dataset`.
 
     Datasets opened with `skip_bad=True` report unreadable images per item instead of raising inside a
     loader worker; here, without `skip_bad`, the first one raises a `DataError` naming the file (in this
-    process, so the message stays clean), and with it they are listed in `skipped`."""
+    process, so the message stays clean), and with it they are listed in `skipped`. With `scope` (the run's
+    guard), every patch's out-of-scope distance too (`Predictions.ood_score`)."""
     device = torch.device(device)
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, ids=True)
     skipped: list[tuple[str, str]] = []
@@ -88,7 +91,7 @@ def predict_dataset(
                 }
             yield batch
 
-    preds = predict_loader(model, good_batches(), device, tta=tta, progress=progress)
+    preds = predict_loader(model, good_batches(), device, tta=tta, progress=progress, scope=scope)
     return PredictionResult(preds, skipped, converted)
 
 
@@ -104,12 +107,15 @@ def write_submission(path: str | Path, ids: list[str], probs: np.ndarray) -> Non
 
 
 def patch_results(ids: Sequence[str], probs: np.ndarray, uncertainty: np.ndarray | None, *, threshold: float = DEFAULT_THRESHOLD,
-                  triage: TriageThresholds | None = None, calibration: Calibration | None = None) -> pd.DataFrame:
+                  triage: TriageThresholds | None = None, calibration: Calibration | None = None,
+                  ood_score: np.ndarray | None = None, scope: ScopeModel | None = None) -> pd.DataFrame:
     """One row per patch: id, probability, probability_calibrated (with a fitted temperature), uncertainty
-    (the standard deviation of the 8 TTA views' probabilities; empty without TTA), and the call: with
-    `triage`, "normal", "refer" or "tumour" (`triage.triage_calls`, with the two thresholds in the file
-    beside it), else "tumour" or "normal" at `threshold`. The calls use the raw probability (a temperature
-    keeps the order of patches, so the triage's calls are the same on calibrated ones)."""
+    (the standard deviation of the 8 TTA views' probabilities; empty without TTA), with the run's guard
+    `ood_score` and `in_scope` (`pcam_core.scope`), and the call: with `triage`, "normal", "refer" or
+    "tumour" (`triage.triage_calls`, with the two thresholds in the file beside it), else "tumour" or
+    "normal" at `threshold`; a patch out of scope is "refer" whatever its probability. The calls use the
+    raw probability (a temperature keeps the order of patches, so the triage's calls are the same on
+    calibrated ones)."""
     probs = np.asarray(probs, dtype=np.float64)
     frame = pd.DataFrame({"id": list(ids), "probability": probs})
     if calibration is not None:
@@ -123,6 +129,11 @@ def patch_results(ids: Sequence[str], probs: np.ndarray, uncertainty: np.ndarray
     else:
         frame["call"] = decision_calls(probs, threshold)
         frame["threshold"] = float(threshold)
+    if scope is not None and ood_score is not None:
+        inside = scope.in_scope(ood_score)
+        frame["ood_score"] = np.asarray(ood_score, dtype=np.float64)
+        frame["in_scope"] = inside
+        frame["call"] = np.where(inside, frame["call"], REFER)
     return frame
 
 
@@ -176,7 +187,8 @@ def predict_submission(
     if on_start:
         on_start(len(subset))
     result = predict_dataset(model, subset, device=loaded.device, tta=options.tta, batch_size=options.batch_size,
-                             num_workers=options.workers, skip_bad=skip_bad, progress=progress)
+                             num_workers=options.workers, skip_bad=skip_bad, progress=progress,
+                             scope=loaded.scope if results is not None else None)
     preds = result.predictions
     if not len(preds):
         reasons = "; ".join(reason for _, reason in result.skipped[:3])
@@ -188,10 +200,12 @@ def predict_submission(
                                      "threshold": threshold}
     if results is not None:
         frame = patch_results(preds.ids, preds.probs, preds.uncertainty, threshold=threshold,
-                              triage=thresholds, calibration=calibration)
+                              triage=thresholds, calibration=calibration, ood_score=preds.ood_score, scope=loaded.scope)
         frame["notes"] = [result.converted.get(pid, "") for pid in preds.ids]
         atomic_write_with(results, lambda h: h.write(frame.to_csv(index=False).encode()))
         summary_extra["results"] = str(results)
+        if "in_scope" in frame:
+            summary_extra["out_of_scope"] = int((~frame["in_scope"]).sum())
         if thresholds is not None:
             calls = frame["call"].value_counts()
             summary_extra["triage"] = {**thresholds.to_dict(), "guarantee": thresholds.guarantee(),

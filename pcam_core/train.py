@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import distributed as D
-from .calibration import calibrate_run
+from .posthoc import fit_posthoc
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig
 from .data.base import PatchDataset
@@ -707,21 +707,6 @@ def _fit(
     return _finish(s, ended_by)
 
 
-def _calibrate(run: RunDir) -> None:
-    """Fit the run's temperature on its validation predictions (`calibration.json`). A run whose validation
-    split lacks a class cannot be calibrated; that is logged, and the run still finishes."""
-    if not run.valid_predictions_path.exists():
-        return
-    try:
-        calibration = calibrate_run(run.path)
-    except ValueError as err:
-        log.warning("no calibration fitted: %s", err)
-        return
-    log.info("calibration: temperature %.3f on %d validation patches; ECE %.4f -> %.4f, Brier %.4f -> %.4f",
-             calibration.temperature, calibration.n, calibration.before["ece"], calibration.after["ece"],
-             calibration.before["brier"], calibration.after["brier"])
-
-
 def _finish(s: _Session, ended_by: str) -> dict[str, Any]:
     st, run, t = s.state, s.run, s.config.train
     summary = {
@@ -732,7 +717,7 @@ def _finish(s: _Session, ended_by: str) -> dict[str, Any]:
         "label_overrides": s.data.overrides.as_dict() if s.data.overrides is not None else None,
     }
     if s.info.is_main:
-        _calibrate(run)
+        fit_posthoc(run, s.device)
         atomic_write_json(run.summary_path, summary)
         if s.status is not None:
             s.status.update(state="finished", finished_at=time.time(), message=f"finished ({ended_by})",

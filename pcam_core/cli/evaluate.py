@@ -58,6 +58,15 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="training run folder (the bundled model's temperature ships with it)")
     p.set_defaults(func=cmd_calibrate)
 
+    p = sub.add_parser("scope", parents=shared("device", "batch_size", "checkpoint"),
+                       help="fit a run's out-of-scope guard on its own data", description=(
+        "Fit the out-of-scope guard (docs/scope.md) of a run on its training data (statistics) and validation data "
+        "(threshold: about 5 %% of them flagged) and write scope.npz into the run folder (training does this when a run "
+        "ends). The bundled model's guard ships with it."))
+    p.add_argument("--run", required=True, help="training run folder")
+    p.add_argument("--limit", type=int, default=5000, help="patches of each split used at most (default: 5000)")
+    p.set_defaults(func=cmd_scope)
+
     p = sub.add_parser("compare", parents=shared(*SCORING), help="compare runs on the same labelled split (paired DeLong test)",
                        description=(
         "Score each run on the same split, join on patch ids, and print each run's metrics with 95% intervals (each at "
@@ -136,6 +145,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scope(args: argparse.Namespace) -> int:
+    from ..loading import load_run_model
+    from ..scope import fit_run_scope
+
+    loaded = load_run_model(args.run, checkpoint=args.checkpoint, device=args.device)
+    if loaded.run.bundled:
+        raise ValueError("the bundled model's guard ships with it (scripts/bundled_scope.py); give a run folder of yours")
+    if args.limit < 20:
+        raise ValueError(f"--limit {args.limit}: the guard needs at least 20 patches of each split")
+    scope = fit_run_scope(loaded.run.folder, loaded.model, loaded.config, limit=args.limit, batch_size=args.batch_size)
+    print(f"out-of-scope guard of {loaded.model_name} ({', '.join(scope.layers)}): {scope.n_fit} training patches, "
+          f"threshold {scope.threshold:.3f} flags {scope.rate:.1%} of {scope.n_calibration} validation patches")
+    print(f"wrote {loaded.run.folder.scope_path}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..fileio import atomic_write_json
     from ..data.loader import dataset_for_split
@@ -200,6 +225,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
               + "; ".join(notes) + (" (each in the results file's notes)" if result.get("results") else ""), file=sys.stderr)
     if result.get("results"):
         print(f"wrote the results (probability, uncertainty, call at threshold {result['threshold']:.3f}) to {result['results']}")
+        if result.get("out_of_scope") is not None:
+            print(f"out of the model's scope: {result['out_of_scope']} of {result['rows']} patch(es), called refer "
+                  "(unlike the lymph-node H&E the model was trained on: docs/scope.md)")
     triage = result.get("triage")
     if triage:
         calls = triage["calls"]

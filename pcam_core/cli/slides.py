@@ -96,10 +96,16 @@ def _report_slides(records: list[dict[str, Any]]) -> int:
                   f"(not yet: {', '.join(r['missing'])})")
             continue
         s = r["summary"]
+        scope = s.get("scope") or {}
+        if scope and not scope.get("in_scope", True):
+            print(f"{r['status']}: {r['slide']} -> {r['folder']}: NOT ASSESSED: {scope['reason']} No call, no size class "
+                  f"({s['windows_scored']} windows in {s['seconds']:.1f} s)")
+            continue
         print(f"{r['status']}: {r['slide']} -> {r['folder']}: score {s['slide_score']:.3f} (top-{s['top_k']} mean "
               f"{s['slide_topk_mean']:.3f}), {s['regions']} region(s), {s['tumour_area_mm2']:.3f} mm2, largest "
               f"{s['largest_diameter_mm']:.2f} mm ({s['size_class']}), {s['windows_scored']} windows in {s['seconds']:.1f} s"
-              + (f", {len(s['skipped_regions'])} unreadable region(s) skipped" if s["skipped_regions"] else ""))
+              + (f", {len(s['skipped_regions'])} unreadable region(s) skipped" if s["skipped_regions"] else "")
+              + (f"; {scope['out_of_scope_fraction']:.1%} of the tissue out of the model's scope" if scope.get("checked") else ""))
     if failed:
         print(f"{len(failed)} of {len(records)} slide(s) failed", file=sys.stderr)
         return 1
