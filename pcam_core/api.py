@@ -22,8 +22,9 @@ from torch import nn
 from .data.common import PATCH_SHAPE, decode_image
 from .data.common import _to_rgb_patch as to_rgb_patch  # decode_image's checks, for an image already open
 from .calibration import Calibration
-from .decision import DEFAULT_THRESHOLD, calls
-from .inference import predict_pixels
+from .decision import DEFAULT_THRESHOLD, REFER, calls
+from .inference import predict_pixels, predict_pixels_in_scope
+from .scope import ScopeModel
 from .loading import load_run_model
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Predictor:
     checkpoint: Path
     epoch: int | None  # completed training epochs of the checkpoint
     calibration: Calibration | None = None  # the run's fitted temperature (`calibrated`), or None
+    scope: ScopeModel | None = None  # the run's out-of-scope guard (`predict_in_scope`), or None
 
     def predict(self, images: Images, *, tta: bool = False, batch_size: int = 256) -> np.ndarray:
         """Tumour probabilities, a float64 array of shape (N,), one per image.
@@ -58,14 +60,30 @@ class Predictor:
             raise ValueError(f"batch_size={batch_size} must be at least 1")
         return predict_pixels(self.model, as_patches(images), tta=tta, batch_size=batch_size)
 
+    def predict_in_scope(self, images: Images, *, tta: bool = False, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, out-of-scope distances) from the same forward passes; the distances are None when the
+        run has no guard. A patch is out of scope when `in_scope` says so: its call is "refer" (`call`)."""
+        pixels = as_patches(images)
+        if self.scope is None:
+            return predict_pixels(self.model, pixels, tta=tta, batch_size=batch_size), None
+        return predict_pixels_in_scope(self.model, pixels, self.scope, tta=tta, batch_size=batch_size)
+
+    def in_scope(self, distances: np.ndarray | None) -> np.ndarray | None:
+        """Which distances lie within the guard's threshold (None without a guard)."""
+        return None if distances is None or self.scope is None else self.scope.in_scope(distances)
+
     def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
         """`probabilities` after the run's temperature; unchanged when the run has none."""
         probs = np.asarray(probabilities, dtype=np.float64)
         return probs if self.calibration is None else self.calibration.apply(probs)
 
-    def call(self, probabilities: np.ndarray) -> np.ndarray:
-        """"tumour"/"normal" for each probability at the run's threshold (`pcam_core.decision`)."""
-        return calls(probabilities, self.threshold)
+    def call(self, probabilities: np.ndarray, distances: np.ndarray | None = None, *,
+             threshold: float | None = None) -> np.ndarray:
+        """"tumour"/"normal" for each probability at the run's threshold (or `threshold`; `pcam_core.decision`), and
+        "refer" for each patch whose out-of-scope distance (`predict_in_scope`) is above the guard's threshold."""
+        out = calls(probabilities, self.threshold if threshold is None else threshold)
+        inside = self.in_scope(distances)
+        return out if inside is None else np.where(inside, out, REFER)
 
 
 def load_predictor(run: str | os.PathLike, *, device: str = "auto", checkpoint: str = "best") -> Predictor:
@@ -77,7 +95,7 @@ def load_predictor(run: str | os.PathLike, *, device: str = "auto", checkpoint: 
     are used when the run kept them, as `pcam predict` and `pcam evaluate` do."""
     loaded = load_run_model(run, checkpoint=checkpoint, device=device)
     return Predictor(loaded.model, loaded.model_name, loaded.threshold, loaded.device, loaded.run.arg,
-                     loaded.checkpoint, loaded.epoch, loaded.calibration)
+                     loaded.checkpoint, loaded.epoch, loaded.calibration, loaded.scope)
 
 
 def as_patches(images: Images) -> np.ndarray:

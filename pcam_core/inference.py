@@ -116,6 +116,21 @@ def predict_pixels(model: nn.Module, pixels: np.ndarray, *, tta: bool = False, b
     return (probs, spreads) if spread else probs
 
 
+def predict_pixels_in_scope(model: nn.Module, pixels: np.ndarray, scope: ScopeModel, *, tta: bool = False,
+                            batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(tumour probabilities, out-of-scope distances) of uint8 RGB patches (N, 96, 96, 3), from the same forward
+    passes (`predict_pixels` with the guard's `FeatureTap`)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    probs, distances = np.empty(len(pixels)), np.empty(len(pixels))
+    with tap_for(model, scope.model_name) as tap:
+        for start in range(0, len(pixels), batch_size):
+            part = pixels[start : start + batch_size]
+            probs[start : start + len(part)] = predict_pixels(model, part, tta=tta, batch_size=len(part))
+            distances[start : start + len(part)] = scope.distance(tap.take())
+    return probs, distances
+
+
 def predict_loader(
     model: nn.Module,
     loader: Iterable[dict],

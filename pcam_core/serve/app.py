@@ -25,7 +25,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from .. import __version__
-from ..decision import call
 from ..fileio import read_json
 from ..runs.jobs import JobStatus, job_error, job_status, start_job
 from ..slides.folder import AnalysisFolder
@@ -165,7 +164,12 @@ def create_app(
         raise FileNotFoundError(f"slides folder not found: {slides_dir}")
     work = Path(work_dir)
     jobs_root, analyses_root = work / "jobs", work / "slides"
-    batchers = {tta: MicroBatcher(lambda x, tta=tta: predictor.predict(x, tta=tta), max_batch=limits.max_batch,
+    def score(pixels: np.ndarray, tta: bool) -> np.ndarray:
+        """(n, 2): each patch's probability and out-of-scope distance (NaN without a guard), one forward pass."""
+        probs, distances = predictor.predict_in_scope(pixels, tta=tta)
+        return np.column_stack([probs, np.full(len(probs), np.nan) if distances is None else distances])
+
+    batchers = {tta: MicroBatcher(lambda x, tta=tta: score(x, tta), max_batch=limits.max_batch,
                                   wait_s=limits.batch_wait_ms / 1000) for tta in (False, True)}
 
     @asynccontextmanager
@@ -232,14 +236,19 @@ def create_app(
         threshold = predictor.threshold if query.threshold is None else query.threshold
         files, oversized = await _read_files(request, limits)
         accepted, refused = await run_in_threadpool(read_uploads, files)
-        probs = await batchers[query.tta].submit(np.stack([p.pixels for p in accepted])) if accepted else np.empty(0)
+        scored = await batchers[query.tta].submit(np.stack([p.pixels for p in accepted])) if accepted else np.empty((0, 2))
+        probs, distances = scored[:, 0], (scored[:, 1] if predictor.scope is not None else None)
         calibrated = predictor.calibrated(probs) if predictor.calibration else None
+        calls = predictor.call(probs, distances, threshold=threshold)
+        inside = predictor.in_scope(distances)
         return {
             "model": predictor.model_name, "run": run_name, "threshold": threshold, "tta": query.tta,
             "temperature": predictor.calibration.temperature if predictor.calibration else None,
             "predictions": [{"name": p.name, "id": p.id, "probability": float(prob),
                              "probability_calibrated": None if calibrated is None else float(calibrated[i]),
-                             "call": call(prob, threshold), "notes": list(p.notes)}
+                             "call": str(calls[i]), "notes": list(p.notes),
+                             "ood_score": None if distances is None else float(distances[i]),
+                             "in_scope": None if inside is None else bool(inside[i])}
                             for i, (p, prob) in enumerate(zip(accepted, probs))],
             "refused": [{"name": name, "reason": reason} for name, reason in [*oversized, *refused]],
         }

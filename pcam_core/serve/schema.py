@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-from ..decision import CALLS, check_threshold
+from ..decision import CALLS, REFER, check_threshold
 from ..slides.reader import SLIDE_SUFFIXES
 from ..slides.scope_map import NOT_ASSESSED
 from ..staging import SIZE_CLASSES
@@ -107,8 +107,12 @@ class Prediction(BaseModel):
     id: str = Field(description="the file name without its extension, as Kaggle names patches")
     probability: float = Field(ge=0, le=1)
     probability_calibrated: float | None = Field(ge=0, le=1, description="after the run's temperature; null without one")
-    call: Literal[CALLS] = Field(description="tumour when probability >= threshold")  # type: ignore[valid-type]
+    call: Literal[(*CALLS, REFER)] = Field(  # type: ignore[valid-type]
+        description="tumour when probability >= threshold, else normal; refer when the patch is out of the model's scope")
     notes: list[str] = Field(description="conversions made (grayscale, RGBA, 16-bit to 8-bit RGB)")
+    ood_score: float | None = Field(description="the out-of-scope guard's distance (docs/scope.md); null when the run has no guard")
+    in_scope: bool | None = Field(description="false when the patch is unlike the tissue the model was trained on (its call is "
+                                              "refer); null when the run has no guard")
 
 
 class Refused(BaseModel):
