@@ -14,7 +14,8 @@ import streamlit as st
 from pathlib import Path
 
 from pcam_app import heatmaps, notes, patches, reviews, shell
-from pcam_app.slide_library import add_slides, analysis_controls, count_text, slide_label, slide_list, watch_analyses
+from pcam_app.slide_library import (add_slides, analysis_controls, count_text, resolution_form, slide_label, slide_list,
+                                   watch_analyses)
 from pcam_app.components.slide_viewer import slide_viewer
 from pcam_app.sidebar import BUNDLED_CHOICE, switch_page
 from pcam_core.bundled import BUNDLED
@@ -126,6 +127,8 @@ if not entries:
 by_id = {entry.id: entry for entry in entries}
 chosen = st.selectbox("Slide", list(by_id), key="slide", bind="query-params", format_func=lambda i: slide_label(by_id[i], by_id))
 slide: SlideEntry = by_id[chosen]
+if slide.mpp_source == "given" or slide.needs_mpp:
+    resolution_form(library, slide)
 state = _shown_analysis(library.analyses(slide), selected.arg)
 summary, region_list = None, []
 if state is not None and state.state == "done":

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from pcam_core.slides.reader import MPP_RANGE
 from pcam_core.workspace.slide_library import SlideEntry, SlideLibrary
 from pcam_core.workspace.slide_queue import AnalysisState
 
@@ -127,8 +128,40 @@ def _describe(entry: SlideEntry, by_id: dict[str, SlideEntry]) -> str:
     where = slide_label(entry, by_id).split(" · ", 1)[1]
     if entry.error:
         return f"{size} · {entry.path} · {where}"
-    return (f"{entry.width:,} × {entry.height:,} px · {entry.mpp:g} µm/px · {entry.vendor} · {entry.levels} level(s) · "
+    resolution = ("resolution unknown: give it below" if entry.needs_mpp else
+                  f"{entry.mpp:g} µm/px{' (given)' if entry.mpp_source == 'given' else ''}")
+    return (f"{entry.width:,} × {entry.height:,} px · {resolution} · {entry.vendor} · {entry.levels} level(s) · "
             f"{size} · {where}")
+
+
+MPP_PRESETS = {"40x: 0.25 µm/px": 0.25, "20x: 0.5 µm/px": 0.5}
+
+
+def resolution_form(library: SlideLibrary, entry: SlideEntry) -> None:
+    """Ask for the resolution of a slide whose file does not say it (presets for 40x and 20x scans, or a number):
+    the tool never analyses a slide at a guessed scale."""
+    given = entry.mpp_source == "given"
+    with st.container(border=True):
+        if not given:
+            st.warning(f"{entry.name}: its file does not say its resolution (microns per pixel). Give it to analyse the "
+                       "slide: the model needs the scale it was trained at, and it is never guessed.",
+                       icon=":material/straighten:")
+        else:
+            st.caption(f"Resolution given: {entry.mpp:g} µm/px (its file does not say it). Change it here.")
+        cols = st.columns([2, 2, 3, 2], vertical_alignment="bottom")
+        for column, (label, value) in zip(cols, MPP_PRESETS.items()):
+            if column.button(label, key=f"mpp-{entry.id}-{value}"):
+                library.set_mpp(entry.id, value)
+                _notice_then_rerun(f"{entry.name}: resolution {value:g} µm/px given")
+        value = cols[2].number_input("Microns per pixel", min_value=MPP_RANGE[0], max_value=MPP_RANGE[1],
+                                     value=entry.mpp if given else None, step=0.001, format="%.4f", key=f"mpp-{entry.id}")
+        if cols[3].button("Use", key=f"mpp-{entry.id}-set", disabled=value is None):
+            try:
+                library.set_mpp(entry.id, value)
+            except ValueError as err:
+                st.error(str(err))
+            else:
+                _notice_then_rerun(f"{entry.name}: resolution {value:g} µm/px given")
 
 
 def analysis_controls(library: SlideLibrary, chosen: list[str], run: str | Path, *, stride: int = 32) -> None:

@@ -68,6 +68,26 @@ def slide_bytes(path: str | Path) -> int:
 SYNTHETIC_MARK = "SYNTHETIC"  # `pcam demo-slide` writes it into the TIFF's ImageDescription and its truth.json
 
 
+MPP_RANGE = (0.05, 10.0)  # microns per pixel a person may give: 200x down to 1x scans
+
+
+def check_mpp(value: object) -> float:
+    """A given resolution as a float, or a ValueError naming it and the valid range."""
+    try:
+        mpp = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"mpp={value!r} is not a number of microns per pixel (e.g. 0.25 for a 40x scan)") from None
+    if not (math.isfinite(mpp) and MPP_RANGE[0] <= mpp <= MPP_RANGE[1]):
+        raise ValueError(f"mpp={value!r} must be between {MPP_RANGE[0]} and {MPP_RANGE[1]} microns per pixel "
+                         "(0.25 for a 40x scan, 0.5 for 20x)")
+    return mpp
+
+
+class MissingResolution(ValueError):
+    """A slide whose file does not say its microns per pixel: it must be given (`--mpp`, the Slides page's field,
+    the API's `mpp`), never guessed."""
+
+
 class SlideReadError(ValueError):
     """A region of an opened slide could not be read (a corrupt tile, a truncated file)."""
 
@@ -397,7 +417,7 @@ def open_slide(path: str | Path, *, mpp: float | None = None) -> Slide:
         mpp, source = backend.mpp(), "metadata"
         if mpp is None or not math.isfinite(mpp) or mpp <= 0:
             backend.close()
-            raise ValueError(f"{path}: the slide's resolution (microns per pixel) is not in its metadata; "
+            raise MissingResolution(f"{path}: the slide's resolution (microns per pixel) is not in its metadata; "
                              f"pass it with --mpp (e.g. --mpp 0.25 for a 40x scan)")
     slide = Slide(path, backend, float(mpp), source)
     last = slide.levels[-1]

@@ -41,7 +41,7 @@ from PIL import Image
 from ..bundled import BUNDLED
 from ..fileio import atomic_write_json, atomic_write_with, read_json
 from ..slides.folder import AnalysisFolder
-from ..slides.reader import SLIDE_SUFFIXES, open_slide, slide_files
+from ..slides.reader import SLIDE_SUFFIXES, MissingResolution, check_mpp, open_slide, slide_bytes, slide_files
 from .slide_queue import STATES, AnalysisState, SlideQueue, run_key
 
 log = logging.getLogger(__name__)
@@ -110,11 +110,18 @@ class SlideEntry:
     backend: str | None = None
     levels: int | None = None
     synthetic: bool = False
+    mpp_source: str | None = None  # "metadata" (the file's), "given" (by a person, `set_mpp`); None: not known yet
     thumbnail: str | None = None  # a cached PNG
     error: str | None = None
     fingerprint: str | None = None  # of its content (`fingerprint`); None when the file cannot be read
     version: str = ""  # changes when the file does (its size and mtime): in the URLs of its tiles
     copies: tuple[str, ...] = ()  # the ids of the other entries with the same content, when listed by `slides()`
+
+    @property
+    def needs_mpp(self) -> bool:
+        """Readable, but its file does not say its resolution: it must be given (`SlideLibrary.set_mpp`) before an
+        analysis, never guessed."""
+        return self.error is None and self.mpp is None
 
     @property
     def label(self) -> str:
@@ -153,7 +160,7 @@ class SlideLibrary:
         if raw is None and self.library_json.exists():
             raise ValueError(f"{self.library_json} is damaged; fix it by hand, or delete it to start over (no slide is deleted with it)")
         raw = raw or {}
-        return {key: list(raw.get(key, [])) for key in ("folders", "files", "hidden")}
+        return {key: list(raw.get(key, [])) for key in ("folders", "files", "hidden", "resolutions")}
 
     def _save(self, registry: dict[str, list[dict[str, Any]]]) -> None:
         atomic_write_json(self.library_json, {"version": 1, **registry})
@@ -192,6 +199,24 @@ class SlideLibrary:
             registry["folders"] = kept
             registry["hidden"] = [h for h in registry["hidden"] if str(Path(h["path"]).parent) != folder]
             self._save(registry)
+
+    def set_mpp(self, slide: str, mpp: float) -> SlideEntry:
+        """Give the resolution (microns per level-0 pixel) of a slide whose file does not say it (0.25 for a 40x scan,
+        0.5 for 20x); it is kept for that file and passed to its analyses (`pcam slide --mpp`)."""
+        mpp = check_mpp(mpp)
+        try:
+            entry = self.lookup(slide)
+        except KeyError as err:
+            raise ValueError(str(err.args[0])) from None
+        with _LOCK:
+            registry = self._load()
+            registry["resolutions"] = [r for r in registry["resolutions"] if r["path"] != entry.path]
+            registry["resolutions"].append({"path": entry.path, "mpp": mpp, "given_at": time.time()})
+            self._save(registry)
+        return self.lookup(slide)
+
+    def _given_mpp(self, path: Path) -> float | None:
+        return next((float(r["mpp"]) for r in self._load()["resolutions"] if r["path"] == str(path)), None)
 
     def add_file(self, path: str | Path) -> SlideEntry:
         """Register one slide file where it is (the demo slide is registered so)."""
@@ -322,25 +347,34 @@ class SlideLibrary:
         except OSError as err:
             return SlideEntry(**base, file_size=0, error=f"cannot read {path}: {err.strerror or err}")
         meta_path, thumb_path = self.cache / f"{sid}.json", self.cache / f"{sid}.png"
-        stamp = [stat.st_size, stat.st_mtime_ns]
+        given = self._given_mpp(path)
+        stamp = [stat.st_size, stat.st_mtime_ns, given]
         meta = read_json(meta_path, default=None)
         if not meta or meta.get("stamp") != stamp or "fingerprint" not in meta:
-            meta = {"stamp": stamp, **self._read_meta(path, thumb_path)}
+            meta = {"stamp": stamp, **self._read_meta(path, thumb_path, given)}
             try:
                 meta["fingerprint"] = fingerprint(path, size=stat.st_size)
             except OSError as err:
                 meta["error"] = meta.get("error") or f"cannot read {path}: {err.strerror or err}"
                 meta["fingerprint"] = None
             atomic_write_json(meta_path, meta)
-        return SlideEntry(**base, file_size=stat.st_size, width=meta.get("width"), height=meta.get("height"), mpp=meta.get("mpp"),
+        return SlideEntry(**base, file_size=slide_bytes(path), width=meta.get("width"), height=meta.get("height"), mpp=meta.get("mpp"),
                           vendor=meta.get("vendor"), backend=meta.get("backend"), levels=meta.get("levels"),
-                          synthetic=bool(meta.get("synthetic")), error=meta.get("error"), fingerprint=meta.get("fingerprint"),
+                          synthetic=bool(meta.get("synthetic")), mpp_source=meta.get("mpp_source"), error=meta.get("error"),
+                          fingerprint=meta.get("fingerprint"),
                           version=format(stat.st_mtime_ns, "x") + format(stat.st_size, "x"),
                           thumbnail=str(thumb_path) if thumb_path.exists() and not meta.get("error") else None)
 
-    def _read_meta(self, path: Path, thumb_path: Path) -> dict[str, Any]:
+    def _read_meta(self, path: Path, thumb_path: Path, mpp: float | None = None) -> dict[str, Any]:
+        """Size, levels, resolution and a thumbnail. A file without its resolution is listed, with `mpp` None (to
+        be given), and read for its picture at a nominal scale that nothing else uses."""
+        known = True
         try:
-            with open_slide(path) as slide:
+            try:
+                slide = open_slide(path, mpp=mpp)
+            except MissingResolution:
+                slide, known = open_slide(path, mpp=1.0), False
+            with slide:
                 info = slide.describe()
                 w, h = slide.dimensions
                 scale = THUMB_PX / max(w, h)
@@ -350,7 +384,8 @@ class SlideLibrary:
             return {"error": str(err)}
         self.cache.mkdir(parents=True, exist_ok=True)
         atomic_write_with(thumb_path, lambda handle: Image.fromarray(np.asarray(thumb)).save(handle, format="PNG"))
-        return {"width": info["width"], "height": info["height"], "mpp": info["mpp"], "vendor": info["vendor"],
+        return {"width": info["width"], "height": info["height"], "mpp": info["mpp"] if known else None,
+                "mpp_source": info["mpp_source"] if known else None, "vendor": info["vendor"],
                 "backend": info["backend"], "levels": len(info["levels"]), "synthetic": bool(info["synthetic"])}
 
     # -- analyses (the slide queue's) ----------------------------------------------------------------
@@ -384,6 +419,9 @@ class SlideLibrary:
         for entry in entries:
             if entry.error:
                 raise ValueError(f"{entry.name} cannot be analysed: {entry.error}")
+            if entry.needs_mpp:
+                raise ValueError(f"{entry.name}: its file does not say its resolution; give it first (microns per pixel, "
+                                 "e.g. 0.25 for a 40x scan, 0.5 for 20x): a slide is never analysed at a guessed scale")
         key = run_key(run, stride)
         states: dict[str, AnalysisState] = {}
         todo = []
@@ -393,7 +431,7 @@ class SlideLibrary:
             if made:
                 states[entry.id] = made[0]
             else:
-                todo.append((entry.id, entry.path))
+                todo.append((entry.id, entry.path, entry.mpp if entry.mpp_source == "given" else None))
         for state in self.queue.enqueue(todo, run, stride=stride, threshold=threshold):
             states[state.slide_id] = state
         return [states[entry.id] for entry in entries]

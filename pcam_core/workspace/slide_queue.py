@@ -193,10 +193,11 @@ class SlideQueue:
         return sorted(states, key=order)
 
     # -- start and stop ---------------------------------------------------------------------------------
-    def enqueue(self, slides: list[tuple[str, str]], run: str | Path = BUNDLED, *, stride: int = 32,
-                threshold: float | None = None) -> list[AnalysisState]:
-        """Queue the analysis of each (slide id, slide file) with `run`; one already queued, running or done is
-        left as it is, a stopped or failed one starts again, resuming its map. `threshold` None: the run's own."""
+    def enqueue(self, slides: list[tuple[str, str] | tuple[str, str, float | None]], run: str | Path = BUNDLED, *,
+                stride: int = 32, threshold: float | None = None) -> list[AnalysisState]:
+        """Queue the analysis of each (slide id, slide file[, given microns per pixel]) with `run`; one already
+        queued, running or done is left as it is, a stopped or failed one starts again, resuming its map.
+        `threshold` None: the run's own."""
         if stride not in STRIDES:
             raise ValueError(f"stride must be 32 or 96, not {stride}")
         if threshold is not None:
@@ -207,15 +208,15 @@ class SlideQueue:
             return []
         with self._lock(self._queue_lock):
             queue = self._queue()
-            for slide, path in slides:
+            for slide, path, *given in slides:
                 if self._state(slide, key, ref.arg, queue).state in ("queued", "running", "done"):
                     continue
                 self.folder(slide, key).clear_stopped()
                 queue.append({"slide_id": slide, "slide": str(path), "run": ref.arg, "key": key, "stride": stride,
-                              "threshold": threshold, "queued_at": time.time()})
+                              "threshold": threshold, "mpp": given[0] if given else None, "queued_at": time.time()})
             atomic_write_json(self.queue_json, queue)
             self._spawn_runner_if_none()
-        return [self._state(slide, key, ref.arg) for slide, _ in slides]
+        return [self._state(slide, key, ref.arg) for slide, *_ in slides]
 
     def stop(self, slide: str, run: str | Path | None = None, *, stride: int | None = None) -> None:
         """Stop the analyses of `slide` (with `run`, and `stride` when given): take them off the queue, or end
@@ -317,6 +318,8 @@ class SlideQueue:
                         "--stride", str(item["stride"]), "--no-tta", "--resume"]  # one pass, as the page always analysed
                 if item.get("threshold") is not None:
                     args += ["--threshold", repr(float(item["threshold"]))]
+                if item.get("mpp") is not None:
+                    args += ["--mpp", repr(float(item["mpp"]))]  # given by a person: the file does not say it
                 try:
                     start_job(self.jobs, name, args, outputs=[folder.summary_json])
                 except RuntimeError:

