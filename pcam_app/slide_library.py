@@ -51,8 +51,10 @@ def add_slides(library: SlideLibrary) -> None:
                     _notice_then_rerun(f"Registered {folder}")
         with upload_tab:
             limit_gb = library.upload_max_bytes / 1024**3
-            upload = st.file_uploader(f"A slide file (up to {limit_gb:.1f} GiB)", key="slide-upload",
-                                      help="Larger slides: register the folder that holds them instead.")
+            upload = st.file_uploader(f"A slide file, or a .zip of one scan's DICOM series (up to {limit_gb:.1f} GiB)",
+                                      key="slide-upload",
+                                      help="Larger slides: register the folder that holds them instead (a DICOM series' "
+                                           "folder is one slide).")
             if upload is not None and st.button("Add the uploaded slide", key="slide-upload-add"):
                 try:
                     entry = library.add_upload(upload.name, upload)

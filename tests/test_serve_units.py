@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -87,7 +88,7 @@ def test_resolve_slide_keeps_to_the_slides_folder(tmp_path: Path):
     for name, status, words in (("../outside.svs", 400, "outside"), ("link.svs", 400, "outside"),
                                 (str(outside), 400, "absolute"), ("sub/../../outside.svs", 400, "outside"),
                                 ("", 400, "relative"), ("a\x00.svs", 400, "relative"), ("nope.svs", 404, "not found"),
-                                ("sub", 400, "not a file"), ("notes.txt", 400, "slide file type")):
+                                ("sub", 400, "a folder, not one slide"), ("notes.txt", 400, "slide file type")):
         with pytest.raises(ApiError, match=words) as caught:
             resolve_slide(root, name)
         assert caught.value.status == status, name
@@ -142,11 +143,19 @@ def test_the_path_pattern_describes_what_resolve_slide_takes(tmp_path: Path):
         name = f"case 1/s{suffix.upper()}"
         assert pattern.match(name) and resolve_slide(tmp_path, name), name
     assert pattern.match("./case 1/.hidden.svs") and pattern.match("..a/b..svs")
-    for bad in ("/etc/x.svs", "../x.svs", "a/../../x.svs", "a/..", "x.txt", "a\x00.svs", "case 1", "a//b.svs", ""):
+    for bad in ("/etc/x.svs", "../x.svs", "a/../../x.svs", "a/..", "a\x00.svs", "a//b.svs", ""):
         assert not pattern.match(bad), bad
         if bad != "a//b.svs":  # (an empty segment is harmless, just not the canonical form)
             with pytest.raises(ApiError):
                 resolve_slide(tmp_path, bad)
+    (tmp_path / "x.txt").write_text("no slide")
+    for name, status, words in (("x.txt", 400, "not a slide file type"), ("case 1", 400, "a folder, not one slide")):
+        assert pattern.match(name)  # a name the server checks itself, and refuses saying why
+        with pytest.raises(ApiError, match=words) as caught:
+            resolve_slide(tmp_path, name)
+        assert caught.value.status == status
+    shutil.copytree(REPO / "tests" / "data" / "slides" / "CMU-1-Small-Region-dicom", tmp_path / "scan")
+    assert pattern.match("scan") and resolve_slide(tmp_path, "scan") == (tmp_path / "scan").resolve()  # a DICOM series
     with pytest.raises(ApiError) as caught:
         resolve_slide(tmp_path, "x" * 300 + ".svs")  # too long for the file system: no such file, not a crash
     assert caught.value.status == 404

@@ -90,3 +90,65 @@ def test_the_queue_analyses_it_at_the_given_resolution(library):
     summary = json.loads(Path(state.folder.summary_json).read_text())
     assert summary["mpp"] == 0.5 and summary["slide_info"]["mpp_source"] == "given"
     assert summary["scope"]["in_scope"] is False and summary["size_class"] == "not assessed"
+
+
+# -- DICOM series in the library ---------------------------------------------------------------------------------
+
+DICOM = REPO / "tests" / "data" / "slides" / "CMU-1-Small-Region-dicom"
+
+
+def _zip_of(folder: Path, out: Path, *, prefix: str = "scan/") -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(out, "w") as zipped:
+        for f in sorted(folder.glob("*.dcm")):
+            zipped.write(f, prefix + f.name)
+    return out
+
+
+def test_a_zip_of_a_dicom_series_uploads_as_one_slide_and_is_removed_whole(tmp_path):
+    library = SlideLibrary(tmp_path / "ws")
+    entry = library.add_upload("CMU-1 series.zip", _zip_of(DICOM, tmp_path / "series.zip").read_bytes())
+    assert [e.id for e in library.slides()] == [entry.id]
+    assert entry.origin == "upload" and Path(entry.path).is_dir() and len(list(Path(entry.path).glob("*.dcm"))) == 4
+    assert (entry.width, entry.height, entry.mpp, entry.error) == (2220, 2967, pytest.approx(0.499), None)
+    assert entry.file_size == sum(f.stat().st_size for f in DICOM.glob("*.dcm"))
+    assert not list(library.uploads.glob(".upload-*"))  # nothing half-written left behind
+    library.remove(entry.id)
+    assert library.slides() == [] and not Path(entry.path).exists()
+
+
+def test_a_registered_folder_of_a_dicom_series_is_one_slide_with_its_copy_recognised(tmp_path):
+    library = SlideLibrary(tmp_path / "ws")
+    folder = tmp_path / "scans"
+    shutil.copytree(DICOM, folder / "cmu1")
+    library.add_folder(folder)
+    uploaded = library.add_upload("cmu1.zip", _zip_of(DICOM, tmp_path / "s.zip", prefix="").read_bytes())
+    entries = library.slides()
+    assert len(entries) == 2 and {e.origin for e in entries} == {"folder", "upload"}
+    registered = next(e for e in entries if e.origin == "folder")
+    assert registered.copies == (uploaded.id,) and Path(registered.path).is_dir()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"not a zip", "not a readable .zip"),
+    ("empty", "holds no DICOM files"),
+    ("slip", "would be written outside its folder"),
+])
+def test_a_bad_series_zip_is_refused_by_name(tmp_path, content, message):
+    import zipfile
+
+    library = SlideLibrary(tmp_path / "ws")
+    path = tmp_path / "bad.zip"
+    if content == "empty":
+        with zipfile.ZipFile(path, "w") as zipped:
+            zipped.writestr("readme.txt", "no slide")
+    elif content == "slip":
+        with zipfile.ZipFile(path, "w") as zipped:
+            zipped.writestr("../../evil.dcm", "x")
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as err:
+        library.add_upload("my-scan.zip", path.read_bytes())
+    assert "my-scan.zip" in str(err.value) and ".upload-" not in str(err.value)
+    assert not (tmp_path / "evil.dcm").exists() and not list(library.uploads.glob(".upload-*"))

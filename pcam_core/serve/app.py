@@ -28,7 +28,7 @@ from .. import __version__
 from ..fileio import read_json
 from ..runs.jobs import JobStatus, job_error, job_status, start_job
 from ..slides.folder import AnalysisFolder
-from ..slides.reader import SLIDE_SUFFIXES, open_slide
+from ..slides.reader import SLIDE_SUFFIXES, open_slide, slide_files
 from ..uploads import read_uploads
 from .batcher import MicroBatcher
 from .errors import MB, ApiError, BodyLimit, declare_errors_only, error_responses, install_error_handlers
@@ -100,7 +100,7 @@ def prefer_passive_openmp() -> str | None:
 
 
 def resolve_slide(slides_dir: Path, name: str) -> Path:
-    """The slide file `name` names inside `slides_dir`, refusing any path that leads outside it (absolute
+    """The slide `name` names inside `slides_dir` (a file, or a folder holding one DICOM series), refusing any path that leads outside it (absolute
     paths, '..', symlinks pointing elsewhere): ApiError 400 for a bad name, 404 for a missing file."""
     root = slides_dir.resolve()
     if not name or "\x00" in name:
@@ -117,6 +117,11 @@ def resolve_slide(slides_dir: Path, name: str) -> Path:
         exists = False
     if not exists:
         raise ApiError(404, f"slide not found: {name} (in the slides folder)")
+    if resolved.is_dir():  # a folder is a slide when it holds one DICOM series (as scanners write them)
+        if slide_files(resolved) != [resolved]:
+            raise ApiError(400, f"path {name!r} is a folder, not one slide: give a slide file, or a folder holding one "
+                                "scan's DICOM series")
+        return resolved
     if not resolved.is_file():
         raise ApiError(400, f"path {name!r} is not a file; give one slide file")
     if resolved.suffix.lower() not in SLIDE_SUFFIXES:

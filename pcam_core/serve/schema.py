@@ -9,32 +9,27 @@ Two rules keep their own homes and the schema only repeats their words: a thresh
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from ..decision import CALLS, REFER, check_threshold
-from ..slides.reader import SLIDE_SUFFIXES
+from ..slides.reader import MPP_RANGE, SLIDE_SUFFIXES
 from ..slides.scope_map import NOT_ASSESSED
 from ..staging import SIZE_CLASSES
 
 # decision.check_threshold's range, in the schema's words (tests/test_serve_units.py checks they agree)
 THRESHOLD_RANGE = {"minimum": 0.0, "maximum": 1.0}
-# microns per level-0 pixel a scan can plausibly have: 0.05 is finer than any light microscope, 10 a 1x scan
-MPP_RANGE = (0.05, 10.0)
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 STRIDES = (32, 96)
 
 
 def _slide_path_pattern() -> str:
-    """A relative path of '/'-separated names, none of them '..' and none holding NUL, that ends in a slide
-    suffix (any case)."""
+    """A relative path of '/'-separated names, none of them '..' and none holding NUL: a slide file (its suffix is
+    checked by the server, which answers 400 naming the valid ones) or a folder holding one DICOM series."""
     segment = r"(?:[^/\x00.][^/\x00]*|\.[^/\x00.][^/\x00]*|\.\.[^/\x00]+|\.)"
-    suffixes = "|".join("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in s[1:])
-                        for s in SLIDE_SUFFIXES)
-    return rf"^(?:{segment}/)*[^/\x00]*\.(?:{suffixes})$"
+    return rf"^(?:{segment}/)*{segment}/?$"
 
 
 SLIDE_PATH_PATTERN = _slide_path_pattern()
@@ -63,7 +58,8 @@ class SlideRequest(_Request):
     """A whole-slide analysis of a slide file in the server's slides folder (`POST /v1/slides`)."""
 
     path: str = Field(min_length=1, max_length=1024, examples=["case1/slide.svs"], json_schema_extra={"pattern": SLIDE_PATH_PATTERN},
-                      description=f"the slide file, relative to the server's --slides-dir, ending in one of {', '.join(SLIDE_SUFFIXES)}")
+                      description=f"the slide, relative to the server's --slides-dir: a file ending in one of "
+                                  f"{', '.join(SLIDE_SUFFIXES)}, or a folder holding one scan's DICOM series")
     stride: Literal[STRIDES] = Field(32, description="cell size in PCam-scale pixels: 32, or 96 (9x cheaper)")  # type: ignore[valid-type]
     tta: bool = Field(False, description="average the 8 symmetries of the square (8x slower)")
     threshold: float | None = Field(None, json_schema_extra=THRESHOLD_RANGE, description=(

@@ -30,6 +30,7 @@ import re
 import shutil
 import tempfile
 import threading
+import zipfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,9 +65,11 @@ def slide_id(path: str | Path) -> str:
 
 def fingerprint(path: str | Path, *, size: int | None = None) -> str:
     """A slide file's content fingerprint: its size and the SHA-256 of its first and last `FINGERPRINT_BYTES`
-    (the whole file when smaller than twice that). Cheap on a slide of gigabytes; two files that differ only
-    in between are taken for the same slide."""
+    (the whole file when smaller than twice that); of a DICOM series folder, its files'. Cheap on a slide of
+    gigabytes; two files that differ only in between are taken for the same slide."""
     path = Path(path)
+    if path.is_dir():  # a DICOM series: the fingerprints of its files, in name order
+        return "series-" + hashlib.sha256("".join(fingerprint(f) for f in sorted(path.glob("*.dcm"))).encode()).hexdigest()[:32]
     size = path.stat().st_size if size is None else size
     digest = hashlib.sha256(str(size).encode("ascii"))
     with open(path, "rb") as handle:
@@ -236,8 +239,9 @@ class SlideLibrary:
         (made unique), refusing it above the size limit and when it is not a slide that can be read."""
         base = Path(str(name)).name
         stem, suffix = Path(base).stem, Path(base).suffix.lower()
-        if suffix not in SLIDE_SUFFIXES:
-            raise ValueError(f"{base!r} is not a slide file type; expected one of {', '.join(SLIDE_SUFFIXES)}")
+        if suffix not in (*SLIDE_SUFFIXES, ".zip"):
+            raise ValueError(f"{base!r} is not a slide file type; expected one of {', '.join(SLIDE_SUFFIXES)}, "
+                             "or a .zip of one scan's DICOM series")
         stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:100] or "slide"
         limit = self.upload_max_bytes
         self.uploads.mkdir(parents=True, exist_ok=True)
@@ -257,8 +261,13 @@ class SlideLibrary:
                 os.fsync(handle.fileno())
             if written == 0:
                 raise ValueError(f"{base}: the upload is empty (0 bytes)")
-            with open_slide(tmp, mpp=1.0):  # readable at all? (its resolution is checked when listed)
-                pass
+            if suffix == ".zip":
+                return self._add_series_zip(tmp, base, stem, limit)
+            try:
+                with open_slide(tmp, mpp=1.0):  # readable at all? (its resolution is checked when listed)
+                    pass
+            except ValueError as err:  # name the upload, not the hidden temporary file it was written to
+                raise ValueError(str(err).replace(str(tmp), base).replace(tmp.name, base)) from None
             with _LOCK:
                 target, k = self.uploads / f"{stem}{suffix}", 2
                 while target.exists():
@@ -267,6 +276,57 @@ class SlideLibrary:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        return self.entry(slide_id(target))
+
+    def _add_series_zip(self, archive: Path, base: str, stem: str, limit: int) -> SlideEntry:
+        """Unpack a .zip holding one scan's DICOM series (its volume, label and overview files) into uploads/<stem>/,
+        refusing members that would land outside it, more than `limit` bytes unpacked, and anything that is not
+        exactly one readable series."""
+        unpacked = Path(tempfile.mkdtemp(prefix=".upload-", dir=self.uploads))
+        try:
+            try:
+                with zipfile.ZipFile(archive) as zipped:
+                    members = [m for m in zipped.infolist() if not m.is_dir()]
+                    if sum(m.file_size for m in members) > limit:
+                        raise ValueError(f"{base}: unpacked it is larger than the limit of {limit / 1024**3:.2f} GiB "
+                                         f"({UPLOAD_LIMIT_ENV}); register the folder that holds the series instead")
+                    for m in members:
+                        target = (unpacked / m.filename).resolve()
+                        if not target.is_relative_to(unpacked.resolve()):
+                            raise ValueError(f"{base}: refused: the member {m.filename!r} would be written outside its folder")
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        with zipped.open(m) as src, open(target, "wb") as dst:
+                            shutil.copyfileobj(src, dst, _CHUNK)
+            except zipfile.BadZipFile as err:
+                raise ValueError(f"{base}: not a readable .zip file ({err})") from None
+            dcm = sorted(unpacked.rglob("*.dcm"))
+            if not dcm:
+                raise ValueError(f"{base}: the .zip holds no DICOM files (.dcm); a .zip is for one scan's DICOM series")
+            folders = {f.parent for f in dcm}
+            if len(folders) > 1:
+                raise ValueError(f"{base}: the .zip holds DICOM files in {len(folders)} folders; upload one scan's series a zip")
+            series = slide_files(folders.pop())
+            if len(series) != 1:
+                raise ValueError(f"{base}: the .zip holds {len(series)} slides; upload one scan's DICOM series a zip")
+            try:
+                with open_slide(series[0], mpp=1.0):
+                    pass
+            except ValueError as err:
+                raise ValueError(str(err).replace(str(unpacked), base)) from None
+            for f in dcm:  # one folder per series: uploads/<stem>/
+                os.replace(f, unpacked / f.name)
+            for sub in sorted((d for d in unpacked.rglob("*") if d.is_dir()), reverse=True):
+                shutil.rmtree(sub)  # what is left besides the series (other files of the zip) goes
+            with _LOCK:
+                target, k = self.uploads / stem, 2
+                while target.exists():
+                    target, k = self.uploads / f"{stem}-{k}", k + 1
+                os.replace(unpacked, target)
+        except BaseException:
+            shutil.rmtree(unpacked, ignore_errors=True)
+            raise
+        finally:
+            archive.unlink(missing_ok=True)
         return self.entry(slide_id(target))
 
     def remove(self, slide: str) -> SlideEntry:
@@ -278,7 +338,10 @@ class SlideLibrary:
         with _LOCK:
             registry = self._load()
             if entry.origin == "upload":
-                Path(entry.path).unlink(missing_ok=True)
+                if Path(entry.path).is_dir():  # an uploaded DICOM series
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    Path(entry.path).unlink(missing_ok=True)
             elif entry.origin == "folder":
                 registry["hidden"].append({"path": entry.path, "removed_at": time.time()})
             registry["files"] = [f for f in registry["files"] if f["path"] != entry.path]
@@ -353,7 +416,7 @@ class SlideLibrary:
         if not meta or meta.get("stamp") != stamp or "fingerprint" not in meta:
             meta = {"stamp": stamp, **self._read_meta(path, thumb_path, given)}
             try:
-                meta["fingerprint"] = fingerprint(path, size=stat.st_size)
+                meta["fingerprint"] = fingerprint(path, size=None if path.is_dir() else stat.st_size)
             except OSError as err:
                 meta["error"] = meta.get("error") or f"cannot read {path}: {err.strerror or err}"
                 meta["fingerprint"] = None
