@@ -43,12 +43,18 @@ TOP_K = 10  # slide_topk_mean: the mean of the k highest cell probabilities
 SLIDE_WORKERS = 2  # region-reading processes when the options say "automatic" (-1)
 
 
+def is_one_slide(path: str | Path) -> bool:
+    """A slide file, or a folder that is one slide (a DICOM series' folder): analysed into `out` itself."""
+    path = Path(path)
+    return path.is_file() or (path.is_dir() and slide_files(path) == [path])
+
+
 def find_slides(path: str | Path) -> list[Path]:
     """`path` itself when a file, else the slide-like files directly in the folder, sorted by name."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input not found: {path}")
-    if path.is_file():
+    if is_one_slide(path):
         return [path]
     slides = slide_files(path)
     if not slides:
@@ -185,7 +191,7 @@ def plan(input_path: str | Path, out: str | Path, shard: tuple[int, int] | None)
     """The (slide, analysis folder) pairs this process works on, and the shard of each slide it scores (None:
     whole slides): a folder of at least n slides is split by slide, one slide or fewer slides by tiles."""
     slides = find_slides(input_path)
-    single = Path(input_path).is_file()
+    single = is_one_slide(input_path)
     pairs = [(slide, AnalysisFolder(Path(out)) if single else slide_folder(out, slide)) for slide in slides]
     if shard is None or shard[1] == 1:
         return pairs, None
@@ -227,7 +233,7 @@ def analyse(
     if shard is not None and not 0 <= shard[0] < shard[1]:
         raise ValueError(f"shard must be i/n with 0 <= i < n, not {shard[0]}/{shard[1]}")
     pairs, slide_shard = plan(input_path, out, shard)
-    single = Path(input_path).is_file()
+    single = is_one_slide(input_path)
     dev = resolve_device(options.device, local_rank)
     loaded = load_run_model(run, checkpoint=options.checkpoint, device=dev)
     model, config, info, ckpt = loaded.model, loaded.config, loaded.info, loaded.checkpoint
@@ -266,7 +272,7 @@ def merge(input_path: str | Path, out: str | Path, *, threshold: float = DEFAULT
     """Write the outputs of sharded analyses whose shards are all complete (`pcam slide --merge`); no model
     is loaded. Records as `analyse` returns them; a slide whose shards are not all complete is "failed"
     with the missing shards named (with a single slide file: raises)."""
-    single = Path(input_path).is_file()
+    single = is_one_slide(input_path)
     pairs, _ = plan(input_path, out, None)
     records = []
     for slide, folder in pairs:
