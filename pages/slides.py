@@ -151,6 +151,7 @@ if summary is None:
                    "failed": f"could not be analysed with {state.run_label}: {state.error}"}[state.state]
     (st.error if state is not None and state.state == "failed" else st.info)(
         f"{slide.name} {waiting}. The slide is shown without a tumour map.", icon=":material/hourglass_top:")
+    st.caption(f"{SCOPE_LINE} Tissue unlike it is flagged out of scope when the slide is analysed (docs/scope.md).")
     slide_viewer(slide.id, width=slide.width, height=slide.height, mpp=slide.mpp, analysis=None, heatmap=None, tissue=None,
                  threshold=0.5, regions=[], version=slide.version, key=f"viewer-{slide.id}")
     st.stop()

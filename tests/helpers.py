@@ -312,6 +312,7 @@ def analysed_real_slide(root: Path, *, stride: int = 32, name: str = "mosaic", *
     and analysed there with the bundled model (in scope for it, unlike the SYNTHETIC demo slide): (slide file,
     analysis folder, slide id)."""
     from pcam_core.bundled import BUNDLED
+    from pcam_core.scoring_options import ScoringOptions
     from pcam_core.slides.batch import analyse
     from pcam_core.workspace.slides import SlideLibrary
 
@@ -319,5 +320,5 @@ def analysed_real_slide(root: Path, *, stride: int = 32, name: str = "mosaic", *
     library = SlideLibrary(root)
     entry = library.add_file(slide)
     out = library.analysis_folder(entry.id, BUNDLED, stride=stride).path
-    analyse(BUNDLED, slide, out, num_workers=0, stride=stride, device="cpu")
+    analyse(BUNDLED, slide, out, ScoringOptions(device="cpu", workers=0, tta=False), stride=stride)
     return slide, out, entry.id

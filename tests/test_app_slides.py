@@ -302,6 +302,7 @@ def test_slides_registered_appear_at_once_unreadable_ones_are_counted_and_slides
 def test_a_slide_out_of_the_models_scope_is_not_assessed(kind, tmp_path, monkeypatch):
     """The SYNTHETIC demo slide and a real Aperio scan of skin (CC0), analysed with the bundled model: the page says
     the model was not made for them, gives no call, no slide score and no size class."""
+    from pcam_core.scoring_options import ScoringOptions
     from pcam_core.slides.batch import analyse
     from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
 
@@ -313,7 +314,7 @@ def test_a_slide_out_of_the_models_scope_is_not_assessed(kind, tmp_path, monkeyp
         path = REPO / "tests" / "data" / "slides" / "CMU-1-Small-Region.svs"
     library = SlideLibrary(root)
     sid = library.add_file(path).id
-    analyse("bundled", path, library.analysis_folder(sid).path, num_workers=0, stride=32, device="cpu")
+    analyse("bundled", path, library.analysis_folder(sid).path, ScoringOptions(device="cpu", workers=0, tta=False), stride=32)
     at = open_slides(root, monkeypatch)
     errors = [e.value for e in at.error]
     assert any("Not assessed: the model was not made for this slide" in e for e in errors), errors

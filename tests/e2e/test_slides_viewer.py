@@ -1,5 +1,5 @@
-"""The Slides page end to end: `streamlit run streamlit_app.py` serving a SYNTHETIC demo slide analysed with the
-bundled model. Its tile routes answered over real HTTP (httpx) on 127.0.0.1, refusing unregistered slides and
+"""The Slides page end to end: `streamlit run streamlit_app.py` serving a slide of real lymph-node patches analysed
+with the bundled model. Its tile routes answered over real HTTP (httpx) on 127.0.0.1, refusing unregistered slides and
 malformed addresses; then headless Chromium opens the page, zooms in (tiles of finer levels are requested and
 drawn), toggles the map, goes to a region, clicks the slide to open the window there, and downloads the GeoJSON and the report.
 A screenshot of the viewer goes to tests/artifacts/screenshots/slides.png."""
@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Dashboard, analysed_demo_slide, wait_rendered
+from helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Dashboard, analysed_real_slide, wait_rendered
 from pcam_core.slides.tiles import dzi_level_sizes
 
 SHOTS = Path(os.environ.get("PCAM_SCREENSHOTS", REPO / "tests" / "artifacts" / "screenshots"))
@@ -25,7 +25,7 @@ VIEW = ".pcam-slide-view"
 def dashboard(tmp_path_factory):
     root = tmp_path_factory.mktemp("ws-slides-e2e")
     (root / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
-    _, folder, sid = analysed_demo_slide(root, width=4000, height=3000, stride=32)
+    _, folder, sid = analysed_real_slide(root, stride=32, size=(3000, 2000))
     app = Dashboard(root, root / "streamlit.log")
     app.sid, app.folder = sid, folder
     app.start()
@@ -39,8 +39,8 @@ def test_tile_routes_over_http_serve_registered_slides_and_refuse_the_rest(dashb
     sid = dashboard.sid
     with httpx.Client(base_url=dashboard.url, timeout=60) as client:
         dzi = client.get(f"/slides-api/{sid}.dzi")
-        assert dzi.status_code == 200 and 'Width="4000" Height="3000"' in dzi.text
-        last = len(dzi_level_sizes(4000, 3000)) - 1
+        assert dzi.status_code == 200 and 'Width="3000" Height="2000"' in dzi.text
+        last = len(dzi_level_sizes(3000, 2000)) - 1
         tile = client.get(f"/slides-api/{sid}_files/{last}/3_2.jpeg")
         assert tile.status_code == 200 and tile.headers["content-type"] == "image/jpeg" and tile.content[:2] == b"\xff\xd8"
         assert client.get(f"/slides-api/{sid}/bundled-s32/heatmap.png?threshold=0.3").headers["content-type"] == "image/png"
@@ -69,7 +69,7 @@ def _centre_in_image(page) -> list[float]:
 
 @pytest.mark.browser
 def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), f"the browser tests need Debian's chromium at {CHROMIUM}"
     summary = json.loads((dashboard.folder / "summary.json").read_text())
@@ -87,7 +87,7 @@ def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
             wait_rendered(page, page.get_by_role("heading", name="Tumour regions"))
             page.wait_for_selector(f"{VIEW}[data-state=open]")
             page.wait_for_function(f"() => Number(document.querySelector('{VIEW}').dataset.tiles) > 0")
-            assert page.get_by_text("SYNTHETIC demo slide").first.is_visible()
+            assert page.get_by_text("Trained on lymph-node H&E at 0.972 µm/px (PatchCamelyon) only.").first.is_visible()
             page.wait_for_function(f"() => document.querySelector('{VIEW}').dataset.heatmap === '0.5'")
             first_level = int(_view(page, "maxLevel"))
             requested = len(tiles)
@@ -97,17 +97,10 @@ def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
             page.locator(VIEW).scroll_into_view_if_needed()  # the wheel acts where the pointer is: on the viewer
             box = page.locator(VIEW).bounding_box()
             page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            for attempt in range(4):  # a loaded machine can drop wheel events while the viewer animates: zoom again
-                for _ in range(6):
-                    page.mouse.wheel(0, -400)
-                    page.wait_for_timeout(150)
-                try:
-                    page.wait_for_function(f"() => Number(document.querySelector('{VIEW}').dataset.maxLevel) > {first_level}",
-                                           timeout=20_000)
-                    break
-                except PlaywrightTimeout:
-                    if attempt == 3:
-                        raise
+            for _ in range(6):  # one gesture of six wheel steps; then wait for the state it leads to
+                page.mouse.wheel(0, -400)
+            page.wait_for_function(f"() => Number(document.querySelector('{VIEW}').dataset.maxLevel) > {first_level}",
+                                   timeout=60_000)
             page.wait_for_function(f"() => document.querySelector('{VIEW}').dataset.loaded === 'true'", timeout=60_000)
             assert len(tiles) > requested and int(_view(page, "maxLevel")) > first_level
             assert all(".jpeg?v=" in t for t in tiles), tiles[:3]  # every tile address names the slide version
