@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Shared set-up for ./dashboard.sh and ./test.sh: a virtual environment in .venv with the pinned
-# requirements and pcam_core installed (editable); `--test` (./test.sh) adds requirements-test.txt.
-# Re-installs only when requirements.txt, requirements-test.txt or pyproject.toml changed, or the
-# test requirements are asked for and not installed yet. Safe to run again and again.
+# Shared set-up for ./dashboard.sh and ./test.sh: a virtual environment in .venv with the locked
+# requirements and pcam_core installed (editable). Every package comes from a lock file that pins the whole
+# environment (scripts/lock.sh writes them from requirements.txt and requirements-test.txt): requirements.lock
+# for the dashboard, requirements-test.lock (the same versions plus the tests' packages) with `--test`
+# (./test.sh), so a set-up for the tests only adds packages and never moves one under a running dashboard.
+# Re-installs only when a lock file or pyproject.toml changed, or the test packages are asked for and not
+# installed yet. Safe to run again and again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,12 +18,12 @@ esac
 
 PYTHON=${PYTHON:-python3}
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
-  echo "error: $PYTHON not found; install Python 3.10 or newer (Debian/Ubuntu: apt-get install python3 python3-venv)" >&2
+  echo "error: $PYTHON not found; install Python 3.11 or newer (Debian/Ubuntu: apt-get install python3 python3-venv)" >&2
   exit 1
 fi
-"$PYTHON" - <<'PY' || { echo "error: Python 3.10 or newer is needed" >&2; exit 1; }
+"$PYTHON" - <<'PY' || { echo "error: Python 3.11 or newer is needed (the locked numpy needs it)" >&2; exit 1; }
 import sys
-sys.exit(0 if sys.version_info >= (3, 10) else 1)
+sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
 if [ ! -x .venv/bin/python ]; then
@@ -37,18 +40,18 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 
-# The stamp: the hash of the three files, then " test" when the test requirements are installed too.
+# The stamp: the hash of the two locks and pyproject.toml, then " test" when the test packages are installed too.
 stamp=.venv/.pcam-installed
-want=$(cat requirements.txt requirements-test.txt pyproject.toml | sha1sum | cut -d' ' -f1)
+want=$(cat requirements.lock requirements-test.lock pyproject.toml | sha1sum | cut -d' ' -f1)
 have=$(cat "$stamp" 2>/dev/null || true)
 if [ "${have%% *}" != "$want" ] || { [ "$with_test" = 1 ] && [ "$have" != "$want test" ]; }; then
-  echo "installing the pinned requirements$([ "$with_test" = 1 ] && echo " and the test requirements") (torch is large: a few minutes the first time) ..."
+  lock=requirements.lock
+  [ "$with_test" = 1 ] && lock=requirements-test.lock
+  echo "installing the locked requirements ($lock; torch is large: a few minutes the first time) ..."
   .venv/bin/python -m pip install --quiet --upgrade pip
-  if [ "$with_test" = 1 ]; then
-    .venv/bin/python -m pip install --quiet -r requirements.txt -r requirements-test.txt
-  else
-    .venv/bin/python -m pip install --quiet -r requirements.txt
-  fi
+  .venv/bin/python -m pip install --quiet -r "$lock"
   .venv/bin/python -m pip install --quiet --no-deps -e .
+  # A package that an older lock named and these do not is removed; anything else off the locks is an error.
+  .venv/bin/python scripts/unlocked.py requirements-test.lock --remove
   echo "$want$([ "$with_test" = 1 ] && echo " test")" > "$stamp"
 fi

@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# Before anything imports torch: OpenMP threads wait passively, as in the dashboard and the training processes it
+# launches (pcam_core.runs.launch). The tests share the cores with the servers, dashboards and trainings they start
+# (and CI machines with other jobs); spinning threads make every small torch call several times slower then.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from helpers import REAL_H5, REAL_KAGGLE, run_cli
+import pytest  # noqa: E402
+
+from helpers import REAL_H5, REAL_KAGGLE, TRAINED_EPOCHS  # noqa: E402
 
 os.environ.setdefault("PCAM_TEST", "1")
 # A first start makes no demo slide (and starts no analysis process) unless a test asks for one.
@@ -40,11 +45,14 @@ def demo_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(demo_root, tmp_path_factory) -> Path:
-    """A short finished training run on the demo data (3 epochs of the compact model)."""
+    """A short finished training run on the demo data (`TRAINED_EPOCHS` epochs of the compact model), shared by
+    every test that needs a trained model. `pcam train` runs in this process: no process boundary is under test
+    here (tests/test_train.py and tests/test_reliability.py train in processes of their own)."""
+    from pcam_core.cli import main
+
     out = tmp_path_factory.mktemp("runs") / "demo-run"
-    result = run_cli("train", "--data", str(demo_root), "--out", str(out), "--epochs", "3", "--batch-size", "32",
-                     "--lr", "3e-3", "--workers", "0")
-    assert result.returncode == 0, result.stderr
+    assert main(["train", "--data", str(demo_root), "--out", str(out), "--epochs", str(TRAINED_EPOCHS), "--batch-size", "32",
+                 "--lr", "3e-3", "--workers", "0"]) == 0
     return out
 
 

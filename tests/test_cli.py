@@ -79,11 +79,18 @@ def test_end_to_end_on_demo_data(tmp_path):
 
 
 @pytest.mark.slow
-def test_convert_then_train_on_the_fast_path(real_kaggle, tmp_path):
-    r = run_cli("convert", "--input", str(real_kaggle), "--out", str(tmp_path / "h5"), "--valid-frac", "0.1", "--test-frac", "0.1")
-    assert r.returncode == 0, r.stderr
-    assert "train 128, valid 16, test 16" in r.stdout
-    assert run_cli("verify", str(tmp_path / "h5" / "camelyonpatch_level_2_split_test_x.h5")).returncode == 0
+def test_convert_then_train_on_the_fast_path(real_kaggle, tmp_path, capsys):
+    """Kaggle's tifs converted to HDF5 (the fast path to read), verified, then trained on (in-process: no process
+    boundary is under test here)."""
+    h5 = tmp_path / "h5"
+    assert main(["convert", "--input", str(real_kaggle), "--out", str(h5), "--valid-frac", "0.1", "--test-frac", "0.1"]) == 0
+    assert "train 128, valid 16, test 16" in capsys.readouterr().out
+    assert main(["verify", str(h5 / "camelyonpatch_level_2_split_test_x.h5")]) == 0
+    assert main(["train", "--data", str(h5), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "32",
+                 "--workers", "0"]) == 0
+    run = RunDir(tmp_path / "run")
+    assert run.status()["state"] == "finished" and run.checkpoint("best").exists()
+    assert run.config().data.path == str(h5) and len(run.epochs()) == 1
 
 
 @pytest.mark.slow

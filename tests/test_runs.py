@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from helpers import wait_for
+from helpers import TRAINED_EPOCHS, wait_for
 from pcam_core.config import ExperimentConfig
 from pcam_core.fileio import atomic_write_json
 from pcam_core.runs import (
@@ -129,6 +129,6 @@ def test_process_count_of_a_run_for_resuming(tmp_path, demo_root):
 
 def test_list_runs_reports_best_metrics(trained_run):
     (summary,) = [r for r in list_runs(trained_run.parent) if r.run_id == trained_run.name]
-    assert summary.state == "finished" and summary.epochs_done == 3 and summary.model == "pcamnet"
+    assert summary.state == "finished" and summary.epochs_done == TRAINED_EPOCHS and summary.model == "pcamnet"
     assert summary.best["roc_auc"] > 0.8
     json.dumps(summary.to_dict())

@@ -4,11 +4,9 @@ file serving limited to static/."""
 from __future__ import annotations
 
 import ast
-import os
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -16,12 +14,6 @@ import pytest
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _other_addresses() -> list[str]:
@@ -32,25 +24,12 @@ def _other_addresses() -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
-    workspace = tmp_path_factory.mktemp("ws")
-    env = {**os.environ, "PCAM_WORKSPACE": str(workspace), "PCAM_DEMO_PATCHES": "64"}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:  # not listening yet, or listening while it imports the app
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the dashboard did not start")
-    yield port, url
-    proc.terminate()
-    proc.wait(timeout=30)
+    """The dashboard as `./dashboard.sh` starts it, waited for until it answers (helpers.Dashboard)."""
+    from helpers import Dashboard
+
+    logs = tmp_path_factory.mktemp("logs")
+    with Dashboard(tmp_path_factory.mktemp("ws"), logs / "streamlit.log", env={"PCAM_DEMO_PATCHES": "64"}) as app:
+        yield app.port, app.url
 
 
 def test_listens_on_loopback_only(server):
