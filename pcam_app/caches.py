@@ -87,8 +87,8 @@ def _slide_window(slide_path: str, analysis: str, version: int, x: float, y: flo
 def slide_window(workspace: Workspace, run: RunDir, slide: str, x: float, y: float, *, stride: int) -> dict[str, Any]:
     """The 96-pixel window of a slide of the library at level-0 point (x, y) as the analysis of it with `run`
     at `stride` read and scored it (`slides.viewer.window_at`: `pixels`, the map's `probability`, `state`,
-    `row`, `col`, and `slide`, the slide's entry), read once per analysis version. A `ValueError` or
-    `KeyError`, `FileNotFoundError` says what is missing: the slide, its analysis with this run, or the point."""
+    `row`, `col`, and `slide`, the slide's entry), read once per analysis version. `KeyError`: no such slide;
+    `FileNotFoundError`: no finished analysis of it with this run; `ValueError`: a point outside the slide."""
     library = workspace.slide_library
     entry = library.lookup(slide)
     state = library.analysis(entry.id, resolve_run(run).arg, stride=stride)

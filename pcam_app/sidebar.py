@@ -93,7 +93,7 @@ def sidebar(workspace: Workspace) -> Context:
         _apply_pending("dataset", names)
         by_name = {s.name: s for s in sources}
         chosen = st.selectbox("Active dataset", names, key="dataset", bind="query-params",
-                              on_change=_run_chosen, format_func=lambda n: by_name[n].label, placeholder="No data source",
+                              format_func=lambda n: by_name[n].label, placeholder="No data source",
                               help="The data the Overview, Dataset and Train pages use. Add sources on the Overview page.")
         source = by_name.get(chosen) if chosen else None
         if source is not None:

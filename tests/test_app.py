@@ -238,7 +238,7 @@ def test_threshold_slider_moves_every_figure(finished_workspace, monkeypatch):
     assert float(strict["Specificity"]) >= float(at_half["Specificity"])
     assert strict["ROC-AUC"] == at_half["ROC-AUC"]  # threshold-free
     drawn = {figure["layout"]["title"]["text"]: figure for figure in charts(at)}
-    assert "Confusion matrix at threshold 0.98" in drawn
+    assert "Confusion matrix at threshold 0.980" in drawn
     # the histogram's bars count every validation prediction of each class
     valid = pd.read_csv(RunDir(finished_workspace / "runs" / RUN_ID).valid_predictions_path)
     bars = {trace["name"]: trace for trace in drawn["Probabilities by true class"]["data"]}

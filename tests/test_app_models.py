@@ -172,7 +172,7 @@ def test_explain_names_a_slide_window_by_the_position_and_map_probability_the_sl
     from pcam_core.slides.viewer import lattice_of, load_heat, load_summary
 
     workspace = empty_workspace(tmp_path / "ws")
-    _, analysis, slide = analysed_demo_slide(workspace.root, width=1200, height=800, stride=32)
+    _, analysis, slide = analysed_demo_slide(workspace.root, width=640, height=512, stride=32)
     folder = AnalysisFolder(analysis)
     heat, lattice = load_heat(folder), lattice_of(load_summary(folder))
     row, col = np.unravel_index(np.nanargmax(np.where(heat >= 0, heat, np.nan)), heat.shape)

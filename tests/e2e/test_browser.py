@@ -92,7 +92,7 @@ def _slide_threshold_to(page, target: float) -> None:
         slider.press("ArrowRight" if up else "ArrowLeft")
         expect(thumb).to_have_text(f"{value:.3f}")
         _drawn(page)
-    wait_rendered(page, page.get_by_text(f"Confusion matrix at threshold {target:.2f}"))
+    wait_rendered(page, page.get_by_text(f"Confusion matrix at threshold {target:.3f}"))
 
 
 # The Train page's step counter ("epoch 2 of 4 · step 30 of 72 · ...") past `before`.
@@ -186,7 +186,7 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
 
             # judge it: metrics, curves, confusion matrix; move the threshold with the keyboard
             _goto(page, "Runs and metrics")
-            page.get_by_text("Confusion matrix at threshold 0.50").wait_for()
+            page.get_by_text("Confusion matrix at threshold 0.500").wait_for()
             expect(page.get_by_text("true positive").first).to_be_visible()
             _slide_threshold_to(page, 0.30)
             _no_exception(page)
