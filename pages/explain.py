@@ -5,10 +5,13 @@ predictions resting most on tissue outside the labelled centre first. The patche
 split of the selected run: its validation split (scored by the trainer), or another one scored on
 the Runs page. The bundled model has no split of its own here: its patches are uploaded."""
 
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 
 from pcam_app import caches, heatmaps, notes, patches, reviews, shell, thresholds
+from pcam_core import decision
 from pcam_core.calibration import load_calibration
 from pcam_core.uploads import read_uploads
 from pcam_core.workspace.reviews import ModelCall, ReviewTarget
@@ -39,6 +42,7 @@ from pcam_core.workspace.gallery import (
 )
 
 VIEWS = {"patch": "One patch", "gallery": "Gallery"}
+SCALE_BUTTONS = {"patch": "Per patch", "fixed": "Fixed"}  # short: two buttons in a quarter of the page at 1400 px
 PICKS = {"outcome": "By outcome", "number": "By number or id", "random": "At random"}
 GALLERY_SOURCES = {"random": "patches drawn at random", **OUTCOMES}
 LAYER_HELP = "Deeper layers see more context in coarser cells; the caption below says what this one can show."
@@ -47,7 +51,7 @@ UPLOADS_SHOWN = 48  # uploaded patches explained at once (a few hundredths of a 
 
 ctx = shell.context()
 st.title("Explain")
-run = shell.require_run(ctx, checkpoint=True, bundled=True)
+run = shell.require_run(ctx, checkpoint=True)
 notes.synthetic_banner(ctx.run_synthetic(run), "This run was trained on SYNTHETIC demo data: its heat maps say nothing about real tissue.")
 if ctx.bundled:
     shell.bundled_note()
@@ -92,8 +96,9 @@ target = settings[2].segmented_control("Evidence for", list(TARGETS), default="t
                                             + (f" {method} ignores it: its map is class-agnostic." if method in CLASS_AGNOSTIC else ""))
 opacity = settings[3].slider("Heat map opacity", 0.0, 1.0, 0.5, 0.05, key="opacity",
                              help="0 shows the tissue alone, 1 the heat map alone.")
-scale = settings[3].segmented_control("Scale", list(SCALES), format_func=SCALES.get, default="patch", required=True,
-                                      key="map_scale", help=SCALE_NOTES["fixed"])
+scale = settings[3].segmented_control("Scale", list(SCALES), format_func=SCALE_BUTTONS.get, default="patch", required=True,
+                                      key="map_scale", help=f"Per patch: {SCALE_NOTES['patch']}\n\nFixed ({SCALES['fixed']}): "
+                                                             f"{SCALE_NOTES['fixed']}")
 meaning = map_meaning(method, target)
 if method == "scorecam":
     st.warning("Score-CAM runs the model once per channel of the layer: a gallery can take a while on a CPU.",
@@ -143,7 +148,8 @@ def patch_view() -> None:
     index, label = int(row["index"]), int(row["label"])
     pixels = dataset.read_pixels(np.array([index]))
     result = heatmaps.explain(run, pixels, method=method, layer=layer, target=target)
-    probability, focus = float(result.probabilities[0]), float(result.centre_focus[0])
+    # the probability of the split's scores (the one the Runs page, its outcomes and the gallery show): one figure
+    probability, focus = float(row["probability"]), float(result.centre_focus[0])
     scale_note = SCALE_NOTES[scale]
     if scale == "fixed":  # one patch: on the scale of patches of its split drawn at random
         sample = dataset.read_pixels(np.sort(random_examples(predictions, REFERENCE_PATCHES, seed=0)["index"].to_numpy()))
@@ -162,10 +168,11 @@ def patch_view() -> None:
         heat.image(picture, width="stretch", caption=f"{method} at {layers[layer]}, {meaning}, scale {SCALES[scale]}")
         heatmaps.colour_legend(target, method=method, note=scale_note)
     with facts:
-        call = "tumour" if probability >= threshold else "normal"
+        call = decision.call(probability, threshold)
         outcome_name = (outcome_of(label, probability, threshold) or "unlabelled").replace("_", " ")
         numbers = st.columns(2)
-        numbers[0].metric("Tumour probability", f"{probability:.3f}", help=notes.PROBABILITY_NOTE)
+        numbers[0].metric("Tumour probability", f"{probability:.3f}",
+                          help=f"As the {split} split was scored. " + notes.PROBABILITY_NOTE)
         empty_map = focus != focus  # NaN: the map has no evidence anywhere
         numbers[1].metric("Centre focus", "none" if empty_map else heatmaps.focus_text(focus), help=heatmaps.CENTRE_FOCUS_NOTE)
         if empty_map:
@@ -192,7 +199,7 @@ def trust_facts(row) -> None:
     if uncertainty is not None and uncertainty == uncertainty:
         facts.append(f"**uncertainty** ±{float(uncertainty):.3f} (spread of the 8 flipped and rotated views)")
     if facts:
-        st.markdown(f"In the {split} scores (probability {float(row['probability']):.3f}): " + " · ".join(facts))
+        st.markdown(" · ".join(facts))
 
 
 def gallery_view() -> None:
@@ -267,20 +274,37 @@ def upload_view() -> None:
     st.caption(f"p: tumour probability ({notes.PROBABILITY_NOTE.split('. ')[0].replace('**', '')}). " + heatmaps.CENTRE_FOCUS_NOTE)
 
 
-def slide_windows_view(windows: list[dict]) -> None:
-    """Windows sent from the Slides page (a click on a slide), explained with the settings above."""
-    st.subheader("Windows from the Slides page")
-    explained_cards(np.stack([w["pixels"] for w in windows]), [w["name"][:32] for w in windows])
-    st.caption("Each is the 96-pixel window at PCam scale (0.972 µm/px) the map scored at the spot clicked on the slide; "
-               "p is this model's probability for it here.")
-    if st.button("Clear the slide windows", icon=":material/close:", key="clear_slide_windows"):
-        st.session_state.pop(patches.SLIDE_WINDOWS, None)
-        st.rerun()
+# The Slides page opens a window of a slide here by its address: ?slide=<slide id>&x=<x>&y=<y>[&stride=<px>]
+# with the sidebar's run; (x, y) is the level-0 point the Slides page names the window by, inside its cell.
+SLIDE_QUERY = ("slide", "x", "y")
+
+
+def slide_window_view() -> None:
+    """The window of a slide the address names (from the Slides page), explained with the settings above and
+    named as the Slides page names it: the slide, the same position, the map's probability for it."""
+    query = st.query_params
+    st.subheader("A window from the Slides page")
+    try:
+        x, y = float(query["x"]), float(query["y"])
+        stride = int(query.get("stride", 32))
+        window = caches.slide_window(ctx.workspace, run, query["slide"], x, y, stride=stride)
+    except (KeyError, ValueError, OSError) as err:
+        st.error(f"Cannot open the slide window of this address (slide {query.get('slide')!r}, x {query.get('x')!r}, "
+                 f"y {query.get('y')!r}): {err}", icon=":material/error:")
+        return
+    name = f"{Path(window['slide'].name).stem} at ({x:,.0f}, {y:,.0f})"
+    score = f"p={window['probability']:.3f}" if window["state"] == "scored" else window["state"]
+    result = heatmaps.explain(run, window["pixels"][None], method=method, layer=layer, target=target)
+    tiles = overlay(window["pixels"][None], scaled_maps(result, scale), opacity=opacity, scale=2, box_width=2)
+    patches.image_cards(list(tiles), width=176, captions=[f"{name} · {score} · focus {heatmaps.focus_text(result.centre_focus[0])}"])
+    heatmaps.colour_legend(target, width=520, method=method, note=SCALE_NOTES[scale])
+    st.caption(f"The 96-pixel window at PCam scale (0.972 µm/px) the tumour map scored at this point of the slide; p is "
+               f"the map's probability for it, as the Slides page shows it (cell {window['row']}, {window['col']}).")
     st.divider()
 
 
-if st.session_state.get(patches.SLIDE_WINDOWS):
-    slide_windows_view(st.session_state[patches.SLIDE_WINDOWS])
+if all(key in st.query_params for key in SLIDE_QUERY):
+    slide_window_view()
 if view == "upload":
     upload_view()
 elif view == "patch":

@@ -1,9 +1,10 @@
 """Predict: upload patches (tif, png, jpg) and get each one's tumour probability and the call at a chosen
 threshold from the selected run's model (or the bundled model trained on real tissue), each beside the heat map of its evidence (Grad-CAM) with its
 centre focus; a batch gives a results CSV (probability, calibrated probability when the run has a temperature,
-TTA uncertainty, and the call at the threshold or by conformal triage, with what made it) and a
-Kaggle submission CSV. A file that is not a 96x96 RGB patch is converted
-with a notice or refused with the reason, never silently."""
+TTA uncertainty, and the call at the threshold or by conformal triage, with what made it; a refused file as a
+row with the call "refused" and its reason) and a Kaggle submission CSV. The threshold starts at the run's own,
+so a patch gets the call `pcam predict --results` and `pcam serve` give it with the same run. A file that is not
+a 96x96 RGB patch is converted with a notice or refused with the reason, never silently."""
 
 import hashlib
 
@@ -11,17 +12,19 @@ import numpy as np
 import streamlit as st
 
 from pcam_app import caches, heatmaps, notes, patches, reviews, shell, thresholds
-from pcam_core.calibration import load_calibration, run_triage
+from pcam_core.calibration import run_triage
 from pcam_core.data.common import patch_id
-from pcam_core.predict import UploadResult, results_table, score_uploads
+from pcam_core.predict import REFUSED, UploadResult, results_table, score_uploads
 from pcam_core.workspace.reviews import ModelCall, ReviewTarget
 
 SHOWN = 96  # patches drawn; the table and the CSV hold every one
+RESULT_ORDER = ["file", "call", "probability", "probability_calibrated", "uncertainty", "notes", "id"]
 
 ctx = shell.context()
 st.title("Predict")
-run = shell.require_run(ctx, checkpoint=True, bundled=True)
-model, config, info = caches.load_model(run)
+run = shell.require_run(ctx, checkpoint=True)
+loaded = caches.load_model(run)
+model, config, info = loaded.model, loaded.config, loaded.info
 epoch = info.get("epoch")
 if ctx.bundled:
     shell.bundled_note()
@@ -41,13 +44,14 @@ tta = toggles.toggle("Test-time augmentation", value=True, key="predict_tta",
 heat_maps = toggles.toggle("Heat maps", value=True, key="predict_heatmaps",
                                help="Show each patch beside the heat map of the model's evidence for tumour (Grad-CAM), "
                                     "with its centre focus.")
-calibration = load_calibration(run.path)
+calibration = loaded.calibration
 triage = None
-if not ctx.bundled and run.valid_predictions_path.exists():
+if run.valid_predictions_path.exists():  # a run's validation predictions; the bundled model's held-out ones
     triage_cols = st.columns([1, 2], vertical_alignment="bottom")
     if triage_cols[0].toggle("Triage", value=False, key="predict_triage",
-                             help="Calls by the split-conformal triage fitted on the run's validation predictions: normal, "
-                                  "refer (to a pathologist) or tumour, instead of the threshold."):
+                             help="Calls by the split-conformal triage fitted on the run's validation predictions (the "
+                                  "bundled model's: its held-out patches): normal, refer (to a pathologist) or tumour, "
+                                  "instead of the threshold, as `pcam predict --triage` calls them."):
         target = triage_cols[1].select_slider("Target sensitivity", [0.90, 0.95, 0.97, 0.98, 0.99], value=0.98,
                                               key="predict_triage_target")
         try:
@@ -87,20 +91,29 @@ for patch in converted:
 if not result.scored:
     st.stop()
 
-table = result.table(threshold, triage=triage, calibration=calibration)
+# one table for the page and the results file: every file, a refused one with the call "refused" and its reason
+table = results_table(result, threshold, model=config.model.name, run=run.run_id, triage=triage, calibration=calibration)
+scored = len(result.scored)
 called = int((table["call"] == "tumour").sum())
+refused = f", {len(result.refused)} refused" if result.refused else ""
 if triage is not None:
     referred = int((table["call"] == "refer").sum())
-    st.subheader(f"{len(table)} patch{'es' if len(table) != 1 else ''} scored: {called} called tumour, {referred} referred "
-                 f"({referred / len(table):.0%}), by triage at target sensitivity {triage.target_sensitivity}")
+    st.subheader(f"{scored} patch{'es' if scored != 1 else ''} scored: {called} called tumour, {referred} referred "
+                 f"({referred / scored:.0%}), by triage at target sensitivity {triage.target_sensitivity}{refused}")
 else:
-    st.subheader(f"{len(table)} patch{'es' if len(table) != 1 else ''} scored: {called} called tumour at {thresholds.text(threshold)}")
-st.dataframe(table, hide_index=True, column_config={
-    "probability": st.column_config.ProgressColumn("tumour probability", format="%.3f", min_value=0.0, max_value=1.0),
-    "probability_calibrated": st.column_config.NumberColumn("calibrated probability", format="%.3f"),
-    "uncertainty": st.column_config.NumberColumn("uncertainty (TTA spread)", format="%.3f",
+    st.subheader(f"{scored} patch{'es' if scored != 1 else ''} scored: {called} called tumour at {thresholds.text(threshold)}{refused}")
+# the call first after the file, so that it is in sight at any width; the long id last
+st.dataframe(table, hide_index=True, column_order=[c for c in RESULT_ORDER if c in table.columns], column_config={
+    "file": st.column_config.TextColumn("file", width="medium"),
+    "call": st.column_config.TextColumn("call", width="small"),
+    "probability": st.column_config.ProgressColumn("tumour probability", format="%.3f", min_value=0.0, max_value=1.0,
+                                                   width="medium"),
+    "probability_calibrated": st.column_config.NumberColumn("calibrated probability", format="%.3f", width="small"),
+    "uncertainty": st.column_config.NumberColumn("uncertainty (TTA spread)", format="%.3f", width="small",
                                                  help="Standard deviation of the probabilities of the 8 flipped and rotated "
                                                       "views; empty with test-time augmentation off."),
+    "notes": st.column_config.TextColumn("notes", width="medium"),
+    "id": st.column_config.TextColumn("id", width="small"),
 })
 
 
@@ -134,11 +147,11 @@ with review_col:
     reviews.review_widget(ctx.workspace.reviews(), ReviewTarget(reviews.UPLOADS_SOURCE, patch_id=patch_id(picked.pixels)),
                           ModelCall.at(picked.probability, threshold, None if ctx.bundled else run.run_id), key="predict", compact=True)
 downloads = st.container(horizontal=True)
-results = results_table(result, threshold, model=config.model.name, run=run.run_id, triage=triage, calibration=calibration)
-downloads.download_button("Download results (CSV)", results.to_csv(index=False), file_name=f"results-{run.run_id}.csv",
+downloads.download_button("Download results (CSV)", table.to_csv(index=False), file_name=f"results-{run.run_id}.csv",
                           mime="text/csv", icon=":material/download:", type="primary", on_click="ignore", key="results_csv",
                           help="Every scored file: id, tumour probability (and the calibrated one), uncertainty, the call "
-                               "at the threshold or by triage, and the threshold(s), model and run that made it.")
+                               "at the threshold or by triage, and the threshold(s), model and run that made it; every "
+                               f"refused file as a row with the call '{REFUSED}' and the reason in its notes.")
 downloads.download_button("Download Kaggle submission (CSV)", result.submission, file_name="submission.csv", mime="text/csv",
                           icon=":material/download:", on_click="ignore", key="submission_csv",
                           help="Kaggle's format: id (the file name without extension) and label (the tumour probability).")

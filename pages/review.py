@@ -1,11 +1,13 @@
 """Review: a pathologist walks the review queue of a scored split of the selected run, one patch at a time,
 the patches the model is least sure about first (`pcam_core.workspace.reviews.review_queue`), and gives
 each a verdict saved at once. Progress by verdict, and the reviews exported as CSV (the file
-`pcam train --label-overrides` and the Train page read)."""
+`pcam train --label-overrides` and the Train page read). With the bundled model the queue is its held-out
+patches ("valid") that the active dataset holds: their predictions ship with it, their pixels do not."""
 
 import streamlit as st
 
 from pcam_app import caches, notes, patches, reviews, shell, thresholds
+from pcam_core import decision
 from pcam_core.workspace.gallery import outline_centre
 from pcam_core.workspace.reviews import ModelCall, ReviewTarget, review_queue
 
@@ -22,7 +24,13 @@ split = top[0].segmented_control("Patches of the split", splits, default=splits[
                                  help="Score other splits on the Runs page to review them.")
 threshold = thresholds.slider(top[1], run, key="review_threshold",
                               help="The call shown with each patch, and what 'near the threshold' means for the queue.")
-predictions = caches.split_predictions(run, split)
+dataset, predictions = caches.patches_of(run, split, ctx.source)
+if ctx.bundled and (predictions is None or predictions.empty):
+    st.info("None of the bundled model's held-out patches is in the active dataset: their predictions ship with it, "
+            "their pixels do not. They are patches of Kaggle's 'Histopathologic Cancer Detection' training folder (ids in "
+            "pcam_core/bundled/valid_predictions.csv): register that folder on the Overview page and make it the active "
+            "dataset to review them.", icon=":material/database:")
+    st.stop()
 if predictions is None or predictions.empty:
     shell.fail(f"The {split} predictions of run {run.run_id} are missing or out of date; score the split again on the Runs page.")
 name = reviews.reviewer()
@@ -32,7 +40,7 @@ if not name:
 
 store = ctx.workspace.reviews()
 source = reviews.data_name(ctx, run)
-skipped_key = f"_review_skipped_{run.run_id}_{split}"
+skipped_key = f"_review_skipped_{run.run_id}_{source}_{split}"
 skipped: set[str] = st.session_state.setdefault(skipped_key, set())
 try:
     done = store.reviewed_items(name, source)
@@ -55,11 +63,11 @@ if queue.empty:
 else:
     row = queue.iloc[0]
     index, label, probability = int(row["index"]), int(row["label"]), float(row["probability"])
-    call = "tumour" if probability >= threshold else "normal"
-    pixels = caches.run_split(run, split).read_pixels([index])
+    call = decision.call(probability, threshold)
+    pixels = dataset.read_pixels([index])
     image_col, facts = st.columns([1, 1.4], gap="large")
     image_col.image(outline_centre(pixels[0], scale=4, width=3), width=384,
-                    caption=f"Patch #{index} of {split} (4× enlarged); the box is the central 32×32 region the label describes")
+                    caption=f"Patch #{index} of {reviews.data_split(run, split)} (4× enlarged); the box is the central 32×32 region the label describes")
     with facts:
         numbers = st.columns(3)
         numbers[0].metric("Tumour probability", f"{probability:.3f}", help=notes.PROBABILITY_NOTE)
@@ -70,7 +78,7 @@ else:
                                "test-time augmentation); '-' when the split was scored without it.")
         st.markdown(f"**Label:** {patches.label_name(label)} · **queue priority** {row['priority']:.3f} "
                     f"(closeness to the threshold {row['closeness']:.3f})")
-        target = ReviewTarget(source, patch_id=str(row["id"]), split=split, index=index)
+        target = ReviewTarget(source, patch_id=str(row["id"]), split=reviews.data_split(run, split), index=index)
         saved = reviews.review_widget(store, target, ModelCall(probability, call, threshold, run.run_id), key="queue")
         if st.button("Skip to the next", icon=":material/skip_next:", help="Leave this patch unreviewed for now."):
             skipped.add(str(row["id"]))

@@ -2,16 +2,18 @@
 the selected run and a split: the metrics, ROC and PR curves and the confusion matrix at a threshold
 chosen with one slider with their 95% intervals, the calibration, the conformal triage and the comparison with
 other runs on the same patches (`pcam_app.trust`), and the most confident (or most uncertain) false positives
-and false negatives."""
+and false negatives. The bundled model is judged on its "valid" split: the held-out patches whose predictions
+ship with it (their pixels do not: its errors are drawn when the active dataset is a Kaggle folder holding them)."""
 
 import time
 
 import streamlit as st
 
-from pcam_app import caches, figures, notes, reviews, robustness, shell, thresholds, trust
+from pcam_app import caches, figures, notes, patches, reviews, robustness, shell, thresholds, trust
 from pcam_app.components.chart import chart
 from pcam_app.components.patch_links import patch_cards
 from pcam_app.components.table import sortable_table
+from pcam_core.decision import DEFAULT_THRESHOLD
 from pcam_core.runs import RunDir
 from pcam_core.workspace.gallery import ORDERS, confident_errors
 from pcam_core.workspace.trust import has_uncertainty
@@ -20,16 +22,22 @@ from pcam_core.workspace.monitor import CURVE_METRICS, FIGURE_COLUMNS, epoch_fra
 from pcam_core.workspace import scoring
 from pcam_core.workspace.reviews import ModelCall, ReviewTarget
 
+HELD_OUT_NOTE = ("They are patches of Kaggle's 'Histopathologic Cancer Detection' training folder (ids in "
+                 "pcam_core/bundled/valid_predictions.csv): register that folder on the Overview page and make it the "
+                 "active dataset to see them.")
+
 ctx = shell.context()
 st.title("Runs and metrics")
-if not ctx.runs:
-    shell.require_run(ctx)  # says how to start one, and ends the page
 
 # -- all runs ---------------------------------------------------------------------------------------------
-table = runs_table(ctx.runs, ctx.source_names())
-sortable_table(table, {name: "{:.3f}" for name in FIGURE_COLUMNS}, key="runs_table", caption="All runs")
-st.caption("Figures of each run's best epoch on its validation split; accuracy and F1 at the threshold 0.5. "
-           "Runs on different data are not comparable.")
+if ctx.runs:
+    table = runs_table(ctx.runs, ctx.source_names())
+    sortable_table(table, {name: "{:.3f}" for name in FIGURE_COLUMNS}, key="runs_table", caption="All runs")
+    st.caption(f"Figures of each run's best epoch on its validation split; accuracy and F1 at the threshold "
+               f"{DEFAULT_THRESHOLD}. Runs on different data are not comparable.")
+else:
+    st.info("No training run of yours yet: start one on the Train page. The bundled model is judged below.",
+            icon=":material/model_training:")
 
 with_epochs = {r.run_id: r.epochs for r in ctx.runs if r.epochs}  # read once, by `runs.summarize`
 if with_epochs:
@@ -43,15 +51,20 @@ if with_epochs:
 # -- the selected run -------------------------------------------------------------------------------------
 st.divider()
 run = shell.require_run(ctx, checkpoint=True)
-st.subheader(f"Judging run `{run.run_id}`")
+bundled = ctx.bundled
+st.subheader(f"Judging the {shell.run_label(run)}" if bundled else f"Judging run `{run.run_id}`")
 notes.synthetic_banner(ctx.run_synthetic(run), "This run was trained on SYNTHETIC demo data.")
 try:
     splits = scoring.scorable_splits(run)
 except (OSError, ValueError) as err:
     shell.fail(f"Cannot read the data of run {run.run_id}: {err}")
+TRAINER_SPLIT_NAME = "held out, shipped with the model" if bundled else "scored in training"
 split = st.segmented_control("Split", splits, default=scoring.TRAINER_SPLIT, required=True, key="judge_split",
-                             format_func=lambda s: f"{s} (scored in training)" if s == scoring.TRAINER_SPLIT else s)
-if split == scoring.TRAINER_SPLIT:
+                             format_func=lambda s: f"{s} ({TRAINER_SPLIT_NAME})" if s == scoring.TRAINER_SPLIT else s)
+if bundled:
+    st.caption("The bundled model's held-out patches: real PCam patches it never saw in training, scored with one pass "
+               "when it was made (its model card says how). Its other figures are on the card.")
+elif split == scoring.TRAINER_SPLIT:
     st.caption("Scored by the trainer at the best epoch, one pass per patch. Other splits are scored with "
                "test-time augmentation (the mean over the 8 flips and rotations of each patch), as `pcam evaluate` does.")
 elif split == "train":
@@ -154,7 +167,12 @@ st.caption("The mistakes the model was surest of at this threshold (or, sorted b
            "rotated views disagreed most): worth a pathologist's look (label noise, artefacts, or a blind spot of the "
            "model). **Explain** opens a patch with the heat map of the model's evidence. " + notes.CENTRE_NOTE)
 false_pos, false_neg = confident_errors(predictions, threshold, k=8, order=order)
-dataset = caches.run_split(run, split)
+dataset, located = caches.patches_of(run, split, ctx.source)
+if bundled:  # only the errors whose pixels the active dataset holds can be drawn
+    false_pos, false_neg = (confident_errors(located, threshold, k=8, order=order) if len(located)
+                            else (false_pos.iloc[:0], false_neg.iloc[:0]))
+    st.caption(f"The pixels of the bundled model's {len(predictions):,} held-out patches do not ship with it: "
+               f"the active dataset holds {len(located):,} of them. " + HELD_OUT_NOTE)
 left, right = st.columns(2, gap="large")
 for column, frame, title, empty in (
     (left, false_pos, "False positives: normal patches called tumour", "No false positive at this threshold."),
@@ -167,11 +185,14 @@ for column, frame, title, empty in (
             continue
         indices = frame["index"].to_numpy()
         spread = frame["uncertainty"] if "uncertainty" in frame.columns else [float("nan")] * len(frame)
-        patch_cards(dataset.read_pixels(indices), [f"#{i} · p={p:.3f}" + (f" · ±{u:.3f}" if u == u else "")
-                                                   for i, p, u in zip(indices, frame["probability"], spread)],
-                    "pages/explain.py", [{**st.query_params.to_dict(), "run": run.run_id, "split": split, "patch": str(i)}
-                                         for i in indices],
-                    label="Explain", key=f"errors_{title.split(':')[0]}", width=120)
+        captions = [f"#{i} · p={p:.3f}" + (f" · ±{u:.3f}" if u == u else "") for i, p, u in zip(indices, frame["probability"], spread)]
+        if bundled:  # Explain takes the bundled model's patches as uploads: no link
+            patches.patch_tiles(dataset.read_pixels(indices), captions, width=120)
+        else:
+            patch_cards(dataset.read_pixels(indices), captions,
+                        "pages/explain.py", [{**st.query_params.to_dict(), "run": run.run_id, "split": split, "patch": str(i)}
+                                             for i in indices],
+                        label="Explain", key=f"errors_{title.split(':')[0]}", width=120)
         kind = title.split(":")[0]
         pick_col, review_col = st.columns([2, 1], vertical_alignment="bottom")
         scores = dict(zip(indices.tolist(), frame["probability"]))
@@ -181,9 +202,14 @@ for column, frame, title, empty in (
         with review_col:
             probability = float(picked["probability"])
             reviews.review_widget(ctx.workspace.reviews(), ReviewTarget(reviews.data_name(ctx, run), patch_id=str(picked["id"]),
-                                                                        split=split, index=int(picked["index"])),
+                                                                        split=reviews.data_split(run, split),
+                                                                        index=int(picked["index"])),
                                   ModelCall.at(probability, threshold, run.run_id),
                                   key=f"errors_{kind}", compact=True)
 
 st.divider()
-robustness.section(run, split)
+if bundled:
+    st.caption("The robustness report scores a run's own data under shifts: `pcam robustness --run bundled --data D` "
+               "writes one for the bundled model on data of yours.")
+else:
+    robustness.section(run, split)

@@ -40,9 +40,11 @@ with form_column:
                                      format_func=lambda n: by_name[n].label)
             name = st.text_input("Run name (optional)", max_chars=40, placeholder="e.g. baseline",
                                  help="A label added to the run's id.")
+            # the names alone in the box (a description cut at its width said nothing); the descriptions in its help
             model = st.selectbox("Model", ["auto", *model_names()],
-                                 format_func=lambda m: "auto: pcamnet on a CPU, resnet18 on a GPU" if m == "auto"
-                                 else f"{m}: {MODELS[m].description}")
+                                 format_func=lambda m: m,
+                                 help="auto: pcamnet on a CPU, resnet18 on a GPU.\n\n"
+                                      + "\n".join(f"- **{m}**: {MODELS[m].description}" for m in model_names()))
             c1, c2 = st.columns(2)
             epochs = c1.number_input("Epochs", min_value=1, max_value=500, value=5,
                                      help=f"Passes over the training split. A few suffice on the demo data; the CPU recipe uses {defaults.train.epochs} on PCam.")

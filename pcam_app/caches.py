@@ -11,14 +11,15 @@ import pandas as pd
 import streamlit as st
 
 from pcam_core.workspace import scoring
-from pcam_core.checkpoint import model_from_checkpoint
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import PatchDataset
 from pcam_core.workspace.gallery import colour_statistics
 from pcam_core.data.loader import dataset_for_split
-from pcam_core.runs import checkpoint_path
-from pcam_core.runs import RunDir
-from pcam_core.workspace import DataSource
+from pcam_core.loading import RunModel, load_run_model, run_threshold
+from pcam_core.runs import RunDir, resolve_run
+from pcam_core.slides.folder import AnalysisFolder
+from pcam_core.slides.viewer import lattice_of, load_heat, load_summary, window_at
+from pcam_core.workspace import DataSource, Workspace
 from pcam_core import stats
 from pcam_core.workspace import trust
 
@@ -54,6 +55,49 @@ def run_split(run: RunDir, split: str) -> PatchDataset:
         fail(f"Cannot open the {split} data of run {run.run_id}: {err}")
 
 
+@st.cache_data(max_entries=8, show_spinner=False)
+def _located(run_path: str, split: str, version: tuple, source_path: str, fmt: str, source_version: float) -> pd.DataFrame:
+    dataset = _open_split(source_path, fmt, "train", source_version)
+    return scoring.locate(_split_predictions(run_path, split, version), list(dataset.ids))
+
+
+def patches_of(run: RunDir, split: str, source: DataSource | None) -> tuple[PatchDataset | None, pd.DataFrame]:
+    """The dataset that holds the pixels of a scored split's patches, and the predictions whose pixels it
+    holds (their `index` its positions). A run's own split: all of them. The bundled model's held-out
+    patches ship without pixels: those the active dataset holds, when it is a Kaggle folder (its `train/`
+    files are named by patch id); else (None, no rows)."""
+    predictions = split_predictions(run, split)
+    if not resolve_run(run).bundled:
+        return run_split(run, split), predictions
+    if source is None or source.format != "kaggle" or not source.exists() or "train" not in source.splits():
+        return None, predictions.iloc[:0]
+    try:
+        located = _located(str(run.path), split, _scores_version(run, split), source.path, source.format, source.version("train"))
+        return _open_split(source.path, source.format, "train", source.version("train")), located
+    except (OSError, ValueError) as err:
+        fail(f"Cannot open the train split of {source.name}: {err}")
+
+
+@st.cache_data(max_entries=16, show_spinner="Reading the window...")
+def _slide_window(slide_path: str, analysis: str, version: int, x: float, y: float) -> dict[str, Any]:
+    folder = AnalysisFolder(analysis)
+    return window_at(slide_path, load_heat(folder), lattice_of(load_summary(folder)), x, y)
+
+
+def slide_window(workspace: Workspace, run: RunDir, slide: str, x: float, y: float, *, stride: int) -> dict[str, Any]:
+    """The 96-pixel window of a slide of the library at level-0 point (x, y) as the analysis of it with `run`
+    at `stride` read and scored it (`slides.viewer.window_at`: `pixels`, the map's `probability`, `state`,
+    `row`, `col`, and `slide`, the slide's entry), read once per analysis version. `KeyError`: no such slide;
+    `FileNotFoundError`: no finished analysis of it with this run; `ValueError`: a point outside the slide."""
+    library = workspace.slide_library
+    entry = library.lookup(slide)
+    state = library.analysis(entry.id, resolve_run(run).arg, stride=stride)
+    if state.state != "done":
+        raise FileNotFoundError(f"{entry.name} has no finished analysis with this model at stride {stride} ({state.state})")
+    version = state.folder.summary_json.stat().st_mtime_ns
+    return {**_slide_window(str(entry.path), str(state.folder.path), version, float(x), float(y)), "slide": entry}
+
+
 @st.cache_data(max_entries=16, show_spinner="Measuring colours on a sample...")
 def _colour_stats(path: str, fmt: str, split: str, version: float, per_class: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return colour_statistics(_open_split(path, fmt, split, version), per_class=per_class)
@@ -64,17 +108,39 @@ def colour_stats(source: DataSource, split: str, per_class: int = 256) -> tuple[
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model...")
-def _model(checkpoint: str, mtime: float) -> tuple[Any, Any, dict[str, Any]]:
-    return model_from_checkpoint(checkpoint, "cpu")
+def _model(run: str, checkpoint: str, mtime: float) -> RunModel:
+    return load_run_model(run, device="cpu")
 
 
-def load_model(run: RunDir) -> tuple[Any, Any, dict[str, Any]]:
-    """The run's best model on the CPU in eval mode, loaded once per checkpoint file version (never modified)."""
+def best_checkpoint(run: RunDir) -> tuple[str, str, float]:
+    """The run as a run argument, its best checkpoint and that file's version (to key the caches on)."""
+    ref = resolve_run(run.path)
+    path = ref.checkpoint("best")
+    return ref.arg, str(path), path.stat().st_mtime
+
+
+def load_model(run: RunDir) -> RunModel:
+    """The run's best model on the CPU in eval mode with its threshold and calibration
+    (`pcam_core.loading.load_run_model`, as every face loads it), loaded once per checkpoint file version
+    (never modified)."""
     try:
-        path = checkpoint_path(run.path, "best")
-        return _model(str(path), path.stat().st_mtime)
-    except (OSError, ValueError) as err:
+        return _model(*best_checkpoint(run))
+    except (OSError, ValueError, RuntimeError) as err:
         fail(f"Cannot load the model of run {run.run_id}: {err}")
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _run_threshold(run: str, checkpoint: str, mtime: float) -> float:
+    return run_threshold(run)
+
+
+def own_threshold(run: RunDir) -> float:
+    """The run's own threshold (`pcam_core.loading.run_threshold`: the one `pcam predict` and `pcam serve`
+    call with), read once per version of its best checkpoint."""
+    try:
+        return _run_threshold(*best_checkpoint(run))
+    except (OSError, ValueError, RuntimeError) as err:
+        fail(f"Cannot read the threshold of run {run.run_id}: {err}")
 
 
 def _version(*paths: Path) -> tuple[tuple[int, int, int] | None, ...]:
@@ -118,13 +184,14 @@ def threshold_report(run: RunDir, split: str, threshold: float) -> scoring.Thres
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _suggested_thresholds(run_path: str, version: tuple) -> dict[str, float]:
-    return scoring.suggested_thresholds(RunDir(run_path))
+def _suggested_thresholds(run_path: str, version: tuple, own: float) -> dict[str, float]:
+    return scoring.suggested_thresholds(RunDir(run_path), own)
 
 
 def suggested_thresholds(run: RunDir) -> dict[str, float]:
-    """`scoring.suggested_thresholds`, once per version of the run's validation predictions."""
-    return _suggested_thresholds(str(run.path), _version(run.valid_predictions_path))
+    """`scoring.suggested_thresholds` with the run's own threshold, once per version of the run's validation
+    predictions."""
+    return _suggested_thresholds(str(run.path), _version(run.valid_predictions_path), own_threshold(run))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -13,6 +13,8 @@ import plotly.io as pio
 from pcam_core.workspace.monitor import CURVE_METRICS
 from pcam_core.workspace.scoring import ThresholdReport
 
+from .thresholds import text as threshold_text  # a threshold as chosen, never rounded
+
 TUMOUR_COLOUR = "#c2185b"
 NORMAL_COLOUR = "#00897b"
 CLASS_COLOURS = {"tumour": TUMOUR_COLOUR, "normal": NORMAL_COLOUR, "unlabelled": "#9e9e9e"}
@@ -115,7 +117,7 @@ def _curve_figure(report: ThresholdReport, curve: dict[str, list[float]] | None,
                         customdata=curve["threshold"], hovertemplate=hover + "<br>threshold %{customdata:.3f}<extra></extra>")
     px, py = report.operating_point[x], report.operating_point[y]
     if px is not None and py is not None:
-        fig.add_scatter(x=[px], y=[py], mode="markers", name=f"threshold {report.threshold:.2f}",
+        fig.add_scatter(x=[px], y=[py], mode="markers", name=f"threshold {threshold_text(report.threshold)}",
                         marker=dict(size=12, color="black", symbol="x"))
     return fig
 
@@ -155,7 +157,7 @@ def confusion_figure(report: ThresholdReport) -> go.Figure:
                                text=text, texttemplate="%{text}", colorscale="Purples", zmin=0, zmax=1, showscale=False,
                                hoverinfo="skip"))
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, f"Confusion matrix at threshold {report.threshold:.2f}", height=340)
+    return _layout(fig, f"Confusion matrix at threshold {threshold_text(report.threshold)}", height=340)
 
 
 PROBABILITY_BIN = 0.025
@@ -172,7 +174,7 @@ def probability_figure(predictions: pd.DataFrame, threshold: float) -> go.Figure
                     marker=dict(color=CLASS_COLOURS[name], line_width=0), opacity=0.65,
                     customdata=np.stack([edges[:-1], edges[1:]], axis=1),
                     hovertemplate="%{customdata[0]:.3f}-%{customdata[1]:.3f}: %{y:,} truly " + name + " patches<extra></extra>")
-    fig.add_vline(x=threshold, line=dict(color="black", width=2), annotation_text=f"threshold {threshold:.2f}")
+    fig.add_vline(x=threshold, line=dict(color="black", width=2), annotation_text=f"threshold {threshold_text(threshold)}")
     return _layout(fig, "Probabilities by true class", height=340, barmode="overlay", bargap=0,
                    xaxis_title="tumour probability", yaxis_title="patches", xaxis=dict(range=[0, 1]))
 

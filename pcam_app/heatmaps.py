@@ -5,12 +5,10 @@ reader needs for centre focus. Used by the Explain, Predict and Runs pages."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import numpy as np
 import streamlit as st
 
-from pcam_core.checkpoint import model_from_checkpoint
 from pcam_core.explain import (
     CLASS_AGNOSTIC,
     DEFAULT_COLORMAP,
@@ -22,11 +20,11 @@ from pcam_core.explain import (
     explain_batch,
     overlay,
 )
-from pcam_core.workspace.gallery import outline_centre
-from pcam_core.runs import checkpoint_path
+from pcam_core.loading import RunModel, load_run_model
 from pcam_core.runs import RunDir
+from pcam_core.workspace.gallery import outline_centre
 
-from . import shell
+from . import caches, shell
 
 CENTRE_FOCUS_NOTE = (
     "**Centre focus** is the share of the heat map that falls inside the central 32×32 box, the region the "
@@ -39,33 +37,32 @@ MAP_NOTE = SCALE_NOTES["patch"]
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model...")
-def _explainer(checkpoint: str, mtime: float) -> tuple[Any, Any, dict[str, Any]]:
+def _explainer(run: str, checkpoint: str, mtime: float) -> RunModel:
     # A copy of its own: while a map is computed, hooks sit on the model, and another session's
     # prediction through a shared model would pass through them.
-    return model_from_checkpoint(checkpoint, "cpu")
+    return load_run_model(run, device="cpu")
 
 
 @st.cache_data(max_entries=256, show_spinner="Computing heat maps...")
-def _explain(checkpoint: str, mtime: float, digest: str, method: str, layer: str | None, target: str,
+def _explain(run: str, checkpoint: str, mtime: float, digest: str, method: str, layer: str | None, target: str,
              _pixels: np.ndarray) -> Explanation:
-    model, config, _ = _explainer(checkpoint, mtime)
-    return explain_batch(model, _pixels, model_name=config.model.name, method=method, layer=layer, target=target)
+    loaded = _explainer(run, checkpoint, mtime)
+    return explain_batch(loaded.model, _pixels, model_name=loaded.model_name, method=method, layer=layer, target=target)
 
 
-def _checkpoint(run: RunDir) -> tuple[str, float]:
-    """The run's best checkpoint and its version (to key the caches on)."""
+def _checkpoint(run: RunDir) -> tuple[str, str, float]:
+    """The run as a run argument, its best checkpoint and that file's version (to key the caches on)."""
     try:
-        path = checkpoint_path(run.path, "best")
-        return str(path), path.stat().st_mtime
-    except OSError as err:
+        return caches.best_checkpoint(run)
+    except (OSError, ValueError) as err:
         shell.fail(f"Cannot read the checkpoint of run {run.run_id}: {err}")
 
 
 def model_name(run: RunDir) -> str:
     """The registered model name of the run's best checkpoint."""
     try:
-        return _explainer(*_checkpoint(run))[1].model.name
-    except (OSError, ValueError) as err:
+        return _explainer(*_checkpoint(run)).model_name
+    except (OSError, ValueError, RuntimeError) as err:
         shell.fail(f"Cannot load the model of run {run.run_id}: {err}")
 
 

@@ -9,7 +9,8 @@ import datetime as _dt
 import streamlit as st
 
 from pcam_core.data.overrides import DROP, FLIP
-from pcam_core.runs import RunDir
+from pcam_core.bundled import BUNDLED
+from pcam_core.runs import RunDir, resolve_run
 from pcam_core.workspace import Workspace
 from pcam_core.workspace.reviews import VERDICTS, ModelCall, ReviewStore, ReviewTarget
 
@@ -43,9 +44,18 @@ def reviewer() -> str:
 
 def data_name(ctx: Context, run: RunDir) -> str:
     """The name reviews of a run's patches are filed under: the data source registered at the run's data
-    folder, else that folder."""
+    folder, else that folder. The bundled model's held-out patches are reviewed where their pixels are: in
+    the active dataset (`caches.patches_of`)."""
+    if resolve_run(run).bundled:
+        return ctx.source.name if ctx.source else BUNDLED
     path = run.config().data.path
     return ctx.source_names().get(path, path)
+
+
+def data_split(run: RunDir, split: str) -> str:
+    """The split of the data source a scored split's patch indices point into: the split itself, or for the
+    bundled model's held-out patches the active Kaggle folder's `train` split (`caches.patches_of`)."""
+    return "train" if resolve_run(run).bundled else split
 
 
 def review_widget(store: ReviewStore, target: ReviewTarget, model: ModelCall, *, key: str, compact: bool = False) -> int | None:

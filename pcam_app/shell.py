@@ -23,10 +23,9 @@ from PIL import Image
 from streamlit.navigation.page import StreamlitPage
 
 from pcam_core.bundled import LABEL as BUNDLED_LABEL
-from pcam_core.bundled import is_bundled, model_card
+from pcam_core.bundled import model_card
 from pcam_core.workspace.gallery import outline_centre
-from pcam_core.runs import checkpoint_path
-from pcam_core.runs import RunDir, RunSummary
+from pcam_core.runs import RunDir, RunSummary, checkpoint_path, resolve_run
 from pcam_core.workspace import DataSource, Workspace
 
 SHELL = "streamlit_app.py"
@@ -71,7 +70,7 @@ class Context:
     @property
     def bundled(self) -> bool:
         """Whether the selected run is the bundled model (`pcam_core.bundled`): no run folder of this workspace."""
-        return self.run is not None and is_bundled(self.run.path)
+        return self.run is not None and resolve_run(self.run).bundled
 
     def run_synthetic(self, run: RunDir | None = None) -> bool:
         run = run or self.run
@@ -151,26 +150,28 @@ def require_source(ctx: Context) -> DataSource:
     return ctx.source
 
 
-def require_run(ctx: Context, *, checkpoint: bool = False, bundled: bool = False) -> RunDir:
-    """The selected run, or the page ends saying why there is none. The bundled model is one only for
-    pages that pass `bundled` (they score patches; it has no run folder, curves or scored splits)."""
-    if ctx.run is None or (ctx.bundled and not bundled and not ctx.runs):
-        st.info("No training run yet. Start one on the Train page.", icon=":material/model_training:")
+def require_run(ctx: Context, *, checkpoint: bool = False) -> RunDir:
+    """The selected run (one of the workspace's, or the bundled model: its package folder holds its
+    checkpoint, calibration and held-out predictions, its "valid" split), or the page ends saying why
+    there is none."""
+    if ctx.run is None:
+        st.info("No run selected. Start one on the Train page, or choose the bundled model in the sidebar.",
+                icon=":material/model_training:")
         st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
-        st.stop()
-    if ctx.bundled and not bundled:
-        st.info(f"The {BUNDLED_LABEL} is selected: it was trained outside this workspace, so it has no run folder, "
-                "curves or scored splits to show here. Choose one of your runs in the sidebar, or use it on the "
-                "Predict and Explain pages.", icon=":material/verified:")
         st.stop()
     if checkpoint:
         try:
-            checkpoint_path(ctx.run.path, "best")
+            checkpoint_path(ctx.run, "best")
         except FileNotFoundError:
             st.info(f"Run {ctx.run.run_id} has no checkpoint yet: it appears when the first epoch ends.",
                     icon=":material/hourglass_top:")
             st.stop()
     return ctx.run
+
+
+def run_label(run: RunDir) -> str:
+    """How a page names a run: its id, or the bundled model's name."""
+    return resolve_run(run).label
 
 
 def require_scored_splits(run: RunDir) -> list[str]:

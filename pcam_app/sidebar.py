@@ -1,5 +1,10 @@
 """The sidebar every page shares (workspace, active dataset, selected run), and switching pages with
-selections made through it."""
+selections made through it.
+
+The selected run is the user's choice, kept for the session: across reruns, pages, and runs that appear
+(a run started elsewhere never takes its place). Until a choice is made (in the sidebar, by an address
+naming a run, or by starting a run on the Train page) it is the newest finished run, else the bundled model:
+never a run still training."""
 
 from __future__ import annotations
 
@@ -7,9 +12,9 @@ from typing import NoReturn
 
 import streamlit as st
 
-from pcam_core.bundled import BUNDLED_DIR, LABEL
+from pcam_core.bundled import BUNDLED, LABEL
 from pcam_core.workspace.monitor import run_caption
-from pcam_core.runs import RunDir
+from pcam_core.runs import RunSummary, resolve_run
 from pcam_core.workspace import Workspace
 
 from .reviews import reviewer_input
@@ -28,6 +33,30 @@ def _apply_pending(key: str, options: list[str]) -> None:
 
 
 SIDEBAR_SELECTIONS = ("dataset", "run")  # widgets bound to the address (see `sidebar`)
+RUN_CHOICE = "_run_choice"  # the run chosen in this session, kept apart from the widget's own state
+
+
+def default_run(runs: list[RunSummary]) -> str:
+    """The run selected until the user chooses one: the newest finished run, else the bundled model."""
+    return next((r.run_id for r in runs if r.state == "finished"), BUNDLED_CHOICE)
+
+
+def _choose_run(run_ids: list[str], runs: list[RunSummary]) -> str:
+    """The run to select in this script run: one asked for (`select_run`, `switch_page`), else the session's
+    choice while it exists, else `default_run`. An address naming a run (?run=...) when the session starts
+    is applied by the widget itself, and becomes the choice (`sidebar`). Sets the widget's state only where it
+    has one that differs (state set by the script is sent back to the browser)."""
+    pending = st.session_state.pop("_select_run", None)
+    if pending in run_ids:
+        choice = pending
+    elif st.session_state.get(RUN_CHOICE) in run_ids:
+        choice = st.session_state[RUN_CHOICE]
+    else:
+        choice = default_run(runs)
+    shown = st.session_state.get("run")
+    if shown is not None and shown != choice:
+        st.session_state["run"] = choice
+    return choice
 
 
 def switch_page(page: str, query: dict[str, str]) -> NoReturn:
@@ -43,6 +72,11 @@ def switch_page(page: str, query: dict[str, str]) -> NoReturn:
 def select_run(run_id: str) -> None:
     """Make `run_id` the selected run from the next rerun on (the sidebar is drawn before pages)."""
     st.session_state["_select_run"] = run_id
+
+
+def _run_chosen() -> None:
+    """The user chose a run in the sidebar (a callback: it runs before the script)."""
+    st.session_state[RUN_CHOICE] = st.session_state.get("run")
 
 
 def sidebar(workspace: Workspace) -> Context:
@@ -67,22 +101,24 @@ def sidebar(workspace: Workspace) -> Context:
                 st.badge("SYNTHETIC demo data", icon=":material/science:", color="orange")
             if not source.exists():
                 st.badge("folder missing", icon=":material/error:", color="red")
-        run_ids = [r.run_id for r in runs] + [BUNDLED_CHOICE]  # last: the default only while there are no runs
-        _apply_pending("run", run_ids)
+        run_ids = [r.run_id for r in runs] + [BUNDLED_CHOICE]  # newest first, the bundled model last
+        choice = _choose_run(run_ids, runs)
         by_id = {r.run_id: r for r in runs}
-        picked = st.selectbox("Selected run", run_ids, key="run", bind="query-params", placeholder="No runs yet",
-                              format_func=lambda i: LABEL if i == BUNDLED_CHOICE else i,
-                              help="The run the Train, Runs and Predict pages show (newest first), or the "
-                                   f"{LABEL} that ships with pcam_core (Predict and Explain).")
+        # `index` too: a browser that falls back to the widget's default shows the choice, not the newest run
+        picked = st.selectbox("Selected run", run_ids, index=run_ids.index(choice), key="run", bind="query-params",
+                              on_change=_run_chosen, format_func=lambda i: LABEL if i == BUNDLED_CHOICE else i,
+                              help="The run the pages show (your runs newest first), or the "
+                                   f"{LABEL} that ships with pcam_core. It stays selected until you choose another.")
+        st.session_state[RUN_CHOICE] = picked
         run = None
         if picked == BUNDLED_CHOICE:
-            run = RunDir(BUNDLED_DIR)
+            run = resolve_run(BUNDLED).folder
             st.caption("Shipped with pcam_core: trained on real PCam patches (Camelyon16 lymph nodes). "
                        "Research use, not a diagnosis; its model card is on the Predict and Explain pages.")
             st.badge("bundled model · real tissue", icon=":material/verified:", color="green")
         elif picked:
             summary = by_id[picked]
-            run = RunDir(summary.path)
+            run = resolve_run(summary.path).folder
             st.caption(run_caption(summary))
             if run.raw_status().get("synthetic_data"):
                 st.badge("trained on SYNTHETIC data", icon=":material/science:", color="orange")

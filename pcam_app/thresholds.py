@@ -1,7 +1,8 @@
 """The decision threshold this session chose for each run: set on the Runs page (with its slider, or
-from a threshold the engine suggested), and the one the Explain and Predict pages start from. A
-threshold is kept as chosen, never rounded: one chosen for a sensitivity must give that sensitivity
-on the data it was chosen on."""
+from a threshold the engine suggested), and the one the Explain, Predict and Review pages start from.
+Until one is chosen it is the run's own (`pcam_core.loading.run_threshold`), the threshold `pcam predict`
+and `pcam serve` call with, so a page's call for a patch is theirs. A threshold is kept as chosen, never
+rounded: one chosen for a sensitivity must give that sensitivity on the data it was chosen on."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 
 import streamlit as st
 
+from pcam_core.decision import check_threshold
 from pcam_core.runs import RunDir
 
-DEFAULT = 0.5
+from . import caches
+
 STEP = 0.005  # a slider's step; a suggested threshold between two steps is kept as it is
 
 
@@ -25,15 +28,14 @@ def _key(run: RunDir) -> str:
 
 
 def chosen(run: RunDir) -> float:
-    """The threshold chosen for `run` in this session (0.5 until one is chosen)."""
-    return float(st.session_state.get(_key(run), DEFAULT))
+    """The threshold chosen for `run` in this session (the run's own until one is chosen)."""
+    value = st.session_state.get(_key(run))
+    return caches.own_threshold(run) if value is None else float(value)
 
 
 def choose(run: RunDir, value: float) -> None:
     """Make `value` the threshold of `run` for every page of this session."""
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"threshold {value} must be within [0, 1]")
-    st.session_state[_key(run)] = float(value)
+    st.session_state[_key(run)] = check_threshold(value)
 
 
 def slider(where: Any, run: RunDir, *, key: str, help: str, disabled: bool = False) -> float:

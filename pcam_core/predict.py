@@ -367,6 +367,7 @@ class UploadResult:
 PROVENANCE = ("threshold", "target_sensitivity", "normal_below", "tumour_above")
 # a results file without a temperature or a triage; `probability_calibrated` follows `probability` when the run
 # has a temperature, and a triage's target and two thresholds replace `threshold`
+REFUSED = "refused"  # the call of a file in the results that could not be scored (its reason in `notes`)
 RESULTS_COLUMNS = ["file", "id", "probability", "uncertainty", "call", "threshold", "model", "run", "notes"]
 
 
@@ -374,9 +375,13 @@ def results_table(result: UploadResult, threshold: float, *, model: str, run: st
                   calibration: Calibration | None = None) -> pd.DataFrame:
     """The results file of a batch of uploads: each scored file with its tumour probability, the call (at
     `threshold`, or the triage's) and what produced them (the threshold or the triage's two, the model, the
-    run), so that the file read on its own says how every call was made. Refused files are not in it (they
-    have no probability)."""
+    run), so that the file read on its own says how every call was made. Each refused file follows as a
+    row with the call "refused" and the reason in `notes` (no id, probability or threshold: it was not scored)."""
     table = result._frame(threshold, triage, calibration)
+    if result.refused:
+        refused = pd.DataFrame({"file": [name for name, _ in result.refused], "id": "", "call": REFUSED,
+                                "notes": [reason for _, reason in result.refused]})
+        table = pd.concat([table, refused], ignore_index=True) if len(table) else refused.reindex(columns=table.columns)
     table["model"], table["run"] = model, run
     return table[[c for c in table.columns if c != "notes"] + ["notes"]]
 

@@ -104,8 +104,10 @@ def test_first_start_generates_synthetic_demo_data_then_every_page_renders(tmp_p
         shown = texts(at)
         if page.endswith(("overview.py", "dataset.py")):
             assert "SYNTHETIC" in shown, page  # the demo data is labelled wherever it is shown
-        if page.endswith("runs.py"):
-            assert "No training run yet" in shown, page
+        if page.endswith("runs.py"):  # no run of one's own: the bundled model is judged on its held-out patches
+            assert "No training run of yours yet" in shown and "Judging the bundled model (real tissue)" in shown, page
+        if page.endswith("review.py"):  # its held-out patches' pixels are not in the synthetic demo data
+            assert "None of the bundled model's held-out patches is in the active dataset" in shown, page
         if page.endswith(("explain.py", "predict.py")):  # the bundled model, selected while there are no runs
             assert "bundled model (real tissue)" in shown and "trained on SYNTHETIC" not in shown, page
 
@@ -236,7 +238,7 @@ def test_threshold_slider_moves_every_figure(finished_workspace, monkeypatch):
     assert float(strict["Specificity"]) >= float(at_half["Specificity"])
     assert strict["ROC-AUC"] == at_half["ROC-AUC"]  # threshold-free
     drawn = {figure["layout"]["title"]["text"]: figure for figure in charts(at)}
-    assert "Confusion matrix at threshold 0.98" in drawn
+    assert "Confusion matrix at threshold 0.980" in drawn
     # the histogram's bars count every validation prediction of each class
     valid = pd.read_csv(RunDir(finished_workspace / "runs" / RUN_ID).valid_predictions_path)
     bars = {trace["name"]: trace for trace in drawn["Probabilities by true class"]["data"]}
@@ -276,7 +278,7 @@ def test_a_threshold_suggested_for_95_percent_sensitivity_gives_it(finished_work
 
 def test_set_from_says_custom_and_explain_starts_from_the_threshold_chosen(finished_workspace, monkeypatch):
     at = open_page(start(finished_workspace, monkeypatch), "pages/runs.py")
-    assert at.selectbox(key="threshold_preset").value == "0.5 (default)"
+    assert at.selectbox(key="threshold_preset").value == scoring.OWN_THRESHOLD
     at.slider(key="threshold").set_value(0.7).run()
     assert at.selectbox(key="threshold_preset").value == "custom"  # no longer the default's 0.5
     open_page(at, "pages/explain.py")
@@ -362,13 +364,17 @@ def test_predict_uploads_refuses_and_converts_visibly(finished_workspace, monkey
     errors = " ".join(e.value for e in at.error)
     assert "small64.tif" in errors and bad["small64.tif"] in errors
     assert any("gray.tif" in w.value and "grayscale" in w.value for w in at.warning)
-    table = at.dataframe[0].value
-    assert len(table) == 4 and table["probability"].between(0, 1).all()
-    assert set(table["call"]) <= {"tumour", "normal"}
+    table = at.dataframe[0].value  # every file: the refused one with its reason, as in the results file
+    scored = table[table["call"] != "refused"]
+    assert len(scored) == 4 and scored["probability"].between(0, 1).all() and set(scored["call"]) <= {"tumour", "normal"}
+    [refused] = table[table["call"] == "refused"].to_dict("records")
+    assert refused["file"] == "small64.tif" and bad["small64.tif"] in refused["notes"]
+    # the call in sight at any width: first after the file, the long id last
+    assert list(at.dataframe[0].proto.column_order)[:2] == ["file", "call"] and at.dataframe[0].proto.column_order[-1] == "id"
     # two downloads: the results file (every scored file, its call and how it was made) and Kaggle's submission
     assert [b.proto.label for b in at.get("download_button")] == ["Download results (CSV)", "Download Kaggle submission (CSV)"]
     at.slider(key="predict_threshold").set_value(0.0).run()
-    assert (at.dataframe[0].value["call"] == "tumour").all()
+    assert (at.dataframe[0].value["call"] != "normal").all()
     # heat maps are on by default: each patch beside its overlay, with its centre focus
     pairs = [image.captions[0] for image in at.image if "centre focus" in image.captions[0]]
     assert len(pairs) == 4 and all(re.search(r"centre focus (\d\.\d\d|none)", c) for c in pairs)
@@ -532,7 +538,10 @@ def test_train_page_says_what_a_running_run_is_at_everywhere(tmp_path, monkeypat
     and the best ROC-AUC so far (the sidebar and the table once read "0/3 epochs" and "–" beside it)."""
     (tmp_path / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
     running_run(Workspace(tmp_path).runs_root, "live", epochs=3, best={"roc_auc": 0.7})
-    at = open_page(start(tmp_path, monkeypatch), "pages/train.py")
+    at = start(tmp_path, monkeypatch)
+    assert at.sidebar.selectbox(key="run").value == "@bundled"  # a run still training is never the default
+    at.sidebar.selectbox(key="run").set_value("live").run()
+    open_page(at, "pages/train.py")
     assert at.sidebar.selectbox(key="run").value == "live"
     assert any("running · pcamnet · epoch 2 of 3 · best ROC-AUC 0.700" in c.value for c in at.sidebar.caption)
     row = tables(at)["All runs"].iloc[0]
@@ -609,6 +618,6 @@ def test_a_fresh_workspace_predicts_and_explains_real_patches_with_the_bundled_m
     assert not at.exception and not at.error
     captions = [c for image in at.image for c in image.captions if "focus" in c]
     assert len(captions) == 6 and all(re.search(r"p=\d\.\d{3} · focus (\d\.\d\d|none)", c) for c in captions)
-    # the pages that show a run's folder say the bundled model has none, without failing
-    for page in ("pages/runs.py", "pages/train.py"):
+    for page in ("pages/runs.py", "pages/train.py", "pages/review.py"):
         open_page(at, page)
+        assert not at.error, (page, [e.value for e in at.error])

@@ -12,6 +12,7 @@ import pytest
 from helpers import wait_for
 from pcam_core.runs import RunDir
 from pcam_core.workspace.scoring import (
+    OWN_THRESHOLD,
     TRAINER_SPLIT,
     scorable_splits,
     scored_splits,
@@ -72,7 +73,7 @@ def test_validation_predictions_come_from_training(run):
     assert len(frame) == 256 and {"id", "label", "probability", "index"} <= set(frame.columns)
     assert split_predictions(run, "test") is None
     thresholds = suggested_thresholds(run)
-    assert thresholds["0.5 (default)"] == 0.5 and 0 <= thresholds["Youden (validation)"] <= 1
+    assert thresholds[OWN_THRESHOLD] == 0.5 and 0 <= thresholds["Youden (validation)"] <= 1
     assert 0 <= thresholds["95% sensitivity (validation)"] <= 1
 
 

@@ -73,12 +73,16 @@ def test_results_table_says_how_each_call_was_made():
     table = results_table(result, 0.3, model="pcamnet", run="demo-run")
     assert list(table.columns) == RESULTS_COLUMNS == ["file", "id", "probability", "uncertainty", "call", "threshold", "model", "run",
                                                  "notes"]
-    assert table["file"].tolist() == ["a.tif", "b.png"] and table["call"].tolist() == ["tumour", "tumour"]  # at or above
-    assert (table["threshold"] == 0.3).all() and set(table["model"]) == {"pcamnet"} and set(table["run"]) == {"demo-run"}
-    assert table["notes"].tolist() == ["", "converted from grayscale"]
+    # at or above the threshold; the refused file listed last with its reason, unscored
+    assert table["file"].tolist() == ["a.tif", "b.png", "c.tif"] and table["call"].tolist() == ["tumour", "tumour", "refused"]
+    assert table["threshold"].tolist()[:2] == [0.3, 0.3] and pd.isna(table["threshold"].iloc[2])
+    assert set(table["model"]) == {"pcamnet"} and set(table["run"]) == {"demo-run"}
+    assert table["notes"].tolist() == ["", "converted from grayscale", "not 96x96"]
     back = pd.read_csv(io.StringIO(table.to_csv(index=False)), keep_default_na=False)
-    assert back["probability"].tolist() == [0.8, 0.3] and back["call"].tolist() == ["tumour", "tumour"]
-    assert results_table(result, 0.9, model="pcamnet", run="demo-run")["call"].tolist() == ["normal", "normal"]
+    assert back["probability"].tolist() == ["0.8", "0.3", ""] and back["call"].tolist() == ["tumour", "tumour", "refused"]
+    assert results_table(result, 0.9, model="pcamnet", run="demo-run")["call"].tolist() == ["normal", "normal", "refused"]
+    only_refused = results_table(UploadResult(refused=[("c.tif", "not 96x96")]), 0.5, model="m", run="r")
+    assert list(only_refused.columns) == RESULTS_COLUMNS and only_refused["call"].tolist() == ["refused"]
     assert results_table(UploadResult(), 0.5, model="m", run="r").empty
     with pytest.raises(ValueError, match="threshold"):
         results_table(result, -0.1, model="pcamnet", run="demo-run")

@@ -47,8 +47,12 @@ function draw(table, data) {
     const tr = document.createElement("tr");
     data.rows[i].forEach((text, c) => {
       const td = document.createElement("td");
-      if (data.numeric[c]) td.className = "pcam-num";
-      td.textContent = text;
+      if (data.numeric[c]) {
+        td.className = "pcam-num";
+        td.textContent = text;
+      } else {
+        breakable(td, text);
+      }
       tr.appendChild(td);
     });
     body.appendChild(tr);
@@ -72,4 +76,13 @@ export default function (component) {
   table.pcamSort = table.pcamSort || { column: null, descending: false };
   if (data.caption) table.setAttribute("aria-label", data.caption);
   draw(table, data);
+}
+
+// A text cell may wrap at spaces and hyphens, and after the "/" and "_" of paths and names (a <wbr> there),
+// never inside a word: "20261129-101530-resnet18" wraps whole parts, not "resn|et18".
+function breakable(td, text) {
+  String(text).split(/(?<=[\/_])/).forEach((part, k) => {
+    if (k) td.appendChild(document.createElement("wbr"));
+    td.appendChild(document.createTextNode(part));
+  });
 }

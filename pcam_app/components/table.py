@@ -17,7 +17,7 @@ _TABLE_CSS = """
 .pcam-table th, .pcam-table td { padding: 0.3rem 0.6rem; text-align: left; white-space: nowrap;
   border-bottom: 1px solid rgba(49, 51, 63, 0.1); }
 .pcam-table th { white-space: normal; }  /* two-word headers ("synthetic data") may take two lines */
-.pcam-table td:not(.pcam-num) { white-space: normal; overflow-wrap: anywhere; min-width: 4rem; }
+.pcam-table td:not(.pcam-num) { white-space: normal; overflow-wrap: normal; min-width: 4rem; }  /* wraps between words (table.js) */
 .pcam-table th { position: sticky; top: 0; background: var(--st-secondary-background-color, #f6f1f7); }
 .pcam-table th button { all: unset; cursor: pointer; font-weight: 600; }
 .pcam-table th button:focus-visible { outline: 2px solid var(--st-primary-color); outline-offset: 2px; }

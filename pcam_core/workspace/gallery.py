@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.common import CENTER_SIZE, CENTER_START
+from ..decision import check_threshold, is_tumour
 
 if TYPE_CHECKING:
     from ..data import PatchDataset
@@ -146,8 +147,7 @@ OUTCOMES = {
 
 
 def _check_predictions(predictions: pd.DataFrame, threshold: float) -> None:
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+    check_threshold(threshold)
     missing = {"label", "probability"} - set(predictions.columns)
     if missing:
         raise ValueError(f"predictions lack column(s) {', '.join(sorted(missing))}")
@@ -175,7 +175,7 @@ def outcome_examples(predictions: pd.DataFrame, threshold: float, outcome: str, 
         raise ValueError("these predictions carry no uncertainty (scored with one pass); score the split with TTA")
     called_tumour = outcome in ("false_positive", "true_positive")
     truly_tumour = outcome in ("false_negative", "true_positive")
-    called = predictions["probability"] >= threshold
+    called = is_tumour(predictions["probability"].to_numpy(), threshold)
     rows = predictions[(predictions["label"] == int(truly_tumour)) & (called if called_tumour else ~called)]
     if order == "uncertainty":
         rows = rows.sort_values("uncertainty", ascending=False, kind="stable", na_position="last")
@@ -188,7 +188,7 @@ def outcome_of(label: int, probability: float, threshold: float) -> str | None:
     """The `OUTCOMES` key of one patch at `threshold`; None for an unlabelled patch."""
     if label not in (0, 1):
         return None
-    called_tumour = probability >= threshold
+    called_tumour = bool(is_tumour(probability, threshold))
     return ("true_" if called_tumour == bool(label) else "false_") + ("positive" if called_tumour else "negative")
 
 

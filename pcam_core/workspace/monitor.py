@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from ..decision import DEFAULT_THRESHOLD
 from ..runs import RunSummary
 
 # Epoch-level series a learning-curve chart can show, with the words for its axis.
@@ -20,8 +21,8 @@ CURVE_METRICS = {
     "pr_auc": "validation PR-AUC",
     "loss": "validation loss",
     "train_loss": "training loss",
-    "accuracy": "validation accuracy (threshold 0.5)",
-    "f1": "validation F1 (threshold 0.5)",
+    "accuracy": f"validation accuracy (threshold {DEFAULT_THRESHOLD})",  # as the trainer measures them
+    "f1": f"validation F1 (threshold {DEFAULT_THRESHOLD})",
 }
 # Plain text symbols (not emoji): they render in any font, in tables and select boxes alike.
 STATE_ICONS = {"queued": "…", "running": "▶", "finished": "✓", "stopped": "■", "interrupted": "⚠", "failed": "✗", "unknown": "?"}

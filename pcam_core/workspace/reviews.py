@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from ..decision import call
+from ..decision import call, check_threshold
 from ..fileio import atomic_write_with
 
 DB_NAME = "reviews.sqlite"
@@ -282,8 +282,7 @@ def review_queue(predictions: pd.DataFrame, threshold: float, *, reviewed: Itera
     the far end. Without an uncertainty the priority is the closeness. With one, the priority is the mean
     of the two percentile ranks (of closeness and of uncertainty) within the split: unit-free, so it
     does not matter on what scale the uncertainty is measured, and a patch high on both comes first."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+    threshold = check_threshold(threshold)
     missing = {"id", "probability"} - set(predictions.columns)
     if missing:
         raise ValueError(f"predictions lack column(s) {', '.join(sorted(missing))}")

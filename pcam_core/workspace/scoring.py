@@ -17,17 +17,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..decision import DEFAULT_THRESHOLD, check_threshold
 from ..metrics import binary_metrics, choose_threshold, pr_points, roc_points
-from ..runs import RunDir
+from ..runs import RunDir, resolve_run
 from ..runs.jobs import JobStatus, job_status, start_job
 
 TRAINER_SPLIT = "valid"
 
 
 def scorable_splits(run: RunDir) -> list[str]:
-    """Labelled splits of the run's data: "valid" first (scored during training), then the others."""
+    """Labelled splits of the run's data: "valid" first (scored during training), then the others. The
+    bundled model has one: "valid", its held-out patches, whose predictions ship with it (not their pixels)."""
     from ..data import available_splits, detect_format, split_files  # the readers import torch
 
+    if resolve_run(run).bundled:
+        return [TRAINER_SPLIT]
     data = Path(run.config().data.path)
     if not data.exists():
         return [TRAINER_SPLIT]
@@ -83,6 +87,16 @@ def scored_splits(run: RunDir) -> list[str]:
     trainer wrote its predictions; another split once scored with the run's best checkpoint)."""
     return [split for split in scorable_splits(run)
             if (run.valid_predictions_path.exists() if split == TRAINER_SPLIT else _fresh(run.evaluation_files(split)[1], run))]
+
+
+def locate(predictions: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
+    """The rows of `predictions` whose patch `id` is among `ids` (the ids of a dataset's patches, in its
+    order), with `index` their position there: the bundled model's held-out predictions ship without
+    pixels, and a registered Kaggle folder holding those patches supplies them."""
+    position = {str(pid): i for i, pid in enumerate(ids)}
+    rows = predictions[predictions["id"].astype(str).isin(position)].copy()
+    rows["index"] = rows["id"].astype(str).map(position).astype(np.int64)
+    return rows
 
 
 def start_scoring(run: RunDir, split: str, *, tta: bool = True) -> JobStatus:
@@ -145,10 +159,14 @@ def threshold_report(labels: np.ndarray, probs: np.ndarray, threshold: float) ->
                            pr_points(labels, probs, resolution=CURVE_RESOLUTION) if both else None, point)
 
 
-def suggested_thresholds(run: RunDir) -> dict[str, float]:
-    """Thresholds chosen on the run's validation predictions (never on the split being judged):
-    0.5, Youden's J, and the highest giving 95% sensitivity."""
-    out = {"0.5 (default)": 0.5}
+OWN_THRESHOLD = "the run's own"  # the name of the run's own threshold among the suggestions
+
+
+def suggested_thresholds(run: RunDir, own: float = DEFAULT_THRESHOLD) -> dict[str, float]:
+    """The run's `own` threshold (`pcam_core.loading.run_threshold`: the one every face calls with by
+    default), and thresholds chosen on the run's validation predictions (never on the split being judged):
+    Youden's J, and the highest giving 95% sensitivity."""
+    out = {OWN_THRESHOLD: check_threshold(own, "the run's own threshold")}
     valid = split_predictions(run, TRAINER_SPLIT)
     if valid is None or valid["label"].nunique() < 2:
         return out

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from ..calibration import Calibration, calibration_report, load_calibration
+from ..decision import DEFAULT_THRESHOLD
 from ..metrics import roc_points
 from ..runs import RunDir
 from ..stats import compare_predictions
@@ -75,7 +76,7 @@ def comparable_runs(run: RunDir, others: list[RunDir], split: str) -> list[RunDi
     return out
 
 
-def compare_runs(runs: list[RunDir], split: str, threshold: float = 0.5) -> dict[str, Any]:
+def compare_runs(runs: list[RunDir], split: str, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """`stats.compare_predictions` of the runs' predictions of `split` (the first run is the reference),
     with each run's ROC curve thinned for drawing."""
     frames = {}

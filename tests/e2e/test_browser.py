@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import CHROMIUM, CHROMIUM_ARGS, REAL_KAGGLE, REPO, Dashboard, tif_bytes, wait_rendered
+from helpers import CHROMIUM, CHROMIUM_ARGS, PAGE_DRAWN, REAL_KAGGLE, REPO, Dashboard, tif_bytes, wait_rendered
 from pcam_core.data import PCamH5, patch_id
 from pcam_core.workspace.reviews import ReviewStore
 from pcam_core.runs import RunDir, list_runs, stop
@@ -45,17 +45,22 @@ def dashboard(tmp_path):
         app.stop()
 
 
+def _drawn(page) -> None:
+    """Wait until the page is drawn completely: no script run, every chart and image drawn (helpers.PAGE_DRAWN)."""
+    page.wait_for_function(PAGE_DRAWN, timeout=60_000, polling=50)
+
+
 def _shot(page, name: str) -> None:
     """A screenshot of the whole page: the window is made as tall as the content, then restored."""
-    page.wait_for_timeout(800)  # let charts finish drawing
+    _drawn(page)
     height = 0
-    for _ in range(3):  # content below the fold may only grow once the window is taller
+    for _ in range(3):  # content below the fold may only grow once the window is taller (measured, not waited for)
         grown = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
         if grown <= height:
             break
         height = grown
         page.set_viewport_size({"width": VIEWPORT["width"], "height": int(min(4000, max(VIEWPORT["height"], height)))})
-        page.wait_for_timeout(800)
+        _drawn(page)
     SHOTS.mkdir(parents=True, exist_ok=True)
     image = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
     # 256 colours with dithering: a third of the size, no visible loss on these pages (the repository keeps them)
@@ -72,21 +77,29 @@ def _no_exception(page) -> None:
 
 
 def _slide_threshold_to(page, target: float) -> None:
-    """Move the Runs page's threshold slider to `target` with the arrow keys, as a user does: press, read the
-    value the slider shows, press again for what is missing. (On a loaded machine a key press that arrives
-    while the page reruns for the previous one can be dropped by the browser's slider; a user sees the value
-    and presses again.)"""
-    for _ in range(5):
-        shown = float(page.locator("[data-testid=stSliderThumbValue]").first.inner_text())
-        steps = round((shown - target) / 0.005)
-        if steps == 0:
-            break
-        slider = page.get_by_role("slider").first
+    """Move the Runs page's threshold slider to `target` with the arrow keys, as a user does, one press at a
+    time: each press is followed by waiting for the value it sets to be shown and the page's rerun to end, so
+    that no press arrives while the page reruns for the one before (the browser's slider can drop it)."""
+    from playwright.sync_api import expect
+
+    thumb = page.locator("[data-testid=stSliderThumbValue]").first
+    slider = page.get_by_role("slider").first
+    value = float(thumb.inner_text())
+    while round((value - target) / 0.005):
+        up = target > value
+        value = round(value + (0.005 if up else -0.005), 3)
         slider.focus()
-        for _ in range(abs(steps)):
-            slider.press("ArrowLeft" if steps > 0 else "ArrowRight")
-        page.wait_for_timeout(1500)
-    wait_rendered(page, page.get_by_text(f"Confusion matrix at threshold {target:.2f}"))
+        slider.press("ArrowRight" if up else "ArrowLeft")
+        expect(thumb).to_have_text(f"{value:.3f}")
+        _drawn(page)
+    wait_rendered(page, page.get_by_text(f"Confusion matrix at threshold {target:.3f}"))
+
+
+# The Train page's step counter ("epoch 2 of 4 · step 30 of 72 · ...") past `before`.
+STEP_PAST = """before => {
+    const match = document.body.innerText.match(/epoch \\d+ of \\d+ · step ([\\d,]+) of/);
+    return match !== null && parseInt(match[1].replace(/,/g, ''), 10) > before;
+}"""
 
 
 def _goto(page, title: str, heading: str | None = None) -> None:
@@ -162,21 +175,18 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
             expect(page.get_by_role("heading", name="New run")).to_be_visible()
             expect(page.get_by_text(run.run_id).first).to_be_visible()
             before = _step(page)
-            for _ in range(60):  # the live view polls the run folder every 2 s
-                if _step(page) > before:
-                    break
-                page.wait_for_timeout(1000)
+            # the live view polls the run folder every 2 s: its step counter moves on
+            page.wait_for_function(STEP_PAST, arg=before, timeout=120_000)
             assert _step(page) > before, "the live view did not resume after the restart"
             _no_exception(page)
             page.get_by_text(re.compile(r"step \d+ of \d+ · finished after")).wait_for(timeout=300_000)
             runs = list_runs(workspace / "runs")
             assert len(runs) == 1 and runs[0].state == "finished" and runs[0].epochs_done == 4
-            page.wait_for_timeout(1500)
             _shot(page, "train")
 
             # judge it: metrics, curves, confusion matrix; move the threshold with the keyboard
             _goto(page, "Runs and metrics")
-            page.get_by_text("Confusion matrix at threshold 0.50").wait_for()
+            page.get_by_text("Confusion matrix at threshold 0.500").wait_for()
             expect(page.get_by_text("true positive").first).to_be_visible()
             _slide_threshold_to(page, 0.30)
             _no_exception(page)
@@ -242,13 +252,9 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
             wait_rendered(page, page.get_by_text(re.compile(r"Patch #\d+ of valid")))
             shown = page.get_by_text(re.compile(r"Patch #\d+ of valid")).first.inner_text()
             verdict = page.locator("[data-testid=stForm]").get_by_role("radio", name="Label wrong", exact=True)
-            for _ in range(5):  # a click while the reviewer's rerun redraws the form can be lost: until it shows as chosen
-                verdict.click()
-                try:
-                    expect(verdict).to_have_attribute("aria-checked", "true", timeout=5000)
-                    break
-                except AssertionError:
-                    continue
+            _drawn(page)  # the reviewer's rerun has redrawn the form: a click now is not lost
+            verdict.click()
+            expect(verdict).to_have_attribute("aria-checked", "true")
             page.get_by_role("textbox", name="Note (optional)").fill("checked in the browser")
             page.get_by_role("button", name="Save review").click()
             wait_rendered(page, page.get_by_text(re.compile(r"1 of [\d,]+ patches of valid reviewed by Dr Browser")))

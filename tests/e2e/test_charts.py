@@ -52,7 +52,9 @@ def _open(url: str, check):
             result = check(page)
             page.set_viewport_size({"width": 700, "height": 900})  # every chart redrawn narrower
             page.evaluate("() => document.querySelectorAll('.pcam-chart').forEach(c => c.remove())")
-            page.wait_for_timeout(500)  # gone, as when the page is left: plotly refuses to resize them, quietly
+            # gone, as when the page is left: plotly refuses to resize them, quietly. Two animation frames: the
+            # resize observers have run by then
+            page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
             assert errors == []  # uncaught JavaScript errors
             return result
         finally:
