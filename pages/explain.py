@@ -274,9 +274,10 @@ def upload_view() -> None:
     st.caption(f"p: tumour probability ({notes.PROBABILITY_NOTE.split('. ')[0].replace('**', '')}). " + heatmaps.CENTRE_FOCUS_NOTE)
 
 
-# The Slides page opens a window of a slide here by its address: ?slide=<slide id>&x=<x>&y=<y>[&stride=<px>]
-# with the sidebar's run; (x, y) is the level-0 point the Slides page names the window by, inside its cell.
-SLIDE_QUERY = ("slide", "x", "y")
+# The Slides page opens a window of a slide here by its address:
+# ?window_slide=<slide id>&window_x=<x>&window_y=<y>[&window_stride=<px>]
+# with the sidebar's run; (x, y) is the window's top-left in level-0 pixels, the position every face names it by.
+SLIDE_QUERY = ("window_slide", "window_x", "window_y")
 
 
 def slide_window_view() -> None:
@@ -285,21 +286,22 @@ def slide_window_view() -> None:
     query = st.query_params
     st.subheader("A window from the Slides page")
     try:
-        x, y = float(query["x"]), float(query["y"])
-        stride = int(query.get("stride", 32))
-        window = caches.slide_window(ctx.workspace, run, query["slide"], x, y, stride=stride)
+        x, y = float(query["window_x"]), float(query["window_y"])
+        stride = int(query.get("window_stride", 32))
+        window = caches.slide_window(ctx.workspace, run, query["window_slide"], x, y, stride=stride)
     except (KeyError, ValueError, OSError) as err:
-        st.error(f"Cannot open the slide window of this address (slide {query.get('slide')!r}, x {query.get('x')!r}, "
-                 f"y {query.get('y')!r}): {err}", icon=":material/error:")
+        st.error(f"Cannot open the slide window of this address (slide {query.get('window_slide')!r}, x "
+                 f"{query.get('window_x')!r}, y {query.get('window_y')!r}): {err}", icon=":material/error:")
         return
     name = f"{Path(window['slide'].name).stem} at ({x:,.0f}, {y:,.0f})"
-    score = f"p={window['probability']:.3f}" if window["state"] == "scored" else window["state"]
+    score = f"p={window['probability']:.3f}" if window["state"] == "scored" else window["state"]  # the map's figure
     result = heatmaps.explain(run, window["pixels"][None], method=method, layer=layer, target=target)
     tiles = overlay(window["pixels"][None], scaled_maps(result, scale), opacity=opacity, scale=2, box_width=2)
     patches.image_cards(list(tiles), width=176, captions=[f"{name} · {score} · focus {heatmaps.focus_text(result.centre_focus[0])}"])
     heatmaps.colour_legend(target, width=520, method=method, note=SCALE_NOTES[scale])
-    st.caption(f"The 96-pixel window at PCam scale (0.972 µm/px) the tumour map scored at this point of the slide; p is "
-               f"the map's probability for it, as the Slides page shows it (cell {window['row']}, {window['col']}).")
+    st.caption(f"The 96-pixel window at PCam scale (0.972 µm/px) the tumour map scored there: ({x:,.0f}, {y:,.0f}) is its "
+               f"top-left in level-0 pixels, and p the map's probability for it, as the Slides page shows them (cell "
+               f"{window['row']}, {window['col']}).")
     st.divider()
 
 

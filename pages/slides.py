@@ -237,14 +237,10 @@ if window is not None:
                              "The window's probability is the map's, beside it.")
             if st.button("Open this window in Explain", icon=":material/center_focus_strong:", key="to_explain",
                          help="Explain shows it with every method, layer and scale, with this model."):
-                sent = st.session_state.setdefault(patches.SLIDE_WINDOWS, [])
-                name = f"{Path(slide.name).stem} @{wx},{wy}"
-                sent[:] = [w for w in sent if w["name"] != name][-(patches.SLIDE_WINDOWS_KEPT - 1):]
-                sent.append({"name": name, "pixels": window["pixels"], "slide": slide.name, "x": wx, "y": wy,
-                             "position": window_label(wx, wy), "probability": window["probability"],
-                             "run": str(summary.get("run"))})
-                ref = resolve_run(run.path)
-                switch_page("pages/explain.py", {"run": BUNDLED_CHOICE if ref.bundled else run.run_id})
+                ref = resolve_run(run.path)  # the window by its address: the slide, its top-left, the analysis' stride
+                switch_page("pages/explain.py", {"run": BUNDLED_CHOICE if ref.bundled else run.run_id, "window_slide": state.slide_id,
+                                                 "window_x": str(wx), "window_y": str(wy),
+                                                 "window_stride": str(lattice.stride)})
     if window["state"] == "scored":
         with left:
             reviews.review_widget(store, ReviewTarget.slide_region(REVIEW_SOURCE, slide.id, x=wx, y=wy),

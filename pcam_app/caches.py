@@ -18,7 +18,7 @@ from pcam_core.data.loader import dataset_for_split
 from pcam_core.loading import RunModel, load_run_model, run_threshold
 from pcam_core.runs import RunDir, resolve_run
 from pcam_core.slides.folder import AnalysisFolder
-from pcam_core.slides.viewer import lattice_of, load_heat, load_summary, window_at
+from pcam_core.slides.viewer import lattice_of, load_heat, load_summary, window_from_corner
 from pcam_core.workspace import DataSource, Workspace
 from pcam_core import stats
 from pcam_core.workspace import trust
@@ -81,12 +81,12 @@ def patches_of(run: RunDir, split: str, source: DataSource | None) -> tuple[Patc
 @st.cache_data(max_entries=16, show_spinner="Reading the window...")
 def _slide_window(slide_path: str, analysis: str, version: int, x: float, y: float) -> dict[str, Any]:
     folder = AnalysisFolder(analysis)
-    return window_at(slide_path, load_heat(folder), lattice_of(load_summary(folder)), x, y)
+    return window_from_corner(slide_path, load_heat(folder), lattice_of(load_summary(folder)), x, y)
 
 
 def slide_window(workspace: Workspace, run: RunDir, slide: str, x: float, y: float, *, stride: int) -> dict[str, Any]:
-    """The 96-pixel window of a slide of the library at level-0 point (x, y) as the analysis of it with `run`
-    at `stride` read and scored it (`slides.viewer.window_at`: `pixels`, the map's `probability`, `state`,
+    """The 96-pixel window of a slide of the library whose top-left is level-0 point (x, y), as the analysis of it
+    with `run` at `stride` read and scored it (`slides.viewer.window_from_corner`: `pixels`, the map's `probability`, `state`,
     `row`, `col`, and `slide`, the slide's entry), read once per analysis version. `KeyError`: no such slide;
     `FileNotFoundError`: no finished analysis of it with this run; `ValueError`: a point outside the slide."""
     library = workspace.slide_library

@@ -9,9 +9,6 @@ import streamlit as st
 
 from pcam_core.workspace.gallery import LABEL_NAMES, outline_centre
 
-# session state: windows of a slide sent from the Slides page to Explain ([{"name", "pixels"}], newest last)
-SLIDE_WINDOWS = "_slide_windows"
-SLIDE_WINDOWS_KEPT = 12
 
 
 def label_name(label: int) -> str:

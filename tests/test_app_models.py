@@ -164,29 +164,34 @@ def test_predict_calls_a_patch_as_pcam_predict_does_at_the_runs_own_threshold(tm
 # -- Explain: a window handed over by the Slides page -----------------------------------------------------------
 
 def test_explain_names_a_slide_window_by_the_position_and_map_probability_the_slides_page_sent(tmp_path, monkeypatch):
-    """The Slides page opens a window in Explain by its address (?slide=&x=&y=, the run in the sidebar's `run`):
+    """The Slides page opens a window in Explain by its address (?window_slide=&window_x=&window_y=, its top-left;
+    the run in the sidebar's `run`):
     Explain names it by that slide, those coordinates and the map's probability for the window's cell (not the
     probability of another pass), and says clearly when the address names nothing it can open."""
-    from helpers import analysed_demo_slide
+    from helpers import analysed_real_slide
     from pcam_core.slides.folder import AnalysisFolder
     from pcam_core.slides.viewer import lattice_of, load_heat, load_summary
 
     workspace = empty_workspace(tmp_path / "ws")
-    _, analysis, slide = analysed_demo_slide(workspace.root, width=640, height=512, stride=32)
+    _, analysis, slide = analysed_real_slide(workspace.root, stride=32, size=(672, 576))
     folder = AnalysisFolder(analysis)
     heat, lattice = load_heat(folder), lattice_of(load_summary(folder))
     row, col = np.unravel_index(np.nanargmax(np.where(heat >= 0, heat, np.nan)), heat.shape)
-    x, y = int((col + 0.5) * lattice.cell_px), int((row + 0.5) * lattice.cell_px)  # the window's centre
+    x, y = (int(round(float(v))) for v in lattice.window_origin(row, col))  # the window's top-left, as every face names it
 
     monkeypatch.setenv(ENV_VAR, str(workspace.root))
     at = AppTest.from_file(APP, default_timeout=120)
-    for key, value in {"run": "@bundled", "slide": slide, "x": str(x), "y": str(y)}.items():
+    for key, value in {"run": "@bundled", "window_slide": slide, "window_x": str(x), "window_y": str(y)}.items():
         at.query_params[key] = value
     at.switch_page("pages/explain.py").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     [caption] = [c for image in at.image for c in image.captions if " at (" in c]
     assert caption.startswith(f"slide at ({x:,}, {y:,}) · p={float(heat[row, col]):.3f} · focus ")
+    at.query_params["window_x"] = str(x + 5)  # a point that is no window's corner names nothing
+    at.run()
+    assert any("no window of this map starts at" in e.value for e in at.error)
+    at.query_params["window_x"] = str(x)
 
-    at.query_params["slide"] = "0123456789abcdef"
+    at.query_params["window_slide"] = "0123456789abcdef"
     at.run()
     assert any("Cannot open the slide window" in e.value and "0123456789abcdef" in e.value for e in at.error)

@@ -144,15 +144,12 @@ def test_a_click_on_the_slide_shows_its_window_probability_and_grad_cam(analysed
     [to_explain] = [b for b in at.button if b.label == "Open this window in Explain"]
     to_explain.click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert "Windows from the Slides page" in [h.value for h in at.subheader]
-    from pcam_app.patches import SLIDE_WINDOWS
-    from pcam_core.slides.viewer import window_at
-
-    slide_path = SlideLibrary(root).entry(sid).path
-    [sent] = at.session_state[SLIDE_WINDOWS]
-    np.testing.assert_array_equal(sent["pixels"], window_at(slide_path, heat, lattice, *point)["pixels"])
-    assert (sent["x"], sent["y"], sent["probability"]) == (wx, wy, pytest.approx(float(heat[i, j])))
-    assert sent["name"].endswith(f"@{wx},{wy}") and sent["position"] == f"window at {wx:,}, {wy:,} (level-0 px, top-left)"
+    assert "A window from the Slides page" in [h.value for h in at.subheader]
+    # Explain opened the same window by its address, and names it by the same position and the map's figure
+    address = {k: at.query_params[k] for k in ("window_slide", "window_x", "window_y", "window_stride")}
+    assert address == {"window_slide": sid, "window_x": str(wx), "window_y": str(wy), "window_stride": "32"}
+    [caption] = [c for image in at.image for c in image.captions if " at (" in c]
+    assert f" at ({wx:,}, {wy:,}) · p={float(heat[i, j]):.3f} · focus " in caption
 
 
 def _wait_for(library: SlideLibrary, sid: str, states: tuple[str, ...], timeout: float = 240.0) -> str:

@@ -158,6 +158,17 @@ def window_at(slide_path: str | Path, heat: np.ndarray, lattice: Lattice, x: flo
             "probability": value if state == "scored" else None, "state": state}
 
 
+def window_from_corner(slide_path: str | Path, heat: np.ndarray, lattice: Lattice, x: float, y: float) -> dict[str, Any]:
+    """The window whose top-left corner is level-0 point (x, y) (the position every face names a window by), as
+    `window_at` gives it; `ValueError` when no window of the map's lattice starts there (within a pixel)."""
+    size = WINDOW * lattice.f
+    window = window_at(slide_path, heat, lattice, x + size / 2, y + size / 2)
+    if abs(window["x"] - x) > 1 or abs(window["y"] - y) > 1:
+        raise ValueError(f"no window of this map starts at ({x:.0f}, {y:.0f}); the nearest starts at "
+                         f"({window['x']:.0f}, {window['y']:.0f}) (level-0 px, top-left)")
+    return window
+
+
 def is_synthetic(slide_path: str | Path, summary: dict[str, Any] | None = None) -> bool:
     """Whether a slide is SYNTHETIC: `pcam demo-slide` writes truth.json beside it saying so, and an
     analysis summary may carry the flag too."""
