@@ -168,7 +168,11 @@ def patch_view() -> None:
         heat.image(picture, width="stretch", caption=f"{method} at {layers[layer]}, {meaning}, scale {SCALES[scale]}")
         heatmaps.colour_legend(target, method=method, note=scale_note)
     with facts:
-        call = decision.call(probability, threshold)
+        inside = caches.in_scope(run, pixels)
+        call = decision.call(probability, threshold) if inside is None or inside[0] else decision.REFER
+        if inside is not None and not inside[0]:
+            st.error("Out of scope: this patch is unlike the lymph-node H&E the model was trained on, so its call is "
+                     "**refer**, whatever its probability (docs/scope.md).", icon=":material/block:")
         outcome_name = (outcome_of(label, probability, threshold) or "unlabelled").replace("_", " ")
         numbers = st.columns(2)
         numbers[0].metric("Tumour probability", f"{probability:.3f}",
@@ -245,9 +249,13 @@ def explained_cards(pixels: np.ndarray, names: list[str]) -> None:
     """Patches beside their heat maps with the settings above, captioned with name, probability and centre focus."""
     result = heatmaps.explain(run, pixels, method=method, layer=layer, target=target)
     tiles = overlay(pixels, scaled_maps(result, scale), opacity=opacity, scale=2, box_width=2)
+    inside = caches.in_scope(run, pixels)
     patches.image_cards(list(tiles), width=176, captions=[
-        f"{name} · p={result.probabilities[i]:.3f} · focus {heatmaps.focus_text(result.centre_focus[i])}"
-        for i, name in enumerate(names)])
+        f"{name} · {'OUT OF SCOPE · ' if inside is not None and not inside[i] else ''}p={result.probabilities[i]:.3f} · "
+        f"focus {heatmaps.focus_text(result.centre_focus[i])}" for i, name in enumerate(names)])
+    if inside is not None and not inside.all():
+        st.caption("OUT OF SCOPE: unlike the lymph-node H&E the model was trained on; such a patch is referred, "
+                   "whatever its probability (docs/scope.md).")
     heatmaps.colour_legend(target, width=520, method=method, note=SCALE_NOTES[scale])
 
 

@@ -18,7 +18,7 @@ from pcam_core.predict import REFUSED, UploadResult, results_table, score_upload
 from pcam_core.workspace.reviews import ModelCall, ReviewTarget
 
 SHOWN = 96  # patches drawn; the table and the CSV hold every one
-RESULT_ORDER = ["file", "call", "probability", "probability_calibrated", "uncertainty", "notes", "id"]
+RESULT_ORDER = ["file", "call", "probability", "probability_calibrated", "uncertainty", "in_scope", "ood_score", "notes", "id"]
 
 ctx = shell.context()
 st.title("Predict")
@@ -75,7 +75,7 @@ if not files:
 @st.cache_data(max_entries=8, show_spinner="Scoring...")
 def _score(checkpoint_key: str, digest: str, tta: bool, _files: list[tuple[str, bytes]]) -> UploadResult:
     # keyed on the checkpoint and the files' digest; the bytes themselves are not hashed again
-    return score_uploads(model, _files, tta=tta)
+    return score_uploads(model, _files, tta=tta, scope=loaded.scope)
 
 
 pairs = [(f.name, f.getvalue()) for f in files]
@@ -90,6 +90,13 @@ for patch in converted:
                icon=":material/transform:")
 if not result.scored:
     st.stop()
+outside = [p for p in result.scored if p.in_scope is False]
+if outside:
+    st.warning(f"{len(outside)} patch(es) unlike the lymph-node H&E the model was trained on (out of its scope): called "
+               f"**refer**, whatever their probability — {', '.join(p.name for p in outside[:5])}"
+               f"{' …' if len(outside) > 5 else ''}. See docs/scope.md.", icon=":material/block:")
+elif loaded.scope is None:
+    st.caption("This model has no out-of-scope guard: patches unlike its training data are not flagged (`pcam scope`).")
 
 # one table for the page and the results file: every file, a refused one with the call "refused" and its reason
 table = results_table(result, threshold, model=config.model.name, run=run.run_id, triage=triage, calibration=calibration)
@@ -112,14 +119,21 @@ st.dataframe(table, hide_index=True, column_order=[c for c in RESULT_ORDER if c 
     "uncertainty": st.column_config.NumberColumn("uncertainty (TTA spread)", format="%.3f", width="small",
                                                  help="Standard deviation of the probabilities of the 8 flipped and rotated "
                                                       "views; empty with test-time augmentation off."),
+    "in_scope": st.column_config.CheckboxColumn("in scope", width="small",
+                                                help="False: unlike the tissue the model was trained on; its call is refer."),
+    "ood_score": st.column_config.NumberColumn("out-of-scope score", format="%.1f", width="small",
+                                               help=f"Distance from the training patches; above "
+                                                    f"{loaded.scope.threshold if loaded.scope else float('nan'):.1f} is out of scope."),
     "notes": st.column_config.TextColumn("notes", width="medium"),
     "id": st.column_config.TextColumn("id", width="small"),
 })
 
 
 def score_text(patch) -> str:
-    """"p=0.912 ±0.031": the probability and, with TTA, its uncertainty (the spread of the 8 views)."""
-    return f"p={patch.probability:.3f}" + (f" ±{patch.uncertainty:.3f}" if patch.uncertainty == patch.uncertainty else "")
+    """"p=0.912 ±0.031": the probability and, with TTA, its uncertainty (the spread of the 8 views); "out of scope"
+    before it when the guard flagged the patch."""
+    text = f"p={patch.probability:.3f}" + (f" ±{patch.uncertainty:.3f}" if patch.uncertainty == patch.uncertainty else "")
+    return f"OUT OF SCOPE · {text}" if patch.in_scope is False else text
 
 
 shown = result.scored[:SHOWN]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -15,6 +16,7 @@ from pcam_core.config import ExperimentConfig
 from pcam_core.data import PatchDataset
 from pcam_core.workspace.gallery import colour_statistics
 from pcam_core.data.loader import dataset_for_split
+from pcam_core.scope import scope_features
 from pcam_core.loading import RunModel, load_run_model, run_threshold
 from pcam_core.runs import RunDir, resolve_run
 from pcam_core.slides.folder import AnalysisFolder
@@ -127,6 +129,15 @@ def load_model(run: RunDir) -> RunModel:
         return _model(*best_checkpoint(run))
     except (OSError, ValueError, RuntimeError) as err:
         fail(f"Cannot load the model of run {run.run_id}: {err}")
+
+
+def in_scope(run: RunDir, pixels: np.ndarray) -> np.ndarray | None:
+    """Whether each patch (N, 96, 96, 3) lies within the run's out-of-scope guard (`pcam_core.scope`); None when the
+    run has no guard. One forward pass of the patches."""
+    loaded = load_model(run)
+    if loaded.scope is None:
+        return None
+    return loaded.scope.in_scope(loaded.scope.distance(scope_features(loaded.model, loaded.model_name, pixels)))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -10,6 +10,7 @@ recipe and on by default (`scoring_options.DEFAULT_TTA`): on held-out real patch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from .data.loader import dataset_for_split, detect_format, make_loader, open_dat
 from .decision import DEFAULT_THRESHOLD, REFER, calls as decision_calls, check_threshold
 from .devices import resolve_device  # noqa: F401 - pages/train.py imports it from here
 from .loading import load_run_model
-from .scope import ScopeModel
+from .scope import ScopeModel, tap_for
 from .sharding import shard_indices
 from .fileio import atomic_write_json, atomic_write_with
 from .inference import Predictions, predict_loader, predict_pixels
@@ -336,17 +337,21 @@ class ScoredPatch:
     probability: float
     notes: tuple[str, ...] = ()
     uncertainty: float = float("nan")
+    ood_score: float = float("nan")  # the run's out-of-scope guard's distance (NaN: no guard)
+    in_scope: bool | None = None  # None: the run has no guard
 
 
 @dataclass
 class UploadResult:
     scored: list[ScoredPatch] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)  # (file name, why)
+    scope: ScopeModel | None = None  # the guard the patches were checked with
 
     def _frame(self, threshold: float, triage: TriageThresholds | None, calibration: Calibration | None) -> pd.DataFrame:
         frame = patch_results([p.id for p in self.scored], np.array([p.probability for p in self.scored], dtype=np.float64),
                               np.array([p.uncertainty for p in self.scored], dtype=np.float64), threshold=threshold,
-                              triage=triage, calibration=calibration)
+                              triage=triage, calibration=calibration, scope=self.scope,
+                              ood_score=np.array([p.ood_score for p in self.scored], dtype=np.float64))
         frame.insert(0, "file", [p.name for p in self.scored])
         frame["notes"] = ["; ".join(p.notes) for p in self.scored]
         return frame
@@ -369,6 +374,7 @@ PROVENANCE = ("threshold", "target_sensitivity", "normal_below", "tumour_above")
 # has a temperature, and a triage's target and two thresholds replace `threshold`
 REFUSED = "refused"  # the call of a file in the results that could not be scored (its reason in `notes`)
 RESULTS_COLUMNS = ["file", "id", "probability", "uncertainty", "call", "threshold", "model", "run", "notes"]
+SCOPE_COLUMNS = ["ood_score", "in_scope"]  # after the call, when the run has an out-of-scope guard
 
 
 def results_table(result: UploadResult, threshold: float, *, model: str, run: str, triage: TriageThresholds | None = None,
@@ -386,15 +392,27 @@ def results_table(result: UploadResult, threshold: float, *, model: str, run: st
     return table[[c for c in table.columns if c != "notes"] + ["notes"]]
 
 
-def score_uploads(model: nn.Module, files: Sequence[tuple[str, bytes]], *, tta: bool = False, batch_size: int = 64) -> UploadResult:
+def score_uploads(model: nn.Module, files: Sequence[tuple[str, bytes]], *, tta: bool = False, batch_size: int = 64,
+                  scope: ScopeModel | None = None) -> UploadResult:
     """Decode (`uploads.read_uploads`) and score `(file name, bytes)` pairs with `model` (in eval mode;
-    it is not modified). Files that cannot be used are listed in `refused` with the reason."""
+    it is not modified), with `scope` (the run's guard) checking each patch in the same forward pass. Files that
+    cannot be used are listed in `refused` with the reason."""
     accepted, refused = read_uploads(files)
-    result = UploadResult(refused=refused)
+    result = UploadResult(refused=refused, scope=scope)
     if not accepted:
         return result
-    probs, spread = predict_pixels(model, np.stack([patch.pixels for patch in accepted]), tta=tta, batch_size=batch_size,
-                                   spread=True)
-    result.scored = [ScoredPatch(patch.name, patch.id, patch_id(patch.pixels), patch.pixels, float(p), patch.notes, float(u))
-                     for patch, p, u in zip(accepted, probs, spread)]
+    pixels = np.stack([patch.pixels for patch in accepted])
+    probs, spread = np.empty(len(pixels)), np.empty(len(pixels))
+    distances = np.full(len(pixels), np.nan)
+    with contextlib.ExitStack() as stack:
+        tap = stack.enter_context(tap_for(model, scope.model_name)) if scope is not None else None
+        for start in range(0, len(pixels), batch_size):
+            part = slice(start, start + batch_size)
+            probs[part], spread[part] = predict_pixels(model, pixels[part], tta=tta, batch_size=batch_size, spread=True)
+            if tap is not None:
+                distances[part] = scope.distance(tap.take())
+    inside = scope.in_scope(distances) if scope is not None else [None] * len(pixels)
+    result.scored = [ScoredPatch(patch.name, patch.id, patch_id(patch.pixels), patch.pixels, float(p), patch.notes, float(u),
+                                 float(d), None if i is None else bool(i))
+                     for patch, p, u, d, i in zip(accepted, probs, spread, distances, inside)]
     return result

@@ -366,7 +366,9 @@ def test_predict_uploads_refuses_and_converts_visibly(finished_workspace, monkey
     assert any("gray.tif" in w.value and "grayscale" in w.value for w in at.warning)
     table = at.dataframe[0].value  # every file: the refused one with its reason, as in the results file
     scored = table[table["call"] != "refused"]
-    assert len(scored) == 4 and scored["probability"].between(0, 1).all() and set(scored["call"]) <= {"tumour", "normal"}
+    assert len(scored) == 4 and scored["probability"].between(0, 1).all() and set(scored["call"]) <= {"tumour", "normal", "refer"}
+    # the run's out-of-scope guard (fitted when it finished) checks each patch: a patch out of scope is referred
+    assert scored["in_scope"].notna().all() and ((scored["call"] == "refer") == ~scored["in_scope"].astype(bool)).all()
     [refused] = table[table["call"] == "refused"].to_dict("records")
     assert refused["file"] == "small64.tif" and bad["small64.tif"] in refused["notes"]
     # the call in sight at any width: first after the file, the long id last
