@@ -57,7 +57,7 @@ if __name__ == "__main__":  # a script run (every session's): the shell
     ], position="sidebar" if ready else "hidden")  # no page to open while the demo data is being generated
     if not ready:
         shell.first_start(workspace)
-    sidebar.sidebar(workspace)
+    sidebar.sidebar(workspace, page=page)
     shell.run_page(page)
 else:
     # `streamlit run streamlit_app.py` imports this file once to look for an app object, and serves the one

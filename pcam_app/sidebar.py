@@ -8,7 +8,7 @@ never a run still training."""
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import streamlit as st
 
@@ -79,7 +79,11 @@ def _run_chosen() -> None:
     st.session_state[RUN_CHOICE] = st.session_state.get("run")
 
 
-def sidebar(workspace: Workspace) -> Context:
+# pages that do not use the active dataset: its SYNTHETIC badge would stand over a real slide or a real upload there
+PAGES_WITHOUT_DATASET = ("slides", "predict")
+
+
+def sidebar(workspace: Workspace, page: Any = None) -> Context:
     """Draw the sidebar (workspace, active dataset, selected run) and return the selections."""
     try:
         sources = workspace.sources()
@@ -97,7 +101,7 @@ def sidebar(workspace: Workspace) -> Context:
                               help="The data the Overview, Dataset and Train pages use. Add sources on the Overview page.")
         source = by_name.get(chosen) if chosen else None
         if source is not None:
-            if source.synthetic:
+            if source.synthetic and getattr(page, "url_path", "") not in PAGES_WITHOUT_DATASET:
                 st.badge("SYNTHETIC demo data", icon=":material/science:", color="orange")
             if not source.exists():
                 st.badge("folder missing", icon=":material/error:", color="red")

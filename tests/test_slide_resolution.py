@@ -152,3 +152,21 @@ def test_a_bad_series_zip_is_refused_by_name(tmp_path, content, message):
         library.add_upload("my-scan.zip", path.read_bytes())
     assert "my-scan.zip" in str(err.value) and ".upload-" not in str(err.value)
     assert not (tmp_path / "evil.dcm").exists() and not list(library.uploads.glob(".upload-*"))
+
+
+def test_the_sidebar_puts_no_synthetic_badge_over_a_real_slide(library, monkeypatch):
+    """The active dataset is the SYNTHETIC demo data: its badge stands on the pages that use it, not over a real slide."""
+    from pcam_core.data.demo import DemoSpec, make_demo_dataset
+    from pcam_core.workspace import Workspace
+
+    library, sid = library
+    make_demo_dataset(library.workspace / "demo", DemoSpec(sizes=(("train", 16), ("valid", 8), ("test", 8))))
+    Workspace(library.workspace).add_source(library.workspace / "demo", "demo")
+    monkeypatch.setenv("PCAM_WORKSPACE", str(library.workspace))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert any("SYNTHETIC demo data" in str(b.proto) for b in at.sidebar.get("badge"))  # the Overview uses the dataset
+    at.switch_page("pages/slides.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not any("SYNTHETIC" in str(b.proto) for b in at.sidebar.get("badge"))
+    assert "Trained on lymph-node H&E" in " ".join(c.value for c in at.caption)
