@@ -35,7 +35,7 @@ def analysed_workspace(tmp_path_factory) -> tuple[Path, str]:
     """A workspace whose slide library holds a slide of real lymph-node patches analysed with the bundled model at
     stride 32 (the page's analyses): (workspace, slide id)."""
     root = _workspace(tmp_path_factory.mktemp("ws-slides-app"))
-    _, _, sid = analysed_real_slide(root, stride=32, size=(3000, 2000))
+    _, _, sid = analysed_real_slide(root, stride=32, size=(1536, 1024))
     return root, sid
 
 
@@ -103,9 +103,9 @@ def test_an_analysed_slide_shows_its_figures_viewer_regions_and_downloads(analys
         assert metrics[f"Cells called {call}"] == f"{int((calls == call).sum()):,}"
     assert metrics["Slide by triage"] == ("tumour" if (calls == "tumour").any() else "refer" if (calls == "refer").any() else "normal")
     data = viewer_data(at)
-    assert (data["width"], data["height"], data["mpp"]) == (3000, 2000, pytest.approx(summary["mpp"]))
+    assert (data["width"], data["height"], data["mpp"]) == (1536, 1024, pytest.approx(summary["mpp"]))
     version = folder.version()
-    assert data["heatmap"]["url"] == f"slides-api/{sid}/bundled-s32/heatmap.png?v={version}" and data["heatmap"]["width"] >= 3000
+    assert data["heatmap"]["url"] == f"slides-api/{sid}/bundled-s32/heatmap.png?v={version}" and data["heatmap"]["width"] >= 1536
     assert data["tissue"]["url"] == f"slides-api/{sid}/bundled-s32/tissue.png?v={version}" and data["threshold"] == 0.5
     assert [r["id"] for r in data["regions"]] == list(range(1, summary["regions"] + 1)) and data["goto"] is None
     labels = [b.label for b in at.get("download_button")]
@@ -311,7 +311,7 @@ def test_a_slide_out_of_the_models_scope_is_not_assessed(kind, tmp_path, monkeyp
         path = REPO / "tests" / "data" / "slides" / "CMU-1-Small-Region.svs"
     library = SlideLibrary(root)
     sid = library.add_file(path).id
-    analyse("bundled", path, library.analysis_folder(sid).path, ScoringOptions(device="cpu", workers=0, tta=False), stride=32)
+    analyse("bundled", path, library.analysis_folder(sid, stride=96).path, ScoringOptions(device="cpu", workers=0, tta=False), stride=96)
     at = open_slides(root, monkeypatch)
     errors = [e.value for e in at.error]
     assert any("Not assessed: the model was not made for this slide" in e for e in errors), errors

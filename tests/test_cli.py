@@ -271,7 +271,7 @@ def test_predict_takes_one_grayscale_file_and_converts_it_as_the_predict_page_do
     from PIL import Image
 
     from pcam_core.loading import load_run_model
-    from pcam_core.predict import score_uploads
+    from pcam_core.predict import results_table, score_uploads
 
     first = sorted((real_kaggle / "train").iterdir())[0]
     gray = tmp_path / "gray.png"
@@ -285,9 +285,12 @@ def test_predict_takes_one_grayscale_file_and_converts_it_as_the_predict_page_do
     assert row["id"] == "gray" and "grayscale" in row["notes"]
     # the Predict page's engine (uploads) converts the same file to the same pixels, so the same probability and call
     loaded = load_run_model("bundled", device="cpu")
-    page = score_uploads(loaded.model, [("gray.png", gray.read_bytes())]).scored[0]
+    uploaded = score_uploads(loaded.model, [("gray.png", gray.read_bytes())], scope=loaded.scope)
+    page = uploaded.scored[0]
     assert row["probability"] == pytest.approx(page.probability, abs=1e-6)
-    assert row["call"] == ("tumour" if page.probability >= loaded.threshold else "normal")
+    # the same call: a grey patch is unlike H&E, so the guard refers it on both faces
+    assert row["call"] == results_table(uploaded, loaded.threshold, model="pcamnet", run="bundled")["call"].iloc[0] == "refer"
+    assert not row["in_scope"] and page.in_scope is False
     assert row["threshold"] == pytest.approx(loaded.threshold)
 
 

@@ -114,6 +114,8 @@ def test_a_run_fits_its_own_guard_and_the_loader_carries_it(trained_run, demo_ro
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
+    assert (run / "scope.npz").exists()  # training fitted it when the run finished; fitted again here from nothing
+    (run / "scope.npz").unlink()
     before = load_run_model(run, device="cpu")
     assert before.scope is None
     scope = fit_run_scope(RunDir(run), before.model, before.config, limit=400)
