@@ -153,6 +153,24 @@ class _OpenSlideBackend:
         self.handle.close()
 
 
+def _inside_on_white(backend: Any, x0: int, y0: int, level: int, w: int, h: int, read: Any) -> np.ndarray:
+    """A region of a backend whose library pads or refuses what lies past the image's edge: `read(x, y, w, h)` (level
+    pixels) reads only the part inside, pasted on white. Any error of the library is a `SlideReadError`."""
+    lv = backend.levels[level]
+    lx, ly = math.floor(x0 / lv.downsample), math.floor(y0 / lv.downsample)
+    out = _white(w, h)
+    ax, ay = max(lx, 0), max(ly, 0)
+    bx, by = min(lx + w, lv.width), min(ly + h, lv.height)
+    if bx <= ax or by <= ay:
+        return out
+    try:
+        part = read(ax, ay, bx - ax, by - ay)
+    except Exception as err:  # noqa: BLE001 - tifffile, imagecodecs, wsidicom raise many types for a corrupt tile
+        raise SlideReadError(f"{backend.path}: cannot read region at ({x0}, {y0}) level {level}: {type(err).__name__}: {err}") from err
+    out[ay - ly:by - ly, ax - lx:bx - lx] = _rgb(np.asarray(part))
+    return out
+
+
 class _TiffSlideBackend:
     name = "tiffslide"
 
@@ -171,19 +189,9 @@ class _TiffSlideBackend:
 
     def read(self, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
         # tiffslide pads outside the image with zeros: read only the inside and paste it on white
-        lv = self.levels[level]
-        lx, ly = math.floor(x0 / lv.downsample), math.floor(y0 / lv.downsample)
-        out = _white(w, h)
-        ax, ay = max(lx, 0), max(ly, 0)
-        bx, by = min(lx + w, lv.width), min(ly + h, lv.height)
-        if bx <= ax or by <= ay:
-            return out
-        try:
-            part = self.handle.read_region((round(ax * lv.downsample), round(ay * lv.downsample)), level, (bx - ax, by - ay), as_array=True, padding=False)
-        except Exception as err:  # tifffile/imagecodecs raise many types for a corrupt tile
-            raise SlideReadError(f"{self.path}: cannot read region at ({x0}, {y0}) level {level}: {type(err).__name__}: {err}") from err
-        out[ay - ly:by - ly, ax - lx:bx - lx] = _rgb(np.asarray(part))
-        return out
+        d = self.levels[level].downsample
+        return _inside_on_white(self, x0, y0, level, w, h, lambda ax, ay, cw, ch: self.handle.read_region(
+            (round(ax * d), round(ay * d)), level, (cw, ch), as_array=True, padding=False))
 
     def close(self) -> None:
         self.handle.close()
@@ -215,19 +223,8 @@ class _WsiDicomBackend:
 
     def read(self, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
         # wsidicom refuses a region past the image's edge: read only the inside and paste it on white
-        lv = self.levels[level]
-        lx, ly = math.floor(x0 / lv.downsample), math.floor(y0 / lv.downsample)
-        out = _white(w, h)
-        ax, ay = max(lx, 0), max(ly, 0)
-        bx, by = min(lx + w, lv.width), min(ly + h, lv.height)
-        if bx <= ax or by <= ay:
-            return out
-        try:
-            part = self.handle.read_region((ax, ay), self._numbers[level], (bx - ax, by - ay))
-        except Exception as err:  # noqa: BLE001 - wsidicom and its decoders raise many types for a corrupt frame
-            raise SlideReadError(f"{self.path}: cannot read region at ({x0}, {y0}) level {level}: {type(err).__name__}: {err}") from err
-        out[ay - ly:by - ly, ax - lx:bx - lx] = _rgb(np.asarray(part))
-        return out
+        return _inside_on_white(self, x0, y0, level, w, h, lambda ax, ay, cw, ch: self.handle.read_region(
+            (ax, ay), self._numbers[level], (cw, ch)))
 
     def close(self) -> None:
         self.handle.close()
