@@ -195,3 +195,26 @@ def test_explain_names_a_slide_window_by_the_position_and_map_probability_the_sl
     at.query_params["window_slide"] = "0123456789abcdef"
     at.run()
     assert any("Cannot open the slide window" in e.value and "0123456789abcdef" in e.value for e in at.error)
+
+
+def test_explain_says_when_an_uploaded_patch_is_out_of_the_models_scope(tmp_path, monkeypatch, real_kaggle):
+    """The bundled model in a workspace of no data: uploads are explained; a window of a real skin scan is marked
+    OUT OF SCOPE, a real lymph-node patch is not."""
+    import io
+
+    from PIL import Image
+
+    from test_scope import skin_windows
+
+    workspace = empty_workspace(tmp_path / "ws")
+    lymph = sorted((real_kaggle / "train").glob("*.tif"))[0]
+    skin = io.BytesIO()
+    Image.fromarray(skin_windows()[0]).save(skin, format="TIFF")
+    at = open_page(start(workspace.root, monkeypatch), "pages/explain.py")
+    at.file_uploader(key="explain_uploads").set_value([("lymph.tif", lymph.read_bytes(), "image/tiff"),
+                                                       ("skin.tif", skin.getvalue(), "image/tiff")]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    captions = [c for image in at.image for c in image.captions]
+    assert any(c.startswith("skin.tif · OUT OF SCOPE · p=") for c in captions), captions
+    assert any(c.startswith("lymph.tif · p=") for c in captions), captions
+    assert any("OUT OF SCOPE: unlike the lymph-node H&E" in c.value for c in at.caption)

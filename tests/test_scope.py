@@ -125,3 +125,25 @@ def test_a_run_fits_its_own_guard_and_the_loader_carries_it(trained_run, demo_ro
     test = PCamH5(demo_root, "test")
     demo = scope.in_scope(scope.distance(scope_features(loaded.model, loaded.model_name, test.read_pixels(range(200)))))
     assert demo.mean() >= 0.85, f"only {demo.mean():.1%} of the run's own kind of patches in scope"
+
+
+# -- a slide's scope (slides.scope_map): the words and the rules --------------------------------------------------
+
+def test_a_slide_mostly_out_of_scope_or_too_coarse_or_at_a_guessed_scale_is_not_assessed():
+    from pcam_core.slides.scope_map import slide_scope
+
+    guard = {"rate": 0.05, "threshold": 12.0}
+    scored = np.ones((10, 10), dtype=bool)
+    some, most = np.zeros_like(scored), np.zeros_like(scored)
+    some[0, :3], most[:6] = True, True
+    fine = slide_scope(scored, some, mpp=0.25, mpp_source="metadata", guard=guard)
+    assert fine["in_scope"] and fine["out_of_scope_fraction"] == 0.03 and fine["cells_out_of_scope"] == 3
+    assert fine["reason"].startswith("In scope: 3.0% of the scored tissue")
+    mostly = slide_scope(scored, most, mpp=0.25, mpp_source="metadata", guard=guard)
+    assert not mostly["in_scope"] and "60% of the scored tissue is unlike" in mostly["reason"]
+    coarse = slide_scope(scored, some, mpp=2.0, mpp_source="metadata", guard=guard)
+    assert not coarse["in_scope"] and "coarser than the model's 0.972 µm/px" in coarse["reason"] and "enlarged 2.1x" in coarse["reason"]
+    guessed = slide_scope(scored, some, mpp=0.5, mpp_source="dpi guess", guard=guard)
+    assert not guessed["in_scope"] and "was guessed" in guessed["reason"]
+    unchecked = slide_scope(scored, most, mpp=0.25, mpp_source="given", guard=None)
+    assert unchecked["in_scope"] and not unchecked["checked"] and "no out-of-scope guard" in unchecked["reason"].lower()

@@ -173,3 +173,18 @@ def test_the_sidebar_puts_no_synthetic_badge_over_a_real_slide(library, monkeypa
     assert not at.exception, [e.value for e in at.exception]
     assert not badge()
     assert "Trained on lymph-node H&E" in " ".join(c.value for c in at.caption)
+
+
+@pytest.mark.slow
+def test_an_uploaded_dicom_series_is_analysed_as_one_slide_by_the_queue(tmp_path):
+    """The real queue and `pcam slide` process on an uploaded .zip of the DICOM series: one analysis of the series,
+    out of the bundled model's scope (skin), so not assessed."""
+    library = SlideLibrary(tmp_path / "ws")
+    entry = library.add_upload("cmu1.zip", _zip_of(DICOM, tmp_path / "s.zip").read_bytes())
+    [state] = library.start(entry.id, stride=96)
+    assert wait_for(lambda: library.analysis(entry.id, stride=96).state in ("done", "failed"), timeout=600, every=1.0)
+    state = library.analysis(entry.id, stride=96)
+    assert state.state == "done", state.error
+    summary = json.loads(Path(state.folder.summary_json).read_text())
+    assert summary["slide_info"]["width"] == 2220 and summary["mpp"] == pytest.approx(0.499)
+    assert summary["scope"]["in_scope"] is False and summary["size_class"] == "not assessed"
