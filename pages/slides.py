@@ -20,7 +20,7 @@ from pcam_app.components.slide_viewer import slide_viewer
 from pcam_app.sidebar import BUNDLED_CHOICE, switch_page
 from pcam_core.bundled import BUNDLED
 from pcam_core.calibration import run_triage
-from pcam_core.decision import call
+from pcam_core.decision import DEFAULT_THRESHOLD, call
 from pcam_core.triage import triage_calls
 from pcam_core.runs import RunDir, resolve_run
 from pcam_core.slides.analysis import WINDOW
@@ -153,7 +153,7 @@ if summary is None:
         f"{slide.name} {waiting}. The slide is shown without a tumour map.", icon=":material/hourglass_top:")
     st.caption(f"{SCOPE_LINE} Tissue unlike it is flagged out of scope when the slide is analysed (docs/scope.md).")
     slide_viewer(slide.id, width=slide.width, height=slide.height, mpp=slide.mpp, analysis=None, heatmap=None, tissue=None,
-                 threshold=0.5, regions=[], version=slide.version, key=f"viewer-{slide.id}")
+                 threshold=DEFAULT_THRESHOLD, regions=[], version=slide.version, key=f"viewer-{slide.id}")
     st.stop()
 folder = state.folder
 store = ctx.workspace.reviews()

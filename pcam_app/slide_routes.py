@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pcam_core.decision import check_threshold
+from pcam_core.decision import DEFAULT_THRESHOLD, check_threshold
 from pcam_core.slides.tiles import LRUCache, TileCache, TileError
 from pcam_core.slides.viewer import Overlay, heat_overlay, lattice_of, load_heat, load_summary, tissue_overlay
 from pcam_core.workspace import Workspace
@@ -126,7 +126,7 @@ class SlideRoutes:
             return _error(400, f"malformed analysis key {key!r}: expected <run>-s32 or <run>-s96")
         threshold = 0.0
         if kind == "heatmap":
-            raw = request.query_params.get("threshold", "0.5")
+            raw = request.query_params.get("threshold", str(DEFAULT_THRESHOLD))
             try:
                 threshold = check_threshold(raw, "threshold")
             except ValueError as err:

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
+from .decision import DEFAULT_THRESHOLD
 from .metrics import _check, _sklearn_metrics, binary_metrics
 
 LEVEL = 0.95
@@ -195,7 +196,7 @@ def mean_interval(values: np.ndarray, level: float = LEVEL, *, bounds: tuple[flo
     return {"value": mean, "low": max(mean - z * se, bounds[0]), "high": min(mean + z * se, bounds[1]), "method": "normal (mean)"}
 
 
-def metric_intervals(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5, level: float = LEVEL,
+def metric_intervals(labels: np.ndarray, probs: np.ndarray, threshold: float = DEFAULT_THRESHOLD, level: float = LEVEL,
                      *, pr_auc: bool = True) -> dict[str, dict[str, float] | None]:
     """A `level` interval for every headline metric at `threshold` (None where the metric is undefined):
     roc_auc (DeLong), accuracy, recall (sensitivity), specificity, precision (Wilson), f1 (bootstrap of
@@ -226,7 +227,7 @@ def format_interval(interval: dict[str, float] | None, digits: int = 3) -> str:
     return f"{interval['value']:.{digits}f} ({interval['low']:.{digits}f}-{interval['high']:.{digits}f})"
 
 
-def compare_predictions(frames: dict[str, pd.DataFrame], threshold: float | dict[str, float] = 0.5,
+def compare_predictions(frames: dict[str, pd.DataFrame], threshold: float | dict[str, float] = DEFAULT_THRESHOLD,
                         level: float = LEVEL) -> dict[str, Any]:
     """Two or more runs scored on the same patches (frames with `id`, `label`, `probability`), joined on
     id: each run's metrics at `threshold` (one for all, or one per run name) with intervals, and the paired

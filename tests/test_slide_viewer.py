@@ -141,7 +141,7 @@ def test_heat_overlay_shows_exactly_the_cells_at_or_above_the_threshold(analysed
         expected = np.isfinite(heat) & (np.nan_to_num(heat) >= threshold)
         assert np.array_equal(opaque, expected), threshold
         assert overlay.width == heat.shape[1] * lattice.cell_px >= lattice.width
-    with pytest.raises(ValueError, match="threshold must be between 0 and 1, not 1.5"):
+    with pytest.raises(ValueError, match="threshold=1.5 must be a probability between 0 and 1"):
         heat_overlay(heat, lattice, 1.5)
 
 

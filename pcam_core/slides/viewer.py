@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..decision import is_tumour
+from ..decision import check_threshold, is_tumour
 from ..fileio import read_json
 from .analysis import UNREADABLE, WINDOW, Lattice
 from .folder import AnalysisFolder
@@ -83,8 +83,7 @@ def load_heat(folder: AnalysisFolder) -> np.ndarray:
 def heat_overlay(heat: np.ndarray, lattice: Lattice, threshold: float) -> Overlay:
     """The map as RGBA: cells >= `threshold` in the colour scale, unreadable cells grey, out-of-scope cells light
     grey with diagonal stripes, the rest transparent."""
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be between 0 and 1, not {threshold}")
+    check_threshold(threshold)
     heat = np.asarray(heat)
     rows, cols = heat.shape
     rgba = np.zeros((rows, cols, 4), dtype=np.uint8)
