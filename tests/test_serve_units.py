@@ -88,7 +88,7 @@ def test_resolve_slide_keeps_to_the_slides_folder(tmp_path: Path):
     for name, status, words in (("../outside.svs", 400, "outside"), ("link.svs", 400, "outside"),
                                 (str(outside), 400, "absolute"), ("sub/../../outside.svs", 400, "outside"),
                                 ("", 400, "relative"), ("a\x00.svs", 400, "relative"), ("nope.svs", 404, "not found"),
-                                ("sub", 400, "a folder, not one slide"), ("notes.txt", 400, "slide file type")):
+                                ("sub", 404, "a folder, not one slide"), ("notes.txt", 404, "slide file type")):
         with pytest.raises(ApiError, match=words) as caught:
             resolve_slide(root, name)
         assert caught.value.status == status, name
@@ -149,7 +149,7 @@ def test_the_path_pattern_describes_what_resolve_slide_takes(tmp_path: Path):
             with pytest.raises(ApiError):
                 resolve_slide(tmp_path, bad)
     (tmp_path / "x.txt").write_text("no slide")
-    for name, status, words in (("x.txt", 400, "not a slide file type"), ("case 1", 400, "a folder, not one slide")):
+    for name, status, words in (("x.txt", 404, "not a slide file type"), ("case 1", 404, "a folder, not one slide")):
         assert pattern.match(name)  # a name the server checks itself, and refuses saying why
         with pytest.raises(ApiError, match=words) as caught:
             resolve_slide(tmp_path, name)

@@ -117,15 +117,16 @@ def resolve_slide(slides_dir: Path, name: str) -> Path:
         exists = False
     if not exists:
         raise ApiError(404, f"slide not found: {name} (in the slides folder)")
+    # a path that exists but names no slide is answered as one that does not exist: there is no slide there
     if resolved.is_dir():  # a folder is a slide when it holds one DICOM series (as scanners write them)
         if slide_files(resolved) != [resolved]:
-            raise ApiError(400, f"path {name!r} is a folder, not one slide: give a slide file, or a folder holding one "
-                                "scan's DICOM series")
+            raise ApiError(404, f"no slide at {name!r}: a folder, not one slide; give a slide file, or a folder holding "
+                                "one scan's DICOM series")
         return resolved
     if not resolved.is_file():
-        raise ApiError(400, f"path {name!r} is not a file; give one slide file")
+        raise ApiError(404, f"no slide at {name!r}: not a file; give one slide file")
     if resolved.suffix.lower() not in SLIDE_SUFFIXES:
-        raise ApiError(400, f"{name}: not a slide file type; expected one of {', '.join(SLIDE_SUFFIXES)}")
+        raise ApiError(404, f"no slide at {name!r}: not a slide file type; expected one of {', '.join(SLIDE_SUFFIXES)}")
     return resolved
 
 

@@ -63,7 +63,8 @@ def find_slides(path: str | Path) -> list[Path]:
 
 
 def summarise(heat: np.ndarray, regions: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
-    """Slide-level figures from the map and its regions."""
+    """Slide-level figures from the map (an `assessed_map`: out-of-scope cells count for no score) and its regions;
+    `cells_scored` counts every window scored, in scope or not."""
     values = np.sort(heat[valid_cells(heat)])[::-1]
     largest = max((f["properties"]["longest_diameter_mm"] for f in regions), default=0.0)
     return {
@@ -74,7 +75,7 @@ def summarise(heat: np.ndarray, regions: list[dict[str, Any]], threshold: float)
         "regions": len(regions),
         "largest_diameter_mm": float(largest),
         "size_class": size_class(largest),
-        "cells_scored": int(len(values)),
+        "cells_scored": int(len(values) + (heat == OUT_OF_SCOPE).sum()),
         "cells_at_threshold": int(is_tumour(values, threshold).sum()),
         "cells_unreadable": int((heat == UNREADABLE).sum()),
     }

@@ -139,8 +139,9 @@ def test_probabilities_equal_pcam_predict(client, served_run, real_kaggle, tmp_p
     got = pd.Series({Path(p["name"]).stem: p["probability"] for p in body["predictions"]})
     # the CSV holds 6 decimals; batches of other sizes may differ in the last float bits
     assert np.abs(got[expected.index].to_numpy() - expected.to_numpy()).max() <= 1e-6
-    for p in body["predictions"]:
-        assert p["call"] == ("tumour" if p["probability"] >= threshold else "normal") and p["notes"] == []
+    for p in body["predictions"]:  # the run learnt SYNTHETIC patches: its guard refers real ones that lie far from them
+        expected_call = ("tumour" if p["probability"] >= threshold else "normal") if p["in_scope"] else "refer"
+        assert p["call"] == expected_call and p["notes"] == [] and isinstance(p["ood_score"], float)
     # the run's temperature (fitted when training ended) gives each its calibrated probability beside the raw one
     from pcam_core.calibration import load_calibration
 
@@ -154,7 +155,7 @@ def test_probabilities_equal_pcam_predict(client, served_run, real_kaggle, tmp_p
                          files=[("files", (p.name, p.read_bytes(), "image/tiff")) for p in tifs[:5]]).json()
     assert strict["threshold"] == 0.9
     for p in strict["predictions"]:
-        assert p["call"] == ("tumour" if p["probability"] >= 0.9 else "normal")
+        assert p["call"] == (("tumour" if p["probability"] >= 0.9 else "normal") if p["in_scope"] else "refer")
         assert p["probability"] == pytest.approx(got[Path(p["name"]).stem], abs=1e-6)
 
 
@@ -258,8 +259,8 @@ def test_no_path_outside_the_slides_folder_can_be_named(client, slides_dir):
     assert "outside" in client.post("/v1/slides", json={"path": "escape.tif"}).json()["error"]
     missing = client.post("/v1/slides", json={"path": "demo/nope.tif"})
     assert missing.status_code == 404 and "nope.tif" in missing.json()["error"]
-    assert client.post("/v1/slides", json={"path": "demo"}).status_code == 400  # a folder
-    assert client.post("/v1/slides", json={"path": "demo/truth.json"}).status_code == 400  # not a slide type
+    assert client.post("/v1/slides", json={"path": "demo"}).status_code == 404  # a folder that is no DICOM series: no slide
+    assert client.post("/v1/slides", json={"path": "demo/truth.json"}).status_code == 404  # not a slide type: no slide
     assert client.post("/v1/slides", json={"path": "demo/slide.tif", "stride": 64}).status_code == 400
     assert "threshold" in client.post("/v1/slides", json={"path": "demo/slide.tif", "threshold": 1.5}).json()["error"]
     assert "path" in client.post("/v1/slides", json={"stride": 32}).json()["error"]  # no path
