@@ -59,14 +59,18 @@ def test_stop_and_resume_with_two_processes(demo_root, tmp_path):
     proc.wait(timeout=60)
     assert run.status()["state"] == "stopped"
     assert load_checkpoint(run.last_checkpoint)["step_in_epoch"] > 0
+    # resumed by one process, the stopped two-process run is refused: its data shards would not match
+    wrong = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(run.path), "--resume"],
+                           capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    assert wrong.returncode == 2 and "resume it with the same number" in wrong.stderr
     proc = launch(run, nproc=2, resume=True, env={"OMP_NUM_THREADS": "1"})
     assert proc.wait(timeout=600) == 0, run.log_tail(console=True)
     assert run.status()["state"] == "finished"
     assert [e["epoch"] for e in run.epochs()] == [1, 2]
     assert load_checkpoint(run.last_checkpoint)["global_step"] == 2 * (768 // 32)  # no step lost or repeated
-    wrong = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(run.path), "--resume"],
-                           capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
-    assert wrong.returncode == 2 and "resume it with the same number" in wrong.stderr
+    finished = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(run.path), "--resume"],
+                              capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    assert finished.returncode == 2 and "has finished training" in finished.stderr
 
 
 def test_two_node_rendezvous_on_localhost(demo_root, tmp_path):

@@ -221,7 +221,7 @@ def test_cli_explain_end_to_end(trained_run, demo_root, tmp_path, capsys):
 
     assert main(["explain", "--run", str(trained_run), "--input", str(tmp_path / "missing"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: data path not found")
+    assert len(err.splitlines()) == 1 and err.startswith("error: input not found")
 
 
 def test_layer_captions_describe_the_models_own_layer():
