@@ -365,8 +365,8 @@ def _resume_config(run: RunDir, epochs: int | None) -> ExperimentConfig:
         raise FileNotFoundError(f"cannot resume: {run.path} is not a run folder (no config.json)")
     config = run.config()
     status = run.status()
-    if status.get("state") == "finished" and (epochs is None or epochs <= status.get("epoch", config.train.epochs)):
-        done = status.get("epoch", config.train.epochs)
+    done = status.get("epoch", config.train.epochs)
+    if status.get("state") == "finished" and (epochs is None or epochs == done):  # fewer: refused below, saying so
         raise ValueError(
             f"{run.path} has finished training ({done} of {config.train.epochs} epoch(s)); there is nothing to resume. "
             f"To train it longer, give a new total number of epochs: "
