@@ -177,13 +177,15 @@ slide_call = summary.get("call") or call(score, threshold)
 cols = st.columns(6)
 cols[0].metric("Slide score", f"{score:.3f}" if assessed else "—", help="The highest cell probability on the slide, of the cells "
                "within the model's scope.")
-cols[1].metric(f"Call at {threshold:g}", {"tumour": "tumour", "normal": "no tumour"}.get(slide_call, slide_call),
-               help="Tumour when the slide score reaches the analysis threshold; not assessed when the slide is out of the "
-                    "model's scope.")
+NONE = "—"  # not assessed: the words are in the error above, whole (a metric's value is cut at about 12 characters)
+cols[1].metric(f"Call at {threshold:g}", {"tumour": "tumour", "normal": "no tumour"}.get(slide_call, NONE),
+               help="Tumour when the slide score reaches the analysis threshold; none (not assessed) when the slide is out "
+                    "of the model's scope.")
 cols[2].metric("Tumour area, mm²", f"{summary['tumour_area_mm2']:.3f}", help="The area of the cells at or above the threshold.")
 cols[3].metric("Regions", summary["regions"])
 cols[4].metric("Largest diameter", f"{summary['largest_diameter_mm']:.2f} mm")
-cols[5].metric("Size class", summary["size_class"], help=SIZE_CLASS_WORDS.get(summary["size_class"], ""))
+cols[5].metric("Size class", summary["size_class"] if assessed else NONE,
+               help=SIZE_CLASS_WORDS.get(summary["size_class"], "Not assessed: the slide is out of the model's scope."))
 st.caption(f"Model {summary.get('model')} ({state.run_label}), "
            f"stride {lattice.stride} PCam px (cells of {lattice.cell_mm * 1000:.0f} µm), threshold {threshold:g}; "
            f"{summary['windows_scored']:,} windows scored; analysis finished {local_time(folder.summary_json.stat().st_mtime)}. "
