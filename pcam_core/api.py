@@ -66,7 +66,8 @@ class Predictor:
         pixels = as_patches(images)
         if self.scope is None:
             return predict_pixels(self.model, pixels, tta=tta, batch_size=batch_size), None
-        return predict_pixels_in_scope(self.model, pixels, self.scope, tta=tta, batch_size=batch_size)
+        probs, _, distances = predict_pixels_in_scope(self.model, pixels, self.scope, tta=tta, batch_size=batch_size)
+        return probs, distances
 
     def in_scope(self, distances: np.ndarray | None) -> np.ndarray | None:
         """Which distances lie within the guard's threshold (None without a guard)."""

@@ -117,18 +117,18 @@ def predict_pixels(model: nn.Module, pixels: np.ndarray, *, tta: bool = False, b
 
 
 def predict_pixels_in_scope(model: nn.Module, pixels: np.ndarray, scope: ScopeModel, *, tta: bool = False,
-                            batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(tumour probabilities, out-of-scope distances) of uint8 RGB patches (N, 96, 96, 3), from the same forward
-    passes (`predict_pixels` with the guard's `FeatureTap`)."""
+                            batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tumour probabilities, TTA uncertainty, out-of-scope distances) of uint8 RGB patches (N, 96, 96, 3), from the
+    same forward passes (`predict_pixels` with the guard's `FeatureTap`; the uncertainty is NaN without `tta`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1")
-    probs, distances = np.empty(len(pixels)), np.empty(len(pixels))
+    probs, spreads, distances = np.empty(len(pixels)), np.empty(len(pixels)), np.empty(len(pixels))
     with tap_for(model, scope.model_name) as tap:
         for start in range(0, len(pixels), batch_size):
-            part = pixels[start : start + batch_size]
-            probs[start : start + len(part)] = predict_pixels(model, part, tta=tta, batch_size=len(part))
-            distances[start : start + len(part)] = scope.distance(tap.take())
-    return probs, distances
+            part = slice(start, start + batch_size)
+            probs[part], spreads[part] = predict_pixels(model, pixels[part], tta=tta, batch_size=batch_size, spread=True)
+            distances[part] = scope.distance(tap.take())
+    return probs, spreads, distances
 
 
 def predict_loader(

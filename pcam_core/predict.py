@@ -10,7 +10,6 @@ recipe and on by default (`scoring_options.DEFAULT_TTA`): on held-out real patch
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +26,10 @@ from .data.loader import dataset_for_split, detect_format, make_loader, open_dat
 from .decision import DEFAULT_THRESHOLD, REFER, calls as decision_calls, check_threshold
 from .devices import resolve_device  # noqa: F401 - pages/train.py imports it from here
 from .loading import load_run_model
-from .scope import ScopeModel, tap_for
+from .scope import ScopeModel
 from .sharding import shard_indices
 from .fileio import atomic_write_json, atomic_write_with
-from .inference import Predictions, predict_loader, predict_pixels
+from .inference import Predictions, predict_loader, predict_pixels, predict_pixels_in_scope
 from .metrics import THRESHOLD_METHODS, binary_metrics, choose_threshold, pr_points, reliability_points, roc_points
 from .calibration import Calibration, calibration_report, run_triage, validation_predictions
 from .scoring_options import ScoringOptions
@@ -402,15 +401,11 @@ def score_uploads(model: nn.Module, files: Sequence[tuple[str, bytes]], *, tta: 
     if not accepted:
         return result
     pixels = np.stack([patch.pixels for patch in accepted])
-    probs, spread = np.empty(len(pixels)), np.empty(len(pixels))
-    distances = np.full(len(pixels), np.nan)
-    with contextlib.ExitStack() as stack:
-        tap = stack.enter_context(tap_for(model, scope.model_name)) if scope is not None else None
-        for start in range(0, len(pixels), batch_size):
-            part = slice(start, start + batch_size)
-            probs[part], spread[part] = predict_pixels(model, pixels[part], tta=tta, batch_size=batch_size, spread=True)
-            if tap is not None:
-                distances[part] = scope.distance(tap.take())
+    if scope is not None:
+        probs, spread, distances = predict_pixels_in_scope(model, pixels, scope, tta=tta, batch_size=batch_size)
+    else:
+        probs, spread = predict_pixels(model, pixels, tta=tta, batch_size=batch_size, spread=True)
+        distances = np.full(len(pixels), np.nan)
     inside = scope.in_scope(distances) if scope is not None else [None] * len(pixels)
     result.scored = [ScoredPatch(patch.name, patch.id, patch_id(patch.pixels), patch.pixels, float(p), patch.notes, float(u),
                                  float(d), None if i is None else bool(i))
