@@ -92,6 +92,7 @@ def _in_batches(run, pixels: np.ndarray, sizes=(1, 7)) -> tuple[np.ndarray, np.n
     return np.concatenate(parts), np.arange(start)
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_torchscript_matches_pytorch_on_real_patches_at_batch_sizes_1_and_7(torchscript_export, real_pixels, expected) -> None:
     path, printed = torchscript_export
     loaded = torch.jit.load(str(path), map_location="cpu").eval()
@@ -143,6 +144,7 @@ def test_the_exported_model_normalises_by_itself(onnx_export, trained_run, real_
     assert np.abs(got - unnormalised).max() > 10 * PARITY_TOLERANCE
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_wsinfer_folder_holds_a_valid_config_and_a_two_class_model(torchscript_export, real_pixels, expected) -> None:
     path, printed = torchscript_export
     folder = path.with_name(f"{path.stem}-wsinfer")
@@ -193,6 +195,7 @@ def test_out_in_a_missing_folder_is_refused(trained_run, tmp_path, capsys) -> No
     assert code == 2 and "is a folder; give a file name" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_the_bundled_model_exports_to_torchscript(tmp_path, real_pixels) -> None:
     """`--run bundled` names the model that ships in the package, for export as for every other command."""
     from pcam_core.export import export_run

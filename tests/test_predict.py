@@ -38,6 +38,7 @@ def test_submission_from_an_h5_split(trained_run, demo_root, tmp_path):
     assert result["synthetic_model"] is True
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_submission_from_tifs_matches_h5_and_tta_differs(trained_run, demo_root, tif_folder, tmp_path):
     h5 = pd.read_csv(predict_submission(trained_run, demo_root, tmp_path / "h5.csv", ScoringOptions(tta=False, workers=0), split="test")["out"])
     tif = pd.read_csv(predict_submission(trained_run, tif_folder, tmp_path / "tif.csv", ScoringOptions(tta=False, workers=0))["out"])
@@ -48,6 +49,7 @@ def test_submission_from_tifs_matches_h5_and_tta_differs(trained_run, demo_root,
     assert np.corrcoef(tta["label"], tif["label"])[0, 1] > 0.9
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_shards_cover_everything_once_and_merge(trained_run, tif_folder, tmp_path):
     parts = []
     for i in range(3):
@@ -73,6 +75,7 @@ def test_shard_arithmetic():
             parse_shard(bad)
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_bad_image_stops_before_writing_or_is_skipped_and_listed(trained_run, tif_folder, tmp_path):
     folder = tmp_path / "mixed"
     shutil.copytree(tif_folder, folder)

@@ -36,6 +36,7 @@ def skin_windows() -> np.ndarray:
                      for x in range(0, image.shape[1] - 95, 96) if mask[y:y + 96, x:x + 96].mean() >= 0.5])
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_the_bundled_guard_keeps_lymph_node_patches_and_flags_skin(bundled, real_kaggle):
     loaded, scope = bundled
     lymph = as_patches(sorted(str(p) for p in (real_kaggle / "train").glob("*.tif")))
@@ -105,6 +106,7 @@ def test_the_tap_reads_the_named_layers_of_one_forward_pass():
         FeatureTap(model, [])
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_a_run_fits_its_own_guard_and_the_loader_carries_it(trained_run, demo_root, tmp_path):
     import shutil
 

@@ -161,6 +161,7 @@ def test_the_train_page_refuses_an_unusable_store_before_starting_anything(tmp_p
     assert not workspace.runs_root.exists() or not any(workspace.runs_root.iterdir())
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_validation_metrics_read_apart_from_training_ones_and_the_run_is_named_by_its_label(tmp_path):
     """Against a real local store, without training: the names MLflow shows, and the run name."""
     pytest.importorskip("mlflow")

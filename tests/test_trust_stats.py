@@ -226,6 +226,7 @@ def real_tifs(real_kaggle, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_predict_writes_triage_calls_and_uncertainty_on_the_real_patches(trained_run, real_tifs, tmp_path, capsys):
     from pcam_core.calibration import load_calibration, run_triage
     from pcam_core.cli import main
