@@ -206,6 +206,7 @@ def test_evaluate_slides_on_analysed_demo_slides_equals_the_official_script(tmp_
     from helpers import run_cli
 
     from pcam_core.bundled import BUNDLED
+    from pcam_core.evaluation import EvaluationOptions, evaluate_slides
     from pcam_core.scoring_options import ScoringOptions
     from pcam_core.slides.batch import analyse
     from pcam_core.slides.demo import make_demo_slide
@@ -214,17 +215,23 @@ def test_evaluate_slides_on_analysed_demo_slides_equals_the_official_script(tmp_
         make_demo_slide(tmp_path / "slides" / name, DemoSlideSpec(width=SIZE[0], height=SIZE[1]), regions)
         analyse(BUNDLED, tmp_path / "slides" / name / "slide.tif", tmp_path / "analyses" / name,
                 ScoringOptions(device="cpu", workers=0, tta=False), stride=96)
+    make_demo_slide(tmp_path / "slides" / "Normal_002", DemoSlideSpec(width=SIZE[0], height=SIZE[1], seed=1), [])
+    analyse(BUNDLED, tmp_path / "slides" / "Normal_002" / "slide.tif", tmp_path / "analyses" / "Normal_002",
+            ScoringOptions(device="cpu", workers=0, tta=False), stride=96)
     (tmp_path / "cases.csv").write_text("patient,slide\np1,Tumor_001\np1,Normal_001\np2,Tumor_002\n")
     (tmp_path / "stages.csv").write_text("patient,stage\np1.zip,pN1mi\nTumor_001.tif,micro\nNormal_001.tif,negative\n"
                                          "p2.zip,pN1mi\nTumor_002.tif,micro\n")
-    results = {}
-    for form in FORMS:
-        out = tmp_path / f"eval-{form}"
-        done = run_cli("evaluate-slides", "--analyses", str(tmp_path / "analyses"), "--truth", str(write_truth(tmp_path / form, form)),
-                       "--out", str(out), "--cases", str(tmp_path / "cases.csv"), "--stages", str(tmp_path / "stages.csv"),
-                       "--floor", "0.05")
-        assert done.returncode == 0, done.stderr
-        results[form] = json.loads((out / "froc.json").read_text())
+    truths = {form: write_truth(tmp_path / form, form, {**SLIDES, "Normal_002": []}) for form in FORMS}
+    done = run_cli("evaluate-slides", "--analyses", str(tmp_path / "analyses"), "--truth", str(truths["mask"]),
+                   "--out", str(tmp_path / "eval-mask"), "--cases", str(tmp_path / "cases.csv"), "--stages", str(tmp_path / "stages.csv"),
+                   "--floor", "0.05")
+    assert done.returncode == 0, done.stderr
+    assert "FROC:" in done.stdout and "p1: pN0 (provisional)" in done.stdout
+    results = {"mask": json.loads((tmp_path / "eval-mask" / "froc.json").read_text())}
+    for form in FORMS[1:]:  # the same from Python
+        results[form] = evaluate_slides(tmp_path / "analyses", tmp_path / f"eval-{form}", truth=truths[form],
+                                        options=EvaluationOptions(floor=0.05))
+        results[form] = json.loads(json.dumps(results[form]))  # as froc.json holds it
     froc = results["mask"]
     for form in FORMS[1:]:
         assert results[form]["froc"] == froc["froc"] and results[form]["curve"] == froc["curve"]
@@ -235,7 +242,7 @@ def test_evaluate_slides_on_analysed_demo_slides_equals_the_official_script(tmp_
     if froc["froc"] is not None:
         assert froc["froc"] == pytest.approx(np.mean(np.interp([0.25, 0.5, 1, 2, 4, 8], official_fps[::-1], official_sens[::-1])))
     assert froc["lesions_counted"] == 3 and {r["size_class"] for r in froc["lesions"]} == {"itc", "micro"}
-    assert froc["not_assessed"] == sorted(SLIDES)  # synthetic tissue: out of the bundled model's scope
+    assert froc["not_assessed"] == sorted([*SLIDES, "Normal_002"])  # synthetic tissue: out of the bundled model's scope
     assert froc["slide_auc"] is not None and 0 <= froc["slide_auc"]["low"] <= froc["slide_auc"]["high"] <= 1
     cases = json.loads((tmp_path / "eval-mask" / "cases.json").read_text())
     assert all(p["provisional"] for p in cases["patients"]) and cases["agreement"]["patients"] == 2

@@ -42,7 +42,8 @@ def cmd_evaluate_slides(args: argparse.Namespace) -> int:
     print(f"slides with truth: {len(result['slides'])}, in the FROC: {result['froc_slides']}, lesions counted: "
           f"{result['lesions_counted']}, without truth: {len(result['no_truth'])}")
     print(f"FROC: {fmt(result['froc'], 3)}  (" + ", ".join(f"{k} FP: {v:.3f}" for k, v in result["sensitivity_at_fp"].items()) + ")")
-    print(f"slide ROC-AUC: {fmt(auc['value'], 3)} ({auc['low']:.3f}-{auc['high']:.3f}, {auc['method']})" if auc
+    interval = "" if not auc or auc["low"] is None else f"{auc['low']:.3f}-{auc['high']:.3f}, "
+    print(f"slide ROC-AUC: {fmt(auc['value'], 3)} ({interval}{auc['method']}; {result['slide_auc_note']})" if auc
           else f"slide ROC-AUC: - ({result['slide_auc_note']})")
     for name, c in result["lesion_sensitivity"].items():
         if c["lesions"]:

@@ -87,8 +87,14 @@ def _slide_auc(slides: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str
     labels = np.array([s["label"] == "tumour" for s in labelled], dtype=int)
     if len(set(labels.tolist())) < 2:
         return None, f"needs tumour and normal slides ({int(labels.sum())} tumour, {int(len(labels) - labels.sum())} normal)"
-    interval = auc_interval(labels, np.array([s["slide_score"] for s in labelled], dtype=np.float64))
-    return interval, f"{int(labels.sum())} tumour and {int(len(labels) - labels.sum())} normal slides"
+    scores = np.array([s["slide_score"] for s in labelled], dtype=np.float64)
+    note = f"{int(labels.sum())} tumour and {int(len(labels) - labels.sum())} normal slides"
+    if min(labels.sum(), len(labels) - labels.sum()) < 2:  # DeLong's variance needs two of each
+        from sklearn.metrics import roc_auc_score
+
+        return {"value": float(roc_auc_score(labels, scores)), "se": None, "low": None, "high": None,
+                "method": "none (an interval needs 2 slides of each class)"}, note
+    return auc_interval(labels, scores), note
 
 
 def evaluate_slides(analyses: str | Path, out: str | Path, *, truth: str | Path | None = None, cases: str | Path | None = None,

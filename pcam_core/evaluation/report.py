@@ -72,7 +72,7 @@ def write_report(path: Path, result: dict[str, Any], png: Path) -> None:
     figures = [
         ["FROC (mean sensitivity at 1/4, 1/2, 1, 2, 4, 8 FP/slide)", _fmt(result["froc"])],
         *[[f"sensitivity at {rate} FP/slide", _fmt(value)] for rate, value in result["sensitivity_at_fp"].items()],
-        ["slide ROC-AUC (95% interval)", f"{format_interval(auc)}, {auc['method']}" if auc else "—"],
+        ["slide ROC-AUC (95% interval)", "—" if not auc else f"{auc['value']:.3f}, {auc['method']}" if auc["low"] is None else f"{format_interval(auc)}, {auc['method']}"],
         ["slides with truth / in the FROC", f"{len(result['slides'])} / {result['froc_slides']}"],
         ["lesions counted (non-ITC)", result["lesions_counted"]],
     ]
