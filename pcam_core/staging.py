@@ -65,4 +65,5 @@ def deciding_classes(stage: str) -> tuple[str, ...]:
     return {"pN0": (), "pN0(i+)": ("itc",), "pN1mi": ("micro",)}.get(stage, ("micro", "macro"))
 
 
-__all__ = ["ITC_MAX_MM", "NODE_CLASSES", "PN_STAGES", "deciding_classes", "node_size_class", "pn_stage", "MICRO_MAX_MM", "SIZE_CLASSES", "SIZE_CLASS_WORDS", "size_class", "size_class_words"]
+__all__ = ["ITC_MAX_MM", "MICRO_MAX_MM", "NODE_CLASSES", "PN_STAGES", "SIZE_CLASSES", "SIZE_CLASS_WORDS", "deciding_classes",
+           "node_size_class", "pn_stage", "size_class", "size_class_words"]

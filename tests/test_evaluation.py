@@ -199,6 +199,32 @@ def test_kappa_is_sklearns_quadratic_kappa_over_the_ordered_stages(tmp_path):
     assert read_cases(tmp_path / "cases.csv") == {"p1": ["tumor_001", "normal_001"]}
 
 
+def test_cases_from_a_folder_per_patient(tmp_path):
+    for patient, slides in {"p1": ["node_0", "node_1"], "p2": ["node_0.tif"]}.items():
+        for slide in slides:
+            (tmp_path / patient / slide).mkdir(parents=True)
+    assert read_cases(tmp_path) == {"p1": ["node_0", "node_1"], "p2": ["node_0"]}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--analyses", "/nonexistent/maps"], "analyses folder not found"),
+    (["--analyses", "{tmp}"], "no complete analysis under"),
+    (["--analyses", "{tmp}", "--stages", "s.csv"], "stages need cases"),
+    (["--analyses", "{tmp}", "--floor", "2"], "floor must be a probability"),
+])
+def test_evaluate_slides_refuses_bad_input_in_one_line(tmp_path, capsys, args, message):
+    from pcam_core.cli import main
+
+    assert main(["evaluate-slides", "--out", str(tmp_path / "out"), *[a.format(tmp=tmp_path) for a in args]]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_bad_reference_class_is_named(tmp_path):
+    (tmp_path / "reference.csv").write_text("Test_001,Maybe\n")
+    with pytest.raises(ValueError, match="unknown class 'Maybe' for Test_001"):
+        TruthFolder(tmp_path)
+
+
 @pytest.mark.slow
 def test_evaluate_slides_on_analysed_demo_slides_equals_the_official_script(tmp_path):
     """Three small demo slides analysed with the bundled model (stride 96), their truth in all three forms: the

@@ -27,8 +27,8 @@ from ..staging import SIZE_CLASSES, size_class
 from ..stats import auc_interval, wilson_interval
 from .cases import Case, agreement, read_cases, stage_case, write_cases_csv, write_submission
 from .detections import lesion_points, write_detections
-from .options import EvaluationOptions
 from .froc import FP_RATES, SlideHits, evaluation_mask, froc_curve, froc_score, itc_labels, slide_hits
+from .options import EvaluationOptions
 from .truth import EVALUATION_DOWNSAMPLE, EVALUATION_LEVEL, TruthFolder
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ def evaluate_slides(analyses: str | Path, out: str | Path, *, truth: str | Path 
         write_detections(out / "detections" / f"{name}.csv", points)
         found = truths.truth(name, lattice.width, lattice.height) if truths else None
         if found is None:
+            log.info("%s: no truth found (listed in no_truth)", name)
             no_truth.append(name)
             continue
         values = np.asarray(heat)[valid_cells(np.asarray(heat))]
