@@ -22,7 +22,7 @@ def write_froc_png(path: Path, result: dict[str, Any]) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     curve = result["curve"]
     if curve["fp_per_slide"]:
-        ax.step(curve["fp_per_slide"], curve["sensitivity"], where="post", color="#000000", lw=1.2)
+        ax.plot(curve["fp_per_slide"], curve["sensitivity"], "-", color="#000000", lw=1.2)  # as the official plotFROC
     at = result["sensitivity_at_fp"]
     if at:
         ax.plot(result["fp_rates"], [at[f"{r:g}"] for r in result["fp_rates"]], "o", color="#c00000",
