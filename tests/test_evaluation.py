@@ -274,3 +274,7 @@ def test_evaluate_slides_on_analysed_demo_slides_equals_the_official_script(tmp_
     assert all(p["provisional"] for p in cases["patients"]) and cases["agreement"]["patients"] == 2
     assert (tmp_path / "eval-mask" / "camelyon17_submission.csv").read_text().startswith("patient,stage\np1.zip,pN0\n")
     assert "FROC" in (tmp_path / "eval-mask" / "report.html").read_text()
+    excluded = evaluate_slides(tmp_path / "analyses", tmp_path / "eval-exclude", truth=truths["mask"],
+                               options=EvaluationOptions(not_assessed="exclude"))
+    assert excluded["excluded_not_assessed"] == sorted([*SLIDES, "Normal_002"]) and excluded["froc"] is None
+    assert excluded["slide_auc"] is None and excluded["slides"] == []
