@@ -14,6 +14,7 @@ import streamlit as st
 from pathlib import Path
 
 from pcam_app import heatmaps, notes, patches, reviews, shell
+from pcam_app.slide_cases import case_view
 from pcam_app.slide_library import (add_slides, analysis_controls, count_text, resolution_form, slide_label, slide_list,
                                    watch_analyses)
 from pcam_app.components.slide_viewer import slide_viewer
@@ -123,6 +124,7 @@ with st.expander(f"Library: {count_text(listed)}; Analyse uses {selected.label}"
 watch_analyses(library, listed)
 if not entries:
     st.stop()
+case_view(library, entries, selected.arg, stride=STRIDE)
 
 by_id = {entry.id: entry for entry in entries}
 chosen = st.selectbox("Slide", list(by_id), key="slide", bind="query-params", format_func=lambda i: slide_label(by_id[i], by_id))

@@ -318,3 +318,35 @@ def test_a_slide_out_of_the_models_scope_is_not_assessed(kind, tmp_path, monkeyp
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Size class"] == metrics["Call at 0.5"] == metrics["Slide score"] == "—"  # none: the error says why
     assert "Trained on lymph-node H&E at 0.972 µm/px (PatchCamelyon) only." in texts(at)
+
+
+def test_the_case_view_groups_slides_into_a_patient_with_its_pn_stage(analysed_workspace, monkeypatch):
+    """The form saves a case; the table shows its stage by the CAMELYON17 rules, the slide that decides it, and a slide
+    listed but not analysed keeps the stage provisional."""
+    from pcam_core.workspace.slide_cases import library_cases, load_cases, save_case
+
+    root, sid = analysed_workspace
+    library = SlideLibrary(root)
+    try:
+        at = open_slides(root, monkeypatch)
+        [patient] = [t for t in at.text_input if t.label == "Patient"]
+        patient.set_value("patient_004")
+        [select] = [m for m in at.multiselect if "lymph-node slides" in m.label]
+        select.set_value([sid])
+        [save] = [b for b in at.button if b.label == "Save case"]
+        save.click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert load_cases(library.root) == {"patient_004": [sid]}
+        [case] = library_cases(library, stride=32)
+        summary = json.loads(library.analysis(sid, stride=32).folder.summary_json.read_text())
+        assert case.classes == {library.entry(sid).name: summary["size_class"]} and not case.provisional
+        table = at.dataframe[0].value
+        assert list(table["patient"]) == ["patient_004"] and table["pN stage"][0] == case.stage
+
+        save_case(library.root, "patient_004", [sid, "0123456789abcdef"])  # a slide no longer in the library
+        at = open_slides(root, monkeypatch)
+        assert at.dataframe[0].value["pN stage"][0] == f"{case.stage} (provisional)"
+        with pytest.raises(ValueError, match="cannot hold a comma"):
+            save_case(library.root, "a,b", [sid])
+    finally:
+        save_case(library.root, "patient_004", [])

@@ -13,12 +13,12 @@ import traceback
 from typing import Sequence
 
 from .. import __version__
-from . import data, evaluate, explain, export, robustness, runs, slides, train
+from . import data, evaluate, explain, export, robustness, runs, slides, slides_eval, train
 from .common import EXIT_ERROR
 from .export import SERVE_DEFAULTS, SERVE_TOKEN_ENV
 from .train import build_config
 
-GROUPS = (data, train, evaluate, robustness, explain, runs, slides, export)  # in the order of `pcam --help`
+GROUPS = (data, train, evaluate, robustness, explain, runs, slides, slides_eval, export)  # in the order of `pcam --help`
 
 
 def make_parser() -> argparse.ArgumentParser:

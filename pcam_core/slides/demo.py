@@ -211,6 +211,15 @@ def _tiles(pcam: np.ndarray, f: float, downsample: int, width: int, height: int)
             yield row[:, tx:tx + TILE]
 
 
+def truth_mask(spec: DemoSlideSpec, regions: list[Region]) -> np.ndarray:
+    """The tumour mask of a demo slide with these regions, one pixel per `TRUTH_DOWNSAMPLE` level-0 pixels (a pixel is
+    tumour when its centre is): CAMELYON16's evaluation level 5 when the slide has its 0.243 um/px."""
+    th, tw = math.ceil(spec.height / TRUTH_DOWNSAMPLE), math.ceil(spec.width / TRUTH_DOWNSAMPLE)
+    ys = ((np.arange(th) + 0.5) * TRUTH_DOWNSAMPLE)[:, None]
+    xs = ((np.arange(tw) + 0.5) * TRUTH_DOWNSAMPLE)[None, :]
+    return _Renderer(spec, regions).tumour(ys, xs)
+
+
 def make_demo_slide(out: str | Path, spec: DemoSlideSpec | None = None, regions: list[Region] | None = None) -> dict[str, Any]:
     """Write `slide.tif`, `truth.png`, `truth.npy` and `truth.json` into `out`; returns the truth JSON."""
     import tifffile
@@ -241,10 +250,7 @@ def make_demo_slide(out: str | Path, spec: DemoSlideSpec | None = None, regions:
 
         os.replace(partial, out / "slide.tif")
         del pcam
-    th, tw = math.ceil(spec.height / TRUTH_DOWNSAMPLE), math.ceil(spec.width / TRUTH_DOWNSAMPLE)
-    ys = ((np.arange(th) + 0.5) * TRUTH_DOWNSAMPLE)[:, None]
-    xs = ((np.arange(tw) + 0.5) * TRUTH_DOWNSAMPLE)[None, :]
-    truth = renderer.tumour(ys, xs)
+    truth = truth_mask(spec, regions)
     atomic_write_with(out / "truth.npy", lambda h: np.save(h, truth))
     atomic_write_with(out / "truth.png", lambda h: Image.fromarray((truth * 255).astype(np.uint8)).save(h, format="PNG"))
     report = {
