@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pcam_app import heatmaps, notes, patches, reviews, shell
 from pcam_app.slide_cases import case_view
+from pcam_app.slide_truth import truth_loader
 from pcam_app.slide_library import (add_slides, analysis_controls, count_text, resolution_form, slide_label, slide_list,
                                    watch_analyses)
 from pcam_app.components.slide_viewer import slide_viewer
@@ -124,7 +125,7 @@ with st.expander(f"Library: {count_text(listed)}; Analyse uses {selected.label}"
 watch_analyses(library, listed)
 if not entries:
     st.stop()
-case_view(library, entries, selected.arg, stride=STRIDE)
+case_view(library, entries, selected.arg, stride=STRIDE, reviews=ctx.workspace.reviews())
 
 by_id = {entry.id: entry for entry in entries}
 chosen = st.selectbox("Slide", list(by_id), key="slide", bind="query-params", format_func=lambda i: slide_label(by_id[i], by_id))
@@ -209,12 +210,13 @@ if view["point"] is not None:
         window = window_at(slide.path, heat, lattice, *view["point"])
     except (OSError, ValueError) as err:
         st.warning(f"Cannot read the window there: {err}")
+truth = truth_loader(slide.id, region_list, mpp=lattice.mpp, width=lattice.width, height=lattice.height, version=state.version)
 clicked = slide_viewer(
     slide.id, width=lattice.width, height=lattice.height, mpp=lattice.mpp, analysis=state.key,
     heatmap=extents["heatmap"], tissue=extents["tissue"],
     threshold=threshold, regions=[{k: r[k] for k in ("id", "rings", "bbox", "longest_diameter_mm")} for r in region_list],
     goto=view["goto"], marker=(window["x"], window["y"], window["size"]) if window else None, key=f"viewer-{slide.id}",
-    version=slide.version, analysis_version=state.version)
+    version=slide.version, analysis_version=state.version, truth=truth)
 if clicked is not None:
     view["point"] = (clicked["x"], clicked["y"])
     st.rerun()

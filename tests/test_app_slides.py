@@ -350,3 +350,90 @@ def test_the_case_view_groups_slides_into_a_patient_with_its_pn_stage(analysed_w
             save_case(library.root, "a,b", [sid])
     finally:
         save_case(library.root, "patient_004", [])
+
+
+@pytest.mark.slow
+def test_a_case_report_prints_the_stage_why_it_is_provisional_the_reviews_a_sign_off_and_each_slide(analysed_workspace,
+                                                                                                     tmp_path, monkeypatch):
+    """The case view offers each case's report; the report (what the button downloads) opens with the case: the pN
+    stage, provisional because a SYNTHETIC demo slide is not assessed (out of the model's scope), the reviews, a
+    sign-off with name, date and signature lines; then each slide's own report."""
+    from helpers import analysed_demo_slide
+    from pcam_core.workspace.case_report import case_report_html
+    from pcam_core.workspace.reviews import ModelCall, ReviewStore, ReviewTarget
+    from pcam_core.workspace.slide_cases import library_cases, save_case
+    from pcam_core.workspace.slide_reviews import REVIEW_SOURCE
+
+    source_root, source_id = analysed_workspace
+    root = _workspace(tmp_path / "ws")
+    library = SlideLibrary(root)
+    sid = library.add_file(SlideLibrary(source_root).entry(source_id).path).id
+    _copy_analysis(source_root, source_id, root, sid)
+    _, _, demo = analysed_demo_slide(root, width=512, height=512)
+    save_case(library.root, "patient_007", [sid, demo])
+    store = ReviewStore(root / "reviews.sqlite")
+    store.add_review(ReviewTarget.slide_region(REVIEW_SOURCE, sid, region="1"), "agree", "Dr Ada", note="clear tumour",
+                     model=ModelCall.at(0.9, 0.5, "bundled"))
+    [case] = library_cases(library, stride=32)
+    assert case.provisional and case.unread == ["slide.tif"]
+
+    at = open_slides(root, monkeypatch)
+    line = next(m.value for m in at.markdown if m.value.startswith("**patient_007**"))
+    assert f"pN stage **{case.stage}** (provisional: slide.tif not read)" in line
+    assert [b for b in at.get("download_button") if b.label == "Case report (HTML, printable)"]
+
+    report = case_report_html(library, "patient_007", stride=32, reviews=store)
+    cover, *slides = report.split('<div class="section-break"><h1>')
+    assert "Case report: patient_007" in cover and f"{case.stage} (provisional)" in cover
+    assert "slide.tif: not assessed (Not assessed: the model was not made for this slide" in cover
+    assert "SYNTHETIC" in cover and "the stage can only rise" in cover
+    assert "region #1" in cover and "agree “clear tumour”: Dr Ada" in cover
+    assert "Pathologist's sign-off" in cover and all(f"<span>{w}</span>" in cover for w in ("Name", "Date", "Signature"))
+    assert [s.split("<", 1)[0] for s in slides] == ["Slide report: slide.tif"] * 2  # each slide's report, in the case's order
+    assert "agree “clear tumour”: Dr Ada" in slides[0] and "No size class is given" in slides[1]
+    with pytest.raises(KeyError, match="no case for patient 'nobody'"):
+        case_report_html(library, "nobody")
+
+
+def mosaic_truth_geojson(path: Path) -> Path:
+    """The truth of `analysed_workspace`'s slide as QuPath exports it: the tumour block of `real_mosaic_slide` (its
+    default patch rows 4-9 and columns 6-13, past a margin of one 96-px patch), classified Tumor."""
+    x0, y0, x1, y1 = 96 + 96 * 6, 96 + 96 * 4, 96 + 96 * 13, 96 + 96 * 9
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {
+        "type": "Polygon", "coordinates": [ring]}, "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}}]}))
+    return path
+
+
+@pytest.mark.slow
+def test_truth_loaded_for_a_slide_is_drawn_over_its_map_matched_with_its_regions(analysed_workspace, tmp_path, monkeypatch):
+    """A QuPath GeoJSON of the slide's tumour, given by path: the viewer gets the lesion's outline and the regions
+    matched by the FROC rule (the library's overlay, unchanged), the page counts them; a wrong file is refused."""
+    from pcam_core.evaluation.overlay import read_truth_file, truth_overlay
+    from pcam_core.slides.viewer import regions
+
+    root, sid = analysed_workspace
+    truth = mosaic_truth_geojson(tmp_path / "mosaic.geojson")
+    at = open_slides(root, monkeypatch)
+    assert viewer_data(at)["truth"] is None
+    at.text_input(key=f"slide_truth_{sid}_path").input(str(truth))
+    at.button(key=f"slide_truth_{sid}_load").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    folder = SlideLibrary(root).analysis_folder(sid)
+    lattice = lattice_of(load_summary(folder))
+    expected = truth_overlay(read_truth_file(truth, lattice.width, lattice.height), regions(folder), mpp=lattice.mpp,
+                             width=lattice.width, height=lattice.height)
+    drawn = viewer_data(at)["truth"]
+    assert drawn["features"] == json.loads(json.dumps(expected["features"]))
+    [lesion] = [f["properties"] for f in drawn["features"] if f["properties"]["kind"] == "lesion"]
+    assert lesion["match"] == "found" and lesion["size_class"] == "micro"  # the model finds the 0.7 x 0.5 mm block
+    assert set(drawn["colours"]) == set(drawn["words"]) >= {"found", "miss", "true_positive", "false_alarm", "itc"}
+    counts = expected["counts"]
+    [said] = [s.value for s in at.success if s.value.startswith("Truth from")]
+    assert f"1 of 1 lesion(s) found, 0 missed; {counts['true_positive']} region(s) on a lesion, {counts['false_alarm']} false alarm(s)" in said
+    # a file of another kind is refused, and the viewer draws no truth
+    other = tmp_path / "notes.txt"
+    other.write_text("tumour")
+    at.text_input(key=f"slide_truth_{sid}_path").input(str(other))
+    at.button(key=f"slide_truth_{sid}_load").click().run()
+    assert any("not a truth file" in e.value for e in at.error) and viewer_data(at)["truth"] is None

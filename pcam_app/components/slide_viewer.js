@@ -5,12 +5,15 @@
 //        heatmap: {url (with the analysis's ?v=), width, height} | null (an image spanning width x height level-0 px
 //        from (0, 0), cells at or above &threshold= opaque); tissue: the same for the tissue mask | null; threshold; stops: the colour scale;
 //        regions: [{id, rings (level-0 px), bbox [x, y, w, h], longest_diameter_mm}]; goto: {bbox, nonce} | null;
-//        marker: [x, y, size] | null (the window last clicked); view_height: in CSS px}.
+//        marker: [x, y, size] | null (the window last clicked); view_height: in CSS px;
+//        truth: {features (GeoJSON, level-0 px: lesions' outlines and regions, each with properties kind and match),
+//        colours {match: colour}, words {match: legend words}} | null (pcam_core.evaluation.overlay)}.
 // The map's opacity and threshold and the tissue toggle are controls of this element: they change the view without a
 // round trip to Python. A click (not a drag) on the slide sends its level-0 point as the "click" trigger.
 // The viewer's element says how it is: data-state="open" or "error", data-tiles (slide tiles loaded),
 // data-max-level (the finest Deep Zoom level loaded), data-loaded="true" when the view is fully drawn, data-labels (region
-// labels drawn) and data-labels-hidden (labels left out because they would overlap others, even shortened to "#n").
+// labels drawn) and data-labels-hidden (labels left out because they would overlap others, even shortened to "#n"),
+// data-truth (truth outlines drawn). With truth, lesions are drawn dashed and regions solid, each in its match's colour.
 
 function appAddress() {
   const main = document.querySelector('script[type="module"][src*="/static/js/index."]');
@@ -78,6 +81,23 @@ function buildControls(root, state) {
   state.regionsToggle = el("input", { type: "checkbox", "data-control": "regions" });
   state.regionsToggle.checked = true;
   label(" Regions", state.regionsToggle);
+  state.truthToggle = el("input", { type: "checkbox", "data-control": "truth" });
+  state.truthToggle.checked = true;
+  state.truthLabel = label(" Truth", state.truthToggle);
+  state.truthLegend = el("span", { class: "pcam-truth-legend" }, bar);
+}
+
+// The legend of the truth overlay: a dashed swatch per lesion match, a solid one per region match.
+function truthLegend(state, truth) {
+  state.truthLegend.replaceChildren();
+  state.truthLabel.style.display = state.truthLegend.style.display = truth ? "" : "none";
+  if (!truth) return;
+  for (const [match, words] of Object.entries(truth.words)) {
+    const item = el("span", { "data-legend": match }, state.truthLegend);
+    const dashed = match === "found" || match === "miss";
+    el("i", { style: `border-top: 3px ${dashed ? "dashed" : "solid"} ${truth.colours[match]}` }, item);
+    item.append(document.createTextNode(words));
+  }
 }
 
 function overlayOptions(OSD, data, overlay, query) {
@@ -175,6 +195,7 @@ function open(OSD, root, data, setTriggerValue) {
   state.threshold.addEventListener("change", () => loadHeatmap(root));
   state.tissueToggle.addEventListener("change", () => applyOverlays(root));
   state.regionsToggle.addEventListener("change", () => draw(root));
+  state.truthToggle.addEventListener("change", () => draw(root));
 }
 
 // Items of the world: 0 the slide, then the tissue mask and the map (added once each, in this order).
@@ -259,6 +280,10 @@ function update(root) {
   }
   state.mapToggle.disabled = state.opacity.disabled = state.threshold.disabled = !data.heatmap;
   state.tissueToggle.disabled = !data.tissue;
+  if (state.truthFor !== data.truth) {
+    state.truthFor = data.truth;
+    truthLegend(state, data.truth);
+  }
   if (data.goto && data.goto.nonce !== state.nonce) {
     state.nonce = data.goto.nonce;
     const [x, y, w, h] = data.goto.bbox;
@@ -307,15 +332,30 @@ function draw(root) {
   state.shapes.replaceChildren();
   state.labels.replaceChildren();
   const regionsShown = state.regionsToggle.checked;
+  const path = (rings) => rings
+    .map((ring) => "M" + ring.map(([x, y]) => at(x, y).map((v) => v.toFixed(1)).join(",")).join("L") + "Z")
+    .join("");
+  const truth = data.truth && state.truthToggle.checked ? data.truth : null;
+  const regionMatch = {};
+  let truthDrawn = 0;
+  for (const feature of truth ? truth.features : []) {
+    const { kind, match } = feature.properties;
+    if (kind === "region") {
+      regionMatch[feature.properties.region] = match;
+      continue;
+    }
+    el("svg:path", { d: path(feature.geometry.coordinates), fill: "none", stroke: truth.colours[match], "stroke-width": "3",
+                     "stroke-dasharray": "7 4", "fill-rule": "evenodd", "data-truth": match }, state.shapes);
+    truthDrawn += 1;
+  }
+  state.box.dataset.truth = String(truthDrawn);
   let hidden = 0;
   if (regionsShown) {
     const placed = [];
     for (const region of data.regions) {  // largest first: the larger a region, the surer its label is drawn
-      const d = region.rings
-        .map((ring) => "M" + ring.map(([x, y]) => at(x, y).map((v) => v.toFixed(1)).join(",")).join("L") + "Z")
-        .join("");
-      el("svg:path", { d, fill: "none", stroke: "#00e5ff", "stroke-width": "2", "fill-rule": "evenodd",
-                       "data-region": region.id }, state.shapes);
+      const match = regionMatch[region.id];
+      el("svg:path", { d: path(region.rings), fill: "none", stroke: match ? truth.colours[match] : "#00e5ff", "stroke-width": "2",
+                       "fill-rule": "evenodd", "data-region": region.id, ...(match ? { "data-match": match } : {}) }, state.shapes);
       hidden += placeLabel(state.labels, region, at, placed) ? 0 : 1;
     }
   }

@@ -56,6 +56,8 @@ pre { font-size: 8pt; white-space: pre-wrap; background: #f6f6f6; padding: .5em;
 @media print { body { margin: 0; max-width: none; } a { color: inherit; text-decoration: none; } }
 """
 
+REPORT_CSS = _CSS  # the case report (workspace.case_report) prints with the same styles
+
 
 def _png_data(image: np.ndarray | Image.Image, *, jpeg: bool = False) -> str:
     """A data: URL of `image` (JPEG for photographs of tissue, PNG otherwise)."""

@@ -8,12 +8,17 @@ keeps the stage provisional. No Streamlit here; the Slides page draws it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..bundled import BUNDLED
 from ..evaluation.cases import Case, stage_case
 from ..fileio import atomic_write_json, read_json
-from .slide_library import SlideLibrary
+from ..slides.folder import AnalysisFolder
+from .reviews import ReviewStore
+from .slide_library import SlideEntry, SlideLibrary
+from .slide_reviews import slide_reviews
 
 CASES_FILE = "slide_cases.json"
 NOT_ANALYSED = "not analysed"
@@ -45,19 +50,43 @@ def save_case(root: str | Path, patient: str, slides: list[str]) -> dict[str, li
     return cases
 
 
+@dataclass(frozen=True)
+class CaseSlide:
+    """One slide of a case: its library name, class (its summary's size class, "not assessed" or "not analysed"),
+    its analysis (folder and summary; None when not analysed) and the current reviews of it."""
+
+    name: str
+    size_class: str
+    folder: AnalysisFolder | None = None
+    summary: dict[str, Any] | None = None
+    reviews: list[dict[str, Any]] = field(default_factory=list)
+    synthetic: bool = False
+
+
+def case_slides(library: SlideLibrary, slide_ids: list[str], run: str | Path = BUNDLED, *, stride: int = 32,
+                reviews: ReviewStore | None = None, entries: list[SlideEntry] | None = None) -> list[CaseSlide]:
+    """The case's slides (library ids) with their analyses with `run` at `stride` and, given a store, their reviews
+    (`entries`: the library's `slides()`, when the caller has them)."""
+    by_id = {entry.id: entry for entry in (library.slides() if entries is None else entries)}
+    out = []
+    for slide in slide_ids:
+        entry = by_id.get(slide)
+        state = library.analysis(slide, run, stride=stride) if entry is not None else None
+        summary = state.summary if state is not None and state.state == "done" else None
+        said = (slide_reviews(reviews, [slide, *entry.copies], run=state.run)
+                if reviews is not None and entry is not None and state is not None and summary is not None else [])
+        out.append(CaseSlide(entry.name if entry else slide, (summary or {}).get("size_class", NOT_ANALYSED),
+                             state.folder if state is not None and summary is not None else None, summary, said,
+                             bool(entry and entry.synthetic) or bool((summary or {}).get("synthetic"))))
+    return out
+
+
 def library_cases(library: SlideLibrary, run: str | Path = BUNDLED, *, stride: int = 32) -> list[Case]:
     """Every case of the library with its stage from the analyses with `run` at `stride`; a case's slides are
     named by their library name, its classes those of their summaries ("not assessed", "not analysed")."""
-    names = {entry.id: entry.name for entry in library.slides()}
-    staged = []
-    for patient, slides in load_cases(library.root).items():
-        classes = {}
-        for slide in slides:
-            state = library.analysis(slide, run, stride=stride) if slide in names else None
-            summary = state.summary if state is not None and state.state == "done" else None
-            classes[names.get(slide, slide)] = (summary or {}).get("size_class", NOT_ANALYSED)
-        staged.append(stage_case(patient, classes))
-    return staged
+    entries = library.slides()
+    return [stage_case(patient, {s.name: s.size_class for s in case_slides(library, slides, run, stride=stride, entries=entries)})
+            for patient, slides in load_cases(library.root).items()]
 
 
-__all__ = ["CASES_FILE", "NOT_ANALYSED", "cases_path", "library_cases", "load_cases", "save_case"]
+__all__ = ["CASES_FILE", "NOT_ANALYSED", "CaseSlide", "case_slides", "cases_path", "library_cases", "load_cases", "save_case"]
