@@ -4,6 +4,7 @@ as a real server for a real browser (the browser tests and benchmarks/bench_dash
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -324,3 +325,14 @@ def analysed_real_slide(root: Path, *, stride: int = 32, name: str = "mosaic", *
     out = library.analysis_folder(entry.id, BUNDLED, stride=stride).path
     analyse(BUNDLED, slide, out, ScoringOptions(device="cpu", workers=0, tta=False), stride=stride)
     return slide, out, entry.id
+
+
+def mosaic_truth_geojson(path: Path, tumour: tuple[int, int, int, int] = (4, 9, 6, 13)) -> Path:
+    """The truth of a `real_mosaic_slide` (its tumour block of patch rows [r0, r1) and columns [c0, c1), past a margin of
+    one 96-px patch) as QuPath exports it, classified Tumor, written to `path`."""
+    r0, r1, c0, c1 = tumour
+    x0, y0, x1, y1 = 96 + 96 * c0, 96 + 96 * r0, 96 + 96 * c1, 96 + 96 * r1
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {
+        "type": "Polygon", "coordinates": [ring]}, "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}}]}))
+    return path

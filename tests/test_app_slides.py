@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 import numpy as np
 
-from helpers import REPO, analysed_real_slide
+from helpers import REPO, analysed_real_slide, mosaic_truth_geojson
 from pcam_core.workspace.slides import SlideLibrary
 from pcam_core.slides.viewer import lattice_of, load_heat, load_summary
 from pcam_core.workspace import ENV_VAR
@@ -393,16 +393,6 @@ def test_a_case_report_prints_the_stage_why_it_is_provisional_the_reviews_a_sign
     assert "agree “clear tumour”: Dr Ada" in slides[0] and "No size class is given" in slides[1]
     with pytest.raises(KeyError, match="no case for patient 'nobody'"):
         case_report_html(library, "nobody")
-
-
-def mosaic_truth_geojson(path: Path) -> Path:
-    """The truth of `analysed_workspace`'s slide as QuPath exports it: the tumour block of `real_mosaic_slide` (its
-    default patch rows 4-9 and columns 6-13, past a margin of one 96-px patch), classified Tumor."""
-    x0, y0, x1, y1 = 96 + 96 * 6, 96 + 96 * 4, 96 + 96 * 13, 96 + 96 * 9
-    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {
-        "type": "Polygon", "coordinates": [ring]}, "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}}]}))
-    return path
 
 
 @pytest.mark.slow

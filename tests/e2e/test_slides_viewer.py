@@ -207,3 +207,57 @@ def test_a_queued_analysis_appears_when_it_finishes_without_a_reload(tmp_path):
                 browser.close()
     finally:
         app.stop()
+
+
+@pytest.mark.browser
+def test_the_case_view_shows_the_pn_stage_and_loaded_truth_is_outlined_in_the_viewer(dashboard, tmp_path):
+    """A case of the analysed slide: its pN stage in the case view, with its report to download; the slide's truth (a
+    QuPath GeoJSON, by path) drawn over the map: the lesion's outline dashed in the colour of a found lesion, the
+    regions in their match's colour, and the legend."""
+    from playwright.sync_api import sync_playwright
+
+    from helpers import mosaic_truth_geojson
+    from pcam_core.workspace.slide_cases import library_cases, save_case
+    from pcam_core.workspace.slide_library import SlideLibrary
+
+    library = SlideLibrary(dashboard.workspace)
+    save_case(library.root, "patient_001", [dashboard.sid])
+    [case] = library_cases(library, stride=32)
+    truth = mosaic_truth_geojson(tmp_path / "mosaic.geojson")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+            page.set_default_timeout(60_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            try:
+                page.goto(f"{dashboard.url}/slides?slide={dashboard.sid}")
+                page.wait_for_selector(f"{VIEW}[data-state=open]")
+                page.get_by_text("Cases: 1 patient(s)").click()
+                stage = page.get_by_text(f"patient_001: pN stage {case.stage}")
+                wait_rendered(page, stage)
+                with page.expect_download() as download:
+                    page.get_by_role("button", name="Case report (HTML, printable)").click()
+                assert f"<h1>Case report: patient_001</h1>" in Path(download.value.path()).read_text(encoding="utf-8")
+
+                page.get_by_text("Truth: compare with annotations").click()
+                field = page.get_by_label("or its path on the server")
+                field.fill(str(truth))
+                field.press("Enter")
+                page.get_by_role("button", name="Load truth").click()
+                page.wait_for_function(f"() => document.querySelector('{VIEW}').dataset.truth === '1'")
+                outline = page.locator("svg.pcam-slide-svg path[data-truth]")
+                assert outline.get_attribute("data-truth") == "found" and outline.get_attribute("stroke-dasharray")
+                matched = page.locator("svg.pcam-slide-svg path[data-match=true_positive]")
+                assert matched.count() >= 1
+                assert matched.first.get_attribute("stroke") == outline.get_attribute("stroke")
+                assert page.locator(".pcam-truth-legend [data-legend=miss]").is_visible()
+                assert "lesion missed" in page.locator(".pcam-truth-legend").inner_text()
+                SHOTS.mkdir(parents=True, exist_ok=True)
+                page.locator(".pcam-slide").screenshot(path=str(SHOTS / "slides-truth.png"))
+                assert not errors, errors
+            finally:
+                browser.close()
+    finally:
+        save_case(library.root, "patient_001", [])
