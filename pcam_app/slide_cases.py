@@ -35,7 +35,8 @@ def case_view(library: SlideLibrary, entries: list[SlideEntry], run: str | Path,
             for case in cases:
                 left, right = st.columns([3, 1], vertical_alignment="center")
                 left.markdown(f"**{case.patient}**: pN stage **{case.stage}**"
-                              + (f" (provisional: {', '.join(case.unread)} not read)" if case.provisional else "")
+                              + (" (provisional: " + ", ".join(f"{slide} {case.classes[slide]}" for slide in case.unread) + ")"
+                                 if case.provisional else "")
                               + (f", decided by {', '.join(case.deciding)}" if case.deciding else ""))
                 right.download_button(
                     "Case report (HTML, printable)", key=f"case-report-{case.patient}", on_click="ignore",

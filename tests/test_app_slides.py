@@ -379,7 +379,7 @@ def test_a_case_report_prints_the_stage_why_it_is_provisional_the_reviews_a_sign
 
     at = open_slides(root, monkeypatch)
     line = next(m.value for m in at.markdown if m.value.startswith("**patient_007**"))
-    assert f"pN stage **{case.stage}** (provisional: slide.tif not read)" in line
+    assert f"pN stage **{case.stage}** (provisional: slide.tif not assessed)" in line
     assert [b for b in at.get("download_button") if b.label == "Case report (HTML, printable)"]
 
     report = case_report_html(library, "patient_007", stride=32, reviews=store)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -67,6 +68,16 @@ def _centre_in_image(page) -> list[float]:
         return [r.x + r.width / 2, r.y + r.height / 2, r.width]; }""")
 
 
+def _new_page(p) -> tuple[Any, Any, list[str]]:
+    """Chromium with a page of the tests' viewport that accepts downloads, and the list its page errors go to."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+    page.set_default_timeout(60_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return browser, page, errors
+
+
 @pytest.mark.browser
 def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -75,11 +86,7 @@ def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
     summary = json.loads((dashboard.folder / "summary.json").read_text())
     assert summary["regions"] >= 1
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
-        page.set_default_timeout(60_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
+        browser, page, errors = _new_page(p)
         tiles: list[str] = []
         page.on("requestfinished", lambda request: f"/slides-api/{dashboard.sid}_files/" in request.url and tiles.append(request.url))
         try:
@@ -226,11 +233,7 @@ def test_the_case_view_shows_the_pn_stage_and_loaded_truth_is_outlined_in_the_vi
     truth = mosaic_truth_geojson(tmp_path / "mosaic.geojson")
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
-            page.set_default_timeout(60_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
+            browser, page, errors = _new_page(p)
             try:
                 page.goto(f"{dashboard.url}/slides?slide={dashboard.sid}")
                 page.wait_for_selector(f"{VIEW}[data-state=open]")
