@@ -385,7 +385,7 @@ def test_a_case_report_prints_the_stage_why_it_is_provisional_the_reviews_a_sign
     report = case_report_html(library, "patient_007", stride=32, reviews=store)
     cover, *slides = report.split('<div class="section-break"><h1>')
     assert "Case report: patient_007" in cover and f"{case.stage} (provisional)" in cover
-    assert "slide.tif: not assessed (Not assessed: the model was not made for this slide" in cover
+    assert "slide.tif: not assessed (the model was not made for this slide" in cover
     assert "SYNTHETIC" in cover and "the stage can only rise" in cover
     assert "region #1" in cover and "agree “clear tumour”: Dr Ada" in cover
     assert "Pathologist's sign-off" in cover and all(f"<span>{w}</span>" in cover for w in ("Name", "Date", "Signature"))

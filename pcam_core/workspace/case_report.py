@@ -36,6 +36,7 @@ _CSS = """
 def _unread_reason(slide: CaseSlide) -> str:
     if slide.size_class == NOT_ASSESSED:
         reason = ((slide.summary or {}).get("scope") or {}).get("reason") or "out of the model's scope"
+        reason = reason.removeprefix("Not assessed:").strip()  # the scope guard's words begin with it
         return f"{slide.name}: not assessed ({reason.rstrip('.')})"
     return f"{slide.name}: not analysed"
 
