@@ -4,7 +4,7 @@
 //        OpenSeadragon repeats on every tile's address); width, height (level-0 px), mpp;
 //        heatmap: {url (with the analysis's ?v=), width, height} | null (an image spanning width x height level-0 px
 //        from (0, 0), cells at or above &threshold= opaque); tissue: the same for the tissue mask | null; threshold; stops: the colour scale;
-//        regions: [{id, rings (level-0 px), bbox [x, y, w, h], longest_diameter_mm}]; goto: {bbox, nonce} | null;
+//        regions: [{id, rings (level-0 px), bbox [x, y, w, h], longest_diameter_mm, reported}]; goto: {bbox, nonce} | null;
 //        marker: [x, y, size] | null (the window last clicked); view_height: in CSS px}.
 // The map's opacity and threshold and the tissue toggle are controls of this element: they change the view without a
 // round trip to Python. A click (not a drag) on the slide sends its level-0 point as the "click" trigger.
@@ -314,8 +314,11 @@ function draw(root) {
       const d = region.rings
         .map((ring) => "M" + ring.map(([x, y]) => at(x, y).map((v) => v.toFixed(1)).join(",")).join("L") + "Z")
         .join("");
-      el("svg:path", { d, fill: "none", stroke: "#00e5ff", "stroke-width": "2", "fill-rule": "evenodd",
-                       "data-region": region.id }, state.shapes);
+      // a region below the reporting threshold (pcam_core.slides.decision) is drawn thin, grey and dashed
+      const below = region.reported === false;
+      el("svg:path", { d, fill: "none", stroke: below ? "#b0b0b0" : "#00e5ff", "stroke-width": below ? "1" : "2",
+                       "stroke-dasharray": below ? "3 3" : "none", "fill-rule": "evenodd", "data-region": region.id,
+                       "data-reported": below ? "false" : "true" }, state.shapes);
       hidden += placeLabel(state.labels, region, at, placed) ? 0 : 1;
     }
   }
