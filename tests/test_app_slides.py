@@ -319,4 +319,7 @@ def test_a_slide_out_of_the_models_scope_is_not_assessed(kind, tmp_path, monkeyp
     assert any("Not assessed: the model was not made for this slide" in e for e in errors), errors
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Size class"] == metrics["Call at 0.5"] == metrics["Slide score"] == "—"  # none: the error says why
+    summary = load_summary(library.analysis_folder(sid, stride=96))
+    assert summary["call"] == summary["size_class"] == "not assessed"
+    assert all(region["size_class"] is None for region in summary["region_list"])  # not even a reported region's
     assert "Trained on lymph-node H&E at 0.972 µm/px (PatchCamelyon) only." in texts(at)

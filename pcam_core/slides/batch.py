@@ -114,6 +114,8 @@ def write_outputs(folder: AnalysisFolder, state: dict[str, Any], meta: dict[str,
     write_regions(folder, regions)  # decided by summarise: reported or below the reporting threshold
     if not scope["in_scope"]:
         summary["call"] = summary["size_class"] = NOT_ASSESSED
+        for feature in regions:  # a slide not assessed gives no size class, not even to a region it would report
+            feature["properties"]["size_class"] = None
     if state.get("shards"):  # seconds above: the shards' seconds summed (compute time, not wall time)
         summary["shards"] = state["shards"]
     title = (f"{Path(meta['slide']).name}: slide score {summary['slide_score']:.3f}, {summary['regions_reported']} reported "
