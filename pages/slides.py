@@ -26,6 +26,7 @@ from pcam_core.decision import DEFAULT_THRESHOLD, call
 from pcam_core.triage import triage_calls
 from pcam_core.runs import RunDir, resolve_run
 from pcam_core.slides.analysis import WINDOW
+from pcam_core.slides.decision import rule_words
 from pcam_core.slides.regions import region_name
 from pcam_core.slides.scope_map import SCOPE_LINE
 from pcam_core.slides.report import local_time, review_text, window_label
@@ -178,15 +179,20 @@ st.caption(f"{scope.get('line') or SCOPE_LINE} "
               if scope.get("checked") else "This model has no out-of-scope guard: its tissue was not checked."))
 slide_call = summary.get("call") or call(score, threshold)
 cols = st.columns(6)
-cols[0].metric("Slide score", f"{score:.3f}" if assessed else "—", help="The highest cell probability on the slide, of the cells "
-               "within the model's scope.")
+cols[0].metric("Slide score", f"{score:.3f}" if assessed else "—",
+               help=f"The slide's tumour score: {summary.get('slide_score_method', 'the highest cell probability')}, "
+                    f"of the cells within the model's scope. Its highest cell: {summary.get('slide_max_cell', score):.3f}.")
 NONE = "—"  # not assessed: the words are in the error above, whole (a metric's value is cut at about 12 characters)
-cols[1].metric(f"Call at {threshold:g}", {"tumour": "tumour", "normal": "no tumour"}.get(slide_call, NONE),
-               help="Tumour when the slide score reaches the analysis threshold; none (not assessed) when the slide is out "
-                    "of the model's scope.")
-cols[2].metric("Tumour area, mm²", f"{summary['tumour_area_mm2']:.3f}", help="The area of the cells at or above the threshold.")
-cols[3].metric("Regions", summary["regions"])
-cols[4].metric("Largest diameter", f"{summary['largest_diameter_mm']:.2f} mm")
+slide_threshold = float(summary.get("slide_threshold", threshold))
+cols[1].metric(f"Call at {slide_threshold:g}", {"tumour": "tumour", "normal": "no tumour"}.get(slide_call, NONE),
+               help="Tumour when the slide score reaches the slide decision's threshold; none (not assessed) when the slide "
+                    "is out of the model's scope.")
+cols[2].metric("Tumour area, mm²", f"{summary['tumour_area_mm2']:.3f}", help="The area of the reported regions.")
+below = int(summary.get("regions_below_threshold", 0))
+cols[3].metric("Regions", summary.get("regions_reported", summary["regions"]),
+               help=f"Reported regions; {below} more below the reporting threshold (listed below, no size class). "
+                    + rule_words((summary.get("decision") or {}).get("rule")) + ".")
+cols[4].metric("Largest diameter", f"{summary['largest_diameter_mm']:.2f} mm", help="Of the largest reported region.")
 cols[5].metric("Size class", summary["size_class"] if assessed else NONE,
                help=SIZE_CLASS_WORDS.get(summary["size_class"], "Not assessed: the slide is out of the model's scope."))
 st.caption(f"Model {summary.get('model')} ({state.run_label}), "
@@ -210,11 +216,12 @@ if view["point"] is not None:
         window = window_at(slide.path, heat, lattice, *view["point"])
     except (OSError, ValueError) as err:
         st.warning(f"Cannot read the window there: {err}")
-truth = truth_loader(slide.id, region_list, mpp=lattice.mpp, width=lattice.width, height=lattice.height, version=state.version)
+# truth is matched against the regions the tool reports: one below the reporting threshold claims nothing
+truth = truth_loader(slide.id, [r for r in region_list if r["reported"]], mpp=lattice.mpp, width=lattice.width, height=lattice.height, version=state.version)
 clicked = slide_viewer(
     slide.id, width=lattice.width, height=lattice.height, mpp=lattice.mpp, analysis=state.key,
     heatmap=extents["heatmap"], tissue=extents["tissue"],
-    threshold=threshold, regions=[{k: r[k] for k in ("id", "rings", "bbox", "longest_diameter_mm")} for r in region_list],
+    threshold=threshold, regions=[{k: r[k] for k in ("id", "rings", "bbox", "longest_diameter_mm", "reported")} for r in region_list],
     goto=view["goto"], marker=(window["x"], window["y"], window["size"]) if window else None, key=f"viewer-{slide.id}",
     version=slide.version, analysis_version=state.version, truth=truth)
 if clicked is not None:
@@ -260,19 +267,26 @@ else:
     order = st.segmented_control("Sort", list(SORTS), format_func=SORTS.get, default="size", key="region_sort",
                                  label_visibility="collapsed") or "size"
     key = "area_mm2" if order == "size" else "max_probability"
-    ranked = sorted(region_list, key=lambda r: -r[key])
+    ranked = sorted(region_list, key=lambda r: (not r["reported"], -r[key]))  # reported first
+    if not any(r["reported"] for r in region_list):
+        st.caption(f"No region is reported: all {len(region_list)} are below the reporting threshold (no size class).")
     region_reviews = {}
     for review in said:
         if review["region"] is not None:
             region_reviews.setdefault(review["region"], []).append(review_text(review))
-    for region in ranked[:REGIONS_LISTED]:
+    for rank, region in enumerate(ranked[:REGIONS_LISTED]):
         number = region["id"]
+        if not region["reported"] and (rank == 0 or ranked[rank - 1]["reported"]):
+            st.caption(f"Below the reporting threshold ({sum(not r['reported'] for r in region_list)}): listed for "
+                       "inspection, not reported, no size class.")
         c = st.columns([1, 2, 2, 2, 1, 1], vertical_alignment="center")
         if c[0].button(f"#{number}", key=f"goto-{number}", icon=":material/my_location:",
                        help=f"Show {region_name(number)} in the viewer (its name in the GeoJSON and the report)"):
             view["goto"] = {"bbox": region["bbox"], "nonce": time.time()}
             st.rerun()
-        c[1].write(f"**{region['longest_diameter_mm']:.2f} mm** longest diameter")
+        c[1].write(f"**{region['longest_diameter_mm']:.2f} mm** longest diameter, "
+                   + (f"{region['size_class']}" if region["reported"] and assessed else
+                      "below the reporting threshold" if not region["reported"] else "not assessed"))
         c[2].write(f"{region['area_mm2']:.3f} mm²")
         c[3].write(f"max probability {region['max_probability']:.3f}")
         c[4].write(f"{region['cells']} cells")
@@ -283,7 +297,7 @@ else:
         if region_reviews.get(number):
             st.caption(f"Reviews of #{number}: " + "; ".join(region_reviews[number]))
     if len(ranked) > REGIONS_LISTED:
-        st.caption(f"{len(ranked) - REGIONS_LISTED} smaller regions are in the GeoJSON.")
+        st.caption(f"{len(ranked) - REGIONS_LISTED} more regions are in the GeoJSON.")
     with st.expander("All regions as a table"):
         table = pd.DataFrame(ranked).drop(columns=["rings"]).rename(columns={"id": "region"})
         table["reviews"] = [" · ".join(region_reviews.get(n, [])) for n in table["region"]]

@@ -72,7 +72,8 @@ def state_text(state: AnalysisState) -> str:
     elif state.state == "running" and state.windows_total:
         text += f" {100 * state.fraction:.0f}%"
     elif state.state == "done" and state.summary:
-        text += f", score {state.summary['slide_score']:.3f}, {state.summary['regions']} region(s)"
+        s = state.summary
+        text += f", score {s['slide_score']:.3f}, {s.get('regions_reported', s['regions'])} reported region(s)"
     return text
 
 

@@ -276,37 +276,18 @@ def real_mosaic_slide(out: Path, *, cols: int = 24, rows: int = 16, tumour: tupl
     a two-level pyramidal tiled TIFF that OpenSlide opens as generic-tiff. `size` (width, height) in pixels: the
     slide's exact size, as many patches as fit within a margin of one patch (then `cols`, `rows` are ignored). Returns (slide file, truth: the block in
     level-0 pixels and patches)."""
-    import tifffile
-
-    from pcam_core.slides.reader import PCAM_MPP
+    from pcam_core.slides.mosaic import MARGIN, write_mosaic_slide
 
     table = pd.read_csv(REAL_KAGGLE / "train_labels.csv", dtype={"id": str})
     pixels = {label: [np.asarray(Image.open(REAL_KAGGLE / "train" / f"{i}.tif").convert("RGB"))
                       for i in table["id"][table["label"] == label]] for label in (0, 1)}
-    rng = np.random.default_rng(seed)
-    margin = 96
     if size is not None:
-        cols, rows = (size[0] - 2 * margin) // 96, (size[1] - 2 * margin) // 96
-    width, height = size or (cols * 96 + 2 * margin, rows * 96 + 2 * margin)
-    canvas = np.clip(rng.normal((242, 241, 244), 3, (height, width, 3)), 0, 255).astype(np.uint8)
-    for r in range(rows):
-        for c in range(cols):
-            inside = tumour is not None and tumour[0] <= r < tumour[1] and tumour[2] <= c < tumour[3]
-            patch = pixels[int(inside)][rng.integers(len(pixels[int(inside)]))]
-            patch = np.rot90(patch[:, ::-1] if rng.integers(2) else patch, k=int(rng.integers(4)))
-            canvas[margin + 96 * r: margin + 96 * r + 96, margin + 96 * c: margin + 96 * c + 96] = patch
-    out.mkdir(parents=True, exist_ok=True)
+        cols, rows = (size[0] - 2 * MARGIN) // 96, (size[1] - 2 * MARGIN) // 96
     path = out / "slide.tif"
-    res = 1e4 / PCAM_MPP
-    with tifffile.TiffWriter(path) as tif:
-        for index, d in enumerate((1, 2)):
-            level = canvas if d == 1 else np.asarray(Image.fromarray(canvas).reduce(d))
-            tif.write(level, tile=(256, 256), photometric="rgb", compression="jpeg", compressionargs={"level": 90},
-                      resolution=(res / d, res / d), resolutionunit="CENTIMETER", subfiletype=1 if index else 0,
-                      metadata=None, software="pcam_core tests")
-    truth = {"mpp": PCAM_MPP, "patches": [rows, cols], "tumour_patches": list(tumour) if tumour else None,
-             "tumour_box": None if tumour is None else [margin + 96 * tumour[2], margin + 96 * tumour[0],
-                                                        96 * (tumour[3] - tumour[2]), 96 * (tumour[1] - tumour[0])]}
+    written = write_mosaic_slide(path, pixels[0], pixels[1], rows=rows, cols=cols, lesions=[tumour] if tumour else [],
+                                 seed=seed, size=size)
+    truth = {"mpp": written["mpp"], "patches": [rows, cols], "tumour_patches": list(tumour) if tumour else None,
+             "tumour_box": written["lesions"][0]["box"] if tumour else None}
     return path, truth
 
 

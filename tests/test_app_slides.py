@@ -89,8 +89,10 @@ def test_an_analysed_slide_shows_its_figures_viewer_regions_and_downloads(analys
     assert f"{summary['scope']['out_of_scope_fraction']:.1%} of this slide's scored tissue lies outside it" in shown
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Slide score"] == f"{summary['slide_score']:.3f}"
-    assert metrics["Call at 0.5"] == ("tumour" if summary["slide_score"] >= 0.5 else "no tumour")
-    assert metrics["Regions"] == str(summary["regions"]) and metrics["Size class"] == summary["size_class"]
+    # the slide decision's call and reported regions (pcam_core.slides.decision), not the highest cell's
+    assert metrics[f"Call at {summary['slide_threshold']:g}"] == ("tumour" if summary["slide_score"] >= summary["slide_threshold"]
+                                                                   else "no tumour")
+    assert metrics["Regions"] == str(summary["regions_reported"]) and metrics["Size class"] == summary["size_class"]
     assert metrics["Largest diameter"] == f"{summary['largest_diameter_mm']:.2f} mm"
     # the bundled model's triage (fitted on its held-out patches) calls every scored cell
     from pcam_core.calibration import run_triage
@@ -113,7 +115,7 @@ def test_an_analysed_slide_shows_its_figures_viewer_regions_and_downloads(analys
     # regions by probability, then "go to" the first: the viewer gets its box
     at.segmented_control(key="region_sort").set_value("probability").run()
     buttons = [b for b in at.button if (b.key or "").startswith("goto-")]
-    by_probability = sorted(summary["region_list"], key=lambda r: -r["max_probability"])
+    by_probability = sorted(summary["region_list"], key=lambda r: (not r["reported"], -r["max_probability"]))  # reported first
     assert len(buttons) == min(summary["regions"], 30) >= 1  # the 30 first are listed, the rest in the GeoJSON
     assert buttons[0].label == f"#{by_probability[0]['region']}"  # the region's one number, as in the GeoJSON
     buttons[0].click().run()
@@ -317,6 +319,9 @@ def test_a_slide_out_of_the_models_scope_is_not_assessed(kind, tmp_path, monkeyp
     assert any("Not assessed: the model was not made for this slide" in e for e in errors), errors
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Size class"] == metrics["Call at 0.5"] == metrics["Slide score"] == "—"  # none: the error says why
+    summary = load_summary(library.analysis_folder(sid, stride=96))
+    assert summary["call"] == summary["size_class"] == "not assessed"
+    assert all(region["size_class"] is None for region in summary["region_list"])  # not even a reported region's
     assert "Trained on lymph-node H&E at 0.972 µm/px (PatchCamelyon) only." in texts(at)
 
 

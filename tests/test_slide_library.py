@@ -191,7 +191,8 @@ def test_the_report_holds_the_figures_regions_crops_disclaimer_and_embedded_imag
     assert f"{region['area_mm2']:.4f}" in text and f"{region['longest_diameter_mm']:.3f}" in text
     assert DISCLAIMER in text and "SYNTHETIC" not in text  # a PNG of our own is no synthetic demo slide
     assert "red-centre" in text and "threshold" in text and "stride" in text
-    assert len(page.images) == 1 + summary["regions"]  # the map, and a crop per region
+    assert summary["regions_reported"] >= 1 and f"{summary['regions_reported']} reported" in text
+    assert len(page.images) == 1 + summary["regions_reported"]  # the map, and a crop per reported region
     for src in page.images:
         kind, data = src.split(",", 1)
         assert kind in ("data:image/png;base64", "data:image/jpeg;base64")

@@ -151,7 +151,11 @@ def test_regions_come_from_the_geojson_with_boxes_around_their_outlines(analysed
     summary = load_summary(folder)
     assert len(found) == summary["regions"] >= 1
     assert [r["id"] for r in found] == list(range(1, len(found) + 1))
-    assert found[0]["longest_diameter_mm"] == pytest.approx(summary["largest_diameter_mm"])
+    reported = [r for r in found if r["reported"]]
+    assert len(reported) == summary["regions_reported"] and all(r["size_class"] for r in reported)
+    assert max(r["longest_diameter_mm"] for r in reported) == pytest.approx(summary["largest_diameter_mm"])  # of the reported
+    assert all(r["size_class"] is None and r["reporting"].startswith("below the reporting threshold")
+               for r in found if not r["reported"])
     for region in found:
         x, y, w, h = region["bbox"]
         ring = np.asarray(region["rings"][0])

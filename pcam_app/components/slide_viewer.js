@@ -4,7 +4,7 @@
 //        OpenSeadragon repeats on every tile's address); width, height (level-0 px), mpp;
 //        heatmap: {url (with the analysis's ?v=), width, height} | null (an image spanning width x height level-0 px
 //        from (0, 0), cells at or above &threshold= opaque); tissue: the same for the tissue mask | null; threshold; stops: the colour scale;
-//        regions: [{id, rings (level-0 px), bbox [x, y, w, h], longest_diameter_mm}]; goto: {bbox, nonce} | null;
+//        regions: [{id, rings (level-0 px), bbox [x, y, w, h], longest_diameter_mm, reported}]; goto: {bbox, nonce} | null;
 //        marker: [x, y, size] | null (the window last clicked); view_height: in CSS px;
 //        truth: {features (GeoJSON, level-0 px: lesions' outlines and regions, each with properties kind and match),
 //        colours {match: colour}, words {match: legend words}} | null (pcam_core.evaluation.overlay)}.
@@ -354,8 +354,12 @@ function draw(root) {
     const placed = [];
     for (const region of data.regions) {  // largest first: the larger a region, the surer its label is drawn
       const match = regionMatch[region.id];
-      el("svg:path", { d: path(region.rings), fill: "none", stroke: match ? truth.colours[match] : "#00e5ff", "stroke-width": "2",
-                       "fill-rule": "evenodd", "data-region": region.id, ...(match ? { "data-match": match } : {}) }, state.shapes);
+      // a region below the reporting threshold (pcam_core.slides.decision) is drawn thin and dashed, grey unless truth colours it
+      const below = region.reported === false;
+      el("svg:path", { d: path(region.rings), fill: "none", stroke: match ? truth.colours[match] : below ? "#b0b0b0" : "#00e5ff",
+                       "stroke-width": below ? "1" : "2", "stroke-dasharray": below ? "3 3" : "none", "fill-rule": "evenodd",
+                       "data-region": region.id, "data-reported": below ? "false" : "true", ...(match ? { "data-match": match } : {}) },
+         state.shapes);
       hidden += placeLabel(state.labels, region, at, placed) ? 0 : 1;
     }
   }

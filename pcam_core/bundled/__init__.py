@@ -5,9 +5,11 @@ usable wherever a run is (`--run bundled`, `load_predictor("bundled")`, the dash
       pcam-real-pcamnet.pt   the averaged weights, the ExperimentConfig, the threshold and the held-out
                              figures, in the one checkpoint schema (loaded with weights_only=True)
       MODEL_CARD.md          data, recipe, held-out figures, intended use and limits
+      slide_decision.json    which slide regions are reported and the slide classifier (`slides.decision`)
 
-Both are written by `scripts/train_bundled.py` (the only code that reads the training data, and the only
-writer of the model file and its card). The name
+The first two are written by `scripts/train_bundled.py` (the only code that reads the training data, and the
+only writer of the model file and its card); slide_decision.json by `scripts/fit_slide_decision.py`, from
+mosaics of the held-out patches (docs/slides.md, The slide decision). The name
 `bundled` (the string, exactly) and this folder's path both mean the bundled model; every command
 turns a run argument into a checkpoint through `pcam_core.runs.checkpoint_path`, which asks
 `is_bundled` first. Importing this module loads no torch.

@@ -101,8 +101,11 @@ def _report_slides(records: list[dict[str, Any]]) -> int:
             print(f"{r['status']}: {r['slide']} -> {r['folder']}: NOT ASSESSED: {scope['reason']} No call, no size class "
                   f"({s['windows_scored']} windows in {s['seconds']:.1f} s)")
             continue
-        print(f"{r['status']}: {r['slide']} -> {r['folder']}: score {s['slide_score']:.3f} (top-{s['top_k']} mean "
-              f"{s['slide_topk_mean']:.3f}), {s['regions']} region(s), {s['tumour_area_mm2']:.3f} mm2, largest "
+        # an analysis made before the slide decision reported every region, its slide score the highest cell
+        print(f"{r['status']}: {r['slide']} -> {r['folder']}: {s['call']} (slide score {s['slide_score']:.3f}, called at "
+              f"{s.get('slide_threshold', s['threshold']):g}; highest cell {s.get('slide_max_cell', s['slide_score']):.3f}), "
+              f"{s.get('regions_reported', s['regions'])} reported region(s) "
+              f"({s.get('regions_below_threshold', 0)} below the reporting threshold), {s['tumour_area_mm2']:.3f} mm2, largest "
               f"{s['largest_diameter_mm']:.2f} mm ({s['size_class']}), {s['windows_scored']} windows in {s['seconds']:.1f} s"
               + (f", {len(s['skipped_regions'])} unreadable region(s) skipped" if s["skipped_regions"] else "")
               + (f"; {scope['out_of_scope_fraction']:.1%} of the tissue out of the model's scope" if scope.get("checked") else ""))

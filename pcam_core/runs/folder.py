@@ -104,6 +104,7 @@ class RunDir:
     best_checkpoint = property(lambda self: self.path / "checkpoints" / "best.pt")
     valid_predictions_path = property(lambda self: self.path / "valid_predictions.csv")
     calibration_path = property(lambda self: self.path / "calibration.json")
+    slide_decision_path = property(lambda self: self.path / "slide_decision.json")  # `slides.decision`: regions reported, slide score
     scope_path = property(lambda self: self.path / "scope.npz")  # the out-of-scope guard (`pcam_core.scope`)
     summary_path = property(lambda self: self.path / "summary.json")
     evaluations = property(lambda self: self.path / "evaluations")

@@ -141,6 +141,13 @@ class Region(BaseModel):
     area_mm2: float
     longest_diameter_mm: float
     max_probability: float
+    mean_probability: float | None = Field(None, description="null for an analysis made before the slide decision")
+    agreement: float | None = Field(None, description="the mean share of its cells' 8 neighbours inside it")
+    reported: bool | None = Field(None, description="whether it passes the reporting rule (pcam_core.slides.decision); "
+                                  "null for an analysis made before the slide decision")
+    reporting: Literal["reported", "below the reporting threshold"] | None = None
+    size_class: Literal[SIZE_CLASSES[1:]] | None = Field(  # type: ignore[valid-type]
+        None, description="of its longest diameter; null when below the reporting threshold")
     centroid_x: float = Field(description="level-0 pixels")
     centroid_y: float = Field(description="level-0 pixels")
 
@@ -181,12 +188,18 @@ class SlideSummary(BaseModel):
     cells_scored: int
     cells_at_threshold: int
     cells_unreadable: int
-    slide_score: float | None = Field(description="the highest cell probability")
+    slide_score: float | None = Field(description="the slide's tumour score (pcam_core.slides.decision; before it, the "
+                                      "highest cell probability)")
+    slide_threshold: float | None = Field(None, description="the slide is called tumour when slide_score reaches it")
+    call: Literal["tumour", "normal", NOT_ASSESSED] | None = None  # type: ignore[valid-type]
+    slide_max_cell: float | None = Field(None, description="the highest cell probability")
     slide_topk_mean: float | None
     top_k: int
-    regions: int
-    tumour_area_mm2: float
-    largest_diameter_mm: float | None
+    regions: int = Field(description="every region listed (reported and below the reporting threshold)")
+    regions_reported: int | None = Field(None, description="the regions that pass the reporting rule")
+    regions_below_threshold: int | None = None
+    tumour_area_mm2: float = Field(description="of the reported regions")
+    largest_diameter_mm: float | None = Field(description="the largest reported region's")
     size_class: Literal[(*SIZE_CLASSES, NOT_ASSESSED)]  # type: ignore[valid-type]
     scope: SlideScope | None = Field(None, description="null for an analysis made before the scope guard")
     region_list: list[Region]

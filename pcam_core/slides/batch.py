@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..decision import DEFAULT_THRESHOLD, call, check_threshold, is_tumour
+from ..decision import DEFAULT_THRESHOLD, check_threshold, is_tumour
 from ..fileio import atomic_write_json, read_json
 from ..scoring_options import AUTO_WORKERS, ScoringOptions
 from ..sharding import shard_indices
@@ -31,7 +31,7 @@ from ..scope import ScopeModel
 from .analysis import UNREADABLE, score_slide
 from .scope_map import NOT_ASSESSED, OUT_OF_SCOPE, assessed_map, slide_scope
 from .shards import merge_lock, merge_shards, missing_shards, shard_records
-from ..staging import size_class
+from .decision import TOP_K, SlideDecision, load_slide_decision, slide_decision
 from .folder import AnalysisFolder, slide_folder
 from .reader import SLIDE_SUFFIXES, slide_files
 from .report import write_report
@@ -39,7 +39,6 @@ from .outputs import tumour_regions, valid_cells, write_heatmap_png, write_heatm
 
 log = logging.getLogger(__name__)
 
-TOP_K = 10  # slide_topk_mean: the mean of the k highest cell probabilities
 SLIDE_WORKERS = 2  # region-reading processes when the options say "automatic" (-1)
 
 
@@ -62,19 +61,20 @@ def find_slides(path: str | Path) -> list[Path]:
     return slides
 
 
-def summarise(heat: np.ndarray, regions: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
-    """Slide-level figures from the map (an `assessed_map`: out-of-scope cells count for no score) and its regions;
-    `cells_scored` counts every window scored, in scope or not."""
+def summarise(heat: np.ndarray, regions: list[dict[str, Any]], threshold: float, cell_mm2: float,
+              decision: SlideDecision) -> dict[str, Any]:
+    """Slide-level figures from the map (an `assessed_map`: out-of-scope cells count for no score) and its regions,
+    which are decided here (reported or below the reporting threshold, `slides.decision`); `cells_scored` counts
+    every window scored, in scope or not. `slide_score` is the slide decision's tumour score, `slide_max_cell`
+    the highest cell probability (what `slide_score` meant before the slide decision)."""
     values = np.sort(heat[valid_cells(heat)])[::-1]
-    largest = max((f["properties"]["longest_diameter_mm"] for f in regions), default=0.0)
+    decided = slide_decision(values, regions, threshold, cell_mm2, decision)
     return {
-        "slide_score": float(values[0]) if len(values) else 0.0,
-        "slide_topk_mean": float(values[:TOP_K].mean()) if len(values) else 0.0,
+        **decided,
+        "slide_max_cell": decided["slide_features"]["max_cell"],
+        "slide_topk_mean": decided["slide_features"]["topk_mean"],
         "top_k": TOP_K,
-        "tumour_area_mm2": float(sum(f["properties"]["area_mm2"] for f in regions)),
         "regions": len(regions),
-        "largest_diameter_mm": float(largest),
-        "size_class": size_class(largest),
         "cells_scored": int(len(values) + (heat == OUT_OF_SCOPE).sum()),
         "cells_at_threshold": int(is_tumour(values, threshold).sum()),
         "cells_unreadable": int((heat == UNREADABLE).sum()),
@@ -94,12 +94,12 @@ def write_outputs(folder: AnalysisFolder, state: dict[str, Any], meta: dict[str,
     outside = assessed == OUT_OF_SCOPE
     scope = slide_scope(scored, outside, mpp=lattice.mpp, mpp_source=state["slide"].get("mpp_source", "metadata"), guard=guard)
     regions = tumour_regions(assessed, lattice, threshold)
-    write_regions(folder, regions)
     tiles = write_tiles_csv(folder, heat, lattice, distances, guard["threshold"] if guard else None)
     write_tissue_png(folder, state["tissue"])
     write_heatmap_tif(folder, heat, lattice)
     summary = {
-        **summarise(assessed, regions, threshold),
+        **summarise(assessed, regions, threshold, lattice.cell_mm**2, SlideDecision.from_record(meta["decision"])
+                    if meta.get("decision") else SlideDecision()),
         "scope": scope,
         "slide": meta["slide"], "slide_info": state["slide"], "run": meta["run"], "model": meta["model"],
         "checkpoint": meta["checkpoint"], "checkpoint_epoch": meta["checkpoint_epoch"], "threshold": threshold, "mpp": lattice.mpp,
@@ -111,13 +111,15 @@ def write_outputs(folder: AnalysisFolder, state: dict[str, Any], meta: dict[str,
         "lattice": "cell (i, j) = PCam-scale px [stride*j, stride*j+stride) x [stride*i, stride*i+stride) from level-0 (0, 0); "
                    "window top-left = PCam px (stride*j + stride/2 - 48, stride*i + stride/2 - 48)",
     }
-    summary["call"] = call(summary["slide_score"], threshold) if scope["in_scope"] else NOT_ASSESSED
+    write_regions(folder, regions)  # decided by summarise: reported or below the reporting threshold
     if not scope["in_scope"]:
-        summary["size_class"] = NOT_ASSESSED
+        summary["call"] = summary["size_class"] = NOT_ASSESSED
+        for feature in regions:  # a slide not assessed gives no size class, not even to a region it would report
+            feature["properties"]["size_class"] = None
     if state.get("shards"):  # seconds above: the shards' seconds summed (compute time, not wall time)
         summary["shards"] = state["shards"]
-    title = (f"{Path(meta['slide']).name}: slide score {summary['slide_score']:.3f}, {summary['regions']} region(s), "
-             f"largest {summary['largest_diameter_mm']:.2f} mm ({summary['size_class']})" if scope["in_scope"] else
+    title = (f"{Path(meta['slide']).name}: slide score {summary['slide_score']:.3f}, {summary['regions_reported']} reported "
+             f"region(s) ({summary['regions_below_threshold']} below the reporting threshold), largest {summary['largest_diameter_mm']:.2f} mm ({summary['size_class']})" if scope["in_scope"] else
              f"{Path(meta['slide']).name}: NOT ASSESSED, {scope['out_of_scope_fraction']:.0%} of the tissue out of the model's scope (hatched)")
     write_heatmap_png(folder, assessed, state["thumbnail"], lattice, threshold, title)
     write_report(folder, summary)
@@ -159,17 +161,19 @@ def analyse_slide(
     threshold: float = DEFAULT_THRESHOLD,
     shard: tuple[int, int] | None = None,
     scope: ScopeModel | None = None,
+    decision: SlideDecision | None = None,
     progress_factory: Callable[[str], tuple[Callable[[int, int], None], Callable[[int], None]]] | None = None,
     **options: Any,
 ) -> dict[str, Any] | None:
-    """Score one slide into `folder` and write every output; returns summary.json's content. With `shard`,
+    """Score one slide into `folder` and write every output; returns summary.json's content. `decision`: the
+    run's slide decision (`slides.decision.load_slide_decision`; None: the default). With `shard`,
     score that shard of the slide; the outputs are written (and the summary returned) only when this shard
     completes the set, else None."""
     threshold = check_threshold(threshold)
     on_start, progress = progress_factory(Path(slide).name) if progress_factory else (None, None)
     meta = {"slide": str(slide), "run": str(run), "model": model_name, "checkpoint": checkpoint, "checkpoint_epoch": checkpoint_epoch,
             "tta": bool(options.get("tta", False)), "min_tissue": options.get("min_tissue", 0.25),
-            "scope": scope.record() if scope is not None else None}
+            "scope": scope.record() if scope is not None else None, "decision": (decision or SlideDecision()).record()}
     state = score_slide(model, slide, folder, checkpoint=checkpoint, checkpoint_epoch=checkpoint_epoch, shard=shard, meta=meta,
                         scope=scope, model_name=model_name, on_start=on_start, progress=progress, **options)
     if shard is None:
@@ -239,6 +243,7 @@ def analyse(
     loaded = load_run_model(run, checkpoint=options.checkpoint, device=dev)
     model, config, info, ckpt = loaded.model, loaded.config, loaded.info, loaded.checkpoint
     threshold = options.threshold_or(loaded.threshold)
+    decision = load_slide_decision(loaded.run.folder.slide_decision_path)
     scoring = {"tta": options.tta, "batch_size": options.batch_size,
                "num_workers": SLIDE_WORKERS if options.workers == AUTO_WORKERS else options.workers}
     records = []
@@ -252,7 +257,7 @@ def analyse(
             continue
         try:
             summary = analyse_slide(model, slide, folder, run=loaded.run.arg, checkpoint=str(ckpt), checkpoint_epoch=info.get("epoch"),
-                                    model_name=config.model.name, threshold=threshold, scope=loaded.scope, device=dev, resume=resume,
+                                    model_name=config.model.name, threshold=threshold, scope=loaded.scope, decision=decision, device=dev, resume=resume,
                                     shard=slide_shard, progress_factory=progress_factory, **scoring, **slide_options)
         except (ValueError, FileNotFoundError, OSError) as err:
             if single:

@@ -1,8 +1,8 @@
 """What an analysis writes beside its map: tumour regions (GeoJSON), tiles.csv, heatmap.png,
 heatmap.tif (a pyramidal TIFF aligned with the slide) and tissue.png. Every file is written atomically.
 
-A region is a 4-connected set of cells at or above the threshold. Its area is its cells' area; its
-longest diameter is the maximum Feret diameter of its cells (skimage's `feret_diameter_max`) in mm; its
+A region is a 4-connected set of cells at or above the threshold. Its area is its cells' area; its mean and
+highest probability and its neighbour agreement feed the reporting rule (`slides.decision`); its longest diameter is the maximum Feret diameter of its cells (skimage's `feret_diameter_max`) in mm; its
 polygon traces the cells' outline in level-0 pixels (corners rounded by an eighth of a cell).
 
 Regions are numbered once, here, largest first: #1 is the largest (`slides.regions`: the number is the
@@ -28,6 +28,7 @@ from ..fileio import atomic_write_json, atomic_write_with
 from .analysis import UNREADABLE, Lattice
 from .scope_map import OUT_OF_SCOPE
 from .folder import AnalysisFolder
+from .decision import region_agreement
 from .regions import region_name
 from .tissue import THUMB_PCAM_PX
 
@@ -76,6 +77,8 @@ def tumour_regions(heat: np.ndarray, lattice: Lattice, threshold: float) -> list
                 "area_mm2": float(prop.area * lattice.cell_mm**2),
                 "longest_diameter_mm": float(prop.feret_diameter_max * lattice.cell_mm),
                 "max_probability": float(values.max()),
+                "mean_probability": float(values.mean()),
+                "agreement": region_agreement(region),
                 "centroid_x": float((prop.centroid[1] + 0.5) * lattice.cell_px),
                 "centroid_y": float((prop.centroid[0] + 0.5) * lattice.cell_px),
             },

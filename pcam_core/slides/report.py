@@ -28,6 +28,7 @@ from ..decision import call
 from ..staging import SIZE_CLASS_WORDS, size_class
 from .scope_map import NOT_ASSESSED, SCOPE_LINE
 from .folder import AnalysisFolder
+from .decision import is_reported, reporting_words, rule_words
 from .regions import region_number
 from .reader import open_slide
 
@@ -198,47 +199,60 @@ def render_report(folder: str | AnalysisFolder | Path, summary: dict[str, Any] |
                  f"regions at probability &gt;= {threshold:g} outlined; cells out of the model's scope hatched grey.</p>")
 
     largest = float(summary["largest_diameter_mm"])
+    reported = summary.get("regions_reported", summary["regions"])
+    below = summary.get("regions_below_threshold", 0)
+    decision = summary.get("decision") or {}
     parts += ["<h2>Figures</h2><table>",
-              _row("slide score (highest cell probability)", f"{summary['slide_score']:.3f}"),
+              _row("slide score (the slide's tumour score)", f"{summary['slide_score']:.3f}"
+                   + (f" ({e(summary['slide_score_method'])})" if summary.get("slide_score_method") else "")),
+              _row(f"call at slide score {summary.get('slide_threshold', threshold):g}", call_words),
+              _row("highest cell probability", f"{summary.get('slide_max_cell', summary['slide_score']):.3f}"),
               _row(f"top-{summary.get('top_k', 10)} mean", f"{summary.get('slide_topk_mean', float('nan')):.3f}"),
-              _row(f"call at threshold {threshold:g}", call_words),
               _row("in scope", "yes" if assessed else "no: " + scope.get("reason", "")),
               _row("tissue out of scope", f"{scope.get('out_of_scope_fraction', 0.0):.1%}" if scope.get("checked") else "not checked"),
-              _row("tumour area", f"{summary['tumour_area_mm2']:.3f} mm²"),
-              _row("tumour regions", str(summary["regions"])),
-              _row("largest region's longest diameter", f"{largest:.2f} mm"),
-              _row("size class", SIZE_CLASS_WORDS.get(summary["size_class"], summary["size_class"])),
+              _row("tumour regions", f"{reported} reported, {below} below the reporting threshold"),
+              _row("tumour area (reported regions)", f"{summary['tumour_area_mm2']:.3f} mm²"),
+              _row("largest reported region's longest diameter", f"{largest:.2f} mm"),
+              _row("size class (of the reported regions)", SIZE_CLASS_WORDS.get(summary["size_class"], summary["size_class"])),
               _row("cells scored / at threshold / unreadable",
                    f"{summary.get('cells_scored', 0):,} / {summary.get('cells_at_threshold', 0):,} / {summary.get('cells_unreadable', 0):,}"),
-              "</table>"]
+              "</table>",
+              f"<p class=\"meta\">Reporting rule: {e(rule_words(decision.get('rule')))}; its parameters: "
+              f"{e(decision.get('source', 'none recorded'))}. Regions below it are listed with what they fell short of, "
+              "and given no size class (docs/slides.md, The slide decision).</p>"]
 
     features = (read_json(folder.regions_geojson) or {}).get("features", [])
-    parts.append(f"<h2 class=\"section-break\">Tumour regions ({len(features)}), largest first</h2>")
+    numbered = [(region_number(feature, rank), feature) for rank, feature in enumerate(features, 1)]
+    numbered.sort(key=lambda item: not is_reported(item[1]["properties"]))  # reported first, each part largest first
+    shown = [item for item in numbered if is_reported(item[1]["properties"])]
+    parts.append(f"<h2 class=\"section-break\">Tumour regions ({len(shown)} reported, {len(features) - len(shown)} below the "
+                 "reporting threshold), largest first</h2>")
     if not features:
         parts.append("<p>No region reaches the threshold.</p>")
     else:
-        parts.append("<table><tr><th>#</th><th>area (mm²)</th><th>longest diameter (mm)</th><th>size class</th>"
+        parts.append("<table><tr><th>#</th><th>reporting</th><th>area (mm²)</th><th>longest diameter (mm)</th><th>size class</th>"
                      "<th>max probability</th><th>cells</th><th>centre x, y (level-0 px)</th>"
                      + ("<th>reviews</th>" if reviews else "") + "</tr>")
-        for rank, feature in enumerate(features, 1):
+        for number, feature in numbered:
             p = feature["properties"]
-            number = region_number(feature, rank)
             said = "<br>".join(e(text) for text in by_region.get(number, []))
-            parts.append(f"<tr><td class=\"num\">{number}</td><td class=\"num\">{p['area_mm2']:.4f}</td>"
-                         f"<td class=\"num\">{p['longest_diameter_mm']:.3f}</td><td>{e(size_class(p['longest_diameter_mm']) if assessed else NOT_ASSESSED)}</td>"
+            kept = is_reported(p)
+            given = (size_class(p["longest_diameter_mm"]) if kept else "none (below the reporting threshold)") if assessed else NOT_ASSESSED
+            parts.append(f"<tr><td class=\"num\">{number}</td><td>{e(reporting_words(p))}</td><td class=\"num\">{p['area_mm2']:.4f}</td>"
+                         f"<td class=\"num\">{p['longest_diameter_mm']:.3f}</td><td>{e(given)}</td>"
                          f"<td class=\"num\">{p['max_probability']:.3f}</td><td class=\"num\">{p['cells']}</td>"
                          f"<td class=\"num\">{p['centroid_x']:.0f}, {p['centroid_y']:.0f}</td>"
                          + (f"<td>{said}</td>" if reviews else "") + "</tr>")
         parts.append("</table>")
         try:
-            crops = region_crops(slide_path, features, float(summary["mpp"]))
+            crops = region_crops(slide_path, [feature for _, feature in shown], float(summary["mpp"]))
         except (OSError, ValueError) as err:
             parts.append(f"<p><b>The crops could not be read from the slide:</b> {e(str(err))}</p>")
         else:
-            parts.append(f"<p>The {len(crops)} largest region(s), outlined in cyan on the slide:</p><div class=\"regions\">")
-            for rank, (feature, crop) in enumerate(zip(features, crops), 1):
+            parts.append(f"<p>The {len(crops)} largest reported region(s), outlined in cyan on the slide"
+                         + (":" if crops else " (none is reported).") + "</p><div class=\"regions\">")
+            for (number, feature), crop in zip(shown, crops):
                 p = feature["properties"]
-                number = region_number(feature, rank)
                 parts.append(f"<figure><img alt=\"region {number}\" src=\"{_png_data(crop, jpeg=True)}\"><figcaption>#{number}: "
                              f"{p['longest_diameter_mm']:.2f} mm, {p['area_mm2']:.3f} mm², max p {p['max_probability']:.2f}"
                              "</figcaption></figure>")

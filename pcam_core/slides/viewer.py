@@ -26,6 +26,8 @@ from .analysis import UNREADABLE, WINDOW, Lattice
 from .folder import AnalysisFolder
 from .outputs import colour_map, valid_cells
 from .scope_map import OUT_OF_SCOPE, assessed_map
+from ..staging import size_class
+from .decision import is_reported, reporting_words
 from .regions import region_number
 from .reader import open_slide
 from .tissue import THUMB_PCAM_PX
@@ -116,7 +118,8 @@ def regions(folder: AnalysisFolder) -> list[dict[str, Any]]:
     """The tumour regions of tumour_regions.geojson, largest first: `id` (their number, `outputs.region_number`:
     1 = largest, as in the GeoJSON, the report and reviews), their rings (level-0
     pixels: the outline first, then holes), bounding box (x, y, width, height), longest diameter, area,
-    highest probability and cells."""
+    highest probability, cells, and whether it is reported (`reported`, `reporting`: its words; `size_class`, None
+    below the reporting threshold: `slides.decision`)."""
     data = read_json(folder.regions_geojson)
     if data is None:
         raise FileNotFoundError(f"{folder.regions_geojson}: the analysis has no regions file")
@@ -129,7 +132,9 @@ def regions(folder: AnalysisFolder) -> list[dict[str, Any]]:
         p = feature["properties"]
         out.append({"id": region_number(feature, number), "rings": rings, "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                     "longest_diameter_mm": float(p["longest_diameter_mm"]), "area_mm2": float(p["area_mm2"]),
-                    "max_probability": float(p["max_probability"]), "cells": int(p["cells"])})
+                    "max_probability": float(p["max_probability"]), "cells": int(p["cells"]),
+                    "reported": is_reported(p), "reporting": reporting_words(p),
+                    "size_class": size_class(float(p["longest_diameter_mm"])) if is_reported(p) else None})
     return out
 
 

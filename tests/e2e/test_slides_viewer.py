@@ -123,6 +123,8 @@ def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
             page.wait_for_function("() => document.querySelector('.pcam-slide').pcam.tissueItem?.getOpacity() > 0")
             page.locator("input[data-control=tissue]").uncheck()
             assert page.locator("svg.pcam-slide-svg path[data-region]").count() == summary["regions"]
+            # reported regions in cyan, those below the reporting threshold grey and dashed (every one drawn)
+            assert page.locator("svg.pcam-slide-svg path[data-reported=true]").count() == summary["regions_reported"] >= 1
             assert "mm" in page.locator(".pcam-scalebar").inner_text() or "µm" in page.locator(".pcam-scalebar").inner_text()
 
             # region labels never overlap one another; the region rows' buttons show their whole number at 1400 px

@@ -1,0 +1,271 @@
+"""Fit the bundled model's slide decision (region reporting rule and slide classifier) on slides with truth,
+and print the figures it reaches on slides it was not fitted on.
+
+The slides are mosaics (`pcam_core.slides.mosaic`) of the bundled model's 600 HELD-OUT patches
+(`pcam_core/bundled/valid_predictions.csv`, never trained on), read from `--data` (the Kaggle layout,
+e.g. ../shared/data/pcam-real-dev). The held-out ids are split in two halves (stratified by label, seeded):
+the FIT slides are built from one half's patches only, the REPORT slides from the other half's only. Each half
+gets normal slides (no tumour patch at all) and lesion slides (one block of tumour patches: ITC 1 x 1 patch,
+micro 3 x 3 and 6 x 6, macro 18 x 18), analysed by `pcam slide`'s engine with the bundled model (stride 32,
+one pass: no TTA, CPU). Then:
+
+1. the reporting rule's operating point is chosen on the FIT slides (`slides.decision.choose_rule`): the rule
+   that finds the most non-ITC lesions with at most `--false-regions` reported regions per normal slide;
+2. the slide classifier (logistic regression on `slides.decision.slide_features`) is fitted on the FIT slides;
+3. both are written to pcam_core/bundled/slide_decision.json (with `--write`), and the figures before (every
+   region reported, slide score = the highest cell) and after are printed for the REPORT slides.
+
+    python scripts/fit_slide_decision.py --data ../shared/data/pcam-real-dev --work /tmp/slide-decision --write
+
+Analyses are kept in `--work` and not recomputed when run again (delete the folder to start over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# (kind, slide rows x cols in patches, lesion block or None, slides per half)
+CELLS = (1, 2, 3, 4, 6, 9, 12, 16, 20, 25, 30, 36, 42, 49, 56, 64, 72, 81, 100)  # minimum region sizes tried, stride-32 cells
+LAYOUTS = [("normal", 14, None, 8), ("itc", 14, 1, 3), ("micro-small", 14, 3, 3), ("micro", 14, 6, 2), ("macro", 22, 18, 1)]
+
+
+def halves(seed: int) -> dict[str, pd.DataFrame]:
+    """The bundled model's held-out ids, split in two halves stratified by label."""
+    from pcam_core.bundled import BUNDLED_DIR
+
+    table = pd.read_csv(BUNDLED_DIR / "valid_predictions.csv", dtype={"id": str})[["id", "label"]]
+    rng = np.random.default_rng(seed)
+    fit = []
+    for _, group in table.groupby("label"):
+        ids = group["id"].to_numpy()
+        fit += list(rng.permutation(ids)[: len(ids) // 2])
+    in_fit = table["id"].isin(fit)
+    return {"fit": table[in_fit], "report": table[~in_fit]}
+
+
+def build_slides(data: Path, work: Path, seed: int) -> list[dict]:
+    """Write the mosaic slides of both halves (once) and return their records: half, name, kind, slide, truth."""
+    from pcam_core.slides.mosaic import write_mosaic_slide
+
+    records = []
+    for h, (half, table) in enumerate(halves(seed).items()):
+        pixels = {label: [np.asarray(Image.open(data / "train" / f"{i}.tif").convert("RGB")) for i in table["id"][table["label"] == label]]
+                  for label in (0, 1)}
+        rng = np.random.default_rng(seed + 100 * h)
+        for kind, side, lesion, count in LAYOUTS:
+            for k in range(count):
+                name = f"{half}-{kind}-{k}"
+                lesions = []
+                if lesion:
+                    r0, c0 = (int(v) for v in rng.integers(1, side - lesion, size=2)) if side - lesion > 1 else (0, 0)
+                    lesions = [(r0, r0 + lesion, c0, c0 + lesion)]
+                slide = work / "slides" / name / "slide.tif"
+                truth_path = slide.with_name("truth.json")
+                if not truth_path.exists():
+                    truth = write_mosaic_slide(slide, pixels[0], pixels[1], rows=side, cols=side, lesions=lesions,
+                                               seed=int(rng.integers(1 << 31)))
+                    truth_path.write_text(json.dumps(truth))
+                else:
+                    rng.integers(1 << 31)  # the same draws as when it was written
+                records.append({"half": half, "name": name, "kind": kind, "slide": slide,
+                                "truth": json.loads(truth_path.read_text()), "analysis": work / "analyses" / name})
+    return records
+
+
+def analyse_all(records: list[dict], stride: int, tta: bool) -> None:
+    from pcam_core.bundled import BUNDLED
+    from pcam_core.scoring_options import ScoringOptions
+    from pcam_core.slides.batch import analyse
+
+    for k, record in enumerate(records, 1):
+        if (record["analysis"] / "summary.json").exists():
+            continue
+        start = time.time()
+        analyse(BUNDLED, record["slide"], record["analysis"], ScoringOptions(device="cpu", workers=0, tta=tta), stride=stride)
+        print(f"[{k}/{len(records)}] {record['name']} analysed in {time.time() - start:.0f} s", flush=True)
+
+
+def region_table(records: list[dict]) -> pd.DataFrame:
+    """Every region (cells at the cell threshold) of every analysed slide, with whether it hits its slide's lesion
+    (its centroid within the lesion's box grown by one cell) and the region's properties."""
+    from pcam_core.slides.folder import AnalysisFolder
+    from pcam_core.slides.outputs import tumour_regions, valid_cells
+    from pcam_core.slides.viewer import lattice_of, load_heat, load_summary
+
+    rows = []
+    for record in records:
+        folder = AnalysisFolder(record["analysis"])
+        summary = load_summary(folder)
+        lattice, heat = lattice_of(summary), load_heat(folder)
+        record.update(heat=heat[valid_cells(heat)], threshold=float(summary["threshold"]), cell_mm2=lattice.cell_mm**2,
+                      regions=tumour_regions(heat, lattice, float(summary["threshold"])))
+        boxes = [lesion["box"] for lesion in record["truth"]["lesions"]]
+        grow = lattice.cell_px
+        for feature in record["regions"]:
+            p = feature["properties"]
+            hit = next((k for k, (x, y, w, h) in enumerate(boxes)
+                        if x - grow <= p["centroid_x"] <= x + w + grow and y - grow <= p["centroid_y"] <= y + h + grow), -1)
+            rows.append({"slide": record["name"], "half": record["half"], "kind": record["kind"], "lesion": hit,
+                         **{k: p[k] for k in ("cells", "area_mm2", "max_probability", "mean_probability", "agreement",
+                                              "longest_diameter_mm")}})
+    return pd.DataFrame(rows)
+
+
+def rule_figures(table: pd.DataFrame, records: list[dict], rule) -> dict:
+    """What a rule reports on these slides: reported false regions per normal slide (and per lesion slide), the
+    normal slides given a size class, the lesions found per size class."""
+    from pcam_core.staging import size_class
+
+    names = {r["name"] for r in records}
+    part = table[table["slide"].isin(names)]
+    reported = pd.Series([not rule.failures(row) for row in part.to_dict("records")], index=part.index, dtype=bool)
+    normal = [r for r in records if r["kind"] == "normal"]
+    lesion_slides = [r for r in records if r["kind"] != "normal"]
+    false = part["lesion"] < 0
+    found: dict[str, list[int]] = {}
+    for r in lesion_slides:
+        for k, lesion in enumerate(r["truth"]["lesions"]):
+            hit = reported & (part["slide"] == r["name"]) & (part["lesion"] == k)
+            found.setdefault(lesion["size_class"], []).append(int(hit.any()))
+    largest = part[reported].groupby("slide")["longest_diameter_mm"].max()
+    classes = {r["name"]: size_class(float(largest.get(r["name"], 0.0))) for r in records}
+    return {
+        "false_regions_per_normal_slide": float((reported & false & part["kind"].eq("normal")).sum() / max(len(normal), 1)),
+        "false_regions_per_lesion_slide": float((reported & false & part["kind"].ne("normal")).sum() / max(len(lesion_slides), 1)),
+        "normal_slides_with_a_size_class": int(sum(classes[r["name"]] != "none" for r in normal)),
+        "normal_slides": len(normal),
+        "lesions_found": {c: f"{sum(v)}/{len(v)}" for c, v in sorted(found.items())},
+        "lesion_slides_size_class": {r["name"]: f"{classes[r['name']]} (truth {r['truth']['lesions'][0]['size_class']})"
+                                     for r in lesion_slides},
+        "non_itc_found": sum(sum(v) for c, v in found.items() if c != "itc"),
+        "itc_found": sum(found.get("itc", [])),
+    }
+
+
+def choose_rule(table: pd.DataFrame, records: list[dict], target: float):
+    """The operating point: of a grid of rules, those with at most `target` reported false regions per normal
+    slide; of them those finding the most micro/macro lesions (ITCs are not counted, as CAMELYON16's FROC does not:
+    one patch of tumour is the size of this model's false alarms), then with the fewest false regions on all the
+    slides; of these (which do equally well on the fit slides) the one in the middle of the range, by
+    minimum cells then the probability minimums, so that neither side of the operating point sits on its edge."""
+    import itertools
+
+    from pcam_core.slides.decision import RegionRule
+
+    cell_mm2 = records[0]["cell_mm2"]
+    scored = []
+    for cells, top, mean, agree in itertools.product(CELLS, (0.5, 0.8, 0.9, 0.95, 0.98, 0.99), (0.0, 0.6, 0.7, 0.8, 0.9),
+                                                     (0.0, 0.3, 0.5, 0.6, 0.7)):
+        rule = RegionRule(min_area_mm2=round(cells * cell_mm2 * 0.999, 7), min_max_probability=top, min_mean_probability=mean,
+                          min_agreement=agree)
+        figures = rule_figures(table, records, rule)
+        if figures["false_regions_per_normal_slide"] <= target:
+            key = (figures["non_itc_found"], -figures["false_regions_per_lesion_slide"] - figures["false_regions_per_normal_slide"])
+            scored.append((key, (cells, top, mean, agree), rule))
+    if not scored:
+        raise SystemExit(f"no rule of the grid reaches {target} false regions per normal slide")
+    best = max(key for key, _, _ in scored)
+    tied = sorted((params, rule) for key, params, rule in scored if key == best)
+    params, rule = tied[len(tied) // 2]
+    print(f"operating point: {len(scored)} rules of the grid keep to {target} false regions per normal slide; "
+          f"{len(tied)} of them do best (lesions found, false regions); the middle one: min cells {params[0]}, "
+          f"highest p {params[1]}, mean p {params[2]}, agreement {params[3]}", flush=True)
+    return rule, params[0]
+
+
+def features_and_labels(records: list[dict], rule) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from pcam_core.slides.decision import FEATURES, decide_regions, slide_features
+
+    x, y = [], []
+    for r in records:
+        decided = decide_regions([{"properties": dict(f["properties"])} for f in r["regions"]], rule)
+        features = slide_features(r["heat"], decided, r["threshold"], r["cell_mm2"])
+        x.append([features[name] for name in FEATURES])
+        y.append(int(r["kind"] != "normal"))
+    return np.array(x), np.array(y), list(FEATURES)
+
+
+def fit_and_report(records: list[dict], args: argparse.Namespace) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    from pcam_core.bundled import BUNDLED_DIR
+    from pcam_core.fileio import atomic_write_json
+    from pcam_core.runs.folder import RunDir
+    from pcam_core.slides.decision import RegionRule, SlideClassifier, SlideDecision, slide_features
+
+    table = region_table(records)
+    fit = [r for r in records if r["half"] == "fit"]
+    report = [r for r in records if r["half"] == "report"]
+    rule, cells = choose_rule(table, fit, args.false_regions)
+    x, y, names = features_and_labels(fit, rule)
+    mean, scale = x.mean(axis=0), np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
+    model = LogisticRegression(C=1.0).fit((x - mean) / scale, y)
+    classifier = SlideClassifier(tuple(names), tuple(map(float, mean)), tuple(map(float, scale)), tuple(map(float, model.coef_[0])),
+                                 float(model.intercept_[0]))
+    everything = RegionRule(min_area_mm2=0.0, min_max_probability=0.0)  # before: every region reported
+    figures: dict[str, dict] = {}
+    for half, slides in (("fit", fit), ("report", report)):
+        xs, ys, _ = features_and_labels(slides, rule)
+        x_before, _, _ = features_and_labels(slides, everything)
+        scores = np.array([classifier.score(dict(zip(names, row))) for row in xs])
+        no_itc = np.array([r["kind"] != "itc" for r in slides])  # the slide AUC without the ITC slides as well
+        figures[half] = {
+            "slides": {"normal": int((ys == 0).sum()), "lesion": int((ys == 1).sum())},
+            "before": {**rule_figures(table, slides, everything), "slide_auc_max_cell": float(roc_auc_score(ys, x_before[:, 0])),
+                       "slide_auc_max_cell_without_itc_slides": float(roc_auc_score(ys[no_itc], x_before[no_itc, 0])),
+                       "normal_slides_called_tumour": int(sum(row[0] >= 0.5 for row, t in zip(x_before, ys) if t == 0))},
+            "after": {**rule_figures(table, slides, rule), "slide_auc": float(roc_auc_score(ys, scores)),
+                      "slide_auc_without_itc_slides": float(roc_auc_score(ys[no_itc], scores[no_itc])),
+                      "slide_scores": {r["name"]: round(float(v), 4) for r, v in zip(slides, scores)},
+                      "normal_slides_called_tumour": int(sum(s >= classifier.threshold for s, t in zip(scores, ys) if t == 0)),
+                      "lesion_slides_called_tumour": int(sum(s >= classifier.threshold for s, t in zip(scores, ys) if t == 1))},
+        }
+    source = (f"scripts/fit_slide_decision.py: mosaics of one half of the bundled model's held-out patches "
+              f"({len(fit)} slides), stride {args.stride}, {'TTA' if args.tta else 'one pass (no TTA)'}")
+    decision = SlideDecision(rule, classifier, source, {
+        "target_false_regions_per_normal_slide": args.false_regions, "min_cells_at_stride_32": cells, "seed": args.seed,
+        "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "figures": {"fit": figures["fit"], "report (the other half's patches, never fitted on)": figures["report"]}})
+    print(json.dumps(decision.record(), indent=1))
+    if args.write:
+        path = RunDir(BUNDLED_DIR).slide_decision_path
+        atomic_write_json(path, decision.record())
+        print(f"written: {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="PCam patches in the Kaggle layout (train/<id>.tif)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/slide-decision"), help="where the slides and analyses go")
+    parser.add_argument("--stride", type=int, default=32)
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False, help="analyse with TTA (8x slower)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--false-regions", type=float, default=0.25, help="reported regions allowed per normal FIT slide")
+    parser.add_argument("--analyse-only", action="store_true", help="build and analyse the slides, fit nothing")
+    parser.add_argument("--write", action="store_true", help="write pcam_core/bundled/slide_decision.json")
+    args = parser.parse_args()
+    if not (args.data / "train_labels.csv").exists():
+        raise SystemExit(f"{args.data} is not a Kaggle-layout PCam folder (no train_labels.csv)")
+    records = build_slides(args.data, args.work, args.seed)
+    analyse_all(records, args.stride, args.tta)
+    if args.analyse_only:
+        return
+    fit_and_report(records, args)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
