@@ -84,7 +84,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    "(stratified by label, grouped by slide where the data names slides), into --out/folds/fold-<k>; write "
                    "every patch's out-of-fold prediction (one pass and TTA) and the cross-validated metrics with intervals; "
                    "--out is then an ensemble run of the K models, calibrated and triaged on the out-of-fold predictions. "
-                   "With --resume, a killed job goes on at the fold and epoch where it stopped " + default(D.folds, "off"))
+                   "With --resume, a killed job goes on at the fold and epoch where it stopped; 0: no cross-validation " + default(D.folds))
     p.add_argument("--combine", choices=COMBINES, help="with --folds: how the ensemble joins its members, mean probability "
                    f"or mean logit " + default(DEFAULT_COMBINE))
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -146,16 +146,17 @@ def _check_resume_flags(args: argparse.Namespace) -> None:
         )
 
 
-def _train_progress() -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
+def _train_progress(prefix: str = "") -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
     """Progress over the whole run (images, images/s, time left): a bar on a terminal, else a line every
     `common.PROGRESS_EVERY` seconds: (callback for each optimiser step, close)."""
     bar = None
 
     def on_step(p: dict[str, Any]) -> None:
         nonlocal bar
+        what = f"{prefix}epoch {p['epoch']}/{p['epochs']}"
         if bar is None:
-            bar = progress_bar(p["total_steps"] * p["images"], f"epoch {p['epoch']}/{p['epochs']}", initial=(p["step"] - 1) * p["images"])
-        bar.set_description(f"epoch {p['epoch']}/{p['epochs']}", refresh=False)
+            bar = progress_bar(p["total_steps"] * p["images"], what, initial=(p["step"] - 1) * p["images"])
+        bar.set_description(what, refresh=False)
         bar.set_postfix_str(f"loss {p['loss']:.4f}", refresh=False)
         bar.update(p["images"])
 
@@ -217,7 +218,19 @@ def _train_folds(args: argparse.Namespace, config: ExperimentConfig) -> int:
 
     if args.resume and args.epochs is not None:
         raise ValueError("--epochs cannot change a cross-validated run on resume (its folds must train alike)")
-    on_step, close = _train_progress()
+    bars: dict[int, tuple[Callable[[dict[str, Any]], None], Callable[[], None]]] = {}
+
+    def on_step(p: dict[str, Any]) -> None:  # one bar a fold
+        if p["fold"] not in bars:
+            for _, close_bar in bars.values():
+                close_bar()
+            bars[p["fold"]] = _train_progress(f"fold {p['fold']}/{p['folds']} ")
+        bars[p["fold"]][0](p)
+
+    def close() -> None:
+        for _, close_bar in bars.values():
+            close_bar()
+
     try:
         summary = fit_folds(config, args.out, folds=args.folds, resume=args.resume, combine=args.combine or DEFAULT_COMBINE,
                             on_step=on_step)
