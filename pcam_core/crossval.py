@@ -123,8 +123,8 @@ def _fit_folds(config: ExperimentConfig, run: RunDir, status: StatusWriter, comb
         config = config.replace(model={"name": resolved})
         run.write_config(config)
     frame = _gather(run, config)
+    write_record(run, [run.fold(f) for f in range(k)], combine)  # first: the predictions below are not older than it
     _write_oof(run, frame)
-    write_record(run, [run.fold(f) for f in range(k)], combine)
     report = cv_report(frame)
     atomic_write_json(run.cv_path, report)
     for tta in (False, True):  # the temperature of each scoring mode, on its own out-of-fold predictions
@@ -181,11 +181,12 @@ def _write_oof(run: RunDir, frame: pd.DataFrame) -> None:
         atomic_write_with(path, lambda h, v=view: h.write(v.to_csv(index=False).encode()))
 
 
-def cv_report(frame: pd.DataFrame, *, target: float = TRIAGE_TARGET) -> dict[str, Any]:
+def cv_report(frame: pd.DataFrame, *, target: float = TRIAGE_TARGET, pr_auc: bool = True) -> dict[str, Any]:
     """Cross-validated figures of out-of-fold predictions (columns label, fold, probability, probability_tta), per
     scoring mode: every metric pooled over all patches with its interval (`stats.metric_intervals`: DeLong for
     ROC-AUC), the per-fold ROC-AUC with the interval of their mean, the calibration error, and the triage at
-    `target` sensitivity cross-fitted (each fold's thresholds fitted on the other folds' predictions)."""
+    `target` sensitivity cross-fitted (each fold's thresholds fitted on the other folds' predictions). `pr_auc=False`
+    leaves out PR-AUC's interval (a bootstrap: the slow one)."""
     labels = frame["label"].to_numpy()
     folds = frame["fold"].to_numpy()
     out: dict[str, Any] = {"n": int(len(frame)), "folds": int(folds.max() + 1), "positives": int(labels.sum())}
@@ -194,7 +195,7 @@ def cv_report(frame: pd.DataFrame, *, target: float = TRIAGE_TARGET) -> dict[str
         per_fold = [binary_metrics(labels[folds == f], probs[folds == f])["roc_auc"] for f in np.unique(folds)]
         aucs = np.array([a for a in per_fold if a is not None], dtype=np.float64)
         out[mode] = {
-            "pooled": metric_intervals(labels, probs),
+            "pooled": metric_intervals(labels, probs, pr_auc=pr_auc),
             "per_fold_roc_auc": per_fold,
             "mean_fold_roc_auc": mean_interval(aucs, bounds=(0.0, 1.0)) if aucs.size else None,
             "ece": expected_calibration_error(labels, probs),

@@ -203,3 +203,39 @@ def test_a_killed_fold_job_resumes_where_it_stopped(small_kaggle, tmp_path) -> N
     assert [e["epoch"] for e in run.fold(1).epochs()] == [1, 2, 3]  # fold 2 went on after its first epoch
     assert "resumed from" in run.fold(1).log_tail(200)
     assert len(pd.read_csv(run.oof_predictions_path)) == 64 and run.status()["state"] == "finished"
+
+
+def test_cross_validated_report_and_triage_are_fitted_on_the_other_folds() -> None:
+    from pcam_core.crossval import cv_report
+    from pcam_core.metrics import binary_metrics
+    from pcam_core.triage import fit_triage, triage_outcome
+
+    rng = np.random.default_rng(1)
+    labels = (rng.random(300) < 0.4).astype(int)
+    folds = stratified_folds(labels, 3, seed=0)
+    probs = np.clip(0.35 * labels + rng.random(300) * 0.65, 0, 1)
+    frame = pd.DataFrame({"label": labels, "fold": folds, "probability": probs, "probability_tta": probs ** 1.1})
+    report = cv_report(frame, pr_auc=False)
+    assert report["one_pass"]["pooled"]["roc_auc"]["value"] == pytest.approx(binary_metrics(labels, probs)["roc_auc"])
+    assert report["one_pass"]["per_fold_roc_auc"] == pytest.approx(
+        [binary_metrics(labels[folds == f], probs[folds == f])["roc_auc"] for f in range(3)])
+    triage = report["one_pass"]["triage"]
+    assert sum(triage["counts"].values()) == 300
+    held = folds == 2
+    own = fit_triage(labels[~held], probs[~held], 0.98)  # fold 3's thresholds: fitted on folds 1 and 2 only
+    assert triage["thresholds_per_fold"][2]["normal_below"] == own.normal_below
+    missed = sum(triage_outcome(labels[folds == f], probs[folds == f], fit_triage(labels[folds != f], probs[folds != f], 0.98))
+                 ["counts"]["tumour_normal"] for f in range(3))
+    assert triage["miss_rate"] == pytest.approx(missed / labels.sum())
+
+
+def test_bad_cross_validation_requests_are_refused_before_a_folder_is_made(real_kaggle, tmp_path, capsys) -> None:
+    from pcam_core.cli import main
+
+    assert main(["train", "--data", str(real_kaggle), "--out", str(tmp_path / "a"), "--folds", "1"]) != 0
+    assert "data.folds=1" in capsys.readouterr().err
+    assert main(["train", "--data", str(real_kaggle), "--out", str(tmp_path / "b"), "--combine", "logit"]) != 0
+    assert "--combine goes with --folds" in capsys.readouterr().err
+    assert main(["train", "--data", str(real_kaggle), "--out", str(tmp_path / "c"), "--folds", "70"]) != 0
+    assert "between 2 and 20" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "abc")
