@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from scipy.special import expit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -33,6 +35,7 @@ from pcam_core.loading import load_run_model  # noqa: E402
 from pcam_core.metrics import expected_calibration_error  # noqa: E402
 from pcam_core.models import EnsembleModel  # noqa: E402
 from pcam_core.stats import auc_interval, paired_auc_test  # noqa: E402
+from pcam_core.transforms import dihedral, eval_preset  # noqa: E402
 
 
 def split(data: Path, work: Path, pool: int, holdout: int, seed: int) -> pd.DataFrame:
@@ -47,6 +50,23 @@ def split(data: Path, work: Path, pool: int, holdout: int, seed: int) -> pd.Data
     held = labels.iloc[held_idx].reset_index(drop=True)
     held.to_csv(work / "holdout.csv", index=False)
     return held
+
+
+def member_view_logits(model: torch.nn.Module, pixels: np.ndarray, batch_size: int = 200) -> np.ndarray:
+    """(8, N) logits of one model on the 8 symmetries of each patch (view 0: the patch as it is), as
+    `inference.predict_batch` orders its TTA views."""
+    normalize = eval_preset()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(pixels), batch_size):
+            x = normalize(torch.from_numpy(pixels[start:start + batch_size]).permute(0, 3, 1, 2))
+            out.append(torch.stack([model(dihedral(x, k) if k else x).float() for k in range(8)]).numpy())
+    return np.concatenate(out, axis=1).astype(np.float64)
+
+
+def combined(z: np.ndarray, combine: str) -> np.ndarray:
+    """(views, N) probabilities of the ensemble per view from (members, views, N) logits."""
+    return expit(z).mean(axis=0) if combine == "prob" else expit(z.mean(axis=0))
 
 
 def scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -80,9 +100,15 @@ def main() -> None:
     members = list(loaded.model.members)
     report: dict[str, object] = {"pool": args.pool, "holdout": len(held), "folds": args.folds, "train_args": args.train_args,
                                  "members": [str(m.path) for m in member_runs(loaded.run.folder)]}
-    for mode, tta in (("one_pass", False), ("tta", True)):
-        probs = {c: predict_pixels(EnsembleModel(members, c).eval(), pixels, tta=tta) for c in ("prob", "logit")}
-        member_aucs = [auc_interval(labels, predict_pixels(m, pixels, tta=tta))["value"] for m in members]
+    # every member's logit on every view once, (members, views, patches); the ensembles are combined from them
+    # (`models.EnsembleModel` does the same in one graph; checked against it on the first patches below)
+    z = np.stack([member_view_logits(m, pixels) for m in members])
+    for combine in ("prob", "logit"):
+        direct = predict_pixels(EnsembleModel(members, combine).eval(), pixels[:8], tta=True)
+        assert np.allclose(direct, combined(z[:, :, :8], combine).mean(axis=0), atol=1e-5), combine
+    for mode, views in (("one_pass", 1), ("tta", 8)):
+        probs = {c: combined(z[:, :views], c).mean(axis=0) for c in ("prob", "logit")}
+        member_aucs = [auc_interval(labels, expit(z[m, :views]).mean(axis=0))["value"] for m in range(len(members))]
         report[mode] = {"prob": scores(labels, probs["prob"]), "logit": scores(labels, probs["logit"]),
                         "paired_delong_prob_vs_logit": paired_auc_test(labels, probs["prob"], probs["logit"]),
                         "members_roc_auc": member_aucs}

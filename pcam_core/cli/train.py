@@ -218,6 +218,8 @@ def _train_folds(args: argparse.Namespace, config: ExperimentConfig) -> int:
 
     if args.resume and args.epochs is not None:
         raise ValueError("--epochs cannot change a cross-validated run on resume (its folds must train alike)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--folds runs its folds one after another in one process; start it without torchrun")
     bars: dict[int, tuple[Callable[[dict[str, Any]], None], Callable[[], None]]] = {}
 
     def on_step(p: dict[str, Any]) -> None:  # one bar a fold
