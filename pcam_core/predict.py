@@ -285,6 +285,10 @@ def evaluate_run(
         raise ValueError(f"a fixed threshold ({options.threshold}) and the threshold method {threshold_method!r} exclude each other")
     loaded = load_run_model(run_dir, checkpoint=options.checkpoint, device=options.device)
     model, config, info, calibration = loaded.model, loaded.config, loaded.info, loaded.calibration_for(tta=options.tta)
+    if loaded.is_ensemble and config.data.folds and split in ("valid", "val"):
+        raise ValueError(f"{run_dir} is an ensemble of cross-validation folds: its members trained on every patch of the "
+                         "cross-validated data, so it has no validation split; its out-of-fold figures are in cv.json "
+                         "(`pcam train --folds`), or evaluate it on a split none of them trained on (test)")
     dataset = dataset_for_split(data, split, config)
     if not dataset.has_labels:
         raise DataError(f"{dataset.describe()} has no labels; use `pcam predict` for unlabelled data")

@@ -152,6 +152,8 @@ def test_the_ensemble_goes_through_every_face(cv_run, small_kaggle, real_h5, tmp
     # evaluate (TTA: the temperature fitted on TTA out-of-fold predictions)
     report = evaluate_run(cv_run, real_h5, "test", tmp_path / "ev.json", ScoringOptions(device="cpu", workers=0, tta=True))
     assert report["calibration"]["temperature"] == pytest.approx(predictor.calibration_tta.temperature)
+    with pytest.raises(ValueError, match="no validation split"):  # every member trained on most of those patches
+        evaluate_run(cv_run, small_kaggle, "valid", tmp_path / "v.json", options)
     # export: one graph; ONNX output equals the torch ensemble's
     export = export_run(cv_run, "onnx", tmp_path / "e.onnx", check=pixels)
     assert export["ensemble"]["members"] == ["folds/fold-0", "folds/fold-1"]
