@@ -62,7 +62,9 @@ def fit_folds(
             raise FileNotFoundError(f"cannot resume: {parent.path} is not a run folder (no config.json)")
         config = parent.config()
         if not parent.is_cross_validation:
-            raise ValueError(f"{parent.path} is not a cross-validated run (no data.folds); resume it with `pcam train --resume`")
+            raise ValueError(f"{parent.path} is not a cross-validated run (no folds/ folder); resume it with `pcam train --resume`")
+        if parent.status().get("state") == "finished" and parent.ensemble_path.exists():
+            raise ValueError(f"{parent.path} has finished its {config.data.folds} folds; there is nothing to resume")
     else:
         k = folds if folds is not None else config.data.folds
         if not k:

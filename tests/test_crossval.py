@@ -205,6 +205,9 @@ def test_a_killed_fold_job_resumes_where_it_stopped(small_kaggle, tmp_path) -> N
     assert [e["epoch"] for e in run.fold(1).epochs()] == [1, 2, 3]  # fold 2 went on after its first epoch
     assert "resumed from" in run.fold(1).log_tail(200)
     assert len(pd.read_csv(run.oof_predictions_path)) == 64 and run.status()["state"] == "finished"
+    again = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(out), "--resume"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "nothing to resume" in again.stderr
 
 
 def test_cross_validated_report_and_triage_are_fitted_on_the_other_folds() -> None:
