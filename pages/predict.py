@@ -44,7 +44,7 @@ tta = toggles.toggle("Test-time augmentation", value=True, key="predict_tta",
 heat_maps = toggles.toggle("Heat maps", value=True, key="predict_heatmaps",
                                help="Show each patch beside the heat map of the model's evidence for tumour (Grad-CAM), "
                                     "with its centre focus.")
-calibration = loaded.calibration
+calibration = loaded.calibration_for(tta=tta)  # the temperature of the scoring mode (cross-validated runs have both)
 triage = None
 if run.valid_predictions_path.exists():  # a run's validation predictions; the bundled model's held-out ones
     triage_cols = st.columns([1, 2], vertical_alignment="bottom")
@@ -55,7 +55,7 @@ if run.valid_predictions_path.exists():  # a run's validation predictions; the b
         target = triage_cols[1].select_slider("Target sensitivity", [0.90, 0.95, 0.97, 0.98, 0.99], value=0.98,
                                               key="predict_triage_target")
         try:
-            triage = run_triage(run.path, target)
+            triage = run_triage(run.path, target, tta=tta)
         except (OSError, ValueError) as err:
             st.error(f"Cannot fit the triage: {err}")
         else:

@@ -88,7 +88,7 @@ def triage_cells(heat: np.ndarray, summary: dict) -> None:
     `pcam predict --triage` and the Predict page), and the slide's call from them."""
     target = st.select_slider("Target sensitivity", [0.9, 0.95, 0.98, 0.99], value=0.98, key="slide_triage_target")
     try:
-        thresholds = run_triage(str(summary.get("run")), target)
+        thresholds = run_triage(str(summary.get("run")), target, tta=bool(summary.get("tta")))
     except (OSError, ValueError) as err:
         st.caption(f"No triage for this model: {err}")
         return

@@ -46,6 +46,7 @@ class Predictor:
     epoch: int | None  # completed training epochs of the checkpoint
     calibration: Calibration | None = None  # the run's fitted temperature (`calibrated`), or None
     scope: ScopeModel | None = None  # the run's out-of-scope guard (`predict_in_scope`), or None
+    calibration_tta: Calibration | None = None  # the temperature fitted on TTA predictions (cross-validated runs), or None
 
     def predict(self, images: Images, *, tta: bool = False, batch_size: int = 256) -> np.ndarray:
         """Tumour probabilities, a float64 array of shape (N,), one per image.
@@ -73,10 +74,16 @@ class Predictor:
         """Which distances lie within the guard's threshold (None without a guard)."""
         return None if distances is None or self.scope is None else self.scope.in_scope(distances)
 
-    def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
-        """`probabilities` after the run's temperature; unchanged when the run has none."""
+    def calibration_for(self, *, tta: bool) -> Calibration | None:
+        """The temperature of the scoring mode: the one fitted on TTA predictions where the run has one."""
+        return self.calibration_tta if tta and self.calibration_tta is not None else self.calibration
+
+    def calibrated(self, probabilities: np.ndarray, *, tta: bool = False) -> np.ndarray:
+        """`probabilities` (scored with `tta` or not) after the run's temperature of that scoring mode; unchanged
+        when the run has none."""
         probs = np.asarray(probabilities, dtype=np.float64)
-        return probs if self.calibration is None else self.calibration.apply(probs)
+        calibration = self.calibration_for(tta=tta)
+        return probs if calibration is None else calibration.apply(probs)
 
     def call(self, probabilities: np.ndarray, distances: np.ndarray | None = None, *,
              threshold: float | None = None) -> np.ndarray:
@@ -96,7 +103,7 @@ def load_predictor(run: str | os.PathLike, *, device: str = "auto", checkpoint: 
     are used when the run kept them, as `pcam predict` and `pcam evaluate` do."""
     loaded = load_run_model(run, checkpoint=checkpoint, device=device)
     return Predictor(loaded.model, loaded.model_name, loaded.threshold, loaded.device, loaded.run.arg,
-                     loaded.checkpoint, loaded.epoch, loaded.calibration, loaded.scope)
+                     loaded.checkpoint, loaded.epoch, loaded.calibration, loaded.scope, loaded.calibration_tta)
 
 
 def as_patches(images: Images) -> np.ndarray:

@@ -110,34 +110,40 @@ def _no_validation(run_dir: str | Path) -> str:
     return f"{_run_dir(run_dir).valid_predictions_path} not found: calibration needs the run's validation predictions"
 
 
-def validation_predictions(run_dir: str | Path) -> pd.DataFrame:
+def validation_predictions(run_dir: str | Path, *, tta: bool = False) -> pd.DataFrame:
     """The run's validation predictions (id, label, probability, index; for the bundled model its held-out
-    patches), or a clear error: a run has none until its first epoch ends."""
-    path = _run_dir(run_dir).valid_predictions_path
+    patches, for a cross-validated run or ensemble its out-of-fold ones), or a clear error: a run has none until
+    its first epoch ends. With `tta`, those scored with TTA where the run has them (`RunDir.valid_predictions_for`)."""
+    path = _run_dir(run_dir).valid_predictions_for(tta=tta)
     if not path.exists():
         raise FileNotFoundError(_no_validation(run_dir))
     return pd.read_csv(path, dtype={"id": str})
 
 
-def calibrate_run(run_dir: str | Path) -> Calibration:
-    """Fit the temperature of a run on its validation predictions and write `calibration.json`."""
-    frame = validation_predictions(run_dir)
+def calibrate_run(run_dir: str | Path, *, tta: bool = False) -> Calibration:
+    """Fit the temperature of a run on its validation predictions and write `calibration.json`; with `tta`, on
+    its TTA predictions into `calibration_tta.json` (only runs with a TTA file have one: `RunDir.valid_predictions_for`)."""
     run = _run_dir(run_dir)
-    calibration = fit_calibration(frame["label"].to_numpy(), frame["probability"].to_numpy(),
-                                  fitted_on=run.valid_predictions_path.name)
-    atomic_write_json(run.calibration_path, calibration.to_dict())
+    source = run.valid_predictions_for(tta=tta)
+    if tta and source != run.valid_predictions_tta_path:
+        raise FileNotFoundError(f"{run.valid_predictions_tta_path} not found: this run has no TTA validation predictions")
+    frame = validation_predictions(run_dir, tta=tta)
+    calibration = fit_calibration(frame["label"].to_numpy(), frame["probability"].to_numpy(), fitted_on=source.name)
+    atomic_write_json(run.calibration_tta_path if tta else run.calibration_path, calibration.to_dict())
     return calibration
 
 
-def run_triage(run_dir: str | Path, target_sensitivity: float, fpr: float = DEFAULT_FPR) -> TriageThresholds:
-    """The split-conformal triage thresholds of a run (`triage.fit_triage`), fitted on its validation predictions."""
-    frame = validation_predictions(run_dir)
+def run_triage(run_dir: str | Path, target_sensitivity: float, fpr: float = DEFAULT_FPR, *, tta: bool = False) -> TriageThresholds:
+    """The split-conformal triage thresholds of a run (`triage.fit_triage`), fitted on its validation predictions
+    of the scoring mode applied (`tta`: the TTA ones where the run has them)."""
+    frame = validation_predictions(run_dir, tta=tta)
     return fit_triage(frame["label"].to_numpy(), frame["probability"].to_numpy(), target_sensitivity, fpr)
 
 
-def load_calibration(run_dir: str | Path) -> Calibration | None:
-    """The run's fitted temperature (the bundled model's is shipped with it), or None when none was fitted."""
-    path = _run_dir(run_dir).calibration_path
+def load_calibration(run_dir: str | Path, *, tta: bool = False) -> Calibration | None:
+    """The run's fitted temperature (the bundled model's is shipped with it), or None when none was fitted; with
+    `tta`, the one fitted on TTA predictions where the run has one (`RunDir.calibration_for`)."""
+    path = _run_dir(run_dir).calibration_for(tta=tta)
     data = read_json(path, default=None)
     if not data:
         return None

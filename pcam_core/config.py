@@ -29,6 +29,9 @@ def _check_range(name: str, value: float, lo: float, hi: float, *, lo_open: bool
         bracket = "(" if lo_open else "["
         raise ValueError(f"{name}={value!r} is out of range; expected a value in {bracket}{lo}, {hi}]")
 
+COMBINES = ("prob", "logit")  # how an ensemble joins its members (`models.EnsembleModel`): mean probability or mean logit
+DEFAULT_COMBINE = "prob"  # measured on real patches: docs/training.md, "Ensembles"
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -42,9 +45,15 @@ class DataConfig:
     cache: str = "auto"  # "auto" caches splits under `cache_max_gb` in RAM; "yes"/"no" force it
     cache_max_gb: float = 2.0
     label_overrides: str | None = None  # a review export (`pcam_core.data.overrides`): flips and drops training labels
+    folds: int = 0  # cross-validation: K >= 2 splits the training pool into K folds (`data.loader.fold_split`); 0: off
+    fold: int = 0  # with `folds`, the fold this run validates on (and does not train on)
 
     def __post_init__(self) -> None:
         _check_choice("data.format", self.format, DATA_FORMATS)
+        if self.folds != 0 and not 2 <= self.folds <= 20:
+            raise ValueError(f"data.folds={self.folds} must be 0 (no cross-validation) or between 2 and 20")
+        if not 0 <= self.fold < max(self.folds, 1):
+            raise ValueError(f"data.fold={self.fold} must lie within 0..{max(self.folds, 1) - 1} (data.folds={self.folds})")
         _check_choice("data.cache", self.cache, ("auto", "yes", "no"))
         _check_range("data.valid_frac", self.valid_frac, 0.0, 0.5, lo_open=True)
         if self.num_workers < -1:

@@ -42,7 +42,7 @@ from .data import (CENTER_SIZE, CENTER_START, PATCH_SIZE, ImageFiles, PatchDatas
                    open_dataset, open_split)
 from .data.common import IMAGE_EXTENSIONS
 from .fileio import atomic_write_with
-from .models import get_layer, get_spec
+from .models import EnsembleModel, get_layer, get_spec
 from .runs import RunArg
 from .scoring_options import EXPLAIN_BATCH_SIZE, ScoringOptions
 from .transforms import eval_preset
@@ -210,7 +210,10 @@ def explain_batch(
     (a registered `model_name`, in eval mode), with its tumour probabilities.
 
     The model's parameter gradients are cleared afterwards and no hook stays on it. ScoreCAM runs
-    one patch at a time: it holds a masked copy of the patch per channel of the layer."""
+    one patch at a time: it holds a masked copy of the patch per channel of the layer. On an ensemble
+    (`models.EnsembleModel`) the maps are the mean of its members' maps, and the probabilities the ensemble's."""
+    if isinstance(model, EnsembleModel):
+        return _ensemble_explanation(model, images, model_name=model_name, method=method, layer=layer, target=target)
     cam_class = get_method(method)
     layer, size = resolve_layer(model_name, layer)
     if target not in TARGETS:
@@ -248,6 +251,18 @@ def explain_batch(
     floors = np.concatenate([lo for lo, _ in ranges]).astype(np.float64)
     peaks = np.concatenate([hi for _, hi in ranges]).astype(np.float64)
     return Explanation(np.clip(out, 0.0, 1.0), probs, method, layer, target, size, floors, peaks)
+
+
+def _ensemble_explanation(model: EnsembleModel, images: torch.Tensor | np.ndarray, **how: Any) -> Explanation:
+    """Each member's maps (each scaled to [0, 1] per patch), averaged: where the members agree stays bright."""
+    parts = [explain_batch(member, images, **how) for member in model.members]
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        probs = torch.sigmoid(model(eval_preset().to(device)(as_batch(images).to(device))).float()).double().cpu().numpy()
+    first = parts[0]
+    mean = lambda arrays: np.mean(np.stack(arrays), axis=0)  # noqa: E731
+    return Explanation(mean([p.maps for p in parts]).astype(np.float32), probs, first.method, first.layer, first.target,
+                       first.resolution, mean([p.floors for p in parts]), mean([p.peaks for p in parts]))
 
 
 def centre_focus(maps: np.ndarray) -> np.ndarray | float:

@@ -168,6 +168,7 @@ def export_run(
         "checkpoint": str(ckpt),
         "epoch": info.get("epoch"),
         "model": config.model.name,
+        "ensemble": {"members": info["members"], "combine": info["combine"]} if loaded.is_ensemble else None,
         "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["N", 3, PATCH_SIZE, PATCH_SIZE],
                   "range": [0.0, 1.0], "channels": "RGB"},
         "output": {"name": OUTPUT_NAME, "shape": ["N"], "meaning": "tumour probability (sigmoid of the logit)"},

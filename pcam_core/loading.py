@@ -20,6 +20,8 @@ from .checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from .config import ExperimentConfig
 from .decision import DEFAULT_THRESHOLD, check_threshold
 from .devices import resolve_device
+from .ensemble import load_ensemble, read_record
+from .models import EnsembleModel
 from .runs import RunArg, RunRef, resolve_run
 from .scope import ScopeModel, load_scope
 
@@ -37,6 +39,7 @@ class RunModel:
     threshold: float  # the run's own threshold (recorded in its checkpoint), else DEFAULT_THRESHOLD
     calibration: Calibration | None  # the run's fitted temperature, or None
     scope: ScopeModel | None = None  # the run's out-of-scope guard (`pcam_core.scope`), or None when it has none
+    calibration_tta: Calibration | None = None  # the temperature fitted on TTA predictions (cross-validated runs), or None
 
     @property
     def model_name(self) -> str:
@@ -46,9 +49,18 @@ class RunModel:
     def epoch(self) -> int | None:
         return self.info.get("epoch")
 
-    def calibrated(self, probs: np.ndarray) -> np.ndarray | None:
-        """Calibrated probabilities, or None when the run has no temperature."""
-        return None if self.calibration is None else self.calibration.apply(np.asarray(probs, dtype=np.float64))
+    @property
+    def is_ensemble(self) -> bool:
+        return isinstance(self.model, EnsembleModel)
+
+    def calibration_for(self, *, tta: bool) -> Calibration | None:
+        """The temperature of the scoring mode applied: fitted on TTA predictions where the run has one."""
+        return self.calibration_tta if tta and self.calibration_tta is not None else self.calibration
+
+    def calibrated(self, probs: np.ndarray, *, tta: bool = False) -> np.ndarray | None:
+        """Calibrated probabilities (with the temperature of the scoring mode), or None when the run has none."""
+        calibration = self.calibration_for(tta=tta)
+        return None if calibration is None else calibration.apply(np.asarray(probs, dtype=np.float64))
 
 
 def threshold_of(info: dict[str, Any]) -> float:
@@ -58,8 +70,11 @@ def threshold_of(info: dict[str, Any]) -> float:
 
 
 def run_threshold(run: RunArg, checkpoint: str = "best") -> float:
-    """A run's own threshold without building its model."""
-    return threshold_of(load_checkpoint(resolve_run(run).checkpoint(checkpoint)))
+    """A run's own threshold without building its model (an ensemble's is in its `ensemble.json`)."""
+    ref = resolve_run(run)
+    if ref.folder.is_ensemble:
+        return threshold_of(read_record(ref.folder))
+    return threshold_of(load_checkpoint(ref.checkpoint(checkpoint)))
 
 
 def load_run_model(run: RunArg, *, checkpoint: str = "best", device: str | torch.device = "auto") -> RunModel:
@@ -69,7 +84,10 @@ def load_run_model(run: RunArg, *, checkpoint: str = "best", device: str | torch
     path = ref.checkpoint(checkpoint)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     try:
-        model, config, info = model_from_checkpoint(path, dev)
+        if ref.folder.is_ensemble:
+            model, config, info = load_ensemble(ref.folder, dev, checkpoint)
+        else:
+            model, config, info = model_from_checkpoint(path, dev)
     except CheckpointError as err:
         last = None if ref.bundled else ref.folder.last_checkpoint
         if last is not None and last != path and last.exists():
@@ -79,7 +97,8 @@ def load_run_model(run: RunArg, *, checkpoint: str = "best", device: str | torch
     if scope is not None and scope.model_name != config.model.name:
         raise ValueError(f"{ref.folder.scope_path}: the out-of-scope guard was fitted for {scope.model_name}, the run's "
                          f"model is {config.model.name}; refit it (`pcam scope --run {ref.arg}`) or delete the file")
-    return RunModel(ref, model, config, info, path, dev, threshold_of(info), load_calibration(ref), scope)
+    tta_calibration = load_calibration(ref, tta=True) if ref.folder.calibration_tta_path.exists() else None
+    return RunModel(ref, model, config, info, path, dev, threshold_of(info), load_calibration(ref), scope, tta_calibration)
 
 
 __all__ = ["RunModel", "load_run_model", "run_threshold", "threshold_of"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import COMBINES, DEFAULT_COMBINE, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +238,36 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     log.info("loaded %d tensors from %s (skipped %d, left initialised %d)", len(usable), path, len(skipped), len(missing))
 
 
+class EnsembleModel(nn.Module):
+    """Several models of one architecture scored as one: logits ``(B,)`` whose sigmoid is the mean of the
+    members' probabilities (`combine="prob"`), or the mean of their logits (`"logit"`, a geometric mean of
+    odds). One graph, so it exports to ONNX/TorchScript as one model (`pcam_core.export`)."""
+
+    def __init__(self, members: list[nn.Module], combine: str = DEFAULT_COMBINE) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        if combine not in COMBINES:
+            raise ValueError(f"unknown ensemble combine {combine!r}; valid: {', '.join(COMBINES)}")
+        self.members = nn.ModuleList(members)
+        self.combine = combine
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for member in self.members:  # a loop, not a comprehension: TorchScript scripts it
+            outputs.append(member(x).float())
+        z = torch.stack(outputs)  # (K, B)
+        if self.combine == "logit":
+            return z.mean(dim=0)
+        # logit(mean sigmoid(z)) = log mean p - log mean (1 - p), computed in log space (no 0/1 saturation)
+        return torch.logsumexp(F.logsigmoid(z), dim=0) - torch.logsumexp(F.logsigmoid(-z), dim=0)
+
+
 def get_layer(model: nn.Module, path: str) -> nn.Module:
-    """The submodule at a dotted path, with an error listing the valid Grad-CAM layers when absent."""
+    """The submodule at a dotted path, with an error listing the valid Grad-CAM layers when absent. On an
+    `EnsembleModel`, the layer of its first member: the member whose features the out-of-scope guard reads."""
+    if isinstance(model, EnsembleModel):
+        model = model.members[0]
     try:
         return model.get_submodule(path)
     except AttributeError:

@@ -174,9 +174,10 @@ def predict_submission(
     if triage is not None and results is None:
         raise ValueError("--triage writes its calls into the results file: give --results too")
     input_path = existing_input(input_path)
-    thresholds = run_triage(run_dir, triage, triage_fpr) if triage is not None else None  # fails before any scoring
+    # triage and temperature of the scoring mode applied (fitted on TTA predictions where the run has them)
+    thresholds = run_triage(run_dir, triage, triage_fpr, tta=options.tta) if triage is not None else None  # fails before any scoring
     loaded = load_run_model(run_dir, checkpoint=options.checkpoint, device=options.device)
-    model, config, info, calibration = loaded.model, loaded.config, loaded.info, loaded.calibration
+    model, config, info, calibration = loaded.model, loaded.config, loaded.info, loaded.calibration_for(tta=options.tta)
     if calibrated and calibration is None:
         raise FileNotFoundError(f"run {run_dir} has no fitted temperature; fit one with `pcam calibrate --run {run_dir}`")
     fmt = detect_format(input_path)
@@ -283,13 +284,17 @@ def evaluate_run(
     if threshold_method != "fixed" and options.threshold is not None:
         raise ValueError(f"a fixed threshold ({options.threshold}) and the threshold method {threshold_method!r} exclude each other")
     loaded = load_run_model(run_dir, checkpoint=options.checkpoint, device=options.device)
-    model, config, info, calibration = loaded.model, loaded.config, loaded.info, loaded.calibration
+    model, config, info, calibration = loaded.model, loaded.config, loaded.info, loaded.calibration_for(tta=options.tta)
+    if loaded.is_ensemble and config.data.folds and split in ("valid", "val"):
+        raise ValueError(f"{run_dir} is an ensemble of cross-validation folds: its members trained on every patch of the "
+                         "cross-validated data, so it has no validation split; its out-of-fold figures are in cv.json "
+                         "(`pcam train --folds`), or evaluate it on a split none of them trained on (test)")
     dataset = dataset_for_split(data, split, config)
     if not dataset.has_labels:
         raise DataError(f"{dataset.describe()} has no labels; use `pcam predict` for unlabelled data")
     threshold_used = options.threshold_or(loaded.threshold)
     if threshold_method != "fixed":
-        valid = validation_predictions(run_dir)  # the bundled model's: its held-out patches
+        valid = validation_predictions(run_dir, tta=options.tta)  # the bundled model's: its held-out patches
         threshold_used = choose_threshold(valid["label"].to_numpy(), valid["probability"].to_numpy(), threshold_method,
                                           value=DEFAULT_THRESHOLD if target is None else check_threshold(target, "target sensitivity"))
     if on_start:

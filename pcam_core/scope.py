@@ -197,10 +197,9 @@ def fit_run_scope(folder: Any, model: nn.Module, config: Any, *, limit: int = 50
     """Fit a run's guard on its own data and keep it in the run folder (`RunDir.scope_path`): statistics on up
     to `limit` of its training patches (a seeded sample), threshold on up to `limit` of its validation patches
     (patches the weights were not fitted on). `config` is the run's ExperimentConfig; `folder` its RunDir."""
-    from .data.loader import train_valid_datasets  # data, only when fitting
+    from .data.loader import run_datasets  # data, only when fitting
 
-    data = train_valid_datasets(config.data.path, format=config.data.format, valid_frac=config.data.valid_frac,
-                                seed=config.data.split_seed)
+    data = run_datasets(config)
     rng = np.random.default_rng(seed)
 
     def sample(dataset: Any) -> np.ndarray:

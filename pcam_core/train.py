@@ -32,7 +32,7 @@ from .posthoc import fit_posthoc
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ExperimentConfig
 from .data.base import PatchDataset
-from .data.loader import SkipBatchesSampler, fits_in_memory, make_loader, train_valid_datasets
+from .data.loader import SkipBatchesSampler, fits_in_memory, make_loader, run_datasets
 from .data.overrides import apply_overrides
 from .fileio import append_jsonl, atomic_write_json, atomic_write_with, read_jsonl
 from .inference import Predictions, autocast_context, predict_loader
@@ -540,8 +540,7 @@ class _Session:
 def _load_data(config: ExperimentConfig, overrides: Path | None = None) -> Any:
     """Open (and check) the training and validation sets, cached in RAM per `config.data.cache`, with
     the reviewed labels of `overrides` (a review export) applied to the training set."""
-    data = train_valid_datasets(config.data.path, format=config.data.format, valid_frac=config.data.valid_frac,
-                                seed=config.data.split_seed)
+    data = run_datasets(config)
     for ds in (data.train, data.valid):
         if config.data.cache == "yes" or (config.data.cache == "auto" and fits_in_memory(ds.source, config.data.cache_max_gb)):
             ds.source.cache()

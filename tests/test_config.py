@@ -22,7 +22,7 @@ from pcam_core.runs import create_run
 # A config with a value other than the default in every section.
 CUSTOM = ExperimentConfig(
     data=DataConfig(path="/data/pcam", format="h5", valid_frac=0.2, split_seed=3, num_workers=2, cache="no",
-                    cache_max_gb=0.5, label_overrides="reviews.csv"),
+                    cache_max_gb=0.5, label_overrides="reviews.csv", folds=5, fold=2),
     augment=AugmentConfig(symmetries=False, stain=0.05, brightness=0.2, contrast=0.0, saturation=0.3, hue=0.1, shift=4),
     model=ModelConfig(name="resnet18", weights="/w/r18.pt", dropout=0.25),
     train=TrainConfig(epochs=5, batch_size=64, lr=1e-3, weight_decay=0.0, optimizer="adam", schedule="cosine",
@@ -155,3 +155,12 @@ def test_a_config_file_that_is_missing_or_not_json_is_refused_by_name(tmp_path):
     (tmp_path / "bad.json").write_text("{epochs: 3")
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
         ExperimentConfig.from_json(tmp_path / "bad.json")
+
+
+def test_folds_and_fold_are_checked() -> None:
+    with pytest.raises(ValueError, match="data.folds=1"):
+        DataConfig(folds=1)
+    with pytest.raises(ValueError, match="data.fold=5"):
+        DataConfig(folds=5, fold=5)
+    with pytest.raises(ValueError, match="data.fold=1"):
+        DataConfig(fold=1)  # no cross-validation: fold 0 only

@@ -20,8 +20,10 @@ LAYERS: list[tuple[str, ...]] = [
      "pcam_core.uploads", "pcam_core.shifts", "pcam_core.decision", "pcam_core.staging", "pcam_core.bundled", "pcam_core.sharding",
      "pcam_core.scoring_options"),
     ("pcam_core.runs", "pcam_core.explain", "pcam_core.inference", "pcam_core.optim",
-     "pcam_core.distributed", "pcam_core.calibration", "pcam_core.tracking", "pcam_core.loading", "pcam_core.scope", "pcam_core.posthoc"),
-    ("pcam_core.train", "pcam_core.predict", "pcam_core.slides", "pcam_core.evaluation", "pcam_core.export", "pcam_core.robustness"),
+     "pcam_core.distributed", "pcam_core.calibration", "pcam_core.tracking", "pcam_core.loading", "pcam_core.scope", "pcam_core.posthoc",
+     "pcam_core.ensemble"),
+    ("pcam_core.train", "pcam_core.crossval", "pcam_core.predict", "pcam_core.slides", "pcam_core.evaluation", "pcam_core.export",
+     "pcam_core.robustness"),
     ("pcam_core.workspace",),
     ("pcam_core.api", "pcam_core.cli", "pcam_core.serve", "pcam_core.__main__"),
 ]

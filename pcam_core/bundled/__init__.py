@@ -7,8 +7,13 @@ usable wherever a run is (`--run bundled`, `load_predictor("bundled")`, the dash
       MODEL_CARD.md          data, recipe, held-out figures, intended use and limits
       slide_decision.json    which slide regions are reported and the slide classifier (`slides.decision`)
 
-The first two are written by `scripts/train_bundled.py` (the only code that reads the training data, and the
-only writer of the model file and its card); slide_decision.json by `scripts/fit_slide_decision.py`, from
+or, made by `scripts/train_bundled.py --folds K`, a cross-validated ensemble laid out as an ensemble run
+(`pcam_core.ensemble`): ensemble.json (members, how they are combined, the record), members/fold-<k>/checkpoints/
+best.pt, the out-of-fold predictions (valid_predictions.csv, valid_predictions_tta.csv), their temperatures
+(calibration.json, calibration_tta.json), cv.json, scope.npz and MODEL_CARD.md.
+
+The model and its card are written by `scripts/train_bundled.py` (the only code that reads the training data,
+and the only writer of the model file and its card); slide_decision.json by `scripts/fit_slide_decision.py`, from
 mosaics of the held-out patches (docs/slides.md, The slide decision). The name
 `bundled` (the string, exactly) and this folder's path both mean the bundled model; every command
 turns a run argument into a checkpoint through `pcam_core.runs.checkpoint_path`, which asks
@@ -17,6 +22,7 @@ turns a run argument into a checkpoint through `pcam_core.runs.checkpoint_path`,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,7 @@ LABEL = "bundled model (real tissue)"  # how the dashboard names it
 BUNDLED_DIR = Path(__file__).resolve().parent
 BUNDLED_FILE = "pcam-real-pcamnet.pt"
 MODEL_CARD = "MODEL_CARD.md"
+ENSEMBLE_FILE = "ensemble.json"  # present when the bundled model is a cross-validated ensemble (`pcam_core.ensemble`)
 
 
 def is_bundled(run: Any) -> bool:
@@ -57,6 +64,8 @@ def model_card() -> str:
 
 def bundled_record() -> dict[str, Any]:
     """What `scripts/train_bundled.py` recorded in the model file: data, command, held-out figures."""
+    if (BUNDLED_DIR / ENSEMBLE_FILE).is_file():  # the cross-validated ensemble (`scripts/train_bundled.py --folds K`)
+        return dict(json.loads((BUNDLED_DIR / ENSEMBLE_FILE).read_text(encoding="utf-8")).get("bundled") or {})
     from ..checkpoint import load_checkpoint  # torch, only when asked
 
     return dict(load_checkpoint(bundled_checkpoint()).get("bundled") or {})

@@ -137,11 +137,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         for name in ("nll", "ece", "brier"):
             print(f"  {name.upper() if name != 'brier' else 'Brier':<6} {cal.before[name]:.4f} -> {cal.after[name]:.4f}")
         return 0
-    cal = calibrate_run(args.run)
-    print(f"temperature {cal.temperature:.4f} fitted on {cal.n} validation patches ({cal.fitted_on})")
-    for name in ("nll", "ece", "brier"):
-        print(f"  {name.upper() if name != 'brier' else 'Brier':<6} {cal.before[name]:.4f} -> {cal.after[name]:.4f}")
-    print(f"wrote {Path(args.run) / 'calibration.json'}")
+    folder = resolve_run(args.run).folder
+    modes = (False, True) if folder.valid_predictions_tta_path.exists() else (False,)  # a cross-validated run: both modes
+    for tta in modes:
+        cal = calibrate_run(args.run, tta=tta)
+        print(f"temperature {cal.temperature:.4f} fitted on {cal.n} validation patches ({cal.fitted_on})")
+        for name in ("nll", "ece", "brier"):
+            print(f"  {name.upper() if name != 'brier' else 'Brier':<6} {cal.before[name]:.4f} -> {cal.after[name]:.4f}")
+        print(f"wrote {folder.calibration_tta_path if tta else folder.calibration_path}")
     return 0
 
 

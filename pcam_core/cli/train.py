@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import (
+    COMBINES,
+    DEFAULT_COMBINE,
     DATA_FORMATS,
     DEVICES,
     MONITORS,
@@ -22,11 +24,12 @@ from ..config import (
     TrackingConfig,
     TrainConfig,
 )
+from ..runs import RunDir
 from ..tracking import INSTALL_HINT, resolve_uri
 from .common import WORKERS_HELP, default, fmt, progress_bar
 
 # flags that `--resume` honours; every other flag given with it is refused (the run keeps its saved config)
-_RESUMABLE_DESTS = ("out", "resume", "epochs", "config", "func", "help")
+_RESUMABLE_DESTS = ("out", "resume", "epochs", "config", "func", "help", "combine")
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -77,9 +80,26 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mlflow", metavar="URI", help="also log the run to this MLflow tracking store (e.g. sqlite:///mlflow.db; "
                    f"needs {INSTALL_HINT}); a resumed run logs to the same MLflow run " + default(K.mlflow_uri))
     p.add_argument("--mlflow-experiment", metavar="NAME", help="MLflow experiment of the run " + default(K.mlflow_experiment))
+    p.add_argument("--folds", type=int, metavar="K", help="cross-validate: train K runs, each validated on one of K folds "
+                   "(stratified by label, grouped by slide where the data names slides), into --out/folds/fold-<k>; write "
+                   "every patch's out-of-fold prediction (one pass and TTA) and the cross-validated metrics with intervals; "
+                   "--out is then an ensemble run of the K models, calibrated and triaged on the out-of-fold predictions. "
+                   "With --resume, a killed job goes on at the fold and epoch where it stopped; 0: no cross-validation " + default(D.folds))
+    p.add_argument("--combine", choices=COMBINES, help="with --folds: how the ensemble joins its members, mean probability "
+                   f"or mean logit " + default(DEFAULT_COMBINE))
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     refused = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings and a.dest not in _RESUMABLE_DESTS}
     p.set_defaults(func=cmd_train, resume_refuses=refused)
+
+    p = sub.add_parser("ensemble", help="serve several runs as one (an ensemble run)", description=(
+        "Make an ensemble run: a run folder whose model is the mean of the given runs' (one architecture). Every "
+        "command that takes --run takes it (predict, evaluate, explain, slide, export, serve). It has no validation "
+        "predictions of its own, so no temperature or triage: `pcam train --folds K` makes an ensemble that has them."))
+    p.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="run folders (or bundled), at least two")
+    p.add_argument("--out", required=True, help="the ensemble's run folder (new)")
+    p.add_argument("--combine", choices=COMBINES, default=DEFAULT_COMBINE,
+                   help="mean probability or mean logit " + default(DEFAULT_COMBINE))
+    p.set_defaults(func=cmd_ensemble)
 
 
 def build_config(args: argparse.Namespace) -> ExperimentConfig:
@@ -126,16 +146,17 @@ def _check_resume_flags(args: argparse.Namespace) -> None:
         )
 
 
-def _train_progress() -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
+def _train_progress(prefix: str = "") -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
     """Progress over the whole run (images, images/s, time left): a bar on a terminal, else a line every
     `common.PROGRESS_EVERY` seconds: (callback for each optimiser step, close)."""
     bar = None
 
     def on_step(p: dict[str, Any]) -> None:
         nonlocal bar
+        what = f"{prefix}epoch {p['epoch']}/{p['epochs']}"
         if bar is None:
-            bar = progress_bar(p["total_steps"] * p["images"], f"epoch {p['epoch']}/{p['epochs']}", initial=(p["step"] - 1) * p["images"])
-        bar.set_description(f"epoch {p['epoch']}/{p['epochs']}", refresh=False)
+            bar = progress_bar(p["total_steps"] * p["images"], what, initial=(p["step"] - 1) * p["images"])
+        bar.set_description(what, refresh=False)
         bar.set_postfix_str(f"loss {p['loss']:.4f}", refresh=False)
         bar.update(p["images"])
 
@@ -154,6 +175,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         _check_resume_flags(args)
     config = build_config(args) if not args.resume else ExperimentConfig()
+    if args.folds is not None or (args.resume and RunDir(args.out).is_cross_validation):
+        return _train_folds(args, config)
+    if args.combine is not None:
+        raise ValueError("--combine goes with --folds (the ensemble of the fold runs)")
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
     on_step, close = _train_progress()
     try:
@@ -183,3 +208,56 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 
+
+
+def _train_folds(args: argparse.Namespace, config: ExperimentConfig) -> int:
+    """`pcam train --folds K`: the cross-validation job (`pcam_core.crossval.fit_folds`), with its figures."""
+    from ..crossval import fit_folds
+    from ..stats import format_interval
+    from ..train import StopRequested
+
+    if args.resume and args.epochs is not None:
+        raise ValueError("--epochs cannot change a cross-validated run on resume (its folds must train alike)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--folds runs its folds one after another in one process; start it without torchrun")
+    bars: dict[int, tuple[Callable[[dict[str, Any]], None], Callable[[], None]]] = {}
+
+    def on_step(p: dict[str, Any]) -> None:  # one bar a fold
+        if p["fold"] not in bars:
+            for _, close_bar in bars.values():
+                close_bar()
+            bars[p["fold"]] = _train_progress(f"fold {p['fold']}/{p['folds']} ")
+        bars[p["fold"]][0](p)
+
+    def close() -> None:
+        for _, close_bar in bars.values():
+            close_bar()
+
+    try:
+        summary = fit_folds(config, args.out, folds=args.folds, resume=args.resume, combine=args.combine or DEFAULT_COMBINE,
+                            on_step=on_step)
+    except StopRequested:
+        print(f"stopped: checkpoints saved in {args.out}; continue with `pcam train --out {args.out} --resume`", file=sys.stderr)
+        return 0
+    finally:
+        close()
+    cv = summary["cv"]
+    print(f"finished {summary['folds']} folds over {summary['patches']} patches in {summary['train_seconds'] / 60:.1f} min of training")
+    for mode in ("one_pass", "tta"):
+        r = cv[mode]
+        t = r["triage"]
+        print(f"{'TTA' if mode == 'tta' else 'one pass':8}: out-of-fold ROC-AUC {format_interval(r['pooled']['roc_auc'], 4)}, "
+              f"mean over folds {format_interval(r['mean_fold_roc_auc'], 4)}; ECE {r['ece']:.4f}; triage at "
+              f"{t['target_sensitivity']:.0%} sensitivity: miss {t['miss_rate']:.1%}, referred {t['referral_rate']:.1%}")
+    print(f"out-of-fold predictions: {RunDir(args.out).oof_predictions_path}; the ensemble run: {args.out}")
+    if summary.get("synthetic_data"):
+        print("note: trained on SYNTHETIC demo data; its figures say nothing about real tissue")
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from ..ensemble import create_ensemble
+
+    folder = create_ensemble(args.runs, args.out, combine=args.combine)
+    print(f"ensemble of {len(args.runs)} runs ({args.combine} mean): {folder.path}")
+    return 0

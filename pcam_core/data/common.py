@@ -119,6 +119,31 @@ def list_images(folder: str | Path) -> list[Path]:
     )
 
 
+def stratified_folds(labels: Sequence[int] | np.ndarray, k: int, seed: int,
+                     groups: Sequence[str] | np.ndarray | None = None) -> np.ndarray:
+    """The fold (0..k-1) of each of N patches: stratified by label and seeded; with `groups` (a slide id per
+    patch) no group is split across folds (scikit-learn's StratifiedGroupKFold), else StratifiedKFold."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    labels = np.asarray(labels)
+    if k < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
+    counts = np.bincount(labels.astype(np.int64), minlength=2)
+    if counts.min() < k:
+        raise ValueError(f"{k} folds need at least {k} patches of each class; got {counts[0]} normal and {counts[1]} tumour")
+    fold = np.full(len(labels), -1, dtype=np.int64)
+    if groups is not None:
+        groups = np.asarray(groups)
+        if np.unique(groups).size < k:
+            raise ValueError(f"{k} folds grouped by slide need at least {k} slides; the data has {np.unique(groups).size}")
+        splits = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed).split(labels, labels, groups)
+    else:
+        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(labels, labels)
+    for f, (_, held) in enumerate(splits):
+        fold[held] = f
+    return fold
+
+
 def stratified_split(
     labels: Sequence[int] | np.ndarray, fractions: Sequence[float], seed: int
 ) -> list[np.ndarray]:

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler, get_worker_info
 
 from .base import PatchDataset
-from .common import IMAGE_EXTENSIONS, PATCH_SHAPE, DataError, stratified_split
+from .common import IMAGE_EXTENSIONS, PATCH_SHAPE, DataError, stratified_folds, stratified_split
 from .h5 import PCamH5, available_splits, is_h5_root, split_name
 from .kaggle import KAGGLE_SPLITS, KaggleFolder, ImageFiles, image_folder, is_kaggle_root
 from .overrides import OverrideCounts
@@ -104,14 +104,24 @@ class TrainValid:
     overrides: OverrideCounts | None = None  # what reviewed labels did to `train` (`pcam_core.data.overrides`)
 
 
-def train_valid_datasets(path: str | Path, *, format: str = "auto", valid_frac: float = 0.1, seed: int = 0) -> TrainValid:
+def train_valid_datasets(path: str | Path, *, format: str = "auto", valid_frac: float = 0.1, seed: int = 0,
+                         folds: int = 0, fold: int = 0) -> TrainValid:
     """The training and validation sets of a data folder.
 
     HDF5 data uses its own `valid` split. Kaggle data, which has none, gets a seeded split stratified by
-    label (`valid_frac` of the labelled images); the same seed always gives the same split.
+    label (`valid_frac` of the labelled images); the same seed always gives the same split. With `folds`
+    (K >= 2, cross-validation) the training pool (`cv_pool`) is cut into K folds instead (`fold_split`):
+    fold `fold` is validated on, the other K - 1 trained on.
     """
     path = Path(path)
     fmt = detect_format(path) if format == "auto" else format
+    if folds:
+        pool = cv_pool(path, fmt)
+        assignment = fold_split(pool, folds, seed)
+        train_idx, valid_idx = np.flatnonzero(assignment != fold), np.flatnonzero(assignment == fold)
+        desc = (f"{pool.describe()}: fold {fold + 1} of {folds} (seed {seed}, stratified by label"
+                f"{', grouped by slide' if slide_ids(pool) is not None else ''}): train {len(train_idx)}, valid {len(valid_idx)}")
+        return TrainValid(pool.subset(train_idx), pool.subset(valid_idx), desc, pool.synthetic)
     if fmt == "h5":
         if path.is_file():
             path = h5_file_split(path)[0]
@@ -123,6 +133,42 @@ def train_valid_datasets(path: str | Path, *, format: str = "auto", valid_frac: 
     if fmt == "kaggle":
         return _split(KaggleFolder(path, "train"), valid_frac, seed, f"Kaggle folder {path}")
     raise DataError(f"{path}: training needs labels (a PCam HDF5 folder or a Kaggle folder with train_labels.csv)")
+
+
+def cv_pool(path: str | Path, fmt: str = "auto") -> PatchDataset:
+    """The labelled patches cross-validation splits into folds: the `train` split of an HDF5 folder (its own
+    `valid` split is left out, as its `test`), the train folder of a Kaggle folder."""
+    path = Path(path)
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "h5":
+        pool: PatchDataset = PCamH5(h5_file_split(path)[0] if path.is_file() else path, "train")
+    elif fmt == "kaggle":
+        pool = KaggleFolder(path, "train")
+    else:
+        raise DataError(f"{path}: cross-validation needs labels (a PCam HDF5 folder or a Kaggle folder with train_labels.csv)")
+    if not pool.has_labels:
+        raise DataError(f"{pool.describe()}: has no labels to cross-validate on")
+    return pool
+
+
+def slide_ids(dataset: PatchDataset) -> np.ndarray | None:
+    """The slide id of each patch (the `wsi` column of the official HDF5 `_meta.csv`), or None when the data
+    has none (the Kaggle layout never has)."""
+    meta = getattr(dataset, "metadata", None)
+    if meta is None or "wsi" not in meta.columns:
+        return None
+    return meta["wsi"].astype(str).to_numpy()
+
+
+def fold_split(pool: PatchDataset, folds: int, seed: int) -> np.ndarray:
+    """The fold of each patch of `pool`: stratified by label, grouped by slide where the data names slides."""
+    return stratified_folds(pool.labels, folds, seed, slide_ids(pool))
+
+
+def run_datasets(config: Any) -> TrainValid:
+    """The training and validation sets of a run with `config` (its ExperimentConfig), exactly as it trained."""
+    d = config.data
+    return train_valid_datasets(d.path, format=d.format, valid_frac=d.valid_frac, seed=d.split_seed, folds=d.folds, fold=d.fold)
 
 
 def open_split(path: str | Path, split: str, *, valid_frac: float = 0.1, seed: int = 0) -> PatchDataset:
@@ -145,6 +191,8 @@ def dataset_for_split(path: str | Path, split: str, config: Any = None) -> Patch
     (`open_split`)."""
     if config is None:
         return open_split(path, split)
+    if config.data.folds and split in ("valid", "val") and Path(path).resolve() == Path(config.data.path).resolve():
+        return run_datasets(config).valid  # a cross-validation fold's held-out patches
     return open_split(path, split, valid_frac=config.data.valid_frac, seed=config.data.split_seed)
 
 

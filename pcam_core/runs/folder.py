@@ -22,6 +22,22 @@
       robustness/<split>.csv, .json         that split scored under graded shifts, and the report card (`pcam robustness`)
       robustness/robustness-<split>.json, .log  the background job that wrote them
 
+A cross-validated run (`pcam train --folds K`, `pcam_core.crossval`) is a parent folder over K fold runs,
+each an ordinary run folder as above, and is itself an ensemble run (`pcam_core.ensemble`):
+
+    RUN_DIR/
+      config.json, status.json, train.log   the parent's config (data.folds = K), state and log
+      folds/fold-<k>/        the run that trains on every fold but k and validates on fold k; its
+                             oof_predictions.csv: fold k scored by its best checkpoint, one pass and TTA
+      oof_predictions.csv    every patch of the pool once: id,label,fold,index,probability,probability_tta
+      valid_predictions.csv, valid_predictions_tta.csv   the same out-of-fold predictions (one pass; TTA) in
+                             the columns calibration and triage read
+      calibration.json, calibration_tta.json   temperatures fitted on them (one pass; TTA)
+      scope.npz              the out-of-scope guard, fitted by fold 0 (the member the guard taps)
+      cv.json                cross-validated metrics with intervals (one pass and TTA)
+      ensemble.json          the members (folder paths, relative when inside) and how they are combined;
+                             `pcam ensemble --runs A B --out E` writes a folder with only this file (and posthoc ones)
+
 This module is the only one that names these paths, and the only writer of config.json; everything
 else asks a `RunDir` for them.
 
@@ -112,6 +128,34 @@ class RunDir:
     robustness = property(lambda self: self.path / "robustness")
     label_overrides_path = property(lambda self: self.path / "label_overrides.csv")
     label_overrides_record_path = property(lambda self: self.path / "label_overrides.json")
+    valid_predictions_tta_path = property(lambda self: self.path / "valid_predictions_tta.csv")
+    calibration_tta_path = property(lambda self: self.path / "calibration_tta.json")
+    oof_predictions_path = property(lambda self: self.path / "oof_predictions.csv")
+    cv_path = property(lambda self: self.path / "cv.json")
+    ensemble_path = property(lambda self: self.path / "ensemble.json")
+    folds_dir = property(lambda self: self.path / "folds")
+
+    def fold(self, k: int) -> RunDir:
+        """The run folder of fold `k` (0-based) of a cross-validated run."""
+        return RunDir(self.folds_dir / f"fold-{k}")
+
+    def valid_predictions_for(self, *, tta: bool) -> Path:
+        """The validation predictions of a scoring mode: the TTA file where the run has one (a cross-validated
+        run or an ensemble), else the one-pass file."""
+        return self.valid_predictions_tta_path if tta and self.valid_predictions_tta_path.exists() else self.valid_predictions_path
+
+    def calibration_for(self, *, tta: bool) -> Path:
+        """The temperature of a scoring mode: `calibration_tta.json` where the run has one, else `calibration.json`."""
+        return self.calibration_tta_path if tta and self.calibration_tta_path.exists() else self.calibration_path
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.ensemble_path.exists()
+
+    @property
+    def is_cross_validation(self) -> bool:
+        """A parent of fold runs (`pcam train --folds K`): it has a `folds/` folder, made when the job starts."""
+        return self.folds_dir.is_dir()
 
     def record_label_overrides(self, source: str | Path, counts: dict[str, int]) -> None:
         """Keep a copy of the review export the run trains with, and what it did to the training labels.
@@ -128,11 +172,14 @@ class RunDir:
         return read_json(self.label_overrides_record_path, default=None)
 
     def checkpoint(self, which: str = "best") -> Path:
-        """`checkpoints/best.pt` (or `last.pt`); best falls back to last when no epoch finished."""
+        """`checkpoints/best.pt` (or `last.pt`); best falls back to last when no epoch finished. An ensemble's
+        is its `ensemble.json` (each member's own best checkpoint is loaded)."""
         if not self.path.is_dir():
             raise FileNotFoundError(f"run folder not found: {self.path}")
         if which not in CHECKPOINTS:
             raise ValueError(f"checkpoint must be 'best' or 'last', not {which!r}")
+        if self.is_ensemble:  # its members' checkpoints are listed there (`pcam_core.ensemble`)
+            return self.ensemble_path
         for path in ([self.best_checkpoint, self.last_checkpoint] if which == "best" else [self.last_checkpoint]):
             if path.exists():
                 return path

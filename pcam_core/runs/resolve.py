@@ -46,7 +46,9 @@ class RunRef:
         one file is both."""
         if which not in CHECKPOINTS:
             raise ValueError(f"checkpoint must be 'best' or 'last', not {which!r}")
-        return bundled_checkpoint() if self.bundled else self.folder.checkpoint(which)
+        if self.bundled and not self.folder.is_ensemble:
+            return bundled_checkpoint()
+        return self.folder.checkpoint(which)
 
 
 RunArg = Union[str, os.PathLike, RunRef, RunDir]

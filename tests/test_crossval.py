@@ -1,0 +1,246 @@
+"""Cross-validation (`pcam train --folds K`, `pcam_core.crossval`) and ensembles as runs (`pcam_core.ensemble`): folds
+stratified, disjoint and grouped by slide; every patch's out-of-fold prediction once; the ensemble is the mean of its
+members, and every face (predict, evaluate, export, explain, slide, serve) takes it; a killed K-fold job resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import REPO, real_mosaic_slide, wait_for
+
+from pcam_core.data.common import stratified_folds
+
+CV_ARGS = ("--folds", "2", "--epochs", "1", "--batch-size", "32", "--workers", "0")
+
+
+def test_folds_are_stratified_disjoint_and_cover_every_patch() -> None:
+    labels = np.r_[np.zeros(60, dtype=int), np.ones(40, dtype=int)]
+    fold = stratified_folds(labels, 5, seed=3)
+    assert sorted(np.unique(fold)) == [0, 1, 2, 3, 4]  # each patch in exactly one fold
+    assert [int((labels[fold == f] == 1).sum()) for f in range(5)] == [8] * 5  # stratified: 40 tumour / 5
+    assert np.array_equal(fold, stratified_folds(labels, 5, seed=3))  # seeded
+    assert not np.array_equal(fold, stratified_folds(labels, 5, seed=4))
+
+
+def test_folds_keep_each_slide_in_one_fold() -> None:
+    rng = np.random.default_rng(0)
+    slides = np.repeat([f"slide_{i}" for i in range(12)], 10)
+    labels = (rng.random(120) < np.repeat(rng.random(12), 10)).astype(int)
+    fold = stratified_folds(labels, 3, seed=0, groups=slides)
+    for slide in np.unique(slides):
+        assert np.unique(fold[slides == slide]).size == 1
+    with pytest.raises(ValueError, match="at least 4 slides"):
+        stratified_folds(labels, 4, seed=0, groups=np.repeat(["a", "b", "c"], 40))
+    with pytest.raises(ValueError, match="at least 5 patches of each class"):
+        stratified_folds(np.r_[np.zeros(20, dtype=int), np.ones(3, dtype=int)], 5, seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_kaggle(real_kaggle, tmp_path_factory) -> Path:
+    """64 of the real fixture patches (40 normal, 24 tumour) in the Kaggle layout: 2 folds of 32, one step an epoch."""
+    table = pd.read_csv(real_kaggle / "train_labels.csv", dtype={"id": str})
+    table = pd.concat([table[table["label"] == 0].head(40), table[table["label"] == 1].head(24)])
+    root = tmp_path_factory.mktemp("small-kaggle")
+    (root / "train").mkdir()
+    for pid in table["id"]:
+        (root / "train" / f"{pid}.tif").write_bytes((real_kaggle / "train" / f"{pid}.tif").read_bytes())
+    table.to_csv(root / "train_labels.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cv_run(small_kaggle, tmp_path_factory) -> Path:
+    """A 2-fold cross-validation on 64 real patches, one epoch per fold (in this process)."""
+    from pcam_core.cli import main
+
+    out = tmp_path_factory.mktemp("cv") / "cv"
+    assert main(["train", "--data", str(small_kaggle), "--out", str(out), *CV_ARGS]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_out_of_fold_predictions_cover_every_patch_once(cv_run, small_kaggle) -> None:
+    from pcam_core.data.loader import cv_pool, fold_split
+    from pcam_core.runs import RunDir
+
+    run = RunDir(cv_run)
+    oof = pd.read_csv(run.oof_predictions_path, dtype={"id": str})
+    pool = cv_pool(small_kaggle)
+    assert len(oof) == len(pool) == 64 and oof["index"].is_unique
+    assert sorted(oof["id"]) == sorted(pd.read_csv(small_kaggle / "train_labels.csv", dtype={"id": str})["id"])
+    assert np.array_equal(oof.sort_values("index")["fold"].to_numpy(), fold_split(pool, 2, 0))
+    assert np.array_equal(oof.sort_values("index")["label"].to_numpy(), pool.labels)
+    # each patch scored by the fold model that did not train on it: its own validation predictions (one pass)
+    for k in (0, 1):
+        own = pd.read_csv(run.fold(k).valid_predictions_path, dtype={"id": str}).set_index("id")["probability"]
+        mine = oof[oof["fold"] == k].set_index("id")["probability"]
+        assert set(own.index) == set(mine.index)
+        assert np.allclose(own[mine.index].to_numpy(), mine.to_numpy(), atol=1e-5)
+    cv = json.loads(run.cv_path.read_text())
+    for mode in ("one_pass", "tta"):
+        auc = cv[mode]["pooled"]["roc_auc"]
+        assert auc["low"] <= auc["value"] <= auc["high"] and len(cv[mode]["per_fold_roc_auc"]) == 2
+        assert 0 <= cv[mode]["triage"]["referral_rate"] <= 1
+    # posthoc of each scoring mode fitted on its own out-of-fold predictions
+    one, tta = (json.loads(p.read_text()) for p in (run.calibration_path, run.calibration_tta_path))
+    assert (one["fitted_on"], tta["fitted_on"]) == ("valid_predictions.csv", "valid_predictions_tta.csv")
+    assert one["n"] == tta["n"] == 64
+
+
+@pytest.mark.slow
+def test_the_ensemble_is_the_mean_of_its_members(cv_run, tmp_path) -> None:
+    from scipy.special import expit, logit
+
+    from pcam_core.api import load_predictor
+    from pcam_core.ensemble import create_ensemble
+    from pcam_core.loading import load_run_model
+    from pcam_core.runs import RunDir
+
+    from helpers import random_patches
+
+    pixels = random_patches(12, seed=5)
+    members = [load_predictor(RunDir(cv_run).fold(k).path, device="cpu").predict(pixels) for k in (0, 1)]
+    ensemble = load_predictor(cv_run, device="cpu")
+    assert np.allclose(ensemble.predict(pixels), np.mean(members, axis=0), atol=1e-6)
+    by_logit = create_ensemble([RunDir(cv_run).fold(k).path for k in (0, 1)], tmp_path / "logit", combine="logit")
+    assert np.allclose(load_predictor(by_logit.path, device="cpu").predict(pixels),
+                       expit(np.mean(logit(np.array(members)), axis=0)), atol=1e-5)
+    loaded = load_run_model(cv_run, device="cpu")
+    assert loaded.is_ensemble and loaded.info["combine"] == "prob"
+    assert loaded.calibration_for(tta=True).fitted_on == "valid_predictions_tta.csv"
+    assert loaded.calibration_for(tta=False).fitted_on == "valid_predictions.csv"
+    with pytest.raises(ValueError, match="at least two runs"):
+        create_ensemble([cv_run], tmp_path / "one")
+
+
+@pytest.mark.slow
+def test_the_ensemble_goes_through_every_face(cv_run, small_kaggle, real_h5, tmp_path) -> None:
+    import onnxruntime
+    import torch
+    from starlette.testclient import TestClient
+
+    from pcam_core.api import load_predictor
+    from pcam_core.explain import explain_batch
+    from pcam_core.export import export_run
+    from pcam_core.loading import load_run_model
+    from pcam_core.predict import evaluate_run, predict_submission
+    from pcam_core.scoring_options import ScoringOptions
+    from pcam_core.serve.app import create_app
+    from pcam_core.slides.batch import analyse
+
+    options = ScoringOptions(device="cpu", workers=0, tta=False)
+    predictor = load_predictor(cv_run, device="cpu")
+    files = sorted((small_kaggle / "train").glob("*.tif"))[:6]
+    from PIL import Image
+
+    pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    expected = pd.Series(predictor.predict(pixels), index=[f.stem for f in files])
+    # predict
+    predict_submission(cv_run, small_kaggle, tmp_path / "sub.csv", options, split="train")
+    sub = pd.read_csv(tmp_path / "sub.csv", dtype={"id": str}).set_index("id")["label"]
+    assert np.allclose(sub[expected.index].to_numpy(), expected.to_numpy(), atol=1e-5)
+    # evaluate (TTA: the temperature fitted on TTA out-of-fold predictions)
+    report = evaluate_run(cv_run, real_h5, "test", tmp_path / "ev.json", ScoringOptions(device="cpu", workers=0, tta=True))
+    assert report["calibration"]["temperature"] == pytest.approx(predictor.calibration_tta.temperature)
+    with pytest.raises(ValueError, match="no validation split"):  # every member trained on most of those patches
+        evaluate_run(cv_run, small_kaggle, "valid", tmp_path / "v.json", options)
+    # export: one graph; ONNX output equals the torch ensemble's
+    export = export_run(cv_run, "onnx", tmp_path / "e.onnx", check=pixels)
+    assert export["ensemble"]["members"] == ["folds/fold-0", "folds/fold-1"]
+    session = onnxruntime.InferenceSession(str(tmp_path / "e.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().numpy() / 255.0
+    onnx_probs = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert np.allclose(onnx_probs, expected.to_numpy(), atol=1e-5)
+    # explain: the mean of the members' maps
+    loaded = load_run_model(cv_run, device="cpu")
+    both = explain_batch(loaded.model, pixels[:3], model_name=loaded.model_name)
+    parts = [explain_batch(m, pixels[:3], model_name=loaded.model_name) for m in loaded.model.members]
+    assert np.allclose(both.maps, np.mean([p.maps for p in parts], axis=0), atol=1e-6)
+    assert np.allclose(both.probabilities, expected.to_numpy()[:3], atol=1e-5)
+    # slide
+    slide, _ = real_mosaic_slide(tmp_path / "slide", cols=4, rows=3)
+    summaries = analyse(str(cv_run), slide, tmp_path / "analysis", options, stride=96)
+    summary = summaries[0]["summary"]
+    assert Path(summary["run"]).resolve() == cv_run.resolve() and summary["checkpoint"].endswith("ensemble.json")
+    assert 0 <= summary["slide_score"] <= 1
+    # serve
+    with TestClient(create_app(str(cv_run), device="cpu", work_dir=tmp_path / "serve")) as client:
+        answer = client.post("/v1/predict", files=[("files", (f.name, f.read_bytes(), "image/tiff")) for f in files]).json()
+    served = {p["id"]: p["probability"] for p in answer["predictions"]}
+    assert np.allclose([served[i] for i in expected.index], expected.to_numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_killed_fold_job_resumes_where_it_stopped(small_kaggle, tmp_path) -> None:
+    from pcam_core.runs import RunDir
+
+    out = tmp_path / "cv"
+    run = RunDir(out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "pcam_core", "train", "--data", str(small_kaggle), "--out", str(out), "--folds", "2",
+            "--epochs", "3", "--batch-size", "32", "--workers", "0"]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert wait_for(lambda: len(run.fold(1).epochs()) >= 1 or proc.poll() is not None, timeout=240, every=0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # kill -9 in fold 2, after its first epoch
+    finally:
+        proc.wait(timeout=30)
+    assert not run.fold(1).summary_path.exists(), "the job finished fold 2 before it could be killed"
+    assert run.status()["state"] == "interrupted"
+    fold0 = run.fold(0).oof_predictions_path.stat().st_mtime_ns
+    done = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(out), "--resume"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert run.fold(0).oof_predictions_path.stat().st_mtime_ns == fold0  # fold 1 was kept, not retrained
+    assert [e["epoch"] for e in run.fold(1).epochs()] == [1, 2, 3]  # fold 2 went on after its first epoch
+    assert "resumed from" in run.fold(1).log_tail(200)
+    assert len(pd.read_csv(run.oof_predictions_path)) == 64 and run.status()["state"] == "finished"
+    again = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(out), "--resume"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "nothing to resume" in again.stderr
+
+
+def test_cross_validated_report_and_triage_are_fitted_on_the_other_folds() -> None:
+    from pcam_core.crossval import cv_report
+    from pcam_core.metrics import binary_metrics
+    from pcam_core.triage import fit_triage, triage_outcome
+
+    rng = np.random.default_rng(1)
+    labels = (rng.random(300) < 0.4).astype(int)
+    folds = stratified_folds(labels, 3, seed=0)
+    probs = np.clip(0.35 * labels + rng.random(300) * 0.65, 0, 1)
+    frame = pd.DataFrame({"label": labels, "fold": folds, "probability": probs, "probability_tta": probs ** 1.1})
+    report = cv_report(frame, pr_auc=False)
+    assert report["one_pass"]["pooled"]["roc_auc"]["value"] == pytest.approx(binary_metrics(labels, probs)["roc_auc"])
+    assert report["one_pass"]["per_fold_roc_auc"] == pytest.approx(
+        [binary_metrics(labels[folds == f], probs[folds == f])["roc_auc"] for f in range(3)])
+    triage = report["one_pass"]["triage"]
+    assert sum(triage["counts"].values()) == 300
+    held = folds == 2
+    own = fit_triage(labels[~held], probs[~held], 0.98)  # fold 3's thresholds: fitted on folds 1 and 2 only
+    assert triage["thresholds_per_fold"][2]["normal_below"] == own.normal_below
+    missed = sum(triage_outcome(labels[folds == f], probs[folds == f], fit_triage(labels[folds != f], probs[folds != f], 0.98))
+                 ["counts"]["tumour_normal"] for f in range(3))
+    assert triage["miss_rate"] == pytest.approx(missed / labels.sum())
+
+
+def test_bad_cross_validation_requests_are_refused_before_a_folder_is_made(real_kaggle, tmp_path, capsys) -> None:
+    from pcam_core.cli import main
+
+    assert main(["train", "--data", str(real_kaggle), "--out", str(tmp_path / "a"), "--folds", "1"]) != 0
+    assert "data.folds=1" in capsys.readouterr().err
+    assert main(["train", "--data", str(real_kaggle), "--out", str(tmp_path / "b"), "--combine", "logit"]) != 0
+    assert "--combine goes with --folds" in capsys.readouterr().err
+    assert main(["train", "--data", str(real_kaggle), "--out", str(tmp_path / "c"), "--folds", "70"]) != 0
+    assert "between 2 and 20" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "abc")
