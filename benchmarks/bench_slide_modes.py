@@ -55,15 +55,17 @@ def bare_rate(model: torch.nn.Module, n: int = 1024, batch: int = 256) -> float:
     return n / (time.perf_counter() - t)
 
 
-def compare(ref: dict, ref_map: np.ndarray, summary: dict, heat: np.ndarray) -> str:
+def compare(ref: dict, ref_map: np.ndarray, summary: dict, heat: np.ndarray, in_scope: np.ndarray) -> str:
+    """The map against the window mode's; cells at the threshold counted among the cells the window mode's guard keeps."""
     ok = np.isfinite(ref_map) & (ref_map >= 0)
     diff = np.abs(heat[ok] - ref_map[ok])
     t = summary["threshold"]
+    ref_map, heat = np.where(in_scope, ref_map, 0.0), np.where(in_scope, heat, 0.0)
     missed, added = int(((ref_map >= t) & (heat < t)).sum()), int(((ref_map < t) & (heat >= t)).sum())
     same = ([r["cells"] for r in summary["region_list"]] == [r["cells"] for r in ref["region_list"]]
             and summary["size_class"] == ref["size_class"])
     return (f"|diff| max {diff.max():.4f} mean {diff.mean():.4f}; cells >= threshold missed {missed}, added {added} "
-            f"(of {int((ref_map >= t).sum())}); regions and size class identical: {same}")
+            f"(of {int((ref_map >= t).sum())} in scope); regions and size class identical: {same}")
 
 
 def slide_modes(args: argparse.Namespace) -> None:
@@ -96,7 +98,9 @@ def slide_modes(args: argparse.Namespace) -> None:
             print(line)
             maps[mode] = (summary, heat)
             if mode != "window" and "window" in maps:
-                print("         " + compare(*maps["window"], summary, heat))
+                guard = maps["window"][0]["scope"]["guard"]
+                in_scope = np.load(tmp / "window" / "scope.npy") <= guard["threshold"] if guard else np.ones(heat.shape, bool)
+                print("         " + compare(*maps["window"], summary, heat, in_scope))
 
 
 def precision(args: argparse.Namespace) -> None:

@@ -430,9 +430,10 @@ def _cascade_refine(heat: np.ndarray, distances: np.ndarray | None, score: np.nd
     out-of-scope distance), and the probes that are not cells to score are cleared."""
     if dense:
         refine = refine_cells(np.asarray(heat), score, bar)
-        if distances is not None and scope_band is not None:  # the guard's features shift too: near its threshold, look again
-            near = np.asarray(distances)
-            refine |= score & (near >= scope_band[0]) & (near <= scope_band[1])
+        if distances is not None and scope_band is not None:
+            far = np.asarray(distances)
+            refine &= ~(far > scope_band[1])  # surely out of scope: its probability counts for nothing
+            refine |= score & (far >= scope_band[0]) & (far <= scope_band[1])  # the guard's call could flip: look again
         refine &= np.asarray(heat) != UNREADABLE  # a region that could not be read is not read again
         state["windows_total"] = int(score.sum() + refine.sum())
         run(refine)

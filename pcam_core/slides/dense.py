@@ -43,7 +43,7 @@ from .reader import WINDOW
 # The stated tolerance of the dense map against the per-window one (bundled model, measured on the demo and
 # real-patch slides: docs/slides.md): the largest |difference| of a cell's probability the tests accept.
 DENSE_TOLERANCE = 0.10
-CASCADE_BAR_SHARE = 0.5  # a cell is looked at closely when its coarse probability reaches half the threshold
+CASCADE_BAR_SHARE = 0.25  # a cell is looked at closely when its coarse probability reaches a quarter of the threshold
 # ... or (dense coarse pass) when its out-of-scope distance lies in this band around the guard's threshold: dense
 # distances run about 2 higher than the window's (no zero padding at the window's border; docs/slides.md)
 SCOPE_BAND = (0.85, 1.3)
@@ -221,7 +221,7 @@ def cascade_summary(score: np.ndarray, probes: np.ndarray, refined: np.ndarray, 
     """What the cascade did, for summary.json."""
     n = int(score.sum())
     rule = (f"dense coarse map >= {CASCADE_BAR_SHARE} x threshold, and the 8 cells around; out-of-scope distance in "
-            f"{SCOPE_BAND[0]}-{SCOPE_BAND[1]} x the guard's threshold" if dense else
+            f"{SCOPE_BAND[0]}-{SCOPE_BAND[1]} x the guard's threshold; none beyond it" if dense else
             f"coarse probability of a 3 x 3 block >= {CASCADE_BAR_SHARE} x threshold, and the 8 blocks around")
     return {"bar": bar, "bar_rule": rule, "coarse": "dense" if dense else "probes", "probes": int(probes.sum()),
             "cells_refined": int(refined.sum()), "cells": n, "refined_share": float(refined.sum() / n) if n else 0.0}
