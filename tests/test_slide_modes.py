@@ -67,6 +67,7 @@ def test_a_model_that_cannot_scan_falls_back_to_windows_and_a_bad_mode_is_named(
     assert effective_mode(create_model("pcamnet"), "dense") == "dense"
     assert effective_mode(create_model("pcamnet"), None) == "cascade"
     assert effective_mode(create_model("pcamnet"), None, sharded=True) == "window"
+    assert effective_mode(create_model("pcamnet"), None, stride=96) == "window"
     assert effective_mode(create_model("pcamresnet"), "cascade") == "cascade"  # one window per 3 x 3 block first
     assert effective_mode(create_model("pcamresnet"), "cascade", stride=96) == "window"
     with pytest.raises(ValueError, match="mode must be one of cascade, dense, window, not 'fast'"):

@@ -29,7 +29,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=SLIDE_MODES, help="cascade: a dense pass, then each window near a cell that "
                    "could be tumour scored alone (the same regions as window, on the test slides); dense: one pass over each "
                    "region, windows read off its output (approximate at window borders); window: each window alone (the "
-                   f"reference; what models that cannot scan fall back to). See docs/slides.md (default: {DEFAULT_SLIDE_MODE}; for a shard of one slide: window)")
+                   f"reference; what models that cannot scan fall back to). See docs/slides.md (default: {DEFAULT_SLIDE_MODE}; at stride 96 and for a shard of one slide: window)")
     p.add_argument("--mpp", type=float, help="microns per level-0 pixel, for slides whose metadata lacks it")
     p.add_argument("--min-tissue", type=float, default=0.25, help="tissue share a cell needs to be scored")
     p.add_argument("--shard", help="i/n: the i-th of n parts: of the sorted slide list when the folder has at least n slides, "

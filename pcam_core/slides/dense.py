@@ -58,10 +58,11 @@ def can_scan(model: nn.Module) -> bool:
 
 def effective_mode(model: nn.Module, mode: str | None, *, stride: int = 32, sharded: bool = False) -> str:
     """The mode a model scores a slide in: `mode`; None: the default (`DEFAULT_SLIDE_MODE`), except for a shard of a
-    slide, which the cascade cannot score ("window" then). A model that cannot scan scores "dense" window by window,
-    and "cascade" at stride 96 too (its coarse pass of one window per 3 x 3 block would be every window)."""
+    slide, which the cascade cannot score, and at stride 96, where windows do not overlap and there is nothing to
+    share ("window" then). A model that cannot scan scores "dense" window by window, and "cascade" at stride 96 too
+    (its coarse pass of one window per 3 x 3 block would be every window)."""
     if mode is None:
-        mode = "window" if sharded else DEFAULT_SLIDE_MODE
+        mode = "window" if sharded or stride != 32 else DEFAULT_SLIDE_MODE
     if mode not in SLIDE_MODES:
         raise ValueError(f"mode must be one of {', '.join(SLIDE_MODES)}, not {mode!r}")
     if not can_scan(model) and (mode == "dense" or (mode == "cascade" and stride != 32)):

@@ -42,7 +42,6 @@ from ..fileio import atomic_write_json, flock, read_json
 from ..runs.jobs import JobStatus, active_jobs, job_error, job_status, list_jobs, start_job, stop_job
 from ..runs.process import pid_alive, process_start_time, spawn_detached
 from ..runs.resolve import resolve_run
-from ..scoring_options import DEFAULT_SLIDE_MODE
 from ..slides.folder import AnalysisFolder
 
 log = logging.getLogger(__name__)
@@ -316,8 +315,8 @@ class SlideQueue:
                 folder = self.folder(item["slide_id"], item["key"])
                 folder.path.mkdir(parents=True, exist_ok=True)
                 args = ["slide", "--run", item["run"], "--input", item["slide"], "--out", str(folder.path),
-                        "--stride", str(item["stride"]), "--no-tta", "--resume",  # one pass, as the page always analysed
-                        "--mode", DEFAULT_SLIDE_MODE]  # the fastest mode with the reference's regions
+                        "--stride", str(item["stride"]), "--no-tta", "--resume"]  # one pass, as the page always analysed
+                # no --mode: `pcam slide`'s default (the cascade at stride 32: the reference's regions, faster)
                 if item.get("threshold") is not None:
                     args += ["--threshold", repr(float(item["threshold"]))]
                 if item.get("mpp") is not None:
