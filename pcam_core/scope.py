@@ -71,6 +71,10 @@ class FeatureTap:
         self._latest.clear()
         return features
 
+    def clear(self) -> None:
+        """Forget the features of passes not taken (a dense pass over a region also runs through the layers)."""
+        self._latest.clear()
+
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()

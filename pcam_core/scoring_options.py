@@ -4,7 +4,9 @@ instead of a dozen repeated keyword parameters, and whose defaults are the CLI's
 declares each shared option once from these).
 
 Test-time augmentation (the mean probability over the 8 symmetries of the square) is part of the recipe:
-on by default everywhere (`--no-tta` for one pass, 8x faster). Imports nothing of ours but the ground.
+on by default for patches (`--no-tta` for one pass, 8x faster). Whole slides are scored with one pass by default
+(`DEFAULT_SLIDE_TTA`): at stride 32 every pixel already lies in nine overlapping windows, a slide holds
+hundreds of thousands of them, and 8 passes would make an analysis 8x slower (`pcam slide --tta` asks for them). Imports nothing of ours but the ground.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from .decision import check_threshold
 
 CHECKPOINTS = ("best", "last")
 DEFAULT_TTA = True
+DEFAULT_SLIDE_TTA = False
+# How a slide's windows are scored (`slides/dense.py`, docs/slides.md): "cascade" (a dense pass, then each window near
+# a cell that could be tumour scored alone), "dense" (one pass per region) or "window" (each window alone, the reference).
+SLIDE_MODES = ("cascade", "dense", "window")
+DEFAULT_SLIDE_MODE = "cascade"
 DEFAULT_BATCH_SIZE = 256
 EXPLAIN_BATCH_SIZE = 32  # class activation maps keep every activation and its gradient: smaller batches
 AUTO_WORKERS = -1  # --workers -1: a count chosen from the CPUs and the data (`data.loader.default_workers`)
@@ -58,4 +65,4 @@ class ScoringOptions:
         return run_threshold if self.threshold is None else self.threshold
 
 
-__all__ = ["AUTO_WORKERS", "CHECKPOINTS", "DEFAULT_BATCH_SIZE", "DEFAULT_TTA", "EXPLAIN_BATCH_SIZE", "ScoringOptions"]
+__all__ = ["AUTO_WORKERS", "CHECKPOINTS", "DEFAULT_BATCH_SIZE", "DEFAULT_SLIDE_MODE", "DEFAULT_SLIDE_TTA", "DEFAULT_TTA", "EXPLAIN_BATCH_SIZE", "SLIDE_MODES", "ScoringOptions"]

@@ -353,8 +353,10 @@ def test_shared_options_have_one_default_and_one_meaning_everywhere():
             if action.dest in ("tta", "device", "checkpoint", "workers", "threshold", "batch_size"):
                 seen.setdefault(action.dest, set()).add((action.help, parser.get_default(action.dest)))
     assert {dest: len(variants) for dest, variants in seen.items()} == {
-        "tta": 1, "device": 1, "checkpoint": 1, "workers": 1, "threshold": 1, "batch_size": 2}
-    assert {default for _, default in seen["tta"]} == {True} and {default for _, default in seen["threshold"]} == {None}
+        "tta": 2, "device": 1, "checkpoint": 1, "workers": 1, "threshold": 1, "batch_size": 2}
+    # patches: 8 symmetries by default; slides: one pass (every pixel is already in nine windows at stride 32)
+    assert {default for _, default in seen["tta"]} == {True, False} and {default for _, default in seen["threshold"]} == {None}
+    assert sub.choices["slide"].get_default("tta") is False and sub.choices["predict"].get_default("tta") is True
     assert {default for _, default in seen["batch_size"]} == {256, EXPLAIN_BATCH_SIZE}  # maps keep every gradient
     for command in ("evaluate", "predict", "compare", "robustness", "slide"):
         assert "--no-tta" in sub.choices[command].format_help()

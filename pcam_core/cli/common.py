@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from ..config import DEVICES
-from ..scoring_options import AUTO_WORKERS, CHECKPOINTS, DEFAULT_BATCH_SIZE, DEFAULT_TTA, ScoringOptions
+from ..scoring_options import AUTO_WORKERS, CHECKPOINTS, DEFAULT_BATCH_SIZE, DEFAULT_SLIDE_TTA, DEFAULT_TTA, ScoringOptions
 
 EXIT_ERROR = 2
 RUN_HELP = ("training run folder (its best checkpoint, else its last), or `bundled`: the model trained on real "
@@ -36,6 +36,9 @@ _SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "tta": (("--tta",), {"action": argparse.BooleanOptionalAction, "default": DEFAULT_TTA,
                          "help": "average the 8 symmetries of the square (default: on; --no-tta for one pass, 8x faster)"
                          if DEFAULT_TTA else "average the 8 symmetries of the square, 8x slower (default: off)"}),
+    "slide_tta": (("--tta",), {"action": argparse.BooleanOptionalAction, "default": DEFAULT_SLIDE_TTA,
+                               "help": "average the 8 symmetries of each window, 8x slower (default: off for slides: "
+                               "at stride 32 every pixel is already seen in nine windows)"}),
     "workers": (("--workers",), {"type": int, "default": AUTO_WORKERS, "help": f"{WORKERS_HELP} (default: {AUTO_WORKERS})"}),
     "threshold": (("--threshold",), {"type": float, "default": None, "metavar": "P",
                                      "help": "decision threshold, a probability in [0, 1] (default: the run's own threshold, "

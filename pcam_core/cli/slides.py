@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..scoring_options import DEFAULT_SLIDE_MODE, SLIDE_MODES
 from .common import RUN_HELP, progress_bar, scoring_options, shared
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("slide", parents=shared("checkpoint", "device", "tta", "batch_size", "workers", "threshold"), help="tumour map, regions and report of whole-slide images", description=(
+    p = sub.add_parser("slide", parents=shared("checkpoint", "device", "slide_tta", "batch_size", "workers", "threshold"), help="tumour map, regions and report of whole-slide images", description=(
         "Score whole-slide images on PCam's definition: a 96-px window at 0.972 um/px per 32x32 cell (stride 32) or "
         "per 96x96 cell (stride 96), tissue only. A slide file writes into --out; a folder of slides writes "
         "--out/<slide name>/ per slide: heatmap.npy, heatmap.png, heatmap.tif, tissue.png, tumour_regions.geojson, "
@@ -25,6 +26,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="a slide file (SVS, NDPI, MRXS, tiled TIFF, ...) or a folder of them")
     p.add_argument("--out", required=True)
     p.add_argument("--stride", type=int, choices=(32, 96), default=32, help="cell size in PCam-scale pixels (96: 9x cheaper)")
+    p.add_argument("--mode", choices=SLIDE_MODES, help="cascade: a dense pass, then each window near a cell that "
+                   "could be tumour scored alone (the same regions as window, on the test slides); dense: one pass over each "
+                   "region, windows read off its output (approximate at window borders); window: each window alone (the "
+                   f"reference; what models that cannot scan fall back to). See docs/slides.md (default: {DEFAULT_SLIDE_MODE}; at stride 96 and for a shard of one slide: window)")
     p.add_argument("--mpp", type=float, help="microns per level-0 pixel, for slides whose metadata lacks it")
     p.add_argument("--min-tissue", type=float, default=0.25, help="tissue share a cell needs to be scored")
     p.add_argument("--shard", help="i/n: the i-th of n parts: of the sorted slide list when the folder has at least n slides, "
@@ -78,7 +83,7 @@ def cmd_slide(args: argparse.Namespace) -> int:
     try:
         records = analyse(args.run, args.input, args.out, scoring_options(args), shard=parse_shard(args.shard),
                           resume=args.resume, progress_factory=progress_factory, stride=args.stride, mpp=args.mpp,
-                          min_tissue=args.min_tissue)
+                          min_tissue=args.min_tissue, mode=args.mode)
     finally:
         for bar in bars:
             bar.close()

@@ -317,6 +317,7 @@ def create_app(
         threshold = predictor.threshold if body.threshold is None else body.threshold
         args = ["slide", "--run", run_name, "--input", str(slide), "--out", str(folder.path), "--stride", str(body.stride),
                 "--threshold", repr(threshold), "--device", device, "--tta" if body.tta else "--no-tta",
+                *(["--mode", body.mode] if body.mode is not None else []),
                 *(["--mpp", repr(body.mpp)] if body.mpp is not None else [])]
         status = await run_in_threadpool(start_job, jobs_root, job_id, args, outputs=[folder.summary_json])
         return {"id": job_id, "state": status.state, "slide": body.path, "url": f"/v1/slides/{job_id}"}

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from ..decision import CALLS, REFER, check_threshold
+from ..scoring_options import DEFAULT_SLIDE_MODE, DEFAULT_SLIDE_TTA, SLIDE_MODES
 from ..slides.reader import MPP_RANGE, SLIDE_SUFFIXES
 from ..slides.scope_map import NOT_ASSESSED
 from ..staging import SIZE_CLASSES
@@ -61,7 +62,12 @@ class SlideRequest(_Request):
                       description=f"the slide, relative to the server's --slides-dir: a file ending in one of "
                                   f"{', '.join(SLIDE_SUFFIXES)}, or a folder holding one scan's DICOM series")
     stride: Literal[STRIDES] = Field(32, description="cell size in PCam-scale pixels: 32, or 96 (9x cheaper)")  # type: ignore[valid-type]
-    tta: bool = Field(False, description="average the 8 symmetries of the square (8x slower)")
+    tta: bool = Field(DEFAULT_SLIDE_TTA, description="average the 8 symmetries of the square (8x slower)")
+    mode: Literal[SLIDE_MODES] | None = Field(None, description=(  # type: ignore[valid-type]
+        f"how the windows are scored; default: {DEFAULT_SLIDE_MODE} at stride 32, window at stride 96. cascade: a dense "
+        "pass, then each window near a cell that could be tumour scored alone; dense: one pass over each region "
+        "(approximate at window borders); window: each window alone (the reference). A model that cannot scan is "
+        "scored window by window (the summary's `mode` says which)"))
     threshold: float | None = Field(None, json_schema_extra=THRESHOLD_RANGE, description=(
         "probability at which a cell counts as tumour; default: the run's own threshold"))
     mpp: float | None = Field(None, ge=MPP_RANGE[0], le=MPP_RANGE[1], description=(
@@ -181,6 +187,10 @@ class SlideSummary(BaseModel):
     threshold: float
     stride: int
     tta: bool
+    mode: Literal[SLIDE_MODES] = Field("window", description="how the windows were scored (`window` for an analysis "  # type: ignore[valid-type]
+                                       "made before the modes)")
+    cascade: dict[str, Any] | None = Field(None, description="mode cascade: the bar, the rule and the share of cells scored "
+                                           "window by window")
     mpp: float = Field(description="microns per level-0 pixel the analysis used")
     width: int = Field(description="level-0 pixels")
     height: int = Field(description="level-0 pixels")

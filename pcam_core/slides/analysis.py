@@ -35,12 +35,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..fileio import atomic_write_json, read_json
 from ..scope import ScopeModel, tap_for
 from .folder import AnalysisFolder
-from .reader import PCAM_MPP, SlideReadError, open_slide
+from .dense import (block_probes, block_values, can_scan, cascade_bar, cascade_summary, dense_windows, effective_mode, fill_from_blocks,
+                    refine_cells, scope_cascade_band)
+from .reader import PCAM_MPP, WINDOW, SlideReadError, open_slide
 from .tissue import cell_fraction, read_thumbnail, tissue_mask
 
 log = logging.getLogger(__name__)
 
-WINDOW = 96
 STRIDES = (32, 96)
 REGION_PCAM_PX = 1024  # a region tile spans about this many PCam pixels on a side
 UNREADABLE = -1.0
@@ -109,8 +110,9 @@ class RegionWindows(IterableDataset):
     region read per tile. When a region cannot be read (a corrupt tile of the file), its windows are read
     one by one, so that only the windows touching the bad part are lost (listed in "unreadable")."""
 
-    def __init__(self, path: Path, mpp: float, lattice: Lattice, tiles: list[int], score: np.ndarray) -> None:
+    def __init__(self, path: Path, mpp: float, lattice: Lattice, tiles: list[int], score: np.ndarray, *, dense: bool = False) -> None:
         self.path, self.mpp, self.lattice, self.tile_ids, self.score = path, mpp, lattice, tiles, score
+        self.dense = dense  # yield the region itself ("region", its first cell "origin") for a dense pass
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -134,7 +136,11 @@ class RegionWindows(IterableDataset):
                         item.update(self._window_by_window(slide, item["cells"]), error=str(err))
                         yield item
                         continue
-                    item["images"] = torch.from_numpy(cut_windows(region, cells - [r0, c0], s))
+                    if self.dense:
+                        item.update(region=torch.from_numpy(np.ascontiguousarray(region.transpose(2, 0, 1))),
+                                    origin=np.array([i0 + r0, j0 + c0]))
+                    else:
+                        item["images"] = torch.from_numpy(cut_windows(region, cells - [r0, c0], s))
                 yield item
 
     def _window_by_window(self, slide: Any, cells: np.ndarray) -> dict[str, Any]:
@@ -169,6 +175,8 @@ class AnalysisParams:
     checkpoint_epoch: int | None
     region_px: int
     scope_threshold: float | None = None  # the guard whose distances fill scope.npy (None: no guard)
+    mode: str = "window"  # `scoring_options.SLIDE_MODES`
+    cascade_bar: float | None = None  # mode "cascade": the coarse probability that sends a block to stride 32
 
 
 def shard_tiles(lattice: Lattice, score: np.ndarray, shard: tuple[int, int] | None) -> list[int]:
@@ -227,6 +235,7 @@ def _prepare(heat_path: Path, progress_path: Path, params: AnalysisParams, shape
     """Open the map and progress to continue them, or start both afresh (progress from `fresh`)."""
     progress = read_json(progress_path) if resume else None
     if progress is not None and heat_path.exists():
+        progress["params"] = {"mode": "window", "cascade_bar": None, **(progress.get("params") or {})}  # recorded before modes
         if progress.get("params") != asdict(params):
             theirs = progress.get("params") or {}
             diff = {k: (theirs.get(k), v) for k, v in asdict(params).items() if theirs.get(k) != v}
@@ -265,19 +274,33 @@ def score_slide(
     meta: dict[str, Any] | None = None,
     scope: ScopeModel | None = None,
     model_name: str | None = None,
+    mode: str = "window",
+    threshold: float = 0.5,
     on_start: Callable[[int, int], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Fill `folder`'s heatmap.npy for `slide_path` (with `shard` (i, n): only shard i's tiles, into its own
     files), and with `scope` (the model's out-of-scope guard; `model_name` names its layers) scope.npy, the
     guard's distance of every window from the same forward pass; returns the state the outputs are written from (lattice, thumbnail, tissue mask, skipped regions,
-    windows scored, seconds). `meta` is kept in the progress record (what a later merge needs to know)."""
+    windows scored, seconds, the mode used). `meta` is kept in the progress record (what a later merge needs to know).
+
+    `mode` (`scoring_options.SLIDE_MODES`): "window" scores each window alone (the reference); "dense" runs the network once
+    over each region and reads every window off its output map (models that cannot scan fall back to
+    "window", said in the returned "mode"); "cascade" (unsharded) makes a dense pass (models that cannot scan: one
+    window per 3 x 3 block, at stride 32), then scores window by window every cell near one whose probability reaches
+    `cascade_bar(threshold)` (`slides/dense.py`)."""
     from ..devices import amp_dtype_for
     from ..inference import predict_batch
     from ..transforms import eval_preset
 
     if not 0 <= min_tissue <= 1:
         raise ValueError(f"min_tissue must be between 0 and 1, not {min_tissue}")
+    if effective_mode(model, mode, stride=stride) != mode:
+        log.info("%s cannot be scanned densely: mode %s scores window by window", type(model).__name__, mode)
+    mode = effective_mode(model, mode, stride=stride)
+    if mode == "cascade" and shard is not None:
+        raise ValueError("mode 'cascade' cannot be sharded (the cells near a suspect one may lie in another shard); "
+                         "use --mode dense or window with --shard")
     started = time.time()
     device = torch.device(device)
     with open_slide(slide_path, mpp=mpp) as slide:
@@ -290,7 +313,8 @@ def score_slide(
     mask = tissue_mask(thumb)
     score = cell_fraction(mask, stride, lattice.shape) >= max(min_tissue, 1e-6)
     params = AnalysisParams(str(Path(slide_path).resolve()), lattice.width, lattice.height, lattice.mpp, stride, min_tissue,
-                            tta, str(checkpoint), checkpoint_epoch, region_px, scope.threshold if scope else None)
+                            tta, str(checkpoint), checkpoint_epoch, region_px, scope.threshold if scope else None, mode,
+                            cascade_bar(threshold) if mode == "cascade" else None)
     if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, not {shard}")
     _check_no_other_layout(folder, shard)
@@ -299,63 +323,78 @@ def score_slide(
     heat, state = _prepare(*paths, params, lattice.shape, resume,
                            {"shard": list(shard) if shard else None, "tiles": mine, "meta": meta or {}})
     boxes = lattice.tiles()
-    done = set(state["done"])
     distances = None
     if scope is not None:
-        distances = _scope_map(folder.scope_npy if shard is None else folder.shard_scope(*shard), lattice.shape, bool(done))
+        distances = _scope_map(folder.scope_npy if shard is None else folder.shard_scope(*shard), lattice.shape,
+                               bool(state["done"]) or bool(state.get("done_refine")))
         tap = tap_for(model, model_name or scope.model_name)
-    state["resumed"] = bool(done) or bool(state.get("resumed"))
-    todo = [k for k in mine if k not in done]
+    state["resumed"] = bool(state["done"]) or bool(state.get("resumed"))
 
-    def cells(tiles: list[int]) -> int:
-        return sum(int(score[i0:i1, j0:j1].sum()) for i0, i1, j0, j1 in (boxes[k] for k in tiles))
+    def cells(tiles: list[int], todo_mask: np.ndarray) -> int:
+        return sum(int(todo_mask[i0:i1, j0:j1].sum()) for i0, i1, j0, j1 in (boxes[k] for k in tiles))
 
-    total = cells(mine)
+    coarse_dense = mode == "dense" or (mode == "cascade" and can_scan(model))
+    probes = block_probes(score) if mode == "cascade" and not coarse_dense else score
+    total = cells(mine, probes)
     # the total, for a watcher's progress (windows done, windows/s, time left: `workspace.slides`)
     state.update(windows_total=total, tiles_total=len(mine))
     atomic_write_json(paths[1], state)
     if on_start:
-        on_start(total, total - cells(todo))
+        on_start(total, total - cells([k for k in mine if k not in set(state["done"])], probes))
     model.eval()
     normalize = eval_preset().to(device)
     amp = amp_dtype_for(device, None)
     channels_last = device.type == "cuda"
-    dataset = RegionWindows(Path(slide_path), lattice.mpp, lattice, todo, score)
-    workers = max(0, min(num_workers, len(todo)))
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+    scope_layers = tuple(scope.layers) if scope is not None else ()
     resumed_seconds = float(state.get("seconds", 0.0))
-    try:
+
+    def write(rows: np.ndarray, probs: np.ndarray, features: np.ndarray | None) -> None:
+        heat[rows[:, 0], rows[:, 1]] = probs
+        if distances is not None:
+            distances[rows[:, 0], rows[:, 1]] = scope.distance(features)
+        if progress:
+            progress(len(rows))
+
+    def run(todo_mask: np.ndarray, done_key: str, dense: bool) -> None:
+        """Score the cells of `todo_mask` in this analysis's tiles not yet in `state[done_key]`."""
+        done = set(state.setdefault(done_key, []))
+        todo = [k for k in mine if k not in done]
+        dataset = RegionWindows(Path(slide_path), lattice.mpp, lattice, todo, todo_mask, dense=dense)
+        loader = DataLoader(dataset, batch_size=None, num_workers=max(0, min(num_workers, len(todo))), collate_fn=_as_is,
+                            pin_memory=device.type == "cuda", persistent_workers=False)
         for item in loader:
             cells = np.asarray(item["cells"]).reshape(-1, 2)
             bad = np.asarray(item["unreadable"]).reshape(-1, 2)
             if len(bad):
-                log.warning("%s: region tile %d: %d window(s) unreadable, skipped: %s", slide_path, item["tile"], len(bad), item["error"])
-                heat[bad[:, 0], bad[:, 1]] = UNREADABLE
-                i0, i1, j0, j1 = boxes[item["tile"]]
-                x0, y0 = lattice.window_origin(bad[:, 0].min(), bad[:, 1].min())
-                x1, y1 = lattice.window_origin(bad[:, 0].max(), bad[:, 1].max())
-                state["skipped"].append({"tile": item["tile"], "cells": [i0, i1, j0, j1], "unreadable_cells": len(bad),
-                                         "x": round(float(x0)), "y": round(float(y0)), "width": round(float(x1 - x0 + WINDOW * lattice.f)),
-                                         "height": round(float(y1 - y0 + WINDOW * lattice.f)), "error": item["error"]})
-            if len(cells):
+                _record_unreadable(slide_path, heat, state, lattice, item, bad)
+            if "region" in item:
+                probs, features = dense_windows(model, item["region"].to(device), stride, normalize=normalize, tta=tta,
+                                                amp_dtype=amp, scope_layers=scope_layers if distances is not None else ())
+                at = cells - item["origin"]
+                write(cells, probs[at[:, 0], at[:, 1]], None if features is None else features[at[:, 0], at[:, 1]])
+                state["windows"] += len(cells)
+            elif len(cells):
                 images = item["images"]
                 for b in range(0, len(images), batch_size):
                     batch = images[b:b + batch_size].to(device, non_blocking=True)
-                    probs = predict_batch(model, batch, tta=tta, amp_dtype=amp, channels_last=channels_last, normalize=normalize)
-                    rows = cells[b:b + batch_size]
-                    heat[rows[:, 0], rows[:, 1]] = probs.float().cpu().numpy()
                     if distances is not None:
-                        distances[rows[:, 0], rows[:, 1]] = scope.distance(tap.take())
-                    if progress:
-                        progress(len(batch))
+                        tap.clear()
+                    probs = predict_batch(model, batch, tta=tta, amp_dtype=amp, channels_last=channels_last, normalize=normalize)
+                    write(cells[b:b + batch_size], probs.float().cpu().numpy(), tap.take() if distances is not None else None)
                 state["windows"] += len(images)
             heat.flush()  # the maps first, then the record that this tile is in them
             if distances is not None:
                 distances.flush()
-            state["done"].append(int(item["tile"]))
+            state[done_key].append(int(item["tile"]))
             state["seconds"] = resumed_seconds + time.time() - started
             atomic_write_json(paths[1], state)
+
+    try:
+        run(probes, "done", coarse_dense)
+        if mode == "cascade":
+            _cascade_refine(heat, distances, score, probes, cascade_bar(threshold), state,
+                            lambda todo_mask: run(todo_mask, "done_refine", False), dense=coarse_dense,
+                            scope_band=scope_cascade_band(scope.threshold) if scope is not None else None)
     finally:
         if distances is not None:
             tap.close()
@@ -363,7 +402,52 @@ def score_slide(
     if distances is not None:
         distances.flush()
     state["complete"] = True  # every tile of this analysis (or shard) is in its map
+    state["mode"] = mode
     atomic_write_json(paths[1], state)
     return {"lattice": lattice, "thumbnail": thumb, "tissue": mask, "scored_mask": score, "skipped": state["skipped"],
             "windows": int(np.isfinite(heat).sum() - (heat == UNREADABLE).sum()), "seconds": state["seconds"], "slide": slide_info,
-            "resumed": state["resumed"], "shard": shard, "tiles": len(mine)}
+            "resumed": state["resumed"], "shard": shard, "tiles": len(mine), "mode": mode, "cascade": state.get("cascade")}
+
+
+def _record_unreadable(slide_path: str | Path, heat: np.ndarray, state: dict[str, Any], lattice: Lattice, item: dict[str, Any],
+                       bad: np.ndarray) -> None:
+    """Mark a tile's unreadable windows in the map and in the record of skipped regions."""
+    log.warning("%s: region tile %d: %d window(s) unreadable, skipped: %s", slide_path, item["tile"], len(bad), item["error"])
+    heat[bad[:, 0], bad[:, 1]] = UNREADABLE
+    i0, i1, j0, j1 = lattice.tiles()[item["tile"]]
+    x0, y0 = lattice.window_origin(bad[:, 0].min(), bad[:, 1].min())
+    x1, y1 = lattice.window_origin(bad[:, 0].max(), bad[:, 1].max())
+    state["skipped"].append({"tile": item["tile"], "cells": [i0, i1, j0, j1], "unreadable_cells": len(bad),
+                             "x": round(float(x0)), "y": round(float(y0)), "width": round(float(x1 - x0 + WINDOW * lattice.f)),
+                             "height": round(float(y1 - y0 + WINDOW * lattice.f)), "error": item["error"]})
+
+
+def _cascade_refine(heat: np.ndarray, distances: np.ndarray | None, score: np.ndarray, probes: np.ndarray, bar: float,
+                    state: dict[str, Any], run: Callable[[np.ndarray], None], *, dense: bool,
+                    scope_band: tuple[float, float] | None) -> None:
+    """The cascade's second pass: score window by window the cells near suspect ones (`run`), and after a dense pass
+    those whose out-of-scope distance lies in `scope_band`. After a dense coarse pass the other cells keep their dense values; after probes they take their block's coarse value (and
+    out-of-scope distance), and the probes that are not cells to score are cleared."""
+    if dense:
+        refine = refine_cells(np.asarray(heat), score, bar)
+        if distances is not None and scope_band is not None:
+            far = np.asarray(distances)
+            refine &= ~(far > scope_band[1])  # surely out of scope: its probability counts for nothing
+            refine |= score & (far >= scope_band[0]) & (far <= scope_band[1])  # the guard's call could flip: look again
+        refine &= np.asarray(heat) != UNREADABLE  # a region that could not be read is not read again
+        state["windows_total"] = int(score.sum() + refine.sum())
+        run(refine)
+    else:
+        coarse = block_values(np.asarray(heat), probes)
+        refine = refine_cells(coarse, score, bar) & ~probes
+        state["windows_total"] = int(probes.sum() + refine.sum())
+        run(refine)
+        fill_from_blocks(heat, coarse, score)
+        if distances is not None:
+            fill_from_blocks(distances, block_values(np.asarray(distances), probes), score)
+        extra = probes & ~score
+        heat[extra] = np.nan
+        if distances is not None:
+            distances[extra] = np.nan
+        refine |= probes & score
+    state["cascade"] = cascade_summary(score, probes, refine, bar, dense=dense)

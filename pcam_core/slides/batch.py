@@ -29,6 +29,7 @@ from ..scoring_options import AUTO_WORKERS, ScoringOptions
 from ..sharding import shard_indices
 from ..scope import ScopeModel
 from .analysis import UNREADABLE, score_slide
+from .dense import effective_mode
 from .scope_map import NOT_ASSESSED, OUT_OF_SCOPE, assessed_map, slide_scope
 from .shards import merge_lock, merge_shards, missing_shards, shard_records
 from .decision import TOP_K, SlideDecision, load_slide_decision, slide_decision
@@ -83,7 +84,7 @@ def summarise(heat: np.ndarray, regions: list[dict[str, Any]], threshold: float,
 
 def write_outputs(folder: AnalysisFolder, state: dict[str, Any], meta: dict[str, Any], threshold: float) -> dict[str, Any]:
     """Every output from the folder's heatmap.npy and a scoring `state` (`score_slide`'s or `merge_shards`'s);
-    summary.json last. `meta`: slide (as given), run, model, checkpoint, checkpoint_epoch, tta, min_tissue."""
+    summary.json last. `meta`: slide (as given), run, model, checkpoint, checkpoint_epoch, tta, min_tissue, mode."""
     threshold = check_threshold(threshold)
     lattice = state["lattice"]
     heat = np.load(folder.heatmap_npy, mmap_mode="r")
@@ -105,17 +106,19 @@ def write_outputs(folder: AnalysisFolder, state: dict[str, Any], meta: dict[str,
         "checkpoint": meta["checkpoint"], "checkpoint_epoch": meta["checkpoint_epoch"], "threshold": threshold, "mpp": lattice.mpp,
         "stride": lattice.stride, "cell_um": lattice.cell_px * lattice.mpp, "map_shape": list(heat.shape), "windows_scored": tiles,
         "tta": bool(meta.get("tta", False)), "min_tissue": meta.get("min_tissue", 0.25),
-        "seconds": round(float(state["seconds"]), 3), "resumed": state["resumed"],
+        "seconds": round(float(state["seconds"]), 3), "resumed": state["resumed"], "mode": meta.get("mode", "window"),
         "skipped_regions": state["skipped"],
         "region_list": [f["properties"] for f in regions],
         "lattice": "cell (i, j) = PCam-scale px [stride*j, stride*j+stride) x [stride*i, stride*i+stride) from level-0 (0, 0); "
                    "window top-left = PCam px (stride*j + stride/2 - 48, stride*i + stride/2 - 48)",
     }
-    write_regions(folder, regions)  # decided by summarise: reported or below the reporting threshold
     if not scope["in_scope"]:
         summary["call"] = summary["size_class"] = NOT_ASSESSED
         for feature in regions:  # a slide not assessed gives no size class, not even to a region it would report
             feature["properties"]["size_class"] = None
+    write_regions(folder, regions)  # decided by summarise: reported or below the reporting threshold
+    if state.get("cascade"):
+        summary["cascade"] = state["cascade"]
     if state.get("shards"):  # seconds above: the shards' seconds summed (compute time, not wall time)
         summary["shards"] = state["shards"]
     title = (f"{Path(meta['slide']).name}: slide score {summary['slide_score']:.3f}, {summary['regions_reported']} reported "
@@ -162,20 +165,25 @@ def analyse_slide(
     shard: tuple[int, int] | None = None,
     scope: ScopeModel | None = None,
     decision: SlideDecision | None = None,
+    mode: str | None = None,
     progress_factory: Callable[[str], tuple[Callable[[int, int], None], Callable[[int], None]]] | None = None,
     **options: Any,
 ) -> dict[str, Any] | None:
     """Score one slide into `folder` and write every output; returns summary.json's content. `decision`: the
     run's slide decision (`slides.decision.load_slide_decision`; None: the default). With `shard`,
     score that shard of the slide; the outputs are written (and the summary returned) only when this shard
-    completes the set, else None."""
+    completes the set, else None. `mode`: how the windows are scored (`dense.effective_mode`: None is the cascade, for
+    a shard the per-window reference)."""
     threshold = check_threshold(threshold)
     on_start, progress = progress_factory(Path(slide).name) if progress_factory else (None, None)
+    mode = effective_mode(model, mode, stride=options.get("stride", 32), sharded=shard is not None)
     meta = {"slide": str(slide), "run": str(run), "model": model_name, "checkpoint": checkpoint, "checkpoint_epoch": checkpoint_epoch,
             "tta": bool(options.get("tta", False)), "min_tissue": options.get("min_tissue", 0.25),
-            "scope": scope.record() if scope is not None else None, "decision": (decision or SlideDecision()).record()}
+            "scope": scope.record() if scope is not None else None, "decision": (decision or SlideDecision()).record(),
+            "mode": mode}
     state = score_slide(model, slide, folder, checkpoint=checkpoint, checkpoint_epoch=checkpoint_epoch, shard=shard, meta=meta,
-                        scope=scope, model_name=model_name, on_start=on_start, progress=progress, **options)
+                        scope=scope, model_name=model_name, mode=mode, threshold=threshold, on_start=on_start, progress=progress,
+                        **options)
     if shard is None:
         summary = write_outputs(folder, state, meta, threshold)
         folder.progress_json.unlink(missing_ok=True)

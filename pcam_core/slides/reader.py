@@ -25,6 +25,7 @@ from . import dicom
 log = logging.getLogger(__name__)
 
 PCAM_MPP = 0.972  # PCam patches: Camelyon16 at 0.243 um/px, downsampled 4x
+WINDOW = 96  # a PCam patch's side, in PCam-scale pixels
 SCALE_TOLERANCE = 0.03  # a level within 3% of the wanted scale is read as it is, without resampling
 Image.MAX_IMAGE_PIXELS = None  # plain images are opened only after their size was checked below
 _MAX_PLAIN_PIXELS = 20_000 * 20_000  # a plain PNG/JPEG is decoded whole; beyond this, refuse

@@ -316,6 +316,7 @@ class SlideQueue:
                 folder.path.mkdir(parents=True, exist_ok=True)
                 args = ["slide", "--run", item["run"], "--input", item["slide"], "--out", str(folder.path),
                         "--stride", str(item["stride"]), "--no-tta", "--resume"]  # one pass, as the page always analysed
+                # no --mode: `pcam slide`'s default (the cascade at stride 32: the reference's regions, faster)
                 if item.get("threshold") is not None:
                     args += ["--threshold", repr(float(item["threshold"]))]
                 if item.get("mpp") is not None:

@@ -1,0 +1,179 @@
+"""`pcam slide --mode dense|cascade|window`: the dense pass and the cascade against the per-window reference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import real_mosaic_slide, run_cli
+from pcam_core.bundled import BUNDLED
+from pcam_core.inference import predict_batch
+from pcam_core.loading import load_run_model
+from pcam_core.models import create_model
+from pcam_core.scope import tap_for
+from pcam_core.scoring_options import ScoringOptions
+from pcam_core.slides.analysis import cut_windows, score_slide
+from pcam_core.slides.batch import analyse
+from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
+from pcam_core.slides.dense import (DENSE_TOLERANCE, block_probes, block_values, dense_windows, effective_mode,
+                                    refine_cells)
+from pcam_core.slides.folder import AnalysisFolder
+from pcam_core.transforms import eval_preset
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_run_model(BUNDLED, device="cpu")
+
+
+def _region(rows: int, cols: int, stride: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (stride * (rows - 1) + 96, stride * (cols - 1) + 96, 3), dtype=np.uint8)
+
+
+@pytest.mark.slow  # the first dense pass exports the model to ONNX Runtime (about 1.5 s)
+@pytest.mark.parametrize("tta", [False, True])
+def test_one_window_scanned_densely_is_the_window_scored_alone_with_its_scope_features(bundled, tta):
+    model, scope = bundled.model.eval(), bundled.scope
+    region = _region(1, 1)
+    image = torch.from_numpy(np.ascontiguousarray(region.transpose(2, 0, 1)))
+    probs, features = dense_windows(model, image, 32, normalize=eval_preset(), tta=tta, scope_layers=scope.layers)
+    with tap_for(model, scope.model_name) as tap:
+        alone = predict_batch(model, image[None], tta=tta, normalize=eval_preset()).numpy()
+        theirs = tap.take()
+    assert probs.shape == (1, 1)
+    np.testing.assert_allclose(probs[0], alone, atol=1e-5)
+    np.testing.assert_allclose(scope.distance(features[0]), scope.distance(theirs), rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_dense_windows_of_a_region_are_close_on_average_to_each_window_alone(bundled):
+    model = bundled.model.eval()
+    for stride, (rows, cols) in ((32, (3, 4)), (96, (2, 2))):
+        region = _region(rows, cols, stride)
+        image = torch.from_numpy(np.ascontiguousarray(region.transpose(2, 0, 1)))
+        probs, _ = dense_windows(model, image, stride, normalize=eval_preset())
+        cells = np.argwhere(np.ones((rows, cols), dtype=bool))
+        alone = predict_batch(model, torch.from_numpy(cut_windows(region, cells, stride)), normalize=eval_preset()).numpy()
+        assert probs.shape == (rows, cols)
+        assert np.abs(probs.ravel() - alone).mean() < DENSE_TOLERANCE
+
+
+def test_a_model_that_cannot_scan_falls_back_to_windows_and_a_bad_mode_is_named():
+    assert effective_mode(create_model("pcamresnet"), "dense") == "window"
+    assert effective_mode(create_model("pcamnet"), "dense") == "dense"
+    assert effective_mode(create_model("pcamnet"), None) == "cascade"
+    assert effective_mode(create_model("pcamnet"), None, sharded=True) == "window"
+    assert effective_mode(create_model("pcamnet"), None, stride=96) == "window"
+    assert effective_mode(create_model("pcamresnet"), "cascade") == "cascade"  # one window per 3 x 3 block first
+    assert effective_mode(create_model("pcamresnet"), "cascade", stride=96) == "window"
+    with pytest.raises(ValueError, match="mode must be one of cascade, dense, window, not 'fast'"):
+        effective_mode(create_model("pcamnet"), "fast")
+    with pytest.raises(ValueError, match="dense"):
+        dense_windows(create_model("pcamresnet"), torch.zeros(3, 96, 96, dtype=torch.uint8), 32, normalize=eval_preset())
+
+
+def test_cascade_refuses_a_shard_with_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot be sharded"):
+        score_slide(create_model("pcamnet"), tmp_path / "none.tif", AnalysisFolder(tmp_path / "out"), checkpoint="-",
+                    mode="cascade", shard=(0, 2))
+
+
+def test_cascade_rule_refines_suspect_cells_and_their_neighbours():
+    score = np.ones((7, 8), dtype=bool)
+    coarse = np.zeros((7, 8))
+    coarse[3, 4] = 0.4
+    refined = refine_cells(coarse, score, 0.25)  # at cell resolution: the cell and its 8 neighbours
+    assert refined.sum() == 9 and refined[2:5, 3:6].all()
+    probes = block_probes(score)  # per 3 x 3 block: its centre (clipped to the map)
+    assert probes.sum() == 9 and probes[1, 1] and probes[6, 7]
+    blocks = block_values(coarse + np.where(probes, 0.0, np.nan), probes)
+    blocks[1, 1] = 0.9
+    refined = refine_cells(blocks, score, 0.25)  # per block: the suspect block and the 8 around it (all, here)
+    assert refined.all()
+
+
+# -- the modes on whole slides against the per-window reference -------------------------------------------------
+
+def _maps(slide, root):
+    out = {}
+    for mode in ("window", "dense", "cascade"):
+        summary = analyse(BUNDLED, slide, root / mode, ScoringOptions(device="cpu", workers=0, tta=False), stride=32, mode=mode)[0]["summary"]
+        out[mode] = (summary, np.load(root / mode / "heatmap.npy"))
+    out["in_scope"] = np.load(root / "window" / "scope.npy") <= out["window"][0]["scope"]["guard"]["threshold"]
+    return out
+
+
+def _check_agreement(maps):
+    ref_summary, ref = maps["window"]
+    scored = np.isfinite(ref)
+    t = ref_summary["threshold"]
+    ref = np.where(maps["in_scope"], ref, 0.0)  # the guarantee is for the cells the guard keeps (the others form no region)
+    for mode in ("dense", "cascade"):
+        summary, heat = maps[mode]
+        assert summary["mode"] == mode
+        assert (np.isfinite(heat) == scored).all()  # the same cells scored
+        assert np.abs(heat[scored] - maps["window"][1][scored]).mean() < DENSE_TOLERANCE
+    summary, heat = maps["cascade"]
+    # dense alone may move cells across the threshold and the guard's (docs/slides.md); the cascade may not
+    assert summary["size_class"] == ref_summary["size_class"] and summary["scope"]["in_scope"] == ref_summary["scope"]["in_scope"]
+    # the cascade's guarantee on this slide: every in-scope cell at the threshold in the per-window map is found, none added
+    heat = np.where(maps["in_scope"], heat, 0.0)
+    assert not ((ref >= t) & (heat < t)).any() and not ((ref < t) & (heat >= t)).any()
+    assert [r["cells"] for r in summary["region_list"]] == [r["cells"] for r in ref_summary["region_list"]]
+    assert 0 < summary["cascade"]["refined_share"] <= 1
+
+
+@pytest.mark.slow
+def test_modes_agree_with_the_window_reference_on_a_slide_of_real_patches(tmp_path):
+    slide, _ = real_mosaic_slide(tmp_path / "slide", cols=9, rows=7, tumour=(2, 5, 3, 6))
+    _check_agreement(_maps(slide, tmp_path))
+
+
+@pytest.mark.slow
+def test_modes_agree_with_the_window_reference_on_a_demo_slide(tmp_path):
+    make_demo_slide(tmp_path / "demo", DemoSlideSpec(width=2400, height=1600, seed=0))
+    _check_agreement(_maps(tmp_path / "demo" / "slide.tif", tmp_path))
+
+
+@pytest.mark.slow
+def test_cli_mode_dense_is_recorded_and_a_bad_mode_is_refused(tmp_path):
+    make_demo_slide(tmp_path / "demo", DemoSlideSpec(width=1024, height=768, seed=0))
+    done = run_cli("slide", "--run", BUNDLED, "--input", str(tmp_path / "demo" / "slide.tif"), "--out", str(tmp_path / "out"),
+                   "--mode", "dense", "--workers", "0")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["mode"] == "dense" and summary["tta"] is False  # slides: one pass by default
+    bad = run_cli("slide", "--run", BUNDLED, "--input", str(tmp_path / "demo" / "slide.tif"), "--out", str(tmp_path / "x"),
+                  "--mode", "fast")
+    assert bad.returncode != 0 and "invalid choice: 'fast'" in bad.stderr
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["dense", "cascade"])
+def test_an_interrupted_analysis_resumes_to_the_uninterrupted_map_in_each_mode(bundled, tmp_path, mode):
+    slide, _ = real_mosaic_slide(tmp_path / "slide", cols=6, rows=4, tumour=(1, 3, 2, 4))
+    options = dict(checkpoint="bundled", mode=mode, num_workers=0, region_px=256, scope=bundled.scope, model_name="pcamnet",
+                   threshold=bundled.threshold)
+    writes: list[int] = []
+    score_slide(bundled.model, slide, AnalysisFolder(tmp_path / "whole"), progress=writes.append, **options)
+    calls = []
+
+    def stop_late(n: int) -> None:  # the last write raises: in the cascade, in its second pass
+        calls.append(n)
+        if len(calls) == len(writes):
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        score_slide(bundled.model, slide, AnalysisFolder(tmp_path / "cut"), progress=stop_late, **options)
+    resumed = score_slide(bundled.model, slide, AnalysisFolder(tmp_path / "cut"), resume=True, **options)
+    assert resumed["resumed"] and resumed["mode"] == mode
+    for name in ("heatmap.npy", "scope.npy"):
+        np.testing.assert_allclose(np.load(tmp_path / "cut" / name), np.load(tmp_path / "whole" / name), atol=1e-6)
