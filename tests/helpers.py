@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from session_data import TRAINED_EPOCHS  # noqa: F401 (tests import it from here)
+
 REPO = Path(__file__).resolve().parents[1]
 # Real PCam patches (CC0) committed with the tests: the same 160 patches in both layouts (tests/data/README.md).
 REAL_KAGGLE = REPO / "tests" / "data" / "pcam-real-kaggle"
 REAL_H5 = REPO / "tests" / "data" / "pcam-real-h5"
-# Epochs of the `trained_run` fixture (tests/conftest.py): the one trained model the fast lane shares.
-TRAINED_EPOCHS = 2
 CHROMIUM = "/usr/bin/chromium"  # Debian's; playwright drives it
 # Chromium 156 also starts a renderer for its address bar's pop-up (a chrome:// page) with every new tab, even
 # headless: 1.5 s of CPU taken from the app's server and page on a 2-core machine; no user's tab pays it there.
@@ -291,10 +291,11 @@ def real_mosaic_slide(out: Path, *, cols: int = 24, rows: int = 16, tumour: tupl
     return path, truth
 
 
-def analysed_real_slide(root: Path, *, stride: int = 32, name: str = "mosaic", **mosaic: Any) -> tuple[Path, Path, str]:
+def analysed_real_slide(root: Path, *, stride: int = 32, name: str = "mosaic", mode: str | None = None,
+                        **mosaic: Any) -> tuple[Path, Path, str]:
     """A slide of real lymph-node patches (`real_mosaic_slide`) registered in the slide library of workspace `root`
-    and analysed there with the bundled model (in scope for it, unlike the SYNTHETIC demo slide): (slide file,
-    analysis folder, slide id)."""
+    and analysed there with the bundled model (in scope for it, unlike the SYNTHETIC demo slide), in `mode` (None:
+    `pcam slide`'s default): (slide file, analysis folder, slide id)."""
     from pcam_core.bundled import BUNDLED
     from pcam_core.scoring_options import ScoringOptions
     from pcam_core.slides.batch import analyse
@@ -304,7 +305,7 @@ def analysed_real_slide(root: Path, *, stride: int = 32, name: str = "mosaic", *
     library = SlideLibrary(root)
     entry = library.add_file(slide)
     out = library.analysis_folder(entry.id, BUNDLED, stride=stride).path
-    analyse(BUNDLED, slide, out, ScoringOptions(device="cpu", workers=0, tta=False), stride=stride)
+    analyse(BUNDLED, slide, out, ScoringOptions(device="cpu", workers=0, tta=False), stride=stride, mode=mode)
     return slide, out, entry.id
 
 

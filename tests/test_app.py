@@ -276,6 +276,7 @@ def test_a_threshold_suggested_for_95_percent_sensitivity_gives_it(finished_work
     assert float(shown["Sensitivity"]) >= 0.95, shown
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_set_from_says_custom_and_explain_starts_from_the_threshold_chosen(finished_workspace, monkeypatch):
     at = open_page(start(finished_workspace, monkeypatch), "pages/runs.py")
     assert at.selectbox(key="threshold_preset").value == scoring.OWN_THRESHOLD
@@ -325,6 +326,7 @@ def test_a_bounded_epoch_chart_before_the_first_epoch_spans_0_to_1():
     assert tuple(one["yaxis"]["range"]) == pytest.approx((0.88, 1.002)) and not one.get("annotations")
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_new_predictions_replace_the_ones_read_before(finished_workspace, monkeypatch, tmp_path):
     """The pages read a split's predictions once per version of the file: predictions written again
     (an epoch of a resumed run, a split scored again) are what the next rerun shows."""
@@ -393,6 +395,7 @@ def _focus(caption: str) -> float:
     return float("nan") if value == "none" else float(value)
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_explain_one_patch_with_every_setting(finished_workspace, monkeypatch):
     at = open_page(start(finished_workspace, monkeypatch), "pages/explain.py")
 
@@ -433,6 +436,7 @@ def test_explain_one_patch_with_every_setting(finished_workspace, monkeypatch):
     assert not at.exception and len(at.image) == 2
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_explain_gallery_sorted_by_centre_focus(finished_workspace, monkeypatch):
     at = open_page(start(finished_workspace, monkeypatch), "pages/explain.py")
     at.button_group(key="view").set_value("gallery").run()
@@ -594,6 +598,7 @@ def test_explain_names_an_empty_map_in_full(finished_workspace, monkeypatch, tmp
 
 # -- the bundled model ----------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_a_fresh_workspace_predicts_and_explains_real_patches_with_the_bundled_model(tmp_path, monkeypatch, real_kaggle):
     """The first start selects the bundled model (trained on real tissue) on Predict and Explain, marked as
     such and never as synthetic, with its model card; uploads are scored and explained. (The fixture patches

@@ -124,6 +124,7 @@ def test_runs_and_review_judge_the_bundled_models_held_out_patches(tmp_path, mon
 
 # -- Predict: the same call as `pcam predict --results` ----------------------------------------------------------
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_predict_calls_a_patch_as_pcam_predict_does_at_the_runs_own_threshold(tmp_path, monkeypatch, real_kaggle):
     """A run recording a threshold of its own (not 0.5) scores the same patches on the Predict page and with
     `pcam predict --results` (in this process): the same calls, at that threshold, and the page's results file
@@ -163,6 +164,7 @@ def test_predict_calls_a_patch_as_pcam_predict_does_at_the_runs_own_threshold(tm
 
 # -- Explain: a window handed over by the Slides page -----------------------------------------------------------
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_explain_names_a_slide_window_by_the_position_and_map_probability_the_slides_page_sent(tmp_path, monkeypatch):
     """The Slides page opens a window in Explain by its address (?window_slide=&window_x=&window_y=, its top-left;
     the run in the sidebar's `run`):
@@ -197,6 +199,7 @@ def test_explain_names_a_slide_window_by_the_position_and_map_probability_the_sl
     assert any("Cannot open the slide window" in e.value and "0123456789abcdef" in e.value for e in at.error)
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_explain_says_when_an_uploaded_patch_is_out_of_the_models_scope(tmp_path, monkeypatch, real_kaggle):
     """The bundled model in a workspace of no data: uploads are explained; a window of a real skin scan is marked
     OUT OF SCOPE, a real lymph-node patch is not."""

@@ -5,6 +5,7 @@ Runs page's error galleries review the patch they show, and the Train page offer
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from pcam_core.runs import RunDir
 from pcam_core.workspace import Workspace
@@ -65,6 +66,7 @@ def test_the_review_page_walks_the_queue_least_sure_first_and_saves_at_once(fini
     assert f"Id `{queue['id'].iloc[0]}`" in texts(other)
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_explain_and_the_error_gallery_review_the_patch_they_show(finished_workspace, monkeypatch):
     workspace = fresh_reviews(finished_workspace)
     at = as_reviewer(open_page(start(finished_workspace, monkeypatch), "pages/explain.py"))

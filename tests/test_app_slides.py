@@ -35,7 +35,7 @@ def analysed_workspace(tmp_path_factory) -> tuple[Path, str]:
     """A workspace whose slide library holds a slide of real lymph-node patches analysed with the bundled model at
     stride 32 (the page's analyses): (workspace, slide id)."""
     root = _workspace(tmp_path_factory.mktemp("ws-slides-app"))
-    _, _, sid = analysed_real_slide(root, stride=32, size=(1536, 1024))
+    _, _, sid = analysed_real_slide(root, stride=32, size=(1536, 1024), mode="dense")  # the quickest; the page draws any mode alike
     return root, sid
 
 
@@ -297,6 +297,7 @@ def test_slides_registered_appear_at_once_unreadable_ones_are_counted_and_slides
     assert any("Library: 1 slide(s), 1 unreadable" in e.label for e in at.expander)
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 @pytest.mark.parametrize("kind", ["synthetic", "skin"])
 def test_a_slide_out_of_the_models_scope_is_not_assessed(kind, tmp_path, monkeypatch):
     """The SYNTHETIC demo slide and a real Aperio scan of skin (CC0), analysed with the bundled model: the page says

@@ -322,6 +322,7 @@ def test_evaluate_on_8_patches_gives_an_interval_that_does_not_collapse_and_warn
     assert report["warnings"] and "ROC-AUC" in captured.out and "(1.000-1.000)" not in captured.out
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_evaluate_takes_a_threshold_number_or_a_method(real_kaggle, tmp_path, capsys):
     from pcam_core.loading import run_threshold
 
@@ -416,6 +417,7 @@ def test_progress_lines_off_a_terminal_say_the_rate_and_the_time_left(monkeypatc
     assert capsys.readouterr().err == ""  # throttled: no line before the interval
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_pcam_slide_reports_progress_with_the_time_left(tmp_path, monkeypatch, capsys):
     from pcam_core.cli import common
 

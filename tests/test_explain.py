@@ -58,7 +58,8 @@ def _model(name: str) -> torch.nn.Module:
     return create_model(name).eval()
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+# ScoreCAM (a forward pass per channel) takes a few seconds: outside the fast lane
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m == "scorecam" else m for m in METHODS])
 def test_every_method_on_pcamnet(method, patches):
     model = _model("pcamnet")
     batch = patches[:1] if method == "scorecam" else patches  # ScoreCAM: one forward pass per channel

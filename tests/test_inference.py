@@ -50,7 +50,7 @@ def test_predictor_carries_the_run(predictor, trained_run):
     assert predictor.checkpoint.name == "best.pt" and predictor.device == torch.device("cpu")
 
 
-@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("tta", [False, pytest.param(True, marks=pytest.mark.slow)])  # 8 views: a few seconds
 def test_probabilities_equal_predict_batch(predictor, trained_run, test_pixels, tta):
     model = load_run_model(trained_run, device="cpu").model
     expected = predict_batch(model, torch.from_numpy(test_pixels).permute(0, 3, 1, 2), tta=tta).double().numpy()

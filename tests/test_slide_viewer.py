@@ -31,7 +31,7 @@ def analysed(tmp_path_factory) -> tuple[Path, Path, Path, str]:
     """A slide of real lymph-node patches (tumour in a known block) in a workspace's slide library, analysed there at stride 96 with the
     bundled model: (workspace, slide, analysis folder, slide id)."""
     root = tmp_path_factory.mktemp("ws-slides")
-    slide, out, sid = analysed_real_slide(root, stride=96, size=(3000, 2000))
+    slide, out, sid = analysed_real_slide(root, stride=96, size=(3000, 2000), mode="dense")  # the quickest
     return root, slide, out, sid
 
 
@@ -88,6 +88,7 @@ def test_openslide_and_reader_backends_cut_the_same_tiles(analysed):
         assert np.abs(a - b).mean() < (1 if level == last else 12), (level, col, row)  # resampling differs below full size
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_a_plain_image_gets_deep_zoom_tiles_of_its_own_pixels(tmp_path):
     path = _png_slide(tmp_path / "plain.png", 600, 300)
     zoom = DeepZoomSlide(path)

@@ -471,6 +471,7 @@ def test_shards_of_one_slide_cover_its_tiles_once_in_contiguous_balanced_runs(sm
     assert shard_tiles(lattice, np.zeros_like(score), (1, 2)) == list(range(len(boxes) // 2, len(boxes)))  # no tissue: even split
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_three_shards_merge_into_the_unsharded_map_even_with_one_killed_and_resumed(small_slide, tmp_path):
     from pcam_core.slides.batch import merge
 

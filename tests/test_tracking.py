@@ -139,6 +139,7 @@ def test_a_resumed_run_logs_to_the_same_mlflow_run(demo_root, tmp_path):
     assert tracked.data.params["train.epochs"] == "1" and tracked.data.tags["pcam.resume.train.epochs"] == "2"
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_the_train_page_refuses_an_unusable_store_before_starting_anything(tmp_path, monkeypatch, demo_root):
     """The Train page's "MLflow tracking URI" is checked on submit: the engine's message, and no run. (MLflow 3
     refuses its old folder store unless MLFLOW_ALLOW_FILE_STORE is set.)"""

@@ -269,6 +269,7 @@ def test_triage_needs_validation_predictions_and_a_results_file(real_tifs, train
     assert not (tmp_path / "s.csv").exists()
 
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_evaluate_reports_intervals_and_calibration_and_compare_runs_a_paired_test(trained_run, real_h5, tmp_path, capsys):
     import json
 
@@ -297,6 +298,7 @@ def test_evaluate_reports_intervals_and_calibration_and_compare_runs_a_paired_te
 
 # -- the Runs page --------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a few seconds of CPU: outside the fast lane
 def test_the_runs_page_shows_intervals_calibration_triage_and_a_comparison(demo_root, trained_run, tmp_path, monkeypatch):
     import json
     import shutil
