@@ -86,6 +86,15 @@ def trained_run(demo_root, tmp_path_factory) -> Path:
     return demo_run(_session_base(tmp_path_factory))
 
 
+@pytest.fixture(autouse=True)
+def _main_module_kept():
+    """Streamlit's AppTest runs a page as `__main__` and leaves it in sys.modules; a process started with "spawn"
+    afterwards would run that page's file again (and fail). Each test starts and ends with the real one."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Everything under tests/e2e/ starts servers, processes or a browser: it is `slow`, outside the fast lane
     (`./test.sh -m "not slow"`). Tests elsewhere that train or launch processes carry the mark themselves."""

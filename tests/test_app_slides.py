@@ -404,7 +404,8 @@ def test_a_case_report_prints_the_stage_why_it_is_provisional_the_reviews_a_sign
 @pytest.mark.slow
 def test_truth_loaded_for_a_slide_is_drawn_over_its_map_matched_with_its_regions(analysed_workspace, tmp_path, monkeypatch):
     """A QuPath GeoJSON of the slide's tumour, given by path: the viewer gets the lesion's outline and the regions
-    matched by the FROC rule (the library's overlay, unchanged), the page counts them; a wrong file is refused."""
+    the slide reports, matched by the FROC rule (the library's overlay, unchanged), the page counts them; a wrong file is
+    refused."""
     from pcam_core.evaluation.overlay import read_truth_file, truth_overlay
     from pcam_core.slides.viewer import regions
 
@@ -417,7 +418,9 @@ def test_truth_loaded_for_a_slide_is_drawn_over_its_map_matched_with_its_regions
     assert not at.exception, [e.value for e in at.exception]
     folder = SlideLibrary(root).analysis_folder(sid)
     lattice = lattice_of(load_summary(folder))
-    expected = truth_overlay(read_truth_file(truth, lattice.width, lattice.height), regions(folder), mpp=lattice.mpp,
+    reported = [r for r in regions(folder) if r["reported"]]  # a region below the reporting threshold claims nothing
+    assert len(reported) < len(regions(folder))
+    expected = truth_overlay(read_truth_file(truth, lattice.width, lattice.height), reported, mpp=lattice.mpp,
                              width=lattice.width, height=lattice.height)
     drawn = viewer_data(at)["truth"]
     assert drawn["features"] == json.loads(json.dumps(expected["features"]))

@@ -77,7 +77,9 @@ def test_sigterm_stops_cleanly_and_resume_continues_exactly(demo_root, tmp_path)
     progress = run_progress(status, run.steps(), run.epochs())
     second = status["finished_at"] - status["started_at"]
     assert progress.elapsed_s == pytest.approx(before_resume + second)
-    assert run.summary()["train_seconds"] > before_resume and abs(run.summary()["train_seconds"] - progress.elapsed_s) < 5
+    # the training seconds of both segments: more than the first's, within the wall time of the two (which also holds
+    # the resumed process's start and the fit after training)
+    assert before_resume < run.summary()["train_seconds"] <= progress.elapsed_s
     a, b = load_checkpoint(ref / "checkpoints" / "last.pt"), load_checkpoint(run.last_checkpoint)
     assert a["global_step"] == b["global_step"] == 48
     for key in a["model"]:
