@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole test suite (sets up .venv from requirements-test.lock on first use; installs Debian's chromium for the browser
 # tests and libturbojpeg0 for the DICOM fixture's writer when they are missing and this user may run apt-get). Extra
-# arguments go to pytest: `./test.sh -m "not slow"` is the fast lane (about two minutes on 2 cores: one short training
-# shared by its tests, no servers or browsers).
+# arguments go to pytest: `./test.sh -m "not slow"` is the fast lane (about a minute on 2 cores: one short training
+# shared by its tests, no servers or browsers). Both run on two pytest-xdist workers (pyproject.toml, tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh --test
