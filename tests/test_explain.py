@@ -72,7 +72,9 @@ def test_every_method_on_pcamnet(method, patches):
     np.testing.assert_allclose(result.probabilities, expected, atol=1e-5)  # same forward pass as prediction
 
 
-@pytest.mark.parametrize("name", model_names())
+# the largest ImageNet models take about a second each: outside the fast lane
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("resnet50", "densenet121") else n
+                                  for n in model_names()])
 def test_every_model_and_layer(name, patches):
     model = _model(name)
     for layer, size in MODELS[name].target_layers.items():

@@ -128,6 +128,7 @@ def test_the_checker_sees_an_upward_import_inside_a_function() -> None:
     assert _layer("pcam_core.predict") > _layer("pcam_core.runs.folder") and _layer("pcam_core.workspace.scoring") == 3
 
 
+@pytest.mark.slow  # a fresh interpreter importing the services: outside the fast lane
 def test_importing_the_services_and_runs_loads_no_torch() -> None:
     code = ("import sys, pcam_core.workspace, pcam_core.workspace.monitor, pcam_core.workspace.scoring, "
             "pcam_core.workspace.gallery, pcam_core.workspace.slides, pcam_core.slides.report, pcam_core.workspace.robustness, "
