@@ -59,9 +59,9 @@ def pytest_sessionstart(session) -> None:
     if any(Path(arg.split("::")[0]).exists() for arg in config.invocation_params.args if not arg.startswith("-")):
         return
     base = config._tmp_path_factory.getbasetemp()
-    log = open(base / "session_data.log", "wb")
-    config._session_data = subprocess.Popen([sys.executable, str(Path(__file__).parent / "session_data.py"), str(base)],
-                                            stdout=log, stderr=subprocess.STDOUT)
+    with open(base / "session_data.log", "wb") as log:  # the process keeps its own copy of the file
+        config._session_data = subprocess.Popen([sys.executable, str(Path(__file__).parent / "session_data.py"), str(base)],
+                                                stdout=log, stderr=subprocess.STDOUT)
 
 
 def pytest_sessionfinish(session) -> None:
@@ -78,7 +78,7 @@ def demo_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_run(demo_root, tmp_path_factory) -> Path:
+def trained_run(tmp_path_factory) -> Path:
     """A short finished training run on the demo data (`TRAINED_EPOCHS` epochs of the compact model), shared by
     every test that needs a trained model. `pcam train` runs in this process (or the session's data process): no
     process boundary is under test here (tests/test_train.py and tests/test_reliability.py train in processes of
