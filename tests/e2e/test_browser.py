@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import CHROMIUM, CHROMIUM_ARGS, PAGE_DRAWN, REAL_KAGGLE, REPO, Dashboard, tif_bytes, wait_rendered
+from helpers import CHROMIUM, CHROMIUM_ARGS, PAGE_DRAWN, REAL_KAGGLE, REPO, Dashboard, tif_bytes, wait_for, wait_rendered
 from pcam_core.data import PCamH5, patch_id
 from pcam_core.workspace.reviews import ReviewStore
 from pcam_core.runs import RunDir, list_runs, stop
@@ -88,8 +88,12 @@ def _slide_threshold_to(page, target: float) -> None:
     while round((value - target) / 0.005):
         up = target > value
         value = round(value + (0.005 if up else -0.005), 3)
+        before = thumb.inner_text()
         slider.focus()
         slider.press("ArrowRight" if up else "ArrowLeft")
+        if not wait_for(lambda: thumb.inner_text() != before, timeout=5):  # the press was dropped (a rerun was ending)
+            slider.focus()
+            slider.press("ArrowRight" if up else "ArrowLeft")
         expect(thumb).to_have_text(f"{value:.3f}")
         _drawn(page)
     wait_rendered(page, page.get_by_text(f"Confusion matrix at threshold {target:.3f}"))
