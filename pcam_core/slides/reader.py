@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from . import dicom
+from .tiledtiff import TiledLevels
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ WINDOW = 96  # a PCam patch's side, in PCam-scale pixels
 SCALE_TOLERANCE = 0.03  # a level within 3% of the wanted scale is read as it is, without resampling
 Image.MAX_IMAGE_PIXELS = None  # plain images are opened only after their size was checked below
 _MAX_PLAIN_PIXELS = 20_000 * 20_000  # a plain PNG/JPEG is decoded whole; beyond this, refuse
+DIRECT_TILES_ENV = "PCAM_DIRECT_TILES"  # "0": every read through OpenSlide's read_region (`tiledtiff` is bypassed)
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".png", ".jpg", ".jpeg", ".dcm")
 
 
@@ -136,12 +139,24 @@ class _OpenSlideBackend:
         self.levels = [Level(w, h, float(d)) for (w, h), d in zip(self.handle.level_dimensions, self.handle.level_downsamples)]
         self.properties = dict(self.handle.properties)
         self.vendor = self.properties.get("openslide.vendor", "unknown")
+        # the same pixels, decoded without OpenSlide's painting and copies where the level is a plain JPEG-tiled page
+        direct = os.environ.get(DIRECT_TILES_ENV, "1") != "0"
+        self.tiles = TiledLevels.of(path, self.levels, self.vendor) if direct else None
 
     def mpp(self) -> float | None:
         value = self.properties.get("openslide.mpp-x")
         return float(value) if value else None
 
     def read(self, x0: int, y0: int, level: int, w: int, h: int) -> np.ndarray:
+        if self.tiles is not None:
+            try:
+                region = self.tiles.read(x0, y0, level, w, h)
+            except Exception as err:  # noqa: BLE001 - a tile the direct path cannot decode: OpenSlide decides
+                log.info("%s: region at (%d, %d) level %d not read directly (%s: %s); OpenSlide reads it", self.path, x0, y0,
+                         level, type(err).__name__, err)
+                region = None
+            if region is not None:
+                return region
         try:
             region = self.handle.read_region((x0, y0), level, (w, h))
         except self._mod.OpenSlideError as err:
@@ -151,6 +166,8 @@ class _OpenSlideBackend:
         return _rgb(np.asarray(region))
 
     def close(self) -> None:
+        if self.tiles is not None:
+            self.tiles.close()
         self.handle.close()
 
 
