@@ -280,6 +280,31 @@ def test_a_completed_analysis_is_not_redone_and_an_unfinished_one_needs_resume(t
         score_slide(RedCentreModel(), slide, folder, checkpoint="red", mpp=0.5, num_workers=0, region_px=256, stride=96, resume=True)
 
 
+def test_two_reading_workers_read_every_tile_once_in_contiguous_runs(small_slide):
+    """Each DataLoader worker reads a contiguous run of the tiles (neighbours share decoded file tiles), the runs
+    together every tile once, with the windows read in this process."""
+    from torch.utils.data import DataLoader
+
+    from pcam_core.slides.analysis import RegionWindows
+
+    with open_slide(small_slide / "slide.tif") as slide:
+        lattice = Lattice(*slide.dimensions, slide.mpp, 32, 256)
+    score = np.zeros(lattice.shape, bool)
+    score[::5, ::3] = True
+    todo = list(range(1, len(lattice.tiles())))
+    dataset = RegionWindows(small_slide / "slide.tif", lattice.mpp, lattice, todo, score)
+    alone = {item["tile"]: item["images"].numpy() for item in dataset}
+    items = list(DataLoader(dataset, batch_size=None, num_workers=2, collate_fn=lambda item: item))
+    assert sorted(item["tile"] for item in items) == todo
+    # the loader takes the workers' items in turn: the second item starts worker 1's run, well past worker 0's first tile
+    order = [item["tile"] for item in items]
+    start = order[1]
+    assert start > todo[2] and [t for t in order if t < start] == todo[:todo.index(start)]
+    assert [t for t in order if t >= start] == todo[todo.index(start):]
+    for item in items:
+        assert np.array_equal(item["images"].numpy(), alone[item["tile"]])
+
+
 @pytest.mark.slow  # writes and scores a whole demo slide window by window around the bad tile
 def test_a_corrupt_tile_is_skipped_marked_unknown_and_listed_and_the_rest_is_scored(tmp_path):
     import tifffile

@@ -107,7 +107,9 @@ def _as_is(item: Any) -> Any:
 class RegionWindows(IterableDataset):
     """Per region tile: {"tile", "cells" (n, 2) map indices, "images" (n, 3, 96, 96) uint8, "unreadable"
     (m, 2) map indices, "error"}. Each worker opens the slide once and reads its share of the tiles, one
-    region read per tile. When a region cannot be read (a corrupt tile of the file), its windows are read
+    region read per tile: a contiguous run of them with about as many cells as the others' (`balanced_run`), so
+    that neighbouring regions, which share their edge tiles of the file, are read by one worker and the tiles
+    decoded once (the reader's cache). When a region cannot be read (a corrupt tile of the file), its windows are read
     one by one, so that only the windows touching the bad part are lost (listed in "unreadable")."""
 
     def __init__(self, path: Path, mpp: float, lattice: Lattice, tiles: list[int], score: np.ndarray, *, dense: bool = False) -> None:
@@ -116,8 +118,11 @@ class RegionWindows(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        mine = self.tile_ids if info is None else self.tile_ids[info.id::info.num_workers]
         boxes = self.lattice.tiles()
+        mine = self.tile_ids
+        if info is not None:
+            cells = [self.score[i0:i1, j0:j1].sum() for i0, i1, j0, j1 in (boxes[k] for k in mine)]
+            mine = [mine[k] for k in balanced_run(np.array(cells), info.id, info.num_workers)]
         s, f = self.lattice.stride, self.lattice.f
         with open_slide(self.path, mpp=self.mpp) as slide:
             for k in mine:
@@ -179,20 +184,26 @@ class AnalysisParams:
     cascade_bar: float | None = None  # mode "cascade": the coarse probability that sends a block to stride 32
 
 
+def balanced_run(weights: np.ndarray, i: int, n: int) -> np.ndarray:
+    """The indices of run i of `weights` cut into n contiguous runs of about equal sums: item k goes to the run its
+    half-way point falls in (without any weight, the items are split evenly)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if len(weights) == 0:
+        return np.empty(0, dtype=np.int64)
+    if weights.sum() == 0:
+        weights = np.ones(len(weights))
+    middle = np.cumsum(weights) - weights / 2
+    owner = np.minimum((middle * n / weights.sum()).astype(np.int64), n - 1)
+    return np.flatnonzero(owner == i)
+
+
 def shard_tiles(lattice: Lattice, score: np.ndarray, shard: tuple[int, int] | None) -> list[int]:
-    """The region tiles shard (i, n) scores: a contiguous run of the row-major tile list, cut where the
-    running count of cells to score passes k/n of the total (tile k goes to the shard its half-way point
-    falls in), so the shards get about equal work; together they hold every tile once. None: all tiles."""
+    """The region tiles shard (i, n) scores: a contiguous run of the row-major tile list holding about 1/n of the
+    cells to score (`balanced_run`); together the shards hold every tile once. None: all tiles."""
     boxes = lattice.tiles()
     if shard is None:
         return list(range(len(boxes)))
-    i, n = shard
-    weights = np.array([score[i0:i1, j0:j1].sum() for i0, i1, j0, j1 in boxes], dtype=np.float64)
-    if weights.sum() == 0:  # nothing to score: split the tiles evenly
-        weights = np.ones(len(boxes))
-    middle = np.cumsum(weights) - weights / 2
-    owner = np.minimum((middle * n / weights.sum()).astype(np.int64), n - 1)
-    return np.flatnonzero(owner == i).tolist()
+    return balanced_run(np.array([score[i0:i1, j0:j1].sum() for i0, i1, j0, j1 in boxes]), *shard).tolist()
 
 
 def _check_no_other_layout(folder: AnalysisFolder, shard: tuple[int, int] | None) -> None:
