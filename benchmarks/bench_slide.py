@@ -2,6 +2,7 @@
 the naive loop (one read per window).
 
     python benchmarks/bench_slide.py [--size 20000x16000] [--levels 1,16] [--workers 2] [--batch-size 256] [--model pcamnet]
+                                     [--skip-analysis] [--naive-limit 1000] [--repeats 3]
 
 On a SYNTHETIC demo slide written first, by default at 0.243 um/px with levels 1 and 16 only: a 40x scan
 without a level at PCam's scale, so every read is made from level 0 and resampled 4x (the common case;
@@ -10,12 +11,17 @@ stays at its default size. The model has its initial weights (speed does not dep
 them). Three figures, all in windows per second at stride 32, one pass per window (no TTA):
   bare     predict_batch over windows already in memory as a uint8 tensor (what no reader can beat)
   analysis score_slide end to end (tissue mask, region reads in workers, cutting, inference, map writes)
-  reading  RegionWindows alone (one read per region tile) vs a loop with one read_scaled per window
+  reading  RegionWindows alone (one read per region tile) vs the naive loop: one read_scaled per window through
+           OpenSlide's read_region (PCAM_DIRECT_TILES=0, as WSInfer reads patches); the region reads both ways (JPEG
+           tiles decoded directly, the default, and OpenSlide's read_region), and the naive loop on direct tiles.
+           In one process, `--repeats` rounds of the four interleaved, the median of each reported.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +37,7 @@ from pcam_core.models import create_model  # noqa: E402
 from pcam_core.slides.analysis import Lattice, RegionWindows, score_slide  # noqa: E402
 from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide  # noqa: E402
 from pcam_core.slides.folder import AnalysisFolder  # noqa: E402
-from pcam_core.slides.reader import open_slide  # noqa: E402
+from pcam_core.slides.reader import DIRECT_TILES_ENV, open_slide  # noqa: E402
 from pcam_core.slides.tissue import cell_fraction, read_thumbnail, tissue_mask  # noqa: E402
 from pcam_core.transforms import eval_preset  # noqa: E402
 
@@ -45,6 +51,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--model", default="pcamnet")
     parser.add_argument("--naive-limit", type=int, default=1000, help="windows read by the naive loop")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the reading figures")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     print(machine())
@@ -78,23 +85,45 @@ def main() -> None:
             predict_batch(model, windows[b:b + args.batch_size], normalize=normalize)
         bare = len(windows) / (time.perf_counter() - t)
 
-        dataset = RegionWindows(path, lattice.mpp, lattice, list(range(len(lattice.tiles()))), score)
-        t = time.perf_counter()
-        read = sum(len(item["images"]) for item in dataset)
-        region_rate = read / (time.perf_counter() - t)
+        tiles = list(range(len(lattice.tiles())))
         cells = np.argwhere(score)[: args.naive_limit]
-        with open_slide(path) as slide:
+
+        def regions(direct: bool) -> float:
+            os.environ[DIRECT_TILES_ENV] = "1" if direct else "0"
             t = time.perf_counter()
-            for i, j in cells:
-                x0, y0 = lattice.window_origin(i, j)
-                slide.read_scaled(float(x0), float(y0), 96 * lattice.f, 96 * lattice.f, (96, 96))
-            naive_rate = len(cells) / (time.perf_counter() - t)
+            read = sum(len(item["images"]) for item in RegionWindows(path, lattice.mpp, lattice, tiles, score))
+            return read / (time.perf_counter() - t)
+
+        def naive(direct: bool) -> float:
+            os.environ[DIRECT_TILES_ENV] = "1" if direct else "0"
+            with open_slide(path) as slide:
+                t = time.perf_counter()
+                for i, j in cells:
+                    x0, y0 = lattice.window_origin(i, j)
+                    slide.read_scaled(float(x0), float(y0), 96 * lattice.f, 96 * lattice.f, (96, 96))
+                return len(cells) / (time.perf_counter() - t)
+
+        rates: dict[str, list[float]] = {"naive": [], "region_openslide": [], "region": [], "naive_direct": []}
+        for _ in range(args.repeats):
+            rates["naive"].append(naive(False))
+            rates["region_openslide"].append(regions(False))
+            rates["region"].append(regions(True))
+            rates["naive_direct"].append(naive(True))
+        os.environ.pop(DIRECT_TILES_ENV)
+        rate = {k: statistics.median(v) for k, v in rates.items()}
 
     print(f"windows scored: {n} (stride 32, batch {args.batch_size}, workers {args.workers}, model {args.model})")
     print(f"bare forward pass:   {bare:8.0f} windows/s")
     print(f"analysis end to end: {analysis:8.0f} windows/s  ({analysis / bare:.2f} of bare; {analysis_s:.1f} s incl. tissue mask)")
-    print(f"region reading:      {region_rate:8.0f} windows/s  (one process)")
-    print(f"naive per window:    {naive_rate:8.0f} windows/s  (region reading {region_rate / naive_rate:.1f}x faster)")
+    print(f"reading, one process, median of {args.repeats} interleaved rounds ({len(cells)} windows for the naive loops):")
+    print(f"  naive, OpenSlide read_region per window: {rate['naive']:8.0f} windows/s  (the baseline)")
+    print(f"  regions, OpenSlide read_region:          {rate['region_openslide']:8.0f} windows/s  "
+          f"({rate['region_openslide'] / rate['naive']:.1f}x the naive loop)")
+    print(f"  regions, JPEG tiles decoded directly:    {rate['region']:8.0f} windows/s  "
+          f"({rate['region'] / rate['naive']:.1f}x the naive loop; {rate['region'] / rate['region_openslide']:.2f}x OpenSlide's regions)")
+    print(f"  naive, JPEG tiles decoded directly:      {rate['naive_direct']:8.0f} windows/s  "
+          f"({rate['naive_direct'] / rate['naive']:.1f}x the naive loop)")
+    print("  every round: " + "; ".join(f"{k} " + ", ".join(f"{v:.0f}" for v in vs) for k, vs in rates.items()))
 
 
 if __name__ == "__main__":
