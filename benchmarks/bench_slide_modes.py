@@ -82,6 +82,20 @@ def compare(ref: dict, ref_map: np.ndarray, summary: dict, heat: np.ndarray, in_
             f"(of {int((ref_map >= t).sum())} in scope); regions and size class identical: {same}")
 
 
+def record_mode(maps: dict[str, tuple[dict, np.ndarray]], mode: str, summary: dict, heat: np.ndarray, line: str,
+                window: Path, indent: str) -> None:
+    """Print a mode's `line` (with the cascade's share of refined cells), keep its map in `maps`, and compare it with
+    the window mode's (its analysis folder `window`) when that was run."""
+    if summary.get("cascade"):
+        line += f"  refined {summary['cascade']['refined_share']:.1%}"
+    print(line)
+    maps[mode] = (summary, heat)
+    if mode != "window" and "window" in maps:
+        guard = maps["window"][0]["scope"]["guard"]
+        in_scope = np.load(window / "scope.npy") <= guard["threshold"] if guard else np.ones(heat.shape, bool)
+        print(indent + compare(*maps["window"], summary, heat, in_scope))
+
+
 def slide_modes(args: argparse.Namespace) -> None:
     width, height = round(FULL[0] * args.scale), round(FULL[1] * args.scale)
     model = load_run_model(BUNDLED, device="cpu").model.eval()
@@ -107,14 +121,7 @@ def slide_modes(args: argparse.Namespace) -> None:
             rate = cells / seconds
             line = (f"{mode:8s} {seconds:7.1f} s  {cells} cells ({cells / heat.size:.0%} of the map)  {rate:6.0f} windows/s "
                     f"({rate / bare:.1f}x bare)  peak PSS {peak.peak_gb:.2f} GB  CAMELYON slide: {FULL_CELLS / rate / 60:.1f} min")
-            if summary.get("cascade"):
-                line += f"  refined {summary['cascade']['refined_share']:.1%}"
-            print(line)
-            maps[mode] = (summary, heat)
-            if mode != "window" and "window" in maps:
-                guard = maps["window"][0]["scope"]["guard"]
-                in_scope = np.load(tmp / "window" / "scope.npy") <= guard["threshold"] if guard else np.ones(heat.shape, bool)
-                print("         " + compare(*maps["window"], summary, heat, in_scope))
+            record_mode(maps, mode, summary, heat, line, tmp / "window", "         ")
 
 
 def held_out(data: str) -> tuple[pd.DataFrame, np.ndarray]:
@@ -153,14 +160,7 @@ def ensemble_modes(args: argparse.Namespace) -> None:
                 reference = reference or rate
                 line = (f"{name:14s} {summary['mode']:8s} wall {wall:5.1f} s, scoring {summary['seconds']:5.1f} s: "
                         f"{rate:6.1f} windows/s ({rate / reference:.2f}x one member's window mode)")
-                if summary.get("cascade"):
-                    line += f"  refined {summary['cascade']['refined_share']:.1%}"
-                print(line)
-                maps[mode] = (summary, heat)
-                if mode != "window":
-                    guard = maps["window"][0]["scope"]["guard"]
-                    in_scope = np.load(out.parent / "window" / "scope.npy") <= guard["threshold"] if guard else np.ones(heat.shape, bool)
-                    print("               " + compare(*maps["window"], summary, heat, in_scope))
+                record_mode(maps, mode, summary, heat, line, out.parent / "window", "               ")
         network = {name: load_run_model(run, device="cpu").model.eval() for name, run in runs.items()}
     normalize = eval_preset()
     region = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 1088, 1088), dtype=np.uint8))
