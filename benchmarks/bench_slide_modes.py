@@ -2,6 +2,7 @@
 
     python benchmarks/bench_slide_modes.py [--scale 0.1] [--workers 2] [--skip-window]
     python benchmarks/bench_slide_modes.py --precision --data /work/shared/data/pcam-real-dev
+    python benchmarks/bench_slide_modes.py --ensemble 5 --data /work/shared/data/pcam-real-dev [--size 1536x1024]
 
 Slide: the demo generator (`pcam_core.slides.demo`) at `scale` x (100,000 x 220,000) level-0 pixels, 0.243 um/px
 (CAMELYON16's size at --scale 1). Figures per mode, stride 32, one pass per window (no TTA), region reading in
@@ -16,6 +17,15 @@ is printed (it is higher than 25 %).
 --precision: ROC-AUC on the bundled model's 600 held-out real patches (pcam_core/bundled/valid_predictions.csv,
 read from `--data`, Kaggle layout) in float32 and with bfloat16 autocast, the largest |difference| of the
 probabilities, and the dense pass's windows/s in both.
+
+--ensemble K: an ensemble of K members against one of them, on a mosaic slide of `--size` pixels made of the bundled
+model's held-out real patches (read from `--data`; a tumour block in the middle), each mode, stride 32, no TTA, no
+reading workers: wall seconds of the whole analysis (with its outputs), scoring seconds (`summary.json`'s `seconds`:
+tissue mask, reads, inference) and windows/s over them, the ratio to the single member's window mode, and the
+ensemble's maps against its own window map; then the network alone: the dense pass over one 1,088 x 1,088 region and
+the bare per-window forward pass (256 windows in RAM), one member against the ensemble. The members are K copies of
+the bundled network (of its first member when it is an ensemble): their speed does not depend on their weights, but
+the cascade's share of refined cells does (copies refine what one member refines).
 """
 
 from __future__ import annotations
@@ -32,13 +42,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakTreeRSS, machine  # noqa: E402
-from pcam_core.bundled import BUNDLED  # noqa: E402
+from pcam_core.bundled import BUNDLED, BUNDLED_DIR  # noqa: E402
+from pcam_core.ensemble import create_ensemble, member_runs  # noqa: E402
 from pcam_core.inference import predict_batch  # noqa: E402
 from pcam_core.loading import load_run_model  # noqa: E402
 from pcam_core.scoring_options import ScoringOptions  # noqa: E402
 from pcam_core.slides.batch import analyse  # noqa: E402
 from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide  # noqa: E402
 from pcam_core.slides.dense import dense_windows  # noqa: E402
+from pcam_core.slides.mosaic import MARGIN, PATCH, write_mosaic_slide  # noqa: E402
+from pcam_core.runs import RunDir  # noqa: E402
 from pcam_core.transforms import eval_preset  # noqa: E402
 
 FULL = (100_000, 220_000)
@@ -46,6 +59,7 @@ FULL_CELLS = 0.25 * FULL[0] * FULL[1] / (32 * 0.972 / 0.243) ** 2  # stride-32 c
 
 
 def bare_rate(model: torch.nn.Module, n: int = 1024, batch: int = 256) -> float:
+    """Windows/s of the per-window forward pass over `n` random windows in RAM."""
     windows = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (n, 3, 96, 96), dtype=np.uint8))
     normalize = eval_preset()
     predict_batch(model, windows[:batch], normalize=normalize)
@@ -66,6 +80,20 @@ def compare(ref: dict, ref_map: np.ndarray, summary: dict, heat: np.ndarray, in_
             and summary["size_class"] == ref["size_class"])
     return (f"|diff| max {diff.max():.4f} mean {diff.mean():.4f}; cells >= threshold missed {missed}, added {added} "
             f"(of {int((ref_map >= t).sum())} in scope); regions and size class identical: {same}")
+
+
+def record_mode(maps: dict[str, tuple[dict, np.ndarray]], mode: str, summary: dict, heat: np.ndarray, line: str,
+                window: Path, indent: str) -> None:
+    """Print a mode's `line` (with the cascade's share of refined cells), keep its map in `maps`, and compare it with
+    the window mode's (its analysis folder `window`) when that was run."""
+    if summary.get("cascade"):
+        line += f"  refined {summary['cascade']['refined_share']:.1%}"
+    print(line)
+    maps[mode] = (summary, heat)
+    if mode != "window" and "window" in maps:
+        guard = maps["window"][0]["scope"]["guard"]
+        in_scope = np.load(window / "scope.npy") <= guard["threshold"] if guard else np.ones(heat.shape, bool)
+        print(indent + compare(*maps["window"], summary, heat, in_scope))
 
 
 def slide_modes(args: argparse.Namespace) -> None:
@@ -93,22 +121,63 @@ def slide_modes(args: argparse.Namespace) -> None:
             rate = cells / seconds
             line = (f"{mode:8s} {seconds:7.1f} s  {cells} cells ({cells / heat.size:.0%} of the map)  {rate:6.0f} windows/s "
                     f"({rate / bare:.1f}x bare)  peak PSS {peak.peak_gb:.2f} GB  CAMELYON slide: {FULL_CELLS / rate / 60:.1f} min")
-            if summary.get("cascade"):
-                line += f"  refined {summary['cascade']['refined_share']:.1%}"
-            print(line)
-            maps[mode] = (summary, heat)
-            if mode != "window" and "window" in maps:
-                guard = maps["window"][0]["scope"]["guard"]
-                in_scope = np.load(tmp / "window" / "scope.npy") <= guard["threshold"] if guard else np.ones(heat.shape, bool)
-                print("         " + compare(*maps["window"], summary, heat, in_scope))
+            record_mode(maps, mode, summary, heat, line, tmp / "window", "         ")
+
+
+def held_out(data: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The bundled model's held-out patches (never trained on): their table (id, label) and pixels (N, 96, 96, 3)."""
+    from PIL import Image
+
+    table = pd.read_csv(BUNDLED_DIR / "valid_predictions.csv", dtype={"id": str})
+    return table, np.stack([np.asarray(Image.open(Path(data) / "train" / f"{i}.tif").convert("RGB")) for i in table["id"]])
+
+
+def ensemble_modes(args: argparse.Namespace) -> None:
+    width, height = (int(v) for v in args.size.split("x"))
+    table, pixels = held_out(args.data)
+    labels = table["label"].to_numpy()
+    rows, cols = (height - 2 * MARGIN) // PATCH, (width - 2 * MARGIN) // PATCH
+    block = (rows // 3, rows - rows // 3, cols // 3, cols - cols // 3)
+    bundled = RunDir(BUNDLED_DIR)
+    member = member_runs(bundled)[0].path if bundled.is_ensemble else BUNDLED
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        slide = tmp / "slide.tif"
+        write_mosaic_slide(slide, list(pixels[labels == 0]), list(pixels[labels == 1]), rows=rows, cols=cols, lesions=[block], size=(width, height))
+        runs = {"1 member": member, f"ensemble of {args.ensemble}": create_ensemble([member] * args.ensemble, tmp / "ensemble").path}
+        print(f"mosaic of held-out real patches {width} x {height} px ({rows} x {cols} patches, tumour block {block}), "
+              f"stride 32, no TTA, no reading workers")
+        reference = None
+        for name, run in runs.items():
+            maps: dict[str, tuple[dict, np.ndarray]] = {}
+            for mode in ("window", "dense", "cascade"):
+                out = tmp / name.replace(" ", "-") / mode
+                t = time.perf_counter()
+                summary = analyse(run, slide, out, ScoringOptions(device="cpu", workers=0, tta=False), stride=32, mode=mode)[0]["summary"]
+                wall = time.perf_counter() - t
+                heat = np.load(out / "heatmap.npy")
+                rate = int(np.isfinite(heat).sum()) / summary["seconds"]
+                reference = reference or rate
+                line = (f"{name:14s} {summary['mode']:8s} wall {wall:5.1f} s, scoring {summary['seconds']:5.1f} s: "
+                        f"{rate:6.1f} windows/s ({rate / reference:.2f}x one member's window mode)")
+                record_mode(maps, mode, summary, heat, line, out.parent / "window", "               ")
+        network = {name: load_run_model(run, device="cpu").model.eval() for name, run in runs.items()}
+    normalize = eval_preset()
+    region = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 1088, 1088), dtype=np.uint8))
+    for name, model in network.items():
+        dense_windows(model, region, 32, normalize=normalize)  # exports each member to ONNX Runtime once
+        t = time.perf_counter()
+        for _ in range(3):
+            grid, _ = dense_windows(model, region, 32, normalize=normalize)
+        dense = 3 * grid.size / (time.perf_counter() - t)
+        bare = bare_rate(model, n=256)
+        print(f"{name:14s} network alone: dense {dense:6.0f} windows/s, per window {bare:5.1f} windows/s ({dense / bare:.1f}x)")
 
 
 def precision(args: argparse.Namespace) -> None:
     from sklearn.metrics import roc_auc_score
-    from PIL import Image
 
-    table = pd.read_csv(Path(__file__).resolve().parents[1] / "pcam_core" / "bundled" / "valid_predictions.csv", dtype={"id": str})
-    pixels = np.stack([np.asarray(Image.open(Path(args.data) / "train" / f"{i}.tif").convert("RGB")) for i in table["id"]])
+    table, pixels = held_out(args.data)
     model = load_run_model(BUNDLED, device="cpu").model.eval()
     normalize = eval_preset()
     batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
@@ -133,10 +202,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip-window", action="store_true", help="leave out the (slow) per-window reference")
     parser.add_argument("--precision", action="store_true", help="float32 against bfloat16 on real held-out patches")
-    parser.add_argument("--data", default="/work/shared/data/pcam-real-dev", help="Kaggle-layout real patches (--precision)")
+    parser.add_argument("--data", default="/work/shared/data/pcam-real-dev",
+                        help="Kaggle-layout real patches (--precision, --ensemble)")
+    parser.add_argument("--ensemble", type=int, default=0, metavar="K",
+                        help="an ensemble of K members against one member, each mode, on a mosaic of real patches")
+    parser.add_argument("--size", default="1536x1024", help="the mosaic's width x height in pixels (--ensemble)")
     args = parser.parse_args()
+    if args.ensemble == 1 or args.ensemble < 0:
+        raise SystemExit(f"--ensemble must be at least 2 (members), not {args.ensemble}")
     print(machine())
-    precision(args) if args.precision else slide_modes(args)
+    if args.ensemble:
+        ensemble_modes(args)
+    else:
+        precision(args) if args.precision else slide_modes(args)
 
 
 if __name__ == "__main__":

@@ -256,11 +256,17 @@ class EnsembleModel(nn.Module):
         outputs = []
         for member in self.members:  # a loop, not a comprehension: TorchScript scripts it
             outputs.append(member(x).float())
-        z = torch.stack(outputs)  # (K, B)
-        if self.combine == "logit":
-            return z.mean(dim=0)
-        # logit(mean sigmoid(z)) = log mean p - log mean (1 - p), computed in log space (no 0/1 saturation)
-        return torch.logsumexp(F.logsigmoid(z), dim=0) - torch.logsumexp(F.logsigmoid(-z), dim=0)
+        return combine_logits(torch.stack(outputs), self.combine)  # (K, B) -> (B,)
+
+
+def combine_logits(z: torch.Tensor, combine: str) -> torch.Tensor:
+    """The ensemble's logits from its members' logits `z` stacked on the first axis (K, ...): the logit of the mean
+    probability ("prob") or the mean logit ("logit"). The one formula of `EnsembleModel` and of the dense scan of an
+    ensemble (`slides.dense`)."""
+    if combine == "logit":
+        return z.mean(dim=0)
+    # logit(mean sigmoid(z)) = log mean p - log mean (1 - p), computed in log space (no 0/1 saturation)
+    return torch.logsumexp(F.logsigmoid(z), dim=0) - torch.logsumexp(F.logsigmoid(-z), dim=0)
 
 
 def get_layer(model: nn.Module, path: str) -> nn.Module:

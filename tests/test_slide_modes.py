@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,15 +11,18 @@ import torch
 
 from helpers import real_mosaic_slide, run_cli
 from pcam_core.bundled import BUNDLED
+from pcam_core.checkpoint import save_checkpoint
+from pcam_core.ensemble import create_ensemble
 from pcam_core.inference import predict_batch
 from pcam_core.loading import load_run_model
-from pcam_core.models import create_model
+from pcam_core.models import EnsembleModel, create_model
+from pcam_core.runs import create_run
 from pcam_core.scope import tap_for
 from pcam_core.scoring_options import ScoringOptions
 from pcam_core.slides.analysis import cut_windows, score_slide
 from pcam_core.slides.batch import analyse
 from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
-from pcam_core.slides.dense import (DENSE_TOLERANCE, block_probes, block_values, dense_windows, effective_mode,
+from pcam_core.slides.dense import (DENSE_TOLERANCE, block_probes, block_values, can_scan, dense_windows, effective_mode,
                                     refine_cells)
 from pcam_core.slides.folder import AnalysisFolder
 from pcam_core.transforms import eval_preset
@@ -27,6 +31,27 @@ from pcam_core.transforms import eval_preset
 @pytest.fixture(scope="module")
 def bundled():
     return load_run_model(BUNDLED, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(tmp_path_factory):
+    """An ensemble run of 3 members made from the bundled network (its first member, if it is an ensemble): member 0
+    its weights, members 1 and 2 its weights with 5 % noise (seeded), so that the members disagree; the guard is the
+    bundled one, which reads member 0's features (`models.get_layer`), as a cross-validated ensemble's reads its first fold's."""
+    root = tmp_path_factory.mktemp("ensemble")
+    bundled = load_run_model(BUNDLED, device="cpu")
+    network = bundled.model.members[0] if bundled.is_ensemble else bundled.model
+    members = []
+    for k in range(3):
+        generator = torch.Generator().manual_seed(k)
+        state = {name: (value + 0.05 * value.std() * torch.randn(value.shape, generator=generator)
+                        if k and value.is_floating_point() and value.numel() > 1 else value)
+                 for name, value in network.state_dict().items()}
+        run = create_run(root, bundled.config, run_id=f"member-{k}")
+        save_checkpoint(run.best_checkpoint, {"config": bundled.config.to_dict(), "model": state, "ema": None, "epoch": 1})
+        members.append(run.path)
+    shutil.copyfile(bundled.run.folder.scope_path, members[0] / "scope.npz")
+    return create_ensemble(members, root / "ensemble").path
 
 
 def _region(rows: int, cols: int, stride: int = 32) -> np.ndarray:
@@ -76,6 +101,29 @@ def test_a_model_that_cannot_scan_falls_back_to_windows_and_a_bad_mode_is_named(
         dense_windows(create_model("pcamresnet"), torch.zeros(3, 96, 96, dtype=torch.uint8), 32, normalize=eval_preset())
 
 
+def test_an_ensemble_scans_when_every_member_can():
+    nets = [create_model("pcamnet"), create_model("pcamnet")]
+    assert can_scan(EnsembleModel(nets)) and effective_mode(EnsembleModel(nets), "dense") == "dense"
+    mixed = EnsembleModel([create_model("pcamnet"), create_model("pcamresnet")])
+    assert not can_scan(mixed) and effective_mode(mixed, "dense") == "window"
+
+
+@pytest.mark.slow  # each member's first dense pass exports it to ONNX Runtime
+@pytest.mark.parametrize("combine,tta", [("prob", False), ("prob", True), ("logit", False)])
+def test_one_window_scanned_densely_by_an_ensemble_is_its_window_score_and_its_first_members_features(ensemble_run, combine, tta):
+    loaded = load_run_model(ensemble_run, device="cpu")
+    model, scope = EnsembleModel(list(loaded.model.members), combine).eval(), loaded.scope
+    image = torch.from_numpy(np.ascontiguousarray(_region(1, 1).transpose(2, 0, 1)))
+    probs, features = dense_windows(model, image, 32, normalize=eval_preset(), tta=tta, scope_layers=scope.layers)
+    with tap_for(model, scope.model_name) as tap:  # the guard's tap in window mode: the first member's layers
+        alone = predict_batch(model, image[None], tta=tta, normalize=eval_preset()).numpy()
+        theirs = tap.take()
+    members = [predict_batch(m, image[None], tta=tta, normalize=eval_preset()).item() for m in model.members]
+    assert np.ptp(members) > 1e-3  # the members disagree, so the join is what is checked
+    np.testing.assert_allclose(probs[0], alone, atol=1e-5)
+    np.testing.assert_allclose(scope.distance(features[0]), scope.distance(theirs), rtol=1e-3)
+
+
 def test_cascade_refuses_a_shard_with_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="cannot be sharded"):
         score_slide(create_model("pcamnet"), tmp_path / "none.tif", AnalysisFolder(tmp_path / "out"), checkpoint="-",
@@ -98,10 +146,10 @@ def test_cascade_rule_refines_suspect_cells_and_their_neighbours():
 
 # -- the modes on whole slides against the per-window reference -------------------------------------------------
 
-def _maps(slide, root):
+def _maps(slide, root, run=BUNDLED):
     out = {}
     for mode in ("window", "dense", "cascade"):
-        summary = analyse(BUNDLED, slide, root / mode, ScoringOptions(device="cpu", workers=0, tta=False), stride=32, mode=mode)[0]["summary"]
+        summary = analyse(run, slide, root / mode, ScoringOptions(device="cpu", workers=0, tta=False), stride=32, mode=mode)[0]["summary"]
         out[mode] = (summary, np.load(root / mode / "heatmap.npy"))
     out["in_scope"] = np.load(root / "window" / "scope.npy") <= out["window"][0]["scope"]["guard"]["threshold"]
     return out
@@ -131,6 +179,14 @@ def _check_agreement(maps):
 def test_modes_agree_with_the_window_reference_on_a_slide_of_real_patches(tmp_path):
     slide, _ = real_mosaic_slide(tmp_path / "slide", cols=9, rows=7, tumour=(2, 5, 3, 6))
     _check_agreement(_maps(slide, tmp_path))
+
+
+@pytest.mark.slow
+def test_an_ensemble_scans_densely_and_its_modes_agree_with_its_window_reference(ensemble_run, tmp_path):
+    slide, _ = real_mosaic_slide(tmp_path / "slide", cols=6, rows=4, tumour=(1, 3, 2, 4))
+    maps = _maps(slide, tmp_path, ensemble_run)
+    assert maps["window"][0]["scope"]["guard"] is not None  # the guard is checked too
+    _check_agreement(maps)  # the summaries record "dense" and "cascade": no fallback to window
 
 
 @pytest.mark.slow

@@ -13,6 +13,11 @@ of the layer's output and of its square over each window. With TTA the region is
 symmetries and each view's window grid turned back before averaging (the symmetries of the square map
 the window lattice onto itself).
 
+Ensembles. An `EnsembleModel` whose members can all scan is scanned member by member (each member's own dense
+graph, as a single model's) and its per-window logits joined as its forward pass joins them
+(`models.combine_logits`), view by view with TTA; the scope features come from its first member's pass over the
+untransformed view, the member and view the guard's `FeatureTap` reads in window mode (`models.get_layer`).
+
 Cascade. A coarse pass scores one window in nine (the centre cell of each 3 x 3 block of stride-32 cells,
 whose window is exactly the block's stride-96 window); the stride-32 cells of every block whose centre
 reaches the `cascade_bar` of the threshold, and of the 8 blocks around it, are then scored one by one;
@@ -35,7 +40,7 @@ from scipy.ndimage import binary_dilation
 from torch import nn
 
 from ..inference import autocast_context
-from ..models import PCamNet
+from ..models import EnsembleModel, PCamNet, combine_logits
 from ..scoring_options import DEFAULT_SLIDE_MODE, SLIDE_MODES
 from ..transforms import dihedral, dihedral_inverse
 from .reader import WINDOW
@@ -52,8 +57,16 @@ BLOCK = 3  # stride-32 cells per stride-96 block side
 
 
 def can_scan(model: nn.Module) -> bool:
-    """Whether `model` can be run densely (convolutions, 2x2 poolings, a global average pool and a linear head)."""
-    return type(model) is PCamNet
+    """Whether `model` can be run densely (convolutions, 2x2 poolings, a global average pool and a linear head): a
+    `PCamNet`, or an ensemble of them."""
+    return all(type(member) is PCamNet for member in _members(model)[0])
+
+
+def _members(model: nn.Module) -> tuple[list[nn.Module], str | None]:
+    """(the networks a model scans, how their logits are joined: an ensemble's `combine`, None for one network)."""
+    if isinstance(model, EnsembleModel):
+        return list(model.members), model.combine
+    return [model], None
 
 
 def effective_mode(model: nn.Module, mode: str | None, *, stride: int = 32, sharded: bool = False) -> str:
@@ -142,7 +155,8 @@ def dense_windows(model: nn.Module, region: torch.Tensor, stride: int, *, normal
                   amp_dtype: torch.dtype | None = None, scope_layers: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray | None]:
     """Tumour probabilities (rows, cols) of every window of a uint8 region (3, H, W) whose windows lie at `stride`
     steps from its top-left corner (H = stride * (rows - 1) + 96), and the scope features (rows, cols, D) of
-    `scope_layers` (None when empty; from the untransformed view, as `FeatureTap` takes them)."""
+    `scope_layers` (None when empty; from the untransformed view, as `FeatureTap` takes them). An ensemble: each
+    member's pass, their logits joined per window as `EnsembleModel.forward` joins them (features: its first member's)."""
     if not can_scan(model):
         raise ValueError(f"{type(model).__name__} cannot be scanned densely; use mode 'window'")
     h, w = region.shape[-2:]
@@ -150,14 +164,19 @@ def dense_windows(model: nn.Module, region: torch.Tensor, stride: int, *, normal
         raise ValueError(f"a dense region must be 96 + k * {stride} pixels on a side, not {w} x {h}")
     x = normalize(region[None])
     scope_layers = tuple(scope_layers)
+    members, combine = _members(model)
     probs, features = [], None
     with autocast_context(x.device, amp_dtype):
         for k in range(8) if tta else range(1):
-            layers = scope_layers if k == 0 else ()
-            out = _runner(model, stride, layers, x.device)(dihedral(x, k) if k else x)
-            probs.append(dihedral_inverse(torch.sigmoid(out[0][0, 0].float()), k))
-            if layers:
-                features = out[1][0].permute(1, 2, 0)
+            view, logits = dihedral(x, k) if k else x, []
+            for m, member in enumerate(members):
+                layers = scope_layers if k == 0 and m == 0 else ()
+                out = _runner(member, stride, layers, x.device)(view)
+                logits.append(out[0][0, 0].float())
+                if layers:
+                    features = out[1][0].permute(1, 2, 0)
+            z = logits[0] if combine is None else combine_logits(torch.stack(logits), combine)
+            probs.append(dihedral_inverse(torch.sigmoid(z), k))
     mean = torch.stack(probs).mean(dim=0)
     return mean.cpu().numpy(), (None if features is None else features.double().cpu().numpy())
 
