@@ -43,6 +43,7 @@ BLOCK = 1024  # level-0 pixels per block side: 4 x 4 tiles at level 0, one tile 
 GLASS, TISSUE, FRESH = 0, 1, 2  # block kinds
 _GLASS_POOL = 4
 _SAMPLE = 8  # PCam-scale pixels between the samples that decide a block's kind
+_BLOCKS_PER_WORKER = 50  # blocks to draw per worker below which they are drawn in this process
 _TUMOUR_MARGIN = 16  # PCam-scale pixels around a tumour region whose blocks are drawn where they lie
 # (x, y) in a piece's own frame, as fractions of its semi-axes: where the candidate regions go, in order
 _REGION_SPOTS = [(0.3, -0.25), (-0.35, 0.3), (-0.3, -0.4), (0.35, 0.45), (0.0, 0.0)]
@@ -216,7 +217,7 @@ def make_pooled_demo_slide(out: str | Path, spec: DemoSlideSpec | None = None, *
     """Write a SYNTHETIC slide of `spec`'s size (default CAMELYON16's, 100,000 x 220,000 at 0.243 um/px) with tissue
     covering about `tissue_share` of it into `out` (`slide.tif`, `truth.png`, `truth.npy`, `truth.json`, as
     `make_demo_slide`), from `pool` distinct tissue blocks; `workers` processes draw the blocks at tissue edges and
-    tumour. Returns the truth JSON."""
+    tumour (this process alone when there are fewer than `_BLOCKS_PER_WORKER` per worker). Returns the truth JSON."""
     import tifffile
 
     spec = spec or DemoSlideSpec(width=100_000, height=220_000)
@@ -246,7 +247,7 @@ def make_pooled_demo_slide(out: str | Path, spec: DemoSlideSpec | None = None, *
         path = str(Path(tmp) / "fresh.npy")
         fresh = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(max(1, len(fresh_at)), p, p, 3))
         jobs = [(i, int(r), int(c)) for i, (r, c) in enumerate(fresh_at)]
-        if workers == 1 or len(jobs) < 2 * workers:
+        if workers == 1 or len(jobs) < _BLOCKS_PER_WORKER * workers:  # a worker's start (torch's import) costs ~50 blocks
             _render_blocks(path, spec, regions, blobs, f, p, jobs)
         else:  # spawned, not forked: the parent has torch's thread pools
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
