@@ -56,7 +56,7 @@ class Region:
 
 
 # (name, x and y as fractions of the slide, semi-axes in um, angle): placed in this order when they fit
-_CANDIDATES = [
+CANDIDATE_REGIONS = [
     ("macro", 0.33, 0.50, 1200.0, 750.0, 20.0),
     ("micro", 0.76, 0.32, 400.0, 300.0, -30.0),
     ("micro_small", 0.30, 0.42, 150.0, 120.0, 0.0),
@@ -68,7 +68,7 @@ def default_regions(width: int, height: int, mpp: float) -> list[Region]:
     """The candidate regions that fit the slide (diameter under 70% of its short side) without overlapping."""
     short_um = min(width, height) * mpp
     placed: list[Region] = []
-    for name, fx, fy, a, b, angle in _CANDIDATES:
+    for name, fx, fy, a, b, angle in CANDIDATE_REGIONS:
         region = Region(name, fx * width, fy * height, a, b, angle)
         if 2 * a > 0.7 * short_um:
             continue
@@ -93,8 +93,13 @@ def _hash01(y: np.ndarray, x: np.ndarray, salt: int) -> np.ndarray:
 
 def _noise(y0: int, x0: int, h: int, w: int, cell: float, salt: int) -> np.ndarray:
     """Smooth value noise in [0, 1] with features of about `cell` pixels, at global pixels [y0, y0+h) x [x0, x0+w)."""
-    gy = (np.arange(y0, y0 + h) + 0.5) / cell
-    gx = (np.arange(x0, x0 + w) + 0.5) / cell
+    return noise_at(np.arange(y0, y0 + h), np.arange(x0, x0 + w), cell, salt)
+
+
+def noise_at(rows: np.ndarray, cols: np.ndarray, cell: float, salt: int) -> np.ndarray:
+    """`_noise` at the pixels of the grid `rows` x `cols` (global integer positions, any spacing)."""
+    gy = (rows + 0.5) / cell
+    gx = (cols + 0.5) / cell
     iy, ix = np.floor(gy).astype(np.int64), np.floor(gx).astype(np.int64)
     fy, fx = gy - iy, gx - ix
     fy, fx = (fy * fy * (3 - 2 * fy))[:, None], (fx * fx * (3 - 2 * fx))[None, :]
@@ -123,14 +128,48 @@ class DemoSlideSpec:
             raise ValueError(f"mpp must be between 0.05 and 10 microns per pixel, not {self.mpp}")
 
 
-class _Renderer:
-    """H&E-like tissue at PCam scale; pixel (py, px) covers level-0 [px*f, (px+1)*f) with f = PCAM_MPP / mpp."""
+@dataclass(frozen=True)
+class Blob:
+    """A piece of tissue: an ellipse centred at (cx, cy) with semi-axes (a, b) rotated by `angle_deg`, all in PCam-scale
+    pixels, its edge roughened by value noise of `edge_noise` (in units of the ellipse's squared normalised radius)."""
 
-    def __init__(self, spec: DemoSlideSpec, regions: list[Region]) -> None:
+    cx: float
+    cy: float
+    a: float
+    b: float
+    angle_deg: float = 0.0
+    edge_noise: float = 0.35
+
+
+class TissueRenderer:
+    """H&E-like tissue at PCam scale; pixel (py, px) covers level-0 [px*f, (px+1)*f) with f = PCAM_MPP / mpp unless
+    given. The tissue is `blobs` (default: one large ellipse in the middle of the slide)."""
+
+    def __init__(self, spec: DemoSlideSpec, regions: list[Region], blobs: list[Blob] | None = None,
+                 f: float | None = None) -> None:
         self.spec = spec
-        self.f = PCAM_MPP / spec.mpp
+        self.f = f or PCAM_MPP / spec.mpp
         self.regions = regions
         self.salt = spec.seed * 1000
+        if blobs is None:
+            wp, hp = spec.width / self.f, spec.height / self.f
+            blobs = [Blob(wp / 2, hp / 2, 0.44 * wp, 0.42 * hp)]
+        self.blobs = blobs
+
+    def tissue_value(self, py: np.ndarray, px: np.ndarray, edge: np.ndarray) -> np.ndarray:
+        """At PCam-scale pixel centres (py, px), given the edge noise `_noise(..., 160, salt + 1)` there: the smallest
+        blob's squared normalised radius plus its edge noise. Below 1 is tissue (before tumour)."""
+        value = np.full(np.broadcast_shapes(py.shape, px.shape, edge.shape), np.inf)
+        for blob in self.blobs:
+            dx, dy = px - blob.cx, py - blob.cy
+            if blob.angle_deg:
+                t = math.radians(blob.angle_deg)
+                dx, dy = dx * math.cos(t) + dy * math.sin(t), -dx * math.sin(t) + dy * math.cos(t)
+            value = np.minimum(value, (dx / blob.a) ** 2 + (dy / blob.b) ** 2 + blob.edge_noise * (edge - 0.5))
+        return value
+
+    def tissue(self, py: np.ndarray, px: np.ndarray, edge: np.ndarray) -> np.ndarray:
+        return self.tissue_value(py, px, edge) < 1
 
     def tumour(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         inside = np.zeros(np.broadcast_shapes(ys.shape, xs.shape), dtype=bool)
@@ -148,10 +187,8 @@ class _Renderer:
         s = self.salt
         py = (np.arange(Y0, Y0 + H) + 0.5)[:, None]
         px = (np.arange(X0, X0 + W) + 0.5)[None, :]
-        wp, hp = self.spec.width / self.f, self.spec.height / self.f
         tumour = self.tumour(py * self.f, px * self.f)
-        shape = ((px - wp / 2) / (0.44 * wp)) ** 2 + ((py - hp / 2) / (0.42 * hp)) ** 2
-        tissue = (shape + 0.35 * (_noise(Y0, X0, H, W, 160, s + 1) - 0.5) < 1) | tumour
+        tissue = self.tissue(py, px, _noise(Y0, X0, H, W, 160, s + 1)) | tumour
         tex = 0.6 * _noise(Y0, X0, H, W, 16, s + 2) + 0.4 * _noise(Y0, X0, H, W, 4, s + 3)
         light, dark = np.array([238.0, 190, 215], np.float32), np.array([205.0, 120, 170], np.float32)
         img = light * (1 - tex[..., None]) + dark * tex[..., None]
@@ -217,7 +254,7 @@ def truth_mask(spec: DemoSlideSpec, regions: list[Region]) -> np.ndarray:
     th, tw = math.ceil(spec.height / TRUTH_DOWNSAMPLE), math.ceil(spec.width / TRUTH_DOWNSAMPLE)
     ys = ((np.arange(th) + 0.5) * TRUTH_DOWNSAMPLE)[:, None]
     xs = ((np.arange(tw) + 0.5) * TRUTH_DOWNSAMPLE)[None, :]
-    return _Renderer(spec, regions).tumour(ys, xs)
+    return TissueRenderer(spec, regions).tumour(ys, xs)
 
 
 def make_demo_slide(out: str | Path, spec: DemoSlideSpec | None = None, regions: list[Region] | None = None) -> dict[str, Any]:
@@ -228,7 +265,7 @@ def make_demo_slide(out: str | Path, spec: DemoSlideSpec | None = None, regions:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     regions = default_regions(spec.width, spec.height, spec.mpp) if regions is None else regions
-    renderer = _Renderer(spec, regions)
+    renderer = TissueRenderer(spec, regions)
     f = renderer.f
     hp, wp = math.ceil(spec.height / f), math.ceil(spec.width / f)
     downsamples = list(spec.levels) if spec.levels else _levels(spec.width, spec.height)
@@ -241,15 +278,26 @@ def make_demo_slide(out: str | Path, spec: DemoSlideSpec | None = None, regions:
         partial = Path(tmp) / "slide.tif"  # tifffile wants a named file; renamed into place when complete
         with tifffile.TiffWriter(partial, bigtiff=spec.width * spec.height > 2**31) as tif:
             for index, d in enumerate(downsamples):
-                lw, lh = math.ceil(spec.width / d), math.ceil(spec.height / d)
-                res = 1e4 / (spec.mpp * d)  # pixels per centimetre
-                tif.write(_tiles(pcam, f, d, spec.width, spec.height), shape=(lh, lw, 3), dtype=np.uint8, tile=(TILE, TILE),
-                          photometric="rgb", compression="jpeg", compressionargs={"level": spec.quality},
-                          resolution=(res, res), resolutionunit="CENTIMETER", subfiletype=1 if index else 0,
-                          description=DESCRIPTION if index == 0 else None, metadata=None, software="pcam_core")
+                tif.write(_tiles(pcam, f, d, spec.width, spec.height), **level_tags(spec, index, d))
 
         os.replace(partial, out / "slide.tif")
         del pcam
+    return write_truth(out, spec, regions, downsamples)
+
+
+def level_tags(spec: DemoSlideSpec, index: int, downsample: int) -> dict[str, Any]:
+    """`tifffile.TiffWriter.write`'s arguments for pyramid level `index` (all but the tiles): a page of the main IFD chain
+    (not a SubIFD), 256-px JPEG tiles, the resolution in pixels per centimetre. OpenSlide reads the file as `generic-tiff`."""
+    lw, lh = math.ceil(spec.width / downsample), math.ceil(spec.height / downsample)
+    res = 1e4 / (spec.mpp * downsample)  # pixels per centimetre
+    return dict(shape=(lh, lw, 3), dtype=np.uint8, tile=(TILE, TILE), photometric="rgb", compression="jpeg",
+                compressionargs={"level": spec.quality}, resolution=(res, res), resolutionunit="CENTIMETER",
+                subfiletype=1 if index else 0, description=DESCRIPTION if index == 0 else None, metadata=None,
+                software="pcam_core")
+
+
+def write_truth(out: Path, spec: DemoSlideSpec, regions: list[Region], downsamples: list[int], **extra: Any) -> dict[str, Any]:
+    """Write `truth.npy`, `truth.png` and `truth.json` (with `extra` keys) for a slide with these regions; returns the JSON."""
     truth = truth_mask(spec, regions)
     atomic_write_with(out / "truth.npy", lambda h: np.save(h, truth))
     atomic_write_with(out / "truth.png", lambda h: Image.fromarray((truth * 255).astype(np.uint8)).save(h, format="PNG"))
@@ -259,6 +307,7 @@ def make_demo_slide(out: str | Path, spec: DemoSlideSpec | None = None, regions:
         "regions": [{**asdict(r), "shape": "ellipse", "diameter_mm": r.diameter_mm, "area_mm2": r.area_mm2,
                      "size_class": size_class(r.diameter_mm)} for r in regions],
         "largest_diameter_mm": max((r.diameter_mm for r in regions), default=0.0),
+        **extra,
     }
     report["size_class"] = size_class(report["largest_diameter_mm"])
     atomic_write_json(out / "truth.json", report)
