@@ -161,6 +161,7 @@ def region_table(records: list[dict]) -> pd.DataFrame:
     from pcam_core.slides.outputs import tumour_regions, valid_cells
     from pcam_core.slides.viewer import lattice_of, load_heat, load_summary
 
+    properties = ("cells", "area_mm2", "max_probability", "mean_probability", "agreement", "longest_diameter_mm")
     rows = []
     for record in records:
         folder = AnalysisFolder(record["analysis"])
@@ -175,9 +176,8 @@ def region_table(records: list[dict]) -> pd.DataFrame:
             hit = next((k for k, (x, y, w, h) in enumerate(boxes)
                         if x - grow <= p["centroid_x"] <= x + w + grow and y - grow <= p["centroid_y"] <= y + h + grow), -1)
             rows.append({"slide": record["name"], "half": record["half"], "kind": record["kind"], "lesion": hit,
-                         **{k: p[k] for k in ("cells", "area_mm2", "max_probability", "mean_probability", "agreement",
-                                              "longest_diameter_mm")}})
-    return pd.DataFrame(rows)
+                         **{k: p[k] for k in properties}})
+    return pd.DataFrame(rows, columns=["slide", "half", "kind", "lesion", *properties])  # the columns even with no region
 
 
 def rule_figures(table: pd.DataFrame, records: list[dict], rule) -> dict:
