@@ -50,7 +50,7 @@ if run.valid_predictions_path.exists():  # a run's validation predictions; the b
     triage_cols = st.columns([1, 2], vertical_alignment="bottom")
     if triage_cols[0].toggle("Triage", value=False, key="predict_triage",
                              help="Calls by the split-conformal triage fitted on the run's validation predictions (the "
-                                  "bundled model's: its held-out patches): normal, refer (to a pathologist) or tumour, "
+                                  "bundled model's: the held-out or out-of-fold predictions it ships): normal, refer (to a pathologist) or tumour, "
                                   "instead of the threshold, as `pcam predict --triage` calls them."):
         target = triage_cols[1].select_slider("Target sensitivity", [0.90, 0.95, 0.97, 0.98, 0.99], value=0.98,
                                               key="predict_triage_target")

@@ -8,6 +8,7 @@ import streamlit as st
 
 from pcam_app import caches, notes, patches, reviews, shell, thresholds
 from pcam_core import decision
+from pcam_core.bundled import held_out_words
 from pcam_core.workspace.gallery import outline_centre
 from pcam_core.workspace.reviews import ModelCall, ReviewTarget, review_queue
 
@@ -26,7 +27,7 @@ threshold = thresholds.slider(top[1], run, key="review_threshold",
                               help="The call shown with each patch, and what 'near the threshold' means for the queue.")
 dataset, predictions = caches.patches_of(run, split, ctx.source)
 if ctx.bundled and (predictions is None or predictions.empty):
-    st.info("None of the bundled model's held-out patches is in the active dataset: their predictions ship with it, "
+    st.info(f"None of the bundled model's {held_out_words()} patches is in the active dataset: their predictions ship with it, "
             "their pixels do not. They are patches of Kaggle's 'Histopathologic Cancer Detection' training folder (ids in "
             "pcam_core/bundled/valid_predictions.csv): register that folder on the Overview page and make it the active "
             "dataset to review them.", icon=":material/database:")

@@ -13,6 +13,7 @@ from pcam_app import caches, figures, notes, patches, reviews, robustness, shell
 from pcam_app.components.chart import chart
 from pcam_app.components.patch_links import patch_cards
 from pcam_app.components.table import sortable_table
+from pcam_core.bundled import held_out_words
 from pcam_core.decision import DEFAULT_THRESHOLD
 from pcam_core.runs import RunDir
 from pcam_core.workspace.gallery import ORDERS, confident_errors
@@ -58,11 +59,15 @@ try:
     splits = scoring.scorable_splits(run)
 except (OSError, ValueError) as err:
     shell.fail(f"Cannot read the data of run {run.run_id}: {err}")
-TRAINER_SPLIT_NAME = "held out, shipped with the model" if bundled else "scored in training"
+KIND = held_out_words()  # the bundled model's shipped predictions: held-out (one model) or out-of-fold (the ensemble)
+TRAINER_SPLIT_NAME = f"{KIND}, shipped with the model" if bundled else "scored in training"
 split = st.segmented_control("Split", splits, default=scoring.TRAINER_SPLIT, required=True, key="judge_split",
                              format_func=lambda s: f"{s} ({TRAINER_SPLIT_NAME})" if s == scoring.TRAINER_SPLIT else s)
 if bundled:
-    st.caption("The bundled model's held-out patches: real PCam patches it never saw in training, scored with one pass "
+    st.caption("The bundled model's out-of-fold patches: every real PCam patch its members were trained on, each scored "
+               "with one pass by the one member that never saw it in training (its model card says how). Its other "
+               "figures are on the card." if KIND == "out-of-fold" else
+               "The bundled model's held-out patches: real PCam patches it never saw in training, scored with one pass "
                "when it was made (its model card says how). Its other figures are on the card.")
 elif split == scoring.TRAINER_SPLIT:
     st.caption("Scored by the trainer at the best epoch, one pass per patch. Other splits are scored with "
@@ -171,7 +176,7 @@ dataset, located = caches.patches_of(run, split, ctx.source)
 if bundled:  # only the errors whose pixels the active dataset holds can be drawn
     false_pos, false_neg = (confident_errors(located, threshold, k=8, order=order) if len(located)
                             else (false_pos.iloc[:0], false_neg.iloc[:0]))
-    st.caption(f"The pixels of the bundled model's {len(predictions):,} held-out patches do not ship with it: "
+    st.caption(f"The pixels of the bundled model's {len(predictions):,} {KIND} patches do not ship with it: "
                f"the active dataset holds {len(located):,} of them. " + HELD_OUT_NOTE)
 left, right = st.columns(2, gap="large")
 for column, frame, title, empty in (

@@ -193,7 +193,7 @@ def bundled_note() -> None:
     """What the bundled model is, with its model card: shown where it scores patches."""
     st.caption(f"Model: the **{BUNDLED_LABEL}** that ships with pcam_core, trained on real PCam patches of "
                "Camelyon16 lymph-node slides (0.972 µm/px). For research, not a diagnosis.")
-    with st.expander("Model card: data, recipe, held-out figures, limits", icon=":material/description:"):
+    with st.expander("Model card: data, recipe, figures, limits", icon=":material/description:"):
         try:
             st.markdown(model_card())
         except FileNotFoundError as err:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_real_recipe import make_split  # noqa: E402  the bundled model's held-out split
 from pcam_core.api import as_patches, load_predictor  # noqa: E402
-from pcam_core.bundled import BUNDLED, BUNDLED_DIR  # noqa: E402
+from pcam_core.bundled import BUNDLED, BUNDLED_DIR, is_ensemble  # noqa: E402
 from pcam_core.calibration import calibrate_run  # noqa: E402
 from pcam_core.fileio import atomic_write_text  # noqa: E402
 from pcam_core.inference import predict_pixels  # noqa: E402
@@ -38,6 +38,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "pcam-real-dev")
     args = parser.parse_args()
+    if is_ensemble():
+        raise SystemExit("the bundled model is the cross-validated ensemble, whose out-of-fold predictions and temperatures "
+                         "`python scripts/train_bundled.py --folds K` writes; this script is for the single model")
     with tempfile.TemporaryDirectory() as tmp:
         held = make_split(args.data, Path(tmp), 0.15, 0).reset_index(drop=True)
         files = [Path(tmp) / "holdout" / f"{ident}.tif" for ident in held["id"]]

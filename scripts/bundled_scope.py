@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pcam_core.api import as_patches  # noqa: E402
-from pcam_core.bundled import BUNDLED  # noqa: E402
+from pcam_core.bundled import BUNDLED, is_ensemble  # noqa: E402
 from pcam_core.loading import load_run_model  # noqa: E402
 from pcam_core.runs import resolve_run  # noqa: E402
 from pcam_core.scope import fit_scope, scope_features  # noqa: E402
@@ -40,6 +40,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "pcam-real-dev")
     args = parser.parse_args()
+    if is_ensemble():
+        raise SystemExit("the bundled model is the cross-validated ensemble, whose out-of-scope guard (the first member's) "
+                         "`python scripts/train_bundled.py --folds K` writes; this script is for the single model")
     train_files, held_files = bundled_split(args.data)
     loaded = load_run_model(BUNDLED, device="cpu")
     fit = scope_features(loaded.model, loaded.model_name, as_patches([str(f) for f in train_files]))

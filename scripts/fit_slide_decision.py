@@ -1,13 +1,20 @@
 """Fit the bundled model's slide decision (region reporting rule and slide classifier) on slides with truth,
 and print the figures it reaches on slides it was not fitted on.
 
-The slides are mosaics (`pcam_core.slides.mosaic`) of the bundled model's 600 HELD-OUT patches
-(`pcam_core/bundled/valid_predictions.csv`, never trained on), read from `--data` (the Kaggle layout,
-e.g. ../shared/data/pcam-real-dev). The held-out ids are split in two halves (stratified by label, seeded):
-the FIT slides are built from one half's patches only, the REPORT slides from the other half's only. Each half
-gets normal slides (no tumour patch at all) and lesion slides (one block of tumour patches: ITC 1 x 1 patch,
-micro 3 x 3 and 6 x 6, macro 18 x 18), analysed by `pcam slide`'s engine with the bundled model (stride 32,
-one pass: no TTA, CPU). Then:
+The slides are mosaics (`pcam_core.slides.mosaic`) of patches the model that scores them never trained on, read
+from `--data` (the Kaggle layout, e.g. ../shared/data/pcam-real-dev):
+- the single bundled model: its 600 HELD-OUT patches (`pcam_core/bundled/valid_predictions.csv`), each slide
+  analysed with the bundled model;
+- the cross-validated ensemble (`scripts/train_bundled.py --folds K`), which trained on every patch and so has no
+  held-out patch of its own: each slide is built from ONE fold's held-out patches (the fold column of
+  `pcam_core/bundled/oof_predictions.csv`) and analysed with THAT fold's member alone (an out-of-fold slide map;
+  the slides are dealt to the folds in turn). The rule is thus fitted on single members' out-of-fold maps and
+  applied to the ensemble's (whose maps are, if anything, cleaner: a mean of members), at the ensemble's threshold;
+  the members' maps have no out-of-scope guard (the ensemble's taps its first member only).
+The ids are split in two halves (stratified by label, and by fold for the ensemble; seeded): the FIT slides are
+built from one half's patches only, the REPORT slides from the other half's only. Each half gets normal slides (no
+tumour patch at all) and lesion slides (one block of tumour patches: ITC 1 x 1 patch, micro 3 x 3 and 6 x 6, macro
+18 x 18), analysed by `pcam slide`'s engine (stride 32, one pass: no TTA, CPU). Then:
 
 1. the reporting rule's operating point is chosen on the FIT slides (`slides.decision.choose_rule`): the rule
    that finds the most non-ITC lesions with at most `--false-regions` reported regions per normal slide;
@@ -17,7 +24,8 @@ one pass: no TTA, CPU). Then:
 
     python scripts/fit_slide_decision.py --data ../shared/data/pcam-real-dev --work /tmp/slide-decision --write
 
-Analyses are kept in `--work` and not recomputed when run again (delete the folder to start over).
+Analyses are kept in `--work` and not recomputed when run again (delete the folder to start over); a `--work` made
+with another bundled model is refused. `--per-kind N` caps the slides of each kind per half (a quick check).
 """
 
 from __future__ import annotations
@@ -41,32 +49,77 @@ CELLS = (1, 2, 3, 4, 6, 9, 12, 16, 20, 25, 30, 36, 42, 49, 56, 64, 72, 81, 100) 
 LAYOUTS = [("normal", 14, None, 8), ("itc", 14, 1, 3), ("micro-small", 14, 3, 3), ("micro", 14, 6, 2), ("macro", 22, 18, 1)]
 
 
-def halves(seed: int) -> dict[str, pd.DataFrame]:
-    """The bundled model's held-out ids, split in two halves stratified by label."""
-    from pcam_core.bundled import BUNDLED_DIR
+SINGLE = -1  # the fold of a patch held out by the single bundled model (scored by the bundled model itself)
 
-    table = pd.read_csv(BUNDLED_DIR / "valid_predictions.csv", dtype={"id": str})[["id", "label"]]
+
+def held_out_patches() -> pd.DataFrame:
+    """id, label, fold of the patches the scoring model never trained on: the single model's held-out patches
+    (fold SINGLE), or every patch of the ensemble with the fold whose member held it out."""
+    from pcam_core.bundled import BUNDLED_DIR, is_ensemble
+    from pcam_core.runs.folder import RunDir
+
+    if is_ensemble():
+        return pd.read_csv(RunDir(BUNDLED_DIR).oof_predictions_path, dtype={"id": str})[["id", "label", "fold"]]
+    table = pd.read_csv(RunDir(BUNDLED_DIR).valid_predictions_path, dtype={"id": str})[["id", "label"]]
+    return table.assign(fold=SINGLE)
+
+
+def scoring_runs() -> dict[int, str | Path]:
+    """fold -> the run that scores that fold's slides: the bundled model (SINGLE), or each fold's member folder."""
+    from pcam_core.bundled import BUNDLED, BUNDLED_DIR, is_ensemble
+    from pcam_core.checkpoint import load_checkpoint
+    from pcam_core.ensemble import member_runs
+    from pcam_core.runs.folder import RunDir
+
+    if not is_ensemble():
+        return {SINGLE: BUNDLED}
+    return {int(load_checkpoint(m.best_checkpoint)["config"]["data"]["fold"]): m.path for m in member_runs(RunDir(BUNDLED_DIR))}
+
+
+def halves(seed: int) -> dict[str, pd.DataFrame]:
+    """The held-out patches (`held_out_patches`), split in two halves stratified by fold and label."""
+    table = held_out_patches()
     rng = np.random.default_rng(seed)
     fit = []
-    for _, group in table.groupby("label"):
+    for _, group in table.groupby(["fold", "label"]):
         ids = group["id"].to_numpy()
         fit += list(rng.permutation(ids)[: len(ids) // 2])
     in_fit = table["id"].isin(fit)
     return {"fit": table[in_fit], "report": table[~in_fit]}
 
 
-def build_slides(data: Path, work: Path, seed: int) -> list[dict]:
-    """Write the mosaic slides of both halves (once) and return their records: half, name, kind, slide, truth."""
+def check_work(work: Path) -> None:
+    """Refuse a `--work` whose analyses were made with another bundled model (they are reused when run again)."""
+    import hashlib
+
+    from pcam_core.bundled import bundled_checkpoint
+
+    stamp = {"model": bundled_checkpoint().name, "sha1": hashlib.sha1(bundled_checkpoint().read_bytes()).hexdigest()}
+    path = work / "bundled.json"
+    if path.exists() and json.loads(path.read_text()) != stamp:
+        raise SystemExit(f"{work} holds slides analysed with another bundled model ({path}); delete it or give another --work")
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stamp))
+
+
+def build_slides(data: Path, work: Path, seed: int, per_kind: int | None = None) -> list[dict]:
+    """Write the mosaic slides of both halves (once) and return their records: half, name, kind, fold, slide, truth.
+    Each slide is made of one fold's patches; the folds take the slides of a half in turn."""
     from pcam_core.slides.mosaic import write_mosaic_slide
 
     records = []
     for h, (half, table) in enumerate(halves(seed).items()):
-        pixels = {label: [np.asarray(Image.open(data / "train" / f"{i}.tif").convert("RGB")) for i in table["id"][table["label"] == label]]
-                  for label in (0, 1)}
+        folds = sorted(table["fold"].unique())
+        pixels = {(f, label): [np.asarray(Image.open(data / "train" / f"{i}.tif").convert("RGB"))
+                               for i in table["id"][(table["fold"] == f) & (table["label"] == label)]]
+                  for f in folds for label in (0, 1)}
         rng = np.random.default_rng(seed + 100 * h)
+        turn = 0
         for kind, side, lesion, count in LAYOUTS:
-            for k in range(count):
-                name = f"{half}-{kind}-{k}"
+            for k in range(count if per_kind is None else min(count, per_kind)):
+                fold = int(folds[turn % len(folds)])
+                turn += 1
+                name = f"{half}-{kind}-{k}" + ("" if fold == SINGLE else f"-fold{fold}")
                 lesions = []
                 if lesion:
                     r0, c0 = (int(v) for v in rng.integers(1, side - lesion, size=2)) if side - lesion > 1 else (0, 0)
@@ -74,26 +127,30 @@ def build_slides(data: Path, work: Path, seed: int) -> list[dict]:
                 slide = work / "slides" / name / "slide.tif"
                 truth_path = slide.with_name("truth.json")
                 if not truth_path.exists():
-                    truth = write_mosaic_slide(slide, pixels[0], pixels[1], rows=side, cols=side, lesions=lesions,
+                    truth = write_mosaic_slide(slide, pixels[fold, 0], pixels[fold, 1], rows=side, cols=side, lesions=lesions,
                                                seed=int(rng.integers(1 << 31)))
                     truth_path.write_text(json.dumps(truth))
                 else:
                     rng.integers(1 << 31)  # the same draws as when it was written
-                records.append({"half": half, "name": name, "kind": kind, "slide": slide,
+                records.append({"half": half, "name": name, "kind": kind, "fold": fold, "slide": slide,
                                 "truth": json.loads(truth_path.read_text()), "analysis": work / "analyses" / name})
     return records
 
 
 def analyse_all(records: list[dict], stride: int, tta: bool) -> None:
+    """Analyse each slide with the run that never trained on its patches, at the bundled model's threshold."""
     from pcam_core.bundled import BUNDLED
+    from pcam_core.loading import run_threshold
     from pcam_core.scoring_options import ScoringOptions
     from pcam_core.slides.batch import analyse
 
+    runs, threshold = scoring_runs(), run_threshold(BUNDLED)
     for k, record in enumerate(records, 1):
         if (record["analysis"] / "summary.json").exists():
             continue
         start = time.time()
-        analyse(BUNDLED, record["slide"], record["analysis"], ScoringOptions(device="cpu", workers=0, tta=tta), stride=stride)
+        options = ScoringOptions(device="cpu", workers=0, tta=tta, threshold=threshold)
+        analyse(runs[record["fold"]], record["slide"], record["analysis"], options, stride=stride)
         print(f"[{k}/{len(records)}] {record['name']} analysed in {time.time() - start:.0f} s", flush=True)
 
 
@@ -104,6 +161,7 @@ def region_table(records: list[dict]) -> pd.DataFrame:
     from pcam_core.slides.outputs import tumour_regions, valid_cells
     from pcam_core.slides.viewer import lattice_of, load_heat, load_summary
 
+    properties = ("cells", "area_mm2", "max_probability", "mean_probability", "agreement", "longest_diameter_mm")
     rows = []
     for record in records:
         folder = AnalysisFolder(record["analysis"])
@@ -118,9 +176,8 @@ def region_table(records: list[dict]) -> pd.DataFrame:
             hit = next((k for k, (x, y, w, h) in enumerate(boxes)
                         if x - grow <= p["centroid_x"] <= x + w + grow and y - grow <= p["centroid_y"] <= y + h + grow), -1)
             rows.append({"slide": record["name"], "half": record["half"], "kind": record["kind"], "lesion": hit,
-                         **{k: p[k] for k in ("cells", "area_mm2", "max_probability", "mean_probability", "agreement",
-                                              "longest_diameter_mm")}})
-    return pd.DataFrame(rows)
+                         **{k: p[k] for k in properties}})
+    return pd.DataFrame(rows, columns=["slide", "half", "kind", "lesion", *properties])  # the columns even with no region
 
 
 def rule_figures(table: pd.DataFrame, records: list[dict], rule) -> dict:
@@ -233,8 +290,11 @@ def fit_and_report(records: list[dict], args: argparse.Namespace) -> None:
                       "normal_slides_called_tumour": int(sum(s >= classifier.threshold for s, t in zip(scores, ys) if t == 0)),
                       "lesion_slides_called_tumour": int(sum(s >= classifier.threshold for s, t in zip(scores, ys) if t == 1))},
         }
-    source = (f"scripts/fit_slide_decision.py: mosaics of one half of the bundled model's held-out patches "
-              f"({len(fit)} slides), stride {args.stride}, {'TTA' if args.tta else 'one pass (no TTA)'}")
+    ensemble = any(r["fold"] != SINGLE for r in records)
+    patches = ("each fold's held-out patches, each slide scored by that fold's member alone (out-of-fold slide maps; "
+               "applied to the ensemble's)" if ensemble else "the bundled model's held-out patches")
+    source = (f"scripts/fit_slide_decision.py: mosaics of one half of {patches} ({len(fit)} slides), stride {args.stride}, "
+              f"{'TTA' if args.tta else 'one pass (no TTA)'}")
     decision = SlideDecision(rule, classifier, source, {
         "target_false_regions_per_normal_slide": args.false_regions, "min_cells_at_stride_32": cells, "seed": args.seed,
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -256,10 +316,12 @@ def main() -> None:
     parser.add_argument("--false-regions", type=float, default=0.25, help="reported regions allowed per normal FIT slide")
     parser.add_argument("--analyse-only", action="store_true", help="build and analyse the slides, fit nothing")
     parser.add_argument("--write", action="store_true", help="write pcam_core/bundled/slide_decision.json")
+    parser.add_argument("--per-kind", type=int, default=None, help="at most this many slides of each kind per half (a quick check)")
     args = parser.parse_args()
     if not (args.data / "train_labels.csv").exists():
         raise SystemExit(f"{args.data} is not a Kaggle-layout PCam folder (no train_labels.csv)")
-    records = build_slides(args.data, args.work, args.seed)
+    check_work(args.work)
+    records = build_slides(args.data, args.work, args.seed, args.per_kind)
     analyse_all(records, args.stride, args.tta)
     if args.analyse_only:
         return

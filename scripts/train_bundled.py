@@ -20,10 +20,13 @@ With `--folds K` (the cross-validated ensemble, issue 24) it instead
    each patch is held out once, by the fold that validates on it); a killed job is resumed by running the
    same command again (`--resume` is passed when WORK/cv exists and has not finished);
 2. packages the K fold models as an ensemble run into the package folder: ensemble.json, members/fold-<k>/
-   checkpoints/best.pt (averaged weights only), the out-of-fold predictions and the temperatures fitted on them
-   (one pass and TTA), cv.json and the out-of-scope guard; the old single-model file is removed;
+   checkpoints/best.pt (averaged weights only), the out-of-fold predictions (oof_predictions.csv with each patch's
+   fold; valid_predictions.csv / valid_predictions_tta.csv per scoring mode) and the temperatures fitted on them
+   (one pass and TTA), cv.json and the out-of-scope guard; the old single-model file is removed. A finished
+   cross-validation in WORK/cv is reused, so rerunning the same command only repackages (and re-times) it;
 3. writes the model card: cross-validated figures with intervals, the triage at 98 % sensitivity (cross-fitted),
-   calibration, the size on disk and the scoring time per patch of the ensemble against one member.
+   calibration, the size on disk, the training time and the scoring time per patch of the ensemble against one member.
+Then `scripts/fit_slide_decision.py --write` refits the slide decision for it (on out-of-fold slide maps).
 
     python scripts/train_bundled.py --folds 5 [--combine prob] [--work /tmp/pcam-bundled-cv] [-- TRAIN_ARGS]
 
@@ -267,6 +270,7 @@ def write_bundled_ensemble(out_dir: Path, cv_dir: Path, record: dict[str, Any], 
         load_checkpoint(member.best_checkpoint)  # refuses anything a weights_only load cannot read back
         members.append(member)
     for src, dst in ((cv.valid_predictions_path, out.valid_predictions_path), (cv.valid_predictions_tta_path, out.valid_predictions_tta_path),
+                     (cv.oof_predictions_path, out.oof_predictions_path),  # with the fold column: which member held each out
                      (cv.calibration_path, out.calibration_path), (cv.calibration_tta_path, out.calibration_tta_path),
                      (cv.cv_path, out.cv_path), (cv.scope_path, out.scope_path)):
         if src.exists():
@@ -314,17 +318,21 @@ device, not validated for any clinical decision.
 `pcam export` writes the ensemble as one ONNX/TorchScript model. Threshold {DEFAULT_THRESHOLD} (class-balanced loss).
 Size on disk {record['size_mb']:.1f} MB. Scoring time per patch (one pass, batches of 256, {timing['threads']} thread(s),
 {timing['machine']}): the ensemble {timing['ensemble_ms_per_patch']:.2f} ms, one member {timing['one_model_ms_per_patch']:.2f} ms.
+Training time: {_duration(record['train_seconds'])} for the {cv['folds']} folds in all, one after another ({record['machine']}).
 
 ## Data
 {data['source']}: all {data['patches']:,} patches, in {cv['folds']} folds stratified by label (seed
 {config['data']['split_seed']}; the data has no slide ids, so patches of one slide can lie in two folds and the
 figures below can be optimistic for slides never seen). Every patch was trained on by {cv['folds'] - 1} of the members and
-held out by one: the figures below are that member's out-of-fold predictions.
+held out by one: the figures below are that member's out-of-fold predictions (`oof_predictions.csv`, with each patch's
+fold; `valid_predictions.csv` and `valid_predictions_tta.csv` hold the same predictions per scoring mode).
+The real-patch fixtures in the repository's `tests/data/` come from the same patches: every one of them was
+training data of {cv['folds'] - 1} members, so the tests' figures on them are not out-of-fold figures.
 
 ## Recipe
 The CPU recipe of `pcam train`{', with `' + ' '.join(record['train_args']) + '`' if record.get('train_args') else ''}
 ({train['epochs']} epochs, batch {train['batch_size']}, {train['optimizer']} at peak lr {train['lr']}, {train['schedule']}
-schedule, EMA {train['ema_decay']}), torch {record['torch']}; {record['train_seconds'] / 60:.0f} min of training in all
+schedule, EMA {train['ema_decay']}), torch {record['torch']}; {_duration(record['train_seconds'])} of training in all
 ({record['machine']}).
 
     {record['command']}
@@ -353,7 +361,18 @@ out-of-scope guard is the first member's (fitted on its training folds, threshol
 ## Limits
 - Camelyon16 slides (two Dutch hospitals) at 0.972 µm/px only; other labs, stains, scanners and tissues are untested.
 - The temperature and triage are fitted on single members' predictions and applied to their mean.
+- Each member's best epoch was picked on its own held-out fold (cross-validation validates on the fold it holds
+  out), so the out-of-fold figures above carry a small selection bias: slightly optimistic, as the epoch kept is
+  the one that did best on those very patches.
+- The slide decision (`slide_decision.json`) is fitted on single members' out-of-fold slide maps (mosaics of one
+  fold's held-out patches scored by that fold's member) and applied to the ensemble's maps (docs/slides.md).
 """
+
+
+def _duration(seconds: float) -> str:
+    """`1 h 23 min`, or `42 min` under an hour."""
+    minutes = round((seconds or 0.0) / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def main_folds(args: argparse.Namespace) -> None:

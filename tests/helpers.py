@@ -50,6 +50,32 @@ PAGE_DRAWN = """() => {
 }"""
 
 
+def bundled_weight_files() -> list[Path]:
+    """The bundled model's weight files, whichever form ships (`pcam_core.bundled.is_ensemble`): the one model file,
+    or each member's best.pt in ensemble.json's order. The first is a real single model to build run folders with."""
+    from pcam_core.bundled import BUNDLED_DIR, bundled_checkpoint, is_ensemble
+
+    if not is_ensemble():
+        return [bundled_checkpoint()]
+    from pcam_core.ensemble import member_runs
+    from pcam_core.runs import RunDir
+
+    return [member.best_checkpoint for member in member_runs(RunDir(BUNDLED_DIR))]
+
+
+def bundled_single_state() -> dict[str, Any]:
+    """A real single model's checkpoint payload, to make run folders with without training: the bundled model's
+    (its first member's, when it is the ensemble), as an ordinary run's best.pt holds it: without the bundled
+    record and with a member's fold settings cleared, so the run validates on its data's own split."""
+    import torch
+
+    state = torch.load(bundled_weight_files()[0], map_location="cpu", weights_only=True)
+    state.pop("bundled", None)
+    data = {k: v for k, v in state["config"]["data"].items() if k not in ("folds", "fold")}
+    state["config"] = {**state["config"], "data": data}
+    return state
+
+
 def wait_for(predicate, timeout: float = 120, every: float = 0.2) -> bool:
     """Poll `predicate` until it holds or `timeout` seconds pass; returns whether it held."""
     deadline = time.time() + timeout

@@ -23,6 +23,7 @@ from streamlit.testing.v1 import AppTest
 
 from helpers import REPO, make_bad_images, running_run, tif_bytes, wait_for
 from pcam_app.figures import TRACE_TYPES
+from pcam_core.bundled import held_out_words
 from pcam_core.workspace import scoring
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import PCamH5, patch_id
@@ -107,7 +108,7 @@ def test_first_start_generates_synthetic_demo_data_then_every_page_renders(tmp_p
         if page.endswith("runs.py"):  # no run of one's own: the bundled model is judged on its held-out patches
             assert "No training run of yours yet" in shown and "Judging the bundled model (real tissue)" in shown, page
         if page.endswith("review.py"):  # its held-out patches' pixels are not in the synthetic demo data
-            assert "None of the bundled model's held-out patches is in the active dataset" in shown, page
+            assert f"None of the bundled model's {held_out_words()} patches is in the active dataset" in shown, page
         if page.endswith(("explain.py", "predict.py")):  # the bundled model, selected while there are no runs
             assert "bundled model (real tissue)" in shown and "trained on SYNTHETIC" not in shown, page
 

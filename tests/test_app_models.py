@@ -14,8 +14,8 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from helpers import REPO, running_run
-from pcam_core.bundled import BUNDLED_DIR, bundled_checkpoint
+from helpers import REPO, bundled_single_state, running_run
+from pcam_core.bundled import BUNDLED_DIR
 from pcam_core.cli import main as pcam
 from pcam_core.config import ExperimentConfig
 from pcam_core.decision import calls
@@ -51,8 +51,7 @@ def texts(at: AppTest) -> str:
 def finished_run(root: Path, run_id: str, *, threshold: float | None = None) -> Path:
     """A finished run folder whose best checkpoint is the bundled model's weights (recording `threshold`
     as its own when given): a real model without training one."""
-    state = torch.load(bundled_checkpoint(), map_location="cpu", weights_only=True)
-    state.pop("bundled", None)
+    state = bundled_single_state()
     state["threshold"] = threshold
     run = create_run(root, ExperimentConfig.from_dict(state["config"]), run_id=run_id)
     run.checkpoints.mkdir(parents=True, exist_ok=True)

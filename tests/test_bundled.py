@@ -3,8 +3,9 @@ like any other (`load_predictor("bundled")`, `--run bundled`).
 
 The real fixture patches (tests/data/) come from the same 4,000 patches the bundled model was trained on
 (`scripts/train_bundled.py`): many of them were its training data, so the figures measured here show that
-the model and the plumbing work, not how well the model generalises. The honest held-out figures are the
-script's, recorded in the model file and in pcam_core/bundled/MODEL_CARD.md."""
+the model and the plumbing work, not how well the model generalises. The honest figures are the script's
+(held-out for the single model, out-of-fold for the cross-validated ensemble), recorded with the model and in
+pcam_core/bundled/MODEL_CARD.md. The tests hold for either form that ships (`pcam_core.bundled.is_ensemble`)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,18 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from helpers import REAL_H5, REPO, run_cli
+from helpers import REAL_H5, REPO, bundled_weight_files, run_cli
 from pcam_core import load_predictor
-from pcam_core.bundled import BUNDLED, BUNDLED_DIR, bundled_checkpoint, bundled_record, is_bundled, model_card
+from pcam_core.bundled import BUNDLED, BUNDLED_DIR, bundled_checkpoint, bundled_record, is_bundled, is_ensemble, model_card
 from pcam_core.checkpoint import FORMAT
-from pcam_core.runs import checkpoint_path
+from pcam_core.crossval import MODES
+from pcam_core.ensemble import read_record
+from pcam_core.runs import RunDir, checkpoint_path
 
 
 def test_the_bundled_file_is_plain_weights_with_its_config_threshold_and_held_out_figures():
+    if is_ensemble():
+        pytest.skip("the bundled model is the cross-validated ensemble: test_the_bundled_ensemble_...")
     path = bundled_checkpoint()
     assert path.parent == BUNDLED_DIR and path.stat().st_size < 2_000_000  # the compact model: about a megabyte
     payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -38,10 +43,54 @@ def test_the_bundled_file_is_plain_weights_with_its_config_threshold_and_held_ou
         assert 0.5 < held[scoring]["roc_auc"] <= 1 and 0 < held[scoring]["roc_auc_se"] < 0.05
 
 
+def test_the_bundled_ensemble_is_plain_weights_with_out_of_fold_predictions_of_every_patch():
+    """The cross-validated ensemble (`scripts/train_bundled.py --folds K`): K members of plain weights, under 20 MB in
+    all; every patch of the data predicted once, by the one member that held it out (the fold column), one pass and
+    TTA; the record's figures are cv.json's."""
+    if not is_ensemble():
+        pytest.skip("the bundled model is the single model file")
+    record, members = read_record(RunDir(BUNDLED_DIR)), bundled_weight_files()
+    folds = bundled_record()["folds"]
+    assert len(members) == len(record["members"]) == folds >= 2 and 0 < record["threshold"] < 1
+    for path in members:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        assert payload["format"] == FORMAT and payload["ema"] is None and not payload["synthetic_data"]
+        assert set(payload) <= {"format", "config", "model", "ema", "epoch", "global_step", "synthetic_data"}
+        assert payload["config"]["model"]["name"] == "pcamnet" and payload["config"]["data"]["folds"] == folds
+    shipped = [p for p in BUNDLED_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    assert sum(p.stat().st_size for p in shipped) < 20_000_000
+    oof = pd.read_csv(RunDir(BUNDLED_DIR).oof_predictions_path, dtype={"id": str})
+    cv = json.loads(RunDir(BUNDLED_DIR).cv_path.read_text())
+    assert len(oof) == oof["id"].nunique() == cv["n"] == bundled_record()["data"]["patches"]
+    assert sorted(oof["fold"].unique()) == list(range(folds)) and oof["index"].tolist() == list(range(len(oof)))
+    for path, column in ((RunDir(BUNDLED_DIR).valid_predictions_path, "probability"),
+                         (RunDir(BUNDLED_DIR).valid_predictions_tta_path, "probability_tta")):
+        view = pd.read_csv(path, dtype={"id": str})
+        assert view["id"].tolist() == oof["id"].tolist()
+        np.testing.assert_allclose(view["probability"], oof[column])
+    for mode in ("one_pass", "tta"):
+        assert bundled_record()["cv"][mode]["roc_auc"] == cv[mode]["pooled"]["roc_auc"]
+        assert cv[mode]["pooled"]["roc_auc"]["value"] == pytest.approx(roc_auc_score(oof["label"], oof[MODES[mode]]))
+
+
 def test_the_model_card_states_the_recorded_figures_and_the_limits():
-    card, held = model_card(), bundled_record()["holdout"]
-    for scoring in ("one_pass", "tta"):
-        assert f"{held[scoring]['roc_auc']:.4f} ± {held[scoring]['roc_auc_se']:.4f}" in card
+    card = model_card()
+    if is_ensemble():
+        from pcam_core.stats import format_interval
+
+        cv = json.loads(RunDir(BUNDLED_DIR).cv_path.read_text())
+        record = bundled_record()
+        for mode in ("one_pass", "tta"):
+            assert format_interval(cv[mode]["pooled"]["roc_auc"], 4) in card
+            assert format_interval(cv[mode]["mean_fold_roc_auc"], 4) in card
+        timing = record["scoring_time"]
+        for words in (f"Size on disk {record['size_mb']:.1f} MB", f"the ensemble {timing['ensemble_ms_per_patch']:.2f} ms",
+                      "Training time:", "selection bias", "out-of-fold slide maps"):
+            assert words in card, words
+    else:
+        held = bundled_record()["holdout"]
+        for scoring in ("one_pass", "tta"):
+            assert f"{held[scoring]['roc_auc']:.4f} ± {held[scoring]['roc_auc_se']:.4f}" in card
     for words in ("Not a diagnosis", "0.972 µm/px", "untested", "tests/data/", "scripts/train_bundled.py"):
         assert words in card, words
 
@@ -61,7 +110,8 @@ def test_load_predictor_bundled_scores_real_patches_well_above_chance(real_kaggl
     docstring): 0.952 with the 36-epoch model committed on 2026-11-30 (printed with `-s`)."""
     predictor = load_predictor("bundled", device="cpu")
     assert predictor.source == "bundled" and predictor.model_name == "pcamnet"
-    assert predictor.threshold == bundled_record()["holdout"]["threshold"]
+    assert predictor.threshold == (read_record(RunDir(BUNDLED_DIR))["threshold"] if is_ensemble()
+                                   else bundled_record()["holdout"]["threshold"])
     labels = pd.read_csv(real_kaggle / "train_labels.csv")
     probs = predictor.predict([real_kaggle / "train" / f"{i}.tif" for i in labels["id"]])
     auc = roc_auc_score(labels["label"], probs)

@@ -364,11 +364,11 @@ def test_shared_options_have_one_default_and_one_meaning_everywhere():
 
 
 def test_a_damaged_checkpoint_is_said_to_be_damaged_and_last_is_offered(tmp_path, capsys):
-    from pcam_core.bundled import bundled_checkpoint
+    from helpers import bundled_weight_files
 
     run = create_run(tmp_path, ExperimentConfig().replace(data={"path": str(tmp_path)}), run_id="r")
     run.checkpoints.mkdir()
-    whole = bundled_checkpoint().read_bytes()
+    whole = bundled_weight_files()[0].read_bytes()
     run.last_checkpoint.write_bytes(whole)
     for damage in (whole[: len(whole) // 2], b"\0" * 1000, b"hello world"):
         run.best_checkpoint.write_bytes(damage)

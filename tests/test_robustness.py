@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
-from pcam_core.bundled import bundled_checkpoint
-from pcam_core.checkpoint import load_checkpoint
+from helpers import bundled_single_state
 from pcam_core.cli import main
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import open_dataset
@@ -39,11 +38,11 @@ def patches(real_kaggle) -> np.ndarray:
 @pytest.fixture(scope="module")
 def bundled_run(real_h5, tmp_path_factory) -> RunDir:
     """A run folder on the real HDF5 fixture whose best checkpoint is the bundled model."""
-    raw = load_checkpoint(bundled_checkpoint())["config"]
-    config = ExperimentConfig.from_dict(raw).replace(data={"path": str(real_h5), "format": "h5"})
+    state = bundled_single_state()
+    config = ExperimentConfig.from_dict(state["config"]).replace(data={"path": str(real_h5), "format": "h5"})
     run = create_run(tmp_path_factory.mktemp("runs"), config, run_id="bundled-copy")
     run.checkpoints.mkdir()
-    shutil.copy(bundled_checkpoint(), run.best_checkpoint)
+    torch.save({**state, "config": config.to_dict()}, run.best_checkpoint)
     return run
 
 

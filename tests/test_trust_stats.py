@@ -395,24 +395,34 @@ def test_predict_page_shows_calibrated_probabilities_uncertainty_and_triage_call
 
 
 def test_the_bundled_model_ships_its_held_out_predictions_temperature_and_triage():
-    """The model the dashboard starts with has a temperature and triage thresholds: fitted on the predictions on
-    its 600 held-out patches, which are the very patches and figures its model card reports."""
+    """The model the dashboard starts with has a temperature and triage thresholds: fitted on the predictions it
+    ships, which are the very patches and figures its model card reports: the single model's 600 held-out patches,
+    or every patch out of fold for the cross-validated ensemble (one temperature and one triage per scoring mode)."""
     import hashlib
 
-    from pcam_core.bundled import BUNDLED, bundled_record
+    from pcam_core.bundled import BUNDLED, bundled_record, is_ensemble
     from pcam_core.calibration import load_calibration, run_triage, validation_predictions
     from pcam_core.metrics import binary_metrics
 
-    frame = validation_predictions(BUNDLED)
     record = bundled_record()
-    assert hashlib.sha1("\n".join(sorted(frame["id"])).encode()).hexdigest() == record["data"]["holdout_ids_sha1"]
-    held = record["holdout"]
-    assert len(frame) == held["n"] and int(frame["label"].sum()) == held["n_tumour"]
-    assert binary_metrics(frame["label"].to_numpy(), frame["probability"].to_numpy(), 0.5)["roc_auc"] == pytest.approx(held["one_pass"]["roc_auc"], abs=2e-4)
-    assert binary_metrics(frame["label"].to_numpy(), frame["probability_tta"].to_numpy(), 0.5)["roc_auc"] == pytest.approx(held["tta"]["roc_auc"], abs=2e-4)
-    calibration = load_calibration(BUNDLED)
-    assert calibration is not None and calibration.n == len(frame) and 0.5 < calibration.temperature < 2
-    thresholds = run_triage(BUNDLED, 0.98)
-    tumour = np.sort(frame.loc[frame["label"] == 1, "probability"].to_numpy())
-    # split conformal: at most floor(0.02 * (n1 + 1)) - 1 held-out tumour patches fall below the normal threshold
-    assert (tumour < thresholds.normal_below).sum() <= int(np.floor(0.02 * (len(tumour) + 1)))
+    modes = (False, True) if is_ensemble() else (False,)
+    for tta in modes:
+        frame = validation_predictions(BUNDLED, tta=tta)
+        if is_ensemble():  # the out-of-fold predictions of every patch: the card's cross-validated figures
+            figures = record["cv"]["tta" if tta else "one_pass"]
+            assert len(frame) == frame["id"].nunique() == record["data"]["patches"]
+            auc = binary_metrics(frame["label"].to_numpy(), frame["probability"].to_numpy(), 0.5)["roc_auc"]
+            assert auc == pytest.approx(figures["roc_auc"]["value"], abs=1e-9)
+        else:
+            assert hashlib.sha1("\n".join(sorted(frame["id"])).encode()).hexdigest() == record["data"]["holdout_ids_sha1"]
+            held = record["holdout"]
+            assert len(frame) == held["n"] and int(frame["label"].sum()) == held["n_tumour"]
+            for column, scoring in (("probability", "one_pass"), ("probability_tta", "tta")):
+                auc = binary_metrics(frame["label"].to_numpy(), frame[column].to_numpy(), 0.5)["roc_auc"]
+                assert auc == pytest.approx(held[scoring]["roc_auc"], abs=2e-4)
+        calibration = load_calibration(BUNDLED, tta=tta)
+        assert calibration is not None and calibration.n == len(frame) and 0.5 < calibration.temperature < 2
+        thresholds = run_triage(BUNDLED, 0.98, tta=tta)
+        tumour = np.sort(frame.loc[frame["label"] == 1, "probability"].to_numpy())
+        # split conformal: at most floor(0.02 * (n1 + 1)) - 1 fitted tumour patches fall below the normal threshold
+        assert (tumour < thresholds.normal_below).sum() <= int(np.floor(0.02 * (len(tumour) + 1)))

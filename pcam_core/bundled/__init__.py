@@ -8,13 +8,15 @@ usable wherever a run is (`--run bundled`, `load_predictor("bundled")`, the dash
       slide_decision.json    which slide regions are reported and the slide classifier (`slides.decision`)
 
 or, made by `scripts/train_bundled.py --folds K`, a cross-validated ensemble laid out as an ensemble run
-(`pcam_core.ensemble`): ensemble.json (members, how they are combined, the record), members/fold-<k>/checkpoints/
-best.pt, the out-of-fold predictions (valid_predictions.csv, valid_predictions_tta.csv), their temperatures
-(calibration.json, calibration_tta.json), cv.json, scope.npz and MODEL_CARD.md.
+(`pcam_core.ensemble`): ensemble.json (members, how they are combined, the threshold, the record), members/fold-<k>/
+checkpoints/best.pt, the out-of-fold predictions (oof_predictions.csv with each patch's fold; valid_predictions.csv,
+valid_predictions_tta.csv per scoring mode), their temperatures (calibration.json, calibration_tta.json), cv.json,
+scope.npz and MODEL_CARD.md. Which form is here: `is_ensemble()`.
 
 The model and its card are written by `scripts/train_bundled.py` (the only code that reads the training data,
 and the only writer of the model file and its card); slide_decision.json by `scripts/fit_slide_decision.py`, from
-mosaics of the held-out patches (docs/slides.md, The slide decision). The name
+mosaics of held-out patches (the single model's held-out part; for the ensemble, each fold's held-out patches scored
+by that fold's member: docs/slides.md, The slide decision). The name
 `bundled` (the string, exactly) and this folder's path both mean the bundled model; every command
 turns a run argument into a checkpoint through `pcam_core.runs.checkpoint_path`, which asks
 `is_bundled` first. Importing this module loads no torch.
@@ -45,9 +47,21 @@ def is_bundled(run: Any) -> bool:
         return False
 
 
+def is_ensemble() -> bool:
+    """Whether the bundled model is the cross-validated ensemble (else the single model file)."""
+    return (BUNDLED_DIR / ENSEMBLE_FILE).is_file()
+
+
+def held_out_words() -> str:
+    """What the predictions the bundled model ships are, in words: "out-of-fold" (the ensemble: each patch scored by
+    the one member that did not train on it) or "held-out" (the single model's patches it never trained on)."""
+    return "out-of-fold" if is_ensemble() else "held-out"
+
+
 def bundled_checkpoint() -> Path:
-    """The bundled model's checkpoint file."""
-    path = BUNDLED_DIR / BUNDLED_FILE
+    """The bundled model's checkpoint: the model file, or the ensemble's `ensemble.json` (which lists its members'
+    checkpoints), as `runs.checkpoint_path("bundled")` names it."""
+    path = BUNDLED_DIR / (ENSEMBLE_FILE if is_ensemble() else BUNDLED_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"the bundled model is missing from this installation ({path}); "
                                 "reinstall pcam_core, or write it with `python scripts/train_bundled.py`")
@@ -63,13 +77,14 @@ def model_card() -> str:
 
 
 def bundled_record() -> dict[str, Any]:
-    """What `scripts/train_bundled.py` recorded in the model file: data, command, held-out figures."""
-    if (BUNDLED_DIR / ENSEMBLE_FILE).is_file():  # the cross-validated ensemble (`scripts/train_bundled.py --folds K`)
+    """What `scripts/train_bundled.py` recorded: data, command, held-out figures (the single model's `holdout`) or
+    cross-validated ones (the ensemble's `cv`), in the model file or in `ensemble.json`."""
+    if is_ensemble():  # the cross-validated ensemble (`scripts/train_bundled.py --folds K`)
         return dict(json.loads((BUNDLED_DIR / ENSEMBLE_FILE).read_text(encoding="utf-8")).get("bundled") or {})
     from ..checkpoint import load_checkpoint  # torch, only when asked
 
     return dict(load_checkpoint(bundled_checkpoint()).get("bundled") or {})
 
 
-__all__ = ["BUNDLED", "BUNDLED_DIR", "BUNDLED_FILE", "LABEL", "MODEL_CARD", "bundled_checkpoint", "bundled_record",
-           "is_bundled", "model_card"]
+__all__ = ["BUNDLED", "BUNDLED_DIR", "BUNDLED_FILE", "ENSEMBLE_FILE", "LABEL", "MODEL_CARD", "bundled_checkpoint",
+           "bundled_record", "held_out_words", "is_bundled", "is_ensemble", "model_card"]

@@ -128,12 +128,13 @@ def _interval_lines(metrics: dict[str, Any], intervals: dict[str, Any], indent: 
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ..bundled import held_out_words
     from ..calibration import calibrate_run, load_calibration
     from ..runs import resolve_run
 
     if resolve_run(args.run).bundled:  # shipped with the package, fitted by scripts/bundled_calibration.py: shown, not rewritten
         cal = load_calibration(args.run)
-        print(f"the bundled model's temperature ships with it: {cal.temperature:.4f}, fitted on its {cal.n} held-out patches")
+        print(f"the bundled model's temperature ships with it: {cal.temperature:.4f}, fitted on its {cal.n} {held_out_words()} patches")
         for name in ("nll", "ece", "brier"):
             print(f"  {name.upper() if name != 'brier' else 'Brier':<6} {cal.before[name]:.4f} -> {cal.after[name]:.4f}")
         return 0

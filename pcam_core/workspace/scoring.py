@@ -27,7 +27,8 @@ TRAINER_SPLIT = "valid"
 
 def scorable_splits(run: RunDir) -> list[str]:
     """Labelled splits of the run's data: "valid" first (scored during training), then the others. The
-    bundled model has one: "valid", its held-out patches, whose predictions ship with it (not their pixels)."""
+    bundled model has one: "valid", its held-out patches (the ensemble's: every patch, out of fold), whose predictions
+    ship with it (not their pixels)."""
     from ..data import available_splits, detect_format, split_files  # the readers import torch
 
     if resolve_run(run).bundled:

@@ -117,14 +117,13 @@ def _finished_run(workspace, run_id: str, data: Path) -> None:
     import pandas as pd
     import torch
 
-    from pcam_core.bundled import bundled_checkpoint
+    from helpers import bundled_single_state
     from pcam_core.config import ExperimentConfig
     from pcam_core.data import PCamH5, patch_id
     from pcam_core.fileio import atomic_write_json
     from pcam_core.runs import create_run
 
-    state = torch.load(bundled_checkpoint(), map_location="cpu", weights_only=True)
-    state.pop("bundled", None)
+    state = bundled_single_state()
     config = ExperimentConfig.from_dict(state["config"]).replace(data={"path": str(data)})
     state["config"] = config.to_dict()
     run = create_run(workspace.runs_root, config, run_id=run_id)
