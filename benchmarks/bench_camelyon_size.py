@@ -106,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="slide side as a share of CAMELYON's 100,000 x 220,000")
     parser.add_argument("--crop", type=float, default=0.05, help="crop (share of each side) for the window mode; 0: skip")
-    parser.add_argument("--write-workers", type=int, default=2, help="`pcam demo-slide --pooled --workers`")
+    parser.add_argument("--write-workers", type=int, default=2, help="`pcam demo-slide --pooled --draw-workers`")
     parser.add_argument("--write-only", action="store_true", help="write the slide (timed) and stop")
     parser.add_argument("--work", help="folder for the slide and the analyses, kept (default: a temporary one, removed)")
     parser.add_argument("--json", default=str(Path(tempfile.gettempdir()) / "bench_camelyon_size.json"))
@@ -122,7 +122,7 @@ def main() -> None:
         work = Path(work)
         slide = work / "slide" / "slide.tif"
         report["write"] = run([*PCAM, "demo-slide", "--out", str(slide.parent), "--size", f"{width}x{height}", "--pooled",
-                               "--workers", str(args.write_workers)], "write the slide (pcam demo-slide --pooled)")
+                               "--draw-workers", str(args.write_workers)], "write the slide (pcam demo-slide --pooled)")
         truth = json.loads((slide.parent / "truth.json").read_text())
         report["slide"] = {"bytes": slide.stat().st_size, "levels": truth["levels"], "layout": truth["layout"],
                            "regions": [(r["name"], round(r["diameter_mm"], 2)) for r in truth["regions"]]}

@@ -26,7 +26,7 @@ SIZE = 4096  # 4 x 4 blocks: glass, tissue and blocks drawn in place; levels 1, 
 def pooled(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pooled")
     assert main(["demo-slide", "--out", str(out), "--size", f"{SIZE}x{SIZE}", "--pooled", "--tissue-share", "0.4",
-                 "--pool", "1", "--workers", "1"]) == 0
+                 "--pool", "1", "--draw-workers", "1"]) == 0
     return out
 
 

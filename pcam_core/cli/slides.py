@@ -62,7 +62,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    "not an hour (see docs/slides.md, 'The demo slide')")
     p.add_argument("--tissue-share", type=float, default=0.25, help="share of the slide that is tissue (--pooled)")
     p.add_argument("--pool", type=int, default=32, help="distinct tissue blocks in the pool (--pooled)")
-    p.add_argument("--workers", type=int, default=2, help="processes drawing the blocks at tissue edges and tumour (--pooled)")
+    p.add_argument("--draw-workers", type=int, default=2, help="processes drawing the blocks at tissue edges and tumour (--pooled)")
     p.set_defaults(func=cmd_demo_slide)
 
 
@@ -152,7 +152,7 @@ def cmd_demo_slide(args: argparse.Namespace) -> int:
     if args.pooled:
         from ..slides.demo_pooled import make_pooled_demo_slide
 
-        truth = make_pooled_demo_slide(args.out, spec, tissue_share=args.tissue_share, pool=args.pool, workers=args.workers)
+        truth = make_pooled_demo_slide(args.out, spec, tissue_share=args.tissue_share, pool=args.pool, workers=args.draw_workers)
     else:
         truth = make_demo_slide(args.out, spec)
     tissue = f", {truth['layout']['tissue_share']:.0%} tissue" if "layout" in truth else ""
