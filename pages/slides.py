@@ -26,7 +26,7 @@ from pcam_core.decision import DEFAULT_THRESHOLD, call
 from pcam_core.triage import triage_calls
 from pcam_core.runs import RunDir, resolve_run
 from pcam_core.slides.analysis import WINDOW
-from pcam_core.slides.decision import rule_words
+from pcam_core.slides.decision import SLIDE_CALL_WORDS, rule_words
 from pcam_core.slides.regions import region_name
 from pcam_core.slides.scope_map import SCOPE_LINE
 from pcam_core.slides.report import local_time, review_text, window_label
@@ -184,9 +184,11 @@ cols[0].metric("Slide score", f"{score:.3f}" if assessed else "—",
                     f"of the cells within the model's scope. Its highest cell: {summary.get('slide_max_cell', score):.3f}.")
 NONE = "—"  # not assessed: the words are in the error above, whole (a metric's value is cut at about 12 characters)
 slide_threshold = float(summary.get("slide_threshold", threshold))
-cols[1].metric(f"Call at {slide_threshold:g}", {"tumour": "tumour", "normal": "no tumour"}.get(slide_call, NONE),
-               help="Tumour when the slide score reaches the slide decision's threshold; none (not assessed) when the slide "
-                    "is out of the model's scope.")
+cols[1].metric(f"Call at {slide_threshold:g}", SLIDE_CALL_WORDS.get(slide_call, NONE),
+               help="Tumour when the slide score reaches the slide decision's threshold and a region is reported; refer "
+                    "when it reaches it with no region to show; none (not assessed) when the slide is out of the model's scope.")
+if slide_call == "refer":
+    st.warning(f"Refer: {summary.get('call_reason') or 'no region to show'}.", icon=":material/visibility:")
 cols[2].metric("Tumour area, mm²", f"{summary['tumour_area_mm2']:.3f}", help="The area of the reported regions.")
 below = int(summary.get("regions_below_threshold", 0))
 cols[3].metric("Regions", summary.get("regions_reported", summary["regions"]),

@@ -278,6 +278,9 @@ def fit_and_report(records: list[dict], args: argparse.Namespace) -> None:
         xs, ys, _ = features_and_labels(slides, rule)
         x_before, _, _ = features_and_labels(slides, everything)
         scores = np.array([classifier.score(dict(zip(names, row))) for row in xs])
+        # the call as `slides.decision.slide_decision` makes it: tumour needs a reported region, else refer
+        reported = xs[:, names.index("regions_reported")] > 0
+        slide_calls = ["normal" if s < classifier.threshold else "tumour" if r else "refer" for s, r in zip(scores, reported)]
         no_itc = np.array([r["kind"] != "itc" for r in slides])  # the slide AUC without the ITC slides as well
         figures[half] = {
             "slides": {"normal": int((ys == 0).sum()), "lesion": int((ys == 1).sum())},
@@ -287,8 +290,9 @@ def fit_and_report(records: list[dict], args: argparse.Namespace) -> None:
             "after": {**rule_figures(table, slides, rule), "slide_auc": float(roc_auc_score(ys, scores)),
                       "slide_auc_without_itc_slides": float(roc_auc_score(ys[no_itc], scores[no_itc])),
                       "slide_scores": {r["name"]: round(float(v), 4) for r, v in zip(slides, scores)},
-                      "normal_slides_called_tumour": int(sum(s >= classifier.threshold for s, t in zip(scores, ys) if t == 0)),
-                      "lesion_slides_called_tumour": int(sum(s >= classifier.threshold for s, t in zip(scores, ys) if t == 1))},
+                      **{f"{kind}_slides_{verdict}": int(sum(c == word for c, t in zip(slide_calls, ys) if t == label))
+                         for kind, label in (("normal", 0), ("lesion", 1))
+                         for verdict, word in (("called_tumour", "tumour"), ("referred", "refer"))}},
         }
     ensemble = any(r["fold"] != SINGLE for r in records)
     patches = ("each fold's held-out patches, each slide scored by that fold's member alone (out-of-fold slide maps; "

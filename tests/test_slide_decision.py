@@ -87,6 +87,17 @@ def test_the_slide_classifier_scores_features_and_calls_at_its_threshold():
         SlideClassifier(("no such feature",), (0.0,), (1.0,), (1.0,), 0.0)
 
 
+def test_a_tumour_score_with_no_region_to_show_is_referred_not_called_tumour():
+    heat = _map()
+    heat[2:8, 2:8] = heat[15:18, 20:23] = 0.1  # nothing left that the rule reports
+    sure = SlideClassifier(("max_cell",), (0.0,), (1.0,), (50.0,), 0.0)  # scores this map near 1
+    regions, slide = _decide(heat, SlideDecision(DEFAULT_RULE, sure))
+    assert slide["slide_score"] > 0.99 and slide["regions_reported"] == 0
+    assert slide["call"] == "refer" and "cannot point at" in slide["call_reason"] and slide["size_class"] == "none"
+    _, shown = _decide(_map(), SlideDecision(DEFAULT_RULE, sure))  # the same score with a region reported: tumour
+    assert shown["call"] == "tumour" and shown["call_reason"] is None
+
+
 def test_a_decision_round_trips_and_a_run_without_one_gets_the_default(tmp_path):
     decision = SlideDecision(RegionRule(min_area_mm2=0.01, min_agreement=0.4),
                              SlideClassifier(("max_cell",), (0.5,), (0.2,), (1.5,), 0.1), "test", {"n": 3})

@@ -12,7 +12,10 @@ slides with truth:
   listed, marked "below the reporting threshold", and get no size class; the slide's size class comes from the
   reported regions only (`pcam_core.staging`).
 - **The slide score** (`SlideClassifier`): a logistic regression on `slide_features` of the map, the slide's
-  tumour score in [0, 1]; the slide is called tumour when it reaches the classifier's threshold. Without a fitted
+  tumour score in [0, 1]; the slide is called tumour when it reaches the classifier's threshold and at least one
+  region is reported. A score at the threshold with no region to show is called "refer" (`REFER_REASON`): the tool
+  sends the slide to a pathologist rather than claim tumour it cannot point at (on 8 normal held-out mosaics the
+  ensemble's classifier scored 3 over its threshold with no region reported: docs/slides.md). Without a fitted
   classifier the score is the highest probability of a reported region (0 when none is), and the call is tumour
   exactly when a region is reported.
 
@@ -32,12 +35,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..decision import call, is_tumour
+from ..decision import NORMAL, REFER, TUMOUR, call, is_tumour
 from ..staging import size_class
 
 CELL_MM2_32 = (32 * 0.972e-3) ** 2  # the area of a stride-32 cell at PCam scale (0.000967 mm²)
 REPORTED = "reported"
 BELOW = "below the reporting threshold"
+# how the slide's call reads wherever it is shown (the Slides page, the slide report, the case report)
+SLIDE_CALL_WORDS = {TUMOUR: "tumour", NORMAL: "no tumour", REFER: "refer"}
+REFER_REASON = ("the slide score reaches its threshold but no region is large and sure enough to report: a pathologist "
+                "reviews the map; the tool does not call tumour that it cannot point at")
 TOP_K = 10  # slide_topk_mean and the top-k feature: the mean of the k highest cell probabilities
 
 
@@ -211,7 +218,8 @@ def slide_features(heat: np.ndarray, regions: Sequence[Mapping[str, Any]], thres
 def slide_decision(heat_values: np.ndarray, regions: list[dict[str, Any]], threshold: float, cell_mm2: float,
                    decision: SlideDecision) -> dict[str, Any]:
     """Decide the regions (in place) and the slide: summary.json's decision keys. `slide_score` is the slide's
-    tumour score, `call` tumour or normal, `size_class` that of the largest reported region."""
+    tumour score, `call` tumour, normal or refer (a tumour score with no region reported, `call_reason` says so),
+    `size_class` that of the largest reported region."""
     decide_regions(regions, decision.rule)
     reported = [f["properties"] for f in regions if f["properties"]["reported"]]
     features = slide_features(heat_values, regions, threshold, cell_mm2)
@@ -222,9 +230,12 @@ def slide_decision(heat_values: np.ndarray, regions: list[dict[str, Any]], thres
         score, slide_threshold = max((p["max_probability"] for p in reported), default=0.0), threshold
         method = "the highest probability of a reported region (no fitted slide classifier)"
     largest = max((p["longest_diameter_mm"] for p in reported), default=0.0)
+    slide_call = call(score, slide_threshold)
+    if slide_call == TUMOUR and not reported:
+        slide_call = REFER
     return {
         "slide_score": float(score), "slide_threshold": float(slide_threshold), "slide_score_method": method,
-        "call": call(score, slide_threshold),
+        "call": slide_call, "call_reason": REFER_REASON if slide_call == REFER else None,
         "slide_features": features,
         "regions_reported": len(reported), "regions_below_threshold": len(regions) - len(reported),
         "tumour_area_mm2": float(sum(p["area_mm2"] for p in reported)),

@@ -170,7 +170,7 @@ def render_report(folder: str | AnalysisFolder | Path, summary: dict[str, Any] |
     scope = summary.get("scope") or {}
     assessed = scope.get("in_scope", True)
     slide_call = summary.get("call") or call(summary["slide_score"], threshold)
-    call_words = {"tumour": "tumour found", "normal": "no tumour found"}.get(slide_call, slide_call)
+    call_words = {"tumour": "tumour found", "normal": "no tumour found", "refer": f"refer ({summary.get('call_reason') or 'review'})"}.get(slide_call, slide_call)
     e = html.escape
     # the analysis writes its report just before summary.json: then it finishes now
     finished = local_time(folder.summary_json.stat().st_mtime if folder.summary_json.exists() else None)

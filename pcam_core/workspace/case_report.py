@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..bundled import BUNDLED
 from ..decision import call
+from ..slides.decision import SLIDE_CALL_WORDS
 from ..evaluation.cases import Case, stage_case
 from ..slides.report import DISCLAIMER, REPORT_CSS, local_time, render_report, review_target, review_text
 from ..slides.scope_map import NOT_ASSESSED
@@ -47,7 +48,7 @@ def _slide_row(slide: CaseSlide, case: Case) -> str:
     read = slide.size_class not in (NOT_ASSESSED, NOT_ANALYSED)
     if read:
         threshold = float(summary["threshold"])
-        verdict = {"tumour": "tumour", "normal": "no tumour"}.get(summary.get("call") or call(summary["slide_score"], threshold))
+        verdict = SLIDE_CALL_WORDS[summary.get("call") or call(summary["slide_score"], threshold)]
         figures = [f"{verdict} (at {threshold:g})", f"{summary['slide_score']:.3f}", f"{summary['largest_diameter_mm']:.2f} mm",
                    str(summary["regions"])]
     else:
