@@ -94,6 +94,7 @@ def finished_workspace(demo_root, trained_run, tmp_path_factory) -> Path:
 
 # -- empty workspaces ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_first_start_generates_synthetic_demo_data_then_every_page_renders(tmp_path, monkeypatch):
     monkeypatch.setenv(DEMO_ENV_VAR, "64")
     at = start(tmp_path / "ws", monkeypatch)
@@ -167,6 +168,7 @@ def test_a_damaged_registry_is_an_error_not_a_crash(tmp_path, monkeypatch):
 
 # -- a workspace with a finished run -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_every_page_renders_with_a_finished_run(finished_workspace, monkeypatch):
     at = start(finished_workspace, monkeypatch)
     assert at.sidebar.selectbox(key="run").value == RUN_ID
@@ -200,6 +202,7 @@ def test_every_page_renders_with_a_finished_run(finished_workspace, monkeypatch)
         assert set(template["data"]) == set(TRACE_TYPES)
 
 
+@pytest.mark.slow
 def test_dataset_filters_and_paging(finished_workspace, monkeypatch):
     at = open_page(start(finished_workspace, monkeypatch), "pages/dataset.py")
     grid = at.image[0]
@@ -225,6 +228,7 @@ def test_dataset_filters_and_paging(finished_workspace, monkeypatch):
     assert not at.exception and "The test split in numbers" in texts(at)
 
 
+@pytest.mark.slow
 def test_threshold_slider_moves_every_figure(finished_workspace, monkeypatch):
     at = open_page(start(finished_workspace, monkeypatch), "pages/runs.py")
 
@@ -558,6 +562,7 @@ def test_train_page_says_what_a_running_run_is_at_everywhere(tmp_path, monkeypat
     assert any(m.label == "Best ROC-AUC" and m.value == "0.700" for m in at.metric)
 
 
+@pytest.mark.slow
 def test_explain_captions_come_from_the_model_and_the_scale_can_be_fixed(finished_workspace, monkeypatch):
     at = open_page(start(finished_workspace, monkeypatch), "pages/explain.py")
     at.sidebar.selectbox(key="run").set_value(RUN_ID).run()  # the finished run (another test adds newer ones)

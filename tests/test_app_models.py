@@ -70,6 +70,7 @@ def empty_workspace(root: Path) -> Workspace:
 
 # -- the sidebar's run ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_selected_run_is_kept_and_never_defaults_to_one_still_training(tmp_path, monkeypatch):
     workspace = empty_workspace(tmp_path / "ws")
     running_run(workspace.runs_root, "20990101-000000-training")  # the newest run, in its second epoch

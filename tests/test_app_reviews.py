@@ -34,6 +34,7 @@ def save(at, key: str, verdict: str, note: str = "") -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+@pytest.mark.slow
 def test_the_review_page_walks_the_queue_least_sure_first_and_saves_at_once(finished_workspace, monkeypatch):
     workspace = fresh_reviews(finished_workspace)
     at = open_page(start(finished_workspace, monkeypatch), "pages/review.py")

@@ -309,6 +309,7 @@ def test_an_unknown_split_of_kaggle_data_lists_valid_too(real_kaggle, capsys):
     assert "unknown split 'foo'" in err and "train, valid" in err and "test" in err
 
 
+@pytest.mark.slow
 def test_evaluate_on_8_patches_gives_an_interval_that_does_not_collapse_and_warns(real_kaggle, tmp_path, capsys):
     _real_patches(real_kaggle, 8, tmp_path / "eight")
     out = tmp_path / "m.json"

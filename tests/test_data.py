@@ -384,6 +384,7 @@ def test_demo_data_is_marked_synthetic_and_learnable_from_the_centre(demo_root):
     assert border_only.sum() > 0.1 * (ds.labels == 0).sum()
 
 
+@pytest.mark.slow
 def test_demo_label_depends_on_centre_only():
     """Render with a fixed generator, then check the pixels: tumour-coloured nuclei (pale purple) reach
     the central 32x32 region in every positive and in no negative."""

@@ -30,6 +30,7 @@ def pooled(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_pooled_slide_opens_in_openslide_and_tiffslide_with_its_resolution_and_levels(pooled):
     import openslide
     import tiffslide

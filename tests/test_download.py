@@ -125,6 +125,7 @@ def test_truncated_response_resumes_with_range(published, tmp_path):
         assert hashlib.md5(f.read()).hexdigest() == hashlib.md5(gzip.decompress(blobs[remote.name])).hexdigest()
 
 
+@pytest.mark.slow
 def test_corrupted_response_is_refused_and_set_aside(published, tmp_path):
     blobs, remotes, _ = published
     remote = next(r for r in remotes if r.name.endswith("_x.h5.gz"))

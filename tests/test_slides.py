@@ -100,6 +100,7 @@ def test_demo_slide_opens_in_openslide_with_its_resolution(small_slide):
     assert Image.open(small_slide / "truth.png").size == (125, 94)  # one pixel per 32 level-0 pixels
 
 
+@pytest.mark.slow
 def test_openslide_and_tiffslide_backends_read_the_same_pixels(small_slide):
     slide = open_slide(small_slide / "slide.tif")
     assert slide.backend == "openslide" and slide.mpp == pytest.approx(0.243)
@@ -198,6 +199,7 @@ def test_real_patches_count_as_tissue_and_glass_does_not(real_kaggle, tmp_path):
 
 # -- the lattice and the outputs ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_block_at_known_coordinates_lands_in_its_cells_and_polygon(tmp_path):
     # at 0.486 um/px a PCam pixel is 2 level-0 pixels and a cell (stride 32) 64: the block covers cells
     # rows 6..13 and columns 10..19 exactly
@@ -228,6 +230,7 @@ def test_a_block_at_known_coordinates_lands_in_its_cells_and_polygon(tmp_path):
     assert len(tiles) == summary["windows_scored"] == int(np.isfinite(heat).sum())
 
 
+@pytest.mark.slow
 def test_stride_96_map_aligns_with_stride_32(tmp_path):
     slide = _png_slide(tmp_path / "block.png", (2000, 1500), tissue=(200, 200, 1800, 1300), red=(576, 384, 1344, 960))
     _analyse(slide, tmp_path / "s32", mpp=PCAM_MPP / 2)

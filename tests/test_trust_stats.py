@@ -140,6 +140,7 @@ def test_few_patches_are_warned_about():
     assert "only 8 patch(es)" in small_sample_warning(8) and small_sample_warning(50) is None
 
 
+@pytest.mark.slow
 def test_delong_variance_agrees_with_the_bootstrap():
     from sklearn.metrics import roc_auc_score
 
@@ -362,6 +363,7 @@ def test_errors_sort_by_uncertainty_and_the_review_queue_reads_it_by_patch_id(tr
     assert spread["e"] == 0.3 and list(spread.index) == list("abcdef")
 
 
+@pytest.mark.slow
 def test_predict_page_shows_calibrated_probabilities_uncertainty_and_triage_calls(demo_root, trained_run, real_tifs, tmp_path,
                                                                                 monkeypatch):
     import shutil
