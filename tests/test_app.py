@@ -256,6 +256,7 @@ def test_threshold_slider_moves_every_figure(finished_workspace, monkeypatch):
     assert not at.exception
 
 
+@pytest.mark.slow
 def test_a_threshold_suggested_for_95_percent_sensitivity_gives_it(finished_workspace, monkeypatch, tmp_path):
     """Set from "95% sensitivity (validation)" on the validation split shows a sensitivity of at least 0.95
     there: the engine's threshold is used as it is. Validation scores where rounding it to 0.001 would lose
@@ -460,6 +461,7 @@ def test_explain_gallery_sorted_by_centre_focus(finished_workspace, monkeypatch)
     assert at.button_group(key="view").value == "patch" and f"Patch #{chosen} of valid" in at.image[0].captions[0]
 
 
+@pytest.mark.slow
 def test_the_error_gallery_links_to_explain_with_the_patch(finished_workspace, monkeypatch):
     at = open_page(start(finished_workspace, monkeypatch), "pages/runs.py")
     at.slider(key="threshold").set_value(0.2).run()  # some false positives to show

@@ -101,6 +101,7 @@ def test_the_train_page_offers_the_reviewed_labels_with_their_count(finished_wor
     assert workspace.reviews().counts()["total"] == 2
 
 
+@pytest.mark.slow
 def test_predict_reviews_an_uploaded_patch_by_the_hash_of_its_pixels(finished_workspace, monkeypatch, real_kaggle):
     workspace = fresh_reviews(finished_workspace)
     at = as_reviewer(open_page(start(finished_workspace, monkeypatch), "pages/predict.py"))

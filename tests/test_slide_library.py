@@ -284,6 +284,7 @@ def _library_section(root: str) -> None:
     analysis_controls(library, slide_list(library, library.slides()), "bundled")
 
 
+@pytest.mark.slow
 def test_the_library_section_lists_no_slides_then_slides_with_their_states(slide_folder, tmp_path):
     from streamlit.testing.v1 import AppTest
 
@@ -337,6 +338,7 @@ def test_the_same_slide_uploaded_and_in_a_folder_is_two_entries_with_their_origi
     assert fingerprint(other) != in_folder.fingerprint
 
 
+@pytest.mark.slow
 def test_a_slides_analyses_by_every_model_are_listed_whichever_run_is_asked(tmp_path):
     slide = _png_slide(tmp_path / "block.png", (1200, 900), tissue=(100, 100, 1100, 800), red=(300, 300, 600, 500))
     library = SlideLibrary(tmp_path / "ws")

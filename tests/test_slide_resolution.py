@@ -61,6 +61,7 @@ def test_a_given_resolution_is_kept_for_the_file(library):
     assert (again.mpp, again.mpp_source) == (0.5, "given")
 
 
+@pytest.mark.slow
 def test_the_slides_page_asks_for_the_resolution_with_presets(library, monkeypatch):
     library, sid = library
     monkeypatch.setenv("PCAM_WORKSPACE", str(library.workspace))
