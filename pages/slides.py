@@ -22,7 +22,7 @@ from pcam_app.components.slide_viewer import slide_viewer
 from pcam_app.sidebar import BUNDLED_CHOICE, switch_page
 from pcam_core.bundled import BUNDLED
 from pcam_core.calibration import run_triage
-from pcam_core.decision import DEFAULT_THRESHOLD, call
+from pcam_core.decision import DEFAULT_THRESHOLD, REFER, call
 from pcam_core.triage import triage_calls
 from pcam_core.runs import RunDir, resolve_run
 from pcam_core.slides.analysis import WINDOW
@@ -187,7 +187,7 @@ slide_threshold = float(summary.get("slide_threshold", threshold))
 cols[1].metric(f"Call at {slide_threshold:g}", SLIDE_CALL_WORDS.get(slide_call, NONE),
                help="Tumour when the slide score reaches the slide decision's threshold and a region is reported; refer "
                     "when it reaches it with no region to show; none (not assessed) when the slide is out of the model's scope.")
-if slide_call == "refer":
+if slide_call == REFER:
     st.warning(f"Refer: {summary.get('call_reason') or 'no region to show'}.", icon=":material/visibility:")
 cols[2].metric("Tumour area, mm²", f"{summary['tumour_area_mm2']:.3f}", help="The area of the reported regions.")
 below = int(summary.get("regions_below_threshold", 0))

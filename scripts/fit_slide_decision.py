@@ -261,7 +261,8 @@ def fit_and_report(records: list[dict], args: argparse.Namespace) -> None:
     from pcam_core.bundled import BUNDLED_DIR
     from pcam_core.fileio import atomic_write_json
     from pcam_core.runs.folder import RunDir
-    from pcam_core.slides.decision import RegionRule, SlideClassifier, SlideDecision, slide_features
+    from pcam_core.decision import REFER, TUMOUR
+    from pcam_core.slides.decision import RegionRule, SlideClassifier, SlideDecision, slide_call, slide_features
 
     table = region_table(records)
     fit = [r for r in records if r["half"] == "fit"]
@@ -278,9 +279,8 @@ def fit_and_report(records: list[dict], args: argparse.Namespace) -> None:
         xs, ys, _ = features_and_labels(slides, rule)
         x_before, _, _ = features_and_labels(slides, everything)
         scores = np.array([classifier.score(dict(zip(names, row))) for row in xs])
-        # the call as `slides.decision.slide_decision` makes it: tumour needs a reported region, else refer
         reported = xs[:, names.index("regions_reported")] > 0
-        slide_calls = ["normal" if s < classifier.threshold else "tumour" if r else "refer" for s, r in zip(scores, reported)]
+        slide_calls = [slide_call(s, classifier.threshold, r) for s, r in zip(scores, reported)]  # as the analysis calls it
         no_itc = np.array([r["kind"] != "itc" for r in slides])  # the slide AUC without the ITC slides as well
         figures[half] = {
             "slides": {"normal": int((ys == 0).sum()), "lesion": int((ys == 1).sum())},
@@ -292,7 +292,7 @@ def fit_and_report(records: list[dict], args: argparse.Namespace) -> None:
                       "slide_scores": {r["name"]: round(float(v), 4) for r, v in zip(slides, scores)},
                       **{f"{kind}_slides_{verdict}": int(sum(c == word for c, t in zip(slide_calls, ys) if t == label))
                          for kind, label in (("normal", 0), ("lesion", 1))
-                         for verdict, word in (("called_tumour", "tumour"), ("referred", "refer"))}},
+                         for verdict, word in (("called_tumour", TUMOUR), ("referred", REFER))}},
         }
     ensemble = any(r["fold"] != SINGLE for r in records)
     patches = ("each fold's held-out patches, each slide scored by that fold's member alone (out-of-fold slide maps; "

@@ -215,6 +215,13 @@ def slide_features(heat: np.ndarray, regions: Sequence[Mapping[str, Any]], thres
     }
 
 
+def slide_call(score: float, threshold: float, reported: bool) -> str:
+    """The slide's call: tumour when `score` reaches `threshold` and a region is `reported`, refer when it reaches it
+    with none to show (`REFER_REASON`), normal otherwise."""
+    verdict = call(score, threshold)
+    return REFER if verdict == TUMOUR and not reported else verdict
+
+
 def slide_decision(heat_values: np.ndarray, regions: list[dict[str, Any]], threshold: float, cell_mm2: float,
                    decision: SlideDecision) -> dict[str, Any]:
     """Decide the regions (in place) and the slide: summary.json's decision keys. `slide_score` is the slide's
@@ -230,12 +237,10 @@ def slide_decision(heat_values: np.ndarray, regions: list[dict[str, Any]], thres
         score, slide_threshold = max((p["max_probability"] for p in reported), default=0.0), threshold
         method = "the highest probability of a reported region (no fitted slide classifier)"
     largest = max((p["longest_diameter_mm"] for p in reported), default=0.0)
-    slide_call = call(score, slide_threshold)
-    if slide_call == TUMOUR and not reported:
-        slide_call = REFER
+    verdict = slide_call(score, slide_threshold, bool(reported))
     return {
         "slide_score": float(score), "slide_threshold": float(slide_threshold), "slide_score_method": method,
-        "call": slide_call, "call_reason": REFER_REASON if slide_call == REFER else None,
+        "call": verdict, "call_reason": REFER_REASON if verdict == REFER else None,
         "slide_features": features,
         "regions_reported": len(reported), "regions_below_threshold": len(regions) - len(reported),
         "tumour_area_mm2": float(sum(p["area_mm2"] for p in reported)),
@@ -245,4 +250,5 @@ def slide_decision(heat_values: np.ndarray, regions: list[dict[str, Any]], thres
 
 
 __all__ = ["BELOW", "CELL_MM2_32", "DEFAULT_RULE", "is_reported", "reporting_words", "rule_words", "FEATURES", "REPORTED", "RegionRule", "SlideClassifier", "SlideDecision", "TOP_K",
-           "decide_regions", "load_slide_decision", "region_agreement", "slide_decision", "slide_features"]
+           "REFER_REASON", "SLIDE_CALL_WORDS", "decide_regions", "load_slide_decision", "region_agreement", "slide_call", "slide_decision",
+           "slide_features"]
