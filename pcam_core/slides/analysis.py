@@ -121,8 +121,7 @@ class RegionWindows(IterableDataset):
         boxes = self.lattice.tiles()
         mine = self.tile_ids
         if info is not None:
-            cells = [self.score[i0:i1, j0:j1].sum() for i0, i1, j0, j1 in (boxes[k] for k in mine)]
-            mine = [mine[k] for k in balanced_run(np.array(cells), info.id, info.num_workers)]
+            mine = [mine[k] for k in balanced_run(tile_cells(self.score, [boxes[k] for k in mine]), info.id, info.num_workers)]
         s, f = self.lattice.stride, self.lattice.f
         with open_slide(self.path, mpp=self.mpp) as slide:
             for k in mine:
@@ -184,6 +183,11 @@ class AnalysisParams:
     cascade_bar: float | None = None  # mode "cascade": the coarse probability that sends a block to stride 32
 
 
+def tile_cells(score: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """The number of cells to score in each region tile (`Lattice.tiles` boxes: i0, i1, j0, j1 of the map)."""
+    return np.array([score[i0:i1, j0:j1].sum() for i0, i1, j0, j1 in boxes], dtype=np.float64)
+
+
 def balanced_run(weights: np.ndarray, i: int, n: int) -> np.ndarray:
     """The indices of run i of `weights` cut into n contiguous runs of about equal sums: item k goes to the run its
     half-way point falls in (without any weight, the items are split evenly)."""
@@ -203,7 +207,7 @@ def shard_tiles(lattice: Lattice, score: np.ndarray, shard: tuple[int, int] | No
     boxes = lattice.tiles()
     if shard is None:
         return list(range(len(boxes)))
-    return balanced_run(np.array([score[i0:i1, j0:j1].sum() for i0, i1, j0, j1 in boxes]), *shard).tolist()
+    return balanced_run(tile_cells(score, boxes), *shard).tolist()
 
 
 def _check_no_other_layout(folder: AnalysisFolder, shard: tuple[int, int] | None) -> None:
