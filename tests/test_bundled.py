@@ -19,12 +19,12 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from helpers import REAL_H5, REPO, bundled_weight_files, run_cli
+from helpers import REAL_H5, REPO, run_cli
 from pcam_core import load_predictor
 from pcam_core.bundled import BUNDLED, BUNDLED_DIR, bundled_checkpoint, bundled_record, is_bundled, is_ensemble, model_card
 from pcam_core.checkpoint import FORMAT
 from pcam_core.crossval import MODES
-from pcam_core.ensemble import read_record
+from pcam_core.ensemble import member_runs, read_record
 from pcam_core.runs import RunDir, checkpoint_path
 
 
@@ -43,33 +43,36 @@ def test_the_bundled_file_is_plain_weights_with_its_config_threshold_and_held_ou
         assert 0.5 < held[scoring]["roc_auc"] <= 1 and 0 < held[scoring]["roc_auc_se"] < 0.05
 
 
-def test_the_bundled_ensemble_is_plain_weights_with_out_of_fold_predictions_of_every_patch():
+# the cross-validated ensemble: the bundled model when it is one, else the committed candidate (candidates/bundled-cv5)
+ENSEMBLE_DIR = BUNDLED_DIR if is_ensemble() else REPO / "candidates" / "bundled-cv5"
+
+
+def test_the_cross_validated_ensemble_is_plain_weights_with_out_of_fold_predictions_of_every_patch():
     """The cross-validated ensemble (`scripts/train_bundled.py --folds K`): K members of plain weights, under 20 MB in
     all; every patch of the data predicted once, by the one member that held it out (the fold column), one pass and
     TTA; the record's figures are cv.json's."""
-    if not is_ensemble():
-        pytest.skip("the bundled model is the single model file")
-    record, members = read_record(RunDir(BUNDLED_DIR)), bundled_weight_files()
-    folds = bundled_record()["folds"]
+    run = RunDir(ENSEMBLE_DIR)
+    record = read_record(run)
+    bundled, members = record["bundled"], [member.best_checkpoint for member in member_runs(run)]
+    folds = bundled["folds"]
     assert len(members) == len(record["members"]) == folds >= 2 and 0 < record["threshold"] < 1
     for path in members:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         assert payload["format"] == FORMAT and payload["ema"] is None and not payload["synthetic_data"]
         assert set(payload) <= {"format", "config", "model", "ema", "epoch", "global_step", "synthetic_data"}
         assert payload["config"]["model"]["name"] == "pcamnet" and payload["config"]["data"]["folds"] == folds
-    shipped = [p for p in BUNDLED_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    shipped = [p for p in ENSEMBLE_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     assert sum(p.stat().st_size for p in shipped) < 20_000_000
-    oof = pd.read_csv(RunDir(BUNDLED_DIR).oof_predictions_path, dtype={"id": str})
-    cv = json.loads(RunDir(BUNDLED_DIR).cv_path.read_text())
-    assert len(oof) == oof["id"].nunique() == cv["n"] == bundled_record()["data"]["patches"]
+    oof = pd.read_csv(run.oof_predictions_path, dtype={"id": str})
+    cv = json.loads(run.cv_path.read_text())
+    assert len(oof) == oof["id"].nunique() == cv["n"] == bundled["data"]["patches"]
     assert sorted(oof["fold"].unique()) == list(range(folds)) and oof["index"].tolist() == list(range(len(oof)))
-    for path, column in ((RunDir(BUNDLED_DIR).valid_predictions_path, "probability"),
-                         (RunDir(BUNDLED_DIR).valid_predictions_tta_path, "probability_tta")):
+    for path, column in ((run.valid_predictions_path, "probability"), (run.valid_predictions_tta_path, "probability_tta")):
         view = pd.read_csv(path, dtype={"id": str})
         assert view["id"].tolist() == oof["id"].tolist()
         np.testing.assert_allclose(view["probability"], oof[column])
     for mode in ("one_pass", "tta"):
-        assert bundled_record()["cv"][mode]["roc_auc"] == cv[mode]["pooled"]["roc_auc"]
+        assert bundled["cv"][mode]["roc_auc"] == cv[mode]["pooled"]["roc_auc"]
         assert cv[mode]["pooled"]["roc_auc"]["value"] == pytest.approx(roc_auc_score(oof["label"], oof[MODES[mode]]))
 
 
