@@ -36,6 +36,17 @@ st.write("end of the page")
 '''
 
 
+# The script has finished, every chart's element has been made by its code (the text below the charts can show
+# before their components' code has run: a CI run once counted no charts at all) and none is still loading.
+_SETTLED = """() => {
+    const app = document.querySelector('[data-testid=stApp]');
+    if (!app || app.dataset.testScriptState !== 'notRunning') return false;
+    const mounts = [...document.querySelectorAll('[data-testid=stMain] [data-testid^=stBidiComponent]')];
+    if (mounts.length === 0 || mounts.some(m => !m.querySelector('.pcam-chart'))) return false;
+    return [...document.querySelectorAll('.pcam-chart')].every(c => c.dataset.state === 'drawn' || c.dataset.state === 'error');
+}"""
+
+
 def _open(url: str, check):
     from playwright.sync_api import sync_playwright
 
@@ -47,8 +58,7 @@ def _open(url: str, check):
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(url)
             page.get_by_text("end of the page").wait_for(timeout=90_000)
-            page.wait_for_function("() => [...document.querySelectorAll('.pcam-chart')].every(c => c.dataset.state !== 'loading')",
-                                   timeout=60_000)
+            page.wait_for_function(_SETTLED, timeout=60_000, polling=50)
             result = check(page)
             page.set_viewport_size({"width": 700, "height": 900})  # every chart redrawn narrower
             page.evaluate("() => document.querySelectorAll('.pcam-chart').forEach(c => c.remove())")
