@@ -16,6 +16,11 @@ for reasons outside it), nor comparable across methods or layers. Every map is m
 3x3 at this patch size, each cell covering 32x32 pixels, so its maps cannot localise finer than
 that and its centre focus mostly reflects the middle cell. Prefer a layer of 12x12 or more for
 spatial questions; `layer_choices` lists each layer's resolution.
+
+A network without padding (`pcamscan`) has layers whose cells do not tile the whole patch: its 17 x 17 `stage3`
+covers the central 68 px. Stretching such a map to 96 x 96 would move every cell outwards, by up to 14 px at the
+border, so its map is placed where its cells are (`cell_grid`): interpolated between the cells' centres, zero
+where no cell of the layer sits.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from .data import (CENTER_SIZE, CENTER_START, PATCH_SIZE, ImageFiles, PatchDatas
                    open_dataset, open_split)
 from .data.common import IMAGE_EXTENSIONS
 from .fileio import atomic_write_with
-from .models import EnsembleModel, get_layer, get_spec
+from .models import EnsembleModel, PCamNet, get_layer, get_spec
 from .runs import RunArg
 from .scoring_options import EXPLAIN_BATCH_SIZE, ScoringOptions
 from .transforms import eval_preset
@@ -197,6 +202,36 @@ def as_batch(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     return x.contiguous()
 
 
+def cell_grid(model: nn.Module, layer: str) -> tuple[float, float] | None:
+    """Where the cells of `layer` of a network without padding (`pcamscan`) sit on the patch: (the centre of cell 0 in
+    pixels, the cells' pitch); None where the layer's cells tile the patch (the package's resize places them right).
+    Each valid 3 x 3 convolution moves cell 0's centre by one cell, each 2 x 2 pooling by half a cell and doubles the pitch."""
+    if not (type(model) is PCamNet and model.padding == 0 and layer.startswith("stage")):
+        return None
+    centre, pitch = 0.0, 1.0
+    for i in range(1, int(layer.removeprefix("stage")) + 1):
+        if i > 1:
+            centre, pitch = centre + 0.5 * pitch, 2 * pitch  # the pooling before stage i
+        centre += 2 * pitch  # the stage's two convolutions
+    return centre, pitch
+
+
+def place_cells(raw: np.ndarray, grid: tuple[float, float]) -> np.ndarray:
+    """Maps (B, k, k) of a layer's cells as (B, 96, 96) pixels (`cell_grid`): bilinear between the cells' centres, the
+    edge cells' values to their outer edges, zero beyond."""
+    from scipy.ndimage import map_coordinates
+
+    centre, pitch = grid
+    k = raw.shape[-1]
+    at = (np.arange(PATCH_SIZE) - centre) / pitch  # each pixel's position in cells
+    inside = (at >= -0.5) & (at <= k - 0.5)
+    rows, cols = np.meshgrid(np.clip(at, 0, k - 1), np.clip(at, 0, k - 1), indexing="ij")
+    out = np.zeros((len(raw), PATCH_SIZE, PATCH_SIZE), dtype=np.float32)
+    for b, cam in enumerate(raw):
+        out[b] = map_coordinates(np.asarray(cam, dtype=np.float64), [rows, cols], order=1) * np.outer(inside, inside)
+    return out
+
+
 def explain_batch(
     model: nn.Module,
     images: torch.Tensor | np.ndarray,
@@ -228,12 +263,14 @@ def explain_batch(
                 cam.batch_size = SCORECAM_BATCH
                 cam_image = cam.get_cam_image
 
+                grid = cell_grid(model, layer)
+
                 def recorded(*args: Any, **kwargs: Any) -> np.ndarray:
                     # the raw map before the package scales each to [0, 1]: its range, for `scaled_maps`
                     raw = cam_image(*args, **kwargs)
                     flat = np.maximum(raw, 0).reshape(len(raw), -1)
                     ranges.append((flat.min(axis=1), flat.max(axis=1)))
-                    return raw
+                    return raw if grid is None else place_cells(raw, grid)  # 96 x 96: the package's resize keeps it
 
                 cam.get_cam_image = recorded
                 for chunk in chunks:

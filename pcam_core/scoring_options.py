@@ -23,7 +23,7 @@ DEFAULT_SLIDE_TTA = False
 # How a slide's windows are scored (`slides/dense.py`, docs/slides.md): "cascade" (a dense pass, then each window near
 # a cell that could be tumour scored alone), "dense" (one pass per region) or "window" (each window alone, the reference).
 SLIDE_MODES = ("cascade", "dense", "window")
-DEFAULT_SLIDE_MODE = "cascade"
+DEFAULT_SLIDE_MODE = "cascade"  # for models whose dense pass is approximate; one that scans exactly: "dense" (`dense.effective_mode`)
 DEFAULT_BATCH_SIZE = 256
 EXPLAIN_BATCH_SIZE = 32  # class activation maps keep every activation and its gradient: smaller batches
 AUTO_WORKERS = -1  # --workers -1: a count chosen from the CPUs and the data (`data.loader.default_workers`)

@@ -85,6 +85,22 @@ def test_every_model_and_layer(name, patches):
     assert list(layer_choices(name))[0] == next(iter(MODELS[name].target_layers))
 
 
+def test_a_network_without_padding_has_its_maps_placed_where_its_cells_are(patches):
+    """pcamscan's 17 x 17 stage3 covers the central 68 px (cell centres 15.5 + 4 j): its map is zero outside them, and
+    a cell's evidence lands on that cell's pixels, not stretched outwards to the patch's border."""
+    from pcam_core.explain import cell_grid, place_cells
+
+    model = _model("pcamscan")
+    assert cell_grid(model, "stage3") == (15.5, 4.0) and cell_grid(_model("pcamnet"), "stage3") is None
+    one = np.zeros((1, 17, 17), dtype=np.float32)
+    one[0, 0, 16] = 1.0  # the top-right cell, centred at pixel (15.5, 79.5)
+    placed = place_cells(one, (15.5, 4.0))[0]
+    assert placed[15:17, 79:81].min() > 0.75 and placed.max() == placed[15, 80] == 1 and placed[:13].max() == 0 and placed[:, 82:].max() == 0
+    result = explain_batch(model, patches[:2], model_name="pcamscan", method="gradcam", layer="stage3")
+    assert result.maps.shape == (2, 96, 96) and result.maps.max() > 0.5
+    assert result.maps[:, :13].max() == 0 and result.maps[:, :, 82:].max() == 0  # no cell of the layer there
+
+
 def test_tumour_and_normal_targets_differ(patches):
     model = _model("pcamnet")
     tumour = explain_batch(model, patches, model_name="pcamnet", target="tumour")

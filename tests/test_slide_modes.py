@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import real_mosaic_slide, run_cli
+from helpers import REPO, real_mosaic_slide, run_cli
 from pcam_core.bundled import BUNDLED
 from pcam_core.checkpoint import save_checkpoint
 from pcam_core.ensemble import create_ensemble
@@ -22,8 +22,8 @@ from pcam_core.scoring_options import ScoringOptions
 from pcam_core.slides.analysis import cut_windows, score_slide
 from pcam_core.slides.batch import analyse
 from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
-from pcam_core.slides.dense import (DENSE_TOLERANCE, block_probes, block_values, can_scan, dense_windows, effective_mode,
-                                    refine_cells)
+from pcam_core.slides.dense import (DENSE_TOLERANCE, EXACT_TOLERANCE, block_probes, block_values, can_scan, dense_windows,
+                                    effective_mode, refine_cells, scans_exactly, window_sizes)
 from pcam_core.slides.folder import AnalysisFolder
 from pcam_core.transforms import eval_preset
 
@@ -85,6 +85,49 @@ def test_dense_windows_of_a_region_are_close_on_average_to_each_window_alone(bun
         alone = predict_batch(model, torch.from_numpy(cut_windows(region, cells, stride)), normalize=eval_preset()).numpy()
         assert probs.shape == (rows, cols)
         assert np.abs(probs.ravel() - alone).mean() < DENSE_TOLERANCE
+
+
+def _pcamscan_with_trained_weights() -> torch.nn.Module:
+    """`pcamscan` holding the bundled network's trained weights (the same tensors as `pcamnet`'s): not a good model
+    without its padding, but every layer does what a trained one does."""
+    from helpers import bundled_single_state
+
+    model = create_model("pcamscan")
+    state = bundled_single_state()
+    model.load_state_dict(state["ema"] or state["model"])
+    return model.eval()
+
+
+@pytest.mark.parametrize("stride,rows,cols,tta", [(32, 3, 4, False)] + [pytest.param(*case, marks=pytest.mark.slow) for case in
+                                                                       ((32, 2, 2, True), (96, 2, 2, False), (64, 2, 3, False))])
+def test_pcamscan_scanned_densely_gives_every_window_its_own_score_and_scope_features(stride, rows, cols, tta):
+    """The exact model: the dense map is the per-window map to float rounding, window by window, and so are the guard's
+    features (each scope layer's mean and standard deviation over the window's block)."""
+    model = _pcamscan_with_trained_weights()
+    region = _region(rows, cols, stride)
+    region //= np.kron(np.random.default_rng(1).integers(1, 4, (region.shape[0] // 16 + 1, region.shape[1] // 16 + 1, 1)),
+                       np.ones((16, 16, 1), dtype=np.int64))[: region.shape[0], : region.shape[1]].astype(np.uint8)  # patchy
+    image = torch.from_numpy(np.ascontiguousarray(region.transpose(2, 0, 1)))
+    probs, features = dense_windows(model, image, stride, normalize=eval_preset(), tta=tta, scope_layers=("stage1", "stage2"))
+    windows = torch.from_numpy(cut_windows(region, np.argwhere(np.ones((rows, cols), dtype=bool)), stride))
+    with tap_for(model, "pcamscan") as tap:
+        alone = predict_batch(model, windows, tta=tta, normalize=eval_preset()).numpy()
+        theirs = tap.take()
+    assert probs.shape == (rows, cols) and alone.std() > 10 * EXACT_TOLERANCE  # windows that differ beyond the tolerance
+    np.testing.assert_allclose(probs.ravel(), alone, atol=EXACT_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(features.reshape(rows * cols, -1), theirs, atol=1e-3, rtol=1e-3)
+
+
+def test_which_models_scan_exactly_and_the_window_sizes_of_their_stages():
+    assert window_sizes(create_model("pcamnet")) == ([96, 48, 24, 12], 6)
+    assert window_sizes(create_model("pcamscan")) == ([92, 42, 17, 4], 2)
+    assert scans_exactly(create_model("pcamscan")) and scans_exactly(EnsembleModel([create_model("pcamscan")] * 2))
+    assert not scans_exactly(create_model("pcamnet")) and not scans_exactly(create_model("pcamresnet"))
+    assert not scans_exactly(EnsembleModel([create_model("pcamscan"), create_model("pcamnet")]))
+    # the fastest exact mode is the default: dense for pcamscan, sharded too; the cascade for the padded net
+    assert effective_mode(create_model("pcamscan"), None) == "dense"
+    assert effective_mode(create_model("pcamscan"), None, sharded=True) == "dense"
+    assert effective_mode(create_model("pcamscan"), None, stride=96) == "window"
 
 
 def test_a_model_that_cannot_scan_falls_back_to_windows_and_a_bad_mode_is_named():
@@ -187,6 +230,28 @@ def test_an_ensemble_scans_densely_and_its_modes_agree_with_its_window_reference
     maps = _maps(slide, tmp_path, ensemble_run)
     assert maps["window"][0]["scope"]["guard"] is not None  # the guard is checked too
     _check_agreement(maps)  # the summaries record "dense" and "cascade": no fallback to window
+
+
+@pytest.mark.slow
+def test_pcamscan_slides_are_scanned_densely_by_default_and_give_the_window_map(tmp_path):
+    """The committed candidate `pcamscan` (a real trained run: candidates/pcamscan) on a slide of real patches, as a user
+    runs it: `pcam slide` without --mode scans densely, and its map is the per-window map to float rounding, with the
+    same regions, size class, guard distances and call."""
+    run = REPO / "candidates" / "pcamscan"
+    slide, _ = real_mosaic_slide(tmp_path / "slide", cols=9, rows=7, tumour=(2, 5, 3, 6))
+    for out, mode in (("default", ()), ("window", ("--mode", "window"))):
+        done = run_cli("slide", "--run", str(run), "--input", str(slide), "--out", str(tmp_path / out), "--workers", "0", *mode)
+        assert done.returncode == 0, done.stderr
+    default, window = (json.loads((tmp_path / out / "summary.json").read_text()) for out in ("default", "window"))
+    assert default["mode"] == "dense" and window["mode"] == "window"
+    for name, atol in (("heatmap.npy", EXACT_TOLERANCE), ("scope.npy", 1e-3)):
+        a, b = np.load(tmp_path / "default" / name), np.load(tmp_path / "window" / name)
+        assert (np.isfinite(a) == np.isfinite(b)).all()
+        np.testing.assert_allclose(a[np.isfinite(a)], b[np.isfinite(b)], atol=atol, rtol=1e-4 if name == "scope.npy" else 0)
+    assert default["region_list"] and [r["cells"] for r in default["region_list"]] == [r["cells"] for r in window["region_list"]]
+    for key in ("size_class", "call"):
+        assert default[key] == window[key]
+    assert default["scope"]["in_scope"] == window["scope"]["in_scope"]
 
 
 @pytest.mark.slow

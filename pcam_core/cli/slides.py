@@ -28,8 +28,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, choices=(32, 96), default=32, help="cell size in PCam-scale pixels (96: 9x cheaper)")
     p.add_argument("--mode", choices=SLIDE_MODES, help="cascade: a dense pass, then each window near a cell that "
                    "could be tumour scored alone (the same regions as window, on the test slides); dense: one pass over each "
-                   "region, windows read off its output (approximate at window borders); window: each window alone (the "
-                   f"reference; what models that cannot scan fall back to). See docs/slides.md (default: {DEFAULT_SLIDE_MODE}; at stride 96 and for a shard of one slide: window)")
+                   "region, windows read off its output (exact for a model without padding, pcamscan; approximate at window borders "
+                   "for pcamnet); window: each window alone (the reference; what models that cannot scan fall back to). See "
+                   f"docs/slides.md (default: the fastest exact one: dense for pcamscan, else {DEFAULT_SLIDE_MODE}; at stride 96, "
+                   "and for a shard of one slide but with pcamscan: window)")
     p.add_argument("--mpp", type=float, help="microns per level-0 pixel, for slides whose metadata lacks it")
     p.add_argument("--min-tissue", type=float, default=0.25, help="tissue share a cell needs to be scored")
     p.add_argument("--shard", help="i/n: the i-th of n parts: of the sorted slide list when the folder has at least n slides, "

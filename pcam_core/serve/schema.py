@@ -64,9 +64,10 @@ class SlideRequest(_Request):
     stride: Literal[STRIDES] = Field(32, description="cell size in PCam-scale pixels: 32, or 96 (9x cheaper)")  # type: ignore[valid-type]
     tta: bool = Field(DEFAULT_SLIDE_TTA, description="average the 8 symmetries of the square (8x slower)")
     mode: Literal[SLIDE_MODES] | None = Field(None, description=(  # type: ignore[valid-type]
-        f"how the windows are scored; default: {DEFAULT_SLIDE_MODE} at stride 32, window at stride 96. cascade: a dense "
-        "pass, then each window near a cell that could be tumour scored alone; dense: one pass over each region "
-        "(approximate at window borders); window: each window alone (the reference). A model that cannot scan is "
+        f"how the windows are scored; default: the fastest exact one at stride 32 (dense for a model that scans exactly, "
+        f"pcamscan; else {DEFAULT_SLIDE_MODE}), window at stride 96. cascade: a dense pass, then each window near a cell "
+        "that could be tumour scored alone; dense: one pass over each region (exact for pcamscan, approximate at window "
+        "borders for pcamnet); window: each window alone (the reference). A model that cannot scan is "
         "scored window by window (the summary's `mode` says which)"))
     threshold: float | None = Field(None, json_schema_extra=THRESHOLD_RANGE, description=(
         "probability at which a cell counts as tumour; default: the run's own threshold"))

@@ -1,17 +1,23 @@
 """Dense scanning and the cascade: scoring many overlapping windows for the price of one pass over the region.
 
-Dense. A network made of convolutions, 2x2 poolings and a global average pool (`pcamnet`, `pcamnet_wide`)
+Dense. A network made of convolutions, 2x2 poolings and a global average pool (`pcamnet`, `pcamnet_wide`, `pcamscan`)
 can be run once over a whole region whose windows lie at multiples of 32 PCam pixels: its last feature map
-(1/16 of the resolution) holds every window's 6 x 6 block, a 6 x 6 average pool at stride `stride / 16`
-gives every window's pooled features, and the linear head its logit. Each pixel goes through the network
-once instead of nine times (stride 32). The result is not bit-identical to scoring each window alone: a
-window scored alone sees zero padding at its borders, the dense pass sees the real neighbouring tissue
-there. The bundled model's difference is measured (docs/slides.md, benchmarks/README.md) and tested
-(tests/test_slide_modes.py) against `DENSE_TOLERANCE`. The out-of-scope guard's features (each scope
-layer's per-channel mean and standard deviation over the window) come from the same pass, as box means
-of the layer's output and of its square over each window. With TTA the region is scored in its 8
-symmetries and each view's window grid turned back before averaging (the symmetries of the square map
-the window lattice onto itself).
+(1/16 of the resolution) holds every window's block of features (6 x 6 for `pcamnet`, 2 x 2 for `pcamscan`), an
+average pool of that size at stride `stride / 16` gives every window's pooled features, and the linear head its
+logit. Each pixel goes through the network once instead of nine times (stride 32).
+
+Exact or not. `pcamscan`'s convolutions are valid ones (no zero padding) and its pooling steps divide 32, so every
+window's output in the dense pass is computed from the same pixels by the same operations as when the window is
+scored alone: the dense map equals the per-window map to float rounding (`EXACT_TOLERANCE`, tested), and dense is
+its default mode (`scans_exactly`). The padded nets' dense map is not bit-identical: a window scored alone sees zero
+padding at its borders, the dense pass sees the real neighbouring tissue there. The bundled model's difference is
+measured (docs/slides.md, benchmarks/README.md) and tested (tests/test_slide_modes.py) against `DENSE_TOLERANCE`,
+and their default is the cascade, which scores window by window every cell the dense pass finds suspect.
+
+The out-of-scope guard's features (each scope layer's per-channel mean and standard deviation over the window) come
+from the same pass, as box means of the layer's output and of its square over each window's block. With TTA the
+region is scored in its 8 symmetries and each view's window grid turned back before averaging (the symmetries of
+the square map the window lattice onto itself).
 
 Ensembles. An `EnsembleModel` whose members can all scan is scanned member by member (each member's own dense
 graph, as a single model's) and its per-window logits joined as its forward pass joins them
@@ -48,6 +54,9 @@ from .reader import WINDOW
 # The stated tolerance of the dense map against the per-window one (bundled model, measured on the demo and
 # real-patch slides: docs/slides.md): the largest |difference| of a cell's probability the tests accept.
 DENSE_TOLERANCE = 0.10
+# ... and of a model that scans exactly (`scans_exactly`): float rounding (ONNX Runtime's and PyTorch's kernels sum in
+# other orders), measured below 1e-5
+EXACT_TOLERANCE = 1e-4
 CASCADE_BAR_SHARE = 0.25  # a cell is looked at closely when its coarse probability reaches a quarter of the threshold
 # ... or (dense coarse pass) when its out-of-scope distance lies in this band around the guard's threshold: dense
 # distances run about 2 higher than the window's (no zero padding at the window's border; docs/slides.md)
@@ -62,6 +71,12 @@ def can_scan(model: nn.Module) -> bool:
     return all(type(member) is PCamNet for member in _members(model)[0])
 
 
+def scans_exactly(model: nn.Module) -> bool:
+    """Whether `model`'s dense map is its per-window map (to `EXACT_TOLERANCE`): a `PCamNet` without padding
+    (`pcamscan`), or an ensemble of them."""
+    return all(type(member) is PCamNet and member.padding == 0 for member in _members(model)[0])
+
+
 def _members(model: nn.Module) -> tuple[list[nn.Module], str | None]:
     """(the networks a model scans, how their logits are joined: an ensemble's `combine`, None for one network)."""
     if isinstance(model, EnsembleModel):
@@ -70,12 +85,18 @@ def _members(model: nn.Module) -> tuple[list[nn.Module], str | None]:
 
 
 def effective_mode(model: nn.Module, mode: str | None, *, stride: int = 32, sharded: bool = False) -> str:
-    """The mode a model scores a slide in: `mode`; None: the default (`DEFAULT_SLIDE_MODE`), except for a shard of a
-    slide, which the cascade cannot score, and at stride 96, where windows do not overlap and there is nothing to
-    share ("window" then). A model that cannot scan scores "dense" window by window, and "cascade" at stride 96 too
-    (its coarse pass of one window per 3 x 3 block would be every window)."""
+    """The mode a model scores a slide in: `mode`; None: the fastest exact one. That is "dense" for a model that scans
+    exactly (`scans_exactly`), else the default (`DEFAULT_SLIDE_MODE`) except for a shard of a slide, which the cascade
+    cannot score; at stride 96, where windows do not overlap and there is nothing to share, "window". A model that
+    cannot scan scores "dense" window by window, and "cascade" at stride 96 too (its coarse pass of one window per
+    3 x 3 block would be every window)."""
     if mode is None:
-        mode = "window" if sharded or stride != 32 else DEFAULT_SLIDE_MODE
+        if stride != 32:
+            mode = "window"
+        elif scans_exactly(model):
+            mode = "dense"
+        else:
+            mode = "window" if sharded else DEFAULT_SLIDE_MODE
     if mode not in SLIDE_MODES:
         raise ValueError(f"mode must be one of {', '.join(SLIDE_MODES)}, not {mode!r}")
     if not can_scan(model) and (mode == "dense" or (mode == "cascade" and stride != 32)):
@@ -83,9 +104,21 @@ def effective_mode(model: nn.Module, mode: str | None, *, stride: int = 32, shar
     return mode
 
 
-def _window_stats(y: torch.Tensor, scale: int, stride: int) -> torch.Tensor:
-    """Per-channel mean and standard deviation of feature map `y` (1, C, h, w) over every window: (1, 2C, rows, cols)."""
-    k, s = WINDOW // scale, stride // scale
+def window_sizes(model: PCamNet) -> tuple[list[int], int]:
+    """The side of one 96-px window's output of each stage of `model` (before its pooling), and of its last pooled
+    feature map: ([96, 48, 24, 12], 6) for `pcamnet`, ([92, 42, 17, 4], 2) for `pcamscan` (two 3 x 3 convolutions per
+    stage, each trimming 1 - padding pixels on a side)."""
+    sizes, side = [], WINDOW
+    for _ in range(model.n_stages):
+        side -= 4 * (1 - model.padding)
+        sizes.append(side)
+        side //= 2
+    return sizes, side
+
+
+def _window_stats(y: torch.Tensor, k: int, s: int) -> torch.Tensor:
+    """Per-channel mean and standard deviation of feature map `y` (1, C, h, w) over every window's k x k block, the
+    blocks s apart: (1, 2C, rows, cols)."""
     y = y.float()
     mean = F.avg_pool2d(y, k, s)
     var = (F.avg_pool2d(y * y, k, s) - mean * mean).clamp_min(0)
@@ -102,13 +135,14 @@ class _DenseNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         stats = []
+        sizes, last = window_sizes(self.model)
         for i in range(1, self.model.n_stages + 1):
             name = f"stage{i}"
             y = getattr(self.model, name)(x)
-            if name in self.scope_layers:
-                stats.append(_window_stats(y, 2 ** (i - 1), self.stride))  # stage i's convolutions run at 1/2^(i-1)
+            if name in self.scope_layers:  # stage i's convolutions run at 1/2^(i-1)
+                stats.append(_window_stats(y, sizes[i - 1], self.stride // 2 ** (i - 1)))
             x = self.model.pool(y)
-        pooled = F.avg_pool2d(x.float(), WINDOW // 16, self.stride // 16)
+        pooled = F.avg_pool2d(x.float(), last, self.stride // 2 ** self.model.n_stages)
         logits = F.conv2d(pooled, self.model.fc.weight.float()[:, :, None, None], self.model.fc.bias.float())
         return (logits, torch.cat(stats, dim=1)) if stats else (logits,)
 
