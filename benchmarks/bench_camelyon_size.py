@@ -3,11 +3,12 @@
     python benchmarks/bench_camelyon_size.py                          # the full size: 100,000 x 220,000 px (4.5 GB on disk)
     python benchmarks/bench_camelyon_size.py --scale 0.1 --crop 0.3   # a tenth of each side, to try it
     python benchmarks/bench_camelyon_size.py --write-only             # only write the slide (timed)
+    python benchmarks/bench_camelyon_size.py --work W --run candidates/pcamscan   # another run; W's slide reused
 
 1. Writes the slide with `pcam demo-slide --pooled` (timed): `--scale` x (100,000 x 220,000) level-0 pixels at
    0.243 um/px, tissue as a few large pieces covering 25 % of it, a macrometastasis, a micrometastasis, a small one
    and isolated tumour cells where they fit (`pcam_core.slides.demo_pooled`).
-2. Analyses it with `pcam slide --run bundled --input slide.tif --out ... --stride 32` and nothing else: the default
+2. Analyses it with `pcam slide --run bundled --input slide.tif --out ... --stride 32` (`--run`: another run) and nothing else: the default
    mode, device, workers and batch size, one pass per window, exactly the command a user types. Figures: wall
    minutes of the command (start-up, tissue mask, reading, inference, every output), windows/s (map cells with a
    value / wall seconds: the windows a per-window analysis would score), the cells the cascade refined, the peak
@@ -57,9 +58,9 @@ def run(cmd: list[str], label: str) -> dict[str, Any]:
             "peak_rss_gb": round(peak.peak_rss_gb, 3), "stdout": done.stdout.strip()[-500:]}
 
 
-def analysis(slide: Path, out: Path, label: str, *extra: str) -> dict[str, Any]:
+def analysis(slide: Path, out: Path, label: str, *extra: str, run_arg: str = "bundled") -> dict[str, Any]:
     """`pcam slide` as a user types it (plus `extra`), with the figures of its summary.json."""
-    result = run([*PCAM, "slide", "--run", "bundled", "--input", str(slide), "--out", str(out), "--stride", "32", *extra], label)
+    result = run([*PCAM, "slide", "--run", run_arg, "--input", str(slide), "--out", str(out), "--stride", "32", *extra], label)
     summary = json.loads((out / "summary.json").read_text())
     heat = np.load(out / "heatmap.npy")
     cells = int(np.isfinite(heat).sum())
@@ -108,7 +109,9 @@ def main() -> None:
     parser.add_argument("--crop", type=float, default=0.05, help="crop (share of each side) for the window mode; 0: skip")
     parser.add_argument("--write-workers", type=int, default=2, help="`pcam demo-slide --pooled --draw-workers`")
     parser.add_argument("--write-only", action="store_true", help="write the slide (timed) and stop")
-    parser.add_argument("--work", help="folder for the slide and the analyses, kept (default: a temporary one, removed)")
+    parser.add_argument("--work", help="folder for the slide and the analyses, kept (default: a temporary one, removed); a "
+                        "slide of the same size already there is reused (not timed again)")
+    parser.add_argument("--run", default="bundled", help="the run to analyse with (default: the bundled model)")
     parser.add_argument("--json", default=str(Path(tempfile.gettempdir()) / "bench_camelyon_size.json"))
     args = parser.parse_args()
     if not 0 < args.scale <= 1 or not 0 <= args.crop < 1:
@@ -121,9 +124,14 @@ def main() -> None:
     with contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory() as work:
         work = Path(work)
         slide = work / "slide" / "slide.tif"
-        report["write"] = run([*PCAM, "demo-slide", "--out", str(slide.parent), "--size", f"{width}x{height}", "--pooled",
-                               "--draw-workers", str(args.write_workers)], "write the slide (pcam demo-slide --pooled)")
-        truth = json.loads((slide.parent / "truth.json").read_text())
+        truth_path = slide.parent / "truth.json"
+        if truth_path.exists() and [json.loads(truth_path.read_text())[k] for k in ("width", "height")] == [width, height]:
+            report["write"] = {"reused": str(slide), "seconds": None}
+            print(f"  reusing {slide}", flush=True)
+        else:
+            report["write"] = run([*PCAM, "demo-slide", "--out", str(slide.parent), "--size", f"{width}x{height}", "--pooled",
+                                   "--draw-workers", str(args.write_workers)], "write the slide (pcam demo-slide --pooled)")
+        truth = json.loads(truth_path.read_text())
         report["slide"] = {"bytes": slide.stat().st_size, "levels": truth["levels"], "layout": truth["layout"],
                            "regions": [(r["name"], round(r["diameter_mm"], 2)) for r in truth["regions"]]}
         print(f"  {slide.stat().st_size / 2**30:.2f} GiB, tissue {truth['layout']['tissue_share']:.1%}, blocks "
@@ -132,9 +140,11 @@ def main() -> None:
         if args.write_only:
             report["load_average_end"] = os.getloadavg()
             Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-            print(f"written in {report['write']['seconds'] / 60:.1f} min; {args.json}")
+            print(f"written; {args.json}")
             return
-        report["slide_analysis"] = analysis(slide, work / "analysis", "pcam slide --stride 32 (default mode)")
+        report["run"] = args.run
+        report["slide_analysis"] = analysis(slide, work / f"analysis-{Path(args.run).name}", f"pcam slide --run {args.run} --stride 32 "
+                                            "(default mode)", run_arg=args.run)
         if args.scale < 1:
             minutes = report["slide_analysis"]["minutes"] / args.scale**2
             report["slide_analysis"]["full_size_minutes_extrapolated"] = round(minutes, 1)
@@ -143,25 +153,27 @@ def main() -> None:
         if args.crop:
             report["crop"] = write_crop(slide, work / "crop", args.crop)
             print(f"crop {report['crop']}", flush=True)
-            default = analysis(work / "crop" / "slide.tif", work / "crop-default", "crop, default mode")
-            window = analysis(work / "crop" / "slide.tif", work / "crop-window", "crop, --mode window", "--mode", "window")
+            tag = Path(args.run).name
+            default = analysis(work / "crop" / "slide.tif", work / f"crop-default-{tag}", "crop, default mode", run_arg=args.run)
+            window = analysis(work / "crop" / "slide.tif", work / f"crop-window-{tag}", "crop, --mode window", "--mode", "window",
+                              run_arg=args.run)
             report["crop"].update(default=default, window=window,
                                   ratio_default_to_window=round(default["windows_per_s"] / window["windows_per_s"], 2))
             print(f"  default mode against the window mode on the crop: {report['crop']['ratio_default_to_window']:.1f}x")
 
         from bench_slide_modes import bare_rate
-        from pcam_core.bundled import BUNDLED
         from pcam_core.loading import load_run_model
 
-        bare = bare_rate(load_run_model(BUNDLED, device="cpu").model.eval())
+        bare = bare_rate(load_run_model(args.run, device="cpu").model.eval())
         report["bare_windows_per_s"] = round(bare, 1)
         report["slide_analysis"]["x_bare"] = round(report["slide_analysis"]["windows_per_s"] / bare, 2)
-        print(f"bare per-window forward pass (bundled, batch 256): {bare:.0f} windows/s; the whole command "
+        print(f"bare per-window forward pass ({args.run}, batch 256): {bare:.0f} windows/s; the whole command "
               f"{report['slide_analysis']['x_bare']:.1f}x that")
     report["load_average_end"] = os.getloadavg()
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     a = report["slide_analysis"]
-    print(f"\n{width:,} x {height:,}: written in {report['write']['seconds'] / 60:.1f} min; analysed in {a['minutes']:.1f} min "
+    written = "reused" if report["write"]["seconds"] is None else f"written in {report['write']['seconds'] / 60:.1f} min"
+    print(f"\n{width:,} x {height:,}: {written}; analysed in {a['minutes']:.1f} min "
           f"({a['mode']}, {a['cells']:,} cells, {a['windows_per_s']:.0f} windows/s, peak PSS {a['peak_pss_gb']:.2f} GB); "
           f"load average {report['load_average_start'][0]:.1f} -> {report['load_average_end'][0]:.1f}; {args.json}")
 

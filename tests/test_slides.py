@@ -197,6 +197,19 @@ def test_real_patches_count_as_tissue_and_glass_does_not(real_kaggle, tmp_path):
         assert not tissue_mask(blank).any(), f"glass of colour {tint} taken for tissue"
 
 
+def test_the_banded_saturation_is_skimages_hsv_saturation_bit_for_bit():
+    """`tissue.saturation` computes band by band what `rgb2hsv` computes on the whole image (2 GB of float64 at
+    CAMELYON size): the same values, black, grey and saturated pixels and the band edges included."""
+    from skimage.color import rgb2hsv
+
+    from pcam_core.slides.tissue import BAND_ROWS, saturation
+
+    rng = np.random.default_rng(0)
+    thumb = rng.integers(0, 256, (BAND_ROWS + 37, 60, 3), dtype=np.uint8)
+    thumb[:3], thumb[3:6] = 0, 200  # black (0 / 0) and grey (no saturation)
+    assert np.array_equal(saturation(thumb), rgb2hsv(thumb)[..., 1])
+
+
 # -- the lattice and the outputs ---------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ from .decision import region_agreement
 from .regions import region_name
 from .tissue import THUMB_PCAM_PX
 
+THUMB_SHOWN_PX = 2048  # the longest side of the thumbnail drawn under heatmap.png
 _UPSAMPLE = 4  # cells are traced on a 4x finer grid so the polygon follows their edges
 
 
@@ -136,7 +137,11 @@ def write_heatmap_png(folder: AnalysisFolder, heat: np.ndarray, thumb: np.ndarra
     fig, ax = plt.subplots(figsize=(8, 8 * rows / max(cols, 1) + 0.6), dpi=120)
     th, tw = thumb.shape[:2]
     scale = THUMB_PCAM_PX * lattice.f  # level-0 pixels per thumbnail pixel
-    ax.imshow(thumb, extent=(0, tw * scale, th * scale, 0))
+    # matplotlib resamples an image in float RGBA: a CAMELYON-size thumbnail (3,125 x 6,875) took about a GB there.
+    # The figure is about 1,000 px wide, so the thumbnail is first reduced to at most THUMB_SHOWN_PX a side.
+    reduce = max(1, math.ceil(max(th, tw) / THUMB_SHOWN_PX))
+    shown_thumb = np.asarray(Image.fromarray(thumb).reduce(reduce)) if reduce > 1 else thumb
+    ax.imshow(shown_thumb, extent=(0, tw * scale, th * scale, 0))
     shown = np.ma.masked_where(~valid_cells(heat), heat)
     image = ax.imshow(shown, extent=extent, cmap="inferno", vmin=0, vmax=1, alpha=0.6, interpolation="nearest")
     unreadable = np.ma.masked_where(heat != UNREADABLE, np.ones_like(heat))

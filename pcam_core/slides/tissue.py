@@ -9,6 +9,10 @@ The saturation threshold is Otsu's, kept between `MIN_SATURATION` (glass and its
 slide with pale H&E (real PCam patches: a quarter of them have a median saturation under 0.1) it put
 pale tissue with the glass. Optical density catches dark tissue whose colour is grey (dense nuclei,
 faded eosin); glass, even dim, stays far below `MIN_OPTICAL_DENSITY`.
+
+A CAMELYON-size slide's thumbnail is 3,125 x 6,875 pixels: saturation and darkness are computed band by band
+(`saturation`, the formula of skimage's `rgb2hsv`, bit for bit), not as whole float64 HSV and density images, which
+took about 2 GB at that size (benchmarks/bench_camelyon_size.py).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_holes, remove_small_objects
 
@@ -41,6 +44,24 @@ def read_thumbnail(slide: Slide, *, band_rows: int = 256) -> np.ndarray:
     return thumb
 
 
+BAND_ROWS = 512  # thumbnail rows per band of `saturation` and `tissue_mask`'s darkness
+
+
+def saturation(thumb: np.ndarray) -> np.ndarray:
+    """HSV saturation (max - min) / max of each pixel, float64 in [0, 1]: `skimage.color.rgb2hsv(thumb)[..., 1]`, bit
+    for bit, band by band (no whole float64 copy of the image)."""
+    out = np.empty(thumb.shape[:2], dtype=np.float64)
+    for y in range(0, thumb.shape[0], BAND_ROWS):
+        band = thumb[y:y + BAND_ROWS]
+        high = band.max(axis=-1) * (1.0 / 255)  # as rgb2hsv: on the image scaled to [0, 1] as img_as_float scales it
+        delta = high - band.min(axis=-1) * (1.0 / 255)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s = delta / high
+        s[delta == 0.0] = 0.0
+        out[y:y + BAND_ROWS] = s
+    return out
+
+
 def optical_density(thumb: np.ndarray) -> np.ndarray:
     """Optical density of each pixel's darkest channel, -log10(I / 255): 0 for white, 0.3 at half intensity."""
     darkest = thumb.min(axis=-1).astype(np.float32)
@@ -51,12 +72,16 @@ def tissue_mask(thumb: np.ndarray) -> np.ndarray:
     """Boolean tissue mask: saturation above its Otsu threshold clipped to [`MIN_SATURATION`,
     `MAX_SATURATION`], or optical density above `MIN_OPTICAL_DENSITY`; small specks removed and small
     holes filled."""
-    saturation = rgb2hsv(thumb)[..., 1]
-    dark = optical_density(thumb) > MIN_OPTICAL_DENSITY
-    if saturation.max() < MIN_SATURATION and not dark.any():
-        return np.zeros(saturation.shape, dtype=bool)
-    threshold = min(max(float(threshold_otsu(saturation)), MIN_SATURATION), MAX_SATURATION)
-    mask = (saturation > threshold) | dark
+    sat = saturation(thumb)
+    dark = np.empty(thumb.shape[:2], dtype=bool)
+    for y in range(0, thumb.shape[0], BAND_ROWS):
+        dark[y:y + BAND_ROWS] = optical_density(thumb[y:y + BAND_ROWS]) > MIN_OPTICAL_DENSITY
+    if sat.max() < MIN_SATURATION and not dark.any():
+        return np.zeros(sat.shape, dtype=bool)
+    threshold = min(max(float(threshold_otsu(sat)), MIN_SATURATION), MAX_SATURATION)
+    mask = sat > threshold
+    del sat
+    mask |= dark
     mask = remove_small_objects(mask, max_size=MIN_OBJECT_PX - 1)
     return remove_small_holes(mask, max_size=MIN_OBJECT_PX - 1)
 
