@@ -321,6 +321,29 @@ def test_two_reading_workers_read_every_tile_once_in_contiguous_runs(small_slide
         assert np.array_equal(item["images"].numpy(), alone[item["tile"]])
 
 
+def test_a_tile_of_many_windows_comes_in_parts_whose_last_marks_the_tile_done(small_slide):
+    """A region tile's windows come in items of at most WINDOWS_PER_ITEM (memory: a whole tile was 28 MB an item),
+    one after another; together they are the tile's windows as one cut of its region, and only the last part says so."""
+    from pcam_core.slides.analysis import WINDOWS_PER_ITEM, RegionWindows, cut_windows
+
+    with open_slide(small_slide / "slide.tif") as slide:
+        lattice = Lattice(*slide.dimensions, slide.mpp, 32, 1024)
+        score = np.ones(lattice.shape, bool)
+        i0, i1, j0, j1 = lattice.tiles()[0]
+        n = (i1 - i0) * (j1 - j0)
+        assert n > 2 * WINDOWS_PER_ITEM
+        items = list(RegionWindows(small_slide / "slide.tif", slide.mpp, lattice, [0], score))
+        x0, y0 = lattice.window_origin(i0, j0)
+        side = lambda cells: 32 * (cells - 1) + 96  # noqa: E731
+        region = slide.read_scaled(float(x0), float(y0), side(j1 - j0) * lattice.f, side(i1 - i0) * lattice.f,
+                                   (side(j1 - j0), side(i1 - i0)))
+    assert [len(item["cells"]) for item in items] == [WINDOWS_PER_ITEM] * (n // WINDOWS_PER_ITEM) + ([n % WINDOWS_PER_ITEM] if n % WINDOWS_PER_ITEM else [])
+    assert [item["last"] for item in items] == [False] * (len(items) - 1) + [True] and {item["tile"] for item in items} == {0}
+    cells = np.concatenate([item["cells"] for item in items])
+    assert np.array_equal(cells, np.argwhere(score[i0:i1, j0:j1]) + [i0, j0])
+    np.testing.assert_array_equal(np.concatenate([item["images"].numpy() for item in items]), cut_windows(region, cells - [i0, j0], 32))
+
+
 @pytest.mark.slow  # writes and scores a whole demo slide window by window around the bad tile
 def test_a_corrupt_tile_is_skipped_marked_unknown_and_listed_and_the_rest_is_scored(tmp_path):
     import tifffile

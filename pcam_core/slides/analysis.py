@@ -21,6 +21,7 @@ cut so that each shard holds about 1/n of the cells to score (`shard_tiles`), in
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -104,9 +105,16 @@ def _as_is(item: Any) -> Any:
     return item
 
 
+# Windows per item of `RegionWindows` (3.5 MB): a tile's windows come in parts of this size, and are scored a part at a
+# time, so at most this many at once: PyTorch's activations for 256 windows of `pcamnet` take about 470 MB, for 128
+# about 310 MB, for 7 % fewer windows/s on this CPU (the cascade's second pass at CAMELYON size peaked at 2.0 GB).
+WINDOWS_PER_ITEM = 128
+
+
 class RegionWindows(IterableDataset):
     """Per region tile: {"tile", "cells" (n, 2) map indices, "images" (n, 3, 96, 96) uint8, "unreadable"
-    (m, 2) map indices, "error"}. Each worker opens the slide once and reads its share of the tiles, one
+    (m, 2) map indices, "error", "last"}, the windows of a tile in items of at most `WINDOWS_PER_ITEM`, one after
+    another ("last": the tile's final item; with `dense`, one item per tile holding the "region"). Each worker opens the slide once and reads its share of the tiles, one
     region read per tile: a contiguous run of them with about as many cells as the others' (`balanced_run`), so
     that neighbouring regions, which share their edge tiles of the file, are read by one worker and the tiles
     decoded once (the reader's cache). When a region cannot be read (a corrupt tile of the file), its windows are read
@@ -143,8 +151,12 @@ class RegionWindows(IterableDataset):
                     if self.dense:
                         item.update(region=torch.from_numpy(np.ascontiguousarray(region.transpose(2, 0, 1))),
                                     origin=np.array([i0 + r0, j0 + c0]))
-                    else:
-                        item["images"] = torch.from_numpy(cut_windows(region, cells - [r0, c0], s))
+                    else:  # the windows in parts (a whole tile's: up to 1,024 windows, 28 MB an item)
+                        for start in range(0, len(cells), WINDOWS_PER_ITEM):
+                            part = cells[start:start + WINDOWS_PER_ITEM]
+                            yield {**item, "cells": part + [i0, j0], "images": torch.from_numpy(cut_windows(region, part - [r0, c0], s)),
+                                   "last": start + WINDOWS_PER_ITEM >= len(cells)}
+                        continue
                 yield item
 
     def _window_by_window(self, slide: Any, cells: np.ndarray) -> dict[str, Any]:
@@ -377,32 +389,41 @@ def score_slide(
         dataset = RegionWindows(Path(slide_path), lattice.mpp, lattice, todo, todo_mask, dense=dense)
         loader = DataLoader(dataset, batch_size=None, num_workers=max(0, min(num_workers, len(todo))), collate_fn=_as_is,
                             pin_memory=device.type == "cuda", persistent_workers=False)
-        for item in loader:
-            cells = np.asarray(item["cells"]).reshape(-1, 2)
-            bad = np.asarray(item["unreadable"]).reshape(-1, 2)
-            if len(bad):
-                _record_unreadable(slide_path, heat, state, lattice, item, bad)
-            if "region" in item:
-                probs, features = dense_windows(model, item["region"].to(device), stride, normalize=normalize, tta=tta,
-                                                amp_dtype=amp, scope_layers=scope_layers if distances is not None else ())
-                at = cells - item["origin"]
-                write(cells, probs[at[:, 0], at[:, 1]], None if features is None else features[at[:, 0], at[:, 1]])
-                state["windows"] += len(cells)
-            elif len(cells):
-                images = item["images"]
-                for b in range(0, len(images), batch_size):
-                    batch = images[b:b + batch_size].to(device, non_blocking=True)
-                    if distances is not None:
-                        tap.clear()
-                    probs = predict_batch(model, batch, tta=tta, amp_dtype=amp, channels_last=channels_last, normalize=normalize)
-                    write(cells[b:b + batch_size], probs.float().cpu().numpy(), tap.take() if distances is not None else None)
-                state["windows"] += len(images)
-            heat.flush()  # the maps first, then the record that this tile is in them
-            if distances is not None:
-                distances.flush()
-            state[done_key].append(int(item["tile"]))
-            state["seconds"] = resumed_seconds + time.time() - started
-            atomic_write_json(paths[1], state)
+        # The reading workers are forked from this process, by then holding torch, the model and its ONNX Runtime
+        # session. The garbage collector walking those objects in a worker writes to their pages and so copies them
+        # (copy-on-write): frozen, it leaves them alone (the cascade's second pass: about 170 MB less per worker).
+        gc.collect()
+        gc.freeze()
+        try:
+            for item in loader:
+                cells = np.asarray(item["cells"]).reshape(-1, 2)
+                bad = np.asarray(item["unreadable"]).reshape(-1, 2)
+                if len(bad):
+                    _record_unreadable(slide_path, heat, state, lattice, item, bad)
+                if "region" in item:
+                    probs, features = dense_windows(model, item["region"].to(device), stride, normalize=normalize, tta=tta,
+                                                    amp_dtype=amp, scope_layers=scope_layers if distances is not None else ())
+                    at = cells - item["origin"]
+                    write(cells, probs[at[:, 0], at[:, 1]], None if features is None else features[at[:, 0], at[:, 1]])
+                    state["windows"] += len(cells)
+                elif len(cells):
+                    images = item["images"]
+                    for b in range(0, len(images), batch_size):
+                        batch = images[b:b + batch_size].to(device, non_blocking=True)
+                        if distances is not None:
+                            tap.clear()
+                        probs = predict_batch(model, batch, tta=tta, amp_dtype=amp, channels_last=channels_last, normalize=normalize)
+                        write(cells[b:b + batch_size], probs.float().cpu().numpy(), tap.take() if distances is not None else None)
+                    state["windows"] += len(images)
+                heat.flush()  # the maps first, then the record that this tile is in them
+                if distances is not None:
+                    distances.flush()
+                if item.get("last", True):  # a tile is done when its last part is in the maps
+                    state[done_key].append(int(item["tile"]))
+                state["seconds"] = resumed_seconds + time.time() - started
+                atomic_write_json(paths[1], state)
+        finally:
+            gc.unfreeze()
 
     try:
         run(probes, "done", coarse_dense)
