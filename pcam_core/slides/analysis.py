@@ -21,7 +21,6 @@ cut so that each shard holds about 1/n of the cells to score (`shard_tiles`), in
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import time
@@ -389,41 +388,33 @@ def score_slide(
         dataset = RegionWindows(Path(slide_path), lattice.mpp, lattice, todo, todo_mask, dense=dense)
         loader = DataLoader(dataset, batch_size=None, num_workers=max(0, min(num_workers, len(todo))), collate_fn=_as_is,
                             pin_memory=device.type == "cuda", persistent_workers=False)
-        # The reading workers are forked from this process, by then holding torch, the model and its ONNX Runtime
-        # session. The garbage collector walking those objects in a worker writes to their pages and so copies them
-        # (copy-on-write): frozen, it leaves them alone (the cascade's second pass: about 170 MB less per worker).
-        gc.collect()
-        gc.freeze()
-        try:
-            for item in loader:
-                cells = np.asarray(item["cells"]).reshape(-1, 2)
-                bad = np.asarray(item["unreadable"]).reshape(-1, 2)
-                if len(bad):
-                    _record_unreadable(slide_path, heat, state, lattice, item, bad)
-                if "region" in item:
-                    probs, features = dense_windows(model, item["region"].to(device), stride, normalize=normalize, tta=tta,
-                                                    amp_dtype=amp, scope_layers=scope_layers if distances is not None else ())
-                    at = cells - item["origin"]
-                    write(cells, probs[at[:, 0], at[:, 1]], None if features is None else features[at[:, 0], at[:, 1]])
-                    state["windows"] += len(cells)
-                elif len(cells):
-                    images = item["images"]
-                    for b in range(0, len(images), batch_size):
-                        batch = images[b:b + batch_size].to(device, non_blocking=True)
-                        if distances is not None:
-                            tap.clear()
-                        probs = predict_batch(model, batch, tta=tta, amp_dtype=amp, channels_last=channels_last, normalize=normalize)
-                        write(cells[b:b + batch_size], probs.float().cpu().numpy(), tap.take() if distances is not None else None)
-                    state["windows"] += len(images)
-                heat.flush()  # the maps first, then the record that this tile is in them
-                if distances is not None:
-                    distances.flush()
-                if item.get("last", True):  # a tile is done when its last part is in the maps
-                    state[done_key].append(int(item["tile"]))
-                state["seconds"] = resumed_seconds + time.time() - started
-                atomic_write_json(paths[1], state)
-        finally:
-            gc.unfreeze()
+        for item in loader:
+            cells = np.asarray(item["cells"]).reshape(-1, 2)
+            bad = np.asarray(item["unreadable"]).reshape(-1, 2)
+            if len(bad):
+                _record_unreadable(slide_path, heat, state, lattice, item, bad)
+            if "region" in item:
+                probs, features = dense_windows(model, item["region"].to(device), stride, normalize=normalize, tta=tta,
+                                                amp_dtype=amp, scope_layers=scope_layers if distances is not None else ())
+                at = cells - item["origin"]
+                write(cells, probs[at[:, 0], at[:, 1]], None if features is None else features[at[:, 0], at[:, 1]])
+                state["windows"] += len(cells)
+            elif len(cells):
+                images = item["images"]
+                for b in range(0, len(images), batch_size):
+                    batch = images[b:b + batch_size].to(device, non_blocking=True)
+                    if distances is not None:
+                        tap.clear()
+                    probs = predict_batch(model, batch, tta=tta, amp_dtype=amp, channels_last=channels_last, normalize=normalize)
+                    write(cells[b:b + batch_size], probs.float().cpu().numpy(), tap.take() if distances is not None else None)
+                state["windows"] += len(images)
+            heat.flush()  # the maps first, then the record that this tile is in them
+            if distances is not None:
+                distances.flush()
+            if item.get("last", True):  # a tile is done when its last part is in the maps
+                state[done_key].append(int(item["tile"]))
+            state["seconds"] = resumed_seconds + time.time() - started
+            atomic_write_json(paths[1], state)
 
     try:
         run(probes, "done", coarse_dense)
