@@ -79,6 +79,9 @@ def cmd_slide(args: argparse.Namespace) -> int:
         return _report_slides(merge(args.input, args.out, threshold=threshold))
     if not args.run:
         raise ValueError("--run is required (a run folder, or 'bundled'), except with --merge")
+    from ..devices import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before the model's threads start (score_slide calls it again for other callers)
 
     bars: list[Any] = []
 

@@ -315,12 +315,13 @@ def score_slide(
     "window", said in the returned "mode"); "cascade" (unsharded) makes a dense pass (models that cannot scan: one
     window per 3 x 3 block, at stride 32), then scores window by window every cell near one whose probability reaches
     `cascade_bar(threshold)` (`slides/dense.py`)."""
-    from ..devices import amp_dtype_for
+    from ..devices import amp_dtype_for, limit_malloc_arenas
     from ..inference import predict_batch
     from ..transforms import eval_preset
 
     if not 0 <= min_tissue <= 1:
         raise ValueError(f"min_tissue must be between 0 and 1, not {min_tissue}")
+    limit_malloc_arenas()  # before ONNX Runtime's threads and the reading workers start
     if effective_mode(model, mode, stride=stride) != mode:
         log.info("%s cannot be scanned densely: mode %s scores window by window", type(model).__name__, mode)
     mode = effective_mode(model, mode, stride=stride)
