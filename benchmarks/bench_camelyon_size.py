@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,7 +60,9 @@ def run(cmd: list[str], label: str) -> dict[str, Any]:
 
 
 def analysis(slide: Path, out: Path, label: str, *extra: str, run_arg: str = "bundled") -> dict[str, Any]:
-    """`pcam slide` as a user types it (plus `extra`), with the figures of its summary.json."""
+    """`pcam slide` as a user types it (plus `extra`), with the figures of its summary.json; a finished analysis left in
+    `out` by an earlier run is removed first (it would be reused, not measured)."""
+    shutil.rmtree(out, ignore_errors=True)
     result = run([*PCAM, "slide", "--run", run_arg, "--input", str(slide), "--out", str(out), "--stride", "32", *extra], label)
     summary = json.loads((out / "summary.json").read_text())
     heat = np.load(out / "heatmap.npy")

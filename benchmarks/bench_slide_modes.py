@@ -3,6 +3,7 @@
     python benchmarks/bench_slide_modes.py [--scale 0.1] [--workers 2] [--skip-window]
     python benchmarks/bench_slide_modes.py --precision --data /work/shared/data/pcam-real-dev
     python benchmarks/bench_slide_modes.py --ensemble 5 --data /work/shared/data/pcam-real-dev [--size 1536x1024]
+    python benchmarks/bench_slide_modes.py --runs bundled,candidates/pcamscan --data /work/shared/data/pcam-real-dev
 
 Slide: the demo generator (`pcam_core.slides.demo`) at `scale` x (100,000 x 220,000) level-0 pixels, 0.243 um/px
 (CAMELYON16's size at --scale 1). Figures per mode, stride 32, one pass per window (no TTA), region reading in
@@ -26,6 +27,12 @@ ensemble's maps against its own window map; then the network alone: the dense pa
 the bare per-window forward pass (256 windows in RAM), one member against the ensemble. The members are K copies of
 the bundled network (of its first member when it is an ensemble): their speed does not depend on their weights, but
 the cascade's share of refined cells does (copies refine what one member refines).
+
+--runs R1,R2,...: each run on the same mosaic of held-out real patches (`--size`), in its default mode (`pcam slide`
+without --mode: the cascade for `pcamnet`, dense for `pcamscan`) and in window mode, stride 32, no TTA, no reading
+workers: scoring windows/s, the cascade's refined share, the ratio to the first run's window mode, and each default
+map against its own window map. Real tissue is where the cascade refines most cells, so this is the default modes'
+speed where it matters, not on the synthetic slides.
 """
 
 from __future__ import annotations
@@ -174,6 +181,33 @@ def ensemble_modes(args: argparse.Namespace) -> None:
         print(f"{name:14s} network alone: dense {dense:6.0f} windows/s, per window {bare:5.1f} windows/s ({dense / bare:.1f}x)")
 
 
+def real_runs(args: argparse.Namespace) -> None:
+    width, height = (int(v) for v in args.size.split("x"))
+    table, pixels = held_out(args.data)
+    labels = table["label"].to_numpy()
+    rows, cols = (height - 2 * MARGIN) // PATCH, (width - 2 * MARGIN) // PATCH
+    block = (rows // 3, rows - rows // 3, cols // 3, cols - cols // 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        slide = tmp / "slide.tif"
+        write_mosaic_slide(slide, list(pixels[labels == 0]), list(pixels[labels == 1]), rows=rows, cols=cols, lesions=[block], size=(width, height))
+        print(f"mosaic of the bundled model's held-out real patches {width} x {height} px ({rows} x {cols} patches, tumour block "
+              f"{block}), stride 32, no TTA, no reading workers")
+        reference = None
+        for run in args.runs.split(","):
+            maps: dict[str, tuple[dict, np.ndarray]] = {}
+            for mode in ("window", None):
+                out = tmp / Path(run).name / (mode or "default")
+                summary = analyse(run, slide, out, ScoringOptions(device="cpu", workers=0, tta=False), stride=32, mode=mode)[0]["summary"]
+                heat = np.load(out / "heatmap.npy")
+                rate = int(np.isfinite(heat).sum()) / summary["seconds"]
+                reference = reference or rate
+                line = (f"{run:20s} {'default' if mode is None else 'window':7s} ({summary['mode']}): scoring {summary['seconds']:5.1f} s, "
+                        f"{rate:6.1f} windows/s ({rate / reference:.2f}x the first run's window mode); call {summary.get('call')}, "
+                        f"{summary['regions_reported']} region(s) reported")
+                record_mode(maps, mode or "default", summary, heat, line, out.parent / "window", "    ")
+
+
 def precision(args: argparse.Namespace) -> None:
     from sklearn.metrics import roc_auc_score
 
@@ -206,12 +240,15 @@ def main() -> None:
                         help="Kaggle-layout real patches (--precision, --ensemble)")
     parser.add_argument("--ensemble", type=int, default=0, metavar="K",
                         help="an ensemble of K members against one member, each mode, on a mosaic of real patches")
-    parser.add_argument("--size", default="1536x1024", help="the mosaic's width x height in pixels (--ensemble)")
+    parser.add_argument("--size", default="1536x1024", help="the mosaic's width x height in pixels (--ensemble, --runs)")
+    parser.add_argument("--runs", help="runs (comma-separated) to compare in their default mode on a mosaic of real patches")
     args = parser.parse_args()
     if args.ensemble == 1 or args.ensemble < 0:
         raise SystemExit(f"--ensemble must be at least 2 (members), not {args.ensemble}")
     print(machine())
-    if args.ensemble:
+    if args.runs:
+        real_runs(args)
+    elif args.ensemble:
         ensemble_modes(args)
     else:
         precision(args) if args.precision else slide_modes(args)
