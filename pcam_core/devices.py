@@ -31,18 +31,21 @@ def amp_dtype_for(device: torch.device, amp: bool | None) -> torch.dtype | None:
 
 
 MALLOC_ARENAS = 2  # glibc heaps a slide analysis keeps (`limit_malloc_arenas`)
+MMAP_THRESHOLD = 4 << 20  # bytes from which glibc maps a buffer of its own, given back to the system when freed
 
 
 def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
-    """Cap glibc's malloc at `n` heaps (arenas) for this process and the processes it forks, as MALLOC_ARENA_MAX=n
-    would: each of ONNX Runtime's and PyTorch's threads otherwise gets a heap of its own, and freed region-sized buffers
-    stay in them (a CAMELYON-size slide analysis: peak PSS 2.10 GB with the default, 1.93 GB with 2, no slower:
-    benchmarks/README.md). Threads that already have a heap keep it. False where the C library is not glibc."""
+    """Make glibc's malloc give memory back, for this process and those it forks: at most `n` heaps (arenas), as
+    MALLOC_ARENA_MAX=n would (each of ONNX Runtime's and PyTorch's threads otherwise gets one), and buffers of 4 MB or
+    more in maps of their own (`MMAP_THRESHOLD`, as MALLOC_MMAP_THRESHOLD_ would; by default the threshold rises to
+    32 MB as large buffers are freed, and region-sized activations then stay in the heap once freed). A CAMELYON-size
+    analysis with the bundled model peaked at 1.8-2.7 GB PSS before, 1.5 GB after (benchmarks/README.md). Threads that
+    already have a heap keep it. False where the C library is not glibc."""
     import ctypes
     import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-8, n))  # M_ARENA_MAX
+        return bool(libc.mallopt(-8, n)) and bool(libc.mallopt(-3, MMAP_THRESHOLD))  # M_ARENA_MAX, M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         return False
