@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    if Path(args.run).exists():  # a run folder given relative to here: the commands run in a temporary folder
+        args.run = str(Path(args.run).resolve())
     print(machine())
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     pcam = [sys.executable, "-m", "pcam_core"]
