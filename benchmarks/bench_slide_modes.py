@@ -139,21 +139,27 @@ def held_out(data: str) -> tuple[pd.DataFrame, np.ndarray]:
     return table, np.stack([np.asarray(Image.open(Path(data) / "train" / f"{i}.tif").convert("RGB")) for i in table["id"]])
 
 
-def ensemble_modes(args: argparse.Namespace) -> None:
+def held_out_mosaic(args: argparse.Namespace, slide: Path) -> str:
+    """Write a mosaic slide of `--size` pixels made of the bundled model's held-out real patches, a tumour block in the
+    middle; returns its description."""
     width, height = (int(v) for v in args.size.split("x"))
     table, pixels = held_out(args.data)
     labels = table["label"].to_numpy()
     rows, cols = (height - 2 * MARGIN) // PATCH, (width - 2 * MARGIN) // PATCH
     block = (rows // 3, rows - rows // 3, cols // 3, cols - cols // 3)
+    write_mosaic_slide(slide, list(pixels[labels == 0]), list(pixels[labels == 1]), rows=rows, cols=cols, lesions=[block], size=(width, height))
+    return f"mosaic of held-out real patches {width} x {height} px ({rows} x {cols} patches, tumour block {block})"
+
+
+def ensemble_modes(args: argparse.Namespace) -> None:
     bundled = RunDir(BUNDLED_DIR)
     member = member_runs(bundled)[0].path if bundled.is_ensemble else BUNDLED
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         slide = tmp / "slide.tif"
-        write_mosaic_slide(slide, list(pixels[labels == 0]), list(pixels[labels == 1]), rows=rows, cols=cols, lesions=[block], size=(width, height))
+        mosaic = held_out_mosaic(args, slide)
         runs = {"1 member": member, f"ensemble of {args.ensemble}": create_ensemble([member] * args.ensemble, tmp / "ensemble").path}
-        print(f"mosaic of held-out real patches {width} x {height} px ({rows} x {cols} patches, tumour block {block}), "
-              f"stride 32, no TTA, no reading workers")
+        print(f"{mosaic}, stride 32, no TTA, no reading workers")
         reference = None
         for name, run in runs.items():
             maps: dict[str, tuple[dict, np.ndarray]] = {}
@@ -182,17 +188,10 @@ def ensemble_modes(args: argparse.Namespace) -> None:
 
 
 def real_runs(args: argparse.Namespace) -> None:
-    width, height = (int(v) for v in args.size.split("x"))
-    table, pixels = held_out(args.data)
-    labels = table["label"].to_numpy()
-    rows, cols = (height - 2 * MARGIN) // PATCH, (width - 2 * MARGIN) // PATCH
-    block = (rows // 3, rows - rows // 3, cols // 3, cols - cols // 3)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         slide = tmp / "slide.tif"
-        write_mosaic_slide(slide, list(pixels[labels == 0]), list(pixels[labels == 1]), rows=rows, cols=cols, lesions=[block], size=(width, height))
-        print(f"mosaic of the bundled model's held-out real patches {width} x {height} px ({rows} x {cols} patches, tumour block "
-              f"{block}), stride 32, no TTA, no reading workers")
+        print(f"{held_out_mosaic(args, slide)}, stride 32, no TTA, no reading workers")
         reference = None
         for run in args.runs.split(","):
             maps: dict[str, tuple[dict, np.ndarray]] = {}
