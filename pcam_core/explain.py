@@ -204,15 +204,11 @@ def as_batch(images: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def cell_grid(model: nn.Module, layer: str) -> tuple[float, float] | None:
     """Where the cells of `layer` of a network without padding (`pcamscan`) sit on the patch: (the centre of cell 0 in
-    pixels, the cells' pitch); None where the layer's cells tile the patch (the package's resize places them right).
-    Each valid 3 x 3 convolution moves cell 0's centre by one cell, each 2 x 2 pooling by half a cell and doubles the pitch."""
+    pixels, the cells' pitch: `PCamNet.stage_grid`); None where the layer's cells tile the patch (the package's resize
+    places them right)."""
     if not (type(model) is PCamNet and model.padding == 0 and layer.startswith("stage")):
         return None
-    centre, pitch = 0.0, 1.0
-    for i in range(1, int(layer.removeprefix("stage")) + 1):
-        if i > 1:
-            centre, pitch = centre + 0.5 * pitch, 2 * pitch  # the pooling before stage i
-        centre += 2 * pitch  # the stage's two convolutions
+    _, centre, pitch = model.stage_grid(PATCH_SIZE)[int(layer.removeprefix("stage")) - 1]
     return centre, pitch
 
 

@@ -67,6 +67,20 @@ class PCamNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(cin, 1)
 
+    def stage_grid(self, side: int = 96) -> list[tuple[int, float, float]]:
+        """Where each stage's output cells sit on a `side`-px input (before the stage's pooling): (cells a side, the
+        centre of cell 0 in input pixels, the cells' pitch in pixels). Each 3 x 3 convolution trims 1 - padding cells
+        a side and moves cell 0's centre by as much; each 2 x 2 pooling halves the cells (floor), moves the centre by
+        half a cell and doubles the pitch."""
+        grid, centre, pitch = [], 0.0, 1.0
+        for i in range(self.n_stages):
+            if i:
+                side, centre, pitch = side // 2, centre + 0.5 * pitch, 2 * pitch  # the pooling before stage i + 1
+            trim = 2 * (1 - self.padding)  # the stage's two convolutions
+            side, centre = side - 2 * trim, centre + trim * pitch
+            grid.append((side, centre, pitch))
+        return grid
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(1, self.n_stages + 1):
             x = self.pool(getattr(self, f"stage{i}")(x))

@@ -107,13 +107,9 @@ def effective_mode(model: nn.Module, mode: str | None, *, stride: int = 32, shar
 def window_sizes(model: PCamNet) -> tuple[list[int], int]:
     """The side of one 96-px window's output of each stage of `model` (before its pooling), and of its last pooled
     feature map: ([96, 48, 24, 12], 6) for `pcamnet`, ([92, 42, 17, 4], 2) for `pcamscan` (two 3 x 3 convolutions per
-    stage, each trimming 1 - padding pixels on a side)."""
-    sizes, side = [], WINDOW
-    for _ in range(model.n_stages):
-        side -= 4 * (1 - model.padding)
-        sizes.append(side)
-        side //= 2
-    return sizes, side
+    stage, each trimming 1 - padding pixels on a side: `PCamNet.stage_grid`)."""
+    sizes = [side for side, _, _ in model.stage_grid(WINDOW)]
+    return sizes, sizes[-1] // 2
 
 
 def _window_stats(y: torch.Tensor, k: int, s: int) -> torch.Tensor:
