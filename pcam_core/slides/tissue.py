@@ -18,6 +18,7 @@ took about 2 GB at that size (benchmarks/bench_camelyon_size.py).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from skimage.filters import threshold_otsu
@@ -47,19 +48,28 @@ def read_thumbnail(slide: Slide, *, band_rows: int = 256) -> np.ndarray:
 BAND_ROWS = 512  # thumbnail rows per band of `saturation` and `tissue_mask`'s darkness
 
 
+def _by_band(thumb: np.ndarray, per_pixel: Any, dtype: type) -> np.ndarray:
+    """`per_pixel` (an (h, w, 3) band -> (h, w) function) over `thumb`, `BAND_ROWS` rows at a time: its temporaries
+    are a band's, not the whole image's."""
+    out = np.empty(thumb.shape[:2], dtype=dtype)
+    for y in range(0, thumb.shape[0], BAND_ROWS):
+        out[y:y + BAND_ROWS] = per_pixel(thumb[y:y + BAND_ROWS])
+    return out
+
+
+def _band_saturation(band: np.ndarray) -> np.ndarray:
+    high = band.max(axis=-1) * (1.0 / 255)  # as rgb2hsv: on the image scaled to [0, 1] as img_as_float scales it
+    delta = high - band.min(axis=-1) * (1.0 / 255)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = delta / high
+    s[delta == 0.0] = 0.0
+    return s
+
+
 def saturation(thumb: np.ndarray) -> np.ndarray:
     """HSV saturation (max - min) / max of each pixel, float64 in [0, 1]: `skimage.color.rgb2hsv(thumb)[..., 1]`, bit
     for bit, band by band (no whole float64 copy of the image)."""
-    out = np.empty(thumb.shape[:2], dtype=np.float64)
-    for y in range(0, thumb.shape[0], BAND_ROWS):
-        band = thumb[y:y + BAND_ROWS]
-        high = band.max(axis=-1) * (1.0 / 255)  # as rgb2hsv: on the image scaled to [0, 1] as img_as_float scales it
-        delta = high - band.min(axis=-1) * (1.0 / 255)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s = delta / high
-        s[delta == 0.0] = 0.0
-        out[y:y + BAND_ROWS] = s
-    return out
+    return _by_band(thumb, _band_saturation, np.float64)
 
 
 def optical_density(thumb: np.ndarray) -> np.ndarray:
@@ -73,9 +83,7 @@ def tissue_mask(thumb: np.ndarray) -> np.ndarray:
     `MAX_SATURATION`], or optical density above `MIN_OPTICAL_DENSITY`; small specks removed and small
     holes filled."""
     sat = saturation(thumb)
-    dark = np.empty(thumb.shape[:2], dtype=bool)
-    for y in range(0, thumb.shape[0], BAND_ROWS):
-        dark[y:y + BAND_ROWS] = optical_density(thumb[y:y + BAND_ROWS]) > MIN_OPTICAL_DENSITY
+    dark = _by_band(thumb, lambda band: optical_density(band) > MIN_OPTICAL_DENSITY, bool)
     if sat.max() < MIN_SATURATION and not dark.any():
         return np.zeros(sat.shape, dtype=bool)
     threshold = min(max(float(threshold_otsu(sat)), MIN_SATURATION), MAX_SATURATION)
