@@ -166,6 +166,9 @@ function open(OSD, root, data, setTriggerValue) {
   viewer.addHandler("open", () => {
     state.slide = viewer.world.getItemAt(0);
     state.box.dataset.state = "open";
+    // whether every tile the view needs is drawn: follows the tiles themselves, not the end of an animation (tiles
+    // may still be on their way when the zoom's animation ends, on a busy server)
+    state.slide.addHandler("fully-loaded-change", (event) => { state.box.dataset.loaded = String(event.fullyLoaded); });
     viewer.canvas.appendChild(state.svg);
     viewer.canvas.appendChild(state.scalebar);
     update(root);
