@@ -294,7 +294,11 @@ def test_an_interrupted_analysis_resumes_to_the_uninterrupted_map_in_each_mode(b
 
     with pytest.raises(_Stop):
         score_slide(bundled.model, slide, AnalysisFolder(tmp_path / "cut"), progress=stop_late, **options)
-    resumed = score_slide(bundled.model, slide, AnalysisFolder(tmp_path / "cut"), resume=True, **options)
+    cut = AnalysisFolder(tmp_path / "cut")
+    # the cascade's second pass scores the cells chosen from the dense map before any was overwritten, resumed or not
+    assert cut.cascade_npy.exists() == (mode == "cascade")
+    resumed = score_slide(bundled.model, slide, cut, resume=True, **options)
     assert resumed["resumed"] and resumed["mode"] == mode
+    assert not cut.cascade_npy.exists() and resumed["cascade" if mode == "cascade" else "mode"]
     for name in ("heatmap.npy", "scope.npy"):
         np.testing.assert_allclose(np.load(tmp_path / "cut" / name), np.load(tmp_path / "whole" / name), atol=1e-6)

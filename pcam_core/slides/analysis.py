@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..fileio import atomic_write_json, read_json
+from ..fileio import atomic_write_json, atomic_write_with, read_json
 from ..scope import ScopeModel, tap_for
 from .folder import AnalysisFolder
 from .dense import (block_probes, block_values, can_scan, cascade_bar, cascade_summary, dense_windows, effective_mode, fill_from_blocks,
@@ -422,7 +422,8 @@ def score_slide(
         if mode == "cascade":
             _cascade_refine(heat, distances, score, probes, cascade_bar(threshold), state,
                             lambda todo_mask: run(todo_mask, "done_refine", False), dense=coarse_dense,
-                            scope_band=scope_cascade_band(scope.threshold) if scope is not None else None)
+                            scope_band=scope_cascade_band(scope.threshold) if scope is not None else None,
+                            saved=folder.cascade_npy, save_state=lambda: atomic_write_json(paths[1], state))
     finally:
         if distances is not None:
             tap.close()
@@ -432,6 +433,8 @@ def score_slide(
     state["complete"] = True  # every tile of this analysis (or shard) is in its map
     state["mode"] = mode
     atomic_write_json(paths[1], state)
+    if shard is None:
+        folder.cascade_npy.unlink(missing_ok=True)  # the second pass's cells are needed only to resume it
     return {"lattice": lattice, "thumbnail": thumb, "tissue": mask, "scored_mask": score, "skipped": state["skipped"],
             "windows": int(np.isfinite(heat).sum() - (heat == UNREADABLE).sum()), "seconds": state["seconds"], "slide": slide_info,
             "resumed": state["resumed"], "shard": shard, "tiles": len(mine), "mode": mode, "cascade": state.get("cascade")}
@@ -452,17 +455,28 @@ def _record_unreadable(slide_path: str | Path, heat: np.ndarray, state: dict[str
 
 def _cascade_refine(heat: np.ndarray, distances: np.ndarray | None, score: np.ndarray, probes: np.ndarray, bar: float,
                     state: dict[str, Any], run: Callable[[np.ndarray], None], *, dense: bool,
-                    scope_band: tuple[float, float] | None) -> None:
+                    scope_band: tuple[float, float] | None, saved: Path, save_state: Callable[[], None]) -> None:
     """The cascade's second pass: score window by window the cells near suspect ones (`run`), and after a dense pass
-    those whose out-of-scope distance lies in `scope_band`. After a dense coarse pass the other cells keep their dense values; after probes they take their block's coarse value (and
-    out-of-scope distance), and the probes that are not cells to score are cleared."""
+    those whose out-of-scope distance lies in `scope_band`. After a dense coarse pass the other cells keep their dense
+    values; after probes they take their block's coarse value (and out-of-scope distance), and the probes that are not
+    cells to score are cleared.
+
+    After a dense pass the cells to score are chosen from the dense map, which the second pass overwrites cell by cell:
+    so they are chosen once, saved to `saved` before any is scored (`state["refine_saved"]`), and a resumed analysis
+    reads them back instead of choosing again from a half-refined map."""
     if dense:
-        refine = refine_cells(np.asarray(heat), score, bar)
-        if distances is not None and scope_band is not None:
-            far = np.asarray(distances)
-            refine &= ~(far > scope_band[1])  # surely out of scope: its probability counts for nothing
-            refine |= score & (far >= scope_band[0]) & (far <= scope_band[1])  # the guard's call could flip: look again
-        refine &= np.asarray(heat) != UNREADABLE  # a region that could not be read is not read again
+        if state.get("refine_saved") and saved.exists():
+            refine = np.load(saved)
+        else:
+            refine = refine_cells(np.asarray(heat), score, bar)
+            if distances is not None and scope_band is not None:
+                far = np.asarray(distances)
+                refine &= ~(far > scope_band[1])  # surely out of scope: its probability counts for nothing
+                refine |= score & (far >= scope_band[0]) & (far <= scope_band[1])  # the guard's call could flip: look again
+            refine &= np.asarray(heat) != UNREADABLE  # a region that could not be read is not read again
+            atomic_write_with(saved, lambda handle: np.save(handle, refine))
+            state["refine_saved"] = True
+            save_state()
         state["windows_total"] = int(score.sum() + refine.sum())
         run(refine)
     else:

@@ -58,6 +58,8 @@ class AnalysisFolder:
     tiles_csv = property(lambda self: self.path / "tiles.csv")
     summary_json = property(lambda self: self.path / "summary.json")
     progress_json = property(lambda self: self.path / "progress.json")
+    # the cells the cascade's second pass scores, fixed when that pass starts: a resumed analysis scores the same ones
+    cascade_npy = property(lambda self: self.path / "cascade_refine.npy")
     report_html = property(lambda self: self.path / "report.html")
     shards_dir = property(lambda self: self.path / "shards")
     merge_lock = property(lambda self: self.path / "shards" / "merge.lock")
