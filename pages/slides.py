@@ -236,9 +236,9 @@ if window is not None:
     wx, wy = int(round(window["x"])), int(round(window["y"]))
     st.subheader(f"The {window_label(wx, wy)}")
     left, right = st.columns([1, 2])
-    what = {"scored": f"map probability **{window['probability']:.3f}**", "not scored": "not scored (too little tissue)",
-            "unreadable": "unreadable in the slide file",
-            "out of scope": "**out of scope**: unlike the tissue the model was trained on, so no probability is given"}[window["state"]]
+    what = (f"map probability **{window['probability']:.3f}**" if window["state"] == "scored" else  # only a scored one has one
+            {"not scored": "not scored (too little tissue)", "unreadable": "unreadable in the slide file",
+             "out of scope": "**out of scope**: unlike the tissue the model was trained on, so no probability is given"}[window["state"]])
     left.image(outline_centre(window["pixels"], scale=2, width=2), width=192,
                caption=f"cell ({window['row']}, {window['col']}): {what}", output_format="PNG")
     run = _run_of(summary)

@@ -154,6 +154,29 @@ def test_a_click_on_the_slide_shows_its_window_probability_and_grad_cam(analysed
     assert f" at ({wx:,}, {wy:,}) · p={float(heat[i, j]):.3f} · focus " in caption
 
 
+def test_a_click_on_a_window_without_a_probability_names_why(analysed_workspace, monkeypatch):
+    """A window the map gives no probability (glass, or the guard's out of scope) is shown with the reason in place of
+    one, and still with its Grad-CAM; the page does not break over the missing figure."""
+    from pcam_core.slides.viewer import OUT_OF_SCOPE
+
+    root, sid = analysed_workspace
+    at = open_slides(root, monkeypatch)
+    folder = SlideLibrary(root).analysis_folder(sid)
+    lattice = lattice_of(load_summary(folder))
+    heat = load_heat(folder)
+    reasons = {"not scored (too little tissue)": np.isnan(heat), "**out of scope**": heat == OUT_OF_SCOPE}
+    found = {reason: np.argwhere(cells)[0] for reason, cells in reasons.items() if cells.any()}
+    assert found, "the slide has no window without a probability to click"
+    for reason, (i, j) in found.items():
+        point = (int((j + 0.5) * lattice.cell_px), int((i + 0.5) * lattice.cell_px))
+        at.session_state[f"slides_view_{sid}"] = {"goto": None, "point": point}
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        captions = [c for image in at.image for c in image.captions]
+        assert any(reason in c and "map probability" not in c for c in captions), (reason, captions)
+        assert any(c.startswith("Grad-CAM") for c in captions), captions
+
+
 def _wait_for(library: SlideLibrary, sid: str, states: tuple[str, ...], timeout: float = 240.0) -> str:
     import time
 
