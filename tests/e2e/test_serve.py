@@ -377,9 +377,10 @@ def test_the_bundled_model_serves_real_patches(bundled_server, real_kaggle):
     body = answer.json()
     assert body["threshold"] == pytest.approx(predictor.threshold)
     got = {p["name"]: p for p in body["predictions"]}
-    probs = predictor.predict(paths)
+    probs, distances = predictor.predict_in_scope(paths)
     np.testing.assert_allclose([got[p.name]["probability"] for p in paths], probs, atol=1e-5)
-    assert [got[p.name]["call"] for p in paths] == list(predictor.call(probs))
+    # the same call as the library's, the guard included: a real patch the guard flags is "refer" in both
+    assert [got[p.name]["call"] for p in paths] == list(predictor.call(probs, distances))
 
 
 def test_the_server_lets_openmp_threads_wait_passively(bundled_server):
