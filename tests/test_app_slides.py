@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 import numpy as np
 
-from helpers import REPO, analysed_real_slide, mosaic_truth_geojson
+from helpers import REPO, analysed_real_slide, mosaic_truth_geojson, real_mosaic_slide
 from pcam_core.workspace.slides import SlideLibrary
 from pcam_core.slides.viewer import lattice_of, load_heat, load_summary
 from pcam_core.workspace import ENV_VAR
@@ -202,7 +202,7 @@ def _damage_overview(path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_page_follows_real_analyses_queued_running_done_and_failed(analysed_workspace, tmp_path, monkeypatch):
+def test_the_page_follows_real_analyses_queued_running_done_and_failed(tmp_path, monkeypatch):
     """Real background analyses (the library's queue runner and `pcam slide` processes, one at a time): a slide
     waiting its turn is shown queued, the one at work as being analysed, then done with its figures; a slide
     whose overview level is damaged while it waits in the queue fails, and the page says why."""
@@ -210,7 +210,7 @@ def test_the_page_follows_real_analyses_queued_running_done_and_failed(analysed_
     import time
 
     root = _workspace(tmp_path / "ws")
-    source = SlideLibrary(analysed_workspace[0]).entry(analysed_workspace[1]).path
+    source, _ = real_mosaic_slide(tmp_path / "source", cols=6, rows=4, tumour=(1, 3, 2, 4))  # small: three analyses in turn
     first, second, broken = (tmp_path / "slides" / name for name in ("a.tif", "b.tif", "c.tif"))
     first.parent.mkdir()
     for path in (first, second, broken):

@@ -31,7 +31,7 @@ def analysed(tmp_path_factory) -> tuple[Path, Path, Path, str]:
     """A slide of real lymph-node patches (tumour in a known block) in a workspace's slide library, analysed there at stride 96 with the
     bundled model: (workspace, slide, analysis folder, slide id)."""
     root = tmp_path_factory.mktemp("ws-slides")
-    slide, out, sid = analysed_real_slide(root, stride=96, size=(3000, 2000), mode="dense")  # the quickest
+    slide, out, sid = analysed_real_slide(root, stride=96, size=(2000, 1400), mode="dense")  # the quickest
     return root, slide, out, sid
 
 
@@ -75,13 +75,14 @@ def test_a_tile_outside_the_level_is_refused():
         tile_box((300, 200), 0, -1)
 
 
+@pytest.mark.slow  # needs the real slide analysed with the bundled ensemble (seconds): outside the fast lane
 def test_openslide_and_reader_backends_cut_the_same_tiles(analysed):
     slide = analysed[1]
     zoom = DeepZoomSlide(slide)
-    assert type(zoom._zoom).__name__ == "_OpenSlideDeepZoom" and (zoom.width, zoom.height) == (3000, 2000)
+    assert type(zoom._zoom).__name__ == "_OpenSlideDeepZoom" and (zoom.width, zoom.height) == (2000, 1400)
     ours = tiles._ReaderDeepZoom(slide, None)
     last = zoom.level_count - 1
-    for level, col, row in [(last, 0, 0), (last, 11, 7), (last - 1, 2, 1), (3, 0, 0)]:
+    for level, col, row in [(last, 0, 0), (last, 7, 5), (last - 1, 2, 1), (3, 0, 0)]:
         a = np.asarray(zoom._zoom.get_tile(level, col, row), dtype=float)
         b = np.asarray(ours.get_tile(level, col, row), dtype=float)
         assert a.shape == b.shape
@@ -100,12 +101,13 @@ def test_a_plain_image_gets_deep_zoom_tiles_of_its_own_pixels(tmp_path):
     assert jpeg.format == "JPEG" and jpeg.size == (600 - 507, 300 - 253)
 
 
+@pytest.mark.slow  # needs the real slide analysed with the bundled ensemble (seconds): outside the fast lane
 def test_dzi_descriptor_names_size_tiles_and_format(analysed):
     root = ET.fromstring(DeepZoomSlide(analysed[1]).dzi())
     ns = {"d": tiles.DZI_NS}
     assert (root.get("TileSize"), root.get("Overlap"), root.get("Format")) == ("254", "1", "jpeg")
     size = root.find("d:Size", ns)
-    assert (size.get("Width"), size.get("Height")) == ("3000", "2000")
+    assert (size.get("Width"), size.get("Height")) == ("2000", "1400")
 
 
 def test_lru_cache_keeps_the_recent_within_its_bytes():
@@ -120,6 +122,7 @@ def test_lru_cache_keeps_the_recent_within_its_bytes():
     assert cache.get("b", lambda: b"x") == b"b" * 10 and cache.get("c", lambda: b"new") == b"new"
 
 
+@pytest.mark.slow  # needs the real slide analysed with the bundled ensemble (seconds): outside the fast lane
 def test_tile_cache_opens_a_slide_once_and_answers_a_tile_again_from_memory(analysed):
     cache = TileCache()
     first = cache.tile(analysed[1], 10, 0, 0)
@@ -129,6 +132,7 @@ def test_tile_cache_opens_a_slide_once_and_answers_a_tile_again_from_memory(anal
 
 # -- the analysis' overlays and the window under a click ------------------------------------------
 
+@pytest.mark.slow  # needs the real slide analysed with the bundled ensemble (seconds): outside the fast lane
 def test_heat_overlay_shows_exactly_the_cells_at_or_above_the_threshold(analysed):
     folder = AnalysisFolder(analysed[2])
     lattice = lattice_of(load_summary(folder))
@@ -146,6 +150,7 @@ def test_heat_overlay_shows_exactly_the_cells_at_or_above_the_threshold(analysed
         heat_overlay(heat, lattice, 1.5)
 
 
+@pytest.mark.slow  # needs the real slide analysed with the bundled ensemble (seconds): outside the fast lane
 def test_regions_come_from_the_geojson_with_boxes_around_their_outlines(analysed):
     folder = AnalysisFolder(analysed[2])
     found = regions(folder)
@@ -164,6 +169,7 @@ def test_regions_come_from_the_geojson_with_boxes_around_their_outlines(analysed
         assert ring[:, 0].min() == x and ring[:, 1].max() == pytest.approx(y + h) and w > 0 and h > 0
 
 
+@pytest.mark.slow  # needs the real slide analysed with the bundled ensemble (seconds): outside the fast lane
 def test_the_window_under_a_point_is_its_cells_window_as_the_analysis_read_it(analysed):
     slide, folder = analysed[1], AnalysisFolder(analysed[2])
     lattice = lattice_of(load_summary(folder))
@@ -182,8 +188,8 @@ def test_the_window_under_a_point_is_its_cells_window_as_the_analysis_read_it(an
     if len(blank):
         i, j = blank[0]
         assert window_at(slide, heat, lattice, (j + 0.5) * lattice.cell_px, (i + 0.5) * lattice.cell_px)["state"] == "not scored"
-    with pytest.raises(ValueError, match=r"point \(3000, 5\) is outside the slide's 3000 x 2000 pixels"):
-        window_at(slide, heat, lattice, 3000, 5)
+    with pytest.raises(ValueError, match=r"point \(2000, 5\) is outside the slide's 2000 x 1400 pixels"):
+        window_at(slide, heat, lattice, 2000, 5)
 
 
 def test_at_stride_32_the_cell_clicked_is_the_windows_central_32_pixels():
@@ -195,6 +201,7 @@ def test_at_stride_32_the_cell_clicked_is_the_windows_central_32_pixels():
     assert centre == (col * lattice.cell_px, row * lattice.cell_px)
 
 
+@pytest.mark.slow  # needs the real slide analysed with the bundled ensemble (seconds): outside the fast lane
 def test_synthetic_slides_are_known_by_their_truth_file(analysed, tmp_path):
     from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
 
@@ -206,15 +213,16 @@ def test_synthetic_slides_are_known_by_their_truth_file(analysed, tmp_path):
 
 # -- the routes ------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # needs the real slide analysed with the bundled ensemble (seconds): outside the fast lane
 def test_routes_serve_the_descriptor_tiles_and_overlays_of_a_registered_slide(client, analysed):
     sid = analysed[3]
     response = client.get(f"/slides-api/{sid}.dzi")
     assert response.status_code == 200 and response.headers["content-type"].startswith("application/xml")
-    assert 'Width="3000"' in response.text
-    levels = len(dzi_level_sizes(3000, 2000))
-    tile = client.get(f"/slides-api/{sid}_files/{levels - 1}/11_7.jpeg")
+    assert 'Width="2000"' in response.text
+    levels = len(dzi_level_sizes(2000, 1400))
+    tile = client.get(f"/slides-api/{sid}_files/{levels - 1}/7_5.jpeg")
     assert tile.status_code == 200 and tile.headers["content-type"] == "image/jpeg"
-    assert Image.open(io.BytesIO(tile.content)).size == (3000 - 11 * 254 + 1, 2000 - 7 * 254 + 1)
+    assert Image.open(io.BytesIO(tile.content)).size == (2000 - 7 * 254 + 1, 1400 - 5 * 254 + 1)
     heat = client.get(f"/slides-api/{sid}/bundled-s96/heatmap.png?threshold=0.5")
     assert heat.status_code == 200 and Image.open(io.BytesIO(heat.content)).mode == "RGBA"
     assert client.get(f"/slides-api/{sid}/bundled-s96/tissue.png").status_code == 200
@@ -233,12 +241,13 @@ def test_routes_serve_the_descriptor_tiles_and_overlays_of_a_registered_slide(cl
     ("/slides-api/{id}_files/3/-1_0.jpeg", 400, "malformed tile address"),
     ("/slides-api/{id}_files/3/0_0.jpeg.jpeg", 400, "malformed tile address"),
     ("/slides-api/{id}_files/99/0_0.jpeg", 404, "level 99 does not exist"),
-    ("/slides-api/{id}_files/12/99_0.jpeg", 404, "tile (99, 0) is outside the level's 12 x 8 tiles"),
+    ("/slides-api/{id}_files/11/99_0.jpeg", 404, "tile (99, 0) is outside the level's 8 x 6 tiles"),
     ("/slides-api/{id}/%2E%2E/heatmap.png", 400, "malformed analysis key '..'"),
     ("/slides-api/{id}/bundled/heatmap.png", 400, "malformed analysis key 'bundled'"),
     ("/slides-api/{id}/bundled-s96/heatmap.png?threshold=2", 400, "threshold='2' must be a probability between 0 and 1"),
     ("/slides-api/{id}/bundled-s96/heatmap.png?threshold=nan", 400, "threshold='nan' must be a probability between 0 and 1"),
 ])
+@pytest.mark.slow  # needs the real slide analysed with the bundled ensemble (seconds): outside the fast lane
 def test_routes_refuse_unregistered_slides_and_malformed_addresses(client, analysed, url, status, message):
     response = client.get(url.replace("{id}", analysed[3]))
     assert response.status_code == status, response.text
@@ -258,13 +267,14 @@ def test_a_registered_slide_whose_file_went_is_a_404_naming_it(tmp_path):
     assert response.status_code == 404 and str(slide) in response.json()["error"]
 
 
+@pytest.mark.slow  # needs the real slide analysed with the bundled ensemble (seconds): outside the fast lane
 def test_tiles_and_overlays_are_cached_only_under_their_current_version(client, analysed):
     """A re-analysed slide never looks stale: the version is in the address, and only the current one is kept."""
     root, _, out, sid = analysed
     library = SlideLibrary(root)
     slide_version, analysis_version = library.entry(sid).version, AnalysisFolder(out).version()
     assert slide_version and analysis_version
-    levels = len(dzi_level_sizes(3000, 2000))
+    levels = len(dzi_level_sizes(2000, 1400))
     for url, version in ((f"/slides-api/{sid}.dzi", slide_version), (f"/slides-api/{sid}_files/{levels - 1}/0_0.jpeg", slide_version),
                          (f"/slides-api/{sid}/bundled-s96/heatmap.png?threshold=0.5", analysis_version),
                          (f"/slides-api/{sid}/bundled-s96/tissue.png", analysis_version)):

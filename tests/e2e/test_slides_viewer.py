@@ -26,7 +26,7 @@ VIEW = ".pcam-slide-view"
 def dashboard(tmp_path_factory):
     root = tmp_path_factory.mktemp("ws-slides-e2e")
     (root / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
-    _, folder, sid = analysed_real_slide(root, stride=32, size=(3000, 2000))
+    _, folder, sid = analysed_real_slide(root, stride=32, size=(3000, 2000), mode="dense")  # the quickest; drawn as any mode
     app = Dashboard(root, root / "streamlit.log")
     app.sid, app.folder = sid, folder
     app.start()
