@@ -28,30 +28,17 @@ from pcam_core.ensemble import member_runs, read_record
 from pcam_core.runs import RunDir, checkpoint_path
 
 
-def test_the_bundled_file_is_plain_weights_with_its_config_threshold_and_held_out_figures():
-    if is_ensemble():
-        pytest.skip("the bundled model is the cross-validated ensemble: test_the_bundled_ensemble_...")
-    path = bundled_checkpoint()
-    assert path.parent == BUNDLED_DIR and path.stat().st_size < 2_000_000  # the compact model: about a megabyte
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    assert payload["format"] == FORMAT and payload["ema"] is None and not payload["synthetic_data"]
-    assert set(payload) <= {"format", "config", "model", "ema", "epoch", "global_step", "threshold", "synthetic_data", "bundled"}
-    assert payload["config"]["model"]["name"] == "pcamnet" and 0 < payload["threshold"] < 1
-    held = payload["bundled"]["holdout"]
-    assert held["n"] == 600 and held["n_tumour"] + held["n_normal"] == 600
-    for scoring in ("one_pass", "tta"):
-        assert 0.5 < held[scoring]["roc_auc"] <= 1 and 0 < held[scoring]["roc_auc_se"] < 0.05
-
-
-# the cross-validated ensemble: the bundled model when it is one, else the committed candidate (candidates/bundled-cv5)
-ENSEMBLE_DIR = BUNDLED_DIR if is_ensemble() else REPO / "candidates" / "bundled-cv5"
+def test_the_bundled_model_is_the_cross_validated_ensemble():
+    """What ships is the ensemble (issue 24), not the single model file of `scripts/train_bundled.py` without --folds."""
+    assert is_ensemble() and bundled_checkpoint() == BUNDLED_DIR / "ensemble.json"
+    assert not (BUNDLED_DIR / "pcam-real-pcamnet.pt").exists()
 
 
 def test_the_cross_validated_ensemble_is_plain_weights_with_out_of_fold_predictions_of_every_patch():
     """The cross-validated ensemble (`scripts/train_bundled.py --folds K`): K members of plain weights, under 20 MB in
     all; every patch of the data predicted once, by the one member that held it out (the fold column), one pass and
     TTA; the record's figures are cv.json's."""
-    run = RunDir(ENSEMBLE_DIR)
+    run = RunDir(BUNDLED_DIR)
     record = read_record(run)
     bundled, members = record["bundled"], [member.best_checkpoint for member in member_runs(run)]
     folds = bundled["folds"]
@@ -61,7 +48,7 @@ def test_the_cross_validated_ensemble_is_plain_weights_with_out_of_fold_predicti
         assert payload["format"] == FORMAT and payload["ema"] is None and not payload["synthetic_data"]
         assert set(payload) <= {"format", "config", "model", "ema", "epoch", "global_step", "synthetic_data"}
         assert payload["config"]["model"]["name"] == "pcamnet" and payload["config"]["data"]["folds"] == folds
-    shipped = [p for p in ENSEMBLE_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    shipped = [p for p in BUNDLED_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     assert sum(p.stat().st_size for p in shipped) < 20_000_000
     oof = pd.read_csv(run.oof_predictions_path, dtype={"id": str})
     cv = json.loads(run.cv_path.read_text())
@@ -109,16 +96,17 @@ def test_bundled_is_a_run_name_for_the_one_resolver_and_a_folder_of_that_name_st
 
 
 def test_load_predictor_bundled_scores_real_patches_well_above_chance(real_kaggle):
-    """ROC-AUC on the 160 committed real patches (overlapping the model's training data: see the module
-    docstring): 0.952 with the 36-epoch model committed on 2026-11-30 (printed with `-s`)."""
+    """ROC-AUC on every other one of the 160 committed real patches (overlapping the model's training data: see the
+    module docstring; half of them, as the ensemble costs five models' time in the fast lane), printed with `-s`."""
     predictor = load_predictor("bundled", device="cpu")
     assert predictor.source == "bundled" and predictor.model_name == "pcamnet"
     assert predictor.threshold == (read_record(RunDir(BUNDLED_DIR))["threshold"] if is_ensemble()
                                    else bundled_record()["holdout"]["threshold"])
-    labels = pd.read_csv(real_kaggle / "train_labels.csv")
+    labels = pd.read_csv(real_kaggle / "train_labels.csv").iloc[::2]
+    assert len(labels) == 80 and labels["label"].sum() >= 20
     probs = predictor.predict([real_kaggle / "train" / f"{i}.tif" for i in labels["id"]])
     auc = roc_auc_score(labels["label"], probs)
-    print(f"bundled model on the 160 fixture patches: ROC-AUC {auc:.4f}")
+    print(f"bundled model on 80 fixture patches: ROC-AUC {auc:.4f}")
     assert auc > 0.85
     assert np.all((probs >= 0) & (probs <= 1))
 

@@ -1,17 +1,22 @@
-"""The bundled model: a compact model trained on real PCam patches, shipped inside the package, and
-usable wherever a run is (`--run bundled`, `load_predictor("bundled")`, the dashboard's run choice).
+"""The bundled model: models trained on real PCam patches, shipped inside the package, and usable wherever a run
+is (`--run bundled`, `load_predictor("bundled")`, the dashboard's run choice).
+
+What ships (since 2026-12-06) is a 5-fold cross-validated ensemble made by `scripts/train_bundled.py --folds 5`, laid
+out as an ensemble run (`pcam_core.ensemble`):
 
     pcam_core/bundled/
-      pcam-real-pcamnet.pt   the averaged weights, the ExperimentConfig, the threshold and the held-out
-                             figures, in the one checkpoint schema (loaded with weights_only=True)
-      MODEL_CARD.md          data, recipe, held-out figures, intended use and limits
+      ensemble.json          the members, how they are combined, the threshold and the record (cross-validated figures)
+      members/fold-<k>/checkpoints/best.pt   each member's averaged weights and ExperimentConfig (weights_only=True)
+      oof_predictions.csv    every patch's out-of-fold prediction, with its fold; valid_predictions.csv and
+                             valid_predictions_tta.csv per scoring mode; cv.json
+      calibration.json, calibration_tta.json   the temperatures fitted on them, per scoring mode
+      scope.npz              the out-of-scope guard (the first member's)
+      MODEL_CARD.md          data, recipe, cross-validated figures, intended use and limits
       slide_decision.json    which slide regions are reported and the slide classifier (`slides.decision`)
 
-or, made by `scripts/train_bundled.py --folds K`, a cross-validated ensemble laid out as an ensemble run
-(`pcam_core.ensemble`): ensemble.json (members, how they are combined, the threshold, the record), members/fold-<k>/
-checkpoints/best.pt, the out-of-fold predictions (oof_predictions.csv with each patch's fold; valid_predictions.csv,
-valid_predictions_tta.csv per scoring mode), their temperatures (calibration.json, calibration_tta.json), cv.json,
-scope.npz and MODEL_CARD.md. Which form is here: `is_ensemble()`.
+`scripts/train_bundled.py` without `--folds` writes the other form this module reads: one model file,
+pcam-real-pcamnet.pt (weights, config, threshold and held-out figures in the one checkpoint schema), with its card.
+Which form is here: `is_ensemble()`.
 
 The model and its card are written by `scripts/train_bundled.py` (the only code that reads the training data,
 and the only writer of the model file and its card); slide_decision.json by `scripts/fit_slide_decision.py`, from
