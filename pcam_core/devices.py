@@ -31,16 +31,19 @@ def amp_dtype_for(device: torch.device, amp: bool | None) -> torch.dtype | None:
 
 
 MALLOC_ARENAS = 2  # glibc heaps a slide analysis keeps (`limit_malloc_arenas`)
-MMAP_THRESHOLD = 4 << 20  # bytes from which glibc maps a buffer of its own, given back to the system when freed
+MMAP_THRESHOLD = 32 << 20  # bytes from which glibc maps a buffer of its own, given back to the system when freed
 
 
 def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
     """Make glibc's malloc give memory back, for this process and those it forks: at most `n` heaps (arenas), as
-    MALLOC_ARENA_MAX=n would (each of ONNX Runtime's and PyTorch's threads otherwise gets one), and buffers of 4 MB or
-    more in maps of their own (`MMAP_THRESHOLD`, as MALLOC_MMAP_THRESHOLD_ would; by default the threshold rises to
-    32 MB as large buffers are freed, and region-sized activations then stay in the heap once freed). A CAMELYON-size
-    analysis with the bundled model peaked at 1.8-2.7 GB PSS before, 1.5 GB after (benchmarks/README.md). Threads that
-    already have a heap keep it. False where the C library is not glibc."""
+    MALLOC_ARENA_MAX=n would (each of ONNX Runtime's and PyTorch's threads otherwise gets one), and buffers of 32 MB or
+    more in maps of their own (`MMAP_THRESHOLD`, as MALLOC_MMAP_THRESHOLD_ would: fixed, where glibc's own threshold
+    moves with the buffers freed, and region-sized activations could stay in the heap). A CAMELYON-size analysis with
+    the bundled model peaked at 1.8-2.7 GB PSS before, 1.5 GB after (benchmarks/README.md). A 4 MB threshold, tried
+    first, kept no less memory (`pcamscan` on a 30,000 x 66,000 slide: 1.44 GB PSS against 1.45-1.47 GB at 32 MB) but
+    cost PyTorch's window passes time in unmapping and zeroing pages (tests/test_slide_modes.py in one process: 102
+    against 88 s, a quarter more system time). Threads that already have a heap keep it. False where the C library is
+    not glibc."""
     import ctypes
     import ctypes.util
 
