@@ -17,6 +17,7 @@ case "${1:-}" in
 esac
 
 PYTHON=${PYTHON:-python3}
+UV_VERSION=0.13.9  # the installer scripts/lock.sh writes the locks with, pinned here
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
   echo "error: $PYTHON not found; install Python 3.11 or newer (Debian/Ubuntu: apt-get install python3 python3-venv)" >&2
   exit 1
@@ -47,10 +48,22 @@ have=$(cat "$stamp" 2>/dev/null || true)
 if [ "${have%% *}" != "$want" ] || { [ "$with_test" = 1 ] && [ "$have" != "$want test" ]; }; then
   lock=requirements.lock
   [ "$with_test" = 1 ] && lock=requirements-test.lock
-  echo "installing the locked requirements ($lock; torch is large: a few minutes the first time) ..."
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -r "$lock"
-  .venv/bin/python -m pip install --quiet --no-deps -e .
+  echo "installing the locked requirements ($lock; torch is large: a minute or more the first time) ..."
+  # With uv (pinned, like every package; kept in .venv/.uv, outside the environment's own packages): it installs the
+  # same lock about five times faster than pip. Where uv cannot be installed, pip installs the same lock.
+  uv=.venv/.uv/bin/uv
+  if [ ! -x "$uv" ] || [ "$("$uv" --version 2>/dev/null | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+    rm -rf .venv/.uv
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --target .venv/.uv "uv==$UV_VERSION" \
+      || echo "warning: could not install uv $UV_VERSION; installing with pip (slower)" >&2
+  fi
+  if [ -x "$uv" ]; then
+    "$uv" pip install --quiet --python .venv/bin/python -r "$lock"
+    "$uv" pip install --quiet --python .venv/bin/python --no-deps -e .
+  else
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$lock"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+  fi
   # A package that an older lock named and these do not is removed; anything else off the locks is an error.
   .venv/bin/python scripts/unlocked.py requirements-test.lock --remove
   echo "$want$([ "$with_test" = 1 ] && echo " test")" > "$stamp"
