@@ -366,6 +366,9 @@ out-of-scope guard is the first member's (fitted on its training folds, threshol
   the one that did best on those very patches.
 - The slide decision (`slide_decision.json`) is fitted on single members' out-of-fold slide maps (mosaics of one
   fold's held-out patches scored by that fold's member) and applied to the ensemble's maps (docs/slides.md).
+- Every window of a slide costs {cv['folds']} models' time: on a 2-core CPU a CAMELYON-size slide of real tissue takes
+  hours (benchmarks/README.md). `candidates/pcamscan`, one network that scans a slide exactly, takes minutes, at
+  0.01-0.03 less patch ROC-AUC (docs/recipe-experiments.md).
 """
 
 
