@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 # Before anything imports torch: OpenMP threads wait passively, as in the dashboard and the training processes it
@@ -106,11 +107,12 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if Path(item.fspath).is_relative_to(e2e):
             item.add_marker(pytest.mark.slow)
-    # Files with a test that needs the shared training run last (their order kept), so that the workers of a
-    # pytest-xdist session (which take whole files) have the others to do while that training is under way.
+    # Files with a test that needs the shared training run after the others (their order kept), so that the workers
+    # of a pytest-xdist session (which take whole files) have the others to do while that training is under way.
     needs_run = {item.fspath for item in items if "trained_run" in getattr(item, "fixturenames", ())}
-    if "not slow" in (config.getoption("markexpr", "") or ""):
-        items.sort(key=lambda item: item.fspath in needs_run)
+    if "not slow" in (config.getoption("markexpr", "") or ""):  # the fast lane: the files with the most tests first
+        count = Counter(item.fspath for item in items if not item.get_closest_marker("slow"))
+        items.sort(key=lambda item: -count[item.fspath])
         return
     # The whole suite: the files that take minutes first, longest first (the training is done long before they reach
     # it), so that no worker is left alone with one of them at the end; then the rest as above.
@@ -121,7 +123,8 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 # Seconds each of the longest test files takes on the 2-core CI machine (`--durations=0`, 2026-12-06): only their
-# order matters, to give them out longest first. A file missing here runs after them, in collection order.
+# order matters, to give them out longest first (pyproject's `--no-loadscope-reorder` keeps pytest-xdist from
+# reordering the files by their number of tests). A file missing here runs after them, in collection order.
 HEAVY_FILES = {
     "test_train.py": 180, "test_distributed.py": 150, "test_slides.py": 135, "test_cli.py": 115,
     "test_slide_decision.py": 110, "test_slide_modes.py": 105, "test_tracking.py": 100, "e2e/test_browser.py": 95,
