@@ -17,6 +17,9 @@ from filelock import FileLock
 
 TRAINED_EPOCHS = 1  # epochs of the `trained_run` fixture: the one trained model the fast lane shares
 DEMO_SIZES = (("train", 768), ("valid", 256), ("test", 256))
+# Half as many: for the tests of a training process's contract (stop, resume, kill, tracking, several processes), where
+# what is trained is not under test and every patch costs seconds over the suite.
+SMALL_DEMO_SIZES = (("train", 384), ("valid", 128), ("test", 128))
 
 
 def made_once(base: Path, name: str, make: Callable[[Path], None]) -> Path:
@@ -39,6 +42,16 @@ def demo_data(base: Path) -> Path:
         make_demo_dataset(root, DemoSpec(sizes=DEMO_SIZES, seed=1))
 
     return made_once(base, "demo", make)
+
+
+def small_demo_data(base: Path) -> Path:
+    """The same kind of synthetic demo dataset, half the size (`SMALL_DEMO_SIZES`)."""
+    def make(root: Path) -> None:
+        from pcam_core.data.demo import DemoSpec, make_demo_dataset
+
+        make_demo_dataset(root, DemoSpec(sizes=SMALL_DEMO_SIZES, seed=2))
+
+    return made_once(base, "small-demo", make)
 
 
 def demo_run(base: Path) -> Path:

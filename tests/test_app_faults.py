@@ -39,10 +39,10 @@ def test_a_non_finite_loss_is_shown_with_its_reason(demo_root, tmp_path, monkeyp
     assert "loss became inf" in error and "NonFiniteLoss" in error
 
 
-def test_a_killed_run_shows_as_interrupted_with_resume(demo_root, tmp_path, monkeypatch):
+def test_a_killed_run_shows_as_interrupted_with_resume(small_demo, tmp_path, monkeypatch):
     workspace = Workspace(tmp_path)
-    workspace.add_source(demo_root, "demo")
-    config = ExperimentConfig().replace(data={"path": str(demo_root), "num_workers": 0}, train={"epochs": 20, "batch_size": 32})
+    workspace.add_source(small_demo, "demo")
+    config = ExperimentConfig().replace(data={"path": str(small_demo), "num_workers": 0}, train={"epochs": 20, "batch_size": 32})
     run = workspace.start_run(config)
     assert wait_for(lambda: len(run.epochs()) >= 1, timeout=180)
     os.kill(run.status()["pid"], signal.SIGKILL)

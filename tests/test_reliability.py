@@ -27,8 +27,9 @@ from pcam_core.runs import RunDir, create_run, launch
 pytestmark = pytest.mark.slow  # every test here trains or kills a training process
 
 
-def test_kill_9_mid_epoch_is_seen_and_resumed_with_every_epoch_once(demo_root, tmp_path):
-    config = ExperimentConfig().replace(data={"path": str(demo_root), "num_workers": 0}, train={"batch_size": 32, "epochs": 3})
+def test_kill_9_mid_epoch_is_seen_and_resumed_with_every_epoch_once(small_demo, tmp_path):
+    # three epochs of 24 steps (384 patches, batch 16)
+    config = ExperimentConfig().replace(data={"path": str(small_demo), "num_workers": 0}, train={"batch_size": 16, "epochs": 3})
     run = create_run(tmp_path, config, run_id="victim")
     proc = launch(run)
     assert wait_for(lambda: len(run.epochs()) == 1 and run.steps() and run.steps()[-1]["step"] >= 34, timeout=180)
@@ -48,9 +49,9 @@ def test_kill_9_mid_epoch_is_seen_and_resumed_with_every_epoch_once(demo_root, t
     assert run.summary()["global_step"] == 72
 
 
-def test_two_trainers_on_one_folder_at_the_same_moment(demo_root, tmp_path):
+def test_two_trainers_on_one_folder_at_the_same_moment(small_demo, tmp_path):
     out = tmp_path / "contested"
-    args = [sys.executable, "-m", "pcam_core", "train", "--data", str(demo_root), "--out", str(out), "--epochs", "1",
+    args = [sys.executable, "-m", "pcam_core", "train", "--data", str(small_demo), "--out", str(out), "--epochs", "1",
             "--batch-size", "32", "--workers", "0", "--max-steps", "6"]
     procs = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]

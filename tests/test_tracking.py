@@ -103,10 +103,10 @@ def _assert_metrics_equal_epochs(client, run_id: str, run_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_train_logs_the_run_to_mlflow(demo_root, tmp_path):
+def test_train_logs_the_run_to_mlflow(small_demo, tmp_path):
     pytest.importorskip("mlflow")
     out, uri = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _train("--data", str(demo_root), "--out", str(out), "--epochs", "2", "--mlflow", uri, "--name", "two epochs")
+    _train("--data", str(small_demo), "--out", str(out), "--epochs", "2", "--mlflow", uri, "--name", "two epochs")
     client, tracked = _mlflow_run(out)
     assert tracked.info.status == "FINISHED" and tracked.info.run_name == "two epochs"
     assert tracked.data.tags["pcam.run_id"] == out.name and tracked.data.tags["pcam.synthetic_data"] == "true"
@@ -124,10 +124,10 @@ def test_train_logs_the_run_to_mlflow(demo_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_resumed_run_logs_to_the_same_mlflow_run(demo_root, tmp_path):
+def test_a_resumed_run_logs_to_the_same_mlflow_run(small_demo, tmp_path):
     pytest.importorskip("mlflow")
     out = tmp_path / "run"
-    _train("--data", str(demo_root), "--out", str(out), "--epochs", "1", "--mlflow", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _train("--data", str(small_demo), "--out", str(out), "--epochs", "1", "--mlflow", f"sqlite:///{tmp_path / 'mlflow.db'}")
     first = json.loads((out / "tracking.json").read_text())["mlflow_run_id"]
     _train("--out", str(out), "--resume", "--epochs", "2")
     client, tracked = _mlflow_run(out)

@@ -45,19 +45,20 @@ def test_short_run_beats_chance_and_fills_the_run_folder(trained_run):
     assert "SYNTHETIC" in (trained_run / "train.log").read_text() or summary["synthetic_data"]
 
 
-def _train_args(demo_root, out, *extra):
-    return [sys.executable, "-m", "pcam_core", "train", "--data", str(demo_root), "--out", str(out), "--epochs", "2",
-            "--batch-size", "32", "--workers", "0", "--seed", "5", *extra]
+def _train_args(data, out, *extra):
+    """Two epochs of 24 steps on the small demo set (384 training patches, batch 16)."""
+    return [sys.executable, "-m", "pcam_core", "train", "--data", str(data), "--out", str(out), "--epochs", "2",
+            "--batch-size", "16", "--workers", "0", "--seed", "5", *extra]
 
 
 @pytest.mark.slow
-def test_sigterm_stops_cleanly_and_resume_continues_exactly(demo_root, tmp_path):
+def test_sigterm_stops_cleanly_and_resume_continues_exactly(small_demo, tmp_path):
     # reference: the same run without interruption
     ref = tmp_path / "ref"
-    assert subprocess.run(_train_args(demo_root, ref), capture_output=True, cwd=REPO).returncode == 0
+    assert subprocess.run(_train_args(small_demo, ref), capture_output=True, cwd=REPO).returncode == 0
     # interrupted: SIGTERM in the middle of the first epoch, then --resume
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen(_train_args(demo_root, out, "--max-steps", "1000"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_train_args(small_demo, out, "--max-steps", "1000"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     run = RunDir(out)
     assert wait_for(lambda: run.steps() and run.steps()[-1]["step"] >= 10)
     proc.send_signal(signal.SIGTERM)
@@ -109,9 +110,9 @@ def test_out_dir_that_is_not_empty_is_refused(demo_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_the_run_with_the_reason(demo_root, tmp_path):
+def test_non_finite_loss_stops_the_run_with_the_reason(small_demo, tmp_path):
     out = tmp_path / "nan"
-    result = run_cli("train", "--data", str(demo_root), "--out", str(out), "--epochs", "1", "--batch-size", "32",
+    result = run_cli("train", "--data", str(small_demo), "--out", str(out), "--epochs", "1", "--batch-size", "32",
                      "--workers", "0", "--pos-weight", "1e38")
     assert result.returncode == 2
     assert "loss became inf" in result.stderr and "Traceback" not in result.stderr
@@ -120,11 +121,11 @@ def test_non_finite_loss_stops_the_run_with_the_reason(demo_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_checkpoint_write_keeps_the_previous_checkpoint(demo_root, tmp_path):
+def test_failed_checkpoint_write_keeps_the_previous_checkpoint(small_demo, tmp_path):
     """A real write failure: the resumed process may not write files larger than 1 MB (RLIMIT_FSIZE,
     as when a disk fills up), so every checkpoint write fails with EFBIG."""
     out = tmp_path / "full"
-    proc = subprocess.Popen(_train_args(demo_root, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_train_args(small_demo, out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = RunDir(out)
     assert wait_for(lambda: len(run.epochs()) == 1)
     proc.send_signal(signal.SIGTERM)
@@ -150,10 +151,10 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(demo_root, tmp_pa
 
 
 @pytest.mark.slow
-def test_amp_path_runs_on_the_cpu(demo_root, tmp_path):
+def test_amp_path_runs_on_the_cpu(small_demo, tmp_path):
     """The mixed-precision code path (bf16 autocast on the CPU; on CUDA it is the default)."""
     out = tmp_path / "amp"
-    result = run_cli("train", "--data", str(demo_root), "--out", str(out), "--epochs", "1", "--batch-size", "32",
+    result = run_cli("train", "--data", str(small_demo), "--out", str(out), "--epochs", "1", "--batch-size", "32",
                      "--workers", "0", "--amp", "--max-steps", "6", "--optimizer", "adam", "--schedule", "cosine")
     assert result.returncode == 0, result.stderr
     epochs = RunDir(out).epochs()
@@ -175,9 +176,9 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_with_more_epochs_extends_a_finished_run(demo_root, tmp_path):
+def test_resume_with_more_epochs_extends_a_finished_run(small_demo, tmp_path):
     out = tmp_path / "extend"
-    args = ["--data", str(demo_root), "--out", str(out), "--batch-size", "64", "--workers", "0", "--seed", "3"]
+    args = ["--data", str(small_demo), "--out", str(out), "--batch-size", "32", "--workers", "0", "--seed", "3"]
     assert run_cli("train", *args, "--epochs", "1").returncode == 0
     run = RunDir(out)
     steps_per_epoch = run.status()["steps_per_epoch"]
