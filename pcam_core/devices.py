@@ -32,6 +32,7 @@ def amp_dtype_for(device: torch.device, amp: bool | None) -> torch.dtype | None:
 
 MALLOC_ARENAS = 2  # glibc heaps a slide analysis keeps (`limit_malloc_arenas`)
 MMAP_THRESHOLD = 32 << 20  # bytes from which glibc maps a buffer of its own, given back to the system when freed
+TRIM_THRESHOLD = 64 << 20  # free bytes at the top of a heap that glibc keeps for the next buffers
 
 
 def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
@@ -42,13 +43,17 @@ def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
     the bundled model peaked at 1.8-2.7 GB PSS before, 1.5 GB after (benchmarks/README.md). A 4 MB threshold, tried
     first, kept no less memory (`pcamscan` on a 30,000 x 66,000 slide: 1.44 GB PSS against 1.45-1.47 GB at 32 MB) but
     cost PyTorch's window passes time in unmapping and zeroing pages (tests/test_slide_modes.py in one process: 102
-    against 88 s, a quarter more system time). Threads that already have a heap keep it. False where the C library is
-    not glibc."""
+    against 88 s, a quarter more system time). Fixing the map threshold also fixes glibc's trim threshold at 128 kB:
+    every free at the top of the heap gave its pages back, to be faulted in again by the next buffer; `TRIM_THRESHOLD`
+    keeps 64 MB (a 12 x 10-patch slide with the bundled ensemble: 6.1 M page faults -> 3.7 M; with huge pages,
+    pcam_core/__init__.py, 0.5 M, and 31.5 s -> 24.3 s). Threads that already have a heap keep it. False where the C
+    library is not glibc."""
     import ctypes
     import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-8, n)) and bool(libc.mallopt(-3, MMAP_THRESHOLD))  # M_ARENA_MAX, M_MMAP_THRESHOLD
+        return all(libc.mallopt(option, value) for option, value in ((-8, n), (-3, MMAP_THRESHOLD), (-1, TRIM_THRESHOLD)))
+        # M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         return False

@@ -136,8 +136,9 @@ def _analyse_mosaic(tmp_path, name: str, **mosaic) -> tuple[dict, dict, list[dic
 def test_a_normal_real_slide_comes_out_normal_and_a_tumour_slide_keeps_its_lesion(tmp_path):
     """Real lymph-node patches (the CC0 fixture) analysed with the bundled model and its shipped decision: a slide
     of normal patches only has hot cells (regions below the reporting threshold) but no reported region, no size
-    class and a normal call; a slide with a 5 x 6-patch lesion (0.72 mm across) reports it, micro, called tumour."""
-    normal, _, regions = _analyse_mosaic(tmp_path, "normal", cols=16, rows=12, tumour=None)
+    class and a normal call; a slide with a 5 x 6-patch lesion (0.72 mm across) reports it, micro, called tumour.
+    12 x 10 patches a slide: every one of the fixture's 96 normal patches is drawn at least once on average."""
+    normal, _, regions = _analyse_mosaic(tmp_path, "normal", cols=12, rows=10, tumour=None)
     assert normal["scope"]["in_scope"] and normal["decision"]["source"].startswith("fitted")
     assert normal["regions_reported"] == 0 and normal["size_class"] == "none" and normal["call"] == "normal"
     assert normal["tumour_area_mm2"] == 0.0 and normal["largest_diameter_mm"] == 0.0
@@ -146,7 +147,7 @@ def test_a_normal_real_slide_comes_out_normal_and_a_tumour_slide_keeps_its_lesio
     assert normal["regions"] == len(regions) == normal["regions_below_threshold"]  # listed, not reported
     print("normal mosaic:", {k: normal[k] for k in ("slide_score", "slide_max_cell", "regions", "regions_reported")})
 
-    tumour, truth, regions = _analyse_mosaic(tmp_path, "tumour", cols=16, rows=12, tumour=(3, 8, 4, 10))
+    tumour, truth, regions = _analyse_mosaic(tmp_path, "tumour", cols=12, rows=10, tumour=(2, 7, 3, 9))
     x, y, w, h = truth["tumour_box"]
     reported = [f["properties"] for f in regions if f["properties"]["reported"]]
     assert tumour["call"] == "tumour" and tumour["slide_score"] >= tumour["slide_threshold"]
