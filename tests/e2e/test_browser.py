@@ -35,7 +35,7 @@ pytestmark = pytest.mark.browser
 @pytest.fixture()
 def dashboard(tmp_path):
     """The app on a free port with a fresh workspace (a small demo set); stopped afterwards with its runs."""
-    app = Dashboard(tmp_path / "workspace", tmp_path / "streamlit.log", env={"PCAM_DEMO_PATCHES": "768"})
+    app = Dashboard(tmp_path / "workspace", tmp_path / "streamlit.log", env={"PCAM_DEMO_PATCHES": "384"})
     app.start()
     try:
         yield app
@@ -152,10 +152,10 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
             _goto(page, "Train")
             expect(page.get_by_role("spinbutton", name="Processes", exact=True)).to_have_value("1")
             epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
-            epochs.fill("4")
+            epochs.fill("6")  # of 12 steps (384 patches): the restart below comes in the second, four more to go
             epochs.press("Tab")
             page.get_by_role("button", name="Start training").click()
-            page.get_by_text(re.compile(r"epoch 2 of 4 · step")).wait_for(timeout=240_000)  # the live view polls by itself
+            page.get_by_text(re.compile(r"epoch 2 of 6 · step")).wait_for(timeout=240_000)  # the live view polls by itself
             _no_exception(page)
             _shot(page, "train-live")
             (run,) = list_runs(workspace / "runs")
@@ -170,7 +170,7 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
             page.set_default_timeout(60_000)
             page.on("pageerror", lambda error: page_errors.append(str(error)))
             page.goto(f"{url}/train?run={run.run_id}")
-            wait_rendered(page, page.get_by_text(re.compile(r"epoch \d of 4 · step")))
+            wait_rendered(page, page.get_by_text(re.compile(r"epoch \d of 6 · step")))
             nav = page.locator("[data-testid=stSidebarNav] a")
             titles = [text.strip().splitlines()[-1].strip() for text in nav.all_inner_texts()]  # after the icon's name
             assert titles == PAGE_TITLES  # the app's navigation, not Streamlit's list of the files in pages/
@@ -185,7 +185,7 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
             _no_exception(page)
             page.get_by_text(re.compile(r"step \d+ of \d+ · finished after")).wait_for(timeout=300_000)
             runs = list_runs(workspace / "runs")
-            assert len(runs) == 1 and runs[0].state == "finished" and runs[0].epochs_done == 4
+            assert len(runs) == 1 and runs[0].state == "finished" and runs[0].epochs_done == 6
             _shot(page, "train")
 
             # judge it: metrics, curves, confusion matrix; move the threshold with the keyboard
