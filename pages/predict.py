@@ -60,8 +60,10 @@ if run.valid_predictions_path.exists():  # a run's validation predictions; the b
             st.error(f"Cannot fit the triage: {err}")
         else:
             st.caption(triage.guarantee())
+fitted_on = "out-of-fold" if run.oof_predictions_path.exists() else "validation"  # a cross-validated run's: every patch's
 st.caption(notes.PROBABILITY_NOTE + (f" The **calibrated** probability divides the model's logit by the temperature "
-                                     f"T = {calibration.temperature:.3f} fitted on the run's validation patches."
+                                     f"T = {calibration.temperature:.3f} fitted on the run's {calibration.n:,} {fitted_on} "
+                                     f"predictions{' (TTA)' if tta and loaded.calibration_tta is not None else ''}."
                                      if calibration else ""))
 
 files = st.file_uploader("Patches (96×96 pixel RGB tif, png or jpg; Kaggle's `<id>.tif` files as they are)",

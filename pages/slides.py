@@ -249,7 +249,9 @@ if window is not None:
             explanation = heatmaps.explain(run, window["pixels"][None])
             st.image(heatmaps.side_by_side(window["pixels"][None], explanation)[0], width=392, output_format="PNG",
                      caption="Grad-CAM (the window beside its heat map); the box is the central 32×32 the label describes. "
-                             "The window's probability is the map's, beside it.")
+                             + ("The window's probability is the map's, beside it." if window["state"] == "scored" else
+                                "The map gives this window no probability (beside it, why): the heat map shows where the "
+                                "model looked, not a call."))
             if st.button("Open this window in Explain", icon=":material/center_focus_strong:", key="to_explain",
                          help="Explain shows it with every method, layer and scale, with this model."):
                 ref = resolve_run(run.path)  # the window by its address: the slide, its top-left, the analysis' stride

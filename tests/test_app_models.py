@@ -5,6 +5,7 @@ the same run, at the run's own threshold. Nothing of ours is mocked; no model is
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -88,7 +89,10 @@ def test_the_selected_run_is_kept_and_never_defaults_to_one_still_training(tmp_p
     for page in ("pages/predict.py", "pages/explain.py", "pages/runs.py", "pages/train.py", "pages/overview.py"):
         open_page(fresh, page)
         assert fresh.sidebar.selectbox(key="run").value == "@bundled", page
-    assert "bundled model (real tissue)" in texts(open_page(fresh, "pages/predict.py"))
+    shown = texts(open_page(fresh, "pages/predict.py"))
+    assert "bundled model (real tissue)" in shown
+    # the temperature is said to come from where it was fitted: the ensemble's 4,000 out-of-fold TTA predictions
+    assert re.search(r"T = \d\.\d{3} fitted on the run's 4,000 out-of-fold predictions \(TTA\)", shown), shown
     fresh.sidebar.selectbox(key="run").set_value("20990101-000000-training").run()  # chosen: shown as chosen
     open_page(fresh, "pages/train.py")
     assert fresh.sidebar.selectbox(key="run").value == "20990101-000000-training"

@@ -98,6 +98,22 @@ def test_out_of_fold_predictions_cover_every_patch_once(cv_run, small_kaggle) ->
 
 
 @pytest.mark.slow
+def test_pcam_runs_counts_a_cross_validation_by_its_folds(cv_run, capsys) -> None:
+    """`pcam runs` (and the dashboard's run list, which reads the same summary) counts the epochs of the folds, and
+    gives the pooled out-of-fold ROC-AUC in place of a best epoch (it once said "0/1" and nothing)."""
+    from pcam_core.cli import main
+
+    assert main(["runs", "--root", str(cv_run.parent), "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    cv = json.loads((cv_run / "cv.json").read_text())
+    assert listed["state"] == "finished" and (listed["epochs_done"], listed["epochs_total"]) == (2, 2)  # 2 folds x 1
+    assert listed["best"]["cross_validated"] and listed["best"]["epoch"] is None
+    assert listed["best"]["roc_auc"] == pytest.approx(cv["one_pass"]["pooled"]["roc_auc"]["value"])
+    assert main(["runs", "--root", str(cv_run.parent)]) == 0
+    assert "2/2" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_the_ensemble_is_the_mean_of_its_members(cv_run, tmp_path) -> None:
     from scipy.special import expit, logit
 

@@ -49,6 +49,7 @@ States: queued -> running -> finished | failed | stopped. A run whose process di
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
 import re
@@ -406,13 +407,16 @@ def summarize(run: RunDir) -> RunSummary:
     best_view = None
     if best:
         best_view = {k: best.get(k) for k in ("epoch", "roc_auc", "pr_auc", "accuracy", "f1", "loss")}
+    done = len({e.get("epoch") for e in epochs})
+    if run.is_cross_validation:  # its epochs are its folds': K runs of `total` epochs; its figures the out-of-fold ones
+        done, total, best_view = _cross_validation_figures(run, total)
     return RunSummary(
         run.run_id,
         str(run.path),
         status.get("state", "unknown"),
         model,
         data,
-        len({e.get("epoch") for e in epochs}),
+        done,
         total,
         best_view,
         status.get("created_at"),
@@ -431,6 +435,23 @@ def list_runs(root: str | Path) -> list[RunSummary]:
     runs = [RunDir(p) for p in root.iterdir() if p.is_dir()]
     summaries = [summarize(r) for r in runs if r.exists()]
     return sorted(summaries, key=lambda s: (s.created_at or 0, s.run_id), reverse=True)
+
+
+def _cross_validation_figures(run: RunDir, epochs_per_fold: int) -> tuple[int, int, dict[str, Any] | None]:
+    """A cross-validated run's epochs done and planned (over its K folds) and, once `cv.json` is written, its pooled
+    out-of-fold figures (one pass) in place of a best epoch: `epoch` None, `cross_validated` True."""
+    try:
+        folds = run.config().data.folds
+    except (ValueError, FileNotFoundError):
+        folds = 0
+    done = sum(len({e.get("epoch") for e in run.fold(k).epochs()}) for k in range(folds))
+    try:
+        pooled = json.loads(run.cv_path.read_text())["one_pass"]["pooled"]
+        figures = {"epoch": None, "cross_validated": True,
+                   **{k: pooled[k]["value"] for k in ("roc_auc", "pr_auc", "accuracy", "f1") if k in pooled}}
+    except (OSError, ValueError, KeyError, TypeError):
+        figures = None
+    return done, folds * epochs_per_fold, figures
 
 
 def _best_of(epochs: list[dict[str, Any]]) -> dict[str, Any] | None:

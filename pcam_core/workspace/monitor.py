@@ -134,9 +134,10 @@ def run_caption(summary: RunSummary) -> str:
     """One line on a run: state, model, epochs and the best validation ROC-AUC so far."""
     best = (summary.best or {}).get("roc_auc")
     epochs = epochs_text(summary)
+    which = "cross-validated" if (summary.best or {}).get("cross_validated") else "best"
     return (f"{STATE_ICONS.get(summary.state, '')} {summary.state} · {summary.model} · "
             + (epochs if epochs.startswith("epoch") else f"{epochs} epochs")
-            + (f" · best ROC-AUC {best:.3f}" if best is not None else ""))
+            + (f" · {which} ROC-AUC {best:.3f}" if best is not None else ""))
 
 
 def progress_key(summary: RunSummary) -> tuple:
