@@ -129,7 +129,15 @@ if not entries:
 case_view(library, entries, selected.arg, stride=STRIDE, reviews=ctx.workspace.reviews())
 
 by_id = {entry.id: entry for entry in entries}
-chosen = st.selectbox("Slide", list(by_id), key="slide", bind="query-params", format_func=lambda i: slide_label(by_id[i], by_id))
+# The slide is in the address (?slide=<id>), kept by hand: Streamlit's own binding matches an address against the
+# options' labels, not their values, and so ignored every link to a slide.
+asked = st.query_params.get("slide")
+if asked in by_id and asked != st.session_state.get("slide"):
+    st.session_state["slide"] = asked  # a link opened, or the address edited
+chosen = st.selectbox("Slide", list(by_id), key="slide", format_func=lambda i: slide_label(by_id[i], by_id),
+                      on_change=lambda: st.query_params.update(slide=st.session_state["slide"]))
+if st.query_params.get("slide") != chosen:
+    st.query_params["slide"] = chosen
 slide: SlideEntry = by_id[chosen]
 if slide.mpp_source == "given" or slide.needs_mpp:
     resolution_form(library, slide)

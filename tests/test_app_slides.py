@@ -154,6 +154,30 @@ def test_a_click_on_the_slide_shows_its_window_probability_and_grad_cam(analysed
     assert f" at ({wx:,}, {wy:,}) · p={float(heat[i, j]):.3f} · focus " in caption
 
 
+@pytest.mark.slow  # three slides written: outside the fast lane
+def test_a_link_to_a_slide_opens_it_and_the_address_follows_the_choice(tmp_path, monkeypatch):
+    """?slide=<id> opens that slide among several (it once opened the first whatever the link said); choosing another
+    puts it in the address, and an id that is not in the library is passed over for the first slide."""
+    root = _workspace(tmp_path / "ws")
+    library = SlideLibrary(root)
+    ids = [library.add_file(real_mosaic_slide(tmp_path / name, cols=3, rows=2, tumour=None, seed=seed)[0]).id
+           for seed, name in enumerate(("first", "second", "third"))]
+    monkeypatch.setenv(ENV_VAR, str(root))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["slide"] = ids[1]
+    at.switch_page(PAGE).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="slide").value == ids[1]
+    at.selectbox(key="slide").set_value(ids[2]).run()
+    assert at.selectbox(key="slide").value == ids[2] and at.query_params["slide"] == ids[2]
+    at.run()  # and it stays chosen
+    assert at.selectbox(key="slide").value == ids[2]
+    stray = AppTest.from_file(APP, default_timeout=120)
+    stray.query_params["slide"] = "0123456789abcdef"
+    stray.switch_page(PAGE).run()
+    assert not stray.exception and stray.selectbox(key="slide").value in ids
+
+
 def test_a_click_on_a_window_without_a_probability_names_why(analysed_workspace, monkeypatch):
     """A window the map gives no probability (glass, or the guard's out of scope) is shown with the reason in place of
     one, and still with its Grad-CAM; the page does not break over the missing figure."""
