@@ -63,7 +63,7 @@ if run.valid_predictions_path.exists():  # a run's validation predictions; the b
 fitted_on = "out-of-fold" if run.oof_predictions_path.exists() else "validation"  # a cross-validated run's: every patch's
 st.caption(notes.PROBABILITY_NOTE + (f" The **calibrated** probability divides the model's logit by the temperature "
                                      f"T = {calibration.temperature:.3f} fitted on the run's {calibration.n:,} {fitted_on} "
-                                     f"predictions{' (TTA)' if tta and loaded.calibration_tta is not None else ''}."
+                                     f"predictions{' (TTA)' if calibration is loaded.calibration_tta else ''}."
                                      if calibration else ""))
 
 files = st.file_uploader("Patches (96×96 pixel RGB tif, png or jpg; Kaggle's `<id>.tif` files as they are)",

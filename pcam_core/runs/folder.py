@@ -407,7 +407,7 @@ def summarize(run: RunDir) -> RunSummary:
     best_view = None
     if best:
         best_view = {k: best.get(k) for k in ("epoch", "roc_auc", "pr_auc", "accuracy", "f1", "loss")}
-    done = len({e.get("epoch") for e in epochs})
+    done = _epochs_done(epochs)
     if run.is_cross_validation:  # its epochs are its folds': K runs of `total` epochs; its figures the out-of-fold ones
         done, total, best_view = _cross_validation_figures(run, total)
     return RunSummary(
@@ -444,7 +444,7 @@ def _cross_validation_figures(run: RunDir, epochs_per_fold: int) -> tuple[int, i
         folds = run.config().data.folds
     except (ValueError, FileNotFoundError):
         folds = 0
-    done = sum(len({e.get("epoch") for e in run.fold(k).epochs()}) for k in range(folds))
+    done = sum(_epochs_done(run.fold(k).epochs()) for k in range(folds))
     try:
         pooled = json.loads(run.cv_path.read_text())["one_pass"]["pooled"]
         figures = {"epoch": None, "cross_validated": True,
@@ -452,6 +452,11 @@ def _cross_validation_figures(run: RunDir, epochs_per_fold: int) -> tuple[int, i
     except (OSError, ValueError, KeyError, TypeError):
         figures = None
     return done, folds * epochs_per_fold, figures
+
+
+def _epochs_done(epochs: list[dict[str, Any]]) -> int:
+    """Completed epochs of a run's epoch records, each counted once."""
+    return len({e.get("epoch") for e in epochs})
 
 
 def _best_of(epochs: list[dict[str, Any]]) -> dict[str, Any] | None:
