@@ -32,7 +32,7 @@ def _apply_pending(key: str, options: list[str]) -> None:
         st.session_state.pop(key, None)
 
 
-SIDEBAR_SELECTIONS = ("dataset", "run")  # widgets bound to the address (see `sidebar`)
+SIDEBAR_SELECTIONS = ("dataset", "run")  # selections kept in the address (see `_follow_address`)
 RUN_CHOICE = "_run_choice"  # the run chosen in this session, kept apart from the widget's own state
 
 
@@ -41,11 +41,33 @@ def default_run(runs: list[RunSummary]) -> str:
     return next((r.run_id for r in runs if r.state == "finished"), BUNDLED_CHOICE)
 
 
+def _follow_address(key: str, options: dict[str, str]) -> None:
+    """Take `?key=` from the address as a choice to make, when it names one of `options` (value -> label; the
+    value or, for links made before, the label) and differs from what is shown. Every script run writes the
+    choice back (`_write_address`), so the address differs only where a link was opened or the address edited.
+    Kept by hand: Streamlit's own binding matches an address against the options' labels, not their values, so a
+    link naming a synthetic source or the bundled model by its name was dropped. An action's own pending
+    choice (`_select_<key>`) wins over the address."""
+    asked = st.query_params.get(key)
+    if asked is None:
+        return
+    value = asked if asked in options else next((v for v, label in options.items() if label == asked), None)
+    if value is not None and value != st.session_state.get(key):
+        st.session_state.setdefault(f"_select_{key}", value)
+
+
+def _write_address(key: str, value: str | None) -> None:
+    """Keep `?key=` on what is shown (nothing when nothing is)."""
+    if value is None:
+        st.query_params.pop(key, None)
+    elif st.query_params.get(key) != value:
+        st.query_params[key] = value
+
+
 def _choose_run(run_ids: list[str], runs: list[RunSummary]) -> str:
-    """The run to select in this script run: one asked for (`select_run`, `switch_page`), else the session's
-    choice while it exists, else `default_run`. An address naming a run (?run=...) when the session starts
-    is applied by the widget itself, and becomes the choice (`sidebar`). Sets the widget's state only where it
-    has one that differs (state set by the script is sent back to the browser)."""
+    """The run to select in this script run: one asked for (`select_run`, `switch_page`, a link naming it), else
+    the session's choice while it exists, else `default_run`. Sets the widget's state only where it has one that
+    differs (state set by the script is sent back to the browser)."""
     pending = st.session_state.pop("_select_run", None)
     if pending in run_ids:
         choice = pending
@@ -61,8 +83,7 @@ def _choose_run(run_ids: list[str], runs: list[RunSummary]) -> str:
 
 def switch_page(page: str, query: dict[str, str]) -> NoReturn:
     """Open `page` in this session with `query` in its address, as a page link would. The sidebar's own
-    selections among them are made through the sidebar: Streamlit refuses to set a query parameter that
-    a widget is bound to."""
+    selections among them are made through the sidebar, which then writes them into the new page's address."""
     for key in SIDEBAR_SELECTIONS:
         if key in query:
             st.session_state[f"_select_{key}"] = query[key]
@@ -77,6 +98,7 @@ def select_run(run_id: str) -> None:
 def _run_chosen() -> None:
     """The user chose a run in the sidebar (a callback: it runs before the script)."""
     st.session_state[RUN_CHOICE] = st.session_state.get("run")
+    _write_address("run", st.session_state.get("run"))
 
 
 # pages that do not use the active dataset: its SYNTHETIC badge would stand over a real slide or a real upload there
@@ -94,11 +116,13 @@ def sidebar(workspace: Workspace, page: Any = None) -> Context:
         st.markdown(f"**Workspace**  \n`{workspace.root}`",
                     help="One folder for data sources and runs. Start the app with PCAM_WORKSPACE=/path to use another.")
         names = [s.name for s in reversed(sources)]  # the newest first: a source just added opens by default
-        _apply_pending("dataset", names)
         by_name = {s.name: s for s in sources}
-        chosen = st.selectbox("Active dataset", names, key="dataset", bind="query-params",
-                              format_func=lambda n: by_name[n].label, placeholder="No data source",
+        _follow_address("dataset", {n: by_name[n].label for n in names})
+        _apply_pending("dataset", names)
+        chosen = st.selectbox("Active dataset", names, key="dataset", format_func=lambda n: by_name[n].label,
+                              placeholder="No data source", on_change=lambda: _write_address("dataset", st.session_state.get("dataset")),
                               help="The data the Overview, Dataset and Train pages use. Add sources on the Overview page.")
+        _write_address("dataset", chosen)
         source = by_name.get(chosen) if chosen else None
         if source is not None:
             if source.synthetic and getattr(page, "url_path", "") not in PAGES_WITHOUT_DATASET:
@@ -106,14 +130,15 @@ def sidebar(workspace: Workspace, page: Any = None) -> Context:
             if not source.exists():
                 st.badge("folder missing", icon=":material/error:", color="red")
         run_ids = [r.run_id for r in runs] + [BUNDLED_CHOICE]  # newest first, the bundled model last
+        _follow_address("run", {i: LABEL if i == BUNDLED_CHOICE else i for i in run_ids})
         choice = _choose_run(run_ids, runs)
         by_id = {r.run_id: r for r in runs}
         # `index` too: a browser that falls back to the widget's default shows the choice, not the newest run
-        picked = st.selectbox("Selected run", run_ids, index=run_ids.index(choice), key="run", bind="query-params",
-                              on_change=_run_chosen, format_func=lambda i: LABEL if i == BUNDLED_CHOICE else i,
+        picked = st.selectbox("Selected run", run_ids, index=run_ids.index(choice), key="run", on_change=_run_chosen, format_func=lambda i: LABEL if i == BUNDLED_CHOICE else i,
                               help="The run the pages show (your runs newest first), or the "
                                    f"{LABEL} that ships with pcam_core. It stays selected until you choose another.")
         st.session_state[RUN_CHOICE] = picked
+        _write_address("run", picked)
         run = None
         if picked == BUNDLED_CHOICE:
             run = resolve_run(BUNDLED).folder

@@ -23,7 +23,8 @@ from streamlit.testing.v1 import AppTest
 
 from helpers import REPO, make_bad_images, running_run, tif_bytes, wait_for
 from pcam_app.figures import TRACE_TYPES
-from pcam_core.bundled import held_out_words, is_ensemble
+from pcam_app.sidebar import BUNDLED_CHOICE
+from pcam_core.bundled import LABEL, held_out_words, is_ensemble
 from pcam_core.workspace import scoring
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import PCamH5, patch_id
@@ -317,6 +318,43 @@ def test_a_run_shows_its_data_by_the_name_of_the_source_at_that_folder(finished_
     runs = tables(at)["All runs"]
     assert sorted(runs["run"]) == ["demo-run", "linked-run"]
     assert runs["data"].tolist() == ["demo", "demo"]
+
+
+def test_links_name_the_dataset_and_the_run_by_value_and_the_address_follows_the_choice(finished_workspace, monkeypatch,
+                                                                                         tmp_path, demo_root):
+    """`?dataset=<source name>&run=<run id or @bundled>` opens those, a synthetic source and the bundled model
+    included (whose labels differ from their names); links made by earlier versions, which held the labels,
+    still open; the address follows every choice."""
+    workspace = tmp_path / "ws"
+    shutil.copytree(finished_workspace, workspace)
+    shutil.copytree(demo_root, tmp_path / "second")
+    Workspace(workspace).add_source(tmp_path / "second", "second")  # the newest source: the one a bare address opens
+    demo = Workspace(workspace).source("demo")
+    assert demo.synthetic and demo.label != demo.name
+    monkeypatch.setenv(ENV_VAR, str(workspace))
+
+    def opened(query: dict[str, str]) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=120)
+        for key, value in query.items():
+            at.query_params[key] = value
+        at.run()
+        assert not at.exception, at.exception
+        return at
+
+    def shown(at: AppTest) -> tuple[str, str]:
+        return at.sidebar.selectbox(key="dataset").value, at.sidebar.selectbox(key="run").value
+
+    at = opened({})
+    assert shown(at) == ("second", RUN_ID) and (at.query_params["dataset"], at.query_params["run"]) == ("second", RUN_ID)
+    at = opened({"dataset": "demo", "run": BUNDLED_CHOICE})
+    assert shown(at) == ("demo", BUNDLED_CHOICE) and (at.query_params["dataset"], at.query_params["run"]) == ("demo", BUNDLED_CHOICE)
+    at.sidebar.selectbox(key="run").set_value(RUN_ID).run()
+    at.sidebar.selectbox(key="dataset").set_value("second").run()
+    assert shown(at) == ("second", RUN_ID) and (at.query_params["dataset"], at.query_params["run"]) == ("second", RUN_ID)
+    open_page(at, "pages/runs.py")  # another page keeps both, in its address too
+    assert shown(at) == ("second", RUN_ID) and (at.query_params["dataset"], at.query_params["run"]) == ("second", RUN_ID)
+    assert shown(opened({"dataset": demo.label, "run": LABEL})) == ("demo", BUNDLED_CHOICE)  # a link holding the labels
+    assert shown(opened({"dataset": "nothing", "run": "no-such-run"})) == ("second", RUN_ID)  # a stray link: the defaults
 
 
 def test_a_bounded_epoch_chart_before_the_first_epoch_spans_0_to_1():
