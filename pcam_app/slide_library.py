@@ -77,11 +77,30 @@ def state_text(state: AnalysisState) -> str:
     return text
 
 
-def slide_label(entry: SlideEntry, by_id: dict[str, SlideEntry] | None = None) -> str:
-    """A slide's name with where it comes from, and the copies of it the library holds elsewhere."""
-    text = f"{entry.label} · {entry.origin_text}"
+def _where(entry: SlideEntry, by_id: dict[str, SlideEntry] | None) -> str:
+    """Where a slide comes from, and the copies of it the library holds elsewhere."""
+    text = entry.origin_text
     if entry.copies and by_id:
         text += " · same slide as " + ", ".join(f"{by_id[c].name} ({by_id[c].origin_text})" for c in entry.copies if c in by_id)
+    return text
+
+
+def _size_text(entry: SlideEntry) -> str:
+    size = f"{entry.file_size / 1024**2:,.1f} MB"
+    return size if entry.error or entry.width is None else f"{entry.width:,} × {entry.height:,} px, {size}"
+
+
+def slide_label(entry: SlideEntry, by_id: dict[str, SlideEntry] | None = None) -> str:
+    """A slide's name with where it comes from, and the copies of it the library holds elsewhere. Two slides that
+    would read alike (two uploads named slide.tif) are told apart by their size, and by their id where that is the
+    same too."""
+    text = f"{entry.label} · {_where(entry, by_id)}"
+    twins = [other for other in (by_id or {}).values()
+             if other.id != entry.id and f"{other.label} · {_where(other, by_id)}" == text]
+    if twins:
+        text += f" · {_size_text(entry)}"
+        if any(_size_text(other) == _size_text(entry) for other in twins):
+            text += f" · id {entry.id[:8]}"
     return text
 
 
@@ -128,7 +147,7 @@ def slide_list(library: SlideLibrary, slides: list[SlideEntry]) -> list[str]:
 
 def _describe(entry: SlideEntry, by_id: dict[str, SlideEntry]) -> str:
     size = f"{entry.file_size / 1024**2:,.1f} MB"
-    where = slide_label(entry, by_id).split(" · ", 1)[1]
+    where = _where(entry, by_id)
     if entry.error:
         return f"{size} · {entry.path} · {where}"
     resolution = ("resolution unknown: give it below" if entry.needs_mpp else

@@ -16,7 +16,8 @@ from streamlit.testing.v1 import AppTest
 import numpy as np
 
 from helpers import REPO, analysed_real_slide, mosaic_truth_geojson, real_mosaic_slide
-from pcam_core.workspace.slides import SlideLibrary
+from pcam_app.slide_library import slide_label
+from pcam_core.workspace.slides import SlideEntry, SlideLibrary
 from pcam_core.slides.viewer import lattice_of, load_heat, load_summary
 from pcam_core.workspace import ENV_VAR
 
@@ -484,3 +485,19 @@ def test_truth_loaded_for_a_slide_is_drawn_over_its_map_matched_with_its_regions
     at.text_input(key=f"slide_truth_{sid}_path").input(str(other))
     at.button(key=f"slide_truth_{sid}_load").click().run()
     assert any("not a truth file" in e.value for e in at.error) and viewer_data(at)["truth"] is None
+
+
+def test_slides_that_would_read_alike_in_the_picker_are_told_apart():
+    """Two uploads both named slide.tif: the picker adds their size, and their id where the size is the same too;
+    a slide with no namesake keeps its short label."""
+    def entry(id_: str, width: int, name: str = "slide.tif") -> SlideEntry:
+        return SlideEntry(id=id_, path=f"/uploads/{id_}/{name}", name=name, file_size=3 * 1024**2, origin="upload",
+                          width=width, height=576, mpp=0.972, levels=1)
+
+    a, b, c, other = entry("a" * 16, 672), entry("b" * 16, 1344), entry("c" * 16, 1344), entry("d" * 16, 672, "lymph.svs")
+    by_id = {e.id: e for e in (a, b, c, other)}
+    labels = {e.id: slide_label(e, by_id) for e in by_id.values()}
+    assert len(set(labels.values())) == 4
+    assert labels[a.id] == "slide.tif · uploaded · 672 × 576 px, 3.0 MB"
+    assert labels[b.id] == "slide.tif · uploaded · 1,344 × 576 px, 3.0 MB · id bbbbbbbb"
+    assert labels[other.id] == "lymph.svs · uploaded"
