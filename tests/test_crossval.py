@@ -114,6 +114,39 @@ def test_pcam_runs_counts_a_cross_validation_by_its_folds(cv_run, capsys) -> Non
 
 
 @pytest.mark.slow
+def test_two_cross_validations_of_the_same_folds_are_compared_patch_by_patch(cv_run, tmp_path) -> None:
+    """benchmarks/compare_oof.py, which judges issue 24's recipe variants: a run's folds against a reference
+    holding one oof_predictions.csv (the bundled layout), fold by fold and pooled; other patches are refused."""
+    from sklearn.metrics import roc_auc_score
+
+    from pcam_core.runs import RunDir
+
+    oof = pd.read_csv(RunDir(cv_run).oof_predictions_path, dtype={"id": str})
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    worse = oof.copy()
+    noise = np.random.default_rng(0).uniform(0, 1, len(worse))
+    worse["probability"] = 0.5 * worse["probability"] + 0.5 * noise
+    worse.to_csv(reference / "oof_predictions.csv", index=False)
+    script = [sys.executable, str(REPO / "benchmarks" / "compare_oof.py")]
+    done = subprocess.run([*script, str(cv_run), str(reference), "--json", str(tmp_path / "t.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    table = pd.DataFrame(json.loads((tmp_path / "t.json").read_text()))
+    assert list(table["folds"]) == ["fold 0", "fold 0", "fold 1", "fold 1", "pooled", "pooled"]
+    pooled = table[(table["folds"] == "pooled") & (table["scoring"] == "one pass")].iloc[0]
+    assert pooled["patches"] == 64
+    assert pooled["variant"] == pytest.approx(roc_auc_score(oof["label"], oof["probability"]))
+    assert pooled["reference"] == pytest.approx(roc_auc_score(worse["label"], worse["probability"]))
+    assert pooled["difference"] == pytest.approx(pooled["variant"] - pooled["reference"])
+    tta = table[table["scoring"] == "TTA"]
+    assert np.allclose(tta["difference"], 0)  # the TTA column is the same on both sides
+    worse.iloc[1:].to_csv(reference / "oof_predictions.csv", index=False)  # a patch short: not the same folds
+    done = subprocess.run([*script, str(cv_run), str(reference)], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "do not hold the same patches" in done.stderr
+
+
+@pytest.mark.slow
 def test_the_ensemble_is_the_mean_of_its_members(cv_run, tmp_path) -> None:
     from scipy.special import expit, logit
 
