@@ -198,7 +198,7 @@ def trust_facts(row) -> None:
     calibration = load_calibration(run.path)
     if calibration is not None:
         calibrated = float(calibration.apply(np.array([row["probability"]]))[0])
-        facts.append(f"**calibrated probability** {calibrated:.3f} (temperature {calibration.temperature:.2f})")
+        facts.append(f"**calibrated probability** {calibrated:.3f} ({calibration.describe})")
     uncertainty = row.get("uncertainty")
     if uncertainty is not None and uncertainty == uncertainty:
         facts.append(f"**uncertainty** ±{float(uncertainty):.3f} (spread of the 8 flipped and rotated views)")

@@ -61,8 +61,8 @@ if run.valid_predictions_path.exists():  # a run's validation predictions; the b
         else:
             st.caption(triage.guarantee())
 fitted_on = "out-of-fold" if run.oof_predictions_path.exists() else "validation"  # a cross-validated run's: every patch's
-st.caption(notes.PROBABILITY_NOTE + (f" The **calibrated** probability divides the model's logit by the temperature "
-                                     f"T = {calibration.temperature:.3f} fitted on the run's {calibration.n:,} {fitted_on} "
+st.caption(notes.PROBABILITY_NOTE + (f" The **calibrated** probability is {calibration.formula}, with "
+                                     f"{calibration.describe} fitted on the run's {calibration.n:,} {fitted_on} "
                                      f"predictions{' (TTA)' if calibration is loaded.calibration_tta else ''}."
                                      if calibration else ""))
 

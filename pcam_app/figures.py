@@ -206,7 +206,7 @@ def reliability_figure(report: dict[str, Any]) -> go.Figure:
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="#bdbdbd", dash="dash"), name="perfectly calibrated",
                     hoverinfo="skip")
     for key, name, colour in (("reliability_before", f"raw (ECE {report['before']['ece']:.3f})", "#7b3f8c"),
-                              ("reliability_after", f"calibrated, T = {report['temperature']:.2f} (ECE {report['after']['ece']:.3f})",
+                              ("reliability_after", f"calibrated, {report['describe']} (ECE {report['after']['ece']:.3f})",
                                "#ef6c00")):
         points = report[key]
         fig.add_scatter(x=points["predicted"], y=points["observed"], mode="lines+markers", name=name, line=dict(color=colour),

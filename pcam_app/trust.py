@@ -53,9 +53,11 @@ def calibration_section(run: RunDir, split: str, predictions: pd.DataFrame) -> N
         cells = st.columns(2)
         cells[0].metric("Brier raw", f"{report['before']['brier']:.4f}", help="Mean squared error of the probabilities.")
         cells[1].metric("Brier calibrated", f"{report['after']['brier']:.4f}")
-        st.caption(f"Temperature T = {calibration.temperature:.3f}, fitted on {calibration.n:,} validation patches "
+        st.caption(f"Calibration: {calibration.describe}, fitted on {calibration.n:,} validation patches "
                    f"({calibration.fitted_on}, {calibration.fitted_at}). The **calibrated** probability is "
-                   "sigmoid(logit(p) / T): the same ranking, so the same ROC curve and the same triage calls."
+                   f"{calibration.formula}: the same ranking, so the same ROC curve and the same triage calls."
+                   + (" The bias takes out the class-balanced loss's lean towards tumour, so a patch called tumour at "
+                      "the model's threshold can have a calibrated probability under 0.5." if calibration.bias else "")
                    + (" Judged here on the patches it was fitted on." if split == "valid" else ""))
     chart(figures.reliability_figure(report), key="reliability", where=right)
 

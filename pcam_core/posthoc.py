@@ -25,8 +25,8 @@ def fit_posthoc(run: RunDir, device: torch.device | str = "cpu") -> None:
         except ValueError as err:  # a validation split without both classes
             log.warning("no calibration fitted: %s", err)
         else:
-            log.info("calibration: temperature %.3f on %d validation patches; ECE %.4f -> %.4f, Brier %.4f -> %.4f",
-                     calibration.temperature, calibration.n, calibration.before["ece"], calibration.after["ece"],
+            log.info("calibration: %s on %d validation patches; ECE %.4f -> %.4f, Brier %.4f -> %.4f",
+                     calibration.describe, calibration.n, calibration.before["ece"], calibration.after["ece"],
                      calibration.before["brier"], calibration.after["brier"])
     try:
         loaded = load_run_model(run.path, device=device)

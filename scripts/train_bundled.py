@@ -300,7 +300,7 @@ def render_cv_card(record: dict[str, Any], config: dict[str, Any], cv: dict[str,
     """The model card of the cross-validated ensemble."""
     data, train, timing = record["data"], config["train"], record["scoring_time"]
     cal = record.get("calibration") or {}
-    temps = ", ".join(f"{name} {value['temperature']:.3f} (ECE {value['before']['ece']:.4f} -> {value['after']['ece']:.4f})"
+    temps = ", ".join(f"{name} T {value['temperature']:.3f}, bias {value.get('bias', 0.0):+.3f} (ECE {value['before']['ece']:.4f} -> {value['after']['ece']:.4f})"
                       for name, value in cal.items())
     return f"""# Model card: {LABEL}
 
@@ -354,7 +354,8 @@ The ensemble itself has no out-of-fold predictions (every patch trained some of 
 models is usually at least as good as its members, so these figures are expected to understate it slightly.
 
 ## Calibration, triage and scope
-Temperatures fitted on the out-of-fold predictions of each scoring mode, applied to the matching one: {temps or 'none'}.
+Temperature and bias (`sigmoid(logit(p) / T + b)`: the bias takes out the class-balanced loss's lean towards tumour) fitted
+on the out-of-fold predictions of each scoring mode, applied to the matching one: {temps or 'none'}.
 The triage thresholds (`--triage`) are fitted on the same out-of-fold predictions of the scoring mode used. The
 out-of-scope guard is the first member's (fitted on its training folds, threshold on its held-out fold).
 

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as st
 from scipy.special import expit
 
-from pcam_core.calibration import apply_temperature, fit_calibration, fit_temperature
+from pcam_core.calibration import Calibration, apply_temperature, fit_calibration, fit_temperature, fit_temperature_and_bias
 from pcam_core.metrics import expected_calibration_error
 from pcam_core.stats import (
     auc_interval,
@@ -46,9 +46,34 @@ def test_temperature_scaling_undoes_an_over_confident_model():
     assert after < before / 3 and after < 0.03
     record = fit_calibration(labels, over_confident, fitted_on="generated")
     assert record.after["nll"] < record.before["nll"] and record.after["brier"] < record.before["brier"]
-    assert record.after["ece"] == pytest.approx(after)
+    assert record.after["ece"] == pytest.approx(expected_calibration_error(labels, record.apply(over_confident)))
+    assert record.temperature == pytest.approx(temperature, rel=0.05) and abs(record.bias) < 0.1  # no lean to take out
     # the ranking is untouched: in the order of the raw probabilities, the calibrated ones never go down
     assert (np.diff(record.apply(over_confident)[np.argsort(over_confident)]) >= 0).all()
+
+
+def test_a_bias_takes_out_the_lean_of_a_class_balanced_loss_that_a_temperature_cannot():
+    """A model whose logits all lean towards tumour by log(1.5), as the trainer's class-balanced loss makes them
+    (pos_weight = negatives / positives): temperature alone leaves it miscalibrated, temperature and bias (what
+    runs fit) recover both, and the order of the patches stays."""
+    rng = np.random.default_rng(1)
+    true_logits = rng.normal(-0.4, 2.0, 6000)
+    labels = (rng.random(6000) < expit(true_logits)).astype(int)
+    leaning = expit(1.3 * true_logits + np.log(1.5))
+    temperature, bias = fit_temperature_and_bias(labels, leaning)
+    assert 1.15 < temperature < 1.45 and bias == pytest.approx(-np.log(1.5) / 1.3, abs=0.12)
+    ece = {name: expected_calibration_error(labels, probs) for name, probs in
+           (("raw", leaning), ("temperature", apply_temperature(leaning, fit_temperature(labels, leaning))),
+            ("both", apply_temperature(leaning, temperature, bias)))}
+    assert ece["both"] < 0.02 and ece["both"] < ece["temperature"] / 2 and ece["temperature"] > 0.03
+    record = fit_calibration(labels, leaning, fitted_on="generated")
+    assert (record.method, record.temperature, record.bias) == ("temperature and bias", pytest.approx(temperature), pytest.approx(bias))
+    assert record.describe == f"temperature {temperature:.3f}, bias {bias:+.3f}" and "+ b" in record.formula
+    assert (np.diff(record.apply(leaning)[np.argsort(leaning)]) >= 0).all()
+    # a record written before the bias was fitted holds T alone and is applied as it was fitted
+    old = Calibration.from_dict({k: v for k, v in record.to_dict().items() if k not in ("bias", "method")})
+    assert old.bias == 0 and old.method == "temperature scaling" and old.describe == f"temperature {temperature:.3f}"
+    assert np.allclose(old.apply(leaning), apply_temperature(leaning, temperature))
 
 
 def test_temperature_scaling_refuses_one_class_and_bad_temperatures():
@@ -211,7 +236,7 @@ def test_training_fits_a_temperature_and_pcam_calibrate_refits_it(trained_run, c
     assert fitted.after["nll"] <= fitted.before["nll"] + 1e-9
     assert main(["calibrate", "--run", str(trained_run)]) == 0
     out = capsys.readouterr().out
-    assert f"temperature {fitted.temperature:.4f}" in out and "ECE" in out and "Brier" in out
+    assert f"{fitted.describe} fitted on" in out and "ECE" in out and "Brier" in out
     assert main(["calibrate", "--run", "bundled"]) == 0  # shipped with the package: shown, not refitted
     assert "ships with it" in capsys.readouterr().out
 
@@ -326,7 +351,7 @@ def test_the_runs_page_shows_intervals_calibration_triage_and_a_comparison(demo_
     assert not at.exception, [e.value for e in at.exception]
     shown = "\n".join(str(e.value) for kind in ("subheader", "markdown", "caption", "info") for e in getattr(at, kind))
     assert "95% confidence intervals" in shown and "ROC-AUC 0." in shown and "DeLong" in shown and "Wilson" in shown
-    assert "Calibration" in shown and "Temperature T =" in shown
+    assert "Calibration" in shown and "Calibration: temperature" in shown
     assert "Triage: normal, refer, tumour" in shown and "at most 2% of tumour patches are called normal" in shown
     metrics = {m.label: m.value for m in at.metric}
     assert {"ECE raw", "ECE calibrated", "Miss rate reached", "Referral rate"} <= set(metrics)

@@ -106,7 +106,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(_interval_lines(m, report["intervals"]))
     cal = report["calibration"]
     if cal:
-        print(f"calibration (temperature {cal['temperature']:.3f}): ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, "
+        print(f"calibration ({cal['describe']}): ECE {cal['before']['ece']:.4f} -> {cal['after']['ece']:.4f}, "
               f"Brier {cal['before']['brier']:.4f} -> {cal['after']['brier']:.4f}")
     else:
         print(f"calibration: none fitted (ECE {m['ece']:.4f}, Brier {m['brier']:.4f}); `pcam calibrate --run RUN` fits one")
@@ -134,7 +134,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if resolve_run(args.run).bundled:  # shipped with the package, fitted by scripts/bundled_calibration.py: shown, not rewritten
         cal = load_calibration(args.run)
-        print(f"the bundled model's temperature ships with it: {cal.temperature:.4f}, fitted on its {cal.n} {held_out_words()} patches")
+        print(f"the bundled model's calibration ships with it: {cal.describe}, fitted on its {cal.n} {held_out_words()} patches")
         for name in ("nll", "ece", "brier"):
             print(f"  {name.upper() if name != 'brier' else 'Brier':<6} {cal.before[name]:.4f} -> {cal.after[name]:.4f}")
         return 0
@@ -142,7 +142,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     modes = (False, True) if folder.valid_predictions_tta_path.exists() else (False,)  # a cross-validated run: both modes
     for tta in modes:
         cal = calibrate_run(args.run, tta=tta)
-        print(f"temperature {cal.temperature:.4f} fitted on {cal.n} validation patches ({cal.fitted_on})")
+        print(f"{cal.describe} fitted on {cal.n} validation patches ({cal.fitted_on})")
         for name in ("nll", "ece", "brier"):
             print(f"  {name.upper() if name != 'brier' else 'Brier':<6} {cal.before[name]:.4f} -> {cal.after[name]:.4f}")
         print(f"wrote {folder.calibration_tta_path if tta else folder.calibration_path}")
@@ -222,7 +222,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             bar.close()
     print(f"wrote {result['rows']} predictions to {result['out']} ({result['dataset']}, model {result['model']}, "
           f"TTA {'on' if result['tta'] else 'off'}{', shard ' + result['shard'] if result['shard'] else ''}"
-          f"{', calibrated (temperature %.3f)' % result['temperature'] if result['calibrated'] else ''})")
+          f"{', calibrated (' + result['calibration'] + ')' if result['calibrated'] else ''})")
     if result["converted"]:
         notes = sorted({note for _, note in result["converted"]})
         print(f"note: {len(result['converted'])} image(s) converted to 8-bit RGB, as the Predict page and the API convert them: "

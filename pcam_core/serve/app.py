@@ -222,6 +222,7 @@ def create_app(
         calibration = predictor.calibration
         return {"model": predictor.model_name, "run": run_name, "checkpoint_epoch": predictor.epoch,
                 "threshold": predictor.threshold, "temperature": calibration.temperature if calibration else None,
+                "bias": calibration.bias if calibration else None,
                 "device": str(predictor.device), "slides": slides_root is not None, "limits": asdict(limits),
                 "batching": {("tta" if tta else "one_pass"): {"forward_passes": b.passes, "patches": b.patches}
                              for tta, b in batchers.items()},
@@ -250,6 +251,7 @@ def create_app(
         return {
             "model": predictor.model_name, "run": run_name, "threshold": threshold, "tta": query.tta,
             "temperature": predictor.calibration_for(tta=query.tta).temperature if predictor.calibration else None,
+            "bias": predictor.calibration_for(tta=query.tta).bias if predictor.calibration else None,
             "predictions": [{"name": p.name, "id": p.id, "probability": float(prob),
                              "probability_calibrated": None if calibrated is None else float(calibrated[i]),
                              "call": str(calls[i]), "notes": list(p.notes),

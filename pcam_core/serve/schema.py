@@ -97,7 +97,8 @@ class ModelInfo(BaseModel):
     run: str = Field(description="the --run the server was started with")
     checkpoint_epoch: int | None = Field(description="completed training epochs of the checkpoint")
     threshold: float = Field(description="the run's own threshold: the default of every call")
-    temperature: float | None = Field(description="the run's fitted temperature (calibration), or null")
+    temperature: float | None = Field(description="the run's fitted temperature T (calibration), or null")
+    bias: float | None = Field(description="the run's fitted calibration bias b (calibrated = sigmoid(logit(p) / T + b)), or null")
     device: str
     slides: bool = Field(description="whether POST /v1/slides is on (the server has a --slides-dir)")
     limits: dict[str, int | float]
@@ -109,7 +110,8 @@ class Prediction(BaseModel):
     name: str = Field(description="the file's name as uploaded")
     id: str = Field(description="the file name without its extension, as Kaggle names patches")
     probability: float = Field(ge=0, le=1)
-    probability_calibrated: float | None = Field(ge=0, le=1, description="after the run's temperature; null without one")
+    probability_calibrated: float | None = Field(ge=0, le=1, description="after the run's calibration (temperature and "
+                                                 "bias of the scoring mode); null without one")
     call: Literal[(*CALLS, REFER)] = Field(  # type: ignore[valid-type]
         description="tumour when probability >= threshold, else normal; refer when the patch is out of the model's scope")
     notes: list[str] = Field(description="conversions made (grayscale, RGBA, 16-bit to 8-bit RGB)")
@@ -129,6 +131,7 @@ class Predictions(BaseModel):
     threshold: float = Field(description="the threshold of the calls: the request's, else the run's own")
     tta: bool
     temperature: float | None
+    bias: float | None
     predictions: list[Prediction]
     refused: list[Refused] = Field(description="files that could not be scored, each with the reason")
 

@@ -142,11 +142,12 @@ def test_probabilities_equal_pcam_predict(client, served_run, real_kaggle, tmp_p
     for p in body["predictions"]:  # the run learnt SYNTHETIC patches: its guard refers real ones that lie far from them
         expected_call = ("tumour" if p["probability"] >= threshold else "normal") if p["in_scope"] else "refer"
         assert p["call"] == expected_call and p["notes"] == [] and isinstance(p["ood_score"], float)
-    # the run's temperature (fitted when training ended) gives each its calibrated probability beside the raw one
+    # the run's temperature and bias (fitted when training ended) give each its calibrated probability beside the raw one
     from pcam_core.calibration import load_calibration
 
     calibration = load_calibration(served_run)
     assert calibration is not None and body["temperature"] == pytest.approx(calibration.temperature)
+    assert body["bias"] == pytest.approx(calibration.bias) and calibration.bias != 0  # fitted with the temperature
     for p in body["predictions"]:
         assert p["probability_calibrated"] == pytest.approx(float(calibration.apply(np.array([p["probability"]]))[0]), abs=1e-9)
 
