@@ -91,8 +91,9 @@ def test_the_selected_run_is_kept_and_never_defaults_to_one_still_training(tmp_p
         assert fresh.sidebar.selectbox(key="run").value == "@bundled", page
     shown = texts(open_page(fresh, "pages/predict.py"))
     assert "bundled model (real tissue)" in shown
-    # the temperature is said to come from where it was fitted: the ensemble's 4,000 out-of-fold TTA predictions
-    assert re.search(r"T = \d\.\d{3} fitted on the run's 4,000 out-of-fold predictions \(TTA\)", shown), shown
+    # the calibration is said to come from where it was fitted: the ensemble's 4,000 out-of-fold TTA predictions
+    assert re.search(r"sigmoid\(logit\(p\) / T \+ b\), with temperature \d\.\d{3}, bias [+-]\d\.\d{3} fitted on the run's "
+                     r"4,000 out-of-fold predictions \(TTA\)", shown), shown
     fresh.sidebar.selectbox(key="run").set_value("20990101-000000-training").run()  # chosen: shown as chosen
     open_page(fresh, "pages/train.py")
     assert fresh.sidebar.selectbox(key="run").value == "20990101-000000-training"
