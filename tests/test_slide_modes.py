@@ -88,13 +88,13 @@ def test_dense_windows_of_a_region_are_close_on_average_to_each_window_alone(bun
 
 
 def _pcamscan_with_trained_weights() -> torch.nn.Module:
-    """`pcamscan` holding the bundled network's trained weights (the same tensors as `pcamnet`'s): not a good model
-    without its padding, but every layer does what a trained one does."""
-    from helpers import bundled_single_state
+    """`pcamscan` trained on the real patches: the candidate model of the repository (candidates/pcamscan), so its
+    windows' scores spread as a real model's do. (The bundled `pcamnet`'s weights in `pcamscan`, which this used
+    before, scored every window of these regions near 0 once the 54-epoch ensemble shipped: too flat to test with.)"""
+    from pcam_core.checkpoint import inference_weights, load_checkpoint
 
     model = create_model("pcamscan")
-    state = bundled_single_state()
-    model.load_state_dict(state["ema"] or state["model"])
+    model.load_state_dict(inference_weights(load_checkpoint(REPO / "candidates" / "pcamscan" / "checkpoints" / "best.pt")))
     return model.eval()
 
 
