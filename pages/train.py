@@ -71,6 +71,9 @@ with form_column:
                               help="Varies haematoxylin and eosin amounts, as between labs and scanners.")
             colour = a2.slider("Colour jitter", 0.0, 0.5, defaults.augment.brightness, 0.05,
                                help="Brightness, contrast and saturation.")
+            mix = a1.slider("Mixup (0: off)", 0.0, 1.0, defaults.augment.mixup, 0.1, key="mixup",
+                            help="Blends pairs of patches and their labels, by a weight drawn from Beta(a, a) with this a "
+                                 "(0.2-0.4 is usual). Not measured to help on the real patches yet (docs/recipe-experiments.md).")
             with st.expander("Advanced"):
                 b1, b2 = st.columns(2)
                 optimizer = b1.selectbox("Optimizer", OPTIMIZERS, index=OPTIMIZERS.index(defaults.train.optimizer))
@@ -101,7 +104,7 @@ with form_column:
                 config = ExperimentConfig(
                     data=DataConfig(path=source.path, format=source.format, valid_frac=valid_frac, label_overrides=label_overrides),
                     augment=AugmentConfig(symmetries=symmetries, stain=stain, brightness=colour, contrast=colour,
-                                          saturation=colour, shift=shift, hue=defaults.augment.hue if colour else 0.0),
+                                          saturation=colour, shift=shift, hue=defaults.augment.hue if colour else 0.0, mixup=float(mix)),
                     model=ModelConfig(name=resolve_model_name(model, resolve_device(device))),
                     train=TrainConfig(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), device=device,
                                       optimizer=optimizer, schedule=schedule, weight_decay=float(weight_decay),

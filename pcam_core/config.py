@@ -77,11 +77,13 @@ class AugmentConfig:
     saturation: float = 0.1
     hue: float = 0.02
     shift: int = 0  # random translation of up to this many pixels, reflect-padded
+    mixup: float = 0.0  # mixup (Zhang et al. 2018): pairs of patches and their labels blended, weight ~ Beta(a, a); 0 off
 
     def __post_init__(self) -> None:
         for name in ("stain", "brightness", "contrast", "saturation"):
             _check_range(f"augment.{name}", getattr(self, name), 0.0, 1.0)
         _check_range("augment.hue", self.hue, 0.0, 0.5)
+        _check_range("augment.mixup", self.mixup, 0.0, 4.0)
         if not 0 <= self.shift <= 16:
             raise ValueError(f"augment.shift={self.shift} must be between 0 and 16 pixels")
 

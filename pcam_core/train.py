@@ -42,7 +42,7 @@ from .models import count_parameters, create_model, resolve_model_name
 from .optim import EMA, build_optimizer, build_scheduler
 from .runs import RunDir, StatusWriter, prepare_out_dir, process_start_time
 from .tracking import FAILED, FINISHED, KILLED, NullTracker, Tracker, create_tracker
-from .transforms import train_preset
+from .transforms import mixup, train_preset
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class StepContext:
     scaler: torch.amp.GradScaler | None = None
     ema: EMA | None = None
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # Beta(a, a) of `transforms.mixup`; 0 off
     channels_last: bool = True
     max_steps: int | None = None
     global_step: int = 0
@@ -111,6 +112,7 @@ def train_one_epoch(
         targets = batch["label"].to(ctx.device, non_blocking=True).float()
         with torch.no_grad():
             x = ctx.augment(images)
+            x, targets = mixup(x, targets, ctx.mixup)
             if ctx.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
         if ctx.label_smoothing:
@@ -655,7 +657,7 @@ def _fit(
     ctx = StepContext(
         optimizer=s.optimizer, scheduler=s.scheduler, augment=train_preset(config.augment).to(device), pos_weight=s.pos_weight,
         device=device, amp_dtype=s.amp_dtype, scaler=s.scaler, ema=s.ema, label_smoothing=t.label_smoothing,
-        channels_last=t.channels_last, max_steps=t.max_steps, global_step=st.global_step,
+        mixup=config.augment.mixup, channels_last=t.channels_last, max_steps=t.max_steps, global_step=st.global_step,
         should_stop=lambda: D.any_rank(flag.raised.is_set(), info, device), on_log=on_log, log_every=t.log_every,
         checkpoint_due=checkpoint_due, on_step=step_done if on_step is not None else None,
     )

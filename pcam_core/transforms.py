@@ -111,6 +111,18 @@ def _rotate_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bij,bjhw->bihw", m, x)
 
 
+def mixup(x: torch.Tensor, targets: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al., ICLR 2018) of an augmented float batch: each patch blended with another of the batch
+    (a random pairing) by one weight w ~ Beta(alpha, alpha) drawn for the batch, and its label with the other's by
+    the same weight, so a pair of a tumour and a normal patch learns w of tumour. alpha 0 returns the batch as is.
+    Both patches keep the centre in the centre, so the blended label still describes the central region."""
+    if alpha <= 0:
+        return x, targets
+    weight = torch.distributions.Beta(alpha, alpha).sample().to(x.device)
+    pair = torch.randperm(x.shape[0], device=x.device)
+    return weight * x + (1 - weight) * x[pair], weight * targets + (1 - weight) * targets[pair]
+
+
 def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
     """Translate each image by up to `max_shift` pixels in each direction (reflect padding)."""
     if max_shift <= 0:

@@ -23,7 +23,7 @@ from pcam_core.runs import create_run
 CUSTOM = ExperimentConfig(
     data=DataConfig(path="/data/pcam", format="h5", valid_frac=0.2, split_seed=3, num_workers=2, cache="no",
                     cache_max_gb=0.5, label_overrides="reviews.csv", folds=5, fold=2),
-    augment=AugmentConfig(symmetries=False, stain=0.05, brightness=0.2, contrast=0.0, saturation=0.3, hue=0.1, shift=4),
+    augment=AugmentConfig(symmetries=False, stain=0.05, brightness=0.2, contrast=0.0, saturation=0.3, hue=0.1, shift=4, mixup=0.3),
     model=ModelConfig(name="resnet18", weights="/w/r18.pt", dropout=0.25),
     train=TrainConfig(epochs=5, batch_size=64, lr=1e-3, weight_decay=0.0, optimizer="adam", schedule="cosine",
                       warmup_frac=0.0, pos_weight=1.5, label_smoothing=0.1, ema_decay=0.0, device="cpu", amp=False,

@@ -162,6 +162,17 @@ def test_amp_path_runs_on_the_cpu(small_demo, tmp_path):
     assert json.loads((out / "config.json").read_text())["train"]["amp"] is True
 
 
+@pytest.mark.slow
+def test_mixup_trains_and_is_recorded(small_demo, tmp_path):
+    out = tmp_path / "mixup"
+    result = run_cli("train", "--data", str(small_demo), "--out", str(out), "--epochs", "1", "--batch-size", "32",
+                     "--workers", "0", "--mixup", "0.4", "--max-steps", "6")
+    assert result.returncode == 0, result.stderr
+    epochs = RunDir(out).epochs()
+    assert len(epochs) == 1 and np.isfinite(epochs[0]["loss"])
+    assert json.loads((out / "config.json").read_text())["augment"]["mixup"] == 0.4
+
+
 def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "created-by-pickle"
 

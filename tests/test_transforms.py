@@ -17,6 +17,7 @@ from pcam_core.transforms import (
     eval_preset,
     get_preset,
     hed_jitter,
+    mixup,
     random_dihedral,
     random_shift,
 )
@@ -92,3 +93,30 @@ def test_sample_transform_for_torchvision_style_datasets():
     t = SampleTransform("eval")
     img = _batch(1)[0]
     assert t(img).shape == (3, 96, 96) and "eval" in repr(t)
+
+
+def test_mixup_blends_pairs_of_patches_and_their_labels_by_one_weight():
+    torch.manual_seed(0)
+    x, targets = _batch(16).float(), torch.tensor([1.0, 0.0] * 8)
+    same = mixup(x, targets, 0.0)  # off
+    assert same[0] is x and same[1] is targets
+    mixed, soft = mixup(x, targets, 0.4)
+    # every output is w * its patch + (1 - w) * some patch of the batch, with the same w for its label
+    for i in range(16):
+        found = False
+        for j in range(16):
+            if i == j:
+                continue
+            d = x[i] - x[j]
+            w = float(((mixed[i] - x[j]) * d).sum() / (d * d).sum())
+            if torch.allclose(mixed[i], w * x[i] + (1 - w) * x[j], atol=1e-3):
+                assert 0 <= w <= 1 and float(soft[i]) == pytest.approx(float(w * targets[i] + (1 - w) * targets[j]), abs=1e-4)
+                found = True
+                break
+        assert found or torch.allclose(mixed[i], x[i], atol=1e-3)  # paired with itself
+    assert ((soft > 0) & (soft < 1)).any()  # tumour and normal patches blended: soft labels
+
+
+def test_mixup_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="augment.mixup"):
+        AugmentConfig(mixup=-0.1)

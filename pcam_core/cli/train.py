@@ -76,6 +76,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-augment", action="store_true", help="disable all augmentation")
     p.add_argument("--stain", type=float, help="HED stain jitter strength " + default(A.stain))
     p.add_argument("--shift", type=int, help="random shift in pixels " + default(A.shift))
+    p.add_argument("--mixup", type=float, help="mixup: patches and labels blended in pairs, weight ~ Beta(a, a); a > 0 turns "
+                   "it on (0.2-0.4 is usual) " + default(A.mixup))
     p.add_argument("--name", help="a label for the run")
     p.add_argument("--mlflow", metavar="URI", help="also log the run to this MLflow tracking store (e.g. sqlite:///mlflow.db; "
                    f"needs {INSTALL_HINT}); a resumed run logs to the same MLflow run " + default(K.mlflow_uri))
@@ -118,8 +120,8 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         "monitor": args.monitor}.items() if v is not None}
     augment: dict[str, Any] = {}
     if args.no_augment:
-        augment = {"symmetries": False, "stain": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "shift": 0}
-    augment.update({k: v for k, v in {"stain": args.stain, "shift": args.shift}.items() if v is not None})
+        augment = {"symmetries": False, "stain": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "shift": 0, "mixup": 0.0}
+    augment.update({k: v for k, v in {"stain": args.stain, "shift": args.shift, "mixup": args.mixup}.items() if v is not None})
     tracking = {k: v for k, v in {"mlflow_uri": resolve_uri(args.mlflow) if args.mlflow is not None else None,
                                   "mlflow_experiment": args.mlflow_experiment}.items() if v is not None}
     changes: dict[str, Any] = {"data": data, "model": model, "train": train, "augment": augment, "tracking": tracking}
