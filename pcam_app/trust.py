@@ -53,7 +53,8 @@ def calibration_section(run: RunDir, split: str, predictions: pd.DataFrame) -> N
         cells = st.columns(2)
         cells[0].metric("Brier raw", f"{report['before']['brier']:.4f}", help="Mean squared error of the probabilities.")
         cells[1].metric("Brier calibrated", f"{report['after']['brier']:.4f}")
-        st.caption(f"Calibration: {calibration.describe}, fitted on {calibration.n:,} validation patches "
+        fitted_on = "out-of-fold predictions" if run.oof_predictions_path.exists() else "validation patches"  # cross-validated
+        st.caption(f"Calibration: {calibration.describe}, fitted on {calibration.n:,} {fitted_on} "
                    f"({calibration.fitted_on}, {calibration.fitted_at}). The **calibrated** probability is "
                    f"{calibration.formula}: the same ranking, so the same ROC curve and the same triage calls."
                    + (" The bias takes out the class-balanced loss's lean towards tumour, so a patch called tumour at "

@@ -114,6 +114,8 @@ def test_runs_and_review_judge_the_bundled_models_held_out_patches(tmp_path, mon
     expected = binary_metrics(HELD_OUT["label"].to_numpy(), HELD_OUT["probability"].to_numpy(), 0.5)
     assert figures["ROC-AUC"] == f"{expected['roc_auc']:.3f}" and figures["Sensitivity"] == f"{expected['recall']:.3f}"
     assert f"{len(HELD_OUT):,} patches of the valid split" in shown
+    # its calibration (one pass, as this split is scored) said to be fitted on every patch's out-of-fold prediction
+    assert re.search(r"Calibration: temperature \d\.\d{3}, bias [+-]\d\.\d{3}, fitted on 4,000 out-of-fold predictions", shown), shown
     ids = set(pd.read_csv(real_kaggle / "train_labels.csv", dtype={"id": str})["id"])
     held_here = int(HELD_OUT["id"].isin(ids).sum())
     assert held_here > 0 and f"the active dataset holds {held_here:,} of them" in shown
