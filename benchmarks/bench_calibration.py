@@ -1,13 +1,14 @@
 """Temperature alone or temperature and bias: which calibrates a cross-validated model's probabilities better?
 
-Reads the out-of-fold predictions of a cross-validation (default: the bundled ensemble's
-pcam_core/bundled/oof_predictions.csv, every patch with its fold) and, for each scoring mode, judges each way of
+Reads the out-of-fold predictions of a cross-validation, as `compare_oof.py` reads them (a run folder of
+`pcam train --folds K`, or a folder holding one oof_predictions.csv with a fold column; default: the bundled
+ensemble, pcam_core/bundled) and, for each scoring mode, judges each way of
 calibrating **cross-fitted**: fitted on K-1 folds, applied to the fold left out, so no patch is judged by a fit
 that saw it. Prints ECE (10 bins), Brier and NLL raw, with the temperature alone (`calibration.fit_temperature`),
 and with temperature and bias (`calibration.fit_temperature_and_bias`, what runs fit), and the mean probability
 against the share of tumour (the lean a class-balanced loss gives).
 
-    python benchmarks/bench_calibration.py [FOLDER_OR_CSV]
+    python benchmarks/bench_calibration.py [FOLDER]
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from compare_oof import MODES, out_of_fold  # noqa: E402  the same reader, the same scoring modes
 from pcam_core.calibration import _scores, apply_temperature, fit_temperature, fit_temperature_and_bias  # noqa: E402
-
-MODES = {"one pass": "probability", "TTA": "probability_tta"}
 
 
 def cross_fitted(labels: np.ndarray, probs: np.ndarray, folds: np.ndarray, bias: bool) -> np.ndarray:
@@ -44,10 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, nargs="?", default=REPO / "pcam_core" / "bundled")
     args = parser.parse_args()
-    path = args.source / "oof_predictions.csv" if args.source.is_dir() else args.source
-    frame = pd.read_csv(path, dtype={"id": str})
+    frame = out_of_fold(args.source)
     labels, folds = frame["label"].to_numpy(), frame["fold"].to_numpy()
-    print(f"{path}: {len(frame):,} out-of-fold predictions in {len(np.unique(folds))} folds, {labels.mean():.1%} tumour; "
+    print(f"{args.source}: {len(frame):,} out-of-fold predictions in {len(np.unique(folds))} folds, {labels.mean():.1%} tumour; "
           "each way fitted on the other folds and judged on the fold left out")
     rows = []
     for mode, column in MODES.items():

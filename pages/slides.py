@@ -16,7 +16,7 @@ from pathlib import Path
 from pcam_app import heatmaps, notes, patches, reviews, shell
 from pcam_app.slide_cases import case_view
 from pcam_app.slide_truth import truth_loader
-from pcam_app.slide_library import (add_slides, analysis_controls, count_text, resolution_form, slide_label, slide_list,
+from pcam_app.slide_library import (add_slides, analysis_controls, count_text, resolution_form, slide_labels, slide_list,
                                    watch_analyses)
 from pcam_app.components.slide_viewer import slide_viewer
 from pcam_app.sidebar import BUNDLED_CHOICE, switch_page
@@ -134,7 +134,8 @@ by_id = {entry.id: entry for entry in entries}
 asked = st.query_params.get("slide")
 if asked in by_id and asked != st.session_state.get("slide"):
     st.session_state["slide"] = asked  # a link opened, or the address edited
-chosen = st.selectbox("Slide", list(by_id), key="slide", format_func=lambda i: slide_label(by_id[i], by_id),
+labels = slide_labels(by_id)
+chosen = st.selectbox("Slide", list(by_id), key="slide", format_func=labels.__getitem__,
                       on_change=lambda: st.query_params.update(slide=st.session_state["slide"]))
 if st.query_params.get("slide") != chosen:
     st.query_params["slide"] = chosen

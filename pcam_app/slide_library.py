@@ -85,23 +85,32 @@ def _where(entry: SlideEntry, by_id: dict[str, SlideEntry] | None) -> str:
     return text
 
 
+def _file_size(entry: SlideEntry) -> str:
+    return f"{entry.file_size / 1024**2:,.1f} MB"
+
+
 def _size_text(entry: SlideEntry) -> str:
-    size = f"{entry.file_size / 1024**2:,.1f} MB"
-    return size if entry.error or entry.width is None else f"{entry.width:,} × {entry.height:,} px, {size}"
+    return _file_size(entry) if entry.error or entry.width is None else f"{entry.width:,} × {entry.height:,} px, {_file_size(entry)}"
 
 
-def slide_label(entry: SlideEntry, by_id: dict[str, SlideEntry] | None = None) -> str:
-    """A slide's name with where it comes from, and the copies of it the library holds elsewhere. Two slides that
-    would read alike (two uploads named slide.tif) are told apart by their size, and by their id where that is the
-    same too."""
-    text = f"{entry.label} · {_where(entry, by_id)}"
-    twins = [other for other in (by_id or {}).values()
-             if other.id != entry.id and f"{other.label} · {_where(other, by_id)}" == text]
-    if twins:
-        text += f" · {_size_text(entry)}"
-        if any(_size_text(other) == _size_text(entry) for other in twins):
-            text += f" · id {entry.id[:8]}"
-    return text
+def slide_labels(by_id: dict[str, SlideEntry]) -> dict[str, str]:
+    """Each slide's name with where it comes from, and the copies of it the library holds elsewhere, by id. Two
+    slides that would read alike (two uploads named slide.tif) are told apart by their size, and by their id where
+    that is the same too. Made for all slides at once: the picker asks for every option's label on each rerun."""
+    base = {i: f"{entry.label} · {_where(entry, by_id)}" for i, entry in by_id.items()}
+    alike: dict[str, list[str]] = {}
+    for i, text in base.items():
+        alike.setdefault(text, []).append(i)
+    labels = {}
+    for i, entry in by_id.items():
+        group = alike[base[i]]
+        if len(group) == 1:
+            labels[i] = base[i]
+            continue
+        size = _size_text(entry)
+        same_size = any(_size_text(by_id[j]) == size for j in group if j != i)
+        labels[i] = f"{base[i]} · {size}" + (f" · id {entry.id[:8]}" if same_size else "")
+    return labels
 
 
 def count_text(slides: list[SlideEntry]) -> str:
@@ -146,7 +155,7 @@ def slide_list(library: SlideLibrary, slides: list[SlideEntry]) -> list[str]:
 
 
 def _describe(entry: SlideEntry, by_id: dict[str, SlideEntry]) -> str:
-    size = f"{entry.file_size / 1024**2:,.1f} MB"
+    size = _file_size(entry)
     where = _where(entry, by_id)
     if entry.error:
         return f"{size} · {entry.path} · {where}"

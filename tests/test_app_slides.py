@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 import numpy as np
 
 from helpers import REPO, analysed_real_slide, mosaic_truth_geojson, real_mosaic_slide
-from pcam_app.slide_library import slide_label
+from pcam_app.slide_library import slide_labels
 from pcam_core.workspace.slides import SlideEntry, SlideLibrary
 from pcam_core.slides.viewer import lattice_of, load_heat, load_summary
 from pcam_core.workspace import ENV_VAR
@@ -496,7 +496,7 @@ def test_slides_that_would_read_alike_in_the_picker_are_told_apart():
 
     a, b, c, other = entry("a" * 16, 672), entry("b" * 16, 1344), entry("c" * 16, 1344), entry("d" * 16, 672, "lymph.svs")
     by_id = {e.id: e for e in (a, b, c, other)}
-    labels = {e.id: slide_label(e, by_id) for e in by_id.values()}
+    labels = slide_labels(by_id)
     assert len(set(labels.values())) == 4
     assert labels[a.id] == "slide.tif · uploaded · 672 × 576 px, 3.0 MB"
     assert labels[b.id] == "slide.tif · uploaded · 1,344 × 576 px, 3.0 MB · id bbbbbbbb"

@@ -245,13 +245,14 @@ def create_app(
         accepted, refused = await run_in_threadpool(read_uploads, files)
         scored = await batchers[query.tta].submit(np.stack([p.pixels for p in accepted])) if accepted else np.empty((0, 2))
         probs, distances = scored[:, 0], (scored[:, 1] if predictor.scope is not None else None)
-        calibrated = predictor.calibrated(probs, tta=query.tta) if predictor.calibration else None
+        calibration = predictor.calibration_for(tta=query.tta)  # of the scoring mode applied
+        calibrated = predictor.calibrated(probs, tta=query.tta) if calibration else None
         calls = predictor.call(probs, distances, threshold=threshold)
         inside = predictor.in_scope(distances)
         return {
             "model": predictor.model_name, "run": run_name, "threshold": threshold, "tta": query.tta,
-            "temperature": predictor.calibration_for(tta=query.tta).temperature if predictor.calibration else None,
-            "bias": predictor.calibration_for(tta=query.tta).bias if predictor.calibration else None,
+            "temperature": calibration.temperature if calibration else None,
+            "bias": calibration.bias if calibration else None,
             "predictions": [{"name": p.name, "id": p.id, "probability": float(prob),
                              "probability_calibrated": None if calibrated is None else float(calibrated[i]),
                              "call": str(calls[i]), "notes": list(p.notes),
