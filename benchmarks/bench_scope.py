@@ -2,7 +2,9 @@
 
     python benchmarks/bench_scope.py [--data ../shared/data/pcam-real-dev] [--slides DIR]
 
-In-domain: the bundled model's 600 held-out real lymph-node patches (training never saw them). The shipped
+In-domain: the real lymph-node patches held out from the model whose features the guard reads (training never saw
+them): for the cross-validated bundled ensemble, the 800 of fold 0, held out by its first member (the guard is that
+member's); for a single bundled model, its 600 held-out patches. The shipped
 threshold is their own 95th percentile, so to measure the share flagged honestly the held-out set is split in
 two halves 500 times: the threshold is taken on one half and the share flagged counted on the other.
 Out of scope: 96-px windows at PCam scale (0.972 µm/px) cut from real non-lymph-node slides (`--slides`: the
@@ -35,6 +37,7 @@ from pcam_core.data.demo import DemoSpec, make_demo_dataset  # noqa: E402
 from pcam_core.api import as_patches  # noqa: E402
 from pcam_core.bundled import BUNDLED  # noqa: E402
 from pcam_core.loading import load_run_model  # noqa: E402
+from pcam_core.models import EnsembleModel  # noqa: E402
 from pcam_core.scope import FeatureTap, ScopeModel, scope_features  # noqa: E402
 from pcam_core.slides.reader import PCAM_MPP, open_slide  # noqa: E402
 from pcam_core.slides.tissue import tissue_mask  # noqa: E402
@@ -79,16 +82,18 @@ def main() -> None:
     args = parser.parse_args()
     loaded = load_run_model(BUNDLED, device="cpu")
     scope = ScopeModel.load(loaded.run.folder.scope_path)
+    # the guard taps an ensemble's first member: its features alone, at one member's cost
+    model = loaded.model.members[0] if isinstance(loaded.model, EnsembleModel) else loaded.model
     train_files, held_files = bundled_split(args.data)
     held_pixels = as_patches([str(f) for f in held_files])
-    held = scope.distance(scope_features(loaded.model, loaded.model_name, held_pixels))
+    held = scope.distance(scope_features(model, loaded.model_name, held_pixels))
     rng = np.random.default_rng(0)
     rates = []
     for _ in range(args.splits):
         order = rng.permutation(len(held))
         a, b = held[order[: len(held) // 2]], held[order[len(held) // 2:]]
         rates.append(np.mean(b > np.quantile(a, 0.95, method="higher")))
-    print(f"in-domain held-out patches: {np.mean(rates):.1%} flagged (threshold on the other half; 5-95 %: "
+    print(f"in-domain held-out patches ({len(held)}): {np.mean(rates):.1%} flagged (threshold on the other half; 5-95 %: "
           f"{np.quantile(rates, 0.05):.1%}-{np.quantile(rates, 0.95):.1%}; {args.splits} splits); "
           f"with the shipped threshold {np.mean(held > scope.threshold):.1%} of all {len(held)} (its own fit)")
 
@@ -102,18 +107,18 @@ def main() -> None:
         test = PCamH5(tmp, "test")
         sources["SYNTHETIC demo patches"] = test.read_pixels(np.arange(len(test)))
 
-    train_last = last_stage_features(loaded.model, as_patches([str(f) for f in train_files]))
+    train_last = last_stage_features(model, as_patches([str(f) for f in train_files]))
     head = LedoitWolf().fit(train_last)
-    held_last = head.mahalanobis(last_stage_features(loaded.model, held_pixels))
+    held_last = head.mahalanobis(last_stage_features(model, held_pixels))
     thr_last = np.quantile(held_last, 0.95, method="higher")
     print(f"{'source':<52} {'windows':>7} {'flagged':>8} {'ROC-AUC':>8} | last stage: {'flagged':>8} {'ROC-AUC':>8}")
     for name, pixels in sources.items():
-        d = scope.distance(scope_features(loaded.model, loaded.model_name, pixels))
-        d_last = head.mahalanobis(last_stage_features(loaded.model, pixels))
+        d = scope.distance(scope_features(model, loaded.model_name, pixels))
+        d_last = head.mahalanobis(last_stage_features(model, pixels))
         print(f"{name:<52} {len(pixels):>7} {np.mean(d > scope.threshold):>8.1%} {auc(held, d):>8.3f} | "
               f"{'':>12}{np.mean(d_last > thr_last):>8.1%} {auc(held_last, d_last):>8.3f}")
     if sources:
-        every = np.concatenate([scope.distance(scope_features(loaded.model, loaded.model_name, p)) for p in sources.values()])
+        every = np.concatenate([scope.distance(scope_features(model, loaded.model_name, p)) for p in sources.values()])
         print(f"all out-of-scope sources together: {np.mean(every > scope.threshold):.1%} flagged, ROC-AUC {auc(held, every):.3f}")
 
 

@@ -29,9 +29,17 @@ from pcam_core.scope import fit_scope, scope_features  # noqa: E402
 
 
 def bundled_split(data: Path) -> tuple[list[Path], list[Path]]:
-    """(training patch files, held-out patch files) of the bundled model: the held-out ids are the ones it ships."""
+    """(training patch files, held-out patch files) of the model whose features the bundled guard reads: for the
+    single model, the held-out ids it ships; for the cross-validated ensemble, its first member's, which held out
+    fold 0 of its out-of-fold predictions (the guard is that member's: fitted on its training folds, its threshold
+    on that fold)."""
     labels = pd.read_csv(data / "train_labels.csv", dtype={"id": str})
-    held = set(pd.read_csv(resolve_run(BUNDLED).folder.valid_predictions_path, dtype={"id": str})["id"])
+    folder = resolve_run(BUNDLED).folder
+    if is_ensemble():
+        oof = pd.read_csv(folder.oof_predictions_path, dtype={"id": str})
+        held = set(oof.loc[oof["fold"] == 0, "id"])
+    else:
+        held = set(pd.read_csv(folder.valid_predictions_path, dtype={"id": str})["id"])
     files = {ident: data / "train" / f"{ident}.tif" for ident in labels["id"]}
     return [f for i, f in files.items() if i not in held], [f for i, f in files.items() if i in held]
 
