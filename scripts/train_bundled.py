@@ -362,6 +362,9 @@ out-of-scope guard is the first member's (fitted on its training folds, threshol
 ## Limits
 - Camelyon16 slides (two Dutch hospitals) at 0.972 µm/px only; other labs, stains, scanners and tissues are untested.
 - The temperature and triage are fitted on single members' predictions and applied to their mean.
+- Synthetic shifts (docs/robustness.md: the first member on the 800 patches of its held-out fold): focus is its
+  weakest point. A blur of 1 µm, a scan 20 % darker or brighter, or the whole move to another lab's H&E look takes
+  it past where it can be trusted; stain amounts up to 45 % off and JPEG down to quality 15 do not.
 - Each member's best epoch was picked on its own held-out fold (cross-validation validates on the fold it holds
   out), so the out-of-fold figures above carry a small selection bias: slightly optimistic, as the epoch kept is
   the one that did best on those very patches.

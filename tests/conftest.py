@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -105,6 +106,22 @@ def _main_module_kept():
     main = sys.modules["__main__"]
     yield
     sys.modules["__main__"] = main
+
+
+SLOW_MODULE = re.compile(r"^pytestmark = pytest\.mark\.slow\b", re.MULTILINE)
+
+
+def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
+    """The fast lane (`-m "not slow"`, exactly) does not import the files whose every test is `slow` (tests/e2e/, and
+    modules marked slow as a whole): each pytest-xdist worker would import them (and what they import) only to
+    deselect all of their tests."""
+    if (config.getoption("markexpr", "") or "").strip() != "not slow":
+        return None
+    if collection_path.is_relative_to(Path(__file__).parent / "e2e"):
+        return True
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return True if SLOW_MODULE.search(collection_path.read_text(encoding="utf-8")) else None
+    return None
 
 
 def pytest_collection_modifyitems(config, items) -> None:
