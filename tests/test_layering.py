@@ -4,6 +4,7 @@ of model code. Read from the source with `ast` (imports inside functions count t
 from __future__ import annotations
 
 import ast
+import functools
 import graphlib
 import subprocess
 import sys
@@ -38,8 +39,9 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
-    return _imports_of(_module_name(path), path.read_text(encoding="utf-8"), is_package=path.name == "__init__.py")
+@functools.cache  # every module is parsed once per session, not once per test that reads it
+def _imports(path: Path) -> frozenset[str]:
+    return frozenset(_imports_of(_module_name(path), path.read_text(encoding="utf-8"), is_package=path.name == "__init__.py"))
 
 
 def _imports_of(name: str, source: str, *, is_package: bool = False) -> set[str]:
