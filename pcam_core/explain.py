@@ -30,7 +30,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import matplotlib
 import numpy as np
@@ -38,9 +38,6 @@ import pandas as pd
 import torch
 from matplotlib.colors import Colormap, to_hex, to_rgb
 from PIL import Image
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
-from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import nn
 
 from .data import (CENTER_SIZE, CENTER_START, PATCH_SIZE, ImageFiles, PatchDataset, detect_format, make_loader,
@@ -52,16 +49,22 @@ from .runs import RunArg
 from .scoring_options import EXPLAIN_BATCH_SIZE, ScoringOptions
 from .transforms import eval_preset
 
+if TYPE_CHECKING:
+    from pytorch_grad_cam.base_cam import BaseCAM
+
 log = logging.getLogger(__name__)
 
-METHODS: dict[str, type[BaseCAM]] = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "hirescam": HiResCAM,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "eigencam": EigenCAM,  # ignores the target: the activations' first principal component, sign arbitrary
-    "scorecam": ScoreCAM,  # one forward pass per channel of the layer: slow on large models
+# The method's class in `pytorch_grad_cam`, imported when a map is made (`get_method`): the package pulls in
+# scikit-learn's decomposition and OpenCV, about 2 s on a 2-core CPU, which the pages and commands that import this
+# module only for its names and colours (the Slides page's colour scale) need not pay.
+METHODS: dict[str, str] = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",  # ignores the target: the activations' first principal component, sign arbitrary
+    "scorecam": "ScoreCAM",  # one forward pass per channel of the layer: slow on large models
 }
 DEFAULT_METHOD = "gradcam"
 METHOD_NOTES = {
@@ -180,10 +183,12 @@ def resolve_layer(model_name: str, layer: str | None = None) -> tuple[str, int]:
 
 
 def get_method(name: str) -> type[BaseCAM]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown CAM method {name!r}; valid methods: {', '.join(METHODS)}") from None
+    """The `pytorch_grad_cam` class of a method named in `METHODS`."""
+    if name not in METHODS:
+        raise ValueError(f"unknown CAM method {name!r}; valid methods: {', '.join(METHODS)}")
+    import pytorch_grad_cam
+
+    return getattr(pytorch_grad_cam, METHODS[name])
 
 
 def as_batch(images: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -246,12 +251,14 @@ def explain_batch(
     if isinstance(model, EnsembleModel):
         return _ensemble_explanation(model, images, model_name=model_name, method=method, layer=layer, target=target)
     cam_class = get_method(method)
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
     layer, size = resolve_layer(model_name, layer)
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
     device = next(model.parameters()).device
     x = eval_preset().to(device)(as_batch(images).to(device))
-    chunks = list(x.split(1)) if cam_class is ScoreCAM else [x]
+    chunks = list(x.split(1)) if method == "scorecam" else [x]
     maps, logits, ranges = [], [], []
     with _LOCK, torch.enable_grad():
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import io
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from pcam_core.explain import (
     colour_bar,
     colour_stops,
     explain_batch,
+    get_method,
     layer_choices,
     overlay,
     png_bytes,
@@ -125,6 +128,16 @@ def test_bad_arguments_name_the_valid_choices(patches):
     with pytest.raises(ValueError, match="uint8"):
         explain_batch(model, np.zeros((2, 96, 96, 3), np.float32), model_name="resnet18")
     assert layer_choices("pcamnet") == {"stage4": "stage4: 12x12", "stage3": "stage3: 24x24", "stage2": "stage2: 48x48"}
+
+
+@pytest.mark.slow  # a fresh interpreter: outside the fast lane
+def test_importing_the_module_leaves_the_cam_package_until_a_map_is_made(patches):
+    code = ("import sys, pcam_core.explain as e; assert 'pytorch_grad_cam' not in sys.modules, 'imported at once'; "
+            "print(sorted(e.METHODS)); e.get_method('gradcam'); assert 'pytorch_grad_cam' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for name in METHODS:  # every method names a class of the package, each a CAM
+        assert get_method(name).__name__ == METHODS[name] and hasattr(get_method(name), "get_cam_image")
 
 
 def test_centre_focus_known_cases():
