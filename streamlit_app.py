@@ -64,6 +64,7 @@ else:
     # it finds: this file as the script. So the server imports torch and the app (above) and what the
     # Runs and Explain pages need first (scikit-learn; the grad-cam package, which imports torchvision)
     # when it starts, not when the first visitor opens a page (4-6 s more on the first page otherwise).
+    import pytorch_grad_cam  # noqa: F401  (pcam_core.explain imports it only when a map is made)
     import sklearn.metrics  # noqa: F401
 
     from pcam_app import heatmaps  # noqa: F401
