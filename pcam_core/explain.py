@@ -55,8 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # The method's class in `pytorch_grad_cam`, imported when a map is made (`get_method`): the package pulls in
-# scikit-learn's decomposition and OpenCV, about 2 s on a 2-core CPU, which the pages and commands that import this
-# module only for its names and colours (the Slides page's colour scale) need not pay.
+# scikit-learn's decomposition and OpenCV, about 2 s on a 2-core CPU, which processes that import this module only for
+# its names and colours need not pay (the dashboard's server still imports the package at start: streamlit_app.py).
 METHODS: dict[str, str] = {
     "gradcam": "GradCAM",
     "gradcam++": "GradCAMPlusPlus",

@@ -108,6 +108,7 @@ def _main_module_kept():
     sys.modules["__main__"] = main
 
 
+E2E = Path(__file__).parent / "e2e"  # every test under it is `slow` (pytest_collection_modifyitems)
 SLOW_MODULE = re.compile(r"^pytestmark = pytest\.mark\.slow\b", re.MULTILINE)
 
 
@@ -117,7 +118,7 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
     deselect all of their tests."""
     if (config.getoption("markexpr", "") or "").strip() != "not slow":
         return None
-    if collection_path.is_relative_to(Path(__file__).parent / "e2e"):
+    if collection_path.is_relative_to(E2E):
         return True
     if collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
         return True if SLOW_MODULE.search(collection_path.read_text(encoding="utf-8")) else None
@@ -127,9 +128,8 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
 def pytest_collection_modifyitems(config, items) -> None:
     """Everything under tests/e2e/ starts servers, processes or a browser: it is `slow`, outside the fast lane
     (`./test.sh -m "not slow"`). Tests elsewhere that train or launch processes carry the mark themselves."""
-    e2e = Path(__file__).parent / "e2e"
     for item in items:
-        if Path(item.fspath).is_relative_to(e2e):
+        if Path(item.fspath).is_relative_to(E2E):
             item.add_marker(pytest.mark.slow)
     if "not slow" in (config.getoption("markexpr", "") or ""):  # the fast lane: the files with the most tests first
         count = Counter(item.fspath for item in items if not item.get_closest_marker("slow"))

@@ -131,7 +131,7 @@ def test_bad_arguments_name_the_valid_choices(patches):
 
 
 @pytest.mark.slow  # a fresh interpreter: outside the fast lane
-def test_importing_the_module_leaves_the_cam_package_until_a_map_is_made(patches):
+def test_importing_the_module_leaves_the_cam_package_until_a_map_is_made():
     code = ("import sys, pcam_core.explain as e; assert 'pytorch_grad_cam' not in sys.modules, 'imported at once'; "
             "print(sorted(e.METHODS)); e.get_method('gradcam'); assert 'pytorch_grad_cam' in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
