@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from compare_oof import MODES, out_of_fold  # noqa: E402  the same reader, the same scoring modes
-from pcam_core.calibration import _scores, apply_temperature, fit_temperature, fit_temperature_and_bias  # noqa: E402
+from pcam_core.calibration import apply_temperature, calibration_scores, fit_temperature, fit_temperature_and_bias  # noqa: E402
 
 
 def cross_fitted(labels: np.ndarray, probs: np.ndarray, folds: np.ndarray, bias: bool) -> np.ndarray:
@@ -53,7 +53,7 @@ def main() -> None:
         probs = frame[column].to_numpy(dtype=np.float64)
         for way, calibrated in (("raw", probs), ("temperature", cross_fitted(labels, probs, folds, bias=False)),
                                 ("temperature and bias", cross_fitted(labels, probs, folds, bias=True))):
-            rows.append({"scoring": mode, "calibration": way, "mean probability": calibrated.mean(), **_scores(labels, calibrated)})
+            rows.append({"scoring": mode, "calibration": way, "mean probability": calibrated.mean(), **calibration_scores(labels, calibrated)})
     with pd.option_context("display.width", 200, "display.float_format", "{:.4f}".format):
         print(pd.DataFrame(rows).to_string(index=False))
 

@@ -37,7 +37,7 @@ from pcam_core.data.demo import DemoSpec, make_demo_dataset  # noqa: E402
 from pcam_core.api import as_patches  # noqa: E402
 from pcam_core.bundled import BUNDLED  # noqa: E402
 from pcam_core.loading import load_run_model  # noqa: E402
-from pcam_core.models import EnsembleModel  # noqa: E402
+from pcam_core.models import guard_network  # noqa: E402
 from pcam_core.scope import FeatureTap, ScopeModel, scope_features  # noqa: E402
 from pcam_core.slides.reader import PCAM_MPP, open_slide  # noqa: E402
 from pcam_core.slides.tissue import tissue_mask  # noqa: E402
@@ -82,8 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     loaded = load_run_model(BUNDLED, device="cpu")
     scope = ScopeModel.load(loaded.run.folder.scope_path)
-    # the guard taps an ensemble's first member: its features alone, at one member's cost
-    model = loaded.model.members[0] if isinstance(loaded.model, EnsembleModel) else loaded.model
+    model = guard_network(loaded.model)
     train_files, held_files = bundled_split(args.data)
     held_pixels = as_patches([str(f) for f in held_files])
     held = scope.distance(scope_features(model, loaded.model_name, held_pixels))

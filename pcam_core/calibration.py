@@ -82,7 +82,9 @@ def apply_temperature(probs: np.ndarray, temperature: float, bias: float = 0.0) 
     return expit(to_logits(probs) / temperature + bias)
 
 
-def _scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+def calibration_scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """The negative log-likelihood, expected calibration error and Brier score of `probs` against `labels`: the figures
+    a calibration is judged by, before and after."""
     return {"nll": nll(labels, to_logits(probs)), "ece": expected_calibration_error(labels, probs),
             "brier": float(np.mean((probs - labels) ** 2))}
 
@@ -127,8 +129,8 @@ def fit_calibration(labels: np.ndarray, probs: np.ndarray, *, fitted_on: str, sp
     """Fit a temperature and a bias on labelled predictions and record the scores before and after."""
     labels, probs = _check(labels, probs)
     temperature, bias = fit_temperature_and_bias(labels, probs)
-    return Calibration(temperature, fitted_on, split, int(labels.size), _scores(labels, probs),
-                       _scores(labels, apply_temperature(probs, temperature, bias)),
+    return Calibration(temperature, fitted_on, split, int(labels.size), calibration_scores(labels, probs),
+                       calibration_scores(labels, apply_temperature(probs, temperature, bias)),
                        _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), METHOD, bias)
 
 
@@ -190,6 +192,6 @@ def calibration_report(labels: np.ndarray, probs: np.ndarray, calibration: Calib
     diagram's points of both (observed frequency against mean predicted probability per bin)."""
     labels, probs = _check(labels, probs)
     calibrated = calibration.apply(probs)
-    return {"temperature": calibration.temperature, "bias": calibration.bias, "describe": calibration.describe, "before": _scores(labels, probs), "after": _scores(labels, calibrated),
+    return {"temperature": calibration.temperature, "bias": calibration.bias, "describe": calibration.describe, "before": calibration_scores(labels, probs), "after": calibration_scores(labels, calibrated),
             "reliability_before": reliability_points(labels, probs, n_bins),
             "reliability_after": reliability_points(labels, calibrated, n_bins)}

@@ -299,13 +299,17 @@ def combine_logits(z: torch.Tensor, combine: str) -> torch.Tensor:
     return torch.logsumexp(F.logsigmoid(z), dim=0) - torch.logsumexp(F.logsigmoid(-z), dim=0)
 
 
+def guard_network(model: nn.Module) -> nn.Module:
+    """The network whose features the out-of-scope guard (`pcam_core.scope`) and Grad-CAM read: the model itself, or
+    an ensemble's first member (its features alone, at one member's cost)."""
+    return model.members[0] if isinstance(model, EnsembleModel) else model
+
+
 def get_layer(model: nn.Module, path: str) -> nn.Module:
     """The submodule at a dotted path, with an error listing the valid Grad-CAM layers when absent. On an
     `EnsembleModel`, the layer of its first member: the member whose features the out-of-scope guard reads."""
-    if isinstance(model, EnsembleModel):
-        model = model.members[0]
     try:
-        return model.get_submodule(path)
+        return guard_network(model).get_submodule(path)
     except AttributeError:
         raise ValueError(f"model has no layer {path!r}") from None
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pcam_core.models import MODELS, create_model, get_layer, get_spec, load_weights, model_names, resolve_model_name
+from pcam_core.models import (MODELS, EnsembleModel, create_model, get_layer, get_spec, guard_network, load_weights,
+                               model_names, resolve_model_name)
 
 
 @pytest.mark.parametrize("name", model_names())
@@ -23,6 +24,12 @@ def test_forward_backward_and_target_layers(name):
     assert sizes == get_spec(name).target_layers  # the stated feature-map size of each Grad-CAM layer
     for h in hooks:
         h.remove()
+
+
+def test_the_guard_reads_an_ensembles_first_member():
+    nets = [create_model("pcamnet"), create_model("pcamnet")]
+    assert guard_network(EnsembleModel(nets)) is nets[0] and guard_network(nets[1]) is nets[1]
+    assert get_layer(EnsembleModel(nets), "stage2") is nets[0].stage2
 
 
 def test_unknown_model_lists_valid_names():
