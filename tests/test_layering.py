@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pcam_core"
 
 # Lowest first. A module may import its own layer and those below; the longest prefix names the layer.
 LAYERS: list[tuple[str, ...]] = [
-    ("pcam_core", "pcam_core.config", "pcam_core.fileio", "pcam_core.devices", "pcam_core.data", "pcam_core.models",
+    ("pcam_core", "pcam_core.config", "pcam_core.fileio", "pcam_core.devices", "pcam_core.data", "pcam_core.models", "pcam_core.p4m",
      "pcam_core.transforms", "pcam_core.metrics", "pcam_core.stats", "pcam_core.triage", "pcam_core.checkpoint",
      "pcam_core.uploads", "pcam_core.shifts", "pcam_core.decision", "pcam_core.staging", "pcam_core.bundled", "pcam_core.sharding",
      "pcam_core.scoring_options"),
@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pcam_core.workspace",),
     ("pcam_core.api", "pcam_core.cli", "pcam_core.serve", "pcam_core.__main__"),
 ]
-MODEL_CODE = ("torch", "pcam_core.models", "pcam_core.inference", "pcam_core.predict", "pcam_core.train",
+MODEL_CODE = ("torch", "pcam_core.models", "pcam_core.p4m", "pcam_core.inference", "pcam_core.predict", "pcam_core.train",
               "pcam_core.explain", "pcam_core.checkpoint")
 # gpu_count asks torch how many GPUs there are, importing it inside the function only.
 ALLOWED = {("pcam_core.runs.launch", "torch")}

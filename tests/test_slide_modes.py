@@ -132,6 +132,7 @@ def test_which_models_scan_exactly_and_the_window_sizes_of_their_stages():
 
 def test_a_model_that_cannot_scan_falls_back_to_windows_and_a_bad_mode_is_named():
     assert effective_mode(create_model("pcamresnet"), "dense") == "window"
+    assert effective_mode(create_model("pcamnet_p4m"), "dense") == "window"  # its group convolutions have no dense form
     assert effective_mode(create_model("pcamnet"), "dense") == "dense"
     assert effective_mode(create_model("pcamnet"), None) == "cascade"
     assert effective_mode(create_model("pcamnet"), None, sharded=True) == "window"
