@@ -309,8 +309,9 @@ def combine_logits(z: torch.Tensor, combine: str) -> torch.Tensor:
 
 
 def guard_network(model: nn.Module) -> nn.Module:
-    """The network whose features the out-of-scope guard (`pcam_core.scope`) and Grad-CAM read: the model itself, or
-    an ensemble's first member (its features alone, at one member's cost)."""
+    """The network whose features the out-of-scope guard (`pcam_core.scope`) reads: the model itself, or an
+    ensemble's first member (its features alone, at one member's cost). Grad-CAM on an ensemble averages every
+    member's map instead (`explain`)."""
     return model.members[0] if isinstance(model, EnsembleModel) else model
 
 
