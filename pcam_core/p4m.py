@@ -50,34 +50,41 @@ INVERSE = torch.tensor([int((CAYLEY[a] == 0).nonzero()) for a in range(ORDER)])
 PERMUTE = torch.stack([CAYLEY[INVERSE[g]] for g in range(ORDER)])
 
 
-class LiftingConv(nn.Module):
-    """An image (plain channels) to a p4m map: each filter applied turned by each of the 8 elements."""
+class _ExpandedConv(nn.Module):
+    """A convolution whose kernel `expanded()` builds from its own weights on every call (stored in `weight`, an
+    ordinary 4-d tensor, so that `channels_last` applies to it)."""
 
-    def __init__(self, cin: int, fields: int, kernel: int = 3, padding: int = 1) -> None:
+    def __init__(self, shape: tuple[int, int, int, int], padding: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(fields, cin, kernel, kernel))
+        self.weight = nn.Parameter(torch.empty(shape))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.padding = padding
 
     def expanded(self) -> torch.Tensor:
-        """The ordinary conv kernel: (fields * 8, cin, k, k), output channel f * 8 + g the filter f turned by g."""
-        return torch.stack([transform(self.weight, g) for g in range(ORDER)], 1).flatten(0, 1)
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.expanded(), padding=self.padding)
 
 
-class GroupConv(nn.Module):
+class LiftingConv(_ExpandedConv):
+    """An image (plain channels) to a p4m map: each filter applied turned by each of the 8 elements."""
+
+    def __init__(self, cin: int, fields: int, kernel: int = 3, padding: int = 1) -> None:
+        super().__init__((fields, cin, kernel, kernel), padding)
+
+    def expanded(self) -> torch.Tensor:
+        """The ordinary conv kernel: (fields * 8, cin, k, k), output channel f * 8 + g the filter f turned by g."""
+        return torch.stack([transform(self.weight, g) for g in range(ORDER)], 1).flatten(0, 1)
+
+
+class GroupConv(_ExpandedConv):
     """A p4m map to a p4m map: output channel (f, g) sums, over the input fields and their channels h, the filter
     f's slice for g^-1 h, turned by g."""
 
     def __init__(self, fields_in: int, fields_out: int, kernel: int = 3, padding: int = 1) -> None:
-        super().__init__()
-        # stored as (fields_out, fields_in * 8, k, k), an ordinary 4-d kernel (so `channels_last` applies to it);
-        # read as (fields_out, fields_in, 8, k, k)
-        self.weight = nn.Parameter(torch.empty(fields_out, fields_in * ORDER, kernel, kernel))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        self.padding = padding
+        # stored as (fields_out, fields_in * 8, k, k), read as (fields_out, fields_in, 8, k, k)
+        super().__init__((fields_out, fields_in * ORDER, kernel, kernel), padding)
 
     def expanded(self) -> torch.Tensor:
         """The ordinary conv kernel: (fields_out * 8, fields_in * 8, k, k)."""
@@ -85,9 +92,6 @@ class GroupConv(nn.Module):
         weight = self.weight.reshape(out, cin // ORDER, ORDER, k, k)
         turned = [transform(weight[:, :, PERMUTE[g]], g) for g in range(ORDER)]  # each (out, in, 8, k, k)
         return torch.stack(turned, 1).flatten(0, 1).flatten(1, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.expanded(), padding=self.padding)
 
 
 class FieldBatchNorm(nn.BatchNorm3d):
