@@ -65,6 +65,8 @@ st.caption(notes.PROBABILITY_NOTE + (f" The **calibrated** probability is {calib
                                      f"{calibration.describe} fitted on the run's {calibration.n:,} {fitted_on} "
                                      f"predictions{' (TTA)' if calibration is loaded.calibration_tta else ''}."
                                      if calibration else ""))
+if calibration and calibration.warning:
+    st.warning(calibration.warning, icon=":material/warning:")
 
 files = st.file_uploader("Patches (96×96 pixel RGB tif, png or jpg; Kaggle's `<id>.tif` files as they are)",
                          type=["tif", "tiff", "png", "jpg", "jpeg"], accept_multiple_files=True, key="uploads")

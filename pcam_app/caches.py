@@ -110,8 +110,16 @@ def colour_stats(source: DataSource, split: str, per_class: int = 256) -> tuple[
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model...")
-def _model(run: str, checkpoint: str, mtime: float) -> RunModel:
+def _model(run: str, checkpoint: str, mtime: float, posthoc: tuple[float, ...]) -> RunModel:
     return load_run_model(run, device="cpu")
+
+
+def _posthoc_version(run: RunDir) -> tuple[float, ...]:
+    """The versions of what is fitted on a run after its weights (`pcam_core.posthoc`: both calibrations and the
+    out-of-scope guard; 0 where absent): `pcam calibrate` or `pcam scope` rewrites them and leaves the checkpoint."""
+    folder = resolve_run(run.path).folder
+    paths = (folder.calibration_path, folder.calibration_tta_path, folder.scope_path)
+    return tuple(path.stat().st_mtime if path.exists() else 0.0 for path in paths)
 
 
 def best_checkpoint(run: RunDir) -> tuple[str, str, float]:
@@ -123,10 +131,10 @@ def best_checkpoint(run: RunDir) -> tuple[str, str, float]:
 
 def load_model(run: RunDir) -> RunModel:
     """The run's best model on the CPU in eval mode with its threshold and calibration
-    (`pcam_core.loading.load_run_model`, as every face loads it), loaded once per checkpoint file version
-    (never modified)."""
+    (`pcam_core.loading.load_run_model`, as every face loads it), loaded again when the checkpoint or a refitted
+    calibration or guard is newer."""
     try:
-        return _model(*best_checkpoint(run))
+        return _model(*best_checkpoint(run), _posthoc_version(run))
     except (OSError, ValueError, RuntimeError) as err:
         fail(f"Cannot load the model of run {run.run_id}: {err}")
 

@@ -44,6 +44,8 @@ def calibration_section(run: RunDir, split: str, predictions: pd.DataFrame) -> N
         st.info(f"Run {run.run_id} has no fitted temperature yet: it is fitted when training ends, or by "
                 f"`pcam calibrate --run {run.path}`.", icon=":material/tune:")
         return
+    if calibration.warning:
+        st.warning(calibration.warning, icon=":material/warning:")
     left, right = st.columns([1, 2])
     with left:
         cells = st.columns(2)

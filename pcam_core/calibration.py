@@ -39,6 +39,7 @@ from .triage import DEFAULT_FPR, TriageThresholds, fit_triage
 EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before the logit: a float32 sigmoid saturates at 0 and 1
 LOG_T_BOUNDS = (-4.0, 4.0)  # T within [0.018, 55]
 BIAS_BOUNDS = (-5.0, 5.0)  # on the logit
+BOUND_TOLERANCE = 0.01  # a fitted log T or bias this close to a bound sits at it (`Calibration.warning`)
 METHOD = "temperature and bias"
 
 
@@ -117,6 +118,28 @@ class Calibration:
         """How the calibrated probability is made, in symbols."""
         return "sigmoid(logit(p) / T + b)" if self.bias else "sigmoid(logit(p) / T)"
 
+    @property
+    def warning(self) -> str | None:
+        """What to distrust in this fit, in one sentence, or None: a temperature or bias at the edge of its search
+        (`LOG_T_BOUNDS`, `BIAS_BOUNDS`) means the NLL wanted to go further, so the fit says more about the model
+        than a correction would. At the largest temperature the validation predictions told the labels apart too
+        little to be scaled: every calibrated probability lies near sigmoid(b), the share of tumour it saw."""
+        problems = []
+        log_t = np.log(self.temperature)
+        if log_t >= LOG_T_BOUNDS[1] - BOUND_TOLERANCE:
+            problems.append(f"the temperature is the largest the fit allows ({self.temperature:.1f}): the validation "
+                            f"predictions separate the classes too little to be scaled, so every calibrated probability "
+                            f"lies near {expit(self.bias):.2f}")
+        elif log_t <= LOG_T_BOUNDS[0] + BOUND_TOLERANCE:
+            problems.append(f"the temperature is the smallest the fit allows ({self.temperature:.3f}): the fit would "
+                            f"sharpen the probabilities further still")
+        if abs(self.bias) >= BIAS_BOUNDS[1] - BOUND_TOLERANCE:
+            problems.append(f"the bias is at the edge of its range ({self.bias:+.2f})")
+        if not problems:
+            return None
+        return ("Calibration at its limit: " + "; and ".join(problems) + f". Fitted on {self.n:,} patches; train longer "
+                "or on more data before reading calibrated probabilities from this run.")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -192,6 +215,8 @@ def calibration_report(labels: np.ndarray, probs: np.ndarray, calibration: Calib
     diagram's points of both (observed frequency against mean predicted probability per bin)."""
     labels, probs = _check(labels, probs)
     calibrated = calibration.apply(probs)
-    return {"temperature": calibration.temperature, "bias": calibration.bias, "describe": calibration.describe, "before": calibration_scores(labels, probs), "after": calibration_scores(labels, calibrated),
+    return {"temperature": calibration.temperature, "bias": calibration.bias, "describe": calibration.describe,
+            "warning": calibration.warning,
+            "before": calibration_scores(labels, probs), "after": calibration_scores(labels, calibrated),
             "reliability_before": reliability_points(labels, probs, n_bins),
             "reliability_after": reliability_points(labels, calibrated, n_bins)}

@@ -28,6 +28,8 @@ def fit_posthoc(run: RunDir, device: torch.device | str = "cpu") -> None:
             log.info("calibration: %s on %d validation patches; ECE %.4f -> %.4f, Brier %.4f -> %.4f",
                      calibration.describe, calibration.n, calibration.before["ece"], calibration.after["ece"],
                      calibration.before["brier"], calibration.after["brier"])
+            if calibration.warning:
+                log.warning("%s", calibration.warning)
     try:
         loaded = load_run_model(run.path, device=device)
         scope = fit_run_scope(run, loaded.model, loaded.config)

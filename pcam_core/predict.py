@@ -312,7 +312,7 @@ def evaluate_run(
         "metrics": metrics,
         "intervals": metric_intervals(preds.labels, preds.probs, threshold_used),
         "interval_level": 0.95,
-        "warnings": [w for w in (small_sample_warning(len(preds.labels)),) if w],
+        "warnings": [w for w in (small_sample_warning(len(preds.labels)), calibration.warning if calibration else None) if w],
         # ECE and Brier before and after the run's temperature, with both reliability diagrams (None: no temperature)
         "calibration": calibration_report(preds.labels, preds.probs, calibration) if calibration else None,
         "curves": {

@@ -33,6 +33,15 @@ def _binormal(rng: np.random.Generator, m: int, n: int, d: float) -> tuple[np.nd
     return labels, expit(np.r_[rng.normal(d, 1, m), rng.normal(0, 1, n)])
 
 
+def _blind(labels: np.ndarray) -> np.ndarray:
+    """Probabilities that say nothing about `labels`: each class gets the same evenly spread values in 0.1-0.9."""
+    probs = np.empty(len(labels))
+    for cls in (0, 1):
+        where = np.flatnonzero(labels == cls)
+        probs[where] = 0.1 + 0.8 * (np.arange(where.size) + 0.5) / where.size
+    return probs
+
+
 # -- temperature scaling ---------------------------------------------------------------------------
 
 def test_temperature_scaling_undoes_an_over_confident_model():
@@ -74,6 +83,25 @@ def test_a_bias_takes_out_the_lean_of_a_class_balanced_loss_that_a_temperature_c
     old = Calibration.from_dict({k: v for k, v in record.to_dict().items() if k not in ("bias", "method")})
     assert old.bias == 0 and old.method == "temperature scaling" and old.describe == f"temperature {temperature:.3f}"
     assert np.allclose(old.apply(leaning), apply_temperature(leaning, temperature))
+
+
+def test_a_calibration_at_the_edge_of_its_search_says_so():
+    """Predictions that do not tell the classes apart drive T to the largest the fit allows (every calibrated
+    probability then sits near the prevalence), and perfectly separated but timid ones drive it to the smallest: both
+    are named, in a sentence; a fit inside its range has no warning."""
+    rng = np.random.default_rng(2)
+    labels = (rng.random(400) < 0.3).astype(int)
+    noise = _blind(labels)
+    flat = fit_calibration(labels, noise, fitted_on="generated")
+    assert flat.temperature == pytest.approx(np.exp(4.0), rel=0.02)
+    assert flat.warning.startswith("Calibration at its limit: the temperature is the largest the fit allows (54.")
+    assert f"near {labels.mean():.2f}" in flat.warning and "400 patches" in flat.warning
+    assert np.ptp(flat.apply(noise)) < 0.05  # what the warning says: nearly one probability for every patch
+    timid = fit_calibration(labels, np.where(labels == 1, 0.55, 0.45), fitted_on="generated")
+    assert "the smallest the fit allows" in timid.warning
+    true_logits = rng.normal(0, 1.5, 2000)
+    informative = fit_calibration((rng.random(2000) < expit(true_logits)).astype(int), expit(2 * true_logits), fitted_on="g")
+    assert informative.warning is None
 
 
 def test_temperature_scaling_refuses_one_class_and_bad_temperatures():
@@ -241,6 +269,30 @@ def test_training_fits_a_temperature_and_pcam_calibrate_refits_it(trained_run, c
     assert "ships with it" in capsys.readouterr().out
 
 
+def test_a_calibration_at_its_limit_is_warned_about_by_pcam_calibrate_and_evaluate(trained_run, real_h5, tmp_path, capsys):
+    """A run whose validation predictions say nothing about the labels: `pcam calibrate` fits T at its bound and says
+    so on stderr, and `pcam evaluate` carries the same sentence in its report's warnings."""
+    import json
+    import shutil
+
+    from pcam_core.cli import main
+    from pcam_core.runs import RunDir
+
+    run = RunDir(shutil.copytree(trained_run, tmp_path / "blind-run"))
+    valid = pd.read_csv(run.valid_predictions_path)
+    valid["probability"] = _blind(valid["label"].to_numpy())
+    valid.to_csv(run.valid_predictions_path, index=False)
+    assert main(["calibrate", "--run", str(run.path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: Calibration at its limit: the temperature is the largest the fit allows" in err
+    assert main(["evaluate", "--run", str(run.path), "--data", str(real_h5), "--split", "valid", "--no-tta",
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    assert "Calibration at its limit" in capsys.readouterr().err
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert any(w.startswith("Calibration at its limit") for w in report["warnings"])
+    assert report["calibration"]["warning"].startswith("Calibration at its limit")
+
+
 @pytest.fixture(scope="module")
 def real_tifs(real_kaggle, tmp_path_factory):
     """48 of the real Kaggle patches, as a folder of tifs (scoring all 160 eight times is more than a test needs)."""
@@ -362,6 +414,15 @@ def test_the_runs_page_shows_intervals_calibration_triage_and_a_comparison(demo_
     assert metrics["Target miss rate"] == "2.0%"
     at.select_slider(key="triage_target").set_value(0.8).run()
     assert not at.exception and {m.label: m.value for m in at.metric}["Target miss rate"] == "20.0%"
+    assert not any("Calibration at its limit" in str(w.value) for w in at.warning)
+    # a calibration fitted at the edge of its search is named above its figures
+    from pcam_core.calibration import fit_calibration
+
+    labels = valid["label"].to_numpy()
+    blind = fit_calibration(labels, _blind(labels), fitted_on="valid_predictions.csv")
+    (workspace.runs_root / "demo-run" / "calibration.json").write_text(json.dumps(blind.to_dict()))
+    at.run()
+    assert not at.exception and any(str(w.value).startswith("Calibration at its limit") for w in at.warning)
 
 
 def test_errors_sort_by_uncertainty_and_the_review_queue_reads_it_by_patch_id(trained_run, tmp_path):
@@ -397,6 +458,8 @@ def test_predict_page_shows_calibrated_probabilities_uncertainty_and_triage_call
 
     from helpers import REPO
     from pcam_core.calibration import run_triage
+    from pcam_core.cli import main
+    from pcam_core.runs import RunDir
     from pcam_core.workspace import ENV_VAR, Workspace
 
     workspace = Workspace(tmp_path / "ws")
@@ -419,6 +482,16 @@ def test_predict_page_shows_calibrated_probabilities_uncertainty_and_triage_call
                         "refer")  # out of the run's scope: refer
     assert (table["call"].to_numpy() == expected).all()
     assert any("by triage at target sensitivity 0.98" in str(h.value) for h in at.subheader)
+    assert not any("Calibration at its limit" in str(w.value) for w in at.warning)
+    # `pcam calibrate` refits a run the page has loaded: the page shows the new calibration, here one at its limit
+    run = RunDir(workspace.runs_root / "demo-run")
+    valid = pd.read_csv(run.valid_predictions_path)
+    valid["probability"] = _blind(valid["label"].to_numpy())
+    valid.to_csv(run.valid_predictions_path, index=False)
+    assert main(["calibrate", "--run", str(run.path)]) == 0
+    at.run()
+    assert not at.exception and any(str(w.value).startswith("Calibration at its limit") for w in at.warning)
+    assert "temperature 54.598" in " ".join(str(c.value) for c in at.caption)  # the refitted one, not the cached
 
 
 def test_the_bundled_model_ships_its_held_out_predictions_temperature_and_triage():

@@ -146,6 +146,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         for name in ("nll", "ece", "brier"):
             print(f"  {name.upper() if name != 'brier' else 'Brier':<6} {cal.before[name]:.4f} -> {cal.after[name]:.4f}")
         print(f"wrote {folder.calibration_tta_path if tta else folder.calibration_path}")
+        if cal.warning:
+            print(f"warning: {cal.warning}", file=sys.stderr)
     return 0
 
 
