@@ -49,10 +49,9 @@ def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
     pcam_core/__init__.py, 0.5 M, and 31.5 s -> 24.3 s). Threads that already have a heap keep it. False where the C
     library is not glibc."""
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the process's own symbols, the C library's among them (find_library runs ldconfig)
         return all(libc.mallopt(option, value) for option, value in ((-8, n), (-3, MMAP_THRESHOLD), (-1, TRIM_THRESHOLD)))
         # M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
     except (OSError, AttributeError):
