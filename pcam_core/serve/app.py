@@ -223,6 +223,7 @@ def create_app(
         return {"model": predictor.model_name, "run": run_name, "checkpoint_epoch": predictor.epoch,
                 "threshold": predictor.threshold, "temperature": calibration.temperature if calibration else None,
                 "bias": calibration.bias if calibration else None,
+                "calibration_warning": calibration.warning if calibration else None,
                 "device": str(predictor.device), "slides": slides_root is not None, "limits": asdict(limits),
                 "batching": {("tta" if tta else "one_pass"): {"forward_passes": b.passes, "patches": b.patches}
                              for tta, b in batchers.items()},
@@ -253,6 +254,7 @@ def create_app(
             "model": predictor.model_name, "run": run_name, "threshold": threshold, "tta": query.tta,
             "temperature": calibration.temperature if calibration else None,
             "bias": calibration.bias if calibration else None,
+            "calibration_warning": calibration.warning if calibration else None,
             "predictions": [{"name": p.name, "id": p.id, "probability": float(prob),
                              "probability_calibrated": None if calibrated is None else float(calibrated[i]),
                              "call": str(calls[i]), "notes": list(p.notes),

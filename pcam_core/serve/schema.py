@@ -99,6 +99,8 @@ class ModelInfo(BaseModel):
     threshold: float = Field(description="the run's own threshold: the default of every call")
     temperature: float | None = Field(description="the run's fitted temperature T (calibration), or null")
     bias: float | None = Field(description="the run's fitted calibration bias b (calibrated = sigmoid(logit(p) / T + b)), or null")
+    calibration_warning: str | None = Field(description="why the calibration is not to be trusted (T or b at the edge of "
+                                                        "its fit, docs/trust.md), or null")
     device: str
     slides: bool = Field(description="whether POST /v1/slides is on (the server has a --slides-dir)")
     limits: dict[str, int | float]
@@ -132,6 +134,8 @@ class Predictions(BaseModel):
     tta: bool
     temperature: float | None
     bias: float | None
+    calibration_warning: str | None = Field(description="why the calibration of the scoring mode is not to be trusted "
+                                                        "(T or b at the edge of its fit, docs/trust.md), or null")
     predictions: list[Prediction]
     refused: list[Refused] = Field(description="files that could not be scored, each with the reason")
 

@@ -148,6 +148,7 @@ def test_probabilities_equal_pcam_predict(client, served_run, real_kaggle, tmp_p
     calibration = load_calibration(served_run)
     assert calibration is not None and body["temperature"] == pytest.approx(calibration.temperature)
     assert body["bias"] == pytest.approx(calibration.bias) and calibration.bias != 0  # fitted with the temperature
+    assert body["calibration_warning"] == calibration.warning == client.get("/v1/model").json()["calibration_warning"]
     for p in body["predictions"]:
         assert p["probability_calibrated"] == pytest.approx(float(calibration.apply(np.array([p["probability"]]))[0]), abs=1e-9)
 
