@@ -293,6 +293,27 @@ def test_a_calibration_at_its_limit_is_warned_about_by_pcam_calibrate_and_evalua
     assert report["calibration"]["warning"].startswith("Calibration at its limit")
 
 
+@pytest.mark.slow  # refits the run's guard too: a forward pass over its 1,024 demo patches
+def test_the_fit_when_a_run_ends_logs_a_calibration_at_its_limit(trained_run, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from pcam_core.calibration import load_calibration
+    from pcam_core.posthoc import fit_posthoc
+    from pcam_core.runs import RunDir
+
+    run = RunDir(shutil.copytree(trained_run, tmp_path / "blind-run"))
+    valid = pd.read_csv(run.valid_predictions_path)
+    valid["probability"] = _blind(valid["label"].to_numpy())
+    valid.to_csv(run.valid_predictions_path, index=False)
+    with caplog.at_level(logging.INFO, logger="pcam_core.posthoc"):
+        fit_posthoc(run)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warned] == [load_calibration(run.path).warning]
+    assert warned[0].getMessage().startswith("Calibration at its limit")
+    assert any(r.getMessage().startswith("out-of-scope guard:") for r in caplog.records)  # the run still gets its guard
+
+
 @pytest.fixture(scope="module")
 def real_tifs(real_kaggle, tmp_path_factory):
     """48 of the real Kaggle patches, as a folder of tifs (scoring all 160 eight times is more than a test needs)."""
