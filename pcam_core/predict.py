@@ -199,7 +199,8 @@ def predict_submission(
     threshold = options.threshold_or(loaded.threshold)
     summary_extra: dict[str, Any] = {"calibrated": calibrated, "temperature": calibration.temperature if calibration else None,
                                      "bias": calibration.bias if calibration else None,
-                                     "calibration": calibration.describe if calibration else None, "threshold": threshold}
+                                     "calibration": calibration.describe if calibration else None,
+                                     "calibration_warning": calibration.warning if calibration else None, "threshold": threshold}
     if results is not None:
         frame = patch_results(preds.ids, preds.probs, preds.uncertainty, threshold=threshold,
                               triage=thresholds, calibration=calibration, ood_score=preds.ood_score, scope=loaded.scope)

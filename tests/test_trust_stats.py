@@ -269,9 +269,10 @@ def test_training_fits_a_temperature_and_pcam_calibrate_refits_it(trained_run, c
     assert "ships with it" in capsys.readouterr().out
 
 
-def test_a_calibration_at_its_limit_is_warned_about_by_pcam_calibrate_and_evaluate(trained_run, real_h5, tmp_path, capsys):
+def test_a_calibration_at_its_limit_is_warned_about_by_pcam_calibrate_predict_and_evaluate(trained_run, real_h5, tmp_path, capsys):
     """A run whose validation predictions say nothing about the labels: `pcam calibrate` fits T at its bound and says
-    so on stderr, and `pcam evaluate` carries the same sentence in its report's warnings."""
+    so on stderr, `pcam predict --calibrated` says it again, and `pcam evaluate` carries the same sentence in its
+    report's warnings."""
     import json
     import shutil
 
@@ -285,6 +286,12 @@ def test_a_calibration_at_its_limit_is_warned_about_by_pcam_calibrate_and_evalua
     assert main(["calibrate", "--run", str(run.path)]) == 0
     err = capsys.readouterr().err
     assert "warning: Calibration at its limit: the temperature is the largest the fit allows" in err
+    assert main(["predict", "--run", str(run.path), "--input", str(real_h5), "--split", "valid", "--no-tta", "--workers", "0",
+                 "--calibrated", "--out", str(tmp_path / "sub.csv")]) == 0
+    assert "warning: Calibration at its limit" in capsys.readouterr().err  # the file holds calibrated probabilities
+    assert main(["predict", "--run", str(run.path), "--input", str(real_h5), "--split", "valid", "--no-tta", "--workers", "0",
+                 "--out", str(tmp_path / "raw.csv")]) == 0
+    assert "Calibration at its limit" not in capsys.readouterr().err  # raw probabilities: nothing calibrated to distrust
     assert main(["evaluate", "--run", str(run.path), "--data", str(real_h5), "--split", "valid", "--no-tta",
                  "--out", str(tmp_path / "eval.json")]) == 0
     assert "Calibration at its limit" in capsys.readouterr().err

@@ -225,6 +225,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"wrote {result['rows']} predictions to {result['out']} ({result['dataset']}, model {result['model']}, "
           f"TTA {'on' if result['tta'] else 'off'}{', shard ' + result['shard'] if result['shard'] else ''}"
           f"{', calibrated (' + result['calibration'] + ')' if result['calibrated'] else ''})")
+    if result["calibration_warning"] and (result["calibrated"] or result.get("results")):  # calibrated probabilities written
+        print(f"warning: {result['calibration_warning']}", file=sys.stderr)
     if result["converted"]:
         notes = sorted({note for _, note in result["converted"]})
         print(f"note: {len(result['converted'])} image(s) converted to 8-bit RGB, as the Predict page and the API convert them: "
