@@ -204,6 +204,8 @@ def trust_facts(row) -> None:
         facts.append(f"**uncertainty** ±{float(uncertainty):.3f} (spread of the 8 flipped and rotated views)")
     if facts:
         st.markdown(" · ".join(facts))
+    if calibration is not None and calibration.warning:
+        st.warning(calibration.warning, icon=":material/warning:")
 
 
 def gallery_view() -> None:

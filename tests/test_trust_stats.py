@@ -451,6 +451,9 @@ def test_the_runs_page_shows_intervals_calibration_triage_and_a_comparison(demo_
     (workspace.runs_root / "demo-run" / "calibration.json").write_text(json.dumps(blind.to_dict()))
     at.run()
     assert not at.exception and any(str(w.value).startswith("Calibration at its limit") for w in at.warning)
+    at.switch_page("pages/explain.py").run()  # beside a patch's calibrated probability too
+    assert not at.exception and any(str(w.value).startswith("Calibration at its limit") for w in at.warning)
+    assert "**calibrated probability**" in " ".join(str(m.value) for m in at.markdown)
 
 
 def test_errors_sort_by_uncertainty_and_the_review_queue_reads_it_by_patch_id(trained_run, tmp_path):
