@@ -41,15 +41,22 @@ FLAG_RATE = 0.05  # the share of held-out in-domain patches the threshold flags
 SCOPE_FORMAT = "pcam_core.scope/1"
 
 
+class TapFull(Exception):
+    """Raised out of a forward pass by a `FeatureTap(stop=True)` once it holds every scope layer's features."""
+
+
 class FeatureTap:
     """Forward hooks on a model's scope layers: `take()` returns, per patch, every layer's channel means and
     standard deviations over space, concatenated in layer order, so the guard's score comes from the same
     forward pass as the probability."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str], *, stop: bool = False) -> None:
+        """`stop`: end each forward pass as soon as every scope layer has run (`TapFull`), when only the features are
+        wanted: the layers after them and the head are not computed."""
         if not layers:
             raise ValueError("this model names no scope layers (ModelSpec.scope_layers); it has no out-of-scope guard")
         self.layers = tuple(layers)
+        self.stop = stop
         self._latest: dict[str, torch.Tensor] = {}
         self._handles = [get_layer(model, name).register_forward_hook(self._hook(name)) for name in self.layers]
 
@@ -59,6 +66,8 @@ class FeatureTap:
                 return
             out = output.detach().float()
             self._latest[name] = torch.cat([out.mean(dim=(2, 3)), out.std(dim=(2, 3), correction=0)], dim=1)
+            if self.stop and len(self._latest) == len(self.layers):
+                raise TapFull
         return keep
 
     def take(self) -> np.ndarray:
@@ -92,22 +101,26 @@ def load_scope(path: str | Path) -> ScopeModel | None:
     return ScopeModel.load(path) if Path(path).exists() else None
 
 
-def tap_for(model: nn.Module, model_name: str) -> FeatureTap:
-    """A `FeatureTap` on the scope layers of a registered model."""
-    return FeatureTap(model, get_spec(model_name).scope_layers)
+def tap_for(model: nn.Module, model_name: str, *, stop: bool = False) -> FeatureTap:
+    """A `FeatureTap` on the scope layers of a registered model (`stop`: see `FeatureTap`)."""
+    return FeatureTap(model, get_spec(model_name).scope_layers, stop=stop)
 
 
 @torch.no_grad()
 def scope_features(model: nn.Module, model_name: str, pixels: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """The scope features of uint8 RGB patches (N, 96, 96, 3), one forward pass each (no TTA)."""
+    """The scope features of uint8 RGB patches (N, 96, 96, 3), one forward pass each (no TTA), each pass ended once
+    the scope layers have run (they are early layers: the rest of the network and the head would be spent)."""
     device = next(model.parameters()).device
     normalize = eval_preset().to(device)
     parts = []
     model.eval()
-    with tap_for(model, model_name) as tap:
+    with tap_for(model, model_name, stop=True) as tap:
         for start in range(0, len(pixels), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(pixels[start : start + batch_size])).permute(0, 3, 1, 2).to(device)
-            model(normalize(batch))
+            try:
+                model(normalize(batch))
+            except TapFull:
+                pass
             parts.append(tap.take())
     return np.concatenate(parts) if parts else np.empty((0, 0))
 
@@ -220,4 +233,4 @@ def fit_run_scope(folder: Any, model: nn.Module, config: Any, *, limit: int = 50
     return scope
 
 
-__all__ = ["FLAG_RATE", "FeatureTap", "ScopeModel", "fit_run_scope", "fit_scope", "load_scope", "scope_features", "tap_for"]
+__all__ = ["FLAG_RATE", "FeatureTap", "ScopeModel", "TapFull", "fit_run_scope", "fit_scope", "load_scope", "scope_features", "tap_for"]

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import REPO
 from pcam_core.api import as_patches
 from pcam_core.loading import load_run_model
-from pcam_core.models import create_model
-from pcam_core.scope import FeatureTap, ScopeModel, fit_scope, scope_features
+from pcam_core.models import EnsembleModel, create_model
+from pcam_core.scope import FeatureTap, ScopeModel, TapFull, fit_scope, scope_features
 from pcam_core.slides.reader import PCAM_MPP, open_slide
 from pcam_core.slides.tissue import tissue_mask
+from pcam_core.transforms import eval_preset
 
 SKIN = REPO / "tests" / "data" / "slides" / "CMU-1-Small-Region.svs"
 
@@ -104,6 +106,28 @@ def test_the_tap_reads_the_named_layers_of_one_forward_pass():
             tap.take()
     with pytest.raises(ValueError, match="no scope layers"):
         FeatureTap(model, [])
+
+
+def test_the_features_stop_each_pass_at_the_scope_layers_and_equal_a_whole_pass():
+    """`scope_features` ends each forward pass once the scope layers have run (the rest of the network, and an
+    ensemble's other members, are not computed: benchmarks/bench_scope_features.py) and gives what the tap reads from
+    a whole pass, the one that scores a patch."""
+    torch.manual_seed(0)
+    members = [create_model("pcamnet").eval() for _ in range(3)]
+    pixels = np.random.default_rng(5).integers(0, 256, size=(5, 96, 96, 3), dtype=np.uint8)
+    batch = eval_preset()(torch.from_numpy(pixels).permute(0, 3, 1, 2))
+    for model in (members[0], EnsembleModel(members)):
+        later = []
+        hooks = [m.stage3.register_forward_hook(lambda *_: later.append(1)) for m in members]
+        features = scope_features(model, "pcamnet", pixels, batch_size=2)
+        assert later == []  # no pass went beyond stage2, in any member
+        for hook in hooks:
+            hook.remove()
+        with torch.no_grad(), FeatureTap(model, ["stage1", "stage2"]) as tap:
+            model(batch)
+            np.testing.assert_allclose(features, tap.take(), rtol=1e-5, atol=1e-6)  # batches of 2 against 5
+        with torch.no_grad(), FeatureTap(model, ["stage1", "stage2"], stop=True) as tap, pytest.raises(TapFull):
+            model(batch)
 
 
 @pytest.mark.slow  # a few seconds of CPU: outside the fast lane
