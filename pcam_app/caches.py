@@ -110,16 +110,15 @@ def colour_stats(source: DataSource, split: str, per_class: int = 256) -> tuple[
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model...")
-def _model(run: str, checkpoint: str, mtime: float, posthoc: tuple[float, ...]) -> RunModel:
+def _model(run: str, checkpoint: str, mtime: float, posthoc: tuple) -> RunModel:
     return load_run_model(run, device="cpu")
 
 
-def _posthoc_version(run: RunDir) -> tuple[float, ...]:
-    """The versions of what is fitted on a run after its weights (`pcam_core.posthoc`: both calibrations and the
-    out-of-scope guard; 0 where absent): `pcam calibrate` or `pcam scope` rewrites them and leaves the checkpoint."""
+def _posthoc_version(run: RunDir) -> tuple:
+    """The versions (`_version`) of what is fitted on a run after its weights (`pcam_core.posthoc`: both calibrations
+    and the out-of-scope guard): `pcam calibrate` or `pcam scope` rewrites them and leaves the checkpoint."""
     folder = resolve_run(run.path).folder
-    paths = (folder.calibration_path, folder.calibration_tta_path, folder.scope_path)
-    return tuple(path.stat().st_mtime if path.exists() else 0.0 for path in paths)
+    return _version(folder.calibration_path, folder.calibration_tta_path, folder.scope_path)
 
 
 def best_checkpoint(run: RunDir) -> tuple[str, str, float]:
