@@ -131,9 +131,12 @@ def _fit_folds(config: ExperimentConfig, run: RunDir, status: StatusWriter, comb
     atomic_write_json(run.cv_path, report)
     for tta in (False, True):  # the temperature of each scoring mode, on its own out-of-fold predictions
         try:
-            calibrate_run(run.path, tta=tta)
+            calibration = calibrate_run(run.path, tta=tta)
         except ValueError as err:
             log.warning("no calibration fitted (%s): %s", "TTA" if tta else "one pass", err)
+        else:
+            if calibration.warning:
+                log.warning("%s: %s", "TTA" if tta else "one pass", calibration.warning)
     if run.fold(0).scope_path.exists():  # the guard taps the first member (`models.get_layer`): its own guard
         shutil.copyfile(run.fold(0).scope_path, run.scope_path)
     summaries = [run.fold(f).summary() for f in range(k)]
