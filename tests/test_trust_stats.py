@@ -42,6 +42,13 @@ def _blind(labels: np.ndarray) -> np.ndarray:
     return probs
 
 
+def _blind_validation(run) -> None:
+    """Rewrite a run's validation predictions as `_blind` ones: its next calibration fit ends at the largest T."""
+    valid = pd.read_csv(run.valid_predictions_path)
+    valid["probability"] = _blind(valid["label"].to_numpy())
+    valid.to_csv(run.valid_predictions_path, index=False)
+
+
 # -- temperature scaling ---------------------------------------------------------------------------
 
 def test_temperature_scaling_undoes_an_over_confident_model():
@@ -280,9 +287,7 @@ def test_a_calibration_at_its_limit_is_warned_about_by_pcam_calibrate_predict_an
     from pcam_core.runs import RunDir
 
     run = RunDir(shutil.copytree(trained_run, tmp_path / "blind-run"))
-    valid = pd.read_csv(run.valid_predictions_path)
-    valid["probability"] = _blind(valid["label"].to_numpy())
-    valid.to_csv(run.valid_predictions_path, index=False)
+    _blind_validation(run)
     assert main(["calibrate", "--run", str(run.path)]) == 0
     err = capsys.readouterr().err
     assert "warning: Calibration at its limit: the temperature is the largest the fit allows" in err
@@ -310,9 +315,7 @@ def test_the_fit_when_a_run_ends_logs_a_calibration_at_its_limit(trained_run, tm
     from pcam_core.runs import RunDir
 
     run = RunDir(shutil.copytree(trained_run, tmp_path / "blind-run"))
-    valid = pd.read_csv(run.valid_predictions_path)
-    valid["probability"] = _blind(valid["label"].to_numpy())
-    valid.to_csv(run.valid_predictions_path, index=False)
+    _blind_validation(run)
     with caplog.at_level(logging.INFO, logger="pcam_core.posthoc"):
         fit_posthoc(run)
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -516,9 +519,7 @@ def test_predict_page_shows_calibrated_probabilities_uncertainty_and_triage_call
     assert not any("Calibration at its limit" in str(w.value) for w in at.warning)
     # `pcam calibrate` refits a run the page has loaded: the page shows the new calibration, here one at its limit
     run = RunDir(workspace.runs_root / "demo-run")
-    valid = pd.read_csv(run.valid_predictions_path)
-    valid["probability"] = _blind(valid["label"].to_numpy())
-    valid.to_csv(run.valid_predictions_path, index=False)
+    _blind_validation(run)
     assert main(["calibrate", "--run", str(run.path)]) == 0
     at.run()
     assert not at.exception and any(str(w.value).startswith("Calibration at its limit") for w in at.warning)
