@@ -243,8 +243,16 @@ def resolve_model_name(name: str, device: torch.device | str) -> str:
 
 def create_model(name: str, *, weights: str | Path | None = None, dropout: float = ModelConfig.dropout) -> nn.Module:
     """Build a registered model; optionally load a local weights file (never a download). The dropout
-    default is the recipe's (`ModelConfig.dropout`)."""
-    model = get_spec(name).build(dropout)
+    default is the recipe's (`ModelConfig.dropout`).
+
+    The model comes in the channels-last memory format, as training has always used it (`TrainConfig.channels_last`,
+    which `pcam train` can turn off): every model loaded to score is then in it too. Batches cut from a slide's
+    channels-first region are NCHW; against NCHW weights they ran NCHW convolutions. On this CPU pcamnet now scores
+    such batches 1.6x faster, the bundled ensemble 1.5x (a slide's window mode 1.35-1.5x), resnet18 1.3x, pcamresnet
+    alike, pcamnet_p4m 0.9x (its kernels are built anew each pass), with the same logits up to rounding
+    (benchmarks/bench_channels_last.py). Batches of patches (loaders, `pcam predict`, Grad-CAM) are channels-last
+    already and score as before."""
+    model = get_spec(name).build(dropout).to(memory_format=torch.channels_last)
     if weights is not None:
         load_weights(model, weights)
     return model

@@ -567,9 +567,8 @@ def _build_session(config: ExperimentConfig, run: RunDir, info: D.DistInfo, devi
     torch.manual_seed(t.seed + info.rank)
     np.random.seed(t.seed + info.rank)
     log.info("data: %s%s", data.description, " (SYNTHETIC demo data)" if data.synthetic else "")
-    model = create_model(config.model.name, weights=config.model.weights, dropout=config.model.dropout).to(device)
-    if t.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = create_model(config.model.name, weights=config.model.weights, dropout=config.model.dropout).to(
+        device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
     log.info("model %s: %.2f M parameters on %s", config.model.name, count_parameters(model) / 1e6, device)
     train_model: nn.Module = model
     if info.enabled:

@@ -27,6 +27,8 @@ With `--folds K` (the cross-validated ensemble, issue 24) it instead
 3. writes the model card: cross-validated figures with intervals, the triage at 98 % sensitivity (cross-fitted),
    calibration, the size on disk, the training time and the scoring time per patch of the ensemble against one member.
 Then `scripts/fit_slide_decision.py --write` refits the slide decision for it (on out-of-fold slide maps).
+`python scripts/train_bundled.py --retime` only measures the packaged ensemble's scoring time again (after a change to
+how the models score) and rewrites that figure in ensemble.json and the card.
 
     python scripts/train_bundled.py --folds 5 [--combine prob] [--work /tmp/pcam-bundled-cv] [-- TRAIN_ARGS]
 
@@ -253,7 +255,6 @@ def write_bundled_ensemble(out_dir: Path, cv_dir: Path, record: dict[str, Any], 
     import shutil
 
     from pcam_core.ensemble import write_record
-    from pcam_core.loading import load_run_model
 
     cv, out = RunDir(cv_dir), RunDir(out_dir)
     out.path.mkdir(parents=True, exist_ok=True)
@@ -281,10 +282,34 @@ def write_bundled_ensemble(out_dir: Path, cv_dir: Path, record: dict[str, Any], 
     record["scoring_time"] = scoring_time(out.path, members[0].path)
     record["size_mb"] = sum(p.stat().st_size for p in out.path.rglob("*") if p.is_file() and p.suffix in (".pt", ".csv", ".json", ".npz")) / 1e6
     write_record(out, members, combine, threshold=DEFAULT_THRESHOLD, bundled=record)
-    loaded = load_run_model(out.path, device="cpu")  # the package loads as a run, through the one loader
-    card = render_cv_card(record, loaded.config.to_dict(), json.loads(cv.cv_path.read_text()))
-    atomic_write_with(out.path / MODEL_CARD, lambda h: h.write(card.encode("utf-8")))
+    write_cv_card(out, record)
     return out.ensemble_path
+
+
+def write_cv_card(out: RunDir, record: dict[str, Any]) -> None:
+    """Write the packaged ensemble's model card from its record and cv.json."""
+    from pcam_core.loading import load_run_model
+
+    loaded = load_run_model(out.path, device="cpu")  # the package loads as a run, through the one loader
+    card = render_cv_card(record, loaded.config.to_dict(), json.loads(out.cv_path.read_text()))
+    atomic_write_with(out.path / MODEL_CARD, lambda h: h.write(card.encode("utf-8")))
+
+
+def retime(out_dir: Path) -> None:
+    """Measure the packaged ensemble's scoring time again on this machine and rewrite that figure in its record
+    (ensemble.json) and card, nothing else: after a change to how the models score (their memory format, say)."""
+    from pcam_core.ensemble import member_runs
+    from pcam_core.fileio import atomic_write_json
+
+    out = RunDir(out_dir)
+    payload = json.loads(out.ensemble_path.read_text())
+    record = payload["bundled"]
+    before = record.get("scoring_time", {})
+    record["scoring_time"] = scoring_time(out.path, member_runs(out)[0].path)
+    atomic_write_json(out.ensemble_path, {**payload, "bundled": record})
+    write_cv_card(out, record)
+    for key in ("ensemble_ms_per_patch", "one_model_ms_per_patch"):
+        print(f"{key}: {before.get(key, float('nan')):.2f} -> {record['scoring_time'][key]:.2f}")
 
 
 def _cv_row(name: str, r: dict[str, Any]) -> str:
@@ -301,7 +326,7 @@ def render_cv_card(record: dict[str, Any], config: dict[str, Any], cv: dict[str,
     data, train, timing = record["data"], config["train"], record["scoring_time"]
     cal = record.get("calibration") or {}
     temps = ", ".join(f"{name} T {value['temperature']:.3f}, bias {value.get('bias', 0.0):+.3f} (ECE {value['before']['ece']:.4f} -> {value['after']['ece']:.4f})"
-                      for name, value in cal.items())
+                      for name, value in sorted(cal.items(), key=lambda kv: kv[0] != "one pass"))  # one pass first
     return f"""# Model card: {LABEL}
 
 `--run bundled` on every command that takes a run; `pcam_core.load_predictor("bundled")` in Python; the
@@ -429,8 +454,13 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=0, help="K >= 2: train the cross-validated ensemble of K folds on "
                         "every patch (no held-out part); see the module docstring")
     parser.add_argument("--combine", choices=COMBINES, default=DEFAULT_COMBINE, help="with --folds: mean probability or mean logit")
+    parser.add_argument("--retime", action="store_true", help="only measure the packaged ensemble's scoring time in "
+                        "--out again and rewrite it in its record and card (no training, no data needed)")
     parser.add_argument("train_args", nargs="*", help="extra `pcam train` options (after --)")
     args = parser.parse_args()
+    if args.retime:
+        retime(args.out)
+        return
     if args.folds:
         if args.work == WORK_DEFAULT:
             args.work = Path("/tmp/pcam-bundled-cv")

@@ -70,3 +70,36 @@ def test_pickled_weights_that_would_run_code_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not a loadable weights file"):
         create_model("pcamnet", weights=tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+def _convolutions(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The model's 4-d weights: its convolutions' (P4M's included, which build their kernels from them)."""
+    return [p for p in model.parameters() if p.dim() == 4]
+
+
+@pytest.mark.parametrize("name", ["pcamnet", "pcamnet_p4m", "pcamresnet", "resnet18"])
+def test_models_come_channels_last_and_score_as_the_same_weights_in_nchw(name):
+    """`create_model` gives every convolution channels-last weights (faster on the CPU: benchmarks/
+    bench_channels_last.py); the same weights in NCHW give the same logits, and a state dict saved from either layout
+    loads into the other."""
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    assert _convolutions(model) and all(w.is_contiguous(memory_format=torch.channels_last) for w in _convolutions(model))
+    nchw = create_model(name).to(memory_format=torch.contiguous_format).eval()
+    nchw.load_state_dict(model.state_dict())
+    assert all(w.is_contiguous() for w in _convolutions(nchw))
+    x = torch.randn(4, 3, 96, 96)  # inputs stay NCHW, as the loaders give them
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), nchw(x), rtol=1e-4, atol=1e-5)
+        again = create_model(name).eval()
+        again.load_state_dict(nchw.state_dict())  # an NCHW checkpoint, as earlier versions wrote them
+        assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _convolutions(again))
+        torch.testing.assert_close(again(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_the_bundled_members_load_channels_last():
+    from pcam_core.loading import load_run_model
+
+    ensemble = load_run_model("bundled", device="cpu").model
+    assert isinstance(ensemble, EnsembleModel)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _convolutions(ensemble))
