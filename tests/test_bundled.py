@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -144,3 +145,32 @@ def test_pcam_predict_evaluate_and_explain_take_run_bundled(real_kaggle, tmp_pat
                    "--out", str(tmp_path / "maps"))
     assert done.returncode == 0, done.stderr
     assert len(pd.read_csv(tmp_path / "maps" / "explanations.csv")) == 3
+
+
+@pytest.mark.slow
+def test_retime_rewrites_the_scoring_time_of_a_copy_of_the_package_and_nothing_else(tmp_path):
+    """`scripts/train_bundled.py --retime --out DIR` measures the packaged ensemble's scoring time again and writes it
+    into DIR's ensemble.json and card; every other file, and every other line of the card, is unchanged."""
+    import shutil
+
+    if not is_ensemble():
+        pytest.skip("the package ships a single model: --retime is for the cross-validated ensemble")
+    copy = tmp_path / "bundled"
+    shutil.copytree(BUNDLED_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "train_bundled.py"), "--retime", "--out", str(copy)],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "ensemble_ms_per_patch:" in result.stdout and "one_model_ms_per_patch:" in result.stdout
+    after = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    changed = {name for name in before if before[name] != after[name]}
+    assert set(after) == set(before) and changed <= {Path("ensemble.json"), Path("MODEL_CARD.md")}
+    old, new = json.loads(before[Path("ensemble.json")]), json.loads(after[Path("ensemble.json")])
+    timing = new["bundled"]["scoring_time"]
+    assert timing["ensemble_ms_per_patch"] > timing["one_model_ms_per_patch"] > 0
+    assert {k: v for k, v in new.items() if k != "bundled"} == {k: v for k, v in old.items() if k != "bundled"}
+    assert {k: v for k, v in new["bundled"].items() if k != "scoring_time"} == {k: v for k, v in old["bundled"].items() if k != "scoring_time"}
+    card_before, card_after = before[Path("MODEL_CARD.md")].decode().splitlines(), after[Path("MODEL_CARD.md")].decode().splitlines()
+    differing = [(a, b) for a, b in zip(card_before, card_after) if a != b]
+    assert len(card_before) == len(card_after) and len(differing) <= 1
+    assert f"the ensemble {timing['ensemble_ms_per_patch']:.2f} ms, one member {timing['one_model_ms_per_patch']:.2f} ms" in after[Path("MODEL_CARD.md")].decode()
