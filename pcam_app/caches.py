@@ -17,7 +17,8 @@ from pcam_core.data import PatchDataset
 from pcam_core.workspace.gallery import colour_statistics
 from pcam_core.data.loader import dataset_for_split
 from pcam_core.scope import scope_features
-from pcam_core.loading import RunModel, load_run_model, run_threshold
+from pcam_core.fileio import file_versions
+from pcam_core.loading import RunModel, load_run_model, posthoc_version, run_threshold
 from pcam_core.runs import RunDir, resolve_run
 from pcam_core.slides.folder import AnalysisFolder
 from pcam_core.slides.viewer import lattice_of, load_heat, load_summary, window_from_corner
@@ -114,13 +115,6 @@ def _model(run: str, checkpoint: str, mtime: float, posthoc: tuple) -> RunModel:
     return load_run_model(run, device="cpu")
 
 
-def _posthoc_version(run: RunDir) -> tuple:
-    """The versions (`_version`) of what is fitted on a run after its weights (`pcam_core.posthoc`: both calibrations
-    and the out-of-scope guard): `pcam calibrate` or `pcam scope` rewrites them and leaves the checkpoint."""
-    folder = resolve_run(run.path).folder
-    return _version(folder.calibration_path, folder.calibration_tta_path, folder.scope_path)
-
-
 def best_checkpoint(run: RunDir) -> tuple[str, str, float]:
     """The run as a run argument, its best checkpoint and that file's version (to key the caches on)."""
     ref = resolve_run(run.path)
@@ -133,7 +127,7 @@ def load_model(run: RunDir) -> RunModel:
     (`pcam_core.loading.load_run_model`, as every face loads it), loaded again when the checkpoint or a refitted
     calibration or guard is newer."""
     try:
-        return _model(*best_checkpoint(run), _posthoc_version(run))
+        return _model(*best_checkpoint(run), posthoc_version(run.path))
     except (OSError, ValueError, RuntimeError) as err:
         fail(f"Cannot load the model of run {run.run_id}: {err}")
 
@@ -161,22 +155,8 @@ def own_threshold(run: RunDir) -> float:
         fail(f"Cannot read the threshold of run {run.run_id}: {err}")
 
 
-def _version(*paths: Path) -> tuple[tuple[int, int, int] | None, ...]:
-    """Identifies the current content of files: a file replaced (written atomically: a new inode) or
-    modified in place (mtime, size) gets a new version."""
-    versions = []
-    for path in paths:
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            versions.append(None)
-        else:
-            versions.append((info.st_ino, info.st_mtime_ns, info.st_size))
-    return tuple(versions)
-
-
 def _scores_version(run: RunDir, split: str) -> tuple:
-    return _version(*scoring.score_files(run, split))
+    return file_versions(*scoring.score_files(run, split))
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the predictions...")
@@ -209,7 +189,7 @@ def _suggested_thresholds(run_path: str, version: tuple, own: float) -> dict[str
 def suggested_thresholds(run: RunDir) -> dict[str, float]:
     """`scoring.suggested_thresholds` with the run's own threshold, once per version of the run's validation
     predictions."""
-    return _suggested_thresholds(str(run.path), _version(run.valid_predictions_path), own_threshold(run))
+    return _suggested_thresholds(str(run.path), file_versions(run.valid_predictions_path), own_threshold(run))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -243,7 +223,7 @@ def _triage_view(run_path: str, split: str, version: tuple, valid_version: tuple
 
 def triage_view(run: RunDir, split: str, target: float, fpr: float) -> dict[str, Any] | None:
     """`trust.triage_view` of a scored split, once per target, rate and version of the scores."""
-    return _triage_view(str(run.path), split, _scores_version(run, split), _version(run.valid_predictions_path), target, fpr)
+    return _triage_view(str(run.path), split, _scores_version(run, split), file_versions(run.valid_predictions_path), target, fpr)
 
 
 @st.cache_data(max_entries=16, show_spinner="Comparing the runs...")

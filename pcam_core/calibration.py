@@ -197,11 +197,18 @@ def run_triage(run_dir: str | Path, target_sensitivity: float, fpr: float = DEFA
     return fit_triage(frame["label"].to_numpy(), frame["probability"].to_numpy(), target_sensitivity, fpr)
 
 
+_UNREADABLE = object()
+
+
 def load_calibration(run_dir: str | Path, *, tta: bool = False) -> Calibration | None:
     """The run's fitted temperature (the bundled model's is shipped with it), or None when none was fitted; with
     `tta`, the one fitted on TTA predictions where the run has one (`RunDir.calibration_for`)."""
     path = _run_dir(run_dir).calibration_for(tta=tta)
-    data = read_json(path, default=None)
+    if not path.exists():
+        return None
+    data = read_json(path, default=_UNREADABLE)
+    if data is _UNREADABLE:  # written atomically, so damaged by hand or by the disk: not the same as no calibration
+        raise ValueError(f"{path} is not readable JSON; fit it again (`pcam calibrate --run {path.parent}`) or delete it")
     if not data:
         return None
     try:

@@ -124,3 +124,17 @@ def flock(path: str | Path, *, blocking: bool = True) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def file_versions(*paths: str | Path) -> tuple[tuple[int, int, int] | None, ...]:
+    """Identifies the current content of files, to key caches on and to tell when to read them again: a file replaced
+    (written atomically: a new inode) or modified in place (mtime, size) gets a new version; a missing file is None."""
+    versions = []
+    for path in paths:
+        try:
+            info = Path(path).stat()
+        except FileNotFoundError:
+            versions.append(None)
+        else:
+            versions.append((info.st_ino, info.st_mtime_ns, info.st_size))
+    return tuple(versions)

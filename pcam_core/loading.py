@@ -21,6 +21,7 @@ from .config import ExperimentConfig
 from .decision import DEFAULT_THRESHOLD, check_threshold
 from .devices import resolve_device
 from .ensemble import load_ensemble, read_record
+from .fileio import file_versions
 from .models import EnsembleModel
 from .runs import RunArg, RunRef, resolve_run
 from .scope import ScopeModel, load_scope
@@ -93,12 +94,27 @@ def load_run_model(run: RunArg, *, checkpoint: str = "best", device: str | torch
         if last is not None and last != path and last.exists():
             raise CheckpointError(f"{err}; the run's last checkpoint may be whole: try --checkpoint last") from err
         raise
+    calibration, tta_calibration, scope = load_posthoc(ref, config.model.name)
+    return RunModel(ref, model, config, info, path, dev, threshold_of(info), calibration, scope, tta_calibration)
+
+
+def load_posthoc(run: RunArg, model_name: str) -> tuple[Calibration | None, Calibration | None, ScopeModel | None]:
+    """What is fitted on a run after its weights (`pcam_core.posthoc`): (its calibration, its calibration of TTA
+    predictions, its out-of-scope guard), each None where the run has none. The guard must be of `model_name`."""
+    ref = resolve_run(run)
     scope = load_scope(ref.folder.scope_path)
-    if scope is not None and scope.model_name != config.model.name:
+    if scope is not None and scope.model_name != model_name:
         raise ValueError(f"{ref.folder.scope_path}: the out-of-scope guard was fitted for {scope.model_name}, the run's "
-                         f"model is {config.model.name}; refit it (`pcam scope --run {ref.arg}`) or delete the file")
+                         f"model is {model_name}; refit it (`pcam scope --run {ref.arg}`) or delete the file")
     tta_calibration = load_calibration(ref, tta=True) if ref.folder.calibration_tta_path.exists() else None
-    return RunModel(ref, model, config, info, path, dev, threshold_of(info), load_calibration(ref), scope, tta_calibration)
+    return load_calibration(ref), tta_calibration, scope
 
 
-__all__ = ["RunModel", "load_run_model", "run_threshold", "threshold_of"]
+def posthoc_version(run: RunArg) -> tuple:
+    """The versions (`fileio.file_versions`) of what `load_posthoc` reads: `pcam calibrate` or `pcam scope` rewrites
+    those files and leaves the checkpoint, so whatever holds a loaded model reads them again when this changes."""
+    folder = resolve_run(run).folder
+    return file_versions(folder.calibration_path, folder.calibration_tta_path, folder.scope_path)
+
+
+__all__ = ["RunModel", "load_posthoc", "load_run_model", "posthoc_version", "run_threshold", "threshold_of"]

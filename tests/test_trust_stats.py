@@ -558,3 +558,14 @@ def test_the_bundled_model_ships_its_held_out_predictions_temperature_and_triage
         tumour = np.sort(frame.loc[frame["label"] == 1, "probability"].to_numpy())
         # split conformal: at most floor(0.02 * (n1 + 1)) - 1 fitted tumour patches fall below the normal threshold
         assert (tumour < thresholds.normal_below).sum() <= int(np.floor(0.02 * (len(tumour) + 1)))
+
+
+def test_an_unreadable_calibration_file_is_an_error_not_no_calibration(tmp_path):
+    """A calibration is written atomically, so a damaged calibration.json was damaged by hand or by the disk: loading
+    it names the file instead of scoring uncalibrated as if none had been fitted. A missing file is no calibration."""
+    from pcam_core.calibration import load_calibration
+
+    assert load_calibration(tmp_path) is None
+    (tmp_path / "calibration.json").write_text("{not json")
+    with pytest.raises(ValueError, match="calibration.json is not readable JSON"):
+        load_calibration(tmp_path)

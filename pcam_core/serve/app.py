@@ -8,9 +8,10 @@ import logging
 import os
 import re
 import sys
+import threading
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -143,6 +144,45 @@ def check_slide(slide: Path, name: str, mpp: float | None) -> None:
         raise ApiError(400, str(err).replace(str(slide), name)) from err
 
 
+class CurrentPredictor:
+    """`predictor` with its run's calibrations and out-of-scope guard as they are on disk now. `pcam calibrate` and
+    `pcam scope` rewrite those files (atomically) while a server runs: they are read again, the weights not, at the
+    first call after their versions change (`loading.posthoc_version`). A predictor not of a run folder stays as given.
+    A file that cannot be read then is an error of the request (500, naming it), not a silent fallback to the old fit."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor = predictor
+        self._lock = threading.Lock()
+        self._version = self._current_version()
+
+    def _current_version(self) -> tuple | None:
+        from ..loading import posthoc_version
+
+        try:
+            return posthoc_version(self._predictor.source)
+        except (OSError, ValueError):  # not a run folder (a predictor a caller built), or one that is gone
+            return None
+
+    def __call__(self) -> Predictor:
+        if self._version is None:
+            return self._predictor
+        version = self._current_version()
+        if version is None or version == self._version:
+            return self._predictor
+        with self._lock:
+            if version != self._version:
+                from ..loading import load_posthoc
+
+                try:
+                    calibration, calibration_tta, scope = load_posthoc(self._predictor.source, self._predictor.model_name)
+                except (OSError, ValueError) as err:
+                    raise ApiError(500, f"the run's calibration or out-of-scope guard changed and cannot be read: {err}") from err
+                self._predictor = replace(self._predictor, calibration=calibration, calibration_tta=calibration_tta, scope=scope)
+                self._version = version
+                log.info("read the run's calibration and out-of-scope guard again (refitted while serving)")
+            return self._predictor
+
+
 def create_app(
     run: str | os.PathLike,
     *,
@@ -164,6 +204,7 @@ def create_app(
         from ..api import load_predictor  # loads torch: after the wait policy is set
 
         predictor = load_predictor(run, device=device)
+    current = CurrentPredictor(predictor)
     run_name = str(run)
     slides_root = Path(slides_dir).resolve() if slides_dir is not None else None
     if slides_root is not None and not slides_root.is_dir():
@@ -172,7 +213,7 @@ def create_app(
     jobs_root, analyses_root = work / "jobs", work / "slides"
     def score(pixels: np.ndarray, tta: bool) -> np.ndarray:
         """(n, 2): each patch's probability and out-of-scope distance (NaN without a guard), one forward pass."""
-        probs, distances = predictor.predict_in_scope(pixels, tta=tta)
+        probs, distances = current().predict_in_scope(pixels, tta=tta)
         return np.column_stack([probs, np.full(len(probs), np.nan) if distances is None else distances])
 
     batchers = {tta: MicroBatcher(lambda x, tta=tta: score(x, tta), max_batch=limits.max_batch,
@@ -219,6 +260,7 @@ def create_app(
     @app.get("/v1/model", dependencies=[*auth, Depends(no_query)], response_model=ModelInfo,
              responses=error_responses(400, *guarded), summary="the model this server scores with")
     async def model_info() -> dict[str, Any]:
+        predictor = current()
         calibration = predictor.calibration
         return {"model": predictor.model_name, "run": run_name, "checkpoint_epoch": predictor.epoch,
                 "threshold": predictor.threshold, "temperature": calibration.temperature if calibration else None,
@@ -241,6 +283,7 @@ def create_app(
         image, not 96x96, over the size limit, a repeated id) is listed in `refused` with the reason;
         grayscale, RGBA and 16-bit images are converted to RGB and scored with a note. `threshold` (default:
         the run's own) sets the calls only."""
+        predictor = current()  # this request's calibration and guard (the batch reads the same unless refitted meanwhile)
         threshold = predictor.threshold if query.threshold is None else query.threshold
         files, oversized = await _read_files(request, limits)
         accepted, refused = await run_in_threadpool(read_uploads, files)

@@ -355,6 +355,45 @@ def test_16_concurrent_clients(server, real_kaggle):
     assert len(results) == 16 and time.time() - start < 120
 
 
+def test_a_calibration_or_guard_refitted_while_serving_is_read_at_the_next_request(served_run, real_kaggle, tmp_path):
+    """`pcam calibrate` (or `pcam scope`) rewrites a run's calibration (or guard) while `pcam serve` runs: the next
+    request answers with the new one, weights untouched; a file that cannot be read is a 500 that names it."""
+    import shutil
+
+    from pcam_core.calibration import load_calibration
+
+    run = tmp_path / "run"
+    shutil.copytree(served_run, run)
+    api = ApiServer("--run", str(run), "--device", "cpu", "--work-dir", str(tmp_path / "work"), log=tmp_path / "serve.log").start()
+    tifs = [("files", (p.name, p.read_bytes(), "image/tiff")) for p in sorted((real_kaggle / "train").glob("*.tif"))[:4]]
+    try:
+        with httpx.Client(base_url=api.url, timeout=60) as client:
+            first = client.post("/v1/predict", files=tifs).json()
+            assert first["calibration_warning"] is None and all(p["in_scope"] is not None for p in first["predictions"])
+            # validation predictions that say nothing about the labels: the refit ends at the largest temperature
+            valid = pd.read_csv(run / "valid_predictions.csv")
+            valid["probability"] = np.random.default_rng(0).uniform(0.3, 0.7, len(valid))
+            valid.to_csv(run / "valid_predictions.csv", index=False)
+            assert run_cli("calibrate", "--run", str(run)).returncode == 0
+            refitted = load_calibration(run)
+            assert refitted.temperature != pytest.approx(first["temperature"]) and refitted.warning
+            info = client.get("/v1/model").json()
+            assert info["temperature"] == pytest.approx(refitted.temperature) and info["calibration_warning"] == refitted.warning
+            (run / "scope.npz").unlink()  # the guard deleted, as its error message suggests for a mismatched one
+            again = client.post("/v1/predict", files=tifs).json()
+            assert again["temperature"] == pytest.approx(refitted.temperature) and again["calibration_warning"] == refitted.warning
+            for old, new in zip(first["predictions"], again["predictions"]):
+                assert new["probability"] == pytest.approx(old["probability"], abs=1e-6)  # the same weights
+                assert new["probability_calibrated"] == pytest.approx(float(refitted.apply(np.array([new["probability"]]))[0]), abs=1e-9)
+                assert new["in_scope"] is None and new["ood_score"] is None
+            (run / "calibration.json").write_text("{not json")
+            broken = client.get("/v1/model")
+            assert broken.status_code == 500 and "calibration" in broken.json()["error"]
+            assert client.get("/v1/health").status_code == 200
+    finally:
+        api.stop()
+
+
 @pytest.fixture(scope="module")
 def bundled_server(slides_dir, tmp_path_factory):
     """`pcam serve --run bundled --token T --slides-dir D`, started as a user would (no OMP_WAIT_POLICY set)."""
