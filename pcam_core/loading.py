@@ -78,9 +78,12 @@ def run_threshold(run: RunArg, checkpoint: str = "best") -> float:
     return threshold_of(load_checkpoint(ref.checkpoint(checkpoint)))
 
 
-def load_run_model(run: RunArg, *, checkpoint: str = "best", device: str | torch.device = "auto") -> RunModel:
+def load_run_model(run: RunArg, *, checkpoint: str = "best", device: str | torch.device = "auto",
+                   posthoc: bool = True) -> RunModel:
     """The model of a run folder or of `bundled` (its moving-average weights when it kept them), with its
-    threshold and calibration. `checkpoint`: "best" (the last one when none was validated yet) or "last"."""
+    threshold and calibration. `checkpoint`: "best" (the last one when none was validated yet) or "last".
+    `posthoc=False` leaves out what is fitted after the weights (`load_posthoc`: all None), for what refits it: a
+    damaged or mismatched guard or calibration must not stop `pcam scope` from replacing it."""
     ref = resolve_run(run)
     path = ref.checkpoint(checkpoint)
     dev = device if isinstance(device, torch.device) else resolve_device(device)
@@ -94,7 +97,7 @@ def load_run_model(run: RunArg, *, checkpoint: str = "best", device: str | torch
         if last is not None and last != path and last.exists():
             raise CheckpointError(f"{err}; the run's last checkpoint may be whole: try --checkpoint last") from err
         raise
-    calibration, tta_calibration, scope = load_posthoc(ref, config.model.name)
+    calibration, tta_calibration, scope = load_posthoc(ref, config.model.name) if posthoc else (None, None, None)
     return RunModel(ref, model, config, info, path, dev, threshold_of(info), calibration, scope, tta_calibration)
 
 

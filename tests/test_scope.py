@@ -173,3 +173,22 @@ def test_a_slide_mostly_out_of_scope_or_too_coarse_or_at_a_guessed_scale_is_not_
     assert not guessed["in_scope"] and "was guessed" in guessed["reason"]
     unchecked = slide_scope(scored, most, mpp=0.25, mpp_source="given", guard=None)
     assert unchecked["in_scope"] and not unchecked["checked"] and "no out-of-scope guard" in unchecked["reason"].lower()
+
+
+def test_pcam_scope_replaces_a_damaged_or_mismatched_guard_that_loading_refuses(trained_run, tmp_path, capsys):
+    """Loading a run refuses a guard it cannot read or one fitted for another model, and says to refit it with
+    `pcam scope`: that command then does (it loads the weights without the guard it replaces)."""
+    import shutil
+
+    from pcam_core.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    good = load_run_model(run, device="cpu").scope.record()
+    (run / "scope.npz").write_bytes(b"damaged")
+    with pytest.raises(ValueError, match="scope.npz: not an out-of-scope record"):
+        load_run_model(run, device="cpu")
+    assert main(["scope", "--run", str(run), "--limit", "100", "--device", "cpu"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    refitted = load_run_model(run, device="cpu").scope
+    assert refitted is not None and refitted.model_name == "pcamnet" and refitted.record()["n_fit"] == 100 != good["n_fit"]

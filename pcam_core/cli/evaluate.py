@@ -155,7 +155,7 @@ def cmd_scope(args: argparse.Namespace) -> int:
     from ..loading import load_run_model
     from ..scope import fit_run_scope
 
-    loaded = load_run_model(args.run, checkpoint=args.checkpoint, device=args.device)
+    loaded = load_run_model(args.run, checkpoint=args.checkpoint, device=args.device, posthoc=False)  # the guard it replaces may be damaged
     if loaded.run.bundled:
         raise ValueError("the bundled model's guard ships with it (scripts/bundled_scope.py); give a run folder of yours")
     if args.limit < 20:
