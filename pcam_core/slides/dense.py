@@ -146,12 +146,13 @@ class _DenseNet(nn.Module):
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(stride, layers): ONNX Runtime session}
 
 
-def _onnx_session(model: PCamNet, stride: int, scope_layers: tuple[str, ...]) -> Any:
+def _onnx_session(model: PCamNet, stride: int, scope_layers: tuple[str, ...], *, arena: bool = True) -> Any:
     """The dense graph of `model` in ONNX Runtime (3-4x faster than PyTorch on this CPU's convolutions, the same
     probabilities to 1e-6: benchmarks/README.md), exported once per model, stride and scope layers; None when
-    ONNX Runtime is missing or the export fails (then PyTorch runs it, logged once)."""
+    ONNX Runtime is missing or the export fails (then PyTorch runs it, logged once). `arena`: whether the session
+    keeps a memory arena (see below)."""
     cache = _SESSIONS.setdefault(model, {})
-    key = (stride, scope_layers)
+    key = (stride, scope_layers, arena)
     if key not in cache:
         cache[key] = None
         try:
@@ -169,15 +170,22 @@ def _onnx_session(model: PCamNet, stride: int, scope_layers: tuple[str, ...]) ->
             # Regions differ in size (the box around a tile's cells), and ONNX Runtime keeps a memory plan per input
             # shape: without the plans a 30,000 x 66,000 slide peaked 240 MB lower (1.20 against 1.44 GB PSS), no slower
             options.enable_mem_pattern = False
+            # An arena keeps its largest region's buffers for good. One session's is worth keeping (without it about
+            # 100 MB less and 20 % slower: docs/slides.md), but an ensemble has a session per member: the bundled
+            # ensemble's dense mode peaked at 2.37 GB PSS with their arenas, 1.35 GB without (cascade 2.72 -> 1.47 GB),
+            # at the same speed (benchmarks/README.md, `bench_slide_modes.py --scale 0.05`)
+            options.enable_cpu_mem_arena = arena
             cache[key] = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # no runtime, or an exporter that cannot take this graph: PyTorch scores it
             log.warning("dense scanning runs in PyTorch: no ONNX Runtime session (%s: %s)", type(err).__name__, err)
     return cache[key]
 
 
-def _runner(model: PCamNet, stride: int, scope_layers: tuple[str, ...], device: torch.device) -> Callable[[torch.Tensor], tuple]:
-    """A function from a normalised region (1, 3, H, W) to `_DenseNet`'s outputs: ONNX Runtime on the CPU, else PyTorch."""
-    session = _onnx_session(model, stride, scope_layers) if device.type == "cpu" else None
+def _runner(model: PCamNet, stride: int, scope_layers: tuple[str, ...], device: torch.device, *,
+            arena: bool = True) -> Callable[[torch.Tensor], tuple]:
+    """A function from a normalised region (1, 3, H, W) to `_DenseNet`'s outputs: ONNX Runtime on the CPU (with a
+    memory arena unless `arena` is False: an ensemble's members), else PyTorch."""
+    session = _onnx_session(model, stride, scope_layers, arena=arena) if device.type == "cpu" else None
     if session is None:
         return _DenseNet(model, stride, scope_layers)
     return lambda x: tuple(torch.from_numpy(y) for y in session.run(None, {"x": x.float().contiguous().numpy()}))
@@ -204,7 +212,7 @@ def dense_windows(model: nn.Module, region: torch.Tensor, stride: int, *, normal
             view, logits = dihedral(x, k) if k else x, []
             for m, member in enumerate(members):
                 layers = scope_layers if k == 0 and m == 0 else ()
-                out = _runner(member, stride, layers, x.device)(view)
+                out = _runner(member, stride, layers, x.device, arena=len(members) == 1)(view)
                 logits.append(out[0][0, 0].float())
                 if layers:
                     features = out[1][0].permute(1, 2, 0)
