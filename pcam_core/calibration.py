@@ -22,6 +22,7 @@ and triage thresholds (`run_triage` fits those on the same file). docs/trust.md 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit, log_expit, logit
 
-from .fileio import atomic_write_json, read_json
+from .fileio import atomic_write_json
 from .metrics import _check, expected_calibration_error, reliability_points
 from .runs import RunArg, RunDir, resolve_run
 from .triage import DEFAULT_FPR, TriageThresholds, fit_triage
@@ -197,18 +198,16 @@ def run_triage(run_dir: str | Path, target_sensitivity: float, fpr: float = DEFA
     return fit_triage(frame["label"].to_numpy(), frame["probability"].to_numpy(), target_sensitivity, fpr)
 
 
-_UNREADABLE = object()
-
-
 def load_calibration(run_dir: str | Path, *, tta: bool = False) -> Calibration | None:
     """The run's fitted temperature (the bundled model's is shipped with it), or None when none was fitted; with
     `tta`, the one fitted on TTA predictions where the run has one (`RunDir.calibration_for`)."""
     path = _run_dir(run_dir).calibration_for(tta=tta)
     if not path.exists():
         return None
-    data = read_json(path, default=_UNREADABLE)
-    if data is _UNREADABLE:  # written atomically, so damaged by hand or by the disk: not the same as no calibration
-        raise ValueError(f"{path} is not readable JSON; fit it again (`pcam calibrate --run {path.parent}`) or delete it")
+    try:  # written atomically, so a file that does not parse was damaged by hand or by the disk: not "no calibration"
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not readable JSON; fit it again (`pcam calibrate --run {path.parent}`) or delete it") from err
     if not data:
         return None
     try:
