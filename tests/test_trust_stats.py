@@ -11,6 +11,7 @@ import pytest
 from scipy import stats as st
 from scipy.special import expit
 
+from helpers import blind_probabilities, blind_validation
 from pcam_core.calibration import Calibration, apply_temperature, fit_calibration, fit_temperature, fit_temperature_and_bias
 from pcam_core.metrics import expected_calibration_error
 from pcam_core.stats import (
@@ -31,22 +32,6 @@ def _binormal(rng: np.random.Generator, m: int, n: int, d: float) -> tuple[np.nd
     """m tumour scores ~ N(d, 1) and n normal ones ~ N(0, 1), as probabilities; true AUC = Phi(d / sqrt 2)."""
     labels = np.r_[np.ones(m, int), np.zeros(n, int)]
     return labels, expit(np.r_[rng.normal(d, 1, m), rng.normal(0, 1, n)])
-
-
-def _blind(labels: np.ndarray) -> np.ndarray:
-    """Probabilities that say nothing about `labels`: each class gets the same evenly spread values in 0.1-0.9."""
-    probs = np.empty(len(labels))
-    for cls in (0, 1):
-        where = np.flatnonzero(labels == cls)
-        probs[where] = 0.1 + 0.8 * (np.arange(where.size) + 0.5) / where.size
-    return probs
-
-
-def _blind_validation(run) -> None:
-    """Rewrite a run's validation predictions as `_blind` ones: its next calibration fit ends at the largest T."""
-    valid = pd.read_csv(run.valid_predictions_path)
-    valid["probability"] = _blind(valid["label"].to_numpy())
-    valid.to_csv(run.valid_predictions_path, index=False)
 
 
 # -- temperature scaling ---------------------------------------------------------------------------
@@ -98,7 +83,7 @@ def test_a_calibration_at_the_edge_of_its_search_says_so():
     are named, in a sentence; a fit inside its range has no warning."""
     rng = np.random.default_rng(2)
     labels = (rng.random(400) < 0.3).astype(int)
-    noise = _blind(labels)
+    noise = blind_probabilities(labels)
     flat = fit_calibration(labels, noise, fitted_on="generated")
     assert flat.temperature == pytest.approx(np.exp(4.0), rel=0.02)
     assert flat.warning.startswith("Calibration at its limit: the temperature is the largest the fit allows (54.")
@@ -287,7 +272,7 @@ def test_a_calibration_at_its_limit_is_warned_about_by_pcam_calibrate_predict_an
     from pcam_core.runs import RunDir
 
     run = RunDir(shutil.copytree(trained_run, tmp_path / "blind-run"))
-    _blind_validation(run)
+    blind_validation(run.valid_predictions_path)
     assert main(["calibrate", "--run", str(run.path)]) == 0
     err = capsys.readouterr().err
     assert "warning: Calibration at its limit: the temperature is the largest the fit allows" in err
@@ -315,7 +300,7 @@ def test_the_fit_when_a_run_ends_logs_a_calibration_at_its_limit(trained_run, tm
     from pcam_core.runs import RunDir
 
     run = RunDir(shutil.copytree(trained_run, tmp_path / "blind-run"))
-    _blind_validation(run)
+    blind_validation(run.valid_predictions_path)
     with caplog.at_level(logging.INFO, logger="pcam_core.posthoc"):
         fit_posthoc(run)
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -450,7 +435,7 @@ def test_the_runs_page_shows_intervals_calibration_triage_and_a_comparison(demo_
     from pcam_core.calibration import fit_calibration
 
     labels = valid["label"].to_numpy()
-    blind = fit_calibration(labels, _blind(labels), fitted_on="valid_predictions.csv")
+    blind = fit_calibration(labels, blind_probabilities(labels), fitted_on="valid_predictions.csv")
     (workspace.runs_root / "demo-run" / "calibration.json").write_text(json.dumps(blind.to_dict()))
     at.run()
     assert not at.exception and any(str(w.value).startswith("Calibration at its limit") for w in at.warning)
@@ -519,7 +504,7 @@ def test_predict_page_shows_calibrated_probabilities_uncertainty_and_triage_call
     assert not any("Calibration at its limit" in str(w.value) for w in at.warning)
     # `pcam calibrate` refits a run the page has loaded: the page shows the new calibration, here one at its limit
     run = RunDir(workspace.runs_root / "demo-run")
-    _blind_validation(run)
+    blind_validation(run.valid_predictions_path)
     assert main(["calibrate", "--run", str(run.path)]) == 0
     at.run()
     assert not at.exception and any(str(w.value).startswith("Calibration at its limit") for w in at.warning)

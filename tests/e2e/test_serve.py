@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import REPO, free_port, make_bad_images, run_cli, stop_process_group, wait_for
+from helpers import REPO, blind_validation, free_port, make_bad_images, run_cli, stop_process_group, wait_for
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -370,10 +370,7 @@ def test_a_calibration_or_guard_refitted_while_serving_is_read_at_the_next_reque
         with httpx.Client(base_url=api.url, timeout=60) as client:
             first = client.post("/v1/predict", files=tifs).json()
             assert first["calibration_warning"] is None and all(p["in_scope"] is not None for p in first["predictions"])
-            # validation predictions that say nothing about the labels: the refit ends at the largest temperature
-            valid = pd.read_csv(run / "valid_predictions.csv")
-            valid["probability"] = np.random.default_rng(0).uniform(0.3, 0.7, len(valid))
-            valid.to_csv(run / "valid_predictions.csv", index=False)
+            blind_validation(run / "valid_predictions.csv")  # the refit ends at the largest temperature, with a warning
             assert run_cli("calibrate", "--run", str(run)).returncode == 0
             refitted = load_calibration(run)
             assert refitted.temperature != pytest.approx(first["temperature"]) and refitted.warning
