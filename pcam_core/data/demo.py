@@ -51,6 +51,13 @@ def _smooth_noise(n: int, cells: int, gen: torch.Generator) -> torch.Tensor:
     return F.interpolate(coarse, size=(PATCH_SIZE, PATCH_SIZE), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
+def _box(a: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """The mean of each pixel's `size` x `size` neighbourhood in every map of (N,C,H,W) `a`; outside the patch, zeros
+    (`mode="constant"`) or the nearest edge pixel (`"nearest"`). scipy's separable filter: several times faster here
+    than `avg_pool2d`."""
+    return torch.from_numpy(ndimage.uniform_filter(a.numpy(), size=(1, 1, size, size), mode=mode))
+
+
 def _stamp(points: torch.Tensor, radius: float, soft: float = 0.25) -> torch.Tensor:
     """Round nuclei of `radius` pixels centred on the nonzeros of `points` (N,1,H,W), values in [0, 1].
 
@@ -74,19 +81,20 @@ def generate_patches(n: int, labels: np.ndarray, slide_of: np.ndarray, spec: Dem
     lo, hi = CENTER_START, CENTER_START + CENTER_SIZE
     label_t = torch.from_numpy(labels.astype(np.float32)).view(n, 1, 1, 1)
 
-    # Stroma: pink eosin with fibrous texture and white gaps (fat, lumen).
+    # Stroma: pink eosin with fibrous texture and white gaps (fat, lumen). Colours are blended in place
+    # (`lerp_`, `addcmul_`): a full-size temporary per step made this function memory-bound.
     tex = _smooth_noise(n, 6, gen)
     fine = _smooth_noise(n, 24, gen)
     stroma_light = torch.tensor([238.0, 190.0, 215.0]).view(1, 3, 1, 1)
     stroma_dark = torch.tensor([205.0, 120.0, 170.0]).view(1, 3, 1, 1)
-    mix = (0.6 * tex + 0.4 * fine)
-    img = stroma_light * (1 - mix) + stroma_dark * mix
+    mix = tex.mul_(0.6).add_(fine, alpha=0.4)
+    img = (stroma_dark - stroma_light) * mix + stroma_light
     gaps = (_smooth_noise(n, 5, gen) > 0.78).float()
-    gaps = F.avg_pool2d(gaps, 5, 1, 2)
-    img = img * (1 - gaps) + torch.tensor([246.0, 240.0, 244.0]).view(1, 3, 1, 1) * gaps
+    gaps = _box(gaps, 5, "constant")
+    img.lerp_(torch.tensor([246.0, 240.0, 244.0]).view(1, 3, 1, 1).expand_as(img), gaps)
 
     # Lymphocytes: small, round, dark, spread everywhere.
-    density = 0.004 + 0.008 * _smooth_noise(n, 4, gen)
+    density = _smooth_noise(n, 4, gen).mul_(0.008).add_(0.004)
     lymph_pts = (torch.rand(n, 1, size, size, generator=gen) < density).float()
     lymph = _stamp(lymph_pts, 2.6)
 
@@ -106,33 +114,33 @@ def generate_patches(n: int, labels: np.ndarray, slide_of: np.ndarray, spec: Dem
     blob_r = torch.empty(n, 1, 1, 1).uniform_(10, 20, generator=gen)
     blob = (((yy - cy) ** 2 + (xx - cx) ** 2) < blob_r**2).float()
     present = (pos | has_border).float().view(n, 1, 1, 1)
-    tumour_pts = (torch.rand(n, 1, size, size, generator=gen) < 0.02).float() * blob * present
+    tumour_pts = (torch.rand(n, 1, size, size, generator=gen) < 0.02).float().mul_(blob).mul_(present)
     # one nucleus exactly at the cluster centre, so every positive has tumour cells inside the box
     seed_pt = ((yy - cy.round()).abs() < 0.5) & ((xx - cx.round()).abs() < 0.5)
     tumour_pts = torch.maximum(tumour_pts, seed_pt.float() * present)
     margin = radius_nucleus + 2
     in_box = ((yy > lo - margin) & (yy < hi + margin) & (xx > lo - margin) & (xx < hi + margin)).float()
-    tumour_pts = tumour_pts * (1 - in_box * (1 - label_t))  # label 0: no tumour nucleus reaches the box
-    irregular = 0.75 + 0.25 * _smooth_noise(n, 32, gen)
-    tumour = (_stamp(tumour_pts, radius_nucleus) * irregular).clamp(0, 1)
-    rim = (tumour - F.avg_pool2d(tumour, 3, 1, 1)).clamp(min=0) * 3
-    chromatin = (torch.rand(n, 1, size, size, generator=gen) < 0.08).float() * tumour
+    tumour_pts.mul_(1 - in_box * (1 - label_t))  # label 0: no tumour nucleus reaches the box
+    irregular = _smooth_noise(n, 32, gen).mul_(0.25).add_(0.75)
+    tumour = _stamp(tumour_pts, radius_nucleus).mul_(irregular).clamp_(0, 1)
+    rim = (tumour - _box(tumour, 3, "constant")).clamp_(min=0).mul_(3)
+    chromatin = (torch.rand(n, 1, size, size, generator=gen) < 0.08).float().mul_(tumour)
 
-    lymph_col = torch.tensor([62.0, 38.0, 120.0]).view(1, 3, 1, 1)
-    tumour_col = torch.tensor([150.0, 105.0, 185.0]).view(1, 3, 1, 1)
-    dark_col = torch.tensor([75.0, 45.0, 125.0]).view(1, 3, 1, 1)
-    img = img * (1 - tumour) + tumour_col * tumour
-    img = img * (1 - (rim + chromatin).clamp(0, 1)) + dark_col * (rim + chromatin).clamp(0, 1)
-    img = img * (1 - lymph) + lymph_col * lymph
+    lymph_col = torch.tensor([62.0, 38.0, 120.0]).view(1, 3, 1, 1).expand_as(img)
+    tumour_col = torch.tensor([150.0, 105.0, 185.0]).view(1, 3, 1, 1).expand_as(img)
+    dark_col = torch.tensor([75.0, 45.0, 125.0]).view(1, 3, 1, 1).expand_as(img)
+    img.lerp_(tumour_col, tumour)
+    img.lerp_(dark_col, rim.add_(chromatin).clamp_(0, 1))
+    img.lerp_(lymph_col, lymph)
 
     # Slide-level stain differences, then mild blur and sensor noise.
     slide_rng = np.random.default_rng(spec.seed + 1000)
     slide_tint = torch.from_numpy(slide_rng.normal(1.0, 0.06, size=(spec.slides, 3)).astype(np.float32))
     tint = slide_tint[torch.from_numpy(slide_of)].view(n, 3, 1, 1)
-    img = 255 - (255 - img) * tint
-    img = F.avg_pool2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), 3, 1) * 0.5 + img * 0.5
-    img = img + torch.randn(n, 3, size, size, generator=gen) * 4.0
-    images = img.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    img = img.neg_().add_(255).mul_(tint).neg_().add_(255)  # 255 - (255 - img) * tint
+    img = _box(img, 3, "nearest").add_(img).mul_(0.5)
+    img.add_(torch.randn(n, 3, size, size, generator=gen), alpha=4.0)
+    images = img.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
     any_tumour = (tumour.flatten(1).amax(1) > 0.5).numpy()
     return images, any_tumour
 
