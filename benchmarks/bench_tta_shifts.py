@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy.special import expit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -81,32 +82,30 @@ def main() -> None:
         print(f"fold {fold}: {len(rows)} patches x {8 * len(SHIFTS)} views, {time.time() - started:.0f} s", flush=True)
 
     labels = oof.label.to_numpy()
-    probs = 1 / (1 + np.exp(-logits))
+    probs = expit(logits)
     reference = probs[:, :, 0].mean(1)
     gap = float(np.abs(reference - oof.probability_tta.to_numpy()).max())
     if gap > 1e-4:
         raise SystemExit(f"the 8-view probabilities differ from the run's probability_tta by up to {gap:.2g}: not its members?")
-    variants = {
-        "8 symmetries (the commands' TTA)": reference,
-        "8 symmetries, mean logit": 1 / (1 + np.exp(-logits[:, :, 0].mean(1))),
-        "1 view x 5 placements (0, 4 px)": probs[:, 0, :5].mean(1),
-        "8 x 5 placements (0, 4 px)": probs[:, :, :5].mean((1, 2)),
-        "8 x 5 placements (0, 8 px)": probs[:, :, [0, 5, 6, 7, 8]].mean((1, 2)),
-        "8 x 9 placements (0, 4, 8 px)": probs.mean((1, 2)),
+    variants = {  # name: (scores, views per patch)
+        "8 symmetries (the commands' TTA)": (reference, 8),
+        "8 symmetries, mean logit": (expit(logits[:, :, 0].mean(1)), 8),
+        "1 view x 5 placements (0, 4 px)": (probs[:, 0, :5].mean(1), 5),
+        "8 x 5 placements (0, 4 px)": (probs[:, :, :5].mean((1, 2)), 40),
+        "8 x 5 placements (0, 8 px)": (probs[:, :, [0, 5, 6, 7, 8]].mean((1, 2)), 40),
+        "8 x 9 placements (0, 4, 8 px)": (probs.mean((1, 2)), 72),
     }
-    views = {"8 symmetries (the commands' TTA)": 8, "8 symmetries, mean logit": 8, "1 view x 5 placements (0, 4 px)": 5,
-             "8 x 5 placements (0, 4 px)": 40, "8 x 5 placements (0, 8 px)": 40, "8 x 9 placements (0, 4, 8 px)": 72}
     from sklearn.metrics import roc_auc_score
 
     results = []
     print(f"\n{len(oof)} out-of-fold patches of {run.path}; differences against the 8-symmetry TTA")
-    for name, scores in variants.items():
+    for name, (scores, views) in variants.items():
         test = paired_auc_test(labels, scores, reference)
         per_fold = [roc_auc_score(labels[oof.fold == k], scores[oof.fold == k]) -
                     roc_auc_score(labels[oof.fold == k], reference[oof.fold == k]) for k in folds]
-        results.append({"scoring": name, "views": views[name], "roc_auc": test["auc_a"], "difference": test["difference"],
+        results.append({"scoring": name, "views": views, "roc_auc": test["auc_a"], "difference": test["difference"],
                         "low": test["low"], "high": test["high"], "p": test["p_value"], "per_fold": per_fold})
-        print(f"{name:34s} {views[name]:3d} views  ROC-AUC {test['auc_a']:.4f}  {test['difference']:+.4f} "
+        print(f"{name:34s} {views:3d} views  ROC-AUC {test['auc_a']:.4f}  {test['difference']:+.4f} "
               f"({test['low']:+.4f} to {test['high']:+.4f}), p = {test['p_value']:.2g}; folds "
               + " ".join(f"{d:+.4f}" for d in per_fold))
     if args.json:

@@ -82,7 +82,7 @@ def generate_patches(n: int, labels: np.ndarray, slide_of: np.ndarray, spec: Dem
     label_t = torch.from_numpy(labels.astype(np.float32)).view(n, 1, 1, 1)
 
     # Stroma: pink eosin with fibrous texture and white gaps (fat, lumen). Colours are blended in place
-    # (`lerp_`, `addcmul_`): a full-size temporary per step made this function memory-bound.
+    # (`lerp_` and in-place arithmetic): a full-size temporary per step made this function memory-bound.
     tex = _smooth_noise(n, 6, gen)
     fine = _smooth_noise(n, 24, gen)
     stroma_light = torch.tensor([238.0, 190.0, 215.0]).view(1, 3, 1, 1)
@@ -137,7 +137,7 @@ def generate_patches(n: int, labels: np.ndarray, slide_of: np.ndarray, spec: Dem
     slide_rng = np.random.default_rng(spec.seed + 1000)
     slide_tint = torch.from_numpy(slide_rng.normal(1.0, 0.06, size=(spec.slides, 3)).astype(np.float32))
     tint = slide_tint[torch.from_numpy(slide_of)].view(n, 3, 1, 1)
-    img = img.neg_().add_(255).mul_(tint).neg_().add_(255)  # 255 - (255 - img) * tint
+    img = img.sub_(255).mul_(tint).add_(255)  # 255 - (255 - img) * tint
     img = _box(img, 3, "nearest").add_(img).mul_(0.5)
     img.add_(torch.randn(n, 3, size, size, generator=gen), alpha=4.0)
     images = img.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
