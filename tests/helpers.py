@@ -362,3 +362,12 @@ def blind_validation(valid_predictions: Path) -> None:
     valid["probability"] = blind_probabilities(valid["label"].to_numpy())
     valid.to_csv(valid_predictions, index=False)
 
+
+def model_name_params() -> list:
+    """Every registered model's name as a test parameter; the largest ImageNet models (about a second each on a 2-core
+    CPU) marked `slow`, outside the fast lane."""
+    import pytest
+
+    from pcam_core.models import model_names
+
+    return [pytest.param(n, marks=pytest.mark.slow) if n in ("resnet50", "densenet121") else n for n in model_names()]

@@ -112,6 +112,7 @@ def test_load_predictor_bundled_scores_real_patches_well_above_chance(real_kaggl
     assert np.all((probs >= 0) & (probs <= 1))
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_importing_the_bundled_module_loads_no_torch():
     code = "import sys, pcam_core.bundled, pcam_core.runs; assert 'torch' not in sys.modules"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

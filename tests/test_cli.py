@@ -25,6 +25,7 @@ from pcam_core.config import AugmentConfig, DataConfig, ExperimentConfig, ModelC
 from pcam_core.runs import RunDir, create_run
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_python_dash_m_and_console_script_agree():
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("pcam_core ")
@@ -36,6 +37,7 @@ def test_python_dash_m_and_console_script_agree():
     assert script.returncode == 0 and script.stdout == result.stdout
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_the_command_line_starts_without_loading_torch():
     """`pcam --help` and every parser load no model code: each command imports its engine when it runs."""
     code = "import sys, pcam_core.cli; pcam_core.cli.make_parser(); assert 'torch' not in sys.modules, 'torch was imported'"

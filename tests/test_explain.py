@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import random_patches, run_cli
+from helpers import model_name_params, random_patches, run_cli
 from pcam_core.cli import main
 from pcam_core.data import open_dataset
 from pcam_core.explain import (
@@ -38,7 +38,7 @@ from pcam_core.explain import (
     rank_by_focus,
 )
 from pcam_core.inference import predict_batch
-from pcam_core.models import MODELS, PCamNet, create_model, get_layer, model_names
+from pcam_core.models import MODELS, PCamNet, create_model, get_layer
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -75,9 +75,7 @@ def test_every_method_on_pcamnet(method, patches):
     np.testing.assert_allclose(result.probabilities, expected, atol=1e-5)  # same forward pass as prediction
 
 
-# the largest ImageNet models take about a second each: outside the fast lane
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("resnet50", "densenet121") else n
-                                  for n in model_names()])
+@pytest.mark.parametrize("name", model_name_params())  # the largest ImageNet models: slow
 def test_every_model_and_layer(name, patches):
     model = _model(name)
     for layer, size in MODELS[name].target_layers.items():

@@ -33,6 +33,7 @@ def predictor(trained_run):
     return pcam_core.load_predictor(trained_run, device="cpu")
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_importing_pcam_core_stays_cheap():
     code = "import sys, pcam_core; print('torch' in sys.modules, 'pcam_core.api' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

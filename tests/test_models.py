@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import model_name_params
 from pcam_core.models import (MODELS, EnsembleModel, create_model, get_layer, get_spec, guard_network, load_weights,
-                               model_names, resolve_model_name)
+                               resolve_model_name)
 
 
-@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize("name", model_name_params())  # the largest ImageNet models: slow
 def test_forward_backward_and_target_layers(name):
     torch.manual_seed(0)
     model = create_model(name)

@@ -59,6 +59,7 @@ def test_simultaneous_creation_gives_separate_runs(tmp_path, demo_root):
     assert len(list_runs(tmp_path)) == 8
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_dead_process_reads_as_interrupted(tmp_path, demo_root):
     run = create_run(tmp_path, _config(demo_root), run_id="ghost")
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -187,6 +187,7 @@ def test_progress_gives_fraction_and_time_left(tmp_path: Path):
     assert progress.windows_per_s == 5.0 and progress.seconds_left == 15.0
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_the_server_lets_openmp_wait_passively_unless_told_otherwise():
     """Defect 17: OMP_WAIT_POLICY is set as training launches set it, before torch (and OpenMP) load; a
     policy in the environment is kept. (The live server reports it in /v1/model: tests/e2e/test_serve.py.)"""

@@ -62,6 +62,7 @@ def test_relative_store_paths_are_made_absolute(tmp_path, monkeypatch):
         assert resolve_uri(unchanged) == unchanged
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_mlflow_is_imported_only_when_asked():
     code = ("import sys, pcam_core.tracking, pcam_core.cli; "
             "assert 'mlflow' not in sys.modules, 'mlflow was imported'")
