@@ -175,6 +175,7 @@ def test_http_error_and_unreachable_server(tmp_path):
         download_file(RemoteFile("x.h5.gz", "0" * 32, "valid"), tmp_path, base_url="http://127.0.0.1:9", timeout=2)
 
 
+@pytest.mark.slow  # a Python process of its own (`pcam download`)
 def test_cli_download_reports_failure_cleanly(tmp_path):
     result = run_cli("download", "--dest", str(tmp_path), "--splits", "valid", "--base-url", "http://127.0.0.1:9", "--timeout", "2")
     assert result.returncode == 2

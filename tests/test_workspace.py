@@ -155,6 +155,7 @@ def test_runs_are_started_and_looked_up_by_checked_id(tmp_path, demo_root):
     assert len(ws.runs()) == 1  # refused before a run folder was made
 
 
+@pytest.mark.slow  # a Python process of its own (`pcam download`)
 def test_a_failed_download_is_reported_and_not_registered(tmp_path):
     ws = Workspace(tmp_path)
     assert ws.download_status() is None and ws.download_progress() == 0.0
@@ -167,6 +168,7 @@ def test_a_failed_download_is_reported_and_not_registered(tmp_path):
     assert ws.register_download() is None and ws.sources() == []
 
 
+@pytest.mark.slow  # a Python process of its own (`pcam download`)
 def test_a_finished_download_is_registered_once(tmp_path, demo_root):
     ws = Workspace(tmp_path)
     shutil.copytree(demo_root, ws.download_dest)
