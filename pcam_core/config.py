@@ -17,6 +17,10 @@ DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
 MONITORS = ("roc_auc", "pr_auc", "loss", "accuracy", "f1")
+# Which epoch a run keeps as its model (`checkpoints/best.pt`): "best" by `monitor` on the validation split, "last"
+# (the validation split only watched), or "auto": the last for a fold of a cross-validation, whose validation split
+# is the fold its figures are reported on, the best otherwise.
+KEEPS = ("auto", "best", "last")
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -122,6 +126,7 @@ class TrainConfig:
     max_steps: int | None = None
     early_stopping: int = 0  # epochs without improvement of `monitor` before stopping; 0 disables
     monitor: str = "roc_auc"
+    keep: str = "auto"  # which epoch becomes the run's model: see KEEPS
     log_every: int = 10  # steps between lines of steps.jsonl
     checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (a killed run loses less)
 
@@ -136,6 +141,7 @@ class TrainConfig:
         _check_choice("train.schedule", self.schedule, SCHEDULES)
         _check_choice("train.device", self.device, DEVICES)
         _check_choice("train.monitor", self.monitor, MONITORS)
+        _check_choice("train.keep", self.keep, KEEPS)
         _check_range("train.warmup_frac", self.warmup_frac, 0.0, 0.5)
         _check_range("train.label_smoothing", self.label_smoothing, 0.0, 0.4)
         _check_range("train.ema_decay", self.ema_decay, 0.0, 0.99999)
@@ -181,6 +187,17 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.world_size < 1:
             raise ValueError(f"world_size={self.world_size} must be at least 1")
+        if self.keeps_last_epoch and self.train.early_stopping:
+            why = ("a fold of a cross-validation keeps its last epoch (train.keep='auto'): its validation split is the fold "
+                   "its figures are reported on, so picking the epoch there would flatter them"
+                   if self.train.keep == "auto" else "train.keep='last' keeps the last epoch")
+            raise ValueError(f"train.early_stopping={self.train.early_stopping} cannot be used here: {why}. Turn early "
+                             "stopping off (0), or set train.keep='best' to stop and keep by the validation split anyway")
+
+    @property
+    def keeps_last_epoch(self) -> bool:
+        """Whether the run's model is its last epoch rather than its best by `train.monitor` (see KEEPS)."""
+        return self.train.keep == "last" or (self.train.keep == "auto" and self.data.folds > 0)
 
     @property
     def global_batch_size(self) -> int:

@@ -3,7 +3,7 @@
 Adam/AdamW on binary cross-entropy with logits (positive-class weight for imbalance), a one-cycle or
 cosine schedule, batch augmentation on the device, an exponential moving average of the weights,
 validation on every epoch with every metric of `pcam_core.metrics`, early stopping, atomic best/last
-checkpoints, a clean stop on SIGTERM, exact resume, AMP on CUDA and DistributedDataParallel under
+checkpoints ("best" is the epoch the run keeps: by `train.monitor`, or the last where `config.keeps_last_epoch`), a clean stop on SIGTERM, exact resume, AMP on CUDA and DistributedDataParallel under
 torchrun. Progress goes to the run folder (see `pcam_core.runs`).
 """
 
@@ -512,7 +512,8 @@ class _Session:
         """Book a validated epoch: best/last checkpoints, validation predictions, epochs.jsonl, status."""
         t, st = self.config.train, self.state
         value = metrics.get(t.monitor)
-        improved = value is not None and _is_better(value, st.best_value, t.monitor)
+        # "best" is the epoch the run keeps as its model: the last one, when the config says so (`keeps_last_epoch`)
+        improved = self.config.keeps_last_epoch or (value is not None and _is_better(value, st.best_value, t.monitor))
         if improved:
             st.best_value, st.best_epoch, st.bad_epochs = value, st.epoch, 0
         else:
@@ -533,7 +534,8 @@ class _Session:
         self.tracker.log_epoch(st.epoch, record)
         roc = f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a"
         log.info("epoch %d/%d: train loss %.4f, valid loss %.4f, ROC-AUC %s, accuracy %.4f%s", st.epoch, t.epochs,
-                 result["train_loss"], metrics["loss"], roc, metrics["accuracy"], " (best)" if improved else "")
+                 result["train_loss"], metrics["loss"], roc, metrics["accuracy"],
+                 " (best)" if improved and not self.config.keeps_last_epoch else "")
         if self.status is not None:
             self.status.update(epoch=st.epoch, step=st.global_step, epoch_progress=0.0,
                                best={"metric": t.monitor, "value": st.best_value, "epoch": st.best_epoch})
@@ -723,8 +725,8 @@ def _finish(s: _Session, ended_by: str) -> dict[str, Any]:
             s.status.update(state="finished", finished_at=time.time(), message=f"finished ({ended_by})",
                             epoch=st.epoch, step=st.global_step)
         best = st.best_value if st.best_value is not None else float("nan")
-        log.info("finished after %d epochs in %.1f min (%s); best %s %.4f at epoch %s", st.epoch, s.elapsed() / 60,
-                 ended_by, t.monitor, best, st.best_epoch)
+        log.info("finished after %d epochs in %.1f min (%s); %s %s %.4f at epoch %s", st.epoch, s.elapsed() / 60, ended_by,
+                 "kept the last epoch:" if s.config.keeps_last_epoch else "best", t.monitor, best, st.best_epoch)
         s.track_files()
         s.tracker.end(FINISHED)
     D.barrier(s.info)

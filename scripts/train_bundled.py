@@ -61,7 +61,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.bench_real_recipe import make_split  # noqa: E402  the benchmark's split, reused as is
 from pcam_core.api import DEFAULT_THRESHOLD, load_predictor  # noqa: E402
 from pcam_core.bundled import BUNDLED_DIR, BUNDLED_FILE, LABEL, MODEL_CARD  # noqa: E402
-from pcam_core.config import COMBINES, DEFAULT_COMBINE  # noqa: E402
+from pcam_core.config import COMBINES, DEFAULT_COMBINE, ExperimentConfig  # noqa: E402
 from pcam_core.checkpoint import inference_weights, load_checkpoint, save_checkpoint  # noqa: E402
 from pcam_core.fileio import atomic_write_with  # noqa: E402
 from pcam_core.runs import checkpoint_path  # noqa: E402
@@ -290,8 +290,11 @@ def write_cv_card(out: RunDir, record: dict[str, Any]) -> None:
     """Write the packaged ensemble's model card from its record and cv.json."""
     from pcam_core.loading import load_run_model
 
-    loaded = load_run_model(out.path, device="cpu")  # the package loads as a run, through the one loader
-    card = render_cv_card(record, loaded.config.to_dict(), json.loads(out.cv_path.read_text()))
+    from pcam_core.ensemble import member_runs
+
+    load_run_model(out.path, device="cpu")  # the package loads as a run, through the one loader
+    config = load_checkpoint(member_runs(out)[0].checkpoint())["config"]  # as written, not filled with today's defaults
+    card = render_cv_card(record, config, json.loads(out.cv_path.read_text()))
     atomic_write_with(out.path / MODEL_CARD, lambda h: h.write(card.encode("utf-8")))
 
 
@@ -327,6 +330,16 @@ def render_cv_card(record: dict[str, Any], config: dict[str, Any], cv: dict[str,
     cal = record.get("calibration") or {}
     temps = ", ".join(f"{name} T {value['temperature']:.3f}, bias {value.get('bias', 0.0):+.3f} (ECE {value['before']['ece']:.4f} -> {value['after']['ece']:.4f})"
                       for name, value in sorted(cal.items(), key=lambda kv: kv[0] != "one pass"))  # one pass first
+    # a config written before `train.keep` existed (the ensemble of 2026-12-06) kept each member's best epoch
+    if ExperimentConfig.from_dict({**config, "train": {"keep": "best", **config["train"]}}).keeps_last_epoch:
+        kept = f"last epoch, {train['epochs']} of {train['epochs']}"
+        selection = ("- Each member is its last epoch: its held-out fold was scored after every epoch but never used to pick one, so the\n"
+                     "  out-of-fold figures above carry no selection bias from it (`train.keep`, docs/training.md).")
+    else:
+        kept = "best validated epoch"
+        selection = ("- Each member's best epoch was picked on its own held-out fold (cross-validation validates on the fold it holds\n"
+                     "  out), so the out-of-fold figures above carry a small selection bias: slightly optimistic, as the epoch kept is\n"
+                     "  the one that did best on those very patches.")
     return f"""# Model card: {LABEL}
 
 `--run bundled` on every command that takes a run; `pcam_core.load_predictor("bundled")` in Python; the
@@ -339,7 +352,7 @@ for the presence of metastatic tumour tissue in the central 32×32 pixels. **Not
 device, not validated for any clinical decision.
 
 ## Model
-{cv['folds']} × `{config['model']['name']}` (each the moving-average weights of its best validated epoch), one graph:
+{cv['folds']} × `{config['model']['name']}` (each the moving-average weights of its {kept}), one graph:
 `pcam export` writes the ensemble as one ONNX/TorchScript model. Threshold {DEFAULT_THRESHOLD} (class-balanced loss).
 Size on disk {record['size_mb']:.1f} MB. Scoring time per patch (one pass, batches of 256, {timing['threads']} thread(s),
 {timing['machine']}): the ensemble {timing['ensemble_ms_per_patch']:.2f} ms, one member {timing['one_model_ms_per_patch']:.2f} ms.
@@ -390,9 +403,7 @@ out-of-scope guard is the first member's (fitted on its training folds, threshol
 - Synthetic shifts (docs/robustness.md: the first member on the 800 patches of its held-out fold): focus is its
   weakest point. A blur of 1 µm, a scan 20 % darker or brighter, or the whole move to another lab's H&E look takes
   it past where it can be trusted; stain amounts up to 45 % off and JPEG down to quality 15 do not.
-- Each member's best epoch was picked on its own held-out fold (cross-validation validates on the fold it holds
-  out), so the out-of-fold figures above carry a small selection bias: slightly optimistic, as the epoch kept is
-  the one that did best on those very patches.
+{selection}
 - The slide decision (`slide_decision.json`) is fitted on single members' out-of-fold slide maps (mosaics of one
   fold's held-out patches scored by that fold's member) and applied to the ensemble's maps (docs/slides.md).
 - Every window of a slide costs {cv['folds']} models' time: on a 2-core CPU a CAMELYON-size slide of real tissue takes

@@ -28,7 +28,7 @@ CUSTOM = ExperimentConfig(
     train=TrainConfig(epochs=5, batch_size=64, lr=1e-3, weight_decay=0.0, optimizer="adam", schedule="cosine",
                       warmup_frac=0.0, pos_weight=1.5, label_smoothing=0.1, ema_decay=0.0, device="cpu", amp=False,
                       channels_last=False, compile=True, seed=7, max_steps=100, early_stopping=3, monitor="loss",
-                      log_every=5, checkpoint_minutes=2.5),
+                      keep="best", log_every=5, checkpoint_minutes=2.5),
     tracking=TrackingConfig(mlflow_uri="sqlite:///mlflow.db", mlflow_experiment="pcam-test"),
     world_size=2,
     name="custom",
@@ -118,6 +118,7 @@ def test_unknown_keys_and_malformed_sections_are_refused_by_name(raw, expected):
     ("train", "max_steps", 0, "train.max_steps=0 must be at least 1"),
     ("train", "early_stopping", -1, "train.early_stopping=-1 must be >= 0"),
     ("train", "log_every", 0, "train.log_every=0 must be at least 1"),
+    ("train", "keep", "first", "train.keep='first' is not valid; choose one of auto, best, last"),
     ("tracking", "mlflow_uri", " sqlite:///m.db", "tracking.mlflow_uri=' sqlite:///m.db' must be a URI"),
     ("tracking", "mlflow_experiment", " ", "tracking.mlflow_experiment must not be empty"),
 ])
@@ -164,3 +165,18 @@ def test_folds_and_fold_are_checked() -> None:
         DataConfig(folds=5, fold=5)
     with pytest.raises(ValueError, match="data.fold=1"):
         DataConfig(fold=1)  # no cross-validation: fold 0 only
+
+
+def test_a_fold_keeps_its_last_epoch_and_early_stopping_is_refused_where_the_last_is_kept() -> None:
+    """keep "auto": the last epoch for a fold of a cross-validation (its validation split is the fold it is reported on),
+    the best otherwise; early stopping picks an epoch by the validation split, so it goes only with "best"."""
+    fold = ExperimentConfig().replace(data={"folds": 5, "fold": 1})
+    assert fold.keeps_last_epoch and not ExperimentConfig().keeps_last_epoch
+    assert ExperimentConfig().replace(train={"keep": "last"}).keeps_last_epoch
+    assert not fold.replace(train={"keep": "best", "early_stopping": 3}).keeps_last_epoch  # asked for: allowed
+    for config, words in ((fold, "a fold of a cross-validation keeps its last epoch"), (ExperimentConfig().replace(
+            train={"keep": "last"}), "train.keep='last' keeps the last epoch")):
+        with pytest.raises(ValueError, match=f"train.early_stopping=3 cannot be used here: {words}"):
+            config.replace(train={"early_stopping": 3})
+    with pytest.raises(ValueError, match="early_stopping=2 cannot"):
+        ExperimentConfig.from_dict({"data": {"folds": 3}, "train": {"early_stopping": 2}})

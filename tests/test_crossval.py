@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from helpers import REPO, real_mosaic_slide, wait_for
 
@@ -254,6 +255,11 @@ def test_a_killed_fold_job_resumes_where_it_stopped(small_kaggle, tmp_path) -> N
     assert [e["epoch"] for e in run.fold(1).epochs()] == [1, 2, 3]  # fold 2 went on after its first epoch
     assert "resumed from" in run.fold(1).log_tail(200)
     assert len(pd.read_csv(run.oof_predictions_path)) == 64 and run.status()["state"] == "finished"
+    for fold in (0, 1):  # each fold's model is its last epoch (train.keep "auto"): its held-out fold picked nothing
+        kept, last = (torch.load(p, map_location="cpu", weights_only=True) for p in
+                      (run.fold(fold).best_checkpoint, run.fold(fold).last_checkpoint))
+        assert kept["epoch"] == last["epoch"] == 3 and run.fold(fold).summary()["best_epoch"] == 3
+        assert all(torch.equal(kept["ema"][k], last["ema"][k]) for k in last["ema"])
     again = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(out), "--resume"], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=120)
     assert again.returncode != 0 and "nothing to resume" in again.stderr
@@ -292,4 +298,6 @@ def test_bad_cross_validation_requests_are_refused_before_a_folder_is_made(real_
     assert "--combine goes with --folds" in capsys.readouterr().err
     assert main(["train", "--data", str(real_kaggle), "--out", str(tmp_path / "c"), "--folds", "70"]) != 0
     assert "between 2 and 20" in capsys.readouterr().err
-    assert not any((tmp_path / n).exists() for n in "abc")
+    assert main(["train", "--data", str(real_kaggle), "--out", str(tmp_path / "d"), "--folds", "2", "--early-stopping", "3"]) != 0
+    assert "keeps its last epoch" in capsys.readouterr().err  # early stopping would pick the epoch on the held-out fold
+    assert not any((tmp_path / n).exists() for n in "abcd")

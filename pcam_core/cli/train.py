@@ -14,6 +14,7 @@ from ..config import (
     DEFAULT_COMBINE,
     DATA_FORMATS,
     DEVICES,
+    KEEPS,
     MONITORS,
     OPTIMIZERS,
     SCHEDULES,
@@ -65,6 +66,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps " + default(T.max_steps))
     p.add_argument("--early-stopping", type=int, help="epochs without improvement before stopping (0: off) " + default(T.early_stopping))
     p.add_argument("--monitor", choices=MONITORS, help="validation metric that picks the best epoch " + default(T.monitor))
+    p.add_argument("--keep", choices=KEEPS, help="which epoch becomes the run's model: best (by --monitor on the validation "
+                   "split), last (the validation split only watched), or auto: last for the folds of --folds, whose validation "
+                   "split is the fold their figures are reported on, best otherwise " + default(T.keep))
     p.add_argument("--valid-frac", type=float, help="validation share for data without a valid split " + default(D.valid_frac))
     p.add_argument("--split-seed", type=int, help="seed of that validation split " + default(D.split_seed))
     p.add_argument("--workers", type=int, dest="num_workers", help=WORKERS_HELP + " " + default(D.num_workers))
@@ -117,7 +121,7 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         "optimizer": args.optimizer, "schedule": args.schedule, "pos_weight": args.pos_weight,
         "label_smoothing": args.label_smoothing, "ema_decay": args.ema_decay, "device": args.device, "amp": args.amp,
         "compile": args.compile, "seed": args.seed, "max_steps": args.max_steps, "early_stopping": args.early_stopping,
-        "monitor": args.monitor}.items() if v is not None}
+        "monitor": args.monitor, "keep": args.keep}.items() if v is not None}
     augment: dict[str, Any] = {}
     if args.no_augment:
         augment = {"symmetries": False, "stain": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "shift": 0, "mixup": 0.0}
@@ -198,7 +202,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary.get("best_metrics"):
         best = summary["best_metrics"]
         print(f"finished {summary['run_id']}: {summary['epochs_done']} epochs in {summary['train_seconds'] / 60:.1f} min "
-              f"({summary['ended_by']}); best epoch {best['epoch']}: ROC-AUC {fmt(best.get('roc_auc'))}, "
+              f"({summary['ended_by']}); {'kept the last epoch' if RunDir(args.out).config().keeps_last_epoch else 'best epoch'} "
+              f"{best['epoch']}: ROC-AUC {fmt(best.get('roc_auc'))}, "
               f"accuracy {fmt(best.get('accuracy'))}, F1 {fmt(best.get('f1'))}")
     if summary.get("synthetic_data"):
         print("note: trained on SYNTHETIC demo data; its figures say nothing about real tissue")

@@ -10,7 +10,7 @@
       console.log            stdout/stderr of a process started by `launch` (tracebacks of hard crashes)
       checkpoints/last.pt    latest state (end of epoch, on stop, and every `checkpoint_minutes`)
       checkpoints/best.pt    the epoch with the best validation `monitor` metric
-      valid_predictions.csv  id,label,probability,index of the validation set at the best epoch
+      valid_predictions.csv  id,label,probability,index of the validation set at the kept epoch (best.pt's)
       calibration.json       the temperature fitted on those predictions, with its record (`pcam_core.calibration`)
       summary.json           final figures, written when the run ends
       tracking.json          the MLflow run this run logs to, if any (`pcam_core.tracking`): a resume logs there too
