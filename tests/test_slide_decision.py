@@ -154,3 +154,21 @@ def test_a_normal_real_slide_comes_out_normal_and_a_tumour_slide_keeps_its_lesio
     assert tumour["size_class"] == "micro" and tumour["regions_reported"] == len(reported) >= 1
     assert any(x <= p["centroid_x"] <= x + w and y <= p["centroid_y"] <= y + h for p in reported), "the lesion is reported"
     print("tumour mosaic:", {k: tumour[k] for k in ("slide_score", "slide_max_cell", "regions", "regions_reported", "largest_diameter_mm")})
+
+
+def test_the_operating_point_is_the_middle_of_the_tied_rules_in_every_parameter_at_once():
+    """scripts/fit_slide_decision.py picks, of the rules that do equally well, the one nearest their median in every
+    parameter. The middle one in the order of the first parameter (how it once picked) can sit at the edge of the others:
+    here the sorted middle is (2, 'c', 2), at the top of the second and third axes."""
+    import importlib.util
+
+    from helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("fit_slide_decision", REPO / "scripts" / "fit_slide_decision.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    grid = ((1, 2, 3), ("a", "b", "c"), (0, 1, 2))
+    tied = sorted([(1, "a", 1), (1, "b", 1), (2, "c", 2), (3, "a", 1), (3, "b", 1)])
+    assert tied[len(tied) // 2] == (2, "c", 2)
+    assert tied[script.middle_of(tied, grid)] == (1, "b", 1)  # one step from the medians (2, "b", 1); the first of two
+    assert script.middle_of([(3, "c", 2)], grid) == 0
