@@ -401,8 +401,9 @@ out-of-scope guard is the first member's (fitted on its training folds, threshol
 - Camelyon16 slides (two Dutch hospitals) at 0.972 µm/px only; other labs, stains, scanners and tissues are untested.
 - The temperature and triage are fitted on single members' predictions and applied to their mean.
 - Synthetic shifts (docs/robustness.md: the first member on the 800 patches of its held-out fold): focus is its
-  weakest point. A blur of 1 µm, a scan 20 % darker or brighter, or the whole move to another lab's H&E look takes
-  it past where it can be trusted; stain amounts up to 45 % off and JPEG down to quality 15 do not.
+  weakest point. A blur of 1 µm, a scan 20 % darker or brighter, a move two thirds of the way to another lab's H&E
+  look or JPEG at quality 15 takes it past where it can be trusted (the last two on its raw calibration); stain
+  amounts up to 45 % off and JPEG at quality 30 do not.
 {selection}
 - The slide decision (`slide_decision.json`) is fitted on single members' out-of-fold slide maps (mosaics of one
   fold's held-out patches scored by that fold's member) and applied to the ensemble's maps (docs/slides.md).
