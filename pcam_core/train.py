@@ -3,8 +3,9 @@
 Adam/AdamW on binary cross-entropy with logits (positive-class weight for imbalance), a one-cycle or
 cosine schedule, batch augmentation on the device, an exponential moving average of the weights,
 validation on every epoch with every metric of `pcam_core.metrics`, early stopping, atomic best/last
-checkpoints ("best" is the epoch the run keeps: by `train.monitor`, or the last where `config.keeps_last_epoch`), a clean stop on SIGTERM, exact resume, AMP on CUDA and DistributedDataParallel under
-torchrun. Progress goes to the run folder (see `pcam_core.runs`).
+checkpoints ("best" is the epoch the run keeps: by `train.monitor`, or the last where `config.keeps_last_epoch`),
+a clean stop on SIGTERM, exact resume, AMP on CUDA and DistributedDataParallel under torchrun. Progress goes to
+the run folder (see `pcam_core.runs`).
 """
 
 from __future__ import annotations
@@ -513,7 +514,8 @@ class _Session:
         t, st = self.config.train, self.state
         value = metrics.get(t.monitor)
         # "best" is the epoch the run keeps as its model: the last one, when the config says so (`keeps_last_epoch`)
-        improved = self.config.keeps_last_epoch or (value is not None and _is_better(value, st.best_value, t.monitor))
+        keep_last = self.config.keeps_last_epoch
+        improved = keep_last or (value is not None and _is_better(value, st.best_value, t.monitor))
         if improved:
             st.best_value, st.best_epoch, st.bad_epochs = value, st.epoch, 0
         else:
@@ -535,7 +537,7 @@ class _Session:
         roc = f"{metrics['roc_auc']:.4f}" if metrics["roc_auc"] is not None else "n/a"
         log.info("epoch %d/%d: train loss %.4f, valid loss %.4f, ROC-AUC %s, accuracy %.4f%s", st.epoch, t.epochs,
                  result["train_loss"], metrics["loss"], roc, metrics["accuracy"],
-                 " (best)" if improved and not self.config.keeps_last_epoch else "")
+                 " (best)" if improved and not keep_last else "")
         if self.status is not None:
             self.status.update(epoch=st.epoch, step=st.global_step, epoch_progress=0.0,
                                best={"metric": t.monitor, "value": st.best_value, "epoch": st.best_epoch})

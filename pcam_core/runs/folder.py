@@ -9,7 +9,7 @@
       train.log              the trainer's log
       console.log            stdout/stderr of a process started by `launch` (tracebacks of hard crashes)
       checkpoints/last.pt    latest state (end of epoch, on stop, and every `checkpoint_minutes`)
-      checkpoints/best.pt    the epoch with the best validation `monitor` metric
+      checkpoints/best.pt    the epoch the run keeps: the best by validation `monitor`, or the last (`train.keep`)
       valid_predictions.csv  id,label,probability,index of the validation set at the kept epoch (best.pt's)
       calibration.json       the temperature fitted on those predictions, with its record (`pcam_core.calibration`)
       summary.json           final figures, written when the run ends
