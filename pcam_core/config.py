@@ -213,11 +213,17 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ExperimentConfig:
-        """Build from a dict such as `to_dict()` gives; unknown keys are an error, missing ones take defaults."""
+        """Build from a dict such as `to_dict()` gives; unknown keys are an error, missing ones take defaults,
+        but for one: a config that `to_dict()` wrote (it carries the derived `global_batch_size`) without
+        `train.keep` was written before that field existed, when every run kept its best epoch, so it reads
+        as `keep='best'` (a resumed old cross-validation then keeps its remaining folds the way it kept the
+        first ones)."""
         sections = {"data": DataConfig, "augment": AugmentConfig, "model": ModelConfig, "train": TrainConfig,
                     "tracking": TrackingConfig}
         raw = dict(raw)
-        raw.pop("global_batch_size", None)  # derived, written for readers
+        train = raw.get("train")
+        if raw.pop("global_batch_size", None) is not None and isinstance(train, Mapping) and "keep" not in train:
+            raw["train"] = {**train, "keep": "best"}
         kwargs: dict[str, Any] = {}
         for key, value in raw.items():
             if key in sections:

@@ -330,8 +330,8 @@ def render_cv_card(record: dict[str, Any], config: dict[str, Any], cv: dict[str,
     cal = record.get("calibration") or {}
     temps = ", ".join(f"{name} T {value['temperature']:.3f}, bias {value.get('bias', 0.0):+.3f} (ECE {value['before']['ece']:.4f} -> {value['after']['ece']:.4f})"
                       for name, value in sorted(cal.items(), key=lambda kv: kv[0] != "one pass"))  # one pass first
-    # a config written before `train.keep` existed (the ensemble of 2026-12-06) kept each member's best epoch
-    if ExperimentConfig.from_dict({**config, "train": {"keep": "best", **config["train"]}}).keeps_last_epoch:
+    # a config written before `train.keep` existed (the ensemble of 2026-12-06) reads as keep='best'
+    if ExperimentConfig.from_dict(config).keeps_last_epoch:
         kept = f"last epoch, {train['epochs']} of {train['epochs']}"
         selection = ("- Each member is its last epoch: its held-out fold was scored after every epoch but never used to pick one, so the\n"
                      "  out-of-fold figures above carry no selection bias from it (`train.keep`, docs/training.md).")

@@ -180,3 +180,18 @@ def test_a_fold_keeps_its_last_epoch_and_early_stopping_is_refused_where_the_las
             config.replace(train={"early_stopping": 3})
     with pytest.raises(ValueError, match="early_stopping=2 cannot"):
         ExperimentConfig.from_dict({"data": {"folds": 3}, "train": {"early_stopping": 2}})
+
+
+def test_a_written_config_from_before_train_keep_reads_as_the_best_epoch_it_kept() -> None:
+    """A run's config.json is `to_dict()` written whole; one written before `train.keep` existed lacks only that key,
+    and every run then kept its best epoch. A resumed old cross-validation must keep its remaining folds that way
+    too, while a partial config a user writes (no derived `global_batch_size`) still takes the default."""
+    written = ExperimentConfig().replace(data={"folds": 5, "fold": 2}).to_dict()
+    assert ExperimentConfig.from_dict(written).keeps_last_epoch  # today's fold: its last epoch
+    del written["train"]["keep"]
+    old = ExperimentConfig.from_dict(written)
+    assert old.train.keep == "best" and not old.keeps_last_epoch
+    assert ExperimentConfig.from_dict(old.to_dict()) == old  # and it is written back with the field
+    partial = {"data": {"folds": 5, "fold": 2}, "train": {"epochs": 3}}
+    assert ExperimentConfig.from_dict(partial).train.keep == "auto"
+    assert ExperimentConfig.from_dict(partial).keeps_last_epoch
