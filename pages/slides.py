@@ -16,8 +16,8 @@ from pathlib import Path
 from pcam_app import heatmaps, notes, patches, reviews, shell
 from pcam_app.slide_cases import case_view
 from pcam_app.slide_truth import truth_loader
-from pcam_app.slide_library import (add_slides, analysis_controls, count_text, resolution_form, slide_labels, slide_list,
-                                   watch_analyses)
+from pcam_app.slide_library import (add_slides, analysis_controls, analysis_model, count_text, model_choice,
+                                   resolution_form, slide_labels, slide_list, watch_analyses)
 from pcam_app.components.slide_viewer import slide_viewer
 from pcam_app.sidebar import BUNDLED_CHOICE, switch_page
 from pcam_core.bundled import BUNDLED
@@ -68,7 +68,7 @@ def _run_of(summary: dict) -> RunDir | None:
 
 
 def _shown_analysis(states: list[AnalysisState], run: str) -> AnalysisState | None:
-    """The analysis to show: a choice among the slide's finished ones (any model; the sidebar run's first), else
+    """The analysis to show: a choice among the slide's finished ones (any model; the one Analyse uses first), else
     the one under way, else None."""
     done = {f"{s.slide_id}/{s.key}": s for s in states if s.state == "done"}
     if done:
@@ -78,7 +78,7 @@ def _shown_analysis(states: list[AnalysisState], run: str) -> AnalysisState | No
             return done[order[0]]
         pick = st.selectbox("Analysis", order, key=f"slide-analysis-{states[0].slide_id}",
                             format_func=lambda k: f"{done[k].run_label}, stride {done[k].stride}",
-                            help="Every finished analysis of this slide, by any model; the sidebar's run first.")
+                            help="Every finished analysis of this slide, by any model; the one Analyse uses first.")
         return done[pick]
     return states[0] if states else None
 
@@ -112,21 +112,23 @@ st.caption("A whole slide with the model's tumour map: pan and zoom from the sec
            "tumour regions, and click the slide to see the 96-pixel window the model scored there.")
 
 library = ctx.workspace.slide_library
-selected = resolve_run(ctx.run.path if ctx.run is not None else BUNDLED)  # the sidebar's run analyses new slides
+selected = resolve_run(ctx.run.path if ctx.run is not None else BUNDLED)  # the sidebar's run
+model = analysis_model(selected)  # what Analyse uses: the sidebar's run, or the shipped fast scanner chosen below
 try:
     listed = library.slides()
 except (OSError, ValueError) as err:
     shell.fail(f"Cannot list the slides of {library.root}: {err}")
 entries = [entry for entry in listed if not entry.error]
-with st.expander(f"Library: {count_text(listed)}; Analyse uses {selected.label}", expanded=not entries,
+with st.expander(f"Library: {count_text(listed)}; Analyse uses {model.label}", expanded=not entries,
                  icon=":material/folder_open:"):
     add_slides(library)
     chosen_ids = slide_list(library, listed)
-    analysis_controls(library, chosen_ids, selected.arg, stride=STRIDE)
+    model = model_choice(selected)
+    analysis_controls(library, chosen_ids, model.arg, stride=STRIDE)
 watch_analyses(library, listed)
 if not entries:
     st.stop()
-case_view(library, entries, selected.arg, stride=STRIDE, reviews=ctx.workspace.reviews())
+case_view(library, entries, model.arg, stride=STRIDE, reviews=ctx.workspace.reviews())
 
 by_id = {entry.id: entry for entry in entries}
 # The slide is in the address (?slide=<id>), kept by hand: Streamlit's own binding matches an address against the
@@ -142,7 +144,7 @@ if st.query_params.get("slide") != chosen:
 slide: SlideEntry = by_id[chosen]
 if slide.mpp_source == "given" or slide.needs_mpp:
     resolution_form(library, slide)
-state = _shown_analysis(library.analyses(slide), selected.arg)
+state = _shown_analysis(library.analyses(slide), model.arg)
 summary, region_list = None, []
 if state is not None and state.state == "done":
     try:
@@ -156,7 +158,7 @@ notes.synthetic_banner(synthetic, SYNTHETIC_SLIDE)
 
 if summary is None:
     if state is None:
-        waiting = f"has not been analysed yet: tick it in the library above and press Analyse (with {selected.label})"
+        waiting = f"has not been analysed yet: tick it in the library above and press Analyse (with {model.label})"
     else:
         waiting = {"queued": f"is queued for analysis with {state.run_label} (#{state.position})",
                    "running": f"is being analysed with {state.run_label}",

@@ -7,7 +7,8 @@ functions only draw it, so that the page (pages/slides.py, with the viewer) call
     library = ctx.workspace.slide_library
     add_slides(library)
     chosen = slide_list(library, slides)      # the ids ticked in the list
-    analysis_controls(library, chosen, run)
+    run = model_choice(selected)               # the sidebar's run, or the shipped fast scanner
+    analysis_controls(library, chosen, run.arg)
     watch_analyses(library, slides)           # reruns the page when an analysis is queued, starts or ends
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from pcam_core.runs import RunRef, resolve_run
 from pcam_core.slides.reader import MPP_RANGE
 from pcam_core.workspace.slide_library import SlideEntry, SlideLibrary
 from pcam_core.workspace.slide_queue import AnalysisState
@@ -25,6 +27,10 @@ STATE_LABELS = {"none": "not analysed", "queued": "queued", "running": "analysin
                 "failed": "failed", "stopped": "stopped (resumable)"}
 NOTICE = "_slide_library_notice"  # a message to show after the rerun that lists a slide just added or removed
 POLL_SECONDS = 2.0
+# The exactly-scanning candidate that ships beside the package in a clone (candidates/pcamscan/README.md): offered
+# for slides, where the bundled ensemble's five networks a window take hours on a CPU and it takes minutes.
+SCANNER = Path(__file__).resolve().parents[1] / "candidates" / "pcamscan"
+MODEL_KEY = "slide_analysis_model"
 
 
 def _notice_then_rerun(message: str) -> None:
@@ -195,8 +201,43 @@ def resolution_form(library: SlideLibrary, entry: SlideEntry) -> None:
                 _notice_then_rerun(f"{entry.name}: resolution {value:g} µm/px given")
 
 
+def analysis_models(selected: RunRef) -> dict[str, RunRef]:
+    """The models the Analyse button offers, by run argument: the sidebar's run, and the shipped exactly-scanning
+    candidate where this clone has it (and it is not the sidebar's run already)."""
+    models = {str(selected.arg): selected}
+    if (SCANNER / "checkpoints").is_dir() and selected.folder.path.resolve() != SCANNER:
+        models[str(SCANNER)] = resolve_run(SCANNER)
+    return models
+
+
+def analysis_model(selected: RunRef) -> RunRef:
+    """The model new analyses use: the one chosen in `model_choice` this session, else the sidebar's run."""
+    models = analysis_models(selected)
+    return models.get(st.session_state.get(MODEL_KEY), selected)
+
+
+def model_choice(selected: RunRef) -> RunRef:
+    """Choose the model of new analyses where there is a choice (`analysis_models`), with what each costs."""
+    models = analysis_models(selected)
+    if len(models) == 1:
+        return selected
+    if st.session_state.get(MODEL_KEY) not in models:
+        st.session_state[MODEL_KEY] = str(selected.arg)  # a new sidebar run: it is the choice again
+    sidebar = "The sidebar's run."
+    if selected.folder.is_ensemble:
+        sidebar += (" An ensemble: every window costs each of its networks' time (the bundled one has 5), so on a 2-core "
+                    "CPU a CAMELYON-size slide of real tissue takes hours (docs/slides.md).")
+    words = {str(selected.arg): sidebar,
+             str(SCANNER): "One network whose dense scan is exact: minutes a CAMELYON-size slide on a CPU, at 0.01-0.03 "
+                           "less patch ROC-AUC than the bundled model, with the default slide decision (not fitted for it)."}
+    picked = st.radio("Analyse with", list(models), key=MODEL_KEY,
+                      format_func=lambda arg: models[arg].label + (" (fast scan)" if arg == str(SCANNER) else ""),
+                      captions=[words[arg] for arg in models])
+    return models[picked]
+
+
 def analysis_controls(library: SlideLibrary, chosen: list[str], run: str | Path, *, stride: int = 32) -> None:
-    """Analyse the chosen slides with `run` (the sidebar's), or stop their analyses."""
+    """Analyse the chosen slides with `run` (`model_choice`'s), or stop their analyses."""
     left, right = st.columns(2)
     if left.button(f"Analyse {len(chosen)} slide(s)", disabled=not chosen, type="primary", icon=":material/play_arrow:"):
         try:

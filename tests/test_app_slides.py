@@ -203,16 +203,46 @@ def test_a_click_on_a_window_without_a_probability_names_why(analysed_workspace,
         assert gradcam and "no probability" in gradcam[0] and "probability is the map's" not in gradcam[0], captions
 
 
-def _wait_for(library: SlideLibrary, sid: str, states: tuple[str, ...], timeout: float = 240.0) -> str:
+def _wait_for(library: SlideLibrary, sid: str, states: tuple[str, ...], timeout: float = 240.0, run: str | Path = "bundled") -> str:
     import time
 
     deadline = time.time() + timeout
     while time.time() < deadline:
-        state = library.analysis(sid).state
+        state = library.analysis(sid, run).state
         if state in states:
             return state
         time.sleep(0.5)
-    raise AssertionError(f"{sid} never reached {states} (now {library.analysis(sid).state})")
+    raise AssertionError(f"{sid} never reached {states} (now {library.analysis(sid, run).state})")
+
+
+@pytest.mark.slow  # a real background analysis
+def test_the_shipped_fast_scanner_can_analyse_a_slide_from_the_page_and_its_analysis_is_shown(tmp_path, monkeypatch):
+    """Beside the sidebar's run, the page offers the exactly-scanning candidate (candidates/pcamscan) for new analyses,
+    with what each costs; chosen, Analyse queues the ticked slide with it, and its finished analysis is the one shown."""
+    from pcam_app.slide_library import SCANNER
+
+    root = _workspace(tmp_path / "ws")
+    source, _ = real_mosaic_slide(tmp_path / "source", cols=6, rows=4, tumour=(1, 3, 2, 4))
+    sid = SlideLibrary(root).add_file(source).id
+    at = open_slides(root, monkeypatch)
+    choice = at.radio(key="slide_analysis_model")
+    assert choice.value == "bundled"  # the sidebar's run until another is chosen
+    assert choice.options == ["bundled model (real tissue)", "pcamscan (fast scan)"], choice.options
+    assert "hours" in " ".join(choice.proto.captions) and "minutes" in " ".join(choice.proto.captions)
+    choice.set_value(str(SCANNER)).run()
+    assert "Analyse uses pcamscan" in "\n".join(e.label for e in at.expander)
+    assert "with pcamscan" in texts(at)  # not analysed yet: press Analyse (with pcamscan)
+    at.checkbox(key=f"slide-pick-{sid}").check().run()
+    [analyse] = [b for b in at.button if b.label.startswith("Analyse 1 slide")]
+    analyse.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    library = SlideLibrary(root)
+    assert library.analysis(sid).state == "none"  # nothing with the bundled model
+    _wait_for(library, sid, ("done",), run=SCANNER)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert {m.label for m in at.metric} >= {"Slide score", "Regions", "Size class"}
+    assert viewer_data(at)["heatmap"]["url"].startswith(f"slides-api/{sid}/pcamscan-s32/heatmap.png")
 
 
 def _damage_overview(path: Path) -> None:
