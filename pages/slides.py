@@ -120,7 +120,7 @@ except (OSError, ValueError) as err:
     shell.fail(f"Cannot list the slides of {library.root}: {err}")
 entries = [entry for entry in listed if not entry.error]
 with st.expander(f"Library: {count_text(listed)}; Analyse uses {model.label}", expanded=not entries,
-                 icon=":material/folder_open:"):
+                 icon=":material/folder_open:", key="slide-library"):  # keyed: stays open as its label changes
     add_slides(library)
     chosen_ids = slide_list(library, listed)
     model = model_choice(selected)

@@ -219,6 +219,44 @@ def test_a_queued_analysis_appears_when_it_finishes_without_a_reload(tmp_path):
 
 
 @pytest.mark.browser
+def test_a_slide_analysed_from_the_page_with_the_fast_scanner_shows_its_map(tmp_path):
+    """In the browser: the library offers the shipped exactly-scanning candidate beside the sidebar's run; choosing it,
+    ticking a slide of real patches and pressing Analyse runs the analysis with it, and its map appears without a reload."""
+    from playwright.sync_api import sync_playwright
+
+    from helpers import real_mosaic_slide
+    from pcam_core.workspace.slide_library import SlideLibrary
+
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
+    slide, _ = real_mosaic_slide(tmp_path / "slide", cols=6, rows=4, tumour=(1, 3, 2, 4))
+    sid = SlideLibrary(root).add_file(slide).id
+    app = Dashboard(root, root / "streamlit.log")
+    app.start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(60_000)
+            try:
+                page.goto(f"{app.url}/slides?slide={sid}")
+                wait_rendered(page, page.get_by_text("has not been analysed yet"))
+                page.get_by_text("Analyse uses bundled model").click()  # the library's expander
+                page.get_by_text("pcamscan (fast scan)").click()
+                wait_rendered(page, page.get_by_text("Analyse uses pcamscan"))
+                page.locator("[data-testid=stCheckbox] label").first.click()  # the slide's tick (its input is drawn over)
+                page.get_by_role("button", name="Analyse 1 slide(s)").click()
+                wait_rendered(page, page.get_by_role("heading", name="Tumour regions"), timeout_ms=300_000)
+                assert page.get_by_text("Slide score").first.is_visible()
+                assert SlideLibrary(root).analysis(sid).state == "none"  # the bundled model analysed nothing
+            finally:
+                browser.close()
+    finally:
+        app.stop()
+
+
+@pytest.mark.browser
 def test_the_case_view_shows_the_pn_stage_and_loaded_truth_is_outlined_in_the_viewer(dashboard, tmp_path):
     """A case of the analysed slide: its pN stage in the case view, with its report to download; the slide's truth (a
     QuPath GeoJSON, by path) drawn over the map: the lesion's outline dashed in the colour of a found lesion, the
