@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -184,54 +186,52 @@ def test_open_zoom_toggle_go_to_click_and_download(dashboard, tmp_path):
 def test_a_queued_analysis_appears_when_it_finishes_without_a_reload(tmp_path):
     """The page follows the queue: a slide queued for analysis is shown waiting, then, once the queue runner's
     analysis finishes, with its figures and map, the page never reloaded."""
-    from playwright.sync_api import sync_playwright
-
     from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
-    from pcam_core.workspace.slide_library import SlideLibrary
 
-    root = tmp_path / "ws"
-    root.mkdir()
-    (root / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
     make_demo_slide(tmp_path / "slides" / "demo", DemoSlideSpec(width=1024, height=768))
-    library = SlideLibrary(root)
-    sid = library.add_file(tmp_path / "slides" / "demo" / "slide.tif").id
-    app = Dashboard(root, root / "streamlit.log")
-    app.start()
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(60_000)
-            try:
-                page.goto(f"{app.url}/slides?slide={sid}")
-                wait_rendered(page, page.get_by_text("has not been analysed yet"))
-                library.start(sid)  # queued behind the page's back, as another tab or the API would
-                page.reload()
-                wait_rendered(page, page.get_by_text("is queued for analysis").or_(page.get_by_text("is being analysed")))
-                navigations: list[str] = []
-                page.on("framenavigated", lambda frame: frame == page.main_frame and navigations.append(frame.url))
-                wait_rendered(page, page.get_by_role("heading", name="Tumour regions"), timeout_ms=300_000)
-                assert page.get_by_text("Slide score").first.is_visible() and not navigations
-            finally:
-                browser.close()
-    finally:
-        app.stop()
+    with _one_slide_dashboard(tmp_path, tmp_path / "slides" / "demo" / "slide.tif") as (library, sid, page):
+        wait_rendered(page, page.get_by_text("has not been analysed yet"))
+        library.start(sid)  # queued behind the page's back, as another tab or the API would
+        page.reload()
+        wait_rendered(page, page.get_by_text("is queued for analysis").or_(page.get_by_text("is being analysed")))
+        navigations: list[str] = []
+        page.on("framenavigated", lambda frame: frame == page.main_frame and navigations.append(frame.url))
+        wait_rendered(page, page.get_by_role("heading", name="Tumour regions"), timeout_ms=300_000)
+        assert page.get_by_text("Slide score").first.is_visible() and not navigations
 
 
 @pytest.mark.browser
 def test_a_slide_analysed_from_the_page_with_the_fast_scanner_shows_its_map(tmp_path):
     """In the browser: the library offers the shipped exactly-scanning candidate beside the sidebar's run; choosing it,
     ticking a slide of real patches and pressing Analyse runs the analysis with it, and its map appears without a reload."""
+    from helpers import real_mosaic_slide
+
+    slide, _ = real_mosaic_slide(tmp_path / "slide", cols=6, rows=4, tumour=(1, 3, 2, 4))
+    with _one_slide_dashboard(tmp_path, slide) as (library, sid, page):
+        wait_rendered(page, page.get_by_text("has not been analysed yet"))
+        page.get_by_text("Analyse uses bundled model").click()  # the library's expander
+        page.get_by_text("pcamscan (fast scan)").click()
+        wait_rendered(page, page.get_by_text("Analyse uses pcamscan"))
+        page.locator("[data-testid=stCheckbox] label").first.click()  # the slide's tick (its input is drawn over)
+        page.get_by_role("button", name="Analyse 1 slide(s)").click()
+        wait_rendered(page, page.get_by_role("heading", name="Tumour regions"), timeout_ms=300_000)
+        assert page.get_by_text("Slide score").first.is_visible()
+        assert library.analysis(sid).state == "none"  # the bundled model analysed nothing
+
+
+@contextmanager
+def _one_slide_dashboard(tmp_path: Path, slide: Path) -> Iterator[tuple[Any, str, Any]]:
+    """A dashboard of a fresh workspace whose library holds `slide`, and Chromium open on its Slides page:
+    (the library, the slide's id, the page)."""
     from playwright.sync_api import sync_playwright
 
-    from helpers import real_mosaic_slide
     from pcam_core.workspace.slide_library import SlideLibrary
 
     root = tmp_path / "ws"
     root.mkdir()
     (root / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
-    slide, _ = real_mosaic_slide(tmp_path / "slide", cols=6, rows=4, tumour=(1, 3, 2, 4))
-    sid = SlideLibrary(root).add_file(slide).id
+    library = SlideLibrary(root)
+    sid = library.add_file(slide).id
     app = Dashboard(root, root / "streamlit.log")
     app.start()
     try:
@@ -241,15 +241,7 @@ def test_a_slide_analysed_from_the_page_with_the_fast_scanner_shows_its_map(tmp_
             page.set_default_timeout(60_000)
             try:
                 page.goto(f"{app.url}/slides?slide={sid}")
-                wait_rendered(page, page.get_by_text("has not been analysed yet"))
-                page.get_by_text("Analyse uses bundled model").click()  # the library's expander
-                page.get_by_text("pcamscan (fast scan)").click()
-                wait_rendered(page, page.get_by_text("Analyse uses pcamscan"))
-                page.locator("[data-testid=stCheckbox] label").first.click()  # the slide's tick (its input is drawn over)
-                page.get_by_role("button", name="Analyse 1 slide(s)").click()
-                wait_rendered(page, page.get_by_role("heading", name="Tumour regions"), timeout_ms=300_000)
-                assert page.get_by_text("Slide score").first.is_visible()
-                assert SlideLibrary(root).analysis(sid).state == "none"  # the bundled model analysed nothing
+                yield library, sid, page
             finally:
                 browser.close()
     finally:
