@@ -222,7 +222,7 @@ def model_choice(selected: RunRef) -> RunRef:
     if len(models) == 1:
         return selected
     if st.session_state.get(MODEL_KEY) not in models:
-        st.session_state[MODEL_KEY] = str(selected.arg)  # a new sidebar run: it is the choice again
+        st.session_state[MODEL_KEY] = str(selected.arg)  # unset, or the sidebar run chosen before: the one now
     sidebar = "The sidebar's run."
     if selected.folder.is_ensemble:
         sidebar += (" An ensemble: every window costs each of its networks' time (the bundled one has 5), so on a 2-core "
