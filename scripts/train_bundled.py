@@ -290,10 +290,7 @@ def write_cv_card(out: RunDir, record: dict[str, Any]) -> None:
     """Write the packaged ensemble's model card from its record and cv.json."""
     from pcam_core.loading import load_run_model
 
-    from pcam_core.ensemble import member_runs
-
-    load_run_model(out.path, device="cpu")  # the package loads as a run, through the one loader
-    config = load_checkpoint(member_runs(out)[0].checkpoint())["config"]  # as written, not filled with today's defaults
+    config = load_run_model(out.path, device="cpu").config.to_dict()  # the package loads as a run, through the one loader
     card = render_cv_card(record, config, json.loads(out.cv_path.read_text()))
     atomic_write_with(out.path / MODEL_CARD, lambda h: h.write(card.encode("utf-8")))
 
