@@ -129,6 +129,8 @@ class TrainConfig:
     keep: str = "auto"  # which epoch becomes the run's model: see KEEPS
     log_every: int = 10  # steps between lines of steps.jsonl
     checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (a killed run loses less)
+    teacher: str | None = None  # a run (folder or "bundled") whose probabilities the targets lean towards: `pcam_core.distil`
+    distil: float = 0.5  # with a teacher: target = (1 - distil) * label + distil * the teacher's probability
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -145,6 +147,9 @@ class TrainConfig:
         _check_range("train.warmup_frac", self.warmup_frac, 0.0, 0.5)
         _check_range("train.label_smoothing", self.label_smoothing, 0.0, 0.4)
         _check_range("train.ema_decay", self.ema_decay, 0.0, 0.99999)
+        _check_range("train.distil", self.distil, 0.0, 1.0, lo_open=True)
+        if self.teacher is not None and not str(self.teacher).strip():
+            raise ValueError("train.teacher is empty: give a run folder or 'bundled', or leave it out (null)")
         if self.pos_weight is not None and self.pos_weight <= 0:
             raise ValueError(f"train.pos_weight={self.pos_weight} must be positive")
         if self.max_steps is not None and self.max_steps < 1:

@@ -35,6 +35,7 @@ from .config import ExperimentConfig
 from .data.base import PatchDataset
 from .data.loader import SkipBatchesSampler, fits_in_memory, make_loader, run_datasets
 from .data.overrides import apply_overrides
+from .distil import Teacher, load_teacher
 from .fileio import append_jsonl, atomic_write_json, atomic_write_with, read_jsonl
 from .inference import Predictions, autocast_context, predict_loader
 from .metrics import binary_metrics, choose_threshold
@@ -72,6 +73,8 @@ class StepContext:
     ema: EMA | None = None
     label_smoothing: float = 0.0
     mixup: float = 0.0  # Beta(a, a) of `transforms.mixup`; 0 off
+    teacher: Teacher | None = None  # distillation (`pcam_core.distil`): targets lean towards its probabilities
+    distil: float = 0.5  # how far: target = (1 - distil) * label + distil * the teacher's probability
     channels_last: bool = True
     max_steps: int | None = None
     global_step: int = 0
@@ -111,6 +114,8 @@ def train_one_epoch(
             break
         images = batch["image"].to(ctx.device, non_blocking=True)
         targets = batch["label"].to(ctx.device, non_blocking=True).float()
+        if ctx.teacher is not None:  # before mixup, which blends the targets as it blends the patches
+            targets = ctx.teacher.targets(targets, batch["index"], ctx.distil)
         with torch.no_grad():
             x = ctx.augment(images)
             x, targets = mixup(x, targets, ctx.mixup)
@@ -413,6 +418,7 @@ class _Session:
     total_steps: int
     state: TrainState = field(default_factory=TrainState)
     tracker: Tracker = field(default_factory=NullTracker)  # rank 0's MLflow run, if asked (`pcam_core.tracking`)
+    teacher: Teacher | None = None  # `train.teacher`, loaded (`pcam_core.distil`)
     started: float = field(default_factory=time.time)
     last_checkpoint_at: float = field(default_factory=time.time)
 
@@ -626,8 +632,12 @@ def _fit(
         )
         status.start_heartbeat()
     s = _build_session(config, run, info, device, status, data)
+    s.teacher = load_teacher(config, data.train, data.valid, device)  # before any training: a leaking teacher is refused here
     if resume:
         s.restore()
+    if s.teacher is not None and s.teacher.warning and s.teacher.warning not in s.state.warnings:
+        log.warning(s.teacher.warning)
+        s.state.warnings.append(s.teacher.warning)
     if data.overrides is not None and info.is_main:
         run.record_label_overrides(_overrides_file(config, run, resume=resume), data.overrides.as_dict())
         if (warning := data.overrides.warning(config.data.label_overrides)) and warning not in s.state.warnings:
@@ -660,7 +670,7 @@ def _fit(
     ctx = StepContext(
         optimizer=s.optimizer, scheduler=s.scheduler, augment=train_preset(config.augment).to(device), pos_weight=s.pos_weight,
         device=device, amp_dtype=s.amp_dtype, scaler=s.scaler, ema=s.ema, label_smoothing=t.label_smoothing,
-        mixup=config.augment.mixup, channels_last=t.channels_last, max_steps=t.max_steps, global_step=st.global_step,
+        mixup=config.augment.mixup, teacher=s.teacher, distil=t.distil, channels_last=t.channels_last, max_steps=t.max_steps, global_step=st.global_step,
         should_stop=lambda: D.any_rank(flag.raised.is_set(), info, device), on_log=on_log, log_every=t.log_every,
         checkpoint_due=checkpoint_due, on_step=step_done if on_step is not None else None,
     )
@@ -717,6 +727,7 @@ def _finish(s: _Session, ended_by: str) -> dict[str, Any]:
         "run_id": run.run_id, "model": s.config.model.name, "epochs_done": st.epoch, "global_step": st.global_step,
         "ended_by": ended_by, "best_epoch": st.best_epoch, "monitor": t.monitor, "best_value": st.best_value,
         "train_seconds": s.elapsed(), "synthetic_data": s.data.synthetic, "warnings": st.warnings,
+        "teacher": s.teacher.source if s.teacher is not None else None,
         "best_metrics": run.best_epoch() if s.info.is_main else None,
         "label_overrides": s.data.overrides.as_dict() if s.data.overrides is not None else None,
     }

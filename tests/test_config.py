@@ -28,7 +28,7 @@ CUSTOM = ExperimentConfig(
     train=TrainConfig(epochs=5, batch_size=64, lr=1e-3, weight_decay=0.0, optimizer="adam", schedule="cosine",
                       warmup_frac=0.0, pos_weight=1.5, label_smoothing=0.1, ema_decay=0.0, device="cpu", amp=False,
                       channels_last=False, compile=True, seed=7, max_steps=100, early_stopping=3, monitor="loss",
-                      keep="best", log_every=5, checkpoint_minutes=2.5),
+                      keep="best", log_every=5, checkpoint_minutes=2.5, teacher="/runs/cv", distil=0.3),
     tracking=TrackingConfig(mlflow_uri="sqlite:///mlflow.db", mlflow_experiment="pcam-test"),
     world_size=2,
     name="custom",
@@ -119,6 +119,9 @@ def test_unknown_keys_and_malformed_sections_are_refused_by_name(raw, expected):
     ("train", "early_stopping", -1, "train.early_stopping=-1 must be >= 0"),
     ("train", "log_every", 0, "train.log_every=0 must be at least 1"),
     ("train", "keep", "first", "train.keep='first' is not valid; choose one of auto, best, last"),
+    ("train", "distil", 0.0, "train.distil=0.0 is out of range; expected a value in (0.0, 1.0]"),
+    ("train", "distil", 1.5, "train.distil=1.5 is out of range"),
+    ("train", "teacher", " ", "train.teacher is empty: give a run folder or 'bundled'"),
     ("tracking", "mlflow_uri", " sqlite:///m.db", "tracking.mlflow_uri=' sqlite:///m.db' must be a URI"),
     ("tracking", "mlflow_experiment", " ", "tracking.mlflow_experiment must not be empty"),
 ])
@@ -134,7 +137,7 @@ def test_values_out_of_range_are_refused_by_name(section, field, value, expected
 def test_the_range_limits_themselves_are_accepted():
     ExperimentConfig().replace(data={"valid_frac": 0.5, "num_workers": -1}, augment={"stain": 0.0, "hue": 0.5, "shift": 16},
                                model={"dropout": 0.9}, train={"lr": 1.0, "warmup_frac": 0.5, "ema_decay": 0.0,
-                                                              "label_smoothing": 0.4, "early_stopping": 0})
+                                                              "label_smoothing": 0.4, "early_stopping": 0, "distil": 1.0})
 
 
 def test_world_size_is_checked_and_scales_the_global_batch():

@@ -301,3 +301,57 @@ def test_bad_cross_validation_requests_are_refused_before_a_folder_is_made(real_
     assert main(["train", "--data", str(real_kaggle), "--out", str(tmp_path / "d"), "--folds", "2", "--early-stopping", "3"]) != 0
     assert "keeps its last epoch" in capsys.readouterr().err  # early stopping would pick the epoch on the held-out fold
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+@pytest.mark.slow
+def test_each_fold_is_distilled_from_the_teacher_member_that_held_out_its_patches(cv_run, small_kaggle, tmp_path) -> None:
+    """`pcam train --folds K --teacher T`: fold k learns from T's member k alone (which never saw fold k), so the
+    cross-validated figures stay out-of-fold; the targets really change (same seed, other weights)."""
+    from pcam_core.checkpoint import load_checkpoint
+    from pcam_core.cli import main
+    from pcam_core.runs import RunDir
+
+    out = tmp_path / "student"
+    assert main(["train", "--data", str(small_kaggle), "--out", str(out), *CV_ARGS, "--teacher", str(cv_run), "--distil", "0.7"]) == 0
+    student, teacher = RunDir(out), RunDir(cv_run)
+    for k in (0, 1):
+        summary = student.fold(k).summary()
+        assert f"member fold-{k}, which held out the same patches (fold {k + 1} of 2)" in summary["teacher"]
+        assert not summary["warnings"]
+        config = student.fold(k).config()
+        assert (config.train.teacher, config.train.distil) == (str(cv_run.resolve()), 0.7)
+    assert len(pd.read_csv(student.oof_predictions_path)) == 64  # a cross-validation like any other
+    plain = load_checkpoint(teacher.fold(0).checkpoint("best"))["model"]  # same data, seed and recipe, no teacher
+    taught = load_checkpoint(student.fold(0).checkpoint("best"))["model"]
+    assert any(not torch.equal(plain[name], taught[name]) for name in plain if plain[name].is_floating_point())
+
+
+@pytest.mark.slow
+def test_a_teacher_that_saw_the_fold_is_refused_before_training(cv_run, small_kaggle, tmp_path, capsys) -> None:
+    """A teacher whose members trained on a fold's held-out patches would leak their labels into its figures:
+    another split seed, or a teacher that is not a cross-validation, is refused with the reason, nothing trained."""
+    from pcam_core.cli import main
+    from pcam_core.runs import RunDir
+
+    other_folds = tmp_path / "seed1"
+    assert main(["train", "--data", str(small_kaggle), "--out", str(other_folds), *CV_ARGS, "--split-seed", "1",
+                 "--teacher", str(cv_run)]) != 0
+    assert "lie in 2 folds of teacher" in capsys.readouterr().err
+    assert not RunDir(other_folds).fold(0).last_checkpoint.exists()
+    not_cv = tmp_path / "not-cv"
+    assert main(["train", "--data", str(small_kaggle), "--out", str(not_cv), *CV_ARGS,
+                 "--teacher", str(RunDir(cv_run).fold(0).path)]) != 0
+    assert "is not a cross-validation" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_single_run_is_taught_by_the_whole_ensemble_and_says_its_figures_are_unchecked(cv_run, small_kaggle, tmp_path) -> None:
+    from pcam_core.cli import main
+    from pcam_core.runs import RunDir
+
+    out = tmp_path / "single"
+    assert main(["train", "--data", str(small_kaggle), "--out", str(out), "--epochs", "1", "--batch-size", "16",
+                 "--workers", "0", "--teacher", str(cv_run)]) == 0
+    summary = RunDir(out).summary()
+    assert summary["teacher"] == str(cv_run.resolve())
+    assert any("honest only if it never trained on this run's validation patches" in w for w in summary["warnings"])

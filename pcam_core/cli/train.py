@@ -69,6 +69,12 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", choices=KEEPS, help="which epoch becomes the run's model: best (by --monitor on the validation "
                    "split), last (the validation split only watched), or auto: last for the folds of --folds, whose validation "
                    "split is the fold their figures are reported on, best otherwise " + default(T.keep))
+    p.add_argument("--teacher", metavar="RUN", help="distil: each training target leans towards this run's probability of the same "
+                   "augmented view (a run folder or bundled; an ensemble teaches as it scores). With --folds, fold k is taught by "
+                   "the teacher's member that held out the same patches: the teacher must be a cross-validation of the same data, "
+                   "folds and split seed (else refused), so the cross-validated figures stay honest " + default(T.teacher))
+    p.add_argument("--distil", type=float, metavar="W", help="with --teacher: target = (1 - W) x label + W x the teacher's "
+                   "probability, W in (0, 1] " + default(T.distil))
     p.add_argument("--valid-frac", type=float, help="validation share for data without a valid split " + default(D.valid_frac))
     p.add_argument("--split-seed", type=int, help="seed of that validation split " + default(D.split_seed))
     p.add_argument("--workers", type=int, dest="num_workers", help=WORKERS_HELP + " " + default(D.num_workers))
@@ -121,7 +127,8 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         "optimizer": args.optimizer, "schedule": args.schedule, "pos_weight": args.pos_weight,
         "label_smoothing": args.label_smoothing, "ema_decay": args.ema_decay, "device": args.device, "amp": args.amp,
         "compile": args.compile, "seed": args.seed, "max_steps": args.max_steps, "early_stopping": args.early_stopping,
-        "monitor": args.monitor, "keep": args.keep}.items() if v is not None}
+        "monitor": args.monitor, "keep": args.keep, "distil": args.distil,
+        "teacher": args.teacher if args.teacher in (None, "bundled") else str(Path(args.teacher).resolve())}.items() if v is not None}
     augment: dict[str, Any] = {}
     if args.no_augment:
         augment = {"symmetries": False, "stain": 0.0, "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0, "shift": 0, "mixup": 0.0}
