@@ -1,5 +1,6 @@
-"""Fit the bundled model's slide decision (region reporting rule and slide classifier) on slides with truth,
-and print the figures it reaches on slides it was not fitted on.
+"""Fit a model's slide decision (region reporting rule and slide classifier) on slides with truth, and print the
+figures it reaches on slides it was not fitted on: the bundled model's by default, or (`--run CV --for RUN`) that of
+RUN, a model of the recipe a cross-validation CV trained, fitted on CV's out-of-fold slide maps.
 
 The slides are mosaics (`pcam_core.slides.mosaic`) of patches the model that scores them never trained on, read
 from `--data` (the Kaggle layout, e.g. ../shared/data/pcam-real-dev):
@@ -10,7 +11,11 @@ from `--data` (the Kaggle layout, e.g. ../shared/data/pcam-real-dev):
   `pcam_core/bundled/oof_predictions.csv`) and analysed with THAT fold's member alone (an out-of-fold slide map;
   the slides are dealt to the folds in turn). The rule is thus fitted on single members' out-of-fold maps and
   applied to the ensemble's (whose maps are, if anything, cleaner: a mean of members), at the ensemble's threshold;
-  the members' maps have no out-of-scope guard (the ensemble's taps its first member only).
+  the members' maps have no out-of-scope guard (the ensemble's taps its first member only);
+- a cross-validation of another recipe (`--run CV`, a folder of `pcam train --folds K`, finished or stopped after
+  some folds: the folds that have scored their held-out patches are used), the same way with CV's members, fitted
+  for `--for RUN` (default CV itself) at RUN's threshold and written to RUN's slide_decision.json: RUN is typically
+  one of CV's members or a run of the same recipe, such as candidates/pcamscan (docs/slides.md).
 The ids are split in two halves (stratified by label, and by fold for the ensemble; seeded): the FIT slides are
 built from one half's patches only, the REPORT slides from the other half's only. Each half gets normal slides (no
 tumour patch at all) and lesion slides (one block of tumour patches: ITC 1 x 1 patch, micro 3 x 3 and 6 x 6, macro
@@ -23,9 +28,11 @@ tumour patch at all) and lesion slides (one block of tumour patches: ITC 1 x 1 p
    region reported, slide score = the highest cell) and after are printed for the REPORT slides.
 
     python scripts/fit_slide_decision.py --data ../shared/data/pcam-real-dev --work /tmp/slide-decision --write
+    python scripts/fit_slide_decision.py --data ../shared/data/pcam-real-dev --work /tmp/sd-scan --run /tmp/scan-cv \
+        --for candidates/pcamscan --write
 
 Analyses are kept in `--work` and not recomputed when run again (delete the folder to start over); a `--work` made
-with another bundled model is refused. `--per-kind N` caps the slides of each kind per half (a quick check).
+with other models is refused. `--per-kind N` caps the slides of each kind per half (a quick check).
 """
 
 from __future__ import annotations
@@ -52,33 +59,49 @@ LAYOUTS = [("normal", 14, None, 8), ("itc", 14, 1, 3), ("micro-small", 14, 3, 3)
 SINGLE = -1  # the fold of a patch held out by the single bundled model (scored by the bundled model itself)
 
 
-def held_out_patches() -> pd.DataFrame:
+def cv_folds(run: Path) -> dict[int, Path]:
+    """fold -> the fold run of the cross-validation folder `run` that has scored its held-out patches."""
+    folds = {int(p.parent.name.removeprefix("fold-")): p.parent for p in sorted((run / "folds").glob("fold-*/oof_predictions.csv"))}
+    if not folds:
+        raise SystemExit(f"{run}: no fold of a cross-validation has scored its held-out patches "
+                         "(folds/fold-<k>/oof_predictions.csv); give a folder of `pcam train --folds K`")
+    return folds
+
+
+def held_out_patches(run: Path | None = None) -> pd.DataFrame:
     """id, label, fold of the patches the scoring model never trained on: the single model's held-out patches
-    (fold SINGLE), or every patch of the ensemble with the fold whose member held it out."""
+    (fold SINGLE), or every patch of the ensemble with the fold whose member held it out; with `run` (a
+    cross-validation folder), the held-out patches of its scored folds."""
     from pcam_core.bundled import BUNDLED_DIR, is_ensemble
     from pcam_core.runs.folder import RunDir
 
+    if run is not None:
+        return pd.concat([pd.read_csv(f / "oof_predictions.csv", dtype={"id": str})[["id", "label", "fold"]]
+                          for f in cv_folds(run).values()], ignore_index=True)
     if is_ensemble():
         return pd.read_csv(RunDir(BUNDLED_DIR).oof_predictions_path, dtype={"id": str})[["id", "label", "fold"]]
     table = pd.read_csv(RunDir(BUNDLED_DIR).valid_predictions_path, dtype={"id": str})[["id", "label"]]
     return table.assign(fold=SINGLE)
 
 
-def scoring_runs() -> dict[int, str | Path]:
-    """fold -> the run that scores that fold's slides: the bundled model (SINGLE), or each fold's member folder."""
+def scoring_runs(run: Path | None = None) -> dict[int, str | Path]:
+    """fold -> the run that scores that fold's slides: the bundled model (SINGLE), or each fold's member folder (of
+    `run`, a cross-validation folder, where given)."""
     from pcam_core.bundled import BUNDLED, BUNDLED_DIR, is_ensemble
     from pcam_core.checkpoint import load_checkpoint
     from pcam_core.ensemble import member_runs
     from pcam_core.runs.folder import RunDir
 
+    if run is not None:
+        return dict(cv_folds(run))
     if not is_ensemble():
         return {SINGLE: BUNDLED}
     return {int(load_checkpoint(m.best_checkpoint)["config"]["data"]["fold"]): m.path for m in member_runs(RunDir(BUNDLED_DIR))}
 
 
-def halves(seed: int) -> dict[str, pd.DataFrame]:
+def halves(seed: int, run: Path | None = None) -> dict[str, pd.DataFrame]:
     """The held-out patches (`held_out_patches`), split in two halves stratified by fold and label."""
-    table = held_out_patches()
+    table = held_out_patches(run)
     rng = np.random.default_rng(seed)
     fit = []
     for _, group in table.groupby(["fold", "label"]):
@@ -88,27 +111,31 @@ def halves(seed: int) -> dict[str, pd.DataFrame]:
     return {"fit": table[in_fit], "report": table[~in_fit]}
 
 
-def check_work(work: Path) -> None:
-    """Refuse a `--work` whose analyses were made with another bundled model (they are reused when run again)."""
+def check_work(work: Path, run: Path | None = None) -> None:
+    """Refuse a `--work` whose analyses were made with other models (they are reused when run again)."""
     import hashlib
 
     from pcam_core.bundled import bundled_checkpoint
 
-    stamp = {"model": bundled_checkpoint().name, "sha1": hashlib.sha1(bundled_checkpoint().read_bytes()).hexdigest()}
+    if run is None:
+        stamp = {"model": bundled_checkpoint().name, "sha1": hashlib.sha1(bundled_checkpoint().read_bytes()).hexdigest()}
+    else:
+        stamp = {str(f): hashlib.sha1((folder / "checkpoints" / "best.pt").read_bytes()).hexdigest()
+                 for f, folder in cv_folds(run).items()}
     path = work / "bundled.json"
     if path.exists() and json.loads(path.read_text()) != stamp:
-        raise SystemExit(f"{work} holds slides analysed with another bundled model ({path}); delete it or give another --work")
+        raise SystemExit(f"{work} holds slides analysed with other models ({path}); delete it or give another --work")
     work.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(stamp))
 
 
-def build_slides(data: Path, work: Path, seed: int, per_kind: int | None = None) -> list[dict]:
+def build_slides(data: Path, work: Path, seed: int, per_kind: int | None = None, run: Path | None = None) -> list[dict]:
     """Write the mosaic slides of both halves (once) and return their records: half, name, kind, fold, slide, truth.
     Each slide is made of one fold's patches; the folds take the slides of a half in turn."""
     from pcam_core.slides.mosaic import write_mosaic_slide
 
     records = []
-    for h, (half, table) in enumerate(halves(seed).items()):
+    for h, (half, table) in enumerate(halves(seed, run).items()):
         folds = sorted(table["fold"].unique())
         pixels = {(f, label): [np.asarray(Image.open(data / "train" / f"{i}.tif").convert("RGB"))
                                for i in table["id"][(table["fold"] == f) & (table["label"] == label)]]
@@ -137,14 +164,14 @@ def build_slides(data: Path, work: Path, seed: int, per_kind: int | None = None)
     return records
 
 
-def analyse_all(records: list[dict], stride: int, tta: bool) -> None:
-    """Analyse each slide with the run that never trained on its patches, at the bundled model's threshold."""
-    from pcam_core.bundled import BUNDLED
+def analyse_all(records: list[dict], stride: int, tta: bool, run: Path | None = None, target: str | Path = "bundled") -> None:
+    """Analyse each slide with the run that never trained on its patches, at the threshold of `target` (the model
+    the decision is for)."""
     from pcam_core.loading import run_threshold
     from pcam_core.scoring_options import ScoringOptions
     from pcam_core.slides.batch import analyse
 
-    runs, threshold = scoring_runs(), run_threshold(BUNDLED)
+    runs, threshold = scoring_runs(run), run_threshold(target)
     for k, record in enumerate(records, 1):
         if (record["analysis"] / "summary.json").exists():
             continue
@@ -267,9 +294,8 @@ def fit_and_report(records: list[dict], args: argparse.Namespace) -> None:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    from pcam_core.bundled import BUNDLED_DIR
     from pcam_core.fileio import atomic_write_json
-    from pcam_core.runs.folder import RunDir
+    from pcam_core.runs import resolve_run
     from pcam_core.decision import REFER, TUMOUR
     from pcam_core.slides.decision import RegionRule, SlideClassifier, SlideDecision, slide_call, slide_features
 
@@ -304,8 +330,10 @@ def fit_and_report(records: list[dict], args: argparse.Namespace) -> None:
                          for verdict, word in (("called_tumour", TUMOUR), ("referred", REFER))}},
         }
     ensemble = any(r["fold"] != SINGLE for r in records)
-    patches = ("each fold's held-out patches, each slide scored by that fold's member alone (out-of-fold slide maps; "
-               "applied to the ensemble's)" if ensemble else "the bundled model's held-out patches")
+    target = "the ensemble's" if args.run is None else f"{args.target}, a model of its recipe"
+    patches = (f"each fold's held-out patches{'' if args.run is None else f' of the cross-validation {args.run.name}'}, each "
+               f"slide scored by that fold's member alone (out-of-fold slide maps; applied to {target})" if ensemble
+               else "the bundled model's held-out patches")
     source = (f"scripts/fit_slide_decision.py: mosaics of one half of {patches} ({len(fit)} slides), stride {args.stride}, "
               f"{'TTA' if args.tta else 'one pass (no TTA)'}")
     decision = SlideDecision(rule, classifier, source, {
@@ -314,7 +342,7 @@ def fit_and_report(records: list[dict], args: argparse.Namespace) -> None:
         "figures": {"fit": figures["fit"], "report (the other half's patches, never fitted on)": figures["report"]}})
     print(json.dumps(decision.record(), indent=1))
     if args.write:
-        path = RunDir(BUNDLED_DIR).slide_decision_path
+        path = resolve_run(args.target).folder.slide_decision_path
         atomic_write_json(path, decision.record())
         print(f"written: {path}")
 
@@ -322,20 +350,25 @@ def fit_and_report(records: list[dict], args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="PCam patches in the Kaggle layout (train/<id>.tif)")
+    parser.add_argument("--run", type=Path, default=None, help="a cross-validation folder (`pcam train --folds K`) whose "
+                        "members map the slides of their own held-out patches (default: the bundled model)")
+    parser.add_argument("--for", dest="target", default=None, help="the run the decision is for: its threshold, and its "
+                        "slide_decision.json with --write (default: --run, else bundled)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/slide-decision"), help="where the slides and analyses go")
     parser.add_argument("--stride", type=int, default=32)
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False, help="analyse with TTA (8x slower)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--false-regions", type=float, default=0.25, help="reported regions allowed per normal FIT slide")
     parser.add_argument("--analyse-only", action="store_true", help="build and analyse the slides, fit nothing")
-    parser.add_argument("--write", action="store_true", help="write pcam_core/bundled/slide_decision.json")
+    parser.add_argument("--write", action="store_true", help="write the slide_decision.json of --for (default: the bundled model's)")
     parser.add_argument("--per-kind", type=int, default=None, help="at most this many slides of each kind per half (a quick check)")
     args = parser.parse_args()
     if not (args.data / "train_labels.csv").exists():
         raise SystemExit(f"{args.data} is not a Kaggle-layout PCam folder (no train_labels.csv)")
-    check_work(args.work)
-    records = build_slides(args.data, args.work, args.seed, args.per_kind)
-    analyse_all(records, args.stride, args.tta)
+    args.target = args.target or (args.run if args.run is not None else "bundled")
+    check_work(args.work, args.run)
+    records = build_slides(args.data, args.work, args.seed, args.per_kind, args.run)
+    analyse_all(records, args.stride, args.tta, args.run, args.target)
     if args.analyse_only:
         return
     fit_and_report(records, args)

@@ -20,7 +20,7 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= min(2, os.cpu_count(
 
 import pytest  # noqa: E402
 
-from helpers import REAL_H5, REAL_KAGGLE  # noqa: E402
+from helpers import CV_ARGS, REAL_H5, REAL_KAGGLE  # noqa: E402
 from session_data import demo_data, demo_run, small_demo_data  # noqa: E402
 
 os.environ.setdefault("PCAM_TEST", "1")
@@ -40,6 +40,31 @@ def real_h5() -> Path:
     """The same 160 real patches in the official HDF5 layout: train 96, valid 32, test 32."""
     assert (REAL_H5 / "camelyonpatch_level_2_split_train_x.h5").exists(), f"real test patches expected at {REAL_H5}"
     return REAL_H5
+
+
+@pytest.fixture(scope="module")
+def small_kaggle(real_kaggle, tmp_path_factory) -> Path:
+    """64 of the real fixture patches (40 normal, 24 tumour) in the Kaggle layout: 2 folds of 32, one step an epoch."""
+    import pandas as pd
+
+    table = pd.read_csv(real_kaggle / "train_labels.csv", dtype={"id": str})
+    table = pd.concat([table[table["label"] == 0].head(40), table[table["label"] == 1].head(24)])
+    root = tmp_path_factory.mktemp("small-kaggle")
+    (root / "train").mkdir()
+    for pid in table["id"]:
+        (root / "train" / f"{pid}.tif").write_bytes((real_kaggle / "train" / f"{pid}.tif").read_bytes())
+    table.to_csv(root / "train_labels.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cv_run(small_kaggle, tmp_path_factory) -> Path:
+    """A 2-fold cross-validation on 64 real patches, one epoch per fold (in this process)."""
+    from pcam_core.cli import main
+
+    out = tmp_path_factory.mktemp("cv") / "cv"
+    assert main(["train", "--data", str(small_kaggle), "--out", str(out), *CV_ARGS]) == 0
+    return out
 
 
 def pytest_xdist_auto_num_workers(config) -> int:

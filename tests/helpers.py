@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Real PCam patches (CC0) committed with the tests: the same 160 patches in both layouts (tests/data/README.md).
 REAL_KAGGLE = REPO / "tests" / "data" / "pcam-real-kaggle"
 REAL_H5 = REPO / "tests" / "data" / "pcam-real-h5"
+CV_ARGS = ("--folds", "2", "--epochs", "1", "--batch-size", "32", "--workers", "0")  # `cv_run`: 2 folds of 32 patches, one step each
 CHROMIUM = "/usr/bin/chromium"  # Debian's; playwright drives it
 # Chromium 156 also starts a renderer for its address bar's pop-up (a chrome:// page) with every new tab, even
 # headless: 1.5 s of CPU taken from the app's server and page on a 2-core machine; no user's tab pays it there.

@@ -17,11 +17,10 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import REPO, real_mosaic_slide, wait_for
+from helpers import CV_ARGS, REPO, real_mosaic_slide, wait_for
 
 from pcam_core.data.common import stratified_folds
 
-CV_ARGS = ("--folds", "2", "--epochs", "1", "--batch-size", "32", "--workers", "0")
 
 
 def test_folds_are_stratified_disjoint_and_cover_every_patch() -> None:
@@ -44,29 +43,6 @@ def test_folds_keep_each_slide_in_one_fold() -> None:
         stratified_folds(labels, 4, seed=0, groups=np.repeat(["a", "b", "c"], 40))
     with pytest.raises(ValueError, match="at least 5 patches of each class"):
         stratified_folds(np.r_[np.zeros(20, dtype=int), np.ones(3, dtype=int)], 5, seed=0)
-
-
-@pytest.fixture(scope="module")
-def small_kaggle(real_kaggle, tmp_path_factory) -> Path:
-    """64 of the real fixture patches (40 normal, 24 tumour) in the Kaggle layout: 2 folds of 32, one step an epoch."""
-    table = pd.read_csv(real_kaggle / "train_labels.csv", dtype={"id": str})
-    table = pd.concat([table[table["label"] == 0].head(40), table[table["label"] == 1].head(24)])
-    root = tmp_path_factory.mktemp("small-kaggle")
-    (root / "train").mkdir()
-    for pid in table["id"]:
-        (root / "train" / f"{pid}.tif").write_bytes((real_kaggle / "train" / f"{pid}.tif").read_bytes())
-    table.to_csv(root / "train_labels.csv", index=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def cv_run(small_kaggle, tmp_path_factory) -> Path:
-    """A 2-fold cross-validation on 64 real patches, one epoch per fold (in this process)."""
-    from pcam_core.cli import main
-
-    out = tmp_path_factory.mktemp("cv") / "cv"
-    assert main(["train", "--data", str(small_kaggle), "--out", str(out), *CV_ARGS]) == 0
-    return out
 
 
 @pytest.mark.slow

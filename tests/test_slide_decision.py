@@ -172,3 +172,30 @@ def test_the_operating_point_is_the_middle_of_the_tied_rules_in_every_parameter_
     assert tied[len(tied) // 2] == (2, "c", 2)
     assert tied[script.middle_of(tied, grid)] == (1, "b", 1)  # one step from the medians (2, "b", 1); the first of two
     assert script.middle_of([(3, "c", 2)], grid) == 0
+
+
+@pytest.mark.slow
+def test_a_decision_is_fitted_for_a_model_of_a_cross_validated_recipe_on_its_out_of_fold_slide_maps(cv_run, small_kaggle,
+                                                                                                      tmp_path) -> None:
+    """`fit_slide_decision.py --run CV --for RUN` (how the fast scanner's decision is fitted): mosaics of each fold's
+    held-out patches, each analysed by that fold's member, the decision written to RUN's folder, which then uses it."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    from pcam_core.runs import RunDir
+    from pcam_core.slides.decision import load_slide_decision
+
+    target = RunDir(cv_run).fold(0)
+    command = [sys.executable, str(REPO / "scripts" / "fit_slide_decision.py"), "--data", str(small_kaggle), "--work",
+               str(tmp_path / "work"), "--run", str(cv_run), "--for", str(target.path), "--per-kind", "1",
+               "--false-regions", "100", "--write"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    decision = load_slide_decision(target.slide_decision_path)
+    assert "held-out patches of the cross-validation cv" in decision.source and str(target.path) in decision.source
+    analyses = sorted(p.name for p in (tmp_path / "work" / "analyses").iterdir())
+    assert {name.rsplit("-", 1)[1] for name in analyses} == {"fold0", "fold1"}  # each fold's slides, by its member
+    assert len(analyses) == 10  # 5 kinds x 2 halves
+    assert not RunDir(cv_run).slide_decision_path.exists()  # only --for's folder is written
