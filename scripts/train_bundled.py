@@ -62,7 +62,7 @@ from benchmarks.bench_real_recipe import make_split  # noqa: E402  the benchmark
 from pcam_core.api import DEFAULT_THRESHOLD, load_predictor  # noqa: E402
 from pcam_core.bundled import BUNDLED_DIR, BUNDLED_FILE, LABEL, MODEL_CARD  # noqa: E402
 from pcam_core.config import COMBINES, DEFAULT_COMBINE, ExperimentConfig  # noqa: E402
-from pcam_core.checkpoint import inference_weights, load_checkpoint, save_checkpoint  # noqa: E402
+from pcam_core.checkpoint import load_checkpoint, packaged, save_checkpoint  # noqa: E402
 from pcam_core.fileio import atomic_write_with  # noqa: E402
 from pcam_core.runs import checkpoint_path  # noqa: E402
 from pcam_core.metrics import binary_metrics  # noqa: E402
@@ -120,23 +120,13 @@ def write_bundled(out_dir: str | Path, run_dir: str | Path, record: dict[str, An
     `scripts/train_bundled.py`; the model file holds nothing a weights_only load refuses."""
     out_dir = Path(out_dir)
     payload = load_checkpoint(checkpoint_path(Path(run_dir), "best"))
-    weights = {k: v.detach().clone().contiguous() for k, v in inference_weights(payload).items()}
     path = out_dir / BUNDLED_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = dict(payload["config"])  # the data path named the script's temporary split: name the data instead
-    config["data"] = {**config["data"], "path": record["data"]["name"]}
-    save_checkpoint(path, {
-        "config": config,
-        "model": weights,
-        "ema": None,
-        "epoch": payload.get("epoch"),
-        "global_step": payload.get("global_step"),
-        "threshold": float(record["holdout"]["threshold"]),
-        "synthetic_data": False,
-        "bundled": record,
-    })
+    # the data path named the script's temporary split: the data's name instead
+    shipped = packaged(payload, record["data"]["name"], threshold=float(record["holdout"]["threshold"]), bundled=record)
+    save_checkpoint(path, shipped)
     load_checkpoint(path)  # refuses (CheckpointError) anything a weights_only load cannot read back
-    card = render_card(record, config)
+    card = render_card(record, shipped["config"])
     atomic_write_with(out_dir / MODEL_CARD, lambda h: h.write(card.encode("utf-8")))
     return path
 
@@ -261,13 +251,8 @@ def write_bundled_ensemble(out_dir: Path, cv_dir: Path, record: dict[str, Any], 
     folds = cv.config().data.folds
     members = []
     for k in range(folds):
-        payload = load_checkpoint(cv.fold(k).checkpoint("best"))
-        config = dict(payload["config"])
-        config["data"] = {**config["data"], "path": record["data"]["name"]}
         member = RunDir(out.path / "members" / f"fold-{k}")
-        save_checkpoint(member.best_checkpoint, {
-            "config": config, "model": {n: v.detach().clone().contiguous() for n, v in inference_weights(payload).items()},
-            "ema": None, "epoch": payload.get("epoch"), "global_step": payload.get("global_step"), "synthetic_data": False})
+        save_checkpoint(member.best_checkpoint, packaged(load_checkpoint(cv.fold(k).checkpoint("best")), record["data"]["name"]))
         load_checkpoint(member.best_checkpoint)  # refuses anything a weights_only load cannot read back
         members.append(member)
     for src, dst in ((cv.valid_predictions_path, out.valid_predictions_path), (cv.valid_predictions_tta_path, out.valid_predictions_tta_path),

@@ -331,3 +331,32 @@ def test_a_single_run_is_taught_by_the_whole_ensemble_and_says_its_figures_are_u
     summary = RunDir(out).summary()
     assert summary["teacher"] == str(cv_run.resolve())
     assert any("honest only if it never trained on this run's validation patches" in w for w in summary["warnings"])
+
+
+@pytest.mark.slow
+def test_a_fold_run_packaged_to_ship_predicts_as_it_did(cv_run, tmp_path) -> None:
+    """scripts/package_run.py (how candidates/pcamscan is made): the weights it predicts with, its records and its
+    guard and temperature, the data path replaced by a name; a folder holding a run is only replaced when asked."""
+    from pcam_core.api import load_predictor
+    from pcam_core.runs import RunDir
+
+    from helpers import random_patches
+
+    fold = RunDir(cv_run).fold(0)
+    script = [sys.executable, str(REPO / "scripts" / "package_run.py"), str(fold.path), str(tmp_path / "pkg"),
+              "--data-name", "64 fixture patches"]
+    done = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    packaged = RunDir(tmp_path / "pkg")
+    pixels = random_patches(8, seed=2)
+    assert np.allclose(load_predictor(packaged.path, device="cpu").predict(pixels),
+                       load_predictor(fold.path, device="cpu").predict(pixels), atol=1e-6)
+    assert packaged.config().data.path == "64 fixture patches" and packaged.config().data.fold == 0
+    records = {"summary.json", "epochs.jsonl", "calibration.json", "scope.npz", "valid_predictions.csv", "oof_predictions.csv"}
+    kept = records & {p.name for p in fold.path.iterdir()}  # (64 patches fit no guard)
+    assert kept >= {"summary.json", "epochs.jsonl", "valid_predictions.csv", "oof_predictions.csv"}
+    assert kept <= {p.name for p in packaged.path.iterdir()}
+    assert "optimizer" not in torch.load(packaged.best_checkpoint, weights_only=True)
+    again = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert again.returncode != 0 and "give --replace" in again.stderr
+    assert subprocess.run([*script, "--replace"], capture_output=True, text=True, timeout=120).returncode == 0
