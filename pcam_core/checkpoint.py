@@ -85,12 +85,12 @@ def inference_weights(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
 def packaged(payload: dict[str, Any], data_name: str, **extra: Any) -> dict[str, Any]:
     """A checkpoint to ship (the bundled model, its members, a candidate run): the weights to predict with as its
     model and nothing of the optimiser, its config's data path replaced by `data_name` (a training machine's temporary
-    path means nothing elsewhere), its epoch and step, and `extra`."""
+    path means nothing elsewhere), its epoch, step and threshold, and `extra`."""
     config = dict(payload["config"])
     config["data"] = {**config["data"], "path": data_name}
     return {"config": config, "model": {k: v.detach().clone().contiguous() for k, v in inference_weights(payload).items()},
             "ema": None, "epoch": payload.get("epoch"), "global_step": payload.get("global_step"),
-            "synthetic_data": bool(payload.get("synthetic_data", False)), **extra}
+            "threshold": payload.get("threshold"), "synthetic_data": bool(payload.get("synthetic_data", False)), **extra}
 
 
 def model_from_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, ExperimentConfig, dict[str, Any]]:

@@ -338,6 +338,7 @@ def test_a_fold_run_packaged_to_ship_predicts_as_it_did(cv_run, tmp_path) -> Non
     """scripts/package_run.py (how candidates/pcamscan is made): the weights it predicts with, its records and its
     guard and temperature, the data path replaced by a name; a folder holding a run is only replaced when asked."""
     from pcam_core.api import load_predictor
+    from pcam_core.loading import run_threshold
     from pcam_core.runs import RunDir
 
     from helpers import random_patches
@@ -352,6 +353,7 @@ def test_a_fold_run_packaged_to_ship_predicts_as_it_did(cv_run, tmp_path) -> Non
     assert np.allclose(load_predictor(packaged.path, device="cpu").predict(pixels),
                        load_predictor(fold.path, device="cpu").predict(pixels), atol=1e-6)
     assert packaged.config().data.path == "64 fixture patches" and packaged.config().data.fold == 0
+    assert run_threshold(packaged.path) == run_threshold(fold.path)
     records = {"summary.json", "epochs.jsonl", "calibration.json", "scope.npz", "valid_predictions.csv", "oof_predictions.csv"}
     kept = records & {p.name for p in fold.path.iterdir()}  # (64 patches fit no guard)
     assert kept >= {"summary.json", "epochs.jsonl", "valid_predictions.csv", "oof_predictions.csv"}
