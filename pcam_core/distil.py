@@ -99,7 +99,7 @@ def _held_out_member(folder: RunDir, config: ExperimentConfig, valid: PatchDatas
     fold_name = f"fold {config.data.fold + 1} of {config.data.folds}"
     if not folder.is_ensemble or not folder.oof_predictions_path.exists():
         raise ValueError(
-            f"teacher {ref} is not a cross-validation (no {folder.oof_predictions_path.name}), so nothing shows it did not "
+            f"teacher {ref} is not a finished cross-validation (no {folder.oof_predictions_path.name}), so nothing shows it did not "
             f"train on the held-out patches of {fold_name}, whose figures it would then inflate; give a run of "
             "`pcam train --folds K` on the same data (or bundled), or train without --folds")
     oof = pd.read_csv(folder.oof_predictions_path, dtype={"id": str}).set_index("index")

@@ -317,7 +317,7 @@ def test_a_teacher_that_saw_the_fold_is_refused_before_training(cv_run, small_ka
     not_cv = tmp_path / "not-cv"
     assert main(["train", "--data", str(small_kaggle), "--out", str(not_cv), *CV_ARGS,
                  "--teacher", str(RunDir(cv_run).fold(0).path)]) != 0
-    assert "is not a cross-validation" in capsys.readouterr().err
+    assert "is not a finished cross-validation" in capsys.readouterr().err
 
 
 @pytest.mark.slow
