@@ -391,7 +391,7 @@ out-of-scope guard is the first member's (fitted on its training folds, threshol
   fold's held-out patches scored by that fold's member) and applied to the ensemble's maps (docs/slides.md).
 - Every window of a slide costs {cv['folds']} models' time: on a 2-core CPU a CAMELYON-size slide of real tissue takes
   hours (benchmarks/README.md). `candidates/pcamscan`, one network that scans a slide exactly, takes minutes, at
-  0.01-0.03 less patch ROC-AUC (docs/recipe-experiments.md).
+  0.011-0.014 less patch ROC-AUC (docs/recipe-experiments.md).
 """
 
 

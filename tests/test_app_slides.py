@@ -229,6 +229,7 @@ def test_the_shipped_fast_scanner_can_analyse_a_slide_from_the_page_and_its_anal
     assert choice.value == "bundled"  # the sidebar's run until another is chosen
     assert choice.options == ["bundled model (real tissue)", "pcamscan (fast scan)"], choice.options
     assert "hours" in " ".join(choice.proto.captions) and "minutes" in " ".join(choice.proto.captions)
+    assert "with its own slide decision" in choice.proto.captions[1]  # candidates/pcamscan/slide_decision.json
     choice.set_value(str(SCANNER)).run()
     assert "Analyse uses pcamscan" in "\n".join(e.label for e in at.expander)
     assert "with pcamscan" in texts(at)  # not analysed yet: press Analyse (with pcamscan)
