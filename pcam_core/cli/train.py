@@ -69,8 +69,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", choices=KEEPS, help="which epoch becomes the run's model: best (by --monitor on the validation "
                    "split), last (the validation split only watched), or auto: last for the folds of --folds, whose validation "
                    "split is the fold their figures are reported on, best otherwise " + default(T.keep))
-    p.add_argument("--teacher", metavar="RUN", help="distil: each training target leans towards this run's probability of the same "
-                   "augmented view (a run folder or bundled; an ensemble teaches as it scores). With --folds, fold k is taught by "
+    p.add_argument("--teacher", metavar="RUN", help="distil: each training patch's target leans towards this run's TTA probability "
+                   "of it, scored once before the first epoch (a run folder or bundled; an ensemble teaches as it scores). With --folds, fold k is taught by "
                    "the teacher's member that held out the same patches: the teacher must be a cross-validation of the same data, "
                    "folds and split seed (else refused), so the cross-validated figures stay honest " + default(T.teacher))
     p.add_argument("--distil", type=float, metavar="W", help="with --teacher: target = (1 - W) x label + W x the teacher's "
