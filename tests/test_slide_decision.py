@@ -175,18 +175,22 @@ def test_the_operating_point_is_the_middle_of_the_tied_rules_in_every_parameter_
 
 
 @pytest.mark.slow
-def test_a_decision_is_fitted_for_a_model_of_a_cross_validated_recipe_on_its_out_of_fold_slide_maps(cv_run, small_kaggle,
+def test_a_decision_is_fitted_for_a_model_of_a_cross_validated_recipe_on_its_out_of_fold_slide_maps(small_kaggle,
                                                                                                       tmp_path) -> None:
     """`fit_slide_decision.py --run CV --for RUN` (how the fast scanner's decision is fitted): mosaics of each fold's
-    held-out patches, each analysed by that fold's member, the decision written to RUN's folder, which then uses it."""
+    held-out patches, each analysed by that fold's member, the decision written to RUN's folder, which then uses it.
+    The cross-validation is of `pcamscan`, as the fast scanner's is: its exact dense scan keeps the test short."""
     import subprocess
     import sys
 
-    from helpers import REPO
+    from helpers import CV_ARGS, REPO
 
+    from pcam_core.cli import main
     from pcam_core.runs import RunDir
     from pcam_core.slides.decision import load_slide_decision
 
+    cv_run = tmp_path / "cv"
+    assert main(["train", "--data", str(small_kaggle), "--out", str(cv_run), *CV_ARGS, "--model", "pcamscan"]) == 0
     target = RunDir(cv_run).fold(0)
     command = [sys.executable, str(REPO / "scripts" / "fit_slide_decision.py"), "--data", str(small_kaggle), "--work",
                str(tmp_path / "work"), "--run", str(cv_run), "--for", str(target.path), "--per-kind", "1",
