@@ -73,8 +73,7 @@ def load_teacher(config: ExperimentConfig, train: PatchDataset, valid: PatchData
         return None
     folder = resolve_run(ref).folder
     if config.data.folds:
-        member, fold = _held_out_member(folder, config, valid, ref)
-        model, _, _ = model_from_checkpoint(member, device)
+        model, member, fold = _held_out_member(folder, config, valid, ref, device)
         source = f"{ref}'s member {member.parent.parent.name}, which held out the same patches (fold {fold + 1} of {config.data.folds})"
         warning = None
     else:
@@ -94,9 +93,10 @@ def load_teacher(config: ExperimentConfig, train: PatchDataset, valid: PatchData
     return Teacher(torch.from_numpy(probs).to(device), source, warning)
 
 
-def _held_out_member(folder: RunDir, config: ExperimentConfig, valid: PatchDataset, ref: str) -> tuple[Path, int]:
-    """The checkpoint of the member of the cross-validated teacher `folder` that held out every patch of `valid`
-    (a fold of the cross-validation `config` trains), and that member's fold."""
+def _held_out_member(folder: RunDir, config: ExperimentConfig, valid: PatchDataset, ref: str,
+                     device: torch.device) -> tuple[torch.nn.Module, Path, int]:
+    """The member of the cross-validated teacher `folder` that held out every patch of `valid` (a fold of the
+    cross-validation `config` trains), loaded on `device`: (its model, its checkpoint, its fold)."""
     fold_name = f"fold {config.data.fold + 1} of {config.data.folds}"
     if not folder.is_ensemble or not folder.oof_predictions_path.exists():
         raise ValueError(
@@ -124,9 +124,9 @@ def _held_out_member(folder: RunDir, config: ExperimentConfig, valid: PatchDatas
             f"({config.data.folds}) and --split-seed ({config.data.split_seed}) as this run")
     for member in member_runs(folder):
         checkpoint = resolve_run(member.path).checkpoint("best")
-        _, member_config, _ = model_from_checkpoint(checkpoint, "cpu")
+        model, member_config, _ = model_from_checkpoint(checkpoint, device)
         if member_config.data.folds and member_config.data.fold == folds[0]:
-            return checkpoint, folds[0]
+            return model, checkpoint, folds[0]
     raise ValueError(f"teacher {ref} has no member that held out its fold {folds[0] + 1}")
 
 
