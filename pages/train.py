@@ -1,7 +1,9 @@
 """Train: a form for the experiment config, launched as a background process (several, through torchrun,
 when asked) by `pcam_core.runs`, and a live view of the selected run that polls its folder (progress and
 time left, loss and validation AUC, log tail), with stop and resume (with the same number of
-processes). A run outlives page reloads, closed tabs and app restarts."""
+processes). A run outlives page reloads, closed tabs and app restarts. The form also starts a cross-validation
+(`pcam train --folds K`: the fold under way drawn live, every fold's curve beside it, the cross-validated figures
+at the end) and distillation from a teacher (`--teacher`, checked before the run starts)."""
 
 import streamlit as st
 
@@ -11,9 +13,13 @@ from pcam_core.config import OPTIMIZERS, SCHEDULES, AugmentConfig, DataConfig, E
 from pcam_core.config import TrackingConfig
 from pcam_core.tracking import INSTALL_HINT, create_tracker, resolve_uri
 from pcam_core.models import MODELS, model_names, resolve_model_name
-from pcam_core.workspace.monitor import RESUMABLE_STATES, STATE_ICONS, epoch_frame, progress_key, run_progress, step_frame
+from pcam_core.crossval import cv_lines
+from pcam_core.fileio import read_json
+from pcam_core.workspace.monitor import (RESUMABLE_STATES, STATE_ICONS, cross_validation_progress, epoch_frame, progress_key,
+                                         run_progress, step_frame)
 from pcam_core.predict import resolve_device
-from pcam_core.runs import ACTIVE_STATES, RunDir, gpu_count, launch, max_processes, process_count, stop, summarize
+from pcam_core.runs import (ACTIVE_STATES, RunDir, cross_validation_folds, gpu_count, launch, max_processes, process_count, stop,
+                            summarize)
 
 STATE_COLOURS = {"queued": "gray", "running": "blue", "finished": "green", "stopped": "orange", "interrupted": "orange",
                  "failed": "red"}
@@ -55,6 +61,13 @@ with form_column:
             devices = ["auto", "cpu"] + (["cuda"] if gpus else [])
             device = c2.segmented_control("Device", devices, default="auto", required=True,
                                           help="auto: the GPU when there is one." + ("" if gpus else " No GPU here."))
+            folds = c2.number_input(
+                "Cross-validation folds (0: off)", min_value=0, max_value=20, value=0,
+                help="K >= 2 trains K runs, each on all but one fold of the data and validated on that fold (stratified by "
+                     "label, grouped by slide where the data names slides), scores every patch with the run that did not "
+                     "train on it, and makes their ensemble the run: its figures are cross-validated over all the data, "
+                     "with intervals, and its temperature and triage are fitted on them. How the bundled model was made "
+                     "(`pcam train --folds K`). K times the training; the folds train one after another in one process.")
             most = max_processes()
             nproc = c1.number_input(
                 "Processes", min_value=1, max_value=most, value=1,
@@ -86,6 +99,18 @@ with form_column:
                 seed = b1.number_input("Seed", 0, 2**31 - 1, defaults.train.seed)
                 valid_frac = b2.number_input("Validation share (Kaggle data)", 0.01, 0.5, defaults.data.valid_frac, step=0.01,
                                              help="Kaggle data has no validation split; this share is held out, stratified by label.")
+                teachers = {"": "none", "bundled": "the bundled model",
+                            **{str(r.path): r.run_id for r in ctx.runs if r.state == "finished"}}
+                d1, d2 = st.columns(2)
+                teacher = d1.selectbox(
+                    "Teacher (distillation)", list(teachers), format_func=teachers.get, key="teacher",
+                    help="Each training patch's target leans towards the teacher's probability of it (its TTA mean, scored "
+                         "once before the first epoch): what a larger model or an ensemble learnt, handed to this one. With "
+                         "cross-validation folds, fold k is taught by the teacher's member that held out the same patches, "
+                         "so the teacher must be a cross-validation of the same data and folds (the bundled model is one); "
+                         "without folds the figures are honest only if the teacher never saw this run's validation patches.")
+                distil = d2.slider("Teacher's weight in the target", 0.05, 1.0, defaults.train.distil, 0.05, key="distil",
+                                   help="target = (1 - w) x label + w x the teacher's probability. Used with a teacher only.")
                 mlflow_uri = st.text_input("MLflow tracking URI (optional)", key="mlflow_uri", placeholder="sqlite:////path/to/mlflow.db",
                                            help="Also log the config, every epoch's metrics and the best checkpoint to this "
                                                 f"MLflow tracking store (needs `{INSTALL_HINT}`). The run folder stays "
@@ -102,14 +127,15 @@ with form_column:
             try:
                 label_overrides = reviews.export_for_training(ctx.workspace, source.name) if use_reviews else None
                 config = ExperimentConfig(
-                    data=DataConfig(path=source.path, format=source.format, valid_frac=valid_frac, label_overrides=label_overrides),
+                    data=DataConfig(path=source.path, format=source.format, valid_frac=valid_frac, label_overrides=label_overrides,
+                                    folds=int(folds)),
                     augment=AugmentConfig(symmetries=symmetries, stain=stain, brightness=colour, contrast=colour,
                                           saturation=colour, shift=shift, hue=defaults.augment.hue if colour else 0.0, mixup=float(mix)),
                     model=ModelConfig(name=resolve_model_name(model, resolve_device(device))),
                     train=TrainConfig(epochs=int(epochs), batch_size=int(batch_size), lr=float(lr), device=device,
                                       optimizer=optimizer, schedule=schedule, weight_decay=float(weight_decay),
                                       ema_decay=float(ema), early_stopping=int(early), seed=int(seed),
-                                      max_steps=int(max_steps) or None),
+                                      max_steps=int(max_steps) or None, teacher=teacher or None, distil=float(distil)),
                     tracking=TrackingConfig(mlflow_uri=resolve_uri(mlflow_uri.strip()) if mlflow_uri.strip() else None),
                     name=name.strip(),
                 )
@@ -155,27 +181,49 @@ def live_view(run: RunDir, drawn: tuple) -> None:
             else:
                 st.rerun()
     notes.synthetic_banner(bool(status.get("synthetic_data")), "This run uses SYNTHETIC demo data.")
-    steps, epochs = run.steps(), run.epochs()
-    progress = run_progress(status, steps, epochs)
-    st.progress(progress.fraction, text=progress.text)
+    if folds := cross_validation_folds(run):  # the fold under way drawn live, every fold's curve beside it
+        cv = cross_validation_progress(run)
+        member = run.fold(cv.fold - 1)
+        steps, epochs = member.steps(), member.epochs()
+        progress = cv.current or run_progress({}, [], [])
+        st.progress(cv.fraction, text=cv.text)
+        curves = epoch_frame({f"fold {k + 1}": run.fold(k).epochs() for k in range(len(cv.members))})
+        steps_per_epoch = member.status().get("steps_per_epoch")
+    else:
+        steps, epochs = run.steps(), run.epochs()
+        progress = run_progress(status, steps, epochs)
+        st.progress(progress.fraction, text=progress.text)
+        curves = epoch_frame({run.run_id: epochs})
+        steps_per_epoch = status.get("steps_per_epoch")
     if state == "failed":
         st.error(f"The run failed: {status.get('message') or status.get('error') or 'see the log below'}", icon=":material/error:")
     elif state in ("stopped", "interrupted"):
         st.warning(f"{status.get('message') or state}. Resume continues from the last checkpoint.", icon=":material/pause:")
-    best = run.best_epoch()
     last_loss = steps[-1]["loss"] if steps else None
     with st.container(horizontal=True, gap="large"):
-        st.metric("Best ROC-AUC", f"{best['roc_auc']:.3f}" if best and best.get("roc_auc") is not None else "-", width="content",
-                  help="Area under the ROC curve on the validation split at the best epoch so far: 0.5 is chance, 1 perfect.")
+        if folds:
+            pooled = (summarize(run).best or {}).get("roc_auc")
+            st.metric("Cross-validated ROC-AUC", f"{pooled:.3f}" if pooled is not None else "-", width="content",
+                      help="Over every patch, each scored once by the fold run that did not train on it (one pass); "
+                           "there once every fold is done.")
+            last = epochs[-1].get("roc_auc") if epochs else None
+            st.metric(f"Fold {cv.fold} ROC-AUC", f"{last:.3f}" if last is not None else "-", width="content",
+                      help="On the fold's held-out patches, at its latest epoch (a fold keeps its last epoch).")
+        else:
+            best = run.best_epoch()
+            st.metric("Best ROC-AUC", f"{best['roc_auc']:.3f}" if best and best.get("roc_auc") is not None else "-", width="content",
+                      help="Area under the ROC curve on the validation split at the best epoch so far: 0.5 is chance, 1 perfect.")
         st.metric("Training loss", f"{last_loss:.3f}" if last_loss is not None else "-", width="content",
                   help="Mean loss of the most recent training steps.")
         st.metric("Patches/s", f"{progress.images_per_s:,.0f}" if progress.images_per_s else "-", width="content",
                   help="Training speed over the most recent steps.")
-    steps_per_epoch = status.get("steps_per_epoch")
-    curves = epoch_frame({run.run_id: epochs})
+    if folds and run.cv_path.exists():  # the job's own figures: pooled over every patch, with intervals
+        st.caption("  \n".join(cv_lines(read_json(run.cv_path))))
     left, right = st.columns(2)
-    chart(figures.loss_figure(step_frame(steps, steps_per_epoch), curves), key="live_loss", where=left)
-    chart(figures.curves_figure(curves, "roc_auc", title="Validation ROC-AUC per epoch"), key="live_auc", where=right)
+    chart(figures.loss_figure(step_frame(steps, steps_per_epoch), epoch_frame({"": epochs}),
+                              title=f"Loss of fold {cv.fold}" if folds else "Loss"), key="live_loss", where=left)
+    chart(figures.curves_figure(curves, "roc_auc", title="Validation ROC-AUC per epoch" + (" of every fold" if folds else "")),
+          key="live_auc", where=right)
     log = run.log_tail(12)
     if state == "failed" and not log.strip():
         log = run.log_tail(12, console=True)

@@ -94,7 +94,7 @@ def curves_figure(frame: pd.DataFrame, metric: str, *, title: str | None = None,
     return _epoch_axis(fig, frame["epoch"])
 
 
-def loss_figure(steps: pd.DataFrame, epochs: pd.DataFrame) -> go.Figure:
+def loss_figure(steps: pd.DataFrame, epochs: pd.DataFrame, *, title: str = "Loss") -> go.Figure:
     """Training loss every few steps and validation loss per epoch, against epochs."""
     fig = go.Figure()
     if len(steps):
@@ -103,7 +103,7 @@ def loss_figure(steps: pd.DataFrame, epochs: pd.DataFrame) -> go.Figure:
     if len(epochs):
         fig.add_scatter(x=epochs["epoch"], y=epochs["loss"], mode="lines+markers", name="validation loss",
                         line=dict(color="#ef6c00"))
-    _layout(fig, "Loss", xaxis_title="epoch", yaxis_title="loss")
+    _layout(fig, title, xaxis_title="epoch", yaxis_title="loss")
     return _epoch_axis(fig, epochs["epoch"] if len(epochs) else steps["epoch"])
 
 

@@ -32,7 +32,7 @@ from .loading import load_run_model
 from .metrics import binary_metrics, expected_calibration_error
 from .predict import predict_dataset
 from .runs import RunDir, StatusWriter, prepare_out_dir, process_start_time
-from .stats import mean_interval, metric_intervals
+from .stats import format_interval, mean_interval, metric_intervals
 from .train import StopRequested, fit
 from .triage import CALLS, fit_triage, triage_outcome
 
@@ -209,6 +209,17 @@ def cv_report(frame: pd.DataFrame, *, target: float = TRIAGE_TARGET, pr_auc: boo
     return out
 
 
+def cv_lines(cv: dict[str, Any]) -> list[str]:
+    """`cv_report`'s figures in words, a line per scoring mode (what `pcam train --folds` prints, and the Train page)."""
+    lines = []
+    for mode in MODES:
+        r, t = cv[mode], cv[mode]["triage"]
+        lines.append(f"{'TTA' if mode == 'tta' else 'one pass'}: out-of-fold ROC-AUC {format_interval(r['pooled']['roc_auc'], 4)}, "
+                     f"mean over folds {format_interval(r['mean_fold_roc_auc'], 4)}; ECE {r['ece']:.4f}; triage at "
+                     f"{t['target_sensitivity']:.0%} sensitivity: miss {t['miss_rate']:.1%}, referred {t['referral_rate']:.1%}")
+    return lines
+
+
 def cross_fitted_triage(labels: np.ndarray, probs: np.ndarray, folds: np.ndarray, target: float) -> dict[str, Any]:
     """The triage at `target` sensitivity as a new patch meets it: each fold called with thresholds fitted on the
     other folds' out-of-fold predictions; the miss, false-positive and referral rates over every patch."""
@@ -228,4 +239,4 @@ def cross_fitted_triage(labels: np.ndarray, probs: np.ndarray, folds: np.ndarray
             "counts": counts, "thresholds_per_fold": per_fold}
 
 
-__all__ = ["MODES", "TRIAGE_TARGET", "cross_fitted_triage", "cv_report", "fit_folds", "score_fold"]
+__all__ = ["MODES", "TRIAGE_TARGET", "cross_fitted_triage", "cv_lines", "cv_report", "fit_folds", "score_fold"]

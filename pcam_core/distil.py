@@ -93,16 +93,33 @@ def load_teacher(config: ExperimentConfig, train: PatchDataset, valid: PatchData
     return Teacher(torch.from_numpy(probs).to(device), source, warning)
 
 
-def _held_out_member(folder: RunDir, config: ExperimentConfig, valid: PatchDataset, ref: str,
-                     device: torch.device) -> tuple[torch.nn.Module, Path, int]:
-    """The member of the cross-validated teacher `folder` that held out every patch of `valid` (a fold of the
-    cross-validation `config` trains), loaded on `device`: (its model, its checkpoint, its fold)."""
-    fold_name = f"fold {config.data.fold + 1} of {config.data.folds}"
+def check_teacher(config: ExperimentConfig) -> None:
+    """What can be told of `config`'s teacher without its data or models, so that a form or a launcher refuses it at
+    once rather than in the training process: its folder exists (else FileNotFoundError), and a cross-validation's
+    (`data.folds`) is a finished cross-validation (else ValueError). The patches of each fold are matched when the fold
+    trains (`load_teacher`)."""
+    ref = config.train.teacher
+    if ref is None:
+        return
+    folder = resolve_run(ref).folder
+    if config.data.folds:
+        _check_cross_validated(folder, ref, f"each of the {config.data.folds} folds")
+
+
+def _check_cross_validated(folder: RunDir, ref: str, fold_name: str) -> None:
     if not folder.is_ensemble or not folder.oof_predictions_path.exists():
         raise ValueError(
             f"teacher {ref} is not a finished cross-validation (no {folder.oof_predictions_path.name}), so nothing shows it did not "
             f"train on the held-out patches of {fold_name}, whose figures it would then inflate; give a run of "
             "`pcam train --folds K` on the same data (or bundled), or train without --folds")
+
+
+def _held_out_member(folder: RunDir, config: ExperimentConfig, valid: PatchDataset, ref: str,
+                     device: torch.device) -> tuple[torch.nn.Module, Path, int]:
+    """The member of the cross-validated teacher `folder` that held out every patch of `valid` (a fold of the
+    cross-validation `config` trains), loaded on `device`: (its model, its checkpoint, its fold)."""
+    fold_name = f"fold {config.data.fold + 1} of {config.data.folds}"
+    _check_cross_validated(folder, ref, fold_name)
     oof = pd.read_csv(folder.oof_predictions_path, dtype={"id": str}).set_index("index")
     positions = np.asarray(valid.parent_indices)  # a fold is a subset of the pool (`data.loader.train_valid_datasets`)
     missing = np.setdiff1d(positions, oof.index.to_numpy())
@@ -130,4 +147,4 @@ def _held_out_member(folder: RunDir, config: ExperimentConfig, valid: PatchDatas
     raise ValueError(f"teacher {ref} has no member that held out its fold {folds[0] + 1}")
 
 
-__all__ = ["Teacher", "blend", "load_teacher"]
+__all__ = ["Teacher", "blend", "check_teacher", "load_teacher"]

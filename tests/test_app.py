@@ -547,6 +547,61 @@ def test_train_form_launches_a_background_run(finished_workspace, monkeypatch):
     assert "finished" in texts(at)
 
 
+def _submit_train_form(at: AppTest, **inputs) -> AppTest:
+    """Fill the Train page's form (number inputs by label, the teacher by key) for a 1-epoch, 2-step run and submit it."""
+    fields = {n.label: n for n in at.number_input}
+    fields["Epochs"].set_value(1)
+    fields["Stop after steps (0: no limit)"].set_value(2)
+    for label, value in inputs.items():
+        if label == "teacher":
+            at.selectbox(key="teacher").set_value(value)
+        else:
+            fields[label].set_value(value)
+    at.button[0].click().run()  # the form's submit button
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.mark.slow
+def test_train_form_cross_validates_and_distils_from_a_cross_validation(finished_workspace, monkeypatch):
+    """Folds on the form start `pcam train --folds K` (in one process); its live view draws the fold under way and
+    every fold's curve, then the cross-validated figures. A finished cross-validation then teaches a new one, while a
+    teacher that is not a cross-validation, or two processes for folds, are refused before any folder is made."""
+    workspace = Workspace(finished_workspace)
+    at = open_page(start(finished_workspace, monkeypatch), "pages/train.py")
+    before = {r.run_id for r in workspace.runs()}
+    _submit_train_form(at, **{"Cross-validation folds (0: off)": 2, "Processes": 2})
+    assert "Not started: a cross-validation trains its 2 folds one after another in one process, not 2" in texts(at)
+    _submit_train_form(at, **{"Cross-validation folds (0: off)": 2, "Processes": 1, "teacher": str(workspace.run(RUN_ID).path)})
+    assert f"Not started: teacher {workspace.run(RUN_ID).path} is not a finished cross-validation" in texts(at)
+    assert {r.run_id for r in workspace.runs()} == before  # nothing made for a refused form
+
+    _submit_train_form(at, **{"Cross-validation folds (0: off)": 2, "teacher": ""})
+    cv = workspace.run(at.sidebar.selectbox(key="run").value)
+    assert cv.run_id not in before and cv.config().data.folds == 2
+    launcher = Path(f"/proc/{cv.raw_status()['launcher_pid']}/cmdline").read_bytes().split(b"\0")
+    assert b"--folds" in launcher and launcher[launcher.index(b"--folds") + 1] == b"2"
+    wait_for(lambda: cv.status()["state"] not in ("queued", "running"), timeout=300)
+    assert cv.status()["state"] == "finished", cv.log_tail(console=True)
+    at.run()
+    [progress] = at.get("progress")
+    assert progress.proto.text.startswith("2 folds finished after")
+    shown = {m.label: m.value for m in at.metric}
+    pooled = json.loads(cv.cv_path.read_text())["one_pass"]["pooled"]["roc_auc"]["value"]
+    assert shown["Cross-validated ROC-AUC"] == f"{pooled:.3f}" and shown["Fold 2 ROC-AUC"] != "-"
+    assert "one pass: out-of-fold ROC-AUC" in texts(at) and "TTA: out-of-fold ROC-AUC" in texts(at)
+    auc = next(c for c in charts(at) if "of every fold" in c["layout"]["title"]["text"])
+    assert sorted(trace["name"] for trace in auc["data"]) == ["fold 1", "fold 2"]
+    assert any(c["layout"]["title"]["text"] == "Loss of fold 2" for c in charts(at))
+
+    _submit_train_form(at, **{"Cross-validation folds (0: off)": 2, "teacher": str(cv.path)})
+    taught = workspace.run(at.sidebar.selectbox(key="run").value)
+    assert taught.run_id != cv.run_id and taught.config().train.teacher == str(cv.path)
+    wait_for(lambda: taught.status()["state"] not in ("queued", "running"), timeout=300)
+    assert taught.status()["state"] == "finished", taught.log_tail(console=True)
+    assert "which held out the same patches (fold 2 of 2)" in taught.fold(1).log_tail(200)
+
+
 @pytest.mark.slow
 def test_stop_and_resume_buttons(finished_workspace, monkeypatch):
     workspace = Workspace(finished_workspace)

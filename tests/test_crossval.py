@@ -302,6 +302,25 @@ def test_each_fold_is_distilled_from_the_teacher_member_that_held_out_its_patche
     assert any(not torch.equal(plain[name], taught[name]) for name in plain if plain[name].is_floating_point())
 
 
+def test_a_teacher_is_checked_before_a_run_is_made(tmp_path) -> None:
+    """`distil.check_teacher`, what the Train page and `Workspace.start_run` ask before making a folder: a missing
+    teacher, or one that is not a finished cross-validation for a cross-validation, is refused; the bundled model can
+    teach one (its patches are matched when each fold trains)."""
+    from pcam_core.config import ExperimentConfig
+    from pcam_core.distil import check_teacher
+
+    cv = ExperimentConfig().replace(data={"folds": 5})
+    check_teacher(cv.replace(train={"teacher": "bundled"}))
+    check_teacher(cv)  # no teacher
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(ValueError, match=f"teacher {plain} is not a finished cross-validation .* held-out patches of each of the 5 folds"):
+        check_teacher(cv.replace(train={"teacher": str(plain)}))
+    check_teacher(ExperimentConfig().replace(train={"teacher": str(plain)}))  # a single run: taught, with a warning
+    with pytest.raises(FileNotFoundError, match="run folder not found"):
+        check_teacher(cv.replace(train={"teacher": str(tmp_path / "missing")}))
+
+
 @pytest.mark.slow
 def test_a_teacher_that_saw_the_fold_is_refused_before_training(cv_run, small_kaggle, tmp_path, capsys) -> None:
     """A teacher whose members trained on a fold's held-out patches would leak their labels into its figures:

@@ -10,6 +10,7 @@ import pytest
 from pcam_core.workspace.monitor import (
     CURVE_METRICS,
     epoch_frame,
+    folds_progress,
     format_duration,
     progress_key,
     run_caption,
@@ -70,6 +71,43 @@ def test_progress_of_other_states():
     assert finished.text == "epoch 2 of 2 · step 64 of 64 · finished after 1 min 35 s"
     stopped = run_progress({"state": "stopped", "step": 10, "total_steps": 40, "epoch": 0, "epochs": 2}, [], [])
     assert stopped.fraction == 0.25 and stopped.text.endswith("stopped")
+
+
+def _fold(state: str, step: int, started: float, ended: float | None = None) -> dict:
+    """A fold run's status: 4 epochs of 50 steps."""
+    return {"state": state, "step": step, "total_steps": 200, "epoch": step // 50, "epochs": 4, "steps_per_epoch": 50,
+            "started_at": started, **({"finished_at": ended} if ended is not None else {})}
+
+
+def test_a_cross_validation_counts_every_fold_and_times_the_ones_left_by_the_ones_done():
+    """Fold 1 took 400 s; fold 2 is a quarter done, 150 steps left at 2 steps/s: 75 s + 3 folds of 400 s are left."""
+    done = run_progress(_fold("finished", 200, 0.0, 400.0), [], [])
+    under_way = run_progress(_fold("running", 50, 1000.0), _steps(1000.0, 2.0, 50), [], now=1025.0)
+    p = folds_progress({"state": "running", "fold": 2}, [done, under_way], 5)
+    assert p.fraction == pytest.approx((1 + 0.25) / 5)
+    assert p.eta_s == pytest.approx(75 + 3 * 400)
+    assert p.elapsed_s == pytest.approx(400 + 25)
+    assert p.text == "fold 2 of 5 · epoch 2 of 4 · about 21 min 15 s left in all · training for 7 min 05 s"
+
+
+def test_a_first_fold_projects_its_own_length_and_a_trained_fold_is_scored():
+    first = run_progress(_fold("running", 100, 0.0), _steps(0.0, 1.0, 100), [], now=100.0)
+    assert folds_progress({"state": "running", "fold": 1}, [first], 2).eta_s == pytest.approx(100 + 200)  # 100 s left + 1 fold of 200 s
+    trained = run_progress(_fold("finished", 200, 0.0, 200.0), [], [])
+    scoring = folds_progress({"state": "running", "fold": 2}, [trained, trained], 2)
+    assert scoring.text.startswith("fold 2 of 2 · scoring its held-out patches, then the ensemble's figures · about 0 s left")
+    assert folds_progress({"state": "running", "fold": 1}, [trained], 2).text.startswith("fold 1 of 2 · scoring its held-out patches ·")
+
+
+def test_a_cross_validation_before_its_first_fold_after_its_last_and_stopped():
+    assert folds_progress({"state": "queued"}, [], 3).text == "starting the cross-validation..."
+    trained = run_progress(_fold("finished", 200, 0.0, 200.0), [], [])
+    finished = folds_progress({"state": "finished", "fold": 2}, [trained, trained], 2)
+    assert finished.fraction == 1.0 and finished.eta_s is None
+    assert finished.text == "2 folds finished after 6 min 40 s of training"
+    halted = run_progress(_fold("stopped", 60, 0.0, 30.0), [], [])
+    stopped = folds_progress({"state": "stopped", "fold": 2}, [trained, halted], 3)
+    assert stopped.text == "fold 2 of 3 · epoch 2 of 4 · stopped after 3 min 50 s" and stopped.eta_s is None
 
 
 def test_a_run_stopped_mid_epoch_names_the_epoch_it_was_in():

@@ -116,6 +116,17 @@ def test_train_command_uses_torchrun_for_several_processes(tmp_path):
     assert multi[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node=2" in multi and "--resume" in multi
 
 
+def test_a_cross_validation_is_launched_with_its_folds_in_one_process(tmp_path, demo_root):
+    run = create_run(tmp_path, _config(demo_root).replace(data={"folds": 3}), run_id="cv")
+    command = train_command(run)
+    assert command[command.index("--folds") + 1] == "3"  # the trainer cross-validates a new run only when told
+    assert "--folds" not in train_command(run, resume=True)  # resumed, it knows one by its folds/ folder
+    assert "--folds" not in train_command(create_run(tmp_path, _config(demo_root), run_id="single"))
+    with pytest.raises(ValueError, match="trains its 3 folds one after another in one process, not 2"):
+        launch(run, nproc=2)
+    assert run.raw_status()["state"] == "queued" and "launcher_pid" not in run.raw_status()  # nothing started
+
+
 def test_process_count_of_a_run_for_resuming(tmp_path, demo_root):
     run = create_run(tmp_path, _config(demo_root), run_id="r")
     assert process_count(run) == 1  # a new run

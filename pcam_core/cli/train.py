@@ -226,8 +226,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_folds(args: argparse.Namespace, config: ExperimentConfig) -> int:
     """`pcam train --folds K`: the cross-validation job (`pcam_core.crossval.fit_folds`), with its figures."""
-    from ..crossval import fit_folds
-    from ..stats import format_interval
+    from ..crossval import cv_lines, fit_folds
     from ..train import StopRequested
 
     if args.resume and args.epochs is not None:
@@ -257,12 +256,8 @@ def _train_folds(args: argparse.Namespace, config: ExperimentConfig) -> int:
         close()
     cv = summary["cv"]
     print(f"finished {summary['folds']} folds over {summary['patches']} patches in {summary['train_seconds'] / 60:.1f} min of training")
-    for mode in ("one_pass", "tta"):
-        r = cv[mode]
-        t = r["triage"]
-        print(f"{'TTA' if mode == 'tta' else 'one pass':8}: out-of-fold ROC-AUC {format_interval(r['pooled']['roc_auc'], 4)}, "
-              f"mean over folds {format_interval(r['mean_fold_roc_auc'], 4)}; ECE {r['ece']:.4f}; triage at "
-              f"{t['target_sensitivity']:.0%} sensitivity: miss {t['miss_rate']:.1%}, referred {t['referral_rate']:.1%}")
+    for line in cv_lines(cv):
+        print(line)
     print(f"out-of-fold predictions: {RunDir(args.out).oof_predictions_path}; the ensemble run: {args.out}")
     if summary.get("synthetic_data"):
         print("note: trained on SYNTHETIC demo data; its figures say nothing about real tissue")

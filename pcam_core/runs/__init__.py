@@ -23,7 +23,7 @@ from .folder import (
     summarize,
 )
 from .resolve import RunArg, RunRef, checkpoint_path, resolve_run
-from .launch import gpu_count, launch, max_processes, process_count, stop, train_command
+from .launch import check_processes, cross_validation_folds, gpu_count, launch, max_processes, process_count, stop, train_command
 from .process import pid_alive, process_start_time, spawn_detached
 
 __all__ = [
@@ -42,6 +42,8 @@ __all__ = [
     "checkpoint_path",
     "create_run",
     "gpu_count",
+    "check_processes",
+    "cross_validation_folds",
     "launch",
     "list_runs",
     "max_processes",

@@ -16,13 +16,34 @@ from .process import pid_alive, process_start_time, signal_quietly, spawn_detach
 
 def train_command(run: RunDir, *, nproc: int = 1, resume: bool = False) -> list[str]:
     """The argv that trains `run` in a new process: `python -m pcam_core train`, through torchrun
-    (`python -m torch.distributed.run`) when `nproc` > 1. No shell: user text never meets one."""
+    (`python -m torch.distributed.run`) when `nproc` > 1; with `--folds K` for a new run whose config asks for a
+    cross-validation (`data.folds`; resumed, the trainer knows one by its `folds/` folder). No shell: user text
+    never meets one."""
     args = ["-m", "pcam_core", "train", "--config", str(run.config_path), "--out", str(run.path)]
     if resume:
         args.append("--resume")
+    elif folds := cross_validation_folds(run):
+        args += ["--folds", str(folds)]
     if nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     return [sys.executable, *args]
+
+
+def cross_validation_folds(run: RunDir) -> int:
+    """K where `run` is a cross-validation (its config's `data.folds`), else 0."""
+    try:
+        return run.config().data.folds
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def check_processes(nproc: int, folds: int = 0) -> None:
+    """Refuse a number of training processes that cannot train a run (of `folds` cross-validation folds, 0: none)."""
+    if nproc < 1:
+        raise ValueError(f"nproc={nproc} must be at least 1")
+    if nproc > 1 and folds:
+        raise ValueError(f"a cross-validation trains its {folds} folds one after another in one process, not {nproc}: "
+                         "start it with 1")
 
 
 def process_count(run: RunDir) -> int:
@@ -62,8 +83,7 @@ def launch(run: RunDir, *, nproc: int | None = None, resume: bool = False, env: 
     the CPU cores."""
     if nproc is None:
         nproc = process_count(run) if resume else 1
-    if nproc < 1:
-        raise ValueError(f"nproc={nproc} must be at least 1")
+    check_processes(nproc, cross_validation_folds(run))
     status = run.status()
     if status.get("state") in ACTIVE_STATES and status.get("launcher_pid") and pid_alive(status["launcher_pid"]):
         raise RuntimeError(f"run {run.run_id} already has a live process (pid {status['launcher_pid']})")

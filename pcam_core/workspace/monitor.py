@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from ..decision import DEFAULT_THRESHOLD
-from ..runs import RunSummary
+from ..runs import RunDir, RunSummary, cross_validation_folds
 
 # Epoch-level series a learning-curve chart can show, with the words for its axis.
 CURVE_METRICS = {
@@ -119,6 +119,81 @@ def run_progress(status: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], 
         elif rate:
             eta = remaining / rate
     return RunProgress(state, fraction, epoch, n_epochs, step, total, elapsed, eta, images_per_s)
+
+
+@dataclass(frozen=True)
+class FoldsProgress:
+    """Where a cross-validation (`pcam train --folds K`) stands: its own state, the fold under way (from 1) and the
+    progress of each fold started so far. `fraction` counts every fold alike; the time left is the fold under way's
+    plus, for each fold not started, the mean length of the folds trained (the one under way projected)."""
+
+    state: str
+    fold: int
+    folds: int
+    members: tuple[RunProgress, ...]
+
+    @property
+    def current(self) -> RunProgress | None:
+        return self.members[self.fold - 1] if 0 < self.fold <= len(self.members) else None
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.state == "finished" else min(1.0, sum(m.fraction for m in self.members) / max(self.folds, 1))
+
+    @property
+    def elapsed_s(self) -> float | None:
+        times = [m.elapsed_s for m in self.members if m.elapsed_s is not None]
+        return sum(times) if times else None
+
+    @property
+    def eta_s(self) -> float | None:
+        current = self.current
+        if self.state != "running" or current is None:
+            return None
+        if current.state == "finished":  # trained: the fold's held-out patches are being scored
+            now = 0.0
+        elif current.eta_s is None or current.elapsed_s is None:
+            return None
+        else:
+            now = current.eta_s
+        lengths = [m.elapsed_s for m in self.members if m.state == "finished" and m.elapsed_s is not None]
+        if not lengths and current.elapsed_s is not None:
+            lengths = [current.elapsed_s + now]
+        return now + (self.folds - len(self.members)) * (sum(lengths) / len(lengths) if lengths else 0.0)
+
+    @property
+    def text(self) -> str:
+        current = self.current
+        if self.state == "queued" or current is None:
+            return "starting the cross-validation..."
+        if self.state == "finished":
+            return f"{self.folds} folds finished after {format_duration(self.elapsed_s)} of training"
+        parts = [f"fold {self.fold} of {self.folds}"]
+        if self.state == "running" and current.state == "finished":
+            parts.append("scoring its held-out patches" + (", then the ensemble's figures" if self.fold == self.folds else ""))
+        else:
+            parts.append(f"epoch {current.current_epoch} of {current.epochs}")
+        if self.state == "running":
+            eta = self.eta_s
+            parts.append(f"about {format_duration(eta)} left in all" if eta is not None else "estimating the time left")
+            parts.append(f"training for {format_duration(self.elapsed_s)}")
+        else:
+            parts.append(f"{self.state} after {format_duration(self.elapsed_s)}" if self.elapsed_s is not None else self.state)
+        return " · ".join(parts)
+
+
+def folds_progress(status: Mapping[str, Any], members: Sequence[RunProgress], folds: int) -> FoldsProgress:
+    """Progress of a cross-validation from its own status (`fold`: the fold under way, from 1) and the progress of
+    each of its folds started so far (`run_progress` of `folds/fold-<k>`, in order)."""
+    fold = int(status.get("fold") or len(members) or 1)
+    return FoldsProgress(str(status.get("state", "unknown")), min(fold, max(len(members), 1)), folds, tuple(members))
+
+
+def cross_validation_progress(run: RunDir) -> FoldsProgress:
+    """`folds_progress` of the cross-validation in `run` (`RunDir.is_cross_validation`), read from its folders."""
+    members = [run.fold(k) for k in range(cross_validation_folds(run))]
+    started = [m for m in members if m.status_path.exists()]
+    return folds_progress(run.status(), [run_progress(m.status(), m.steps(), m.epochs()) for m in started], len(members))
 
 
 def epochs_text(summary: RunSummary) -> str:

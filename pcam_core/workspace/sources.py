@@ -36,7 +36,7 @@ from ..data.download import FILES as DOWNLOAD_FILES
 from ..fileio import atomic_write_json
 from ..runs.jobs import JobStatus, job_status, start_job
 from ..config import ExperimentConfig
-from ..runs import RunDir, RunSummary, create_run, launch, list_runs, run_path
+from ..runs import RunDir, RunSummary, check_processes, create_run, launch, list_runs, run_path
 from .slides import SlideLibrary
 from .reviews import ReviewStore, store_for
 
@@ -295,9 +295,13 @@ class Workspace:
 
     def start_run(self, config: ExperimentConfig, *, nproc: int = 1) -> RunDir:
         """Create a run folder for `config` under runs/ and start training it in the background with
-        `nproc` processes (through torchrun when more than one; see `runs.launch`)."""
-        if nproc < 1:
-            raise ValueError(f"nproc={nproc} must be at least 1")
+        `nproc` processes (through torchrun when more than one; see `runs.launch`): a cross-validation where
+        `config.data.folds` asks for one (`pcam train --folds K`). A number of processes it cannot train with, or a
+        teacher that cannot teach it (`distil.check_teacher`), is refused before the folder is made."""
+        from ..distil import check_teacher  # here only: it imports torch, which the rest of the workspace does not need
+
+        check_processes(nproc, config.data.folds)
+        check_teacher(config)
         run = create_run(self.runs_root, config)
         launch(run, nproc=nproc)
         return run
