@@ -181,6 +181,9 @@ def patch_view() -> None:
         numbers[1].metric("Centre focus", "none" if empty_map else heatmaps.focus_text(focus), help=heatmaps.CENTRE_FOCUS_NOTE)
         if empty_map:
             st.caption(f"Centre focus none: the heat map is empty (no evidence for {target} at this layer).")
+        if run.is_cross_validation and split == "valid":  # the pool: out-of-fold scores, a map of members that trained on it
+            st.caption("Out-of-fold: the probability is that of the one fold run that did not train on this patch; the "
+                       "heat map is the ensemble's (the mean of every fold's map), and all the other folds trained on it.")
         st.markdown(f"**Label:** {patches.label_name(label)} · **call at {thresholds.text(threshold)}:** {call} ({outcome_name})")
         trust_facts(row)
         st.caption(heatmaps.CENTRE_FOCUS_NOTE)

@@ -60,7 +60,9 @@ try:
 except (OSError, ValueError) as err:
     shell.fail(f"Cannot read the data of run {run.run_id}: {err}")
 KIND = held_out_words()  # the bundled model's shipped predictions: held-out (one model) or out-of-fold (the ensemble)
-TRAINER_SPLIT_NAME = f"{KIND}, shipped with the model" if bundled else "scored in training"
+cross_validation = not bundled and run.is_cross_validation
+TRAINER_SPLIT_NAME = (f"{KIND}, shipped with the model" if bundled else
+                      "out-of-fold, every patch" if cross_validation else "scored in training")
 split = st.segmented_control("Split", splits, default=scoring.TRAINER_SPLIT, required=True, key="judge_split",
                              format_func=lambda s: f"{s} ({TRAINER_SPLIT_NAME})" if s == scoring.TRAINER_SPLIT else s)
 if bundled:
@@ -69,6 +71,11 @@ if bundled:
                "figures are on the card." if KIND == "out-of-fold" else
                "The bundled model's held-out patches: real PCam patches it never saw in training, scored with one pass "
                "when it was made (its model card says how). Its other figures are on the card.")
+elif split == scoring.TRAINER_SPLIT and cross_validation:
+    st.caption("A cross-validation's out-of-fold patches: every patch of its data's pool, each scored with one pass by "
+               "the one fold run that did not train on it. The run's model is the ensemble of the folds, which trained on "
+               "every one of these patches: scored by it, they would flatter it. Other splits are scored with "
+               "test-time augmentation, as `pcam evaluate` does.")
 elif split == scoring.TRAINER_SPLIT:
     st.caption("Scored by the trainer at the best epoch, one pass per patch. Other splits are scored with "
                "test-time augmentation (the mean over the 8 flips and rotations of each patch), as `pcam evaluate` does.")

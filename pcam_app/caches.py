@@ -43,17 +43,17 @@ def open_split(source: DataSource, split: str) -> PatchDataset:
 
 
 @st.cache_resource(max_entries=8, show_spinner="Opening the split...")
-def _run_split(data: str, split: str, config_json: str, version: float) -> PatchDataset:
-    return dataset_for_split(data, split, ExperimentConfig.from_dict(json.loads(config_json)))
+def _run_split(data: str, split: str, config_json: str, out_of_fold: bool, version: float) -> PatchDataset:
+    return dataset_for_split(data, split, ExperimentConfig.from_dict(json.loads(config_json)), out_of_fold=out_of_fold)
 
 
 def run_split(run: RunDir, split: str) -> PatchDataset:
     """The split of the run's own data a predictions file refers to (for Kaggle data, the run's seeded
-    validation split rebuilt)."""
+    validation split rebuilt; for a cross-validation, its whole pool, scored out-of-fold)."""
     try:
         config = run.config()
         data = Path(config.data.path)
-        return _run_split(str(data), split, config.to_json(), data.stat().st_mtime)
+        return _run_split(str(data), split, config.to_json(), run.is_cross_validation, data.stat().st_mtime)
     except (OSError, ValueError) as err:
         fail(f"Cannot open the {split} data of run {run.run_id}: {err}")
 

@@ -593,6 +593,14 @@ def test_train_form_cross_validates_and_distils_from_a_cross_validation(finished
     auc = next(c for c in charts(at) if "of every fold" in c["layout"]["title"]["text"])
     assert sorted(trace["name"] for trace in auc["data"]) == ["fold 1", "fold 2"]
     assert any(c["layout"]["title"]["text"] == "Loss of fold 2" for c in charts(at))
+    # judged and explained on its out-of-fold patches: every patch of the pool (the pages once read fold 1's alone)
+    pool = len(pd.read_csv(cv.oof_predictions_path))
+    open_page(at, "pages/runs.py")
+    assert f"{pool:,} patches of the valid split" in texts(at) and "A cross-validation's out-of-fold patches" in texts(at)
+    assert at.selectbox(key="review_pick_False positives").options  # the most confident errors, drawn
+    open_page(at, "pages/explain.py")
+    assert "Out-of-fold: the probability is that of the one fold run that did not train on this patch" in texts(at)
+    open_page(at, "pages/train.py")
 
     _submit_train_form(at, **{"Cross-validation folds (0: off)": 2, "teacher": str(cv.path)})
     taught = workspace.run(at.sidebar.selectbox(key="run").value)

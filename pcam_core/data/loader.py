@@ -185,13 +185,18 @@ def open_split(path: str | Path, split: str, *, valid_frac: float = 0.1, seed: i
     return open_dataset(path, split)
 
 
-def dataset_for_split(path: str | Path, split: str, config: Any = None) -> PatchDataset:
+def dataset_for_split(path: str | Path, split: str, config: Any = None, *, out_of_fold: bool = False) -> PatchDataset:
     """One split of a data folder. "valid" on data without its own validation split (Kaggle) is the
     seeded stratified split a run with `config` (its ExperimentConfig) trained against, rebuilt exactly
-    (`open_split`)."""
+    (`open_split`); a fold's held-out patches for a fold of a cross-validation; and, with `out_of_fold` (the
+    cross-validation's own folder, whose "valid" predictions are out-of-fold, one per patch of its pool), the
+    whole pool (`cv_pool`), in the order of their `index`."""
     if config is None:
         return open_split(path, split)
-    if config.data.folds and split in ("valid", "val") and Path(path).resolve() == Path(config.data.path).resolve():
+    same_data = Path(path).resolve() == Path(config.data.path).resolve()
+    if config.data.folds and split in ("valid", "val") and same_data:
+        if out_of_fold:
+            return cv_pool(path, config.data.format)
         return run_datasets(config).valid  # a cross-validation fold's held-out patches
     return open_split(path, split, valid_frac=config.data.valid_frac, seed=config.data.split_seed)
 
