@@ -165,7 +165,26 @@ def score_fold(member: RunDir, config: ExperimentConfig) -> pd.DataFrame:
                           "index": np.asarray(valid.parent_indices)[one.index], "probability": one.probs,
                           "probability_tta": tta.probs})
     atomic_write_with(member.oof_predictions_path, lambda h: h.write(frame.to_csv(index=False).encode()))
+    write_fold_tta(member)
     return frame
+
+
+def write_fold_tta(member: RunDir) -> None:
+    """A fold run's TTA record of its held-out fold, from its `oof_predictions.csv`: `valid_predictions_tta.csv` (its
+    `index` the patch's position in the fold, as in the trainer's `valid_predictions.csv`) and the temperature fitted on
+    it, `calibration_tta.json`. The fold run used alone (packaged, as `candidates/pcamscan` is, or as a teacher) then
+    scores with TTA under a TTA temperature, not the one-pass one the trainer fitted."""
+    oof = pd.read_csv(member.oof_predictions_path, dtype={"id": str})
+    view = pd.DataFrame({"id": oof["id"], "label": oof["label"], "probability": oof["probability_tta"],
+                         "index": oof["index"].rank(method="first").astype(int) - 1})  # a fold's pool positions, ascending
+    atomic_write_with(member.valid_predictions_tta_path, lambda h: h.write(view.to_csv(index=False).encode()))
+    try:
+        calibration = calibrate_run(member.path, tta=True)
+    except ValueError as err:
+        log.warning("%s: no TTA calibration fitted: %s", member.path.name, err)
+    else:
+        if calibration.warning:
+            log.warning("%s, TTA: %s", member.path.name, calibration.warning)
 
 
 def _gather(run: RunDir, config: ExperimentConfig) -> pd.DataFrame:
@@ -239,4 +258,4 @@ def cross_fitted_triage(labels: np.ndarray, probs: np.ndarray, folds: np.ndarray
             "counts": counts, "thresholds_per_fold": per_fold}
 
 
-__all__ = ["MODES", "TRIAGE_TARGET", "cross_fitted_triage", "cv_lines", "cv_report", "fit_folds", "score_fold"]
+__all__ = ["MODES", "TRIAGE_TARGET", "cross_fitted_triage", "cv_lines", "cv_report", "fit_folds", "score_fold", "write_fold_tta"]

@@ -7,7 +7,8 @@ nothing elsewhere). A fold run of a cross-validation packages the same way (its 
 
 What it copies, where the run has it: config.json, summary.json, status.json, epochs.jsonl, the temperatures
 (calibration.json, calibration_tta.json), the out-of-scope guard (scope.npz), the validation predictions
-(valid_predictions*.csv, and a fold's oof_predictions.csv) and the slide decision (slide_decision.json). Other files
+(valid_predictions*.csv, and a fold's oof_predictions.csv) and the slide decision (slide_decision.json). A fold run
+scored before its TTA record was kept (`crossval.write_fold_tta`) gets it here, from its oof_predictions.csv. Other files
 in OUT (its README.md) are kept; `--replace` is needed where OUT already holds a checkpoint, and then the files it
 would copy are first removed from OUT, so that none of the old run's is left beside the new one's.
 """
@@ -24,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pcam_core.checkpoint import load_checkpoint, packaged, save_checkpoint  # noqa: E402
+from pcam_core.crossval import write_fold_tta  # noqa: E402
 from pcam_core.fileio import atomic_write_json  # noqa: E402
 from pcam_core.runs import RunDir  # noqa: E402
 
@@ -52,6 +54,8 @@ def package(run: Path, out: Path, data_name: str, *, replace: bool = False) -> R
     for name in RECORDS:
         if (source.path / name).exists():
             shutil.copyfile(source.path / name, target.path / name)
+    if target.oof_predictions_path.exists() and not target.valid_predictions_tta_path.exists():
+        write_fold_tta(target)  # a fold run scored before 2026-12-07's TTA record: its TTA temperature, from its oof file
     return target
 
 

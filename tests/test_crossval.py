@@ -63,6 +63,13 @@ def test_out_of_fold_predictions_cover_every_patch_once(cv_run, small_kaggle) ->
         mine = oof[oof["fold"] == k].set_index("id")["probability"]
         assert set(own.index) == set(mine.index)
         assert np.allclose(own[mine.index].to_numpy(), mine.to_numpy(), atol=1e-5)
+        # and its TTA ones, at the same positions of the fold, with a temperature fitted on them for the fold used alone
+        member = run.fold(k)
+        one_pass = pd.read_csv(member.valid_predictions_path, dtype={"id": str}).set_index("index")
+        with_tta = pd.read_csv(member.valid_predictions_tta_path, dtype={"id": str}).set_index("index")
+        assert with_tta.index.equals(one_pass.index) and list(with_tta.loc[one_pass.index, "id"]) == list(one_pass["id"])
+        assert np.allclose(with_tta.set_index("id")["probability"][mine.index], oof[oof["fold"] == k]["probability_tta"], atol=1e-6)
+        assert json.loads(member.calibration_tta_path.read_text())["fitted_on"] == "valid_predictions_tta.csv"
     cv = json.loads(run.cv_path.read_text())
     for mode in ("one_pass", "tta"):
         auc = cv[mode]["pooled"]["roc_auc"]
