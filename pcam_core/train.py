@@ -643,6 +643,8 @@ def _fit(
         if (warning := data.overrides.warning(config.data.label_overrides)) and warning not in s.state.warnings:
             log.warning(warning)
             s.state.warnings.append(warning)
+    if status is not None and s.state.warnings:  # said while the run trains (the Train page), not only in its summary
+        status.update(warnings=s.state.warnings[-5:])
     s.tracker = tracker
     tracker.start(run, synthetic=data.synthetic, name=config.name or None)
     tracker.log_params(config)

@@ -608,6 +608,15 @@ def test_train_form_cross_validates_and_distils_from_a_cross_validation(finished
     wait_for(lambda: taught.status()["state"] not in ("queued", "running"), timeout=300)
     assert taught.status()["state"] == "finished", taught.log_tail(console=True)
     assert "which held out the same patches (fold 2 of 2)" in taught.fold(1).log_tail(200)
+    # a single run taught by it: nothing shows the teacher never saw its validation patches, and the live view says so
+    _submit_train_form(at, **{"Cross-validation folds (0: off)": 0, "teacher": str(cv.path)})
+    single = workspace.run(at.sidebar.selectbox(key="run").value)
+    wait_for(lambda: single.status()["state"] not in ("queued", "running"), timeout=300)
+    assert single.status()["state"] == "finished", single.log_tail(console=True)
+    at.run()
+    assert [w.value for w in at.warning if "SYNTHETIC" not in w.value] == [f"taught by {cv.path}: the validation figures are honest only if it never trained "
+                                            "on this run's validation patches; train with --folds K and a cross-validated "
+                                            "teacher to have that checked"]
 
 
 @pytest.mark.slow
