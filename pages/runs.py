@@ -55,6 +55,7 @@ run = shell.require_run(ctx, checkpoint=True)
 bundled = ctx.bundled
 st.subheader(f"Judging the {shell.run_label(run)}" if bundled else f"Judging run `{run.run_id}`")
 notes.synthetic_banner(ctx.run_synthetic(run), "This run was trained on SYNTHETIC demo data.")
+notes.run_warnings(run)
 try:
     splits = scoring.scorable_splits(run)
 except (OSError, ValueError) as err:

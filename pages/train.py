@@ -199,9 +199,7 @@ def live_view(run: RunDir, drawn: tuple) -> None:
         st.error(f"The run failed: {status.get('message') or status.get('error') or 'see the log below'}", icon=":material/error:")
     elif state in ("stopped", "interrupted"):
         st.warning(f"{status.get('message') or state}. Resume continues from the last checkpoint.", icon=":material/pause:")
-    trained = member if folds else run  # the run whose training the warnings are of: for a cross-validation, the fold's
-    for warning in dict.fromkeys([*(trained.raw_status().get("warnings") or []), *(trained.summary().get("warnings") or [])]):
-        st.warning(warning, icon=":material/warning:")  # a teacher that may have seen the validation patches, say
+    notes.run_warnings(member if folds else run)  # for a cross-validation, the fold's under way
     last_loss = steps[-1]["loss"] if steps else None
     with st.container(horizontal=True, gap="large"):
         if folds:

@@ -1,8 +1,10 @@
-"""The prose the pages share: what the centre box, the probability and the synthetic data mean."""
+"""The prose the pages share: what the centre box, the probability and the synthetic data mean; a run's warnings."""
 
 from __future__ import annotations
 
 import streamlit as st
+
+from pcam_core.runs import RunDir
 
 CENTRE_NOTE = (
     "The green box marks the central 32×32 pixels. A patch is labelled **tumour** when that region holds "
@@ -24,3 +26,9 @@ def synthetic_banner(synthetic: bool, headline: str = "SYNTHETIC demo data, not 
     """The warning every view of synthetic data, or of a model trained on it, carries."""
     if synthetic:
         st.warning(f"**{headline}** {SYNTHETIC_NOTE}", icon=":material/science:")
+
+
+def run_warnings(run: RunDir) -> None:
+    """What the run's training warned of (`RunDir.warnings`): above its figures wherever they are drawn."""
+    for warning in run.warnings():
+        st.warning(warning, icon=":material/warning:")

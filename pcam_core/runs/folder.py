@@ -246,6 +246,11 @@ class RunDir:
     def summary(self) -> dict[str, Any]:
         return read_json(self.summary_path, default={}) or {}
 
+    def warnings(self) -> list[str]:
+        """What its training warned of (a teacher that may have seen its validation patches, reviewed labels that matched
+        nothing, a checkpoint not written): from its status while it trains, and its summary once it ended."""
+        return list(dict.fromkeys([*(self.raw_status().get("warnings") or []), *(self.summary().get("warnings") or [])]))
+
     def best_epoch(self) -> dict[str, Any] | None:
         """The epochs.jsonl record flagged best (the checkpoint in best.pt)."""
         return _best_of(self.epochs())
