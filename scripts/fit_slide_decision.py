@@ -116,11 +116,12 @@ def check_work(work: Path, run: Path | None = None) -> None:
     import hashlib
 
     from pcam_core.bundled import bundled_checkpoint
+    from pcam_core.runs import RunDir
 
     if run is None:
         stamp = {"model": bundled_checkpoint().name, "sha1": hashlib.sha1(bundled_checkpoint().read_bytes()).hexdigest()}
     else:
-        stamp = {str(f): hashlib.sha1((folder / "checkpoints" / "best.pt").read_bytes()).hexdigest()
+        stamp = {str(f): hashlib.sha1(RunDir(folder).best_checkpoint.read_bytes()).hexdigest()
                  for f, folder in cv_folds(run).items()}
     path = work / "bundled.json"
     if path.exists() and json.loads(path.read_text()) != stamp:
