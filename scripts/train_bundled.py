@@ -392,6 +392,9 @@ out-of-scope guard is the first member's (fitted on its training folds, threshol
 - Every window of a slide costs {cv['folds']} models' time: on a 2-core CPU a CAMELYON-size slide of real tissue takes
   hours (benchmarks/README.md). `candidates/pcamscan`, one network that scans a slide exactly, takes minutes, at
   0.011-0.014 less patch ROC-AUC (docs/recipe-experiments.md).
+- Data, more than recipe, limits it: halving a fold's training patches (3,200 to 1,600) cost 0.0135 ROC-AUC with
+  TTA (two folds pooled), more than any recipe change tried gained; about 1.5 times the patches would be needed
+  for 0.975 (docs/recipe-experiments.md, a learning curve).
 """
 
 
