@@ -146,8 +146,10 @@ def _fit_folds(config: ExperimentConfig, run: RunDir, status: StatusWriter, comb
                "synthetic_data": any(s.get("synthetic_data") for s in summaries), "cv": report}
     atomic_write_json(run.summary_path, summary)
     auc = report["one_pass"]["pooled"]["roc_auc"]
-    status.update(state="finished", finished_at=time.time(), message=f"finished {k} folds; cross-validated ROC-AUC "
-                  f"{auc['value']:.4f}" if auc else f"finished {k} folds")
+    message = f"finished {k} folds; cross-validated ROC-AUC {auc['value']:.4f}" if auc else f"finished {k} folds"
+    for line in [message, *cv_lines(report)]:  # the log's last lines: what the job found (the Train page shows the tail)
+        log.info(line)
+    status.update(state="finished", finished_at=time.time(), message=message)
     return summary
 
 

@@ -284,3 +284,40 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
             assert page_errors == []
         finally:
             browser.close()
+
+
+def test_a_cross_validation_started_from_the_form_is_watched_fold_by_fold(dashboard):
+    """Cross-validation folds on the Train page: the live view names the fold under way, then the cross-validated
+    figures and every fold's curve, in Chromium as a user sees them."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(60_000)
+        page_errors: list[str] = []
+        page.on("pageerror", lambda error: page_errors.append(str(error)))
+        try:
+            page.goto(dashboard.url)
+            page.get_by_role("heading", name="Where to start").wait_for(timeout=180_000)  # the demo data, generated
+            _goto(page, "Train")
+            for name, value in (("Epochs", "2"), ("Cross-validation folds (0: off)", "2")):
+                field = page.get_by_role("spinbutton", name=name, exact=True)
+                field.fill(value)
+                field.press("Tab")
+            page.get_by_role("button", name="Start training").click()
+            page.get_by_text(re.compile(r"fold [12] of 2 · ")).first.wait_for(timeout=240_000)  # the live view polls by itself
+            _no_exception(page)
+            page.get_by_text(re.compile(r"2 folds finished after")).wait_for(timeout=300_000)
+            (run,) = list_runs(dashboard.workspace / "runs")
+            assert run.state == "finished" and run.best["cross_validated"]
+            wait_rendered(page, page.get_by_text(re.compile(r"TTA: out-of-fold ROC-AUC \d\.\d{4}")))
+            expect(page.get_by_text("Cross-validated ROC-AUC", exact=True)).to_be_visible()
+            expect(page.get_by_text(f"{run.best['roc_auc']:.3f}", exact=True).first).to_be_visible()
+            expect(page.get_by_text("Validation ROC-AUC per epoch of every fold")).to_be_visible()
+            expect(page.get_by_text(re.compile(r"INFO pcam_core.crossval: finished 2 folds; cross-validated ROC-AUC"))).to_be_visible()
+            _no_exception(page)
+            _shot(page, "train-cross-validation")
+            assert not page_errors, page_errors
+        finally:
+            browser.close()
