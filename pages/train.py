@@ -201,7 +201,7 @@ def live_view(run: RunDir, drawn: tuple) -> None:
         st.warning(f"{status.get('message') or state}. Resume continues from the last checkpoint.", icon=":material/pause:")
     notes.run_warnings(member if folds else run)  # for a cross-validation, the fold's under way
     last_loss = steps[-1]["loss"] if steps else None
-    with st.container(horizontal=True, gap="large"):
+    with st.container(horizontal=True, gap="medium" if folds else "large"):  # four figures on one line in either case
         if folds:
             pooled = (summarize(run).best or {}).get("roc_auc")
             st.metric("Cross-validated ROC-AUC", f"{pooled:.3f}" if pooled is not None else "-", width="content",
