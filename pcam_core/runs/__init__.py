@@ -15,6 +15,7 @@ from .folder import (
     TrainLock,
     check_run_id,
     create_run,
+    cross_validation_folds,
     list_runs,
     new_run_id,
     predictions_beside,
@@ -23,7 +24,7 @@ from .folder import (
     summarize,
 )
 from .resolve import RunArg, RunRef, checkpoint_path, resolve_run
-from .launch import check_processes, cross_validation_folds, gpu_count, launch, max_processes, process_count, stop, train_command
+from .launch import check_processes, gpu_count, launch, max_processes, process_count, stop, train_command
 from .process import pid_alive, process_start_time, spawn_detached
 
 __all__ = [

@@ -442,13 +442,18 @@ def list_runs(root: str | Path) -> list[RunSummary]:
     return sorted(summaries, key=lambda s: (s.created_at or 0, s.run_id), reverse=True)
 
 
+def cross_validation_folds(run: RunDir) -> int:
+    """K where `run` is a cross-validation (its config's `data.folds`), else 0 (a folder without a readable config too)."""
+    try:
+        return run.config().data.folds
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
 def _cross_validation_figures(run: RunDir, epochs_per_fold: int) -> tuple[int, int, dict[str, Any] | None]:
     """A cross-validated run's epochs done and planned (over its K folds) and, once `cv.json` is written, its pooled
     out-of-fold figures (one pass) in place of a best epoch: `epoch` None, `cross_validated` True."""
-    try:
-        folds = run.config().data.folds
-    except (ValueError, FileNotFoundError):
-        folds = 0
+    folds = cross_validation_folds(run)
     done = sum(_epochs_done(run.fold(k).epochs()) for k in range(folds))
     try:
         pooled = json.loads(run.cv_path.read_text())["one_pass"]["pooled"]

@@ -10,7 +10,7 @@ import sys
 import time
 
 from ..fileio import atomic_write_json
-from .folder import ACTIVE_STATES, RunDir
+from .folder import ACTIVE_STATES, RunDir, cross_validation_folds
 from .process import pid_alive, process_start_time, signal_quietly, spawn_detached
 
 
@@ -27,14 +27,6 @@ def train_command(run: RunDir, *, nproc: int = 1, resume: bool = False) -> list[
     if nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     return [sys.executable, *args]
-
-
-def cross_validation_folds(run: RunDir) -> int:
-    """K where `run` is a cross-validation (its config's `data.folds`), else 0."""
-    try:
-        return run.config().data.folds
-    except (FileNotFoundError, ValueError):
-        return 0
 
 
 def check_processes(nproc: int, folds: int = 0) -> None:
