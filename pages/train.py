@@ -155,7 +155,8 @@ def live_view(run: RunDir, drawn: tuple) -> None:
     status = run.status()
     state = status.get("state", "unknown")
     active = state in ACTIVE_STATES
-    if progress_key(summarize(run)) != drawn:
+    summary = summarize(run)
+    if progress_key(summary) != drawn:
         # started, ended, failed, or an epoch ended: redraw everything, so that the sidebar and the runs
         # table (drawn outside this fragment) say what the live view says; polling only if alive
         st.rerun()
@@ -203,7 +204,7 @@ def live_view(run: RunDir, drawn: tuple) -> None:
     last_loss = steps[-1]["loss"] if steps else None
     with st.container(horizontal=True, gap="medium" if folds else "large"):  # four figures on one line in either case
         if folds:
-            pooled = (summarize(run).best or {}).get("roc_auc")
+            pooled = (summary.best or {}).get("roc_auc")
             st.metric("Cross-validated ROC-AUC", f"{pooled:.3f}" if pooled is not None else "-", width="content",
                       help="Over every patch, each scored once by the fold run that did not train on it (one pass); "
                            "there once every fold is done.")
