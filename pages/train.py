@@ -67,12 +67,15 @@ with form_column:
                      "label, grouped by slide where the data names slides), scores every patch with the run that did not "
                      "train on it, and makes their ensemble the run: its figures are cross-validated over all the data, "
                      "with intervals, and its temperature and triage are fitted on them. How the bundled model was made "
-                     "(`pcam train --folds K`). K times the training; the folds train one after another in one process.")
+                     "(`pcam train --folds K`). K times the training: one fold after another, or several side by side with "
+                     "more than one process.")
             most = max_processes()
             nproc = c1.number_input(
                 "Processes", min_value=1, max_value=most, value=1,
                 help="Training processes working together (DistributedDataParallel, launched through torchrun); the batch "
-                     "size is per process, and stop and resume keep the number. "
+                     "size is per process, and stop and resume keep the number. With cross-validation folds, each process "
+                     "trains a fold of its own, side by side (`pcam train --parallel-folds`; one GPU each where there are "
+                     "several). "
                      + (f"One per GPU: {most} here." if gpus else
                         f"Up to the {most} CPU cores here; the processes share them, so on a CPU more rarely train faster."))
             st.markdown("**Augmentation** (training only; the label region stays in the centre)")
@@ -160,13 +163,13 @@ def live_view(run: RunDir, drawn: tuple) -> None:
         # started, ended, failed, or an epoch ended: redraw everything, so that the sidebar and the runs
         # table (drawn outside this fragment) say what the live view says; polling only if alive
         st.rerun()
-    processes = process_count(run)
+    processes, folds = process_count(run), cross_validation_folds(run)
     head, buttons = st.columns([3, 1.2], vertical_alignment="center")
     with head:
         st.markdown(f"#### `{run.run_id}`")
         st.badge(f"{STATE_ICONS.get(state, '')} {state}", color=STATE_COLOURS.get(state, "gray"))
         if processes > 1:
-            st.badge(f"{processes} processes", icon=":material/lan:", color="violet")
+            st.badge(f"{processes} folds side by side" if folds else f"{processes} processes", icon=":material/lan:", color="violet")
     with buttons:
         if active and st.button("Stop", icon=":material/stop:", key="stop", help="Stops cleanly: a checkpoint is saved first."):
             if stop(run):
@@ -182,7 +185,7 @@ def live_view(run: RunDir, drawn: tuple) -> None:
             else:
                 st.rerun()
     notes.synthetic_banner(bool(status.get("synthetic_data")), "This run uses SYNTHETIC demo data.")
-    if folds := cross_validation_folds(run):  # the fold under way drawn live, every fold's curve beside it
+    if folds:  # the fold under way drawn live, every fold's curve beside it
         cv = cross_validation_progress(run)
         member = run.fold(cv.fold - 1)
         steps, epochs = member.steps(), member.epochs()

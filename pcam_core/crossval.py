@@ -13,15 +13,21 @@ The layout of the parent folder is `runs.folder`'s.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import shutil
+import signal
 import socket
+import sys
+import threading
 import time
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .calibration import calibrate_run
 from .config import ExperimentConfig
@@ -31,7 +37,7 @@ from .fileio import atomic_write_json, atomic_write_with
 from .loading import load_run_model
 from .metrics import binary_metrics, expected_calibration_error
 from .predict import predict_dataset
-from .runs import RunDir, StatusWriter, prepare_out_dir, process_start_time
+from .runs import RunDir, StatusWriter, folds_in_words, prepare_out_dir, process_start_time
 from .stats import format_interval, mean_interval, metric_intervals
 from .train import StopRequested, fit
 from .triage import CALLS, fit_triage, triage_outcome
@@ -50,12 +56,17 @@ def fit_folds(
     resume: bool = False,
     combine: str = DEFAULT_COMBINE,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    parallel: int = 1,
 ) -> dict[str, Any]:
     """Train `folds` (K >= 2; default `config.data.folds`) fold runs into `out` and return the cross-validated
     summary (also `summary.json` and `cv.json` of `out`). With `resume`, continue the job in `out` with its saved
     config. `combine`: how the ensemble of the folds joins them ("prob" or "logit", `pcam_core.ensemble`).
-    `on_step` gets `train.fit`'s progress with `fold` and `folds` added."""
+    `on_step` gets `train.fit`'s progress with `fold` and `folds` added (folds trained one after another only).
+    `parallel` > 1 trains that many folds side by side, each in a process of its own (`_train_side_by_side`): one GPU
+    each on a machine with several."""
     check_combine(combine)
+    if parallel < 1:
+        raise ValueError(f"parallel={parallel}: the folds trained side by side must be at least 1")
     parent = RunDir(out)
     if resume:
         if not parent.exists():
@@ -80,10 +91,11 @@ def fit_folds(
     status = StatusWriter(run)
     status.update(state="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()), host=socket.gethostname(),
                   started_at=time.time(), created_at=run.raw_status().get("created_at") or time.time(), error=None,
-                  folds=config.data.folds, model=config.model.name, epochs=config.train.epochs)
+                  folds=config.data.folds, model=config.model.name, epochs=config.train.epochs,
+                  parallel_folds=min(parallel, config.data.folds), folds_running=[])
     status.start_heartbeat()
     try:
-        summary = _fit_folds(config, run, status, combine, on_step)
+        summary = _fit_folds(config, run, status, combine, on_step, parallel)
     except StopRequested:
         status.update(state="stopped", finished_at=time.time(), message="stopped on request; resume with --resume")
         raise
@@ -100,26 +112,23 @@ def fit_folds(
 
 
 def _fit_folds(config: ExperimentConfig, run: RunDir, status: StatusWriter, combine: str,
-               on_step: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+               on_step: Callable[[dict[str, Any]], None] | None, parallel: int) -> dict[str, Any]:
     k = config.data.folds
     started = time.time()
+    pending = []
     for fold in range(k):
-        member = run.fold(fold)
-        status.update(fold=fold + 1, message=f"fold {fold + 1} of {k}")
-        if member.oof_predictions_path.exists():
+        if run.fold(fold).oof_predictions_path.exists():
             log.info("fold %d/%d: done before, kept", fold + 1, k)
-            continue
-        fold_config = config.replace(data={"fold": fold}, name=f"{config.name or 'cv'} fold {fold + 1} of {k}")
-        step = (lambda p, f=fold: on_step({**p, "fold": f + 1, "folds": k})) if on_step is not None else None
-        if member.summary_path.exists():
-            log.info("fold %d/%d: trained before; scoring its held-out fold", fold + 1, k)
-        elif member.exists():
-            log.info("fold %d/%d: resuming", fold + 1, k)
-            fit(fold_config, member.path, resume=True, on_step=step)
         else:
-            log.info("fold %d/%d: training", fold + 1, k)
-            fit(fold_config, member.path, on_step=step)
-        score_fold(member, fold_config)
+            pending.append(fold)
+    if parallel > 1 and len(pending) > 1:
+        _train_side_by_side(config, run, status, pending, parallel)
+    for fold in pending:  # one after another; side by side, those left (none, unless it stopped)
+        if not run.fold(fold).oof_predictions_path.exists():
+            status.update(fold=fold + 1, folds_running=[fold + 1], message=folds_in_words([fold + 1], k))
+            step = (lambda p, f=fold: on_step({**p, "fold": f + 1, "folds": k})) if on_step is not None else None
+            train_fold(config, run, fold, on_step=step)
+    status.update(fold=k, folds_running=[])
     resolved = run.fold(0).config().model.name  # "auto" became the model the folds trained
     if resolved != config.model.name:
         config = config.replace(model={"name": resolved})
@@ -151,6 +160,172 @@ def _fit_folds(config: ExperimentConfig, run: RunDir, status: StatusWriter, comb
         log.info(line)
     status.update(state="finished", finished_at=time.time(), message=message)
     return summary
+
+
+def train_fold(config: ExperimentConfig, run: RunDir, fold: int,
+               on_step: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Train fold `fold` (from 0) of the cross-validation `config` in `run`, or resume it where a killed job left it,
+    then score its held-out patches (`score_fold`)."""
+    k = config.data.folds
+    member = run.fold(fold)
+    fold_config = config.replace(data={"fold": fold}, name=f"{config.name or 'cv'} fold {fold + 1} of {k}")
+    if member.summary_path.exists():
+        log.info("fold %d/%d: trained before; scoring its held-out fold", fold + 1, k)
+    elif member.exists():
+        log.info("fold %d/%d: resuming", fold + 1, k)
+        fit(fold_config, member.path, resume=True, on_step=on_step)
+    else:
+        log.info("fold %d/%d: training", fold + 1, k)
+        fit(fold_config, member.path, on_step=on_step)
+    score_fold(member, fold_config)
+
+
+FOLD_STOPPED = 3  # the exit code of a fold process that stopped on request, checkpoint saved
+
+
+def _train_side_by_side(config: ExperimentConfig, run: RunDir, status: StatusWriter, pending: list[int],
+                        parallel: int) -> None:
+    """Train the `pending` folds `parallel` at a time, each in a process of its own (`_fold_process`): on a machine
+    with several GPUs, slot s trains on GPU s modulo their number; on a CPU the cores are shared out. A stop request
+    (SIGTERM or SIGINT to this process) is passed on to every fold under way, which saves its checkpoint; a fold that
+    fails stops the others the same way, and the job fails naming it. Either way `--resume` goes on from there."""
+    k = config.data.folds
+    gpus = _gpus_for(config)
+    threads = None if "OMP_NUM_THREADS" in os.environ else max(1, (os.cpu_count() or 1) // parallel)
+    context = multiprocessing.get_context("spawn")  # no forked copy of this process's threads and CUDA state
+    queue, free = list(pending), list(range(min(parallel, len(pending))))
+    running: dict[Any, tuple[Any, int, int, Any]] = {}  # sentinel -> (process, fold, slot, the end of its pipe we read)
+    stop = _StopForwarder(lambda: [entry[0] for entry in running.values()])
+    failed: tuple[int, str] | None = None
+    stopped, shown = False, None
+    log.info("training %d folds side by side, each in a process of its own%s", len(free),
+             f" (GPUs: {gpus})" if gpus else f" ({threads} CPU threads each)" if threads else "")
+    stop.install()
+    try:
+        while queue or running:
+            while queue and free and not stop.requested and failed is None and not stopped:
+                fold, slot = queue.pop(0), free.pop(0)
+                gpu = slot % gpus if gpus else None
+                reader, writer = context.Pipe(duplex=False)
+                process = context.Process(target=_fold_process, args=(config, str(run.path), fold, gpu, threads, writer),
+                                          name=f"pcam fold {fold + 1} of {k}")
+                process.start()
+                writer.close()  # the child's end: only the child holds it now
+                running[process.sentinel] = (process, fold, slot, reader)
+                log.info("fold %d/%d: started in process %d%s", fold + 1, k, process.pid, f" on GPU {gpu}" if gpu is not None else "")
+            if not running:
+                break
+            under_way = sorted(entry[1] + 1 for entry in running.values())
+            if under_way != shown:
+                status.update(fold=under_way[0], folds_running=under_way,
+                              message=folds_in_words(under_way, k) + (" side by side" if len(under_way) > 1 else ""))
+                shown = under_way
+            for sentinel in wait(list(running), timeout=1.0):
+                process, fold, slot, reader = running.pop(sentinel)
+                process.join()
+                free.append(slot)
+                reason = _received(reader)
+                if process.exitcode == 0:
+                    log.info("fold %d/%d: trained and scored", fold + 1, k)
+                elif process.exitcode == FOLD_STOPPED or stop.requested:
+                    stopped = True
+                    log.info("fold %d/%d: stopped; its checkpoint is saved", fold + 1, k)
+                elif failed is None:
+                    failed = (fold, reason or _fold_failure(process.exitcode))
+                    log.error("fold %d/%d failed: %s; stopping the folds under way", fold + 1, k, failed[1])
+                if (stopped or failed is not None) and running:
+                    stop.forward()
+    finally:
+        stop.restore()
+        for process, *_ in running.values():  # only after an error of this process itself: end what it started
+            process.terminate()
+            process.join()
+    if failed is not None:
+        raise RuntimeError(f"fold {failed[0] + 1} of {k} failed: {failed[1]} (the folds under way were stopped with their "
+                           "checkpoints; resume the job with --resume once the cause is fixed)")
+    if stopped or stop.requested:
+        raise StopRequested()
+
+
+def _fold_process(config: ExperimentConfig, parent: str, fold: int, gpu: int | None, threads: int | None, report: Any) -> None:
+    """The body of one fold's process (`_train_side_by_side`): the fold's GPU made its only one, its share of the CPU
+    threads, its log lines also in the job's log (named by fold), then `train_fold`. Why it failed, if it does, goes
+    to the job through `report` (a pipe's end)."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before CUDA starts in this process: it sees one GPU, cuda:0
+    if threads:
+        torch.set_num_threads(threads)
+    run = RunDir(parent)
+    handler = logging.FileHandler(run.log_path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [fold {fold + 1}]: %(message)s"))
+    logging.getLogger("pcam_core").addHandler(handler)
+    logging.getLogger("pcam_core").setLevel(logging.INFO)
+    try:
+        train_fold(config, run, fold)
+    except StopRequested:
+        sys.exit(FOLD_STOPPED)
+    except BaseException as err:  # its reason to the job, its traceback to the job's log (not the terminal)
+        reason = f"{type(err).__name__}: {err}" if not isinstance(err, KeyboardInterrupt) else "interrupted"
+        report.send(reason)
+        logging.getLogger(__name__).error("fold %d failed: %s", fold + 1, reason, exc_info=True)
+        sys.exit(1)
+    finally:
+        report.close()
+        handler.close()
+
+
+def _received(reader: Any) -> str | None:
+    """What a fold's process sent through its pipe before it ended (why it failed), or None; the pipe is closed."""
+    try:
+        return reader.recv() if reader.poll() else None
+    except EOFError:  # it ended without a word: its end of the pipe closed empty
+        return None
+    finally:
+        reader.close()
+
+
+def _fold_failure(exitcode: int | None) -> str:
+    """How a fold's process ended that said nothing of why (killed, or it died before it could)."""
+    if exitcode is not None and exitcode < 0:
+        return f"its process was killed by signal {-exitcode}"
+    return f"its process exited with code {exitcode} (the traceback is in the job's console output)"
+
+
+def _gpus_for(config: ExperimentConfig) -> int:
+    """How many GPUs the folds share out: every CUDA device this process sees when the config trains on one, else 0."""
+    if config.train.device == "cpu" or not torch.cuda.is_available():
+        return 0
+    return torch.cuda.device_count()
+
+
+class _StopForwarder:
+    """While folds train side by side: SIGTERM and SIGINT to this process (the dashboard's Stop, `pcam stop`, Ctrl-C)
+    are noted and passed on to the fold processes as SIGTERM, the stop request their trainers answer by saving a
+    checkpoint. Signal handlers can only be set in the main thread; elsewhere nothing is installed."""
+
+    def __init__(self, processes: Callable[[], list[Any]]) -> None:
+        self.processes = processes
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self.forward()
+
+    def forward(self) -> None:
+        for process in self.processes():
+            if process.is_alive():
+                process.terminate()  # SIGTERM
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
 
 def score_fold(member: RunDir, config: ExperimentConfig) -> pd.DataFrame:

@@ -566,26 +566,25 @@ def _submit_train_form(at: AppTest, **inputs) -> AppTest:
 
 @pytest.mark.slow
 def test_train_form_cross_validates_and_distils_from_a_cross_validation(trained_run, small_kaggle, tmp_path, monkeypatch):
-    """Folds on the form start `pcam train --folds K` (in one process); its live view draws the fold under way and
-    every fold's curve, then the cross-validated figures. A finished cross-validation then teaches a new one, while a
-    teacher that is not a cross-validation, or two processes for folds, are refused before any folder is made. On 64
-    real patches (2 folds of 32), beside a finished run of the demo data."""
+    """Folds on the form start `pcam train --folds K`, with two processes its folds side by side (`--parallel-folds 2`);
+    its live view draws the fold under way and every fold's curve, then the cross-validated figures. A finished
+    cross-validation then teaches a new one, while a teacher that is not a cross-validation is refused before any folder
+    is made. On 64 real patches (2 folds of 32), beside a finished run of the demo data."""
     workspace = Workspace(tmp_path)
     workspace.add_source(small_kaggle, "real")
     shutil.copytree(trained_run, workspace.runs_root / RUN_ID)
     at = open_page(start(tmp_path, monkeypatch), "pages/train.py")
     before = {r.run_id for r in workspace.runs()}
-    _submit_train_form(at, **{"Cross-validation folds (0: off)": 2, "Processes": 2})
-    assert "Not started: a cross-validation trains its 2 folds one after another in one process, not 2" in texts(at)
-    _submit_train_form(at, **{"Cross-validation folds (0: off)": 2, "Processes": 1, "teacher": str(workspace.run(RUN_ID).path)})
+    _submit_train_form(at, **{"Cross-validation folds (0: off)": 2, "teacher": str(workspace.run(RUN_ID).path)})
     assert f"Not started: teacher {workspace.run(RUN_ID).path} is not a finished cross-validation" in texts(at)
     assert {r.run_id for r in workspace.runs()} == before  # nothing made for a refused form
 
-    _submit_train_form(at, **{"Cross-validation folds (0: off)": 2, "teacher": ""})
+    _submit_train_form(at, **{"Cross-validation folds (0: off)": 2, "Processes": 2, "teacher": ""})
     cv = workspace.run(at.sidebar.selectbox(key="run").value)
     assert cv.run_id not in before and cv.config().data.folds == 2
     launcher = Path(f"/proc/{cv.raw_status()['launcher_pid']}/cmdline").read_bytes().split(b"\0")
     assert b"--folds" in launcher and launcher[launcher.index(b"--folds") + 1] == b"2"
+    assert launcher[launcher.index(b"--parallel-folds") + 1] == b"2" and b"torch.distributed.run" not in launcher
     wait_for(lambda: cv.status()["state"] not in ("queued", "running"), timeout=300)
     assert cv.status()["state"] == "finished", cv.log_tail(console=True)
     at.run()
@@ -607,7 +606,8 @@ def test_train_form_cross_validates_and_distils_from_a_cross_validation(trained_
     assert "Out-of-fold: the probability is that of the one fold run that did not train on this patch" in texts(at)
     open_page(at, "pages/train.py")
 
-    _submit_train_form(at, **{"Cross-validation folds (0: off)": 2, "teacher": str(cv.path)})
+    assert "training 2 folds side by side" in cv.log_tail(400)
+    _submit_train_form(at, **{"Cross-validation folds (0: off)": 2, "Processes": 1, "teacher": str(cv.path)})
     taught = workspace.run(at.sidebar.selectbox(key="run").value)
     assert taught.run_id != cv.run_id and taught.config().train.teacher == str(cv.path)
     # its first fold matched with the teacher's member that held it out (tests/test_crossval.py follows every fold)

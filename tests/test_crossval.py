@@ -248,6 +248,60 @@ def test_a_killed_fold_job_resumes_where_it_stopped(small_kaggle, tmp_path) -> N
     assert again.returncode != 0 and "nothing to resume" in again.stderr
 
 
+@pytest.mark.slow
+def test_folds_side_by_side_train_as_one_after_another_and_stop_fail_and_resume_together(cv_run, small_kaggle, tmp_path) -> None:
+    """`--parallel-folds 2`: each fold in a process of its own gives the out-of-fold predictions of the folds trained one
+    after another (`cv_run`, the same arguments). A stop request to the job alone (as `pcam stop` sends it) stops every
+    fold with its checkpoint; a fold that fails stops the other and the job names it; then the job resumes to the end."""
+    from pcam_core.cli import main
+    from pcam_core.runs import RunDir
+
+    out = tmp_path / "side"
+    assert main(["train", "--data", str(small_kaggle), "--out", str(out), *CV_ARGS, "--parallel-folds", "2"]) == 0
+    run = RunDir(out)
+    assert "training 2 folds side by side" in run.log_tail(400) and "[fold 2]" in run.log_tail(400)
+    side = pd.read_csv(run.oof_predictions_path, dtype={"id": str}).set_index("id")
+    alone = pd.read_csv(RunDir(cv_run).oof_predictions_path, dtype={"id": str}).set_index("id")
+    assert side.index.equals(alone.index) and (side["fold"] == alone["fold"]).all()
+    assert np.allclose(side["probability"], alone["probability"], atol=1e-4)  # the same training, other thread counts
+    assert run.status()["state"] == "finished" and run.raw_status()["parallel_folds"] == 2
+
+    out = tmp_path / "stopped"
+    run = RunDir(out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "pcam_core", "train", "--data", str(small_kaggle), "--out", str(out), "--folds", "2",
+            "--epochs", "24", "--batch-size", "32", "--workers", "0", "--parallel-folds", "2"]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert wait_for(lambda: all(len(run.fold(k).epochs()) >= 1 for k in (0, 1)) or proc.poll() is not None, timeout=240, every=0.05)
+        assert run.status()["folds_running"] == [1, 2]
+        os.kill(proc.pid, signal.SIGTERM)  # the job only: it passes the request on to its folds
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and "--resume --parallel-folds 2" in stderr
+    assert run.status()["state"] == "stopped"
+    for k in (0, 1):
+        assert run.fold(k).status()["state"] == "stopped" and run.fold(k).last_checkpoint.exists()
+        assert not run.fold(k).summary_path.exists(), "a fold finished before the stop: give it more epochs"
+    good = run.fold(1).config_path.read_bytes()
+    run.fold(1).config_path.write_text("{broken")
+    failed = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(out), "--resume", "--parallel-folds", "2"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0 and "fold 2 of 2 failed: ValueError: config file" in failed.stderr
+    assert "Traceback" not in failed.stderr and "Traceback" in run.log_tail(400)  # the fold's traceback: in the job's log
+    assert run.status()["state"] == "failed" and run.fold(0).status()["state"] == "stopped"  # fold 1 stopped, not lost
+    run.fold(1).config_path.write_bytes(good)
+    done = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(out), "--resume", "--parallel-folds", "2"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert all([e["epoch"] for e in run.fold(k).epochs()] == list(range(1, 25)) for k in (0, 1))
+    assert "resumed from" in run.fold(0).log_tail(200) and "resumed from" in run.fold(1).log_tail(200)
+    assert len(pd.read_csv(run.oof_predictions_path)) == 64 and run.status()["state"] == "finished"
+
+
 def test_cross_validated_report_and_triage_are_fitted_on_the_other_folds() -> None:
     from pcam_core.crossval import cv_report
     from pcam_core.metrics import binary_metrics

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import shutil
 
 import pandas as pd
@@ -97,6 +99,25 @@ def test_a_first_fold_projects_its_own_length_and_a_trained_fold_is_scored():
     scoring = folds_progress({"state": "running", "fold": 2}, [trained, trained], 2)
     assert scoring.text.startswith("fold 2 of 2 · scoring its held-out patches, then the ensemble's figures · about 0 s left")
     assert folds_progress({"state": "running", "fold": 1}, [trained], 2).text.startswith("fold 1 of 2 · scoring its held-out patches ·")
+
+
+def test_folds_side_by_side_share_the_time_left_and_say_what_each_is_doing():
+    """Folds 1 and 2 of 5 side by side (`pcam train --parallel-folds 2`): fold 1 has 100 s left, fold 2 trained in 150 s
+    and is being scored; the 3 folds to come at 150 s each, two at a time: (100 + 0 + 3 x 150) / 2 = 275 s left. The
+    job's own time is its wall clock, not the sum of its folds'."""
+    one = run_progress(_fold("running", 100, 0.0), _steps(0.0, 1.0, 100), [], now=100.0)
+    two = run_progress(_fold("finished", 200, 0.0, 150.0), [], [])
+    status = {"state": "running", "fold": 1, "folds_running": [1, 2], "parallel_folds": 2, "started_at": time.time() - 125.0}
+    p = folds_progress(status, [one, two], 5)
+    assert p.side_by_side and p.fold == 1 and p.current is one
+    assert p.eta_s == pytest.approx(275.0)
+    assert p.elapsed_s == pytest.approx(125.0, abs=5.0)
+    assert p.text.startswith("folds 1 and 2 of 5 side by side · fold 1 at epoch 3 of 4, fold 2 scoring its held-out patches · "
+                             "about 4 min 35 s left in all · training for 2 min")
+    # the last fold alone: said as one after another, the time still the job's wall clock
+    alone = folds_progress({**status, "folds_running": [1]}, [one, two], 2)
+    assert not alone.side_by_side and alone.eta_s == pytest.approx(100.0) and alone.elapsed_s == pytest.approx(125.0, abs=5.0)
+    assert alone.text.startswith("fold 1 of 2 · epoch 3 of 4 · about 1 min 40 s left in all · training for 2 min")
 
 
 def test_a_cross_validation_before_its_first_fold_after_its_last_and_stopped():

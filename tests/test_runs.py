@@ -116,14 +116,21 @@ def test_train_command_uses_torchrun_for_several_processes(tmp_path):
     assert multi[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node=2" in multi and "--resume" in multi
 
 
-def test_a_cross_validation_is_launched_with_its_folds_in_one_process(tmp_path, demo_root):
+def test_a_cross_validation_is_launched_with_its_folds_and_its_processes_train_folds_side_by_side(tmp_path, demo_root):
     run = create_run(tmp_path, _config(demo_root).replace(data={"folds": 3}), run_id="cv")
     command = train_command(run)
     assert command[command.index("--folds") + 1] == "3"  # the trainer cross-validates a new run only when told
+    assert "--parallel-folds" not in command and "torch.distributed.run" not in command
     assert "--folds" not in train_command(run, resume=True)  # resumed, it knows one by its folds/ folder
     assert "--folds" not in train_command(create_run(tmp_path, _config(demo_root), run_id="single"))
-    with pytest.raises(ValueError, match="trains its 3 folds one after another in one process, not 2"):
-        launch(run, nproc=2)
+    side_by_side = train_command(run, nproc=2)  # a cross-validation's processes are folds, not torchrun's ranks
+    assert side_by_side[1:4] == ["-m", "pcam_core", "train"] and "torch.distributed.run" not in side_by_side
+    assert side_by_side[side_by_side.index("--parallel-folds") + 1] == "2" and "--folds" in side_by_side
+    run.folds_dir.mkdir()  # the job has started: resumed, it keeps the folds side by side
+    resumed = train_command(run, nproc=2, resume=True)
+    assert "--resume" in resumed and resumed[resumed.index("--parallel-folds") + 1] == "2" and "--folds" not in resumed
+    with pytest.raises(ValueError, match="a cross-validation of 3 folds trains at most 3 of them side by side, one process each, not 4"):
+        launch(run, nproc=4)
     assert run.raw_status()["state"] == "queued" and "launcher_pid" not in run.raw_status()  # nothing started
 
 

@@ -30,7 +30,7 @@ from ..tracking import INSTALL_HINT, resolve_uri
 from .common import WORKERS_HELP, default, fmt, progress_bar
 
 # flags that `--resume` honours; every other flag given with it is refused (the run keeps its saved config)
-_RESUMABLE_DESTS = ("out", "resume", "epochs", "config", "func", "help", "combine")
+_RESUMABLE_DESTS = ("out", "resume", "epochs", "config", "func", "help", "combine", "parallel_folds")
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -99,6 +99,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    "With --resume, a killed job goes on at the fold and epoch where it stopped; 0: no cross-validation " + default(D.folds))
     p.add_argument("--combine", choices=COMBINES, help="with --folds: how the ensemble joins its members, mean probability "
                    f"or mean logit " + default(DEFAULT_COMBINE))
+    p.add_argument("--parallel-folds", type=int, metavar="N", help="with --folds: train N folds side by side, each in a "
+                   "process of its own (on a machine with several GPUs, one GPU each; on a CPU they share the cores); "
+                   "also on --resume " + default(1))
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     refused = {a.dest: a.option_strings[0] for a in p._actions if a.option_strings and a.dest not in _RESUMABLE_DESTS}
     p.set_defaults(func=cmd_train, resume_refuses=refused)
@@ -192,6 +195,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_folds(args, config)
     if args.combine is not None:
         raise ValueError("--combine goes with --folds (the ensemble of the fold runs)")
+    if args.parallel_folds is not None:
+        raise ValueError("--parallel-folds goes with --folds (the folds of a cross-validation trained side by side)")
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
     on_step, close = _train_progress()
     try:
@@ -232,7 +237,8 @@ def _train_folds(args: argparse.Namespace, config: ExperimentConfig) -> int:
     if args.resume and args.epochs is not None:
         raise ValueError("--epochs cannot change a cross-validated run on resume (its folds must train alike)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("--folds runs its folds one after another in one process; start it without torchrun")
+        raise ValueError("--folds trains each fold in one process; start it without torchrun (--parallel-folds N trains "
+                         "N folds side by side, one GPU each where there are several)")
     bars: dict[int, tuple[Callable[[dict[str, Any]], None], Callable[[], None]]] = {}
 
     def on_step(p: dict[str, Any]) -> None:  # one bar a fold
@@ -246,11 +252,16 @@ def _train_folds(args: argparse.Namespace, config: ExperimentConfig) -> int:
         for _, close_bar in bars.values():
             close_bar()
 
+    parallel = args.parallel_folds or 1
     try:
+        if parallel > 1:
+            print(f"training up to {parallel} folds side by side; each fold's progress is in its folds/fold-<k>/train.log, "
+                  f"the job's in {RunDir(args.out).log_path}", file=sys.stderr)
         summary = fit_folds(config, args.out, folds=args.folds, resume=args.resume, combine=args.combine or DEFAULT_COMBINE,
-                            on_step=on_step)
+                            on_step=on_step if parallel == 1 else None, parallel=parallel)
     except StopRequested:
-        print(f"stopped: checkpoints saved in {args.out}; continue with `pcam train --out {args.out} --resume`", file=sys.stderr)
+        again = f" --parallel-folds {parallel}" if parallel > 1 else ""
+        print(f"stopped: checkpoints saved in {args.out}; continue with `pcam train --out {args.out} --resume{again}`", file=sys.stderr)
         return 0
     finally:
         close()

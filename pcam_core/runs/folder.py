@@ -59,7 +59,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..config import ExperimentConfig
 from ..fileio import atomic_write_json, atomic_write_with, read_json, read_jsonl
@@ -448,6 +448,14 @@ def cross_validation_folds(run: RunDir) -> int:
         return run.config().data.folds
     except (FileNotFoundError, ValueError):
         return 0
+
+
+def folds_in_words(folds: Sequence[int], total: int) -> str:
+    """Folds (from 1) of a cross-validation of `total` in words: "fold 2 of 5", "folds 1, 2 and 3 of 5"."""
+    words = [str(f) for f in folds]
+    if len(words) == 1:
+        return f"fold {words[0]} of {total}"
+    return f"folds {', '.join(words[:-1])} and {words[-1]} of {total}"
 
 
 def _cross_validation_figures(run: RunDir, epochs_per_fold: int) -> tuple[int, int, dict[str, Any] | None]:

@@ -17,25 +17,29 @@ from .process import pid_alive, process_start_time, signal_quietly, spawn_detach
 def train_command(run: RunDir, *, nproc: int = 1, resume: bool = False) -> list[str]:
     """The argv that trains `run` in a new process: `python -m pcam_core train`, through torchrun
     (`python -m torch.distributed.run`) when `nproc` > 1; with `--folds K` for a new run whose config asks for a
-    cross-validation (`data.folds`; resumed, the trainer knows one by its `folds/` folder). No shell: user text
-    never meets one."""
+    cross-validation (`data.folds`; resumed, the trainer knows one by its `folds/` folder), whose `nproc` processes
+    are then folds trained side by side (`--parallel-folds`), not torchrun's. No shell: user text never meets one."""
     args = ["-m", "pcam_core", "train", "--config", str(run.config_path), "--out", str(run.path)]
+    folds = cross_validation_folds(run) if run.is_cross_validation or not resume else 0
     if resume:
         args.append("--resume")
-    elif folds := cross_validation_folds(run):
+    elif folds:
         args += ["--folds", str(folds)]
+    if folds and nproc > 1:
+        return [sys.executable, *args, "--parallel-folds", str(nproc)]
     if nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     return [sys.executable, *args]
 
 
 def check_processes(nproc: int, folds: int = 0) -> None:
-    """Refuse a number of training processes that cannot train a run (of `folds` cross-validation folds, 0: none)."""
+    """Refuse a number of training processes that cannot train a run (of `folds` cross-validation folds, 0: none;
+    a cross-validation's processes are its folds trained side by side)."""
     if nproc < 1:
         raise ValueError(f"nproc={nproc} must be at least 1")
-    if nproc > 1 and folds:
-        raise ValueError(f"a cross-validation trains its {folds} folds one after another in one process, not {nproc}: "
-                         "start it with 1")
+    if folds and nproc > folds:
+        raise ValueError(f"a cross-validation of {folds} folds trains at most {folds} of them side by side, one process "
+                         f"each, not {nproc}")
 
 
 def process_count(run: RunDir) -> int:

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from ..decision import DEFAULT_THRESHOLD
-from ..runs import RunDir, RunSummary, cross_validation_folds
+from ..runs import RunDir, RunSummary, cross_validation_folds, folds_in_words
 
 # Epoch-level series a learning-curve chart can show, with the words for its axis.
 CURVE_METRICS = {
@@ -123,18 +123,26 @@ def run_progress(status: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], 
 
 @dataclass(frozen=True)
 class FoldsProgress:
-    """Where a cross-validation (`pcam train --folds K`) stands: its own state, the fold under way (from 1) and the
-    progress of each fold started so far. `fraction` counts every fold alike; the time left is the fold under way's
-    plus, for each fold not started, the mean length of the folds trained (the one under way projected)."""
+    """Where a cross-validation (`pcam train --folds K`) stands: its own state, the fold under way (from 1; the first of
+    them where several train side by side, `running`) and the progress of each fold started so far. `fraction` counts
+    every fold alike; the time left is that of the folds under way plus, for each fold not started, the mean length of
+    the folds trained (those under way projected), shared among the folds trained side by side."""
 
     state: str
     fold: int
     folds: int
     members: tuple[RunProgress, ...]
+    running: tuple[int, ...] = ()  # the folds under way (from 1), where several train side by side
+    parallel: int = 1  # how many folds the job trains side by side (`pcam train --parallel-folds`)
+    started_at: float | None = None  # when the job (last) started: a side-by-side job's time is its wall clock
 
     @property
     def current(self) -> RunProgress | None:
         return self.members[self.fold - 1] if 0 < self.fold <= len(self.members) else None
+
+    @property
+    def side_by_side(self) -> bool:
+        return self.state == "running" and len(self.running) > 1
 
     @property
     def fraction(self) -> float:
@@ -142,24 +150,30 @@ class FoldsProgress:
 
     @property
     def elapsed_s(self) -> float | None:
+        if self.state == "running" and self.parallel > 1 and self.started_at is not None:
+            return max(0.0, time.time() - self.started_at)
         times = [m.elapsed_s for m in self.members if m.elapsed_s is not None]
         return sum(times) if times else None
 
     @property
     def eta_s(self) -> float | None:
-        current = self.current
-        if self.state != "running" or current is None:
+        if self.state != "running" or self.current is None:
             return None
-        if current.state == "finished":  # trained: the fold's held-out patches are being scored
-            now = 0.0
-        elif current.eta_s is None or current.elapsed_s is None:
-            return None
-        else:
-            now = current.eta_s
+        under_way = [self.members[f - 1] for f in (self.running if self.side_by_side else (self.fold,)) if f <= len(self.members)]
+        left = []
+        for member in under_way:
+            if member.state == "finished":  # trained: the fold's held-out patches are being scored
+                left.append(0.0)
+            elif member.eta_s is None or member.elapsed_s is None:
+                return None
+            else:
+                left.append(member.eta_s)
         lengths = [m.elapsed_s for m in self.members if m.state == "finished" and m.elapsed_s is not None]
-        if not lengths and current.elapsed_s is not None:
-            lengths = [current.elapsed_s + now]
-        return now + (self.folds - len(self.members)) * (sum(lengths) / len(lengths) if lengths else 0.0)
+        if not lengths:
+            lengths = [m.elapsed_s + t for m, t in zip(under_way, left) if m.elapsed_s is not None]
+        not_started = (self.folds - len(self.members)) * (sum(lengths) / len(lengths) if lengths else 0.0)
+        width = max(len(under_way), 1)
+        return max(max(left), (sum(left) + not_started) / width)
 
     @property
     def text(self) -> str:
@@ -168,11 +182,17 @@ class FoldsProgress:
             return "starting the cross-validation..."
         if self.state == "finished":
             return f"{self.folds} folds finished after {format_duration(self.elapsed_s)} of training"
-        parts = [f"fold {self.fold} of {self.folds}"]
-        if self.state == "running" and current.state == "finished":
-            parts.append("scoring its held-out patches" + (", then the ensemble's figures" if self.fold == self.folds else ""))
+        if self.side_by_side:
+            parts = [f"{folds_in_words(self.running, self.folds)} side by side",
+                     ", ".join(f"fold {f} " + ("scoring its held-out patches" if m.state == "finished" else
+                                               f"at epoch {m.current_epoch} of {m.epochs}")
+                               for f in self.running if f <= len(self.members) for m in [self.members[f - 1]])]
         else:
-            parts.append(f"epoch {current.current_epoch} of {current.epochs}")
+            parts = [f"fold {self.fold} of {self.folds}"]
+            if self.state == "running" and current.state == "finished":
+                parts.append("scoring its held-out patches" + (", then the ensemble's figures" if self.fold == self.folds else ""))
+            else:
+                parts.append(f"epoch {current.current_epoch} of {current.epochs}")
         if self.state == "running":
             eta = self.eta_s
             parts.append(f"about {format_duration(eta)} left in all" if eta is not None else "estimating the time left")
@@ -183,10 +203,14 @@ class FoldsProgress:
 
 
 def folds_progress(status: Mapping[str, Any], members: Sequence[RunProgress], folds: int) -> FoldsProgress:
-    """Progress of a cross-validation from its own status (`fold`: the fold under way, from 1) and the progress of
-    each of its folds started so far (`run_progress` of `folds/fold-<k>`, in order)."""
-    fold = int(status.get("fold") or len(members) or 1)
-    return FoldsProgress(str(status.get("state", "unknown")), min(fold, max(len(members), 1)), folds, tuple(members))
+    """Progress of a cross-validation from its own status (`fold`: the fold under way, from 1; `folds_running`: those
+    under way side by side) and the progress of each of its folds started so far (`run_progress` of
+    `folds/fold-<k>`, in order)."""
+    running = tuple(int(f) for f in status.get("folds_running") or ())
+    fold = int(running[0] if running else status.get("fold") or len(members) or 1)
+    started = status.get("started_at")
+    return FoldsProgress(str(status.get("state", "unknown")), min(fold, max(len(members), 1)), folds, tuple(members),
+                         running, int(status.get("parallel_folds") or 1), float(started) if started is not None else None)
 
 
 def cross_validation_progress(run: RunDir) -> FoldsProgress:
