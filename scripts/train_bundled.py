@@ -32,6 +32,8 @@ how the models score) and rewrites that figure in ensemble.json and the card.
 
     python scripts/train_bundled.py --folds 5 [--combine prob] [--work /tmp/pcam-bundled-cv] [-- TRAIN_ARGS]
 
+(on a machine with several GPUs, `-- --parallel-folds 5` trains the 5 folds side by side; a resume keeps it)
+
 Only this script (and the benchmarks) read ../shared; the package ships the result.
 """
 
@@ -213,7 +215,8 @@ def train_folds(data: Path, cv: Path, folds: int, combine: str, train_args: list
     if state == "finished" and RunDir(cv).ensemble_path.exists():
         print(f"reusing the finished cross-validation {cv}")
         return command
-    run = command if state is None else [sys.executable, "-m", "pcam_core", "train", "--out", str(cv), "--resume"]
+    side_by_side = train_args[train_args.index("--parallel-folds"):][:2] if "--parallel-folds" in train_args else []
+    run = command if state is None else [sys.executable, "-m", "pcam_core", "train", "--out", str(cv), "--resume", *side_by_side]
     print("$", shlex.join(run), flush=True)
     start = time.perf_counter()
     subprocess.run(run, check=True, cwd=REPO)
@@ -338,7 +341,7 @@ device, not validated for any clinical decision.
 `pcam export` writes the ensemble as one ONNX/TorchScript model. Threshold {DEFAULT_THRESHOLD} (class-balanced loss).
 Size on disk {record['size_mb']:.1f} MB. Scoring time per patch (one pass, batches of 256, {timing['threads']} thread(s),
 {timing['machine']}): the ensemble {timing['ensemble_ms_per_patch']:.2f} ms, one member {timing['one_model_ms_per_patch']:.2f} ms.
-Training time: {_duration(record['train_seconds'])} for the {cv['folds']} folds in all, one after another ({record['machine']}).
+Training time: {_duration(record['train_seconds'])} for the {cv['folds']} folds in all, {_how_folds_trained(record)} ({record['machine']}).
 
 ## Data
 {data['source']}: all {data['patches']:,} patches, in {cv['folds']} folds stratified by label (seed
@@ -402,6 +405,14 @@ def _duration(seconds: float) -> str:
     """`1 h 23 min`, or `42 min` under an hour."""
     minutes = round((seconds or 0.0) / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def _how_folds_trained(record: dict) -> str:
+    """"one after another", or "side by side, N at a time" (`--parallel-folds N` among the training options)."""
+    args = list(record.get("train_args") or [])
+    if "--parallel-folds" in args[:-1] and int(args[args.index("--parallel-folds") + 1]) > 1:
+        return f"side by side, {args[args.index('--parallel-folds') + 1]} at a time (the sum of their times)"
+    return "one after another"
 
 
 def main_folds(args: argparse.Namespace) -> None:
