@@ -238,10 +238,37 @@ def live_view(run: RunDir, drawn: tuple) -> None:
         st.text(log or "(no log yet)")
 
 
+def _all_runs_table(drawn: tuple) -> None:
+    """Every run of the workspace; while one trains, read again every few seconds, and the whole page redrawn when
+    any run's state or epochs moved on (a run started elsewhere, or one this page does not watch, included)."""
+    now = ctx.workspace.runs() if drawn else ctx.runs
+    if drawn and tuple(progress_key(s) + (s.run_id,) for s in now) != drawn:
+        st.rerun()
+    if now:
+        run_tables.runs_summary_table(now, ctx.source_names(), key="all_runs", caption="All runs", height=300)
+        st.caption("Pick a run in the sidebar to watch it here; the Runs page compares them.")
+    else:
+        st.caption("No runs yet.")
+
+
 with live_column:
     run = None if ctx.bundled else ctx.run  # the bundled model was not trained here
+    training = [s.run_id for s in ctx.runs if s.state in ACTIVE_STATES and (run is None or s.run_id != run.run_id)]
+    if training:  # a run training now, not the selected one: watched here when the sidebar shows no run of the workspace
+        if run is None:
+            run = ctx.workspace.run(training[0])
+            st.caption(f"Watching `{run.run_id}`, training now; the sidebar's selected model is "
+                       f"{'the bundled model' if ctx.bundled else 'none'}.")
+        else:
+            st.caption(f"Training now: `{training[0]}`" + (f" and {len(training) - 1} more" if len(training) > 1 else "")
+                       + "; below, the run selected in the sidebar.")
+        if st.button("Select it" if run.run_id == training[0] else "Watch it", key="select_training", icon=":material/visibility:",
+                     help=f"Make {training[0]} the sidebar's selected run (for the other pages too) and watch it here."):
+            sidebar.select_run(training[0])
+            st.rerun()
     if run is None:
-        st.info("No run yet: fill in the form and start one.", icon=":material/model_training:")
+        st.info("No run selected: pick one in the sidebar to watch it here, or fill in the form and start one." if ctx.runs else
+                "No run yet: fill in the form and start one.", icon=":material/model_training:")
     else:
         # the run as the sidebar and the runs table drew it
         drawn = progress_key(next((s for s in ctx.runs if s.run_id == run.run_id), None) or summarize(run))
@@ -250,8 +277,7 @@ with live_column:
 
 st.divider()
 st.subheader("All runs")
-if ctx.runs:
-    run_tables.runs_summary_table(ctx.runs, ctx.source_names(), key="all_runs", caption="All runs", height=300)
-    st.caption("Pick a run in the sidebar to watch it here; the Runs page compares them.")
+if any(s.state in ACTIVE_STATES for s in ctx.runs):
+    st.fragment(_all_runs_table, run_every=5)(tuple(progress_key(s) + (s.run_id,) for s in ctx.runs))
 else:
-    st.caption("No runs yet.")
+    _all_runs_table(())

@@ -635,8 +635,15 @@ def test_stop_and_resume_buttons(finished_workspace, monkeypatch):
     try:
         assert wait_for(run.steps, timeout=120, every=0.3)
         at = start(finished_workspace, monkeypatch)
-        at.sidebar.selectbox(key="run").set_value(run.run_id).run()
+        # a run training while the sidebar shows another: named, one click to watch it; with the bundled model, watched
+        assert at.sidebar.selectbox(key="run").value == RUN_ID  # the newest finished run, by default
         open_page(at, "pages/train.py")
+        assert f"Training now: `{run.run_id}`; below, the run selected in the sidebar." in texts(at)
+        at.sidebar.selectbox(key="run").set_value(BUNDLED_CHOICE).run()
+        assert f"Watching `{run.run_id}`, training now; the sidebar's selected model is the bundled model." in texts(at)
+        assert at.get("progress") and at.button(key="stop")  # its live view, and its buttons
+        at.button(key="select_training").click().run()
+        assert at.sidebar.selectbox(key="run").value == run.run_id
         at.button(key="stop").click().run()
         wait_for(lambda: run.status()["state"] != "running", timeout=120, every=0.3)
         assert run.status()["state"] == "stopped" and run.last_checkpoint.exists()
