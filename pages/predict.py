@@ -111,8 +111,10 @@ if triage is not None:
     referred = int((table["call"] == "refer").sum())
     st.subheader(f"{scored} patch{'es' if scored != 1 else ''} scored: {called} called tumour, {referred} referred "
                  f"({referred / scored:.0%}), by triage at target sensitivity {triage.target_sensitivity}{refused}")
-else:
-    st.subheader(f"{scored} patch{'es' if scored != 1 else ''} scored: {called} called tumour at {thresholds.text(threshold)}{refused}")
+else:  # every call counted: out of scope, a patch is referred whatever its probability
+    referred = int((table["call"] == "refer").sum())
+    st.subheader(f"{scored} patch{'es' if scored != 1 else ''} scored: {called} called tumour at {thresholds.text(threshold)}, "
+                 f"{scored - called - referred} normal" + (f", {referred} referred (out of scope)" if referred else "") + refused)
 # the call first after the file, so that it is in sight at any width; the long id last
 st.dataframe(table, hide_index=True, column_order=[c for c in RESULT_ORDER if c in table.columns], column_config={
     "file": st.column_config.TextColumn("file", width="medium"),

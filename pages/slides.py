@@ -200,12 +200,15 @@ cols[1].metric(f"Call at {slide_threshold:g}", SLIDE_CALL_WORDS.get(slide_call, 
                     "when it reaches it with no region to show; none (not assessed) when the slide is out of the model's scope.")
 if slide_call == REFER:
     st.warning(f"Refer: {summary.get('call_reason') or 'no region to show'}.", icon=":material/visibility:")
-cols[2].metric("Tumour area, mm²", f"{summary['tumour_area_mm2']:.3f}", help="The area of the reported regions.")
+# not assessed, a slide has no tumour area, regions or diameter to report: "0.000" would read as a negative finding
+cols[2].metric("Tumour area, mm²", f"{summary['tumour_area_mm2']:.3f}" if assessed else NONE, help="The area of the reported regions.")
 below = int(summary.get("regions_below_threshold", 0))
-cols[3].metric("Regions", summary.get("regions_reported", summary["regions"]),
-               help=f"Reported regions; {below} more below the reporting threshold (listed below, no size class). "
-                    + rule_words((summary.get("decision") or {}).get("rule")) + ".")
-cols[4].metric("Largest diameter", f"{summary['largest_diameter_mm']:.2f} mm", help="Of the largest reported region.")
+cols[3].metric("Regions", summary.get("regions_reported", summary["regions"]) if assessed else NONE,
+               help=(f"Reported regions; {below} more below the reporting threshold (listed below, no size class). "
+                     + rule_words((summary.get("decision") or {}).get("rule")) + "." if assessed else
+                     "Not assessed: the regions below are outlined on the map for inspection only."))
+cols[4].metric("Largest diameter", f"{summary['largest_diameter_mm']:.2f} mm" if assessed else NONE,
+               help="Of the largest reported region.")
 cols[5].metric("Size class", summary["size_class"] if assessed else NONE,
                help=SIZE_CLASS_WORDS.get(summary["size_class"], "Not assessed: the slide is out of the model's scope."))
 st.caption(f"Model {summary.get('model')} ({state.run_label}), "

@@ -79,7 +79,10 @@ def state_text(state: AnalysisState) -> str:
         text += f" {100 * state.fraction:.0f}%"
     elif state.state == "done" and state.summary:
         s = state.summary
-        text += f", score {s['slide_score']:.3f}, {s.get('regions_reported', s['regions'])} reported region(s)"
+        if not (s.get("scope") or {}).get("in_scope", True):  # a score of a slide out of scope would read as a finding
+            text += ", not assessed (out of the model's scope)"
+        else:
+            text += f", score {s['slide_score']:.3f}, {s.get('regions_reported', s['regions'])} reported region(s)"
     return text
 
 

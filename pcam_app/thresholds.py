@@ -41,9 +41,15 @@ def choose(run: RunDir, value: float) -> None:
 def slider(where: Any, run: RunDir, *, key: str, help: str, disabled: bool = False) -> float:
     """A "Decision threshold" slider that shows the run's chosen threshold and, when moved, chooses another."""
     value = chosen(run)
+    start: dict[str, float] = {}
     if st.session_state.get(key) != value:
         # set only when it differs (another page chose, or the widget is new): a widget's state set by the script
         # is sent back to the browser, and resending it on every rerun undid key presses still on their way
         st.session_state[key] = value
+    else:
+        # and its default the same value: a slider the browser drew again after a run that did not draw it (the Runs
+        # page stops before its slider while a split is being scored) started from its default, the minimum, and
+        # showed 0.000 while the page used the chosen value
+        start["value"] = value
     return where.slider("Decision threshold", 0.0, 1.0, step=STEP, key=key, format="%.3f" if len(text(value)) == 5 else "%.5f",
-                        help=help, disabled=disabled, on_change=lambda: choose(run, st.session_state[key]))
+                        help=help, disabled=disabled, on_change=lambda: choose(run, st.session_state[key]), **start)

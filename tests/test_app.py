@@ -417,6 +417,10 @@ def test_predict_uploads_refuses_and_converts_visibly(finished_workspace, monkey
     assert scored["in_scope"].notna().all() and ((scored["call"] == "refer") == ~scored["in_scope"].astype(bool)).all()
     [refused] = table[table["call"] == "refused"].to_dict("records")
     assert refused["file"] == "small64.tif" and bad["small64.tif"] in refused["notes"]
+    counts = {call: int((scored["call"] == call).sum()) for call in ("tumour", "normal", "refer")}
+    heading = (f"4 patches scored: {counts['tumour']} called tumour at 0.500, {counts['normal']} normal"
+               + (f", {counts['refer']} referred (out of scope)" if counts["refer"] else "") + ", 1 refused")
+    assert heading in [h.value for h in at.subheader]  # every call counted, the referred ones too
     # the call in sight at any width: first after the file, the long id last
     assert list(at.dataframe[0].proto.column_order)[:2] == ["file", "call"] and at.dataframe[0].proto.column_order[-1] == "id"
     # two downloads: the results file (every scored file, its call and how it was made) and Kaggle's submission

@@ -400,6 +400,12 @@ def test_a_slide_out_of_the_models_scope_is_not_assessed(kind, tmp_path, monkeyp
     assert any("Not assessed: the model was not made for this slide" in e for e in errors), errors
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Size class"] == metrics["Call at 0.5"] == metrics["Slide score"] == "—"  # none: the error says why
+    # nor an area, regions or diameter: "0.000 mm²" would read as a negative finding (and a region listed beside it)
+    assert metrics["Tumour area, mm²"] == metrics["Regions"] == metrics["Largest diameter"] == "—"
+    fraction = load_summary(library.analysis_folder(sid, stride=96))["scope"]["out_of_scope_fraction"]
+    assert f"{fraction:.1%} of this slide's scored tissue lies outside it" in texts(at)  # one figure, said alike twice
+    assert f"{fraction:.1%} of the scored tissue is unlike" in " ".join(errors) or fraction <= 0.5
+    assert "(stride 96): done, not assessed (out of the model's scope)" in texts(at)  # the library's line: no score
     summary = load_summary(library.analysis_folder(sid, stride=96))
     assert summary["call"] == summary["size_class"] == "not assessed"
     assert all(region["size_class"] is None for region in summary["region_list"])  # not even a reported region's

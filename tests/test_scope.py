@@ -166,7 +166,7 @@ def test_a_slide_mostly_out_of_scope_or_too_coarse_or_at_a_guessed_scale_is_not_
     assert fine["in_scope"] and fine["out_of_scope_fraction"] == 0.03 and fine["cells_out_of_scope"] == 3
     assert fine["reason"].startswith("In scope: 3.0% of the scored tissue")
     mostly = slide_scope(scored, most, mpp=0.25, mpp_source="metadata", guard=guard)
-    assert not mostly["in_scope"] and "60% of the scored tissue is unlike" in mostly["reason"]
+    assert not mostly["in_scope"] and "60.0% of the scored tissue is unlike" in mostly["reason"]
     coarse = slide_scope(scored, some, mpp=2.0, mpp_source="metadata", guard=guard)
     assert not coarse["in_scope"] and "coarser than the model's 0.972 µm/px" in coarse["reason"] and "enlarged 2.1x" in coarse["reason"]
     guessed = slide_scope(scored, some, mpp=0.5, mpp_source="dpi guess", guard=guard)

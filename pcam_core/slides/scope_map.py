@@ -48,7 +48,7 @@ def slide_scope(scored: np.ndarray, outside: np.ndarray, *, mpp: float, mpp_sour
     fraction = float(outside.sum() / n) if n else 0.0
     reasons = []
     if guard is not None and fraction > MAX_OUT_OF_SCOPE:
-        reasons.append(f"{fraction:.0%} of the scored tissue is unlike the tissue the model was trained on (the guard "
+        reasons.append(f"{fraction:.1%} of the scored tissue is unlike the tissue the model was trained on (the guard "
                        f"flags about {guard['rate']:.0%} of real lymph-node patches)")
     upsampling = mpp / PCAM_MPP
     if upsampling > MAX_UPSAMPLING:

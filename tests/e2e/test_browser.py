@@ -196,6 +196,16 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
             _slide_threshold_to(page, 0.30)
             _no_exception(page)
             _shot(page, "runs")
+            # another split, scored in the background from the page: the slider still shows the threshold in use (it
+            # once showed 0.000, its minimum, after the scoring redrew the page)
+            splits = page.locator("[data-testid=stButtonGroup]").first
+            splits.get_by_text("test", exact=True).click()
+            page.get_by_role("button", name="Score the test split").click()
+            wait_rendered(page, page.get_by_text("Confusion matrix at threshold 0.300"), timeout_ms=240_000)  # a background job
+            expect(page.locator("[data-testid=stSliderThumbValue]").first).to_have_text("0.300")
+            splits.get_by_text(re.compile(r"^valid")).click()
+            wait_rendered(page, page.get_by_text("Confusion matrix at threshold 0.300"))
+            expect(page.locator("[data-testid=stSliderThumbValue]").first).to_have_text("0.300")
 
             # from an error to its explanation (at threshold 0 every normal patch is a false positive)
             main = page.locator("[data-testid=stMain]")
