@@ -19,13 +19,13 @@ from .shell import Context
 REVIEWER_KEY = "reviewer"
 UPLOADS_SOURCE = "uploads"  # the data name of patches uploaded on the Predict page
 VERDICT_LABELS = {
-    "agree": "Agree",
+    "agree": "Both right",
     "disagree_label_wrong": "Label wrong",
     "disagree_model_wrong": "Model wrong",
     "artefact": "Artefact",
     "unsure": "Unsure",
 }
-VERDICT_HELP = ("Agree: the label is right. Label wrong: the label is wrong (training with reviewed labels flips it). "
+VERDICT_HELP = ("Both right: the label is right, and so is the model's call. Label wrong: the label is wrong (training with reviewed labels flips it). "
                 "Model wrong: the label is right and the model's call is not. Artefact: unusable tissue, folds, blur, "
                 "pen (training with reviewed labels drops it). Unsure: cannot tell from the patch.")
 

@@ -52,8 +52,23 @@ def _follow_address(key: str, options: dict[str, str]) -> None:
     if asked is None:
         return
     value = asked if asked in options else next((v for v, label in options.items() if label == asked), None)
-    if value is not None and value != st.session_state.get(key):
+    if value is None:  # a link to a run or source this workspace does not hold (deleted, or another workspace's)
+        st.session_state[f"_unknown_{key}"] = asked
+    elif value != st.session_state.get(key):
         st.session_state.setdefault(f"_select_{key}", value)
+
+
+def _unknown_warning(key: str, what: str, shown: str | None) -> None:
+    """Under a selection: the link named a `what` this workspace does not hold, and what is shown instead. Said until
+    the user chooses (`_forget_unknown`): a shared link must not show another model's figures without a word."""
+    asked = st.session_state.get(f"_unknown_{key}")
+    if asked is not None and asked != shown:
+        st.warning(f"The link named {what} `{asked}`, which this workspace does not hold; shown instead: "
+                   f"{shown or 'nothing'}.", icon=":material/link_off:")
+
+
+def _forget_unknown(key: str) -> None:
+    st.session_state.pop(f"_unknown_{key}", None)
 
 
 def _write_address(key: str, value: str | None) -> None:
@@ -98,7 +113,14 @@ def select_run(run_id: str) -> None:
 def _run_chosen() -> None:
     """The user chose a run in the sidebar (a callback: it runs before the script)."""
     st.session_state[RUN_CHOICE] = st.session_state.get("run")
+    _forget_unknown("run")
     _write_address("run", st.session_state.get("run"))
+
+
+def _dataset_chosen() -> None:
+    """The user chose a data source in the sidebar (a callback)."""
+    _forget_unknown("dataset")
+    _write_address("dataset", st.session_state.get("dataset"))
 
 
 # pages that do not use the active dataset: its SYNTHETIC badge would stand over a real slide or a real upload there
@@ -120,8 +142,9 @@ def sidebar(workspace: Workspace, page: Any = None) -> Context:
         _follow_address("dataset", {n: by_name[n].label for n in names})
         _apply_pending("dataset", names)
         chosen = st.selectbox("Active dataset", names, key="dataset", format_func=lambda n: by_name[n].label,
-                              placeholder="No data source", on_change=lambda: _write_address("dataset", st.session_state.get("dataset")),
+                              placeholder="No data source", on_change=_dataset_chosen,
                               help="The data the Overview, Dataset and Train pages use. Add sources on the Overview page.")
+        _unknown_warning("dataset", "the data source", by_name[chosen].label if chosen in by_name else None)
         _write_address("dataset", chosen)
         source = by_name.get(chosen) if chosen else None
         if source is not None:
@@ -138,6 +161,7 @@ def sidebar(workspace: Workspace, page: Any = None) -> Context:
                               help="The run the pages show (your runs newest first), or the "
                                    f"{LABEL} that ships with pcam_core. It stays selected until you choose another.")
         st.session_state[RUN_CHOICE] = picked
+        _unknown_warning("run", "the run", LABEL if picked == BUNDLED_CHOICE else picked)
         _write_address("run", picked)
         run = None
         if picked == BUNDLED_CHOICE:

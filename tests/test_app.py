@@ -354,7 +354,16 @@ def test_links_name_the_dataset_and_the_run_by_value_and_the_address_follows_the
     open_page(at, "pages/runs.py")  # another page keeps both, in its address too
     assert shown(at) == ("second", RUN_ID) and (at.query_params["dataset"], at.query_params["run"]) == ("second", RUN_ID)
     assert shown(opened({"dataset": demo.label, "run": LABEL})) == ("demo", BUNDLED_CHOICE)  # a link holding the labels
-    assert shown(opened({"dataset": "nothing", "run": "no-such-run"})) == ("second", RUN_ID)  # a stray link: the defaults
+    stray = opened({"dataset": "nothing", "run": "no-such-run"})
+    assert shown(stray) == ("second", RUN_ID)  # a stray link: the defaults, and words that say so, until the user chooses
+    said = [w.value for w in stray.sidebar.warning]
+    assert f"The link named the run `no-such-run`, which this workspace does not hold; shown instead: {RUN_ID}." in said
+    assert any(w.startswith("The link named the data source `nothing`") for w in said)
+    stray.run()
+    assert len(stray.sidebar.warning) == 2
+    stray.sidebar.selectbox(key="run").set_value(BUNDLED_CHOICE).run()
+    left = [w.value for w in stray.sidebar.warning]  # the run chosen: its warning gone, the data source's kept
+    assert len(left) == 1 and left[0].startswith("The link named the data source `nothing`")
 
 
 def test_a_bounded_epoch_chart_before_the_first_epoch_spans_0_to_1():

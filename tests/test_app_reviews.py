@@ -76,9 +76,9 @@ def test_explain_and_the_error_gallery_review_the_patch_they_show(finished_works
     save(at, "explain", "agree")
     row = workspace.reviews().current_reviews().iloc[-1]
     assert (row["patch_index"], row["split"], row["verdict"]) == (17, "valid", "agree")
-    assert "Review saved: Agree." in texts(at)
+    assert "Review saved: Both right." in texts(at)
     at.run()
-    assert "Your current review: **Agree**" in texts(at)
+    assert "Your current review: **Both right**" in texts(at)
 
     at = as_reviewer(open_page(start(finished_workspace, monkeypatch), "pages/runs.py"))
     at.slider(key="threshold").set_value(0.2).run()  # some false positives to show
