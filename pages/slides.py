@@ -297,7 +297,7 @@ else:
         if not region["reported"] and (rank == 0 or ranked[rank - 1]["reported"]):
             st.caption(f"Below the reporting threshold ({sum(not r['reported'] for r in region_list)}): listed for "
                        "inspection, not reported, no size class.")
-        c = st.columns([1, 2, 2, 2, 1, 1], vertical_alignment="center")
+        c = st.columns([1, 2.4, 1.2, 1.7, 0.9, 1.3], vertical_alignment="center")  # the last: room for "Review"
         if c[0].button(f"#{number}", key=f"goto-{number}", icon=":material/my_location:",
                        help=f"Show {region_name(number)} in the viewer (its name in the GeoJSON and the report)"):
             view["goto"] = {"bbox": region["bbox"], "nonce": time.time()}
@@ -307,7 +307,7 @@ else:
                       "below the reporting threshold" if not region["reported"] else "not assessed"))
         c[2].write(f"{region['area_mm2']:.3f} mm²")
         c[3].write(f"max probability {region['max_probability']:.3f}")
-        c[4].write(f"{region['cells']} cells")
+        c[4].write(f"{region['cells']} cell{'s' if region['cells'] != 1 else ''}")
         with c[5]:
             reviews.review_widget(store, ReviewTarget.slide_region(REVIEW_SOURCE, slide.id, region=str(number)),
                                   ModelCall.at(region["max_probability"], threshold, str(summary.get("run"))),
@@ -325,7 +325,7 @@ if windows_said:
     st.caption("Reviews of windows: " + "; ".join(f"{window_label(r['x'], r['y'])}: {review_text(r)}" for r in windows_said))
 
 st.subheader("Downloads")
-d = st.columns(4)
+d = [*st.columns(2), *st.columns(2)]  # two rows: four in one cut their labels short
 stem = Path(slide.name).stem
 window_px = WINDOW * lattice.f
 d[0].download_button("Regions (GeoJSON, for QuPath)",

@@ -90,8 +90,18 @@ def curves_figure(frame: pd.DataFrame, metric: str, *, title: str | None = None,
     if metric in BOUNDED_METRICS:  # scores in [0, 1]: never an axis beyond 1, nor plotly's -1 to 4 of an empty chart
         fig.update_yaxes(range=[max(0.0, float(values.min()) - 0.02) if len(values) else 0.0, 1.002])
     if not len(values):
-        fig.add_annotation(text="no epochs yet", xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False)
+        return _empty(fig, "no epochs yet")
     return _epoch_axis(fig, frame["epoch"])
+
+
+def _empty(fig: go.Figure, words: str) -> go.Figure:
+    """A chart with nothing to draw yet: the words in its middle, and an epoch axis from 1 (plotly's own for no data
+    runs from -1, epochs no run has)."""
+    fig.add_annotation(text=words, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False)
+    fig.update_xaxes(range=[1, 2], tick0=1, dtick=1)
+    if fig.layout.yaxis.range is None:
+        fig.update_yaxes(range=[0, 1])
+    return fig
 
 
 def loss_figure(steps: pd.DataFrame, epochs: pd.DataFrame, *, title: str = "Loss") -> go.Figure:
@@ -104,6 +114,8 @@ def loss_figure(steps: pd.DataFrame, epochs: pd.DataFrame, *, title: str = "Loss
         fig.add_scatter(x=epochs["epoch"], y=epochs["loss"], mode="lines+markers", name="validation loss",
                         line=dict(color="#ef6c00"))
     _layout(fig, title, xaxis_title="epoch", yaxis_title="loss")
+    if not len(steps) and not len(epochs):
+        return _empty(fig, "no steps yet")
     return _epoch_axis(fig, epochs["epoch"] if len(epochs) else steps["epoch"])
 
 

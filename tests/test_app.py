@@ -373,8 +373,14 @@ def test_a_bounded_epoch_chart_before_the_first_epoch_spans_0_to_1():
     from pcam_core.workspace.monitor import epoch_frame
 
     empty = curves_figure(epoch_frame({"new-run": []}), "roc_auc").to_plotly_json()["layout"]
-    assert tuple(empty["yaxis"]["range"]) == (0.0, 1.002)
+    assert tuple(empty["yaxis"]["range"]) == (0.0, 1.002) and tuple(empty["xaxis"]["range"]) == (1, 2)  # no epoch -1
     assert [a["text"] for a in empty["annotations"]] == ["no epochs yet"]
+    from pcam_app.figures import loss_figure
+
+    nothing = pd.DataFrame({"epoch": [], "loss": []})
+    loss = loss_figure(nothing, nothing).to_plotly_json()["layout"]  # a queued run: plotly's own axes ran from -1
+    assert tuple(loss["xaxis"]["range"]) == (1, 2) and tuple(loss["yaxis"]["range"]) == (0, 1)
+    assert [a["text"] for a in loss["annotations"]] == ["no steps yet"]
     one = curves_figure(epoch_frame({"r": [{"epoch": 1, "roc_auc": 0.9}]}), "roc_auc").to_plotly_json()["layout"]
     assert tuple(one["yaxis"]["range"]) == pytest.approx((0.88, 1.002)) and not one.get("annotations")
 
