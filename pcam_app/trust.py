@@ -28,8 +28,14 @@ def intervals_section(run: RunDir, split: str, threshold: float) -> None:
     st.markdown("**95% confidence intervals** " + " · ".join(
         f"{INTERVAL_NAMES[name]} {format_interval(interval)}" for name, interval in intervals.items() if interval))
     methods = sorted({f"{INTERVAL_NAMES[n]}: {i['method']}" for n, i in intervals.items() if i})
+    flat = [INTERVAL_NAMES[n] for n, i in intervals.items() if i and f"{i['low']:.3f}" == f"{i['high']:.3f}"]  # as shown
+    predictions = caches.split_predictions(run, split)
+    patches = len(predictions) if predictions is not None else 0
     st.caption("How much the figures could move on another sample of patches like these (" + "; ".join(methods) + "). "
-               "They do not cover patches unlike these: another lab, scanner or tissue.")
+               "They do not cover patches unlike these: another lab, scanner or tissue."
+               + (f" An interval of no width ({', '.join(flat)}) means every resample of these {patches:,} patches scored "
+                  f"alike, not that the figure is certain: a failure rarer than about 1 in {max(patches, 3) / 3:,.0f} can "
+                  "go unseen in a sample this size (the rule of three)." if flat else ""))
 
 
 def calibration_section(run: RunDir, split: str, predictions: pd.DataFrame) -> None:

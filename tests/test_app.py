@@ -257,6 +257,22 @@ def test_threshold_slider_moves_every_figure(finished_workspace, monkeypatch):
     assert not at.exception
 
 
+def test_an_interval_of_no_width_is_said_not_to_be_certainty(finished_workspace, monkeypatch, tmp_path):
+    """A split the run separates perfectly, every patch 0.1 from its label: no resample changes the Brier score, so its
+    interval has no width; the page says that is not certainty, and what a sample this size can leave unseen (the rule
+    of three, 3/n)."""
+    workspace = tmp_path / "ws"
+    shutil.copytree(finished_workspace, workspace)
+    path = RunDir(workspace / "runs" / RUN_ID).valid_predictions_path
+    frame = pd.read_csv(path, dtype={"id": str})
+    frame["probability"] = np.where(frame["label"] == 1, 0.9, 0.1)
+    frame.to_csv(path, index=False)
+    at = open_page(start(workspace, monkeypatch), "pages/runs.py")
+    assert "Brier score 0.010 (0.010-0.010)" in texts(at)  # every patch 0.1 from its label: no resample differs
+    assert (f"An interval of no width (Brier score) means every resample of these {len(frame):,} patches scored alike, not that the figure is certain: a failure "
+            f"rarer than about 1 in {len(frame) / 3:,.0f} can go unseen") in texts(at)
+
+
 @pytest.mark.slow
 def test_a_threshold_suggested_for_95_percent_sensitivity_gives_it(finished_workspace, monkeypatch, tmp_path):
     """Set from "95% sensitivity (validation)" on the validation split shows a sensitivity of at least 0.95
