@@ -39,6 +39,7 @@ from .metrics import binary_metrics, expected_calibration_error
 from .predict import predict_dataset
 from .runs import RunDir, StatusWriter, folds_in_words, prepare_out_dir, process_start_time
 from .stats import format_interval, mean_interval, metric_intervals
+from .tracking import prepare_store
 from .train import StopRequested, fit
 from .triage import CALLS, fit_triage, triage_outcome
 
@@ -193,6 +194,7 @@ def _train_side_by_side(config: ExperimentConfig, run: RunDir, status: StatusWri
     gpus = _gpus_for(config)
     threads = None if "OMP_NUM_THREADS" in os.environ else max(1, (os.cpu_count() or 1) // parallel)
     context = multiprocessing.get_context("spawn")  # no forked copy of this process's threads and CUDA state
+    prepare_store(config.tracking)  # the folds log to one MLflow store at once: its tables and experiment made first
     queue, free = list(pending), list(range(min(parallel, len(pending))))
     running: dict[Any, tuple[Any, int, int, Any]] = {}  # sentinel -> (process, fold, slot, the end of its pipe we read)
     stop = _StopForwarder(lambda: [entry[0] for entry in running.values()])

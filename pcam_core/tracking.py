@@ -93,6 +93,15 @@ def create_tracker(tracking: TrackingConfig, *, module: str = "mlflow") -> Track
     return MlflowTracker(mlflow, entities, tracking)
 
 
+def prepare_store(tracking: TrackingConfig) -> None:
+    """Make `tracking`'s store and experiment ready before several processes log to it at once (the folds of a
+    cross-validation trained side by side): each would otherwise create a new SQLite store's tables, and all but one
+    fail ("table experiments already exists"). Nothing to do without a URI."""
+    tracker = create_tracker(tracking)
+    if isinstance(tracker, MlflowTracker):
+        tracker.experiment_id()
+
+
 def resolve_uri(uri: str) -> str:
     """`uri` with a relative SQLite or file-store path made absolute, so that the trainer (started from another
     folder, or resumed later) finds the same store. Other URIs (servers, absolute paths) come back unchanged."""
@@ -159,12 +168,13 @@ class MlflowTracker:
         if self.run_id is None:
             tags = {"pcam.run_id": run.run_id, "pcam.run_path": str(run.path.resolve()),
                     "pcam.synthetic_data": str(bool(synthetic)).lower()}
-            self.run_id = self.client.create_run(self._experiment_id(), run_name=name or run.run_id, tags=tags).info.run_id
+            self.run_id = self.client.create_run(self.experiment_id(), run_name=name or run.run_id, tags=tags).info.run_id
             atomic_write_json(run.tracking_path, {"mlflow_uri": self.uri, "mlflow_experiment": self.experiment,
                                                   "mlflow_run_id": self.run_id})
             log.info("MLflow: logging to run %s of experiment %r in %s", self.run_id, self.experiment, self.uri)
 
-    def _experiment_id(self) -> str:
+    def experiment_id(self) -> str:
+        """The experiment's id, the experiment created where the store has none of that name."""
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is None:
             return self.client.create_experiment(self.experiment, artifact_location=_artifact_location(self.uri))

@@ -251,15 +251,21 @@ def test_a_killed_fold_job_resumes_where_it_stopped(small_kaggle, tmp_path) -> N
 @pytest.mark.slow
 def test_folds_side_by_side_train_as_one_after_another_and_stop_fail_and_resume_together(cv_run, small_kaggle, tmp_path) -> None:
     """`--parallel-folds 2`: each fold in a process of its own gives the out-of-fold predictions of the folds trained one
-    after another (`cv_run`, the same arguments). A stop request to the job alone (as `pcam stop` sends it) stops every
+    after another (`cv_run`, the same arguments), each logged to one new MLflow store. A stop request to the job alone (as `pcam stop` sends it) stops every
     fold with its checkpoint; a fold that fails stops the other and the job names it; then the job resumes to the end."""
     from pcam_core.cli import main
     from pcam_core.runs import RunDir
 
     out = tmp_path / "side"
-    assert main(["train", "--data", str(small_kaggle), "--out", str(out), *CV_ARGS, "--parallel-folds", "2"]) == 0
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a new store both folds log to at once (they raced to create its tables)
+    assert main(["train", "--data", str(small_kaggle), "--out", str(out), *CV_ARGS, "--parallel-folds", "2", "--mlflow", store]) == 0
     run = RunDir(out)
     assert "training 2 folds side by side" in run.log_tail(400) and "[fold 2]" in run.log_tail(400)
+    import mlflow
+
+    client = mlflow.MlflowClient(store)
+    logged = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted((r.info.run_name, r.info.status) for r in logged) == [("cv fold 1 of 2", "FINISHED"), ("cv fold 2 of 2", "FINISHED")]
     side = pd.read_csv(run.oof_predictions_path, dtype={"id": str}).set_index("id")
     alone = pd.read_csv(RunDir(cv_run).oof_predictions_path, dtype={"id": str}).set_index("id")
     assert side.index.equals(alone.index) and (side["fold"] == alone["fold"]).all()
