@@ -23,6 +23,7 @@ from pcam_core.runs import (
     process_count,
     run_path,
     stop,
+    summarize,
     train_command,
 )
 
@@ -118,6 +119,8 @@ def test_train_command_uses_torchrun_for_several_processes(tmp_path):
 
 def test_a_cross_validation_is_launched_with_its_folds_and_its_processes_train_folds_side_by_side(tmp_path, demo_root):
     run = create_run(tmp_path, _config(demo_root).replace(data={"folds": 3}), run_id="cv")
+    epochs = run.config().train.epochs
+    assert run.status()["state"] == "queued" and summarize(run).epochs_total == 3 * epochs  # its folds', before folds/ exists
     command = train_command(run)
     assert command[command.index("--folds") + 1] == "3"  # the trainer cross-validates a new run only when told
     assert "--parallel-folds" not in command and "torch.distributed.run" not in command

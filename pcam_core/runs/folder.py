@@ -413,7 +413,9 @@ def summarize(run: RunDir) -> RunSummary:
     if best:
         best_view = {k: best.get(k) for k in ("epoch", "roc_auc", "pr_auc", "accuracy", "f1", "loss")}
     done = _epochs_done(epochs)
-    if run.is_cross_validation:  # its epochs are its folds': K runs of `total` epochs; its figures the out-of-fold ones
+    # a cross-validation's epochs are its folds': K runs of `total` epochs; its figures the out-of-fold ones. Queued,
+    # before its job made folds/, it is known by its config (`launch` starts any queued run with data.folds as one)
+    if run.is_cross_validation or (status.get("state") == "queued" and cross_validation_folds(run)):
         done, total, best_view = _cross_validation_figures(run, total)
     return RunSummary(
         run.run_id,
