@@ -37,6 +37,7 @@ import torch
 from .checkpoint import model_from_checkpoint
 from .config import ExperimentConfig
 from .data.base import PatchDataset
+from .data.loader import cv_pool
 from .ensemble import member_runs
 from .loading import load_run_model
 from .predict import predict_dataset
@@ -94,16 +95,22 @@ def load_teacher(config: ExperimentConfig, train: PatchDataset, valid: PatchData
 
 
 def check_teacher(config: ExperimentConfig) -> None:
-    """What can be told of `config`'s teacher without its data or models, so that a form or a launcher refuses it at
-    once rather than in the training process: its folder exists (else FileNotFoundError), and a cross-validation's
-    (`data.folds`) is a finished cross-validation (else ValueError). The patches of each fold are matched when the fold
-    trains (`load_teacher`)."""
+    """What can be told of `config`'s teacher without its models or the patches themselves, so that a form or a
+    launcher refuses it at once rather than in the training process: its folder exists (else FileNotFoundError), and a
+    cross-validation's (`data.folds`) is a finished cross-validation of as many patches as the data's pool holds (else
+    ValueError; a cross-validation of other data, mostly). The patches of each fold are matched when the fold trains
+    (`load_teacher`)."""
     ref = config.train.teacher
     if ref is None:
         return
     folder = resolve_run(ref).folder
     if config.data.folds:
         _check_cross_validated(folder, ref, f"each of the {config.data.folds} folds")
+        taught = len(pd.read_csv(folder.oof_predictions_path, usecols=["index"]))
+        patches = len(cv_pool(config.data.path, config.data.format))
+        if taught != patches:
+            raise ValueError(f"teacher {ref} was cross-validated on other data: {taught:,} patches, where the pool of "
+                             f"{config.data.path} holds {patches:,}")
 
 
 def _check_cross_validated(folder: RunDir, ref: str, fold_name: str) -> None:

@@ -369,15 +369,18 @@ def test_each_fold_is_distilled_from_the_teacher_member_that_held_out_its_patche
     assert any(not torch.equal(plain[name], taught[name]) for name in plain if plain[name].is_floating_point())
 
 
-def test_a_teacher_is_checked_before_a_run_is_made(tmp_path) -> None:
+def test_a_teacher_is_checked_before_a_run_is_made(tmp_path, real_kaggle) -> None:
     """`distil.check_teacher`, what the Train page and `Workspace.start_run` ask before making a folder: a missing
-    teacher, or one that is not a finished cross-validation for a cross-validation, is refused; the bundled model can
-    teach one (its patches are matched when each fold trains)."""
+    teacher, one that is not a finished cross-validation for a cross-validation, or one cross-validated on a pool of
+    another size (the bundled model's 4,000 real patches, for 160 of them) is refused; the patches of a pool of the
+    same size are matched when each fold trains."""
     from pcam_core.config import ExperimentConfig
     from pcam_core.distil import check_teacher
 
-    cv = ExperimentConfig().replace(data={"folds": 5})
-    check_teacher(cv.replace(train={"teacher": "bundled"}))
+    cv = ExperimentConfig().replace(data={"folds": 5, "path": str(real_kaggle)})
+    with pytest.raises(ValueError, match=f"teacher bundled was cross-validated on other data: 4,000 patches, where the "
+                                         f"pool of {real_kaggle} holds 160"):
+        check_teacher(cv.replace(train={"teacher": "bundled"}))
     check_teacher(cv)  # no teacher
     plain = tmp_path / "plain"
     plain.mkdir()
