@@ -86,7 +86,7 @@ class SlideRoutes:
             return _error(400, str(err))
         except KeyError as err:
             return _error(404, str(err.args[0]) if err.args else f"no registered slide {slide_id!r}")
-        if not Path(slide.path).is_file():
+        if not Path(slide.path).exists():  # a file, or a folder (a DICOM series)
             return _error(404, f"slide {slide_id!r}: its file is missing: {slide.path}")
         return slide
 

@@ -207,6 +207,21 @@ def test_the_report_holds_the_figures_regions_crops_disclaimer_and_embedded_imag
     assert DISCLAIMER in " ".join(" ".join(_parse(out).text).split())
 
 
+def test_the_report_of_a_slide_out_of_scope_gives_no_score_area_or_diameter(tmp_path):
+    """A slide too coarse for the model (2 µm/px, windows enlarged twofold) is not assessed: its report, as the page,
+    gives no slide score, regions, tumour area or diameter ("0.000" would read as a negative finding); the highest
+    cell is there for inspection only."""
+    slide = _png_slide(tmp_path / "block.png", (1600, 1200), tissue=(100, 100, 1500, 1100), red=(300, 300, 700, 600))
+    summary = _analyse(slide, tmp_path / "out", mpp=2.0, region_px=256)
+    assert summary["scope"]["in_scope"] is False
+    text = " ".join(" ".join(_parse(AnalysisFolder(tmp_path / "out").report_html).text).split())
+    for figure in ("slide score (the slide's tumour score)", "tumour regions", "tumour area (reported regions)",
+                   "largest reported region's longest diameter"):
+        assert f"{figure} not assessed" in text, figure
+    assert "mm²" not in text.split("tumour area (reported regions)")[1].split("largest")[0]
+    assert "highest cell probability (for inspection only)" in text
+
+
 def test_the_report_of_a_synthetic_slide_says_so_and_shows_the_bundled_models_card(tmp_path):
     from pcam_core.slides.batch import analyse_slide
 

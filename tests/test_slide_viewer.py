@@ -15,7 +15,7 @@ from PIL import Image
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from helpers import analysed_real_slide
+from helpers import REPO, analysed_real_slide
 from pcam_app.slide_routes import SlideRoutes
 from pcam_core.slides import tiles
 from pcam_core.slides.analysis import WINDOW, Lattice
@@ -265,6 +265,25 @@ def test_a_registered_slide_whose_file_went_is_a_404_naming_it(tmp_path):
     other = TestClient(Starlette(routes=SlideRoutes(lambda: library).routes()))  # a fresh server: no lookup kept
     response = other.get(f"/slides-api/{sid}.dzi")
     assert response.status_code == 404 and str(slide) in response.json()["error"]
+
+
+def test_a_dicom_series_a_folder_is_served_as_a_slide(tmp_path):
+    """A DICOM series is a folder, not a file: registered (in a registered folder), its descriptor and tiles are served
+    (the route once refused every one as "its file is missing")."""
+    import shutil
+
+    folder = tmp_path / "slides"
+    shutil.copytree(REPO / "tests" / "data" / "slides" / "CMU-1-Small-Region-dicom", folder / "CMU-1-Small-Region-dicom")
+    library = SlideLibrary(tmp_path / "ws")
+    library.add_folder(folder)
+    [slide] = library.slides()
+    client = TestClient(Starlette(routes=SlideRoutes(lambda: library).routes()))
+    response = client.get(f"/slides-api/{slide.id}.dzi")
+    assert response.status_code == 200, response.text
+    size = ET.fromstring(response.text).find("d:Size", {"d": tiles.DZI_NS})
+    assert (size.get("Width"), size.get("Height")) == ("2220", "2967")
+    tile = client.get(f"/slides-api/{slide.id}_files/8/0_0.jpeg")
+    assert tile.status_code == 200 and Image.open(io.BytesIO(tile.content)).format == "JPEG"
 
 
 @pytest.mark.slow  # needs the real slide analysed with the bundled ensemble (seconds): outside the fast lane

@@ -202,17 +202,20 @@ def render_report(folder: str | AnalysisFolder | Path, summary: dict[str, Any] |
     reported = summary.get("regions_reported", summary["regions"])
     below = summary.get("regions_below_threshold", 0)
     decision = summary.get("decision") or {}
+    # out of scope, the slide's own figures are not given: "score 0.000" or "0.000 mm²" would read as a negative finding
+    judged = (lambda text: text) if assessed else (lambda text: NOT_ASSESSED)
+    inspection = "" if assessed else " (for inspection only)"
     parts += ["<h2>Figures</h2><table>",
-              _row("slide score (the slide's tumour score)", f"{summary['slide_score']:.3f}"
-                   + (f" ({e(summary['slide_score_method'])})" if summary.get("slide_score_method") else "")),
+              _row("slide score (the slide's tumour score)", judged(f"{summary['slide_score']:.3f}"
+                   + (f" ({e(summary['slide_score_method'])})" if summary.get("slide_score_method") else ""))),
               _row(f"call at slide score {summary.get('slide_threshold', threshold):g}", call_words),
-              _row("highest cell probability", f"{summary.get('slide_max_cell', summary['slide_score']):.3f}"),
-              _row(f"top-{summary.get('top_k', 10)} mean", f"{summary.get('slide_topk_mean', float('nan')):.3f}"),
+              _row("highest cell probability" + inspection, f"{summary.get('slide_max_cell', summary['slide_score']):.3f}"),
+              _row(f"top-{summary.get('top_k', 10)} mean" + inspection, f"{summary.get('slide_topk_mean', float('nan')):.3f}"),
               _row("in scope", "yes" if assessed else "no: " + scope.get("reason", "")),
               _row("tissue out of scope", f"{scope.get('out_of_scope_fraction', 0.0):.1%}" if scope.get("checked") else "not checked"),
-              _row("tumour regions", f"{reported} reported, {below} below the reporting threshold"),
-              _row("tumour area (reported regions)", f"{summary['tumour_area_mm2']:.3f} mm²"),
-              _row("largest reported region's longest diameter", f"{largest:.2f} mm"),
+              _row("tumour regions", judged(f"{reported} reported, {below} below the reporting threshold")),
+              _row("tumour area (reported regions)", judged(f"{summary['tumour_area_mm2']:.3f} mm²")),
+              _row("largest reported region's longest diameter", judged(f"{largest:.2f} mm")),
               _row("size class (of the reported regions)", SIZE_CLASS_WORDS.get(summary["size_class"], summary["size_class"])),
               _row("cells scored / at threshold / unreadable",
                    f"{summary.get('cells_scored', 0):,} / {summary.get('cells_at_threshold', 0):,} / {summary.get('cells_unreadable', 0):,}"),
