@@ -237,10 +237,14 @@ def gallery_view() -> None:
     order = rank_by_focus(result.centre_focus)
     tiles = overlay(pixels[order], scaled_maps(result, scale)[order], opacity=opacity, scale=2, box_width=2)
     labels = rows["label"].to_numpy()
+    probabilities = rows["probability"].to_numpy()  # the scores that sorted the patches into outcomes, not the map's pass
     st.caption(f"{len(rows)} {GALLERY_SOURCES[source]}, sorted by centre focus, **lowest first**: the first calls rest most "
                f"on tissue outside the labelled centre. Caption: patch number, label, tumour probability, centre focus.")
+    if run.is_cross_validation and split == "valid":  # the pool: out-of-fold scores, maps of members that trained on it
+        st.caption("Out-of-fold: each probability is that of the one fold run that did not train on the patch; the heat "
+                   "maps are the ensemble's (the mean of every fold's map), and all the other folds trained on them.")
     patches.image_cards(list(tiles), width=176, captions=[
-        f"#{indices[i]} · {patches.label_name(labels[i])} · p={result.probabilities[i]:.2f} · focus {heatmaps.focus_text(result.centre_focus[i])}"
+        f"#{indices[i]} · {patches.label_name(labels[i])} · p={probabilities[i]:.2f} · focus {heatmaps.focus_text(result.centre_focus[i])}"
         for i in order])
     heatmaps.colour_legend(target, width=520, method=method, note=SCALE_NOTES[scale])
     st.caption(heatmaps.CENTRE_FOCUS_NOTE)

@@ -41,7 +41,7 @@ with form_column:
         by_name = {s.name: s for s in trainable}
         default = ctx.source.name if ctx.source and ctx.source.name in by_name else trainable[0].name
         defaults = ExperimentConfig()
-        with st.form("train_form"):
+        with st.form("train_form", enter_to_submit=False):  # Enter in a number field started a run (several, typing on)
             data_name = st.selectbox("Data", list(by_name), index=list(by_name).index(default),
                                      format_func=lambda n: by_name[n].label)
             name = st.text_input("Run name (optional)", max_chars=40, placeholder="e.g. baseline",

@@ -525,6 +525,11 @@ def test_explain_gallery_sorted_by_centre_focus(finished_workspace, monkeypatch)
     focus = [_focus(c) for c in captions]
     known = [f for f in focus if f == f]
     assert known == sorted(known) and focus[: len(known)] == known  # lowest first, empty maps last
+    # each card's probability is the score that made it an outcome (the run's validation predictions)
+    scores = pd.read_csv(RunDir(Path(finished_workspace) / "runs" / RUN_ID).valid_predictions_path).set_index("index")["probability"]
+    for caption in captions:
+        number, probability = re.match(r"#(\d+) · \w+ · p=(\d\.\d\d)", caption).groups()
+        assert probability == f"{scores[int(number)]:.2f}", caption
     at.selectbox(key="gallery_source").set_value("true_positive").run()
     assert all(" · tumour · " in image.captions[0] for image in at.image)
     at.selectbox(key="gallery_count").set_value(12).run()
@@ -639,6 +644,9 @@ def test_train_form_cross_validates_and_distils_from_a_cross_validation(trained_
     assert any(box.key.startswith("review_pick_") and box.options for box in at.selectbox)  # the most confident errors, drawn
     open_page(at, "pages/explain.py")
     assert "Out-of-fold: the probability is that of the one fold run that did not train on this patch" in texts(at)
+    at.button_group(key="view").set_value("gallery").run()  # and its gallery, whose cards show those probabilities
+    assert "Out-of-fold: each probability is that of the one fold run that did not train on the patch" in texts(at)
+    at.button_group(key="view").set_value("patch").run()
     open_page(at, "pages/train.py")
 
     assert "training 2 folds side by side" in cv.log_tail(400)

@@ -97,7 +97,7 @@ def test_a_first_fold_projects_its_own_length_and_a_trained_fold_is_scored():
     assert folds_progress({"state": "running", "fold": 1}, [first], 2).eta_s == pytest.approx(100 + 200)  # 100 s left + 1 fold of 200 s
     trained = run_progress(_fold("finished", 200, 0.0, 200.0), [], [])
     scoring = folds_progress({"state": "running", "fold": 2}, [trained, trained], 2)
-    assert scoring.text.startswith("fold 2 of 2 · scoring its held-out patches, then the ensemble's figures · about 0 s left")
+    assert scoring.text == "fold 2 of 2 · scoring its held-out patches, then the ensemble's figures · training for 6 min 40 s"
     assert folds_progress({"state": "running", "fold": 1}, [trained], 2).text.startswith("fold 1 of 2 · scoring its held-out patches ·")
 
 
@@ -114,6 +114,14 @@ def test_folds_side_by_side_share_the_time_left_and_say_what_each_is_doing():
     assert p.elapsed_s == pytest.approx(125.0, abs=5.0)
     assert p.text.startswith("folds 1 and 2 of 5 side by side · fold 1 at epoch 3 of 4, fold 2 scoring its held-out patches · "
                              "about 4 min 35 s left in all · training for 2 min")
+    # stopped side by side: both folds named where they stopped, the time the folds' added up; one not yet told its
+    # epochs is starting
+    fresh = run_progress({"state": "stopped", "started_at": 0.0, "finished_at": 5.0}, [], [])
+    halted = folds_progress({**status, "state": "stopped"}, [one, fresh], 5)
+    assert halted.text == ("folds 1 and 2 of 5 side by side · fold 1 at epoch 3 of 4, fold 2 starting · stopped after "
+                           "1 min 45 s (the folds' times added up)")
+    done = folds_progress({"state": "finished", "folds_running": [], "parallel_folds": 2}, [two, two], 2)
+    assert done.text == "2 folds finished after 5 min 00 s of training (the folds' times added up)"
     # the last fold alone: said as one after another, the time still the job's wall clock
     alone = folds_progress({**status, "folds_running": [1]}, [one, two], 2)
     assert not alone.side_by_side and alone.eta_s == pytest.approx(100.0) and alone.elapsed_s == pytest.approx(125.0, abs=5.0)

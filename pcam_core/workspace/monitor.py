@@ -142,7 +142,8 @@ class FoldsProgress:
 
     @property
     def side_by_side(self) -> bool:
-        return self.state == "running" and len(self.running) > 1
+        """Several folds under way at once (or, for a job stopped or failed, when it ended)."""
+        return self.state != "finished" and len(self.running) > 1
 
     @property
     def fraction(self) -> float:
@@ -180,26 +181,35 @@ class FoldsProgress:
         current = self.current
         if self.state == "queued" or current is None:
             return "starting the cross-validation..."
+        added = " (the folds' times added up)" if self.parallel > 1 else ""  # side by side, they overlapped
         if self.state == "finished":
-            return f"{self.folds} folds finished after {format_duration(self.elapsed_s)} of training"
+            return f"{self.folds} folds finished after {format_duration(self.elapsed_s)} of training{added}"
         if self.side_by_side:
             parts = [f"{folds_in_words(self.running, self.folds)} side by side",
-                     ", ".join(f"fold {f} " + ("scoring its held-out patches" if m.state == "finished" else
-                                               f"at epoch {m.current_epoch} of {m.epochs}")
+                     ", ".join(f"fold {f} " + ("scoring its held-out patches" if self.state == "running" and m.state == "finished"
+                                               else _epoch_words(m, "at "))
                                for f in self.running if f <= len(self.members) for m in [self.members[f - 1]])]
         else:
             parts = [f"fold {self.fold} of {self.folds}"]
             if self.state == "running" and current.state == "finished":
                 parts.append("scoring its held-out patches" + (", then the ensemble's figures" if self.fold == self.folds else ""))
             else:
-                parts.append(f"epoch {current.current_epoch} of {current.epochs}")
+                parts.append(_epoch_words(current))
         if self.state == "running":
             eta = self.eta_s
-            parts.append(f"about {format_duration(eta)} left in all" if eta is not None else "estimating the time left")
+            if eta is None:
+                parts.append("estimating the time left")
+            elif eta >= 1:  # none left but scoring: said above
+                parts.append(f"about {format_duration(eta)} left in all")
             parts.append(f"training for {format_duration(self.elapsed_s)}")
         else:
-            parts.append(f"{self.state} after {format_duration(self.elapsed_s)}" if self.elapsed_s is not None else self.state)
+            parts.append(f"{self.state} after {format_duration(self.elapsed_s)}{added}" if self.elapsed_s is not None else self.state)
         return " · ".join(parts)
+
+
+def _epoch_words(progress: RunProgress, at: str = "") -> str:
+    """"epoch 3 of 54" (the epoch in progress, from 1), or "starting" before a fold's trainer has said how many."""
+    return f"{at}epoch {progress.current_epoch} of {progress.epochs}" if progress.epochs else "starting"
 
 
 def folds_progress(status: Mapping[str, Any], members: Sequence[RunProgress], folds: int) -> FoldsProgress:

@@ -154,7 +154,10 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
             expect(page.get_by_role("spinbutton", name="Processes", exact=True)).to_have_value("1")
             epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
             epochs.fill("6")  # of 12 steps (384 patches): the restart below comes in the second, four more to go
-            epochs.press("Tab")
+            epochs.press("Enter")  # Enter in a field does not submit the form: it once started a run at every press
+            page.wait_for_timeout(1000)  # time for a submission to reach the server, had there been one
+            _drawn(page)
+            assert list_runs(workspace / "runs") == [] and epochs.input_value() == "6"
             page.get_by_role("button", name="Start training").click()
             page.get_by_text(re.compile(r"epoch 2 of 6 · step")).wait_for(timeout=240_000)  # the live view polls by itself
             _no_exception(page)
