@@ -253,7 +253,8 @@ def _all_runs_table(drawn: tuple) -> None:
 
 with live_column:
     run = None if ctx.bundled else ctx.run  # the bundled model was not trained here
-    training = [s.run_id for s in ctx.runs if s.state in ACTIVE_STATES and (run is None or s.run_id != run.run_id)]
+    others = [s for s in ctx.runs if run is None or s.run_id != run.run_id]
+    training = [s.run_id for s in others if s.state in ACTIVE_STATES]
     if training:  # a run training now, not the selected one: watched here when the sidebar shows no run of the workspace
         if run is None:
             run = ctx.workspace.run(training[0])
@@ -265,6 +266,12 @@ with live_column:
         if st.button("Select it" if run.run_id == training[0] else "Watch it", key="select_training", icon=":material/visibility:",
                      help=f"Make {training[0]} the sidebar's selected run (for the other pages too) and watch it here."):
             sidebar.select_run(training[0])
+            st.rerun()
+    elif others and others[0] is ctx.runs[0] and others[0].state in RESUMABLE_STATES:  # the newest run stopped, not shown
+        st.caption(f"The newest run, `{others[0].run_id}`, is {others[0].state}: it can be resumed from its view.")
+        if st.button("Watch it", key="select_resumable", icon=":material/visibility:",
+                     help=f"Make {others[0].run_id} the sidebar's selected run and show it here, with its Resume button."):
+            sidebar.select_run(others[0].run_id)
             st.rerun()
     if run is None:
         st.info("No run selected: pick one in the sidebar to watch it here, or fill in the form and start one." if ctx.runs else

@@ -690,7 +690,10 @@ def test_stop_and_resume_buttons(finished_workspace, monkeypatch):
         at.button(key="stop").click().run()
         wait_for(lambda: run.status()["state"] != "running", timeout=120, every=0.3)
         assert run.status()["state"] == "stopped" and run.last_checkpoint.exists()
-        at.run()
+        at.sidebar.selectbox(key="run").set_value(BUNDLED_CHOICE).run()  # as a new tab may open: it names the stopped run
+        assert f"The newest run, `{run.run_id}`, is stopped: it can be resumed from its view." in texts(at)
+        at.button(key="select_resumable").click().run()
+        assert at.sidebar.selectbox(key="run").value == run.run_id
         at.button(key="resume").click().run()
         wait_for(lambda: run.status()["state"] == "running", timeout=120, every=0.3)
         assert run.status()["state"] == "running" and process_count(run) == 2
