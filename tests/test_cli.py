@@ -97,10 +97,12 @@ def test_convert_then_train_on_the_fast_path(real_kaggle, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_verify_reports_bad_files_and_fails(tmp_path):
-    make_bad_images(tmp_path / "imgs")
+    bad = make_bad_images(tmp_path / "imgs")
     r = run_cli("verify", str(tmp_path / "imgs"), "--json")
     report = json.loads(r.stdout)
-    assert r.returncode == 1 and not report["ok"] and len(report["problems"]) == 10
+    assert r.returncode == 1 and not report["ok"] and len(report["problems"]) == len(bad)
+    said = {Path(p["file"]).name: p["problem"] for p in report["problems"]}
+    assert all(problem in said[name] for name, problem in bad.items()), said  # each named for what is wrong with it
 
 
 @pytest.mark.parametrize(

@@ -70,10 +70,27 @@ def decode_image(source: str | Path | bytes, *, name: str | None = None, convert
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise DataError(f"{label}: refused as a possible decompression bomb ({err})") from err
         except UnidentifiedImageError as err:
+            kind = _format_by_signature(handle)
+            if kind is not None:  # its first bytes say what it is meant to be: damaged, not of another kind
+                raise DataError(f"{label}: a damaged or truncated {kind} file (its header says {kind}, but the image "
+                                "cannot be read)") from err
             raise DataError(f"{label}: not an image file (or a format Pillow cannot read)") from err
         except (OSError, ValueError, SyntaxError, EOFError) as err:
             raise DataError(f"{label}: the image is truncated or corrupt ({err})") from err
     return _to_rgb_patch(image, label, convert=convert)
+
+
+_SIGNATURES = {b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG"}
+
+
+def _format_by_signature(handle: Any) -> str | None:
+    """The image format a file's first bytes announce (TIFF, PNG, JPEG), or None."""
+    try:
+        handle.seek(0)
+        head = handle.read(4)
+    except (OSError, ValueError):
+        return None
+    return next((kind for magic, kind in _SIGNATURES.items() if head.startswith(magic)), None)
 
 
 def _to_rgb_patch(image: Image.Image, label: str, *, convert: bool) -> DecodedImage:
