@@ -159,10 +159,6 @@ def live_view(run: RunDir, drawn: tuple) -> None:
     state = status.get("state", "unknown")
     active = state in ACTIVE_STATES
     summary = summarize(run)
-    if progress_key(summary) != drawn:
-        # started, ended, failed, or an epoch ended: redraw everything, so that the sidebar and the runs
-        # table (drawn outside this fragment) say what the live view says; polling only if alive
-        st.rerun()
     processes, folds = process_count(run), cross_validation_folds(run)
     head, buttons = st.columns([3, 1.2], vertical_alignment="center")
     with head:
@@ -184,6 +180,11 @@ def live_view(run: RunDir, drawn: tuple) -> None:
                 st.error(f"Could not resume: {err}")
             else:
                 st.rerun()
+    if progress_key(summary) != drawn:
+        # started, ended, failed, or an epoch ended: redraw everything, so that the sidebar and the runs table (drawn
+        # outside this fragment) say what the live view says; polling only if alive. After the buttons: a click on
+        # Stop in the run that found an epoch ended was dropped by this rerun (QA: with short epochs, clicks were lost)
+        st.rerun()
     notes.synthetic_banner(bool(status.get("synthetic_data")), "This run uses SYNTHETIC demo data.")
     if folds:  # the fold under way drawn live, every fold's curve beside it
         cv = cross_validation_progress(run)

@@ -58,6 +58,7 @@ def decode_image(source: str | Path | bytes, *, name: str | None = None, convert
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
+                warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # "Corrupt EXIF data": said below
                 image = Image.open(handle)
                 width, height = image.size
                 if width * height > MAX_DECODE_PIXELS:
