@@ -98,8 +98,9 @@ def fit_folds(
     try:
         summary = _fit_folds(config, run, status, combine, on_step, parallel)
     except StopRequested:
-        status.update(state="stopped", finished_at=time.time(), message="stopped on request (Stop on the dashboard, `pcam stop` or Ctrl-C); each fold under way "
-                      "saved its checkpoint: resume to go on from there")
+        status.update(state="stopped", finished_at=time.time(),
+                      message="stopped on request (Stop on the dashboard, `pcam stop` or Ctrl-C); each fold under way saved "
+                              "its checkpoint: resume to go on from there")
         raise
     except BaseException as err:
         reason = f"{type(err).__name__}: {err}" if not isinstance(err, KeyboardInterrupt) else "interrupted"

@@ -207,6 +207,7 @@ def test_the_report_holds_the_figures_regions_crops_disclaimer_and_embedded_imag
     assert DISCLAIMER in " ".join(" ".join(_parse(out).text).split())
 
 
+@pytest.mark.slow  # an analysis and its report: seconds
 def test_the_report_of_a_slide_out_of_scope_gives_no_score_area_or_diameter(tmp_path):
     """A slide too coarse for the model (2 µm/px, windows enlarged twofold) is not assessed: its report, as the page,
     gives no slide score, regions, tumour area or diameter ("0.000" would read as a negative finding); the highest

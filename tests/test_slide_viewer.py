@@ -267,6 +267,7 @@ def test_a_registered_slide_whose_file_went_is_a_404_naming_it(tmp_path):
     assert response.status_code == 404 and str(slide) in response.json()["error"]
 
 
+@pytest.mark.slow  # a few seconds: reads a DICOM series
 def test_a_dicom_series_a_folder_is_served_as_a_slide(tmp_path):
     """A DICOM series is a folder, not a file: registered (in a registered folder), its descriptor and tiles are served
     (the route once refused every one as "its file is missing")."""
