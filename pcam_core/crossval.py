@@ -67,7 +67,7 @@ def fit_folds(
     each on a machine with several."""
     check_combine(combine)
     if parallel < 1:
-        raise ValueError(f"parallel={parallel}: the folds trained side by side must be at least 1")
+        raise ValueError(f"the folds trained side by side (--parallel-folds) must be at least 1, not {parallel}")
     parent = RunDir(out)
     if resume:
         if not parent.exists():

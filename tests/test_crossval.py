@@ -308,6 +308,18 @@ def test_folds_side_by_side_train_as_one_after_another_and_stop_fail_and_resume_
     assert len(pd.read_csv(run.oof_predictions_path)) == 64 and run.status()["state"] == "finished"
 
 
+def test_folds_side_by_side_are_refused_without_folds_or_below_one(small_kaggle, tmp_path, capsys) -> None:
+    from pcam_core.cli import main
+    from pcam_core.config import ExperimentConfig
+    from pcam_core.crossval import fit_folds
+
+    with pytest.raises(ValueError, match=r"the folds trained side by side \(--parallel-folds\) must be at least 1, not 0"):
+        fit_folds(ExperimentConfig().replace(data={"path": str(small_kaggle)}), tmp_path / "cv", folds=2, parallel=0)
+    assert not (tmp_path / "cv").exists()
+    assert main(["train", "--data", str(small_kaggle), "--out", str(tmp_path / "single"), "--parallel-folds", "2"]) != 0
+    assert "--parallel-folds goes with --folds" in capsys.readouterr().err and not (tmp_path / "single").exists()
+
+
 def test_cross_validated_report_and_triage_are_fitted_on_the_other_folds() -> None:
     from pcam_core.crossval import cv_report
     from pcam_core.metrics import binary_metrics
