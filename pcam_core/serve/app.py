@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "PCAM_API_TOKEN"
+DOCS_ASSETS = Path(__file__).with_name("docs_assets")  # Swagger UI's page assets, served at DOCS_ASSETS_URL
+DOCS_ASSETS_URL = "/docs-assets"
 FILES_FIELD = "files"
 # a finished analysis's outputs a client may fetch: route name -> (AnalysisFolder attribute, media type, words, schema)
 _BINARY = {"type": "string", "format": "binary"}
@@ -227,7 +231,7 @@ def create_app(
         for batcher in batchers.values():
             await batcher.stop()
 
-    app = FastAPI(title="pcam_core inference API", version=__version__, lifespan=lifespan, description=(
+    app = FastAPI(title="pcam_core inference API", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, description=(
         "Tumour probabilities of 96x96 PatchCamelyon-like H&E patches and whole-slide analyses with a trained "
         f"`pcam_core` run ({predictor.model_name}). Every error is JSON `{{\"error\": message}}`. "
         "Research use only; not a diagnosis."))
@@ -245,6 +249,17 @@ def create_app(
     def no_query(request: Request) -> None:
         if request.query_params:
             raise ApiError(400, f"unknown query parameter(s) {', '.join(sorted(set(request.query_params)))}; this route takes none")
+
+    # the docs page from the Swagger UI shipped in the package (swagger-ui-dist 5.36.0, Apache-2.0, docs_assets/LICENSE):
+    # FastAPI's own loads it from a CDN, a blank page on a hospital network without the internet
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - docs",
+                                   swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon-32x32.png")
 
     install_error_handlers(app)
     declare_errors_only(app)

@@ -241,6 +241,14 @@ def test_the_token_guards_every_route_but_health(server):
     with httpx.Client(base_url=server.url, timeout=30) as anon:
         assert anon.get("/v1/health").json()["status"] == "ok"
         assert anon.get("/docs").status_code == 200 and "/v1/predict" in anon.get("/openapi.json").text
+        # the docs page needs nothing from the internet: Swagger UI's script and style come from the package
+        page = anon.get("/docs").text
+        sources = re.findall(r'(?:src|href)="([^"]+)"', page)
+        assert sources and not [s for s in sources if "://" in s], sources
+        assert "/docs-assets/swagger-ui-bundle.js" in sources and "/openapi.json" in page
+        script = anon.get("/docs-assets/swagger-ui-bundle.js")
+        assert script.status_code == 200 and "javascript" in script.headers["content-type"] and len(script.content) > 1_000_000
+        assert anon.get("/docs-assets/swagger-ui.css").status_code == 200 and anon.get("/redoc").status_code == 404
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN}):
             for method, path, kwargs in (("POST", "/v1/predict", {"files": [("files", ("a.tif", patch, "image/tiff"))]}),
                                          ("POST", "/v1/slides", {"json": {"path": "demo/slide.tif"}}),
