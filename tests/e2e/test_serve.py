@@ -452,7 +452,9 @@ def test_schemathesis_finds_nothing_the_schema_does_not_say(bundled_server, tmp_
     cli = "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())"
     done = subprocess.run([sys.executable, "-c", cli, "--config-file", str(config), "run", f"{bundled_server.url}/openapi.json",
                            "--header", f"Authorization: Bearer {TOKEN}", "--checks", "all", "--max-examples", "40", "--seed", "20",
-                           "--generation-database", "none", "--workers", "2", "--no-color"],
+                           # one worker: with two threads schemathesis once failed inside CPython 3.11.7 itself, "SystemError:
+                           # AST constructor recursion depth mismatch" (python/cpython#106905, fixed in later releases)
+                           "--generation-database", "none", "--workers", "1", "--no-color"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert "8 selected / 8 total" in done.stdout and " passed" in done.stdout
