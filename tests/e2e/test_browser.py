@@ -204,10 +204,12 @@ def test_first_start_train_restart_judge_explain_predict(dashboard, tmp_path):
             splits = page.locator("[data-testid=stButtonGroup]").first
             splits.get_by_text("test", exact=True).click()
             page.get_by_role("button", name="Score the test split").click()
-            wait_rendered(page, page.get_by_text("Confusion matrix at threshold 0.300"), timeout_ms=240_000)  # a background job
+            # each split named by its own caption: the confusion matrix's title is the same on both
+            wait_rendered(page, page.get_by_text(re.compile(r"patches of the test split")), timeout_ms=240_000)  # a background job
+            expect(page.get_by_text("Confusion matrix at threshold 0.300").first).to_be_visible()
             expect(page.locator("[data-testid=stSliderThumbValue]").first).to_have_text("0.300")
             splits.get_by_text(re.compile(r"^valid")).click()
-            wait_rendered(page, page.get_by_text("Confusion matrix at threshold 0.300"))
+            wait_rendered(page, page.get_by_text(re.compile(r"patches of the valid split")))
             expect(page.locator("[data-testid=stSliderThumbValue]").first).to_have_text("0.300")
 
             # from an error to its explanation (at threshold 0 every normal patch is a false positive)
