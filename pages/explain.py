@@ -128,7 +128,7 @@ def patch_view() -> None:
             return
         scores = dict(zip(rows["index"], rows["probability"]))
         chosen = right.selectbox("Patch (the most confident first)", list(scores), key="outcome_patch",
-                                 format_func=lambda i: f"#{i} · p={scores[i]:.3f}")
+                                 format_func=lambda i: f"#{i} · {patches.probability_text(scores[i])}")
         row = rows[rows["index"] == chosen].iloc[0]
     elif pick == "number":
         query = st.text_input("Patch number or id", key="patch", bind="query-params",
@@ -175,7 +175,7 @@ def patch_view() -> None:
                      "**refer**, whatever its probability (docs/scope.md).", icon=":material/block:")
         outcome_name = (outcome_of(label, probability, threshold) or "unlabelled").replace("_", " ")
         numbers = st.columns(2)
-        numbers[0].metric("Tumour probability", f"{probability:.3f}",
+        numbers[0].metric("Tumour probability", patches.probability_value(probability),
                           help=f"As the {split} split was scored. " + notes.PROBABILITY_NOTE)
         empty_map = focus != focus  # NaN: the map has no evidence anywhere
         numbers[1].metric("Centre focus", "none" if empty_map else heatmaps.focus_text(focus), help=heatmaps.CENTRE_FOCUS_NOTE)
@@ -201,7 +201,7 @@ def trust_facts(row) -> None:
     calibration = load_calibration(run.path)
     if calibration is not None:
         calibrated = float(calibration.apply(np.array([row["probability"]]))[0])
-        facts.append(f"**calibrated probability** {calibrated:.3f} ({calibration.describe})")
+        facts.append(f"**calibrated probability** {patches.probability_value(calibrated)} ({calibration.describe})")
     uncertainty = row.get("uncertainty")
     if uncertainty is not None and uncertainty == uncertainty:
         facts.append(f"**uncertainty** ±{float(uncertainty):.3f} (spread of the 8 flipped and rotated views)")
@@ -244,7 +244,7 @@ def gallery_view() -> None:
         st.caption("Out-of-fold: each probability is that of the one fold run that did not train on the patch; the heat "
                    "maps are the ensemble's (the mean of every fold's map), and all the other folds trained on them.")
     patches.image_cards(list(tiles), width=176, captions=[
-        f"#{indices[i]} · {patches.label_name(labels[i])} · p={probabilities[i]:.2f} · focus {heatmaps.focus_text(result.centre_focus[i])}"
+        f"#{indices[i]} · {patches.label_name(labels[i])} · {patches.probability_text(probabilities[i])} · focus {heatmaps.focus_text(result.centre_focus[i])}"
         for i in order])
     heatmaps.colour_legend(target, width=520, method=method, note=SCALE_NOTES[scale])
     st.caption(heatmaps.CENTRE_FOCUS_NOTE)
@@ -260,7 +260,7 @@ def explained_cards(pixels: np.ndarray, names: list[str]) -> None:
     tiles = overlay(pixels, scaled_maps(result, scale), opacity=opacity, scale=2, box_width=2)
     inside = caches.in_scope(run, pixels)
     patches.image_cards(list(tiles), width=176, captions=[
-        f"{name} · {'OUT OF SCOPE · ' if inside is not None and not inside[i] else ''}p={result.probabilities[i]:.3f} · "
+        f"{name} · {'OUT OF SCOPE · ' if inside is not None and not inside[i] else ''}{patches.probability_text(result.probabilities[i])} · "
         f"focus {heatmaps.focus_text(result.centre_focus[i])}" for i, name in enumerate(names)])
     if inside is not None and not inside.all():
         st.caption("OUT OF SCOPE: unlike the lymph-node H&E the model was trained on; such a patch is referred, "
@@ -311,7 +311,7 @@ def slide_window_view() -> None:
                  f"{query.get('window_x')!r}, y {query.get('window_y')!r}): {err}", icon=":material/error:")
         return
     name = f"{Path(window['slide'].name).stem} at ({x:,.0f}, {y:,.0f})"
-    score = f"p={window['probability']:.3f}" if window["state"] == "scored" else window["state"]  # the map's figure
+    score = patches.probability_text(window['probability']) if window["state"] == "scored" else window["state"]  # the map's figure
     result = heatmaps.explain(run, window["pixels"][None], method=method, layer=layer, target=target)
     tiles = overlay(window["pixels"][None], scaled_maps(result, scale), opacity=opacity, scale=2, box_width=2)
     patches.image_cards(list(tiles), width=176, captions=[f"{name} · {score} · focus {heatmaps.focus_text(result.centre_focus[0])}"])

@@ -139,15 +139,10 @@ def score_text(patch) -> str:
     """"p=0.912 ±0.031": the probability and, with TTA, its uncertainty (the spread of the 8 views); "out of scope"
     before it when the guard flagged the patch."""
     spread = patch.uncertainty
-    text = _probability_text(patch.probability)
+    text = patches.probability_text(patch.probability)
     if spread == spread:  # NaN without TTA
         text += " ±<0.001" if spread < 0.0005 else f" ±{spread:.3f}"
     return f"OUT OF SCOPE · {text}" if patch.in_scope is False else text
-
-
-def _probability_text(p: float) -> str:
-    """"p=0.912"; at the ends "p>0.999" and "p<0.001", never "p=1.000": a network's score is not a certainty."""
-    return "p>0.999" if p > 0.9995 else "p<0.001" if p < 0.0005 else f"p={p:.3f}"
 
 
 shown = result.scored[:SHOWN]

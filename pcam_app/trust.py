@@ -22,15 +22,14 @@ TARGETS = [0.80, 0.85, 0.90, 0.95, 0.97, 0.98, 0.99, 0.995]
 FPRS = [0.01, 0.02, 0.05, 0.10, 0.20]
 
 
-def intervals_section(run: RunDir, split: str, threshold: float) -> None:
-    """The headline figures at `threshold` with their 95% intervals, as "0.951 (0.930-0.970)", and the method of each."""
+def intervals_section(run: RunDir, split: str, threshold: float, patches: int) -> None:
+    """The headline figures at `threshold` with their 95% intervals, as "0.951 (0.930-0.970)", and the method of each;
+    `patches`: how many the figures were computed on, for the sentence on an interval of no width."""
     intervals = caches.metric_intervals(run, split, threshold)
     st.markdown("**95% confidence intervals** " + " · ".join(
         f"{INTERVAL_NAMES[name]} {format_interval(interval)}" for name, interval in intervals.items() if interval))
     methods = sorted({f"{INTERVAL_NAMES[n]}: {i['method']}" for n, i in intervals.items() if i})
     flat = [INTERVAL_NAMES[n] for n, i in intervals.items() if i and f"{i['low']:.3f}" == f"{i['high']:.3f}"]  # as shown
-    predictions = caches.split_predictions(run, split)
-    patches = len(predictions) if predictions is not None else 0
     st.caption("How much the figures could move on another sample of patches like these (" + "; ".join(methods) + "). "
                "They do not cover patches unlike these: another lab, scanner or tissue."
                + (f" An interval of no width ({', '.join(flat)}) means every resample of these {patches:,} patches scored "

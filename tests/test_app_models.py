@@ -16,6 +16,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from helpers import REPO, bundled_single_state, running_run
+from pcam_app.patches import probability_text
 from pcam_core.bundled import BUNDLED_DIR
 from pcam_core.cli import main as pcam
 from pcam_core.config import ExperimentConfig
@@ -195,7 +196,7 @@ def test_explain_names_a_slide_window_by_the_position_and_map_probability_the_sl
     at.switch_page("pages/explain.py").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     [caption] = [c for image in at.image for c in image.captions if " at (" in c]
-    assert caption.startswith(f"slide at ({x:,}, {y:,}) · p={float(heat[row, col]):.3f} · focus ")
+    assert caption.startswith(f"slide at ({x:,}, {y:,}) · {probability_text(float(heat[row, col]))} · focus ")
     at.query_params["window_x"] = str(x + 5)  # a point that is no window's corner names nothing
     at.run()
     assert any("no window of this map starts at" in e.value for e in at.error)
@@ -225,6 +226,6 @@ def test_explain_says_when_an_uploaded_patch_is_out_of_the_models_scope(tmp_path
                                                        ("skin.tif", skin.getvalue(), "image/tiff")]).run()
     assert not at.exception, [e.value for e in at.exception]
     captions = [c for image in at.image for c in image.captions]
-    assert any(c.startswith("skin.tif · OUT OF SCOPE · p=") for c in captions), captions
-    assert any(c.startswith("lymph.tif · p=") for c in captions), captions
+    assert any(c.startswith("skin.tif · OUT OF SCOPE · p") for c in captions), captions
+    assert any(c.startswith("lymph.tif · p") for c in captions), captions
     assert any("OUT OF SCOPE: unlike the lymph-node H&E" in c.value for c in at.caption)

@@ -16,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 import numpy as np
 
 from helpers import REPO, analysed_real_slide, mosaic_truth_geojson, real_mosaic_slide
+from pcam_app.patches import probability_text
 from pcam_app.slide_library import slide_labels
 from pcam_core.workspace.slides import SlideEntry, SlideLibrary
 from pcam_core.slides.viewer import lattice_of, load_heat, load_summary
@@ -152,7 +153,7 @@ def test_a_click_on_the_slide_shows_its_window_probability_and_grad_cam(analysed
     address = {k: at.query_params[k] for k in ("window_slide", "window_x", "window_y", "window_stride")}
     assert address == {"window_slide": sid, "window_x": str(wx), "window_y": str(wy), "window_stride": "32"}
     [caption] = [c for image in at.image for c in image.captions if " at (" in c]
-    assert f" at ({wx:,}, {wy:,}) · p={float(heat[i, j]):.3f} · focus " in caption
+    assert f" at ({wx:,}, {wy:,}) · {probability_text(float(heat[i, j]))} · focus " in caption
 
 
 @pytest.mark.slow  # three slides written: outside the fast lane

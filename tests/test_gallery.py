@@ -194,3 +194,12 @@ def test_find_patch_by_number_id_or_id_prefix():
         find_patch(frame, "ffffffff")
     with pytest.raises(ValueError, match="give a patch number"):
         find_patch(frame, "  ")
+
+
+def test_a_probability_is_written_with_three_decimals_and_never_as_a_certainty():
+    """Every page's captions: "p=0.912", and at the ends "p>0.999" / "p<0.001" rather than "p=1.000" / "p=0.000"."""
+    from pcam_app.patches import probability_text, probability_value
+
+    assert [probability_text(p) for p in (0.91234, 0.9994, 0.99951, 1.0, 0.0004, 0.0, 0.0005)] == [
+        "p=0.912", "p=0.999", "p>0.999", "p>0.999", "p<0.001", "p<0.001", "p=0.001"]
+    assert (probability_value(1.0), probability_value(0.25)) == (">0.999", "0.250")
