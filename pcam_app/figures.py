@@ -105,15 +105,19 @@ def _empty(fig: go.Figure, words: str) -> go.Figure:
 
 
 def loss_figure(steps: pd.DataFrame, epochs: pd.DataFrame, *, title: str = "Loss") -> go.Figure:
-    """Training loss every few steps and validation loss per epoch, against epochs."""
+    """Training loss every few steps (or, for a run too short to log a step line, each epoch's mean) and validation
+    loss per epoch, against epochs; the legend always names them."""
     fig = go.Figure()
     if len(steps):
         fig.add_scatter(x=steps["epoch"], y=steps["loss"], mode="lines+markers", name="training loss (recent steps)",
                         line=dict(color="#7b3f8c"), marker=dict(size=4))
+    elif len(epochs) and epochs["train_loss"].notna().any():
+        fig.add_scatter(x=epochs["epoch"], y=epochs["train_loss"], mode="lines+markers", name="training loss (epoch mean)",
+                        line=dict(color="#7b3f8c"), marker=dict(size=4))
     if len(epochs):
         fig.add_scatter(x=epochs["epoch"], y=epochs["loss"], mode="lines+markers", name="validation loss",
                         line=dict(color="#ef6c00"))
-    _layout(fig, title, xaxis_title="epoch", yaxis_title="loss")
+    _layout(fig, title, xaxis_title="epoch", yaxis_title="loss", showlegend=True)
     if not len(steps) and not len(epochs):
         return _empty(fig, "no steps yet")
     return _epoch_axis(fig, epochs["epoch"] if len(epochs) else steps["epoch"])

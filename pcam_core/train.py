@@ -536,6 +536,7 @@ class _Session:
         record = {
             "epoch": st.epoch, "step": st.global_step, "train_loss": result["train_loss"],
             "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - epoch_start,
+            "train_images_per_s": result.get("images_per_s"),  # this process's training pace over the epoch, validation apart
             "time": time.time(), "is_best": improved, **metrics,
         }
         append_jsonl(self.run.epochs_path, record)
@@ -692,7 +693,10 @@ def _fit(
         skip = st.step_in_epoch * t.batch_size
         loader: Any = make_loader(s.data.train, t.batch_size, shuffle=False, num_workers=config.data.num_workers, drop_last=True,
                                   sampler=SkipBatchesSampler(s.sampler, skip) if skip else s.sampler, ids=False)
+        images_before, train_start = st.loss_count, time.perf_counter()
         result = train_one_epoch(s.train_model, loader, ctx, epoch, st.step_in_epoch, st.loss_sum, st.loss_count)
+        train_seconds = time.perf_counter() - train_start
+        result["images_per_s"] = (result["images"] - images_before) / train_seconds if train_seconds > 0 else None
         st.global_step, st.step_in_epoch = ctx.global_step, result["step_in_epoch"]
         st.loss_sum, st.loss_count = result["loss_sum"], result["loss_count"]
         if result["interrupted"] and flag.raised.is_set():

@@ -71,6 +71,10 @@ def test_progress_of_other_states():
                              "started_at": 0.0, "finished_at": 95.0}, [], [])
     assert finished.fraction == 1.0 and finished.eta_s is None
     assert finished.text == "epoch 2 of 2 · step 64 of 64 · finished after 1 min 35 s"
+    # a run too short to log a step line (`train.log_every` steps): its last epoch's pace, not "-"
+    short = run_progress({"state": "finished", "step": 6, "total_steps": 6, "epoch": 3, "epochs": 3, "started_at": 0.0,
+                          "finished_at": 9.0}, [], [{"epoch": 3, "time": 8.0, "train_images_per_s": 96.5}])
+    assert short.images_per_s == 96.5
     stopped = run_progress({"state": "stopped", "step": 10, "total_steps": 40, "epoch": 0, "epochs": 2}, [], [])
     assert stopped.fraction == 0.25 and stopped.text.endswith("stopped")
 

@@ -31,6 +31,7 @@ def test_short_run_beats_chance_and_fills_the_run_folder(trained_run):
         assert key in epochs[-1]
     assert max(e["roc_auc"] for e in epochs) > 0.8  # chance is 0.5
     assert run.steps() and all(np.isfinite(s["loss"]) for s in run.steps())
+    assert all(e["train_images_per_s"] > 0 for e in epochs)  # the pace of a run too short to log a step line
     config = run.config()
     assert config.model.name == "pcamnet"  # "auto" resolved and recorded
     for path in (run.best_checkpoint, run.last_checkpoint):

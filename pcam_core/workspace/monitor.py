@@ -109,6 +109,8 @@ def run_progress(status: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], 
         ds = int(recent_steps[-1]["step"]) - int(recent_steps[0]["step"])
         rate = ds / dt if dt > 0 and ds > 0 else None
     images_per_s = recent_steps[-1].get("images_per_s") if recent_steps else None
+    if images_per_s is None and epochs and (started is None or float(epochs[-1].get("time", 0)) >= float(started)):
+        images_per_s = epochs[-1].get("train_images_per_s")  # a run too short to log a step line: its last epoch's pace
     eta = None
     if state == "running" and total:
         remaining = max(0, total - step)
@@ -296,6 +298,17 @@ def state_counts(summaries: Sequence[RunSummary]) -> dict[str, int]:
     for s in summaries:
         counts[s.state] = counts.get(s.state, 0) + 1
     return counts
+
+
+def learning_curves(summary: RunSummary) -> dict[str, list[dict[str, Any]]]:
+    """The epoch records to draw for a run, by curve name: its own (read by `summarize`), or for a cross-validation,
+    whose folder holds none, each fold's as "<run> · fold k"."""
+    run = RunDir(summary.path)
+    folds = cross_validation_folds(run) if not summary.epochs else 0
+    if not folds:
+        return {summary.run_id: summary.epochs} if summary.epochs else {}
+    curves = {f"{summary.run_id} · fold {k + 1}": run.fold(k).epochs() for k in range(folds)}
+    return {name: epochs for name, epochs in curves.items() if epochs}
 
 
 def epoch_frame(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> pd.DataFrame:
