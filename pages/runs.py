@@ -19,7 +19,8 @@ from pcam_core.runs import RunDir
 from pcam_core.workspace.gallery import ORDERS, confident_errors
 from pcam_core.workspace.trust import has_uncertainty
 from pcam_core.runs.jobs import job_error
-from pcam_core.workspace.monitor import CURVE_METRICS, FIGURE_COLUMNS, epoch_frame, format_duration, runs_table
+from pcam_core.workspace.monitor import (CURVE_METRICS, FIGURE_COLUMNS, epoch_frame, format_duration, learning_curves,
+                                         runs_table)
 from pcam_core.workspace import scoring
 from pcam_core.workspace.reviews import ModelCall, ReviewTarget
 
@@ -35,19 +36,24 @@ if ctx.runs:
     table = runs_table(ctx.runs, ctx.source_names())
     sortable_table(table, {name: "{:.3f}" for name in FIGURE_COLUMNS}, key="runs_table", caption="All runs")
     st.caption(f"Figures of each run's best epoch on its validation split; accuracy and F1 at the threshold "
-               f"{DEFAULT_THRESHOLD}. Runs on different data are not comparable.")
+               f"{DEFAULT_THRESHOLD}. Runs on different data are not comparable."
+               + (" A cross-validation's row holds its out-of-fold figures over every patch of its pool (one pass), each "
+                  "fold at its last epoch: it has no best epoch and no single validation loss (each fold's is on its "
+                  "learning curves, on the Train page)." if any((s.best or {}).get("cross_validated") for s in ctx.runs) else ""))
 else:
     st.info("No training run of yours yet: start one on the Train page. The bundled model is judged below.",
             icon=":material/model_training:")
 
-with_epochs = {r.run_id: r.epochs for r in ctx.runs if r.epochs}  # read once, by `runs.summarize`
+with_epochs = {r.run_id: r for r in ctx.runs if r.epochs_done}  # a cross-validation's epochs are its folds'
 if with_epochs:
     st.subheader("Learning curves")
     pick, metric_col = st.columns([3, 1])
-    chosen = pick.multiselect("Runs", list(with_epochs), default=list(with_epochs)[:4], key="curve_runs")
+    chosen = pick.multiselect("Runs", list(with_epochs), default=list(with_epochs)[:4], key="curve_runs",
+                              help="A cross-validation is drawn as one curve per fold.")
     metric = metric_col.selectbox("Metric", list(CURVE_METRICS), format_func=lambda m: CURVE_METRICS[m], key="curve_metric")
     if chosen:
-        chart(figures.curves_figure(epoch_frame({rid: with_epochs[rid] for rid in chosen}), metric), key="curves")
+        curves = {name: epochs for rid in chosen for name, epochs in learning_curves(with_epochs[rid]).items()}
+        chart(figures.curves_figure(epoch_frame(curves), metric), key="curves")
 
 # -- the selected run -------------------------------------------------------------------------------------
 st.divider()
@@ -155,7 +161,7 @@ for column, (label, value, help_text) in zip(cells, [
 ]):
     column.metric(label, f"{value:.3f}" if value is not None else "-", help=help_text)
 st.caption(f"{m['n']:,} patches of the {split} split, {m['prevalence']:.1%} tumour.")
-trust.intervals_section(run, split, threshold)
+trust.intervals_section(run, split, threshold, m["n"])
 
 row1 = st.columns(2)
 chart(figures.roc_figure(report), key="roc", where=row1[0])

@@ -24,6 +24,7 @@ from streamlit.testing.v1 import AppTest
 from helpers import REPO, make_bad_images, running_run, tif_bytes, wait_for
 from pcam_app.figures import TRACE_TYPES
 from pcam_app.sidebar import BUNDLED_CHOICE
+from pcam_app.patches import probability_text
 from pcam_core.bundled import LABEL, held_out_words, is_ensemble
 from pcam_core.workspace import scoring
 from pcam_core.config import ExperimentConfig
@@ -397,6 +398,10 @@ def test_a_bounded_epoch_chart_before_the_first_epoch_spans_0_to_1():
     loss = loss_figure(nothing, nothing).to_plotly_json()["layout"]  # a queued run: plotly's own axes ran from -1
     assert tuple(loss["xaxis"]["range"]) == (1, 2) and tuple(loss["yaxis"]["range"]) == (0, 1)
     assert [a["text"] for a in loss["annotations"]] == ["no steps yet"]
+    # a run too short to log a step line: each epoch's mean training loss beside the validation loss, in a legend
+    short = loss_figure(pd.DataFrame({"epoch": [], "loss": []}),
+                        epoch_frame({"": [{"epoch": e, "loss": 0.6, "train_loss": 0.5} for e in (1, 2, 3)]})).to_plotly_json()
+    assert [t["name"] for t in short["data"]] == ["training loss (epoch mean)", "validation loss"] and short["layout"]["showlegend"]
     one = curves_figure(epoch_frame({"r": [{"epoch": 1, "roc_auc": 0.9}]}), "roc_auc").to_plotly_json()["layout"]
     assert tuple(one["yaxis"]["range"]) == pytest.approx((0.88, 1.002)) and not one.get("annotations")
 
@@ -528,8 +533,8 @@ def test_explain_gallery_sorted_by_centre_focus(finished_workspace, monkeypatch)
     # each card's probability is the score that made it an outcome (the run's validation predictions)
     scores = pd.read_csv(RunDir(Path(finished_workspace) / "runs" / RUN_ID).valid_predictions_path).set_index("index")["probability"]
     for caption in captions:
-        number, probability = re.match(r"#(\d+) · \w+ · p=(\d\.\d\d)", caption).groups()
-        assert probability == f"{scores[int(number)]:.2f}", caption
+        number, probability = re.match(r"#(\d+) · \w+ · (p[=<>]\d\.\d{3}) · ", caption).groups()
+        assert probability == probability_text(scores[int(number)]), caption
     at.selectbox(key="gallery_source").set_value("true_positive").run()
     assert all(" · tumour · " in image.captions[0] for image in at.image)
     at.selectbox(key="gallery_count").set_value(12).run()
@@ -633,6 +638,7 @@ def test_train_form_cross_validates_and_distils_from_a_cross_validation(trained_
     shown = {m.label: m.value for m in at.metric}
     pooled = json.loads(cv.cv_path.read_text())["one_pass"]["pooled"]["roc_auc"]["value"]
     assert shown["Cross-validated ROC-AUC"] == f"{pooled:.3f}" and shown["Fold 2 ROC-AUC"] != "-"
+    assert shown["Training loss"] != "-" and shown["Patches/s"] != "-"  # 2 steps a fold: no step line, the epoch's figures
     assert "one pass: out-of-fold ROC-AUC" in texts(at) and "TTA: out-of-fold ROC-AUC" in texts(at)
     auc = next(c for c in charts(at) if "of every fold" in c["layout"]["title"]["text"])
     assert sorted(trace["name"] for trace in auc["data"]) == ["fold 1", "fold 2"]
@@ -641,6 +647,11 @@ def test_train_form_cross_validates_and_distils_from_a_cross_validation(trained_
     pool = len(pd.read_csv(cv.oof_predictions_path))
     open_page(at, "pages/runs.py")
     assert f"{pool:,} patches of the valid split" in texts(at) and "A cross-validation's out-of-fold patches" in texts(at)
+    assert "A cross-validation's row holds its out-of-fold figures" in texts(at)  # why it has no best epoch
+    assert scoring.scorable_splits(cv) == ["valid"]  # not "train": the pool, which the ensemble trained on
+    at.multiselect(key="curve_runs").set_value([cv.run_id]).run()  # its learning curves: one per fold
+    curves = next(c for c in charts(at) if c["layout"]["title"]["text"] == "validation ROC-AUC")
+    assert sorted(t["name"] for t in curves["data"]) == [f"{cv.run_id} · fold 1", f"{cv.run_id} · fold 2"]
     assert any(box.key.startswith("review_pick_") and box.options for box in at.selectbox)  # the most confident errors, drawn
     open_page(at, "pages/explain.py")
     assert "Out-of-fold: the probability is that of the one fold run that did not train on this patch" in texts(at)
@@ -802,7 +813,7 @@ def test_a_fresh_workspace_predicts_and_explains_real_patches_with_the_bundled_m
     at.file_uploader(key="explain_uploads").set_value(files).run()
     assert not at.exception and not at.error
     captions = [c for image in at.image for c in image.captions if "focus" in c]
-    assert len(captions) == 6 and all(re.search(r"p=\d\.\d{3} · focus (\d\.\d\d|none)", c) for c in captions)
+    assert len(captions) == 6 and all(re.search(r"p[=<>]\d\.\d{3} · focus (\d\.\d\d|none)", c) for c in captions)
     for page in ("pages/runs.py", "pages/train.py", "pages/review.py"):
         open_page(at, page)
         assert not at.error, (page, [e.value for e in at.error])

@@ -28,7 +28,8 @@ TRAINER_SPLIT = "valid"
 def scorable_splits(run: RunDir) -> list[str]:
     """Labelled splits of the run's data: "valid" first (scored during training), then the others. The
     bundled model has one: "valid", its held-out patches (the ensemble's: every patch, out of fold), whose predictions
-    ship with it (not their pixels)."""
+    ship with it (not their pixels). A cross-validation's "valid" is every patch of its pool (the "train" split), out
+    of fold: "train" itself, which every one of its members but one trained on, is not offered."""
     from ..data import available_splits, detect_format, split_files  # the readers import torch
 
     if resolve_run(run).bundled:
@@ -41,6 +42,8 @@ def scorable_splits(run: RunDir) -> list[str]:
         others = [s for s in available_splits(data) if s != TRAINER_SPLIT and split_files(data, s)["y"].exists()]
     else:  # Kaggle: only train/ is labelled (it includes the run's validation patches)
         others = ["train"] if (data / "train").is_dir() else []
+    if run.is_cross_validation:
+        others = [s for s in others if s != "train"]  # `cv_pool`: the ensemble's figures on it would flatter it
     return [TRAINER_SPLIT, *others]
 
 
