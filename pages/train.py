@@ -240,6 +240,9 @@ def live_view(run: RunDir, drawn: tuple) -> None:
         st.text(log or "(no log yet)")
 
 
+WATCHED = "train_watched_run"
+
+
 def _all_runs_table(drawn: tuple) -> None:
     """Every run of the workspace; while one trains, read again every few seconds, and the whole page redrawn when
     any run's state or epochs moved on (a run started elsewhere, or one this page does not watch, included)."""
@@ -257,9 +260,11 @@ with live_column:
     run = None if ctx.bundled else ctx.run  # the bundled model was not trained here
     others = [s for s in ctx.runs if run is None or s.run_id != run.run_id]
     training = [s.run_id for s in others if s.state in ACTIVE_STATES]
+    watched = st.session_state.get(WATCHED)  # the run this tab watched while it trained, unselected
     if training:  # a run training now, not the selected one: watched here when the sidebar shows no run of the workspace
         if run is None:
             run = ctx.workspace.run(training[0])
+            st.session_state[WATCHED] = run.run_id  # still shown here once it ends, not "No run selected"
             st.caption(f"Watching `{run.run_id}`, training now; the sidebar's selected model is "
                        f"{'the bundled model' if ctx.bundled else 'none'}.")
         else:
@@ -267,7 +272,17 @@ with live_column:
                        + "; below, the run selected in the sidebar.")
         if st.button("Select it" if run.run_id == training[0] else "Watch it", key="select_training", icon=":material/visibility:",
                      help=f"Make {training[0]} the sidebar's selected run (for the other pages too) and watch it here."):
+            st.session_state.pop(WATCHED, None)
             sidebar.select_run(training[0])
+            st.rerun()
+    elif run is None and (ended := next((s for s in others if s.run_id == watched), None)) is not None:
+        run = ctx.workspace.run(ended.run_id)  # it ended while watched here: its end shown, where it can be resumed
+        st.caption(f"`{run.run_id}`, watched here while it trained, is {ended.state}; the sidebar's selected model is "
+                   f"{'the bundled model' if ctx.bundled else 'none'}.")
+        if st.button("Select it", key="select_watched", icon=":material/visibility:",
+                     help=f"Make {run.run_id} the sidebar's selected run, for the other pages too."):
+            st.session_state.pop(WATCHED, None)
+            sidebar.select_run(run.run_id)
             st.rerun()
     elif others and others[0] is ctx.runs[0] and others[0].state in RESUMABLE_STATES:  # the newest run stopped, not shown
         st.caption(f"The newest run, `{others[0].run_id}`, is {others[0].state}: it can be resumed from its view.")

@@ -12,6 +12,7 @@ import io
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -31,6 +32,7 @@ from pcam_core.config import ExperimentConfig
 from pcam_core.data import PCamH5, patch_id
 from pcam_core.explain import METHODS, layer_choices
 from pcam_core.workspace.gallery import OUTCOMES, outcome_counts, outcome_examples, outline_centre
+from pcam_core.fileio import atomic_write_json
 from pcam_core.runs import RunDir, max_processes, process_count, stop
 from pcam_core.workspace import DEMO_ENV_VAR, ENV_VAR, Workspace
 
@@ -743,6 +745,25 @@ def test_train_page_says_what_a_running_run_is_at_everywhere(tmp_path, monkeypat
     [progress] = at.get("progress")
     assert progress.proto.text.startswith("epoch 2 of 3 · step 30 of 60")
     assert any(m.label == "Best ROC-AUC" and m.value == "0.700" for m in at.metric)
+
+
+def test_a_run_watched_while_it_trained_stays_in_view_when_it_ends(tmp_path, monkeypatch):
+    """With the bundled model selected, the Train page watches the run training; when that run ends, the tab keeps
+    showing it and its end (it once said "No run selected"), until the run is selected or the tab closed."""
+    (tmp_path / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
+    run = RunDir(running_run(Workspace(tmp_path).runs_root, "live", epochs=3))
+    at = open_page(start(tmp_path, monkeypatch), "pages/train.py")
+    assert "Watching `live`, training now; the sidebar's selected model is the bundled model." in texts(at)
+    status = run.raw_status()
+    status.update(state="failed", error="out of memory", finished_at=time.time())
+    atomic_write_json(run.status_path, status)
+    at.run()
+    shown = texts(at)
+    assert "`live`, watched here while it trained, is failed; the sidebar's selected model is the bundled model." in shown
+    assert "No run selected" not in shown and "The run failed: out of memory" in [e.value for e in at.error]
+    assert at.button(key="resume")  # its end, where it can be resumed
+    at.button(key="select_watched").click().run()
+    assert at.sidebar.selectbox(key="run").value == "live"
 
 
 @pytest.mark.slow
