@@ -289,6 +289,9 @@ def test_folds_side_by_side_train_as_one_after_another_and_stop_fail_and_resume_
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0 and "--resume --parallel-folds 2" in stderr
     assert run.status()["state"] == "stopped"
+    from pcam_core.runs import summarize
+
+    assert run.config().model.name == "auto" and summarize(run).model == "pcamnet"  # as its folds resolved it
     for k in (0, 1):
         assert run.fold(k).status()["state"] == "stopped" and run.fold(k).last_checkpoint.exists()
         assert not run.fold(k).summary_path.exists(), "a fold finished before the stop: give it more epochs"

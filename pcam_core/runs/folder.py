@@ -417,6 +417,11 @@ def summarize(run: RunDir) -> RunSummary:
     # before its job made folds/, it is known by its config (`launch` starts any queued run with data.folds as one)
     if run.is_cross_validation or (status.get("state") == "queued" and cross_validation_folds(run)):
         done, total, best_view = _cross_validation_figures(run, total)
+        if model == "auto" and run.fold(0).config_path.exists():  # the job resolves it once every fold has trained
+            try:
+                model = run.fold(0).config().model.name
+            except (ValueError, FileNotFoundError):
+                pass
     return RunSummary(
         run.run_id,
         str(run.path),
