@@ -213,9 +213,11 @@ def live_view(run: RunDir, drawn: tuple) -> None:
             st.metric("Cross-validated ROC-AUC", f"{pooled:.3f}" if pooled is not None else "-", width="content",
                       help="Over every patch, each scored once by the fold run that did not train on it (one pass); "
                            "there once every fold is done.")
-            last = epochs[-1].get("roc_auc") if epochs else None
-            st.metric(f"Fold {cv.fold} ROC-AUC", f"{last:.3f}" if last is not None else "-", width="content",
-                      help="On the fold's held-out patches, at its latest epoch (a fold keeps its last epoch).")
+            for k in (cv.running if cv.side_by_side else (cv.fold,)):  # each fold under way
+                fold_epochs = epochs if k == cv.fold else run.fold(k - 1).epochs()
+                last = fold_epochs[-1].get("roc_auc") if fold_epochs else None
+                st.metric(f"Fold {k} ROC-AUC", f"{last:.3f}" if last is not None else "-", width="content",
+                          help="On the fold's held-out patches, at its latest epoch (a fold keeps its last epoch).")
         else:
             best = run.best_epoch()
             st.metric("Best ROC-AUC", f"{best['roc_auc']:.3f}" if best and best.get("roc_auc") is not None else "-", width="content",

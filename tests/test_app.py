@@ -747,6 +747,26 @@ def test_train_page_says_what_a_running_run_is_at_everywhere(tmp_path, monkeypat
     assert any(m.label == "Best ROC-AUC" and m.value == "0.700" for m in at.metric)
 
 
+def test_folds_side_by_side_each_show_their_roc_auc_in_the_live_view(tmp_path, monkeypatch):
+    """Two folds of a cross-validation training side by side: the live view names both, with each fold's ROC-AUC
+    (it once showed the first fold's alone)."""
+    (tmp_path / "sources.json").write_text(json.dumps({"version": 1, "sources": []}))
+    cv = RunDir(running_run(Workspace(tmp_path).runs_root, "cv", epochs=3))
+    atomic_write_json(cv.config_path, cv.config().replace(data={"folds": 2}).to_dict())
+    for k, auc in enumerate((0.71, 0.82)):
+        running_run(cv.folds_dir, f"fold-{k}", epochs=3, best={"roc_auc": auc})
+    status = cv.raw_status()
+    status.update(fold=1, folds_running=[1, 2], parallel_folds=2)
+    atomic_write_json(cv.status_path, status)
+    at = start(tmp_path, monkeypatch)
+    at.sidebar.selectbox(key="run").set_value("cv").run()
+    open_page(at, "pages/train.py")
+    shown = {m.label: m.value for m in at.metric}
+    assert (shown["Fold 1 ROC-AUC"], shown["Fold 2 ROC-AUC"]) == ("0.710", "0.820")
+    [progress] = at.get("progress")
+    assert progress.proto.text.startswith("folds 1 and 2 of 2 side by side · fold 1 at epoch 2 of 3, fold 2 at epoch 2 of 3")
+
+
 def test_a_run_watched_while_it_trained_stays_in_view_when_it_ends(tmp_path, monkeypatch):
     """With the bundled model selected, the Train page watches the run training; when that run ends, the tab keeps
     showing it and its end (it once said "No run selected"), until the run is selected or the tab closed."""
