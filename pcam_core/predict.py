@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .data.base import PatchDataset
-from .data.common import DataError, patch_id
+from .data.common import DataError, id_clashes, patch_id
+from .data.kaggle import ImageFiles
 from .data.loader import dataset_for_split, detect_format, make_loader, open_dataset
 from .decision import DEFAULT_THRESHOLD, REFER, calls as decision_calls, check_threshold
 from .devices import resolve_device  # noqa: F401 - pages/train.py imports it from here
@@ -183,14 +184,23 @@ def predict_submission(
     fmt = detect_format(input_path)
     default_split = "test" if fmt in ("h5", "kaggle") and not input_path.is_file() else None
     dataset = open_dataset(input_path, split or default_split, convert=True, skip_bad=True)  # errors come back per item
-    indices = shard_indices(len(dataset), shard)
-    subset = dataset.subset(indices) if shard else dataset
+    # two files of one id (a.tif and a.jpg) would be two rows of one id in the submission, which Kaggle refuses
+    clashes = id_clashes(dataset.paths) if isinstance(dataset, ImageFiles) else {}
+    if clashes and not skip_bad:
+        first = dataset.paths[min(clashes)].name
+        raise DataError(f"{len(clashes)} file(s) share their id with another: {first}: {clashes[min(clashes)]}. Rename "
+                        "or remove them, or give --skip-bad to score the first file of each id and list the others")
+    kept = np.array([i for i in range(len(dataset)) if i not in clashes], dtype=np.int64)
+    indices = kept[shard_indices(len(kept), shard)]
+    subset = dataset.subset(indices) if shard or clashes else dataset
     if on_start:
         on_start(len(subset))
     result = predict_dataset(model, subset, device=loaded.device, tta=options.tta, batch_size=options.batch_size,
                              num_workers=options.workers, skip_bad=skip_bad, progress=progress,
                              scope=loaded.scope if results is not None else None)
     preds = result.predictions
+    if shard is None or shard[0] == 0:  # left out of every shard, listed by the first
+        result.skipped.extend((dataset.paths[i].name, reason) for i, reason in clashes.items())
     if not len(preds):
         reasons = "; ".join(reason for _, reason in result.skipped[:3])
         raise DataError(f"none of the {len(subset)} image(s) could be read, so nothing was written ({reasons})")

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .data.common import DataError, decode_image
+from .data.common import DataError, decode_image, same_id_reason
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def read_uploads(files: Sequence[tuple[str, bytes]]) -> tuple[list[UploadedPatch
     for name, data in files:
         stem = PurePath(name).stem
         if stem in seen:
-            refused.append((name, f"same id {stem!r} as {seen[stem]}; a submission needs one row per id"))
+            refused.append((name, same_id_reason(stem, seen[stem])))
             continue
         try:
             decoded = decode_image(data, name=name, convert=True)

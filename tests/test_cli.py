@@ -144,6 +144,38 @@ def test_predict_a_folder_with_a_bad_image_names_it(tmp_path, capsys):
     assert not (tmp_path / "s.csv").exists()
 
 
+def test_two_files_of_one_id_are_refused_or_the_second_listed_and_out_of_scope_referrals_are_counted(tmp_path, capsys):
+    """a.tif and a.png would be two rows of id "a" in a Kaggle submission (QA: written without a word): refused,
+    or with --skip-bad the second listed as skipped. The triage line counts the referrals that were out of scope
+    (a blank patch), which a crossed triage did not explain ("nothing referred", then "1 referred")."""
+    from PIL import Image
+
+    real = sorted((REPO / "tests" / "data" / "pcam-real-kaggle" / "train").glob("*.tif"))[:3]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k, path in enumerate(real):
+        (folder / f"p{k}.tif").write_bytes(path.read_bytes())
+    Image.open(real[0]).save(folder / "p0.png")  # the same patch, the same id
+    Image.new("RGB", (96, 96), "white").save(folder / "blank.png")  # glass: out of scope
+    out = tmp_path / "s.csv"
+    args = ["predict", "--run", "bundled", "--input", str(folder), "--out", str(out), "--workers", "0", "--no-tta",
+            "--device", "cpu", "--results", str(tmp_path / "r.csv"), "--triage", "0.98"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "1 file(s) share their id with another: p0.tif: same id 'p0' as p0.png" in err and "--skip-bad" in err
+    assert not out.exists()
+    assert main([*args, "--skip-bad"]) == 0
+    printed = capsys.readouterr()
+    frame = pd.read_csv(out, dtype={"id": str})
+    assert sorted(frame["id"]) == ["blank", "p0", "p1", "p2"]  # one row per id: the first file of each (p0.png)
+    assert "skipped 1 image(s)" in printed.err and "p0.tif: same id 'p0' as p0.png" in printed.err
+    results = pd.read_csv(tmp_path / "r.csv", dtype={"id": str}).set_index("id")
+    assert not results.loc["blank", "in_scope"] and results.loc["blank", "call"] == "refer"
+    refer = int((results["call"] == "refer").sum())
+    assert re.search(rf"referral rate [\d.]+%: {refer} referred \({int((~results['in_scope']).sum())} of them out of scope\)",
+                     printed.out), printed.out
+
+
 def test_runs_on_a_missing_folder_is_an_error_and_an_empty_one_is_not(tmp_path, capsys):
     missing = tmp_path / "nonexistent"
     for extra in ([], ["--json"]):

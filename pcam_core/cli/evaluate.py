@@ -239,12 +239,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     triage = result.get("triage")
     if triage:
         calls = triage["calls"]
+        crossed = (f" (the thresholds cross: one cut at {triage['tumour_above']:.4f}, no patch referred as uncertain)"
+                   if triage["crossed"] else "")
         print(f"triage at target sensitivity {triage['target_sensitivity']}: normal below {triage['normal_below']:.4f}, "
-              f"tumour above {triage['tumour_above']:.4f}{' (the thresholds cross: one cut, nothing referred)' if triage['crossed'] else ''}")
-        print(f"referral rate {triage['referral_rate']:.1%}: {calls['refer']} referred, {calls['normal']} normal, {calls['tumour']} tumour")
+              f"tumour above {triage['tumour_above']:.4f}{crossed}")
+        outside = result.get("out_of_scope") or 0  # referred whatever their probability
+        print(f"referral rate {triage['referral_rate']:.1%}: {calls['refer']} referred"
+              + (f" ({outside} of them out of scope)" if outside else "") + f", {calls['normal']} normal, {calls['tumour']} tumour")
         print(triage["guarantee"])
     if result["skipped"]:
-        print(f"skipped {len(result['skipped'])} unreadable image(s), listed in {result['skipped_file']}:", file=sys.stderr)
+        print(f"skipped {len(result['skipped'])} image(s), listed in {result['skipped_file']}:", file=sys.stderr)
         for name, reason in result["skipped"]:
             print(f"  {name}: {reason}", file=sys.stderr)
     return 0

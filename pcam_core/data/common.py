@@ -137,6 +137,25 @@ def list_images(folder: str | Path) -> list[Path]:
     )
 
 
+def same_id_reason(stem: str, first: str) -> str:
+    """Why a file is refused whose id (its name without extension) an earlier file already has."""
+    return f"same id {stem!r} as {first}; a submission needs one row per id"
+
+
+def id_clashes(paths: Sequence[str | Path]) -> dict[int, str]:
+    """Files whose id (name without extension, as Kaggle names patches) an earlier file of `paths` already has, such as
+    `a.tif` and `a.jpg`: {position: reason}. The first file of each id is not among them."""
+    seen: dict[str, str] = {}
+    clashes: dict[int, str] = {}
+    for i, path in enumerate(paths):
+        stem, name = Path(path).stem, Path(path).name
+        if stem in seen:
+            clashes[i] = same_id_reason(stem, seen[stem])
+        else:
+            seen[stem] = name
+    return clashes
+
+
 def stratified_folds(labels: Sequence[int] | np.ndarray, k: int, seed: int,
                      groups: Sequence[str] | np.ndarray | None = None) -> np.ndarray:
     """The fold (0..k-1) of each of N patches: stratified by label and seeded; with `groups` (a slide id per
