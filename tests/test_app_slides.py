@@ -410,6 +410,13 @@ def test_a_slide_out_of_the_models_scope_is_not_assessed(kind, tmp_path, monkeyp
     summary = load_summary(library.analysis_folder(sid, stride=96))
     assert summary["call"] == summary["size_class"] == "not assessed"
     assert all(region["size_class"] is None for region in summary["region_list"])  # not even a reported region's
+    # nor "Tumor" annotations in QuPath (QA: three on this skin slide): the GeoJSON says the slide was not assessed
+    regions = json.loads(library.analysis_folder(sid, stride=96).regions_geojson.read_text())
+    assert regions["properties"]["call"] == "not assessed" and (regions["features"] or kind == "synthetic")
+    for feature in regions["features"]:
+        props = feature["properties"]
+        assert props["classification"]["name"] == "Not assessed (out of scope)" and props["assessed"] is False
+        assert props["name"].endswith("(slide not assessed: out of the model's scope)")
     assert "Trained on lymph-node H&E at 0.972 µm/px (PatchCamelyon) only." in texts(at)
 
 

@@ -30,7 +30,7 @@ from ..sharding import shard_indices
 from ..scope import ScopeModel
 from .analysis import UNREADABLE, score_slide
 from .dense import effective_mode
-from .scope_map import NOT_ASSESSED, OUT_OF_SCOPE, assessed_map, slide_scope
+from .scope_map import NOT_ASSESSED, NOT_ASSESSED_CLASS, OUT_OF_SCOPE, assessed_map, slide_scope
 from .shards import merge_lock, merge_shards, missing_shards, shard_records
 from .decision import TOP_K, SlideDecision, load_slide_decision, slide_decision
 from .folder import AnalysisFolder, slide_folder
@@ -115,8 +115,12 @@ def write_outputs(folder: AnalysisFolder, state: dict[str, Any], meta: dict[str,
     if not scope["in_scope"]:
         summary["call"] = summary["size_class"] = NOT_ASSESSED
         for feature in regions:  # a slide not assessed gives no size class, not even to a region it would report
-            feature["properties"]["size_class"] = None
-    write_regions(folder, regions)  # decided by summarise: reported or below the reporting threshold
+            props = feature["properties"]
+            props.update(size_class=None, assessed=False)
+            # nor a "Tumor" annotation in QuPath (QA: three on a skin slide): named and classed as what it is
+            props["name"] = f"{props['name']} (slide not assessed: out of the model's scope)"
+            props["classification"] = {"name": NOT_ASSESSED_CLASS, "color": [120, 120, 120]}
+    write_regions(folder, regions, None if scope["in_scope"] else {"call": NOT_ASSESSED, "scope": scope})
     if state.get("cascade"):
         summary["cascade"] = state["cascade"]
     if state.get("shards"):  # seconds above: the shards' seconds summed (compute time, not wall time)

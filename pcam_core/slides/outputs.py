@@ -92,8 +92,11 @@ def tumour_regions(heat: np.ndarray, lattice: Lattice, threshold: float) -> list
 
 
 
-def write_regions(folder: AnalysisFolder, features: list[dict[str, Any]]) -> None:
-    atomic_write_json(folder.regions_geojson, {"type": "FeatureCollection", "features": features})
+def write_regions(folder: AnalysisFolder, features: list[dict[str, Any]], slide: dict[str, Any] | None = None) -> None:
+    """The regions as a GeoJSON FeatureCollection; `slide`: what holds for the whole slide (a slide not assessed),
+    as the collection's `properties` (a foreign member: QuPath reads the features alone)."""
+    atomic_write_json(folder.regions_geojson, {"type": "FeatureCollection", **({"properties": slide} if slide else {}),
+                                               "features": features})
 
 
 def write_tiles_csv(folder: AnalysisFolder, heat: np.ndarray, lattice: Lattice, distances: np.ndarray | None = None,

@@ -20,6 +20,7 @@ OUT_OF_SCOPE = -2.0  # a map cell the guard flagged, in the maps that are drawn 
 MAX_OUT_OF_SCOPE = 0.5  # a slide with more of its scored tissue out of scope than this is not assessed
 MAX_UPSAMPLING = 1.25  # a slide coarser than PCam scale by more than this factor is not assessed
 NOT_ASSESSED = "not assessed"
+NOT_ASSESSED_CLASS = "Not assessed (out of scope)"  # QuPath's class of a region of a slide not assessed
 SCOPE_LINE = "Trained on lymph-node H&E at 0.972 µm/px (PatchCamelyon) only."
 
 
