@@ -33,6 +33,7 @@ from .fileio import atomic_write_json, atomic_write_with
 from .inference import Predictions, predict_loader, predict_pixels, predict_pixels_in_scope
 from .metrics import THRESHOLD_METHODS, binary_metrics, choose_threshold, pr_points, reliability_points, roc_points
 from .calibration import Calibration, calibration_report, run_triage, validation_predictions
+from .config import ExperimentConfig
 from .scoring_options import ScoringOptions
 from .stats import metric_intervals, small_sample_warning
 from .triage import DEFAULT_FPR, TriageThresholds, triage_calls
@@ -323,7 +324,8 @@ def evaluate_run(
         "metrics": metrics,
         "intervals": metric_intervals(preds.labels, preds.probs, threshold_used),
         "interval_level": 0.95,
-        "warnings": [w for w in (small_sample_warning(len(preds.labels)), calibration.warning if calibration else None) if w],
+        "warnings": [w for w in (small_sample_warning(len(preds.labels)), calibration.warning if calibration else None,
+                                 trained_on_warning(run_dir, config, loaded.is_ensemble, data, split, preds.ids)) if w],
         # ECE and Brier before and after the run's temperature, with both reliability diagrams (None: no temperature)
         "calibration": calibration_report(preds.labels, preds.probs, calibration) if calibration else None,
         "curves": {
@@ -339,6 +341,27 @@ def evaluate_run(
     report["predictions_file"] = str(predictions_path)
     atomic_write_json(out, report)
     return report
+
+
+def trained_on_warning(run_dir: str | Path, config: ExperimentConfig, ensemble: bool, data: str | Path, split: str,
+                       ids: Sequence[str]) -> str | None:
+    """A warning when the patches scored include those the model trained on (QA: `pcam evaluate --split train` said
+    nothing, with ROC-AUC 0.756 against 0.633 held out), or None. An ensemble of cross-validation folds (the bundled
+    model among them) trained on every patch of its out-of-fold pool, each by all members but one: matched by id. A
+    single run trained on the `train` split of its own data, all but its validation patches: matched by the folder."""
+    if ensemble and config.data.folds:
+        try:
+            pool = set(validation_predictions(run_dir)["id"].astype(str))
+        except FileNotFoundError:
+            return None
+        seen = sum(pid in pool for pid in ids)
+        return (f"{seen:,} of the {len(ids):,} patches scored were training patches of {config.data.folds - 1} of the "
+                f"ensemble's {config.data.folds} members (its cross-validation pool): these figures flatter it; its "
+                "out-of-fold figures (cv.json, the model card) are the honest ones") if seen else None
+    if split == "train" and config.data.path and Path(config.data.path).resolve() == Path(data).resolve():
+        return (f"the train split of {data} holds the patches this run trained on (all but its validation split): "
+                "these figures flatter it; judge it on its validation split or on data it never saw")
+    return None
 
 
 @dataclass(frozen=True)

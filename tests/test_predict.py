@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import make_bad_images, tif_bytes
+from helpers import REPO, make_bad_images, tif_bytes
 from pcam_core.data import DataError, PCamH5, patch_id
 from pcam_core.predict import evaluate_run, merge_submissions, predict_submission
 from pcam_core.scoring_options import ScoringOptions
@@ -95,6 +95,26 @@ def test_bad_image_stops_before_writing_or_is_skipped_and_listed(trained_run, ti
     assert set(listed["id"]) == set(skipped)
     notes = pd.read_csv(tmp_path / "r.csv", keep_default_na=False).set_index("id")["notes"]
     assert notes["gray"] == converted["gray"] and (notes.drop(list(converted)) == "").all()
+
+
+def test_evaluate_warns_when_it_scores_patches_the_model_trained_on(tmp_path):
+    """The bundled ensemble trained on every patch of its cross-validation pool (each by 4 of its 5 members), the
+    fixture's 160 among them: `pcam evaluate` on them says so, in its report (QA: it said nothing)."""
+    report = evaluate_run("bundled", REPO / "tests" / "data" / "pcam-real-kaggle", "train", tmp_path / "m.json",
+                          ScoringOptions(workers=0, tta=False, device="cpu"))
+    assert report["warnings"] == ["160 of the 160 patches scored were training patches of 4 of the ensemble's 5 members "
+                                  "(its cross-validation pool): these figures flatter it; its out-of-fold figures (cv.json, "
+                                  "the model card) are the honest ones"]
+    assert json.loads((tmp_path / "m.json").read_text())["warnings"] == report["warnings"]
+
+
+@pytest.mark.slow
+def test_a_run_scored_on_its_own_training_split_is_warned_about(trained_run, demo_root, tmp_path):
+    options = ScoringOptions(workers=0, tta=False, device="cpu")
+    own = evaluate_run(trained_run, demo_root, "train", tmp_path / "train.json", options)
+    assert any("holds the patches this run trained on" in w for w in own["warnings"])
+    held_out = evaluate_run(trained_run, demo_root, "test", tmp_path / "test.json", options)
+    assert not any("trained on" in w for w in held_out["warnings"])
 
 
 @pytest.mark.slow
