@@ -220,6 +220,7 @@ def predict_submission(
         summary_extra["results"] = str(results)
         if "in_scope" in frame:
             summary_extra["out_of_scope"] = int((~frame["in_scope"]).sum())
+        summary_extra["scope_checked"] = loaded.scope is not None
         if thresholds is not None:
             calls = frame["call"].value_counts()
             summary_extra["triage"] = {**thresholds.to_dict(), "guarantee": thresholds.guarantee(),

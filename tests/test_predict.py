@@ -118,6 +118,24 @@ def test_a_run_scored_on_its_own_training_split_is_warned_about(trained_run, dem
 
 
 @pytest.mark.slow
+def test_predict_says_when_no_patch_was_checked_for_scope(trained_run, tif_folder, tmp_path, capsys):
+    """A run without an out-of-scope guard (too few validation patches to fit one) calls every patch, noise and glass
+    included: `pcam predict --results` says that nothing was checked (QA: it said nothing); with the guard, it counts."""
+    from pcam_core.cli import main
+    from pcam_core.runs import RunDir
+
+    unguarded = tmp_path / "run"
+    shutil.copytree(trained_run, unguarded)
+    RunDir(unguarded).scope_path.unlink()
+    for run, guarded in ((trained_run, True), (unguarded, False)):
+        assert main(["predict", "--run", str(run), "--input", str(tif_folder), "--out", str(tmp_path / "s.csv"), "--results",
+                     str(tmp_path / "r.csv"), "--workers", "0", "--no-tta", "--device", "cpu"]) == 0
+        printed = capsys.readouterr()
+        assert ("out of the model's scope:" in printed.out) == guarded
+        assert (f"run {run} has no out-of-scope guard, so no patch was checked" in printed.err) != guarded
+
+
+@pytest.mark.slow
 def test_evaluate_writes_metrics_and_predictions(trained_run, demo_root, tmp_path):
     out = tmp_path / "metrics.json"
     report = evaluate_run(trained_run, demo_root, "test", out, ScoringOptions(workers=0))
