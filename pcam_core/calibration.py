@@ -41,6 +41,7 @@ EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before the logit: a fl
 LOG_T_BOUNDS = (-4.0, 4.0)  # T within [0.018, 55]
 BIAS_BOUNDS = (-5.0, 5.0)  # on the logit
 BOUND_TOLERANCE = 0.01  # a fitted log T or bias this close to a bound sits at it (`Calibration.warning`)
+MIN_CALIBRATION_PATCHES = 100  # a fit on fewer is warned about (`Calibration.warning`): two parameters, few patches
 METHOD = "temperature and bias"
 
 
@@ -121,7 +122,8 @@ class Calibration:
 
     @property
     def warning(self) -> str | None:
-        """What to distrust in this fit, in one sentence, or None: a temperature or bias at the edge of its search
+        """What to distrust in this fit, in one sentence, or None: a fit on fewer than `MIN_CALIBRATION_PATCHES`
+        patches, or a temperature or bias at the edge of its search
         (`LOG_T_BOUNDS`, `BIAS_BOUNDS`) means the NLL wanted to go further, so the fit says more about the model
         than a correction would. At the largest temperature the validation predictions told the labels apart too
         little to be scaled: every calibrated probability lies near sigmoid(b), the share of tumour it saw."""
@@ -136,8 +138,13 @@ class Calibration:
                             f"sharpen the probabilities further still")
         if abs(self.bias) >= BIAS_BOUNDS[1] - BOUND_TOLERANCE:
             problems.append(f"the bias is at the edge of its range ({self.bias:+.2f})")
-        if not problems:
+        few = self.n < MIN_CALIBRATION_PATCHES
+        if not problems and not few:
             return None
+        if not problems:  # QA: temperatures of 0.258 and 9.417 fitted on 16 patches, served without a word
+            return (f"Calibration fitted on only {self.n:,} patches (fewer than {MIN_CALIBRATION_PATCHES}): a temperature "
+                    "and bias fitted on so few follow those patches and can make new ones' probabilities worse; "
+                    "validate on more patches before reading calibrated probabilities from this run.")
         return ("Calibration at its limit: " + "; and ".join(problems) + f". Fitted on {self.n:,} patches; train longer "
                 "or on more data before reading calibrated probabilities from this run.")
 

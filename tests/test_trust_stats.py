@@ -94,6 +94,9 @@ def test_a_calibration_at_the_edge_of_its_search_says_so():
     true_logits = rng.normal(0, 1.5, 2000)
     informative = fit_calibration((rng.random(2000) < expit(true_logits)).astype(int), expit(2 * true_logits), fitted_on="g")
     assert informative.warning is None
+    few = fit_calibration((rng.random(16) < expit(true_logits[:16])).astype(int), expit(2 * true_logits[:16]),
+                          fitted_on="g")  # QA: 16 patches, no word
+    assert few.warning.startswith("Calibration fitted on only 16 patches (fewer than 100)")
 
 
 def test_temperature_scaling_refuses_one_class_and_bad_temperatures():
