@@ -31,7 +31,7 @@ from torch import nn
 
 from .loading import load_run_model
 from .data.common import PATCH_SHAPE
-from .fileio import atomic_write_json, atomic_write_with
+from .fileio import atomic_write_json, atomic_write_with, output_file
 from .inference import predict_batch
 from .transforms import eval_preset
 
@@ -139,11 +139,7 @@ def export_run(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    out = Path(out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name (e.g. {out / ('model.onnx' if fmt == 'onnx' else 'model.pt')})")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"--out {out}: its folder {out.parent} does not exist; create it first")
+    out = output_file(out, "--out", "model.onnx" if fmt == "onnx" else "model.pt")
     pixels = check_patches() if check is None else _checked_pixels(check)
     source = check_source or ("random pixels" if check is None else "given patches")
     loaded = load_run_model(run, checkpoint=which, device="cpu")  # the one loader of a run's model

@@ -36,6 +36,15 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     _fsync_dir(path.parent)
 
 
+def output_file(path: str | Path, option: str, example: str) -> Path:
+    """`path` as a file to write (its folder made when missing, as every write here makes it), or a ValueError naming
+    `option` when it is a folder (QA: "[Errno 21] Is a directory"), with `example` as a file name inside it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name (e.g. {path / example})")
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

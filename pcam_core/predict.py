@@ -29,7 +29,7 @@ from .devices import resolve_device  # noqa: F401 - pages/train.py imports it fr
 from .loading import load_run_model
 from .scope import ScopeModel
 from .sharding import shard_indices
-from .fileio import atomic_write_json, atomic_write_with
+from .fileio import atomic_write_json, atomic_write_with, output_file
 from .inference import Predictions, predict_loader, predict_pixels, predict_pixels_in_scope
 from .metrics import THRESHOLD_METHODS, binary_metrics, choose_threshold, pr_points, reliability_points, roc_points
 from .calibration import Calibration, calibration_report, run_triage, validation_predictions
@@ -175,6 +175,8 @@ def predict_submission(
     """
     if triage is not None and results is None:
         raise ValueError("--triage writes its calls into the results file: give --results too")
+    out = output_file(out, "--out", "submission.csv")
+    results = output_file(results, "--results", "results.csv") if results is not None else None
     input_path = existing_input(input_path)
     # triage and temperature of the scoring mode applied (fitted on TTA predictions where the run has them)
     thresholds = run_triage(run_dir, triage, triage_fpr, tta=options.tta) if triage is not None else None  # fails before any scoring
@@ -297,6 +299,7 @@ def evaluate_run(
         raise ValueError(f"a target ({target}) is only used by the threshold method 'sensitivity', not {threshold_method!r}")
     if threshold_method != "fixed" and options.threshold is not None:
         raise ValueError(f"a fixed threshold ({options.threshold}) and the threshold method {threshold_method!r} exclude each other")
+    out = output_file(out, "--out", "metrics.json")
     loaded = load_run_model(run_dir, checkpoint=options.checkpoint, device=options.device)
     model, config, info, calibration = loaded.model, loaded.config, loaded.info, loaded.calibration_for(tta=options.tta)
     if loaded.is_ensemble and config.data.folds and split in ("valid", "val"):

@@ -181,7 +181,9 @@ def test_runs_on_a_missing_folder_is_an_error_and_an_empty_one_is_not(tmp_path, 
     for extra in ([], ["--json"]):
         assert main(["runs", "--root", str(missing), *extra]) == EXIT_ERROR
         captured = capsys.readouterr()
-        assert captured.out == "" and captured.err.strip() == f"error: runs folder not found: {missing}"
+        assert captured.out == "" and captured.err.strip() == (f"error: runs folder not found: {missing} (--root names the "
+                                                               "folder that holds your run folders: for `pcam train --out "
+                                                               "runs/first`, --root runs)")
     (tmp_path / "empty").mkdir()
     assert main(["runs", "--root", str(tmp_path / "empty")]) == 0
     assert capsys.readouterr().out.strip() == f"no runs in {tmp_path / 'empty'}"

@@ -14,6 +14,7 @@ import torch
 
 from pcam_core.api import load_predictor
 from pcam_core.cli import main
+from helpers import REPO
 from pcam_core.config import ExperimentConfig
 from pcam_core.data.loader import open_dataset
 from pcam_core.export import PARITY_TOLERANCE, export_run
@@ -185,14 +186,17 @@ def test_a_run_without_a_checkpoint_is_refused(tmp_path, capsys) -> None:
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_out_in_a_missing_folder_is_refused(trained_run, tmp_path, capsys) -> None:
+def test_out_in_a_missing_folder_is_made_and_a_folder_as_out_is_refused(trained_run, tmp_path, capsys) -> None:
+    """As `pcam predict` and `evaluate` write (QA: export refused a missing folder where predict made it)."""
     out = tmp_path / "missing" / "m.pt"
-    code = main(["export", "--run", str(trained_run), "--format", "torchscript", "--out", str(out)])
-    err = capsys.readouterr().err
-    assert code == 2 and f"its folder {out.parent} does not exist" in err
-    assert not out.parent.exists()
+    assert main(["export", "--run", str(trained_run), "--format", "torchscript", "--out", str(out)]) == 0
+    assert out.is_file() and out.with_name("m.pt.json").is_file()
+    capsys.readouterr()
     code = main(["export", "--run", str(trained_run), "--format", "torchscript", "--out", str(tmp_path)])
-    assert code == 2 and "is a folder; give a file name" in capsys.readouterr().err
+    assert code == 2 and f"--out {tmp_path} is a folder; give a file name (e.g. {tmp_path / 'model.pt'})" in capsys.readouterr().err
+    code = main(["predict", "--run", "bundled", "--input", str(REPO / "tests" / "data" / "pcam-real-kaggle"), "--split", "train",
+                 "--out", str(tmp_path)])  # refused before anything is scored
+    assert code == 2 and f"--out {tmp_path} is a folder; give a file name (e.g. {tmp_path / 'submission.csv'})" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # a few seconds of CPU: outside the fast lane
