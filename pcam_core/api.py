@@ -26,6 +26,7 @@ from .decision import DEFAULT_THRESHOLD, REFER, calls
 from .inference import predict_pixels, predict_pixels_in_scope
 from .scope import ScopeModel
 from .loading import load_run_model
+from .models import EnsembleModel
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,11 @@ class Predictor:
     calibration: Calibration | None = None  # the run's fitted temperature (`calibrated`), or None
     scope: ScopeModel | None = None  # the run's out-of-scope guard (`predict_in_scope`), or None
     calibration_tta: Calibration | None = None  # the temperature fitted on TTA predictions (cross-validated runs), or None
+
+    @property
+    def members(self) -> int:
+        """How many networks score each patch: 1, or an ensemble's members (the bundled model's 5), each a forward pass."""
+        return len(self.model.members) if isinstance(self.model, EnsembleModel) else 1
 
     def predict(self, images: Images, *, tta: bool = False, batch_size: int = 256) -> np.ndarray:
         """Tumour probabilities, a float64 array of shape (N,), one per image.

@@ -198,9 +198,14 @@ def predict_submission(
     subset = dataset.subset(indices) if shard or clashes else dataset
     if on_start:
         on_start(len(subset))
-    result = predict_dataset(model, subset, device=loaded.device, tta=options.tta, batch_size=options.batch_size,
-                             num_workers=options.workers, skip_bad=skip_bad, progress=progress,
-                             scope=loaded.scope if results is not None else None)
+    try:
+        result = predict_dataset(model, subset, device=loaded.device, tta=options.tta, batch_size=options.batch_size,
+                                 num_workers=options.workers, skip_bad=skip_bad, progress=progress,
+                                 scope=loaded.scope if results is not None else None)
+    except DataError as err:  # the first bad file stopped it: say how to go on
+        if skip_bad:
+            raise
+        raise DataError(f"{err}; nothing was written (--skip-bad scores the rest and lists every bad file)") from err
     preds = result.predictions
     if shard is None or shard[0] == 0:  # left out of every shard, listed by the first
         result.skipped.extend((dataset.paths[i].name, reason) for i, reason in clashes.items())

@@ -744,7 +744,9 @@ def _finish(s: _Session, ended_by: str) -> dict[str, Any]:
             s.status.update(state="finished", finished_at=time.time(), message=f"finished ({ended_by})",
                             epoch=st.epoch, step=st.global_step)
         best = st.best_value if st.best_value is not None else float("nan")
-        log.info("finished after %d epochs in %.1f min (%s); %s %s %.4f at epoch %s", st.epoch, s.elapsed() / 60, ended_by,
+        # the training time of the summary, as `pcam train` prints it (the calibration and guard fitted since are not training)
+        log.info("finished after %d epoch%s in %.1f min (%s); %s %s %.4f at epoch %s", st.epoch, "" if st.epoch == 1 else "s",
+                 summary["train_seconds"] / 60, ended_by,
                  "kept the last epoch:" if s.config.keeps_last_epoch else "best", t.monitor, best, st.best_epoch)
         s.track_files()
         s.tracker.end(FINISHED)

@@ -129,7 +129,7 @@ def make_bad_images(folder: Path) -> dict[str, str]:
         "corrupt.tif": (full[:200] + bytes(rng.integers(0, 256, 2000, dtype=np.uint8)), "truncated or corrupt"),
         "headless.tif": (full[:100], "a damaged or truncated TIFF file"),  # cut inside its directory: its header says TIFF
         "text.tif": (b"this is not an image, just text\n" * 20, "not an image"),
-        "empty.tif": (b"", "not an image"),
+        "empty.tif": (b"", "an empty file (0 bytes)"),
         "small64.tif": (tif_bytes(good[:64, :64]), "64x64"),
         "big512.tif": (tif_bytes(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)), "512x512"),
         "gray.tif": (tif_bytes(good[..., 0], "L"), "mode"),

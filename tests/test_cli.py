@@ -138,6 +138,7 @@ def test_predict_a_folder_with_a_bad_image_names_it(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("error: ") and str(tmp_path / "imgs") in err
+    assert err.rstrip().endswith("nothing was written (--skip-bad scores the rest and lists every bad file)")
     assert not (tmp_path / "s.csv").exists()
     assert main([*args, "--skip-bad"]) == 2
     assert f"none of the {len(cases) - 3} image(s) could be read" in capsys.readouterr().err

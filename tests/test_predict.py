@@ -171,6 +171,12 @@ def test_evaluate_refuses_unlabelled_data(trained_run, tif_folder, tmp_path):
 def test_missing_run_or_checkpoint(tmp_path, tif_folder):
     with pytest.raises(FileNotFoundError, match="run folder not found"):
         predict_submission(tmp_path / "nope", tif_folder, tmp_path / "s.csv")
-    (tmp_path / "empty-run").mkdir()
-    with pytest.raises(FileNotFoundError, match="no checkpoint yet"):
+    (tmp_path / "empty-run").mkdir()  # any folder (QA: --run /tmp asked whether it had finished an epoch)
+    with pytest.raises(FileNotFoundError, match="empty-run is not a run folder \\(it has no config.json\\)"):
         predict_submission(tmp_path / "empty-run", tif_folder, tmp_path / "s.csv")
+    from pcam_core.config import ExperimentConfig
+    from pcam_core.runs import create_run
+
+    fresh = create_run(tmp_path, ExperimentConfig(), run_id="fresh")  # a run before its first epoch
+    with pytest.raises(FileNotFoundError, match="no checkpoint yet"):
+        predict_submission(fresh.path, tif_folder, tmp_path / "s.csv")

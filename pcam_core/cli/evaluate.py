@@ -21,8 +21,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         "own unless --threshold gives one, or --threshold-method chooses one on the run's validation predictions."))
     p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("--data", required=True, help="PCam HDF5 folder or Kaggle folder")
-    p.add_argument("--split", default="test", help="train, valid or test (for Kaggle data, valid is the run's own validation split)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="test", help="train, valid or test (for Kaggle data, valid is the run's own validation "
+                                                   "split; default: test)")
+    p.add_argument("--out", required=True, help="the metrics JSON to write (its folder is made; the predictions CSV beside it)")
     p.add_argument("--threshold-method", choices=THRESHOLD_METHODS, default="fixed",
                    help="fixed: --threshold (else the run's own); youden: the ROC point maximising sensitivity + specificity; "
                         "sensitivity: the highest threshold reaching --target-sensitivity; both chosen on the run's "
@@ -37,7 +38,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "with a note."))
     p.add_argument("--run", required=True, help=RUN_HELP)
     p.add_argument("--input", required=True, help="an image file, a folder of images, a Kaggle folder or PCam HDF5 data")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the submission CSV to write (id,label; its folder is made)")
     p.add_argument("--split", help="split of an HDF5 or Kaggle folder (default: test)")
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out and list them, instead of stopping")
     p.add_argument("--shard", help="i/n: predict only the i-th of n equal parts (merge them with `pcam merge`)")
@@ -73,13 +74,13 @@ def add(sub: argparse._SubParsersAction) -> None:
         "its own threshold, or all at --threshold) and the paired DeLong test of each run's ROC-AUC against the first run's."))
     p.add_argument("--runs", nargs="+", required=True, help="two or more run folders (or `bundled`)")
     p.add_argument("--data", required=True, help="PCam HDF5 folder or Kaggle folder")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="the labelled split every run is scored on (default: test)")
     p.add_argument("--out", help="also write the comparison as JSON")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("merge", help="merge shard submissions into one")
-    p.add_argument("parts", nargs="+")
-    p.add_argument("--out", required=True)
+    p.add_argument("parts", nargs="+", help="the shard submissions (`pcam predict --shard i/n --out ...`)")
+    p.add_argument("--out", required=True, help="the merged submission CSV to write")
     p.set_defaults(func=cmd_merge)
 
 

@@ -213,7 +213,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if summary.get("best_metrics"):
         best = summary["best_metrics"]
-        print(f"finished {summary['run_id']}: {summary['epochs_done']} epochs in {summary['train_seconds'] / 60:.1f} min "
+        done = summary["epochs_done"]
+        print(f"finished {summary['run_id']}: {done} epoch{'' if done == 1 else 's'} in {summary['train_seconds'] / 60:.1f} min "
               f"({summary['ended_by']}); {'kept the last epoch' if RunDir(args.out).config().keeps_last_epoch else 'best epoch'} "
               f"{best['epoch']}: ROC-AUC {fmt(best.get('roc_auc'))}, "
               f"accuracy {fmt(best.get('accuracy'))}, F1 {fmt(best.get('f1'))}")

@@ -71,6 +71,8 @@ def decode_image(source: str | Path | bytes, *, name: str | None = None, convert
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             raise DataError(f"{label}: refused as a possible decompression bomb ({err})") from err
         except UnidentifiedImageError as err:
+            if _is_empty(handle):
+                raise DataError(f"{label}: an empty file (0 bytes)") from err
             kind = _format_by_signature(handle)
             if kind is not None:  # its first bytes say what it is meant to be: damaged, not of another kind
                 raise DataError(f"{label}: a damaged or truncated {kind} file (its header says {kind}, but the image "
@@ -82,6 +84,14 @@ def decode_image(source: str | Path | bytes, *, name: str | None = None, convert
 
 
 _SIGNATURES = {b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG"}
+
+
+def _is_empty(handle: Any) -> bool:
+    try:
+        handle.seek(0, io.SEEK_END)
+        return handle.tell() == 0
+    except (OSError, ValueError):
+        return False
 
 
 def _format_by_signature(handle: Any) -> str | None:

@@ -177,6 +177,10 @@ class RunDir:
         is its `ensemble.json` (each member's own best checkpoint is loaded)."""
         if not self.path.is_dir():
             raise FileNotFoundError(f"run folder not found: {self.path}")
+        if not (self.config_path.exists() or self.best_checkpoint.parent.is_dir() or self.is_ensemble):
+            # any folder (QA: --run /tmp was asked whether it had finished an epoch); a shipped member has checkpoints/ alone
+            raise FileNotFoundError(f"{self.path} is not a run folder (it has no {self.config_path.name}): give a folder "
+                                    "`pcam train --out` made, or bundled")
         if which not in CHECKPOINTS:
             raise ValueError(f"checkpoint must be 'best' or 'last', not {which!r}")
         if self.is_ensemble:  # its members' checkpoints are listed there (`pcam_core.ensemble`)

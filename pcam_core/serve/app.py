@@ -277,7 +277,7 @@ def create_app(
     async def model_info() -> dict[str, Any]:
         predictor = current()
         calibration = predictor.calibration
-        return {"model": predictor.model_name, "run": run_name, "checkpoint_epoch": predictor.epoch,
+        return {"model": predictor.model_name, "members": predictor.members, "run": run_name, "checkpoint_epoch": predictor.epoch,
                 "threshold": predictor.threshold, "temperature": calibration.temperature if calibration else None,
                 "bias": calibration.bias if calibration else None,
                 "calibration_warning": calibration.warning if calibration else None,

@@ -91,7 +91,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _RequestTooLarge(self._message("more than that"))
+                raise _RequestTooLarge(self._message(f"over {self.max_bytes / MB:g} MB (its size unannounced)"))
             return message
 
         await self.app(scope, counted, send)

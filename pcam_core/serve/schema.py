@@ -93,7 +93,9 @@ class Health(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    model: str
+    model: str = Field(description="the architecture (of each member, for an ensemble)")
+    members: int = Field(ge=1, description="how many networks score each patch: 1, or an ensemble's members (the bundled "
+                                           "model's 5), each a forward pass")
     run: str = Field(description="the --run the server was started with")
     checkpoint_epoch: int | None = Field(description="completed training epochs of the checkpoint")
     threshold: float = Field(description="the run's own threshold: the default of every call")

@@ -294,7 +294,7 @@ def test_a_slide_analysis_runs_in_the_background(client, server, slides_dir):
     to its summary at the run's threshold, and its GeoJSON, report and heat map are served once it is done;
     nothing it answers names a server path or an internal parameter."""
     run_threshold = client.get("/v1/model").json()["threshold"]
-    assert run_threshold == RUN_THRESHOLD
+    assert run_threshold == RUN_THRESHOLD and client.get("/v1/model").json()["members"] == 1
     started = client.post("/v1/slides", json={"path": "demo/slide.tif", "stride": 96, "mpp": 0.5})
     assert started.status_code == 202, started.text
     job = started.json()
@@ -435,6 +435,7 @@ def test_the_server_lets_openmp_threads_wait_passively(bundled_server):
     assert "OMP_WAIT_POLICY" not in bundled_server.env
     info = httpx.get(f"{bundled_server.url}/v1/model", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
     assert info["openmp_wait_policy"] == "PASSIVE"
+    assert (info["model"], info["members"]) == ("pcamnet", 5)  # an ensemble: five forward passes a patch (QA: not said)
 
 
 def test_schemathesis_finds_nothing_the_schema_does_not_say(bundled_server, tmp_path):
