@@ -358,7 +358,9 @@ def test_bad_cross_validation_requests_are_refused_before_a_folder_is_made(real_
     assert "between 2 and 20" in capsys.readouterr().err
     assert main(["train", "--data", str(real_kaggle), "--out", str(tmp_path / "d"), "--folds", "2", "--early-stopping", "3"]) != 0
     assert "keeps its last epoch" in capsys.readouterr().err  # early stopping would pick the epoch on the held-out fold
-    assert not any((tmp_path / n).exists() for n in "abcd")
+    assert main(["train", "--data", str(real_kaggle), "--out", str(tmp_path / "e"), "--folds", "5", "--teacher", "bundled"]) != 0
+    assert "teacher bundled was cross-validated on other data" in capsys.readouterr().err  # QA: a failed run was left
+    assert not any((tmp_path / n).exists() for n in "abcde")
 
 
 @pytest.mark.slow

@@ -191,6 +191,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         _check_resume_flags(args)
     config = build_config(args) if not args.resume else ExperimentConfig()
+    if not args.resume and config.train.teacher:  # a teacher that cannot teach it: refused before the run's folder is made
+        from ..distil import check_teacher
+
+        check_teacher(config.replace(data={"folds": args.folds}) if args.folds else config)  # fit_folds sets data.folds
     if args.folds is not None or (args.resume and RunDir(args.out).is_cross_validation):
         return _train_folds(args, config)
     if args.combine is not None:
