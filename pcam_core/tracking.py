@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'pcam-core[mlflow]'"
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"  # MLflow's end states; a stopped run is KILLED
 _NOT_METRICS = ("epoch", "time")  # the step itself, and a wall-clock stamp (it becomes the metric's timestamp)
-_TRAINING = ("train_loss", "lr", "epoch_seconds", "step")  # an epoch record's own figures; the rest are validation's
+_TRAINING = ("train_loss", "lr", "epoch_seconds", "train_images_per_s", "step")  # an epoch record's own figures; the rest are validation's
 _BATCH = 100  # MLflow takes at most 100 parameters (1000 metrics) per log_batch call
 
 

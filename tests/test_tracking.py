@@ -174,10 +174,10 @@ def test_validation_metrics_read_apart_from_training_ones_and_the_run_is_named_b
     tracker = create_tracker(TrackingConfig(mlflow_uri=uri))
     tracker.start(run, synthetic=False, name="my label")
     tracker.log_epoch(1, {"epoch": 1, "step": 10, "train_loss": 0.5, "lr": 0.001, "epoch_seconds": 3.0, "time": 1.0,
-                          "is_best": True, "loss": 0.4, "roc_auc": 0.9, "confusion": {"tp": 3}})
+                          "train_images_per_s": 120.0, "is_best": True, "loss": 0.4, "roc_auc": 0.9, "confusion": {"tp": 3}})
     tracker.end()
     client = MlflowClient(tracking_uri=uri)
     tracked = client.get_run(json.loads(run.tracking_path.read_text())["mlflow_run_id"])
     assert tracked.info.run_name == "my label" and tracked.data.tags["pcam.run_id"] == "r1"
-    assert set(tracked.data.metrics) == {"step", "train_loss", "lr", "epoch_seconds", "valid_loss", "valid_roc_auc",
-                                         "valid_confusion.tp"}
+    assert set(tracked.data.metrics) == {"step", "train_loss", "lr", "epoch_seconds", "train_images_per_s", "valid_loss",
+                                         "valid_roc_auc", "valid_confusion.tp"}  # the training pace is not validation's
