@@ -105,7 +105,8 @@ def _report_slides(records: list[dict[str, Any]]) -> int:
     failed = [r for r in records if r["status"] == "failed"]
     for r in records:
         if r["status"] == "failed":
-            print(f"failed: {r['slide']}: {r['error']}", file=sys.stderr)
+            error = str(r["error"]).removeprefix(f"{r['slide']}: ")  # most errors name their file already
+            print(f"failed: {r['slide']}: {error}", file=sys.stderr)
             continue
         if r["status"] == "shard done":
             print(f"shard {r['shard']} done: {r['slide']} -> {r['folder']}/shards; outputs when the other shards are complete "

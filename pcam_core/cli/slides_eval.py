@@ -16,7 +16,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "truth in --truth: CAMELYON16 mask TIFFs (<slide>_mask.tif, tumour 255), ASAP XML (<slide>.xml) or QuPath GeoJSON "
         "(<slide>.geojson), and reference.csv (name,class[,type]) for slide labels. Writes into --out detections/<slide>.csv "
         "(probability,x,y in level-0 pixels, as CAMELYON16 asks), froc.json (FROC as the challenge's code computes it, "
-        "sensitivity at 1/4..8 FP per slide, slide ROC-AUC with its 95%% interval, lesions and their sensitivity by size "
+        "sensitivity at 1/4..8 FP per slide, slide ROC-AUC with its 95% interval, lesions and their sensitivity by size "
         "class), froc.png and report.html. With --cases: cases.csv (patient, pN stage, the slides that decide it), "
         "camelyon17_submission.csv and cases.json; with --stages also the quadratic weighted kappa and the confusion "
         "matrices. See docs/evaluation.md."))

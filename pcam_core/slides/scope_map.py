@@ -50,7 +50,7 @@ def slide_scope(scored: np.ndarray, outside: np.ndarray, *, mpp: float, mpp_sour
     reasons = []
     if guard is not None and fraction > MAX_OUT_OF_SCOPE:
         reasons.append(f"{fraction:.1%} of the scored tissue is unlike the tissue the model was trained on (the guard "
-                       f"flags about {guard['rate']:.0%} of real lymph-node patches)")
+                       f"flags about {guard['rate']:.0%} of the held-out patches of the model's own training data)")
     upsampling = mpp / PCAM_MPP
     if upsampling > MAX_UPSAMPLING:
         reasons.append(f"the slide was scanned at {mpp:.3g} µm/px, coarser than the model's {PCAM_MPP} µm/px: its windows "
