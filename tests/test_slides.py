@@ -462,6 +462,8 @@ def test_cli_folder_with_one_bad_slide_finishes_the_others(small_slide, trained_
     summary = json.loads((out / "a_good" / "summary.json").read_text())
     truth = json.loads((small_slide / "truth.json").read_text())
     assert summary["windows_scored"] > 100 and summary["model"] == "pcamnet"
+    # the model's line in the summary (the page and the report show it): not "Trained on lymph-node H&E" (QA)
+    assert summary["scope"]["line"] == "Trained on SYNTHETIC demo patches only: its calls say nothing about real tissue."
     print("demo slide with the synthetic-trained run:", {k: summary[k] for k in ("slide_score", "regions", "largest_diameter_mm", "size_class")},
           "truth:", truth["largest_diameter_mm"], truth["size_class"])
     shard = run_cli("slide", "--run", str(trained_run), "--input", str(slides), "--out", str(tmp_path / "shard"), "--shard", "1/3", "--workers", "0")

@@ -93,7 +93,8 @@ def write_outputs(folder: AnalysisFolder, state: dict[str, Any], meta: dict[str,
     scored = valid_cells(heat)
     assessed = assessed_map(heat, distances, guard)  # out of scope: no probability counts, no region forms there
     outside = assessed == OUT_OF_SCOPE
-    scope = slide_scope(scored, outside, mpp=lattice.mpp, mpp_source=state["slide"].get("mpp_source", "metadata"), guard=guard)
+    scope = slide_scope(scored, outside, mpp=lattice.mpp, mpp_source=state["slide"].get("mpp_source", "metadata"), guard=guard,
+                        synthetic_model=bool(meta.get("synthetic_model")))
     regions = tumour_regions(assessed, lattice, threshold)
     tiles = write_tiles_csv(folder, heat, lattice, distances, guard["threshold"] if guard else None)
     write_tissue_png(folder, state["tissue"])
@@ -166,6 +167,7 @@ def analyse_slide(
     checkpoint_epoch: int | None,
     model_name: str,
     threshold: float = DEFAULT_THRESHOLD,
+    synthetic_model: bool = False,
     shard: tuple[int, int] | None = None,
     scope: ScopeModel | None = None,
     decision: SlideDecision | None = None,
@@ -184,7 +186,7 @@ def analyse_slide(
     meta = {"slide": str(slide), "run": str(run), "model": model_name, "checkpoint": checkpoint, "checkpoint_epoch": checkpoint_epoch,
             "tta": bool(options.get("tta", False)), "min_tissue": options.get("min_tissue", 0.25),
             "scope": scope.record() if scope is not None else None, "decision": (decision or SlideDecision()).record(),
-            "mode": mode}
+            "mode": mode, "synthetic_model": synthetic_model}
     state = score_slide(model, slide, folder, checkpoint=checkpoint, checkpoint_epoch=checkpoint_epoch, shard=shard, meta=meta,
                         scope=scope, model_name=model_name, mode=mode, threshold=threshold, on_start=on_start, progress=progress,
                         **options)
@@ -269,7 +271,8 @@ def analyse(
             continue
         try:
             summary = analyse_slide(model, slide, folder, run=loaded.run.arg, checkpoint=str(ckpt), checkpoint_epoch=info.get("epoch"),
-                                    model_name=config.model.name, threshold=threshold, scope=loaded.scope, decision=decision, device=dev, resume=resume,
+                                    model_name=config.model.name, threshold=threshold, scope=loaded.scope,
+                                    synthetic_model=bool(info.get("synthetic_data")), decision=decision, device=dev, resume=resume,
                                     shard=slide_shard, progress_factory=progress_factory, **scoring, **slide_options)
         except (ValueError, FileNotFoundError, OSError) as err:
             if single:

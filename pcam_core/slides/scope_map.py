@@ -22,6 +22,7 @@ MAX_UPSAMPLING = 1.25  # a slide coarser than PCam scale by more than this facto
 NOT_ASSESSED = "not assessed"
 NOT_ASSESSED_CLASS = "Not assessed (out of scope)"  # QuPath's class of a region of a slide not assessed
 SCOPE_LINE = "Trained on lymph-node H&E at 0.972 µm/px (PatchCamelyon) only."
+SYNTHETIC_MODEL_LINE = "Trained on SYNTHETIC demo patches only: its calls say nothing about real tissue."
 
 
 def out_of_scope_cells(distances: np.ndarray | None, threshold: float | None, scored: np.ndarray) -> np.ndarray:
@@ -42,9 +43,10 @@ def assessed_map(heat: np.ndarray, distances: np.ndarray | None, guard: dict[str
 
 
 def slide_scope(scored: np.ndarray, outside: np.ndarray, *, mpp: float, mpp_source: str,
-                guard: dict[str, Any] | None) -> dict[str, Any]:
-    """The `scope` object of a slide's summary: in_scope, out_of_scope_fraction, the reasons in words, and the
-    guard that decided it (None: the model has no guard, so nothing was checked but the scale)."""
+                guard: dict[str, Any] | None, synthetic_model: bool = False) -> dict[str, Any]:
+    """The `scope` object of a slide's summary: in_scope, out_of_scope_fraction, the reasons in words, the guard
+    that decided it (None: the model has no guard, so nothing was checked but the scale), and the line saying what
+    the model was trained on (`synthetic_model`: a run of the SYNTHETIC demo data, not PCam)."""
     n = int(scored.sum())
     fraction = float(outside.sum() / n) if n else 0.0
     reasons = []
@@ -65,8 +67,8 @@ def slide_scope(scored: np.ndarray, outside: np.ndarray, *, mpp: float, mpp_sour
         words = "Not assessed: the model was not made for this slide: " + "; ".join(reasons) + "."
     return {"in_scope": in_scope, "out_of_scope_fraction": fraction, "cells_out_of_scope": int(outside.sum()),
             "reason": words, "checked": guard is not None, "guard": guard, "mpp": mpp, "mpp_source": mpp_source,
-            "line": SCOPE_LINE}
+            "line": SYNTHETIC_MODEL_LINE if synthetic_model else SCOPE_LINE}
 
 
-__all__ = ["MAX_OUT_OF_SCOPE", "MAX_UPSAMPLING", "NOT_ASSESSED", "OUT_OF_SCOPE", "SCOPE_LINE", "assessed_map", "out_of_scope_cells",
+__all__ = ["MAX_OUT_OF_SCOPE", "MAX_UPSAMPLING", "NOT_ASSESSED", "OUT_OF_SCOPE", "SCOPE_LINE", "SYNTHETIC_MODEL_LINE", "assessed_map", "out_of_scope_cells",
            "slide_scope"]
