@@ -145,6 +145,7 @@ def test_predict_a_folder_with_a_bad_image_names_it(tmp_path, capsys):
     assert not (tmp_path / "s.csv").exists()
 
 
+@pytest.mark.slow  # the 5-member ensemble scores 5 patches with its guard: 2-3 s
 def test_two_files_of_one_id_are_refused_or_the_second_listed_and_out_of_scope_referrals_are_counted(tmp_path, capsys):
     """a.tif and a.png would be two rows of id "a" in a Kaggle submission (QA: written without a word): refused,
     or with --skip-bad the second listed as skipped. The triage line counts the referrals that were out of scope

@@ -304,7 +304,6 @@ def test_fixed_scale_puts_maps_on_one_scale():
         scaled_maps(result, "absolute")
 
 
-@pytest.mark.slow  # needs a trained run: 15 s of training when no slow test made it first
 def test_cli_explain_valid_split_of_a_kaggle_folder(trained_run, demo_root, tmp_path, capsys):
     """`--split valid` on a Kaggle folder is the run's own seeded validation split of its train folder,
     the same patches `pcam evaluate --split valid` scores."""

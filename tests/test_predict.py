@@ -97,6 +97,7 @@ def test_bad_image_stops_before_writing_or_is_skipped_and_listed(trained_run, ti
     assert notes["gray"] == converted["gray"] and (notes.drop(list(converted)) == "").all()
 
 
+@pytest.mark.slow  # the 5-member ensemble on 160 patches: 3-4 s
 def test_evaluate_warns_when_it_scores_patches_the_model_trained_on(tmp_path):
     """The bundled ensemble trained on every patch of its cross-validation pool (each by 4 of its 5 members), the
     fixture's 160 among them: `pcam evaluate` on them says so, in its report (QA: it said nothing)."""
