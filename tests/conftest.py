@@ -156,15 +156,17 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if Path(item.fspath).is_relative_to(E2E):
             item.add_marker(pytest.mark.slow)
-    if "not slow" in (config.getoption("markexpr", "") or ""):  # the fast lane: the files with the most tests first
+    needs_run = {item.fspath for item in items if "trained_run" in getattr(item, "fixturenames", ())}
+    if "not slow" in (config.getoption("markexpr", "") or ""):
+        # the fast lane: the files that need the shared training last (a worker that took one first waited 9 s for it
+        # while the background process trained), then those with the most tests first
         count = Counter(item.fspath for item in items if not item.get_closest_marker("slow"))
-        items.sort(key=lambda item: -count[item.fspath])
+        items.sort(key=lambda item: (item.fspath in needs_run, -count[item.fspath]))
         return
     # The whole suite: the files that take minutes first, longest first (the training is done long before they reach
     # it), so that no worker is left alone with one of them at the end. Then the other files, those with a test that
     # needs the shared training after the rest (their order kept), so that the workers (which take whole files) have
     # the others to do while that training is under way.
-    needs_run = {item.fspath for item in items if "trained_run" in getattr(item, "fixturenames", ())}
 
     def cost(item) -> float:
         return HEAVY_FILES.get(Path(item.fspath).relative_to(Path(__file__).parent).as_posix(), 0.0)
