@@ -104,6 +104,7 @@ def train_one_epoch(
     model.train()
     total_loss, total_n = loss_sum, loss_count
     window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+    started = window_start  # this call's pace (`images_per_s`): the images before a resume were trained at another time
     interrupted = False
     for batch in loader:
         if ctx.should_stop():
@@ -162,7 +163,8 @@ def train_one_epoch(
         if ctx.checkpoint_due:
             ctx.checkpoint_due(step_in_epoch, total_loss, total_n)
     return {"train_loss": total_loss / max(total_n, 1), "step_in_epoch": step_in_epoch, "interrupted": interrupted,
-            "images": total_n, "loss_sum": total_loss, "loss_count": total_n}
+            "images": total_n, "loss_sum": total_loss, "loss_count": total_n,
+            "images_per_s": (total_n - loss_count) / max(time.perf_counter() - started, 1e-9)}
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -536,7 +538,7 @@ class _Session:
         record = {
             "epoch": st.epoch, "step": st.global_step, "train_loss": result["train_loss"],
             "lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - epoch_start,
-            "train_images_per_s": result.get("images_per_s"),  # this process's training pace over the epoch, validation apart
+            "train_images_per_s": result["images_per_s"],  # this process's training pace over the epoch, validation apart
             "time": time.time(), "is_best": improved, **metrics,
         }
         append_jsonl(self.run.epochs_path, record)
@@ -693,10 +695,7 @@ def _fit(
         skip = st.step_in_epoch * t.batch_size
         loader: Any = make_loader(s.data.train, t.batch_size, shuffle=False, num_workers=config.data.num_workers, drop_last=True,
                                   sampler=SkipBatchesSampler(s.sampler, skip) if skip else s.sampler, ids=False)
-        images_before, train_start = st.loss_count, time.perf_counter()
         result = train_one_epoch(s.train_model, loader, ctx, epoch, st.step_in_epoch, st.loss_sum, st.loss_count)
-        train_seconds = time.perf_counter() - train_start
-        result["images_per_s"] = (result["images"] - images_before) / train_seconds if train_seconds > 0 else None
         st.global_step, st.step_in_epoch = ctx.global_step, result["step_in_epoch"]
         st.loss_sum, st.loss_count = result["loss_sum"], result["loss_count"]
         if result["interrupted"] and flag.raised.is_set():
@@ -744,7 +743,7 @@ def _finish(s: _Session, ended_by: str) -> dict[str, Any]:
             s.status.update(state="finished", finished_at=time.time(), message=f"finished ({ended_by})",
                             epoch=st.epoch, step=st.global_step)
         best = st.best_value if st.best_value is not None else float("nan")
-        # the training time of the summary, as `pcam train` prints it (the calibration and guard fitted since are not training)
+        # the summary's training time, as `pcam train` prints it (not the calibration and guard fitted since)
         log.info("finished after %d epoch%s in %.1f min (%s); %s %s %.4f at epoch %s", st.epoch, "" if st.epoch == 1 else "s",
                  summary["train_seconds"] / 60, ended_by,
                  "kept the last epoch:" if s.config.keeps_last_epoch else "best", t.monitor, best, st.best_epoch)
