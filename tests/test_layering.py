@@ -23,12 +23,12 @@ LAYERS: list[tuple[str, ...]] = [
     ("pcam_core.runs", "pcam_core.explain", "pcam_core.inference", "pcam_core.optim",
      "pcam_core.distributed", "pcam_core.calibration", "pcam_core.tracking", "pcam_core.loading", "pcam_core.scope", "pcam_core.posthoc",
      "pcam_core.ensemble"),
-    ("pcam_core.train", "pcam_core.distil", "pcam_core.crossval", "pcam_core.predict", "pcam_core.slides", "pcam_core.evaluation", "pcam_core.export",
+    ("pcam_core.train", "pcam_core.train_session", "pcam_core.distil", "pcam_core.crossval", "pcam_core.predict", "pcam_core.slides", "pcam_core.evaluation", "pcam_core.export",
      "pcam_core.robustness"),
     ("pcam_core.workspace",),
     ("pcam_core.api", "pcam_core.cli", "pcam_core.serve", "pcam_core.__main__"),
 ]
-MODEL_CODE = ("torch", "pcam_core.models", "pcam_core.p4m", "pcam_core.inference", "pcam_core.predict", "pcam_core.train",
+MODEL_CODE = ("torch", "pcam_core.models", "pcam_core.p4m", "pcam_core.inference", "pcam_core.predict", "pcam_core.train", "pcam_core.train_session",
               "pcam_core.explain", "pcam_core.checkpoint")
 # gpu_count asks torch how many GPUs there are, importing it inside the function only.
 ALLOWED = {("pcam_core.runs.launch", "torch")}
