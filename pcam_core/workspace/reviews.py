@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import random
 import sqlite3
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -141,15 +143,31 @@ class ReviewStore:
             raise OSError(f"cannot open the review database {self.path}: {err}") from err
         try:
             conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._migrate(conn)
+            self._set_up(conn)
             yield conn
         except sqlite3.DatabaseError as err:
             raise OSError(f"review database {self.path}: {err}") from err
         finally:
             conn.close()
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
+        """The connection's settings and the schema. SQLite answers "database is locked" at once, without waiting out
+        the busy timeout, where waiting could deadlock: a connection that reads the journal mode while another switches
+        it to WAL or checkpoints on closing (five processes reviewing at once, under load, in CI). Those steps are tried
+        again until the busy timeout has passed."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":  # set once: it stays in the file
+                    conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                self._migrate(conn)
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) and "busy" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.005, 0.05))
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
