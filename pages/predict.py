@@ -15,6 +15,7 @@ from pcam_app import caches, heatmaps, notes, patches, reviews, shell, threshold
 from pcam_core.calibration import run_triage
 from pcam_core.data.common import patch_id
 from pcam_core.predict import REFUSED, UploadResult, results_table, score_uploads
+from pcam_core.scope import no_guard_warning
 from pcam_core.workspace.reviews import ModelCall, ReviewTarget
 
 SHOWN = 96  # patches drawn; the table and the CSV hold every one
@@ -100,7 +101,7 @@ if outside:
                f"**refer**, whatever their probability — {', '.join(p.name for p in outside[:5])}"
                f"{' …' if len(outside) > 5 else ''}. See docs/scope.md.", icon=":material/block:")
 elif loaded.scope is None:
-    st.caption("This model has no out-of-scope guard: patches unlike its training data are not flagged (`pcam scope`).")
+    st.warning(f"Run {no_guard_warning(run.run_id)}.", icon=":material/warning:")
 
 # one table for the page and the results file: every file, a refused one with the call "refused" and its reason
 table = results_table(result, threshold, model=config.model.name, run=run.run_id, triage=triage, calibration=calibration)

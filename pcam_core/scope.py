@@ -41,6 +41,13 @@ FLAG_RATE = 0.05  # the share of held-out in-domain patches the threshold flags
 SCOPE_FORMAT = "pcam_core.scope/1"
 
 
+def no_guard_warning(run: str) -> str:
+    """What every face says when the model scoring patches has no guard (a run with too few validation patches to fit
+    one): nothing was checked, and how to fit one."""
+    return (f"{run} has no out-of-scope guard, so no patch was checked: tissue unlike its training patches (another "
+            f"organ or stain, blank glass) gets a call like any other; `pcam scope --run {run}` fits one (docs/scope.md)")
+
+
 class TapFull(Exception):
     """Raised out of a forward pass by a `FeatureTap(stop=True)` once it holds every scope layer's features."""
 

@@ -437,6 +437,23 @@ def test_scoring_another_split_from_the_runs_page(finished_workspace, monkeypatc
     assert not at.exception and "256 patches of the test split" in texts(at)
 
 
+@pytest.mark.slow
+def test_predict_page_warns_when_the_model_checks_no_patch_for_scope(finished_workspace, monkeypatch, demo_root, tmp_path):
+    """A run without an out-of-scope guard (too few validation patches to fit one) calls every patch: the page warns,
+    in the words `pcam predict --results` uses (QA: it was a caption under the uploads)."""
+    from pcam_core.scope import no_guard_warning
+
+    workspace = tmp_path / "ws"
+    shutil.copytree(finished_workspace, workspace)
+    RunDir(workspace / "runs" / RUN_ID).scope_path.unlink()
+    at = open_page(start(workspace, monkeypatch), "pages/predict.py")
+    pixels = PCamH5(demo_root, "test").read_pixels(np.arange(2))
+    at.file_uploader(key="uploads").set_value([(f"{patch_id(p)}.tif", tif_bytes(p), "image/tiff") for p in pixels]).run()
+    assert not at.exception
+    assert f"Run {no_guard_warning(RUN_ID)}." in [w.value for w in at.warning]
+    assert "in_scope" not in at.dataframe[0].value.columns  # nothing to say of any patch
+
+
 def test_predict_uploads_refuses_and_converts_visibly(finished_workspace, monkeypatch, demo_root, tmp_path):
     at = open_page(start(finished_workspace, monkeypatch), "pages/predict.py")
     pixels = PCamH5(demo_root, "test").read_pixels(np.arange(3))

@@ -238,9 +238,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"out of the model's scope: {result['out_of_scope']} of {result['rows']} patch(es), called refer "
                   "(unlike the lymph-node H&E the model was trained on: docs/scope.md)")
         elif not result.get("scope_checked"):
-            print(f"warning: run {args.run} has no out-of-scope guard, so no patch was checked: tissue unlike its training "
-                  "patches (another organ or stain, blank glass) gets a call like any other; `pcam scope --run "
-                  f"{args.run}` fits one (docs/scope.md)", file=sys.stderr)
+            from ..scope import no_guard_warning
+
+            print(f"warning: run {no_guard_warning(args.run)}", file=sys.stderr)
     triage = result.get("triage")
     if triage:
         calls = triage["calls"]
