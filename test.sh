@@ -22,4 +22,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+# Compiled modules are kept (in the __pycache__ folders git ignores), also where the environment says not to write them:
+# the suite starts a hundred Python processes that import the same modules, and pytest keeps its rewritten test files
+# the same way. Without them, the fast lane took 72 s instead of 62 s here.
+unset PYTHONDONTWRITEBYTECODE
 exec .venv/bin/python -m pytest "$@"

@@ -18,7 +18,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= min(2, os.cpu_count() or 1) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import gc  # noqa: E402
+
 import pytest  # noqa: E402
+
+# No cyclic garbage collection while the test modules are imported and their asserts rewritten: with torch, streamlit
+# and the rest loaded, each full collection walks millions of objects, and rewriting makes enough of them to start
+# dozens (collection took 18.8 s a process, 10.2 s without them). At its end (`pytest_collection_finish`) what is still
+# alive is frozen out of later collections: the modules stay loaded for the whole session.
+gc.disable()
 
 from helpers import CV_ARGS, REAL_H5, REAL_KAGGLE  # noqa: E402
 from session_data import demo_data, demo_run, small_demo_data  # noqa: E402
@@ -150,6 +158,12 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
     return None
 
 
+def pytest_collection_finish(session) -> None:
+    gc.collect()
+    gc.freeze()
+    gc.enable()
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Everything under tests/e2e/ starts servers, processes or a browser: it is `slow`, outside the fast lane
     (`./test.sh -m "not slow"`). Tests elsewhere that train or launch processes carry the mark themselves."""
@@ -174,13 +188,13 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: (not cost(item) and item.fspath in needs_run, -cost(item)))
 
 
-# Seconds each of the longest test files takes on the 2-core CI machine (`--durations=0`, 2026-12-06): only their
-# order matters, to give them out longest first (pyproject's `--no-loadscope-reorder` keeps pytest-xdist from
-# reordering the files by their number of tests). A file missing here runs after them, in collection order.
+# Seconds each of the longest test files takes on the 2-core CI machine (`--junitxml`, summed by file, 2026-12-07, less what
+# moving their CLI calls into the worker saved): only their order matters, to give them out longest first (pyproject's
+# `--no-loadscope-reorder` keeps pytest-xdist from reordering the files by their number of tests). A file missing here
+# runs after them, in collection order.
 HEAVY_FILES = {
-    "test_train.py": 170, "test_distributed.py": 120, "test_slides.py": 115, "e2e/test_browser.py": 115,
-    "test_app.py": 100, "test_cli.py": 100, "test_slide_modes.py": 90, "test_reliability.py": 85,
-    "e2e/test_slides_viewer.py": 75, "test_tracking.py": 75, "test_predict.py": 70, "test_slide_decision.py": 50,
-    "test_app_slides.py": 45, "test_bundled.py": 45, "test_robustness.py": 40, "e2e/test_serve.py": 40,
-    "test_crossval.py": 35,
+    "e2e/test_browser.py": 185, "test_crossval.py": 150, "test_distributed.py": 150, "test_app.py": 140, "test_slides.py": 120,
+    "test_slide_decision.py": 95, "test_train.py": 90, "e2e/test_slides_viewer.py": 90, "test_slide_modes.py": 80,
+    "test_cli.py": 70, "test_tracking.py": 60, "test_app_slides.py": 58, "test_predict.py": 56, "test_bundled.py": 55,
+    "test_reliability.py": 55, "e2e/test_serve.py": 49, "test_explain.py": 45, "test_slide_library.py": 35,
 }

@@ -112,6 +112,21 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
                           timeout=timeout, cwd=cwd or REPO)
 
 
+def cli_here(capsys: Any, *args: str) -> subprocess.CompletedProcess:
+    """`pcam ARGS` through the command's own entry point (`pcam_core.cli.main`) in this process, its output read from
+    `capsys`: what `run_cli` gives without a new interpreter's 7-10 s of imports. For what a process of its own is not
+    the subject of: a signal, a kill, a limit on the process, the console script itself still take `run_cli`."""
+    from pcam_core.cli import main
+
+    capsys.readouterr()  # only this command's output
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:  # argparse's usage errors
+        code = exit_.code if isinstance(exit_.code, int) else 2
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(["pcam", *args], code, printed.out, printed.err)
+
+
 def tif_bytes(pixels: np.ndarray, mode: str | None = None) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels, mode).save(buf, format="TIFF")

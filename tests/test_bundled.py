@@ -20,7 +20,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from helpers import REAL_H5, REPO, run_cli
+from helpers import REAL_H5, REPO, cli_here, run_cli
 from pcam_core import load_predictor
 from pcam_core.bundled import BUNDLED, BUNDLED_DIR, bundled_checkpoint, bundled_record, is_bundled, is_ensemble, model_card
 from pcam_core.checkpoint import FORMAT
@@ -120,7 +120,8 @@ def test_importing_the_bundled_module_loads_no_torch():
 
 
 @pytest.mark.slow
-def test_pcam_predict_evaluate_and_explain_take_run_bundled(real_kaggle, tmp_path):
+def test_pcam_predict_evaluate_and_explain_take_run_bundled(real_kaggle, tmp_path, capsys):
+    """`pcam predict` as a process of its own, as a user runs it; evaluate and explain through the same entry point here."""
     sub = tmp_path / "sub.csv"
     done = run_cli("predict", "--run", "bundled", "--input", str(real_kaggle / "train"), "--out", str(sub), "--no-tta")
     assert done.returncode == 0, done.stderr
@@ -131,18 +132,18 @@ def test_pcam_predict_evaluate_and_explain_take_run_bundled(real_kaggle, tmp_pat
     np.testing.assert_allclose(scored["label_prob"], direct, atol=1e-5)
 
     out = tmp_path / "eval" / "test.json"
-    done = run_cli("evaluate", "--run", "bundled", "--data", str(REAL_H5), "--split", "test", "--out", str(out))
+    done = cli_here(capsys, "evaluate", "--run", "bundled", "--data", str(REAL_H5), "--split", "test", "--out", str(out))
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     assert report["run"] == "bundled" and report["model"] == "pcamnet" and report["metrics"]["n"] == 32
-    done = run_cli("evaluate", "--run", "bundled", "--data", str(REAL_H5), "--split", "test", "--out", str(out),
-                   "--threshold-method", "youden")  # chosen on the predictions the bundled model ships (its held-out patches)
+    done = cli_here(capsys, "evaluate", "--run", "bundled", "--data", str(REAL_H5), "--split", "test", "--out", str(out),
+                    "--threshold-method", "youden")  # chosen on the predictions the bundled model ships (its held-out patches)
     assert done.returncode == 0, done.stderr
     youden = json.loads(out.read_text())
     assert youden["threshold_method"] == "youden" and 0 < youden["metrics"]["threshold"] < 1
     assert youden["metrics"]["threshold"] != report["metrics"]["threshold"]
 
-    done = run_cli("explain", "--run", "bundled", "--input", str(real_kaggle), "--split", "train", "--limit", "3",
+    done = cli_here(capsys, "explain", "--run", "bundled", "--input", str(real_kaggle), "--split", "train", "--limit", "3",
                    "--out", str(tmp_path / "maps"))
     assert done.returncode == 0, done.stderr
     assert len(pd.read_csv(tmp_path / "maps" / "explanations.csv")) == 3

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import REPO, make_bad_images, run_cli, tif_bytes
+from helpers import REPO, cli_here, make_bad_images, run_cli, tif_bytes
 from pcam_core.cli import EXIT_ERROR, main, make_parser
 from pcam_core.config import AugmentConfig, DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from pcam_core.runs import RunDir, create_run
@@ -46,12 +46,14 @@ def test_the_command_line_starts_without_loading_torch():
 
 
 @pytest.mark.slow
-def test_end_to_end_on_demo_data(tmp_path):
+def test_end_to_end_on_demo_data(tmp_path, capsys):
+    """As a user runs it. Training and predicting are processes of their own, as `pcam` starts them (the log lines on
+    stderr, no progress bar off a terminal); the quick commands between them go through the same entry point here."""
     data = tmp_path / "demo"
-    r = run_cli("demo-data", "--out", str(data), "--train", "384", "--valid", "128", "--test", "128")
+    r = cli_here(capsys, "demo-data", "--out", str(data), "--train", "384", "--valid", "128", "--test", "128")
     assert r.returncode == 0, r.stderr
     assert "SYNTHETIC" in r.stdout
-    r = run_cli("verify", str(data))
+    r = cli_here(capsys, "verify", str(data))
     assert r.returncode == 0 and "all good" in r.stdout
     runs = tmp_path / "runs"
     create_run(runs, ExperimentConfig().replace(data={"path": str(data)}), run_id="older")  # as the dashboard makes one
@@ -62,13 +64,13 @@ def test_end_to_end_on_demo_data(tmp_path):
     assert "finished a: 2 epochs" in r.stdout and "SYNTHETIC" in r.stdout
     assert "epoch 2/2: train loss" in r.stderr and "\r" not in r.stderr  # log lines, and no bar off a terminal
     assert before <= RunDir(runs / "a").raw_status()["created_at"] <= time.time()  # a CLI run has its creation time
-    r = run_cli("runs", "--root", str(runs), "--json")
+    r = cli_here(capsys, "runs", "--root", str(runs), "--json")
     listing = json.loads(r.stdout)
     assert [run["run_id"] for run in listing] == ["a", "older"]  # newest first
     assert listing[0]["run_id"] == "a" and listing[0]["state"] == "finished" and listing[0]["best"]["roc_auc"] > 0.5
-    r = run_cli("runs", "--root", str(runs))
+    r = cli_here(capsys, "runs", "--root", str(runs))
     assert "finished" in r.stdout and "pcamnet" in r.stdout
-    r = run_cli("evaluate", "--run", str(runs / "a"), "--data", str(data), "--split", "test", "--out", str(tmp_path / "m.json"))
+    r = cli_here(capsys, "evaluate", "--run", str(runs / "a"), "--data", str(data), "--split", "test", "--out", str(tmp_path / "m.json"))
     assert r.returncode == 0, r.stderr
     assert "ROC-AUC" in r.stdout and json.loads((tmp_path / "m.json").read_text())["metrics"]["n"] == 128
     assert (tmp_path / "m_predictions.csv").exists()
@@ -76,7 +78,7 @@ def test_end_to_end_on_demo_data(tmp_path):
     assert r.returncode == 0, r.stderr
     sub = pd.read_csv(tmp_path / "sub.csv")
     assert list(sub.columns) == ["id", "label"] and len(sub) == 128
-    r = run_cli("stop", "--run", str(runs / "a"))
+    r = cli_here(capsys, "stop", "--run", str(runs / "a"))
     assert r.returncode == 0 and "not running" in r.stdout
 
 
@@ -253,19 +255,19 @@ def _kaggle(root: Path, n: int = 48) -> None:
 
 
 @pytest.mark.slow
-def test_data_error_leaves_no_run_folder_and_the_same_out_works_once_fixed(tmp_path):
+def test_data_error_leaves_no_run_folder_and_the_same_out_works_once_fixed(tmp_path, capsys):
     data, out = tmp_path / "kaggle", tmp_path / "runs" / "r"
     _kaggle(data)
     labels = pd.read_csv(data / "train_labels.csv")
     labels.iloc[1:].to_csv(data / "train_labels.csv", index=False)  # img000 has no label
     args = ["--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--workers", "0", "--max-steps", "2",
             "--valid-frac", "0.25"]
-    r = run_cli("train", *args)
+    r = cli_here(capsys, "train", *args)
     assert r.returncode == 2 and "train_labels.csv" in r.stderr and "img000" in r.stderr, r.stderr
     assert not out.exists()  # no failed run folder left behind
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out)]) == 2 and not out.exists()
     labels.to_csv(data / "train_labels.csv", index=False)
-    r = run_cli("train", *args)
+    r = cli_here(capsys, "train", *args)
     assert r.returncode == 0, r.stderr
     assert RunDir(out).status()["state"] == "finished"
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import CV_ARGS, REPO, real_mosaic_slide, wait_for
+from helpers import CV_ARGS, REPO, cli_here, real_mosaic_slide, wait_for
 
 from pcam_core.data.common import stratified_folds
 
@@ -214,7 +214,7 @@ def test_the_ensemble_goes_through_every_face(cv_run, small_kaggle, real_h5, tmp
 
 
 @pytest.mark.slow
-def test_a_killed_fold_job_resumes_where_it_stopped(small_kaggle, tmp_path) -> None:
+def test_a_killed_fold_job_resumes_where_it_stopped(small_kaggle, tmp_path, capsys) -> None:
     from pcam_core.runs import RunDir
 
     out = tmp_path / "cv"
@@ -231,8 +231,7 @@ def test_a_killed_fold_job_resumes_where_it_stopped(small_kaggle, tmp_path) -> N
     assert not run.fold(1).summary_path.exists(), "the job finished fold 2 before it could be killed"
     assert run.status()["state"] == "interrupted"
     fold0 = run.fold(0).oof_predictions_path.stat().st_mtime_ns
-    done = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(out), "--resume"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = cli_here(capsys, "train", "--out", str(out), "--resume")  # here: the kill was the process's business
     assert done.returncode == 0, done.stderr
     assert run.fold(0).oof_predictions_path.stat().st_mtime_ns == fold0  # fold 1 was kept, not retrained
     assert [e["epoch"] for e in run.fold(1).epochs()] == [1, 2, 3]  # fold 2 went on after its first epoch
@@ -243,8 +242,7 @@ def test_a_killed_fold_job_resumes_where_it_stopped(small_kaggle, tmp_path) -> N
                       (run.fold(fold).best_checkpoint, run.fold(fold).last_checkpoint))
         assert kept["epoch"] == last["epoch"] == 3 and run.fold(fold).summary()["best_epoch"] == 3
         assert all(torch.equal(kept["ema"][k], last["ema"][k]) for k in last["ema"])
-    again = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(out), "--resume"], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=120)
+    again = cli_here(capsys, "train", "--out", str(out), "--resume")
     assert again.returncode != 0 and "nothing to resume" in again.stderr
 
 

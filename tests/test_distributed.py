@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, wait_for
+from helpers import REPO, cli_here, wait_for
 from pcam_core.checkpoint import load_checkpoint
 from pcam_core.config import ExperimentConfig
 from pcam_core.runs import RunDir, create_run, launch, stop
@@ -25,15 +25,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _train_args(data, out, *extra) -> list[str]:
+    return ["train", "--data", str(data), "--out", str(out), "--epochs", "2", "--batch-size", "16", "--workers", "0", "--seed", "3",
+            *extra]
+
+
 def _train(data, out, *, nproc: int, extra=()):
-    base = ["-m", "pcam_core", "train", "--data", str(data), "--out", str(out), "--epochs", "2",
-            "--batch-size", "16", "--workers", "0", "--seed", "3", *extra]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *base] if nproc > 1 else [sys.executable, *base]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "pcam_core",
+           *_train_args(data, out, *extra)]
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
 
 
-def test_one_and_two_processes_reach_comparable_auc(small_demo, tmp_path):
-    one = _train(small_demo, tmp_path / "one", nproc=1, extra=["--batch-size", "16"])
+def test_one_and_two_processes_reach_comparable_auc(small_demo, tmp_path, capsys):
+    one = cli_here(capsys, *_train_args(small_demo, tmp_path / "one"))  # one process: this one
     two = _train(small_demo, tmp_path / "two", nproc=2, extra=["--batch-size", "8"])  # 2 x 8: the same global batch of 16
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr

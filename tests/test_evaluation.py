@@ -226,10 +226,10 @@ def test_a_bad_reference_class_is_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_slides_on_analysed_demo_slides_equals_the_official_script(tmp_path):
+def test_evaluate_slides_on_analysed_demo_slides_equals_the_official_script(tmp_path, capsys):
     """Three small demo slides analysed with the bundled model (stride 96), their truth in all three forms: the
     CLI's figures are the same for each and equal the official script's on the detections it wrote."""
-    from helpers import run_cli
+    from helpers import cli_here
 
     from pcam_core.bundled import BUNDLED
     from pcam_core.evaluation import EvaluationOptions, evaluate_slides
@@ -248,7 +248,7 @@ def test_evaluate_slides_on_analysed_demo_slides_equals_the_official_script(tmp_
     (tmp_path / "stages.csv").write_text("patient,stage\np1.zip,pN1mi\nTumor_001.tif,micro\nNormal_001.tif,negative\n"
                                          "p2.zip,pN1mi\nTumor_002.tif,micro\n")
     truths = {form: write_truth(tmp_path / form, form, {**SLIDES, "Normal_002": []}) for form in FORMS}
-    done = run_cli("evaluate-slides", "--analyses", str(tmp_path / "analyses"), "--truth", str(truths["mask"]),
+    done = cli_here(capsys, "evaluate-slides", "--analyses", str(tmp_path / "analyses"), "--truth", str(truths["mask"]),
                    "--out", str(tmp_path / "eval-mask"), "--cases", str(tmp_path / "cases.csv"), "--stages", str(tmp_path / "stages.csv"),
                    "--floor", "0.05")
     assert done.returncode == 0, done.stderr

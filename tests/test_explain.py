@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import model_name_params, random_patches, run_cli
+from helpers import cli_here, model_name_params, random_patches
 from pcam_core.cli import main
 from pcam_core.data import open_dataset
 from pcam_core.explain import (
@@ -225,8 +225,7 @@ def test_a_thousand_calls_do_not_grow_memory(patches):
 @pytest.mark.slow
 def test_cli_explain_end_to_end(trained_run, demo_root, tmp_path, capsys):
     out = tmp_path / "cams"
-    result = run_cli("explain", "--run", str(trained_run), "--input", str(demo_root), "--out", str(out), "--limit", "5",
-                     env={"OMP_NUM_THREADS": "1"})
+    result = cli_here(capsys, "explain", "--run", str(trained_run), "--input", str(demo_root), "--out", str(out), "--limit", "5")
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(out / "explanations.csv", dtype={"id": str})
     assert list(table.columns) == ["id", "probability", "centre_focus", "method", "layer", "target"]

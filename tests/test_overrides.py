@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from helpers import run_cli
+from helpers import cli_here
 from pcam_core.data import DataError, apply_overrides, make_loader, open_dataset, read_overrides, train_valid_datasets
 from pcam_core.runs import RunDir
 from pcam_core.workspace.reviews import ReviewStore, ReviewTarget
@@ -88,12 +88,12 @@ def test_unreadable_override_files_are_refused_naming_the_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_trained_with_overrides_records_them(real_h5, tmp_path):
+def test_a_run_trained_with_overrides_records_them(real_h5, tmp_path, capsys):
     ids = pd.read_csv(real_h5 / "camelyonpatch_level_2_split_train_ids.csv")["id"].tolist()
     path = export(tmp_path, [("train", ids[0], 0, "disagree_label_wrong"), ("train", ids[1], 1, "artefact"),
                              ("test", "f" * 40, 3, "artefact")])
     out = tmp_path / "run"
-    done = run_cli("train", "--data", str(real_h5), "--out", str(out), "--epochs", "1", "--max-steps", "2",
+    done = cli_here(capsys, "train", "--data", str(real_h5), "--out", str(out), "--epochs", "1", "--max-steps", "2",
                    "--batch-size", "16", "--workers", "0", "--label-overrides", path)
     assert done.returncode == 0, done.stderr
     assert "1 of the 3 reviewed patch id(s)" in done.stderr and "1 flipped, 1 dropped" in done.stdout
@@ -103,6 +103,6 @@ def test_a_run_trained_with_overrides_records_them(real_h5, tmp_path):
     assert record["counts"]["flipped"] == 1 and record["counts"]["dropped"] == 1 and record["counts"]["unmatched"] == 1
     assert run.summary()["label_overrides"] == record["counts"]
     assert run.config().data.label_overrides == path
-    bad = run_cli("train", "--data", str(real_h5), "--out", str(tmp_path / "bad"), "--label-overrides", str(real_h5 / "camelyonpatch_level_2_split_train_ids.csv"))
+    bad = cli_here(capsys, "train", "--data", str(real_h5), "--out", str(tmp_path / "bad"), "--label-overrides", str(real_h5 / "camelyonpatch_level_2_split_train_ids.csv"))
     assert bad.returncode != 0 and "missing verdict" in bad.stderr and not (tmp_path / "bad").exists()
     assert json.loads(run.config_path.read_text())["data"]["label_overrides"] == path

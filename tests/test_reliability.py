@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from helpers import REPO, run_cli, wait_for
+from helpers import REPO, cli_here, run_cli, wait_for
 from pcam_core.config import ExperimentConfig
 from pcam_core.data import DataError, PCamH5, decode_image, read_labels_csv
 from pcam_core.runs import RunDir, create_run, launch
@@ -64,7 +64,7 @@ def test_two_trainers_on_one_folder_at_the_same_moment(small_demo, tmp_path):
     assert RunDir(out).status()["state"] == "finished"
 
 
-def test_hostile_checkpoint_in_a_run_folder_is_refused_by_predict(trained_run, tmp_path):
+def test_hostile_checkpoint_in_a_run_folder_is_refused_by_predict(trained_run, tmp_path, capsys):
     marker = tmp_path / "owned"
 
     class Payload:
@@ -74,7 +74,7 @@ def test_hostile_checkpoint_in_a_run_folder_is_refused_by_predict(trained_run, t
     run = tmp_path / "hostile-run"
     (run / "checkpoints").mkdir(parents=True)
     torch.save({"format": "pcam_core.checkpoint/1", "model": Payload()}, run / "checkpoints" / "best.pt")
-    r = run_cli("predict", "--run", str(run), "--input", str(trained_run), "--out", str(tmp_path / "s.csv"))
+    r = cli_here(capsys, "predict", "--run", str(run), "--input", str(trained_run), "--out", str(tmp_path / "s.csv"))
     assert r.returncode == 2 and "refused" in r.stderr and "would run code" in r.stderr and "Traceback" not in r.stderr
     assert "weights_only=False" not in r.stderr  # torch's advice to load it anyway is never passed on
     assert not marker.exists()

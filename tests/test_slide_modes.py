@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, real_mosaic_slide, run_cli
+from helpers import REPO, cli_here, real_mosaic_slide
 from pcam_core.bundled import BUNDLED
 from pcam_core.checkpoint import save_checkpoint
 from pcam_core.ensemble import create_ensemble
@@ -234,14 +234,14 @@ def test_an_ensemble_scans_densely_and_its_modes_agree_with_its_window_reference
 
 
 @pytest.mark.slow
-def test_pcamscan_slides_are_scanned_densely_by_default_and_give_the_window_map(tmp_path):
+def test_pcamscan_slides_are_scanned_densely_by_default_and_give_the_window_map(tmp_path, capsys):
     """The committed candidate `pcamscan` (a real trained run: candidates/pcamscan) on a slide of real patches, as a user
     runs it: `pcam slide` without --mode scans densely, and its map is the per-window map to float rounding, with the
     same regions, size class, guard distances and call."""
     run = REPO / "candidates" / "pcamscan"
     slide, _ = real_mosaic_slide(tmp_path / "slide", cols=9, rows=7, tumour=(2, 5, 3, 6))
     for out, mode in (("default", ()), ("window", ("--mode", "window"))):
-        done = run_cli("slide", "--run", str(run), "--input", str(slide), "--out", str(tmp_path / out), "--workers", "0", *mode)
+        done = cli_here(capsys, "slide", "--run", str(run), "--input", str(slide), "--out", str(tmp_path / out), "--workers", "0", *mode)
         assert done.returncode == 0, done.stderr
     default, window = (json.loads((tmp_path / out / "summary.json").read_text()) for out in ("default", "window"))
     assert default["mode"] == "dense" and window["mode"] == "window"
@@ -262,14 +262,14 @@ def test_modes_agree_with_the_window_reference_on_a_demo_slide(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_mode_dense_is_recorded_and_a_bad_mode_is_refused(tmp_path):
+def test_cli_mode_dense_is_recorded_and_a_bad_mode_is_refused(tmp_path, capsys):
     make_demo_slide(tmp_path / "demo", DemoSlideSpec(width=1024, height=768, seed=0))
-    done = run_cli("slide", "--run", BUNDLED, "--input", str(tmp_path / "demo" / "slide.tif"), "--out", str(tmp_path / "out"),
+    done = cli_here(capsys, "slide", "--run", BUNDLED, "--input", str(tmp_path / "demo" / "slide.tif"), "--out", str(tmp_path / "out"),
                    "--mode", "dense", "--workers", "0")
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["mode"] == "dense" and summary["tta"] is False  # slides: one pass by default
-    bad = run_cli("slide", "--run", BUNDLED, "--input", str(tmp_path / "demo" / "slide.tif"), "--out", str(tmp_path / "x"),
+    bad = cli_here(capsys, "slide", "--run", BUNDLED, "--input", str(tmp_path / "demo" / "slide.tif"), "--out", str(tmp_path / "x"),
                   "--mode", "fast")
     assert bad.returncode != 0 and "invalid choice: 'fast'" in bad.stderr
 

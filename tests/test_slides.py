@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from helpers import REPO, run_cli
+from helpers import REPO, cli_here, run_cli
 from pcam_core.slides.analysis import Lattice
 from pcam_core.slides.batch import analyse_slide
 from pcam_core.slides.demo import DemoSlideSpec, make_demo_slide
@@ -423,7 +423,7 @@ analyse(sys.argv[1], sys.argv[2], sys.argv[3], ScoringOptions(workers=0, batch_s
 
 
 @pytest.mark.slow
-def test_resume_after_kill_9_gives_the_same_map(small_slide, trained_run, tmp_path):
+def test_resume_after_kill_9_gives_the_same_map(small_slide, trained_run, tmp_path, capsys):
     slide = small_slide / "slide.tif"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     full = tmp_path / "full"
@@ -444,12 +444,12 @@ def test_resume_after_kill_9_gives_the_same_map(small_slide, trained_run, tmp_pa
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, equal_nan=True)
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["resumed"] is True
-    again = run_cli("slide", "--run", str(trained_run), "--input", str(slide), "--out", str(killed), "--workers", "0")
+    again = cli_here(capsys, "slide", "--run", str(trained_run), "--input", str(slide), "--out", str(killed), "--workers", "0")
     assert again.returncode == 0 and "already done" in again.stdout
 
 
 @pytest.mark.slow
-def test_cli_folder_with_one_bad_slide_finishes_the_others(small_slide, trained_run, tmp_path):
+def test_cli_folder_with_one_bad_slide_finishes_the_others(small_slide, trained_run, tmp_path, capsys):
     slides = tmp_path / "slides"
     slides.mkdir()
     (slides / "a_good.tif").symlink_to(small_slide / "slide.tif")
@@ -466,12 +466,12 @@ def test_cli_folder_with_one_bad_slide_finishes_the_others(small_slide, trained_
     assert summary["scope"]["line"] == "Trained on SYNTHETIC demo patches only: its calls say nothing about real tissue."
     print("demo slide with the synthetic-trained run:", {k: summary[k] for k in ("slide_score", "regions", "largest_diameter_mm", "size_class")},
           "truth:", truth["largest_diameter_mm"], truth["size_class"])
-    shard = run_cli("slide", "--run", str(trained_run), "--input", str(slides), "--out", str(tmp_path / "shard"), "--shard", "1/3", "--workers", "0")
+    shard = cli_here(capsys, "slide", "--run", str(trained_run), "--input", str(slides), "--out", str(tmp_path / "shard"), "--shard", "1/3", "--workers", "0")
     assert shard.returncode == 1 and "b_broken.svs" in shard.stderr and not (tmp_path / "shard" / "a_good").exists()
 
 
 @pytest.mark.slow
-def test_real_patch_mosaic_is_found_by_a_model_trained_on_real_patches(real_h5, tmp_path):
+def test_real_patch_mosaic_is_found_by_a_model_trained_on_real_patches(real_h5, tmp_path, capsys):
     """A slide of the 64 real patches of the HDF5 valid and test splits, tumour patches together in the top
     rows (a known region), scored by a model trained here on the 96 real patches of the train split (its last
     checkpoint: the valid split picks nothing). Each patch is centred on a stride-32 cell, whose window is then
@@ -480,7 +480,7 @@ def test_real_patch_mosaic_is_found_by_a_model_trained_on_real_patches(real_h5, 
     from sklearn.metrics import roc_auc_score
 
     run = tmp_path / "real-run"
-    trained = run_cli("train", "--data", str(real_h5), "--out", str(run), "--epochs", "8", "--batch-size", "16", "--lr", "1e-3",
+    trained = cli_here(capsys, "train", "--data", str(real_h5), "--out", str(run), "--epochs", "8", "--batch-size", "16", "--lr", "1e-3",
                       "--workers", "0", "--seed", "0")
     assert trained.returncode == 0, trained.stderr
     images, labels = [], []
@@ -492,7 +492,7 @@ def test_real_patch_mosaic_is_found_by_a_model_trained_on_real_patches(real_h5, 
     path = tmp_path / "mosaic.png"
     Image.fromarray(canvas).save(path)
     out = tmp_path / "out"
-    result = run_cli("slide", "--run", str(run), "--input", str(path), "--out", str(out), "--mpp", str(PCAM_MPP),
+    result = cli_here(capsys, "slide", "--run", str(run), "--input", str(path), "--out", str(out), "--mpp", str(PCAM_MPP),
                      "--workers", "0", "--checkpoint", "last")
     assert result.returncode == 0, result.stderr
     heat = np.load(out / "heatmap.npy")
@@ -610,15 +610,15 @@ def test_sharded_and_unsharded_analyses_do_not_mix_in_one_folder(tmp_path):
 
 
 @pytest.mark.slow  # starts torchrun with two processes, and the CLI three times
-def test_torchrun_two_processes_write_the_single_process_map_and_merge_names_missing_shards(tmp_path):
+def test_torchrun_two_processes_write_the_single_process_map_and_merge_names_missing_shards(tmp_path, capsys):
     make_demo_slide(tmp_path / "demo", DemoSlideSpec(width=3000, height=1000, mpp=PCAM_MPP, seed=0))  # 4 x 2 region tiles at stride 96
     slide = str(tmp_path / "demo" / "slide.tif")
     common = ["slide", "--run", "bundled", "--input", slide, "--stride", "96", "--workers", "0"]
     single = run_cli(*common, "--out", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
-    part = run_cli(*common, "--out", str(tmp_path / "part"), "--shard", "1/2")
+    part = cli_here(capsys, *common, "--out", str(tmp_path / "part"), "--shard", "1/2")
     assert part.returncode == 0 and "shard 1/2 done" in part.stdout and "0/2 (not started)" in part.stdout, part.stderr
-    merged = run_cli("slide", "--input", slide, "--out", str(tmp_path / "part"), "--merge")
+    merged = cli_here(capsys, "slide", "--input", slide, "--out", str(tmp_path / "part"), "--merge")
     assert merged.returncode != 0 and "1 of 2 shard(s) not complete: 0/2 (not started)" in merged.stderr
     # torchrun's own parser would take --run for an abbreviation of its --run-path: "--" ends its options
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, run_cli
+from helpers import REPO, cli_here
 from pcam_core.config import ExperimentConfig, TrackingConfig
 from pcam_core.runs import RunDir
 from pcam_core.runs import create_run
@@ -79,8 +79,8 @@ def _flat(obj: dict, prefix: str = "") -> dict:
     return out
 
 
-def _train(*args: str) -> None:
-    result = run_cli("train", "--workers", "0", *args)
+def _train(capsys, *args: str) -> None:
+    result = cli_here(capsys, "train", "--workers", "0", *args)
     assert result.returncode == 0, result.stderr
 
 
@@ -104,10 +104,10 @@ def _assert_metrics_equal_epochs(client, run_id: str, run_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_train_logs_the_run_to_mlflow(small_demo, tmp_path):
+def test_train_logs_the_run_to_mlflow(small_demo, tmp_path, capsys):
     pytest.importorskip("mlflow")
     out, uri = tmp_path / "run", f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _train("--data", str(small_demo), "--out", str(out), "--epochs", "2", "--mlflow", uri, "--name", "two epochs")
+    _train(capsys, "--data", str(small_demo), "--out", str(out), "--epochs", "2", "--mlflow", uri, "--name", "two epochs")
     client, tracked = _mlflow_run(out)
     assert tracked.info.status == "FINISHED" and tracked.info.run_name == "two epochs"
     assert tracked.data.tags["pcam.run_id"] == out.name and tracked.data.tags["pcam.synthetic_data"] == "true"
@@ -125,12 +125,12 @@ def test_train_logs_the_run_to_mlflow(small_demo, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_resumed_run_logs_to_the_same_mlflow_run(small_demo, tmp_path):
+def test_a_resumed_run_logs_to_the_same_mlflow_run(small_demo, tmp_path, capsys):
     pytest.importorskip("mlflow")
     out = tmp_path / "run"
-    _train("--data", str(small_demo), "--out", str(out), "--epochs", "1", "--mlflow", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    _train(capsys, "--data", str(small_demo), "--out", str(out), "--epochs", "1", "--mlflow", f"sqlite:///{tmp_path / 'mlflow.db'}")
     first = json.loads((out / "tracking.json").read_text())["mlflow_run_id"]
-    _train("--out", str(out), "--resume", "--epochs", "2")
+    _train(capsys, "--out", str(out), "--resume", "--epochs", "2")
     client, tracked = _mlflow_run(out)
     assert tracked.info.run_id == first and tracked.info.status == "FINISHED"
     assert len(client.search_runs([tracked.info.experiment_id])) == 1

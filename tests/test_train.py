@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, TRAINED_EPOCHS, run_cli, wait_for
+from helpers import REPO, TRAINED_EPOCHS, cli_here, wait_for
 from pcam_core.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from pcam_core.config import ExperimentConfig
 from pcam_core.models import create_model
@@ -53,10 +53,10 @@ def _train_args(data, out, *extra):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_cleanly_and_resume_continues_exactly(small_demo, tmp_path):
-    # reference: the same run without interruption
+def test_sigterm_stops_cleanly_and_resume_continues_exactly(small_demo, tmp_path, capsys):
+    # reference: the same run without interruption (in this process: the same single thread as the one stopped)
     ref = tmp_path / "ref"
-    assert subprocess.run(_train_args(small_demo, ref), capture_output=True, cwd=REPO).returncode == 0
+    assert cli_here(capsys, *_train_args(small_demo, ref)[3:]).returncode == 0
     # interrupted: SIGTERM in the middle of the first epoch, then --resume
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(_train_args(small_demo, out, "--max-steps", "1000"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -71,7 +71,7 @@ def test_sigterm_stops_cleanly_and_resume_continues_exactly(small_demo, tmp_path
     assert ckpt["epoch"] == 0 and 10 <= ckpt["step_in_epoch"] < 24  # stopped mid-epoch with its position
     before_resume = ckpt["elapsed"]  # training seconds of the first segment
     assert before_resume > 0
-    result = run_cli("train", "--out", str(out), "--resume")
+    result = cli_here(capsys, "train", "--out", str(out), "--resume")
     assert result.returncode == 0, result.stderr
     status = run.status()
     assert status["state"] == "finished"
@@ -96,24 +96,24 @@ def test_sigterm_stops_cleanly_and_resume_continues_exactly(small_demo, tmp_path
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_running_or_missing_run(tmp_path):
-    result = run_cli("train", "--out", str(tmp_path / "nothing"), "--resume")
+def test_resume_refuses_a_running_or_missing_run(tmp_path, capsys):
+    result = cli_here(capsys, "train", "--out", str(tmp_path / "nothing"), "--resume")
     assert result.returncode == 2 and "not a run folder" in result.stderr
 
 
 @pytest.mark.slow
-def test_out_dir_that_is_not_empty_is_refused(demo_root, tmp_path):
+def test_out_dir_that_is_not_empty_is_refused(demo_root, tmp_path, capsys):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    result = run_cli("train", "--data", str(demo_root), "--out", str(tmp_path / "busy"), "--epochs", "1")
+    result = cli_here(capsys, "train", "--data", str(demo_root), "--out", str(tmp_path / "busy"), "--epochs", "1")
     assert result.returncode == 2 and "not empty" in result.stderr
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.slow
-def test_non_finite_loss_stops_the_run_with_the_reason(small_demo, tmp_path):
+def test_non_finite_loss_stops_the_run_with_the_reason(small_demo, tmp_path, capsys):
     out = tmp_path / "nan"
-    result = run_cli("train", "--data", str(small_demo), "--out", str(out), "--epochs", "1", "--batch-size", "32",
+    result = cli_here(capsys, "train", "--data", str(small_demo), "--out", str(out), "--epochs", "1", "--batch-size", "32",
                      "--workers", "0", "--pos-weight", "1e38")
     assert result.returncode == 2
     assert "loss became inf" in result.stderr and "Traceback" not in result.stderr
@@ -152,11 +152,11 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(small_demo, tmp_p
 
 
 @pytest.mark.slow
-def test_amp_path_runs_on_the_cpu(real_h5, tmp_path):
+def test_amp_path_runs_on_the_cpu(real_h5, tmp_path, capsys):
     """The mixed-precision code path (bf16 autocast on the CPU; on CUDA it is the default). bf16 is emulated on most
     CPUs, many times slower than float32: a few steps on the 96 + 32 real fixture patches are enough to run the path."""
     out = tmp_path / "amp"
-    result = run_cli("train", "--data", str(real_h5), "--out", str(out), "--epochs", "1", "--batch-size", "16",
+    result = cli_here(capsys, "train", "--data", str(real_h5), "--out", str(out), "--epochs", "1", "--batch-size", "16",
                      "--workers", "0", "--amp", "--max-steps", "2", "--optimizer", "adam", "--schedule", "cosine")
     assert result.returncode == 0, result.stderr
     epochs = RunDir(out).epochs()
@@ -165,9 +165,9 @@ def test_amp_path_runs_on_the_cpu(real_h5, tmp_path):
 
 
 @pytest.mark.slow
-def test_mixup_trains_and_is_recorded(real_h5, tmp_path):
+def test_mixup_trains_and_is_recorded(real_h5, tmp_path, capsys):
     out = tmp_path / "mixup"
-    result = run_cli("train", "--data", str(real_h5), "--out", str(out), "--epochs", "1", "--batch-size", "16",
+    result = cli_here(capsys, "train", "--data", str(real_h5), "--out", str(out), "--epochs", "1", "--batch-size", "16",
                      "--workers", "0", "--mixup", "0.4", "--max-steps", "2")
     assert result.returncode == 0, result.stderr
     epochs = RunDir(out).epochs()
@@ -189,15 +189,15 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_with_more_epochs_extends_a_finished_run(small_demo, tmp_path):
+def test_resume_with_more_epochs_extends_a_finished_run(small_demo, tmp_path, capsys):
     out = tmp_path / "extend"
     args = ["--data", str(small_demo), "--out", str(out), "--batch-size", "32", "--workers", "0", "--seed", "3"]
-    assert run_cli("train", *args, "--epochs", "1").returncode == 0
+    assert cli_here(capsys, "train", *args, "--epochs", "1").returncode == 0
     run = RunDir(out)
     steps_per_epoch = run.status()["steps_per_epoch"]
     end_of_first = run.epochs()[0]["lr"]
     assert end_of_first < run.config().train.lr / 10  # the one-cycle schedule annealed
-    result = run_cli("train", "--out", str(out), "--resume", "--epochs", "2")
+    result = cli_here(capsys, "train", "--out", str(out), "--resume", "--epochs", "2")
     assert result.returncode == 0, result.stderr
     assert "finished extend: 2 epochs" in result.stdout
     assert run.config().train.epochs == 2 and run.status()["epochs"] == 2  # config.json records the new count
@@ -217,6 +217,6 @@ def test_resume_with_more_epochs_extends_a_finished_run(small_demo, tmp_path):
     assert run.epochs()[1]["lr"] == pytest.approx(rates[2 * steps_per_epoch])
     assert load_checkpoint(run.last_checkpoint)["scheduler"]["total_steps"] == 2 * steps_per_epoch
     # fewer epochs than already trained: refused, with nothing changed
-    result = run_cli("train", "--out", str(out), "--resume", "--epochs", "1")
+    result = cli_here(capsys, "train", "--out", str(out), "--resume", "--epochs", "1")
     assert result.returncode == 2 and "already trained 2 epoch(s)" in result.stderr, result.stderr
     assert run.config().train.epochs == 2 and run.status()["state"] == "finished"
