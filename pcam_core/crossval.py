@@ -70,8 +70,7 @@ def fit_folds(
         raise ValueError(f"the folds trained side by side (--parallel-folds) must be at least 1, not {parallel}")
     parent = RunDir(out)
     if resume:
-        if not parent.exists():
-            raise FileNotFoundError(f"cannot resume: {parent.path} is not a run folder (no config.json)")
+        parent.check_resumable()
         config = parent.config()
         if not parent.is_cross_validation:
             raise ValueError(f"{parent.path} is not a cross-validated run (no folds/ folder); resume it with `pcam train --resume`")

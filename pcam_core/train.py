@@ -328,8 +328,7 @@ def fit(
 def _resume_config(run: RunDir, epochs: int | None) -> ExperimentConfig:
     """The saved config of the run to resume, with its new number of `epochs` if one is given. Fewer
     epochs than the checkpoint has already trained (or begun) are refused."""
-    if not run.exists():
-        raise FileNotFoundError(f"cannot resume: {run.path} is not a run folder (no config.json)")
+    run.check_resumable()
     config = run.config()
     status = run.status()
     done = status.get("epoch", config.train.epochs)

@@ -45,6 +45,14 @@ def test_the_command_line_starts_without_loading_torch():
     assert done.returncode == 0, done.stderr
 
 
+def test_resuming_a_folder_without_a_run_is_refused_before_torch_is_loaded(tmp_path):
+    """`pcam train --resume` of a mistyped folder answers at once (it took 7 s to import the trainer first)."""
+    code = ("import sys; from pcam_core.cli import main; code = main(['train', '--out', sys.argv[1], '--resume']); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "typo")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"cannot resume: {tmp_path / 'typo'} is not a run folder (no config.json)" in done.stderr
+
+
 @pytest.mark.slow
 def test_end_to_end_on_demo_data(tmp_path, capsys):
     """As a user runs it. Training and predicting are processes of their own, as `pcam` starts them (the log lines on

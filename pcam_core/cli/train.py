@@ -150,8 +150,6 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
 def _check_resume_flags(args: argparse.Namespace) -> None:
     """--resume continues a run with its saved config: refuse every flag it cannot honour (all but --epochs),
     rather than ignore it. --config may only name the run's own config.json (as `pcam_core.runs.launch` does)."""
-    from ..runs import RunDir
-
     given = [flag for dest, flag in args.resume_refuses.items() if getattr(args, dest) not in (None, False)]
     if args.config and Path(args.config).resolve() != RunDir(args.out).config_path.resolve():
         given.insert(0, "--config")
@@ -184,12 +182,12 @@ def _train_progress(prefix: str = "") -> tuple[Callable[[dict[str, Any]], None],
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:  # refused before torch and the trainer are imported (seconds)
+        RunDir(args.out).check_resumable()
+        _check_resume_flags(args)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from ..train import StopRequested, fit
-
-    if args.resume:
-        _check_resume_flags(args)
     config = build_config(args) if not args.resume else ExperimentConfig()
     if not args.resume and config.train.teacher:  # a teacher that cannot teach it: refused before the run's folder is made
         from ..distil import check_teacher

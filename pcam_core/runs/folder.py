@@ -210,6 +210,11 @@ class RunDir:
     def exists(self) -> bool:
         return self.config_path.exists()
 
+    def check_resumable(self) -> None:
+        """Refuse to resume a folder that holds no run (`pcam train --resume`, one run or a cross-validation)."""
+        if not self.exists():
+            raise FileNotFoundError(f"cannot resume: {self.path} is not a run folder (no config.json)")
+
     def config(self) -> ExperimentConfig:
         if not self.config_path.exists():
             raise FileNotFoundError(f"{self.path} is not a run folder (no config.json)")
@@ -330,8 +335,8 @@ def prepare_out_dir(out: str | Path, config: ExperimentConfig, *, resume: bool) 
     is used. The lock is taken before anything is checked or written, so two trainers started at the
     same moment on one folder cannot both pass."""
     run = RunDir(out)
-    if resume and not run.exists():
-        raise FileNotFoundError(f"cannot resume: {run.path} is not a run folder (no config.json)")
+    if resume:
+        run.check_resumable()
     lock = TrainLock(run).acquire()
     try:
         if resume:
