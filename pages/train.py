@@ -205,8 +205,6 @@ def live_view(run: RunDir, drawn: tuple) -> None:
     elif state in ("stopped", "interrupted"):
         st.warning(f"{status.get('message') or state}. Resume continues from the last checkpoint.", icon=":material/pause:")
     notes.run_warnings(member if folds else run)  # for a cross-validation, the fold's under way
-    # a run too short to log a step line (`train.log_every` steps) still has each epoch's mean training loss
-    last_loss = steps[-1]["loss"] if steps else epochs[-1].get("train_loss") if epochs else None
     with st.container(horizontal=True, gap="medium" if folds else "large"):  # four figures on one line in either case
         if folds:
             pooled = (summary.best or {}).get("roc_auc")
@@ -222,7 +220,7 @@ def live_view(run: RunDir, drawn: tuple) -> None:
             best = run.best_epoch()
             st.metric("Best ROC-AUC", f"{best['roc_auc']:.3f}" if best and best.get("roc_auc") is not None else "-", width="content",
                       help="Area under the ROC curve on the validation split at the best epoch so far: 0.5 is chance, 1 perfect.")
-        st.metric("Training loss", f"{last_loss:.3f}" if last_loss is not None else "-", width="content",
+        st.metric("Training loss", f"{progress.train_loss:.3f}" if progress.train_loss is not None else "-", width="content",
                   help="Mean loss of the most recent training steps (of the last epoch, for a run too short to log steps).")
         st.metric("Patches/s", f"{progress.images_per_s:,.0f}" if progress.images_per_s else "-", width="content",
                   help="Training speed over the most recent steps (over the last epoch, for a run too short to log steps).")

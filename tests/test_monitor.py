@@ -71,10 +71,14 @@ def test_progress_of_other_states():
                              "started_at": 0.0, "finished_at": 95.0}, [], [])
     assert finished.fraction == 1.0 and finished.eta_s is None
     assert finished.text == "epoch 2 of 2 · step 64 of 64 · finished after 1 min 35 s"
-    # a run too short to log a step line (`train.log_every` steps): its last epoch's pace, not "-"
+    # a run too short to log a step line (`train.log_every` steps): its last epoch's pace and mean loss, not "-"
     short = run_progress({"state": "finished", "step": 6, "total_steps": 6, "epoch": 3, "epochs": 3, "started_at": 0.0,
-                          "finished_at": 9.0}, [], [{"epoch": 3, "time": 8.0, "train_images_per_s": 96.5}])
-    assert short.images_per_s == 96.5
+                          "finished_at": 9.0}, [], [{"epoch": 3, "time": 8.0, "train_images_per_s": 96.5, "train_loss": 0.41}])
+    assert short.images_per_s == 96.5 and short.train_loss == 0.41
+    logged = run_progress({"state": "running", "step": 20, "total_steps": 40, "epoch": 1, "epochs": 2, "started_at": 0.0},
+                          [{"step": 10, "time": 1.0, "loss": 0.6}, {"step": 20, "time": 2.0, "loss": 0.5}],
+                          [{"epoch": 1, "time": 1.5, "train_loss": 0.55}])
+    assert logged.train_loss == 0.5  # the latest step line's
     stopped = run_progress({"state": "stopped", "step": 10, "total_steps": 40, "epoch": 0, "epochs": 2}, [], [])
     assert stopped.fraction == 0.25 and stopped.text.endswith("stopped")
 

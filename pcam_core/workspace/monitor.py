@@ -58,6 +58,7 @@ class RunProgress:
     elapsed_s: float | None
     eta_s: float | None
     images_per_s: float | None
+    train_loss: float | None = None  # the latest step line's, or the last epoch's mean for a run too short to log steps
 
     @property
     def current_epoch(self) -> int:
@@ -120,7 +121,9 @@ def run_progress(status: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], 
             eta = remaining / per_epoch_steps * per_epoch
         elif rate:
             eta = remaining / rate
-    return RunProgress(state, fraction, epoch, n_epochs, step, total, elapsed, eta, images_per_s)
+    # a run too short to log a step line (`train.log_every` steps) still has each epoch's mean training loss
+    loss = steps[-1].get("loss") if steps else epochs[-1].get("train_loss") if epochs else None
+    return RunProgress(state, fraction, epoch, n_epochs, step, total, elapsed, eta, images_per_s, loss)
 
 
 @dataclass(frozen=True)
