@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit, log_expit, logit
 
 from .fileio import atomic_write_json
@@ -61,6 +60,8 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
     if np.unique(labels).size < 2:
         raise ValueError("temperature scaling needs validation patches of both classes")
     z = to_logits(probs)
+    from scipy.optimize import minimize_scalar  # here: a process that only applies a calibration does not import it
+
     result = minimize_scalar(lambda log_t: nll(labels, z / np.exp(log_t)), bounds=LOG_T_BOUNDS, method="bounded",
                              options={"xatol": 1e-6})
     return float(np.exp(result.x))
@@ -73,6 +74,8 @@ def fit_temperature_and_bias(labels: np.ndarray, probs: np.ndarray) -> tuple[flo
         raise ValueError("calibration needs validation patches of both classes")
     z = to_logits(probs)
     start = np.log(fit_temperature(labels, probs))
+    from scipy.optimize import minimize
+
     result = minimize(lambda w: nll(labels, z / np.exp(w[0]) + w[1]), x0=[start, 0.0], method="L-BFGS-B",
                       bounds=[LOG_T_BOUNDS, BIAS_BOUNDS])
     return float(np.exp(result.x[0])), float(result.x[1])

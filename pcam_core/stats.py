@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as _st
 
 from .decision import DEFAULT_THRESHOLD
 from .metrics import _check, _sklearn_metrics, binary_metrics
@@ -38,15 +37,23 @@ BOOTSTRAP = 2000  # resamples of the confusion counts (F1)
 PR_BOOTSTRAP = 200  # resamples of the patches (PR-AUC: each one a sort)
 
 
+def _scipy_stats() -> Any:
+    """scipy.stats, imported when a figure needs it: a process that only scores patches (and imports this module with
+    `pcam_core.predict`) does not pay its half second."""
+    from scipy import stats
+
+    return stats
+
+
 def _z(level: float) -> float:
     if not 0 < level < 1:
         raise ValueError(f"confidence level {level} must be within (0, 1)")
-    return float(_st.norm.ppf(0.5 + level / 2))
+    return float(_scipy_stats().norm.ppf(0.5 + level / 2))
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks of `x`, ties sharing the mean of their ranks (Sun & Xu's midranks)."""
-    return _st.rankdata(x, method="average")
+    return _scipy_stats().rankdata(x, method="average")
 
 
 def delong(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +140,7 @@ def paired_auc_test(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray
         z, p = 0.0, 1.0
     else:
         z = diff / se
-        p = float(2 * _st.norm.sf(abs(z)))
+        p = float(2 * _scipy_stats().norm.sf(abs(z)))
     zl = _z(level)
     return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "difference": diff, "se": se,
             "low": diff - zl * se, "high": diff + zl * se, "z": z, "p_value": p}
@@ -143,7 +150,7 @@ def wilson_interval(successes: int, trials: int, level: float = LEVEL) -> dict[s
     """The share successes/trials with Wilson's score interval; None when there are no trials."""
     if trials <= 0:
         return None
-    ci = _st.binomtest(int(successes), int(trials)).proportion_ci(confidence_level=level, method="wilson")
+    ci = _scipy_stats().binomtest(int(successes), int(trials)).proportion_ci(confidence_level=level, method="wilson")
     return {"value": successes / trials, "low": float(ci.low), "high": float(ci.high), "method": "Wilson"}
 
 

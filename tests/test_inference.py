@@ -43,6 +43,17 @@ def test_importing_pcam_core_stays_cheap():
         pcam_core.no_such_name
 
 
+@pytest.mark.slow  # a process of its own that imports torch
+def test_a_process_that_only_scores_imports_no_fitting_code():
+    """`pcam predict`, a slide analysis and the server load a model with its calibration and guard and score: the code
+    that fits them (scikit-learn's covariance, scipy's optimisers) and the intervals' statistics are imported when a
+    fit or a figure needs them, not by every scoring process (1.1 s of its start here)."""
+    code = ("import sys, pcam_core.predict, pcam_core.slides.analysis, pcam_core.serve.app; "
+            "print(sorted(m for m in ('sklearn', 'scipy.optimize', 'scipy.stats') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
 def test_predictor_carries_the_run(predictor, trained_run):
     loaded = load_run_model(trained_run, device="cpu")
     config, info = loaded.config, loaded.info
