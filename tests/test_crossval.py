@@ -247,7 +247,7 @@ def test_a_killed_fold_job_resumes_where_it_stopped(small_kaggle, tmp_path, caps
 
 
 @pytest.mark.slow
-def test_folds_side_by_side_train_as_one_after_another_and_stop_fail_and_resume_together(cv_run, small_kaggle, tmp_path) -> None:
+def test_folds_side_by_side_train_as_one_after_another_and_stop_fail_and_resume_together(cv_run, small_kaggle, tmp_path, capsys) -> None:
     """`--parallel-folds 2`: each fold in a process of its own gives the out-of-fold predictions of the folds trained one
     after another (`cv_run`, the same arguments), each logged to one new MLflow store. A stop request to the job alone (as `pcam stop` sends it) stops every
     fold with its checkpoint; a fold that fails stops the other and the job names it; then the job resumes to the end."""
@@ -295,14 +295,13 @@ def test_folds_side_by_side_train_as_one_after_another_and_stop_fail_and_resume_
         assert not run.fold(k).summary_path.exists(), "a fold finished before the stop: give it more epochs"
     good = run.fold(1).config_path.read_bytes()
     run.fold(1).config_path.write_text("{broken")
-    failed = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(out), "--resume", "--parallel-folds", "2"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    # the job resumed here (its folds are processes of their own, as before): the stop was the job process's business
+    failed = cli_here(capsys, "train", "--out", str(out), "--resume", "--parallel-folds", "2")
     assert failed.returncode != 0 and "fold 2 of 2 failed: ValueError: config file" in failed.stderr
     assert "Traceback" not in failed.stderr and "Traceback" in run.log_tail(400)  # the fold's traceback: in the job's log
     assert run.status()["state"] == "failed" and run.fold(0).status()["state"] == "stopped"  # fold 1 stopped, not lost
     run.fold(1).config_path.write_bytes(good)
-    done = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(out), "--resume", "--parallel-folds", "2"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = cli_here(capsys, "train", "--out", str(out), "--resume", "--parallel-folds", "2")
     assert done.returncode == 0, done.stderr
     assert all([e["epoch"] for e in run.fold(k).epochs()] == list(range(1, 25)) for k in (0, 1))
     assert "resumed from" in run.fold(0).log_tail(200) and "resumed from" in run.fold(1).log_tail(200)
