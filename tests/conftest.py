@@ -188,13 +188,13 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: (not cost(item) and item.fspath in needs_run, -cost(item)))
 
 
-# Seconds each of the longest test files takes on the 2-core CI machine (`--junitxml`, summed by file, 2026-12-07, less what
+# Seconds each of the longest test files takes on the 2-core CI machine (`--junitxml`, summed by file, 2026-12-08, less what
 # moving their CLI calls into the worker saved): only their order matters, to give them out longest first (pyproject's
 # `--no-loadscope-reorder` keeps pytest-xdist from reordering the files by their number of tests). A file missing here
 # runs after them, in collection order.
 HEAVY_FILES = {
-    "e2e/test_browser.py": 185, "test_crossval.py": 150, "test_distributed.py": 150, "test_app.py": 140, "test_slides.py": 120,
-    "test_slide_decision.py": 95, "test_train.py": 90, "e2e/test_slides_viewer.py": 90, "test_slide_modes.py": 80,
-    "test_cli.py": 70, "test_tracking.py": 60, "test_app_slides.py": 58, "test_predict.py": 56, "test_bundled.py": 55,
-    "test_reliability.py": 55, "e2e/test_serve.py": 49, "test_explain.py": 45, "test_slide_library.py": 35,
+    "test_crossval.py": 195, "e2e/test_browser.py": 190, "test_app.py": 163, "test_distributed.py": 155, "test_train.py": 87,
+    "e2e/test_slides_viewer.py": 83, "test_slide_decision.py": 80, "test_slides.py": 75, "test_cli.py": 71,
+    "test_predict.py": 60, "test_slide_modes.py": 54, "test_bundled.py": 51, "test_app_slides.py": 49,
+    "test_reliability.py": 48, "e2e/test_serve.py": 39, "test_tracking.py": 36, "test_slide_library.py": 31,
 }

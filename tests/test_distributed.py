@@ -63,7 +63,7 @@ def test_one_and_two_processes_reach_comparable_auc(small_demo, tmp_path, capsys
     assert any(not (plain[k] == distilled[k]).all() for k in plain if plain[k].is_floating_point())
 
 
-def test_stop_and_resume_with_two_processes(small_demo, tmp_path):
+def test_stop_and_resume_with_two_processes(small_demo, tmp_path, capsys):
     # 12 steps an epoch (384 patches, 2 x 16), each logged: the stop comes early in the first epoch
     config = ExperimentConfig().replace(data={"path": str(small_demo), "num_workers": 0},
                                         train={"batch_size": 16, "epochs": 2, "log_every": 1})
@@ -76,8 +76,7 @@ def test_stop_and_resume_with_two_processes(small_demo, tmp_path):
     assert run.status()["state"] == "stopped"
     assert load_checkpoint(run.last_checkpoint)["step_in_epoch"] > 0
     # resumed by one process, the stopped two-process run is refused: its data shards would not match
-    wrong = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--out", str(run.path), "--resume"],
-                           capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    wrong = cli_here(capsys, "train", "--out", str(run.path), "--resume")
     assert wrong.returncode == 2 and "resume it with the same number" in wrong.stderr
     proc = launch(run, nproc=2, resume=True, env={"OMP_NUM_THREADS": "1"})
     assert proc.wait(timeout=600) == 0, run.log_tail(console=True)

@@ -27,7 +27,7 @@ from pcam_core.runs import RunDir, create_run, launch
 pytestmark = pytest.mark.slow  # every test here trains or kills a training process
 
 
-def test_kill_9_mid_epoch_is_seen_and_resumed_with_every_epoch_once(small_demo, tmp_path):
+def test_kill_9_mid_epoch_is_seen_and_resumed_with_every_epoch_once(small_demo, tmp_path, capsys):
     # three epochs of 24 steps (384 patches, batch 16)
     config = ExperimentConfig().replace(data={"path": str(small_demo), "num_workers": 0}, train={"batch_size": 16, "epochs": 3})
     run = create_run(tmp_path, config, run_id="victim")
@@ -38,7 +38,7 @@ def test_kill_9_mid_epoch_is_seen_and_resumed_with_every_epoch_once(small_demo, 
     killed_at = time.time()
     assert wait_for(lambda: run.status()["state"] == "interrupted", timeout=10)
     assert time.time() - killed_at < 10
-    listing = json.loads(run_cli("runs", "--root", str(tmp_path), "--json").stdout)
+    listing = json.loads(cli_here(capsys, "runs", "--root", str(tmp_path), "--json").stdout)
     assert listing[0]["state"] == "interrupted"
     proc = launch(run, resume=True)
     assert proc.wait(timeout=600) == 0, run.log_tail(console=True)
