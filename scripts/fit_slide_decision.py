@@ -348,7 +348,7 @@ def fit_and_report(records: list[dict], args: argparse.Namespace) -> None:
         print(f"written: {path}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="PCam patches in the Kaggle layout (train/<id>.tif)")
     parser.add_argument("--run", type=Path, default=None, help="a cross-validation folder (`pcam train --folds K`) whose "
@@ -363,7 +363,7 @@ def main() -> None:
     parser.add_argument("--analyse-only", action="store_true", help="build and analyse the slides, fit nothing")
     parser.add_argument("--write", action="store_true", help="write the slide_decision.json of --for (default: the bundled model's)")
     parser.add_argument("--per-kind", type=int, default=None, help="at most this many slides of each kind per half (a quick check)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not (args.data / "train_labels.csv").exists():
         raise SystemExit(f"{args.data} is not a Kaggle-layout PCam folder (no train_labels.csv)")
     args.target = args.target or (args.run if args.run is not None else "bundled")

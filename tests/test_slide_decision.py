@@ -180,8 +180,7 @@ def test_a_decision_is_fitted_for_a_model_of_a_cross_validated_recipe_on_its_out
     """`fit_slide_decision.py --run CV --for RUN` (how the fast scanner's decision is fitted): mosaics of each fold's
     held-out patches, each analysed by that fold's member, the decision written to RUN's folder, which then uses it.
     The cross-validation is of `pcamscan`, as the fast scanner's is: its exact dense scan keeps the test short."""
-    import subprocess
-    import sys
+    import importlib.util
 
     from helpers import CV_ARGS, REPO
 
@@ -192,11 +191,11 @@ def test_a_decision_is_fitted_for_a_model_of_a_cross_validated_recipe_on_its_out
     cv_run = tmp_path / "cv"
     assert main(["train", "--data", str(small_kaggle), "--out", str(cv_run), *CV_ARGS, "--model", "pcamscan"]) == 0
     target = RunDir(cv_run).fold(0)
-    command = [sys.executable, str(REPO / "scripts" / "fit_slide_decision.py"), "--data", str(small_kaggle), "--work",
-               str(tmp_path / "work"), "--run", str(cv_run), "--for", str(target.path), "--per-kind", "1",
-               "--false-regions", "100", "--write"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    spec = importlib.util.spec_from_file_location("fit_slide_decision", REPO / "scripts" / "fit_slide_decision.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--data", str(small_kaggle), "--work", str(tmp_path / "work"), "--run", str(cv_run), "--for", str(target.path),
+                 "--per-kind", "1", "--false-regions", "100", "--write"])  # in this process: no process boundary under test
     decision = load_slide_decision(target.slide_decision_path)
     assert "held-out patches of the cross-validation cv" in decision.source and str(target.path) in decision.source
     analyses = sorted(p.name for p in (tmp_path / "work" / "analyses").iterdir())
