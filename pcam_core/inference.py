@@ -54,12 +54,23 @@ class Predictions:
             None if any(o is None for o in oods) else np.concatenate(oods),
         )
 
+    def take(self, positions: np.ndarray) -> Predictions:
+        """The predictions at `positions` (of this object), in that order."""
+        return Predictions(self.index[positions], [self.ids[i] for i in positions], self.labels[positions], self.probs[positions],
+                           None if self.uncertainty is None else self.uncertainty[positions],
+                           None if self.ood_score is None else self.ood_score[positions])
+
     def deduplicated(self) -> Predictions:
         """Sorted by dataset index with repeats removed (a DistributedSampler pads the last shard)."""
         _, first = np.unique(self.index, return_index=True)
-        return Predictions(self.index[first], [self.ids[i] for i in first], self.labels[first], self.probs[first],
-                           None if self.uncertainty is None else self.uncertainty[first],
-                           None if self.ood_score is None else self.ood_score[first])
+        return self.take(first)
+
+    def one_per_id(self) -> tuple[Predictions, list[int]]:
+        """The first prediction of each id, and the positions of the later ones: patches of one id (in PCam's HDF5 files
+        the id is a hash of the pixels, so two identical patches share one) would be two rows of one id in a
+        submission, which Kaggle refuses."""
+        repeated = pd.Series(self.ids).duplicated().to_numpy()
+        return (self.take(np.flatnonzero(~repeated)), np.flatnonzero(repeated).tolist()) if repeated.any() else (self, [])
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -206,7 +206,8 @@ def predict_submission(
         if skip_bad:
             raise
         raise DataError(f"{err}; nothing was written (--skip-bad scores the rest and lists every bad file)") from err
-    preds = result.predictions
+    preds, repeats = result.predictions.one_per_id()
+    result.skipped.extend((result.predictions.ids[i], SAME_ID_WRITTEN_ONCE) for i in repeats)
     if shard is None or shard[0] == 0:  # left out of every shard, listed by the first
         result.skipped.extend((dataset.paths[i].name, reason) for i, reason in clashes.items())
     if not len(preds):
@@ -247,6 +248,10 @@ def predict_submission(
     }
 
 
+SAME_ID_WRITTEN_ONCE = ("the same id as an earlier patch (in PCam HDF5 data, the same pixels): scored, its row written once, "
+                        "as a submission has one row per id")
+
+
 def existing_input(path: str | Path) -> Path:
     """`path` as a Path, or a FileNotFoundError saying it does not exist (an input is read, never created)."""
     path = Path(path)
@@ -256,13 +261,21 @@ def existing_input(path: str | Path) -> Path:
     return path
 
 
+MERGE_SAME_ID_TOLERANCE = 1e-4  # probabilities of one id in two shards: the same, to the rounding of other batches
+
+
 def merge_submissions(parts: list[str | Path], out: str | Path) -> int:
-    """Concatenate shard CSVs into one submission; refuses duplicate ids and malformed files."""
-    frames = []
+    """Concatenate shard CSVs into one submission, one row per id (an id in two shards, with one probability, is
+    written once); refuses an id with two probabilities, and malformed files."""
+    frames, seen = [], {}
     for part in parts:
         part = Path(part)
         if not part.exists():
             raise FileNotFoundError(f"shard file not found: {part}")
+        content = part.read_bytes()
+        if content in seen:  # its ids would pass as patches of one id in two shards, and a shard would be missing
+            raise DataError(f"{part} is the same shard as {seen[content]} (given twice?); give each shard's file once")
+        seen[content] = part
         frame = pd.read_csv(part, dtype={"id": str})
         if list(frame.columns) != ["id", "label"]:
             raise DataError(f"{part}: expected the header id,label; found {','.join(map(str, frame.columns))}")
@@ -270,7 +283,13 @@ def merge_submissions(parts: list[str | Path], out: str | Path) -> int:
     merged = pd.concat(frames, ignore_index=True)
     dup = merged["id"].duplicated(keep=False)
     if dup.any():
-        raise DataError(f"{dup.sum()} rows share an id across the shards (e.g. {merged['id'][dup].iloc[0]}); were shards overlapping?")
+        # one id in two shards: identical patches (an HDF5 id is a hash of the pixels) get one probability, to float
+        # rounding, and one row; two probabilities of one id mean the shards scored different data
+        spread = merged[dup].groupby("id")["label"].agg(lambda p: p.max() - p.min())
+        if (spread > MERGE_SAME_ID_TOLERANCE).any():
+            raise DataError(f"{int((spread > MERGE_SAME_ID_TOLERANCE).sum())} id(s) have different probabilities in different "
+                            f"shards (e.g. {spread.idxmax()}); were the shards scored on different data or models?")
+        merged = merged.drop_duplicates("id")
     atomic_write_with(out, lambda h: h.write(merged.to_csv(index=False).encode()))
     return len(merged)
 

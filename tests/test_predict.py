@@ -11,7 +11,7 @@ import pytest
 
 from helpers import REPO, make_bad_images, tif_bytes
 from pcam_core.data import DataError, PCamH5, patch_id
-from pcam_core.predict import evaluate_run, merge_submissions, predict_submission
+from pcam_core.predict import SAME_ID_WRITTEN_ONCE, evaluate_run, merge_submissions, predict_submission
 from pcam_core.scoring_options import ScoringOptions
 from pcam_core.sharding import parse_shard, shard_indices
 
@@ -62,8 +62,30 @@ def test_shards_cover_everything_once_and_merge(trained_run, tif_folder, tmp_pat
     a = pd.read_csv(tmp_path / "merged.csv").sort_values("id").reset_index(drop=True)
     b = pd.read_csv(full).sort_values("id").reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
-    with pytest.raises(DataError, match="share an id"):
-        merge_submissions([parts[0], parts[0]], tmp_path / "dup.csv")
+    with pytest.raises(DataError, match="is the same shard as .*given twice"):
+        merge_submissions([parts[0], tmp_path / "merged.csv", parts[0]], tmp_path / "dup.csv")
+
+
+def test_identical_patches_of_an_hdf5_split_are_one_row_of_the_submission(trained_run, real_h5, tmp_path):
+    """An HDF5 patch's id is a hash of its pixels: two identical patches were two rows of one id in the submission
+    (Kaggle refuses it; a join picks one). The row is written once, the repeat listed; shards that each hold one of them
+    merge into one row, and one id with two probabilities in two shards is refused."""
+    from pcam_core.data.h5 import PCamH5, write_split
+
+    source = PCamH5(real_h5, "test")
+    pixels = source.read_pixels(np.arange(len(source)))
+    write_split(tmp_path / "dup", "test", np.concatenate([pixels, pixels[:2]]), np.concatenate([source.labels, source.labels[:2]]))
+    done = predict_submission(trained_run, tmp_path / "dup", tmp_path / "s.csv", ScoringOptions(workers=0, tta=False))
+    written = pd.read_csv(tmp_path / "s.csv", dtype={"id": str})
+    assert len(written) == done["rows"] == 32 and written["id"].is_unique
+    assert [reason for _, reason in done["skipped"]] == [SAME_ID_WRITTEN_ONCE] * 2
+    parts = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    written.iloc[:20].to_csv(parts[0], index=False)
+    written.iloc[[0, *range(20, 32)]].to_csv(parts[1], index=False)  # the first id in both shards
+    assert merge_submissions(parts, tmp_path / "merged.csv") == 32
+    written.iloc[[0]].assign(label=0.5).to_csv(parts[1], index=False)
+    with pytest.raises(DataError, match=r"1 id\(s\) have different probabilities in different shards"):
+        merge_submissions(parts, tmp_path / "conflict.csv")
 
 
 def test_shard_arithmetic():
