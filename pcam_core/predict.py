@@ -10,6 +10,8 @@ recipe and on by default (`scoring_options.DEFAULT_TTA`): on held-out real patch
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,11 +274,12 @@ def merge_submissions(parts: list[str | Path], out: str | Path) -> int:
         part = Path(part)
         if not part.exists():
             raise FileNotFoundError(f"shard file not found: {part}")
-        content = part.read_bytes()
-        if content in seen:  # its ids would pass as patches of one id in two shards, and a shard would be missing
-            raise DataError(f"{part} is the same shard as {seen[content]} (given twice?); give each shard's file once")
-        seen[content] = part
-        frame = pd.read_csv(part, dtype={"id": str})
+        content = part.read_bytes()  # read once: compared by its digest, parsed from memory
+        digest = hashlib.sha256(content).hexdigest()
+        if digest in seen:  # its ids would pass as patches of one id in two shards, and a shard would be missing
+            raise DataError(f"{part} is the same shard as {seen[digest]} (given twice?); give each shard's file once")
+        seen[digest] = part
+        frame = pd.read_csv(io.BytesIO(content), dtype={"id": str})
         if list(frame.columns) != ["id", "label"]:
             raise DataError(f"{part}: expected the header id,label; found {','.join(map(str, frame.columns))}")
         frames.append(frame)
